@@ -1,0 +1,46 @@
+// gemmactl's pieces shared by its subcommands: the coordinator channel, output
+// formats, and the subcommand table.
+#ifndef GEMMA_CLI_CLI_H_
+#define GEMMA_CLI_CLI_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/time/time.h"
+#include "common/flags.h"
+
+namespace gemma::cli {
+
+// Flags every remote subcommand takes.
+struct CommonFlags {
+  std::string coordinator = "127.0.0.1:7450";
+  std::string output = "table";  // table | json
+  int64_t timeout_ms = 10000;
+
+  void Register(FlagSet& flags);
+  bool json() const { return output == "json"; }
+  // A channel to the coordinator; the deadline applies to each call.
+  std::shared_ptr<grpc::Channel> Channel() const;
+  void SetDeadline(grpc::ClientContext& ctx) const;
+};
+
+// Exit codes: 0 ok, 1 the operation failed, 2 bad usage, 3 coordinator unreachable.
+int ReportRpcError(const std::string& what, const grpc::Status& status,
+                   const CommonFlags& common);
+
+struct Command {
+  std::string name;
+  std::string summary;
+  // argv[0] is "gemmactl", argv[1] the command name.
+  std::function<int(int argc, char** argv)> run;
+};
+
+std::vector<Command> ClusterCommands();
+
+}  // namespace gemma::cli
+
+#endif  // GEMMA_CLI_CLI_H_

@@ -1,0 +1,109 @@
+// gemmactl workers | status
+#include <google/protobuf/util/json_util.h>
+
+#include <iomanip>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "cli/cli.h"
+#include "gemma/v1/cluster.grpc.pb.h"
+
+namespace gemma::cli {
+namespace {
+
+namespace v1 = ::gemma::v1;
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.always_print_primitive_fields = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return out;
+}
+
+// Parses flags; returns -1 to continue, else the exit code.
+int ParseOrExit(FlagSet& flags, int argc, char** argv, CommonFlags& common) {
+  absl::Status st = flags.Parse(argc, argv, 2);
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  if (!st.ok()) {
+    std::cerr << "gemmactl: " << st.message() << "\n";
+    return 2;
+  }
+  if (common.output != "table" && common.output != "json") {
+    std::cerr << "gemmactl: --output must be table or json, not '" << common.output << "'\n";
+    return 2;
+  }
+  return -1;
+}
+
+int Workers(int argc, char** argv) {
+  CommonFlags common;
+  FlagSet flags("gemmactl workers", "List the workers attached to the coordinator.");
+  common.Register(flags);
+  flags.Epilog("Example:\n  gemmactl workers -o json");
+  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  auto stub = v1::ClusterService::NewStub(common.Channel());
+  grpc::ClientContext ctx;
+  common.SetDeadline(ctx);
+  v1::ListWorkersResponse resp;
+  grpc::Status s = stub->ListWorkers(&ctx, v1::ListWorkersRequest(), &resp);
+  if (!s.ok()) return ReportRpcError("list workers", s, common);
+  if (common.json()) {
+    std::cout << ToJson(resp) << "\n";
+    return 0;
+  }
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  std::cout << std::left << std::setw(18) << "NAME" << std::setw(20) << "HOST" << std::setw(10)
+            << "DEVICE" << std::setw(8) << "PID" << std::setw(10) << "SLURM" << "HEARTBEAT\n";
+  for (const auto& w : resp.workers()) {
+    const std::string dev = w.device_kind() == "cuda"
+                                ? absl::StrCat("cuda:", w.device_index())
+                                : absl::StrCat("cpu x", w.cpu_slots());
+    const std::string hb = w.last_heartbeat_unix() > 0
+                               ? absl::StrCat(now - w.last_heartbeat_unix(), "s ago")
+                               : "-";
+    std::cout << std::left << std::setw(18) << w.name() << std::setw(20) << w.host()
+              << std::setw(10) << dev << std::setw(8) << w.pid() << std::setw(10)
+              << (w.slurm_job_id().empty() ? "-" : w.slurm_job_id()) << hb << "\n";
+  }
+  return 0;
+}
+
+int Status(int argc, char** argv) {
+  CommonFlags common;
+  FlagSet flags("gemmactl status", "Show the cluster's capacity and the coordinator's health.");
+  common.Register(flags);
+  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  auto stub = v1::ClusterService::NewStub(common.Channel());
+  grpc::ClientContext ctx;
+  common.SetDeadline(ctx);
+  v1::ClusterStatus resp;
+  grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
+  if (!s.ok()) return ReportRpcError("cluster status", s, common);
+  if (common.json()) {
+    std::cout << ToJson(resp) << "\n";
+    return 0;
+  }
+  std::cout << "coordinator " << common.coordinator << " (version "
+            << resp.coordinator_version() << ", up " << resp.uptime_seconds() << "s)\n"
+            << "workers: " << resp.workers_total() << " attached, " << resp.workers_free()
+            << " free\n";
+  return 0;
+}
+
+}  // namespace
+
+std::vector<Command> ClusterCommands() {
+  return {
+      {"workers", "List the attached workers", Workers},
+      {"status", "Show cluster capacity and coordinator health", Status},
+  };
+}
+
+}  // namespace gemma::cli

@@ -1,0 +1,47 @@
+// gemmactl: the command-line client of gemma-coordinator.
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+
+#include "cli/cli.h"
+
+namespace {
+
+std::vector<gemma::cli::Command> AllCommands() {
+  std::vector<gemma::cli::Command> all;
+  for (auto& c : gemma::cli::ClusterCommands()) all.push_back(std::move(c));
+  all.push_back({"version", "Print gemmactl's version", [](int, char**) {
+                   std::cout << "gemmactl " << GEMMA_VERSION << "\n";
+                   return 0;
+                 }});
+  return all;
+}
+
+void PrintHelp(const std::vector<gemma::cli::Command>& cmds) {
+  std::cout << "Usage: gemmactl COMMAND [flags]\n\n"
+               "Talks to a gemma-coordinator (--coordinator HOST:PORT or GEMMA_COORDINATOR,\n"
+               "default 127.0.0.1:7450). Every command has --help; -o json for programs.\n\n"
+               "Commands:\n";
+  for (const auto& c : cmds) {
+    std::cout << "  " << std::left << std::setw(12) << c.name << c.summary << "\n";
+  }
+  std::cout << "\nExamples:\n"
+               "  gemmactl status\n"
+               "  gemmactl workers -o json\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const auto cmds = AllCommands();
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    PrintHelp(cmds);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : cmds) {
+    if (c.name == argv[1]) return c.run(argc, argv);
+  }
+  std::cerr << "gemmactl: unknown command '" << argv[1] << "' (see gemmactl --help)\n";
+  return 2;
+}

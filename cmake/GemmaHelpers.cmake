@@ -1,0 +1,32 @@
+# gemma_add_test(NAME name SOURCES a.cc ... LIBS lib ... [LABELS l ...] [TIMEOUT s])
+# Builds a GoogleTest binary and registers each of its tests with CTest.
+function(gemma_add_test)
+  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  if(NOT GEMMA_BUILD_TESTS)
+    return()
+  endif()
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 300)
+  endif()
+  add_executable(${T_NAME} ${T_SOURCES})
+  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock GTest::gtest_main)
+  target_compile_definitions(${T_NAME} PRIVATE
+      GEMMA_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+      GEMMA_BINARY_DIR="${CMAKE_BINARY_DIR}")
+  set(_props TIMEOUT ${T_TIMEOUT} ENVIRONMENT "GEMMA_BIN_DIR=${CMAKE_BINARY_DIR}/bin")
+  if(T_LABELS)
+    list(APPEND _props LABELS "${T_LABELS}")
+  endif()
+  gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 60 PROPERTIES ${_props})
+endfunction()
+
+# gemma_torch_pch(target): reuse one precompiled <torch/torch.h> for a target.
+# The first call creates the PCH; later targets reuse it (same flags required).
+function(gemma_torch_pch target)
+  if(NOT TARGET gemma_torch_pch_host)
+    add_library(gemma_torch_pch_host STATIC ${CMAKE_SOURCE_DIR}/cmake/pch_host.cc)
+    target_link_libraries(gemma_torch_pch_host PUBLIC gemma_torch)
+    target_precompile_headers(gemma_torch_pch_host PRIVATE <torch/torch.h>)
+  endif()
+  target_precompile_headers(${target} REUSE_FROM gemma_torch_pch_host)
+endfunction()

@@ -1,0 +1,38 @@
+// A real coordinator process on a free loopback port, and worker processes
+// attached to it, for integration tests.
+#ifndef GEMMA_TESTS_INTEGRATION_CLUSTER_FIXTURE_H_
+#define GEMMA_TESTS_INTEGRATION_CLUSTER_FIXTURE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/integration/subprocess.h"
+
+namespace gemma::testing {
+
+class LocalCluster {
+ public:
+  LocalCluster();
+  // Starts gemma-coordinator on 127.0.0.1:0; false if it did not come up.
+  bool StartCoordinator(const std::vector<std::string>& extra_args = {});
+  // Starts a CPU gemma-worker attached to the coordinator.
+  Subprocess& StartWorker(const std::vector<std::string>& extra_args = {});
+  // Runs gemmactl with --coordinator set; returns the exit code.
+  int Ctl(std::vector<std::string> args, std::string* output);
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
+  const std::string& dir() const { return dir_; }
+  Subprocess& coordinator() { return *coordinator_; }
+
+ private:
+  std::string dir_;
+  int port_ = 0;
+  std::unique_ptr<Subprocess> coordinator_;
+  std::vector<std::unique_ptr<Subprocess>> workers_;
+};
+
+}  // namespace gemma::testing
+
+#endif  // GEMMA_TESTS_INTEGRATION_CLUSTER_FIXTURE_H_
