@@ -1,0 +1,804 @@
+#include "coordinator/control.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/log.h"
+#include "coordinator/placement.h"
+#include "proto/spec_check.h"
+
+namespace gemma {
+namespace v1 = ::gemma::v1;
+namespace {
+
+int64_t Ms(absl::Time t) { return absl::ToUnixMillis(t); }
+
+absl::Duration Secs(double s) { return absl::Milliseconds(static_cast<int64_t>(s * 1000)); }
+
+int64_t LoadCounter(Store* store, const char* name) {
+  auto raw = store->GetRaw(Table::kMeta, name);
+  int64_t v = 0;
+  if (raw.ok() && raw->has_value()) (void)absl::SimpleAtoi(**raw, &v);
+  return v;
+}
+
+v1::Failure MakeFailure(v1::FailureReason reason, std::string message, int rank = -1,
+                        std::string worker = "") {
+  v1::Failure f;
+  f.set_reason(reason);
+  f.set_message(std::move(message));
+  f.set_rank(rank);
+  f.set_worker(std::move(worker));
+  return f;
+}
+
+}  // namespace
+
+ControlState::ControlState(Store* store, ControlOptions options)
+    : store_(store), options_(std::move(options)) {}
+
+absl::Status ControlState::Recover(absl::Time now) {
+  started_ = now;
+  revision_ = LoadCounter(store_, "revision");
+  epoch_ = LoadCounter(store_, "epoch");
+  job_seq_ = LoadCounter(store_, "job_seq");
+  worker_seq_ = LoadCounter(store_, "worker_seq");
+  absl::Status parse_error;
+  absl::Status s = store_->Scan(Table::kJobs, "", "", [&](const std::string& k,
+                                                         const std::string& v) {
+    JobEntry e;
+    if (!e.job.ParseFromString(v)) {
+      parse_error = absl::DataLossError(absl::StrCat("store: unparsable job ", k));
+      return false;
+    }
+    jobs_[k] = std::move(e);
+    return true;
+  });
+  if (!s.ok()) return s;
+  if (!parse_error.ok()) return parse_error;
+  s = store_->Scan(Table::kRequestIds, "", "", [&](const std::string& k, const std::string& v) {
+    request_ids_[k] = v;
+    return true;
+  });
+  if (!s.ok()) return s;
+  bool any_live = false;
+  for (auto& [name, e] : jobs_) {
+    const auto st = e.job.state();
+    if (st == v1::JOB_STATE_QUEUED) Enqueue(e);
+    if ((st == v1::JOB_STATE_STARTING || st == v1::JOB_STATE_RUNNING ||
+         st == v1::JOB_STATE_CANCELLING) &&
+        e.job.current_epoch() > 0) {
+      v1::Attempt a;
+      auto got = store_->Get(Table::kAttempts, AttemptKey(name, e.job.attempt_count()), &a);
+      if (!got.ok()) return got.status();
+      if (*got && a.epoch() == e.job.current_epoch()) {
+        e.live = std::move(a);
+        any_live = true;
+      }
+    }
+  }
+  // Workers known before the restart are expected back; their records stay
+  // until the grace period ends.
+  int known_workers = 0;
+  s = store_->Scan(Table::kWorkers, "", "", [&](const std::string&, const std::string&) {
+    ++known_workers;
+    return true;
+  });
+  if (!s.ok()) return s;
+  if (any_live || known_workers > 0) {
+    grace_until_ = now + options_.grace;
+    grace_pending_ = true;
+  }
+  GEMMA_LOG(INFO) << "recovered " << jobs_.size() << " jobs (" << queue_.size()
+                  << " queued), revision " << revision_ << ", epoch " << epoch_
+                  << (grace_pending_ ? absl::StrCat(", grace period ",
+                                                    absl::FormatDuration(options_.grace))
+                                     : std::string());
+  return absl::OkStatus();
+}
+
+// ---- persistence -----------------------------------------------------------
+
+void ControlState::Emit(Txn& txn, JobEntry& e, v1::EventType type, const std::string& message,
+                        absl::Time now) {
+  e.job.set_revision(++revision_);
+  e.job.set_update_time_unix_ms(Ms(now));
+  txn.batch.Put(Table::kJobs, e.job.name(), e.job);
+  v1::JobEvent ev;
+  ev.set_revision(revision_);
+  ev.set_type(type);
+  *ev.mutable_job() = e.job;
+  ev.set_message(message);
+  ev.set_time_unix_ms(Ms(now));
+  txn.batch.Put(Table::kEvents, RevisionKey(revision_), ev);
+  txn.events.push_back(std::move(ev));
+  txn.touched = true;
+}
+
+void ControlState::Commit(Txn& txn, Effects* fx) {
+  if (!txn.touched && txn.batch.size() == 0) return;
+  txn.batch.PutRaw(Table::kMeta, "revision", absl::StrCat(revision_));
+  txn.batch.PutRaw(Table::kMeta, "epoch", absl::StrCat(epoch_));
+  txn.batch.PutRaw(Table::kMeta, "job_seq", absl::StrCat(job_seq_));
+  txn.batch.PutRaw(Table::kMeta, "worker_seq", absl::StrCat(worker_seq_));
+  absl::Status s = store_->Write(txn.batch);
+  if (!s.ok()) GEMMA_LOG(ERROR) << "store write failed: " << s;
+  for (auto& ev : txn.events) fx->events.push_back(std::move(ev));
+  txn = Txn();
+}
+
+void ControlState::SetState(JobEntry& e, v1::JobState state, absl::Time now) {
+  e.job.set_state(state);
+  if (IsTerminal(state)) e.job.set_end_time_unix_ms(Ms(now));
+}
+
+void ControlState::Enqueue(JobEntry& e) {
+  queue_.emplace(-e.job.spec().priority(), e.job.queue_seq(), e.job.name());
+  dirty_ = true;
+}
+
+bool ControlState::IsFinished(const std::string& job) const {
+  auto it = jobs_.find(job);
+  return it != jobs_.end() && IsTerminal(it->second.job.state());
+}
+
+// ---- JobService ------------------------------------------------------------
+
+absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req, absl::Time now,
+                                             Effects* fx) {
+  if (!req.request_id().empty()) {
+    auto it = request_ids_.find(req.request_id());
+    if (it != request_ids_.end()) {
+      auto j = jobs_.find(it->second);
+      if (j != jobs_.end()) return j->second.job;
+    }
+    if (req.request_id().size() > 256) {
+      return absl::InvalidArgumentError("request_id: longer than 256 characters");
+    }
+  }
+  if (!req.has_spec()) return absl::InvalidArgumentError("spec: required");
+  if (absl::Status s = ValidateJobSpec(req.spec()); !s.ok()) return s;
+  std::string name;
+  if (!req.job_id().empty()) {
+    if (!IsValidJobId(req.job_id())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "job_id: '", req.job_id(), "' must be 1-63 characters of a-z, 0-9 and '-'"));
+    }
+    name = "jobs/" + req.job_id();
+    if (jobs_.count(name)) {
+      return absl::AlreadyExistsError(absl::StrCat(name, " already exists"));
+    }
+  }
+  ++job_seq_;
+  if (name.empty()) {
+    do {
+      name = absl::StrFormat("jobs/j-%06d", job_seq_);
+    } while (jobs_.count(name) && ++job_seq_);
+  }
+  JobEntry& e = jobs_[name];
+  e.job.set_name(name);
+  *e.job.mutable_spec() = req.spec();
+  ApplySpecDefaults(e.job.mutable_spec());
+  e.job.set_state(v1::JOB_STATE_QUEUED);
+  e.job.set_request_id(req.request_id());
+  e.job.set_create_time_unix_ms(Ms(now));
+  e.job.set_queue_seq(job_seq_);
+  Txn txn;
+  if (!req.request_id().empty()) {
+    request_ids_[req.request_id()] = name;
+    txn.batch.PutRaw(Table::kRequestIds, req.request_id(), name);
+  }
+  Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED, "submitted", now);
+  Enqueue(e);
+  Commit(txn, fx);
+  // Scheduling is its own transition (and batch).
+  Schedule(now, txn, fx);
+  Commit(txn, fx);
+  return jobs_[name].job;
+}
+
+absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name, absl::Time now,
+                                             Effects* fx) {
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat(name, " not found"));
+  JobEntry& e = it->second;
+  const v1::JobState st = e.job.state();
+  if (IsTerminal(st)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, " is already ", StateName(st), "; only unfinished jobs can be cancelled"));
+  }
+  if (st == v1::JOB_STATE_CANCELLING) return e.job;
+  Txn txn;
+  if (st == v1::JOB_STATE_QUEUED || st == v1::JOB_STATE_RECOVERING || !e.live) {
+    queue_.erase({-e.job.spec().priority(), e.job.queue_seq(), name});
+    e.job.clear_waiting_reason();
+    SetState(e, v1::JOB_STATE_CANCELLED, now);
+    Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED, "cancelled by user", now);
+  } else {
+    SetState(e, v1::JOB_STATE_CANCELLING, now);
+    e.live->set_state(v1::JOB_STATE_CANCELLING);
+    txn.batch.Put(Table::kAttempts, AttemptKey(name, e.live->number()), *e.live);
+    for (const auto& r : e.live->ranks()) {
+      if (r.finished()) continue;
+      v1::CoordinatorMessage m;
+      auto* ref = m.mutable_cancel()->mutable_rank();
+      ref->set_job(name);
+      ref->set_attempt(e.live->number());
+      ref->set_epoch(e.live->epoch());
+      ref->set_rank(r.rank());
+      fx->sends.emplace_back(r.worker(), std::move(m));
+    }
+    Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED, "cancel requested; stopping ranks", now);
+  }
+  Commit(txn, fx);
+  return e.job;
+}
+
+absl::StatusOr<v1::Job> ControlState::GetJob(const std::string& name) const {
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat(name, " not found"));
+  v1::Job job = it->second.job;
+  absl::Status s = store_->Scan(Table::kAttempts, name + "#", "",
+                                [&](const std::string&, const std::string& v) {
+                                  job.add_attempts()->ParseFromString(v);
+                                  return true;
+                                });
+  if (!s.ok()) return s;
+  // The live attempt in memory has fresher rank progress than the store.
+  if (it->second.live) {
+    for (auto& a : *job.mutable_attempts()) {
+      if (a.number() == it->second.live->number()) a = *it->second.live;
+    }
+  }
+  return job;
+}
+
+absl::StatusOr<v1::ListJobsResponse> ControlState::ListJobs(const v1::ListJobsRequest& req) const {
+  if (req.page_size() < 0) return absl::InvalidArgumentError("page_size: must be >= 0");
+  const int size = req.page_size() == 0 ? 100 : std::min(req.page_size(), 1000);
+  if (!req.page_token().empty() && req.page_token().rfind("jobs/", 0) != 0) {
+    return absl::InvalidArgumentError("page_token: not a token from ListJobs");
+  }
+  std::set<int> states(req.states().begin(), req.states().end());
+  v1::ListJobsResponse resp;
+  auto it = req.page_token().empty() ? jobs_.begin() : jobs_.upper_bound(req.page_token());
+  for (; it != jobs_.end(); ++it) {
+    if (!states.empty() && !states.count(it->second.job.state())) continue;
+    if (resp.jobs_size() == size) {
+      resp.set_next_page_token(resp.jobs(size - 1).name());
+      break;
+    }
+    *resp.add_jobs() = it->second.job;
+  }
+  return resp;
+}
+
+// ---- ClusterService --------------------------------------------------------
+
+std::vector<v1::Worker> ControlState::ListWorkers() const {
+  std::vector<v1::Worker> out;
+  for (const auto& [name, w] : workers_) out.push_back(w.worker);
+  return out;
+}
+
+v1::ClusterStatus ControlState::Status(absl::Time now) const {
+  v1::ClusterStatus s;
+  for (const auto& [name, w] : workers_) {
+    const bool busy = !w.worker.job().empty();
+    const bool cpu = w.worker.device_kind() == "cpu";
+    s.set_workers_total(s.workers_total() + 1);
+    (busy ? s.set_workers_busy(s.workers_busy() + 1) : s.set_workers_free(s.workers_free() + 1));
+    if (cpu) {
+      busy ? s.set_cpu_used(s.cpu_used() + 1) : s.set_cpu_free(s.cpu_free() + 1);
+    } else {
+      busy ? s.set_gpu_used(s.gpu_used() + 1) : s.set_gpu_free(s.gpu_free() + 1);
+    }
+  }
+  for (const auto& [neg_prio, seq, name] : queue_) {
+    const JobEntry& e = jobs_.at(name);
+    if (s.queued_size() < 100) {
+      auto* q = s.add_queued();
+      q->set_job(name);
+      q->set_world(WorldSize(e.job.spec()));
+      q->set_waiting_reason(e.job.waiting_reason());
+    }
+  }
+  for (const auto& [name, e] : jobs_) {
+    const auto st = e.job.state();
+    if (st == v1::JOB_STATE_QUEUED || st == v1::JOB_STATE_RECOVERING) {
+      s.set_jobs_queued(s.jobs_queued() + 1);
+    } else if (!IsTerminal(st)) {
+      s.set_jobs_running(s.jobs_running() + 1);
+    }
+  }
+  s.set_coordinator_version(options_.version);
+  s.set_uptime_seconds(absl::ToInt64Seconds(now - started_));
+  s.set_revision(revision_);
+  s.set_in_grace_period(in_grace(now));
+  return s;
+}
+
+// ---- scheduling ------------------------------------------------------------
+
+void ControlState::Schedule(absl::Time now, Txn& txn, Effects* fx) {
+  if (!dirty_) return;
+  dirty_ = false;
+  if (in_grace(now)) {
+    for (const auto& [p, seq, name] : queue_) {
+      jobs_[name].job.set_waiting_reason(
+          "coordinator restarted; waiting for workers to re-attach before scheduling");
+    }
+    dirty_ = true;
+    return;
+  }
+  std::vector<const v1::Worker*> attached;
+  for (const auto& [name, w] : workers_) attached.push_back(&w.worker);
+  std::string blocker;
+  std::vector<QueueKey> started;
+  for (const auto& key : queue_) {
+    JobEntry& e = jobs_[std::get<2>(key)];
+    if (!blocker.empty()) {
+      // Free capacity goes to the earliest job first (no overtaking), unless
+      // the job could never fit at all.
+      PlacementResult r = PlaceGang(e.job.spec(), attached);
+      e.job.set_waiting_reason(r.impossible ? r.reason
+                                            : absl::StrCat("waiting behind ", blocker,
+                                                           " (earlier or higher priority)"));
+      continue;
+    }
+    PlacementResult r = PlaceGang(e.job.spec(), attached);
+    if (r.workers.empty()) {
+      e.job.set_waiting_reason(r.reason);
+      if (!r.impossible) blocker = e.job.name();
+      continue;
+    }
+    started.push_back(key);
+    StartAttempt(e, r.workers, now, txn, fx);
+  }
+  for (const auto& k : started) queue_.erase(k);
+}
+
+void ControlState::StartAttempt(JobEntry& e, const std::vector<std::string>& workers,
+                                absl::Time now, Txn& txn, Effects* fx) {
+  const int number = e.job.attempt_count() + 1;
+  const int64_t epoch = ++epoch_;
+  v1::Attempt a;
+  a.set_job(e.job.name());
+  a.set_number(number);
+  a.set_epoch(epoch);
+  a.set_state(v1::JOB_STATE_STARTING);
+  a.set_create_time_unix_ms(Ms(now));
+  e.last_progress.clear();
+  const int world = static_cast<int>(workers.size());
+  for (int rank = 0; rank < world; ++rank) {
+    auto* r = a.add_ranks();
+    r->set_rank(rank);
+    r->set_worker(workers[rank]);
+    e.last_progress[rank] = now;
+    v1::Worker& w = workers_[workers[rank]].worker;
+    w.set_job(e.job.name());
+    w.set_attempt(number);
+    w.set_epoch(epoch);
+    w.set_rank(rank);
+    w.set_state(v1::WORKER_STATE_BUSY);
+    v1::CoordinatorMessage m;
+    auto* as = m.mutable_assign();
+    as->mutable_rank()->set_job(e.job.name());
+    as->mutable_rank()->set_attempt(number);
+    as->mutable_rank()->set_epoch(epoch);
+    as->mutable_rank()->set_rank(rank);
+    as->set_world(world);
+    *as->mutable_spec() = e.job.spec();
+    fx->sends.emplace_back(workers[rank], std::move(m));
+  }
+  e.job.set_attempt_count(number);
+  e.job.set_current_epoch(epoch);
+  e.job.clear_waiting_reason();
+  e.job.set_not_before_unix_ms(0);
+  SetState(e, v1::JOB_STATE_STARTING, now);
+  txn.batch.Put(Table::kAttempts, AttemptKey(e.job.name(), number), a);
+  e.live = std::move(a);
+  Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_STARTED,
+       absl::StrCat("attempt ", number, " (epoch ", epoch, ") on ", absl::StrJoin(workers, ",")),
+       now);
+}
+
+void ControlState::SendAbort(const std::string& worker, const v1::RankRef& ref,
+                             const std::string& reason, Effects* fx) {
+  v1::CoordinatorMessage m;
+  *m.mutable_abort()->mutable_rank() = ref;
+  m.mutable_abort()->set_reason(reason);
+  fx->sends.emplace_back(worker, std::move(m));
+}
+
+void ControlState::FreeWorker(const std::string& worker, int64_t epoch) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end() || it->second.worker.epoch() != epoch) return;
+  v1::Worker& w = it->second.worker;
+  w.clear_job();
+  w.set_attempt(0);
+  w.set_epoch(0);
+  w.set_rank(0);
+  w.set_state(v1::WORKER_STATE_IDLE);
+  dirty_ = true;
+}
+
+void ControlState::FailAttempt(JobEntry& e, const v1::Failure& failure, bool retry,
+                               absl::Time now, Txn& txn, Effects* fx) {
+  if (!e.live) return;
+  v1::Attempt& a = *e.live;
+  a.set_state(v1::JOB_STATE_FAILED);
+  *a.mutable_failure() = failure;
+  a.set_end_time_unix_ms(Ms(now));
+  for (const auto& r : a.ranks()) {
+    if (!r.finished()) {
+      v1::RankRef ref;
+      ref.set_job(e.job.name());
+      ref.set_attempt(a.number());
+      ref.set_epoch(a.epoch());
+      ref.set_rank(r.rank());
+      if (workers_.count(r.worker())) SendAbort(r.worker(), ref, failure.message(), fx);
+    }
+    FreeWorker(r.worker(), a.epoch());
+  }
+  txn.batch.Put(Table::kAttempts, AttemptKey(e.job.name(), a.number()), a);
+  const int number = a.number();
+  e.live.reset();
+  e.last_progress.clear();
+  e.job.set_current_epoch(0);
+  *e.job.mutable_failure() = failure;
+  const std::string what =
+      absl::StrCat("attempt ", number, " failed: ", ReasonName(failure.reason()), ": ",
+                   failure.message());
+  const int restarts_used = e.job.attempt_count() - 1;
+  if (e.job.state() == v1::JOB_STATE_CANCELLING) {
+    SetState(e, v1::JOB_STATE_CANCELLED, now);
+    Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED, what + "; job cancelled", now);
+  } else if (retry && restarts_used < e.job.spec().restart().max_restarts()) {
+    const auto& pol = e.job.spec().restart();
+    absl::Duration backoff = Secs(pol.backoff_seconds() * std::pow(2.0, restarts_used));
+    const double cap = pol.max_backoff_seconds() > 0 ? pol.max_backoff_seconds() : 300;
+    backoff = std::min(backoff, Secs(cap));
+    e.job.set_not_before_unix_ms(Ms(now + backoff));
+    SetState(e, v1::JOB_STATE_RECOVERING, now);
+    Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED,
+         absl::StrCat(what, "; restart ", restarts_used + 1, " of ", pol.max_restarts(),
+                      " in ", absl::FormatDuration(backoff)),
+         now);
+  } else {
+    SetState(e, v1::JOB_STATE_FAILED, now);
+    Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED,
+         absl::StrCat(what, retry ? "; no restarts left" : "; not retried"), now);
+  }
+}
+
+void ControlState::MaybeFinishAttempt(JobEntry& e, absl::Time now, Txn& txn, Effects* fx) {
+  if (!e.live) return;
+  for (const auto& r : e.live->ranks()) {
+    if (!r.finished()) return;
+  }
+  v1::Attempt& a = *e.live;
+  const bool cancelling = e.job.state() == v1::JOB_STATE_CANCELLING;
+  a.set_state(cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_SUCCEEDED);
+  a.set_end_time_unix_ms(Ms(now));
+  txn.batch.Put(Table::kAttempts, AttemptKey(e.job.name(), a.number()), a);
+  const int number = a.number();
+  e.live.reset();
+  e.last_progress.clear();
+  e.job.set_current_epoch(0);
+  SetState(e, cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_SUCCEEDED, now);
+  Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED,
+       absl::StrCat("attempt ", number, cancelling ? " cancelled" : " succeeded"), now);
+  (void)fx;
+}
+
+// ---- liveness --------------------------------------------------------------
+
+void ControlState::WorkerLost(const std::string& worker, const std::string& why, absl::Time now,
+                              Txn& txn, Effects* fx) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end()) return;
+  const v1::Worker w = it->second.worker;
+  workers_.erase(it);
+  txn.batch.Delete(Table::kWorkers, worker);
+  txn.touched = true;
+  dirty_ = true;
+  GEMMA_LOG(WARNING) << worker << " lost: " << why;
+  if (w.job().empty()) return;
+  auto j = jobs_.find(w.job());
+  if (j == jobs_.end() || !j->second.live || j->second.live->epoch() != w.epoch()) return;
+  FailAttempt(j->second,
+              MakeFailure(v1::FAILURE_REASON_WORKER_LOST,
+                          absl::StrCat(worker, " running rank ", w.rank(), " lost: ", why),
+                          w.rank(), worker),
+              true, now, txn, fx);
+}
+
+void ControlState::EndGrace(absl::Time now, Txn& txn, Effects* fx) {
+  grace_pending_ = false;
+  dirty_ = true;
+  // Workers that did not come back.
+  std::vector<std::string> stale;
+  (void)store_->Scan(Table::kWorkers, "", "", [&](const std::string& k, const std::string&) {
+    if (!workers_.count(k)) stale.push_back(k);
+    return true;
+  });
+  for (const auto& k : stale) txn.batch.Delete(Table::kWorkers, k);
+  if (!stale.empty()) txn.touched = true;
+  for (auto& [name, e] : jobs_) {
+    if (!e.live) continue;
+    std::vector<int> missing;
+    for (const auto& r : e.live->ranks()) {
+      auto w = workers_.find(r.worker());
+      const bool back = r.finished() || (w != workers_.end() &&
+                                         w->second.worker.epoch() == e.live->epoch() &&
+                                         w->second.worker.job() == name);
+      if (!back) missing.push_back(r.rank());
+      e.last_progress[r.rank()] = now;
+    }
+    if (!missing.empty()) {
+      FailAttempt(e,
+                  MakeFailure(v1::FAILURE_REASON_COORDINATOR_RESTART,
+                              absl::StrCat("rank(s) ", absl::StrJoin(missing, ","),
+                                           " did not re-attach after the coordinator restarted"),
+                              missing.front()),
+                  true, now, txn, fx);
+    } else {
+      MaybeFinishAttempt(e, now, txn, fx);
+    }
+  }
+}
+
+void ControlState::Tick(absl::Time now, Effects* fx) {
+  Txn txn;
+  if (grace_pending_ && !in_grace(now)) EndGrace(now, txn, fx);
+  std::vector<std::string> expired;
+  for (const auto& [name, w] : workers_) {
+    if (now > w.lease_deadline) expired.push_back(name);
+  }
+  for (const auto& name : expired) {
+    WorkerLost(name, absl::StrCat("no message within the ", absl::FormatDuration(options_.lease),
+                                  " lease"),
+               now, txn, fx);
+  }
+  if (!in_grace(now)) {
+    for (auto& [name, e] : jobs_) {
+      if (e.job.state() == v1::JOB_STATE_RECOVERING && Ms(now) >= e.job.not_before_unix_ms()) {
+        e.job.set_not_before_unix_ms(0);
+        SetState(e, v1::JOB_STATE_QUEUED, now);
+        Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED, "backoff over; queued for a new attempt", now);
+        Enqueue(e);
+        continue;
+      }
+      if (!e.live) continue;
+      const auto& t = e.job.spec().timeouts();
+      if (t.max_runtime_seconds() > 0 &&
+          now - absl::FromUnixMillis(e.live->create_time_unix_ms()) >
+              Secs(t.max_runtime_seconds())) {
+        FailAttempt(e,
+                    MakeFailure(v1::FAILURE_REASON_TIMEOUT,
+                                absl::StrCat("ran longer than max_runtime_seconds=",
+                                             t.max_runtime_seconds())),
+                    false, now, txn, fx);
+        continue;
+      }
+      for (const auto& r : e.live->ranks()) {
+        if (r.finished()) continue;
+        const absl::Duration limit =
+            r.started() ? (t.step_seconds() > 0 ? Secs(t.step_seconds())
+                                                : options_.default_step_timeout)
+                        : (t.init_seconds() > 0 ? Secs(t.init_seconds())
+                                                : options_.default_init_timeout);
+        if (now - e.last_progress[r.rank()] > limit) {
+          FailAttempt(e,
+                      MakeFailure(v1::FAILURE_REASON_HUNG,
+                                  absl::StrCat("rank ", r.rank(), " on ", r.worker(),
+                                               " made no progress for ",
+                                               absl::FormatDuration(limit),
+                                               r.started() ? " (step timeout)" : " (init timeout)"),
+                                  r.rank(), r.worker()),
+                      true, now, txn, fx);
+          break;
+        }
+      }
+    }
+  }
+  Schedule(now, txn, fx);
+  Commit(txn, fx);
+}
+
+// ---- WorkerSession -----------------------------------------------------------
+
+absl::StatusOr<std::string> ControlState::Register(int64_t session,
+                                                   const v1::WorkerMessage::Register& reg,
+                                                   absl::Time now, Effects* fx) {
+  std::string name = reg.worker().name();
+  Txn txn;
+  if (!name.empty()) {
+    auto it = workers_.find(name);
+    if (it != workers_.end() && it->second.session != session) {
+      // Its old stream has not ended yet on our side: that session is gone.
+      WorkerLost(name, "re-attached on a new session", now, txn, fx);
+    }
+    if (name.rfind("workers/", 0) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("register.worker.name: '", name, "' is not workers/{worker}"));
+    }
+  } else {
+    name = absl::StrFormat("workers/w-%05d", ++worker_seq_);
+  }
+  WorkerEntry& we = workers_[name];
+  we.worker = reg.worker();
+  we.worker.set_name(name);
+  we.worker.set_state(v1::WORKER_STATE_IDLE);
+  we.worker.clear_job();
+  we.worker.set_epoch(0);
+  we.worker.set_last_heartbeat_unix(absl::ToUnixSeconds(now));
+  we.session = session;
+  we.lease_deadline = now + options_.lease;
+  dirty_ = true;
+  {
+    v1::CoordinatorMessage m;
+    m.mutable_registered()->set_worker_name(name);
+    m.mutable_registered()->set_heartbeat_interval_ms(
+        static_cast<int32_t>(absl::ToInt64Milliseconds(options_.heartbeat_interval)));
+    fx->sends.emplace_back(name, std::move(m));
+  }
+  txn.batch.Put(Table::kWorkers, name, we.worker);
+  txn.touched = true;
+  const v1::RankRef& ref = reg.running();
+  if (!ref.job().empty()) {
+    JobEntry* e = nullptr;
+    v1::RankStatus* rs = LiveRank(ref, &e);
+    if (rs != nullptr && rs->worker() == name && !rs->finished()) {
+      we.worker.set_job(ref.job());
+      we.worker.set_attempt(ref.attempt());
+      we.worker.set_epoch(ref.epoch());
+      we.worker.set_rank(ref.rank());
+      we.worker.set_state(v1::WORKER_STATE_BUSY);
+      e->last_progress[ref.rank()] = now;
+      GEMMA_LOG(INFO) << name << " re-attached running " << ref.job() << " attempt "
+                      << ref.attempt() << " rank " << ref.rank();
+      if (reg.running_finished()) {
+        v1::WorkerMessage::RankFinished f;
+        *f.mutable_rank() = ref;
+        f.set_ok(reg.running_ok());
+        f.set_error(reg.running_error());
+        f.set_cancelled(reg.running_cancelled());
+        OnFinished(name, f, now, txn, fx);
+      }
+    } else if (!reg.running_finished()) {
+      GEMMA_LOG(WARNING) << name << " re-attached with stale " << ref.job() << " epoch "
+                         << ref.epoch() << "; aborting it";
+      SendAbort(name, ref, "stale attempt: the coordinator no longer runs this epoch", fx);
+    }
+  }
+  Commit(txn, fx);
+  return name;
+}
+
+v1::RankStatus* ControlState::LiveRank(const v1::RankRef& ref, JobEntry** entry) {
+  auto it = jobs_.find(ref.job());
+  if (it == jobs_.end() || !it->second.live || it->second.live->epoch() != ref.epoch()) {
+    return nullptr;
+  }
+  if (ref.rank() < 0 || ref.rank() >= it->second.live->ranks_size()) return nullptr;
+  *entry = &it->second;
+  return it->second.live->mutable_ranks(ref.rank());
+}
+
+void ControlState::OnWorkerMessage(const std::string& worker, int64_t session,
+                                   const v1::WorkerMessage& msg, absl::Time now, Effects* fx) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end() || it->second.session != session) return;  // stale session
+  it->second.lease_deadline = now + options_.lease;
+  Txn txn;
+  switch (msg.kind_case()) {
+    case v1::WorkerMessage::kHeartbeat:
+      it->second.worker.set_last_heartbeat_unix(absl::ToUnixSeconds(now));
+      break;
+    case v1::WorkerMessage::kStarted:
+      OnStarted(msg.started().rank(), now, txn, fx);
+      break;
+    case v1::WorkerMessage::kProgress:
+      OnProgress(msg.progress(), now, fx);
+      break;
+    case v1::WorkerMessage::kFinished:
+      OnFinished(worker, msg.finished(), now, txn, fx);
+      break;
+    case v1::WorkerMessage::kCheckpoint:
+      OnCheckpoint(msg.checkpoint(), now, txn);
+      break;
+    default:
+      break;
+  }
+  Schedule(now, txn, fx);
+  Commit(txn, fx);
+}
+
+void ControlState::OnSessionEnded(const std::string& worker, int64_t session, absl::Time now,
+                                  Effects* fx) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end() || it->second.session != session) return;
+  Txn txn;
+  WorkerLost(worker, "session stream ended", now, txn, fx);
+  Schedule(now, txn, fx);
+  Commit(txn, fx);
+}
+
+void ControlState::OnStarted(const v1::RankRef& ref, absl::Time now, Txn& txn, Effects* fx) {
+  JobEntry* e = nullptr;
+  v1::RankStatus* rs = LiveRank(ref, &e);
+  if (rs == nullptr) return;
+  rs->set_started(true);
+  rs->set_last_progress_unix_ms(Ms(now));
+  e->last_progress[ref.rank()] = now;
+  if (e->job.state() != v1::JOB_STATE_STARTING) return;
+  for (const auto& r : e->live->ranks()) {
+    if (!r.started()) return;
+  }
+  e->live->set_state(v1::JOB_STATE_RUNNING);
+  txn.batch.Put(Table::kAttempts, AttemptKey(e->job.name(), e->live->number()), *e->live);
+  SetState(*e, v1::JOB_STATE_RUNNING, now);
+  Emit(txn, *e, v1::EVENT_TYPE_STATE_CHANGED,
+       absl::StrCat("all ", e->live->ranks_size(), " ranks of attempt ", e->live->number(),
+                    " started"),
+       now);
+  (void)fx;
+}
+
+void ControlState::OnProgress(const v1::WorkerMessage::Progress& p, absl::Time now, Effects* fx) {
+  JobEntry* e = nullptr;
+  v1::RankStatus* rs = LiveRank(p.rank(), &e);
+  if (rs == nullptr) return;
+  rs->set_step(p.step());
+  rs->set_total_steps(p.total_steps());
+  *rs->mutable_metrics() = p.metrics();
+  rs->set_last_progress_unix_ms(Ms(now));
+  e->last_progress[p.rank().rank()] = now;
+  if (p.rank().rank() != 0) return;
+  *e->job.mutable_progress() = *rs;
+  v1::JobEvent ev;
+  ev.set_revision(revision_);
+  ev.set_type(v1::EVENT_TYPE_PROGRESS);
+  *ev.mutable_job() = e->job;
+  ev.set_time_unix_ms(Ms(now));
+  ev.set_message(absl::StrCat("step ", p.step(), "/", p.total_steps()));
+  fx->events.push_back(std::move(ev));
+}
+
+void ControlState::OnFinished(const std::string& worker,
+                              const v1::WorkerMessage::RankFinished& f, absl::Time now, Txn& txn,
+                              Effects* fx) {
+  JobEntry* e = nullptr;
+  v1::RankStatus* rs = LiveRank(f.rank(), &e);
+  if (rs == nullptr || rs->worker() != worker) return;  // stale: nothing to do
+  rs->set_finished(true);
+  FreeWorker(worker, f.rank().epoch());
+  if (!f.ok() && !f.cancelled()) {
+    const auto reason =
+        f.unimplemented() ? v1::FAILURE_REASON_UNIMPLEMENTED : v1::FAILURE_REASON_RANK_ERROR;
+    FailAttempt(*e,
+                MakeFailure(reason, absl::StrCat("rank ", f.rank().rank(), ": ", f.error()),
+                            f.rank().rank(), worker),
+                !f.unimplemented(), now, txn, fx);
+    return;
+  }
+  if (f.cancelled() && e->job.state() != v1::JOB_STATE_CANCELLING) {
+    FailAttempt(*e,
+                MakeFailure(v1::FAILURE_REASON_RANK_ERROR,
+                            absl::StrCat("rank ", f.rank().rank(), " stopped unasked"),
+                            f.rank().rank(), worker),
+                true, now, txn, fx);
+    return;
+  }
+  txn.batch.Put(Table::kAttempts, AttemptKey(e->job.name(), e->live->number()), *e->live);
+  txn.touched = true;
+  MaybeFinishAttempt(*e, now, txn, fx);
+}
+
+}  // namespace gemma
