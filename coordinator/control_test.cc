@@ -86,6 +86,17 @@ class ControlTest : public ::testing::Test {
       Send(w, m);
     }
   }
+  // Moves time on in 500 ms ticks while `alive` workers heartbeat.
+  void Advance(absl::Duration d, const std::vector<std::string>& alive) {
+    for (absl::Duration t; t < d; t += absl::Milliseconds(500)) {
+      for (const auto& w : alive) {
+        v1::WorkerMessage hb;
+        hb.mutable_heartbeat();
+        Send(w, hb);
+      }
+      Tick(absl::Milliseconds(500));
+    }
+  }
   v1::JobState StateOf(const std::string& job) { return state_->GetJob(job)->state(); }
   void Tick(absl::Duration d) {
     now_ += d;
@@ -194,10 +205,10 @@ TEST_F(ControlTest, RestartAdoptsReattachedRanksAndFencesStaleOnes) {
   // A worker claiming an older epoch of the job is aborted.
   v1::RankRef stale = refs[0].second;
   stale.set_epoch(stale.epoch() - 1);
-  Attach("", stale);
+  const std::string w3 = Attach("", stale);
   ASSERT_EQ(aborts_.size(), 1u);
   EXPECT_EQ(aborts_[0].second.epoch(), stale.epoch());
-  Tick(absl::Seconds(6));  // grace over
+  Advance(absl::Seconds(6), {refs[0].first, refs[1].first, w3});  // grace over
   v1::Job got = *state_->GetJob(j.name());
   EXPECT_EQ(got.state(), v1::JOB_STATE_RUNNING);
   EXPECT_EQ(got.attempt_count(), 1);

@@ -137,10 +137,11 @@ TEST_F(ControlPlaneTest, KilledWorkerFailsItsAttemptAndTheJobRetriesElsewhere) {
   std::string out;
   ASSERT_EQ(cluster_.Ctl({"workers", "-o", "json"}, &out), 0);
   int pid = 0;
-  for (const auto& w : json::parse(out)["workers"]) {
+  const json workers = json::parse(out);
+  for (const auto& w : workers["workers"]) {
     if (w["name"] == victim) pid = w["pid"];
   }
-  ASSERT_GT(pid, 0);
+  ASSERT_GT(pid, 0) << victim << "\n" << out;
   for (int i = 0; i < cluster_.num_workers(); ++i) {
     if (cluster_.worker(i).pid() == pid) cluster_.worker(i).Stop(SIGKILL);
   }
@@ -163,7 +164,8 @@ TEST_F(ControlPlaneTest, CoordinatorKill9AndRestartLosesNothingAndRunsNoSecondAt
                       absl::Seconds(30)))
       << Logs();
   std::string before;
-  ASSERT_EQ(cluster_.Ctl({"watch", done, "--progress=false", "-o", "json"}, &before), 0);
+  ASSERT_EQ(cluster_.Ctl({"watch", done, "--progress=false"}, &before), 0);
+  EXPECT_THAT(before, HasSubstr("SUCCEEDED: attempt 1 succeeded"));
   cluster_.coordinator().Stop(SIGKILL);
   std::vector<std::string> flags = {"--listen", absl::StrCat("127.0.0.1:", port)};
   flags.insert(flags.end(), kFastFlags.begin(), kFastFlags.end());
@@ -176,7 +178,7 @@ TEST_F(ControlPlaneTest, CoordinatorKill9AndRestartLosesNothingAndRunsNoSecondAt
   EXPECT_EQ(State(done), "JOB_STATE_SUCCEEDED");
   // The finished job's stored history is unchanged.
   std::string after;
-  ASSERT_EQ(cluster_.Ctl({"watch", done, "--progress=false", "-o", "json"}, &after), 0);
+  ASSERT_EQ(cluster_.Ctl({"watch", done, "--progress=false"}, &after), 0);
   EXPECT_EQ(before, after);
   // Every revision from 1 to the last is present: no event lost.
   grpc::ClientContext ctx;
