@@ -337,23 +337,38 @@ void ControlState::Schedule(absl::Time now, Txn& txn, Effects* fx) {
   }
   std::vector<const v1::Worker*> attached;
   for (const auto& [name, w] : workers_) attached.push_back(&w.worker);
-  std::string blocker;
+  std::string blocker, behind;
   std::vector<QueueKey> started;
+  // Jobs of one shape get the same answer within a pass; with thousands
+  // queued behind a blocker this keeps a pass linear in the queue.
+  std::map<std::tuple<int, int, int, int64_t>, PlacementResult> by_shape;
   for (const auto& key : queue_) {
     JobEntry& e = jobs_[std::get<2>(key)];
+    const auto& sp = e.job.spec();
+    const auto shape = std::make_tuple(sp.parallel().tp(), sp.parallel().dp(),
+                                       static_cast<int>(sp.resources().device()),
+                                       sp.resources().min_memory_bytes());
     if (!blocker.empty()) {
       // Free capacity goes to the earliest job first (no overtaking), unless
       // the job could never fit at all.
-      PlacementResult r = PlaceGang(e.job.spec(), attached);
-      e.job.set_waiting_reason(r.impossible ? r.reason
-                                            : absl::StrCat("waiting behind ", blocker,
-                                                           " (earlier or higher priority)"));
+      auto it = by_shape.find(shape);
+      if (it == by_shape.end()) it = by_shape.emplace(shape, PlaceGang(sp, attached)).first;
+      e.job.set_waiting_reason(it->second.impossible ? it->second.reason : behind);
       continue;
     }
-    PlacementResult r = PlaceGang(e.job.spec(), attached);
+    auto cached = by_shape.find(shape);
+    if (cached != by_shape.end() && cached->second.workers.empty()) {
+      e.job.set_waiting_reason(cached->second.reason);  // impossible, as before
+      continue;
+    }
+    PlacementResult r = PlaceGang(sp, attached);
     if (r.workers.empty()) {
       e.job.set_waiting_reason(r.reason);
-      if (!r.impossible) blocker = e.job.name();
+      by_shape.emplace(shape, r);
+      if (!r.impossible) {
+        blocker = e.job.name();
+        behind = absl::StrCat("waiting behind ", blocker, " (earlier or higher priority)");
+      }
       continue;
     }
     started.push_back(key);

@@ -74,7 +74,10 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   }
 
   void Tick() {
+    // One tick in the mailbox at a time, however slow the actor is.
+    if (tick_pending_.exchange(true)) return;
     actor_.Send([this] {
+      tick_pending_ = false;
       Effects fx;
       control_.Tick(absl::Now(), &fx);
       Dispatch(fx);
@@ -363,6 +366,7 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   LogStore logs_;
   CoordinatorOptions options_;
   std::atomic<int64_t> next_session_{0};
+  std::atomic<bool> tick_pending_{false};
   absl::Mutex sessions_mu_;
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(sessions_mu_);
 };

@@ -2,8 +2,12 @@
 
 #include <torch/torch.h>
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <chrono>
-#include <filesystem>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +16,20 @@
 
 namespace gemma {
 namespace {
+
+// POSIX on purpose: libtorch.so exports its own std::filesystem symbols,
+// which shadow libstdc++'s in processes that link it.
+absl::Status MakeDirs(const std::string& path) {
+  for (size_t pos = 1; pos <= path.size(); ++pos) {
+    if (pos == path.size() || path[pos] == '/') {
+      const std::string prefix = path.substr(0, pos);
+      if (mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+        return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
 
 class DiagnoseJob : public Job {
  public:
@@ -56,7 +74,7 @@ class DiagnoseJob : public Job {
       }
       if (ck.interval_steps() > 0 && !ck.root().empty() &&
           (step % ck.interval_steps() == 0 || step == steps)) {
-        WriteCheckpoint(ctx, step, checksum, gflops);
+        if (absl::Status s = WriteCheckpoint(ctx, step, checksum, gflops); !s.ok()) return s;
       }
       // Sleep in slices so a cancel is seen quickly.
       for (int slept = 0; slept < d.step_sleep_ms() && !ctx.Cancelled(); slept += 20) {
@@ -66,23 +84,27 @@ class DiagnoseJob : public Job {
     return absl::OkStatus();
   }
 
-  void WriteCheckpoint(RankContext& ctx, int64_t step, double checksum, double gflops) {
-    namespace fs = std::filesystem;
-    std::string id = ctx.job.substr(ctx.job.rfind('/') + 1);
-    const fs::path dir =
-        fs::path(ctx.spec.checkpoint().root()) / id / absl::StrFormat("step-%06d", step);
-    fs::create_directories(dir);
-    const fs::path file = dir / absl::StrFormat("rank-%05d.txt", ctx.rank);
-    const std::string tmp = file.string() + ".tmp";
+  // Writes dir/rank-NNNNN.txt through a temporary name, then reports it.
+  absl::Status WriteCheckpoint(RankContext& ctx, int64_t step, double checksum, double gflops) {
+    const std::string id = ctx.job.substr(ctx.job.rfind('/') + 1);
+    const std::string dir =
+        absl::StrFormat("%s/%s/step-%06d", ctx.spec.checkpoint().root(), id, step);
+    if (absl::Status s = MakeDirs(dir); !s.ok()) return s;
+    const std::string file = absl::StrFormat("%s/rank-%05d.txt", dir, ctx.rank);
+    const std::string tmp = file + ".tmp";
+    const std::string text = absl::StrCat("step ", step, " checksum ", checksum, "\n");
     {
       std::ofstream out(tmp);
-      out << "step " << step << " checksum " << checksum << "\n";
+      out << text;
+      if (!out.good()) return absl::InternalError(absl::StrCat("cannot write ", tmp));
     }
-    fs::rename(tmp, file);
+    if (std::rename(tmp.c_str(), file.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("rename ", tmp, ": ", std::strerror(errno)));
+    }
     if (ctx.checkpoint) {
-      ctx.checkpoint(step, dir.string(), static_cast<int64_t>(fs::file_size(file)),
-                     {{"gflops", gflops}});
+      ctx.checkpoint(step, dir, static_cast<int64_t>(text.size()), {{"gflops", gflops}});
     }
+    return absl::OkStatus();
   }
 };
 

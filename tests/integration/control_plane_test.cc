@@ -3,9 +3,12 @@
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
+#include <fstream>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "gemma/v1/cluster.grpc.pb.h"
 #include "gemma/v1/jobs.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -265,6 +268,55 @@ TEST_F(ControlPlaneTest, BadInputGetsClearErrorsAndTheCoordinatorStaysUp) {
   EXPECT_THAT(Get(name)["failure"].value("message", ""), HasSubstr("not implemented"));
   EXPECT_TRUE(cluster_.coordinator().running());
   EXPECT_EQ(cluster_.Ctl({"status"}, &out), 0) << out;
+}
+
+TEST_F(ControlPlaneTest, CheckpointsLogsAndClusterWatch) {
+  Start(2);
+  auto channel = grpc::CreateChannel(cluster_.address(), grpc::InsecureChannelCredentials());
+  auto cluster_stub = gemma::v1::ClusterService::NewStub(channel);
+  grpc::ClientContext wctx;
+  auto cluster_watch = cluster_stub->WatchCluster(&wctx, gemma::v1::WatchClusterRequest());
+  gemma::v1::ClusterStatus cs;
+  ASSERT_TRUE(cluster_watch->Read(&cs));
+  EXPECT_EQ(cs.workers_total(), 2);
+  EXPECT_EQ(cs.workers_busy(), 0);
+
+  const std::string root = cluster_.dir() + "/ckpt";
+  const std::string j = Submit(Recipe(1, 2, 6, 100) + "checkpoint: {interval_steps: 2, keep_last_n: 1, root: " +
+                               root + "}\n");
+  // The watch sees the workers get busy.
+  bool busy = false;
+  while (!busy && cluster_watch->Read(&cs)) busy = cs.workers_busy() == 2;
+  EXPECT_TRUE(busy);
+  wctx.TryCancel();
+  while (cluster_watch->Read(&cs)) {
+  }
+  cluster_watch->Finish();
+  // logs -f returns when the job ends, with every rank's lines.
+  std::string out;
+  ASSERT_EQ(cluster_.Ctl({"logs", "-f", j}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("rank 0 step 6/6"));
+  EXPECT_THAT(out, HasSubstr("rank 1 step 6/6"));
+  ASSERT_TRUE(WaitState(j, "SUCCEEDED")) << Logs();
+  // keep_last_n: 1 -> only the last of steps 2, 4, 6 is kept, reported by both ranks.
+  ASSERT_EQ(cluster_.Ctl({"ckpt", "list", j, "-o", "json"}, &out), 0) << out;
+  const json list = json::parse(out);
+  ASSERT_EQ(list["checkpoints"].size(), 1u) << out;
+  const json& c = list["checkpoints"][0];
+  const std::string name = j + "/checkpoints/6";
+  EXPECT_EQ(c["name"], name);
+  EXPECT_EQ(c["state"], "CHECKPOINT_STATE_COMMITTED");
+  EXPECT_EQ(c["ranks_reported"], 2);
+  EXPECT_TRUE(std::ifstream(c["path"].get<std::string>() + "/rank-00001.txt").good());
+  ASSERT_EQ(cluster_.Ctl({"ckpt", "pin", name}, &out), 0) << out;
+  EXPECT_EQ(cluster_.Ctl({"ckpt", "rm", name}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("is pinned"));
+  ASSERT_EQ(cluster_.Ctl({"ckpt", "unpin", name}, &out), 0) << out;
+  ASSERT_EQ(cluster_.Ctl({"ckpt", "rm", name}, &out), 0) << out;
+  EXPECT_EQ(cluster_.Ctl({"ckpt", "get", name}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("not found"));
+  EXPECT_EQ(cluster_.Ctl({"ckpt", "get", "jobs/x/steps/1"}, &out), 1);
+  EXPECT_THAT(out, HasSubstr("is not jobs/{job}/checkpoints/{step}"));
 }
 
 }  // namespace
