@@ -154,7 +154,7 @@ absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req, ab
     auto it = request_ids_.find(req.request_id());
     if (it != request_ids_.end()) {
       auto j = jobs_.find(it->second);
-      if (j != jobs_.end()) return j->second.job;
+      if (j != jobs_.end()) return View(j->second);
     }
     if (req.request_id().size() > 256) {
       return absl::InvalidArgumentError("request_id: longer than 256 characters");
@@ -198,7 +198,7 @@ absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req, ab
   // Scheduling is its own transition (and batch).
   Schedule(now, txn, fx);
   Commit(txn, fx);
-  return jobs_[name].job;
+  return View(jobs_[name]);
 }
 
 absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name, absl::Time now,
@@ -241,7 +241,7 @@ absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name, absl::Time
 absl::StatusOr<v1::Job> ControlState::GetJob(const std::string& name) const {
   auto it = jobs_.find(name);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat(name, " not found"));
-  v1::Job job = it->second.job;
+  v1::Job job = View(it->second);
   absl::Status s = store_->Scan(Table::kAttempts, name + "#", "",
                                 [&](const std::string&, const std::string& v) {
                                   job.add_attempts()->ParseFromString(v);
@@ -272,7 +272,7 @@ absl::StatusOr<v1::ListJobsResponse> ControlState::ListJobs(const v1::ListJobsRe
       resp.set_next_page_token(resp.jobs(size - 1).name());
       break;
     }
-    *resp.add_jobs() = it->second.job;
+    *resp.add_jobs() = View(it->second);
   }
   return resp;
 }
@@ -304,7 +304,7 @@ v1::ClusterStatus ControlState::Status(absl::Time now) const {
       auto* q = s.add_queued();
       q->set_job(name);
       q->set_world(WorldSize(e.job.spec()));
-      q->set_waiting_reason(e.job.waiting_reason());
+      q->set_waiting_reason(View(e).waiting_reason());
     }
   }
   for (const auto& [name, e] : jobs_) {
@@ -328,53 +328,59 @@ void ControlState::Schedule(absl::Time now, Txn& txn, Effects* fx) {
   if (!dirty_) return;
   dirty_ = false;
   if (in_grace(now)) {
-    for (const auto& [p, seq, name] : queue_) {
-      jobs_[name].job.set_waiting_reason(
-          "coordinator restarted; waiting for workers to re-attach before scheduling");
-    }
-    dirty_ = true;
+    dirty_ = true;  // reasons are filled in by View()
     return;
   }
   std::vector<const v1::Worker*> attached;
   for (const auto& [name, w] : workers_) attached.push_back(&w.worker);
-  std::string blocker, behind;
+  blocker_key_.reset();
   std::vector<QueueKey> started;
-  // Jobs of one shape get the same answer within a pass; with thousands
-  // queued behind a blocker this keeps a pass linear in the queue.
-  std::map<std::tuple<int, int, int, int64_t>, PlacementResult> by_shape;
+  // Impossible shapes seen in this pass (they do not block the queue).
+  std::map<std::tuple<int, int, int, int64_t>, std::string> impossible;
   for (const auto& key : queue_) {
     JobEntry& e = jobs_[std::get<2>(key)];
     const auto& sp = e.job.spec();
     const auto shape = std::make_tuple(sp.parallel().tp(), sp.parallel().dp(),
                                        static_cast<int>(sp.resources().device()),
                                        sp.resources().min_memory_bytes());
-    if (!blocker.empty()) {
-      // Free capacity goes to the earliest job first (no overtaking), unless
-      // the job could never fit at all.
-      auto it = by_shape.find(shape);
-      if (it == by_shape.end()) it = by_shape.emplace(shape, PlaceGang(sp, attached)).first;
-      e.job.set_waiting_reason(it->second.impossible ? it->second.reason : behind);
-      continue;
-    }
-    auto cached = by_shape.find(shape);
-    if (cached != by_shape.end() && cached->second.workers.empty()) {
-      e.job.set_waiting_reason(cached->second.reason);  // impossible, as before
+    if (auto it = impossible.find(shape); it != impossible.end()) {
+      e.job.set_waiting_reason(it->second);
       continue;
     }
     PlacementResult r = PlaceGang(sp, attached);
     if (r.workers.empty()) {
       e.job.set_waiting_reason(r.reason);
-      by_shape.emplace(shape, r);
-      if (!r.impossible) {
-        blocker = e.job.name();
-        behind = absl::StrCat("waiting behind ", blocker, " (earlier or higher priority)");
+      if (r.impossible) {
+        impossible.emplace(shape, r.reason);
+        continue;
       }
-      continue;
+      // Free capacity goes to the earliest job first (no overtaking): the
+      // rest wait behind this one. View() fills their reasons when read, so
+      // a pass costs O(jobs up to the blocker), not O(queue).
+      blocker_key_ = key;
+      behind_reason_ = absl::StrCat("waiting behind ", e.job.name(), " (earlier or higher priority)");
+      break;
     }
     started.push_back(key);
     StartAttempt(e, r.workers, now, txn, fx);
   }
   for (const auto& k : started) queue_.erase(k);
+}
+
+v1::Job ControlState::View(const JobEntry& e) const {
+  v1::Job job = e.job;
+  if (job.state() != v1::JOB_STATE_QUEUED) return job;
+  if (grace_pending_) {
+    job.set_waiting_reason(
+        "coordinator restarted; waiting for workers to re-attach before scheduling");
+  } else if (blocker_key_ &&
+             QueueKey(-job.spec().priority(), job.queue_seq(), job.name()) > *blocker_key_) {
+    std::vector<const v1::Worker*> attached;
+    for (const auto& [name, w] : workers_) attached.push_back(&w.worker);
+    PlacementResult r = PlaceGang(job.spec(), attached);
+    job.set_waiting_reason(r.impossible ? r.reason : behind_reason_);
+  }
+  return job;
 }
 
 void ControlState::StartAttempt(JobEntry& e, const std::vector<std::string>& workers,

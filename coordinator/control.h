@@ -129,6 +129,8 @@ class ControlState {
   using QueueKey = std::tuple<int, int64_t, std::string>;  // (-priority, seq, name)
 
   void Commit(Txn& txn, Effects* fx);
+  // The job as clients see it: waiting_reason filled in for queued jobs.
+  gemma::v1::Job View(const JobEntry& e) const;
   void Emit(Txn& txn, JobEntry& e, gemma::v1::EventType type, const std::string& message,
             absl::Time now);
   void Schedule(absl::Time now, Txn& txn, Effects* fx);
@@ -172,6 +174,10 @@ class ControlState {
   absl::Time grace_until_ = absl::InfinitePast();
   bool grace_pending_ = false;
   bool dirty_ = true;  // something changed that may let a queued job run
+  // The first queued job that fits the cluster but not its free workers, as
+  // of the last scheduling pass; jobs after it wait behind it.
+  std::optional<QueueKey> blocker_key_;
+  std::string behind_reason_;
 };
 
 }  // namespace gemma

@@ -271,5 +271,69 @@ TEST_F(ControlTest, HungRankFailsItsAttempt) {
   EXPECT_EQ(got.failure().reason(), v1::FAILURE_REASON_HUNG);
 }
 
+TEST_F(ControlTest, PriorityThenFifoAndNoOvertakingOfAWaitingGang) {
+  std::string w = Attach();
+  v1::Job running = Submit(1, 1);
+  v1::Job low = Submit(1, 1);
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->set_kind(v1::JOB_KIND_DIAGNOSE);
+  req.mutable_spec()->mutable_resources()->set_device(v1::DEVICE_CPU);
+  req.mutable_spec()->set_priority(5);
+  Effects fx;
+  v1::Job high = *state_->Submit(req, now_, &fx);
+  EXPECT_THAT(state_->GetJob(low.name())->waiting_reason(),
+              HasSubstr("waiting behind " + high.name()));
+  assigns_.clear();
+  StartAll();
+  v1::WorkerMessage m;
+  v1::RankRef ref;
+  ref.set_job(running.name());
+  ref.set_attempt(1);
+  ref.set_epoch(running.current_epoch());
+  *m.mutable_finished()->mutable_rank() = ref;
+  m.mutable_finished()->set_ok(true);
+  Send(w, m);
+  EXPECT_EQ(StateOf(high.name()), v1::JOB_STATE_STARTING);
+  EXPECT_EQ(StateOf(low.name()), v1::JOB_STATE_QUEUED);
+}
+
+TEST_F(ControlTest, ListJobsPagesAndFilters) {
+  for (int i = 0; i < 5; ++i) Submit(1, 1);
+  Effects fx;
+  ASSERT_TRUE(state_->Cancel("jobs/j-000002", now_, &fx).ok());
+  v1::ListJobsRequest req;
+  req.set_page_size(2);
+  std::vector<std::string> names;
+  do {
+    auto resp = state_->ListJobs(req);
+    ASSERT_TRUE(resp.ok());
+    for (const auto& j : resp->jobs()) names.push_back(j.name());
+    req.set_page_token(resp->next_page_token());
+  } while (!req.page_token().empty());
+  EXPECT_EQ(names.size(), 5u);
+  EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+  v1::ListJobsRequest f;
+  f.add_states(v1::JOB_STATE_CANCELLED);
+  auto cancelled = state_->ListJobs(f);
+  ASSERT_EQ(cancelled->jobs_size(), 1);
+  EXPECT_EQ(cancelled->jobs(0).name(), "jobs/j-000002");
+  f.set_page_token("garbage");
+  EXPECT_TRUE(absl::IsInvalidArgument(state_->ListJobs(f).status()));
+}
+
+TEST_F(ControlTest, SubmitErrorsNameTheField) {
+  Effects fx;
+  v1::SubmitJobRequest req;
+  EXPECT_THAT(std::string(state_->Submit(req, now_, &fx).status().message()), HasSubstr("spec"));
+  req.mutable_spec()->set_kind(v1::JOB_KIND_DIAGNOSE);
+  req.set_job_id("Bad_Id");
+  auto r = state_->Submit(req, now_, &fx);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status()));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("job_id"));
+  req.set_job_id("mine");
+  ASSERT_TRUE(state_->Submit(req, now_, &fx).ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(state_->Submit(req, now_, &fx).status()));
+}
+
 }  // namespace
 }  // namespace gemma
