@@ -166,6 +166,9 @@ TEST_F(ControlPlaneTest, CoordinatorKill9AndRestartLosesNothingAndRunsNoSecondAt
   ASSERT_TRUE(WaitFor([&] { return Get(j)["progress"].value("step", "0") != "0"; },
                       absl::Seconds(30)))
       << Logs();
+  // A follower across the restart: it resumes from its last revision.
+  Subprocess follower({BinPath("gemmactl"), "watch", j, "--coordinator", cluster_.address()},
+                      cluster_.dir() + "/follower.log");
   std::string before;
   ASSERT_EQ(cluster_.Ctl({"watch", done, "--progress=false"}, &before), 0);
   EXPECT_THAT(before, HasSubstr("SUCCEEDED: attempt 1 succeeded"));
@@ -197,6 +200,11 @@ TEST_F(ControlPlaneTest, CoordinatorKill9AndRestartLosesNothingAndRunsNoSecondAt
   EXPECT_THAT(states, ::testing::ElementsAre("JOB_STATE_QUEUED", "JOB_STATE_STARTING",
                                              "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"));
   EXPECT_THAT(cluster_.coordinator().Log(), HasSubstr("re-attached running " + j));
+  EXPECT_EQ(follower.Wait(absl::Seconds(20)), 0) << follower.Log();
+  EXPECT_THAT(follower.Log(), HasSubstr(j + " SUCCEEDED: attempt 1 succeeded"));
+  // Stored events are not replayed twice after the resume.
+  EXPECT_EQ(follower.Log().find("RUNNING: all 2 ranks"),
+            follower.Log().rfind("RUNNING: all 2 ranks"));
 }
 
 TEST_F(ControlPlaneTest, BadInputGetsClearErrorsAndTheCoordinatorStaysUp) {
@@ -317,6 +325,27 @@ TEST_F(ControlPlaneTest, CheckpointsLogsAndClusterWatch) {
   EXPECT_THAT(out, HasSubstr("not found"));
   EXPECT_EQ(cluster_.Ctl({"ckpt", "get", "jobs/x/steps/1"}, &out), 1);
   EXPECT_THAT(out, HasSubstr("is not jobs/{job}/checkpoints/{step}"));
+}
+
+TEST_F(ControlPlaneTest, RankWithoutProgressPastItsStepTimeoutIsHung) {
+  Start(1);
+  // Each step sleeps 2 s; the step timeout is 0.4 s.
+  const std::string j = Submit(Recipe(1, 1, 5, 2000) + "timeouts: {step_seconds: 0.4}\n");
+  ASSERT_TRUE(WaitState(j, "FAILED", absl::Seconds(30))) << Logs();
+  json jj = Get(j);
+  EXPECT_EQ(jj["failure"]["reason"], "FAILURE_REASON_HUNG");
+  EXPECT_THAT(jj["failure"].value("message", ""), HasSubstr("made no progress"));
+  // The worker was told to abort the rank and is free again.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string out;
+        return cluster_.Ctl({"status", "-o", "json"}, &out) == 0 &&
+               json::parse(out).value("workers_free", 0) == 1;
+      },
+      absl::Seconds(10)));
+  EXPECT_TRUE(WaitFor([&] { return cluster_.worker(0).Log().find("abort " + j) != std::string::npos; },
+                      absl::Seconds(10)))
+      << Logs();
 }
 
 }  // namespace
