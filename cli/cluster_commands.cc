@@ -49,20 +49,11 @@ int Workers(int argc, char** argv) {
   return 0;
 }
 
-int Status(int argc, char** argv) {
-  CommonFlags common;
-  FlagSet flags("gemmactl status", "Show the cluster's capacity and the coordinator's health.");
-  common.Register(flags);
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
-  auto stub = v1::ClusterService::NewStub(common.Channel());
-  grpc::ClientContext ctx;
-  common.SetDeadline(ctx);
-  v1::ClusterStatus resp;
-  grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
-  if (!s.ok()) return ReportRpcError("cluster status", s, common);
+void PrintStatus(const v1::ClusterStatus& resp, const CommonFlags& common) {
   if (common.json()) {
     std::cout << ToJson(resp) << "\n";
-    return 0;
+    std::cout.flush();
+    return;
   }
   std::cout << "coordinator " << common.coordinator << " (version "
             << resp.coordinator_version() << ", up " << resp.uptime_seconds() << "s"
@@ -77,6 +68,39 @@ int Status(int argc, char** argv) {
     std::cout << "  " << q.job() << " (" << q.world() << " ranks) waits: " << q.waiting_reason()
               << "\n";
   }
+  std::cout.flush();
+}
+
+int Status(int argc, char** argv) {
+  CommonFlags common;
+  bool watch = false;
+  FlagSet flags("gemmactl status",
+                "Show the cluster's capacity (free/used), queued jobs and why they wait, and the\n"
+                "coordinator's health.");
+  common.Register(flags);
+  flags.Bool("watch", &watch, "print the status again after every change (Ctrl-C to stop)")
+      .Short('w');
+  flags.Epilog("Examples:\n  gemmactl status\n  gemmactl status --watch -o json");
+  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  auto stub = v1::ClusterService::NewStub(common.Channel());
+  if (watch) {
+    grpc::ClientContext ctx;
+    auto reader = stub->WatchCluster(&ctx, v1::WatchClusterRequest());
+    v1::ClusterStatus resp;
+    while (reader->Read(&resp)) {
+      if (!common.json()) std::cout << "---\n";
+      PrintStatus(resp, common);
+    }
+    grpc::Status s = reader->Finish();
+    if (!s.ok()) return ReportRpcError("watch cluster", s, common);
+    return 0;
+  }
+  grpc::ClientContext ctx;
+  common.SetDeadline(ctx);
+  v1::ClusterStatus resp;
+  grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
+  if (!s.ok()) return ReportRpcError("cluster status", s, common);
+  PrintStatus(resp, common);
   return 0;
 }
 

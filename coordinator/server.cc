@@ -98,7 +98,21 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
         if (!s->closed && !s->stream->Write(m)) s->closed = true;
       });
     }
+    {
+      absl::MutexLock lock(&epochs_mu_);
+      for (const auto& ev : fx.events) {
+        int64_t& e = newest_epoch_[ev.job().name()];
+        e = std::max(e, ev.job().current_epoch());
+      }
+    }
     hub_.Publish(fx.events);
+  }
+
+  // Log lines of attempts older than the job's newest are fenced off.
+  bool LogIsCurrent(const v1::RankRef& ref) {
+    absl::MutexLock lock(&epochs_mu_);
+    auto it = newest_epoch_.find(ref.job());
+    return it == newest_epoch_.end() || ref.epoch() >= it->second;
   }
 
   // ---- JobService ----
@@ -324,7 +338,9 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
       }
       if (msg.has_log()) {
         const auto& l = msg.log();
-        logs_.Append(l.rank().job(), l.rank().attempt(), l.rank().rank(), l.text());
+        if (LogIsCurrent(l.rank())) {
+          logs_.Append(l.rank().job(), l.rank().attempt(), l.rank().rank(), l.text());
+        }
         continue;
       }
       actor_.Send([this, n = *name, id = session->id, m = std::move(msg)] {
@@ -367,6 +383,8 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   CoordinatorOptions options_;
   std::atomic<int64_t> next_session_{0};
   std::atomic<bool> tick_pending_{false};
+  absl::Mutex epochs_mu_;
+  std::map<std::string, int64_t> newest_epoch_ ABSL_GUARDED_BY(epochs_mu_);
   absl::Mutex sessions_mu_;
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(sessions_mu_);
 };

@@ -289,6 +289,9 @@ TEST_F(ControlPlaneTest, CheckpointsLogsAndClusterWatch) {
   EXPECT_EQ(cs.workers_total(), 2);
   EXPECT_EQ(cs.workers_busy(), 0);
 
+  Subprocess status_watch(
+      {BinPath("gemmactl"), "status", "--watch", "-o", "json", "--coordinator", cluster_.address()},
+      cluster_.dir() + "/status-watch.log");
   const std::string root = cluster_.dir() + "/ckpt";
   const std::string j = Submit(Recipe(1, 2, 6, 100) + "checkpoint: {interval_steps: 2, keep_last_n: 1, root: " +
                                root + "}\n");
@@ -300,6 +303,10 @@ TEST_F(ControlPlaneTest, CheckpointsLogsAndClusterWatch) {
   while (cluster_watch->Read(&cs)) {
   }
   cluster_watch->Finish();
+  EXPECT_TRUE(WaitFor([&] { return status_watch.Log().find("\"workers_busy\": 2") != std::string::npos; },
+                      absl::Seconds(10)))
+      << status_watch.Log();
+  status_watch.Stop(SIGTERM);
   // logs -f returns when the job ends, with every rank's lines.
   std::string out;
   ASSERT_EQ(cluster_.Ctl({"logs", "-f", j}, &out), 0) << out;
