@@ -74,6 +74,12 @@ absl::StatusOr<std::string> ControlState::Register(int64_t session,
       we.worker.set_rank(ref.rank());
       we.worker.set_state(v1::WORKER_STATE_BUSY);
       e->last_progress[ref.rank()] = now;
+      if (e->job.state() == v1::JOB_STATE_CANCELLING && !reg.running_finished()) {
+        // The cancel may have been lost with the previous session: repeat it.
+        v1::CoordinatorMessage m;
+        *m.mutable_cancel()->mutable_rank() = ref;
+        fx->sends.emplace_back(name, std::move(m));
+      }
       GEMMA_LOG(INFO) << name << " re-attached running " << ref.job() << " attempt "
                       << ref.attempt() << " rank " << ref.rank();
       if (reg.running_finished()) {

@@ -335,5 +335,30 @@ TEST_F(ControlTest, SubmitErrorsNameTheField) {
   EXPECT_TRUE(absl::IsAlreadyExists(state_->Submit(req, now_, &fx).status()));
 }
 
+TEST_F(ControlTest, CancelIsRepeatedToRanksThatReattachAfterARestart) {
+  Attach();
+  v1::Job j = Submit(1, 1);
+  StartAll();
+  Effects fx;
+  ASSERT_TRUE(state_->Cancel(j.name(), now_, &fx).ok());  // the Cancel is "lost"
+  auto refs = assigns_;
+  Open();
+  v1::WorkerMessage::Register reg;
+  reg.mutable_worker()->set_name(refs[0].first);
+  reg.mutable_worker()->set_device_kind("cpu");
+  *reg.mutable_running() = refs[0].second;
+  Effects rfx;
+  ASSERT_TRUE(state_->Register(++session_, reg, now_, &rfx).ok());
+  sessions_[refs[0].first] = session_;
+  bool cancel_sent = false;
+  for (const auto& [w, m] : rfx.sends) cancel_sent |= m.has_cancel() && w == refs[0].first;
+  EXPECT_TRUE(cancel_sent);
+  v1::WorkerMessage m;
+  *m.mutable_finished()->mutable_rank() = refs[0].second;
+  m.mutable_finished()->set_cancelled(true);
+  Send(refs[0].first, m);
+  EXPECT_EQ(StateOf(j.name()), v1::JOB_STATE_CANCELLED);
+}
+
 }  // namespace
 }  // namespace gemma

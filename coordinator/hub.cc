@@ -1,5 +1,7 @@
 #include "coordinator/hub.h"
 
+#include <algorithm>
+
 #include "absl/time/clock.h"
 
 namespace gemma {
@@ -20,6 +22,11 @@ void EventHub::Publish(const std::vector<v1::JobEvent>& events) {
 int64_t EventHub::revision() const {
   absl::MutexLock lock(&mu_);
   return revision_;
+}
+
+void EventHub::SetRevision(int64_t revision) {
+  absl::MutexLock lock(&mu_);
+  revision_ = std::max(revision_, revision);
 }
 
 int64_t EventHub::progress_seq() const {

@@ -21,6 +21,8 @@ class EventHub {
   // Stored events raise the revision; progress events join the ring.
   void Publish(const std::vector<gemma::v1::JobEvent>& events);
   int64_t revision() const;
+  // Starts the revision at the store's (after a restart).
+  void SetRevision(int64_t revision);
   int64_t progress_seq() const;
   // Progress events after `seq` (oldest first); sets *seq to the newest.
   std::vector<gemma::v1::JobEvent> ProgressSince(int64_t* seq) const;

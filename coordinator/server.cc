@@ -69,7 +69,7 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   absl::Status Recover() {
     auto f = actor_.Ask([this] { return control_.Recover(absl::Now()); });
     absl::Status s = f.get();
-    hub_.Publish({});
+    hub_.SetRevision(actor_.Ask([this] { return control_.revision(); }).get());
     return s;
   }
 
