@@ -13,6 +13,7 @@
 #include "coordinator/control.h"
 #include "coordinator/hub.h"
 #include "coordinator/store.h"
+#include "coordinator/worker_actor.h"
 #include "gemma/v1/checkpoints.grpc.pb.h"
 #include "gemma/v1/cluster.grpc.pb.h"
 #include "gemma/v1/jobs.grpc.pb.h"
@@ -38,17 +39,7 @@ grpc::Status CheckJobName(const std::string& field, const std::string& name) {
   return grpc::Status::OK;
 }
 
-using SessionStream = grpc::ServerReaderWriter<v1::CoordinatorMessage, v1::WorkerMessage>;
-
-// One worker's open stream. Its WorkerActor serializes writes to it.
-struct Session {
-  Session(ThreadPool* pool, SessionStream* s, int64_t session_id)
-      : writer(pool), stream(s), id(session_id) {}
-  Actor writer;
-  SessionStream* stream;  // valid until `closed` (set on the writer actor)
-  bool closed = false;    // touched only on the writer actor
-  const int64_t id;
-};
+using SessionStream = WorkerActor::Stream;
 
 }  // namespace
 
@@ -87,16 +78,13 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   // Runs on the control actor: delivers sends and wakes watchers.
   void Dispatch(Effects& fx) {
     for (auto& [worker, msg] : fx.sends) {
-      std::shared_ptr<Session> s;
+      std::shared_ptr<WorkerActor> s;
       {
         absl::MutexLock lock(&sessions_mu_);
         auto it = sessions_.find(worker);
         if (it != sessions_.end()) s = it->second;
       }
-      if (!s) continue;
-      s->writer.Send([s, m = std::move(msg)] {
-        if (!s->closed && !s->stream->Write(m)) s->closed = true;
-      });
+      if (s) s->Send(std::move(msg));
     }
     {
       absl::MutexLock lock(&epochs_mu_);
@@ -315,11 +303,11 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                           "the first message of a session must be Register");
     }
-    auto session = std::make_shared<Session>(&pool_, stream, next_session_.fetch_add(1) + 1);
+    auto session = std::make_shared<WorkerActor>(&pool_, stream, next_session_.fetch_add(1) + 1);
     auto name = actor_
                     .Ask([&]() -> absl::StatusOr<std::string> {
                       Effects fx;
-                      auto n = control_.Register(session->id, msg.register_(), absl::Now(), &fx);
+                      auto n = control_.Register(session->session_id(), msg.register_(), absl::Now(), &fx);
                       if (n.ok()) {
                         absl::MutexLock lock(&sessions_mu_);
                         sessions_[*n] = session;
@@ -343,7 +331,7 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
         }
         continue;
       }
-      actor_.Send([this, n = *name, id = session->id, m = std::move(msg)] {
+      actor_.Send([this, n = *name, id = session->session_id(), m = std::move(msg)] {
         Effects fx;
         control_.OnWorkerMessage(n, id, m, absl::Now(), &fx);
         Dispatch(fx);
@@ -356,11 +344,11 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   }
 
   // The session's stream is over: tell the state machine, stop writing.
-  void End(const std::shared_ptr<Session>& session, const std::string& name) {
+  void End(const std::shared_ptr<WorkerActor>& session, const std::string& name) {
     actor_
         .Ask([&] {
           Effects fx;
-          control_.OnSessionEnded(name, session->id, absl::Now(), &fx);
+          control_.OnSessionEnded(name, session->session_id(), absl::Now(), &fx);
           {
             absl::MutexLock lock(&sessions_mu_);
             auto it = sessions_.find(name);
@@ -369,8 +357,7 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
           Dispatch(fx);
         })
         .get();
-    session->writer.Send([session] { session->closed = true; });
-    session->writer.Drain();
+    session->Close();
   }
 
  private:
@@ -386,7 +373,7 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   absl::Mutex epochs_mu_;
   std::map<std::string, int64_t> newest_epoch_ ABSL_GUARDED_BY(epochs_mu_);
   absl::Mutex sessions_mu_;
-  std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(sessions_mu_);
+  std::map<std::string, std::shared_ptr<WorkerActor>> sessions_ ABSL_GUARDED_BY(sessions_mu_);
 };
 
 CoordinatorServer::CoordinatorServer(CoordinatorOptions options) : options_(std::move(options)) {}
