@@ -117,6 +117,7 @@ int Submit(int argc, char** argv) {
   std::string file, request_id, job_id;
   std::vector<std::string> sets;
   bool follow = false;
+  bool dry_run = false;
   FlagSet flags("gemmactl submit", "Submit a job from a YAML recipe (a JobSpec).");
   common.Register(flags);
   flags.String("file", &file, "the recipe").Short('f').Meta("FILE.yaml");
@@ -125,6 +126,7 @@ int Submit(int argc, char** argv) {
   flags.String("request-id", &request_id,
                "idempotency key: a retry with the same id returns the same job (default: random)");
   flags.String("job-id", &job_id, "choose the job's id (jobs/ID); default: assigned");
+  flags.Bool("dry-run", &dry_run, "parse and check the recipe, print the JobSpec as JSON, send nothing");
   flags.Epilog(
       "Examples:\n"
       "  gemmactl submit -f jobs/recipes/diagnose.yaml\n"
@@ -142,6 +144,11 @@ int Submit(int argc, char** argv) {
   if (absl::Status s = ValidateJobSpec(*spec); !s.ok()) {
     std::cerr << "gemmactl submit: " << file << ": " << s.message() << "\n";
     return 2;
+  }
+  if (dry_run) {
+    ApplySpecDefaults(&*spec);
+    std::cout << ToJson(*spec) << "\n";
+    return 0;
   }
   v1::SubmitJobRequest req;
   *req.mutable_spec() = *spec;

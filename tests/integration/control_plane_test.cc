@@ -219,6 +219,11 @@ TEST_F(ControlPlaneTest, BadInputGetsClearErrorsAndTheCoordinatorStaysUp) {
   const std::string ok = cluster_.WriteRecipe("ok.yaml", Recipe(1, 1, 1, 0));
   EXPECT_EQ(cluster_.Ctl({"submit", "-f", ok, "--set", "parallel.ep=3"}, &out), 2);
   EXPECT_THAT(out, HasSubstr("spec.parallel.ep: 3 does not divide"));
+  // --dry-run checks and prints the spec, and submits nothing.
+  EXPECT_EQ(cluster_.Ctl({"submit", "-f", ok, "--set", "parallel.dp=4", "--dry-run"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("\"dp\": 4"));
+  ASSERT_EQ(cluster_.Ctl({"list", "-o", "json"}, &out), 0);
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("jobs/")));
   // tp=3 on 2 workers: queued, and it says why.
   const std::string wide = Submit(Recipe(3, 1, 1, 0));
   ASSERT_TRUE(WaitFor([&] { return !Get(wide).value("waiting_reason", "").empty(); },
