@@ -87,7 +87,7 @@ int Follow(const CommonFlags& common, const std::string& name, bool progress) {
       } else {
         PrintEvent(ev);
       }
-      last_state = ev.job().state();
+      if (ev.type() != v1::EVENT_TYPE_PROGRESS) last_state = ev.job().state();
     }
     grpc::Status s = reader->Finish();
     if (s.ok()) {

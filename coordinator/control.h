@@ -98,6 +98,9 @@ class ControlState {
   // Any later message of that session.
   void OnWorkerMessage(const std::string& worker, int64_t session,
                        const gemma::v1::WorkerMessage& msg, absl::Time now, Effects* fx);
+  // A rank's progress (forwarded by its JobActor): its step and metrics, and
+  // proof of life for hang detection. Stale epochs are ignored.
+  void OnRankProgress(const gemma::v1::WorkerMessage::Progress& p, absl::Time now);
   // The session's stream ended: the worker is lost (unless it re-attached).
   void OnSessionEnded(const std::string& worker, int64_t session, absl::Time now, Effects* fx);
 
@@ -149,7 +152,6 @@ class ControlState {
   void OnStarted(const gemma::v1::RankRef& ref, absl::Time now, Txn& txn, Effects* fx);
   void OnFinished(const std::string& worker, const gemma::v1::WorkerMessage::RankFinished& f,
                   absl::Time now, Txn& txn, Effects* fx);
-  void OnProgress(const gemma::v1::WorkerMessage::Progress& p, absl::Time now, Effects* fx);
   void OnCheckpoint(const gemma::v1::WorkerMessage::CheckpointReport& c, absl::Time now,
                     Txn& txn);
   void EndGrace(absl::Time now, Txn& txn, Effects* fx);

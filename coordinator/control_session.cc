@@ -124,7 +124,7 @@ void ControlState::OnWorkerMessage(const std::string& worker, int64_t session,
       OnStarted(msg.started().rank(), now, txn, fx);
       break;
     case v1::WorkerMessage::kProgress:
-      OnProgress(msg.progress(), now, fx);
+      OnRankProgress(msg.progress(), now);
       break;
     case v1::WorkerMessage::kFinished:
       OnFinished(worker, msg.finished(), now, txn, fx);
@@ -170,24 +170,16 @@ void ControlState::OnStarted(const v1::RankRef& ref, absl::Time now, Txn& txn, E
   (void)fx;
 }
 
-void ControlState::OnProgress(const v1::WorkerMessage::Progress& p, absl::Time now, Effects* fx) {
+void ControlState::OnRankProgress(const v1::WorkerMessage::Progress& p, absl::Time now) {
   JobEntry* e = nullptr;
   v1::RankStatus* rs = LiveRank(p.rank(), &e);
-  if (rs == nullptr) return;
+  if (rs == nullptr) return;  // stale epoch
   rs->set_step(p.step());
   rs->set_total_steps(p.total_steps());
   *rs->mutable_metrics() = p.metrics();
   rs->set_last_progress_unix_ms(Ms(now));
   e->last_progress[p.rank().rank()] = now;
-  if (p.rank().rank() != 0) return;
-  *e->job.mutable_progress() = *rs;
-  v1::JobEvent ev;
-  ev.set_revision(revision_);
-  ev.set_type(v1::EVENT_TYPE_PROGRESS);
-  *ev.mutable_job() = e->job;
-  ev.set_time_unix_ms(Ms(now));
-  ev.set_message(absl::StrCat("step ", p.step(), "/", p.total_steps()));
-  fx->events.push_back(std::move(ev));
+  if (p.rank().rank() == 0) *e->job.mutable_progress() = *rs;
 }
 
 void ControlState::OnFinished(const std::string& worker,

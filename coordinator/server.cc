@@ -12,6 +12,7 @@
 #include "coordinator/actor.h"
 #include "coordinator/control.h"
 #include "coordinator/hub.h"
+#include "coordinator/job_actor.h"
 #include "coordinator/store.h"
 #include "coordinator/worker_actor.h"
 #include "gemma/v1/checkpoints.grpc.pb.h"
@@ -86,21 +87,26 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
       }
       if (s) s->Send(std::move(msg));
     }
-    {
-      absl::MutexLock lock(&epochs_mu_);
-      for (const auto& ev : fx.events) {
-        int64_t& e = newest_epoch_[ev.job().name()];
-        e = std::max(e, ev.job().current_epoch());
-      }
+    for (const auto& ev : fx.events) {
+      if (ev.job().current_epoch() > 0) JobActorFor(ev.job().name())->OnEpoch(ev.job().current_epoch());
     }
     hub_.Publish(fx.events);
   }
 
-  // Log lines of attempts older than the job's newest are fenced off.
-  bool LogIsCurrent(const v1::RankRef& ref) {
-    absl::MutexLock lock(&epochs_mu_);
-    auto it = newest_epoch_.find(ref.job());
-    return it == newest_epoch_.end() || ref.epoch() >= it->second;
+  // The job's JobActor, created on first use. Kept for the coordinator's
+  // life (a few hundred bytes per job), so no message races its teardown.
+  std::shared_ptr<JobActor> JobActorFor(const std::string& job) {
+    absl::MutexLock lock(&job_actors_mu_);
+    auto& a = job_actors_[job];
+    if (!a) {
+      a = std::make_shared<JobActor>(&pool_, job, &hub_, &logs_,
+                                     [this](const v1::WorkerMessage::Progress& p) {
+                                       actor_.Send([this, p] {
+                                         control_.OnRankProgress(p, absl::Now());
+                                       });
+                                     });
+    }
+    return a;
   }
 
   // ---- JobService ----
@@ -220,6 +226,8 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
     int64_t seq = req->after_seq();
     while (!ctx->IsCancelled()) {
       const bool finished = actor_.Ask([&] { return control_.IsFinished(req->name()); }).get();
+      // Lines sent before the ranks finished may still be in the JobActor.
+      if (finished) JobActorFor(req->name())->Flush();
       for (const auto& line : logs_.Read(req->name(), seq, req->rank())) {
         if (!w->Write(line)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
         seq = line.seq();
@@ -324,12 +332,20 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
         return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                             "worker sent Register twice on one session");
       }
+      // Progress and logs go to the job's actor, the rest to the Scheduler.
       if (msg.has_log()) {
-        const auto& l = msg.log();
-        if (LogIsCurrent(l.rank())) {
-          logs_.Append(l.rank().job(), l.rank().attempt(), l.rank().rank(), l.text());
-        }
+        JobActorFor(msg.log().rank().job())
+            ->OnLog(std::move(*msg.mutable_log()->mutable_rank()),
+                    std::move(*msg.mutable_log()->mutable_text()));
         continue;
+      }
+      if (msg.has_progress()) {
+        JobActorFor(msg.progress().rank().job())->OnProgress(std::move(*msg.mutable_progress()));
+        continue;
+      }
+      if (msg.has_finished()) {
+        // The rank's last progress and logs reach the Scheduler first.
+        JobActorFor(msg.finished().rank().job())->Flush();
       }
       actor_.Send([this, n = *name, id = session->session_id(), m = std::move(msg)] {
         Effects fx;
@@ -370,8 +386,8 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   CoordinatorOptions options_;
   std::atomic<int64_t> next_session_{0};
   std::atomic<bool> tick_pending_{false};
-  absl::Mutex epochs_mu_;
-  std::map<std::string, int64_t> newest_epoch_ ABSL_GUARDED_BY(epochs_mu_);
+  absl::Mutex job_actors_mu_;
+  std::map<std::string, std::shared_ptr<JobActor>> job_actors_ ABSL_GUARDED_BY(job_actors_mu_);
   absl::Mutex sessions_mu_;
   std::map<std::string, std::shared_ptr<WorkerActor>> sessions_ ABSL_GUARDED_BY(sessions_mu_);
 };
