@@ -1,8 +1,10 @@
 // The coordinator's state machine: jobs, attempts, workers and checkpoints,
 // and the Scheduler that gang-places queued jobs. It owns no threads and no
 // sockets: callers pass the time in and get back Effects (messages for
-// workers, events for watchers). Run it inside one Actor; it is not
-// thread-safe by itself.
+// workers, events for watchers). The server runs it inside the Scheduler
+// actor (one message at a time, so a gang's reservation is atomic); each
+// worker's outgoing messages go through its WorkerActor, each job's progress
+// and logs through its JobActor. Not thread-safe by itself.
 //
 // Every public mutating call persists its transitions with one synced
 // Store::Write before it returns; events carry increasing revisions.

@@ -1,8 +1,10 @@
 // The coordinator's gRPC server: JobService, ClusterService,
-// CheckpointService and WorkerSession over one ControlState run in an Actor,
-// with grpc.health.v1 and server reflection turned on. Handlers are thin:
-// they check request shape, ask the control actor, and map absl::Status codes
-// one to one onto gRPC codes.
+// CheckpointService and WorkerSession, with grpc.health.v1 and server
+// reflection turned on. Wiring: the Scheduler actor owns the ControlState
+// (coordinator/control.h) over the RocksDB Store; a WorkerActor per attached
+// worker writes to its session stream; a JobActor per job takes its ranks'
+// progress and logs. Handlers are thin: they check request shape, ask the
+// Scheduler actor, and map absl::Status codes one to one onto gRPC codes.
 #ifndef GEMMA_COORDINATOR_SERVER_H_
 #define GEMMA_COORDINATOR_SERVER_H_
 
