@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/message.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
@@ -40,6 +41,16 @@ struct Command {
 };
 
 std::vector<Command> ClusterCommands();
+std::vector<Command> JobCommands();
+std::vector<Command> CheckpointCommands();
+
+// Parses a subcommand's flags (argv[2..]); returns -1 to go on, else the exit
+// code (0 after --help, 2 for bad usage).
+int ParseOrExit(FlagSet& flags, int argc, char** argv, CommonFlags& common);
+// Indented JSON with proto field names.
+std::string ToJson(const google::protobuf::Message& m);
+// "j-1" -> "jobs/j-1"; "jobs/j-1" unchanged.
+std::string JobName(const std::string& arg);
 
 }  // namespace gemma::cli
 

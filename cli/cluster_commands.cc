@@ -14,34 +14,6 @@ namespace {
 
 namespace v1 = ::gemma::v1;
 
-std::string ToJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.add_whitespace = true;
-  opts.always_print_primitive_fields = true;
-  opts.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
-  return out;
-}
-
-// Parses flags; returns -1 to continue, else the exit code.
-int ParseOrExit(FlagSet& flags, int argc, char** argv, CommonFlags& common) {
-  absl::Status st = flags.Parse(argc, argv, 2);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << "gemmactl: " << st.message() << "\n";
-    return 2;
-  }
-  if (common.output != "table" && common.output != "json") {
-    std::cerr << "gemmactl: --output must be table or json, not '" << common.output << "'\n";
-    return 2;
-  }
-  return -1;
-}
-
 int Workers(int argc, char** argv) {
   CommonFlags common;
   FlagSet flags("gemmactl workers", "List the workers attached to the coordinator.");
@@ -60,7 +32,8 @@ int Workers(int argc, char** argv) {
   }
   const int64_t now = absl::ToUnixSeconds(absl::Now());
   std::cout << std::left << std::setw(18) << "NAME" << std::setw(20) << "HOST" << std::setw(10)
-            << "DEVICE" << std::setw(8) << "PID" << std::setw(10) << "SLURM" << "HEARTBEAT\n";
+            << "DEVICE" << std::setw(8) << "PID" << std::setw(10) << "SLURM" << std::setw(12)
+            << "HEARTBEAT" << "RUNNING\n";
   for (const auto& w : resp.workers()) {
     const std::string dev = w.device_kind() == "cuda"
                                 ? absl::StrCat("cuda:", w.device_index())
@@ -70,30 +43,64 @@ int Workers(int argc, char** argv) {
                                : "-";
     std::cout << std::left << std::setw(18) << w.name() << std::setw(20) << w.host()
               << std::setw(10) << dev << std::setw(8) << w.pid() << std::setw(10)
-              << (w.slurm_job_id().empty() ? "-" : w.slurm_job_id()) << hb << "\n";
+              << (w.slurm_job_id().empty() ? "-" : w.slurm_job_id()) << std::setw(12) << hb
+              << (w.job().empty() ? "-" : absl::StrCat(w.job(), " rank ", w.rank())) << "\n";
   }
   return 0;
 }
 
+void PrintStatus(const v1::ClusterStatus& resp, const CommonFlags& common) {
+  if (common.json()) {
+    std::cout << ToJson(resp) << "\n";
+    std::cout.flush();
+    return;
+  }
+  std::cout << "coordinator " << common.coordinator << " (version "
+            << resp.coordinator_version() << ", up " << resp.uptime_seconds() << "s"
+            << (resp.in_grace_period() ? ", waiting for workers to re-attach" : "") << ")\n"
+            << "workers: " << resp.workers_total() << " attached, " << resp.workers_free()
+            << " free, " << resp.workers_busy() << " busy\n"
+            << "gpu: " << resp.gpu_free() << " free, " << resp.gpu_used() << " used; cpu: "
+            << resp.cpu_free() << " free, " << resp.cpu_used() << " used\n"
+            << "jobs: " << resp.jobs_running() << " running, " << resp.jobs_queued()
+            << " queued\n";
+  for (const auto& q : resp.queued()) {
+    std::cout << "  " << q.job() << " (" << q.world() << " ranks) waits: " << q.waiting_reason()
+              << "\n";
+  }
+  std::cout.flush();
+}
+
 int Status(int argc, char** argv) {
   CommonFlags common;
-  FlagSet flags("gemmactl status", "Show the cluster's capacity and the coordinator's health.");
+  bool watch = false;
+  FlagSet flags("gemmactl status",
+                "Show the cluster's capacity (free/used), queued jobs and why they wait, and the\n"
+                "coordinator's health.");
   common.Register(flags);
+  flags.Bool("watch", &watch, "print the status again after every change (Ctrl-C to stop)")
+      .Short('w');
+  flags.Epilog("Examples:\n  gemmactl status\n  gemmactl status --watch -o json");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   auto stub = v1::ClusterService::NewStub(common.Channel());
+  if (watch) {
+    grpc::ClientContext ctx;
+    auto reader = stub->WatchCluster(&ctx, v1::WatchClusterRequest());
+    v1::ClusterStatus resp;
+    while (reader->Read(&resp)) {
+      if (!common.json()) std::cout << "---\n";
+      PrintStatus(resp, common);
+    }
+    grpc::Status s = reader->Finish();
+    if (!s.ok()) return ReportRpcError("watch cluster", s, common);
+    return 0;
+  }
   grpc::ClientContext ctx;
   common.SetDeadline(ctx);
   v1::ClusterStatus resp;
   grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
   if (!s.ok()) return ReportRpcError("cluster status", s, common);
-  if (common.json()) {
-    std::cout << ToJson(resp) << "\n";
-    return 0;
-  }
-  std::cout << "coordinator " << common.coordinator << " (version "
-            << resp.coordinator_version() << ", up " << resp.uptime_seconds() << "s)\n"
-            << "workers: " << resp.workers_total() << " attached, " << resp.workers_free()
-            << " free\n";
+  PrintStatus(resp, common);
   return 0;
 }
 

@@ -1,3 +1,5 @@
+#include <google/protobuf/util/json_util.h>
+
 #include <iostream>
 
 #include "cli/cli.h"
@@ -31,6 +33,37 @@ int ReportRpcError(const std::string& what, const grpc::Status& status,
   }
   std::cerr << "\n";
   return unreachable ? 3 : 1;
+}
+
+int ParseOrExit(FlagSet& flags, int argc, char** argv, CommonFlags& common) {
+  absl::Status st = flags.Parse(argc, argv, 2);
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  if (!st.ok()) {
+    std::cerr << "gemmactl: " << st.message() << "\n";
+    return 2;
+  }
+  if (common.output != "table" && common.output != "json") {
+    std::cerr << "gemmactl: --output must be table or json, not '" << common.output << "'\n";
+    return 2;
+  }
+  return -1;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.always_print_primitive_fields = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return out;
+}
+
+std::string JobName(const std::string& arg) {
+  return arg.rfind("jobs/", 0) == 0 ? arg : "jobs/" + arg;
 }
 
 }  // namespace gemma::cli

@@ -9,7 +9,9 @@ namespace {
 
 std::vector<gemma::cli::Command> AllCommands() {
   std::vector<gemma::cli::Command> all;
+  for (auto& c : gemma::cli::JobCommands()) all.push_back(std::move(c));
   for (auto& c : gemma::cli::ClusterCommands()) all.push_back(std::move(c));
+  for (auto& c : gemma::cli::CheckpointCommands()) all.push_back(std::move(c));
   all.push_back({"version", "Print gemmactl's version", [](int, char**) {
                    std::cout << "gemmactl " << GEMMA_VERSION << "\n";
                    return 0;
@@ -26,6 +28,9 @@ void PrintHelp(const std::vector<gemma::cli::Command>& cmds) {
     std::cout << "  " << std::left << std::setw(12) << c.name << c.summary << "\n";
   }
   std::cout << "\nExamples:\n"
+               "  gemmactl submit -f jobs/recipes/diagnose.yaml --set parallel.dp=2 --follow\n"
+               "  gemmactl list --state running\n"
+               "  gemmactl get j-000001\n"
                "  gemmactl status\n"
                "  gemmactl workers -o json\n";
 }

@@ -6,6 +6,7 @@
 
 #include "common/flags.h"
 #include "common/log.h"
+#include "jobs/registry.h"
 #include "worker/device_probe.h"
 #include "worker/session.h"
 
@@ -48,7 +49,7 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-  gemma::WorkerSessionClient session(options, *self);
+  gemma::WorkerSessionClient session(options, *self, &gemma::JobRegistry::Default());
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&set, &sig);

@@ -1,15 +1,26 @@
-// The worker's session with the coordinator: attach, heartbeat, and reattach
-// with backoff when the stream breaks (e.g. the coordinator restarted).
+// The worker's session with the coordinator: attach (Register with its
+// resources and the rank it runs), heartbeat, run assigned ranks through
+// jobs/, stream their progress, logs and checkpoint reports, and obey Cancel
+// and Abort. When the stream breaks (e.g. the coordinator restarted) the rank
+// keeps running; the session re-attaches with backoff under the same worker
+// name, announcing (job, attempt, epoch, rank) so the coordinator can adopt
+// or fence it. One rank at a time.
 #ifndef GEMMA_WORKER_SESSION_H_
 #define GEMMA_WORKER_SESSION_H_
 
 #include <atomic>
+#include <deque>
+#include <memory>
 #include <string>
+#include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "gemma/v1/cluster.pb.h"
+#include "gemma/v1/worker_session.pb.h"
 
 namespace gemma {
+
+class JobRegistry;
 
 struct SessionOptions {
   std::string coordinator = "127.0.0.1:7450";
@@ -19,19 +30,34 @@ struct SessionOptions {
 
 class WorkerSessionClient {
  public:
-  WorkerSessionClient(SessionOptions options, gemma::v1::Worker self);
-  // Runs until Stop(): attach, heartbeat, reattach on failure.
+  // `registry` must outlive this object.
+  WorkerSessionClient(SessionOptions options, gemma::v1::Worker self,
+                      const JobRegistry* registry);
+  ~WorkerSessionClient();
+  // Runs until Stop(): attach, heartbeat, run ranks, reattach on failure.
   void Run();
-  // Asks Run() to return soon; safe from any thread or a signal waiter.
-  void Stop() { stop_ = true; }
+  // Asks Run() to return soon (the running rank is cancelled); safe from any
+  // thread or a signal waiter.
+  void Stop();
 
  private:
-  // One attached session; returns when the stream ends or Stop() is called.
+  struct RankRun;
+  // One attached session; true when it got as far as Registered.
   bool RunOnce();
+  void OnCoordinatorMessage(const gemma::v1::CoordinatorMessage& m);
+  void StartRank(const gemma::v1::CoordinatorMessage::Assign& assign);
+  void StopRank(const gemma::v1::RankRef& ref, bool abort, const std::string& why);
+  void Enqueue(gemma::v1::WorkerMessage m);
 
-  SessionOptions options_;
+  const SessionOptions options_;
   gemma::v1::Worker self_;
+  const JobRegistry* registry_;
   std::atomic<bool> stop_{false};
+
+  absl::Mutex mu_;
+  std::string name_ ABSL_GUARDED_BY(mu_);  // kept across re-attaches
+  std::shared_ptr<RankRun> rank_ ABSL_GUARDED_BY(mu_);
+  std::deque<gemma::v1::WorkerMessage> outbox_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gemma

@@ -14,12 +14,18 @@ namespace gemma::testing {
 class LocalCluster {
  public:
   LocalCluster();
-  // Starts gemma-coordinator on 127.0.0.1:0; false if it did not come up.
+  // Starts gemma-coordinator on 127.0.0.1:0 with its data in dir()/data (the
+  // same folder on every start); false if it did not come up.
   bool StartCoordinator(const std::vector<std::string>& extra_args = {});
   // Starts a CPU gemma-worker attached to the coordinator.
   Subprocess& StartWorker(const std::vector<std::string>& extra_args = {});
   // Runs gemmactl with --coordinator set; returns the exit code.
   int Ctl(std::vector<std::string> args, std::string* output);
+
+  // Writes `yaml` to dir()/name and returns the path.
+  std::string WriteRecipe(const std::string& name, const std::string& yaml);
+  Subprocess& worker(int i) { return *workers_[i]; }
+  int num_workers() const { return static_cast<int>(workers_.size()); }
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   int port() const { return port_; }
@@ -29,6 +35,7 @@ class LocalCluster {
  private:
   std::string dir_;
   int port_ = 0;
+  int coordinator_starts_ = 0;
   std::unique_ptr<Subprocess> coordinator_;
   std::vector<std::unique_ptr<Subprocess>> workers_;
 };

@@ -31,7 +31,8 @@ TEST(ProgramsTest, EveryProgramAnswersHelpWithUsageAndExitZero) {
 }
 
 TEST(ProgramsTest, EveryGemmactlCommandAnswersHelp) {
-  for (const std::string cmd : {"workers", "status"}) {
+  for (const std::string cmd :
+       {"workers", "status", "submit", "get", "list", "cancel", "logs", "watch", "ckpt"}) {
     std::string out;
     EXPECT_EQ(RunProgram({BinPath("gemmactl"), cmd, "--help"}, &out), 0) << cmd;
     EXPECT_THAT(out, HasSubstr("--coordinator")) << cmd;

@@ -1,0 +1,33 @@
+#include "jobs/registry.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "jobs/diagnose.h"
+
+namespace gemma {
+
+const JobRegistry& JobRegistry::Default() {
+  static const JobRegistry* registry = [] {
+    auto* r = new JobRegistry();
+    r->Register(gemma::v1::JOB_KIND_DIAGNOSE, NewDiagnoseJob);
+    return r;
+  }();
+  return *registry;
+}
+
+void JobRegistry::Register(gemma::v1::JobKind kind, Factory factory) {
+  factories_[kind] = std::move(factory);
+}
+
+absl::StatusOr<std::unique_ptr<Job>> JobRegistry::Create(gemma::v1::JobKind kind) const {
+  auto it = factories_.find(kind);
+  if (it == factories_.end()) {
+    std::string name = gemma::v1::JobKind_Name(kind);
+    if (name.rfind("JOB_KIND_", 0) == 0) name = absl::AsciiStrToLower(name.substr(9));
+    return absl::UnimplementedError(
+        absl::StrCat("job kind '", name, "' is not implemented by this worker"));
+  }
+  return it->second();
+}
+
+}  // namespace gemma
