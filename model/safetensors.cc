@@ -93,7 +93,9 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const json& v,
   unsigned __int128 bytes = DTypeSize(info.dtype);
   for (int64_t d : info.shape) {
     bytes *= static_cast<uint64_t>(d);
-    if (bytes > (static_cast<unsigned __int128>(1) << 64)) bytes = (static_cast<unsigned __int128>(1) << 64);
+    if (bytes > static_cast<unsigned __int128>(UINT64_MAX)) {
+      return Bad(file, absl::StrCat("tensor '", name, "': shape overflows 64-bit byte counts"));
+    }
   }
   if (bytes != info.end - info.begin) {
     return Bad(file, absl::StrCat("tensor '", name, "': shape and dtype need ",

@@ -131,7 +131,8 @@ class SafetensorsWriter {
 
   // INVALID_ARGUMENT on a duplicate name or negative dimension.
   absl::Status Add(std::string name, DType dtype, std::vector<int64_t> shape, FillFn fill);
-  // Convenience: copies `bytes`, which must hold numel * dtype size bytes.
+  // Convenience: `bytes` (numel * dtype size of them) are copied at Write
+  // time, so they must stay valid until then.
   absl::Status AddBytes(std::string name, DType dtype, std::vector<int64_t> shape,
                         absl::Span<const uint8_t> bytes);
   void SetMetadata(std::map<std::string, std::string> metadata) { metadata_ = std::move(metadata); }
