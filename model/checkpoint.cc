@@ -149,12 +149,6 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   if (fs::exists(dir) && !options.overwrite) {
     return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
   }
-  const std::string tmp = dir + ".tmp";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directories(tmp, ec) || ec) {
-    return absl::InternalError(absl::StrCat(tmp, ": cannot create: ", ec.message()));
-  }
   CheckpointManifest m;
   m.tp = options.tp;
   m.step = options.step;
@@ -174,6 +168,21 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
     globals.push_back(std::move(v));
     m.tensors.push_back(std::move(t));
   }
+  const std::string tmp = dir + ".tmp";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directories(tmp, ec) || ec) {
+    return absl::InternalError(absl::StrCat(tmp, ": cannot create: ", ec.message()));
+  }
+  // Nothing half-written survives a failure.
+  struct RemoveOnFailure {
+    std::string path;
+    bool armed = true;
+    ~RemoveOnFailure() {
+      std::error_code e;
+      if (armed) fs::remove_all(path, e);
+    }
+  } guard{tmp};
   uint64_t done = 0;
   for (int r = 0; r < options.tp; ++r) {
     SafetensorsWriter w;
@@ -205,6 +214,7 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   }
   fs::rename(tmp, dir, ec);
   if (ec) return absl::InternalError(absl::StrCat(tmp, ": cannot rename to ", dir, ": ", ec.message()));
+  guard.armed = false;
   if (!old.empty()) fs::remove_all(old, ec);
   SyncDir(fs::path(dir).parent_path().empty() ? "." : fs::path(dir).parent_path().string());
   return absl::OkStatus();

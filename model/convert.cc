@@ -263,6 +263,9 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
                                                    const std::string& out_dir,
                                                    const ConvertOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
+  if (fs::exists(out_dir) && !options.overwrite) {
+    return absl::AlreadyExistsError(absl::StrCat(out_dir, ": already exists"));
+  }
   GEMMA_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
   const std::string where = ckpt_dir + "/manifest.json: model_config";
   GEMMA_ASSIGN_OR_RETURN(HfConfigLite config, ParseHfConfigLite(reader->config_json(), where));
@@ -315,6 +318,14 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat(tmp, ": cannot create: ", ec.message()));
+  struct RemoveOnFailure {
+    std::string path;
+    bool armed = true;
+    ~RemoveOnFailure() {
+      std::error_code e;
+      if (armed) fs::remove_all(path, e);
+    }
+  } guard{tmp};
 
   ConvertStats stats;
   json weight_map = json::object();
@@ -359,6 +370,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
     GEMMA_RETURN_IF_ERROR(write_text("model.safetensors.index.json", index.dump(2)));
   }
   GEMMA_RETURN_IF_ERROR(PublishDir(tmp, out_dir, options.overwrite));
+  guard.armed = false;
   stats.seconds = Since(t0);
   return stats;
 }
