@@ -1,10 +1,13 @@
 #include "model/checkpoint.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
-#include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -16,7 +19,6 @@
 namespace gemma {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr const char* kFormat = "gemma-checkpoint";
@@ -41,14 +43,6 @@ absl::Status WriteFileAtomic(const std::string& path, const std::string& text) {
     return absl::InternalError(absl::StrCat(path, ": rename failed"));
   }
   return absl::OkStatus();
-}
-
-void SyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
 }
 
 absl::Status Field(const std::string& file, const std::string& field, absl::string_view why) {
@@ -146,7 +140,7 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(const std::strin
 
 absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
                              const WriteCheckpointOptions& options) {
-  if (fs::exists(dir) && !options.overwrite) {
+  if (PathExists(dir) && !options.overwrite) {
     return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
   }
   CheckpointManifest m;
@@ -169,18 +163,14 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
     m.tensors.push_back(std::move(t));
   }
   const std::string tmp = dir + ".tmp";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directories(tmp, ec) || ec) {
-    return absl::InternalError(absl::StrCat(tmp, ": cannot create: ", ec.message()));
-  }
+  GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
+  GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
   // Nothing half-written survives a failure.
   struct RemoveOnFailure {
     std::string path;
     bool armed = true;
     ~RemoveOnFailure() {
-      std::error_code e;
-      if (armed) fs::remove_all(path, e);
+      if (armed) (void)RemoveTree(path);
     }
   } guard{tmp};
   uint64_t done = 0;
@@ -205,18 +195,63 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   }
   GEMMA_RETURN_IF_ERROR(WriteFileAtomic(tmp + "/manifest.json", m.ToJson()));
   SyncDir(tmp);
-  std::string old;
-  if (fs::exists(dir)) {
-    old = dir + ".old";
-    fs::remove_all(old, ec);
-    fs::rename(dir, old, ec);
-    if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot move aside: ", ec.message()));
-  }
-  fs::rename(tmp, dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat(tmp, ": cannot rename to ", dir, ": ", ec.message()));
+  GEMMA_RETURN_IF_ERROR(PublishDir(tmp, dir, options.overwrite));
   guard.armed = false;
-  if (!old.empty()) fs::remove_all(old, ec);
-  SyncDir(fs::path(dir).parent_path().empty() ? "." : fs::path(dir).parent_path().string());
+  return absl::OkStatus();
+}
+
+bool PathExists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+absl::Status RemoveTree(const std::string& path) {
+  if (!PathExists(path)) return absl::OkStatus();
+  auto rm = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+  if (::nftw(path.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+    return absl::InternalError(absl::StrCat(path, ": cannot remove: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MakeDirs(const std::string& path) {
+  for (size_t pos = 1; pos <= path.size(); ++pos) {
+    if (pos != path.size() && path[pos] != '/') continue;
+    const std::string prefix = path.substr(0, pos);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      return absl::InternalError(absl::StrCat(prefix, ": cannot create: ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RenamePath(const std::string& from, const std::string& to) {
+  if (std::rename(from.c_str(), to.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat(from, ": cannot rename to ", to, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+void SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool overwrite) {
+  std::string old;
+  if (PathExists(dir)) {
+    if (!overwrite) return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
+    old = dir + ".old";
+    GEMMA_RETURN_IF_ERROR(RemoveTree(old));
+    GEMMA_RETURN_IF_ERROR(RenamePath(dir, old));
+  }
+  GEMMA_RETURN_IF_ERROR(RenamePath(tmp, dir));
+  if (!old.empty()) GEMMA_RETURN_IF_ERROR(RemoveTree(old));
+  const size_t slash = dir.find_last_of('/');
+  SyncDir(slash == std::string::npos ? "." : (slash == 0 ? "/" : dir.substr(0, slash)));
   return absl::OkStatus();
 }
 

@@ -119,6 +119,22 @@ class CheckpointReader : public GlobalTensorSource {
   std::map<int, std::shared_ptr<const SafetensorsFile>> files_;  // opened so far
 };
 
+// Small POSIX file helpers used by the checkpoint and conversion code. (They
+// avoid std::filesystem on purpose: the LibTorch 2.11 wheel's libtorch.so
+// exports its own copies of some std::filesystem functions, and
+// std::filesystem::remove_all crashes in binaries linked against it.)
+bool PathExists(const std::string& path);
+// rm -r; OK when `path` does not exist.
+absl::Status RemoveTree(const std::string& path);
+// mkdir -p.
+absl::Status MakeDirs(const std::string& path);
+absl::Status RenamePath(const std::string& from, const std::string& to);
+// fsync a folder so renames inside it are durable (best effort).
+void SyncDir(const std::string& dir);
+// Publishes a finished `tmp` folder as `dir`: when `dir` exists it is replaced
+// if `overwrite`, else ALREADY_EXISTS.
+absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool overwrite);
+
 }  // namespace gemma
 
 #endif  // GEMMA_MODEL_CHECKPOINT_H_

@@ -1,7 +1,9 @@
 #include "model/convert.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -17,8 +19,12 @@
 namespace gemma {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
+
+std::string BaseName(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
 
 std::string ShapeString(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
@@ -70,7 +76,7 @@ absl::Status HfSource::AddFile(const std::string& path,
     }
     return file.status();
   }
-  const std::string base = fs::path(path).filename().string();
+  const std::string base = BaseName(path);
   for (const TensorInfo& t : (*file)->tensors()) {
     if (index != nullptr) {
       auto it = index->find(t.name);
@@ -98,7 +104,7 @@ absl::Status HfSource::Open(const std::string& dir) {
     mapping_ = *std::move(m);
   }
   const std::string index_path = dir + "/model.safetensors.index.json";
-  if (fs::exists(index_path)) {
+  if (PathExists(index_path)) {
     GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(index_path));
     std::map<std::string, std::string> weight_map;
     try {
@@ -120,7 +126,7 @@ absl::Status HfSource::Open(const std::string& dir) {
     for (const auto& [k, f] : weight_map) {
       bool present = false;
       for (const auto& file : files_) {
-        if (fs::path(file->path()).filename() == f && file->Find(k) != nullptr) present = true;
+        if (BaseName(file->path()) == f && file->Find(k) != nullptr) present = true;
       }
       if (!present) {
         return absl::DataLossError(absl::StrCat(index_path, ": tensor '", k, "' is listed for ", f,
@@ -198,22 +204,6 @@ double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool overwrite) {
-  std::error_code ec;
-  std::string old;
-  if (fs::exists(dir)) {
-    if (!overwrite) return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
-    old = dir + ".old";
-    fs::remove_all(old, ec);
-    fs::rename(dir, old, ec);
-    if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot move aside: ", ec.message()));
-  }
-  fs::rename(tmp, dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat(tmp, ": cannot rename to ", dir, ": ", ec.message()));
-  if (!old.empty()) fs::remove_all(old, ec);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GlobalTensorSource>> OpenHfFolder(const std::string& hf_dir) {
@@ -263,7 +253,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
                                                    const std::string& out_dir,
                                                    const ConvertOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (fs::exists(out_dir) && !options.overwrite) {
+  if (PathExists(out_dir) && !options.overwrite) {
     return absl::AlreadyExistsError(absl::StrCat(out_dir, ": already exists"));
   }
   GEMMA_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
@@ -314,16 +304,13 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
     total += bytes;
   }
   const std::string tmp = out_dir + ".tmp";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) return absl::InternalError(absl::StrCat(tmp, ": cannot create: ", ec.message()));
+  GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
+  GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
   struct RemoveOnFailure {
     std::string path;
     bool armed = true;
     ~RemoveOnFailure() {
-      std::error_code e;
-      if (armed) fs::remove_all(path, e);
+      if (armed) (void)RemoveTree(path);
     }
   } guard{tmp};
 
@@ -358,10 +345,18 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
     ++stats.files;
   }
   auto write_text = [&](const std::string& name, const std::string& text) -> absl::Status {
-    std::ofstream out(tmp + "/" + name, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) return absl::InternalError(absl::StrCat(tmp, "/", name, ": write failed"));
+    const std::string path = tmp + "/" + name;
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out << text;
+      out.flush();
+      if (!out) return absl::InternalError(absl::StrCat(path, ": write failed"));
+    }
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
     return absl::OkStatus();
   };
   GEMMA_RETURN_IF_ERROR(write_text("config.json", reader->config_json()));
@@ -369,6 +364,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     GEMMA_RETURN_IF_ERROR(write_text("model.safetensors.index.json", index.dump(2)));
   }
+  SyncDir(tmp);
   GEMMA_RETURN_IF_ERROR(PublishDir(tmp, out_dir, options.overwrite));
   guard.armed = false;
   stats.seconds = Since(t0);

@@ -2,6 +2,8 @@
 #ifndef GEMMA_TESTS_FORMATS_TEST_UTIL_H_
 #define GEMMA_TESTS_FORMATS_TEST_UTIL_H_
 
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -19,9 +21,11 @@ class TempDir {
     std::string tmpl = (std::filesystem::temp_directory_path() / "gemma-fmt-XXXXXX").string();
     path_ = ::mkdtemp(tmpl.data());
   }
+  // Not std::filesystem::remove_all: it crashes in binaries linked to
+  // LibTorch 2.11 (libtorch.so exports a broken copy).
   ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
+    auto rm = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+    ::nftw(path_.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS);
   }
   const std::string& path() const { return path_; }
   std::string operator/(const std::string& name) const { return path_ + "/" + name; }
