@@ -294,5 +294,33 @@ TEST(ConvertTest, TpMustDivideKvHeadsAndOutputIsNotClobbered) {
   EXPECT_TRUE(ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt).ok());
 }
 
+TEST(ConvertCliTest, LocalConvertRoundTripsWithJsonOutputAndHelp) {
+  TempDir tmp;
+  const std::string gemmactl = std::string(GEMMA_BINARY_DIR) + "/bin/gemmactl";
+  auto help = gemma::testing::Run(gemmactl + " local convert --help");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.output, HasSubstr("--to-format"));
+  EXPECT_THAT(help.output, HasSubstr("Examples:"));
+  auto in = gemma::testing::Run(gemmactl + " local convert --from " + Fixture("vl_f16") + " --to " +
+                                (tmp / "ckpt") + " --tp 2 -o json");
+  ASSERT_EQ(in.exit_code, 0) << in.output;
+  EXPECT_THAT(in.output, HasSubstr("100%"));  // the progress bar (stderr)
+  auto j = nlohmann::json::parse(in.output.substr(in.output.find('{')));
+  EXPECT_EQ(j["tp"], 2);
+  EXPECT_EQ(j["to_format"], "ours");
+  EXPECT_GT(j["bytes"].get<uint64_t>(), 0u);
+  EXPECT_GT(j["bytes_per_second"].get<double>(), 0.0);
+  auto out = gemma::testing::Run(gemmactl + " local convert --quiet --from " + (tmp / "ckpt") + " --to " +
+                                 (tmp / "hf"));
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_THAT(out.output, HasSubstr("/s)"));  // bytes per second in the final line
+  ExpectSameTensors(ReadHf(Fixture("vl_f16")), ReadHf(tmp / "hf"));
+  auto again = gemma::testing::Run(gemmactl + " local convert --from " + (tmp / "ckpt") + " --to " + (tmp / "hf"));
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_THAT(again.output, HasSubstr("already exists"));
+  auto bad = gemma::testing::Run(gemmactl + " local convert --from " + (tmp / "ckpt"));
+  EXPECT_EQ(bad.exit_code, 2);
+}
+
 }  // namespace
 }  // namespace gemma
