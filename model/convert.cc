@@ -359,7 +359,8 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
     }
     return absl::OkStatus();
   };
-  GEMMA_RETURN_IF_ERROR(write_text("config.json", reader->config_json()));
+  GEMMA_ASSIGN_OR_RETURN(std::string modern, ModernizeHfConfig(reader->config_json(), where));
+  GEMMA_RETURN_IF_ERROR(write_text("config.json", modern));
   if (files.size() > 1) {
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     GEMMA_RETURN_IF_ERROR(write_text("model.safetensors.index.json", index.dump(2)));

@@ -101,6 +101,12 @@ void ExpectMatchesPythonShards(const std::string& hf, const std::string& ckpt, i
   EXPECT_EQ(total, want.by_name.size());
 }
 
+std::string CopyFixture(const TempDir& tmp, const std::string& name) {
+  const std::string dst = tmp / name;
+  fs::copy(Fixture(name), dst, fs::copy_options::recursive);
+  return dst;
+}
+
 struct Case {
   std::string model;
   int tp;
@@ -182,6 +188,43 @@ TEST(ConvertTest, OlderKeyLayoutsImportToTheSameCheckpoint) {
   }
 }
 
+// A config.json in the older format (rope_theta, rope_local_base_freq,
+// rope_scaling, sliding_window_pattern, torch_dtype) is exported in the new
+// one, and transformers reads both the same way (same logits).
+TEST(ConvertTest, LegacyConfigIsExportedInTheNewFormat) {
+  TempDir tmp;
+  const std::string hf = CopyFixture(tmp, "vl_f32");
+  auto cfg = nlohmann::json::parse(ReadFile(hf + "/config.json"));
+  auto& tc = cfg["text_config"];
+  tc.erase("rope_parameters");
+  tc.erase("layer_types");
+  tc.erase("_sliding_window_pattern");
+  tc["rope_theta"] = 500000.0;
+  tc["rope_local_base_freq"] = 20000.0;
+  tc["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  tc["sliding_window_pattern"] = 2;
+  cfg["torch_dtype"] = cfg["dtype"];
+  cfg.erase("dtype");
+  WriteFile(hf + "/config.json", cfg.dump(2));
+  ConvertOptions opt;
+  opt.tp = 2;
+  ASSERT_TRUE(ConvertHfToCheckpoint(hf, tmp / "ckpt", opt).ok());
+  ASSERT_TRUE(ConvertCheckpointToHf(tmp / "ckpt", tmp / "out", opt).ok());
+  auto out = nlohmann::json::parse(ReadFile(tmp / "out/config.json"));
+  const auto& otc = out["text_config"];
+  EXPECT_FALSE(otc.contains("rope_theta"));
+  EXPECT_FALSE(otc.contains("rope_scaling"));
+  EXPECT_FALSE(out.contains("torch_dtype"));
+  EXPECT_EQ(out["dtype"], "float32");
+  EXPECT_EQ(otc["rope_parameters"]["full_attention"]["rope_theta"], 500000.0);
+  EXPECT_EQ(otc["rope_parameters"]["full_attention"]["factor"], 2.0);
+  EXPECT_EQ(otc["rope_parameters"]["sliding_attention"]["rope_theta"], 20000.0);
+  EXPECT_EQ(otc["layer_types"],
+            nlohmann::json({"sliding_attention", "full_attention", "sliding_attention"}));
+  auto r = RunPython("check_export.py", hf + " " + (tmp / "out"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
 TEST(ConvertTest, ReshardingMatchesADirectImport) {
   TempDir tmp;
   ConvertOptions opt;
@@ -195,12 +238,6 @@ TEST(ConvertTest, ReshardingMatchesADirectImport) {
 }
 
 // ---- malformed inputs ----------------------------------------------------------
-
-std::string CopyFixture(const TempDir& tmp, const std::string& name) {
-  const std::string dst = tmp / name;
-  fs::copy(Fixture(name), dst, fs::copy_options::recursive);
-  return dst;
-}
 
 TEST(ConvertTest, MissingConfigFieldNamesFileAndField) {
   TempDir tmp;

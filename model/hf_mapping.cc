@@ -226,4 +226,56 @@ absl::StatusOr<std::string> CanonicalHfName(absl::string_view key, const HfConfi
   return apply(kTextRules);
 }
 
+absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text, absl::string_view file) {
+  json root;
+  try {
+    root = json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": not valid JSON: ", e.what()));
+  }
+  if (!root.is_object()) return ConfigError(file, "(root)", "not a JSON object");
+  auto modernize_text = [](json& tc) {
+    if (!tc.contains("rope_parameters") || tc["rope_parameters"].is_null()) {
+      json full = {{"rope_type", "default"}, {"rope_theta", tc.value("rope_theta", 1000000.0)}};
+      auto scaling = tc.find("rope_scaling");
+      if (scaling != tc.end() && scaling->is_object()) {
+        for (const auto& [k, v] : scaling->items()) full[k == "type" ? "rope_type" : k] = v;
+      }
+      json sliding = {{"rope_type", "default"}, {"rope_theta", tc.value("rope_local_base_freq", 10000.0)}};
+      tc["rope_parameters"] = {{"full_attention", full}, {"sliding_attention", sliding}};
+    }
+    tc.erase("rope_theta");
+    tc.erase("rope_local_base_freq");
+    tc.erase("rope_scaling");
+    if ((!tc.contains("layer_types") || tc["layer_types"].is_null()) &&
+        tc.value("num_hidden_layers", 0) > 0) {
+      int pattern = 6;
+      if (tc.contains("sliding_window_pattern") && tc["sliding_window_pattern"].is_number_integer()) {
+        pattern = std::max(1, tc["sliding_window_pattern"].get<int>());
+      }
+      json types = json::array();
+      for (int i = 0; i < tc["num_hidden_layers"].get<int>(); ++i) {
+        types.push_back((i + 1) % pattern ? "sliding_attention" : "full_attention");
+      }
+      tc["layer_types"] = types;
+      tc["_sliding_window_pattern"] = pattern;
+    }
+    tc.erase("sliding_window_pattern");
+  };
+  auto tc = root.find("text_config");
+  if (tc != root.end() && tc->is_object()) {
+    modernize_text(*tc);
+  } else if (!root.contains("vision_config")) {
+    modernize_text(root);
+  }
+  for (json* o : {&root, tc != root.end() ? &*tc : nullptr}) {
+    if (o == nullptr || !o->is_object()) continue;
+    if (o->contains("torch_dtype")) {
+      if (!o->contains("dtype")) (*o)["dtype"] = (*o)["torch_dtype"];
+      o->erase("torch_dtype");
+    }
+  }
+  return root.dump(2);
+}
+
 }  // namespace gemma

@@ -77,6 +77,14 @@ absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& config);
 // deliberately dropped (tied lm_head), NOT_FOUND for a key that fits no layout.
 absl::StatusOr<std::string> CanonicalHfName(absl::string_view key, const HfConfigLite& config);
 
+// config.json text rewritten in the format transformers 5.x writes: legacy
+// rope fields (rope_theta, rope_local_base_freq, rope_scaling) become
+// rope_parameters {full_attention, sliding_attention}; sliding_window_pattern
+// becomes an explicit layer_types list; torch_dtype becomes dtype. Configs
+// already in the new format come back unchanged in meaning. INVALID_ARGUMENT
+// naming `file` when the text is not a JSON object.
+absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text, absl::string_view file);
+
 }  // namespace gemma
 
 #endif  // GEMMA_MODEL_HF_MAPPING_H_
