@@ -255,6 +255,59 @@ absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool ove
   return absl::OkStatus();
 }
 
+absl::StatusOr<ManifestFile> WriteRankFile(const std::string& dir, int tp, int rank,
+                                           const ShardDims& dims,
+                                           const std::vector<RankShard>& shards) {
+  const std::string tmp = dir + ".tmp";
+  GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
+  SafetensorsWriter w;
+  w.SetMetadata({{"format", "pt"}, {"rank", std::to_string(rank)}, {"tp", std::to_string(tp)}});
+  for (const RankShard& sh : shards) {
+    GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(sh.name));
+    GEMMA_ASSIGN_OR_RETURN(ShardLayout l, ComputeShard(spec, sh.global_shape, dims, tp, rank));
+    const size_t n = static_cast<size_t>(ShardBytes(l, DTypeSize(sh.dtype)));
+    GEMMA_RETURN_IF_ERROR(w.AddBytes(sh.name, sh.dtype, l.shard_shape, {sh.data, n}));
+  }
+  ManifestFile f{rank, RankFileName(rank), w.FileSize(), 0};
+  GEMMA_RETURN_IF_ERROR(w.Write(tmp + "/" + f.file, &f.crc32c));
+  return f;
+}
+
+absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& c) {
+  const std::string tmp = dir + ".tmp";
+  CheckpointManifest m;
+  m.tp = c.tp;
+  m.step = c.step;
+  m.dims = c.dims;
+  m.config_json = c.config_json;
+  for (const auto& e : c.tensors) {
+    GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
+    ManifestTensor t{e.name, e.dtype, e.shape, {}};
+    for (int r = 0; r < c.tp; ++r) {
+      GEMMA_ASSIGN_OR_RETURN(ShardLayout l, ComputeShard(spec, e.shape, c.dims, c.tp, r));
+      t.shards.push_back(std::move(l));
+    }
+    m.tensors.push_back(std::move(t));
+  }
+  for (int r = 0; r < c.tp; ++r) {
+    const ManifestFile* f = nullptr;
+    for (const ManifestFile& x : c.files) {
+      if (x.rank == r) f = &x;
+    }
+    if (f == nullptr) return absl::FailedPreconditionError(absl::StrCat(tmp, ": no file for rank ", r));
+    struct stat st;
+    const std::string path = tmp + "/" + f->file;
+    if (::stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) != f->bytes) {
+      return absl::FailedPreconditionError(absl::StrCat(path, ": missing or not ", f->bytes, " bytes"));
+    }
+    m.files.push_back(*f);
+  }
+  if (PathExists(dir) && !c.overwrite) return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
+  GEMMA_RETURN_IF_ERROR(WriteFileAtomic(tmp + "/manifest.json", m.ToJson()));
+  SyncDir(tmp);
+  return PublishDir(tmp, dir, c.overwrite);
+}
+
 absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir,
                                                                          bool verify_checksums) {
   const std::string path = dir + "/manifest.json";

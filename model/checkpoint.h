@@ -87,6 +87,38 @@ struct WriteCheckpointOptions {
 absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
                              const WriteCheckpointOptions& options);
 
+// Distributed save, for jobs whose ranks each hold only their own shards:
+// every rank calls WriteRankFile (same `dir`, `tp`, `dims`), the job gathers
+// the returned ManifestFile entries, and one process calls CommitCheckpoint
+// after all ranks are done. The result is the same folder WriteCheckpoint
+// writes.
+struct RankShard {
+  std::string name;                   // one of ours (see param_table.h)
+  DType dtype = DType::kF32;
+  std::vector<int64_t> global_shape;  // the whole tensor's shape
+  const uint8_t* data = nullptr;      // this rank's shard, contiguous,
+                                      // ComputeShard(...).shard_shape
+};
+
+// Writes `DIR.tmp/rank-NNNNN.safetensors` (creating DIR.tmp if needed).
+absl::StatusOr<ManifestFile> WriteRankFile(const std::string& dir, int tp, int rank,
+                                           const ShardDims& dims,
+                                           const std::vector<RankShard>& shards);
+
+struct CheckpointCommit {
+  int tp = 1;
+  int64_t step = 0;
+  ShardDims dims;
+  std::string config_json;
+  std::vector<GlobalTensorSource::Entry> tensors;  // every tensor's global dtype/shape
+  std::vector<ManifestFile> files;                 // one per rank, from WriteRankFile
+  bool overwrite = false;
+};
+
+// Checks that every rank file is in DIR.tmp with its recorded size, writes
+// the manifest and renames DIR.tmp to DIR.
+absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& commit);
+
 // Reads a checkpoint folder. Rank files are mapped on first use; with
 // verify_checksums each file's CRC-32C is checked then (DATA_LOSS naming the
 // file on mismatch), which reads that whole file once.

@@ -199,5 +199,37 @@ TEST(CheckpointTest, RefusesNamesOutsideTheTableAndBadManifests) {
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("shape"));
 }
 
+TEST(CheckpointTest, PerRankWritesCommitToTheSameFolder) {
+  TempDir tmp;
+  MemSource src = Source();
+  ASSERT_TRUE(WriteCheckpoint(tmp / "whole", src, Options(2)).ok());
+  CheckpointCommit commit;
+  commit.tp = 2;
+  commit.step = 1234;
+  commit.dims.num_kv_heads = 4;
+  commit.config_json = src.config_json();
+  commit.tensors = src.entries();
+  std::vector<std::vector<uint8_t>> keep;
+  for (int r = 0; r < 2; ++r) {
+    std::vector<RankShard> shards;
+    for (const auto& e : src.entries()) {
+      keep.push_back(src.Expected(e.name, 2, r, {4}));
+      shards.push_back({e.name, e.dtype, e.shape, keep.back().data()});
+    }
+    auto f = WriteRankFile(tmp / "ranks", 2, r, {4}, shards);
+    ASSERT_TRUE(f.ok()) << f.status();
+    commit.files.push_back(*f);
+  }
+  auto missing = commit;
+  missing.files.pop_back();
+  EXPECT_FALSE(CommitCheckpoint(tmp / "ranks", missing).ok());
+  ASSERT_TRUE(CommitCheckpoint(tmp / "ranks", commit).ok());
+  EXPECT_FALSE(fs::exists(tmp / "ranks.tmp"));
+  EXPECT_EQ(ReadFile(tmp / "ranks/manifest.json"), ReadFile(tmp / "whole/manifest.json"));
+  for (const char* f : {"rank-00000.safetensors", "rank-00001.safetensors"}) {
+    EXPECT_EQ(ReadFile(tmp / "ranks" + "/" + f), ReadFile(tmp / "whole" + "/" + f)) << f;
+  }
+}
+
 }  // namespace
 }  // namespace gemma
