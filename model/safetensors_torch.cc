@@ -61,4 +61,17 @@ absl::Status AddTensor(SafetensorsWriter& writer, std::string name, const at::Te
                          {data, static_cast<size_t>(tensor.nbytes())});
 }
 
+absl::StatusOr<at::Tensor> ReadShardTensor(CheckpointReader& reader, const std::string& name,
+                                           int tp, int rank) {
+  GEMMA_ASSIGN_OR_RETURN(ShardLayout layout, reader.Layout(name, tp, rank));
+  const ManifestTensor* t = reader.manifest().Find(name);
+  try {
+    at::Tensor out = torch::empty(layout.shard_shape, torch::TensorOptions().dtype(ToScalarType(t->dtype)));
+    GEMMA_RETURN_IF_ERROR(reader.ReadShard(name, tp, rank, static_cast<uint8_t*>(out.data_ptr())));
+    return out;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("tensor '", name, "': ", e.what_without_backtrace()));
+  }
+}
+
 }  // namespace gemma

@@ -8,6 +8,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "model/checkpoint.h"
 #include "model/safetensors.h"
 
 namespace gemma {
@@ -26,6 +27,11 @@ absl::StatusOr<at::Tensor> TensorView(std::shared_ptr<const SafetensorsFile> fil
 // Adds a contiguous CPU tensor to `writer` (copied at Write time: `tensor`
 // must stay alive and unchanged until then).
 absl::Status AddTensor(SafetensorsWriter& writer, std::string name, const at::Tensor& tensor);
+
+// Rank `rank`'s shard of checkpoint tensor `name` for a `tp`-way layout (any
+// TP size the tensor allows), as a new CPU tensor of the stored dtype.
+absl::StatusOr<at::Tensor> ReadShardTensor(CheckpointReader& reader, const std::string& name,
+                                           int tp, int rank);
 
 }  // namespace gemma
 

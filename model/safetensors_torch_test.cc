@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
+
 #include "tests/formats/test_util.h"
 
 namespace gemma {
@@ -45,6 +47,49 @@ TEST(SafetensorsTorchTest, ViewsAreZeroCopyAndOutliveTheFileHandle) {
     EXPECT_TRUE(torch::equal(views[i], want[i].second)) << want[i].first;
   }
   EXPECT_FALSE(AddTensor(w, "strided", torch::randn({4, 4}).t()).ok());
+}
+
+// The global tensor as torch sees it, sliced by hand per MODEL_NAMES.md.
+TEST(SafetensorsTorchTest, ReadShardTensorMatchesTorchSlicing) {
+  TempDir tmp;
+  torch::manual_seed(1);
+  const int64_t nkv = 2, hd = 2, nq = 4, H = 6, I = 8, V = 9;
+  std::map<std::string, torch::Tensor> global = {
+      {"text.layers.0.attn.qkv.weight", torch::randn({(nq + 2 * nkv) * hd, H})},
+      {"text.layers.0.mlp.gate_up.weight", torch::randn({2 * I, H}).to(torch::kBFloat16)},
+      {"text.layers.0.mlp.down.weight", torch::randn({H, I})},
+      {"text.embed.weight", torch::randn({V, H})},
+  };
+  std::vector<RankShard> shards;
+  for (auto& [name, t] : global) {
+    shards.push_back({name, *FromScalarType(t.scalar_type()),
+                      std::vector<int64_t>(t.sizes().begin(), t.sizes().end()),
+                      static_cast<const uint8_t*>(t.data_ptr())});
+  }
+  auto f = WriteRankFile(tmp / "c", 1, 0, {nkv}, shards);
+  ASSERT_TRUE(f.ok()) << f.status();
+  CheckpointCommit commit;
+  commit.dims.num_kv_heads = nkv;
+  commit.config_json = "{}";
+  for (const auto& s : shards) commit.tensors.push_back({s.name, s.dtype, s.global_shape});
+  commit.files = {*f};
+  ASSERT_TRUE(CommitCheckpoint(tmp / "c", commit).ok());
+  auto reader = CheckpointReader::Open(tmp / "c");
+  ASSERT_TRUE(reader.ok());
+  for (int r = 0; r < 2; ++r) {
+    auto qkv = ReadShardTensor(**reader, "text.layers.0.attn.qkv.weight", 2, r);
+    ASSERT_TRUE(qkv.ok()) << qkv.status();
+    EXPECT_TRUE(torch::equal(*qkv, global["text.layers.0.attn.qkv.weight"].chunk(2, 0)[r]));
+    auto gu = ReadShardTensor(**reader, "text.layers.0.mlp.gate_up.weight", 2, r);
+    auto g = global["text.layers.0.mlp.gate_up.weight"].chunk(2, 0);
+    EXPECT_TRUE(torch::equal(*gu, torch::cat({g[0].chunk(2, 0)[r], g[1].chunk(2, 0)[r]})));
+    auto down = ReadShardTensor(**reader, "text.layers.0.mlp.down.weight", 2, r);
+    EXPECT_TRUE(torch::equal(*down, global["text.layers.0.mlp.down.weight"].chunk(2, 1)[r]));
+    auto emb = ReadShardTensor(**reader, "text.embed.weight", 2, r);
+    auto padded = torch::cat({global["text.embed.weight"], torch::zeros({1, H})});
+    EXPECT_TRUE(torch::equal(*emb, padded.chunk(2, 0)[r]));
+  }
+  EXPECT_FALSE(ReadShardTensor(**reader, "text.layers.0.attn.qkv.weight", 4, 0).ok());
 }
 
 }  // namespace
