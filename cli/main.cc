@@ -4,6 +4,9 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#ifdef GEMMA_LOCAL_COMMANDS
+#include "cli/local_convert.h"
+#endif
 
 namespace {
 
@@ -12,6 +15,9 @@ std::vector<gemma::cli::Command> AllCommands() {
   for (auto& c : gemma::cli::JobCommands()) all.push_back(std::move(c));
   for (auto& c : gemma::cli::ClusterCommands()) all.push_back(std::move(c));
   for (auto& c : gemma::cli::CheckpointCommands()) all.push_back(std::move(c));
+#ifdef GEMMA_LOCAL_COMMANDS
+  all.push_back(gemma::cli::LocalCommand());
+#endif
   all.push_back({"version", "Print gemmactl's version", [](int, char**) {
                    std::cout << "gemmactl " << GEMMA_VERSION << "\n";
                    return 0;

@@ -1,0 +1,172 @@
+// Our sharded checkpoint folder (/work/shared/DESIGN.md §4):
+//
+//   DIR/manifest.json            model config, layout {tp}, step, every tensor's
+//                                dtype, global shape and each rank's slice,
+//                                per-file size and CRC-32C
+//   DIR/rank-00000.safetensors   rank 0's shards, under our names
+//   DIR/rank-00001.safetensors   ...
+//
+// Written into `DIR.tmp` and renamed to DIR when complete, so DIR either holds
+// a whole checkpoint or does not exist. Reading maps the rank files and
+// touches only the bytes a caller asks for, so loading at a different TP size
+// reads just the slices each new rank needs. All copies are bit-exact.
+#ifndef GEMMA_MODEL_CHECKPOINT_H_
+#define GEMMA_MODEL_CHECKPOINT_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/param_table.h"
+#include "model/safetensors.h"
+
+namespace gemma {
+
+// Called with (bytes done, bytes total) as data is written. May be empty.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+
+// A set of global tensors, each readable as a VirtualTensor (pointers into
+// mappings that the source keeps alive).
+class GlobalTensorSource {
+ public:
+  struct Entry {
+    std::string name;
+    DType dtype = DType::kF32;
+    std::vector<int64_t> shape;
+  };
+  virtual ~GlobalTensorSource() = default;
+  virtual const std::vector<Entry>& entries() const = 0;
+  // The model's HF config.json text (copied into the manifest).
+  virtual const std::string& config_json() const = 0;
+  virtual absl::StatusOr<VirtualTensor> Global(const std::string& name) = 0;
+};
+
+struct ManifestTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;       // global
+  std::vector<ShardLayout> shards;  // one per rank
+};
+
+struct ManifestFile {
+  int rank = 0;
+  std::string file;  // relative to the checkpoint folder
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+
+struct CheckpointManifest {
+  int tp = 1;
+  int64_t step = 0;
+  ShardDims dims;
+  std::string config_json;  // HF config.json text
+  std::vector<ManifestTensor> tensors;
+  std::vector<ManifestFile> files;
+
+  const ManifestTensor* Find(const std::string& name) const;
+  std::string ToJson() const;
+  // INVALID_ARGUMENT naming `file` and the field on malformed input.
+  static absl::StatusOr<CheckpointManifest> FromJson(const std::string& text,
+                                                     const std::string& file);
+};
+
+struct WriteCheckpointOptions {
+  int tp = 1;
+  int64_t step = 0;
+  ShardDims dims;          // num_kv_heads: the text qkv split granularity
+  bool overwrite = false;  // replace an existing DIR (else ALREADY_EXISTS)
+  ProgressFn progress;
+};
+
+// Writes every tensor of `source` split `tp` ways per the parameter table.
+// Names outside the table are refused (NOT_FOUND naming the tensor).
+absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
+                             const WriteCheckpointOptions& options);
+
+// Distributed save, for jobs whose ranks each hold only their own shards:
+// every rank calls WriteRankFile (same `dir`, `tp`, `dims`), the job gathers
+// the returned ManifestFile entries, and one process calls CommitCheckpoint
+// after all ranks are done. The result is the same folder WriteCheckpoint
+// writes.
+struct RankShard {
+  std::string name;                   // one of ours (see param_table.h)
+  DType dtype = DType::kF32;
+  std::vector<int64_t> global_shape;  // the whole tensor's shape
+  const uint8_t* data = nullptr;      // this rank's shard, contiguous,
+                                      // ComputeShard(...).shard_shape
+};
+
+// Writes `DIR.tmp/rank-NNNNN.safetensors` (creating DIR.tmp if needed).
+absl::StatusOr<ManifestFile> WriteRankFile(const std::string& dir, int tp, int rank,
+                                           const ShardDims& dims,
+                                           const std::vector<RankShard>& shards);
+
+struct CheckpointCommit {
+  int tp = 1;
+  int64_t step = 0;
+  ShardDims dims;
+  std::string config_json;
+  std::vector<GlobalTensorSource::Entry> tensors;  // every tensor's global dtype/shape
+  std::vector<ManifestFile> files;                 // one per rank, from WriteRankFile
+  bool overwrite = false;
+};
+
+// Checks that every rank file is in DIR.tmp with its recorded size, writes
+// the manifest and renames DIR.tmp to DIR.
+absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& commit);
+
+// Reads a checkpoint folder. Rank files are mapped on first use; with
+// verify_checksums each file's CRC-32C is checked then (DATA_LOSS naming the
+// file on mismatch), which reads that whole file once.
+class CheckpointReader : public GlobalTensorSource {
+ public:
+  static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& dir,
+                                                                bool verify_checksums = true);
+
+  const CheckpointManifest& manifest() const { return manifest_; }
+  const std::vector<Entry>& entries() const override { return entries_; }
+  const std::string& config_json() const override { return manifest_.config_json; }
+
+  // The global tensor over the rank files (zero-copy).
+  absl::StatusOr<VirtualTensor> Global(const std::string& name) override;
+  // The layout of `name`'s shard for rank `rank` of a `tp`-way split (any tp
+  // the tensor allows, not only the stored one).
+  absl::StatusOr<ShardLayout> Layout(const std::string& name, int tp, int rank) const;
+  // Copies that shard into `dst` (ShardBytes(layout) bytes); reads only the
+  // stored slices that overlap it.
+  absl::Status ReadShard(const std::string& name, int tp, int rank, uint8_t* dst);
+
+ private:
+  CheckpointReader() = default;
+  absl::StatusOr<const SafetensorsFile*> RankFile(int rank);
+
+  std::string dir_;
+  bool verify_ = true;
+  CheckpointManifest manifest_;
+  std::vector<Entry> entries_;
+  std::map<int, std::shared_ptr<const SafetensorsFile>> files_;  // opened so far
+};
+
+// Small POSIX file helpers used by the checkpoint and conversion code. (They
+// avoid std::filesystem on purpose: the LibTorch 2.11 wheel's libtorch.so
+// exports its own copies of some std::filesystem functions, and
+// std::filesystem::remove_all crashes in binaries linked against it.)
+bool PathExists(const std::string& path);
+// rm -r; OK when `path` does not exist.
+absl::Status RemoveTree(const std::string& path);
+// mkdir -p.
+absl::Status MakeDirs(const std::string& path);
+absl::Status RenamePath(const std::string& from, const std::string& to);
+// fsync a folder so renames inside it are durable (best effort).
+void SyncDir(const std::string& dir);
+// Publishes a finished `tmp` folder as `dir`: when `dir` exists it is replaced
+// if `overwrite`, else ALREADY_EXISTS.
+absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool overwrite);
+
+}  // namespace gemma
+
+#endif  // GEMMA_MODEL_CHECKPOINT_H_
