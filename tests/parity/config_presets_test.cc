@@ -31,6 +31,8 @@ constexpr Published kPublished[] = {
     {"27b", 5376, 21504, 62, 32, 16, 128, 168},
 };
 
+void PrintTo(const Published& p, std::ostream* os) { *os << p.name; }
+
 class PresetTest : public ::testing::TestWithParam<Published> {};
 
 TEST_P(PresetTest, MatchesPublishedTable) {

@@ -6,6 +6,8 @@ transformers (fp32, eager attention), EVERY parameter is re-randomised (HF
 zero-inits the RMSNorm offsets and the projector, which would hide a wrong
 mapping or a (1 + w) mix-up), and the case folder gets:
   config.json     the HF config (newer v5 shape, or the original release shape)
+  model.safetensors, inputs.safetensors  the same weights and inputs, for the
+                  `gemmactl local` tests
   weights.json/.bin  the weights in OUR names and fused layouts
                   (/work/briefs/MODEL_NAMES.md), converted here in Python
   io.json/.bin    inputs (input_ids, attention_mask, pixel_values,
@@ -304,7 +306,12 @@ def run_case(case, out_dir, max_new_tokens=8):
     cfg_json = dict(case["config"])
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg_json, f, indent=1)
-    write_tensors(os.path.join(d, "weights"), to_ours(model, config))
+    ours = to_ours(model, config)
+    write_tensors(os.path.join(d, "weights"), ours)
+    # The same weights and inputs as safetensors (what `gemmactl local` reads).
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(d, "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in inputs.items()}, os.path.join(d, "inputs.safetensors"))
     io = dict(inputs)
     io["logits"] = logits
     io["greedy_tokens"] = new_tokens
