@@ -10,6 +10,7 @@ mapping or a (1 + w) mix-up), and the case folder gets:
                   `gemmactl local` tests
   weights.json/.bin  the weights in OUR names and fused layouts
                   (/work/briefs/MODEL_NAMES.md), converted here in Python
+  grads.json/.bin d mean(logits * grad_probe) / d parameter, in our names
   io.json/.bin    inputs (input_ids, attention_mask, pixel_values,
                   token_type_ids), reference logits of a plain forward, and
                   the greedy continuation from model.generate
@@ -160,7 +161,10 @@ def build(case):
 
 
 def to_ours(model, config):
-    sd = model.state_dict()
+    return to_ours_from(model.state_dict(), config)
+
+
+def to_ours_from(sd, config):
     if config.model_type == "gemma3":
         tc, vc = config.text_config, config.vision_config
         out = text_to_ours(sd, "model.language_model.", tc)
@@ -312,8 +316,16 @@ def run_case(case, out_dir, max_new_tokens=8):
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(d, "model.safetensors"))
     save_file({k: v.contiguous() for k, v in inputs.items()}, os.path.join(d, "inputs.safetensors"))
+    # Gradients of a fixed random linear functional of the logits (the training
+    # path): loss = mean(logits * probe), every parameter's grad in our layout.
+    probe = torch.randn(logits.shape, generator=torch.Generator().manual_seed(seed + 1))
+    model.zero_grad()
+    (model(**inputs).logits * probe).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    write_tensors(os.path.join(d, "grads"), to_ours_from(grads, config))
     io = dict(inputs)
     io["logits"] = logits
+    io["grad_probe"] = probe
     io["greedy_tokens"] = new_tokens
     # The logits HF's cached decode computed at each greedy step: [B, N, V].
     io["greedy_step_logits"] = torch.stack(list(gen.scores), dim=1)
