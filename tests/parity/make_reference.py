@@ -12,7 +12,8 @@ mapping or a (1 + w) mix-up), and the case folder gets:
                   (/work/briefs/MODEL_NAMES.md), converted here in Python
   grads.json/.bin d mean(logits * grad_probe) / d parameter, in our names
   io.json/.bin    inputs (input_ids, attention_mask, pixel_values,
-                  token_type_ids), reference logits of a plain forward, and
+                  token_type_ids), reference logits of a plain forward (fp32, and
+                  bf16 as logits_bf16), and
                   the greedy continuation from model.generate
 A .json/.bin pair is a raw little-endian blob plus an index
 {name: {dtype, shape, offset, nbytes}} (dtype float32 or int64).
@@ -326,6 +327,13 @@ def run_case(case, out_dir, max_new_tokens=8):
     io = dict(inputs)
     io["logits"] = logits
     io["grad_probe"] = probe
+    # The same forward in bfloat16 (HF casts weights; pixel values follow).
+    with torch.no_grad():
+        bf = dict(inputs)
+        if "pixel_values" in bf:
+            bf["pixel_values"] = bf["pixel_values"].to(torch.bfloat16)
+        io["logits_bf16"] = model.to(torch.bfloat16)(**bf).logits.float()
+    model.to(torch.float32)
     io["greedy_tokens"] = new_tokens
     # The logits HF's cached decode computed at each greedy step: [B, N, V].
     io["greedy_step_logits"] = torch.stack(list(gen.scores), dim=1)
