@@ -156,19 +156,4 @@ int LocalConvert(int argc, char** argv) {
   return 0;
 }
 
-Command LocalCommand() {
-  return {"local", "Offline commands on this machine (convert)", [](int argc, char** argv) {
-            const char* sub = argc >= 3 ? argv[2] : "";
-            if (std::strcmp(sub, "convert") == 0) return LocalConvert(argc, argv);
-            const bool help = !std::strcmp(sub, "--help") || !std::strcmp(sub, "-h");
-            (help ? std::cout : std::cerr)
-                << "Usage: gemmactl local SUBCOMMAND [flags]\n\n"
-                   "Subcommands:\n"
-                   "  convert   Convert HF Gemma 3 folders <-> our sharded checkpoints\n\n"
-                   "Example:\n"
-                   "  gemmactl local convert --from ~/models/gemma-3-4b-it --to /ckpt/g3 --tp 2\n";
-            return help ? 0 : 2;
-          }};
-}
-
 }  // namespace gemma::cli

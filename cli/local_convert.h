@@ -12,9 +12,6 @@ namespace gemma::cli {
 // 1 the conversion failed, 2 bad usage.
 int LocalConvert(int argc, char** argv);
 
-// The "local" command: dispatches its subcommands.
-Command LocalCommand();
-
 }  // namespace gemma::cli
 
 #endif  // GEMMA_CLI_LOCAL_CONVERT_H_

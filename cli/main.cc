@@ -4,8 +4,8 @@
 #include <iostream>
 
 #include "cli/cli.h"
-#ifdef GEMMA_LOCAL_COMMANDS
-#include "cli/local_convert.h"
+#ifdef GEMMA_WITH_LOCAL
+#include "cli/local.h"
 #endif
 
 namespace {
@@ -15,7 +15,7 @@ std::vector<gemma::cli::Command> AllCommands() {
   for (auto& c : gemma::cli::JobCommands()) all.push_back(std::move(c));
   for (auto& c : gemma::cli::ClusterCommands()) all.push_back(std::move(c));
   for (auto& c : gemma::cli::CheckpointCommands()) all.push_back(std::move(c));
-#ifdef GEMMA_LOCAL_COMMANDS
+#ifdef GEMMA_WITH_LOCAL
   all.push_back(gemma::cli::LocalCommand());
 #endif
   all.push_back({"version", "Print gemmactl's version", [](int, char**) {

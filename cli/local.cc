@@ -1,0 +1,34 @@
+#include "cli/local.h"
+
+#include <cstring>
+#include <iostream>
+
+#include "cli/local_convert.h"
+#include "cli/local_forward.h"
+
+namespace gemma::cli {
+
+Command LocalCommand() {
+  return {"local", "Offline model commands on this machine: convert, forward, generate",
+          [](int argc, char** argv) {
+            const char* sub = argc >= 3 ? argv[2] : "";
+            if (!std::strcmp(sub, "convert")) return LocalConvert(argc, argv);
+            if (!std::strcmp(sub, "forward")) return LocalForwardMain(argc, argv);
+            if (!std::strcmp(sub, "generate")) return LocalGenerateMain(argc, argv);
+            const bool help = !std::strcmp(sub, "--help") || !std::strcmp(sub, "-h");
+            (help ? std::cout : std::cerr)
+                << "Usage: gemmactl local SUBCOMMAND [flags]\n\n"
+                   "Runs on this machine, without a coordinator.\n\n"
+                   "Subcommands:\n"
+                   "  convert    convert HF Gemma 3 folders <-> our sharded checkpoints\n"
+                   "  forward    run one forward pass and write the logits\n"
+                   "  generate   decode tokens from prompt ids (greedy or sampled)\n\n"
+                   "Examples:\n"
+                   "  gemmactl local convert --from ~/models/gemma-3-4b-it --to /ckpt/g3 --tp 2\n"
+                   "  gemmactl local generate --model /ckpt/g3 --prompt-ids 2,105,2364,107\n";
+            if (!help && *sub) std::cerr << "\ngemmactl local: unknown subcommand '" << sub << "'\n";
+            return help ? 0 : 2;
+          }};
+}
+
+}  // namespace gemma::cli

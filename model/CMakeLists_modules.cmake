@@ -1,0 +1,26 @@
+# Gemma 3 modules (config, layers, decoder, SigLIP, VL wrapper, KV cache,
+# generation). Included from model/CMakeLists.txt.
+
+# Config parsing has no LibTorch dependency.
+add_library(gemma_model_config STATIC config.cc)
+target_include_directories(gemma_model_config PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(gemma_model_config PUBLIC gemma_common nlohmann_json::nlohmann_json
+    absl::status absl::statusor absl::strings)
+
+add_library(gemma_model_modules STATIC
+  layers.cc
+  kv_cache.cc
+  gemma3.cc
+  siglip.cc
+  vl_model.cc
+  generate.cc
+)
+target_include_directories(gemma_model_modules PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(gemma_model_modules PUBLIC gemma_model_config gemma_common gemma_torch)
+gemma_torch_pch(gemma_model_modules)
+
+gemma_add_test(NAME model_config_test SOURCES config_test.cc
+               LIBS gemma_model_config LABELS model)
+gemma_add_test(NAME model_layers_test SOURCES layers_test.cc
+               LIBS gemma_model_modules LABELS model)
+gemma_torch_pch(model_layers_test)

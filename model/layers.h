@@ -1,0 +1,167 @@
+// Gemma 3 building blocks in LibTorch: RMSNorm (1 + w), rotary embeddings,
+// grouped-query attention with the fused per-KV-group QKV projection, the
+// gated GELU-tanh MLP with a fused gate/up projection, and the attention mask
+// (causal, sliding window, per-image bidirectional blocks, padding, packing).
+//
+// Shapes: B batch, L new tokens, T cached + new tokens, H hidden, hd head_dim.
+// Every module is sized by its LOCAL share of a tensor-parallel layout: an
+// attention module knows its local query and KV head counts, an MLP its local
+// intermediate size; with one rank local == global. The fused layouts (see
+// /work/briefs/MODEL_NAMES.md) make each rank's shard one contiguous slice, so
+// tensor parallelism only changes how the modules are sized and sliced (the
+// collectives after `o` and `down` are added by the parallel layer wrappers).
+//
+// Numerics follow transformers 5.17 (modeling_gemma3.py, eager attention):
+// norms in fp32 then cast back; rotary cos/sin computed in fp32 then cast to the
+// activation dtype; attention softmax in fp32; masked scores get the dtype's
+// lowest finite value (added, as HF's eager mask does).
+#ifndef GEMMA_MODEL_LAYERS_H_
+#define GEMMA_MODEL_LAYERS_H_
+
+#include <cstdint>
+#include <utility>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "model/config.h"
+
+namespace gemma {
+
+class LayerKvCache;  // model/kv_cache.h
+
+// ---- RMSNorm -----------------------------------------------------------------
+struct RMSNormOptions {
+  explicit RMSNormOptions(int64_t dim) : dim_(dim) {}
+  TORCH_ARG(int64_t, dim);
+  TORCH_ARG(double, eps) = 1e-6;
+};
+
+// y = x / sqrt(mean(x^2) + eps) * (1 + w), computed in fp32, cast back to x's
+// dtype. `weight` ([dim], initialised to 0) is the stored "w".
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  explicit RMSNormImpl(const RMSNormOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  RMSNormOptions options;
+  torch::Tensor weight;
+};
+TORCH_MODULE(RMSNorm);
+
+// ---- Rotary embeddings -------------------------------------------------------
+// Inverse frequencies [hd/2] (fp32) for one layer type: 1 / theta^(2i/hd), then
+// divided by the linear scaling factor.
+torch::Tensor RopeInverseFrequencies(int64_t head_dim, const RopeParams& params);
+
+// cos and sin [B', L, hd] for `position_ids` [B', L] (B' is B or 1), computed
+// in fp32 and cast to `dtype`.
+std::pair<torch::Tensor, torch::Tensor> RopeCosSin(const torch::Tensor& inv_freq,
+                                                   const torch::Tensor& position_ids,
+                                                   c10::ScalarType dtype);
+
+// x * cos + rotate_half(x) * sin for x [B, heads, L, hd] and cos/sin [B', L, hd].
+torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
+                        const torch::Tensor& sin);
+
+// ---- Attention mask ----------------------------------------------------------
+// Describes the additive mask of one attention call. Token indices are absolute
+// positions in the sequence (0 = first token ever fed), independent of the
+// rotary position ids.
+struct MaskSpec {
+  int64_t batch = 1;
+  int64_t q_len = 0;
+  int64_t q_offset = 0;   // absolute index of the first query (tokens already cached)
+  int64_t kv_offset = 0;  // absolute index of the first key
+  int64_t kv_len = 0;
+  int64_t sliding_window = 0;  // > 0: key j visible from query i iff j > i - window
+  // [B, >= kv_offset + kv_len], nonzero = real token; undefined = no padding.
+  torch::Tensor padding;
+  // [B, N] image block id per absolute index (-1 = text; missing indices are
+  // text). Tokens of one block see each other in both directions.
+  torch::Tensor block_ids;
+  // [B, L] packed-sequence segment per query (= per key: only without cache).
+  torch::Tensor segment_ids;
+};
+
+// Returns the additive mask [B, 1, q_len, kv_len] in `dtype`: 0 where allowed,
+// the dtype's lowest value elsewhere. Rules (HF 5.17 create_masks_for_vision_model
+// and create_causal_mask):
+//   full layers:    ((causal AND segment) OR block) AND padding
+//   sliding layers: ((causal OR block) AND window AND segment) AND padding
+torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype);
+
+// Image block ids [B, L] from token_type_ids [B, L] (1 = image token): each
+// maximal run of image tokens is one block, numbered from 0 per row; text -1.
+torch::Tensor BlockIdsFromTokenTypes(const torch::Tensor& token_type_ids);
+
+// Packed-sequence segments [B, L] from position ids [B', L] (a new segment
+// starts where the position does not increase by one), or an undefined tensor
+// when every row is a single sequence (HF find_packed_sequence_indices).
+torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids, int64_t batch);
+
+// ---- Attention ---------------------------------------------------------------
+struct AttentionOptions {
+  AttentionOptions(int64_t hidden_size, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim)
+      : hidden_size_(hidden_size), num_heads_(num_heads), num_kv_heads_(num_kv_heads),
+        head_dim_(head_dim) {}
+  TORCH_ARG(int64_t, hidden_size);
+  TORCH_ARG(int64_t, num_heads);     // local query heads
+  TORCH_ARG(int64_t, num_kv_heads);  // local KV heads (groups)
+  TORCH_ARG(int64_t, head_dim);
+  TORCH_ARG(double, query_pre_attn_scalar) = 256.0;  // scale = this^-0.5
+  TORCH_ARG(double, rms_norm_eps) = 1e-6;
+};
+
+// Gemma 3 self-attention. Parameters (our names, local shapes):
+//   qkv.weight    [(nq + 2 nkv) hd, H]: per KV group g: its nq/nkv query heads,
+//                 then key head g, then value head g
+//   o.weight      [H, nq hd]
+//   q_norm.weight [hd], k_norm.weight [hd] (RMSNorm 1 + w, over head_dim)
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const AttentionOptions& options);
+
+  // x [B, L, H]; cos/sin from RopeCosSin; bias [B, 1, L, T] from
+  // BuildAttentionBias (or undefined for no mask). With `cache`, the new keys
+  // and values are appended to it and attention runs over cached + new keys
+  // (the bias must then cover exactly those T keys). Returns [B, L, H] (the
+  // local partial sum under tensor parallelism).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
+                        const torch::Tensor& sin, const torch::Tensor& bias,
+                        LayerKvCache* cache = nullptr);
+
+  AttentionOptions options;
+  torch::nn::Linear qkv{nullptr};
+  torch::nn::Linear o{nullptr};
+  RMSNorm q_norm{nullptr};
+  RMSNorm k_norm{nullptr};
+};
+TORCH_MODULE(Attention);
+
+// ---- MLP ---------------------------------------------------------------------
+struct GatedMlpOptions {
+  GatedMlpOptions(int64_t hidden_size, int64_t intermediate_size)
+      : hidden_size_(hidden_size), intermediate_size_(intermediate_size) {}
+  TORCH_ARG(int64_t, hidden_size);
+  TORCH_ARG(int64_t, intermediate_size);  // local
+};
+
+// down(gelu_tanh(gate(x)) * up(x)). gate_up.weight [2 I, H] = [gate; up],
+// down.weight [H, I].
+class GatedMlpImpl : public torch::nn::Module {
+ public:
+  explicit GatedMlpImpl(const GatedMlpOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  GatedMlpOptions options;
+  torch::nn::Linear gate_up{nullptr};
+  torch::nn::Linear down{nullptr};
+};
+TORCH_MODULE(GatedMlp);
+
+}  // namespace gemma
+
+#endif  // GEMMA_MODEL_LAYERS_H_

@@ -1,0 +1,310 @@
+// Unit tests of the Gemma 3 building blocks. End-to-end numerics against
+// transformers live in tests/parity/; these pin the rules piece by piece.
+#include "model/layers.h"
+
+#include <map>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "model/generate.h"
+#include "model/kv_cache.h"
+#include "model/vl_model.h"
+
+namespace gemma {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(RMSNormTest, ScalesByOnePlusWeightInFloat32) {
+  RMSNorm norm(RMSNormOptions(4).eps(1e-6));
+  torch::Tensor x = torch::tensor({{1.0f, -2.0f, 3.0f, -4.0f}});
+  torch::Tensor rms = (x.pow(2).mean(-1, true) + 1e-6).rsqrt();
+  EXPECT_TRUE(torch::allclose(norm(x), x * rms));  // w = 0: plain normalisation
+  {
+    torch::NoGradGuard g;
+    norm->weight.copy_(torch::tensor({0.5f, -1.0f, 0.0f, 2.0f}));
+  }
+  torch::Tensor expected = x * rms * torch::tensor({1.5f, 0.0f, 1.0f, 3.0f});
+  EXPECT_TRUE(torch::allclose(norm(x), expected));
+  EXPECT_EQ(norm(x.to(torch::kBFloat16)).scalar_type(), torch::kBFloat16);
+}
+
+TEST(RopeTest, LinearScalingDividesFrequencies) {
+  torch::Tensor base = RopeInverseFrequencies(8, RopeParams{"default", 10000.0, 1.0});
+  torch::Tensor scaled = RopeInverseFrequencies(8, RopeParams{"linear", 10000.0, 8.0});
+  EXPECT_TRUE(torch::allclose(base, torch::tensor({1.0f, 0.1f, 0.01f, 0.001f})));
+  EXPECT_TRUE(torch::allclose(scaled * 8, base));
+  // Position 0 leaves vectors unchanged; rotation preserves the norm.
+  auto [cos, sin] = RopeCosSin(base, torch::tensor({{0, 5}}), torch::kFloat);
+  torch::Tensor x = torch::randn({1, 2, 2, 8});
+  torch::Tensor y = ApplyRope(x, cos, sin);
+  EXPECT_TRUE(torch::allclose(y.select(2, 0), x.select(2, 0)));
+  EXPECT_TRUE(torch::allclose(y.norm(2, -1), x.norm(2, -1), 1e-5, 1e-5));
+}
+
+TEST(MaskTest, BlockIdsFromTokenTypes) {
+  torch::Tensor tt = torch::tensor({{0, 1, 1, 0, 1, 1, 1, 0}, {1, 1, 0, 0, 0, 0, 1, 0}});
+  torch::Tensor expected = torch::tensor({{-1, 0, 0, -1, 1, 1, 1, -1}, {0, 0, -1, -1, -1, -1, 1, -1}});
+  EXPECT_TRUE(torch::equal(BlockIdsFromTokenTypes(tt), expected));
+}
+
+torch::Tensor Allowed(const MaskSpec& spec) {
+  return BuildAttentionBias(spec, torch::kFloat).eq(0).squeeze(1).to(torch::kLong);
+}
+
+TEST(MaskTest, SlidingWindowBound) {
+  MaskSpec spec;
+  spec.q_len = spec.kv_len = 5;
+  spec.sliding_window = 3;  // i - 3 < j <= i
+  torch::Tensor expected = torch::tensor({{{1, 0, 0, 0, 0},
+                                           {1, 1, 0, 0, 0},
+                                           {1, 1, 1, 0, 0},
+                                           {0, 1, 1, 1, 0},
+                                           {0, 0, 1, 1, 1}}});
+  EXPECT_TRUE(torch::equal(Allowed(spec), expected));
+  torch::Tensor bias = BuildAttentionBias(spec, torch::kFloat);
+  EXPECT_EQ(bias.min().item<float>(), std::numeric_limits<float>::lowest());
+}
+
+TEST(MaskTest, ImageBlocksAreBidirectionalOnFullAndWindowedOnSliding) {
+  MaskSpec spec;
+  spec.q_len = spec.kv_len = 6;
+  // text, image(0) x3, text, text
+  spec.block_ids = torch::tensor({{-1, 0, 0, 0, -1, -1}});
+  torch::Tensor full = torch::tensor({{{1, 0, 0, 0, 0, 0},
+                                       {1, 1, 1, 1, 0, 0},
+                                       {1, 1, 1, 1, 0, 0},
+                                       {1, 1, 1, 1, 0, 0},
+                                       {1, 1, 1, 1, 1, 0},
+                                       {1, 1, 1, 1, 1, 1}}});
+  EXPECT_TRUE(torch::equal(Allowed(spec), full));
+  // (causal OR block) AND j > i - 2: the window only bounds keys from below,
+  // so a query still sees later tokens of its own image.
+  spec.sliding_window = 2;
+  torch::Tensor sliding = torch::tensor({{{1, 0, 0, 0, 0, 0},
+                                          {1, 1, 1, 1, 0, 0},
+                                          {0, 1, 1, 1, 0, 0},
+                                          {0, 0, 1, 1, 0, 0},
+                                          {0, 0, 0, 1, 1, 0},
+                                          {0, 0, 0, 0, 1, 1}}});
+  EXPECT_TRUE(torch::equal(Allowed(spec), sliding));
+}
+
+TEST(MaskTest, PaddingHidesKeysAndOffsetsFollowTheCache) {
+  MaskSpec spec;
+  spec.batch = 2;
+  spec.q_len = 1;
+  spec.q_offset = 4;   // fifth token
+  spec.kv_offset = 2;  // a sliding layer holding tokens 2, 3 (+ the new one)
+  spec.kv_len = 3;
+  spec.sliding_window = 3;
+  spec.padding = torch::tensor({{1, 1, 1, 1, 1}, {0, 0, 0, 1, 1}});
+  torch::Tensor expected = torch::tensor({{{1, 1, 1}}, {{0, 1, 1}}});
+  EXPECT_TRUE(torch::equal(Allowed(spec), expected));
+}
+
+TEST(MaskTest, PackedSegmentsFromPositions) {
+  EXPECT_FALSE(SegmentIdsFromPositions(torch::tensor({{0, 1, 2, 3}}), 2).defined());
+  torch::Tensor seg = SegmentIdsFromPositions(torch::tensor({{0, 1, 0, 1, 2}}), 1);
+  EXPECT_TRUE(torch::equal(seg, torch::tensor({{0, 0, 1, 1, 1}})));
+  MaskSpec spec;
+  spec.q_len = spec.kv_len = 5;
+  spec.segment_ids = seg;
+  torch::Tensor allowed = Allowed(spec);
+  EXPECT_EQ(allowed[0][2][1].item<int64_t>(), 0);  // no attention across sequences
+  EXPECT_EQ(allowed[0][4][2].item<int64_t>(), 1);
+}
+
+TEST(KvCacheTest, SlidingLayersKeepWindowMinusOne) {
+  TextConfig t;
+  t.num_layers = 2;
+  t.layer_types = {LayerType::kSliding, LayerType::kFull};
+  t.sliding_window = 4;
+  KvCache cache(t);
+  torch::Tensor k = torch::arange(6, torch::kFloat).view({1, 1, 6, 1});
+  for (int64_t i = 0; i < 2; ++i) {
+    auto [all_k, all_v] = cache.layer(i)->Update(k, k);
+    EXPECT_EQ(all_k.size(2), 6);
+  }
+  EXPECT_EQ(cache.layer(0)->cached(), 3);
+  EXPECT_EQ(cache.layer(1)->cached(), 6);
+  EXPECT_EQ(cache.seq_len(), 6);
+  EXPECT_EQ(cache.MaskSizes(4, 1), (std::pair<int64_t, int64_t>{3, 4}));
+  EXPECT_EQ(cache.MaskSizes(0, 1), (std::pair<int64_t, int64_t>{0, 7}));
+  auto [all_k, all_v] = cache.layer(0)->Update(torch::full({1, 1, 1, 1}, 6.0f), torch::zeros({1, 1, 1, 1}));
+  EXPECT_TRUE(torch::equal(all_k.flatten(), torch::tensor({3.0f, 4.0f, 5.0f, 6.0f})));
+}
+
+ModelConfig TinyVl() {
+  ModelConfig c;
+  c.model_type = "gemma3";
+  TextConfig& t = c.text;
+  t.vocab_size = 64, t.hidden_size = 16, t.intermediate_size = 24, t.num_layers = 2;
+  t.num_heads = 2, t.num_kv_heads = 1, t.head_dim = 8, t.query_pre_attn_scalar = 8;
+  t.sliding_window = 4;
+  t.layer_types = {LayerType::kSliding, LayerType::kFull};
+  VisionConfig v;
+  v.hidden_size = 8, v.intermediate_size = 12, v.num_layers = 1, v.num_heads = 2;
+  v.image_size = 8, v.patch_size = 2;
+  c.vision = v;
+  c.mm_tokens_per_image = 4;
+  c.image_token_id = 60;
+  return c;
+}
+
+std::map<std::string, torch::Tensor> RandomWeights(Gemma3Model& model) {
+  std::map<std::string, torch::Tensor> w;
+  for (const auto& p : model->named_parameters()) w[p.key()] = torch::randn(p.value().sizes()) * 0.3;
+  return w;
+}
+
+TEST(LoadParametersTest, ReportsMissingUnexpectedAndWrongShape) {
+  Gemma3Model model(TinyVl());
+  auto weights = RandomWeights(model);
+  ASSERT_TRUE(LoadParameters(*model, weights).ok());
+  EXPECT_TRUE(torch::equal(model->text->embed->weight, weights.at("text.embed.weight")));
+  EXPECT_EQ(model->named_parameters().size(), weights.size());
+
+  auto broken = weights;
+  broken.erase("text.layers.1.attn.qkv.weight");
+  broken["text.layers.0.mlp.gate_up.weight"] = torch::zeros({5, 5});
+  broken["text.lm_head.weight"] = torch::zeros({64, 16});
+  absl::Status st = LoadParameters(*model, broken);
+  ASSERT_FALSE(st.ok());
+  const std::string msg(st.message());
+  EXPECT_THAT(msg, HasSubstr("missing: text.layers.1.attn.qkv.weight"));
+  EXPECT_THAT(msg, HasSubstr("text.layers.0.mlp.gate_up.weight (got [5, 5], expected [48, 16])"));
+  EXPECT_THAT(msg, HasSubstr("unexpected: text.lm_head.weight"));
+  // Nothing was copied.
+  EXPECT_TRUE(torch::equal(model->text->layers[0]->as<Gemma3DecoderLayerImpl>()->mlp->gate_up->weight,
+                           weights.at("text.layers.0.mlp.gate_up.weight")));
+}
+
+TEST(Gemma3ModelTest, NamesFollowTheContract) {
+  Gemma3Model model(TinyVl());
+  auto params = model->named_parameters();
+  for (const char* name :
+       {"text.embed.weight", "text.final_norm.weight", "text.layers.0.input_norm.weight",
+        "text.layers.0.attn.qkv.weight", "text.layers.0.attn.o.weight",
+        "text.layers.0.attn.q_norm.weight", "text.layers.0.attn.k_norm.weight",
+        "text.layers.0.post_attn_norm.weight", "text.layers.0.pre_mlp_norm.weight",
+        "text.layers.0.mlp.gate_up.weight", "text.layers.0.mlp.down.weight",
+        "text.layers.0.post_mlp_norm.weight", "vision.patch_embed.weight",
+        "vision.patch_embed.bias", "vision.pos_embed.weight", "vision.layers.0.ln1.weight",
+        "vision.layers.0.ln1.bias", "vision.layers.0.attn.qkv.weight",
+        "vision.layers.0.attn.qkv.bias", "vision.layers.0.attn.o.weight",
+        "vision.layers.0.ln2.bias", "vision.layers.0.mlp.fc1.weight",
+        "vision.layers.0.mlp.fc2.bias", "vision.post_norm.weight", "projector.norm.weight",
+        "projector.proj.weight"}) {
+    EXPECT_TRUE(params.contains(name)) << name;
+  }
+  EXPECT_EQ(params["text.layers.0.attn.qkv.weight"].sizes(), (c10::IntArrayRef{(2 + 2) * 8, 16}));
+  EXPECT_EQ(params["projector.proj.weight"].sizes(), (c10::IntArrayRef{8, 16}));
+  EXPECT_EQ(params["vision.pos_embed.weight"].sizes(), (c10::IntArrayRef{16, 8}));
+}
+
+TEST(Gemma3ModelTest, EmbeddingScaleIsRoundedToWeightDtype) {
+  TextConfig t;
+  t.vocab_size = 3, t.hidden_size = 2560, t.intermediate_size = 8, t.num_layers = 1;
+  t.num_heads = 1, t.num_kv_heads = 1, t.head_dim = 2;
+  t.layer_types = {LayerType::kFull};
+  Gemma3TextModel text(t);
+  text->to(torch::kBFloat16);
+  {
+    torch::NoGradGuard g;
+    text->embed->weight.fill_(1.0);
+  }
+  torch::Tensor e = text->Embed(torch::tensor({{1}}));
+  EXPECT_EQ(e.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(e[0][0][0].item<float>(), 50.5f);  // sqrt(2560) = 50.596 in fp32
+}
+
+TEST(Gemma3ModelTest, ImageTokenCountMismatchIsAnError) {
+  Gemma3Model model(TinyVl());
+  ASSERT_TRUE(LoadParameters(*model, RandomWeights(model)).ok());
+  ModelInputs in;
+  in.input_ids = torch::tensor({{2, 60, 60, 60, 5}});  // 3 image tokens, 4 needed
+  in.pixel_values = torch::randn({1, 3, 8, 8});
+  auto out = model->Forward(in);
+  ASSERT_FALSE(out.ok());
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("image features and image tokens do not match: 3 image tokens"));
+  in.input_ids = torch::tensor({{2, 60, 60, 60, 60, 5}});
+  in.token_type_ids = in.input_ids.eq(60).to(torch::kLong);
+  auto ok = model->Forward(in);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->sizes(), (c10::IntArrayRef{1, 6, 64}));
+}
+
+TEST(Gemma3ModelTest, ChunkedDecodeWithCacheEqualsFullForward) {
+  Gemma3Model model(TinyVl());
+  ASSERT_TRUE(LoadParameters(*model, RandomWeights(model)).ok());
+  torch::NoGradGuard g;
+  torch::Tensor ids = torch::randint(0, 50, {2, 11});
+  ModelInputs all;
+  all.input_ids = ids;
+  torch::Tensor full = model->forward(all);
+  KvCache cache = model->NewCache();
+  std::vector<torch::Tensor> parts;
+  for (auto [start, len] : {std::pair<int64_t, int64_t>{0, 5}, {5, 1}, {6, 3}, {9, 2}}) {
+    ModelInputs chunk;
+    chunk.input_ids = ids.narrow(1, start, len);
+    parts.push_back(model->forward(chunk, &cache));
+  }
+  EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), full, 1e-5, 1e-5));
+  EXPECT_EQ(cache.layer(0)->cached(), 3);  // window 4 - 1
+  EXPECT_EQ(cache.layer(1)->cached(), 11);
+}
+
+TEST(SamplingTest, TopKOneIsGreedyAndSeedsRepeat) {
+  torch::Tensor logits = torch::randn({4, 50});
+  GenerateOptions greedy;
+  at::Generator gen = at::detail::createCPUGenerator(1);
+  EXPECT_TRUE(torch::equal(ChooseNextTokens(logits, greedy, &gen), logits.argmax(-1)));
+  GenerateOptions k1;
+  k1.temperature = 1.0;
+  k1.top_k = 1;
+  EXPECT_TRUE(torch::equal(ChooseNextTokens(logits, k1, &gen), logits.argmax(-1)));
+  GenerateOptions p;
+  p.temperature = 1.0;
+  p.top_p = 1e-6;  // keeps only the best token
+  EXPECT_TRUE(torch::equal(ChooseNextTokens(logits, p, &gen), logits.argmax(-1)));
+  GenerateOptions s;
+  s.temperature = 0.8;
+  s.top_k = 20;
+  s.top_p = 0.9;
+  at::Generator a = at::detail::createCPUGenerator(7), b = at::detail::createCPUGenerator(7);
+  for (int i = 0; i < 5; ++i) {
+    torch::Tensor ta = ChooseNextTokens(logits, s, &a), tb = ChooseNextTokens(logits, s, &b);
+    EXPECT_TRUE(torch::equal(ta, tb));
+    // Every sampled token is among the 20 best of its row.
+    torch::Tensor top = std::get<1>(logits.topk(20, -1));
+    EXPECT_TRUE(top.eq(ta.unsqueeze(1)).any(-1).all().item<bool>());
+  }
+}
+
+TEST(GenerateTest, StopsOnStopTokenAndPads) {
+  Gemma3Model model(TinyVl());
+  ASSERT_TRUE(LoadParameters(*model, RandomWeights(model)).ok());
+  ModelInputs prompt;
+  prompt.input_ids = torch::tensor({{2, 7, 9, 11}});
+  GenerateOptions opts;
+  opts.max_new_tokens = 6;
+  auto free_run = Generate(model, prompt, opts);
+  ASSERT_TRUE(free_run.ok()) << free_run.status();
+  ASSERT_EQ(free_run->tokens.size(1), 6);
+  const int64_t first = free_run->tokens[0][0].item<int64_t>();
+  opts.stop_token_ids = {first};
+  auto stopped = Generate(model, prompt, opts);
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ(stopped->tokens.size(1), 1);  // the only row stopped at once
+  EXPECT_EQ(stopped->tokens[0][0].item<int64_t>(), first);
+  prompt.position_ids = torch::tensor({{0, 1, 2, 3}});
+  EXPECT_FALSE(Generate(model, prompt, opts).ok());
+}
+
+}  // namespace
+}  // namespace gemma

@@ -1,0 +1,80 @@
+#include "model/siglip.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+namespace gemma {
+
+SiglipAttentionImpl::SiglipAttentionImpl(int64_t hidden_size, int64_t heads) : num_heads(heads) {
+  qkv = register_module("qkv", torch::nn::Linear(hidden_size, 3 * hidden_size));
+  o = register_module("o", torch::nn::Linear(hidden_size, hidden_size));
+}
+
+torch::Tensor SiglipAttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t n = x.size(0), s = x.size(1), hv = x.size(2);
+  const int64_t hd = hv / num_heads;
+  // [N, S, 3, heads, hd] -> q, k, v [N, heads, S, hd]
+  torch::Tensor fused = qkv(x).view({n, s, 3, num_heads, hd});
+  torch::Tensor q = fused.select(2, 0).transpose(1, 2);
+  torch::Tensor k = fused.select(2, 1).transpose(1, 2);
+  torch::Tensor v = fused.select(2, 2).transpose(1, 2);
+  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) * std::pow(double(hd), -0.5);
+  torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  torch::Tensor out = torch::matmul(probs, v).transpose(1, 2).reshape({n, s, hv});
+  return o(out);
+}
+
+SiglipMlpImpl::SiglipMlpImpl(int64_t hidden_size, int64_t intermediate_size) {
+  fc1 = register_module("fc1", torch::nn::Linear(hidden_size, intermediate_size));
+  fc2 = register_module("fc2", torch::nn::Linear(intermediate_size, hidden_size));
+}
+
+torch::Tensor SiglipMlpImpl::forward(const torch::Tensor& x) {
+  return fc2(torch::gelu(fc1(x), "tanh"));
+}
+
+namespace {
+torch::nn::LayerNorm MakeLayerNorm(const VisionConfig& c) {
+  return torch::nn::LayerNorm(
+      torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps).elementwise_affine(true));
+}
+}  // namespace
+
+SiglipEncoderLayerImpl::SiglipEncoderLayerImpl(const VisionConfig& c) {
+  ln1 = register_module("ln1", MakeLayerNorm(c));
+  attn = register_module("attn", SiglipAttention(c.hidden_size, c.num_heads));
+  ln2 = register_module("ln2", MakeLayerNorm(c));
+  mlp = register_module("mlp", SiglipMlp(c.hidden_size, c.intermediate_size));
+}
+
+torch::Tensor SiglipEncoderLayerImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = x + attn(ln1(x));
+  return h + mlp(ln2(h));
+}
+
+SiglipVisionTowerImpl::SiglipVisionTowerImpl(const VisionConfig& c) : config_(c) {
+  patch_embed = register_module(
+      "patch_embed",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(c.num_channels, c.hidden_size, c.patch_size)
+                            .stride(c.patch_size)
+                            .bias(true)));
+  pos_embed = register_module("pos_embed", torch::nn::Embedding(c.num_patches(), c.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    SiglipEncoderLayer layer(c);
+    layers->push_back(layer);
+    layer_list_.push_back(layer);
+  }
+  post_norm = register_module("post_norm", MakeLayerNorm(c));
+}
+
+torch::Tensor SiglipVisionTowerImpl::forward(const torch::Tensor& pixel_values) {
+  torch::Tensor x = patch_embed(pixel_values.to(patch_embed->weight.scalar_type()));
+  x = x.flatten(2).transpose(1, 2);  // [N, Np, Hv]
+  x = x + pos_embed->weight.unsqueeze(0);
+  for (auto& layer : layer_list_) x = layer->forward(x);
+  return post_norm(x);
+}
+
+}  // namespace gemma
