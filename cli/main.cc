@@ -4,12 +4,18 @@
 #include <iostream>
 
 #include "cli/cli.h"
+#ifdef GEMMA_CLI_WITH_DATA
+#include "cli/local_data.h"
+#endif
 
 namespace {
 
 std::vector<gemma::cli::Command> AllCommands() {
   std::vector<gemma::cli::Command> all;
   for (auto& c : gemma::cli::ClusterCommands()) all.push_back(std::move(c));
+#ifdef GEMMA_CLI_WITH_DATA
+  for (auto& c : gemma::cli::LocalDataCommands()) all.push_back(std::move(c));
+#endif
   all.push_back({"version", "Print gemmactl's version", [](int, char**) {
                    std::cout << "gemmactl " << GEMMA_VERSION << "\n";
                    return 0;

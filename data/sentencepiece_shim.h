@@ -1,8 +1,17 @@
-// The only door to the SentencePiece library. Debian's sentencepiece headers
-// declare `absl::string_view` themselves, which clashes with Abseil's in any
-// translation unit that also includes Abseil, so sentencepiece_shim.cc is the
-// one file that includes them; this header uses std types only.
-// Prefer data/tokenizer.h: this is its implementation detail.
+// The only door to the SentencePiece library; prefer data/tokenizer.h (this
+// is its implementation detail). SentencePiece runs in a helper process,
+// gemma-spm-helper, because Debian's libsentencepiece cannot share a process
+// with the rest of ours:
+//  * it carries its own protobuf 3.14 runtime and exports those symbols,
+//    which collide with the system protobuf 3.21 that gRPC brings (a process
+//    linking both aborts in protobuf's version check; dlopen with
+//    RTLD_DEEPBIND avoids that but breaks libstdc++'s iostreams);
+//  * its header declares its own absl::string_view, which clashes with
+//    Abseil's.
+// The helper is looked up at $GEMMA_SPM_HELPER (a file path), beside the
+// running executable, then at its build-tree path; install it with the
+// binaries. One helper per loaded model, ended with the Processor. Calls on
+// one Processor are serialised (thread-safe, not parallel).
 #ifndef GEMMA_DATA_SENTENCEPIECE_SHIM_H_
 #define GEMMA_DATA_SENTENCEPIECE_SHIM_H_
 
