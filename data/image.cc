@@ -119,13 +119,33 @@ RgbImage ResampleVertical(const RgbImage& in, int out_height) {
   return out;
 }
 
+// PIL's conversions to 8-bit RGB for what OpenCV decoded (1 or 3 channels,
+// 8 or 16 bits): gray is replicated; 16-bit gray ("I;16") is clipped at 255
+// as PIL's convert("RGB") does; 16-bit colour keeps the high byte, as PIL's
+// PNG reader does.
 absl::StatusOr<RgbImage> FromDecoded(const cv::Mat& decoded, const std::string& name) {
   if (decoded.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", name,
                                                    ": not an image format OpenCV reads, or corrupt"));
   }
+  const int depth = decoded.depth(), channels = decoded.channels();
+  if ((depth != CV_8U && depth != CV_16U) || (channels != 1 && channels != 3)) {
+    return absl::InvalidArgumentError(absl::StrCat("image ", name, " has an unsupported pixel format (depth ",
+                                                   depth, ", ", channels, " channels)"));
+  }
+  cv::Mat eight = decoded;
+  if (depth == CV_16U) {
+    eight.create(decoded.rows, decoded.cols, CV_8UC(channels));
+    for (int y = 0; y < decoded.rows; ++y) {
+      const uint16_t* src = decoded.ptr<uint16_t>(y);
+      uint8_t* dst = eight.ptr<uint8_t>(y);
+      for (int i = 0; i < decoded.cols * channels; ++i) {
+        dst[i] = channels == 1 ? static_cast<uint8_t>(std::min<int>(src[i], 255)) : static_cast<uint8_t>(src[i] >> 8);
+      }
+    }
+  }
   cv::Mat rgb;
-  cv::cvtColor(decoded, rgb, cv::COLOR_BGR2RGB);
+  cv::cvtColor(eight, rgb, channels == 1 ? cv::COLOR_GRAY2RGB : cv::COLOR_BGR2RGB);
   RgbImage out{rgb.rows, rgb.cols, {}};
   out.pixels.resize(static_cast<size_t>(rgb.rows) * rgb.cols * 3);
   for (int y = 0; y < rgb.rows; ++y) {
@@ -142,9 +162,9 @@ absl::StatusOr<RgbImage> DecodeImageBytes(const std::string& bytes, const std::s
   cv::Mat decoded;
   try {
     const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
-    // IMREAD_COLOR: 8-bit, 3 channels (gray replicated, alpha dropped), EXIF
-    // orientation applied.
-    decoded = cv::imdecode(raw, cv::IMREAD_COLOR);
+    // 1 or 3 channels (alpha dropped) at 8 or 16 bits, EXIF orientation
+    // applied; FromDecoded converts as PIL would.
+    decoded = cv::imdecode(raw, cv::IMREAD_ANYCOLOR | cv::IMREAD_ANYDEPTH);
   } catch (const cv::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", name, ": ", e.what()));
   }

@@ -48,7 +48,9 @@ struct ImageOptions {
 // Reads and decodes an image file in any format OpenCV's imgcodecs reads
 // (PNG, JPEG, BMP, TIFF, WebP, ...). EXIF orientation is applied (as
 // transformers' `load_image` does with `ImageOps.exif_transpose`); gray images
-// are replicated to RGB, an alpha channel is dropped (PIL's convert("RGB")).
+// are replicated to RGB, an alpha channel is dropped (PIL's convert("RGB")),
+// 16-bit gray is clipped at 255 and 16-bit colour keeps its high byte (as PIL
+// does).
 // Errors: NotFound when the file is missing, InvalidArgument when it cannot be
 // decoded; both name the path.
 absl::StatusOr<RgbImage> DecodeImageFile(const std::string& path);

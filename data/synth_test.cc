@@ -99,6 +99,36 @@ TEST(SynthTest, WritesAConsistentDeterministicDataset) {
   EXPECT_EQ(*text, (*train)[0].messages[1].content[0].text);
 }
 
+// The tokenizer our trainer writes is one Hugging Face's GemmaTokenizer
+// reads and encodes identically (the HF reference model side of an OCR
+// fine-tuning test uses it).
+TEST(SynthTest, TrainedTokenizerMatchesHuggingFace) {
+  const std::string base = testing_util::MakeTempDir("synth_hf");
+  ASSERT_TRUE(WriteSyntheticOcrDataset(Options(base + "/ds", 11)).ok());
+  auto tok = Tokenizer::Load(base + "/ds/tokenizer.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto train = ReadJsonlConversations(base + "/ds/train.jsonl");
+  ASSERT_TRUE(train.ok()) << train.status();
+  nlohmann::json texts = nlohmann::json::array();
+  for (const Conversation& c : *train) {
+    auto rendered = RenderChat(c, ChatOptions{});
+    ASSERT_TRUE(rendered.ok());
+    texts.push_back(rendered->text);
+  }
+  texts.push_back("unseen words: Zürich 2031-12-31 <s_total>99.99</s_total>\n\n x");
+  testing_util::WriteFile(base + "/texts.json", texts.dump());
+  ASSERT_EQ(testing_util::RunParityScript("encode_reference.py", base + "/ds/tokenizer.model " + base +
+                                                                     "/texts.json " + base + "/ids.json"),
+            0);
+  const auto ref = nlohmann::json::parse(ReadFileOrDie(base + "/ids.json"));
+  ASSERT_EQ(ref.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto ids = (*tok)->Encode(texts[i].get<std::string>());
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ(*ids, ref[i].get<std::vector<int>>()) << texts[i];
+  }
+}
+
 TEST(SynthTest, RefusesANonEmptyFolder) {
   const std::string base = testing_util::MakeTempDir("synth_exists");
   testing_util::WriteFile(base + "/keep.txt", "x");

@@ -50,6 +50,26 @@ exif = exif_img.getexif()
 exif[0x0112] = 6  # orientation: rotate 90 CW to display
 exif_img.save(f"{out}/exif6.jpg", exif=exif.tobytes(), quality=95); cases.append(("exif6.jpg", 224, False))
 Image.fromarray(noise(33, 47)).save(f"{out}/small.bmp"); cases.append(("small.bmp", 224, False))
+def write_png16_rgb(path, arr):
+    """A 16-bit RGB PNG (PIL cannot write one), written by hand."""
+    import struct
+    import zlib
+    h, w, _ = arr.shape
+    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+write_png16_rgb(f"{out}/rgb16.png", rng.integers(0, 65536, size=(51, 38, 3), dtype=np.uint16))
+cases.append(("rgb16.png", 224, False))
+g16 = rng.integers(0, 65536, size=(45, 70), dtype=np.uint16)
+Image.fromarray(g16).save(f"{out}/gray16.png"); cases.append(("gray16.png", 224, False))
 Image.fromarray(noise(300, 1200)).save(f"{out}/wide.png"); cases.append(("wide.png", 224, True))
 Image.fromarray(noise(901, 300)).save(f"{out}/tall.png"); cases.append(("tall.png", 224, True))
 Image.fromarray(noise(380, 400)).save(f"{out}/square.png"); cases.append(("square.png", 224, True))
