@@ -1,8 +1,8 @@
 #include "data/batch.h"
 
-#include <algorithm>
-
 #include <torch/torch.h>
+
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -34,11 +34,13 @@ struct DataLoader::Encoded {
   std::vector<at::Tensor> images;  // each [1 + crops, 3, S, S]
 };
 
-std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {
+std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch,
+                                bool shuffle) {
   std::vector<int64_t> order(n);
   for (int64_t i = 0; i < n; ++i) order[i] = i;
   if (!shuffle) return order;
-  uint64_t state = seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(epoch + 1));
+  uint64_t state =
+      seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(epoch + 1));
   for (int64_t i = n - 1; i > 0; --i) {
     // Unbiased draw in [0, i] by rejection.
     const uint64_t bound = static_cast<uint64_t>(i) + 1;
@@ -52,17 +54,28 @@ std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool sh
   return order;
 }
 
-DataLoader::DataLoader(std::vector<Conversation> data, const Tokenizer* tokenizer, BatchOptions options)
-    : data_(std::move(data)), tokenizer_(tokenizer), options_(std::move(options)) {}
+DataLoader::DataLoader(std::vector<Conversation> data,
+                       const Tokenizer* tokenizer, BatchOptions options)
+    : data_(std::move(data)),
+      tokenizer_(tokenizer),
+      options_(std::move(options)) {}
 
-absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Create(std::vector<Conversation> data,
-                                                               const Tokenizer* tokenizer, BatchOptions options) {
-  if (data.empty()) return absl::InvalidArgumentError("DataLoader: the dataset is empty");
-  if (tokenizer == nullptr) return absl::InvalidArgumentError("DataLoader: no tokenizer");
-  if (options.batch_size < 1) return absl::InvalidArgumentError("DataLoader: batch_size must be >= 1");
-  if (options.seq_len < 2) return absl::InvalidArgumentError("DataLoader: seq_len must be >= 2");
-  if (options.pad_to_multiple < 0) return absl::InvalidArgumentError("DataLoader: pad_to_multiple must be >= 0");
-  return std::unique_ptr<DataLoader>(new DataLoader(std::move(data), tokenizer, std::move(options)));
+absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Create(
+    std::vector<Conversation> data, const Tokenizer* tokenizer,
+    BatchOptions options) {
+  if (data.empty())
+    return absl::InvalidArgumentError("DataLoader: the dataset is empty");
+  if (tokenizer == nullptr)
+    return absl::InvalidArgumentError("DataLoader: no tokenizer");
+  if (options.batch_size < 1)
+    return absl::InvalidArgumentError("DataLoader: batch_size must be >= 1");
+  if (options.seq_len < 2)
+    return absl::InvalidArgumentError("DataLoader: seq_len must be >= 2");
+  if (options.pad_to_multiple < 0)
+    return absl::InvalidArgumentError(
+        "DataLoader: pad_to_multiple must be >= 0");
+  return std::unique_ptr<DataLoader>(
+      new DataLoader(std::move(data), tokenizer, std::move(options)));
 }
 
 const std::vector<int64_t>& DataLoader::Order(int64_t epoch) {
@@ -82,36 +95,45 @@ void DataLoader::Advance() {
 
 absl::Status DataLoader::Seek(LoaderPosition pos) {
   if (pos.epoch < 0 || pos.index < 0 || pos.index >= size()) {
-    return absl::OutOfRangeError(absl::StrCat("DataLoader::Seek: position (", pos.epoch, ", ", pos.index,
-                                              ") outside a dataset of ", size()));
+    return absl::OutOfRangeError(
+        absl::StrCat("DataLoader::Seek: position (", pos.epoch, ", ", pos.index,
+                     ") outside a dataset of ", size()));
   }
   pos_ = pos;
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<DataLoader::Encoded>> DataLoader::EncodeAt(LoaderPosition pos) {
+absl::StatusOr<std::optional<DataLoader::Encoded>> DataLoader::EncodeAt(
+    LoaderPosition pos) {
   const Conversation& conv = data_[Order(pos.epoch)[pos.index]];
   absl::StatusOr<Encoded> enc = [&]() -> absl::StatusOr<Encoded> {
     Encoded out;
     if (options_.pack && conv.num_images() > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(conv.source, ": packing supports text-only conversations; this one has images"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          conv.source,
+          ": packing supports text-only conversations; this one has images"));
     }
     std::vector<int> crops;
     for (const std::string& path : conv.image_paths()) {
       absl::StatusOr<RgbImage> image = DecodeImageFile(path);
       if (!image.ok()) {
-        return absl::Status(image.status().code(), absl::StrCat(conv.source, ": ", image.status().message()));
+        return absl::Status(
+            image.status().code(),
+            absl::StrCat(conv.source, ": ", image.status().message()));
       }
       at::Tensor t = PreprocessImage(*image, options_.image);
       crops.push_back(static_cast<int>(t.size(0)) - 1);
       out.images.push_back(std::move(t));
     }
-    GEMMA_ASSIGN_OR_RETURN(out.chat, EncodeChat(*tokenizer_, conv, options_.chat,
-                                                options_.image.do_pan_and_scan ? crops : std::vector<int>{}));
+    GEMMA_ASSIGN_OR_RETURN(
+        out.chat,
+        EncodeChat(
+            *tokenizer_, conv, options_.chat,
+            options_.image.do_pan_and_scan ? crops : std::vector<int>{}));
     if (static_cast<int>(out.chat.input_ids.size()) > options_.seq_len) {
-      return absl::OutOfRangeError(absl::StrCat(conv.source, ": ", out.chat.input_ids.size(),
-                                                " tokens, longer than seq_len ", options_.seq_len));
+      return absl::OutOfRangeError(
+          absl::StrCat(conv.source, ": ", out.chat.input_ids.size(),
+                       " tokens, longer than seq_len ", options_.seq_len));
     }
     return out;
   }();
@@ -142,7 +164,8 @@ absl::StatusOr<Batch> DataLoader::Next() {
       GEMMA_ASSIGN_OR_RETURN(std::optional<Encoded> enc, EncodeAt(pos_));
       if (!enc.has_value()) {
         if (++skips_in_a_row > size()) {
-          return absl::FailedPreconditionError("DataLoader: every conversation in the dataset is bad");
+          return absl::FailedPreconditionError(
+              "DataLoader: every conversation in the dataset is bad");
         }
         Advance();
         continue;
@@ -155,7 +178,8 @@ absl::StatusOr<Batch> DataLoader::Next() {
         Advance();
         continue;
       }
-      if (current.size() + enc->chat.input_ids.size() > static_cast<size_t>(options_.seq_len)) {
+      if (current.size() + enc->chat.input_ids.size() >
+          static_cast<size_t>(options_.seq_len)) {
         rows.push_back(std::move(current));
         current = Row();
         continue;  // this conversation starts the next row (or the next batch)
@@ -168,13 +192,16 @@ absl::StatusOr<Batch> DataLoader::Next() {
     size_t longest = 0;
     for (const Row& r : rows) longest = std::max(longest, r.size());
     int64_t t = static_cast<int64_t>(longest);
-    if (options_.pad_to_multiple > 0) t = (t + options_.pad_to_multiple - 1) / options_.pad_to_multiple * options_.pad_to_multiple;
+    if (options_.pad_to_multiple > 0)
+      t = (t + options_.pad_to_multiple - 1) / options_.pad_to_multiple *
+          options_.pad_to_multiple;
     const int64_t b = static_cast<int64_t>(rows.size());
     const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
     batch.input_ids = torch::full({b, t}, tokenizer_->special().pad, i64);
     batch.labels = torch::full({b, t}, kIgnoreIndex, i64);
     batch.attention_mask = torch::zeros({b, t}, i64);
-    batch.segment_ids = torch::zeros({b, t}, torch::TensorOptions().dtype(torch::kInt32));
+    batch.segment_ids =
+        torch::zeros({b, t}, torch::TensorOptions().dtype(torch::kInt32));
     batch.position_ids = torch::zeros({b, t}, i64);
     batch.token_type_ids = torch::zeros({b, t}, i64);
     std::vector<at::Tensor> images;
@@ -200,10 +227,12 @@ absl::StatusOr<Batch> DataLoader::Next() {
       batch.num_conversations += row.num_segments;
     }
     const int s = options_.image.image_size;
-    batch.pixel_values = images.empty() ? torch::zeros({0, 3, s, s}) : torch::cat(images);
+    batch.pixel_values =
+        images.empty() ? torch::zeros({0, 3, s, s}) : torch::cat(images);
     return batch;
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("DataLoader::Next: ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("DataLoader::Next: ", e.what_without_backtrace()));
   }
 }
 

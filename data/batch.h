@@ -8,13 +8,13 @@
 #ifndef GEMMA_DATA_BATCH_H_
 #define GEMMA_DATA_BATCH_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "data/chat.h"
@@ -24,8 +24,8 @@
 namespace gemma {
 
 struct BatchOptions {
-  int batch_size = 1;       // rows per batch
-  int seq_len = 2048;       // most tokens in one row
+  int batch_size = 1;  // rows per batch
+  int seq_len = 2048;  // most tokens in one row
   // Right padding goes to the longest row of the batch, rounded up to this
   // multiple (0 = no rounding; 128 suits the kernels).
   int pad_to_multiple = 0;
@@ -43,8 +43,9 @@ struct BatchOptions {
 
 // One batch; B rows, T = padded length.
 struct Batch {
-  at::Tensor input_ids;       // [B, T] int64; padding is the pad id
-  at::Tensor labels;          // [B, T] int64; -100 off target tokens and on padding (not shifted)
+  at::Tensor input_ids;  // [B, T] int64; padding is the pad id
+  at::Tensor labels;     // [B, T] int64; -100 off target tokens and on padding
+                         // (not shifted)
   at::Tensor attention_mask;  // [B, T] int64; 1 on tokens, 0 on padding
   // [B, T] int32; 1, 2, ... for the conversations packed in a row, 0 on
   // padding. Token i may attend to j only when segment_ids match (and j <= i
@@ -64,19 +65,23 @@ struct Batch {
 struct LoaderPosition {
   int64_t epoch = 0;
   int64_t index = 0;
-  bool operator==(const LoaderPosition& o) const { return epoch == o.epoch && index == o.index; }
+  bool operator==(const LoaderPosition& o) const {
+    return epoch == o.epoch && index == o.index;
+  }
 };
 
 // The permutation of [0, n) used in `epoch` (identity when !shuffle).
 // Stable across platforms (own generator, own Fisher-Yates).
-std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
+std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch,
+                                bool shuffle);
 
 class DataLoader {
  public:
   // `tokenizer` must outlive the loader. InvalidArgument on empty data or
   // bad options.
-  static absl::StatusOr<std::unique_ptr<DataLoader>> Create(std::vector<Conversation> data,
-                                                            const Tokenizer* tokenizer, BatchOptions options);
+  static absl::StatusOr<std::unique_ptr<DataLoader>> Create(
+      std::vector<Conversation> data, const Tokenizer* tokenizer,
+      BatchOptions options);
 
   // The next batch (the stream never ends: it moves on to the next epoch).
   // Errors name the conversation's source; with skip_bad, bad conversations
@@ -93,7 +98,8 @@ class DataLoader {
 
  private:
   struct Encoded;
-  DataLoader(std::vector<Conversation> data, const Tokenizer* tokenizer, BatchOptions options);
+  DataLoader(std::vector<Conversation> data, const Tokenizer* tokenizer,
+             BatchOptions options);
   // Encodes the conversation at pos_ (images loaded); nullopt when skipped.
   absl::StatusOr<std::optional<Encoded>> EncodeAt(LoaderPosition pos);
   void Advance();

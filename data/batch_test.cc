@@ -1,13 +1,13 @@
 #include "data/batch.h"
 
-#include <fstream>
-#include <set>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <torch/torch.h>
+#include <set>
 
 #include "data/test_util.h"
 
@@ -21,7 +21,9 @@ class BatchTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new std::string(testing_util::MakeTempDir("batch"));
     std::ofstream corpus(*dir_ + "/corpus.txt");
-    for (int i = 0; i < 300; ++i) corpus << "question " << i << " answer words here and there " << i * 7 << "\n";
+    for (int i = 0; i < 300; ++i)
+      corpus << "question " << i << " answer words here and there " << i * 7
+             << "\n";
     corpus.close();
     TokenizerTrainOptions o;
     o.input_files = {*dir_ + "/corpus.txt"};
@@ -45,7 +47,8 @@ class BatchTest : public ::testing::Test {
     c.source = "conv" + std::to_string(i);
     std::string q = "question " + std::to_string(i);
     std::string a;
-    for (int w = 0; w < words; ++w) a += "answer" + std::string(w % 3 == 0 ? " " : " words ");
+    for (int w = 0; w < words; ++w)
+      a += "answer" + std::string(w % 3 == 0 ? " " : " words ");
     ContentPart qp, ap;
     qp.text = q;
     ap.text = a;
@@ -100,7 +103,8 @@ TEST_F(BatchTest, RightPaddingMasksAndPositions) {
       }
     }
   }
-  EXPECT_EQ(b->attention_mask.sum(1).max().item<int64_t>(), t);  // padded to the longest row
+  EXPECT_EQ(b->attention_mask.sum(1).max().item<int64_t>(),
+            t);  // padded to the longest row
   EXPECT_EQ(b->pixel_values.size(0), 0);
   EXPECT_EQ(b->num_conversations, 3);
 
@@ -126,7 +130,8 @@ TEST_F(BatchTest, ShuffleIsDeterministicAndResumable) {
   ASSERT_TRUE(a.ok());
   std::vector<at::Tensor> seen;
   std::vector<LoaderPosition> positions;
-  for (int i = 0; i < 8; ++i) {  // 24 conversations: crosses two epoch boundaries
+  for (int i = 0; i < 8;
+       ++i) {  // 24 conversations: crosses two epoch boundaries
     positions.push_back((*a)->position());
     auto b = (*a)->Next();
     ASSERT_TRUE(b.ok()) << b.status();
@@ -149,7 +154,8 @@ TEST_F(BatchTest, ShuffleIsDeterministicAndResumable) {
   ASSERT_TRUE(c.ok());
   auto first = (*c)->Next();
   ASSERT_TRUE(first.ok());
-  EXPECT_FALSE(first->input_ids.sizes() == seen[0].sizes() && torch::equal(first->input_ids, seen[0]));
+  EXPECT_FALSE(first->input_ids.sizes() == seen[0].sizes() &&
+               torch::equal(first->input_ids, seen[0]));
 }
 
 TEST_F(BatchTest, PackingKeepsConversationsApart) {
@@ -166,7 +172,8 @@ TEST_F(BatchTest, PackingKeepsConversationsApart) {
   ASSERT_EQ(b->input_ids.size(0), 2);
   EXPECT_LE(b->input_ids.size(1), 96);
   EXPECT_GT(b->num_conversations, 2);
-  // Walk the rows: each segment is exactly one conversation's encoding, in order.
+  // Walk the rows: each segment is exactly one conversation's encoding, in
+  // order.
   int conv = 0;
   for (int r = 0; r < 2; ++r) {
     int64_t i = 0;
@@ -179,14 +186,16 @@ TEST_F(BatchTest, PackingKeepsConversationsApart) {
         ASSERT_EQ(b->input_ids[r][i].item<int64_t>(), enc->input_ids[k]);
         ASSERT_EQ(b->labels[r][i].item<int64_t>(), enc->labels[k]);
         ASSERT_EQ(b->segment_ids[r][i].item<int32_t>(), expected_segment);
-        ASSERT_EQ(b->position_ids[r][i].item<int64_t>(), static_cast<int64_t>(k));
+        ASSERT_EQ(b->position_ids[r][i].item<int64_t>(),
+                  static_cast<int64_t>(k));
       }
       ++expected_segment;
       ++conv;
     }
   }
   EXPECT_EQ(conv, b->num_conversations);
-  EXPECT_EQ((*loader)->position().index, conv);  // the next batch starts with the first unused one
+  EXPECT_EQ((*loader)->position().index,
+            conv);  // the next batch starts with the first unused one
 
   // Conversations with images cannot be packed.
   std::vector<Conversation> mixed = TextData(2);
@@ -224,7 +233,8 @@ TEST_F(BatchTest, ImagesLoadedInOrder) {
   ASSERT_TRUE(ref.ok());
   EXPECT_TRUE(torch::equal(b->pixel_values[0], (*ref)[0]));
   // Image soft tokens are never labels.
-  EXPECT_EQ((b->labels == tok_->special().image_soft_token).sum().item<int64_t>(), 0);
+  EXPECT_EQ(
+      (b->labels == tok_->special().image_soft_token).sum().item<int64_t>(), 0);
 }
 
 TEST_F(BatchTest, BadConversationsFailWithSourceOrAreCounted) {

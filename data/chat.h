@@ -16,8 +16,9 @@ namespace gemma {
 struct ContentPart {
   enum class Type { kText, kImage };
   Type type = Type::kText;
-  std::string text;        // kText
-  std::string image_path;  // kImage: absolute, or relative to the working directory
+  std::string text;  // kText
+  std::string
+      image_path;  // kImage: absolute, or relative to the working directory
 };
 
 // role: "system" (first message only), "user", or "assistant"/"model".
@@ -56,8 +57,9 @@ struct RenderedChat {
 // assistant (InvalidArgument naming conv.source otherwise), "assistant" shown
 // as "model", text parts trimmed of surrounding whitespace. `crops_per_image`
 // (empty = none) gives each image's pan-and-scan crop count.
-absl::StatusOr<RenderedChat> RenderChat(const Conversation& conv, const ChatOptions& options,
-                                        const std::vector<int>& crops_per_image = {});
+absl::StatusOr<RenderedChat> RenderChat(
+    const Conversation& conv, const ChatOptions& options,
+    const std::vector<int>& crops_per_image = {});
 
 // Token-level result. labels[i] == input_ids[i] on the tokens of label_spans
 // (image soft tokens excepted) and -100 elsewhere; labels are not shifted
@@ -71,8 +73,9 @@ struct EncodedChat {
 
 inline constexpr int kIgnoreIndex = -100;
 
-absl::StatusOr<EncodedChat> EncodeChat(const Tokenizer& tokenizer, const Conversation& conv,
-                                       const ChatOptions& options, const std::vector<int>& crops_per_image = {});
+absl::StatusOr<EncodedChat> EncodeChat(
+    const Tokenizer& tokenizer, const Conversation& conv,
+    const ChatOptions& options, const std::vector<int>& crops_per_image = {});
 
 }  // namespace gemma
 

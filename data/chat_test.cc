@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
@@ -28,7 +29,8 @@ class ChatParityTest : public ::testing::Test {
 };
 std::string* ChatParityTest::dir_ = nullptr;
 
-Conversation TextConversation(std::vector<std::pair<std::string, std::string>> turns) {
+Conversation TextConversation(
+    std::vector<std::pair<std::string, std::string>> turns) {
   Conversation c;
   c.source = "test:1";
   for (auto& [role, text] : turns) {
@@ -44,7 +46,8 @@ TEST_F(ChatParityTest, TokenIdsTypesAndLabelsMatchHuggingFace) {
   ASSERT_TRUE(tok.ok()) << tok.status();
   auto convs = ReadJsonlConversations(*dir_ + "/conversations.jsonl");
   ASSERT_TRUE(convs.ok()) << convs.status();
-  const nlohmann::json refs = nlohmann::json::parse(testing_util::ReadFileOrDie(*dir_ + "/reference.json"));
+  const nlohmann::json refs = nlohmann::json::parse(
+      testing_util::ReadFileOrDie(*dir_ + "/reference.json"));
   ASSERT_EQ(convs->size(), refs.size());
   ASSERT_GE(refs.size(), 7u);
   int with_labels = 0, with_images = 0;
@@ -72,9 +75,11 @@ TEST_F(ChatParityTest, TokenIdsTypesAndLabelsMatchHuggingFace) {
     auto enc = EncodeChat(**tok, (*convs)[i], options, crops);
     ASSERT_TRUE(enc.ok()) << enc.status();
     EXPECT_EQ(enc->input_ids, ref["input_ids"].get<std::vector<int>>());
-    EXPECT_EQ(enc->token_type_ids, ref["token_type_ids"].get<std::vector<int>>());
+    EXPECT_EQ(enc->token_type_ids,
+              ref["token_type_ids"].get<std::vector<int>>());
     EXPECT_EQ(enc->labels, ref["labels"].get<std::vector<int>>());
-    with_labels += std::count_if(enc->labels.begin(), enc->labels.end(), [](int l) { return l != kIgnoreIndex; }) > 0;
+    with_labels += std::count_if(enc->labels.begin(), enc->labels.end(),
+                                 [](int l) { return l != kIgnoreIndex; }) > 0;
     with_images += (*convs)[i].num_images() > 0;
   }
   EXPECT_GE(with_labels, 5);
@@ -85,7 +90,9 @@ TEST_F(ChatParityTest, LabelsCoverOnlyModelTurnsAndImagesAreTyped) {
   auto tok = Tokenizer::Load(*dir_ + "/tokenizer.model");
   ASSERT_TRUE(tok.ok()) << tok.status();
   const SpecialTokenIds& s = (*tok)->special();
-  auto enc = EncodeChat(**tok, TextConversation({{"user", "question"}, {"assistant", "answer"}}), {});
+  auto enc = EncodeChat(
+      **tok, TextConversation({{"user", "question"}, {"assistant", "answer"}}),
+      {});
   ASSERT_TRUE(enc.ok()) << enc.status();
   EXPECT_EQ(enc->input_ids.front(), s.bos);
   // The labelled tokens decode to the answer and its <end_of_turn>.
@@ -100,19 +107,28 @@ TEST_F(ChatParityTest, LabelsCoverOnlyModelTurnsAndImagesAreTyped) {
   ASSERT_TRUE(answer.ok());
   EXPECT_EQ(*answer, "answer");
 
-  Conversation with_image = TextConversation({{"user", "look"}, {"assistant", "seen"}});
+  Conversation with_image =
+      TextConversation({{"user", "look"}, {"assistant", "seen"}});
   ContentPart img;
   img.type = ContentPart::Type::kImage;
   img.image_path = "x.png";
-  with_image.messages[0].content.insert(with_image.messages[0].content.begin(), img);
+  with_image.messages[0].content.insert(with_image.messages[0].content.begin(),
+                                        img);
   ChatOptions o;
   o.mm_tokens_per_image = 7;
   enc = EncodeChat(**tok, with_image, o);
   ASSERT_TRUE(enc.ok()) << enc.status();
-  EXPECT_EQ(std::count(enc->token_type_ids.begin(), enc->token_type_ids.end(), 1), 7);
-  EXPECT_EQ(std::count(enc->input_ids.begin(), enc->input_ids.end(), s.image_soft_token), 7);
-  EXPECT_EQ(std::count(enc->input_ids.begin(), enc->input_ids.end(), s.start_of_image), 1);
-  EXPECT_EQ(std::count(enc->input_ids.begin(), enc->input_ids.end(), s.end_of_image), 1);
+  EXPECT_EQ(
+      std::count(enc->token_type_ids.begin(), enc->token_type_ids.end(), 1), 7);
+  EXPECT_EQ(std::count(enc->input_ids.begin(), enc->input_ids.end(),
+                       s.image_soft_token),
+            7);
+  EXPECT_EQ(std::count(enc->input_ids.begin(), enc->input_ids.end(),
+                       s.start_of_image),
+            1);
+  EXPECT_EQ(
+      std::count(enc->input_ids.begin(), enc->input_ids.end(), s.end_of_image),
+      1);
 }
 
 TEST(ChatTest, RolesMustAlternate) {
@@ -130,10 +146,12 @@ TEST(ChatTest, RolesMustAlternate) {
 TEST(ChatTest, SystemFoldsIntoFirstUserTurnAndGenerationPrompt) {
   ChatOptions o;
   o.add_generation_prompt = true;
-  auto r = RenderChat(TextConversation({{"system", "Be nice."}, {"user", " hi "}}), o);
+  auto r = RenderChat(
+      TextConversation({{"system", "Be nice."}, {"user", " hi "}}), o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->text,
-            "<bos><start_of_turn>user\nBe nice.\n\nhi<end_of_turn>\n<start_of_turn>model\n");
+            "<bos><start_of_turn>user\nBe "
+            "nice.\n\nhi<end_of_turn>\n<start_of_turn>model\n");
   EXPECT_TRUE(r->label_spans.empty());
 }
 

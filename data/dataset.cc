@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -24,17 +23,23 @@ std::string ResolvePath(const std::string& base_dir, const std::string& p) {
   return (fs::path(base_dir) / p).lexically_normal().string();
 }
 
-absl::StatusOr<ContentPart> ParsePart(const json& part, const std::string& base_dir, const std::string& where) {
-  if (!part.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": content item is not an object"));
+absl::StatusOr<ContentPart> ParsePart(const json& part,
+                                      const std::string& base_dir,
+                                      const std::string& where) {
+  if (!part.is_object())
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": content item is not an object"));
   const auto type = part.find("type");
   if (type == part.end() || !type->is_string()) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": content item has no string \"type\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": content item has no string \"type\""));
   }
   ContentPart out;
   if (*type == "text") {
     const auto text = part.find("text");
     if (text == part.end() || !text->is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": text item has no string \"text\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": text item has no string \"text\""));
     }
     out.text = text->get<std::string>();
     return out;
@@ -49,27 +54,33 @@ absl::StatusOr<ContentPart> ParsePart(const json& part, const std::string& base_
       }
     }
     if (out.image_path.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": image item has no \"path\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": image item has no \"path\""));
     }
     return out;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat(where, ": content item type \"", type->get<std::string>(), "\" is not text or image"));
+      absl::StrCat(where, ": content item type \"", type->get<std::string>(),
+                   "\" is not text or image"));
 }
 
 absl::Status CheckImages(const Conversation& conv) {
   for (const std::string& p : conv.image_paths()) {
-    if (!fs::exists(p)) return absl::NotFoundError(absl::StrCat(conv.source, ": image not found: ", p));
+    if (!fs::exists(p))
+      return absl::NotFoundError(
+          absl::StrCat(conv.source, ": image not found: ", p));
   }
   return absl::OkStatus();
 }
 
 // Records a bad record: an error, or a counted skip.
-absl::Status Reject(const absl::Status& why, const ReadOptions& options, ReadStats* stats) {
+absl::Status Reject(const absl::Status& why, const ReadOptions& options,
+                    ReadStats* stats) {
   if (!options.skip_bad) return why;
   if (stats != nullptr) {
     ++stats->skipped;
-    if (stats->skip_reasons.size() < kMaxReasons) stats->skip_reasons.emplace_back(why.message());
+    if (stats->skip_reasons.size() < kMaxReasons)
+      stats->skip_reasons.emplace_back(why.message());
   }
   return absl::OkStatus();
 }
@@ -87,7 +98,8 @@ void CollectTags(const json& v, std::set<std::string>* tags) {
   }
 }
 
-Conversation CordConversation(const std::string& image, const json& gt_parse, const std::string& source) {
+Conversation CordConversation(const std::string& image, const json& gt_parse,
+                              const std::string& source) {
   Conversation conv;
   conv.source = source;
   Message user{"user", {}};
@@ -106,17 +118,21 @@ Conversation CordConversation(const std::string& image, const json& gt_parse, co
   return conv;
 }
 
-// The gt_parse of a ground-truth object ({"gt_parse": ...} or {"gt_parses": [...]}: the first).
+// The gt_parse of a ground-truth object ({"gt_parse": ...} or {"gt_parses":
+// [...]}: the first).
 absl::StatusOr<json> GtParse(const json& gt, const std::string& where) {
   if (gt.is_object()) {
     if (auto it = gt.find("gt_parse"); it != gt.end()) return *it;
-    if (auto it = gt.find("gt_parses"); it != gt.end() && it->is_array() && !it->empty()) return (*it)[0];
+    if (auto it = gt.find("gt_parses");
+        it != gt.end() && it->is_array() && !it->empty())
+      return (*it)[0];
   }
-  return absl::InvalidArgumentError(absl::StrCat(where, ": ground truth has no \"gt_parse\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ": ground truth has no \"gt_parse\""));
 }
 
-absl::StatusOr<std::vector<Conversation>> ReadCordMetadata(const std::string& dir, const ReadOptions& options,
-                                                           ReadStats* stats) {
+absl::StatusOr<std::vector<Conversation>> ReadCordMetadata(
+    const std::string& dir, const ReadOptions& options, ReadStats* stats) {
   const std::string path = (fs::path(dir) / "metadata.jsonl").string();
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
@@ -127,22 +143,28 @@ absl::StatusOr<std::vector<Conversation>> ReadCordMetadata(const std::string& di
     const std::string where = absl::StrCat(path, ":", n);
     absl::StatusOr<Conversation> conv = [&]() -> absl::StatusOr<Conversation> {
       const json j = json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"));
+      if (j.is_discarded() || !j.is_object())
+        return absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"));
       const auto file = j.find("file_name");
       const auto gt = j.find("ground_truth");
       if (file == j.end() || !file->is_string()) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": no string \"file_name\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": no string \"file_name\""));
       }
-      if (gt == j.end()) return absl::InvalidArgumentError(absl::StrCat(where, ": no \"ground_truth\""));
+      if (gt == j.end())
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": no \"ground_truth\""));
       json parsed = *gt;
       if (gt->is_string()) {
         parsed = json::parse(gt->get<std::string>(), nullptr, false);
         if (parsed.is_discarded()) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": \"ground_truth\" is not valid JSON"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": \"ground_truth\" is not valid JSON"));
         }
       }
       GEMMA_ASSIGN_OR_RETURN(json gt_parse, GtParse(parsed, where));
-      Conversation c = CordConversation(ResolvePath(dir, file->get<std::string>()), gt_parse, where);
+      Conversation c = CordConversation(
+          ResolvePath(dir, file->get<std::string>()), gt_parse, where);
       if (options.check_images_exist) GEMMA_RETURN_IF_ERROR(CheckImages(c));
       return c;
     }();
@@ -156,8 +178,8 @@ absl::StatusOr<std::vector<Conversation>> ReadCordMetadata(const std::string& di
   return out;
 }
 
-absl::StatusOr<std::vector<Conversation>> ReadCordFolders(const std::string& dir, const ReadOptions& options,
-                                                          ReadStats* stats) {
+absl::StatusOr<std::vector<Conversation>> ReadCordFolders(
+    const std::string& dir, const ReadOptions& options, ReadStats* stats) {
   std::vector<fs::path> jsons;
   for (const auto& e : fs::directory_iterator(fs::path(dir) / "json")) {
     if (e.path().extension() == ".json") jsons.push_back(e.path());
@@ -169,7 +191,8 @@ absl::StatusOr<std::vector<Conversation>> ReadCordFolders(const std::string& dir
     absl::StatusOr<Conversation> conv = [&]() -> absl::StatusOr<Conversation> {
       std::ifstream in(jp);
       const json j = json::parse(in, nullptr, false);
-      if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"));
+      if (j.is_discarded())
+        return absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"));
       GEMMA_ASSIGN_OR_RETURN(json gt_parse, GtParse(j, where));
       std::string image;
       for (const char* ext : {".png", ".jpg", ".jpeg"}) {
@@ -180,7 +203,8 @@ absl::StatusOr<std::vector<Conversation>> ReadCordFolders(const std::string& dir
         }
       }
       if (image.empty()) {
-        return absl::NotFoundError(absl::StrCat(where, ": no image/", jp.stem().string(), ".{png,jpg,jpeg}"));
+        return absl::NotFoundError(absl::StrCat(
+            where, ": no image/", jp.stem().string(), ".{png,jpg,jpeg}"));
       }
       return CordConversation(image, gt_parse, where);
     }();
@@ -196,53 +220,66 @@ absl::StatusOr<std::vector<Conversation>> ReadCordFolders(const std::string& dir
 
 }  // namespace
 
-absl::StatusOr<Conversation> ParseConversationJson(const json& j, const std::string& base_dir,
+absl::StatusOr<Conversation> ParseConversationJson(const json& j,
+                                                   const std::string& base_dir,
                                                    const std::string& source) {
   const json* messages = &j;
   if (j.is_object()) {
     const auto it = j.find("messages");
-    if (it == j.end()) return absl::InvalidArgumentError(absl::StrCat(source, ": no \"messages\""));
+    if (it == j.end())
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": no \"messages\""));
     messages = &*it;
   }
   if (!messages->is_array() || messages->empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": \"messages\" is not a non-empty list"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": \"messages\" is not a non-empty list"));
   }
   Conversation conv;
   conv.source = source;
   for (size_t i = 0; i < messages->size(); ++i) {
     const json& m = (*messages)[i];
     const std::string where = absl::StrCat(source, ": messages[", i, "]");
-    if (!m.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " is not an object"));
+    if (!m.is_object())
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " is not an object"));
     const auto role = m.find("role");
     if (role == m.end() || !role->is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " has no string \"role\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " has no string \"role\""));
     }
     Message msg;
     msg.role = role->get<std::string>();
     const auto content = m.find("content");
-    if (content == m.end()) return absl::InvalidArgumentError(absl::StrCat(where, " has no \"content\""));
+    if (content == m.end())
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " has no \"content\""));
     if (content->is_string()) {
       ContentPart part;
       part.text = content->get<std::string>();
       msg.content.push_back(part);
     } else if (content->is_array()) {
       for (size_t k = 0; k < content->size(); ++k) {
-        GEMMA_ASSIGN_OR_RETURN(ContentPart part,
-                               ParsePart((*content)[k], base_dir, absl::StrCat(where, ".content[", k, "]")));
+        GEMMA_ASSIGN_OR_RETURN(
+            ContentPart part,
+            ParsePart((*content)[k], base_dir,
+                      absl::StrCat(where, ".content[", k, "]")));
         msg.content.push_back(std::move(part));
       }
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".content is neither a string nor a list"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".content is neither a string nor a list"));
     }
     conv.messages.push_back(std::move(msg));
   }
   return conv;
 }
 
-absl::StatusOr<std::vector<Conversation>> ReadJsonlConversations(const std::string& path,
-                                                                 const ReadOptions& options, ReadStats* stats) {
+absl::StatusOr<std::vector<Conversation>> ReadJsonlConversations(
+    const std::string& path, const ReadOptions& options, ReadStats* stats) {
   std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open JSONL file ", path));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot open JSONL file ", path));
   const std::string base_dir = fs::path(path).parent_path().string();
   std::vector<Conversation> out;
   std::string line;
@@ -251,8 +288,9 @@ absl::StatusOr<std::vector<Conversation>> ReadJsonlConversations(const std::stri
     const std::string where = absl::StrCat(path, ":", n);
     const json j = json::parse(line, nullptr, false);
     absl::StatusOr<Conversation> conv =
-        j.is_discarded() ? absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"))
-                         : ParseConversationJson(j, base_dir, where);
+        j.is_discarded()
+            ? absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"))
+            : ParseConversationJson(j, base_dir, where);
     if (conv.ok() && options.check_images_exist) {
       if (absl::Status s = CheckImages(*conv); !s.ok()) conv = s;
     }
@@ -263,25 +301,29 @@ absl::StatusOr<std::vector<Conversation>> ReadJsonlConversations(const std::stri
     out.push_back(*std::move(conv));
     if (stats != nullptr) ++stats->read;
   }
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
+  if (in.bad())
+    return absl::DataLossError(absl::StrCat("error reading ", path));
   return out;
 }
 
 std::string CordTarget(const json& value, bool reverse_keys) {
   if (value.is_object()) {
     std::vector<std::string> keys;
-    for (auto it = value.begin(); it != value.end(); ++it) keys.push_back(it.key());
+    for (auto it = value.begin(); it != value.end(); ++it)
+      keys.push_back(it.key());
     std::sort(keys.begin(), keys.end());
     if (reverse_keys) std::reverse(keys.begin(), keys.end());
     std::string out;
     for (const std::string& k : keys) {
-      absl::StrAppend(&out, "<s_", k, ">", CordTarget(value.at(k), reverse_keys), "</s_", k, ">");
+      absl::StrAppend(&out, "<s_", k, ">",
+                      CordTarget(value.at(k), reverse_keys), "</s_", k, ">");
     }
     return out;
   }
   if (value.is_array()) {
     std::vector<std::string> items;
-    for (const json& item : value) items.push_back(CordTarget(item, reverse_keys));
+    for (const json& item : value)
+      items.push_back(CordTarget(item, reverse_keys));
     return absl::StrJoin(items, "<sep/>");
   }
   if (value.is_string()) return value.get<std::string>();
@@ -295,12 +337,15 @@ std::vector<std::string> CordTagPieces(const json& value) {
   return {tags.begin(), tags.end()};
 }
 
-absl::StatusOr<std::vector<Conversation>> ReadCordDataset(const std::string& dir, const ReadOptions& options,
-                                                          ReadStats* stats) {
-  if (fs::exists(fs::path(dir) / "metadata.jsonl")) return ReadCordMetadata(dir, options, stats);
-  if (fs::is_directory(fs::path(dir) / "json")) return ReadCordFolders(dir, options, stats);
+absl::StatusOr<std::vector<Conversation>> ReadCordDataset(
+    const std::string& dir, const ReadOptions& options, ReadStats* stats) {
+  if (fs::exists(fs::path(dir) / "metadata.jsonl"))
+    return ReadCordMetadata(dir, options, stats);
+  if (fs::is_directory(fs::path(dir) / "json"))
+    return ReadCordFolders(dir, options, stats);
   return absl::NotFoundError(
-      absl::StrCat("no CORD dataset at ", dir, ": expected metadata.jsonl or json/ and image/ folders"));
+      absl::StrCat("no CORD dataset at ", dir,
+                   ": expected metadata.jsonl or json/ and image/ folders"));
 }
 
 }  // namespace gemma

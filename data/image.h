@@ -16,11 +16,11 @@
 #ifndef GEMMA_DATA_IMAGE_H_
 #define GEMMA_DATA_IMAGE_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 
@@ -32,7 +32,9 @@ struct RgbImage {
   int width = 0;
   std::vector<uint8_t> pixels;  // height * width * 3
 
-  uint8_t at(int y, int x, int c) const { return pixels[(static_cast<size_t>(y) * width + x) * 3 + c]; }
+  uint8_t at(int y, int x, int c) const {
+    return pixels[(static_cast<size_t>(y) * width + x) * 3 + c];
+  }
 };
 
 // The processor's parameters; defaults are Gemma 3's (pan-and-scan values are
@@ -57,11 +59,13 @@ absl::StatusOr<RgbImage> DecodeImageFile(const std::string& path);
 
 // Decodes an encoded image held in memory (same rules as DecodeImageFile);
 // `name` is used in error messages.
-absl::StatusOr<RgbImage> DecodeImageBytes(const std::string& bytes, const std::string& name);
+absl::StatusOr<RgbImage> DecodeImageBytes(const std::string& bytes,
+                                          const std::string& name);
 
 // Resizes like PIL's Image.resize((out_width, out_height), Image.BILINEAR):
 // bit-identical output for 8-bit RGB. Sizes must be >= 1.
-RgbImage ResizeBilinearAntialiased(const RgbImage& image, int out_height, int out_width);
+RgbImage ResizeBilinearAntialiased(const RgbImage& image, int out_height,
+                                   int out_width);
 
 // The sub-rectangle [y, y + h) x [x, x + w), clipped to the image (as Python
 // slicing clips).
@@ -70,7 +74,8 @@ RgbImage Crop(const RgbImage& image, int y, int x, int h, int w);
 // Gemma 3's pan-and-scan crops of `image` (empty when the image is not
 // elongated enough or the crops would be smaller than the minimum size).
 // Same rule as HF's `pan_and_scan`: crops along the long side, row-major.
-std::vector<RgbImage> PanAndScanCrops(const RgbImage& image, const ImageOptions& options);
+std::vector<RgbImage> PanAndScanCrops(const RgbImage& image,
+                                      const ImageOptions& options);
 
 // Resizes to image_size x image_size, rescales and normalises to a
 // [3, image_size, image_size] float32 tensor.
@@ -82,7 +87,8 @@ at::Tensor ImageToTensor(const RgbImage& image, const ImageOptions& options);
 at::Tensor PreprocessImage(const RgbImage& image, const ImageOptions& options);
 
 // DecodeImageFile + PreprocessImage.
-absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const ImageOptions& options);
+absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path,
+                                           const ImageOptions& options);
 
 }  // namespace gemma
 

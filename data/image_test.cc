@@ -1,14 +1,15 @@
 #include "data/image.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
-#include <torch/torch.h>
 
 #include "data/test_util.h"
 
@@ -54,14 +55,16 @@ TEST(ImageTest, MissingFileNamesThePath) {
   const auto r = DecodeImageFile("/nonexistent/dir/receipt_7.png");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(r.status().message(), HasSubstr("/nonexistent/dir/receipt_7.png"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("/nonexistent/dir/receipt_7.png"));
 }
 
 TEST(ImageTest, CorruptFileNamesThePath) {
   const std::string dir = MakeTempDir("image");
   const std::string path = dir + "/broken.png";
   // A PNG signature followed by garbage.
-  testing_util::WriteFile(path, std::string("\x89PNG\r\n\x1a\n", 8) + std::string(100, 'x'));
+  testing_util::WriteFile(
+      path, std::string("\x89PNG\r\n\x1a\n", 8) + std::string(100, 'x'));
   const auto r = DecodeImageFile(path);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
@@ -98,7 +101,8 @@ TEST(ImageTest, PanAndScanCropCounts) {
 TEST(ImageParityTest, MatchesHuggingFaceGemma3ImageProcessor) {
   const std::string dir = MakeTempDir("image_parity");
   ASSERT_EQ(testing_util::RunParityScript("image_reference.py", dir), 0);
-  const nlohmann::json manifest = nlohmann::json::parse(testing_util::ReadFileOrDie(dir + "/manifest.json"));
+  const nlohmann::json manifest = nlohmann::json::parse(
+      testing_util::ReadFileOrDie(dir + "/manifest.json"));
   ASSERT_GE(manifest.size(), 10u);
   double worst_hf = 0, worst_tv = 0;
   for (const auto& m : manifest) {
@@ -112,12 +116,22 @@ TEST(ImageParityTest, MatchesHuggingFaceGemma3ImageProcessor) {
     // EXIF orientation and mode conversion: same decoded size as PIL's.
     EXPECT_EQ(decoded->height, m["decoded_size"][0].get<int>());
     EXPECT_EQ(decoded->width, m["decoded_size"][1].get<int>());
+    const auto start = std::chrono::steady_clock::now();
     const at::Tensor ours = PreprocessImage(*decoded, o);
+    const double ours_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    if (o.image_size == 896) {
+      std::printf("%-18s %4dx%-4d -> 896: ours %.1f ms, HF %.1f ms\n",
+                  file.c_str(), decoded->width, decoded->height, ours_s * 1e3,
+                  m["hf_seconds"].get<double>() * 1e3);
+    }
     std::vector<int64_t> shape = m["shape"];
     ASSERT_EQ(ours.sizes().vec(), shape);
     EXPECT_EQ(ours.size(0) - 1, m["num_crops"].get<int>());
     for (const char* kind : {"hf", "tv"}) {
-      const std::string raw = testing_util::ReadFileOrDie(dir + "/" + file + "." + kind + ".f32");
+      const std::string raw =
+          testing_util::ReadFileOrDie(dir + "/" + file + "." + kind + ".f32");
       ASSERT_EQ(raw.size(), static_cast<size_t>(ours.numel()) * 4);
       at::Tensor ref = torch::empty_like(ours);
       std::memcpy(ref.data_ptr<float>(), raw.data(), raw.size());
@@ -129,12 +143,15 @@ TEST(ImageParityTest, MatchesHuggingFaceGemma3ImageProcessor) {
         // The torchvision backend's uint8 resize rounds differently in
         // places: at most one uint8 level (2/255 after normalisation).
         worst_tv = std::max(worst_tv, diff);
-        EXPECT_LE(diff, 2.0 / 255 + 1e-6) << "max abs diff vs torchvision-style resize";
+        EXPECT_LE(diff, 2.0 / 255 + 1e-6)
+            << "max abs diff vs torchvision-style resize";
       }
     }
   }
-  std::printf("max abs diff vs HF Gemma3ImageProcessorPil: %g; vs torchvision-style uint8 resize: %g\n", worst_hf,
-              worst_tv);
+  std::printf(
+      "max abs diff vs HF Gemma3ImageProcessorPil: %g; vs torchvision-style "
+      "uint8 resize: %g\n",
+      worst_hf, worst_tv);
 }
 
 }  // namespace

@@ -25,7 +25,8 @@ constexpr char kHelperName[] = "gemma-spm-helper";
 
 std::string FindHelper(std::string* tried) {
   std::vector<std::string> candidates;
-  if (const char* env = std::getenv("GEMMA_SPM_HELPER"); env != nullptr && *env != '\0') {
+  if (const char* env = std::getenv("GEMMA_SPM_HELPER");
+      env != nullptr && *env != '\0') {
     candidates.push_back(env);
   }
   char buf[PATH_MAX];
@@ -59,7 +60,8 @@ class Helper {
     std::string tried;
     const std::string path = FindHelper(&tried);
     if (path.empty()) {
-      *error = std::string(kHelperName) + " not found (tried" + tried + "); set GEMMA_SPM_HELPER to its path";
+      *error = std::string(kHelperName) + " not found (tried" + tried +
+               "); set GEMMA_SPM_HELPER to its path";
       return false;
     }
     int fds[2];
@@ -72,7 +74,8 @@ class Helper {
     posix_spawn_file_actions_adddup2(&actions, fds[1], 0);
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
     char* argv[] = {const_cast<char*>(path.c_str()), nullptr};
-    const int rc = posix_spawn(&pid_, path.c_str(), &actions, nullptr, argv, environ);
+    const int rc =
+        posix_spawn(&pid_, path.c_str(), &actions, nullptr, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
     close(fds[1]);
     fd_ = fds[0];
@@ -85,7 +88,8 @@ class Helper {
   }
 
   // Sends one request and reads its response; false with *error on failure.
-  bool Call(char op, const std::string& payload, std::string* response, std::string* error) {
+  bool Call(char op, const std::string& payload, std::string* response,
+            std::string* error) {
     std::lock_guard<std::mutex> lock(mu_);
     const uint32_t len = static_cast<uint32_t>(payload.size());
     std::string frame(1, op);
@@ -172,8 +176,8 @@ class RemoteProcessor : public Processor {
     return true;
   }
 
-  bool Encode(const std::string& text, std::vector<int>* ids, std::vector<int>* begins,
-              std::string* error) const override {
+  bool Encode(const std::string& text, std::vector<int>* ids,
+              std::vector<int>* begins, std::string* error) const override {
     std::string out;
     if (!helper_.Call('E', text, &out, error)) return false;
     size_t pos = 0;
@@ -193,7 +197,8 @@ class RemoteProcessor : public Processor {
     return true;
   }
 
-  bool Decode(const std::vector<int>& ids, std::string* text, std::string* error) const override {
+  bool Decode(const std::vector<int>& ids, std::string* text,
+              std::string* error) const override {
     std::string payload(ids.size() * 4, '\0');
     if (!ids.empty()) std::memcpy(payload.data(), ids.data(), payload.size());
     return helper_.Call('D', payload, text, error);
@@ -204,10 +209,13 @@ class RemoteProcessor : public Processor {
     return it == ids_.end() ? -1 : it->second;
   }
   std::string IdToPiece(int id) const override {
-    return id >= 0 && id < VocabSize() ? pieces_[static_cast<size_t>(id)] : std::string();
+    return id >= 0 && id < VocabSize() ? pieces_[static_cast<size_t>(id)]
+                                       : std::string();
   }
   int VocabSize() const override { return static_cast<int>(pieces_.size()); }
-  bool IsControl(int id) const override { return id >= 0 && id < VocabSize() && control_[static_cast<size_t>(id)]; }
+  bool IsControl(int id) const override {
+    return id >= 0 && id < VocabSize() && control_[static_cast<size_t>(id)];
+  }
 
  private:
   mutable Helper helper_;
@@ -218,7 +226,8 @@ class RemoteProcessor : public Processor {
 
 }  // namespace
 
-std::unique_ptr<Processor> LoadProcessor(const std::string& serialized_model, std::string* error) {
+std::unique_ptr<Processor> LoadProcessor(const std::string& serialized_model,
+                                         std::string* error) {
   auto p = std::make_unique<RemoteProcessor>();
   if (!p->Init(serialized_model, error)) return nullptr;
   return p;

@@ -27,9 +27,10 @@ class Processor {
   virtual ~Processor() = default;
   // Encodes `text` into ids; returns false and sets *error on failure.
   // With `begins`, also the byte offset in `text` where each piece starts.
-  virtual bool Encode(const std::string& text, std::vector<int>* ids, std::vector<int>* begins,
+  virtual bool Encode(const std::string& text, std::vector<int>* ids,
+                      std::vector<int>* begins, std::string* error) const = 0;
+  virtual bool Decode(const std::vector<int>& ids, std::string* text,
                       std::string* error) const = 0;
-  virtual bool Decode(const std::vector<int>& ids, std::string* text, std::string* error) const = 0;
   // -1 when the piece is not in the vocabulary (SentencePiece maps unknown
   // pieces to unk; this reports them as absent instead).
   virtual int PieceToId(const std::string& piece) const = 0;
@@ -41,7 +42,8 @@ class Processor {
 
 // Loads a serialized ModelProto (the bytes of a tokenizer.model file).
 // Returns null and sets *error on failure.
-std::unique_ptr<Processor> LoadProcessor(const std::string& serialized_model, std::string* error);
+std::unique_ptr<Processor> LoadProcessor(const std::string& serialized_model,
+                                         std::string* error);
 
 // Runs the SentencePiece trainer with a flag string
 // ("--input=... --model_prefix=... ..."). Returns false and sets *error.

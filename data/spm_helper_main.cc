@@ -1,22 +1,23 @@
 // gemma-spm-helper: SentencePiece in a process of its own (see
 // sentencepiece_shim.h for why). Speaks a framed protocol on stdin/stdout:
 //   request  = op (1 byte) + payload length (u32, little endian) + payload
-//   response = ok (1 byte) + payload length (u32) + payload (error text when !ok)
-// ops: 'L' load a serialized model  -> vocab: u32 n, then n x (u8 flags, u32 len, bytes)
+//   response = ok (1 byte) + payload length (u32) + payload (error text when
+//   !ok)
+// ops: 'L' load a serialized model  -> vocab: u32 n, then n x (u8 flags, u32
+// len, bytes)
 //                                      flags: 1 control
-//      'E' encode text              -> u32 n, then n x (i32 id, i32 byte offset)
-//      'D' decode n x i32 ids       -> text
-//      'T' train with a flag string -> empty
+//      'E' encode text              -> u32 n, then n x (i32 id, i32 byte
+//      offset) 'D' decode n x i32 ids       -> text 'T' train with a flag
+//      string -> empty
 // Exits at end of input. Includes SentencePiece and no Abseil header.
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
 #include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
-
-#include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
 
 namespace {
 
@@ -42,12 +43,15 @@ bool WriteAll(int fd, const void* buf, size_t n) {
   return true;
 }
 
-void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
+void PutU32(std::string* out, uint32_t v) {
+  out->append(reinterpret_cast<const char*>(&v), 4);
+}
 
 bool Reply(bool ok, const std::string& payload) {
   const uint8_t flag = ok ? 1 : 0;
   const uint32_t len = static_cast<uint32_t>(payload.size());
-  return WriteAll(1, &flag, 1) && WriteAll(1, &len, 4) && WriteAll(1, payload.data(), payload.size());
+  return WriteAll(1, &flag, 1) && WriteAll(1, &len, 4) &&
+         WriteAll(1, payload.data(), payload.size());
 }
 
 }  // namespace
@@ -80,11 +84,13 @@ int main() {
         }
       }
     } else if (op == 'E' && loaded) {
-      const sentencepiece::ImmutableSentencePieceText spt = sp.EncodeAsImmutableProto(payload);
+      const sentencepiece::ImmutableSentencePieceText spt =
+          sp.EncodeAsImmutableProto(payload);
       PutU32(&out, static_cast<uint32_t>(spt.pieces_size()));
       for (size_t i = 0; i < spt.pieces_size(); ++i) {
         const auto piece = spt.pieces(static_cast<int>(i));
-        const int32_t v[2] = {static_cast<int32_t>(piece.id()), static_cast<int32_t>(piece.begin())};
+        const int32_t v[2] = {static_cast<int32_t>(piece.id()),
+                              static_cast<int32_t>(piece.begin())};
         out.append(reinterpret_cast<const char*>(v), sizeof(v));
       }
     } else if (op == 'D' && loaded) {

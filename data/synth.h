@@ -9,8 +9,9 @@
 //   images/000000.png ...  the receipts (image_size x image_size, RGB)
 //   train.jsonl            HF messages: user [image, "Describe this image."],
 //                          assistant [CordTarget(gt_parse)]
-//   metadata.jsonl         CORD-v2 / Donut layout: {"file_name", "ground_truth"}
-//   tokenizer.model        (when train_tokenizer) Gemma specials at 0..9, then the
+//   metadata.jsonl         CORD-v2 / Donut layout: {"file_name",
+//   "ground_truth"} tokenizer.model        (when train_tokenizer) Gemma
+//   specials at 0..9, then the
 //                          <s_key> tags as user-defined pieces
 // Everything is a pure function of the options (same seed, same bytes).
 #ifndef GEMMA_DATA_SYNTH_H_
@@ -18,9 +19,8 @@
 
 #include <cstdint>
 #include <functional>
-#include <string>
-
 #include <nlohmann/json_fwd.hpp>
+#include <string>
 
 #include "absl/status/status.h"
 

@@ -1,9 +1,9 @@
 #include "data/synth.h"
 
-#include <filesystem>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
@@ -42,8 +42,11 @@ TEST(SynthTest, WritesAConsistentDeterministicDataset) {
   ASSERT_TRUE(WriteSyntheticOcrDataset(Options(base + "/c", 6)).ok());
 
   // Same seed, same bytes; another seed, other data.
-  for (const char* f : {"train.jsonl", "metadata.jsonl", "images/000000.png", "images/000011.png"}) {
-    EXPECT_TRUE(ReadFileOrDie(base + "/a/" + f) == ReadFileOrDie(base + "/b/" + f)) << f;
+  for (const char* f : {"train.jsonl", "metadata.jsonl", "images/000000.png",
+                        "images/000011.png"}) {
+    EXPECT_TRUE(ReadFileOrDie(base + "/a/" + f) ==
+                ReadFileOrDie(base + "/b/" + f))
+        << f;
   }
   {
     // The model file records its training paths; the vocabulary must agree.
@@ -51,9 +54,11 @@ TEST(SynthTest, WritesAConsistentDeterministicDataset) {
     auto tb = Tokenizer::Load(base + "/b/tokenizer.model");
     ASSERT_TRUE(ta.ok() && tb.ok());
     ASSERT_EQ((*ta)->vocab_size(), (*tb)->vocab_size());
-    for (int id = 0; id < (*ta)->vocab_size(); ++id) EXPECT_EQ((*ta)->IdToPiece(id), (*tb)->IdToPiece(id));
+    for (int id = 0; id < (*ta)->vocab_size(); ++id)
+      EXPECT_EQ((*ta)->IdToPiece(id), (*tb)->IdToPiece(id));
   }
-  EXPECT_TRUE(ReadFileOrDie(base + "/a/train.jsonl") != ReadFileOrDie(base + "/c/train.jsonl"));
+  EXPECT_TRUE(ReadFileOrDie(base + "/a/train.jsonl") !=
+              ReadFileOrDie(base + "/c/train.jsonl"));
   EXPECT_FALSE(std::filesystem::exists(base + "/a/tokenizer_corpus.txt"));
 
   // train.jsonl and metadata.jsonl describe the same receipts.
@@ -65,15 +70,18 @@ TEST(SynthTest, WritesAConsistentDeterministicDataset) {
   ASSERT_EQ(cord->size(), 12u);
   for (size_t i = 0; i < 12; ++i) {
     EXPECT_EQ((*train)[i].image_paths(), (*cord)[i].image_paths());
-    EXPECT_EQ((*train)[i].messages[1].content[0].text, (*cord)[i].messages[1].content[0].text);
+    EXPECT_EQ((*train)[i].messages[1].content[0].text,
+              (*cord)[i].messages[1].content[0].text);
     EXPECT_EQ((*train)[i].messages[1].content[0].text,
               CordTarget(SynthReceiptGroundTruth(5, static_cast<int>(i))));
   }
   const nlohmann::json gt = SynthReceiptGroundTruth(5, 3);
-  EXPECT_TRUE(gt.contains("store") && gt.contains("date") && gt.contains("menu") && gt.contains("total"));
+  EXPECT_TRUE(gt.contains("store") && gt.contains("date") &&
+              gt.contains("menu") && gt.contains("total"));
 
   // Images: the requested size, not blank.
-  const cv::Mat img = cv::imread(base + "/a/images/000003.png", cv::IMREAD_COLOR);
+  const cv::Mat img =
+      cv::imread(base + "/a/images/000003.png", cv::IMREAD_COLOR);
   ASSERT_FALSE(img.empty());
   EXPECT_EQ(img.rows, 224);
   EXPECT_EQ(img.cols, 224);
@@ -115,10 +123,12 @@ TEST(SynthTest, TrainedTokenizerMatchesHuggingFace) {
     ASSERT_TRUE(rendered.ok());
     texts.push_back(rendered->text);
   }
-  texts.push_back("unseen words: Zürich 2031-12-31 <s_total>99.99</s_total>\n\n x");
+  texts.push_back(
+      "unseen words: Zürich 2031-12-31 <s_total>99.99</s_total>\n\n x");
   testing_util::WriteFile(base + "/texts.json", texts.dump());
-  ASSERT_EQ(testing_util::RunParityScript("encode_reference.py", base + "/ds/tokenizer.model " + base +
-                                                                     "/texts.json " + base + "/ids.json"),
+  ASSERT_EQ(testing_util::RunParityScript(
+                "encode_reference.py", base + "/ds/tokenizer.model " + base +
+                                           "/texts.json " + base + "/ids.json"),
             0);
   const auto ref = nlohmann::json::parse(ReadFileOrDie(base + "/ids.json"));
   ASSERT_EQ(ref.size(), texts.size());

@@ -43,7 +43,8 @@ class Tokenizer {
   // Loads tokenizer.model. NotFound / InvalidArgument naming the path when it
   // is missing or not a SentencePiece model, FailedPrecondition when one of
   // the pieces in SpecialTokenIds is absent.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
+      const std::string& path);
 
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
@@ -54,7 +55,8 @@ class Tokenizer {
   // user-defined pieces ("<start_of_turn>", "<image_soft_token>", ...) become
   // their single ids; the rest goes through SentencePiece (BPE with byte
   // fallback). With `begins`, also each id's starting byte offset in `text`.
-  absl::StatusOr<std::vector<int>> Encode(std::string_view text, std::vector<int>* begins = nullptr) const;
+  absl::StatusOr<std::vector<int>> Encode(
+      std::string_view text, std::vector<int>* begins = nullptr) const;
 
   absl::StatusOr<std::string> Decode(const std::vector<int>& ids) const;
 
@@ -81,7 +83,7 @@ class Tokenizer {
 struct TokenizerTrainOptions {
   std::vector<std::string> input_files;  // one sentence per line
   std::string model_path;                // written atomically (temp + rename)
-  int vocab_size = 1024;                 // an upper bound (hard_vocab_limit off)
+  int vocab_size = 1024;  // an upper bound (hard_vocab_limit off)
   // More user-defined pieces (e.g. "<s_total>"), after the Gemma ones.
   std::vector<std::string> extra_user_defined_pieces;
 };

@@ -1,9 +1,9 @@
 #include "data/tokenizer.h"
 
-#include <fstream>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <fstream>
 
 #include "data/test_util.h"
 
@@ -16,7 +16,8 @@ std::string TrainSmall(const std::string& dir) {
   const std::string corpus = dir + "/corpus.txt";
   std::ofstream out(corpus);
   for (int i = 0; i < 400; ++i) {
-    out << "store " << i % 17 << " total " << (i * 37) % 1000 << ".5" << i % 10 << " coffee tea milk receipt\n";
+    out << "store " << i % 17 << " total " << (i * 37) % 1000 << ".5" << i % 10
+        << " coffee tea milk receipt\n";
   }
   out.close();
   TokenizerTrainOptions o;
@@ -47,7 +48,8 @@ TEST(TokenizerTest, TrainedModelHasGemmaSpecialsAndRoundTrips) {
   EXPECT_EQ((*tok)->PieceToId("<s_total>"), 10);
   EXPECT_EQ((*tok)->PieceToId("no such piece"), -1);
 
-  const std::string text = "store 12 total 3.50 <s_total>9</s_total> café\nnew line";
+  const std::string text =
+      "store 12 total 3.50 <s_total>9</s_total> café\nnew line";
   std::vector<int> begins;
   auto ids = (*tok)->Encode(text, &begins);
   ASSERT_TRUE(ids.ok()) << ids.status();
@@ -73,7 +75,8 @@ TEST(TokenizerTest, ErrorsNameThePath) {
   auto missing = Tokenizer::Load("/no/such/tokenizer.model");
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(missing.status().message(), HasSubstr("/no/such/tokenizer.model"));
+  EXPECT_THAT(missing.status().message(),
+              HasSubstr("/no/such/tokenizer.model"));
   const std::string dir = testing_util::MakeTempDir("tok_bad");
   testing_util::WriteFile(dir + "/bad.model", "this is not a protobuf");
   auto bad = Tokenizer::Load(dir + "/bad.model");

@@ -13,6 +13,7 @@ interpolate, then (x - 127.5) / 127.5) as a second, informational reference.
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -90,7 +91,9 @@ for name, size, pas in cases:
                    "pan_and_scan_min_ratio_to_activate": 1.2}, f)
     proc = Gemma3ImageProcessorPil.from_pretrained(cfg_dir)
     image = load_image(os.path.join(out, name))  # applies EXIF orientation
+    start = time.perf_counter()
     result = proc(images=[image], return_tensors="np")
+    hf_seconds = time.perf_counter() - start
     pv = np.ascontiguousarray(result["pixel_values"], dtype=np.float32)
     num_crops = int(np.asarray(result["num_crops"]).reshape(-1)[0])
     pv.tofile(os.path.join(out, name + ".hf.f32"))
@@ -112,7 +115,7 @@ for name, size, pas in cases:
     tv.numpy().astype(np.float32).tofile(os.path.join(out, name + ".tv.f32"))
     manifest.append({"file": name, "image_size": size, "pan_and_scan": pas, "num_crops": num_crops,
                      "shape": list(pv.shape), "hf_class": type(proc).__name__,
-                     "decoded_size": [image.height, image.width]})
+                     "decoded_size": [image.height, image.width], "hf_seconds": hf_seconds})
 with open(os.path.join(out, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=1)
 print(json.dumps([(m["file"], m["hf_class"], m["shape"]) for m in manifest]))
