@@ -7,6 +7,9 @@
 #ifdef GEMMA_WITH_LOCAL
 #include "cli/local.h"
 #endif
+#ifdef GEMMA_CLI_WITH_DATA
+#include "cli/local_data.h"
+#endif
 
 namespace {
 
@@ -17,6 +20,9 @@ std::vector<gemma::cli::Command> AllCommands() {
   for (auto& c : gemma::cli::CheckpointCommands()) all.push_back(std::move(c));
 #ifdef GEMMA_WITH_LOCAL
   all.push_back(gemma::cli::LocalCommand());
+#endif
+#ifdef GEMMA_CLI_WITH_DATA
+  for (auto& c : gemma::cli::LocalDataCommands()) all.push_back(std::move(c));
 #endif
   all.push_back({"version", "Print gemmactl's version", [](int, char**) {
                    std::cout << "gemmactl " << GEMMA_VERSION << "\n";

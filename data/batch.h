@@ -1,0 +1,119 @@
+// Batching for training: conversations -> tensors, with deterministic
+// shuffling and a resumable position.
+//
+// The example stream is the concatenation of per-epoch permutations of the
+// dataset (epoch e's order depends only on (seed, e)); batches are cut from
+// that stream in order, so a loader restored to a position produces exactly
+// the batches an uninterrupted run would have produced from there.
+#ifndef GEMMA_DATA_BATCH_H_
+#define GEMMA_DATA_BATCH_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "data/chat.h"
+#include "data/image.h"
+#include "data/tokenizer.h"
+
+namespace gemma {
+
+struct BatchOptions {
+  int batch_size = 1;  // rows per batch
+  int seq_len = 2048;  // most tokens in one row
+  // Right padding goes to the longest row of the batch, rounded up to this
+  // multiple (0 = no rounding; 128 suits the kernels).
+  int pad_to_multiple = 0;
+  // Pack several text-only conversations into one row (segment ids keep
+  // attention inside each); a conversation with images is then an error.
+  bool pack = false;
+  bool shuffle = true;
+  uint64_t seed = 0;
+  // Off: a bad example (missing or corrupt image, longer than seq_len, bad
+  // roles) is an error naming its source. On: it is skipped and counted.
+  bool skip_bad = false;
+  ChatOptions chat;
+  ImageOptions image;
+};
+
+// One batch; B rows, T = padded length.
+struct Batch {
+  at::Tensor input_ids;  // [B, T] int64; padding is the pad id
+  at::Tensor labels;     // [B, T] int64; -100 off target tokens and on padding
+                         // (not shifted)
+  at::Tensor attention_mask;  // [B, T] int64; 1 on tokens, 0 on padding
+  // [B, T] int32; 1, 2, ... for the conversations packed in a row, 0 on
+  // padding. Token i may attend to j only when segment_ids match (and j <= i
+  // outside image blocks).
+  at::Tensor segment_ids;
+  at::Tensor position_ids;    // [B, T] int64; restarts at 0 in each segment
+  at::Tensor token_type_ids;  // [B, T] int64; 1 on image soft tokens
+  // [N, 3, S, S] float32: every image of the batch (each followed by its
+  // pan-and-scan crops) in row-major order of their image tokens; N may be 0.
+  at::Tensor pixel_values;
+  std::vector<int> images_per_row;  // entries of pixel_values per row
+  int64_t num_conversations = 0;
+};
+
+// Where the next batch starts: `index` is the position in epoch `epoch`'s
+// permutation of the next conversation not yet in any batch.
+struct LoaderPosition {
+  int64_t epoch = 0;
+  int64_t index = 0;
+  bool operator==(const LoaderPosition& o) const {
+    return epoch == o.epoch && index == o.index;
+  }
+};
+
+// The permutation of [0, n) used in `epoch` (identity when !shuffle).
+// Stable across platforms (own generator, own Fisher-Yates).
+std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch,
+                                bool shuffle);
+
+class DataLoader {
+ public:
+  // `tokenizer` must outlive the loader. InvalidArgument on empty data or
+  // bad options.
+  static absl::StatusOr<std::unique_ptr<DataLoader>> Create(
+      std::vector<Conversation> data, const Tokenizer* tokenizer,
+      BatchOptions options);
+
+  // The next batch (the stream never ends: it moves on to the next epoch).
+  // Errors name the conversation's source; with skip_bad, bad conversations
+  // are skipped and counted instead (an error only if nothing is usable).
+  absl::StatusOr<Batch> Next();
+
+  LoaderPosition position() const { return pos_; }
+  // Moves to a position saved from position(); OutOfRange when index is
+  // past the dataset.
+  absl::Status Seek(LoaderPosition pos);
+
+  int64_t size() const { return static_cast<int64_t>(data_.size()); }
+  int64_t skipped() const { return skipped_; }
+
+ private:
+  struct Encoded;
+  DataLoader(std::vector<Conversation> data, const Tokenizer* tokenizer,
+             BatchOptions options);
+  // Encodes the conversation at pos_ (images loaded); nullopt when skipped.
+  absl::StatusOr<std::optional<Encoded>> EncodeAt(LoaderPosition pos);
+  void Advance();
+  const std::vector<int64_t>& Order(int64_t epoch);
+
+  const std::vector<Conversation> data_;
+  const Tokenizer* const tokenizer_;
+  const BatchOptions options_;
+  LoaderPosition pos_;
+  int64_t skipped_ = 0;
+  int64_t order_epoch_ = -1;
+  std::vector<int64_t> order_;
+};
+
+}  // namespace gemma
+
+#endif  // GEMMA_DATA_BATCH_H_

@@ -1,0 +1,312 @@
+#include "data/image.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+namespace {
+
+// PIL's fixed-point precision for 8-bit resampling (Resample.c).
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+// Per output position: the first input index, the number of taps, and the
+// fixed-point weights (row of `ksize`).
+struct Coefficients {
+  int ksize = 0;
+  std::vector<int> first;
+  std::vector<int> count;
+  std::vector<int32_t> weights;
+};
+
+double TriangleFilter(double x) {
+  x = std::fabs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+// The taps of a triangle filter of support 1 widened by the scale when
+// shrinking, normalised to sum 1, then rounded to fixed point (half away from
+// zero), exactly as PIL's precompute_coeffs + normalize_coeffs_8bpc do.
+Coefficients ComputeCoefficients(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = 1.0 * filter_scale;
+  Coefficients c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.first.resize(out_size);
+  c.count.resize(out_size);
+  c.weights.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+  std::vector<double> w(c.ksize);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = (xx + 0.5) * scale;
+    const double inv = 1.0 / filter_scale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double total = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      w[x] = TriangleFilter((x + xmin - center + 0.5) * inv);
+      total += w[x];
+    }
+    for (int x = 0; x < xmax; ++x) {
+      if (total != 0.0) w[x] /= total;
+    }
+    for (int x = 0; x < xmax; ++x) {
+      const double v = w[x] * (1 << kPrecisionBits);
+      c.weights[static_cast<size_t>(xx) * c.ksize + x] =
+          static_cast<int32_t>(v < 0 ? -0.5 + v : 0.5 + v);
+    }
+    c.first[xx] = xmin;
+    c.count[xx] = xmax;
+  }
+  return c;
+}
+
+uint8_t Clip8(int32_t v) {
+  if (v >= (1 << kPrecisionBits << 8)) return 255;
+  if (v <= 0) return 0;
+  return static_cast<uint8_t>(v >> kPrecisionBits);
+}
+
+RgbImage ResampleHorizontal(const RgbImage& in, int out_width) {
+  const Coefficients c = ComputeCoefficients(in.width, out_width);
+  RgbImage out{
+      in.height, out_width,
+      std::vector<uint8_t>(static_cast<size_t>(in.height) * out_width * 3)};
+  for (int y = 0; y < in.height; ++y) {
+    const uint8_t* row = &in.pixels[static_cast<size_t>(y) * in.width * 3];
+    uint8_t* dst = &out.pixels[static_cast<size_t>(y) * out_width * 3];
+    for (int xx = 0; xx < out_width; ++xx) {
+      const int32_t* k = &c.weights[static_cast<size_t>(xx) * c.ksize];
+      int32_t s[3] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1),
+                      1 << (kPrecisionBits - 1)};
+      for (int x = 0; x < c.count[xx]; ++x) {
+        const uint8_t* p = row + (c.first[xx] + x) * 3;
+        s[0] += p[0] * k[x];
+        s[1] += p[1] * k[x];
+        s[2] += p[2] * k[x];
+      }
+      for (int ch = 0; ch < 3; ++ch) dst[xx * 3 + ch] = Clip8(s[ch]);
+    }
+  }
+  return out;
+}
+
+RgbImage ResampleVertical(const RgbImage& in, int out_height) {
+  const Coefficients c = ComputeCoefficients(in.height, out_height);
+  const size_t row_len = static_cast<size_t>(in.width) * 3;
+  RgbImage out{out_height, in.width,
+               std::vector<uint8_t>(out_height * row_len)};
+  std::vector<int32_t> acc(row_len);
+  for (int yy = 0; yy < out_height; ++yy) {
+    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
+    const int32_t* k = &c.weights[static_cast<size_t>(yy) * c.ksize];
+    for (int y = 0; y < c.count[yy]; ++y) {
+      const uint8_t* row = &in.pixels[(c.first[yy] + y) * row_len];
+      const int32_t w = k[y];
+      for (size_t i = 0; i < row_len; ++i) acc[i] += row[i] * w;
+    }
+    uint8_t* dst = &out.pixels[yy * row_len];
+    for (size_t i = 0; i < row_len; ++i) dst[i] = Clip8(acc[i]);
+  }
+  return out;
+}
+
+// PIL's conversions to 8-bit RGB for what OpenCV decoded (1 or 3 channels,
+// 8 or 16 bits): gray is replicated; 16-bit gray ("I;16") is clipped at 255
+// as PIL's convert("RGB") does; 16-bit colour keeps the high byte, as PIL's
+// PNG reader does.
+absl::StatusOr<RgbImage> FromDecoded(const cv::Mat& decoded,
+                                     const std::string& name) {
+  if (decoded.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot decode image ", name,
+                     ": not an image format OpenCV reads, or corrupt"));
+  }
+  const int depth = decoded.depth(), channels = decoded.channels();
+  if ((depth != CV_8U && depth != CV_16U) || (channels != 1 && channels != 3)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image ", name, " has an unsupported pixel format (depth ",
+                     depth, ", ", channels, " channels)"));
+  }
+  cv::Mat eight = decoded;
+  if (depth == CV_16U) {
+    eight.create(decoded.rows, decoded.cols, CV_8UC(channels));
+    for (int y = 0; y < decoded.rows; ++y) {
+      const uint16_t* src = decoded.ptr<uint16_t>(y);
+      uint8_t* dst = eight.ptr<uint8_t>(y);
+      for (int i = 0; i < decoded.cols * channels; ++i) {
+        dst[i] = channels == 1
+                     ? static_cast<uint8_t>(std::min<int>(src[i], 255))
+                     : static_cast<uint8_t>(src[i] >> 8);
+      }
+    }
+  }
+  cv::Mat rgb;
+  cv::cvtColor(eight, rgb,
+               channels == 1 ? cv::COLOR_GRAY2RGB : cv::COLOR_BGR2RGB);
+  RgbImage out{rgb.rows, rgb.cols, {}};
+  out.pixels.resize(static_cast<size_t>(rgb.rows) * rgb.cols * 3);
+  for (int y = 0; y < rgb.rows; ++y) {
+    std::copy_n(rgb.ptr<uint8_t>(y), static_cast<size_t>(rgb.cols) * 3,
+                &out.pixels[static_cast<size_t>(y) * rgb.cols * 3]);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<RgbImage> DecodeImageBytes(const std::string& bytes,
+                                          const std::string& name) {
+  if (bytes.empty())
+    return absl::InvalidArgumentError(
+        absl::StrCat("image ", name, " is empty"));
+  cv::Mat decoded;
+  try {
+    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
+                      const_cast<char*>(bytes.data()));
+    // 1 or 3 channels (alpha dropped) at 8 or 16 bits, EXIF orientation
+    // applied; FromDecoded converts as PIL would.
+    decoded = cv::imdecode(raw, cv::IMREAD_ANYCOLOR | cv::IMREAD_ANYDEPTH);
+  } catch (const cv::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot decode image ", name, ": ", e.what()));
+  }
+  return FromDecoded(decoded, name);
+}
+
+absl::StatusOr<RgbImage> DecodeImageFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return absl::NotFoundError(
+        absl::StrCat("image file not found or unreadable: ", path));
+  std::string bytes((std::istreambuf_iterator<char>(in)),
+                    std::istreambuf_iterator<char>());
+  if (in.bad())
+    return absl::DataLossError(absl::StrCat("error reading image file ", path));
+  return DecodeImageBytes(bytes, path);
+}
+
+RgbImage ResizeBilinearAntialiased(const RgbImage& image, int out_height,
+                                   int out_width) {
+  // Pillow 13 runs the vertical pass first when the height shrinks by more
+  // than twice what the width shrinks by, else horizontal first (older
+  // Pillow always went horizontal first). Each pass rounds to uint8, so the
+  // order shows in the last bit.
+  const int dh = image.height - out_height, dw = image.width - out_width;
+  const bool vertical_first = dh > 0 && dh > dw * 2;
+  RgbImage cur = image;
+  if (vertical_first) {
+    if (out_height != image.height) cur = ResampleVertical(cur, out_height);
+    if (out_width != image.width) cur = ResampleHorizontal(cur, out_width);
+  } else {
+    if (out_width != image.width) cur = ResampleHorizontal(cur, out_width);
+    if (out_height != image.height) cur = ResampleVertical(cur, out_height);
+  }
+  return cur;
+}
+
+RgbImage Crop(const RgbImage& image, int y, int x, int h, int w) {
+  const int y1 = std::clamp(y + h, 0, image.height),
+            x1 = std::clamp(x + w, 0, image.width);
+  y = std::clamp(y, 0, image.height);
+  x = std::clamp(x, 0, image.width);
+  RgbImage out{std::max(0, y1 - y), std::max(0, x1 - x), {}};
+  out.pixels.resize(static_cast<size_t>(out.height) * out.width * 3);
+  for (int r = 0; r < out.height; ++r) {
+    std::copy_n(
+        &image.pixels[(static_cast<size_t>(y + r) * image.width + x) * 3],
+        static_cast<size_t>(out.width) * 3,
+        &out.pixels[static_cast<size_t>(r) * out.width * 3]);
+  }
+  return out;
+}
+
+std::vector<RgbImage> PanAndScanCrops(const RgbImage& image,
+                                      const ImageOptions& o) {
+  const int height = image.height, width = image.width;
+  int crops_w = 1, crops_h = 1;
+  if (width >= height) {
+    if (static_cast<double>(width) / height <
+        o.pan_and_scan_min_ratio_to_activate)
+      return {};
+    crops_w =
+        static_cast<int>(std::floor(static_cast<double>(width) / height + 0.5));
+    crops_w =
+        std::min(static_cast<int>(std::floor(static_cast<double>(width) /
+                                             o.pan_and_scan_min_crop_size)),
+                 crops_w);
+    crops_w = std::min(o.pan_and_scan_max_num_crops, std::max(2, crops_w));
+  } else {
+    if (static_cast<double>(height) / width <
+        o.pan_and_scan_min_ratio_to_activate)
+      return {};
+    crops_h =
+        static_cast<int>(std::floor(static_cast<double>(height) / width + 0.5));
+    crops_h =
+        std::min(static_cast<int>(std::floor(static_cast<double>(height) /
+                                             o.pan_and_scan_min_crop_size)),
+                 crops_h);
+    crops_h = std::min(o.pan_and_scan_max_num_crops, std::max(2, crops_h));
+  }
+  const int crop_w =
+      static_cast<int>(std::ceil(static_cast<double>(width) / crops_w));
+  const int crop_h =
+      static_cast<int>(std::ceil(static_cast<double>(height) / crops_h));
+  if (std::min(crop_w, crop_h) < o.pan_and_scan_min_crop_size) return {};
+  std::vector<RgbImage> crops;
+  for (int i = 0; i < crops_h; ++i) {
+    for (int j = 0; j < crops_w; ++j)
+      crops.push_back(Crop(image, i * crop_h, j * crop_w, crop_h, crop_w));
+  }
+  return crops;
+}
+
+at::Tensor ImageToTensor(const RgbImage& image, const ImageOptions& options) {
+  const int s = options.image_size;
+  const RgbImage resized = ResizeBilinearAntialiased(image, s, s);
+  at::Tensor out = torch::empty({3, s, s}, torch::kFloat32);
+  float* dst = out.data_ptr<float>();
+  const size_t plane = static_cast<size_t>(s) * s;
+  // HF (PIL backend): float32(double(v) * (1 / 255)), then (x - 0.5f) / 0.5f.
+  float lut[256];
+  for (int v = 0; v < 256; ++v) {
+    const float rescaled =
+        static_cast<float>(static_cast<double>(v) * (1.0 / 255.0));
+    lut[v] = (rescaled - 0.5f) / 0.5f;
+  }
+  for (size_t i = 0; i < plane; ++i) {
+    for (int c = 0; c < 3; ++c)
+      dst[c * plane + i] = lut[resized.pixels[i * 3 + c]];
+  }
+  return out;
+}
+
+at::Tensor PreprocessImage(const RgbImage& image, const ImageOptions& options) {
+  std::vector<at::Tensor> rows{ImageToTensor(image, options)};
+  if (options.do_pan_and_scan) {
+    for (const RgbImage& crop : PanAndScanCrops(image, options))
+      rows.push_back(ImageToTensor(crop, options));
+  }
+  return torch::stack(rows);
+}
+
+absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path,
+                                           const ImageOptions& options) {
+  absl::StatusOr<RgbImage> image = DecodeImageFile(path);
+  if (!image.ok()) return image.status();
+  return PreprocessImage(*image, options);
+}
+
+}  // namespace gemma
