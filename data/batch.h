@@ -27,7 +27,8 @@ struct BatchOptions {
   int batch_size = 1;  // rows per batch
   int seq_len = 2048;  // most tokens in one row
   // Right padding goes to the longest row of the batch, rounded up to this
-  // multiple (0 = no rounding; 128 suits the kernels).
+  // multiple (0 = no rounding; 128 suits the kernels). The padded length may
+  // pass seq_len when seq_len is not a multiple of it; rows never do.
   int pad_to_multiple = 0;
   // Pack several text-only conversations into one row (segment ids keep
   // attention inside each); a conversation with images is then an error.
@@ -75,6 +76,8 @@ struct LoaderPosition {
 std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch,
                                 bool shuffle);
 
+// Not thread-safe: one consumer calls Next() (images are decoded and
+// tokenized inside Next, on the caller's thread).
 class DataLoader {
  public:
   // `tokenizer` must outlive the loader. InvalidArgument on empty data or

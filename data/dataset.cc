@@ -348,4 +348,10 @@ absl::StatusOr<std::vector<Conversation>> ReadCordDataset(
                    ": expected metadata.jsonl or json/ and image/ folders"));
 }
 
+absl::StatusOr<std::vector<Conversation>> ReadDataset(
+    const std::string& path, const ReadOptions& options, ReadStats* stats) {
+  if (fs::is_directory(path)) return ReadCordDataset(path, options, stats);
+  return ReadJsonlConversations(path, options, stats);
+}
+
 }  // namespace gemma

@@ -72,6 +72,11 @@ absl::StatusOr<std::vector<Conversation>> ReadCordDataset(
     const std::string& dir, const ReadOptions& options = {},
     ReadStats* stats = nullptr);
 
+// A folder is read as CORD-v2 (ReadCordDataset), a file as JSONL.
+absl::StatusOr<std::vector<Conversation>> ReadDataset(
+    const std::string& path, const ReadOptions& options = {},
+    ReadStats* stats = nullptr);
+
 }  // namespace gemma
 
 #endif  // GEMMA_DATA_DATASET_H_

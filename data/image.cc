@@ -273,8 +273,32 @@ std::vector<RgbImage> PanAndScanCrops(const RgbImage& image,
   return crops;
 }
 
+namespace {
+
+// The torchvision backend: uint8 antialiased bilinear resize (LibTorch's
+// kernel, as torchvision's resize uses for uint8 CPU tensors), then the
+// fused rescale-normalise (x - 127.5) / 127.5.
+at::Tensor TorchvisionStyleTensor(const RgbImage& image, int s) {
+  at::Tensor hwc =
+      torch::from_blob(const_cast<uint8_t*>(image.pixels.data()),
+                       {image.height, image.width, 3}, torch::kUInt8);
+  at::Tensor nchw = hwc.permute({2, 0, 1}).unsqueeze(0).contiguous();
+  at::Tensor resized = torch::nn::functional::interpolate(
+      nchw, torch::nn::functional::InterpolateFuncOptions()
+                .size(std::vector<int64_t>{s, s})
+                .mode(torch::kBilinear)
+                .align_corners(false)
+                .antialias(true));
+  return (resized[0].to(torch::kFloat32) - 127.5f) / 127.5f;
+}
+
+}  // namespace
+
 at::Tensor ImageToTensor(const RgbImage& image, const ImageOptions& options) {
   const int s = options.image_size;
+  if (options.backend == ImageOptions::Backend::kTorchvision) {
+    return TorchvisionStyleTensor(image, s);
+  }
   const RgbImage resized = ResizeBilinearAntialiased(image, s, s);
   at::Tensor out = torch::empty({3, s, s}, torch::kFloat32);
   float* dst = out.data_ptr<float>();

@@ -2,14 +2,14 @@
 // Face's Gemma 3 image processor (transformers 5.17).
 //
 // Which HF path is matched: `AutoImageProcessor` for gemma3 picks
-// `Gemma3ImageProcessor` (torchvision backend) when torchvision is installed
-// and `Gemma3ImageProcessorPil` otherwise; our virtualenv has no torchvision,
-// so the default there is the PIL backend and that is what we match bit for
-// bit: PIL's BILINEAR `Image.resize` on 8-bit RGB (a triangle filter widened
-// by the scale when downsampling, fixed-point coefficients with 22 fraction
-// bits, one uint8 rounding after each of the two separable passes, in
-// Pillow 13.0's pass order),
-// then float32(double(v) * (1/255)), then (x - 0.5f) / 0.5f in float32.
+// `Gemma3ImageProcessor` (torchvision backend) when torchvision is installed;
+// our virtualenv has none (AutoImageProcessor then refuses to load and
+// `Gemma3ImageProcessorPil` is the processor that works). The default,
+// ImageOptions::Backend::kPil, matches the PIL backend bit for bit: PIL's
+// BILINEAR `Image.resize` on 8-bit RGB (a triangle filter widened by the scale
+// when downsampling, fixed-point coefficients with 22 fraction bits, one uint8
+// rounding after each of the two separable passes, in Pillow 13.0's pass
+// order), then float32(double(v) * (1/255)), then (x - 0.5f) / 0.5f in float32.
 //
 // Pixel layout: RgbImage holds interleaved 8-bit RGB rows (HWC), the tensors
 // are CHW float32 in [-1, 1].
@@ -40,6 +40,14 @@ struct RgbImage {
 // The processor's parameters; defaults are Gemma 3's (pan-and-scan values are
 // Gemma3Processor's defaults, used only when do_pan_and_scan is set).
 struct ImageOptions {
+  // Which HF backend to reproduce. kPil (default): Gemma3ImageProcessorPil,
+  // matched bit for bit. kTorchvision: Gemma3ImageProcessor (what
+  // AutoImageProcessor picks when torchvision is installed): LibTorch's
+  // antialiased bilinear interpolate on the uint8 image, then
+  // (x - 127.5) / 127.5 in float32; it differs from kPil by at most one
+  // uint8 level in places.
+  enum class Backend { kPil, kTorchvision };
+  Backend backend = Backend::kPil;
   int image_size = 896;  // output is image_size x image_size
   bool do_pan_and_scan = false;
   int pan_and_scan_min_crop_size = 256;

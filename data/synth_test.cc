@@ -64,7 +64,7 @@ TEST(SynthTest, WritesAConsistentDeterministicDataset) {
   // train.jsonl and metadata.jsonl describe the same receipts.
   auto train = ReadJsonlConversations(base + "/a/train.jsonl");
   ASSERT_TRUE(train.ok()) << train.status();
-  auto cord = ReadCordDataset(base + "/a");
+  auto cord = ReadDataset(base + "/a");  // a folder: the CORD layout
   ASSERT_TRUE(cord.ok()) << cord.status();
   ASSERT_EQ(train->size(), 12u);
   ASSERT_EQ(cord->size(), 12u);

@@ -57,13 +57,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
     }
   }
   for (int id = 0; id < sp->VocabSize(); ++id) {
-    if (sp->IsControl(id))
-      tok->control_pieces_.emplace_back(sp->IdToPiece(id), id);
+    const std::string piece = sp->IdToPiece(id);
+    if (sp->IsControl(id) && !piece.empty()) {
+      tok->control_by_first_byte_[static_cast<unsigned char>(piece[0])]
+          .emplace_back(piece, id);
+    }
   }
-  std::sort(tok->control_pieces_.begin(), tok->control_pieces_.end(),
-            [](const auto& a, const auto& b) {
-              return a.first.size() > b.first.size();
-            });
+  for (auto& list : tok->control_by_first_byte_) {
+    std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
+      return a.first.size() > b.first.size();
+    });
+  }
   tok->sp_ = std::move(sp);
   return tok;
 }
@@ -96,13 +100,11 @@ absl::StatusOr<std::vector<int>> Tokenizer::Encode(
   size_t pos = 0;
   while (pos < text.size()) {
     const std::pair<std::string, int>* match = nullptr;
-    if (text[pos] == '<') {
-      for (const auto& cp : control_pieces_) {
-        if (!cp.first.empty() &&
-            text.compare(pos, cp.first.size(), cp.first) == 0) {
-          match = &cp;
-          break;
-        }
+    for (const auto& cp :
+         control_by_first_byte_[static_cast<unsigned char>(text[pos])]) {
+      if (text.compare(pos, cp.first.size(), cp.first) == 0) {
+        match = &cp;
+        break;
       }
     }
     if (match == nullptr) {

@@ -3,6 +3,7 @@
 #ifndef GEMMA_DATA_TOKENIZER_H_
 #define GEMMA_DATA_TOKENIZER_H_
 
+#include <array>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -70,7 +71,9 @@ class Tokenizer {
  private:
   Tokenizer() = default;
   std::unique_ptr<spm_shim::Processor> sp_;
-  std::vector<std::pair<std::string, int>> control_pieces_;  // longest first
+  // Control pieces (<bos>, <eos>, ...) by their first byte, longest first.
+  std::array<std::vector<std::pair<std::string, int>>, 256>
+      control_by_first_byte_;
   SpecialTokenIds special_;
   std::string path_;
 };
