@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real one-node Slurm cluster (munged, slurmctld, slurmd from Debian) on this
 # machine: the coordinator and a pool of 4 workers go through `sbatch`, the
-# workers register with their Slurm ids, and scancel takes them away again.
+# workers register with their Slurm ids, a 4-rank job runs on them to its end,
+# and scancel takes them away again.
 #   tests/slurm/slurm_test.sh BIN_DIR SOURCE_DIR
 set -euo pipefail
 BIN="$(cd "$1" && pwd)"
@@ -48,7 +49,14 @@ for p in 0 1 2 3; do
 done
 echo "4 workers of Slurm job $wjob attached"
 
-# 3. scancel: the workers go away and the coordinator sees it.
+# 3. A 4-rank job runs on the Slurm-started pool to its end.
+"$BIN/gemmactl" submit -f "$SRC/jobs/recipes/diagnose.yaml" --set parallel.dp=4 \
+  --set diagnose.steps=5 --set diagnose.matrix_size=64 --follow > "$state/job.out" 2>&1 \
+  || { cat "$state/job.out"; fail "the diagnose job on the Slurm pool did not succeed"; }
+grep -q SUCCEEDED "$state/job.out" || { cat "$state/job.out"; fail "no SUCCEEDED in the job's events"; }
+echo "a 4-rank diagnose job succeeded on the pool"
+
+# 4. scancel: the workers go away and the coordinator sees it.
 scancel "$wjob"
 wait_for 60 workers_are 0 || fail "workers still attached after scancel"
 echo "workers detached after scancel"

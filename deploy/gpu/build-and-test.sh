@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE (Ubuntu 24.04, CUDA 13, torch 2.11.0+cu130 in the
+# system python), from the repository root, with .carry/debs carried along:
+#   bash deploy/gpu/build-and-test.sh [ctest args...]
+# Unpacks the carried Debian packages into a private prefix (never into /),
+# builds the model library and its tests with CUDA (GEMMA_MODEL_ONLY), and
+# runs the parity suite on the GPU (GEMMA_TEST_DEVICE=cuda).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+prefix="${GEMMA_GPU_PREFIX:-/tmp/gemma-prefix}"
+build="${GEMMA_GPU_BUILD:-/tmp/gemma-gpu-build}"
+python="${GEMMA_PYTHON:-$(command -v python3)}"
+mkdir -p "$prefix"
+for f in "$root"/.carry/debs/*.deb; do dpkg -x "$f" "$prefix"; done
+torch_prefix="$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" \
+  -DGEMMA_MODEL_ONLY=ON -DGEMMA_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DGEMMA_USE_CCACHE=OFF -DGEMMA_PYTHON="$python" >/dev/null
+cmake --build "$build" -j "$(nproc)"
+cd "$build"
+GEMMA_TEST_DEVICE=cuda ctest --output-on-failure -j 4 "$@"

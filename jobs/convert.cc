@@ -1,0 +1,73 @@
+#include "jobs/convert.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "model/convert.h"
+
+namespace gemma {
+namespace {
+
+bool IsOurCheckpoint(const std::string& dir) {
+  struct stat st;
+  return ::stat((dir + "/manifest.json").c_str(), &st) == 0;
+}
+
+class ConvertJob : public Job {
+ public:
+  absl::Status Run(RankContext& ctx) override {
+    const auto& c = ctx.spec.convert();
+    if (ctx.world != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "convert runs as one rank (world ", ctx.world,
+          "); set the output layout with convert.tp, not parallel.tp/dp"));
+    }
+    if (ctx.Cancelled()) return absl::CancelledError("convert cancelled before it started");
+    ConvertOptions opt;
+    opt.tp = c.tp() > 0 ? c.tp() : 1;
+    // Progress at most every 1% of the bytes, so the session is not flooded.
+    uint64_t next_report = 0;
+    opt.progress = [&](uint64_t done, uint64_t total) {
+      if (done < next_report && done != total) return;
+      next_report = done + std::max<uint64_t>(total / 100, 1);
+      ctx.Progress(static_cast<int64_t>(done), static_cast<int64_t>(total), {});
+    };
+    const bool to_hf = c.to() == "hf";
+    const bool from_ours = IsOurCheckpoint(c.input());
+    absl::StatusOr<ConvertStats> stats;
+    std::string what;
+    if (to_hf) {
+      what = "checkpoint -> HF";
+      stats = ConvertCheckpointToHf(c.input(), c.output(), opt);
+    } else if (from_ours) {
+      what = absl::StrCat("checkpoint -> checkpoint (tp ", opt.tp, ")");
+      stats = ReshardCheckpoint(c.input(), c.output(), opt);
+    } else {
+      what = absl::StrCat("HF -> checkpoint (tp ", opt.tp, ")");
+      stats = ConvertHfToCheckpoint(c.input(), c.output(), opt);
+    }
+    if (!stats.ok()) {
+      return absl::Status(stats.status().code(),
+                          absl::StrCat("convert ", c.input(), " -> ", c.output(), ": ",
+                                       stats.status().message()));
+    }
+    const double rate = stats->seconds > 0 ? stats->bytes / stats->seconds : 0.0;
+    ctx.Progress(static_cast<int64_t>(stats->bytes), static_cast<int64_t>(stats->bytes),
+                 {{"bytes", static_cast<double>(stats->bytes)},
+                  {"bytes_per_second", rate},
+                  {"tensors", static_cast<double>(stats->tensors)}});
+    ctx.Log(absl::StrFormat("%s: %d tensors, %d files, %.1f MB in %.2f s (%.1f MB/s) -> %s",
+                            what, stats->tensors, stats->files, stats->bytes / 1e6,
+                            stats->seconds, rate / 1e6, c.output()));
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Job> NewConvertJob() { return std::make_unique<ConvertJob>(); }
+
+}  // namespace gemma
