@@ -44,7 +44,8 @@ class ControlTest : public ::testing::Test {
     Collect(fx);
     return *n;
   }
-  v1::Job Submit(int tp, int dp, int max_restarts = 0, const std::string& rid = "") {
+  v1::Job Submit(int tp, int dp, int max_restarts = 0,
+                 const std::string& rid = "") {
     v1::SubmitJobRequest req;
     req.set_request_id(rid);
     auto* s = req.mutable_spec();
@@ -97,7 +98,9 @@ class ControlTest : public ::testing::Test {
       Tick(absl::Milliseconds(500));
     }
   }
-  v1::JobState StateOf(const std::string& job) { return state_->GetJob(job)->state(); }
+  v1::JobState StateOf(const std::string& job) {
+    return state_->GetJob(job)->state();
+  }
   void Tick(absl::Duration d) {
     now_ += d;
     Effects fx;
@@ -122,7 +125,8 @@ TEST_F(ControlTest, GangWaitsUntilAllRanksFitAndSmallJobsRunSideBySide) {
   ASSERT_EQ(assigns_.size(), 4u);
   v1::Job c = Submit(2, 2);
   EXPECT_EQ(c.state(), v1::JOB_STATE_QUEUED);
-  EXPECT_THAT(state_->GetJob(c.name())->waiting_reason(), HasSubstr("0 free of 4"));
+  EXPECT_THAT(state_->GetJob(c.name())->waiting_reason(),
+              HasSubstr("0 free of 4"));
   StartAll();
   EXPECT_EQ(StateOf(a.name()), v1::JOB_STATE_RUNNING);
   // Finishing a alone frees 2 of 4: c still waits (all or nothing).
@@ -141,8 +145,10 @@ TEST_F(ControlTest, ImpossibleLayoutSaysWhyAndDoesNotBlockOthers) {
   Attach();
   Attach();
   v1::Job big = Submit(3, 1);
-  EXPECT_THAT(state_->GetJob(big.name())->waiting_reason(),
-              HasSubstr("needs 3 cpu workers (tp=3 x dp=1); only 2 such workers attached"));
+  EXPECT_THAT(
+      state_->GetJob(big.name())->waiting_reason(),
+      HasSubstr(
+          "needs 3 cpu workers (tp=3 x dp=1); only 2 such workers attached"));
   v1::Job small = Submit(1, 1);
   EXPECT_EQ(small.state(), v1::JOB_STATE_STARTING);
 }
@@ -246,7 +252,8 @@ TEST_F(ControlTest, CancelAndIllegalTransitions) {
   EXPECT_EQ(StateOf(j.name()), v1::JOB_STATE_CANCELLED);
   auto again = state_->Cancel(j.name(), now_, &fx);
   EXPECT_TRUE(absl::IsFailedPrecondition(again.status()));
-  EXPECT_TRUE(absl::IsNotFound(state_->Cancel("jobs/nope", now_, &fx).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(state_->Cancel("jobs/nope", now_, &fx).status()));
 }
 
 TEST_F(ControlTest, HungRankFailsItsAttempt) {
@@ -259,7 +266,8 @@ TEST_F(ControlTest, HungRankFailsItsAttempt) {
   v1::Job j = *state_->Submit(req, now_, &fx);
   Collect(fx);
   StartAll();
-  for (int i = 0; i < 3; ++i) {  // heartbeats keep the worker, not the rank, alive
+  for (int i = 0; i < 3;
+       ++i) {  // heartbeats keep the worker, not the rank, alive
     now_ += absl::Milliseconds(500);
     v1::WorkerMessage hb;
     hb.mutable_heartbeat();
@@ -324,7 +332,8 @@ TEST_F(ControlTest, ListJobsPagesAndFilters) {
 TEST_F(ControlTest, SubmitErrorsNameTheField) {
   Effects fx;
   v1::SubmitJobRequest req;
-  EXPECT_THAT(std::string(state_->Submit(req, now_, &fx).status().message()), HasSubstr("spec"));
+  EXPECT_THAT(std::string(state_->Submit(req, now_, &fx).status().message()),
+              HasSubstr("spec"));
   req.mutable_spec()->set_kind(v1::JOB_KIND_DIAGNOSE);
   req.set_job_id("Bad_Id");
   auto r = state_->Submit(req, now_, &fx);
@@ -340,7 +349,8 @@ TEST_F(ControlTest, CancelIsRepeatedToRanksThatReattachAfterARestart) {
   v1::Job j = Submit(1, 1);
   StartAll();
   Effects fx;
-  ASSERT_TRUE(state_->Cancel(j.name(), now_, &fx).ok());  // the Cancel is "lost"
+  ASSERT_TRUE(
+      state_->Cancel(j.name(), now_, &fx).ok());  // the Cancel is "lost"
   auto refs = assigns_;
   Open();
   v1::WorkerMessage::Register reg;
@@ -351,7 +361,8 @@ TEST_F(ControlTest, CancelIsRepeatedToRanksThatReattachAfterARestart) {
   ASSERT_TRUE(state_->Register(++session_, reg, now_, &rfx).ok());
   sessions_[refs[0].first] = session_;
   bool cancel_sent = false;
-  for (const auto& [w, m] : rfx.sends) cancel_sent |= m.has_cancel() && w == refs[0].first;
+  for (const auto& [w, m] : rfx.sends)
+    cancel_sent |= m.has_cancel() && w == refs[0].first;
   EXPECT_TRUE(cancel_sent);
   v1::WorkerMessage m;
   *m.mutable_finished()->mutable_rank() = refs[0].second;
