@@ -220,11 +220,24 @@ TEST_F(ControlPlaneTest,
   auto reader = stub->WatchJob(&ctx, req);
   gemma::v1::JobEvent ev;
   std::vector<std::string> states;
-  while (reader->Read(&ev))
+  std::vector<int64_t> revisions;
+  while (reader->Read(&ev)) {
     states.push_back(gemma::v1::JobState_Name(ev.job().state()));
+    revisions.push_back(ev.revision());
+  }
   EXPECT_THAT(states, ::testing::ElementsAre(
                           "JOB_STATE_QUEUED", "JOB_STATE_STARTING",
                           "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"));
+  ASSERT_EQ(revisions.size(), 4u);
+  // Resuming after a revision replays only what came later.
+  grpc::ClientContext rctx;
+  rctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  req.set_after_revision(revisions[2]);
+  auto resumed = stub->WatchJob(&rctx, req);
+  std::vector<int64_t> later;
+  while (resumed->Read(&ev)) later.push_back(ev.revision());
+  EXPECT_TRUE(resumed->Finish().ok());
+  EXPECT_THAT(later, ::testing::ElementsAre(revisions[3]));
   EXPECT_THAT(cluster_.coordinator().Log(),
               HasSubstr("re-attached running " + j));
   EXPECT_EQ(follower.Wait(absl::Seconds(20)), 0) << follower.Log();
