@@ -371,5 +371,49 @@ TEST_F(ControlTest, CancelIsRepeatedToRanksThatReattachAfterARestart) {
   EXPECT_EQ(StateOf(j.name()), v1::JOB_STATE_CANCELLED);
 }
 
+TEST_F(ControlTest, CheckpointRetentionKeepsLastNBestKAndPinned) {
+  Attach();
+  v1::SubmitJobRequest req;
+  auto* spec = req.mutable_spec();
+  spec->set_kind(v1::JOB_KIND_DIAGNOSE);
+  spec->mutable_resources()->set_device(v1::DEVICE_CPU);
+  spec->mutable_checkpoint()->set_keep_last_n(1);
+  spec->mutable_checkpoint()->set_keep_best_k(1);
+  spec->mutable_checkpoint()->set_best_metric("eval_loss");
+  Effects fx;
+  v1::Job j = *state_->Submit(req, now_, &fx);
+  Collect(fx);
+  StartAll();
+  const auto& [w, ref] = assigns_[0];
+  auto report = [&](int64_t step, double loss) {
+    v1::WorkerMessage m;
+    auto* c = m.mutable_checkpoint();
+    *c->mutable_rank() = ref;
+    c->set_step(step);
+    c->set_path("/ckpt/" + std::to_string(step));
+    c->set_bytes(10);
+    (*c->mutable_metrics())["eval_loss"] = loss;
+    Send(w, m);
+  };
+  report(100, 0.5);
+  ASSERT_TRUE(state_->SetPinned(j.name() + "/checkpoints/100", true).ok());
+  report(200, 0.2);  // best
+  report(300, 0.4);
+  report(400, 0.3);  // last
+  std::vector<int64_t> steps;
+  auto list = state_->ListCheckpoints(j.name());
+  ASSERT_TRUE(list.ok());
+  for (const auto& c : list->checkpoints()) {
+    EXPECT_EQ(c.state(), v1::CHECKPOINT_STATE_COMMITTED);
+    steps.push_back(c.step());
+  }
+  // 100 pinned, 200 best eval_loss, 400 last; 300 retired.
+  EXPECT_THAT(steps, ::testing::ElementsAre(100, 200, 400));
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      state_->DeleteCheckpoint(j.name() + "/checkpoints/100")));
+  EXPECT_TRUE(absl::IsNotFound(
+      state_->GetCheckpoint(j.name() + "/checkpoints/300").status()));
+}
+
 }  // namespace
 }  // namespace gemma
