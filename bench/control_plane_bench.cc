@@ -5,6 +5,7 @@
 //  3. submit-to-running latency on an idle cluster: a real gemma-coordinator
 //     and gemma-worker on loopback, submit over gRPC, watch until RUNNING.
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include "coordinator/control.h"
 #include "gemma/v1/jobs.grpc.pb.h"
 #include "tests/integration/cluster_fixture.h"
+#include "tests/integration/subprocess.h"
 
 namespace gemma {
 namespace {
@@ -118,6 +120,23 @@ SchedulerNumbers SchedulerBench(const std::string& dir, int jobs, int workers) {
   return n;
 }
 
+// Seconds from exec of gemma-coordinator on `dir` to its port file (store
+// reloaded, gRPC serving).
+double ProcessRestartBench(const std::string& dir) {
+  const std::string port_file = dir + ".port";
+  (void)std::remove(port_file.c_str());
+  const absl::Time t0 = absl::Now();
+  testing::Subprocess coordinator(
+      {testing::BinPath("gemma-coordinator"), "--listen", "127.0.0.1:0",
+       "--data-dir", dir, "--port-file", port_file},
+      dir + ".log");
+  const bool up = testing::WaitFor(
+      [&] { return !testing::ReadFile(port_file).empty(); }, absl::Seconds(60));
+  const double secs = Secs(absl::Now() - t0);
+  coordinator.Stop(SIGTERM);
+  return up ? secs : -1;
+}
+
 std::vector<double> LatencyBench(int runs) {
   testing::LocalCluster cluster;
   std::vector<double> ms;
@@ -210,6 +229,9 @@ int main(int argc, char** argv) {
              workers, n.drain_jobs_per_s)
       << absl::StrFormat("restart with %d finished jobs:         %10.3f s\n",
                          jobs, n.recover_finished_s);
+  std::cout << absl::StrFormat(
+      "coordinator process restart to serving, %d jobs:  %.3f s\n", jobs,
+      gemma::ProcessRestartBench(dir));
   if (runs > 0) {
     auto ms = gemma::LatencyBench(static_cast<int>(runs));
     if (!ms.empty()) {
