@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "gemma/v1/cluster.grpc.pb.h"
@@ -429,6 +430,32 @@ TEST_F(ControlPlaneTest, RankWithoutProgressPastItsStepTimeoutIsHung) {
       },
       absl::Seconds(10)))
       << Logs();
+}
+
+TEST_F(ControlPlaneTest, RetriedAttemptWaitsForANewlyAttachedWorker) {
+  Start(2);
+  const std::string j = Submit(Recipe(1, 2, 40, 50, /*max_restarts=*/1));
+  ASSERT_TRUE(WaitState(j, "RUNNING")) << Logs();
+  cluster_.worker(1).Stop(SIGKILL);
+  // One worker left: the retry waits and says why.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Get(j)
+                   .value("waiting_reason", "")
+                   .find("only 1 such worker attached") != std::string::npos;
+      },
+      absl::Seconds(30)))
+      << Get(j).dump(2) << Logs();
+  cluster_.StartWorker();
+  ASSERT_TRUE(WaitState(j, "SUCCEEDED")) << Logs();
+  json jj = Get(j);
+  ASSERT_EQ(jj["attempts"].size(), 2u);
+  EXPECT_EQ(jj["attempts"][0]["failure"]["reason"],
+            "FAILURE_REASON_WORKER_LOST");
+  std::set<std::string> second;
+  for (const auto& r : jj["attempts"][1]["ranks"])
+    second.insert(r["worker"].get<std::string>());
+  EXPECT_TRUE(second.count("workers/w-00003")) << jj.dump(2);
 }
 
 }  // namespace
