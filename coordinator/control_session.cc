@@ -33,14 +33,15 @@ absl::StatusOr<std::string> ControlState::Register(
   std::string name = reg.worker().name();
   Txn txn;
   if (!name.empty()) {
+    if (name.rfind("workers/", 0) != 0 || name.size() > 200) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("register.worker.name: '", name.substr(0, 200),
+                       "' is not workers/{worker}"));
+    }
     auto it = workers_.find(name);
     if (it != workers_.end() && it->second.session != session) {
       // Its old stream has not ended yet on our side: that session is gone.
       WorkerLost(name, "re-attached on a new session", now, txn, fx);
-    }
-    if (name.rfind("workers/", 0) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "register.worker.name: '", name, "' is not workers/{worker}"));
     }
   } else {
     name = absl::StrFormat("workers/w-%05d", ++worker_seq_);

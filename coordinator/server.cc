@@ -370,6 +370,12 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
                             "worker sent Register twice on one session");
       }
       // Progress and logs go to the job's actor, the rest to the Scheduler.
+      // (A job name that is not jobs/{job} is ignored.)
+      if ((msg.has_log() && msg.log().rank().job().rfind("jobs/", 0) != 0) ||
+          (msg.has_progress() &&
+           msg.progress().rank().job().rfind("jobs/", 0) != 0)) {
+        continue;
+      }
       if (msg.has_log()) {
         JobActorFor(msg.log().rank().job())
             ->OnLog(std::move(*msg.mutable_log()->mutable_rank()),
