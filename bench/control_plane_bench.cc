@@ -5,6 +5,7 @@
 //  3. submit-to-running latency on an idle cluster: a real gemma-coordinator
 //     and gemma-worker on loopback, submit over gRPC, watch until RUNNING.
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include "coordinator/control.h"
 #include "gemma/v1/jobs.grpc.pb.h"
 #include "tests/integration/cluster_fixture.h"
+#include "tests/integration/subprocess.h"
 
 namespace gemma {
 namespace {
@@ -38,8 +40,8 @@ v1::SubmitJobRequest DiagnoseRequest(int steps, int sleep_ms) {
 double Secs(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 struct SchedulerNumbers {
-  double submit_per_s = 0, drain_jobs_per_s = 0, recover_queued_s = 0, first_pass_s = 0,
-         recover_finished_s = 0;
+  double submit_per_s = 0, drain_jobs_per_s = 0, recover_queued_s = 0,
+         first_pass_s = 0, recover_finished_s = 0;
 };
 
 SchedulerNumbers SchedulerBench(const std::string& dir, int jobs, int workers) {
@@ -58,7 +60,8 @@ SchedulerNumbers SchedulerBench(const std::string& dir, int jobs, int workers) {
     (void)st.Recover(now);
     Effects fx;
     const absl::Time t0 = absl::Now();
-    for (int i = 0; i < jobs; ++i) (void)st.Submit(DiagnoseRequest(1, 0), now, &fx);
+    for (int i = 0; i < jobs; ++i)
+      (void)st.Submit(DiagnoseRequest(1, 0), now, &fx);
     n.submit_per_s = jobs / Secs(absl::Now() - t0);
   }
   auto store = Store::Open(dir);
@@ -107,13 +110,31 @@ SchedulerNumbers SchedulerBench(const std::string& dir, int jobs, int workers) {
     }
   }
   n.drain_jobs_per_s = done / Secs(absl::Now() - d0);
-  if (done != jobs) std::cerr << "warning: drained " << done << " of " << jobs << " jobs\n";
+  if (done != jobs)
+    std::cerr << "warning: drained " << done << " of " << jobs << " jobs\n";
   st.reset();
   const absl::Time f0 = absl::Now();
   ControlState again(store->get(), o);
   (void)again.Recover(now);
   n.recover_finished_s = Secs(absl::Now() - f0);
   return n;
+}
+
+// Seconds from exec of gemma-coordinator on `dir` to its port file (store
+// reloaded, gRPC serving).
+double ProcessRestartBench(const std::string& dir) {
+  const std::string port_file = dir + ".port";
+  (void)std::remove(port_file.c_str());
+  const absl::Time t0 = absl::Now();
+  testing::Subprocess coordinator(
+      {testing::BinPath("gemma-coordinator"), "--listen", "127.0.0.1:0",
+       "--data-dir", dir, "--port-file", port_file},
+      dir + ".log");
+  const bool up = testing::WaitFor(
+      [&] { return !testing::ReadFile(port_file).empty(); }, absl::Seconds(60));
+  const double secs = Secs(absl::Now() - t0);
+  coordinator.Stop(SIGTERM);
+  return up ? secs : -1;
 }
 
 std::vector<double> LatencyBench(int runs) {
@@ -124,14 +145,15 @@ std::vector<double> LatencyBench(int runs) {
     return ms;
   }
   cluster.StartWorker();
-  auto stub = v1::JobService::NewStub(
-      grpc::CreateChannel(cluster.address(), grpc::InsecureChannelCredentials()));
+  auto stub = v1::JobService::NewStub(grpc::CreateChannel(
+      cluster.address(), grpc::InsecureChannelCredentials()));
   std::string out;
-  if (!testing::WaitFor([&] {
-        return cluster.Ctl({"status"}, &out) == 0 &&
-               out.find("workers: 1 attached, 1 free") != std::string::npos;
-      },
-      absl::Seconds(60))) {
+  if (!testing::WaitFor(
+          [&] {
+            return cluster.Ctl({"status"}, &out) == 0 &&
+                   out.find("workers: 1 attached, 1 free") != std::string::npos;
+          },
+          absl::Seconds(60))) {
     std::cerr << "worker did not attach\n";
     return ms;
   }
@@ -167,14 +189,17 @@ std::vector<double> LatencyBench(int runs) {
 int main(int argc, char** argv) {
   int64_t jobs = 10000, workers = 100, runs = 20;
   std::string dir = "/tmp/gemma-control-plane-bench";
-  gemma::FlagSet flags("control_plane_bench",
-                       "Measures the control plane: scheduler throughput, restart time and\n"
-                       "submit-to-running latency.");
+  gemma::FlagSet flags(
+      "control_plane_bench",
+      "Measures the control plane: scheduler throughput, restart time and\n"
+      "submit-to-running latency.");
   flags.Int("jobs", &jobs, "jobs queued for the scheduler and restart numbers");
   flags.Int("workers", &workers, "simulated workers");
   flags.Int("latency-runs", &runs, "submits for the latency number (0: skip)");
   flags.String("dir", &dir, "scratch folder for the store (wiped first)");
-  flags.Epilog("Examples:\n  control_plane_bench\n  control_plane_bench --jobs 1000 --latency-runs 0");
+  flags.Epilog(
+      "Examples:\n  control_plane_bench\n  control_plane_bench --jobs 1000 "
+      "--latency-runs 0");
   absl::Status st = flags.Parse(argc, argv);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
@@ -184,22 +209,36 @@ int main(int argc, char** argv) {
     std::cerr << st.message() << "\n";
     return 2;
   }
-  if (std::getenv("GEMMA_BIN_DIR") == nullptr) setenv("GEMMA_BIN_DIR", GEMMA_BINARY_DIR "/bin", 1);
+  if (std::getenv("GEMMA_BIN_DIR") == nullptr)
+    setenv("GEMMA_BIN_DIR", GEMMA_BINARY_DIR "/bin", 1);
   (void)std::system(("rm -rf '" + dir + "'").c_str());
   gemma::SetLogTag("bench");
   setenv("GEMMA_LOG_LEVEL", "WARNING", 1);
-  const auto n = gemma::SchedulerBench(dir, static_cast<int>(jobs), static_cast<int>(workers));
-  std::cout << absl::StrFormat("submit (synced write each):              %10.0f jobs/s\n", n.submit_per_s)
-            << absl::StrFormat("restart with %d queued jobs:           %10.3f s\n", jobs, n.recover_queued_s)
-            << absl::StrFormat("first scheduling pass (%d queued):     %10.3f s\n", jobs, n.first_pass_s)
-            << absl::StrFormat("drain through %d workers:                %10.0f jobs/s\n", workers, n.drain_jobs_per_s)
-            << absl::StrFormat("restart with %d finished jobs:         %10.3f s\n", jobs, n.recover_finished_s);
+  const auto n = gemma::SchedulerBench(dir, static_cast<int>(jobs),
+                                       static_cast<int>(workers));
+  std::cout
+      << absl::StrFormat(
+             "submit (synced write each):              %10.0f jobs/s\n",
+             n.submit_per_s)
+      << absl::StrFormat("restart with %d queued jobs:           %10.3f s\n",
+                         jobs, n.recover_queued_s)
+      << absl::StrFormat("first scheduling pass (%d queued):     %10.3f s\n",
+                         jobs, n.first_pass_s)
+      << absl::StrFormat(
+             "drain through %d workers:                %10.0f jobs/s\n",
+             workers, n.drain_jobs_per_s)
+      << absl::StrFormat("restart with %d finished jobs:         %10.3f s\n",
+                         jobs, n.recover_finished_s);
+  std::cout << absl::StrFormat(
+      "coordinator process restart to serving, %d jobs:  %.3f s\n", jobs,
+      gemma::ProcessRestartBench(dir));
   if (runs > 0) {
     auto ms = gemma::LatencyBench(static_cast<int>(runs));
     if (!ms.empty()) {
       std::sort(ms.begin(), ms.end());
       std::cout << absl::StrFormat(
-          "submit-to-running, idle cluster (%d runs): median %.1f ms, p90 %.1f ms, max %.1f ms\n",
+          "submit-to-running, idle cluster (%d runs): median %.1f ms, p90 %.1f "
+          "ms, max %.1f ms\n",
           ms.size(), ms[ms.size() / 2], ms[ms.size() * 9 / 10], ms.back());
     }
   }

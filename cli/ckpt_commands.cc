@@ -13,31 +13,40 @@ namespace v1 = ::gemma::v1;
 
 std::string StateOf(const v1::Checkpoint& c) {
   switch (c.state()) {
-    case v1::CHECKPOINT_STATE_WRITING: return "WRITING";
-    case v1::CHECKPOINT_STATE_COMMITTED: return "COMMITTED";
-    case v1::CHECKPOINT_STATE_DELETING: return "DELETING";
-    default: return "-";
+    case v1::CHECKPOINT_STATE_WRITING:
+      return "WRITING";
+    case v1::CHECKPOINT_STATE_COMMITTED:
+      return "COMMITTED";
+    case v1::CHECKPOINT_STATE_DELETING:
+      return "DELETING";
+    default:
+      return "-";
   }
 }
 
 void PrintTable(const std::vector<v1::Checkpoint>& cs) {
-  std::cout << std::left << std::setw(36) << "NAME" << std::setw(11) << "STATE" << std::setw(8)
-            << "PINNED" << std::setw(8) << "RANKS" << std::setw(12) << "BYTES" << "PATH\n";
+  std::cout << std::left << std::setw(36) << "NAME" << std::setw(11) << "STATE"
+            << std::setw(8) << "PINNED" << std::setw(8) << "RANKS"
+            << std::setw(12) << "BYTES"
+            << "PATH\n";
   for (const auto& c : cs) {
-    std::cout << std::left << std::setw(36) << c.name() << std::setw(11) << StateOf(c)
-              << std::setw(8) << (c.pinned() ? "yes" : "no") << std::setw(8)
-              << absl::StrCat(c.ranks_reported(), "/", c.world()) << std::setw(12) << c.bytes()
-              << c.path() << "\n";
+    std::cout << std::left << std::setw(36) << c.name() << std::setw(11)
+              << StateOf(c) << std::setw(8) << (c.pinned() ? "yes" : "no")
+              << std::setw(8)
+              << absl::StrCat(c.ranks_reported(), "/", c.world())
+              << std::setw(12) << c.bytes() << c.path() << "\n";
   }
 }
 
 int Ckpt(int argc, char** argv) {
   CommonFlags common;
   FlagSet flags("gemmactl ckpt",
-                "Checkpoints in the catalog: ckpt list [JOB] | get NAME | pin NAME | unpin NAME "
+                "Checkpoints in the catalog: ckpt list [JOB] | get NAME | pin "
+                "NAME | unpin NAME "
                 "| rm NAME\n(NAME is jobs/{job}/checkpoints/{step}).");
   common.Register(flags);
-  flags.Positional("ACTION [ARG]", "list [JOB], get NAME, pin NAME, unpin NAME, rm NAME");
+  flags.Positional("ACTION [ARG]",
+                   "list [JOB], get NAME, pin NAME, unpin NAME, rm NAME");
   flags.Epilog(
       "Examples:\n"
       "  gemmactl ckpt list j-000001\n"
@@ -46,7 +55,8 @@ int Ckpt(int argc, char** argv) {
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   const auto& pos = flags.positional();
   if (pos.empty()) {
-    std::cerr << "gemmactl ckpt: expected an action: list, get, pin, unpin or rm\n";
+    std::cerr
+        << "gemmactl ckpt: expected an action: list, get, pin, unpin or rm\n";
     return 2;
   }
   const std::string& action = pos[0];

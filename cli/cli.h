@@ -3,13 +3,13 @@
 #ifndef GEMMA_CLI_CLI_H_
 #define GEMMA_CLI_CLI_H_
 
+#include <google/protobuf/message.h>
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <google/protobuf/message.h>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
 #include "common/flags.h"
@@ -29,7 +29,8 @@ struct CommonFlags {
   void SetDeadline(grpc::ClientContext& ctx) const;
 };
 
-// Exit codes: 0 ok, 1 the operation failed, 2 bad usage, 3 coordinator unreachable.
+// Exit codes: 0 ok, 1 the operation failed, 2 bad usage, 3 coordinator
+// unreachable.
 int ReportRpcError(const std::string& what, const grpc::Status& status,
                    const CommonFlags& common);
 

@@ -16,7 +16,8 @@ namespace v1 = ::gemma::v1;
 
 int Workers(int argc, char** argv) {
   CommonFlags common;
-  FlagSet flags("gemmactl workers", "List the workers attached to the coordinator.");
+  FlagSet flags("gemmactl workers",
+                "List the workers attached to the coordinator.");
   common.Register(flags);
   flags.Epilog("Example:\n  gemmactl workers -o json");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
@@ -31,20 +32,26 @@ int Workers(int argc, char** argv) {
     return 0;
   }
   const int64_t now = absl::ToUnixSeconds(absl::Now());
-  std::cout << std::left << std::setw(18) << "NAME" << std::setw(20) << "HOST" << std::setw(10)
-            << "DEVICE" << std::setw(8) << "PID" << std::setw(10) << "SLURM" << std::setw(12)
-            << "HEARTBEAT" << "RUNNING\n";
+  std::cout << std::left << std::setw(18) << "NAME" << std::setw(20) << "HOST"
+            << std::setw(10) << "DEVICE" << std::setw(8) << "PID"
+            << std::setw(10) << "SLURM" << std::setw(12) << "HEARTBEAT"
+            << "RUNNING\n";
   for (const auto& w : resp.workers()) {
     const std::string dev = w.device_kind() == "cuda"
                                 ? absl::StrCat("cuda:", w.device_index())
                                 : absl::StrCat("cpu x", w.cpu_slots());
-    const std::string hb = w.last_heartbeat_unix() > 0
-                               ? absl::StrCat(now - w.last_heartbeat_unix(), "s ago")
-                               : "-";
-    std::cout << std::left << std::setw(18) << w.name() << std::setw(20) << w.host()
-              << std::setw(10) << dev << std::setw(8) << w.pid() << std::setw(10)
-              << (w.slurm_job_id().empty() ? "-" : w.slurm_job_id()) << std::setw(12) << hb
-              << (w.job().empty() ? "-" : absl::StrCat(w.job(), " rank ", w.rank())) << "\n";
+    const std::string hb =
+        w.last_heartbeat_unix() > 0
+            ? absl::StrCat(now - w.last_heartbeat_unix(), "s ago")
+            : "-";
+    std::cout << std::left << std::setw(18) << w.name() << std::setw(20)
+              << w.host() << std::setw(10) << dev << std::setw(8) << w.pid()
+              << std::setw(10)
+              << (w.slurm_job_id().empty() ? "-" : w.slurm_job_id())
+              << std::setw(12) << hb
+              << (w.job().empty() ? "-"
+                                  : absl::StrCat(w.job(), " rank ", w.rank()))
+              << "\n";
   }
   return 0;
 }
@@ -56,17 +63,22 @@ void PrintStatus(const v1::ClusterStatus& resp, const CommonFlags& common) {
     return;
   }
   std::cout << "coordinator " << common.coordinator << " (version "
-            << resp.coordinator_version() << ", up " << resp.uptime_seconds() << "s"
-            << (resp.in_grace_period() ? ", waiting for workers to re-attach" : "") << ")\n"
-            << "workers: " << resp.workers_total() << " attached, " << resp.workers_free()
-            << " free, " << resp.workers_busy() << " busy\n"
-            << "gpu: " << resp.gpu_free() << " free, " << resp.gpu_used() << " used; cpu: "
-            << resp.cpu_free() << " free, " << resp.cpu_used() << " used\n"
-            << "jobs: " << resp.jobs_running() << " running, " << resp.jobs_queued()
-            << " queued\n";
+            << resp.coordinator_version() << ", up " << resp.uptime_seconds()
+            << "s"
+            << (resp.in_grace_period() ? ", waiting for workers to re-attach"
+                                       : "")
+            << ")\n"
+            << "workers: " << resp.workers_total() << " attached, "
+            << resp.workers_free() << " free, " << resp.workers_busy()
+            << " busy\n"
+            << "gpu: " << resp.gpu_free() << " free, " << resp.gpu_used()
+            << " used; cpu: " << resp.cpu_free() << " free, " << resp.cpu_used()
+            << " used\n"
+            << "jobs: " << resp.jobs_running() << " running, "
+            << resp.jobs_queued() << " queued\n";
   for (const auto& q : resp.queued()) {
-    std::cout << "  " << q.job() << " (" << q.world() << " ranks) waits: " << q.waiting_reason()
-              << "\n";
+    std::cout << "  " << q.job() << " (" << q.world()
+              << " ranks) waits: " << q.waiting_reason() << "\n";
   }
   std::cout.flush();
 }
@@ -75,12 +87,16 @@ int Status(int argc, char** argv) {
   CommonFlags common;
   bool watch = false;
   FlagSet flags("gemmactl status",
-                "Show the cluster's capacity (free/used), queued jobs and why they wait, and the\n"
+                "Show the cluster's capacity (free/used), queued jobs and why "
+                "they wait, and the\n"
                 "coordinator's health.");
   common.Register(flags);
-  flags.Bool("watch", &watch, "print the status again after every change (Ctrl-C to stop)")
+  flags
+      .Bool("watch", &watch,
+            "print the status again after every change (Ctrl-C to stop)")
       .Short('w');
-  flags.Epilog("Examples:\n  gemmactl status\n  gemmactl status --watch -o json");
+  flags.Epilog(
+      "Examples:\n  gemmactl status\n  gemmactl status --watch -o json");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   auto stub = v1::ClusterService::NewStub(common.Channel());
   if (watch) {
@@ -98,7 +114,8 @@ int Status(int argc, char** argv) {
   grpc::ClientContext ctx;
   common.SetDeadline(ctx);
   v1::ClusterStatus resp;
-  grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
+  grpc::Status s =
+      stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &resp);
   if (!s.ok()) return ReportRpcError("cluster status", s, common);
   PrintStatus(resp, common);
   return 0;

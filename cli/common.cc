@@ -10,7 +10,9 @@ void CommonFlags::Register(FlagSet& flags) {
   flags.String("coordinator", &coordinator, "the coordinator's gRPC address")
       .Meta("HOST:PORT")
       .Env("GEMMA_COORDINATOR");
-  flags.String("output", &output, "output format: table or json").Short('o').Meta("FORMAT");
+  flags.String("output", &output, "output format: table or json")
+      .Short('o')
+      .Meta("FORMAT");
   flags.Int("timeout-ms", &timeout_ms, "deadline of each call");
 }
 
@@ -19,13 +21,15 @@ std::shared_ptr<grpc::Channel> CommonFlags::Channel() const {
 }
 
 void CommonFlags::SetDeadline(grpc::ClientContext& ctx) const {
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(timeout_ms));
 }
 
 int ReportRpcError(const std::string& what, const grpc::Status& status,
                    const CommonFlags& common) {
-  const bool unreachable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                           status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+  const bool unreachable =
+      status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
   std::cerr << "gemmactl: " << what << ": " << status.error_message();
   if (unreachable) {
     std::cerr << " (is gemma-coordinator running at " << common.coordinator
@@ -46,7 +50,8 @@ int ParseOrExit(FlagSet& flags, int argc, char** argv, CommonFlags& common) {
     return 2;
   }
   if (common.output != "table" && common.output != "json") {
-    std::cerr << "gemmactl: --output must be table or json, not '" << common.output << "'\n";
+    std::cerr << "gemmactl: --output must be table or json, not '"
+              << common.output << "'\n";
     return 2;
   }
   return -1;

@@ -37,7 +37,8 @@ std::string Age(int64_t unix_ms) {
 
 std::string ProgressText(const v1::Job& j) {
   if (!j.has_progress() || j.progress().total_steps() == 0) return "";
-  std::string s = absl::StrCat("step ", j.progress().step(), "/", j.progress().total_steps());
+  std::string s = absl::StrCat("step ", j.progress().step(), "/",
+                               j.progress().total_steps());
   for (const auto& [k, v] : j.progress().metrics()) {
     if (k == "loss" || k == "gflops" || k == "tokens_per_s") {
       absl::StrAppend(&s, " ", k, "=", absl::StrFormat("%.3g", v));
@@ -52,13 +53,15 @@ int ExitCodeFor(v1::JobState st) {
 }
 
 void PrintEvent(const v1::JobEvent& ev) {
-  const std::string when = absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(ev.time_unix_ms()),
-                                            absl::LocalTimeZone());
+  const std::string when =
+      absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(ev.time_unix_ms()),
+                       absl::LocalTimeZone());
   if (ev.type() == v1::EVENT_TYPE_PROGRESS) {
-    std::cout << when << " " << ev.job().name() << " " << ProgressText(ev.job()) << "\n";
+    std::cout << when << " " << ev.job().name() << " " << ProgressText(ev.job())
+              << "\n";
   } else {
-    std::cout << when << " " << ev.job().name() << " " << StateName(ev.job().state()) << ": "
-              << ev.message() << "\n";
+    std::cout << when << " " << ev.job().name() << " "
+              << StateName(ev.job().state()) << ": " << ev.message() << "\n";
   }
   std::cout.flush();
 }
@@ -105,7 +108,8 @@ int Follow(const CommonFlags& common, const std::string& name, bool progress) {
       return ExitCodeFor(last_state);
     }
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE ||
-        absl::Now() - last_ok > absl::Milliseconds(std::max<int64_t>(common.timeout_ms, 30000))) {
+        absl::Now() - last_ok >
+            absl::Milliseconds(std::max<int64_t>(common.timeout_ms, 30000))) {
       return ReportRpcError("watch " + name, s, common);
     }
     absl::SleepFor(absl::Milliseconds(250));  // coordinator restarting: resume
@@ -118,19 +122,28 @@ int Submit(int argc, char** argv) {
   std::vector<std::string> sets;
   bool follow = false;
   bool dry_run = false;
-  FlagSet flags("gemmactl submit", "Submit a job from a YAML recipe (a JobSpec).");
+  FlagSet flags("gemmactl submit",
+                "Submit a job from a YAML recipe (a JobSpec).");
   common.Register(flags);
   flags.String("file", &file, "the recipe").Short('f').Meta("FILE.yaml");
-  flags.Repeated("set", &sets, "override a recipe key, e.g. --set parallel.dp=2").Meta("KEY=VALUE");
-  flags.Bool("follow", &follow, "stream the job's events until it ends; exit 0 only on SUCCEEDED");
+  flags
+      .Repeated("set", &sets, "override a recipe key, e.g. --set parallel.dp=2")
+      .Meta("KEY=VALUE");
+  flags.Bool("follow", &follow,
+             "stream the job's events until it ends; exit 0 only on SUCCEEDED");
   flags.String("request-id", &request_id,
-               "idempotency key: a retry with the same id returns the same job (default: random)");
-  flags.String("job-id", &job_id, "choose the job's id (jobs/ID); default: assigned");
-  flags.Bool("dry-run", &dry_run, "parse and check the recipe, print the JobSpec as JSON, send nothing");
+               "idempotency key: a retry with the same id returns the same job "
+               "(default: random)");
+  flags.String("job-id", &job_id,
+               "choose the job's id (jobs/ID); default: assigned");
+  flags.Bool(
+      "dry-run", &dry_run,
+      "parse and check the recipe, print the JobSpec as JSON, send nothing");
   flags.Epilog(
       "Examples:\n"
       "  gemmactl submit -f jobs/recipes/diagnose.yaml\n"
-      "  gemmactl submit -f jobs/recipes/diagnose.yaml --set parallel.dp=4 --follow");
+      "  gemmactl submit -f jobs/recipes/diagnose.yaml --set parallel.dp=4 "
+      "--follow");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   if (file.empty()) {
     std::cerr << "gemmactl submit: --file is required\n";
@@ -177,10 +190,13 @@ int Submit(int argc, char** argv) {
 
 int Get(int argc, char** argv) {
   CommonFlags common;
-  FlagSet flags("gemmactl get", "Show one job: state, progress, why it waits, its attempts.");
+  FlagSet flags("gemmactl get",
+                "Show one job: state, progress, why it waits, its attempts.");
   common.Register(flags);
   flags.Positional("JOB", "jobs/ID or ID");
-  flags.Epilog("Examples:\n  gemmactl get j-000001\n  gemmactl get jobs/j-000001 -o json");
+  flags.Epilog(
+      "Examples:\n  gemmactl get j-000001\n  gemmactl get jobs/j-000001 -o "
+      "json");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   if (flags.positional().size() != 1) {
     std::cerr << "gemmactl get: expected one JOB\n";
@@ -201,32 +217,43 @@ int Get(int argc, char** argv) {
   std::cout << "name:      " << j.name() << "\n"
             << "kind:      " << KindName(j.spec().kind()) << "\n"
             << "state:     " << StateName(j.state()) << "\n"
-            << "layout:    tp=" << j.spec().parallel().tp() << " ep=" << j.spec().parallel().ep()
-            << " dp=" << j.spec().parallel().dp() << " (" << WorldSize(j.spec()) << " "
-            << DeviceName(j.spec().resources().device()) << " ranks)\n"
+            << "layout:    tp=" << j.spec().parallel().tp()
+            << " ep=" << j.spec().parallel().ep()
+            << " dp=" << j.spec().parallel().dp() << " (" << WorldSize(j.spec())
+            << " " << DeviceName(j.spec().resources().device()) << " ranks)\n"
             << "created:   " << Age(j.create_time_unix_ms()) << " ago\n"
             << "attempts:  " << j.attempt_count() << " (max restarts "
             << j.spec().restart().max_restarts() << ")\n";
-  if (!j.waiting_reason().empty()) std::cout << "waiting:   " << j.waiting_reason() << "\n";
+  if (!j.waiting_reason().empty())
+    std::cout << "waiting:   " << j.waiting_reason() << "\n";
   if (j.state() == v1::JOB_STATE_RECOVERING) {
     std::cout << "next:      attempt in "
-              << std::max<int64_t>(0, j.not_before_unix_ms() - absl::ToUnixMillis(absl::Now()))
+              << std::max<int64_t>(0, j.not_before_unix_ms() -
+                                          absl::ToUnixMillis(absl::Now()))
               << " ms\n";
   }
-  if (j.has_failure() && j.failure().reason() != v1::FAILURE_REASON_UNSPECIFIED) {
-    std::cout << "failure:   " << ReasonName(j.failure().reason()) << ": " << j.failure().message()
-              << "\n";
+  if (j.has_failure() &&
+      j.failure().reason() != v1::FAILURE_REASON_UNSPECIFIED) {
+    std::cout << "failure:   " << ReasonName(j.failure().reason()) << ": "
+              << j.failure().message() << "\n";
   }
-  if (const std::string p = ProgressText(j); !p.empty()) std::cout << "progress:  " << p << "\n";
+  if (const std::string p = ProgressText(j); !p.empty())
+    std::cout << "progress:  " << p << "\n";
   for (const auto& a : j.attempts()) {
-    std::cout << "attempt " << a.number() << " (epoch " << a.epoch() << "): " << StateName(a.state());
-    if (a.has_failure() && a.failure().reason() != v1::FAILURE_REASON_UNSPECIFIED) {
-      std::cout << " " << ReasonName(a.failure().reason()) << ": " << a.failure().message();
+    std::cout << "attempt " << a.number() << " (epoch " << a.epoch()
+              << "): " << StateName(a.state());
+    if (a.has_failure() &&
+        a.failure().reason() != v1::FAILURE_REASON_UNSPECIFIED) {
+      std::cout << " " << ReasonName(a.failure().reason()) << ": "
+                << a.failure().message();
     }
     std::cout << "\n";
     for (const auto& r : a.ranks()) {
-      std::cout << "  rank " << r.rank() << " on " << r.worker() << ": step " << r.step() << "/"
-                << r.total_steps() << (r.finished() ? " finished" : r.started() ? " running" : "")
+      std::cout << "  rank " << r.rank() << " on " << r.worker() << ": step "
+                << r.step() << "/" << r.total_steps()
+                << (r.finished()  ? " finished"
+                    : r.started() ? " running"
+                                  : "")
                 << "\n";
     }
   }
@@ -241,11 +268,14 @@ int List(int argc, char** argv) {
   bool all_pages = true;
   FlagSet flags("gemmactl list", "List jobs, oldest first.");
   common.Register(flags);
-  flags.Repeated("state", &states, "only jobs in this state (repeatable): queued, running, ...");
+  flags.Repeated("state", &states,
+                 "only jobs in this state (repeatable): queued, running, ...");
   flags.Int("page-size", &page_size, "jobs per call (0: server default)");
   flags.String("page-token", &page_token, "resume from a previous page");
   flags.Bool("all", &all_pages, "fetch every page (--all=false: one page)");
-  flags.Epilog("Examples:\n  gemmactl list\n  gemmactl list --state queued --state running -o json");
+  flags.Epilog(
+      "Examples:\n  gemmactl list\n  gemmactl list --state queued --state "
+      "running -o json");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   v1::ListJobsRequest req;
   for (const auto& st : states) {
@@ -276,25 +306,30 @@ int List(int argc, char** argv) {
     std::cout << ToJson(all) << "\n";
     return 0;
   }
-  std::cout << std::left << std::setw(22) << "NAME" << std::setw(12) << "STATE" << std::setw(10)
-            << "KIND" << std::setw(7) << "RANKS" << std::setw(9) << "ATTEMPT" << std::setw(6)
-            << "AGE" << "INFO\n";
+  std::cout << std::left << std::setw(22) << "NAME" << std::setw(12) << "STATE"
+            << std::setw(10) << "KIND" << std::setw(7) << "RANKS"
+            << std::setw(9) << "ATTEMPT" << std::setw(6) << "AGE"
+            << "INFO\n";
   for (const auto& j : all.jobs()) {
     std::string info = j.waiting_reason();
     if (info.empty()) info = ProgressText(j);
-    if (info.empty() && j.state() == v1::JOB_STATE_FAILED) info = j.failure().message();
-    std::cout << std::left << std::setw(22) << j.name() << std::setw(12) << StateName(j.state())
-              << std::setw(10) << KindName(j.spec().kind()) << std::setw(7) << WorldSize(j.spec())
-              << std::setw(9) << j.attempt_count() << std::setw(6) << Age(j.create_time_unix_ms())
-              << info << "\n";
+    if (info.empty() && j.state() == v1::JOB_STATE_FAILED)
+      info = j.failure().message();
+    std::cout << std::left << std::setw(22) << j.name() << std::setw(12)
+              << StateName(j.state()) << std::setw(10)
+              << KindName(j.spec().kind()) << std::setw(7)
+              << WorldSize(j.spec()) << std::setw(9) << j.attempt_count()
+              << std::setw(6) << Age(j.create_time_unix_ms()) << info << "\n";
   }
-  if (!all.next_page_token().empty()) std::cout << "next page: --page-token " << all.next_page_token() << "\n";
+  if (!all.next_page_token().empty())
+    std::cout << "next page: --page-token " << all.next_page_token() << "\n";
   return 0;
 }
 
 int Cancel(int argc, char** argv) {
   CommonFlags common;
-  FlagSet flags("gemmactl cancel", "Cancel a job: queued ones end now, running ones stop.");
+  FlagSet flags("gemmactl cancel",
+                "Cancel a job: queued ones end now, running ones stop.");
   common.Register(flags);
   flags.Positional("JOB", "jobs/ID or ID");
   flags.Epilog("Example:\n  gemmactl cancel j-000001");
@@ -323,12 +358,17 @@ int Logs(int argc, char** argv) {
   CommonFlags common;
   bool follow = false;
   int64_t rank = -1;
-  FlagSet flags("gemmactl logs", "Print a job's log lines (recent ones kept by the coordinator).");
+  FlagSet flags(
+      "gemmactl logs",
+      "Print a job's log lines (recent ones kept by the coordinator).");
   common.Register(flags);
   flags.Positional("JOB", "jobs/ID or ID");
-  flags.Bool("follow", &follow, "keep printing new lines until the job ends").Short('f');
+  flags.Bool("follow", &follow, "keep printing new lines until the job ends")
+      .Short('f');
   flags.Int("rank", &rank, "only this rank (-1: all)");
-  flags.Epilog("Examples:\n  gemmactl logs j-000001\n  gemmactl logs -f j-000001 --rank 0");
+  flags.Epilog(
+      "Examples:\n  gemmactl logs j-000001\n  gemmactl logs -f j-000001 --rank "
+      "0");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   if (flags.positional().size() != 1) {
     std::cerr << "gemmactl logs: expected one JOB\n";
@@ -347,8 +387,8 @@ int Logs(int argc, char** argv) {
     if (common.json()) {
       std::cout << ToJson(line) << "\n";
     } else {
-      std::cout << "[attempt " << line.attempt() << " rank " << line.rank() << "] " << line.text()
-                << "\n";
+      std::cout << "[attempt " << line.attempt() << " rank " << line.rank()
+                << "] " << line.text() << "\n";
     }
     std::cout.flush();
   }
@@ -362,12 +402,15 @@ int Watch(int argc, char** argv) {
   int64_t after = 0;
   bool progress = true;
   FlagSet flags("gemmactl watch",
-                "Stream job events (all jobs, or one until it ends; exit 0 only on SUCCEEDED).");
+                "Stream job events (all jobs, or one until it ends; exit 0 "
+                "only on SUCCEEDED).");
   common.Register(flags);
   flags.Positional("[JOB]", "jobs/ID or ID; none: every job");
-  flags.Int("after-revision", &after, "replay events after this revision first");
+  flags.Int("after-revision", &after,
+            "replay events after this revision first");
   flags.Bool("progress", &progress, "include live progress");
-  flags.Epilog("Examples:\n  gemmactl watch\n  gemmactl watch j-000001 -o json");
+  flags.Epilog(
+      "Examples:\n  gemmactl watch\n  gemmactl watch j-000001 -o json");
   if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
   if (flags.positional().size() == 1) {
     return Follow(common, JobName(flags.positional()[0]), progress);

@@ -22,9 +22,11 @@ class Converter {
  public:
   explicit Converter(std::string source) : source_(std::move(source)) {}
 
-  absl::Status Message(const YAML::Node& node, pb::Message* msg, const std::string& path) {
+  absl::Status Message(const YAML::Node& node, pb::Message* msg,
+                       const std::string& path) {
     if (node.IsNull()) return absl::OkStatus();
-    if (!node.IsMap()) return Err(path.empty() ? "(top level)" : path, "expected a mapping");
+    if (!node.IsMap())
+      return Err(path.empty() ? "(top level)" : path, "expected a mapping");
     const pb::Descriptor* d = msg->GetDescriptor();
     for (const auto& kv : node) {
       std::string key;
@@ -33,12 +35,15 @@ class Converter {
       } catch (const YAML::Exception&) {
         return Err(path, "keys must be strings");
       }
-      const std::string here = path.empty() ? key : absl::StrCat(path, ".", key);
+      const std::string here =
+          path.empty() ? key : absl::StrCat(path, ".", key);
       const pb::FieldDescriptor* f = d->FindFieldByName(key);
       if (f == nullptr) {
         std::vector<std::string> known;
-        for (int i = 0; i < d->field_count(); ++i) known.push_back(d->field(i)->name());
-        return Err(here, absl::StrCat("unknown key (known: ", absl::StrJoin(known, ", "), ")"));
+        for (int i = 0; i < d->field_count(); ++i)
+          known.push_back(d->field(i)->name());
+        return Err(here, absl::StrCat("unknown key (known: ",
+                                      absl::StrJoin(known, ", "), ")"));
       }
       if (absl::Status s = Field(kv.second, msg, f, here); !s.ok()) return s;
     }
@@ -47,22 +52,27 @@ class Converter {
 
  private:
   absl::Status Err(const std::string& path, const std::string& what) const {
-    return absl::InvalidArgumentError(absl::StrCat(source_, ": ", path, ": ", what));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source_, ": ", path, ": ", what));
   }
 
-  absl::Status Field(const YAML::Node& node, pb::Message* msg, const pb::FieldDescriptor* f,
-                     const std::string& path) {
+  absl::Status Field(const YAML::Node& node, pb::Message* msg,
+                     const pb::FieldDescriptor* f, const std::string& path) {
     const pb::Reflection* r = msg->GetReflection();
     if (f->is_map()) {
       if (node.IsNull()) return absl::OkStatus();
       if (!node.IsMap()) return Err(path, "expected a mapping");
       const pb::FieldDescriptor* kf = f->message_type()->FindFieldByName("key");
-      const pb::FieldDescriptor* vf = f->message_type()->FindFieldByName("value");
+      const pb::FieldDescriptor* vf =
+          f->message_type()->FindFieldByName("value");
       for (const auto& kv : node) {
         pb::Message* entry = r->AddMessage(msg, f);
         const std::string k = kv.first.as<std::string>();
-        if (absl::Status s = Scalar(kv.first, entry, kf, path); !s.ok()) return s;
-        if (absl::Status s = Scalar(kv.second, entry, vf, absl::StrCat(path, ".", k)); !s.ok()) {
+        if (absl::Status s = Scalar(kv.first, entry, kf, path); !s.ok())
+          return s;
+        if (absl::Status s =
+                Scalar(kv.second, entry, vf, absl::StrCat(path, ".", k));
+            !s.ok()) {
           return s;
         }
       }
@@ -74,7 +84,9 @@ class Converter {
       for (size_t i = 0; i < node.size(); ++i) {
         const std::string here = absl::StrCat(path, "[", i, "]");
         if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
-          if (absl::Status s = Message(node[i], r->AddMessage(msg, f), here); !s.ok()) return s;
+          if (absl::Status s = Message(node[i], r->AddMessage(msg, f), here);
+              !s.ok())
+            return s;
         } else if (absl::Status s = Scalar(node[i], msg, f, here); !s.ok()) {
           return s;
         }
@@ -88,8 +100,8 @@ class Converter {
   }
 
   // Sets (or adds, for repeated fields) one scalar value.
-  absl::Status Scalar(const YAML::Node& node, pb::Message* msg, const pb::FieldDescriptor* f,
-                      const std::string& path) {
+  absl::Status Scalar(const YAML::Node& node, pb::Message* msg,
+                      const pb::FieldDescriptor* f, const std::string& path) {
     if (!node.IsScalar()) return Err(path, "expected a single value");
     const std::string v = node.Scalar();
     const pb::Reflection* r = msg->GetReflection();
@@ -97,26 +109,30 @@ class Converter {
     switch (f->cpp_type()) {
       case pb::FieldDescriptor::CPPTYPE_INT32: {
         int32_t x;
-        if (!absl::SimpleAtoi(v, &x)) return Err(path, absl::StrCat("expected an integer, got '", v, "'"));
+        if (!absl::SimpleAtoi(v, &x))
+          return Err(path, absl::StrCat("expected an integer, got '", v, "'"));
         rep ? r->AddInt32(msg, f, x) : r->SetInt32(msg, f, x);
         break;
       }
       case pb::FieldDescriptor::CPPTYPE_INT64: {
         int64_t x;
-        if (!absl::SimpleAtoi(v, &x)) return Err(path, absl::StrCat("expected an integer, got '", v, "'"));
+        if (!absl::SimpleAtoi(v, &x))
+          return Err(path, absl::StrCat("expected an integer, got '", v, "'"));
         rep ? r->AddInt64(msg, f, x) : r->SetInt64(msg, f, x);
         break;
       }
       case pb::FieldDescriptor::CPPTYPE_DOUBLE: {
         double x;
-        if (!absl::SimpleAtod(v, &x)) return Err(path, absl::StrCat("expected a number, got '", v, "'"));
+        if (!absl::SimpleAtod(v, &x))
+          return Err(path, absl::StrCat("expected a number, got '", v, "'"));
         rep ? r->AddDouble(msg, f, x) : r->SetDouble(msg, f, x);
         break;
       }
       case pb::FieldDescriptor::CPPTYPE_BOOL: {
         const std::string l = absl::AsciiStrToLower(v);
         if (l != "true" && l != "false") {
-          return Err(path, absl::StrCat("expected true or false, got '", v, "'"));
+          return Err(path,
+                     absl::StrCat("expected true or false, got '", v, "'"));
         }
         rep ? r->AddBool(msg, f, l == "true") : r->SetBool(msg, f, l == "true");
         break;
@@ -131,7 +147,8 @@ class Converter {
           for (int i = 1; i < f->enum_type()->value_count(); ++i) {
             names.push_back(ShortName(f->enum_type()->value(i)));
           }
-          return Err(path, absl::StrCat("'", v, "' is not one of ", absl::StrJoin(names, ", ")));
+          return Err(path, absl::StrCat("'", v, "' is not one of ",
+                                        absl::StrJoin(names, ", ")));
         }
         rep ? r->AddEnum(msg, f, e) : r->SetEnum(msg, f, e);
         break;
@@ -167,7 +184,8 @@ class Converter {
 absl::Status ApplyOverride(YAML::Node root, const std::string& kv) {
   const size_t eq = kv.find('=');
   if (eq == std::string::npos || eq == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--set ", kv, ": expected KEY.PATH=VALUE"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--set ", kv, ": expected KEY.PATH=VALUE"));
   }
   const std::vector<std::string> keys = absl::StrSplit(kv.substr(0, eq), '.');
   YAML::Node value;
@@ -196,19 +214,21 @@ absl::Status ApplyOverride(YAML::Node root, const std::string& kv) {
 
 }  // namespace
 
-absl::StatusOr<gemma::v1::JobSpec> ParseJobSpecYaml(const std::string& text,
-                                                    const std::string& source,
-                                                    const std::vector<std::string>& overrides) {
+absl::StatusOr<gemma::v1::JobSpec> ParseJobSpecYaml(
+    const std::string& text, const std::string& source,
+    const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ":", e.mark.line + 1, ":",
-                                                   e.mark.column + 1, ": ", e.msg));
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
-  if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsDefined() || root.IsNull())
+    root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": expected a mapping of JobSpec keys"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": expected a mapping of JobSpec keys"));
   }
   for (const auto& kv : overrides) {
     if (absl::Status s = ApplyOverride(root, kv); !s.ok()) return s;
@@ -219,10 +239,12 @@ absl::StatusOr<gemma::v1::JobSpec> ParseJobSpecYaml(const std::string& text,
   return spec;
 }
 
-absl::StatusOr<gemma::v1::JobSpec> LoadJobSpecFile(const std::string& path,
-                                                   const std::vector<std::string>& overrides) {
+absl::StatusOr<gemma::v1::JobSpec> LoadJobSpecFile(
+    const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read (missing file?)"));
+  if (!in)
+    return absl::NotFoundError(
+        absl::StrCat(path, ": cannot read (missing file?)"));
   std::stringstream ss;
   ss << in.rdbuf();
   return ParseJobSpecYaml(ss.str(), path, overrides);

@@ -24,13 +24,13 @@ namespace gemma {
 // Parses YAML text; `source` names it in errors (a file name). `overrides` are
 // "a.b.c=value" pairs applied to the YAML tree before conversion (the value
 // is read as YAML, so "3", "true", "[a, b]" keep their types).
-absl::StatusOr<gemma::v1::JobSpec> ParseJobSpecYaml(const std::string& text,
-                                                    const std::string& source,
-                                                    const std::vector<std::string>& overrides = {});
+absl::StatusOr<gemma::v1::JobSpec> ParseJobSpecYaml(
+    const std::string& text, const std::string& source,
+    const std::vector<std::string>& overrides = {});
 
 // Reads `path` and parses it as above. NOT_FOUND when the file is missing.
-absl::StatusOr<gemma::v1::JobSpec> LoadJobSpecFile(const std::string& path,
-                                                   const std::vector<std::string>& overrides = {});
+absl::StatusOr<gemma::v1::JobSpec> LoadJobSpecFile(
+    const std::string& path, const std::vector<std::string>& overrides = {});
 
 }  // namespace gemma
 

@@ -26,7 +26,8 @@ data: {train: /d.jsonl, packing: true}
 optim: {lr: 1e-5}
 labels: {team: vision}
 peft: {target_modules: [q, v]}
-)", "r.yaml");
+)",
+                               "r.yaml");
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->kind(), gemma::v1::JOB_KIND_SFT);
   EXPECT_EQ(spec->priority(), 3);
@@ -43,20 +44,25 @@ peft: {target_modules: [q, v]}
 }
 
 TEST(JobSpecYamlTest, UnknownKeysAreErrorsWithTheirPath) {
-  auto spec = ParseJobSpecYaml("kind: diagnose\nparallel: {tpp: 2}\n", "r.yaml");
+  auto spec =
+      ParseJobSpecYaml("kind: diagnose\nparallel: {tpp: 2}\n", "r.yaml");
   ASSERT_FALSE(spec.ok());
   EXPECT_TRUE(absl::IsInvalidArgument(spec.status()));
-  EXPECT_THAT(Msg(spec.status()), HasSubstr("r.yaml: parallel.tpp: unknown key"));
+  EXPECT_THAT(Msg(spec.status()),
+              HasSubstr("r.yaml: parallel.tpp: unknown key"));
   EXPECT_THAT(Msg(spec.status()), HasSubstr("tp, ep, dp"));
   spec = ParseJobSpecYaml("colour: red\n", "r.yaml");
   EXPECT_THAT(Msg(spec.status()), HasSubstr("r.yaml: colour: unknown key"));
 }
 
 TEST(JobSpecYamlTest, WrongTypesAndEnumsNameTheKey) {
-  auto spec = ParseJobSpecYaml("kind: diagnose\nparallel: {tp: two}\n", "r.yaml");
-  EXPECT_THAT(Msg(spec.status()), HasSubstr("parallel.tp: expected an integer, got 'two'"));
+  auto spec =
+      ParseJobSpecYaml("kind: diagnose\nparallel: {tp: two}\n", "r.yaml");
+  EXPECT_THAT(Msg(spec.status()),
+              HasSubstr("parallel.tp: expected an integer, got 'two'"));
   spec = ParseJobSpecYaml("kind: train\n", "r.yaml");
-  EXPECT_THAT(Msg(spec.status()), HasSubstr("kind: 'train' is not one of convert, sft"));
+  EXPECT_THAT(Msg(spec.status()),
+              HasSubstr("kind: 'train' is not one of convert, sft"));
   spec = ParseJobSpecYaml("kind: diagnose\nparallel: 3\n", "r.yaml");
   EXPECT_THAT(Msg(spec.status()), HasSubstr("parallel: expected a mapping"));
   spec = ParseJobSpecYaml("kind: [diagnose\n", "bad.yaml");
@@ -64,8 +70,9 @@ TEST(JobSpecYamlTest, WrongTypesAndEnumsNameTheKey) {
 }
 
 TEST(JobSpecYamlTest, SetOverridesKeepTypesAndAreCheckedToo) {
-  auto spec = ParseJobSpecYaml("kind: diagnose\nparallel: {tp: 1}\n", "r.yaml",
-                               {"parallel.dp=3", "optim.lr=2e-4", "resources.device=cpu"});
+  auto spec = ParseJobSpecYaml(
+      "kind: diagnose\nparallel: {tp: 1}\n", "r.yaml",
+      {"parallel.dp=3", "optim.lr=2e-4", "resources.device=cpu"});
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->parallel().dp(), 3);
   EXPECT_DOUBLE_EQ(spec->optim().lr(), 2e-4);
@@ -73,23 +80,30 @@ TEST(JobSpecYamlTest, SetOverridesKeepTypesAndAreCheckedToo) {
   spec = ParseJobSpecYaml("kind: diagnose\n", "r.yaml", {"parallel.dpp=3"});
   EXPECT_THAT(Msg(spec.status()), HasSubstr("parallel.dpp: unknown key"));
   spec = ParseJobSpecYaml("kind: diagnose\n", "r.yaml", {"novalue"});
-  EXPECT_THAT(Msg(spec.status()), HasSubstr("--set novalue: expected KEY.PATH=VALUE"));
+  EXPECT_THAT(Msg(spec.status()),
+              HasSubstr("--set novalue: expected KEY.PATH=VALUE"));
 }
 
 TEST(JobSpecYamlTest, ValidationNamesTheField) {
-  auto spec = ParseJobSpecYaml("kind: diagnose\nparallel: {tp: 2, dp: 2, ep: 3}\n", "r.yaml");
+  auto spec = ParseJobSpecYaml(
+      "kind: diagnose\nparallel: {tp: 2, dp: 2, ep: 3}\n", "r.yaml");
   ASSERT_TRUE(spec.ok());
-  EXPECT_THAT(Msg(ValidateJobSpec(*spec)), HasSubstr("spec.parallel.ep: 3 does not divide"));
+  EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
+              HasSubstr("spec.parallel.ep: 3 does not divide"));
   spec = ParseJobSpecYaml("kind: sft\n", "r.yaml");
-  EXPECT_THAT(Msg(ValidateJobSpec(*spec)), HasSubstr("spec.model.path: required for kind sft"));
+  EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
+              HasSubstr("spec.model.path: required for kind sft"));
   spec = ParseJobSpecYaml("parallel: {tp: 1}\n", "r.yaml");
   EXPECT_THAT(Msg(ValidateJobSpec(*spec)), HasSubstr("spec.kind: required"));
-  spec = ParseJobSpecYaml("kind: diagnose\nrestart: {max_restarts: -1}\n", "r.yaml");
-  EXPECT_THAT(Msg(ValidateJobSpec(*spec)), HasSubstr("spec.restart.max_restarts"));
+  spec = ParseJobSpecYaml("kind: diagnose\nrestart: {max_restarts: -1}\n",
+                          "r.yaml");
+  EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
+              HasSubstr("spec.restart.max_restarts"));
 }
 
 TEST(JobSpecYamlTest, ShippedRecipesParseAndValidate) {
-  auto spec = LoadJobSpecFile(std::string(GEMMA_SOURCE_DIR) + "/jobs/recipes/diagnose.yaml");
+  auto spec = LoadJobSpecFile(std::string(GEMMA_SOURCE_DIR) +
+                              "/jobs/recipes/diagnose.yaml");
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_TRUE(ValidateJobSpec(*spec).ok());
   EXPECT_EQ(spec->kind(), gemma::v1::JOB_KIND_DIAGNOSE);

@@ -33,14 +33,18 @@ std::vector<gemma::cli::Command> AllCommands() {
 
 void PrintHelp(const std::vector<gemma::cli::Command>& cmds) {
   std::cout << "Usage: gemmactl COMMAND [flags]\n\n"
-               "Talks to a gemma-coordinator (--coordinator HOST:PORT or GEMMA_COORDINATOR,\n"
-               "default 127.0.0.1:7450). Every command has --help; -o json for programs.\n\n"
+               "Talks to a gemma-coordinator (--coordinator HOST:PORT or "
+               "GEMMA_COORDINATOR,\n"
+               "default 127.0.0.1:7450). Every command has --help; -o json for "
+               "programs.\n\n"
                "Commands:\n";
   for (const auto& c : cmds) {
-    std::cout << "  " << std::left << std::setw(12) << c.name << c.summary << "\n";
+    std::cout << "  " << std::left << std::setw(12) << c.name << c.summary
+              << "\n";
   }
   std::cout << "\nExamples:\n"
-               "  gemmactl submit -f jobs/recipes/diagnose.yaml --set parallel.dp=2 --follow\n"
+               "  gemmactl submit -f jobs/recipes/diagnose.yaml --set "
+               "parallel.dp=2 --follow\n"
                "  gemmactl list --state running\n"
                "  gemmactl get j-000001\n"
                "  gemmactl status\n"
@@ -51,14 +55,15 @@ void PrintHelp(const std::vector<gemma::cli::Command>& cmds) {
 
 int main(int argc, char** argv) {
   const auto cmds = AllCommands();
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
-      !std::strcmp(argv[1], "help")) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") ||
+      !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     PrintHelp(cmds);
     return argc < 2 ? 2 : 0;
   }
   for (const auto& c : cmds) {
     if (c.name == argv[1]) return c.run(argc, argv);
   }
-  std::cerr << "gemmactl: unknown command '" << argv[1] << "' (see gemmactl --help)\n";
+  std::cerr << "gemmactl: unknown command '" << argv[1]
+            << "' (see gemmactl --help)\n";
   return 2;
 }

@@ -71,7 +71,9 @@ void Actor::RunSome() {
 void Actor::Drain() {
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
-      +[](Actor* a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(a->mu_) { return !a->scheduled_; }, this));
+      +[](Actor* a)
+           ABSL_EXCLUSIVE_LOCKS_REQUIRED(a->mu_) { return !a->scheduled_; },
+      this));
 }
 
 bool Actor::OnActor() const {

@@ -36,11 +36,13 @@ TEST(ActorTest, AskReturnsTheValueAndActorsRunConcurrently) {
   std::atomic<bool> a_running{false}, b_saw_a{false};
   a.Send([&] {
     a_running = true;
-    for (int i = 0; i < 200 && !b_saw_a; ++i) absl::SleepFor(absl::Milliseconds(5));
+    for (int i = 0; i < 200 && !b_saw_a; ++i)
+      absl::SleepFor(absl::Milliseconds(5));
     a_running = false;
   });
   b.Send([&] {
-    for (int i = 0; i < 200 && !a_running; ++i) absl::SleepFor(absl::Milliseconds(5));
+    for (int i = 0; i < 200 && !a_running; ++i)
+      absl::SleepFor(absl::Milliseconds(5));
     b_saw_a = a_running.load();
   });
   EXPECT_EQ(b.Ask([] { return 41 + 1; }).get(), 42);

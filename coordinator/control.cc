@@ -17,7 +17,9 @@ namespace {
 
 int64_t Ms(absl::Time t) { return absl::ToUnixMillis(t); }
 
-absl::Duration Secs(double s) { return absl::Milliseconds(static_cast<int64_t>(s * 1000)); }
+absl::Duration Secs(double s) {
+  return absl::Milliseconds(static_cast<int64_t>(s * 1000));
+}
 
 int64_t LoadCounter(Store* store, const char* name) {
   auto raw = store->GetRaw(Table::kMeta, name);
@@ -26,8 +28,8 @@ int64_t LoadCounter(Store* store, const char* name) {
   return v;
 }
 
-v1::Failure MakeFailure(v1::FailureReason reason, std::string message, int rank = -1,
-                        std::string worker = "") {
+v1::Failure MakeFailure(v1::FailureReason reason, std::string message,
+                        int rank = -1, std::string worker = "") {
   v1::Failure f;
   f.set_reason(reason);
   f.set_message(std::move(message));
@@ -48,22 +50,24 @@ absl::Status ControlState::Recover(absl::Time now) {
   job_seq_ = LoadCounter(store_, "job_seq");
   worker_seq_ = LoadCounter(store_, "worker_seq");
   absl::Status parse_error;
-  absl::Status s = store_->Scan(Table::kJobs, "", "", [&](const std::string& k,
-                                                         const std::string& v) {
-    JobEntry e;
-    if (!e.job.ParseFromString(v)) {
-      parse_error = absl::DataLossError(absl::StrCat("store: unparsable job ", k));
-      return false;
-    }
-    jobs_[k] = std::move(e);
-    return true;
-  });
+  absl::Status s = store_->Scan(
+      Table::kJobs, "", "", [&](const std::string& k, const std::string& v) {
+        JobEntry e;
+        if (!e.job.ParseFromString(v)) {
+          parse_error =
+              absl::DataLossError(absl::StrCat("store: unparsable job ", k));
+          return false;
+        }
+        jobs_[k] = std::move(e);
+        return true;
+      });
   if (!s.ok()) return s;
   if (!parse_error.ok()) return parse_error;
-  s = store_->Scan(Table::kRequestIds, "", "", [&](const std::string& k, const std::string& v) {
-    request_ids_[k] = v;
-    return true;
-  });
+  s = store_->Scan(Table::kRequestIds, "", "",
+                   [&](const std::string& k, const std::string& v) {
+                     request_ids_[k] = v;
+                     return true;
+                   });
   if (!s.ok()) return s;
   bool any_live = false;
   for (auto& [name, e] : jobs_) {
@@ -73,7 +77,8 @@ absl::Status ControlState::Recover(absl::Time now) {
          st == v1::JOB_STATE_CANCELLING) &&
         e.job.current_epoch() > 0) {
       v1::Attempt a;
-      auto got = store_->Get(Table::kAttempts, AttemptKey(name, e.job.attempt_count()), &a);
+      auto got = store_->Get(Table::kAttempts,
+                             AttemptKey(name, e.job.attempt_count()), &a);
       if (!got.ok()) return got.status();
       if (*got && a.epoch() == e.job.current_epoch()) {
         e.live = std::move(a);
@@ -84,10 +89,11 @@ absl::Status ControlState::Recover(absl::Time now) {
   // Workers known before the restart are expected back; their records stay
   // until the grace period ends.
   int known_workers = 0;
-  s = store_->Scan(Table::kWorkers, "", "", [&](const std::string&, const std::string&) {
-    ++known_workers;
-    return true;
-  });
+  s = store_->Scan(Table::kWorkers, "", "",
+                   [&](const std::string&, const std::string&) {
+                     ++known_workers;
+                     return true;
+                   });
   if (!s.ok()) return s;
   if (any_live || known_workers > 0) {
     grace_until_ = now + options_.grace;
@@ -95,16 +101,17 @@ absl::Status ControlState::Recover(absl::Time now) {
   }
   GEMMA_LOG(INFO) << "recovered " << jobs_.size() << " jobs (" << queue_.size()
                   << " queued), revision " << revision_ << ", epoch " << epoch_
-                  << (grace_pending_ ? absl::StrCat(", grace period ",
-                                                    absl::FormatDuration(options_.grace))
-                                     : std::string());
+                  << (grace_pending_
+                          ? absl::StrCat(", grace period ",
+                                         absl::FormatDuration(options_.grace))
+                          : std::string());
   return absl::OkStatus();
 }
 
 // ---- persistence -----------------------------------------------------------
 
-void ControlState::Emit(Txn& txn, JobEntry& e, v1::EventType type, const std::string& message,
-                        absl::Time now) {
+void ControlState::Emit(Txn& txn, JobEntry& e, v1::EventType type,
+                        const std::string& message, absl::Time now) {
   e.job.set_revision(++revision_);
   e.job.set_update_time_unix_ms(Ms(now));
   txn.batch.Put(Table::kJobs, e.job.name(), e.job);
@@ -148,8 +155,8 @@ bool ControlState::IsFinished(const std::string& job) const {
 
 // ---- JobService ------------------------------------------------------------
 
-absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req, absl::Time now,
-                                             Effects* fx) {
+absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req,
+                                             absl::Time now, Effects* fx) {
   if (!req.request_id().empty()) {
     auto it = request_ids_.find(req.request_id());
     if (it != request_ids_.end()) {
@@ -157,7 +164,8 @@ absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req, ab
       if (j != jobs_.end()) return View(j->second);
     }
     if (req.request_id().size() > 256) {
-      return absl::InvalidArgumentError("request_id: longer than 256 characters");
+      return absl::InvalidArgumentError(
+          "request_id: longer than 256 characters");
     }
   }
   if (!req.has_spec()) return absl::InvalidArgumentError("spec: required");
@@ -165,8 +173,9 @@ absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req, ab
   std::string name;
   if (!req.job_id().empty()) {
     if (!IsValidJobId(req.job_id())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "job_id: '", req.job_id(), "' must be 1-63 characters of a-z, 0-9 and '-'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("job_id: '", req.job_id(),
+                       "' must be 1-63 characters of a-z, 0-9 and '-'"));
     }
     name = "jobs/" + req.job_id();
     if (jobs_.count(name)) {
@@ -201,15 +210,17 @@ absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req, ab
   return View(jobs_[name]);
 }
 
-absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name, absl::Time now,
-                                             Effects* fx) {
+absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name,
+                                             absl::Time now, Effects* fx) {
   auto it = jobs_.find(name);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat(name, " not found"));
+  if (it == jobs_.end())
+    return absl::NotFoundError(absl::StrCat(name, " not found"));
   JobEntry& e = it->second;
   const v1::JobState st = e.job.state();
   if (IsTerminal(st)) {
     return absl::FailedPreconditionError(
-        absl::StrCat(name, " is already ", StateName(st), "; only unfinished jobs can be cancelled"));
+        absl::StrCat(name, " is already ", StateName(st),
+                     "; only unfinished jobs can be cancelled"));
   }
   if (st == v1::JOB_STATE_CANCELLING) return e.job;
   Txn txn;
@@ -221,7 +232,8 @@ absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name, absl::Time
   } else {
     SetState(e, v1::JOB_STATE_CANCELLING, now);
     e.live->set_state(v1::JOB_STATE_CANCELLING);
-    txn.batch.Put(Table::kAttempts, AttemptKey(name, e.live->number()), *e.live);
+    txn.batch.Put(Table::kAttempts, AttemptKey(name, e.live->number()),
+                  *e.live);
     for (const auto& r : e.live->ranks()) {
       if (r.finished()) continue;
       v1::CoordinatorMessage m;
@@ -232,7 +244,8 @@ absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name, absl::Time
       ref->set_rank(r.rank());
       fx->sends.emplace_back(r.worker(), std::move(m));
     }
-    Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED, "cancel requested; stopping ranks", now);
+    Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED,
+         "cancel requested; stopping ranks", now);
   }
   Commit(txn, fx);
   return e.job;
@@ -240,7 +253,8 @@ absl::StatusOr<v1::Job> ControlState::Cancel(const std::string& name, absl::Time
 
 absl::StatusOr<v1::Job> ControlState::GetJob(const std::string& name) const {
   auto it = jobs_.find(name);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat(name, " not found"));
+  if (it == jobs_.end())
+    return absl::NotFoundError(absl::StrCat(name, " not found"));
   v1::Job job = View(it->second);
   absl::Status s = store_->Scan(Table::kAttempts, name + "#", "",
                                 [&](const std::string&, const std::string& v) {
@@ -257,15 +271,18 @@ absl::StatusOr<v1::Job> ControlState::GetJob(const std::string& name) const {
   return job;
 }
 
-absl::StatusOr<v1::ListJobsResponse> ControlState::ListJobs(const v1::ListJobsRequest& req) const {
-  if (req.page_size() < 0) return absl::InvalidArgumentError("page_size: must be >= 0");
+absl::StatusOr<v1::ListJobsResponse> ControlState::ListJobs(
+    const v1::ListJobsRequest& req) const {
+  if (req.page_size() < 0)
+    return absl::InvalidArgumentError("page_size: must be >= 0");
   const int size = req.page_size() == 0 ? 100 : std::min(req.page_size(), 1000);
   if (!req.page_token().empty() && req.page_token().rfind("jobs/", 0) != 0) {
     return absl::InvalidArgumentError("page_token: not a token from ListJobs");
   }
   std::set<int> states(req.states().begin(), req.states().end());
   v1::ListJobsResponse resp;
-  auto it = req.page_token().empty() ? jobs_.begin() : jobs_.upper_bound(req.page_token());
+  auto it = req.page_token().empty() ? jobs_.begin()
+                                     : jobs_.upper_bound(req.page_token());
   for (; it != jobs_.end(); ++it) {
     if (!states.empty() && !states.count(it->second.job.state())) continue;
     if (resp.jobs_size() == size) {
@@ -291,11 +308,14 @@ v1::ClusterStatus ControlState::Status(absl::Time now) const {
     const bool busy = !w.worker.job().empty();
     const bool cpu = w.worker.device_kind() == "cpu";
     s.set_workers_total(s.workers_total() + 1);
-    (busy ? s.set_workers_busy(s.workers_busy() + 1) : s.set_workers_free(s.workers_free() + 1));
+    (busy ? s.set_workers_busy(s.workers_busy() + 1)
+          : s.set_workers_free(s.workers_free() + 1));
     if (cpu) {
-      busy ? s.set_cpu_used(s.cpu_used() + 1) : s.set_cpu_free(s.cpu_free() + 1);
+      busy ? s.set_cpu_used(s.cpu_used() + 1)
+           : s.set_cpu_free(s.cpu_free() + 1);
     } else {
-      busy ? s.set_gpu_used(s.gpu_used() + 1) : s.set_gpu_free(s.gpu_free() + 1);
+      busy ? s.set_gpu_used(s.gpu_used() + 1)
+           : s.set_gpu_free(s.gpu_free() + 1);
     }
   }
   for (const auto& [neg_prio, seq, name] : queue_) {
@@ -340,9 +360,10 @@ void ControlState::Schedule(absl::Time now, Txn& txn, Effects* fx) {
   for (const auto& key : queue_) {
     JobEntry& e = jobs_[std::get<2>(key)];
     const auto& sp = e.job.spec();
-    const auto shape = std::make_tuple(sp.parallel().tp(), sp.parallel().dp(),
-                                       static_cast<int>(sp.resources().device()),
-                                       sp.resources().min_memory_bytes());
+    const auto shape =
+        std::make_tuple(sp.parallel().tp(), sp.parallel().dp(),
+                        static_cast<int>(sp.resources().device()),
+                        sp.resources().min_memory_bytes());
     if (auto it = impossible.find(shape); it != impossible.end()) {
       e.job.set_waiting_reason(it->second);
       continue;
@@ -358,7 +379,8 @@ void ControlState::Schedule(absl::Time now, Txn& txn, Effects* fx) {
       // rest wait behind this one. View() fills their reasons when read, so
       // a pass costs O(jobs up to the blocker), not O(queue).
       blocker_key_ = key;
-      behind_reason_ = absl::StrCat("waiting behind ", e.job.name(), " (earlier or higher priority)");
+      behind_reason_ = absl::StrCat("waiting behind ", e.job.name(),
+                                    " (earlier or higher priority)");
       break;
     }
     started.push_back(key);
@@ -372,9 +394,10 @@ v1::Job ControlState::View(const JobEntry& e) const {
   if (job.state() != v1::JOB_STATE_QUEUED) return job;
   if (grace_pending_) {
     job.set_waiting_reason(
-        "coordinator restarted; waiting for workers to re-attach before scheduling");
-  } else if (blocker_key_ &&
-             QueueKey(-job.spec().priority(), job.queue_seq(), job.name()) > *blocker_key_) {
+        "coordinator restarted; waiting for workers to re-attach before "
+        "scheduling");
+  } else if (blocker_key_ && QueueKey(-job.spec().priority(), job.queue_seq(),
+                                      job.name()) > *blocker_key_) {
     std::vector<const v1::Worker*> attached;
     for (const auto& [name, w] : workers_) attached.push_back(&w.worker);
     PlacementResult r = PlaceGang(job.spec(), attached);
@@ -383,7 +406,8 @@ v1::Job ControlState::View(const JobEntry& e) const {
   return job;
 }
 
-void ControlState::StartAttempt(JobEntry& e, const std::vector<std::string>& workers,
+void ControlState::StartAttempt(JobEntry& e,
+                                const std::vector<std::string>& workers,
                                 absl::Time now, Txn& txn, Effects* fx) {
   const int number = e.job.attempt_count() + 1;
   const int64_t epoch = ++epoch_;
@@ -424,7 +448,8 @@ void ControlState::StartAttempt(JobEntry& e, const std::vector<std::string>& wor
   txn.batch.Put(Table::kAttempts, AttemptKey(e.job.name(), number), a);
   e.live = std::move(a);
   Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_STARTED,
-       absl::StrCat("attempt ", number, " (epoch ", epoch, ") on ", absl::StrJoin(workers, ",")),
+       absl::StrCat("attempt ", number, " (epoch ", epoch, ") on ",
+                    absl::StrJoin(workers, ",")),
        now);
 }
 
@@ -448,8 +473,9 @@ void ControlState::FreeWorker(const std::string& worker, int64_t epoch) {
   dirty_ = true;
 }
 
-void ControlState::FailAttempt(JobEntry& e, const v1::Failure& failure, bool retry,
-                               absl::Time now, Txn& txn, Effects* fx) {
+void ControlState::FailAttempt(JobEntry& e, const v1::Failure& failure,
+                               bool retry, absl::Time now, Txn& txn,
+                               Effects* fx) {
   if (!e.live) return;
   v1::Attempt& a = *e.live;
   a.set_state(v1::JOB_STATE_FAILED);
@@ -462,7 +488,8 @@ void ControlState::FailAttempt(JobEntry& e, const v1::Failure& failure, bool ret
       ref.set_attempt(a.number());
       ref.set_epoch(a.epoch());
       ref.set_rank(r.rank());
-      if (workers_.count(r.worker())) SendAbort(r.worker(), ref, failure.message(), fx);
+      if (workers_.count(r.worker()))
+        SendAbort(r.worker(), ref, failure.message(), fx);
     }
     FreeWorker(r.worker(), a.epoch());
   }
@@ -472,32 +499,37 @@ void ControlState::FailAttempt(JobEntry& e, const v1::Failure& failure, bool ret
   e.last_progress.clear();
   e.job.set_current_epoch(0);
   *e.job.mutable_failure() = failure;
-  const std::string what =
-      absl::StrCat("attempt ", number, " failed: ", ReasonName(failure.reason()), ": ",
-                   failure.message());
+  const std::string what = absl::StrCat(
+      "attempt ", number, " failed: ", ReasonName(failure.reason()), ": ",
+      failure.message());
   const int restarts_used = e.job.attempt_count() - 1;
   if (e.job.state() == v1::JOB_STATE_CANCELLING) {
     SetState(e, v1::JOB_STATE_CANCELLED, now);
     Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED, what + "; job cancelled", now);
   } else if (retry && restarts_used < e.job.spec().restart().max_restarts()) {
     const auto& pol = e.job.spec().restart();
-    absl::Duration backoff = Secs(pol.backoff_seconds() * std::pow(2.0, restarts_used));
-    const double cap = pol.max_backoff_seconds() > 0 ? pol.max_backoff_seconds() : 300;
+    absl::Duration backoff =
+        Secs(pol.backoff_seconds() * std::pow(2.0, restarts_used));
+    const double cap =
+        pol.max_backoff_seconds() > 0 ? pol.max_backoff_seconds() : 300;
     backoff = std::min(backoff, Secs(cap));
     e.job.set_not_before_unix_ms(Ms(now + backoff));
     SetState(e, v1::JOB_STATE_RECOVERING, now);
-    Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED,
-         absl::StrCat(what, "; restart ", restarts_used + 1, " of ", pol.max_restarts(),
-                      " in ", absl::FormatDuration(backoff)),
-         now);
+    Emit(
+        txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED,
+        absl::StrCat(what, "; restart ", restarts_used + 1, " of ",
+                     pol.max_restarts(), " in ", absl::FormatDuration(backoff)),
+        now);
   } else {
     SetState(e, v1::JOB_STATE_FAILED, now);
     Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED,
-         absl::StrCat(what, retry ? "; no restarts left" : "; not retried"), now);
+         absl::StrCat(what, retry ? "; no restarts left" : "; not retried"),
+         now);
   }
 }
 
-void ControlState::MaybeFinishAttempt(JobEntry& e, absl::Time now, Txn& txn, Effects* fx) {
+void ControlState::MaybeFinishAttempt(JobEntry& e, absl::Time now, Txn& txn,
+                                      Effects* fx) {
   if (!e.live) return;
   for (const auto& r : e.live->ranks()) {
     if (!r.finished()) return;
@@ -511,16 +543,19 @@ void ControlState::MaybeFinishAttempt(JobEntry& e, absl::Time now, Txn& txn, Eff
   e.live.reset();
   e.last_progress.clear();
   e.job.set_current_epoch(0);
-  SetState(e, cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_SUCCEEDED, now);
+  SetState(e, cancelling ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_SUCCEEDED,
+           now);
   Emit(txn, e, v1::EVENT_TYPE_ATTEMPT_ENDED,
-       absl::StrCat("attempt ", number, cancelling ? " cancelled" : " succeeded"), now);
+       absl::StrCat("attempt ", number,
+                    cancelling ? " cancelled" : " succeeded"),
+       now);
   (void)fx;
 }
 
 // ---- liveness --------------------------------------------------------------
 
-void ControlState::WorkerLost(const std::string& worker, const std::string& why, absl::Time now,
-                              Txn& txn, Effects* fx) {
+void ControlState::WorkerLost(const std::string& worker, const std::string& why,
+                              absl::Time now, Txn& txn, Effects* fx) {
   auto it = workers_.find(worker);
   if (it == workers_.end()) return;
   const v1::Worker w = it->second.worker;
@@ -531,10 +566,13 @@ void ControlState::WorkerLost(const std::string& worker, const std::string& why,
   GEMMA_LOG(WARNING) << worker << " lost: " << why;
   if (w.job().empty()) return;
   auto j = jobs_.find(w.job());
-  if (j == jobs_.end() || !j->second.live || j->second.live->epoch() != w.epoch()) return;
+  if (j == jobs_.end() || !j->second.live ||
+      j->second.live->epoch() != w.epoch())
+    return;
   FailAttempt(j->second,
               MakeFailure(v1::FAILURE_REASON_WORKER_LOST,
-                          absl::StrCat(worker, " running rank ", w.rank(), " lost: ", why),
+                          absl::StrCat(worker, " running rank ", w.rank(),
+                                       " lost: ", why),
                           w.rank(), worker),
               true, now, txn, fx);
 }
@@ -544,10 +582,11 @@ void ControlState::EndGrace(absl::Time now, Txn& txn, Effects* fx) {
   dirty_ = true;
   // Workers that did not come back.
   std::vector<std::string> stale;
-  (void)store_->Scan(Table::kWorkers, "", "", [&](const std::string& k, const std::string&) {
-    if (!workers_.count(k)) stale.push_back(k);
-    return true;
-  });
+  (void)store_->Scan(Table::kWorkers, "", "",
+                     [&](const std::string& k, const std::string&) {
+                       if (!workers_.count(k)) stale.push_back(k);
+                       return true;
+                     });
   for (const auto& k : stale) txn.batch.Delete(Table::kWorkers, k);
   if (!stale.empty()) txn.touched = true;
   for (auto& [name, e] : jobs_) {
@@ -555,19 +594,22 @@ void ControlState::EndGrace(absl::Time now, Txn& txn, Effects* fx) {
     std::vector<int> missing;
     for (const auto& r : e.live->ranks()) {
       auto w = workers_.find(r.worker());
-      const bool back = r.finished() || (w != workers_.end() &&
-                                         w->second.worker.epoch() == e.live->epoch() &&
-                                         w->second.worker.job() == name);
+      const bool back =
+          r.finished() ||
+          (w != workers_.end() && w->second.worker.epoch() == e.live->epoch() &&
+           w->second.worker.job() == name);
       if (!back) missing.push_back(r.rank());
       e.last_progress[r.rank()] = now;
     }
     if (!missing.empty()) {
-      FailAttempt(e,
-                  MakeFailure(v1::FAILURE_REASON_COORDINATOR_RESTART,
-                              absl::StrCat("rank(s) ", absl::StrJoin(missing, ","),
-                                           " did not re-attach after the coordinator restarted"),
-                              missing.front()),
-                  true, now, txn, fx);
+      FailAttempt(
+          e,
+          MakeFailure(v1::FAILURE_REASON_COORDINATOR_RESTART,
+                      absl::StrCat(
+                          "rank(s) ", absl::StrJoin(missing, ","),
+                          " did not re-attach after the coordinator restarted"),
+                      missing.front()),
+          true, now, txn, fx);
     } else {
       MaybeFinishAttempt(e, now, txn, fx);
     }
@@ -582,16 +624,19 @@ void ControlState::Tick(absl::Time now, Effects* fx) {
     if (now > w.lease_deadline) expired.push_back(name);
   }
   for (const auto& name : expired) {
-    WorkerLost(name, absl::StrCat("no message within the ", absl::FormatDuration(options_.lease),
-                                  " lease"),
+    WorkerLost(name,
+               absl::StrCat("no message within the ",
+                            absl::FormatDuration(options_.lease), " lease"),
                now, txn, fx);
   }
   if (!in_grace(now)) {
     for (auto& [name, e] : jobs_) {
-      if (e.job.state() == v1::JOB_STATE_RECOVERING && Ms(now) >= e.job.not_before_unix_ms()) {
+      if (e.job.state() == v1::JOB_STATE_RECOVERING &&
+          Ms(now) >= e.job.not_before_unix_ms()) {
         e.job.set_not_before_unix_ms(0);
         SetState(e, v1::JOB_STATE_QUEUED, now);
-        Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED, "backoff over; queued for a new attempt", now);
+        Emit(txn, e, v1::EVENT_TYPE_STATE_CHANGED,
+             "backoff over; queued for a new attempt", now);
         Enqueue(e);
         continue;
       }
@@ -600,29 +645,33 @@ void ControlState::Tick(absl::Time now, Effects* fx) {
       if (t.max_runtime_seconds() > 0 &&
           now - absl::FromUnixMillis(e.live->create_time_unix_ms()) >
               Secs(t.max_runtime_seconds())) {
-        FailAttempt(e,
-                    MakeFailure(v1::FAILURE_REASON_TIMEOUT,
-                                absl::StrCat("ran longer than max_runtime_seconds=",
-                                             t.max_runtime_seconds())),
-                    false, now, txn, fx);
+        FailAttempt(
+            e,
+            MakeFailure(v1::FAILURE_REASON_TIMEOUT,
+                        absl::StrCat("ran longer than max_runtime_seconds=",
+                                     t.max_runtime_seconds())),
+            false, now, txn, fx);
         continue;
       }
       for (const auto& r : e.live->ranks()) {
         if (r.finished()) continue;
         const absl::Duration limit =
-            r.started() ? (t.step_seconds() > 0 ? Secs(t.step_seconds())
-                                                : options_.default_step_timeout)
-                        : (t.init_seconds() > 0 ? Secs(t.init_seconds())
-                                                : options_.default_init_timeout);
+            r.started()
+                ? (t.step_seconds() > 0 ? Secs(t.step_seconds())
+                                        : options_.default_step_timeout)
+                : (t.init_seconds() > 0 ? Secs(t.init_seconds())
+                                        : options_.default_init_timeout);
         if (now - e.last_progress[r.rank()] > limit) {
-          FailAttempt(e,
-                      MakeFailure(v1::FAILURE_REASON_HUNG,
-                                  absl::StrCat("rank ", r.rank(), " on ", r.worker(),
-                                               " made no progress for ",
-                                               absl::FormatDuration(limit),
-                                               r.started() ? " (step timeout)" : " (init timeout)"),
-                                  r.rank(), r.worker()),
-                      true, now, txn, fx);
+          FailAttempt(
+              e,
+              MakeFailure(
+                  v1::FAILURE_REASON_HUNG,
+                  absl::StrCat(
+                      "rank ", r.rank(), " on ", r.worker(),
+                      " made no progress for ", absl::FormatDuration(limit),
+                      r.started() ? " (step timeout)" : " (init timeout)"),
+                  r.rank(), r.worker()),
+              true, now, txn, fx);
           break;
         }
       }

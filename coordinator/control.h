@@ -72,10 +72,11 @@ class ControlState {
   // --- JobService ---
   // INVALID_ARGUMENT (field named), ALREADY_EXISTS (job_id taken). A known
   // request_id returns the job it created.
-  absl::StatusOr<gemma::v1::Job> Submit(const gemma::v1::SubmitJobRequest& req, absl::Time now,
-                                        Effects* fx);
+  absl::StatusOr<gemma::v1::Job> Submit(const gemma::v1::SubmitJobRequest& req,
+                                        absl::Time now, Effects* fx);
   // NOT_FOUND; FAILED_PRECONDITION when already finished.
-  absl::StatusOr<gemma::v1::Job> Cancel(const std::string& name, absl::Time now, Effects* fx);
+  absl::StatusOr<gemma::v1::Job> Cancel(const std::string& name, absl::Time now,
+                                        Effects* fx);
   // With its attempts (oldest first).
   absl::StatusOr<gemma::v1::Job> GetJob(const std::string& name) const;
   absl::StatusOr<gemma::v1::ListJobsResponse> ListJobs(
@@ -86,25 +87,31 @@ class ControlState {
   gemma::v1::ClusterStatus Status(absl::Time now) const;
 
   // --- CheckpointService ---
-  absl::StatusOr<gemma::v1::ListCheckpointsResponse> ListCheckpoints(const std::string& job) const;
-  absl::StatusOr<gemma::v1::Checkpoint> GetCheckpoint(const std::string& name) const;
-  absl::StatusOr<gemma::v1::Checkpoint> SetPinned(const std::string& name, bool pinned);
+  absl::StatusOr<gemma::v1::ListCheckpointsResponse> ListCheckpoints(
+      const std::string& job) const;
+  absl::StatusOr<gemma::v1::Checkpoint> GetCheckpoint(
+      const std::string& name) const;
+  absl::StatusOr<gemma::v1::Checkpoint> SetPinned(const std::string& name,
+                                                  bool pinned);
   absl::Status DeleteCheckpoint(const std::string& name);
 
   // --- WorkerSession ---
   // A Register on session `session`; the first send in `fx` is the
   // Registered reply. Returns the worker's name.
-  absl::StatusOr<std::string> Register(int64_t session,
-                                       const gemma::v1::WorkerMessage::Register& reg,
-                                       absl::Time now, Effects* fx);
+  absl::StatusOr<std::string> Register(
+      int64_t session, const gemma::v1::WorkerMessage::Register& reg,
+      absl::Time now, Effects* fx);
   // Any later message of that session.
   void OnWorkerMessage(const std::string& worker, int64_t session,
-                       const gemma::v1::WorkerMessage& msg, absl::Time now, Effects* fx);
+                       const gemma::v1::WorkerMessage& msg, absl::Time now,
+                       Effects* fx);
   // A rank's progress (forwarded by its JobActor): its step and metrics, and
   // proof of life for hang detection. Stale epochs are ignored.
-  void OnRankProgress(const gemma::v1::WorkerMessage::Progress& p, absl::Time now);
+  void OnRankProgress(const gemma::v1::WorkerMessage::Progress& p,
+                      absl::Time now);
   // The session's stream ended: the worker is lost (unless it re-attached).
-  void OnSessionEnded(const std::string& worker, int64_t session, absl::Time now, Effects* fx);
+  void OnSessionEnded(const std::string& worker, int64_t session,
+                      absl::Time now, Effects* fx);
 
   // Leases, hangs, backoffs, the grace period's end, and scheduling.
   void Tick(absl::Time now, Effects* fx);
@@ -116,8 +123,8 @@ class ControlState {
 
  private:
   struct JobEntry {
-    gemma::v1::Job job;                     // without attempts
-    std::optional<gemma::v1::Attempt> live; // the attempt now running
+    gemma::v1::Job job;                       // without attempts
+    std::optional<gemma::v1::Attempt> live;   // the attempt now running
     std::map<int, absl::Time> last_progress;  // by rank, live attempt only
   };
   struct WorkerEntry {
@@ -131,31 +138,35 @@ class ControlState {
     std::vector<gemma::v1::JobEvent> events;
     bool touched = false;
   };
-  using QueueKey = std::tuple<int, int64_t, std::string>;  // (-priority, seq, name)
+  using QueueKey =
+      std::tuple<int, int64_t, std::string>;  // (-priority, seq, name)
 
   void Commit(Txn& txn, Effects* fx);
   // The job as clients see it: waiting_reason filled in for queued jobs.
   gemma::v1::Job View(const JobEntry& e) const;
-  void Emit(Txn& txn, JobEntry& e, gemma::v1::EventType type, const std::string& message,
-            absl::Time now);
+  void Emit(Txn& txn, JobEntry& e, gemma::v1::EventType type,
+            const std::string& message, absl::Time now);
   void Schedule(absl::Time now, Txn& txn, Effects* fx);
-  void StartAttempt(JobEntry& e, const std::vector<std::string>& workers, absl::Time now,
-                    Txn& txn, Effects* fx);
+  void StartAttempt(JobEntry& e, const std::vector<std::string>& workers,
+                    absl::Time now, Txn& txn, Effects* fx);
   // Ends the live attempt as failed; retries by policy when `retry`.
-  void FailAttempt(JobEntry& e, const gemma::v1::Failure& failure, bool retry, absl::Time now,
-                   Txn& txn, Effects* fx);
+  void FailAttempt(JobEntry& e, const gemma::v1::Failure& failure, bool retry,
+                   absl::Time now, Txn& txn, Effects* fx);
   // Ends the live attempt when every rank finished.
   void MaybeFinishAttempt(JobEntry& e, absl::Time now, Txn& txn, Effects* fx);
-  void WorkerLost(const std::string& worker, const std::string& why, absl::Time now, Txn& txn,
-                  Effects* fx);
-  // The live attempt `ref` names, with the rank's status; nullptr when stale.
-  gemma::v1::RankStatus* LiveRank(const gemma::v1::RankRef& ref, JobEntry** entry);
-  void FreeWorker(const std::string& worker, int64_t epoch);
-  void OnStarted(const gemma::v1::RankRef& ref, absl::Time now, Txn& txn, Effects* fx);
-  void OnFinished(const std::string& worker, const gemma::v1::WorkerMessage::RankFinished& f,
+  void WorkerLost(const std::string& worker, const std::string& why,
                   absl::Time now, Txn& txn, Effects* fx);
-  void OnCheckpoint(const gemma::v1::WorkerMessage::CheckpointReport& c, absl::Time now,
-                    Txn& txn);
+  // The live attempt `ref` names, with the rank's status; nullptr when stale.
+  gemma::v1::RankStatus* LiveRank(const gemma::v1::RankRef& ref,
+                                  JobEntry** entry);
+  void FreeWorker(const std::string& worker, int64_t epoch);
+  void OnStarted(const gemma::v1::RankRef& ref, absl::Time now, Txn& txn,
+                 Effects* fx);
+  void OnFinished(const std::string& worker,
+                  const gemma::v1::WorkerMessage::RankFinished& f,
+                  absl::Time now, Txn& txn, Effects* fx);
+  void OnCheckpoint(const gemma::v1::WorkerMessage::CheckpointReport& c,
+                    absl::Time now, Txn& txn);
   void EndGrace(absl::Time now, Txn& txn, Effects* fx);
   void SetState(JobEntry& e, gemma::v1::JobState state, absl::Time now);
   void Enqueue(JobEntry& e);

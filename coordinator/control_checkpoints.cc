@@ -18,8 +18,8 @@ absl::StatusOr<std::string> KeyOf(const std::string& name) {
   int64_t step = 0;
   if (name.rfind("jobs/", 0) != 0 || at == std::string::npos ||
       !absl::SimpleAtoi(name.substr(at + 13), &step) || step < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("name: '", name, "' is not jobs/{job}/checkpoints/{step}"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "name: '", name, "' is not jobs/{job}/checkpoints/{step}"));
   }
   return CheckpointKey(name.substr(0, at), step);
 }
@@ -29,19 +29,22 @@ absl::StatusOr<std::string> KeyOf(const std::string& name) {
 absl::StatusOr<v1::ListCheckpointsResponse> ControlState::ListCheckpoints(
     const std::string& job) const {
   if (!job.empty() && job.rfind("jobs/", 0) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("job: '", job, "' is not jobs/{job}"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("job: '", job, "' is not jobs/{job}"));
   }
   v1::ListCheckpointsResponse resp;
-  absl::Status s = store_->Scan(Table::kCheckpoints, job.empty() ? "" : job + "#", "",
-                                [&](const std::string&, const std::string& v) {
-                                  resp.add_checkpoints()->ParseFromString(v);
-                                  return true;
-                                });
+  absl::Status s =
+      store_->Scan(Table::kCheckpoints, job.empty() ? "" : job + "#", "",
+                   [&](const std::string&, const std::string& v) {
+                     resp.add_checkpoints()->ParseFromString(v);
+                     return true;
+                   });
   if (!s.ok()) return s;
   return resp;
 }
 
-absl::StatusOr<v1::Checkpoint> ControlState::GetCheckpoint(const std::string& name) const {
+absl::StatusOr<v1::Checkpoint> ControlState::GetCheckpoint(
+    const std::string& name) const {
   auto key = KeyOf(name);
   if (!key.ok()) return key.status();
   v1::Checkpoint c;
@@ -51,7 +54,8 @@ absl::StatusOr<v1::Checkpoint> ControlState::GetCheckpoint(const std::string& na
   return c;
 }
 
-absl::StatusOr<v1::Checkpoint> ControlState::SetPinned(const std::string& name, bool pinned) {
+absl::StatusOr<v1::Checkpoint> ControlState::SetPinned(const std::string& name,
+                                                       bool pinned) {
   auto c = GetCheckpoint(name);
   if (!c.ok()) return c.status();
   c->set_pinned(pinned);
@@ -65,15 +69,16 @@ absl::Status ControlState::DeleteCheckpoint(const std::string& name) {
   auto c = GetCheckpoint(name);
   if (!c.ok()) return c.status();
   if (c->pinned()) {
-    return absl::FailedPreconditionError(absl::StrCat(name, " is pinned; unpin it first"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, " is pinned; unpin it first"));
   }
   Store::Batch b;
   b.Delete(Table::kCheckpoints, *KeyOf(name));
   return store_->Write(b);
 }
 
-void ControlState::OnCheckpoint(const v1::WorkerMessage::CheckpointReport& r, absl::Time now,
-                                Txn& txn) {
+void ControlState::OnCheckpoint(const v1::WorkerMessage::CheckpointReport& r,
+                                absl::Time now, Txn& txn) {
   JobEntry* e = nullptr;
   v1::RankStatus* rs = LiveRank(r.rank(), &e);
   if (rs == nullptr || r.step() < 0) return;
@@ -98,7 +103,8 @@ void ControlState::OnCheckpoint(const v1::WorkerMessage::CheckpointReport& r, ab
     c.set_path(r.path());
     for (const auto& [k, v] : r.metrics()) (*c.mutable_metrics())[k] = v;
   }
-  if (c.ranks_reported() >= c.world()) c.set_state(v1::CHECKPOINT_STATE_COMMITTED);
+  if (c.ranks_reported() >= c.world())
+    c.set_state(v1::CHECKPOINT_STATE_COMMITTED);
   txn.batch.Put(Table::kCheckpoints, key, c);
   txn.touched = true;
   if (c.state() == v1::CHECKPOINT_STATE_COMMITTED) {
@@ -119,7 +125,8 @@ void ControlState::OnCheckpoint(const v1::WorkerMessage::CheckpointReport& r, ab
     std::set<int64_t> keep;
     std::sort(committed.begin(), committed.end(),
               [](auto* a, auto* b) { return a->step() > b->step(); });
-    for (int i = 0; i < pol.keep_last_n() && i < static_cast<int>(committed.size()); ++i) {
+    for (int i = 0;
+         i < pol.keep_last_n() && i < static_cast<int>(committed.size()); ++i) {
       keep.insert(committed[i]->step());
     }
     if (pol.keep_best_k() > 0) {
@@ -133,13 +140,15 @@ void ControlState::OnCheckpoint(const v1::WorkerMessage::CheckpointReport& r, ab
         const double vb = b->metrics().at(pol.best_metric());
         return max ? va > vb : va < vb;
       });
-      for (int i = 0; i < pol.keep_best_k() && i < static_cast<int>(scored.size()); ++i) {
+      for (int i = 0;
+           i < pol.keep_best_k() && i < static_cast<int>(scored.size()); ++i) {
         keep.insert(scored[i]->step());
       }
     }
     for (auto* x : committed) {
       if (!x->pinned() && !keep.count(x->step())) {
-        txn.batch.Delete(Table::kCheckpoints, CheckpointKey(x->job(), x->step()));
+        txn.batch.Delete(Table::kCheckpoints,
+                         CheckpointKey(x->job(), x->step()));
       }
     }
   }

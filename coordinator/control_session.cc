@@ -24,22 +24,24 @@ v1::Failure MakeFailure(v1::FailureReason reason, std::string message, int rank,
 
 }  // namespace
 
-// ---- WorkerSession -----------------------------------------------------------
+// ---- WorkerSession
+// -----------------------------------------------------------
 
-absl::StatusOr<std::string> ControlState::Register(int64_t session,
-                                                   const v1::WorkerMessage::Register& reg,
-                                                   absl::Time now, Effects* fx) {
+absl::StatusOr<std::string> ControlState::Register(
+    int64_t session, const v1::WorkerMessage::Register& reg, absl::Time now,
+    Effects* fx) {
   std::string name = reg.worker().name();
   Txn txn;
   if (!name.empty()) {
+    if (name.rfind("workers/", 0) != 0 || name.size() > 200) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("register.worker.name: '", name.substr(0, 200),
+                       "' is not workers/{worker}"));
+    }
     auto it = workers_.find(name);
     if (it != workers_.end() && it->second.session != session) {
       // Its old stream has not ended yet on our side: that session is gone.
       WorkerLost(name, "re-attached on a new session", now, txn, fx);
-    }
-    if (name.rfind("workers/", 0) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("register.worker.name: '", name, "' is not workers/{worker}"));
     }
   } else {
     name = absl::StrFormat("workers/w-%05d", ++worker_seq_);
@@ -57,8 +59,8 @@ absl::StatusOr<std::string> ControlState::Register(int64_t session,
   {
     v1::CoordinatorMessage m;
     m.mutable_registered()->set_worker_name(name);
-    m.mutable_registered()->set_heartbeat_interval_ms(
-        static_cast<int32_t>(absl::ToInt64Milliseconds(options_.heartbeat_interval)));
+    m.mutable_registered()->set_heartbeat_interval_ms(static_cast<int32_t>(
+        absl::ToInt64Milliseconds(options_.heartbeat_interval)));
     fx->sends.emplace_back(name, std::move(m));
   }
   txn.batch.Put(Table::kWorkers, name, we.worker);
@@ -74,14 +76,15 @@ absl::StatusOr<std::string> ControlState::Register(int64_t session,
       we.worker.set_rank(ref.rank());
       we.worker.set_state(v1::WORKER_STATE_BUSY);
       e->last_progress[ref.rank()] = now;
-      if (e->job.state() == v1::JOB_STATE_CANCELLING && !reg.running_finished()) {
+      if (e->job.state() == v1::JOB_STATE_CANCELLING &&
+          !reg.running_finished()) {
         // The cancel may have been lost with the previous session: repeat it.
         v1::CoordinatorMessage m;
         *m.mutable_cancel()->mutable_rank() = ref;
         fx->sends.emplace_back(name, std::move(m));
       }
-      GEMMA_LOG(INFO) << name << " re-attached running " << ref.job() << " attempt "
-                      << ref.attempt() << " rank " << ref.rank();
+      GEMMA_LOG(INFO) << name << " re-attached running " << ref.job()
+                      << " attempt " << ref.attempt() << " rank " << ref.rank();
       if (reg.running_finished()) {
         v1::WorkerMessage::RankFinished f;
         *f.mutable_rank() = ref;
@@ -91,29 +94,35 @@ absl::StatusOr<std::string> ControlState::Register(int64_t session,
         OnFinished(name, f, now, txn, fx);
       }
     } else if (!reg.running_finished()) {
-      GEMMA_LOG(WARNING) << name << " re-attached with stale " << ref.job() << " epoch "
-                         << ref.epoch() << "; aborting it";
-      SendAbort(name, ref, "stale attempt: the coordinator no longer runs this epoch", fx);
+      GEMMA_LOG(WARNING) << name << " re-attached with stale " << ref.job()
+                         << " epoch " << ref.epoch() << "; aborting it";
+      SendAbort(name, ref,
+                "stale attempt: the coordinator no longer runs this epoch", fx);
     }
   }
   Commit(txn, fx);
   return name;
 }
 
-v1::RankStatus* ControlState::LiveRank(const v1::RankRef& ref, JobEntry** entry) {
+v1::RankStatus* ControlState::LiveRank(const v1::RankRef& ref,
+                                       JobEntry** entry) {
   auto it = jobs_.find(ref.job());
-  if (it == jobs_.end() || !it->second.live || it->second.live->epoch() != ref.epoch()) {
+  if (it == jobs_.end() || !it->second.live ||
+      it->second.live->epoch() != ref.epoch()) {
     return nullptr;
   }
-  if (ref.rank() < 0 || ref.rank() >= it->second.live->ranks_size()) return nullptr;
+  if (ref.rank() < 0 || ref.rank() >= it->second.live->ranks_size())
+    return nullptr;
   *entry = &it->second;
   return it->second.live->mutable_ranks(ref.rank());
 }
 
 void ControlState::OnWorkerMessage(const std::string& worker, int64_t session,
-                                   const v1::WorkerMessage& msg, absl::Time now, Effects* fx) {
+                                   const v1::WorkerMessage& msg, absl::Time now,
+                                   Effects* fx) {
   auto it = workers_.find(worker);
-  if (it == workers_.end() || it->second.session != session) return;  // stale session
+  if (it == workers_.end() || it->second.session != session)
+    return;  // stale session
   it->second.lease_deadline = now + options_.lease;
   Txn txn;
   switch (msg.kind_case()) {
@@ -139,8 +148,8 @@ void ControlState::OnWorkerMessage(const std::string& worker, int64_t session,
   Commit(txn, fx);
 }
 
-void ControlState::OnSessionEnded(const std::string& worker, int64_t session, absl::Time now,
-                                  Effects* fx) {
+void ControlState::OnSessionEnded(const std::string& worker, int64_t session,
+                                  absl::Time now, Effects* fx) {
   auto it = workers_.find(worker);
   if (it == workers_.end() || it->second.session != session) return;
   Txn txn;
@@ -149,7 +158,8 @@ void ControlState::OnSessionEnded(const std::string& worker, int64_t session, ab
   Commit(txn, fx);
 }
 
-void ControlState::OnStarted(const v1::RankRef& ref, absl::Time now, Txn& txn, Effects* fx) {
+void ControlState::OnStarted(const v1::RankRef& ref, absl::Time now, Txn& txn,
+                             Effects* fx) {
   JobEntry* e = nullptr;
   v1::RankStatus* rs = LiveRank(ref, &e);
   if (rs == nullptr) return;
@@ -161,16 +171,18 @@ void ControlState::OnStarted(const v1::RankRef& ref, absl::Time now, Txn& txn, E
     if (!r.started()) return;
   }
   e->live->set_state(v1::JOB_STATE_RUNNING);
-  txn.batch.Put(Table::kAttempts, AttemptKey(e->job.name(), e->live->number()), *e->live);
+  txn.batch.Put(Table::kAttempts, AttemptKey(e->job.name(), e->live->number()),
+                *e->live);
   SetState(*e, v1::JOB_STATE_RUNNING, now);
   Emit(txn, *e, v1::EVENT_TYPE_STATE_CHANGED,
-       absl::StrCat("all ", e->live->ranks_size(), " ranks of attempt ", e->live->number(),
-                    " started"),
+       absl::StrCat("all ", e->live->ranks_size(), " ranks of attempt ",
+                    e->live->number(), " started"),
        now);
   (void)fx;
 }
 
-void ControlState::OnRankProgress(const v1::WorkerMessage::Progress& p, absl::Time now) {
+void ControlState::OnRankProgress(const v1::WorkerMessage::Progress& p,
+                                  absl::Time now) {
   JobEntry* e = nullptr;
   v1::RankStatus* rs = LiveRank(p.rank(), &e);
   if (rs == nullptr) return;  // stale epoch
@@ -183,31 +195,35 @@ void ControlState::OnRankProgress(const v1::WorkerMessage::Progress& p, absl::Ti
 }
 
 void ControlState::OnFinished(const std::string& worker,
-                              const v1::WorkerMessage::RankFinished& f, absl::Time now, Txn& txn,
-                              Effects* fx) {
+                              const v1::WorkerMessage::RankFinished& f,
+                              absl::Time now, Txn& txn, Effects* fx) {
   JobEntry* e = nullptr;
   v1::RankStatus* rs = LiveRank(f.rank(), &e);
   if (rs == nullptr || rs->worker() != worker) return;  // stale: nothing to do
   rs->set_finished(true);
   FreeWorker(worker, f.rank().epoch());
   if (!f.ok() && !f.cancelled()) {
-    const auto reason =
-        f.unimplemented() ? v1::FAILURE_REASON_UNIMPLEMENTED : v1::FAILURE_REASON_RANK_ERROR;
-    FailAttempt(*e,
-                MakeFailure(reason, absl::StrCat("rank ", f.rank().rank(), ": ", f.error()),
-                            f.rank().rank(), worker),
-                !f.unimplemented(), now, txn, fx);
+    const auto reason = f.unimplemented() ? v1::FAILURE_REASON_UNIMPLEMENTED
+                                          : v1::FAILURE_REASON_RANK_ERROR;
+    FailAttempt(
+        *e,
+        MakeFailure(reason,
+                    absl::StrCat("rank ", f.rank().rank(), ": ", f.error()),
+                    f.rank().rank(), worker),
+        !f.unimplemented(), now, txn, fx);
     return;
   }
   if (f.cancelled() && e->job.state() != v1::JOB_STATE_CANCELLING) {
-    FailAttempt(*e,
-                MakeFailure(v1::FAILURE_REASON_RANK_ERROR,
-                            absl::StrCat("rank ", f.rank().rank(), " stopped unasked"),
-                            f.rank().rank(), worker),
-                true, now, txn, fx);
+    FailAttempt(
+        *e,
+        MakeFailure(v1::FAILURE_REASON_RANK_ERROR,
+                    absl::StrCat("rank ", f.rank().rank(), " stopped unasked"),
+                    f.rank().rank(), worker),
+        true, now, txn, fx);
     return;
   }
-  txn.batch.Put(Table::kAttempts, AttemptKey(e->job.name(), e->live->number()), *e->live);
+  txn.batch.Put(Table::kAttempts, AttemptKey(e->job.name(), e->live->number()),
+                *e->live);
   txn.touched = true;
   MaybeFinishAttempt(*e, now, txn, fx);
 }

@@ -44,7 +44,8 @@ class ControlTest : public ::testing::Test {
     Collect(fx);
     return *n;
   }
-  v1::Job Submit(int tp, int dp, int max_restarts = 0, const std::string& rid = "") {
+  v1::Job Submit(int tp, int dp, int max_restarts = 0,
+                 const std::string& rid = "") {
     v1::SubmitJobRequest req;
     req.set_request_id(rid);
     auto* s = req.mutable_spec();
@@ -97,7 +98,9 @@ class ControlTest : public ::testing::Test {
       Tick(absl::Milliseconds(500));
     }
   }
-  v1::JobState StateOf(const std::string& job) { return state_->GetJob(job)->state(); }
+  v1::JobState StateOf(const std::string& job) {
+    return state_->GetJob(job)->state();
+  }
   void Tick(absl::Duration d) {
     now_ += d;
     Effects fx;
@@ -122,7 +125,8 @@ TEST_F(ControlTest, GangWaitsUntilAllRanksFitAndSmallJobsRunSideBySide) {
   ASSERT_EQ(assigns_.size(), 4u);
   v1::Job c = Submit(2, 2);
   EXPECT_EQ(c.state(), v1::JOB_STATE_QUEUED);
-  EXPECT_THAT(state_->GetJob(c.name())->waiting_reason(), HasSubstr("0 free of 4"));
+  EXPECT_THAT(state_->GetJob(c.name())->waiting_reason(),
+              HasSubstr("0 free of 4"));
   StartAll();
   EXPECT_EQ(StateOf(a.name()), v1::JOB_STATE_RUNNING);
   // Finishing a alone frees 2 of 4: c still waits (all or nothing).
@@ -141,8 +145,10 @@ TEST_F(ControlTest, ImpossibleLayoutSaysWhyAndDoesNotBlockOthers) {
   Attach();
   Attach();
   v1::Job big = Submit(3, 1);
-  EXPECT_THAT(state_->GetJob(big.name())->waiting_reason(),
-              HasSubstr("needs 3 cpu workers (tp=3 x dp=1); only 2 such workers attached"));
+  EXPECT_THAT(
+      state_->GetJob(big.name())->waiting_reason(),
+      HasSubstr(
+          "needs 3 cpu workers (tp=3 x dp=1); only 2 such workers attached"));
   v1::Job small = Submit(1, 1);
   EXPECT_EQ(small.state(), v1::JOB_STATE_STARTING);
 }
@@ -246,7 +252,8 @@ TEST_F(ControlTest, CancelAndIllegalTransitions) {
   EXPECT_EQ(StateOf(j.name()), v1::JOB_STATE_CANCELLED);
   auto again = state_->Cancel(j.name(), now_, &fx);
   EXPECT_TRUE(absl::IsFailedPrecondition(again.status()));
-  EXPECT_TRUE(absl::IsNotFound(state_->Cancel("jobs/nope", now_, &fx).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(state_->Cancel("jobs/nope", now_, &fx).status()));
 }
 
 TEST_F(ControlTest, HungRankFailsItsAttempt) {
@@ -259,7 +266,8 @@ TEST_F(ControlTest, HungRankFailsItsAttempt) {
   v1::Job j = *state_->Submit(req, now_, &fx);
   Collect(fx);
   StartAll();
-  for (int i = 0; i < 3; ++i) {  // heartbeats keep the worker, not the rank, alive
+  for (int i = 0; i < 3;
+       ++i) {  // heartbeats keep the worker, not the rank, alive
     now_ += absl::Milliseconds(500);
     v1::WorkerMessage hb;
     hb.mutable_heartbeat();
@@ -324,7 +332,8 @@ TEST_F(ControlTest, ListJobsPagesAndFilters) {
 TEST_F(ControlTest, SubmitErrorsNameTheField) {
   Effects fx;
   v1::SubmitJobRequest req;
-  EXPECT_THAT(std::string(state_->Submit(req, now_, &fx).status().message()), HasSubstr("spec"));
+  EXPECT_THAT(std::string(state_->Submit(req, now_, &fx).status().message()),
+              HasSubstr("spec"));
   req.mutable_spec()->set_kind(v1::JOB_KIND_DIAGNOSE);
   req.set_job_id("Bad_Id");
   auto r = state_->Submit(req, now_, &fx);
@@ -340,7 +349,8 @@ TEST_F(ControlTest, CancelIsRepeatedToRanksThatReattachAfterARestart) {
   v1::Job j = Submit(1, 1);
   StartAll();
   Effects fx;
-  ASSERT_TRUE(state_->Cancel(j.name(), now_, &fx).ok());  // the Cancel is "lost"
+  ASSERT_TRUE(
+      state_->Cancel(j.name(), now_, &fx).ok());  // the Cancel is "lost"
   auto refs = assigns_;
   Open();
   v1::WorkerMessage::Register reg;
@@ -351,13 +361,58 @@ TEST_F(ControlTest, CancelIsRepeatedToRanksThatReattachAfterARestart) {
   ASSERT_TRUE(state_->Register(++session_, reg, now_, &rfx).ok());
   sessions_[refs[0].first] = session_;
   bool cancel_sent = false;
-  for (const auto& [w, m] : rfx.sends) cancel_sent |= m.has_cancel() && w == refs[0].first;
+  for (const auto& [w, m] : rfx.sends)
+    cancel_sent |= m.has_cancel() && w == refs[0].first;
   EXPECT_TRUE(cancel_sent);
   v1::WorkerMessage m;
   *m.mutable_finished()->mutable_rank() = refs[0].second;
   m.mutable_finished()->set_cancelled(true);
   Send(refs[0].first, m);
   EXPECT_EQ(StateOf(j.name()), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(ControlTest, CheckpointRetentionKeepsLastNBestKAndPinned) {
+  Attach();
+  v1::SubmitJobRequest req;
+  auto* spec = req.mutable_spec();
+  spec->set_kind(v1::JOB_KIND_DIAGNOSE);
+  spec->mutable_resources()->set_device(v1::DEVICE_CPU);
+  spec->mutable_checkpoint()->set_keep_last_n(1);
+  spec->mutable_checkpoint()->set_keep_best_k(1);
+  spec->mutable_checkpoint()->set_best_metric("eval_loss");
+  Effects fx;
+  v1::Job j = *state_->Submit(req, now_, &fx);
+  Collect(fx);
+  StartAll();
+  const auto& [w, ref] = assigns_[0];
+  auto report = [&](int64_t step, double loss) {
+    v1::WorkerMessage m;
+    auto* c = m.mutable_checkpoint();
+    *c->mutable_rank() = ref;
+    c->set_step(step);
+    c->set_path("/ckpt/" + std::to_string(step));
+    c->set_bytes(10);
+    (*c->mutable_metrics())["eval_loss"] = loss;
+    Send(w, m);
+  };
+  report(100, 0.5);
+  ASSERT_TRUE(state_->SetPinned(j.name() + "/checkpoints/100", true).ok());
+  report(200, 0.2);  // best
+  report(300, 0.4);
+  report(400, 0.3);  // last
+  std::vector<int64_t> steps;
+  auto list = state_->ListCheckpoints(j.name());
+  ASSERT_TRUE(list.ok());
+  for (const auto& c : list->checkpoints()) {
+    EXPECT_EQ(c.state(), v1::CHECKPOINT_STATE_COMMITTED);
+    steps.push_back(c.step());
+  }
+  // 100 pinned, 200 best eval_loss, 400 last; 300 retired.
+  EXPECT_THAT(steps, ::testing::ElementsAre(100, 200, 400));
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      state_->DeleteCheckpoint(j.name() + "/checkpoints/100")));
+  EXPECT_TRUE(absl::IsNotFound(
+      state_->GetCheckpoint(j.name() + "/checkpoints/300").status()));
 }
 
 }  // namespace

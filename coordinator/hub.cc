@@ -44,7 +44,8 @@ std::vector<v1::JobEvent> EventHub::ProgressSince(int64_t* seq) const {
   return out;
 }
 
-void EventHub::Wait(int64_t revision, int64_t progress_seq, absl::Duration timeout) const {
+void EventHub::Wait(int64_t revision, int64_t progress_seq,
+                    absl::Duration timeout) const {
   struct Args {
     const EventHub* hub;
     int64_t rev, seq;
@@ -59,7 +60,8 @@ void EventHub::Wait(int64_t revision, int64_t progress_seq, absl::Duration timeo
                        timeout);
 }
 
-void LogStore::Append(const std::string& job, int attempt, int rank, const std::string& text) {
+void LogStore::Append(const std::string& job, int attempt, int rank,
+                      const std::string& text) {
   absl::MutexLock lock(&mu_);
   JobLogs& l = logs_[job];
   v1::LogLine line;
@@ -72,8 +74,8 @@ void LogStore::Append(const std::string& job, int attempt, int rank, const std::
   if (l.lines.size() > max_lines_) l.lines.pop_front();
 }
 
-std::vector<v1::LogLine> LogStore::Read(const std::string& job, int64_t after_seq,
-                                        int rank) const {
+std::vector<v1::LogLine> LogStore::Read(const std::string& job,
+                                        int64_t after_seq, int rank) const {
   absl::MutexLock lock(&mu_);
   std::vector<v1::LogLine> out;
   auto it = logs_.find(job);
@@ -84,7 +86,8 @@ std::vector<v1::LogLine> LogStore::Read(const std::string& job, int64_t after_se
   return out;
 }
 
-void LogStore::Wait(const std::string& job, int64_t after_seq, absl::Duration timeout) const {
+void LogStore::Wait(const std::string& job, int64_t after_seq,
+                    absl::Duration timeout) const {
   struct Args {
     const LogStore* s;
     const std::string* job;
@@ -94,7 +97,8 @@ void LogStore::Wait(const std::string& job, int64_t after_seq, absl::Duration ti
   mu_.AwaitWithTimeout(absl::Condition(
                            +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
                              auto it = a->s->logs_.find(*a->job);
-                             return it != a->s->logs_.end() && it->second.seq > a->seq;
+                             return it != a->s->logs_.end() &&
+                                    it->second.seq > a->seq;
                            },
                            &args),
                        timeout);

@@ -28,23 +28,29 @@ class EventHub {
   std::vector<gemma::v1::JobEvent> ProgressSince(int64_t* seq) const;
   // Returns when the revision passes `revision`, the progress sequence passes
   // `progress_seq`, or `timeout` elapses.
-  void Wait(int64_t revision, int64_t progress_seq, absl::Duration timeout) const;
+  void Wait(int64_t revision, int64_t progress_seq,
+            absl::Duration timeout) const;
 
  private:
   mutable absl::Mutex mu_;
   int64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t progress_seq_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<std::pair<int64_t, gemma::v1::JobEvent>> progress_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<int64_t, gemma::v1::JobEvent>> progress_
+      ABSL_GUARDED_BY(mu_);
 };
 
 class LogStore {
  public:
-  explicit LogStore(size_t max_lines_per_job = 5000) : max_lines_(max_lines_per_job) {}
-  void Append(const std::string& job, int attempt, int rank, const std::string& text);
+  explicit LogStore(size_t max_lines_per_job = 5000)
+      : max_lines_(max_lines_per_job) {}
+  void Append(const std::string& job, int attempt, int rank,
+              const std::string& text);
   // Lines of `job` with seq > after_seq and (rank < 0 or its rank).
-  std::vector<gemma::v1::LogLine> Read(const std::string& job, int64_t after_seq, int rank) const;
+  std::vector<gemma::v1::LogLine> Read(const std::string& job,
+                                       int64_t after_seq, int rank) const;
   // Returns when `job` has a line after `after_seq` or `timeout` elapses.
-  void Wait(const std::string& job, int64_t after_seq, absl::Duration timeout) const;
+  void Wait(const std::string& job, int64_t after_seq,
+            absl::Duration timeout) const;
 
  private:
   struct JobLogs {

@@ -6,8 +6,9 @@
 namespace gemma {
 namespace v1 = ::gemma::v1;
 
-JobActor::JobActor(ThreadPool* pool, std::string job, EventHub* hub, LogStore* logs,
-                   Forward forward, absl::Duration forward_interval)
+JobActor::JobActor(ThreadPool* pool, std::string job, EventHub* hub,
+                   LogStore* logs, Forward forward,
+                   absl::Duration forward_interval)
     : job_(std::move(job)),
       hub_(hub),
       logs_(logs),

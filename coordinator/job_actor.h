@@ -21,10 +21,12 @@ namespace gemma {
 
 class JobActor {
  public:
-  using Forward = std::function<void(const gemma::v1::WorkerMessage::Progress&)>;
+  using Forward =
+      std::function<void(const gemma::v1::WorkerMessage::Progress&)>;
 
   // `hub` and `logs` must outlive the actor; `forward` must not block.
-  JobActor(ThreadPool* pool, std::string job, EventHub* hub, LogStore* logs, Forward forward,
+  JobActor(ThreadPool* pool, std::string job, EventHub* hub, LogStore* logs,
+           Forward forward,
            absl::Duration forward_interval = absl::Milliseconds(100));
   // Runs what is queued first.
   ~JobActor() { actor_.Drain(); }
@@ -40,7 +42,9 @@ class JobActor {
   void Flush() { actor_.Drain(); }
 
  private:
-  bool Stale(const gemma::v1::RankRef& ref) const { return ref.epoch() < newest_epoch_; }
+  bool Stale(const gemma::v1::RankRef& ref) const {
+    return ref.epoch() < newest_epoch_;
+  }
 
   const std::string job_;
   EventHub* const hub_;
@@ -50,7 +54,7 @@ class JobActor {
   // Touched only on actor_.
   int64_t newest_epoch_ = 0;
   std::map<int, absl::Time> last_forward_;  // by rank
-  Actor actor_;  // last: destroyed (drained) first
+  Actor actor_;                             // last: destroyed (drained) first
 };
 
 }  // namespace gemma

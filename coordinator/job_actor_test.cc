@@ -13,7 +13,8 @@ namespace {
 
 namespace v1 = ::gemma::v1;
 
-v1::WorkerMessage::Progress Step(int64_t epoch, int rank, int64_t step, int64_t total) {
+v1::WorkerMessage::Progress Step(int64_t epoch, int rank, int64_t step,
+                                 int64_t total) {
   v1::WorkerMessage::Progress p;
   p.mutable_rank()->set_job("jobs/j");
   p.mutable_rank()->set_epoch(epoch);
@@ -29,12 +30,13 @@ TEST(JobActorTest, ForwardsAtABoundedRateAndAlwaysTheLastStep) {
   LogStore logs;
   std::mutex mu;
   std::vector<int64_t> forwarded;
-  JobActor a(&pool, "jobs/j", &hub, &logs,
-             [&](const v1::WorkerMessage::Progress& p) {
-               std::lock_guard<std::mutex> l(mu);
-               forwarded.push_back(p.step());
-             },
-             absl::Hours(1));
+  JobActor a(
+      &pool, "jobs/j", &hub, &logs,
+      [&](const v1::WorkerMessage::Progress& p) {
+        std::lock_guard<std::mutex> l(mu);
+        forwarded.push_back(p.step());
+      },
+      absl::Hours(1));
   for (int s = 1; s <= 100; ++s) a.OnProgress(Step(1, 0, s, 100));
   a.Flush();
   EXPECT_THAT(forwarded, ::testing::ElementsAre(1, 100));
@@ -51,9 +53,10 @@ TEST(JobActorTest, DropsProgressAndLogsOfOlderEpochs) {
   EventHub hub;
   LogStore logs;
   int forwarded = 0;
-  JobActor a(&pool, "jobs/j", &hub, &logs,
-             [&](const v1::WorkerMessage::Progress&) { ++forwarded; },
-             absl::ZeroDuration());
+  JobActor a(
+      &pool, "jobs/j", &hub, &logs,
+      [&](const v1::WorkerMessage::Progress&) { ++forwarded; },
+      absl::ZeroDuration());
   a.OnEpoch(5);
   v1::RankRef old_ref, new_ref;
   old_ref.set_epoch(4);

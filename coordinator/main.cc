@@ -32,25 +32,36 @@ int main(int argc, char** argv) {
   int64_t lease_ms = 0;
   int64_t grace_ms = 15000;
   int64_t tick_ms = 100;
-  gemma::FlagSet flags("gemma-coordinator",
-                       "Runs the Gemma job orchestrator's control plane: the gRPC API for\n"
-                       "gemmactl and dashboards, and the sessions of gemma-worker processes.");
-  flags.String("listen", &options.listen, "address to serve gRPC on; port 0 picks a free one")
+  gemma::FlagSet flags(
+      "gemma-coordinator",
+      "Runs the Gemma job orchestrator's control plane: the gRPC API for\n"
+      "gemmactl and dashboards, and the sessions of gemma-worker processes.");
+  flags
+      .String("listen", &options.listen,
+              "address to serve gRPC on; port 0 picks a free one")
       .Meta("HOST:PORT")
       .Env("GEMMA_LISTEN");
-  flags.String("port-file", &port_file,
-               "write the bound port to this file once serving (for scripts and tests)")
+  flags
+      .String("port-file", &port_file,
+              "write the bound port to this file once serving (for scripts and "
+              "tests)")
       .Meta("PATH");
-  flags.Int("heartbeat-ms", &heartbeat_ms, "heartbeat interval asked of workers");
-  flags.String("data-dir", &options.data_dir,
-               "RocksDB folder with jobs, attempts, workers, checkpoints and events")
+  flags.Int("heartbeat-ms", &heartbeat_ms,
+            "heartbeat interval asked of workers");
+  flags
+      .String(
+          "data-dir", &options.data_dir,
+          "RocksDB folder with jobs, attempts, workers, checkpoints and events")
       .Meta("DIR")
       .Env("GEMMA_DATA_DIR");
   flags.Int("lease-ms", &lease_ms,
-            "a worker silent this long is lost and its attempt fails (0: 5 heartbeats)");
+            "a worker silent this long is lost and its attempt fails (0: 5 "
+            "heartbeats)");
   flags.Int("grace-ms", &grace_ms,
-            "after a restart, how long running attempts wait for their workers to re-attach");
-  flags.Int("tick-ms", &tick_ms, "how often leases, hangs and backoffs are checked");
+            "after a restart, how long running attempts wait for their workers "
+            "to re-attach");
+  flags.Int("tick-ms", &tick_ms,
+            "how often leases, hangs and backoffs are checked");
   flags.Epilog(
       "Examples:\n"
       "  gemma-coordinator                          # serve on 127.0.0.1:7450\n"
@@ -67,7 +78,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (heartbeat_ms <= 0 || lease_ms < 0 || grace_ms < 0 || tick_ms <= 0) {
-    std::cerr << "gemma-coordinator: --heartbeat-ms and --tick-ms must be > 0, --lease-ms and "
+    std::cerr << "gemma-coordinator: --heartbeat-ms and --tick-ms must be > 0, "
+                 "--lease-ms and "
                  "--grace-ms >= 0\n";
     return 2;
   }
@@ -83,8 +95,8 @@ int main(int argc, char** argv) {
     std::cerr << "gemma-coordinator: " << st.message() << "\n";
     return 1;
   }
-  GEMMA_LOG(INFO) << "serving on port " << server.port() << " (" << options.listen
-                  << "), data in " << options.data_dir;
+  GEMMA_LOG(INFO) << "serving on port " << server.port() << " ("
+                  << options.listen << "), data in " << options.data_dir;
   if (!port_file.empty()) {
     const std::string tmp = port_file + ".tmp";
     {

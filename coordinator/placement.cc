@@ -14,7 +14,8 @@ using HostMap = std::map<std::string, std::vector<std::string>>;
 // Number of whole TP groups the hosts can hold.
 int Groups(const HostMap& hosts, int tp) {
   int n = 0;
-  for (const auto& [host, names] : hosts) n += static_cast<int>(names.size()) / tp;
+  for (const auto& [host, names] : hosts)
+    n += static_cast<int>(names.size()) / tp;
   return n;
 }
 
@@ -47,32 +48,37 @@ PlacementResult PlaceGang(const v1::JobSpec& spec,
     for (auto& [h, names] : *m) std::sort(names.begin(), names.end());
   }
   const std::string dev = DeviceName(spec.resources().device());
-  const std::string shape = absl::StrCat(world, " ", dev, " worker", world == 1 ? "" : "s",
-                                         " (tp=", tp, " x dp=", dp, ")");
-  const std::string mem = spec.resources().min_memory_bytes() > 0
-                              ? absl::StrCat(" with >= ", spec.resources().min_memory_bytes(),
-                                             " bytes")
-                              : "";
+  const std::string shape =
+      absl::StrCat(world, " ", dev, " worker", world == 1 ? "" : "s",
+                   " (tp=", tp, " x dp=", dp, ")");
+  const std::string mem =
+      spec.resources().min_memory_bytes() > 0
+          ? absl::StrCat(" with >= ", spec.resources().min_memory_bytes(),
+                         " bytes")
+          : "";
   if (n_all < world) {
     r.impossible = true;
-    r.reason = absl::StrCat("needs ", shape, mem, "; only ", n_all, " such worker",
-                            n_all == 1 ? "" : "s", " attached");
+    r.reason = absl::StrCat("needs ", shape, mem, "; only ", n_all,
+                            " such worker", n_all == 1 ? "" : "s", " attached");
     return r;
   }
   if (Groups(all, tp) < dp) {
     r.impossible = true;
-    r.reason = absl::StrCat("needs ", dp, " groups of ", tp, " ", dev,
-                            " workers on one host each (tp groups stay on a host); the ",
-                            n_all, " attached allow only ", Groups(all, tp));
+    r.reason = absl::StrCat(
+        "needs ", dp, " groups of ", tp, " ", dev,
+        " workers on one host each (tp groups stay on a host); the ", n_all,
+        " attached allow only ", Groups(all, tp));
     return r;
   }
   if (Groups(free, tp) < dp) {
-    r.reason = absl::StrCat("needs ", shape, mem, "; ", n_free, " free of ", n_all, " attached");
+    r.reason = absl::StrCat("needs ", shape, mem, "; ", n_free, " free of ",
+                            n_all, " attached");
     return r;
   }
   int placed_groups = 0;
   for (const auto& [host, names] : free) {
-    for (size_t i = 0; i + tp <= names.size() && placed_groups < dp; i += tp, ++placed_groups) {
+    for (size_t i = 0; i + tp <= names.size() && placed_groups < dp;
+         i += tp, ++placed_groups) {
       for (int k = 0; k < tp; ++k) r.workers.push_back(names[i + k]);
     }
   }

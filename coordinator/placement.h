@@ -27,8 +27,9 @@ bool WorkerFits(const gemma::v1::Worker& w, const gemma::v1::JobSpec& spec);
 // Places all tp*dp ranks at once or none. Each TP group (tp consecutive ranks)
 // lands on one host. `attached` are all attached workers; those with a
 // non-empty job() are busy. Deterministic: hosts and workers in name order.
-PlacementResult PlaceGang(const gemma::v1::JobSpec& spec,
-                          const std::vector<const gemma::v1::Worker*>& attached);
+PlacementResult PlaceGang(
+    const gemma::v1::JobSpec& spec,
+    const std::vector<const gemma::v1::Worker*>& attached);
 
 }  // namespace gemma
 

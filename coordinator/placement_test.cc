@@ -24,7 +24,8 @@ class PlacementTest : public ::testing::Test {
     if (busy) w.set_job("jobs/other");
     workers_.push_back(w);
   }
-  PlacementResult Place(int tp, int dp, v1::Device device = v1::DEVICE_CPU, int64_t mem = 0) {
+  PlacementResult Place(int tp, int dp, v1::Device device = v1::DEVICE_CPU,
+                        int64_t mem = 0) {
     v1::JobSpec spec;
     spec.mutable_parallel()->set_tp(tp);
     spec.mutable_parallel()->set_dp(dp);
@@ -44,7 +45,8 @@ TEST_F(PlacementTest, TensorParallelGroupsStayOnOneHost) {
   Add("workers/b2", "b");
   PlacementResult r = Place(2, 2);
   // Ranks 0,1 on host a; ranks 2,3 on host b.
-  EXPECT_THAT(r.workers, ElementsAre("workers/a1", "workers/a2", "workers/b1", "workers/b2"));
+  EXPECT_THAT(r.workers, ElementsAre("workers/a1", "workers/a2", "workers/b1",
+                                     "workers/b2"));
 }
 
 TEST_F(PlacementTest, AllOrNothingWithAReasonWhenBusy) {
@@ -54,7 +56,9 @@ TEST_F(PlacementTest, AllOrNothingWithAReasonWhenBusy) {
   PlacementResult r = Place(1, 3);
   EXPECT_TRUE(r.workers.empty());
   EXPECT_FALSE(r.impossible);
-  EXPECT_THAT(r.reason, HasSubstr("needs 3 cpu workers (tp=1 x dp=3); 2 free of 3 attached"));
+  EXPECT_THAT(
+      r.reason,
+      HasSubstr("needs 3 cpu workers (tp=1 x dp=3); 2 free of 3 attached"));
 }
 
 TEST_F(PlacementTest, SplitHostsCannotHoldATpGroup) {
@@ -72,7 +76,8 @@ TEST_F(PlacementTest, DeviceKindAndMemoryMustMatch) {
   EXPECT_THAT(Place(1, 1, v1::DEVICE_CPU).workers, ElementsAre("workers/c1"));
   PlacementResult r = Place(1, 1, v1::DEVICE_CPU, 5000);
   EXPECT_TRUE(r.impossible);
-  EXPECT_THAT(r.reason, HasSubstr("with >= 5000 bytes; only 0 such workers attached"));
+  EXPECT_THAT(r.reason,
+              HasSubstr("with >= 5000 bytes; only 0 such workers attached"));
 }
 
 }  // namespace

@@ -11,8 +11,9 @@
 namespace gemma {
 
 const char* TableName(Table t) {
-  static const char* kNames[kNumTables] = {"jobs",   "attempts",    "workers", "checkpoints",
-                                           "events", "request_ids", "meta"};
+  static const char* kNames[kNumTables] = {
+      "jobs",   "attempts",    "workers", "checkpoints",
+      "events", "request_ids", "meta"};
   return kNames[static_cast<int>(t)];
 }
 
@@ -32,7 +33,8 @@ std::string RevisionKey(int64_t revision) {
 }
 int64_t RevisionFromKey(const std::string& key) {
   int64_t r = 0;
-  for (size_t i = 0; i < key.size() && i < 8; ++i) r = (r << 8) | static_cast<uint8_t>(key[i]);
+  for (size_t i = 0; i < key.size() && i < 8; ++i)
+    r = (r << 8) | static_cast<uint8_t>(key[i]);
   return r;
 }
 
@@ -41,11 +43,13 @@ Store::Batch::~Batch() = default;
 Store::Batch::Batch(Batch&&) noexcept = default;
 Store::Batch& Store::Batch::operator=(Batch&&) noexcept = default;
 
-void Store::Batch::Put(Table t, const std::string& key, const google::protobuf::Message& value) {
+void Store::Batch::Put(Table t, const std::string& key,
+                       const google::protobuf::Message& value) {
   ops_.push_back({t, key, value.SerializeAsString()});
   ++count_;
 }
-void Store::Batch::PutRaw(Table t, const std::string& key, const std::string& value) {
+void Store::Batch::PutRaw(Table t, const std::string& key,
+                          const std::string& value) {
   ops_.push_back({t, key, value});
   ++count_;
 }
@@ -62,17 +66,21 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
   opts.keep_log_file_num = 4;
   opts.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-  cfs.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  cfs.emplace_back(rocksdb::kDefaultColumnFamilyName,
+                   rocksdb::ColumnFamilyOptions());
   for (int i = 0; i < kNumTables; ++i) {
-    cfs.emplace_back(TableName(static_cast<Table>(i)), rocksdb::ColumnFamilyOptions());
+    cfs.emplace_back(TableName(static_cast<Table>(i)),
+                     rocksdb::ColumnFamilyOptions());
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(opts, dir, cfs, &handles, &db);
   if (!s.ok()) {
-    const std::string msg = absl::StrCat("cannot open store in ", dir, ": ", s.ToString());
+    const std::string msg =
+        absl::StrCat("cannot open store in ", dir, ": ", s.ToString());
     if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) {
-      return absl::UnavailableError(msg + " (is another coordinator using this --data-dir?)");
+      return absl::UnavailableError(
+          msg + " (is another coordinator using this --data-dir?)");
     }
     return absl::InternalError(msg);
   }
@@ -105,18 +113,20 @@ absl::Status Store::Write(const Batch& batch) {
   wo.sync = true;
   rocksdb::Status s = db_->Write(wo, &wb);
   if (!s.ok()) {
-    return absl::InternalError(absl::StrCat("store write in ", dir_, ": ", s.ToString()));
+    return absl::InternalError(
+        absl::StrCat("store write in ", dir_, ": ", s.ToString()));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<std::string>> Store::GetRaw(Table t, const std::string& key) const {
+absl::StatusOr<std::optional<std::string>> Store::GetRaw(
+    Table t, const std::string& key) const {
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf(t), key, &value);
   if (s.IsNotFound()) return std::optional<std::string>();
   if (!s.ok()) {
-    return absl::InternalError(
-        absl::StrCat("store read ", TableName(t), "/", key, ": ", s.ToString()));
+    return absl::InternalError(absl::StrCat("store read ", TableName(t), "/",
+                                            key, ": ", s.ToString()));
   }
   return std::optional<std::string>(std::move(value));
 }
@@ -127,7 +137,8 @@ absl::StatusOr<bool> Store::Get(Table t, const std::string& key,
   if (!raw.ok()) return raw.status();
   if (!raw->has_value()) return false;
   if (!out->ParseFromString(**raw)) {
-    return absl::DataLossError(absl::StrCat("store: unparsable ", out->GetTypeName(), " in ",
+    return absl::DataLossError(absl::StrCat("store: unparsable ",
+                                            out->GetTypeName(), " in ",
                                             TableName(t), "/", key));
   }
   return true;
@@ -135,8 +146,10 @@ absl::StatusOr<bool> Store::Get(Table t, const std::string& key,
 
 absl::Status Store::Scan(
     Table t, const std::string& prefix, const std::string& start,
-    const std::function<bool(const std::string&, const std::string&)>& fn) const {
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(t)));
+    const std::function<bool(const std::string&, const std::string&)>& fn)
+    const {
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), cf(t)));
   const std::string& from = start.empty() || start < prefix ? prefix : start;
   for (it->Seek(from); it->Valid(); it->Next()) {
     const rocksdb::Slice k = it->key();
@@ -144,8 +157,8 @@ absl::Status Store::Scan(
     if (!fn(k.ToString(), it->value().ToString())) break;
   }
   if (!it->status().ok()) {
-    return absl::InternalError(
-        absl::StrCat("store scan ", TableName(t), ": ", it->status().ToString()));
+    return absl::InternalError(absl::StrCat("store scan ", TableName(t), ": ",
+                                            it->status().ToString()));
   }
   return absl::OkStatus();
 }

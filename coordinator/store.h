@@ -22,14 +22,14 @@
 #ifndef GEMMA_COORDINATOR_STORE_H_
 #define GEMMA_COORDINATOR_STORE_H_
 
+#include <google/protobuf/message.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <google/protobuf/message.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -42,7 +42,15 @@ class WriteBatch;
 
 namespace gemma {
 
-enum class Table { kJobs = 0, kAttempts, kWorkers, kCheckpoints, kEvents, kRequestIds, kMeta };
+enum class Table {
+  kJobs = 0,
+  kAttempts,
+  kWorkers,
+  kCheckpoints,
+  kEvents,
+  kRequestIds,
+  kMeta
+};
 inline constexpr int kNumTables = 7;
 // The column family's name ("jobs", "attempts", ...).
 const char* TableName(Table t);
@@ -62,7 +70,8 @@ class Store {
     ~Batch();
     Batch(Batch&&) noexcept;
     Batch& operator=(Batch&&) noexcept;
-    void Put(Table t, const std::string& key, const google::protobuf::Message& value);
+    void Put(Table t, const std::string& key,
+             const google::protobuf::Message& value);
     void PutRaw(Table t, const std::string& key, const std::string& value);
     void Delete(Table t, const std::string& key);
     int size() const { return count_; }
@@ -88,20 +97,26 @@ class Store {
   absl::Status Write(const Batch& batch);
 
   // The raw value, or nullopt when the key is absent.
-  absl::StatusOr<std::optional<std::string>> GetRaw(Table t, const std::string& key) const;
+  absl::StatusOr<std::optional<std::string>> GetRaw(
+      Table t, const std::string& key) const;
   // Parses the value into `out`; false when absent; DATA_LOSS when unparsable.
-  absl::StatusOr<bool> Get(Table t, const std::string& key, google::protobuf::Message* out) const;
+  absl::StatusOr<bool> Get(Table t, const std::string& key,
+                           google::protobuf::Message* out) const;
 
   // Calls fn(key, value) for keys >= start that begin with `prefix`, in key
   // order, until fn returns false.
-  absl::Status Scan(Table t, const std::string& prefix, const std::string& start,
-                    const std::function<bool(const std::string&, const std::string&)>& fn) const;
+  absl::Status Scan(
+      Table t, const std::string& prefix, const std::string& start,
+      const std::function<bool(const std::string&, const std::string&)>& fn)
+      const;
 
   const std::string& dir() const { return dir_; }
 
  private:
   Store() = default;
-  rocksdb::ColumnFamilyHandle* cf(Table t) const { return handles_[static_cast<int>(t)]; }
+  rocksdb::ColumnFamilyHandle* cf(Table t) const {
+    return handles_[static_cast<int>(t)];
+  }
 
   std::string dir_;
   rocksdb::DB* db_ = nullptr;

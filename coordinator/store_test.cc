@@ -3,15 +3,16 @@
 // second process (here: a second open) holds the folder.
 #include "coordinator/store.h"
 
+#include "gemma/v1/jobs.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "gemma/v1/jobs.pb.h"
 
 namespace gemma {
 namespace {
 
 std::string FreshDir(const std::string& name) {
-  std::string d = ::testing::TempDir() + "/store-" + name + "-" + std::to_string(getpid());
+  std::string d =
+      ::testing::TempDir() + "/store-" + name + "-" + std::to_string(getpid());
   std::string cmd = "rm -rf '" + d + "'";
   (void)system(cmd.c_str());
   return d;
@@ -30,7 +31,8 @@ TEST(StoreTest, BatchIsDurableAcrossReopenAndScansInKeyOrder) {
     j.set_name("jobs/b");
     b.Put(Table::kJobs, "jobs/b", j);
     b.PutRaw(Table::kMeta, "revision", "7");
-    for (int r : {3, 1, 2, 300}) b.PutRaw(Table::kEvents, RevisionKey(r), std::to_string(r));
+    for (int r : {3, 1, 2, 300})
+      b.PutRaw(Table::kEvents, RevisionKey(r), std::to_string(r));
     ASSERT_TRUE((*store)->Write(b).ok());
   }
   auto store = Store::Open(dir);
@@ -59,7 +61,8 @@ TEST(StoreTest, DeletesApplyAndPrefixScansStopAtThePrefix) {
   ASSERT_TRUE(store.ok());
   Store::Batch b;
   gemma::v1::Attempt a;
-  for (int i = 1; i <= 3; ++i) b.Put(Table::kAttempts, AttemptKey("jobs/x", i), a);
+  for (int i = 1; i <= 3; ++i)
+    b.Put(Table::kAttempts, AttemptKey("jobs/x", i), a);
   b.Put(Table::kAttempts, AttemptKey("jobs/xy", 1), a);
   ASSERT_TRUE((*store)->Write(b).ok());
   Store::Batch d;
@@ -73,7 +76,8 @@ TEST(StoreTest, DeletesApplyAndPrefixScansStopAtThePrefix) {
                            return true;
                          })
                   .ok());
-  EXPECT_THAT(keys, ::testing::ElementsAre(AttemptKey("jobs/x", 1), AttemptKey("jobs/x", 3)));
+  EXPECT_THAT(keys, ::testing::ElementsAre(AttemptKey("jobs/x", 1),
+                                           AttemptKey("jobs/x", 3)));
 }
 
 TEST(StoreTest, CorruptValueIsDataLossNamingTheKey) {
@@ -86,7 +90,8 @@ TEST(StoreTest, CorruptValueIsDataLossNamingTheKey) {
   auto got = (*store)->Get(Table::kJobs, "jobs/bad", &j);
   ASSERT_FALSE(got.ok());
   EXPECT_TRUE(absl::IsDataLoss(got.status()));
-  EXPECT_THAT(std::string(got.status().message()), ::testing::HasSubstr("jobs/jobs/bad"));
+  EXPECT_THAT(std::string(got.status().message()),
+              ::testing::HasSubstr("jobs/jobs/bad"));
 }
 
 TEST(StoreTest, SecondOpenOfTheSameFolderIsUnavailable) {
@@ -96,7 +101,8 @@ TEST(StoreTest, SecondOpenOfTheSameFolderIsUnavailable) {
   auto second = Store::Open(dir);
   ASSERT_FALSE(second.ok());
   EXPECT_TRUE(absl::IsUnavailable(second.status())) << second.status();
-  EXPECT_THAT(std::string(second.status().message()), ::testing::HasSubstr(dir));
+  EXPECT_THAT(std::string(second.status().message()),
+              ::testing::HasSubstr(dir));
 }
 
 }  // namespace

@@ -18,8 +18,8 @@ namespace gemma {
 
 class WorkerActor {
  public:
-  using Stream =
-      grpc::ServerReaderWriter<gemma::v1::CoordinatorMessage, gemma::v1::WorkerMessage>;
+  using Stream = grpc::ServerReaderWriter<gemma::v1::CoordinatorMessage,
+                                          gemma::v1::WorkerMessage>;
 
   // `stream` must stay valid until Close() returns.
   WorkerActor(ThreadPool* pool, Stream* stream, int64_t session_id)

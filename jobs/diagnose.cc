@@ -1,8 +1,7 @@
 #include "jobs/diagnose.h"
 
-#include <torch/torch.h>
-
 #include <sys/stat.h>
+#include <torch/torch.h>
 
 #include <cerrno>
 #include <chrono>
@@ -24,7 +23,8 @@ absl::Status MakeDirs(const std::string& path) {
     if (pos == path.size() || path[pos] == '/') {
       const std::string prefix = path.substr(0, pos);
       if (mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-        return absl::InternalError(absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
+        return absl::InternalError(
+            absl::StrCat("mkdir ", prefix, ": ", std::strerror(errno)));
       }
     }
   }
@@ -37,10 +37,12 @@ class DiagnoseJob : public Job {
     try {
       return RunOrThrow(ctx);
     } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("diagnose rank ", ctx.rank, " on ", ctx.device, ": ", e.what_without_backtrace()));
+      return absl::InternalError(absl::StrCat("diagnose rank ", ctx.rank,
+                                              " on ", ctx.device, ": ",
+                                              e.what_without_backtrace()));
     } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("diagnose rank ", ctx.rank, ": ", e.what()));
+      return absl::InternalError(
+          absl::StrCat("diagnose rank ", ctx.rank, ": ", e.what()));
     }
   }
 
@@ -51,58 +53,78 @@ class DiagnoseJob : public Job {
     const int64_t n = d.matrix_size() > 0 ? d.matrix_size() : 256;
     const torch::Device device(ctx.device.empty() ? "cpu" : ctx.device);
     torch::manual_seed(1234 + ctx.rank);
-    const auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(device);
-    torch::Tensor a = torch::randn({n, n}, opts) / std::sqrt(static_cast<double>(n));
-    torch::Tensor b = torch::randn({n, n}, opts) / std::sqrt(static_cast<double>(n));
-    ctx.Log(absl::StrFormat("rank %d/%d: %d steps of %dx%d matmul on %s", ctx.rank, ctx.world,
-                            steps, n, n, device.str()));
+    const auto opts =
+        torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    torch::Tensor a =
+        torch::randn({n, n}, opts) / std::sqrt(static_cast<double>(n));
+    torch::Tensor b =
+        torch::randn({n, n}, opts) / std::sqrt(static_cast<double>(n));
+    ctx.Log(absl::StrFormat("rank %d/%d: %d steps of %dx%d matmul on %s",
+                            ctx.rank, ctx.world, steps, n, n, device.str()));
     ctx.Progress(0, steps, {});
     const auto& ck = ctx.spec.checkpoint();
     for (int64_t step = 1; step <= steps; ++step) {
-      if (ctx.Cancelled()) return absl::CancelledError("diagnose stopped on request");
+      if (ctx.Cancelled())
+        return absl::CancelledError("diagnose stopped on request");
       const auto t0 = std::chrono::steady_clock::now();
       torch::Tensor c = torch::mm(a, b);
-      const double checksum = c.abs().sum().item<double>();  // waits for the device
+      const double checksum =
+          c.abs().sum().item<double>();  // waits for the device
       const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+              .count();
       const double gflops = 2.0 * n * n * n / std::max(secs, 1e-9) / 1e9;
-      a = c / std::max(c.norm().item<double>() / std::sqrt(static_cast<double>(n)), 1e-12);
-      ctx.Progress(step, steps, {{"gflops", gflops}, {"step_ms", secs * 1e3},
-                                 {"checksum", checksum}});
+      a = c /
+          std::max(c.norm().item<double>() / std::sqrt(static_cast<double>(n)),
+                   1e-12);
+      ctx.Progress(step, steps,
+                   {{"gflops", gflops},
+                    {"step_ms", secs * 1e3},
+                    {"checksum", checksum}});
       if (step % 10 == 0 || step == steps) {
-        ctx.Log(absl::StrFormat("rank %d step %d/%d: %.2f GFLOP/s", ctx.rank, step, steps, gflops));
+        ctx.Log(absl::StrFormat("rank %d step %d/%d: %.2f GFLOP/s", ctx.rank,
+                                step, steps, gflops));
       }
       if (ck.interval_steps() > 0 && !ck.root().empty() &&
           (step % ck.interval_steps() == 0 || step == steps)) {
-        if (absl::Status s = WriteCheckpoint(ctx, step, checksum, gflops); !s.ok()) return s;
+        if (absl::Status s = WriteCheckpoint(ctx, step, checksum, gflops);
+            !s.ok())
+          return s;
       }
       // Sleep in slices so a cancel is seen quickly.
-      for (int slept = 0; slept < d.step_sleep_ms() && !ctx.Cancelled(); slept += 20) {
-        absl::SleepFor(absl::Milliseconds(std::min(20, d.step_sleep_ms() - slept)));
+      for (int slept = 0; slept < d.step_sleep_ms() && !ctx.Cancelled();
+           slept += 20) {
+        absl::SleepFor(
+            absl::Milliseconds(std::min(20, d.step_sleep_ms() - slept)));
       }
     }
     return absl::OkStatus();
   }
 
   // Writes dir/rank-NNNNN.txt through a temporary name, then reports it.
-  absl::Status WriteCheckpoint(RankContext& ctx, int64_t step, double checksum, double gflops) {
+  absl::Status WriteCheckpoint(RankContext& ctx, int64_t step, double checksum,
+                               double gflops) {
     const std::string id = ctx.job.substr(ctx.job.rfind('/') + 1);
-    const std::string dir =
-        absl::StrFormat("%s/%s/step-%06d", ctx.spec.checkpoint().root(), id, step);
+    const std::string dir = absl::StrFormat(
+        "%s/%s/step-%06d", ctx.spec.checkpoint().root(), id, step);
     if (absl::Status s = MakeDirs(dir); !s.ok()) return s;
     const std::string file = absl::StrFormat("%s/rank-%05d.txt", dir, ctx.rank);
     const std::string tmp = file + ".tmp";
-    const std::string text = absl::StrCat("step ", step, " checksum ", checksum, "\n");
+    const std::string text =
+        absl::StrCat("step ", step, " checksum ", checksum, "\n");
     {
       std::ofstream out(tmp);
       out << text;
-      if (!out.good()) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+      if (!out.good())
+        return absl::InternalError(absl::StrCat("cannot write ", tmp));
     }
     if (std::rename(tmp.c_str(), file.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat("rename ", tmp, ": ", std::strerror(errno)));
+      return absl::InternalError(
+          absl::StrCat("rename ", tmp, ": ", std::strerror(errno)));
     }
     if (ctx.checkpoint) {
-      ctx.checkpoint(step, dir, static_cast<int64_t>(text.size()), {{"gflops", gflops}});
+      ctx.checkpoint(step, dir, static_cast<int64_t>(text.size()),
+                     {{"gflops", gflops}});
     }
     return absl::OkStatus();
   }
@@ -110,6 +132,8 @@ class DiagnoseJob : public Job {
 
 }  // namespace
 
-std::unique_ptr<Job> NewDiagnoseJob() { return std::make_unique<DiagnoseJob>(); }
+std::unique_ptr<Job> NewDiagnoseJob() {
+  return std::make_unique<DiagnoseJob>();
+}
 
 }  // namespace gemma

@@ -1,10 +1,10 @@
 // The diagnose kind through the Job interface, and the registry's contract.
 #include "jobs/diagnose.h"
 
-#include <atomic>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -30,7 +30,8 @@ RankContext MakeContext(Recorder* rec, std::atomic<bool>* stop) {
   ctx.spec.set_kind(gemma::v1::JOB_KIND_DIAGNOSE);
   ctx.job = "jobs/t1";
   ctx.device = "cpu";
-  ctx.progress = [rec](int64_t step, int64_t, const std::map<std::string, double>& m) {
+  ctx.progress = [rec](int64_t step, int64_t,
+                       const std::map<std::string, double>& m) {
     std::lock_guard<std::mutex> l(rec->mu);
     rec->steps.push_back(step);
     if (m.count("gflops")) rec->gflops.push_back(m.at("gflops"));
@@ -70,7 +71,8 @@ TEST(DiagnoseTest, StopsWhenCancelled) {
   ctx.spec.mutable_diagnose()->set_steps(1000000);
   ctx.spec.mutable_diagnose()->set_matrix_size(16);
   ctx.spec.mutable_diagnose()->set_step_sleep_ms(5);
-  ctx.progress = [&](int64_t step, int64_t, const std::map<std::string, double>&) {
+  ctx.progress = [&](int64_t step, int64_t,
+                     const std::map<std::string, double>&) {
     if (step == 3) stop = true;
   };
   auto status = NewDiagnoseJob()->Run(ctx);
@@ -82,7 +84,8 @@ TEST(DiagnoseTest, WritesAndReportsCheckpointsAtTheInterval) {
   std::atomic<bool> stop{false};
   RankContext ctx = MakeContext(&rec, &stop);
   // (No std::filesystem here: libtorch.so shadows its symbols.)
-  const std::string root = ::testing::TempDir() + "/diag-ckpt-" + std::to_string(getpid());
+  const std::string root =
+      ::testing::TempDir() + "/diag-ckpt-" + std::to_string(getpid());
   ASSERT_EQ(std::system(("rm -rf '" + root + "'").c_str()), 0);
   ctx.spec.mutable_diagnose()->set_steps(4);
   ctx.spec.mutable_diagnose()->set_matrix_size(8);
@@ -97,14 +100,17 @@ TEST(DiagnoseTest, WritesAndReportsCheckpointsAtTheInterval) {
   in >> word;
   EXPECT_EQ(word, "step");
   struct stat st;
-  EXPECT_NE(stat((rec.checkpoints[1].second + "/rank-00000.txt.tmp").c_str(), &st), 0);
+  EXPECT_NE(
+      stat((rec.checkpoints[1].second + "/rank-00000.txt.tmp").c_str(), &st),
+      0);
 }
 
 TEST(JobRegistryTest, UnknownKindsAreUnimplemented) {
   auto job = JobRegistry::Default().Create(gemma::v1::JOB_KIND_SFT);
   ASSERT_FALSE(job.ok());
   EXPECT_TRUE(absl::IsUnimplemented(job.status()));
-  EXPECT_THAT(std::string(job.status().message()), ::testing::HasSubstr("'sft'"));
+  EXPECT_THAT(std::string(job.status().message()),
+              ::testing::HasSubstr("'sft'"));
 }
 
 }  // namespace

@@ -5,8 +5,9 @@
 //
 //   class MyJob : public Job {
 //     absl::Status Run(RankContext& ctx) override {
-//       for (int64_t s = 1; s <= n && !ctx.Cancelled(); ++s) { ...; ctx.Progress(s, n, {}); }
-//       return ctx.Cancelled() ? absl::CancelledError("stopped") : absl::OkStatus();
+//       for (int64_t s = 1; s <= n && !ctx.Cancelled(); ++s) { ...;
+//       ctx.Progress(s, n, {}); } return ctx.Cancelled() ?
+//       absl::CancelledError("stopped") : absl::OkStatus();
 //     }
 //   };
 #ifndef GEMMA_JOBS_JOB_H_
@@ -27,7 +28,7 @@ namespace gemma {
 // thread-safe and never block for long (messages are queued for the session).
 struct RankContext {
   gemma::v1::JobSpec spec;
-  std::string job;     // jobs/{job}
+  std::string job;  // jobs/{job}
   int attempt = 0;
   int rank = 0;
   int world = 1;
@@ -45,7 +46,8 @@ struct RankContext {
   // True once the rank was asked to stop (cancel or abort): return soon.
   std::function<bool()> cancelled;
 
-  void Progress(int64_t step, int64_t total, const std::map<std::string, double>& m = {}) const {
+  void Progress(int64_t step, int64_t total,
+                const std::map<std::string, double>& m = {}) const {
     if (progress) progress(step, total, m);
   }
   void Log(const std::string& line) const {

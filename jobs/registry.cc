@@ -19,13 +19,15 @@ void JobRegistry::Register(gemma::v1::JobKind kind, Factory factory) {
   factories_[kind] = std::move(factory);
 }
 
-absl::StatusOr<std::unique_ptr<Job>> JobRegistry::Create(gemma::v1::JobKind kind) const {
+absl::StatusOr<std::unique_ptr<Job>> JobRegistry::Create(
+    gemma::v1::JobKind kind) const {
   auto it = factories_.find(kind);
   if (it == factories_.end()) {
     std::string name = gemma::v1::JobKind_Name(kind);
-    if (name.rfind("JOB_KIND_", 0) == 0) name = absl::AsciiStrToLower(name.substr(9));
-    return absl::UnimplementedError(
-        absl::StrCat("job kind '", name, "' is not implemented by this worker"));
+    if (name.rfind("JOB_KIND_", 0) == 0)
+      name = absl::AsciiStrToLower(name.substr(9));
+    return absl::UnimplementedError(absl::StrCat(
+        "job kind '", name, "' is not implemented by this worker"));
   }
   return it->second();
 }

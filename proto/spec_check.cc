@@ -23,7 +23,8 @@ absl::Status NonNegative(const std::string& field, double v) {
   return absl::OkStatus();
 }
 
-absl::Status Required(const std::string& field, const std::string& v, const std::string& kind) {
+absl::Status Required(const std::string& field, const std::string& v,
+                      const std::string& kind) {
   if (v.empty()) return Bad(field, absl::StrCat("required for kind ", kind));
   return absl::OkStatus();
 }
@@ -36,71 +37,111 @@ int WorldSize(const v1::JobSpec& spec) {
 
 absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
   if (spec.kind() == v1::JOB_KIND_UNSPECIFIED) {
-    return Bad("kind", "required (convert, sft, peft, eval, generate or diagnose)");
+    return Bad("kind",
+               "required (convert, sft, peft, eval, generate or diagnose)");
   }
   if (!v1::JobKind_IsValid(spec.kind())) return Bad("kind", "unknown kind");
   const auto& p = spec.parallel();
-  if (p.tp() < 0 || p.tp() > 4096) return Bad("parallel.tp", absl::StrCat("must be 1..4096, got ", p.tp()));
-  if (p.dp() < 0 || p.dp() > 4096) return Bad("parallel.dp", absl::StrCat("must be 1..4096, got ", p.dp()));
-  if (p.ep() < 0) return Bad("parallel.ep", absl::StrCat("must be >= 1, got ", p.ep()));
+  if (p.tp() < 0 || p.tp() > 4096)
+    return Bad("parallel.tp", absl::StrCat("must be 1..4096, got ", p.tp()));
+  if (p.dp() < 0 || p.dp() > 4096)
+    return Bad("parallel.dp", absl::StrCat("must be 1..4096, got ", p.dp()));
+  if (p.ep() < 0)
+    return Bad("parallel.ep", absl::StrCat("must be >= 1, got ", p.ep()));
   const int world = WorldSize(spec);
-  if (world > 4096) return Bad("parallel", absl::StrCat("world tp*dp = ", world, " exceeds 4096"));
+  if (world > 4096)
+    return Bad("parallel",
+               absl::StrCat("world tp*dp = ", world, " exceeds 4096"));
   if (world % OneIfZero(p.ep()) != 0) {
-    return Bad("parallel.ep", absl::StrCat(p.ep(), " does not divide world size tp*dp = ", world));
+    return Bad(
+        "parallel.ep",
+        absl::StrCat(p.ep(), " does not divide world size tp*dp = ", world));
   }
-  if (!v1::Device_IsValid(spec.resources().device())) return Bad("resources.device", "unknown");
-  if (spec.resources().min_memory_bytes() < 0) return Bad("resources.min_memory_bytes", "must be >= 0");
+  if (!v1::Device_IsValid(spec.resources().device()))
+    return Bad("resources.device", "unknown");
+  if (spec.resources().min_memory_bytes() < 0)
+    return Bad("resources.min_memory_bytes", "must be >= 0");
   const auto& r = spec.restart();
   if (r.max_restarts() < 0 || r.max_restarts() > 1000) {
-    return Bad("restart.max_restarts", absl::StrCat("must be 0..1000, got ", r.max_restarts()));
+    return Bad("restart.max_restarts",
+               absl::StrCat("must be 0..1000, got ", r.max_restarts()));
   }
-  if (auto s = NonNegative("restart.backoff_seconds", r.backoff_seconds()); !s.ok()) return s;
-  if (auto s = NonNegative("restart.max_backoff_seconds", r.max_backoff_seconds()); !s.ok()) return s;
+  if (auto s = NonNegative("restart.backoff_seconds", r.backoff_seconds());
+      !s.ok())
+    return s;
+  if (auto s =
+          NonNegative("restart.max_backoff_seconds", r.max_backoff_seconds());
+      !s.ok())
+    return s;
   const auto& c = spec.checkpoint();
-  if (c.interval_steps() < 0) return Bad("checkpoint.interval_steps", "must be >= 0");
+  if (c.interval_steps() < 0)
+    return Bad("checkpoint.interval_steps", "must be >= 0");
   if (c.keep_last_n() < 0) return Bad("checkpoint.keep_last_n", "must be >= 0");
   if (c.keep_best_k() < 0) return Bad("checkpoint.keep_best_k", "must be >= 0");
   if (c.keep_best_k() > 0 && c.best_metric().empty()) {
     return Bad("checkpoint.best_metric", "required when keep_best_k > 0");
   }
   const auto& t = spec.timeouts();
-  if (auto s = NonNegative("timeouts.init_seconds", t.init_seconds()); !s.ok()) return s;
-  if (auto s = NonNegative("timeouts.step_seconds", t.step_seconds()); !s.ok()) return s;
-  if (auto s = NonNegative("timeouts.checkpoint_seconds", t.checkpoint_seconds()); !s.ok()) return s;
-  if (auto s = NonNegative("timeouts.max_runtime_seconds", t.max_runtime_seconds()); !s.ok()) return s;
+  if (auto s = NonNegative("timeouts.init_seconds", t.init_seconds()); !s.ok())
+    return s;
+  if (auto s = NonNegative("timeouts.step_seconds", t.step_seconds()); !s.ok())
+    return s;
+  if (auto s =
+          NonNegative("timeouts.checkpoint_seconds", t.checkpoint_seconds());
+      !s.ok())
+    return s;
+  if (auto s =
+          NonNegative("timeouts.max_runtime_seconds", t.max_runtime_seconds());
+      !s.ok())
+    return s;
   const std::string kind = KindName(spec.kind());
   switch (spec.kind()) {
     case v1::JOB_KIND_CONVERT:
-      if (auto s = Required("convert.input", spec.convert().input(), kind); !s.ok()) return s;
-      if (auto s = Required("convert.output", spec.convert().output(), kind); !s.ok()) return s;
+      if (auto s = Required("convert.input", spec.convert().input(), kind);
+          !s.ok())
+        return s;
+      if (auto s = Required("convert.output", spec.convert().output(), kind);
+          !s.ok())
+        return s;
       if (!spec.convert().to().empty() && spec.convert().to() != "ours" &&
           spec.convert().to() != "hf") {
-        return Bad("convert.to", absl::StrCat("must be ours or hf, got '", spec.convert().to(), "'"));
+        return Bad("convert.to", absl::StrCat("must be ours or hf, got '",
+                                              spec.convert().to(), "'"));
       }
       break;
     case v1::JOB_KIND_SFT:
     case v1::JOB_KIND_PEFT:
-      if (auto s = Required("model.path", spec.model().path(), kind); !s.ok()) return s;
-      if (auto s = Required("data.train", spec.data().train(), kind); !s.ok()) return s;
-      if (spec.optim().lr() <= 0) return Bad("optim.lr", absl::StrCat("must be > 0 for kind ", kind));
+      if (auto s = Required("model.path", spec.model().path(), kind); !s.ok())
+        return s;
+      if (auto s = Required("data.train", spec.data().train(), kind); !s.ok())
+        return s;
+      if (spec.optim().lr() <= 0)
+        return Bad("optim.lr", absl::StrCat("must be > 0 for kind ", kind));
       if (spec.kind() == v1::JOB_KIND_PEFT && spec.peft().rank() <= 0) {
         return Bad("peft.rank", "must be > 0 for kind peft");
       }
       break;
     case v1::JOB_KIND_EVAL:
-      if (auto s = Required("model.path", spec.model().path(), kind); !s.ok()) return s;
-      if (auto s = Required("data.eval", spec.data().eval(), kind); !s.ok()) return s;
+      if (auto s = Required("model.path", spec.model().path(), kind); !s.ok())
+        return s;
+      if (auto s = Required("data.eval", spec.data().eval(), kind); !s.ok())
+        return s;
       break;
     case v1::JOB_KIND_GENERATE:
-      if (auto s = Required("model.path", spec.model().path(), kind); !s.ok()) return s;
-      if (spec.generate().prompts().empty()) return Bad("generate.prompts", "required for kind generate");
+      if (auto s = Required("model.path", spec.model().path(), kind); !s.ok())
+        return s;
+      if (spec.generate().prompts().empty())
+        return Bad("generate.prompts", "required for kind generate");
       break;
     case v1::JOB_KIND_DIAGNOSE:
-      if (spec.diagnose().steps() < 0) return Bad("diagnose.steps", "must be >= 0");
-      if (spec.diagnose().matrix_size() < 0 || spec.diagnose().matrix_size() > 16384) {
+      if (spec.diagnose().steps() < 0)
+        return Bad("diagnose.steps", "must be >= 0");
+      if (spec.diagnose().matrix_size() < 0 ||
+          spec.diagnose().matrix_size() > 16384) {
         return Bad("diagnose.matrix_size", "must be 0..16384");
       }
-      if (spec.diagnose().step_sleep_ms() < 0) return Bad("diagnose.step_sleep_ms", "must be >= 0");
+      if (spec.diagnose().step_sleep_ms() < 0)
+        return Bad("diagnose.step_sleep_ms", "must be >= 0");
       break;
     default:
       break;
@@ -147,7 +188,8 @@ bool IsTerminal(v1::JobState state) {
 bool IsValidJobId(const std::string& id) {
   if (id.empty() || id.size() > 63) return false;
   for (char ch : id) {
-    if (!(absl::ascii_islower(ch) || absl::ascii_isdigit(ch) || ch == '-')) return false;
+    if (!(absl::ascii_islower(ch) || absl::ascii_isdigit(ch) || ch == '-'))
+      return false;
   }
   return id.front() != '-';
 }

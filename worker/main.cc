@@ -15,20 +15,26 @@ int main(int argc, char** argv) {
   gemma::SessionOptions options;
   std::string device = "auto";
   int cpu_slots = 1;
-  gemma::FlagSet flags("gemma-worker",
-                       "Attaches this process to a gemma-coordinator and runs the job ranks it\n"
-                       "is assigned on one GPU (or on CPU slots where no GPU is visible).");
-  flags.String("coordinator", &options.coordinator, "the coordinator's gRPC address")
+  gemma::FlagSet flags(
+      "gemma-worker",
+      "Attaches this process to a gemma-coordinator and runs the job ranks it\n"
+      "is assigned on one GPU (or on CPU slots where no GPU is visible).");
+  flags
+      .String("coordinator", &options.coordinator,
+              "the coordinator's gRPC address")
       .Meta("HOST:PORT")
       .Env("GEMMA_COORDINATOR");
-  flags.String("device", &device,
-               "auto (GPU by SLURM_LOCALID/LOCAL_RANK, else CPU), cpu, or cuda:N")
+  flags
+      .String(
+          "device", &device,
+          "auto (GPU by SLURM_LOCALID/LOCAL_RANK, else CPU), cpu, or cuda:N")
       .Env("GEMMA_DEVICE");
   flags.Int("cpu-slots", &cpu_slots, "CPU slots this worker offers");
   flags.Epilog(
       "Examples:\n"
       "  gemma-worker --coordinator 127.0.0.1:7450 --device cpu\n"
-      "  srun --ntasks-per-node=8 --gpus-per-task=1 gemma-worker --coordinator head:7450");
+      "  srun --ntasks-per-node=8 --gpus-per-task=1 gemma-worker --coordinator "
+      "head:7450");
   absl::Status st = flags.Parse(argc, argv);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
@@ -49,7 +55,8 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-  gemma::WorkerSessionClient session(options, *self, &gemma::JobRegistry::Default());
+  gemma::WorkerSessionClient session(options, *self,
+                                     &gemma::JobRegistry::Default());
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&set, &sig);
@@ -58,8 +65,9 @@ int main(int argc, char** argv) {
   });
   signal_thread.detach();
   GEMMA_LOG(INFO) << "device " << self->device_kind()
-                  << (self->device_index() >= 0 ? ":" + std::to_string(self->device_index())
-                                                : std::string())
+                  << (self->device_index() >= 0
+                          ? ":" + std::to_string(self->device_index())
+                          : std::string())
                   << ", coordinator " << options.coordinator;
   session.Run();
   return 0;

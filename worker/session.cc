@@ -25,9 +25,12 @@ struct WorkerSessionClient::RankRun {
   std::string error;
 };
 
-WorkerSessionClient::WorkerSessionClient(SessionOptions options, v1::Worker self,
+WorkerSessionClient::WorkerSessionClient(SessionOptions options,
+                                         v1::Worker self,
                                          const JobRegistry* registry)
-    : options_(std::move(options)), self_(std::move(self)), registry_(registry) {}
+    : options_(std::move(options)),
+      self_(std::move(self)),
+      registry_(registry) {}
 
 WorkerSessionClient::~WorkerSessionClient() {
   Stop();
@@ -59,10 +62,12 @@ void WorkerSessionClient::Run() {
     const bool was_attached = RunOnce();
     if (stop_) break;
     if (was_attached) backoff = options_.initial_backoff;
-    GEMMA_LOG(WARNING) << "session with " << options_.coordinator << " ended; retrying in "
+    GEMMA_LOG(WARNING) << "session with " << options_.coordinator
+                       << " ended; retrying in "
                        << absl::FormatDuration(backoff);
     const absl::Time until = absl::Now() + backoff;
-    while (!stop_ && absl::Now() < until) absl::SleepFor(absl::Milliseconds(50));
+    while (!stop_ && absl::Now() < until)
+      absl::SleepFor(absl::Milliseconds(50));
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
   std::shared_ptr<RankRun> r;
@@ -74,7 +79,8 @@ void WorkerSessionClient::Run() {
 }
 
 bool WorkerSessionClient::RunOnce() {
-  auto channel = grpc::CreateChannel(options_.coordinator, grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(options_.coordinator,
+                                     grpc::InsecureChannelCredentials());
   auto stub = v1::WorkerSession::NewStub(channel);
   grpc::ClientContext ctx;
   auto stream = stub->Attach(&ctx);
@@ -107,12 +113,13 @@ bool WorkerSessionClient::RunOnce() {
     }
     return false;
   }
-  const absl::Duration interval =
-      absl::Milliseconds(std::max(20, reply.registered().heartbeat_interval_ms()));
+  const absl::Duration interval = absl::Milliseconds(
+      std::max(20, reply.registered().heartbeat_interval_ms()));
   {
     absl::MutexLock lock(&mu_);
     name_ = reply.registered().worker_name();
-    GEMMA_LOG(INFO) << "attached to " << options_.coordinator << " as " << name_;
+    GEMMA_LOG(INFO) << "attached to " << options_.coordinator << " as "
+                    << name_;
   }
 
   // Reader: handles coordinator messages; its end means the session is over.
@@ -128,10 +135,11 @@ bool WorkerSessionClient::RunOnce() {
     std::deque<v1::WorkerMessage> batch;
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithDeadline(absl::Condition(
-                                +[](std::deque<v1::WorkerMessage>* q) { return !q->empty(); },
-                                &outbox_),
-                            std::min(next_heartbeat, absl::Now() + absl::Milliseconds(100)));
+      mu_.AwaitWithDeadline(
+          absl::Condition(
+              +[](std::deque<v1::WorkerMessage>* q) { return !q->empty(); },
+              &outbox_),
+          std::min(next_heartbeat, absl::Now() + absl::Milliseconds(100)));
       batch.swap(outbox_);
     }
     for (auto& m : batch) {
@@ -154,7 +162,8 @@ bool WorkerSessionClient::RunOnce() {
   return true;
 }
 
-void WorkerSessionClient::OnCoordinatorMessage(const v1::CoordinatorMessage& m) {
+void WorkerSessionClient::OnCoordinatorMessage(
+    const v1::CoordinatorMessage& m) {
   switch (m.kind_case()) {
     case v1::CoordinatorMessage::kAssign:
       StartRank(m.assign());
@@ -170,15 +179,19 @@ void WorkerSessionClient::OnCoordinatorMessage(const v1::CoordinatorMessage& m) 
   }
 }
 
-void WorkerSessionClient::StopRank(const v1::RankRef& ref, bool abort, const std::string& why) {
+void WorkerSessionClient::StopRank(const v1::RankRef& ref, bool abort,
+                                   const std::string& why) {
   absl::MutexLock lock(&mu_);
-  if (!rank_ || rank_->ref.epoch() != ref.epoch() || rank_->ref.job() != ref.job()) return;
-  GEMMA_LOG(INFO) << (abort ? "abort " : "cancel ") << ref.job() << " attempt " << ref.attempt()
-                  << " rank " << ref.rank() << ": " << why;
+  if (!rank_ || rank_->ref.epoch() != ref.epoch() ||
+      rank_->ref.job() != ref.job())
+    return;
+  GEMMA_LOG(INFO) << (abort ? "abort " : "cancel ") << ref.job() << " attempt "
+                  << ref.attempt() << " rank " << ref.rank() << ": " << why;
   rank_->stop = true;
 }
 
-void WorkerSessionClient::StartRank(const v1::CoordinatorMessage::Assign& assign) {
+void WorkerSessionClient::StartRank(
+    const v1::CoordinatorMessage::Assign& assign) {
   std::shared_ptr<RankRun> old;
   {
     absl::MutexLock lock(&mu_);
@@ -191,15 +204,18 @@ void WorkerSessionClient::StartRank(const v1::CoordinatorMessage::Assign& assign
   auto run = std::make_shared<RankRun>();
   run->ref = assign.rank();
   const v1::RankRef ref = assign.rank();
-  GEMMA_LOG(INFO) << "assigned " << ref.job() << " attempt " << ref.attempt() << " rank "
-                  << ref.rank() << "/" << assign.world() << " (epoch " << ref.epoch() << ")";
+  GEMMA_LOG(INFO) << "assigned " << ref.job() << " attempt " << ref.attempt()
+                  << " rank " << ref.rank() << "/" << assign.world()
+                  << " (epoch " << ref.epoch() << ")";
   RankContext ctx;
   ctx.spec = assign.spec();
   ctx.job = ref.job();
   ctx.attempt = ref.attempt();
   ctx.rank = ref.rank();
   ctx.world = assign.world();
-  ctx.device = self_.device_kind() == "cuda" ? absl::StrCat("cuda:", self_.device_index()) : "cpu";
+  ctx.device = self_.device_kind() == "cuda"
+                   ? absl::StrCat("cuda:", self_.device_index())
+                   : "cpu";
   ctx.progress = [this, ref](int64_t step, int64_t total,
                              const std::map<std::string, double>& metrics) {
     v1::WorkerMessage m;
@@ -216,7 +232,8 @@ void WorkerSessionClient::StartRank(const v1::CoordinatorMessage::Assign& assign
     m.mutable_log()->set_text(line);
     Enqueue(std::move(m));
   };
-  ctx.checkpoint = [this, ref](int64_t step, const std::string& path, int64_t bytes,
+  ctx.checkpoint = [this, ref](int64_t step, const std::string& path,
+                               int64_t bytes,
                                const std::map<std::string, double>& metrics) {
     v1::WorkerMessage m;
     auto* c = m.mutable_checkpoint();
@@ -246,7 +263,8 @@ void WorkerSessionClient::StartRank(const v1::CoordinatorMessage::Assign& assign
       Enqueue(std::move(started));
       st = (*job)->Run(ctx);
     }
-    if (!st.ok()) ctx.Log(absl::StrCat("rank ", ctx.rank, " ended: ", st.ToString()));
+    if (!st.ok())
+      ctx.Log(absl::StrCat("rank ", ctx.rank, " ended: ", st.ToString()));
     GEMMA_LOG(INFO) << ctx.job << " rank " << ctx.rank << " ended: " << st;
     v1::WorkerMessage fin;
     auto* f = fin.mutable_finished();

@@ -46,7 +46,8 @@ class WorkerSessionClient {
   bool RunOnce();
   void OnCoordinatorMessage(const gemma::v1::CoordinatorMessage& m);
   void StartRank(const gemma::v1::CoordinatorMessage::Assign& assign);
-  void StopRank(const gemma::v1::RankRef& ref, bool abort, const std::string& why);
+  void StopRank(const gemma::v1::RankRef& ref, bool abort,
+                const std::string& why);
   void Enqueue(gemma::v1::WorkerMessage m);
 
   const SessionOptions options_;

@@ -88,7 +88,9 @@ TEST(CoordinatorTest, ServesHealthAndReflectionOnLoopback) {
   ASSERT_TRUE(stream->Read(&rr));
   std::vector<std::string> names;
   for (const auto& svc : rr.list_services_response().service()) names.push_back(svc.name());
-  EXPECT_THAT(names, ::testing::IsSupersetOf({"gemma.v1.ClusterService",
+  EXPECT_THAT(names, ::testing::IsSupersetOf({"gemma.v1.JobService",
+                                               "gemma.v1.CheckpointService",
+                                               "gemma.v1.ClusterService",
                                                "gemma.v1.WorkerSession",
                                                "grpc.health.v1.Health"}));
   stream->WritesDone();
@@ -103,9 +105,22 @@ TEST(CoordinatorTest, SecondCoordinatorOnABusyPortFailsClearly) {
   ASSERT_TRUE(first.StartCoordinator());
   std::string out;
   const int rc = RunProgram(
-      {BinPath("gemma-coordinator"), "--listen", first.address()}, &out, absl::Seconds(20));
+      {BinPath("gemma-coordinator"), "--listen", first.address(), "--data-dir",
+       first.dir() + "/second-data"},
+      &out, absl::Seconds(20));
   EXPECT_EQ(rc, 1) << out;
   EXPECT_THAT(out, HasSubstr("cannot listen on " + first.address()));
+}
+
+TEST(CoordinatorTest, SecondCoordinatorOnTheSameDataDirFailsClearly) {
+  LocalCluster first;
+  ASSERT_TRUE(first.StartCoordinator());
+  std::string out;
+  const int rc = RunProgram({BinPath("gemma-coordinator"), "--listen", "127.0.0.1:0",
+                             "--data-dir", first.dir() + "/data"},
+                            &out, absl::Seconds(20));
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_THAT(out, HasSubstr("is another coordinator using this --data-dir?"));
 }
 
 TEST(CoordinatorTest, GemmactlStatusAndJsonOutput) {
