@@ -1,7 +1,9 @@
-# gemma_add_test(NAME name SOURCES a.cc ... LIBS lib ... [LABELS l ...] [TIMEOUT s])
+# gemma_add_test(NAME name SOURCES a.cc ... LIBS lib ... [LABELS l ...] [TIMEOUT s]
+#                [FIXTURES f ...])
 # Builds a GoogleTest binary and registers each of its tests with CTest.
+# FIXTURES names CTest fixtures (FIXTURES_SETUP tests) that must run first.
 function(gemma_add_test)
-  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS;FIXTURES" ${ARGN})
   if(NOT GEMMA_BUILD_TESTS)
     return()
   endif()
@@ -16,6 +18,9 @@ function(gemma_add_test)
   set(_props TIMEOUT ${T_TIMEOUT} ENVIRONMENT "GEMMA_BIN_DIR=${CMAKE_BINARY_DIR}/bin")
   if(T_LABELS)
     list(APPEND _props LABELS "${T_LABELS}")
+  endif()
+  if(T_FIXTURES)
+    list(APPEND _props FIXTURES_REQUIRED "${T_FIXTURES}")
   endif()
   gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 60 PROPERTIES ${_props})
 endfunction()

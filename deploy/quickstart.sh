@@ -12,7 +12,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 gemma_log "starting gemma-coordinator (logs in $RUN_DIR)"
-"$BIN/gemma-coordinator" --listen 127.0.0.1:0 --port-file "$RUN_DIR/port" \
+"$BIN/gemma-coordinator" --listen 127.0.0.1:0 --port-file "$RUN_DIR/port" --data-dir "$RUN_DIR/data" \
   >"$RUN_DIR/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [[ -s "$RUN_DIR/port" ]] && break; sleep 0.1; done

@@ -2,6 +2,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "jobs/convert.h"
 #include "jobs/diagnose.h"
 
 namespace gemma {
@@ -10,6 +11,7 @@ const JobRegistry& JobRegistry::Default() {
   static const JobRegistry* registry = [] {
     auto* r = new JobRegistry();
     r->Register(gemma::v1::JOB_KIND_DIAGNOSE, NewDiagnoseJob);
+    r->Register(gemma::v1::JOB_KIND_CONVERT, NewConvertJob);
     return r;
   }();
   return *registry;
