@@ -1,5 +1,7 @@
 #include "tests/integration/cluster_fixture.h"
 
+#include <cstdio>
+
 #include <unistd.h>
 
 #include <fstream>
@@ -11,6 +13,16 @@
 namespace gemma::testing {
 
 LocalCluster::LocalCluster() : dir_(MakeTempDir("cluster")) {}
+
+LocalCluster::~LocalCluster() {
+  workers_.clear();  // each Subprocess kills its process
+  coordinator_.reset();
+  if (CurrentTestFailed()) {
+    std::fprintf(stderr, "cluster files kept in %s\n", dir_.c_str());
+  } else {
+    RemoveTree(dir_);
+  }
+}
 
 bool LocalCluster::StartCoordinator(
     const std::vector<std::string>& extra_args) {

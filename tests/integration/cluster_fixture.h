@@ -14,6 +14,9 @@ namespace gemma::testing {
 class LocalCluster {
  public:
   LocalCluster();
+  // Stops what is still running; removes dir() unless the test failed
+  // (then its logs and data stay for a look, and the path is printed).
+  ~LocalCluster();
   // Starts gemma-coordinator on 127.0.0.1:0 with its data in dir()/data (the
   // same folder on every start); false if it did not come up.
   bool StartCoordinator(const std::vector<std::string>& extra_args = {});

@@ -1,6 +1,7 @@
 #include "tests/integration/subprocess.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <sstream>
 
 #include "absl/time/clock.h"
+#include "gtest/gtest.h"
 
 extern char** environ;
 
@@ -84,12 +86,34 @@ std::string Subprocess::Log() const { return ReadFile(log_path_); }
 
 int RunProgram(const std::vector<std::string>& argv, std::string* output,
                absl::Duration timeout, const std::vector<std::string>& env) {
-  const std::string log = MakeTempDir("run") + "/out.log";
-  Subprocess p(argv, log, env);
-  int rc = p.Wait(timeout);
-  if (rc < 0) rc = p.Stop(SIGKILL);
+  const std::string dir = MakeTempDir("run");
+  const std::string log = dir + "/out.log";
+  int rc;
+  {
+    Subprocess p(argv, log, env);
+    rc = p.Wait(timeout);
+    if (rc < 0) rc = p.Stop(SIGKILL);
+  }
   if (output) *output = ReadFile(log);
+  RemoveTree(dir);
   return rc;
+}
+
+void RemoveTree(const std::string& path) {
+  // POSIX nftw, not std::filesystem: libtorch.so exports its own copy of
+  // std::filesystem, which crashes in processes that link it.
+  nftw(
+      path.c_str(),
+      [](const char* p, const struct stat*, int, struct FTW*) {
+        ::remove(p);  // best effort: keep going past what cannot be removed
+        return 0;
+      },
+      64, FTW_DEPTH | FTW_PHYS);
+}
+
+bool CurrentTestFailed() {
+  const auto* info = ::testing::UnitTest::GetInstance();
+  return info->current_test_info() != nullptr && info->current_test_info()->result()->Failed();
 }
 
 bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout) {

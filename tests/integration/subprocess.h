@@ -51,6 +51,12 @@ bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout);
 // A fresh temporary directory under $TMPDIR (removed by the caller if wanted).
 std::string MakeTempDir(const std::string& prefix);
 
+// Removes `path` and everything under it (no-op when absent).
+void RemoveTree(const std::string& path);
+
+// True when the test that is running has failed so far (keep its files).
+bool CurrentTestFailed();
+
 // Path of one of our built programs (from GEMMA_BIN_DIR).
 std::string BinPath(const std::string& program);
 
