@@ -70,6 +70,7 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds, const Dec
   base.q_len = l;
   base.q_offset = past;
   base.padding = in.attention_mask;
+  base.device = device;
   if (in.block_ids.defined()) {
     base.block_ids = past > 0 ? torch::constant_pad_nd(in.block_ids, {past, 0}, -1) : in.block_ids;
   }
@@ -93,7 +94,7 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds, const Dec
       spec.kv_offset = 0;
       spec.kv_len = l;
     }
-    bias[t] = BuildAttentionBias(spec, dtype).to(device);
+    bias[t] = BuildAttentionBias(spec, dtype);
     std::tie(cos[t], sin[t]) = RopeCosSin(
         type == LayerType::kFull ? inv_freq_full_ : inv_freq_sliding_, position_ids, dtype);
   }

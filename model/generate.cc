@@ -56,22 +56,27 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model, const ModelInputs& p
   try {
     torch::NoGradGuard no_grad;
     const int64_t b = prompt.input_ids.size(0);
-    torch::Tensor ids = prompt.input_ids.to(torch::kLong);
-    torch::Tensor mask = prompt.attention_mask.defined() ? prompt.attention_mask.to(torch::kLong)
+    const c10::Device dev = model->text->embed->weight.device();
+    const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(dev);
+    torch::Tensor ids = prompt.input_ids.to(dev, torch::kLong);
+    torch::Tensor mask = prompt.attention_mask.defined() ? prompt.attention_mask.to(dev, torch::kLong)
                                                          : torch::ones_like(ids);
     if (mask.sizes() != ids.sizes()) {
       return absl::InvalidArgumentError("generate: attention_mask must have the shape of input_ids");
     }
     at::Generator gen = at::detail::createCPUGenerator(opts.seed);
-    torch::Tensor stop = torch::tensor(opts.stop_token_ids, torch::kLong);
-    torch::Tensor unfinished = torch::ones({b}, torch::kBool);
+    torch::Tensor stop = torch::tensor(opts.stop_token_ids, torch::kLong).to(dev);
+    torch::Tensor unfinished = torch::ones({b}, torch::TensorOptions().dtype(torch::kBool).device(dev));
     std::vector<torch::Tensor> tokens, step_logits;
     torch::Tensor positions = PositionsFromMask(mask);
-    torch::Tensor token_types = prompt.token_type_ids;
+    torch::Tensor token_types =
+        prompt.token_type_ids.defined() ? prompt.token_type_ids.to(dev) : torch::Tensor();
 
     KvCache cache = model->NewCache();
     ModelInputs in = prompt;
     in.input_ids = ids;
+    in.token_type_ids = token_types;
+    if (in.pixel_values.defined()) in.pixel_values = in.pixel_values.to(dev);
     in.attention_mask = mask;
     in.position_ids = positions;
     torch::Tensor last = model->forward(in, opts.use_cache ? &cache : nullptr).select(1, -1);
@@ -86,7 +91,7 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model, const ModelInputs& p
 
       torch::Tensor next_col = next.unsqueeze(1);
       torch::Tensor next_pos = positions.narrow(1, positions.size(1) - 1, 1) + 1;
-      mask = torch::cat({mask, torch::ones({b, 1}, torch::kLong)}, 1);
+      mask = torch::cat({mask, torch::ones({b, 1}, long_opts)}, 1);
       positions = torch::cat({positions, next_pos}, 1);
       if (opts.use_cache) {
         ModelInputs step_in;
@@ -99,7 +104,7 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model, const ModelInputs& p
         if (token_types.defined()) {
           token_types = torch::cat({token_types, token_types.narrow(1, token_types.size(1) - 1, 1)}, 1);
         }
-        ModelInputs full = prompt;
+        ModelInputs full = in;
         full.input_ids = ids;
         full.attention_mask = mask;
         full.position_ids = positions;
@@ -112,8 +117,8 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model, const ModelInputs& p
       result.tokens = torch::zeros({b, 0}, torch::kLong);
       result.step_logits = torch::zeros({b, 0, last.size(-1)}, torch::kFloat);
     } else {
-      result.tokens = torch::stack(tokens, 1);
-      result.step_logits = torch::stack(step_logits, 1);
+      result.tokens = torch::stack(tokens, 1).cpu();
+      result.step_logits = torch::stack(step_logits, 1).cpu();
     }
     return result;
   } catch (const c10::Error& e) {

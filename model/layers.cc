@@ -82,14 +82,14 @@ namespace {
 // Gathers values[b, idx] for idx in `index` (absolute), -1 beyond the end.
 torch::Tensor GatherPadded(const torch::Tensor& values, const torch::Tensor& index, int64_t fill) {
   const int64_t need = index.numel() == 0 ? 0 : index.max().item<int64_t>() + 1;
-  torch::Tensor v = values.to(torch::kLong);
+  torch::Tensor v = values.to(index.device(), torch::kLong);
   if (v.size(1) < need) v = torch::constant_pad_nd(v, {0, need - v.size(1)}, fill);
   return v.index_select(1, index);
 }
 }  // namespace
 
 torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype) {
-  auto long_opts = torch::TensorOptions().dtype(torch::kLong);
+  auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(spec.device);
   torch::Tensor q_abs = torch::arange(spec.q_len, long_opts) + spec.q_offset;    // [L]
   torch::Tensor kv_abs = torch::arange(spec.kv_len, long_opts) + spec.kv_offset;  // [T]
   torch::Tensor qi = q_abs.view({1, -1, 1});
@@ -124,8 +124,9 @@ torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype) {
                         : dtype == torch::kBFloat16
                             ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
                             : static_cast<double>(std::numeric_limits<c10::Half>::lowest());
-  torch::Tensor zero = torch::zeros({}, torch::TensorOptions().dtype(dtype));
-  torch::Tensor low = torch::full({}, lowest, torch::TensorOptions().dtype(dtype));
+  auto opts = torch::TensorOptions().dtype(dtype).device(spec.device);
+  torch::Tensor zero = torch::zeros({}, opts);
+  torch::Tensor low = torch::full({}, lowest, opts);
   return torch::where(allowed, zero, low).unsqueeze(1);
 }
 

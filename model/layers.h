@@ -77,6 +77,7 @@ struct MaskSpec {
   int64_t kv_offset = 0;  // absolute index of the first key
   int64_t kv_len = 0;
   int64_t sliding_window = 0;  // > 0: key j visible from query i iff j > i - window
+  c10::Device device = c10::kCPU;  // where the mask is built
   // [B, >= kv_offset + kv_len], nonzero = real token; undefined = no padding.
   torch::Tensor padding;
   // [B, N] image block id per absolute index (-1 = text; missing indices are
