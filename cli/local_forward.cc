@@ -275,7 +275,14 @@ Command LocalCommand() {
                      "Commands:\n"
                      "  forward     run one forward pass and write the logits\n"
                      "  generate    decode tokens from prompt ids (greedy or "
-                     "sampled)\n";
+                     "sampled)\n\n"
+                     "A model folder holds config.json and *.safetensors in "
+                     "our parameter names.\n\n"
+                     "Examples:\n"
+                     "  gemmactl local forward --model ./m --inputs "
+                     "in.safetensors --out logits.safetensors\n"
+                     "  gemmactl local generate --model ./m --prompt-ids "
+                     "2,105,2364,107 --max-new-tokens 16\n";
         return sub == "--help" || sub == "-h" ? 0 : 2;
       }};
 }

@@ -159,6 +159,13 @@ TEST(LocalCliTest, BadArgumentsAreReported) {
                 &output),
             0);
   EXPECT_THAT(output, HasSubstr("--prompt-ids"));
+  EXPECT_EQ(testing::RunProgram(
+                {testing::BinPath("gemmactl"), "local", "--help"}, &output),
+            0);
+  EXPECT_THAT(output, HasSubstr("Examples"));
+  EXPECT_EQ(testing::RunProgram(
+                {testing::BinPath("gemmactl"), "local", "frobnicate"}, &output),
+            2);
 }
 
 }  // namespace
