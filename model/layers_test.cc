@@ -151,6 +151,54 @@ TEST(KvCacheTest, SlidingLayersKeepWindowMinusOne) {
       torch::equal(all_k.flatten(), torch::tensor({3.0f, 4.0f, 5.0f, 6.0f})));
 }
 
+// Tensor parallelism only re-slices the modules: with the contract's split
+// rules (qkv by whole KV groups, gate_up by blocks, o/down by columns), the sum
+// of the ranks' partial outputs equals the unsplit module's output.
+TEST(TensorParallelSliceTest, AttentionSplitsByKvGroups) {
+  const int64_t hidden = 24, nq = 6, nkv = 2, hd = 4, tp = 2;
+  auto opts = [&](int64_t q, int64_t kv) {
+    return AttentionOptions(hidden, q, kv, hd).query_pre_attn_scalar(10);
+  };
+  Attention full(opts(nq, nkv));
+  torch::Tensor x = torch::randn({2, 5, hidden});
+  auto [cos, sin] = RopeCosSin(RopeInverseFrequencies(hd, RopeParams{}),
+                               torch::arange(5).unsqueeze(0), torch::kFloat);
+  MaskSpec spec;
+  spec.batch = 2;
+  spec.q_len = spec.kv_len = 5;
+  torch::Tensor bias = BuildAttentionBias(spec, torch::kFloat);
+  torch::NoGradGuard g;
+  for (auto& p : full->parameters()) p.copy_(torch::randn(p.sizes()) * 0.3);
+  torch::Tensor sum = torch::zeros({2, 5, hidden});
+  const int64_t rows = (nq + 2 * nkv) * hd / tp, cols = nq * hd / tp;
+  for (int64_t r = 0; r < tp; ++r) {
+    Attention local(opts(nq / tp, nkv / tp));
+    local->qkv->weight.copy_(full->qkv->weight.narrow(0, r * rows, rows));
+    local->o->weight.copy_(full->o->weight.narrow(1, r * cols, cols));
+    local->q_norm->weight.copy_(full->q_norm->weight);
+    local->k_norm->weight.copy_(full->k_norm->weight);
+    sum += local(x, cos, sin, bias);
+  }
+  EXPECT_TRUE(torch::allclose(sum, full(x, cos, sin, bias), 1e-5, 1e-5));
+}
+
+TEST(TensorParallelSliceTest, MlpSplitsGateAndUpBlocks) {
+  const int64_t hidden = 8, inter = 12, tp = 3, part = inter / tp;
+  GatedMlp full(GatedMlpOptions(hidden, inter));
+  torch::NoGradGuard g;
+  torch::Tensor x = torch::randn({2, 3, hidden});
+  torch::Tensor sum = torch::zeros({2, 3, hidden});
+  for (int64_t r = 0; r < tp; ++r) {
+    GatedMlp local(GatedMlpOptions(hidden, part));
+    local->gate_up->weight.copy_(
+        torch::cat({full->gate_up->weight.narrow(0, r * part, part),
+                    full->gate_up->weight.narrow(0, inter + r * part, part)}));
+    local->down->weight.copy_(full->down->weight.narrow(1, r * part, part));
+    sum += local(x);
+  }
+  EXPECT_TRUE(torch::allclose(sum, full(x), 1e-5, 1e-5));
+}
+
 ModelConfig TinyVl() {
   ModelConfig c;
   c.model_type = "gemma3";
