@@ -1,5 +1,6 @@
 #include "cli/local_forward.h"
-#include "cli/local_model.h"
+
+#include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
@@ -7,13 +8,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <vector>
-
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "cli/local_model.h"
 #include "common/flags.h"
 #include "common/status_macros.h"
 #include "model/config.h"
@@ -26,25 +26,33 @@ struct DTypeInfo {
   torch::ScalarType type;
   int64_t size;
 };
-constexpr DTypeInfo kDTypes[] = {{"F32", torch::kFloat, 4},   {"BF16", torch::kBFloat16, 2},
-                                 {"F16", torch::kHalf, 2},    {"I64", torch::kLong, 8},
+constexpr DTypeInfo kDTypes[] = {{"F32", torch::kFloat, 4},
+                                 {"BF16", torch::kBFloat16, 2},
+                                 {"F16", torch::kHalf, 2},
+                                 {"I64", torch::kLong, 8},
                                  {"I32", torch::kInt, 4}};
 
 }  // namespace
 
-absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::string& path) {
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(
+    const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                          std::istreambuf_iterator<char>());
   uint64_t header_len = 0;
-  if (bytes.size() < 8) return absl::InvalidArgumentError(absl::StrCat(path, ": too short"));
+  if (bytes.size() < 8)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": too short"));
   std::memcpy(&header_len, bytes.data(), 8);
   if (header_len > bytes.size() - 8) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header length beyond the file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": header length beyond the file"));
   }
-  nlohmann::json header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_len,
-                                                nullptr, /*allow_exceptions=*/false);
-  if (!header.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": bad header"));
+  nlohmann::json header =
+      nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + header_len,
+                            nullptr, /*allow_exceptions=*/false);
+  if (!header.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": bad header"));
   const uint64_t data_start = 8 + header_len;
   std::map<std::string, at::Tensor> out;
   for (auto& [name, e] : header.items()) {
@@ -55,15 +63,18 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::str
       if (dtype == d.name) info = &d;
     }
     if (info == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, ": unsupported dtype ", dtype));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", name, ": unsupported dtype ", dtype));
     }
     auto shape = e.value("shape", std::vector<int64_t>{});
     auto offsets = e.value("data_offsets", std::vector<uint64_t>{});
     int64_t numel = 1;
     for (int64_t d : shape) numel *= d;
-    if (offsets.size() != 2 || offsets[1] - offsets[0] != uint64_t(numel * info->size) ||
+    if (offsets.size() != 2 ||
+        offsets[1] - offsets[0] != uint64_t(numel * info->size) ||
         data_start + offsets[1] > bytes.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, ": bad data_offsets"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", name, ": bad data_offsets"));
     }
     out[name] = torch::from_blob(bytes.data() + data_start + offsets[0], shape,
                                  torch::TensorOptions().dtype(info->type))
@@ -72,8 +83,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::str
   return out;
 }
 
-absl::Status WriteSafetensors(const std::string& path,
-                              const std::map<std::string, at::Tensor>& tensors) {
+absl::Status WriteSafetensors(
+    const std::string& path, const std::map<std::string, at::Tensor>& tensors) {
   nlohmann::json header = nlohmann::json::object();
   std::vector<at::Tensor> data;
   uint64_t offset = 0;
@@ -82,10 +93,14 @@ absl::Status WriteSafetensors(const std::string& path,
     for (const auto& d : kDTypes) {
       if (t.scalar_type() == d.type) info = &d;
     }
-    if (info == nullptr) return absl::InvalidArgumentError(absl::StrCat(name, ": unsupported dtype"));
+    if (info == nullptr)
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": unsupported dtype"));
     at::Tensor c = t.contiguous().cpu();
     const uint64_t n = c.numel() * info->size;
-    header[name] = {{"dtype", info->name}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
+    header[name] = {{"dtype", info->name},
+                    {"shape", c.sizes().vec()},
+                    {"data_offsets", {offset, offset + n}}};
     offset += n;
     data.push_back(c);
   }
@@ -94,18 +109,23 @@ absl::Status WriteSafetensors(const std::string& path,
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return absl::PermissionDeniedError(absl::StrCat(tmp, ": cannot create"));
+    if (!out)
+      return absl::PermissionDeniedError(absl::StrCat(tmp, ": cannot create"));
     uint64_t len = h.size();
     out.write(reinterpret_cast<const char*>(&len), 8);
     out.write(h.data(), static_cast<std::streamsize>(h.size()));
     for (const at::Tensor& c : data) {
-      out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.nbytes()));
+      out.write(static_cast<const char*>(c.data_ptr()),
+                static_cast<std::streamsize>(c.nbytes()));
     }
-    if (!out.flush()) return absl::DataLossError(absl::StrCat(tmp, ": write failed"));
+    if (!out.flush())
+      return absl::DataLossError(absl::StrCat(tmp, ": write failed"));
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat(path, ": rename failed: ", ec.message()));
+  if (ec)
+    return absl::InternalError(
+        absl::StrCat(path, ": rename failed: ", ec.message()));
   return absl::OkStatus();
 }
 
@@ -115,10 +135,12 @@ absl::StatusOr<Gemma3Model> LoadLocalModel(const std::string& dir) {
   std::vector<std::filesystem::path> files;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    if (entry.path().extension() == ".safetensors") files.push_back(entry.path());
+    if (entry.path().extension() == ".safetensors")
+      files.push_back(entry.path());
   }
   if (ec) return absl::NotFoundError(absl::StrCat(dir, ": ", ec.message()));
-  if (files.empty()) return absl::NotFoundError(absl::StrCat(dir, ": no *.safetensors files"));
+  if (files.empty())
+    return absl::NotFoundError(absl::StrCat(dir, ": no *.safetensors files"));
   // model*.safetensors when there are such files (other files may hold inputs).
   std::vector<std::filesystem::path> model_files;
   for (const auto& f : files) {
@@ -130,13 +152,15 @@ absl::StatusOr<Gemma3Model> LoadLocalModel(const std::string& dir) {
     GEMMA_ASSIGN_OR_RETURN(auto part, ReadSafetensors(f.string()));
     for (auto& [name, t] : part) {
       if (!weights.emplace(name, t).second) {
-        return absl::InvalidArgumentError(absl::StrCat(f.string(), ": ", name, " also in another file"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(f.string(), ": ", name, " also in another file"));
       }
     }
   }
   auto model = BuildGemma3Model(config, weights);
   if (!model.ok()) {
-    return absl::Status(model.status().code(), absl::StrCat(dir, ": ", model.status().message()));
+    return absl::Status(model.status().code(),
+                        absl::StrCat(dir, ": ", model.status().message()));
   }
   return model;
 }
@@ -145,20 +169,33 @@ int LocalForwardMain(int argc, char** argv) {
   FlagSet flags("gemmactl local forward",
                 "Run one forward pass of a local model and write its logits.");
   std::string model_dir, inputs_path, out_path, output = "table";
-  flags.String("model", &model_dir, "model folder: config.json + *.safetensors (our names)").Meta("DIR");
-  flags.String("inputs", &inputs_path,
-               "safetensors with input_ids [B, L] and optionally attention_mask, "
-               "pixel_values, token_type_ids")
+  flags
+      .String("model", &model_dir,
+              "model folder: config.json + *.safetensors (our names)")
+      .Meta("DIR");
+  flags
+      .String(
+          "inputs", &inputs_path,
+          "safetensors with input_ids [B, L] and optionally attention_mask, "
+          "pixel_values, token_type_ids")
       .Meta("FILE");
-  flags.String("out", &out_path, "safetensors file to write (\"logits\" [B, L, V] float32)").Meta("FILE");
-  flags.String("output", &output, "summary format: table or json").Short('o').Meta("FORMAT");
-  flags.Epilog("Example:\n  gemmactl local forward --model ./tiny --inputs in.safetensors --out logits.safetensors\n");
+  flags
+      .String("out", &out_path,
+              "safetensors file to write (\"logits\" [B, L, V] float32)")
+      .Meta("FILE");
+  flags.String("output", &output, "summary format: table or json")
+      .Short('o')
+      .Meta("FORMAT");
+  flags.Epilog(
+      "Example:\n  gemmactl local forward --model ./tiny --inputs "
+      "in.safetensors --out logits.safetensors\n");
   absl::Status st = flags.Parse(argc, argv, 3);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
     return 0;
   }
-  if (st.ok() && (model_dir.empty() || inputs_path.empty() || out_path.empty())) {
+  if (st.ok() &&
+      (model_dir.empty() || inputs_path.empty() || out_path.empty())) {
     st = absl::InvalidArgumentError("--model, --inputs and --out are required");
   }
   if (!st.ok()) {
@@ -174,24 +211,30 @@ int LocalForwardMain(int argc, char** argv) {
   }
   auto tensors = ReadSafetensors(inputs_path);
   if (!tensors.ok()) {
-    std::cerr << "gemmactl local forward: " << tensors.status().message() << "\n";
+    std::cerr << "gemmactl local forward: " << tensors.status().message()
+              << "\n";
     return 1;
   }
   ModelInputs in;
-  auto take = [&](const char* key) { return tensors->count(key) ? tensors->at(key) : at::Tensor(); };
+  auto take = [&](const char* key) {
+    return tensors->count(key) ? tensors->at(key) : at::Tensor();
+  };
   in.input_ids = take("input_ids");
   in.attention_mask = take("attention_mask");
   in.pixel_values = take("pixel_values");
   in.token_type_ids = take("token_type_ids");
   if (!in.input_ids.defined()) {
-    std::cerr << "gemmactl local forward: " << inputs_path << ": no input_ids tensor\n";
+    std::cerr << "gemmactl local forward: " << inputs_path
+              << ": no input_ids tensor\n";
     return 1;
   }
-  if (in.pixel_values.defined()) in.pixel_values = in.pixel_values.to(torch::kFloat);
+  if (in.pixel_values.defined())
+    in.pixel_values = in.pixel_values.to(torch::kFloat);
   const auto t1 = std::chrono::steady_clock::now();
   auto logits = (*model)->Forward(in);
   if (!logits.ok()) {
-    std::cerr << "gemmactl local forward: " << logits.status().message() << "\n";
+    std::cerr << "gemmactl local forward: " << logits.status().message()
+              << "\n";
     return 1;
   }
   const auto t2 = std::chrono::steady_clock::now();
@@ -203,7 +246,8 @@ int LocalForwardMain(int argc, char** argv) {
   const double load_s = std::chrono::duration<double>(t1 - t0).count();
   const double fwd_s = std::chrono::duration<double>(t2 - t1).count();
   at::Tensor last = logits->select(1, -1).argmax(-1);
-  std::vector<int64_t> next(last.data_ptr<int64_t>(), last.data_ptr<int64_t>() + last.numel());
+  std::vector<int64_t> next(last.data_ptr<int64_t>(),
+                            last.data_ptr<int64_t>() + last.numel());
   if (output == "json") {
     nlohmann::json j = {{"out", out_path},
                         {"shape", logits->sizes().vec()},
@@ -212,9 +256,10 @@ int LocalForwardMain(int argc, char** argv) {
                         {"forward_seconds", fwd_s}};
     std::cout << j.dump() << "\n";
   } else {
-    std::cout << "wrote " << out_path << ": logits [" << absl::StrJoin(logits->sizes().vec(), ", ")
-              << "], argmax at last position " << absl::StrJoin(next, ",") << " (load "
-              << load_s << " s, forward " << fwd_s << " s)\n";
+    std::cout << "wrote " << out_path << ": logits ["
+              << absl::StrJoin(logits->sizes().vec(), ", ")
+              << "], argmax at last position " << absl::StrJoin(next, ",")
+              << " (load " << load_s << " s, forward " << fwd_s << " s)\n";
   }
   return 0;
 }

@@ -1,10 +1,10 @@
 // gemmactl local generate: decode from prompt token ids with a local model.
+#include <torch/torch.h>
+
 #include <chrono>
 #include <iostream>
-#include <vector>
-
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
@@ -17,13 +17,15 @@
 namespace gemma::cli {
 namespace {
 
-absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& flag, const std::string& text) {
+absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& flag,
+                                              const std::string& text) {
   std::vector<int64_t> ids;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+  for (absl::string_view part :
+       absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     int64_t v = 0;
     if (!absl::SimpleAtoi(part, &v) || v < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": \"", std::string(part),
-                                                     "\" is not a token id"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", flag, ": \"", std::string(part), "\" is not a token id"));
     }
     ids.push_back(v);
   }
@@ -34,25 +36,40 @@ absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& flag, const std
 
 int LocalGenerateMain(int argc, char** argv) {
   FlagSet flags("gemmactl local generate",
-                "Generate tokens from prompt token ids with a local model (greedy by default).");
+                "Generate tokens from prompt token ids with a local model "
+                "(greedy by default).");
   std::string model_dir, prompt, stop = "default", output = "table";
   int64_t max_new_tokens = 32, top_k = 0, seed = 0;
   double temperature = 0.0, top_p = 1.0;
   bool no_cache = false;
-  flags.String("model", &model_dir, "model folder: config.json + *.safetensors (our names)").Meta("DIR");
-  flags.String("prompt-ids", &prompt, "comma-separated prompt token ids, e.g. 2,105,2364").Meta("IDS");
+  flags
+      .String("model", &model_dir,
+              "model folder: config.json + *.safetensors (our names)")
+      .Meta("DIR");
+  flags
+      .String("prompt-ids", &prompt,
+              "comma-separated prompt token ids, e.g. 2,105,2364")
+      .Meta("IDS");
   flags.Int("max-new-tokens", &max_new_tokens, "most tokens to generate");
   flags.Double("temperature", &temperature, "sampling temperature; 0 = greedy");
   flags.Int("top-k", &top_k, "sample among the k best tokens (0 = all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (1 = off)");
   flags.Int("seed", &seed, "sampling seed");
-  flags.String("stop-ids", &stop, "stop token ids (\"default\": the config's eos; \"none\")").Meta("IDS");
-  flags.Bool("no-cache", &no_cache, "recompute the whole sequence each step (slow; for checks)");
-  flags.String("output", &output, "output format: table or json").Short('o').Meta("FORMAT");
+  flags
+      .String("stop-ids", &stop,
+              "stop token ids (\"default\": the config's eos; \"none\")")
+      .Meta("IDS");
+  flags.Bool("no-cache", &no_cache,
+             "recompute the whole sequence each step (slow; for checks)");
+  flags.String("output", &output, "output format: table or json")
+      .Short('o')
+      .Meta("FORMAT");
   flags.Epilog(
       "Examples:\n"
-      "  gemmactl local generate --model ./gemma-3-4b --prompt-ids 2,105,2364,107 --max-new-tokens 16\n"
-      "  gemmactl local generate --model ./tiny --prompt-ids 2,7,9 --temperature 1 --top-k 64 "
+      "  gemmactl local generate --model ./gemma-3-4b --prompt-ids "
+      "2,105,2364,107 --max-new-tokens 16\n"
+      "  gemmactl local generate --model ./tiny --prompt-ids 2,7,9 "
+      "--temperature 1 --top-k 64 "
       "--top-p 0.95 --seed 3 -o json\n");
   absl::Status st = flags.Parse(argc, argv, 3);
   if (flags.help_requested()) {
@@ -65,7 +82,10 @@ int LocalGenerateMain(int argc, char** argv) {
   }
   if (st.ok()) {
     auto parsed = ParseIds("prompt-ids", prompt);
-    if (parsed.ok()) ids = *parsed; else st = parsed.status();
+    if (parsed.ok())
+      ids = *parsed;
+    else
+      st = parsed.status();
   }
   if (!st.ok()) {
     std::cerr << "gemmactl local generate: " << st.message() << "\n";
@@ -73,7 +93,8 @@ int LocalGenerateMain(int argc, char** argv) {
   }
   auto model = LoadLocalModel(model_dir);
   if (!model.ok()) {
-    std::cerr << "gemmactl local generate: " << model.status().message() << "\n";
+    std::cerr << "gemmactl local generate: " << model.status().message()
+              << "\n";
     return 1;
   }
   GenerateOptions opts;
@@ -89,7 +110,8 @@ int LocalGenerateMain(int argc, char** argv) {
   } else if (stop != "none") {
     auto parsed = ParseIds("stop-ids", stop);
     if (!parsed.ok()) {
-      std::cerr << "gemmactl local generate: " << parsed.status().message() << "\n";
+      std::cerr << "gemmactl local generate: " << parsed.status().message()
+                << "\n";
       return 2;
     }
     opts.stop_token_ids = *parsed;
@@ -97,8 +119,8 @@ int LocalGenerateMain(int argc, char** argv) {
   const int64_t vocab = (*model)->config().text.vocab_size;
   for (int64_t id : ids) {
     if (id >= vocab) {
-      std::cerr << "gemmactl local generate: --prompt-ids: " << id << " is outside the vocabulary ("
-                << vocab << ")\n";
+      std::cerr << "gemmactl local generate: --prompt-ids: " << id
+                << " is outside the vocabulary (" << vocab << ")\n";
       return 2;
     }
   }
@@ -112,25 +134,33 @@ int LocalGenerateMain(int argc, char** argv) {
   in.input_ids = torch::tensor(ids, torch::kLong).unsqueeze(0);
   const auto t0 = std::chrono::steady_clock::now();
   auto result = Generate(*model, in, opts);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
   if (!json) std::cerr << "\n";
   if (!result.ok()) {
-    std::cerr << "gemmactl local generate: " << result.status().message() << "\n";
+    std::cerr << "gemmactl local generate: " << result.status().message()
+              << "\n";
     return 1;
   }
   at::Tensor row = result->tokens[0].contiguous();
-  std::vector<int64_t> out(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
-  const bool stopped = !out.empty() && std::find(opts.stop_token_ids.begin(), opts.stop_token_ids.end(),
-                                                 out.back()) != opts.stop_token_ids.end();
+  std::vector<int64_t> out(row.data_ptr<int64_t>(),
+                           row.data_ptr<int64_t>() + row.numel());
+  const bool stopped =
+      !out.empty() &&
+      std::find(opts.stop_token_ids.begin(), opts.stop_token_ids.end(),
+                out.back()) != opts.stop_token_ids.end();
   if (json) {
-    nlohmann::json j = {{"tokens", out},
-                        {"stopped", stopped},
-                        {"seconds", secs},
-                        {"tokens_per_second", out.empty() ? 0.0 : out.size() / secs}};
+    nlohmann::json j = {
+        {"tokens", out},
+        {"stopped", stopped},
+        {"seconds", secs},
+        {"tokens_per_second", out.empty() ? 0.0 : out.size() / secs}};
     std::cout << j.dump() << "\n";
   } else {
     std::cout << absl::StrJoin(out, ",") << "\n";
-    std::cerr << out.size() << " tokens in " << secs << " s" << (stopped ? " (stop token)" : "") << "\n";
+    std::cerr << out.size() << " tokens in " << secs << " s"
+              << (stopped ? " (stop token)" : "") << "\n";
   }
   return 0;
 }

@@ -3,10 +3,10 @@
 #ifndef GEMMA_CLI_LOCAL_MODEL_H_
 #define GEMMA_CLI_LOCAL_MODEL_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <map>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -20,7 +20,8 @@ absl::StatusOr<Gemma3Model> LoadLocalModel(const std::string& dir);
 
 // Minimal safetensors I/O for the local commands (F32, BF16, F16, I64, I32).
 // TODO(merge): switch to model/safetensors_torch.h.
-absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::string& path);
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(
+    const std::string& path);
 // Writes to `path`.tmp, then renames.
 absl::Status WriteSafetensors(const std::string& path,
                               const std::map<std::string, at::Tensor>& tensors);

@@ -18,12 +18,11 @@
 #define GEMMA_MODEL_CONFIG_H_
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -53,8 +52,8 @@ struct TextConfig {
   int64_t num_kv_heads = 4;
   int64_t head_dim = 256;
   double query_pre_attn_scalar = 256.0;  // attention scale = this ^ -0.5
-  int64_t sliding_window = 4096;          // used by sliding layers only
-  std::vector<LayerType> layer_types;     // size num_layers
+  int64_t sliding_window = 4096;         // used by sliding layers only
+  std::vector<LayerType> layer_types;    // size num_layers
   RopeParams rope_full{"default", 1000000.0, 1.0};
   RopeParams rope_sliding{"default", 10000.0, 1.0};
   double rms_norm_eps = 1e-6;
@@ -88,7 +87,9 @@ struct VisionConfig {
   std::string hidden_act = "gelu_pytorch_tanh";
 
   int64_t patches_per_side() const { return image_size / patch_size; }
-  int64_t num_patches() const { return patches_per_side() * patches_per_side(); }
+  int64_t num_patches() const {
+    return patches_per_side() * patches_per_side();
+  }
   int64_t head_dim() const { return hidden_size / num_heads; }
 };
 
@@ -119,7 +120,8 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 
 // Checks the invariants the modules rely on (divisibility, window, layer
 // types, pooling geometry). Errors name the offending field.
-absl::Status ValidateModelConfig(const ModelConfig& config, std::string_view source);
+absl::Status ValidateModelConfig(const ModelConfig& config,
+                                 std::string_view source);
 
 // The published Gemma 3 VL models: "4b", "12b", "27b" (case-insensitive,
 // "gemma-3-4b" style accepted).

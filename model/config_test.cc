@@ -1,13 +1,13 @@
 #include "model/config.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <string>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace gemma {
 namespace {
@@ -69,13 +69,15 @@ TEST(ConfigTest, HubConfigOf4bEqualsPreset) {
 }
 
 TEST(ConfigTest, LegacyRopeKeysAndPattern) {
-  auto c = ParseModelConfigText(R"({"model_type": "gemma3_text", "num_hidden_layers": 4,
+  auto c = ParseModelConfigText(
+      R"({"model_type": "gemma3_text", "num_hidden_layers": 4,
       "sliding_window_pattern": 2, "rope_theta": 5e5, "rope_local_base_freq": 2e4,
       "rope_scaling": {"type": "linear", "factor": 4}})",
-                                "cfg.json");
+      "cfg.json");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->text.layer_types, (std::vector<LayerType>{LayerType::kSliding, LayerType::kFull,
-                                                         LayerType::kSliding, LayerType::kFull}));
+  EXPECT_EQ(c->text.layer_types,
+            (std::vector<LayerType>{LayerType::kSliding, LayerType::kFull,
+                                    LayerType::kSliding, LayerType::kFull}));
   EXPECT_EQ(c->text.rope_full, (RopeParams{"linear", 5e5, 4.0}));
   EXPECT_EQ(c->text.rope_sliding, (RopeParams{"default", 2e4, 1.0}));
 }
@@ -88,8 +90,9 @@ TEST(ConfigTest, NewerLayerTypesAndRopeParameters) {
       "vision_config": {"image_size": 224, "patch_size": 14}, "mm_tokens_per_image": 64})",
                                 "cfg.json");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->text.layer_types, (std::vector<LayerType>{LayerType::kFull, LayerType::kSliding,
-                                                         LayerType::kFull}));
+  EXPECT_EQ(c->text.layer_types,
+            (std::vector<LayerType>{LayerType::kFull, LayerType::kSliding,
+                                    LayerType::kFull}));
   EXPECT_EQ(c->text.rope_full, (RopeParams{"linear", 1e5, 2.0}));
   EXPECT_EQ(c->text.rope_sliding, (RopeParams{"default", 123.0, 1.0}));
   EXPECT_EQ(c->vision->num_patches(), 256);
@@ -134,14 +137,17 @@ TEST(ConfigTest, ErrorsNameSourceAndKeyPath) {
       {R"({"model_type": "gemma3_text", "layer_types": ["full_attention", "local"]})",
        "cfg.json: layer_types: unknown layer type \"local\""},
       {R"({"model_type": "gemma3_text", "num_attention_heads": 6, "num_key_value_heads": 4})",
-       "cfg.json: num_key_value_heads: num_attention_heads (6) is not a multiple of 4"},
+       "cfg.json: num_key_value_heads: num_attention_heads (6) is not a "
+       "multiple of 4"},
       {R"({"model_type": "gemma3", "mm_tokens_per_image": 200})",
        "cfg.json: mm_tokens_per_image: must be a perfect square"},
       {R"({"model_type": "gemma3", "vision_config": {"image_size": 100, "patch_size": 14}})",
        "cfg.json: vision_config.patch_size: does not divide image_size"},
       {R"({"model_type": "gemma3", "text_config": {"rope_parameters": {"full_attention": 5}}})",
-       "cfg.json: text_config.rope_parameters.full_attention: expected an object"},
-      {R"({"model_type": "llama"})", "cfg.json: model_type: unsupported model type"},
+       "cfg.json: text_config.rope_parameters.full_attention: expected an "
+       "object"},
+      {R"({"model_type": "llama"})",
+       "cfg.json: model_type: unsupported model type"},
       {R"({"model_type": "gemma3_text", "use_bidirectional_attention": true})",
        "cfg.json: use_bidirectional_attention"},
       {R"([1, 2])", "cfg.json: expected a JSON object"},
@@ -151,14 +157,16 @@ TEST(ConfigTest, ErrorsNameSourceAndKeyPath) {
     auto c = ParseModelConfigText(bad.json, "cfg.json");
     ASSERT_FALSE(c.ok()) << bad.json;
     EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(std::string(c.status().message()), HasSubstr(bad.expected)) << bad.json;
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr(bad.expected))
+        << bad.json;
   }
 }
 
 TEST(ConfigTest, UnknownPresetIsAnError) {
   auto c = Gemma3Preset("7b");
   ASSERT_FALSE(c.ok());
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown Gemma 3 preset \"7b\""));
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("unknown Gemma 3 preset \"7b\""));
 }
 
 }  // namespace

@@ -1,60 +1,77 @@
 #include "model/gemma3.h"
 
+#include <torch/torch.h>
+
 #include <cmath>
 #include <string>
-
-#include <torch/torch.h>
 
 #include "model/kv_cache.h"
 
 namespace gemma {
 
-Gemma3DecoderLayerImpl::Gemma3DecoderLayerImpl(const TextConfig& c, LayerType t) : type(t) {
-  auto norm = [&](int64_t dim) { return RMSNorm(RMSNormOptions(dim).eps(c.rms_norm_eps)); };
+Gemma3DecoderLayerImpl::Gemma3DecoderLayerImpl(const TextConfig& c, LayerType t)
+    : type(t) {
+  auto norm = [&](int64_t dim) {
+    return RMSNorm(RMSNormOptions(dim).eps(c.rms_norm_eps));
+  };
   input_norm = register_module("input_norm", norm(c.hidden_size));
   attn = register_module(
-      "attn", Attention(AttentionOptions(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim)
+      "attn", Attention(AttentionOptions(c.hidden_size, c.num_heads,
+                                         c.num_kv_heads, c.head_dim)
                             .query_pre_attn_scalar(c.query_pre_attn_scalar)
                             .rms_norm_eps(c.rms_norm_eps)));
   post_attn_norm = register_module("post_attn_norm", norm(c.hidden_size));
   pre_mlp_norm = register_module("pre_mlp_norm", norm(c.hidden_size));
-  mlp = register_module("mlp", GatedMlp(GatedMlpOptions(c.hidden_size, c.intermediate_size)));
+  mlp = register_module(
+      "mlp", GatedMlp(GatedMlpOptions(c.hidden_size, c.intermediate_size)));
   post_mlp_norm = register_module("post_mlp_norm", norm(c.hidden_size));
 }
 
-torch::Tensor Gemma3DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                              const torch::Tensor& sin, const torch::Tensor& bias,
+torch::Tensor Gemma3DecoderLayerImpl::forward(const torch::Tensor& x,
+                                              const torch::Tensor& cos,
+                                              const torch::Tensor& sin,
+                                              const torch::Tensor& bias,
                                               LayerKvCache* cache) {
-  torch::Tensor h = x + post_attn_norm(attn(input_norm(x), cos, sin, bias, cache));
+  torch::Tensor h =
+      x + post_attn_norm(attn(input_norm(x), cos, sin, bias, cache));
   return h + post_mlp_norm(mlp(pre_mlp_norm(h)));
 }
 
-Gemma3TextModelImpl::Gemma3TextModelImpl(const TextConfig& config, bool apply_final_softcap)
+Gemma3TextModelImpl::Gemma3TextModelImpl(const TextConfig& config,
+                                         bool apply_final_softcap)
     : config_(config), apply_final_softcap_(apply_final_softcap) {
-  auto emb_opts = torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size);
+  auto emb_opts =
+      torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size);
   if (config.pad_token_id >= 0 && config.pad_token_id < config.vocab_size) {
-    emb_opts.padding_idx(config.pad_token_id);  // no gradient to the pad row, as in HF
+    emb_opts.padding_idx(
+        config.pad_token_id);  // no gradient to the pad row, as in HF
   }
   embed = register_module("embed", torch::nn::Embedding(emb_opts));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.num_layers; ++i) {
-    Gemma3DecoderLayer layer(config, config.layer_types[static_cast<size_t>(i)]);
+    Gemma3DecoderLayer layer(config,
+                             config.layer_types[static_cast<size_t>(i)]);
     layers->push_back(layer);
     layer_list_.push_back(layer);
   }
   final_norm = register_module(
-      "final_norm", RMSNorm(RMSNormOptions(config.hidden_size).eps(config.rms_norm_eps)));
+      "final_norm",
+      RMSNorm(RMSNormOptions(config.hidden_size).eps(config.rms_norm_eps)));
   inv_freq_full_ = RopeInverseFrequencies(config.head_dim, config.rope_full);
-  inv_freq_sliding_ = RopeInverseFrequencies(config.head_dim, config.rope_sliding);
+  inv_freq_sliding_ =
+      RopeInverseFrequencies(config.head_dim, config.rope_sliding);
 }
 
 torch::Tensor Gemma3TextModelImpl::Embed(const torch::Tensor& input_ids) {
-  const float scale = static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size)));
-  torch::Tensor s = torch::scalar_tensor(scale, torch::kFloat).to(embed->weight.scalar_type());
+  const float scale =
+      static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size)));
+  torch::Tensor s = torch::scalar_tensor(scale, torch::kFloat)
+                        .to(embed->weight.scalar_type());
   return embed(input_ids) * s;
 }
 
-torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds, const DecoderInputs& in) {
+torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
+                                          const DecoderInputs& in) {
   const int64_t b = embeds.size(0), l = embeds.size(1);
   const int64_t past = in.cache != nullptr ? in.cache->seq_len() : 0;
   const auto dtype = embeds.scalar_type();
@@ -62,18 +79,25 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds, const Dec
 
   torch::Tensor position_ids = in.position_ids;
   if (!position_ids.defined()) {
-    position_ids = (torch::arange(l, torch::TensorOptions().dtype(torch::kLong).device(device)) + past)
-                       .unsqueeze(0);
+    position_ids =
+        (torch::arange(
+             l, torch::TensorOptions().dtype(torch::kLong).device(device)) +
+         past)
+            .unsqueeze(0);
   }
   MaskSpec base;
   base.batch = b;
   base.q_len = l;
   base.q_offset = past;
   base.padding = in.attention_mask;
+  base.device = device;
   if (in.block_ids.defined()) {
-    base.block_ids = past > 0 ? torch::constant_pad_nd(in.block_ids, {past, 0}, -1) : in.block_ids;
+    base.block_ids = past > 0
+                         ? torch::constant_pad_nd(in.block_ids, {past, 0}, -1)
+                         : in.block_ids;
   }
-  if (in.cache == nullptr && !in.attention_mask.defined() && in.position_ids.defined()) {
+  if (in.cache == nullptr && !in.attention_mask.defined() &&
+      in.position_ids.defined()) {
     base.segment_ids = SegmentIdsFromPositions(in.position_ids, b);
   }
 
@@ -85,7 +109,8 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds, const Dec
     for (LayerType lt : config_.layer_types) present |= lt == type;
     if (!present) continue;
     MaskSpec spec = base;
-    const int64_t window = type == LayerType::kSliding ? config_.sliding_window : 0;
+    const int64_t window =
+        type == LayerType::kSliding ? config_.sliding_window : 0;
     spec.sliding_window = window;
     if (in.cache != nullptr) {
       std::tie(spec.kv_offset, spec.kv_len) = in.cache->MaskSizes(window, l);
@@ -93,15 +118,18 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds, const Dec
       spec.kv_offset = 0;
       spec.kv_len = l;
     }
-    bias[t] = BuildAttentionBias(spec, dtype).to(device);
+    bias[t] = BuildAttentionBias(spec, dtype);
     std::tie(cos[t], sin[t]) = RopeCosSin(
-        type == LayerType::kFull ? inv_freq_full_ : inv_freq_sliding_, position_ids, dtype);
+        type == LayerType::kFull ? inv_freq_full_ : inv_freq_sliding_,
+        position_ids, dtype);
   }
 
   torch::Tensor h = embeds;
   for (size_t i = 0; i < layer_list_.size(); ++i) {
     const int t = layer_list_[i]->type == LayerType::kSliding ? 0 : 1;
-    LayerKvCache* lc = in.cache != nullptr ? in.cache->layer(static_cast<int64_t>(i)) : nullptr;
+    LayerKvCache* lc = in.cache != nullptr
+                           ? in.cache->layer(static_cast<int64_t>(i))
+                           : nullptr;
     h = layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
   }
   return final_norm(h);

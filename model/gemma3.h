@@ -1,8 +1,8 @@
 // Gemma 3 text decoder (HF Gemma3TextModel + tied LM head), LibTorch.
 //
 // Parameter names (registered exactly so, under the owner's "text." prefix):
-//   embed.weight [V, H]; layers.{i}.input_norm / post_attn_norm / pre_mlp_norm /
-//   post_mlp_norm .weight [H]; layers.{i}.attn.{qkv,o,q_norm,k_norm}.weight;
+//   embed.weight [V, H]; layers.{i}.input_norm / post_attn_norm / pre_mlp_norm
+//   / post_mlp_norm .weight [H]; layers.{i}.attn.{qkv,o,q_norm,k_norm}.weight;
 //   layers.{i}.mlp.{gate_up,down}.weight; final_norm.weight [H].
 //
 // Layer: h = x + post_attn_norm(attn(input_norm(x)));
@@ -11,14 +11,14 @@
 #ifndef GEMMA_MODEL_GEMMA3_H_
 #define GEMMA_MODEL_GEMMA3_H_
 
-#include <cstdint>
-#include <vector>
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <vector>
 
 #include "model/config.h"
 #include "model/layers.h"
@@ -54,8 +54,8 @@ struct DecoderInputs {
   torch::Tensor attention_mask;
   // [B or 1, L] rotary positions of the new tokens. Undefined: past + 0..L-1.
   torch::Tensor position_ids;
-  // [B, L] image block ids of the new tokens (BlockIdsFromTokenTypes); undefined
-  // for text-only input. Bidirectional attention inside each block.
+  // [B, L] image block ids of the new tokens (BlockIdsFromTokenTypes);
+  // undefined for text-only input. Bidirectional attention inside each block.
   torch::Tensor block_ids;
   // Decoding cache (updated in place), or null for a full (training) forward.
   KvCache* cache = nullptr;
@@ -65,16 +65,19 @@ class Gemma3TextModelImpl : public torch::nn::Module {
  public:
   // apply_final_softcap: whether final_logit_softcapping (if set) is applied to
   // the logits: true for HF Gemma3ForCausalLM, false inside the VL model.
-  explicit Gemma3TextModelImpl(const TextConfig& config, bool apply_final_softcap = true);
+  explicit Gemma3TextModelImpl(const TextConfig& config,
+                               bool apply_final_softcap = true);
 
   // E[ids] * sqrt(H) (factor cast to the weight dtype). ids [B, L] int64.
   torch::Tensor Embed(const torch::Tensor& input_ids);
   // Runs the layers and the final norm over `embeds` [B, L, H]: [B, L, H].
-  torch::Tensor Decode(const torch::Tensor& embeds, const DecoderInputs& inputs);
+  torch::Tensor Decode(const torch::Tensor& embeds,
+                       const DecoderInputs& inputs);
   // Tied LM head (+ final soft-capping when enabled): [B, L, V].
   torch::Tensor Logits(const torch::Tensor& hidden);
   // Embed + Decode + Logits.
-  torch::Tensor forward(const torch::Tensor& input_ids, const DecoderInputs& inputs);
+  torch::Tensor forward(const torch::Tensor& input_ids,
+                        const DecoderInputs& inputs);
 
   const TextConfig& config() const { return config_; }
 

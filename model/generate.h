@@ -9,12 +9,12 @@
 #ifndef GEMMA_MODEL_GENERATE_H_
 #define GEMMA_MODEL_GENERATE_H_
 
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <functional>
 #include <vector>
-
-#include <ATen/core/Generator.h>
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "model/vl_model.h"
@@ -30,7 +30,8 @@ struct GenerateOptions {
   uint64_t seed = 0;   // sampling RNG seed (same seed, same tokens)
   std::vector<int64_t> stop_token_ids;  // empty: never stop early
   int64_t pad_token_id = 0;
-  bool use_cache = true;  // false: full forward over the whole sequence each step
+  bool use_cache =
+      true;  // false: full forward over the whole sequence each step
   // Called after each step with the new tokens [B] (for progress output).
   std::function<void(int64_t step, const torch::Tensor& tokens)> on_step;
 };
@@ -42,11 +43,13 @@ struct GenerateResult {
 
 // `prompt` holds input_ids [B, L] and optionally attention_mask [B, L],
 // pixel_values and token_type_ids (position_ids must be empty).
-absl::StatusOr<GenerateResult> Generate(Gemma3Model& model, const ModelInputs& prompt,
+absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
+                                        const ModelInputs& prompt,
                                         const GenerateOptions& options);
 
 // One sampling step on logits [B, V] (fp32 math): argmax when temperature <= 0.
-torch::Tensor ChooseNextTokens(const torch::Tensor& logits, const GenerateOptions& options,
+torch::Tensor ChooseNextTokens(const torch::Tensor& logits,
+                               const GenerateOptions& options,
                                at::Generator* generator);
 
 }  // namespace gemma

@@ -9,11 +9,11 @@
 #ifndef GEMMA_MODEL_KV_CACHE_H_
 #define GEMMA_MODEL_KV_CACHE_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <utility>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "model/config.h"
 
@@ -25,11 +25,13 @@ class LayerKvCache {
   explicit LayerKvCache(int64_t window = 0) : window_(window) {}
 
   // Appends k, v [B, nkv, L, hd]; returns cached + new keys and values (the
-  // tensors attention runs over), then trims what a sliding layer no longer needs.
-  std::pair<torch::Tensor, torch::Tensor> Update(const torch::Tensor& k, const torch::Tensor& v);
+  // tensors attention runs over), then trims what a sliding layer no longer
+  // needs.
+  std::pair<torch::Tensor, torch::Tensor> Update(const torch::Tensor& k,
+                                                 const torch::Tensor& v);
 
-  int64_t seen() const { return seen_; }        // tokens fed so far
-  int64_t cached() const { return cached_; }    // tokens held now
+  int64_t seen() const { return seen_; }      // tokens fed so far
+  int64_t cached() const { return cached_; }  // tokens held now
   int64_t window() const { return window_; }
 
  private:
@@ -49,10 +51,13 @@ class KvCache {
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
   LayerKvCache* layer(int64_t i) { return &layers_.at(static_cast<size_t>(i)); }
   // Tokens fed so far (the absolute index of the next token).
-  int64_t seq_len() const { return layers_.empty() ? 0 : layers_.front().seen(); }
+  int64_t seq_len() const {
+    return layers_.empty() ? 0 : layers_.front().seen();
+  }
 
-  // Where the keys of a forward over `q_len` new tokens start and how many there
-  // are, for a layer with `window` (0 = full): what BuildAttentionBias needs.
+  // Where the keys of a forward over `q_len` new tokens start and how many
+  // there are, for a layer with `window` (0 = full): what BuildAttentionBias
+  // needs.
   std::pair<int64_t, int64_t> MaskSizes(int64_t window, int64_t q_len) const;
 
  private:

@@ -1,43 +1,48 @@
 #include "model/layers.h"
 
-#include <limits>
-
 #include <torch/torch.h>
+
+#include <limits>
 
 #include "model/kv_cache.h"
 
 namespace gemma {
 
-// ---- RMSNorm -----------------------------------------------------------------
+// ---- RMSNorm
+// -----------------------------------------------------------------
 RMSNormImpl::RMSNormImpl(const RMSNormOptions& opts) : options(opts) {
   weight = register_parameter("weight", torch::zeros({options.dim()}));
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   torch::Tensor xf = x.to(torch::kFloat);
-  torch::Tensor out = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + options.eps());
+  torch::Tensor out =
+      xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + options.eps());
   out = out * (1.0 + weight.to(torch::kFloat));
   return out.to(x.scalar_type());
 }
 
-// ---- Rotary ------------------------------------------------------------------
-torch::Tensor RopeInverseFrequencies(int64_t head_dim, const RopeParams& params) {
-  torch::Tensor exponent =
-      torch::arange(0, head_dim, 2, torch::kFloat) / static_cast<double>(head_dim);
+// ---- Rotary
+// ------------------------------------------------------------------
+torch::Tensor RopeInverseFrequencies(int64_t head_dim,
+                                     const RopeParams& params) {
+  torch::Tensor exponent = torch::arange(0, head_dim, 2, torch::kFloat) /
+                           static_cast<double>(head_dim);
   torch::Tensor inv_freq = torch::pow(params.theta, exponent).reciprocal();
   if (params.rope_type == "linear") inv_freq = inv_freq / params.factor;
   return inv_freq;
 }
 
-std::pair<torch::Tensor, torch::Tensor> RopeCosSin(const torch::Tensor& inv_freq,
-                                                   const torch::Tensor& position_ids,
-                                                   c10::ScalarType dtype) {
+std::pair<torch::Tensor, torch::Tensor> RopeCosSin(
+    const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
+    c10::ScalarType dtype) {
   const int64_t b = position_ids.size(0);
   torch::Tensor inv = inv_freq.to(position_ids.device(), torch::kFloat)
                           .view({1, -1, 1})
                           .expand({b, -1, 1});
   torch::Tensor pos = position_ids.unsqueeze(1).to(torch::kFloat);  // [B, 1, L]
-  torch::Tensor freqs = torch::matmul(inv, pos).transpose(1, 2);    // [B, L, hd/2]
+  torch::Tensor freqs =
+      torch::matmul(inv, pos).transpose(1, 2);  // [B, L, hd/2]
   torch::Tensor emb = torch::cat({freqs, freqs}, -1);
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
@@ -58,18 +63,21 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
   return x * c + RotateHalf(x) * s;
 }
 
-// ---- Masks -------------------------------------------------------------------
+// ---- Masks
+// -------------------------------------------------------------------
 torch::Tensor BlockIdsFromTokenTypes(const torch::Tensor& token_type_ids) {
   torch::Tensor is_image = token_type_ids.eq(1);
-  torch::Tensor prev = torch::constant_pad_nd(is_image.to(torch::kInt), {1, 0}, 0)
-                           .narrow(1, 0, is_image.size(1))
-                           .to(torch::kBool);
+  torch::Tensor prev =
+      torch::constant_pad_nd(is_image.to(torch::kInt), {1, 0}, 0)
+          .narrow(1, 0, is_image.size(1))
+          .to(torch::kBool);
   torch::Tensor start = is_image.logical_and(prev.logical_not());
   torch::Tensor group = start.to(torch::kLong).cumsum(1) - 1;
   return torch::where(is_image, group, torch::full_like(group, -1));
 }
 
-torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids, int64_t batch) {
+torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids,
+                                      int64_t batch) {
   torch::Tensor pos = position_ids.to(torch::kLong).expand({batch, -1});
   torch::Tensor first = pos.narrow(1, 0, 1) - 1;
   torch::Tensor diff = torch::diff(pos, 1, -1, first);
@@ -80,26 +88,34 @@ torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids, int64_t
 
 namespace {
 // Gathers values[b, idx] for idx in `index` (absolute), -1 beyond the end.
-torch::Tensor GatherPadded(const torch::Tensor& values, const torch::Tensor& index, int64_t fill) {
+torch::Tensor GatherPadded(const torch::Tensor& values,
+                           const torch::Tensor& index, int64_t fill) {
   const int64_t need = index.numel() == 0 ? 0 : index.max().item<int64_t>() + 1;
-  torch::Tensor v = values.to(torch::kLong);
-  if (v.size(1) < need) v = torch::constant_pad_nd(v, {0, need - v.size(1)}, fill);
+  torch::Tensor v = values.to(index.device(), torch::kLong);
+  if (v.size(1) < need)
+    v = torch::constant_pad_nd(v, {0, need - v.size(1)}, fill);
   return v.index_select(1, index);
 }
 }  // namespace
 
 torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype) {
-  auto long_opts = torch::TensorOptions().dtype(torch::kLong);
-  torch::Tensor q_abs = torch::arange(spec.q_len, long_opts) + spec.q_offset;    // [L]
-  torch::Tensor kv_abs = torch::arange(spec.kv_len, long_opts) + spec.kv_offset;  // [T]
+  auto long_opts =
+      torch::TensorOptions().dtype(torch::kLong).device(spec.device);
+  torch::Tensor q_abs =
+      torch::arange(spec.q_len, long_opts) + spec.q_offset;  // [L]
+  torch::Tensor kv_abs =
+      torch::arange(spec.kv_len, long_opts) + spec.kv_offset;  // [T]
   torch::Tensor qi = q_abs.view({1, -1, 1});
   torch::Tensor kj = kv_abs.view({1, 1, -1});
-  torch::Tensor allowed = kj.le(qi).expand({spec.batch, spec.q_len, spec.kv_len});
+  torch::Tensor allowed =
+      kj.le(qi).expand({spec.batch, spec.q_len, spec.kv_len});
 
   torch::Tensor same_segment, same_block;
   if (spec.segment_ids.defined()) {
-    torch::Tensor seg_q = GatherPadded(spec.segment_ids, q_abs, -1).unsqueeze(2);
-    torch::Tensor seg_k = GatherPadded(spec.segment_ids, kv_abs, -1).unsqueeze(1);
+    torch::Tensor seg_q =
+        GatherPadded(spec.segment_ids, q_abs, -1).unsqueeze(2);
+    torch::Tensor seg_k =
+        GatherPadded(spec.segment_ids, kv_abs, -1).unsqueeze(1);
     same_segment = seg_q.eq(seg_k);
   }
   if (spec.block_ids.defined()) {
@@ -116,41 +132,54 @@ torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype) {
     if (same_block.defined()) allowed = allowed.logical_or(same_block);
   }
   if (spec.padding.defined()) {
-    torch::Tensor pad = GatherPadded(spec.padding.ne(0), kv_abs, 0).ne(0).unsqueeze(1);
+    torch::Tensor pad =
+        GatherPadded(spec.padding.ne(0), kv_abs, 0).ne(0).unsqueeze(1);
     allowed = allowed.logical_and(pad);
   }
-  const double lowest = dtype == torch::kFloat   ? std::numeric_limits<float>::lowest()
-                        : dtype == torch::kDouble ? std::numeric_limits<double>::lowest()
-                        : dtype == torch::kBFloat16
-                            ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
-                            : static_cast<double>(std::numeric_limits<c10::Half>::lowest());
-  torch::Tensor zero = torch::zeros({}, torch::TensorOptions().dtype(dtype));
-  torch::Tensor low = torch::full({}, lowest, torch::TensorOptions().dtype(dtype));
+  const double lowest =
+      dtype == torch::kFloat    ? std::numeric_limits<float>::lowest()
+      : dtype == torch::kDouble ? std::numeric_limits<double>::lowest()
+      : dtype == torch::kBFloat16
+          ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
+          : static_cast<double>(std::numeric_limits<c10::Half>::lowest());
+  auto opts = torch::TensorOptions().dtype(dtype).device(spec.device);
+  torch::Tensor zero = torch::zeros({}, opts);
+  torch::Tensor low = torch::full({}, lowest, opts);
   return torch::where(allowed, zero, low).unsqueeze(1);
 }
 
-// ---- Attention ---------------------------------------------------------------
+// ---- Attention
+// ---------------------------------------------------------------
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
   const int64_t hd = options.head_dim();
   const int64_t rows = (options.num_heads() + 2 * options.num_kv_heads()) * hd;
   qkv = register_module(
-      "qkv", torch::nn::Linear(torch::nn::LinearOptions(options.hidden_size(), rows).bias(false)));
-  o = register_module("o", torch::nn::Linear(torch::nn::LinearOptions(
-                                                 options.num_heads() * hd, options.hidden_size())
-                                                 .bias(false)));
-  q_norm = register_module("q_norm", RMSNorm(RMSNormOptions(hd).eps(options.rms_norm_eps())));
-  k_norm = register_module("k_norm", RMSNorm(RMSNormOptions(hd).eps(options.rms_norm_eps())));
+      "qkv",
+      torch::nn::Linear(
+          torch::nn::LinearOptions(options.hidden_size(), rows).bias(false)));
+  o = register_module(
+      "o", torch::nn::Linear(torch::nn::LinearOptions(options.num_heads() * hd,
+                                                      options.hidden_size())
+                                 .bias(false)));
+  q_norm = register_module(
+      "q_norm", RMSNorm(RMSNormOptions(hd).eps(options.rms_norm_eps())));
+  k_norm = register_module(
+      "k_norm", RMSNorm(RMSNormOptions(hd).eps(options.rms_norm_eps())));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                     const torch::Tensor& sin, const torch::Tensor& bias,
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
+                                     const torch::Tensor& cos,
+                                     const torch::Tensor& sin,
+                                     const torch::Tensor& bias,
                                      LayerKvCache* cache) {
   const int64_t b = x.size(0), l = x.size(1);
-  const int64_t nq = options.num_heads(), nkv = options.num_kv_heads(), hd = options.head_dim();
+  const int64_t nq = options.num_heads(), nkv = options.num_kv_heads(),
+                hd = options.head_dim();
   const int64_t g = nq / nkv;
   // [B, L, nkv, g + 2, hd]: per KV group, its g query heads, then k, then v.
   torch::Tensor fused = qkv(x).view({b, l, nkv, g + 2, hd});
-  torch::Tensor q = fused.narrow(3, 0, g).reshape({b, l, nq, hd}).transpose(1, 2);
+  torch::Tensor q =
+      fused.narrow(3, 0, g).reshape({b, l, nq, hd}).transpose(1, 2);
   torch::Tensor k = fused.select(3, g).transpose(1, 2);
   torch::Tensor v = fused.select(3, g + 1).transpose(1, 2);
   q = ApplyRope(q_norm(q), cos, sin);
@@ -161,24 +190,29 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     k = k.unsqueeze(2).expand({b, nkv, g, t, hd}).reshape({b, nq, t, hd});
     v = v.unsqueeze(2).expand({b, nkv, g, t, hd}).reshape({b, nq, t, hd});
   }
-  torch::Tensor scores =
-      torch::matmul(q, k.transpose(2, 3)) * std::pow(options.query_pre_attn_scalar(), -0.5);
+  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) *
+                         std::pow(options.query_pre_attn_scalar(), -0.5);
   if (bias.defined()) scores = scores + bias;
-  torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  torch::Tensor out = torch::matmul(probs, v).transpose(1, 2).reshape({b, l, nq * hd});
+  torch::Tensor probs =
+      torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  torch::Tensor out =
+      torch::matmul(probs, v).transpose(1, 2).reshape({b, l, nq * hd});
   return o(out);
 }
 
-// ---- MLP ---------------------------------------------------------------------
+// ---- MLP
+// ---------------------------------------------------------------------
 GatedMlpImpl::GatedMlpImpl(const GatedMlpOptions& opts) : options(opts) {
   gate_up = register_module(
-      "gate_up", torch::nn::Linear(torch::nn::LinearOptions(options.hidden_size(),
-                                                            2 * options.intermediate_size())
-                                       .bias(false)));
-  down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(
-                                                       options.intermediate_size(),
-                                                       options.hidden_size())
-                                                       .bias(false)));
+      "gate_up", torch::nn::Linear(
+                     torch::nn::LinearOptions(options.hidden_size(),
+                                              2 * options.intermediate_size())
+                         .bias(false)));
+  down = register_module(
+      "down",
+      torch::nn::Linear(torch::nn::LinearOptions(options.intermediate_size(),
+                                                 options.hidden_size())
+                            .bias(false)));
 }
 
 torch::Tensor GatedMlpImpl::forward(const torch::Tensor& x) {

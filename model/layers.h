@@ -12,19 +12,19 @@
 // collectives after `o` and `down` are added by the parallel layer wrappers).
 //
 // Numerics follow transformers 5.17 (modeling_gemma3.py, eager attention):
-// norms in fp32 then cast back; rotary cos/sin computed in fp32 then cast to the
-// activation dtype; attention softmax in fp32; masked scores get the dtype's
-// lowest finite value (added, as HF's eager mask does).
+// norms in fp32 then cast back; rotary cos/sin computed in fp32 then cast to
+// the activation dtype; attention softmax in fp32; masked scores get the
+// dtype's lowest finite value (added, as HF's eager mask does).
 #ifndef GEMMA_MODEL_LAYERS_H_
 #define GEMMA_MODEL_LAYERS_H_
-
-#include <cstdint>
-#include <utility>
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <utility>
 
 #include "model/config.h"
 
@@ -32,7 +32,8 @@ namespace gemma {
 
 class LayerKvCache;  // model/kv_cache.h
 
-// ---- RMSNorm -----------------------------------------------------------------
+// ---- RMSNorm
+// -----------------------------------------------------------------
 struct RMSNormOptions {
   explicit RMSNormOptions(int64_t dim) : dim_(dim) {}
   TORCH_ARG(int64_t, dim);
@@ -51,32 +52,39 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
-// ---- Rotary embeddings -------------------------------------------------------
-// Inverse frequencies [hd/2] (fp32) for one layer type: 1 / theta^(2i/hd), then
-// divided by the linear scaling factor.
-torch::Tensor RopeInverseFrequencies(int64_t head_dim, const RopeParams& params);
+// ---- Rotary embeddings
+// ------------------------------------------------------- Inverse frequencies
+// [hd/2] (fp32) for one layer type: 1 / theta^(2i/hd), then divided by the
+// linear scaling factor.
+torch::Tensor RopeInverseFrequencies(int64_t head_dim,
+                                     const RopeParams& params);
 
 // cos and sin [B', L, hd] for `position_ids` [B', L] (B' is B or 1), computed
 // in fp32 and cast to `dtype`.
-std::pair<torch::Tensor, torch::Tensor> RopeCosSin(const torch::Tensor& inv_freq,
-                                                   const torch::Tensor& position_ids,
-                                                   c10::ScalarType dtype);
+std::pair<torch::Tensor, torch::Tensor> RopeCosSin(
+    const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
+    c10::ScalarType dtype);
 
-// x * cos + rotate_half(x) * sin for x [B, heads, L, hd] and cos/sin [B', L, hd].
+// x * cos + rotate_half(x) * sin for x [B, heads, L, hd] and cos/sin [B', L,
+// hd].
 torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin);
 
-// ---- Attention mask ----------------------------------------------------------
-// Describes the additive mask of one attention call. Token indices are absolute
-// positions in the sequence (0 = first token ever fed), independent of the
-// rotary position ids.
+// ---- Attention mask
+// ---------------------------------------------------------- Describes the
+// additive mask of one attention call. Token indices are absolute positions in
+// the sequence (0 = first token ever fed), independent of the rotary position
+// ids.
 struct MaskSpec {
   int64_t batch = 1;
   int64_t q_len = 0;
-  int64_t q_offset = 0;   // absolute index of the first query (tokens already cached)
+  int64_t q_offset =
+      0;  // absolute index of the first query (tokens already cached)
   int64_t kv_offset = 0;  // absolute index of the first key
   int64_t kv_len = 0;
-  int64_t sliding_window = 0;  // > 0: key j visible from query i iff j > i - window
+  int64_t sliding_window =
+      0;  // > 0: key j visible from query i iff j > i - window
+  c10::Device device = c10::kCPU;  // where the mask is built
   // [B, >= kv_offset + kv_len], nonzero = real token; undefined = no padding.
   torch::Tensor padding;
   // [B, N] image block id per absolute index (-1 = text; missing indices are
@@ -87,8 +95,8 @@ struct MaskSpec {
 };
 
 // Returns the additive mask [B, 1, q_len, kv_len] in `dtype`: 0 where allowed,
-// the dtype's lowest value elsewhere. Rules (HF 5.17 create_masks_for_vision_model
-// and create_causal_mask):
+// the dtype's lowest value elsewhere. Rules (HF 5.17
+// create_masks_for_vision_model and create_causal_mask):
 //   full layers:    ((causal AND segment) OR block) AND padding
 //   sliding layers: ((causal OR block) AND window AND segment) AND padding
 torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype);
@@ -100,12 +108,17 @@ torch::Tensor BlockIdsFromTokenTypes(const torch::Tensor& token_type_ids);
 // Packed-sequence segments [B, L] from position ids [B', L] (a new segment
 // starts where the position does not increase by one), or an undefined tensor
 // when every row is a single sequence (HF find_packed_sequence_indices).
-torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids, int64_t batch);
+torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids,
+                                      int64_t batch);
 
-// ---- Attention ---------------------------------------------------------------
+// ---- Attention
+// ---------------------------------------------------------------
 struct AttentionOptions {
-  AttentionOptions(int64_t hidden_size, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim)
-      : hidden_size_(hidden_size), num_heads_(num_heads), num_kv_heads_(num_kv_heads),
+  AttentionOptions(int64_t hidden_size, int64_t num_heads, int64_t num_kv_heads,
+                   int64_t head_dim)
+      : hidden_size_(hidden_size),
+        num_heads_(num_heads),
+        num_kv_heads_(num_kv_heads),
         head_dim_(head_dim) {}
   TORCH_ARG(int64_t, hidden_size);
   TORCH_ARG(int64_t, num_heads);     // local query heads
@@ -141,7 +154,8 @@ class AttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Attention);
 
-// ---- MLP ---------------------------------------------------------------------
+// ---- MLP
+// ---------------------------------------------------------------------
 struct GatedMlpOptions {
   GatedMlpOptions(int64_t hidden_size, int64_t intermediate_size)
       : hidden_size_(hidden_size), intermediate_size_(intermediate_size) {}

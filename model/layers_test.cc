@@ -2,12 +2,12 @@
 // transformers live in tests/parity/; these pin the rules piece by piece.
 #include "model/layers.h"
 
-#include <map>
-#include <string>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <map>
+#include <string>
 
 #include "model/generate.h"
 #include "model/kv_cache.h"
@@ -33,9 +33,12 @@ TEST(RMSNormTest, ScalesByOnePlusWeightInFloat32) {
 }
 
 TEST(RopeTest, LinearScalingDividesFrequencies) {
-  torch::Tensor base = RopeInverseFrequencies(8, RopeParams{"default", 10000.0, 1.0});
-  torch::Tensor scaled = RopeInverseFrequencies(8, RopeParams{"linear", 10000.0, 8.0});
-  EXPECT_TRUE(torch::allclose(base, torch::tensor({1.0f, 0.1f, 0.01f, 0.001f})));
+  torch::Tensor base =
+      RopeInverseFrequencies(8, RopeParams{"default", 10000.0, 1.0});
+  torch::Tensor scaled =
+      RopeInverseFrequencies(8, RopeParams{"linear", 10000.0, 8.0});
+  EXPECT_TRUE(
+      torch::allclose(base, torch::tensor({1.0f, 0.1f, 0.01f, 0.001f})));
   EXPECT_TRUE(torch::allclose(scaled * 8, base));
   // Position 0 leaves vectors unchanged; rotation preserves the norm.
   auto [cos, sin] = RopeCosSin(base, torch::tensor({{0, 5}}), torch::kFloat);
@@ -46,13 +49,18 @@ TEST(RopeTest, LinearScalingDividesFrequencies) {
 }
 
 TEST(MaskTest, BlockIdsFromTokenTypes) {
-  torch::Tensor tt = torch::tensor({{0, 1, 1, 0, 1, 1, 1, 0}, {1, 1, 0, 0, 0, 0, 1, 0}});
-  torch::Tensor expected = torch::tensor({{-1, 0, 0, -1, 1, 1, 1, -1}, {0, 0, -1, -1, -1, -1, 1, -1}});
+  torch::Tensor tt =
+      torch::tensor({{0, 1, 1, 0, 1, 1, 1, 0}, {1, 1, 0, 0, 0, 0, 1, 0}});
+  torch::Tensor expected = torch::tensor(
+      {{-1, 0, 0, -1, 1, 1, 1, -1}, {0, 0, -1, -1, -1, -1, 1, -1}});
   EXPECT_TRUE(torch::equal(BlockIdsFromTokenTypes(tt), expected));
 }
 
 torch::Tensor Allowed(const MaskSpec& spec) {
-  return BuildAttentionBias(spec, torch::kFloat).eq(0).squeeze(1).to(torch::kLong);
+  return BuildAttentionBias(spec, torch::kFloat)
+      .eq(0)
+      .squeeze(1)
+      .to(torch::kLong);
 }
 
 TEST(MaskTest, SlidingWindowBound) {
@@ -107,14 +115,17 @@ TEST(MaskTest, PaddingHidesKeysAndOffsetsFollowTheCache) {
 }
 
 TEST(MaskTest, PackedSegmentsFromPositions) {
-  EXPECT_FALSE(SegmentIdsFromPositions(torch::tensor({{0, 1, 2, 3}}), 2).defined());
-  torch::Tensor seg = SegmentIdsFromPositions(torch::tensor({{0, 1, 0, 1, 2}}), 1);
+  EXPECT_FALSE(
+      SegmentIdsFromPositions(torch::tensor({{0, 1, 2, 3}}), 2).defined());
+  torch::Tensor seg =
+      SegmentIdsFromPositions(torch::tensor({{0, 1, 0, 1, 2}}), 1);
   EXPECT_TRUE(torch::equal(seg, torch::tensor({{0, 0, 1, 1, 1}})));
   MaskSpec spec;
   spec.q_len = spec.kv_len = 5;
   spec.segment_ids = seg;
   torch::Tensor allowed = Allowed(spec);
-  EXPECT_EQ(allowed[0][2][1].item<int64_t>(), 0);  // no attention across sequences
+  EXPECT_EQ(allowed[0][2][1].item<int64_t>(),
+            0);  // no attention across sequences
   EXPECT_EQ(allowed[0][4][2].item<int64_t>(), 1);
 }
 
@@ -134,20 +145,73 @@ TEST(KvCacheTest, SlidingLayersKeepWindowMinusOne) {
   EXPECT_EQ(cache.seq_len(), 6);
   EXPECT_EQ(cache.MaskSizes(4, 1), (std::pair<int64_t, int64_t>{3, 4}));
   EXPECT_EQ(cache.MaskSizes(0, 1), (std::pair<int64_t, int64_t>{0, 7}));
-  auto [all_k, all_v] = cache.layer(0)->Update(torch::full({1, 1, 1, 1}, 6.0f), torch::zeros({1, 1, 1, 1}));
-  EXPECT_TRUE(torch::equal(all_k.flatten(), torch::tensor({3.0f, 4.0f, 5.0f, 6.0f})));
+  auto [all_k, all_v] = cache.layer(0)->Update(torch::full({1, 1, 1, 1}, 6.0f),
+                                               torch::zeros({1, 1, 1, 1}));
+  EXPECT_TRUE(
+      torch::equal(all_k.flatten(), torch::tensor({3.0f, 4.0f, 5.0f, 6.0f})));
+}
+
+// Tensor parallelism only re-slices the modules: with the contract's split
+// rules (qkv by whole KV groups, gate_up by blocks, o/down by columns), the sum
+// of the ranks' partial outputs equals the unsplit module's output.
+TEST(TensorParallelSliceTest, AttentionSplitsByKvGroups) {
+  const int64_t hidden = 24, nq = 6, nkv = 2, hd = 4, tp = 2;
+  auto opts = [&](int64_t q, int64_t kv) {
+    return AttentionOptions(hidden, q, kv, hd).query_pre_attn_scalar(10);
+  };
+  Attention full(opts(nq, nkv));
+  torch::Tensor x = torch::randn({2, 5, hidden});
+  auto [cos, sin] = RopeCosSin(RopeInverseFrequencies(hd, RopeParams{}),
+                               torch::arange(5).unsqueeze(0), torch::kFloat);
+  MaskSpec spec;
+  spec.batch = 2;
+  spec.q_len = spec.kv_len = 5;
+  torch::Tensor bias = BuildAttentionBias(spec, torch::kFloat);
+  torch::NoGradGuard g;
+  for (auto& p : full->parameters()) p.copy_(torch::randn(p.sizes()) * 0.3);
+  torch::Tensor sum = torch::zeros({2, 5, hidden});
+  const int64_t rows = (nq + 2 * nkv) * hd / tp, cols = nq * hd / tp;
+  for (int64_t r = 0; r < tp; ++r) {
+    Attention local(opts(nq / tp, nkv / tp));
+    local->qkv->weight.copy_(full->qkv->weight.narrow(0, r * rows, rows));
+    local->o->weight.copy_(full->o->weight.narrow(1, r * cols, cols));
+    local->q_norm->weight.copy_(full->q_norm->weight);
+    local->k_norm->weight.copy_(full->k_norm->weight);
+    sum += local(x, cos, sin, bias);
+  }
+  EXPECT_TRUE(torch::allclose(sum, full(x, cos, sin, bias), 1e-5, 1e-5));
+}
+
+TEST(TensorParallelSliceTest, MlpSplitsGateAndUpBlocks) {
+  const int64_t hidden = 8, inter = 12, tp = 3, part = inter / tp;
+  GatedMlp full(GatedMlpOptions(hidden, inter));
+  torch::NoGradGuard g;
+  torch::Tensor x = torch::randn({2, 3, hidden});
+  torch::Tensor sum = torch::zeros({2, 3, hidden});
+  for (int64_t r = 0; r < tp; ++r) {
+    GatedMlp local(GatedMlpOptions(hidden, part));
+    local->gate_up->weight.copy_(
+        torch::cat({full->gate_up->weight.narrow(0, r * part, part),
+                    full->gate_up->weight.narrow(0, inter + r * part, part)}));
+    local->down->weight.copy_(full->down->weight.narrow(1, r * part, part));
+    sum += local(x);
+  }
+  EXPECT_TRUE(torch::allclose(sum, full(x), 1e-5, 1e-5));
 }
 
 ModelConfig TinyVl() {
   ModelConfig c;
   c.model_type = "gemma3";
   TextConfig& t = c.text;
-  t.vocab_size = 64, t.hidden_size = 16, t.intermediate_size = 24, t.num_layers = 2;
-  t.num_heads = 2, t.num_kv_heads = 1, t.head_dim = 8, t.query_pre_attn_scalar = 8;
+  t.vocab_size = 64, t.hidden_size = 16, t.intermediate_size = 24,
+  t.num_layers = 2;
+  t.num_heads = 2, t.num_kv_heads = 1, t.head_dim = 8,
+  t.query_pre_attn_scalar = 8;
   t.sliding_window = 4;
   t.layer_types = {LayerType::kSliding, LayerType::kFull};
   VisionConfig v;
-  v.hidden_size = 8, v.intermediate_size = 12, v.num_layers = 1, v.num_heads = 2;
+  v.hidden_size = 8, v.intermediate_size = 12, v.num_layers = 1,
+  v.num_heads = 2;
   v.image_size = 8, v.patch_size = 2;
   c.vision = v;
   c.mm_tokens_per_image = 4;
@@ -157,7 +221,8 @@ ModelConfig TinyVl() {
 
 std::map<std::string, torch::Tensor> RandomWeights(Gemma3Model& model) {
   std::map<std::string, torch::Tensor> w;
-  for (const auto& p : model->named_parameters()) w[p.key()] = torch::randn(p.value().sizes()) * 0.3;
+  for (const auto& p : model->named_parameters())
+    w[p.key()] = torch::randn(p.value().sizes()) * 0.3;
   return w;
 }
 
@@ -165,7 +230,8 @@ TEST(LoadParametersTest, ReportsMissingUnexpectedAndWrongShape) {
   Gemma3Model model(TinyVl());
   auto weights = RandomWeights(model);
   ASSERT_TRUE(LoadParameters(*model, weights).ok());
-  EXPECT_TRUE(torch::equal(model->text->embed->weight, weights.at("text.embed.weight")));
+  EXPECT_TRUE(torch::equal(model->text->embed->weight,
+                           weights.at("text.embed.weight")));
   EXPECT_EQ(model->named_parameters().size(), weights.size());
 
   auto broken = weights;
@@ -176,39 +242,60 @@ TEST(LoadParametersTest, ReportsMissingUnexpectedAndWrongShape) {
   ASSERT_FALSE(st.ok());
   const std::string msg(st.message());
   EXPECT_THAT(msg, HasSubstr("missing: text.layers.1.attn.qkv.weight"));
-  EXPECT_THAT(msg, HasSubstr("text.layers.0.mlp.gate_up.weight (got [5, 5], expected [48, 16])"));
+  EXPECT_THAT(
+      msg,
+      HasSubstr(
+          "text.layers.0.mlp.gate_up.weight (got [5, 5], expected [48, 16])"));
   EXPECT_THAT(msg, HasSubstr("unexpected: text.lm_head.weight"));
   // Nothing was copied.
-  EXPECT_TRUE(torch::equal(model->text->layers[0]->as<Gemma3DecoderLayerImpl>()->mlp->gate_up->weight,
+  EXPECT_TRUE(torch::equal(model->text->layers[0]
+                               ->as<Gemma3DecoderLayerImpl>()
+                               ->mlp->gate_up->weight,
                            weights.at("text.layers.0.mlp.gate_up.weight")));
 }
 
 TEST(Gemma3ModelTest, NamesFollowTheContract) {
   Gemma3Model model(TinyVl());
   auto params = model->named_parameters();
-  for (const char* name :
-       {"text.embed.weight", "text.final_norm.weight", "text.layers.0.input_norm.weight",
-        "text.layers.0.attn.qkv.weight", "text.layers.0.attn.o.weight",
-        "text.layers.0.attn.q_norm.weight", "text.layers.0.attn.k_norm.weight",
-        "text.layers.0.post_attn_norm.weight", "text.layers.0.pre_mlp_norm.weight",
-        "text.layers.0.mlp.gate_up.weight", "text.layers.0.mlp.down.weight",
-        "text.layers.0.post_mlp_norm.weight", "vision.patch_embed.weight",
-        "vision.patch_embed.bias", "vision.pos_embed.weight", "vision.layers.0.ln1.weight",
-        "vision.layers.0.ln1.bias", "vision.layers.0.attn.qkv.weight",
-        "vision.layers.0.attn.qkv.bias", "vision.layers.0.attn.o.weight",
-        "vision.layers.0.ln2.bias", "vision.layers.0.mlp.fc1.weight",
-        "vision.layers.0.mlp.fc2.bias", "vision.post_norm.weight", "projector.norm.weight",
-        "projector.proj.weight"}) {
+  for (const char* name : {"text.embed.weight",
+                           "text.final_norm.weight",
+                           "text.layers.0.input_norm.weight",
+                           "text.layers.0.attn.qkv.weight",
+                           "text.layers.0.attn.o.weight",
+                           "text.layers.0.attn.q_norm.weight",
+                           "text.layers.0.attn.k_norm.weight",
+                           "text.layers.0.post_attn_norm.weight",
+                           "text.layers.0.pre_mlp_norm.weight",
+                           "text.layers.0.mlp.gate_up.weight",
+                           "text.layers.0.mlp.down.weight",
+                           "text.layers.0.post_mlp_norm.weight",
+                           "vision.patch_embed.weight",
+                           "vision.patch_embed.bias",
+                           "vision.pos_embed.weight",
+                           "vision.layers.0.ln1.weight",
+                           "vision.layers.0.ln1.bias",
+                           "vision.layers.0.attn.qkv.weight",
+                           "vision.layers.0.attn.qkv.bias",
+                           "vision.layers.0.attn.o.weight",
+                           "vision.layers.0.ln2.bias",
+                           "vision.layers.0.mlp.fc1.weight",
+                           "vision.layers.0.mlp.fc2.bias",
+                           "vision.post_norm.weight",
+                           "projector.norm.weight",
+                           "projector.proj.weight"}) {
     EXPECT_TRUE(params.contains(name)) << name;
   }
-  EXPECT_EQ(params["text.layers.0.attn.qkv.weight"].sizes(), (c10::IntArrayRef{(2 + 2) * 8, 16}));
+  EXPECT_EQ(params["text.layers.0.attn.qkv.weight"].sizes(),
+            (c10::IntArrayRef{(2 + 2) * 8, 16}));
   EXPECT_EQ(params["projector.proj.weight"].sizes(), (c10::IntArrayRef{8, 16}));
-  EXPECT_EQ(params["vision.pos_embed.weight"].sizes(), (c10::IntArrayRef{16, 8}));
+  EXPECT_EQ(params["vision.pos_embed.weight"].sizes(),
+            (c10::IntArrayRef{16, 8}));
 }
 
 TEST(Gemma3ModelTest, EmbeddingScaleIsRoundedToWeightDtype) {
   TextConfig t;
-  t.vocab_size = 3, t.hidden_size = 2560, t.intermediate_size = 8, t.num_layers = 1;
+  t.vocab_size = 3, t.hidden_size = 2560, t.intermediate_size = 8,
+  t.num_layers = 1;
   t.num_heads = 1, t.num_kv_heads = 1, t.head_dim = 2;
   t.layer_types = {LayerType::kFull};
   Gemma3TextModel text(t);
@@ -226,12 +313,15 @@ TEST(Gemma3ModelTest, ImageTokenCountMismatchIsAnError) {
   Gemma3Model model(TinyVl());
   ASSERT_TRUE(LoadParameters(*model, RandomWeights(model)).ok());
   ModelInputs in;
-  in.input_ids = torch::tensor({{2, 60, 60, 60, 5}});  // 3 image tokens, 4 needed
+  in.input_ids =
+      torch::tensor({{2, 60, 60, 60, 5}});  // 3 image tokens, 4 needed
   in.pixel_values = torch::randn({1, 3, 8, 8});
   auto out = model->Forward(in);
   ASSERT_FALSE(out.ok());
-  EXPECT_THAT(std::string(out.status().message()),
-              HasSubstr("image features and image tokens do not match: 3 image tokens"));
+  EXPECT_THAT(
+      std::string(out.status().message()),
+      HasSubstr(
+          "image features and image tokens do not match: 3 image tokens"));
   in.input_ids = torch::tensor({{2, 60, 60, 60, 60, 5}});
   in.token_type_ids = in.input_ids.eq(60).to(torch::kLong);
   auto ok = model->Forward(in);
@@ -249,7 +339,8 @@ TEST(Gemma3ModelTest, ChunkedDecodeWithCacheEqualsFullForward) {
   torch::Tensor full = model->forward(all);
   KvCache cache = model->NewCache();
   std::vector<torch::Tensor> parts;
-  for (auto [start, len] : {std::pair<int64_t, int64_t>{0, 5}, {5, 1}, {6, 3}, {9, 2}}) {
+  for (auto [start, len] :
+       {std::pair<int64_t, int64_t>{0, 5}, {5, 1}, {6, 3}, {9, 2}}) {
     ModelInputs chunk;
     chunk.input_ids = ids.narrow(1, start, len);
     parts.push_back(model->forward(chunk, &cache));
@@ -263,22 +354,27 @@ TEST(SamplingTest, TopKOneIsGreedyAndSeedsRepeat) {
   torch::Tensor logits = torch::randn({4, 50});
   GenerateOptions greedy;
   at::Generator gen = at::detail::createCPUGenerator(1);
-  EXPECT_TRUE(torch::equal(ChooseNextTokens(logits, greedy, &gen), logits.argmax(-1)));
+  EXPECT_TRUE(
+      torch::equal(ChooseNextTokens(logits, greedy, &gen), logits.argmax(-1)));
   GenerateOptions k1;
   k1.temperature = 1.0;
   k1.top_k = 1;
-  EXPECT_TRUE(torch::equal(ChooseNextTokens(logits, k1, &gen), logits.argmax(-1)));
+  EXPECT_TRUE(
+      torch::equal(ChooseNextTokens(logits, k1, &gen), logits.argmax(-1)));
   GenerateOptions p;
   p.temperature = 1.0;
   p.top_p = 1e-6;  // keeps only the best token
-  EXPECT_TRUE(torch::equal(ChooseNextTokens(logits, p, &gen), logits.argmax(-1)));
+  EXPECT_TRUE(
+      torch::equal(ChooseNextTokens(logits, p, &gen), logits.argmax(-1)));
   GenerateOptions s;
   s.temperature = 0.8;
   s.top_k = 20;
   s.top_p = 0.9;
-  at::Generator a = at::detail::createCPUGenerator(7), b = at::detail::createCPUGenerator(7);
+  at::Generator a = at::detail::createCPUGenerator(7),
+                b = at::detail::createCPUGenerator(7);
   for (int i = 0; i < 5; ++i) {
-    torch::Tensor ta = ChooseNextTokens(logits, s, &a), tb = ChooseNextTokens(logits, s, &b);
+    torch::Tensor ta = ChooseNextTokens(logits, s, &a),
+                  tb = ChooseNextTokens(logits, s, &b);
     EXPECT_TRUE(torch::equal(ta, tb));
     // Every sampled token is among the 20 best of its row.
     torch::Tensor top = std::get<1>(logits.topk(20, -1));

@@ -1,12 +1,13 @@
 #include "model/siglip.h"
 
-#include <cmath>
-
 #include <torch/torch.h>
+
+#include <cmath>
 
 namespace gemma {
 
-SiglipAttentionImpl::SiglipAttentionImpl(int64_t hidden_size, int64_t heads) : num_heads(heads) {
+SiglipAttentionImpl::SiglipAttentionImpl(int64_t hidden_size, int64_t heads)
+    : num_heads(heads) {
   qkv = register_module("qkv", torch::nn::Linear(hidden_size, 3 * hidden_size));
   o = register_module("o", torch::nn::Linear(hidden_size, hidden_size));
 }
@@ -19,15 +20,20 @@ torch::Tensor SiglipAttentionImpl::forward(const torch::Tensor& x) {
   torch::Tensor q = fused.select(2, 0).transpose(1, 2);
   torch::Tensor k = fused.select(2, 1).transpose(1, 2);
   torch::Tensor v = fused.select(2, 2).transpose(1, 2);
-  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) * std::pow(double(hd), -0.5);
-  torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  torch::Tensor out = torch::matmul(probs, v).transpose(1, 2).reshape({n, s, hv});
+  torch::Tensor scores =
+      torch::matmul(q, k.transpose(2, 3)) * std::pow(double(hd), -0.5);
+  torch::Tensor probs =
+      torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  torch::Tensor out =
+      torch::matmul(probs, v).transpose(1, 2).reshape({n, s, hv});
   return o(out);
 }
 
 SiglipMlpImpl::SiglipMlpImpl(int64_t hidden_size, int64_t intermediate_size) {
-  fc1 = register_module("fc1", torch::nn::Linear(hidden_size, intermediate_size));
-  fc2 = register_module("fc2", torch::nn::Linear(intermediate_size, hidden_size));
+  fc1 =
+      register_module("fc1", torch::nn::Linear(hidden_size, intermediate_size));
+  fc2 =
+      register_module("fc2", torch::nn::Linear(intermediate_size, hidden_size));
 }
 
 torch::Tensor SiglipMlpImpl::forward(const torch::Tensor& x) {
@@ -36,8 +42,9 @@ torch::Tensor SiglipMlpImpl::forward(const torch::Tensor& x) {
 
 namespace {
 torch::nn::LayerNorm MakeLayerNorm(const VisionConfig& c) {
-  return torch::nn::LayerNorm(
-      torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps).elementwise_affine(true));
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size})
+                                  .eps(c.layer_norm_eps)
+                                  .elementwise_affine(true));
 }
 }  // namespace
 
@@ -53,13 +60,16 @@ torch::Tensor SiglipEncoderLayerImpl::forward(const torch::Tensor& x) {
   return h + mlp(ln2(h));
 }
 
-SiglipVisionTowerImpl::SiglipVisionTowerImpl(const VisionConfig& c) : config_(c) {
+SiglipVisionTowerImpl::SiglipVisionTowerImpl(const VisionConfig& c)
+    : config_(c) {
   patch_embed = register_module(
       "patch_embed",
-      torch::nn::Conv2d(torch::nn::Conv2dOptions(c.num_channels, c.hidden_size, c.patch_size)
-                            .stride(c.patch_size)
-                            .bias(true)));
-  pos_embed = register_module("pos_embed", torch::nn::Embedding(c.num_patches(), c.hidden_size));
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(c.num_channels, c.hidden_size, c.patch_size)
+              .stride(c.patch_size)
+              .bias(true)));
+  pos_embed = register_module(
+      "pos_embed", torch::nn::Embedding(c.num_patches(), c.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_layers; ++i) {
     SiglipEncoderLayer layer(c);
@@ -69,8 +79,10 @@ SiglipVisionTowerImpl::SiglipVisionTowerImpl(const VisionConfig& c) : config_(c)
   post_norm = register_module("post_norm", MakeLayerNorm(c));
 }
 
-torch::Tensor SiglipVisionTowerImpl::forward(const torch::Tensor& pixel_values) {
-  torch::Tensor x = patch_embed(pixel_values.to(patch_embed->weight.scalar_type()));
+torch::Tensor SiglipVisionTowerImpl::forward(
+    const torch::Tensor& pixel_values) {
+  torch::Tensor x =
+      patch_embed(pixel_values.to(patch_embed->weight.scalar_type()));
   x = x.flatten(2).transpose(1, 2);  // [N, Np, Hv]
   x = x + pos_embed->weight.unsqueeze(0);
   for (auto& layer : layer_list_) x = layer->forward(x);

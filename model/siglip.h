@@ -13,8 +13,6 @@
 #ifndef GEMMA_MODEL_SIGLIP_H_
 #define GEMMA_MODEL_SIGLIP_H_
 
-#include <vector>
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -23,6 +21,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
+
+#include <vector>
 
 #include "model/config.h"
 

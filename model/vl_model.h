@@ -1,6 +1,6 @@
-// The whole Gemma 3 model: text decoder, and for VL configs the SigLIP tower and
-// the multimodal projector (HF Gemma3ForConditionalGeneration; for text-only
-// configs HF Gemma3ForCausalLM).
+// The whole Gemma 3 model: text decoder, and for VL configs the SigLIP tower
+// and the multimodal projector (HF Gemma3ForConditionalGeneration; for
+// text-only configs HF Gemma3ForCausalLM).
 //
 // Parameter names are ours (/work/briefs/MODEL_NAMES.md): "text.*",
 // "vision.*", "projector.norm.weight" [Hv], "projector.proj.weight" [Hv, H]
@@ -14,12 +14,12 @@
 #ifndef GEMMA_MODEL_VL_MODEL_H_
 #define GEMMA_MODEL_VL_MODEL_H_
 
-#include <map>
-#include <string>
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
+
+#include <map>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -59,11 +59,12 @@ TORCH_MODULE(MultiModalProjector);
 
 // Inputs of one forward. Shapes: B batch, L new tokens.
 struct ModelInputs {
-  torch::Tensor input_ids;       // [B, L] int64 (required)
-  torch::Tensor pixel_values;    // [N_img, C, S, S] float; VL prefill only
-  torch::Tensor token_type_ids;  // [B, L], 1 = image token: enables the image blocks
+  torch::Tensor input_ids;     // [B, L] int64 (required)
+  torch::Tensor pixel_values;  // [N_img, C, S, S] float; VL prefill only
+  torch::Tensor
+      token_type_ids;  // [B, L], 1 = image token: enables the image blocks
   torch::Tensor attention_mask;  // [B, past + L], 1 = real token; optional
-  torch::Tensor position_ids;    // [B or 1, L]; optional (default past + arange)
+  torch::Tensor position_ids;  // [B or 1, L]; optional (default past + arange)
 };
 
 class Gemma3ModelImpl : public torch::nn::Module {
@@ -75,7 +76,8 @@ class Gemma3ModelImpl : public torch::nn::Module {
   // shapes or an image-token count that does not match the images; use
   // Forward() for a Status.
   torch::Tensor forward(const ModelInputs& inputs, KvCache* cache = nullptr);
-  absl::StatusOr<torch::Tensor> Forward(const ModelInputs& inputs, KvCache* cache = nullptr);
+  absl::StatusOr<torch::Tensor> Forward(const ModelInputs& inputs,
+                                        KvCache* cache = nullptr);
 
   // Projected image features [N_img, mm_tokens_per_image, H].
   torch::Tensor ImageFeatures(const torch::Tensor& pixel_values);
@@ -87,7 +89,7 @@ class Gemma3ModelImpl : public torch::nn::Module {
   const ModelConfig& config() const { return config_; }
 
   Gemma3TextModel text{nullptr};
-  SiglipVisionTower vision{nullptr};      // null for text-only models
+  SiglipVisionTower vision{nullptr};       // null for text-only models
   MultiModalProjector projector{nullptr};  // null for text-only models
 
  private:
@@ -106,8 +108,9 @@ absl::Status LoadParameters(torch::nn::Module& module,
 
 // Builds the model for `config` and loads `weights` into it (fp32 parameters;
 // call ->to(dtype/device) afterwards as needed).
-absl::StatusOr<Gemma3Model> BuildGemma3Model(const ModelConfig& config,
-                                             const std::map<std::string, torch::Tensor>& weights);
+absl::StatusOr<Gemma3Model> BuildGemma3Model(
+    const ModelConfig& config,
+    const std::map<std::string, torch::Tensor>& weights);
 
 }  // namespace gemma
 

@@ -3,10 +3,10 @@
 // model, the hub-style sparse config.json (original release shape) and
 // Gemma3Config(...).to_dict() (the newer shape with every default filled in by
 // transformers). Both must parse to the preset.
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "model/config.h"
 
@@ -52,7 +52,9 @@ TEST_P(PresetTest, MatchesPublishedTable) {
   EXPECT_EQ(t.rope_full, (RopeParams{"linear", 1e6, 8.0}));
   EXPECT_EQ(t.rope_sliding, (RopeParams{"default", 1e4, 1.0}));
   for (int64_t i = 0; i < t.num_layers; ++i) {
-    EXPECT_EQ(t.layer_types[i], (i + 1) % 6 == 0 ? LayerType::kFull : LayerType::kSliding) << i;
+    EXPECT_EQ(t.layer_types[i],
+              (i + 1) % 6 == 0 ? LayerType::kFull : LayerType::kSliding)
+        << i;
   }
   ASSERT_TRUE(preset->is_vl());
   EXPECT_EQ(preset->vision->hidden_size, 1152);
@@ -65,7 +67,8 @@ TEST_P(PresetTest, MatchesPublishedTable) {
 TEST_P(PresetTest, EqualsHubSparseConfig) {
   auto preset = Gemma3Preset(GetParam().name);
   ASSERT_TRUE(preset.ok()) << preset.status();
-  auto sparse = LoadModelConfig(DataDir() + "/presets/" + GetParam().name + "/sparse.json");
+  auto sparse = LoadModelConfig(DataDir() + "/presets/" + GetParam().name +
+                                "/sparse.json");
   ASSERT_TRUE(sparse.ok()) << sparse.status();
   EXPECT_TRUE(SameArchitecture(*preset, *sparse));
   EXPECT_EQ(sparse->eos_token_ids, (std::vector<int64_t>{1, 106}));
@@ -74,7 +77,8 @@ TEST_P(PresetTest, EqualsHubSparseConfig) {
 TEST_P(PresetTest, EqualsTransformersDefaults) {
   auto preset = Gemma3Preset(GetParam().name);
   ASSERT_TRUE(preset.ok()) << preset.status();
-  auto full = LoadModelConfig(DataDir() + "/presets/" + GetParam().name + "/full.json");
+  auto full =
+      LoadModelConfig(DataDir() + "/presets/" + GetParam().name + "/full.json");
   ASSERT_TRUE(full.ok()) << full.status();
   EXPECT_TRUE(SameArchitecture(*preset, *full));
   EXPECT_EQ(full->text.layer_types, preset->text.layer_types);
@@ -83,7 +87,9 @@ TEST_P(PresetTest, EqualsTransformersDefaults) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Published, PresetTest, ::testing::ValuesIn(kPublished),
-                         [](const auto& info) { return std::string("gemma3_") + info.param.name; });
+                         [](const auto& info) {
+                           return std::string("gemma3_") + info.param.name;
+                         });
 
 }  // namespace
 }  // namespace gemma

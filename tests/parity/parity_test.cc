@@ -10,12 +10,12 @@
 // the per-step decode logits within the same bound, and every parameter's
 // gradient (of a fixed random functional of the logits) within 1e-4 of its
 // tensor's largest reference gradient.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
 #include <filesystem>
 #include <map>
 #include <string>
-
-#include <gtest/gtest.h>
-#include <torch/torch.h>
 
 #include "model/config.h"
 #include "model/generate.h"
@@ -56,7 +56,9 @@ void LoadCase(const std::string& name, Case* c) {
 ModelInputs PromptOf(const std::map<std::string, torch::Tensor>& io) {
   ModelInputs in;
   in.input_ids = io.at("input_ids");
-  auto get = [&](const char* key) { return io.count(key) ? io.at(key) : torch::Tensor(); };
+  auto get = [&](const char* key) {
+    return io.count(key) ? io.at(key) : torch::Tensor();
+  };
   in.attention_mask = get("attention_mask");
   in.pixel_values = get("pixel_values");
   in.token_type_ids = get("token_type_ids");
@@ -87,7 +89,8 @@ TEST_P(ParityTest, ForwardLogitsMatchTransformers) {
   ASSERT_EQ(logits->sizes(), ref.sizes());
   const double diff = RelMaxDiff(*logits, ref);
   EXPECT_LE(diff, kTolerance) << "max|diff| / max|ref| = " << diff;
-  std::cout << "[parity] " << GetParam() << " forward rel diff " << diff << "\n";
+  std::cout << "[parity] " << GetParam() << " forward rel diff " << diff
+            << "\n";
 }
 
 TEST_P(ParityTest, GradientsMatchTransformers) {
@@ -108,15 +111,16 @@ TEST_P(ParityTest, GradientsMatchTransformers) {
     ASSERT_EQ(p.value().grad().sizes(), r.sizes()) << p.key();
     const double scale = r.abs().max().item<double>();
     const double diff = (p.value().grad() - r).abs().max().item<double>();
-    EXPECT_LE(diff, kTolerance * scale + 1e-9) << p.key() << ": max|diff| " << diff
-                                               << ", max|ref| " << scale;
+    EXPECT_LE(diff, kTolerance * scale + 1e-9)
+        << p.key() << ": max|diff| " << diff << ", max|ref| " << scale;
     const double rel = scale > 0 ? diff / scale : diff;
     if (rel > worst) worst = rel, worst_name = p.key();
     ++checked;
   }
   EXPECT_EQ(checked, static_cast<int64_t>(ref->size()));
   std::cout << "[parity] " << GetParam() << " gradients of " << checked
-            << " tensors, worst rel diff " << worst << " (" << worst_name << ")\n";
+            << " tensors, worst rel diff " << worst << " (" << worst_name
+            << ")\n";
 }
 
 TEST_P(ParityTest, Bfloat16ForwardTracksTransformersBfloat16) {
@@ -125,18 +129,20 @@ TEST_P(ParityTest, Bfloat16ForwardTracksTransformersBfloat16) {
   torch::NoGradGuard no_grad;
   case_.model->to(torch::kBFloat16);
   ModelInputs in = PromptOf(case_.io);
-  if (in.pixel_values.defined()) in.pixel_values = in.pixel_values.to(torch::kBFloat16);
+  if (in.pixel_values.defined())
+    in.pixel_values = in.pixel_values.to(torch::kBFloat16);
   auto logits = case_.model->Forward(in);
   ASSERT_TRUE(logits.ok()) << logits.status();
   EXPECT_EQ(logits->scalar_type(), torch::kBFloat16);
   torch::Tensor ours = logits->to(torch::kFloat).flatten();
   torch::Tensor ref = case_.io.at("logits_bf16").flatten();
   const double cosine =
-      (ours * ref).sum().item<double>() / (ours.norm().item<double>() * ref.norm().item<double>());
+      (ours * ref).sum().item<double>() /
+      (ours.norm().item<double>() * ref.norm().item<double>());
   EXPECT_GE(cosine, 0.999);
   const double diff = RelMaxDiff(ours, ref);
-  std::cout << "[parity] " << GetParam() << " bf16 cosine " << cosine << ", rel max diff " << diff
-            << "\n";
+  std::cout << "[parity] " << GetParam() << " bf16 cosine " << cosine
+            << ", rel max diff " << diff << "\n";
 }
 
 void CheckGreedy(Case& c, bool use_cache, const std::string& name) {
@@ -151,7 +157,8 @@ void CheckGreedy(Case& c, bool use_cache, const std::string& name) {
   const torch::Tensor& ref_logits = c.io.at("greedy_step_logits");
   ASSERT_EQ(result->step_logits.sizes(), ref_logits.sizes());
   const double diff = RelMaxDiff(result->step_logits, ref_logits);
-  EXPECT_LE(diff, kTolerance) << "decode step logits: max|diff| / max|ref| = " << diff;
+  EXPECT_LE(diff, kTolerance)
+      << "decode step logits: max|diff| / max|ref| = " << diff;
   std::cout << "[parity] " << name << (use_cache ? " cached" : " uncached")
             << " decode rel diff " << diff << "\n";
 }
@@ -165,7 +172,8 @@ TEST_P(ParityTest, GreedyWithoutCacheMatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, ParityTest,
-                         ::testing::Values("vl_one_image", "vl_two_images_batch2",
+                         ::testing::Values("vl_one_image",
+                                           "vl_two_images_batch2",
                                            "vl_legacy_odd_heads_oov_image",
                                            "text_softcap_batch2", "text_mha"));
 

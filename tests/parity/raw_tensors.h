@@ -5,17 +5,18 @@
 #ifndef GEMMA_TESTS_PARITY_RAW_TENSORS_H_
 #define GEMMA_TESTS_PARITY_RAW_TENSORS_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <map>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 
 namespace gemma {
 
 // `prefix` is the path without extension (".json" and ".bin" are added).
-absl::StatusOr<std::map<std::string, at::Tensor>> ReadRawTensors(const std::string& prefix);
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadRawTensors(
+    const std::string& prefix);
 
 }  // namespace gemma
 
