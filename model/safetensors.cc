@@ -324,14 +324,12 @@ uint64_t SafetensorsWriter::FileSize() const {
 
 absl::Status SafetensorsWriter::Write(const std::string& path, uint32_t* crc32c) const {
   uint64_t data_size = 0;
-  const std::string header = HeaderJson(&data_size);
+  std::string header = HeaderJson(&data_size);
   const uint64_t total = 8 + header.size() + data_size;
   const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("cannot create", tmp);
-  uint8_t* base = nullptr;
   auto fail = [&](absl::Status s) {
-    if (base != nullptr) ::munmap(base, total);
     ::close(fd);
     ::unlink(tmp.c_str());
     return s;
@@ -339,29 +337,60 @@ absl::Status SafetensorsWriter::Write(const std::string& path, uint32_t* crc32c)
   if (::ftruncate(fd, static_cast<off_t>(total)) != 0) return fail(ErrnoStatus("cannot size", tmp));
   // Allocate the blocks up front (no allocation per page fault); best effort.
   (void)::posix_fallocate(fd, 0, static_cast<off_t>(total));
-  void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return fail(ErrnoStatus("cannot mmap", tmp));
-  base = static_cast<uint8_t*>(p);
-  uint64_t n = header.size();
-  for (int i = 0; i < 8; ++i) base[i] = static_cast<uint8_t>(n >> (8 * i));
-  std::memcpy(base + 8, header.data(), header.size());
-  uint8_t* data = base + 8 + header.size();
-  uint32_t crc = Crc32c({base, 8 + header.size()});
+  auto pwrite_all = [&](const uint8_t* p, uint64_t n, uint64_t off) {
+    while (n > 0) {
+      ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
+      if (w <= 0) return false;
+      p += w;
+      n -= static_cast<uint64_t>(w);
+      off += static_cast<uint64_t>(w);
+    }
+    return true;
+  };
+  std::string prefix(8, '\0');
+  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>(header.size() >> (8 * i));
+  prefix += header;
+  if (!pwrite_all(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size(), 0)) {
+    return fail(ErrnoStatus("cannot write", tmp));
+  }
+  uint32_t crc = Crc32c({reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size()});
+  // Small tensors go through a buffer and pwrite; large ones are filled in
+  // place through a mapping of just their range, unmapped right after, so the
+  // process never holds more than one tensor of the output mapped.
+  constexpr uint64_t kMapAbove = 4u << 20;
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<uint8_t> buf;
+  uint64_t off = prefix.size();
   for (const Entry* ep : Ordered()) {
     const Entry& e = *ep;
-    absl::Status s = e.fill(data);
-    if (!s.ok()) return fail(absl::Status(s.code(), absl::StrCat(path, ": tensor '", e.name, "': ", s.message())));
-    // Checksum while the bytes are hot, and start writing them back now so the
-    // disk works while the next tensor is copied.
-    crc = Crc32c({data, e.nbytes}, crc);
-    if (e.nbytes > 0) {
-      (void)::sync_file_range(fd, data - base, static_cast<off_t>(e.nbytes), SYNC_FILE_RANGE_WRITE);
+    auto tensor_error = [&](const absl::Status& s) {
+      return fail(absl::Status(s.code(), absl::StrCat(path, ": tensor '", e.name, "': ", s.message())));
+    };
+    if (e.nbytes < kMapAbove) {
+      buf.resize(std::max<uint64_t>(e.nbytes, 1));
+      absl::Status s = e.fill(buf.data());
+      if (!s.ok()) return tensor_error(s);
+      crc = Crc32c({buf.data(), e.nbytes}, crc);
+      if (!pwrite_all(buf.data(), e.nbytes, off)) return fail(ErrnoStatus("cannot write", tmp));
+    } else {
+      const uint64_t map_off = off / page * page, delta = off - map_off;
+      void* p = ::mmap(nullptr, delta + e.nbytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                       static_cast<off_t>(map_off));
+      if (p == MAP_FAILED) return fail(ErrnoStatus("cannot mmap", tmp));
+      uint8_t* dst = static_cast<uint8_t*>(p) + delta;
+      absl::Status s = e.fill(dst);
+      if (s.ok()) crc = Crc32c({dst, e.nbytes}, crc);
+      ::munmap(p, delta + e.nbytes);
+      if (!s.ok()) return tensor_error(s);
     }
-    data += e.nbytes;
+    // Start writing back now so the disk works while the next tensor is copied.
+    if (e.nbytes > 0) {
+      (void)::sync_file_range(fd, static_cast<off_t>(off), static_cast<off_t>(e.nbytes),
+                              SYNC_FILE_RANGE_WRITE);
+    }
+    off += e.nbytes;
   }
   if (crc32c != nullptr) *crc32c = crc;
-  ::munmap(base, total);
-  base = nullptr;
   if (::fsync(fd) != 0) return fail(ErrnoStatus("cannot fsync", tmp));
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {

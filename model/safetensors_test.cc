@@ -101,6 +101,33 @@ TEST(SafetensorsTest, WriterRefusesDuplicatesAndLeavesNothingOnFailure) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path())) << "temporary left behind";
 }
 
+TEST(SafetensorsTest, LargeTensorsAreWrittenInPlaceAndChecksummed) {
+  TempDir dir;
+  const auto big = Pattern((6u << 20) + 6, 9);  // above the in-place threshold, odd size
+  const auto small = Pattern(10, 4);
+  SafetensorsWriter w;
+  ASSERT_TRUE(w.AddBytes("small", DType::kU8, {10}, small).ok());
+  ASSERT_TRUE(w.AddBytes("big", DType::kI16, {3, static_cast<int64_t>(big.size() / 6)}, big).ok());
+  ASSERT_TRUE(w.AddBytes("after", DType::kU8, {10}, small).ok());
+  uint32_t crc = 0;
+  ASSERT_TRUE(w.Write(dir / "big.safetensors", &crc).ok());
+  const std::string raw = ReadFile(dir / "big.safetensors");
+  EXPECT_EQ(crc, Crc32c({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()}));
+  auto file = SafetensorsFile::Open(dir / "big.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto b = (*file)->Bytes(*(*file)->Find("big"));
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), big.begin(), big.end()));
+  auto a = (*file)->Bytes(*(*file)->Find("after"));
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), small.begin(), small.end()));
+
+  SafetensorsWriter bad;
+  ASSERT_TRUE(bad.Add("huge", DType::kU8, {8 << 20}, [](uint8_t*) { return absl::DataLossError("source gone"); }).ok());
+  absl::Status s = bad.Write(dir / "bad.safetensors");
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'huge'"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "bad.safetensors"));
+}
+
 // Writes an image made of a header text and `data_size` bytes of data.
 std::string Image(const std::string& header, size_t data_size) {
   std::string out(8, '\0');
