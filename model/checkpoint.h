@@ -121,7 +121,8 @@ absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& co
 
 // Reads a checkpoint folder. Rank files are mapped on first use; with
 // verify_checksums each file's CRC-32C is checked then (DATA_LOSS naming the
-// file on mismatch), which reads that whole file once.
+// file on mismatch), which reads that whole file once. Not thread-safe (rank
+// files open lazily); VirtualTensors it returns stay valid while it lives.
 class CheckpointReader : public GlobalTensorSource {
  public:
   static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& dir,
