@@ -140,6 +140,7 @@ absl::StatusOr<uint64_t> PlainCopy(const std::string& from, const std::string& t
 }
 
 int Main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   double scale = 1.0;
   std::string dir = "/tmp";
   int tp = 1;

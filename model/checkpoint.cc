@@ -183,6 +183,7 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
       const VirtualTensor* g = &globals[i];
       const uint64_t nbytes = ShardBytes(l, DTypeSize(t.dtype));
       GEMMA_RETURN_IF_ERROR(w.Add(t.name, t.dtype, l.shard_shape, [&, g, nbytes, &l = l](uint8_t* dst) {
+        Prefetch(*g, l);
         GEMMA_RETURN_IF_ERROR(CopyShard(*g, l, dst));
         done += nbytes;
         if (options.progress) options.progress(done, total);

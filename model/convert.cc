@@ -331,6 +331,9 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
       GEMMA_RETURN_IF_ERROR(w.Add(pl.t->hf_name, pl.dtype, pl.t->shape, [&, u, row_bytes, nbytes](uint8_t* dst) {
         for (const Use& use : *u) {
           const int64_t n = use.rows.row_end - use.rows.row_begin;
+          ShardLayout rows;
+          rows.ranges = {{use.our_row, use.our_row + n}};
+          Prefetch(globals.at(use.param->name), rows);
           GEMMA_RETURN_IF_ERROR(CopyRows(globals.at(use.param->name), {{use.our_row, use.our_row + n}},
                                          dst + use.rows.row_begin * row_bytes));
         }

@@ -1,5 +1,8 @@
 #include "model/param_table.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -183,6 +186,29 @@ void VirtualTensor::AddShard(const ShardLayout& layout, const uint8_t* data) {
   for (auto [b, e] : layout.ranges) {
     blocks.push_back({0, rows(), b, e, data + off * esize, shard_cols * esize});
     off += e - b;
+  }
+}
+
+void Prefetch(const VirtualTensor& src, const ShardLayout& layout) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const int64_t esize = static_cast<int64_t>(src.elem_size);
+  for (const auto& blk : src.blocks) {
+    int64_t r0 = blk.row0, r1 = blk.row1;
+    if (layout.dim == 0) {  // only the rows some range needs
+      int64_t lo = r1, hi = r0;
+      for (auto [b, e] : layout.ranges) {
+        lo = std::min(lo, std::max(b, blk.row0));
+        hi = std::max(hi, std::min(e, blk.row1));
+      }
+      if (lo >= hi) continue;
+      r0 = lo;
+      r1 = hi;
+    }
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(blk.base + (r0 - blk.row0) * blk.row_stride);
+    const uintptr_t end = begin + static_cast<uintptr_t>((r1 - r0 - 1) * blk.row_stride +
+                                                         (blk.col1 - blk.col0) * esize);
+    const uintptr_t aligned = begin / page * page;
+    (void)::madvise(reinterpret_cast<void*>(aligned), end - aligned, MADV_WILLNEED);
   }
 }
 

@@ -88,6 +88,11 @@ struct VirtualTensor {
   void AddShard(const ShardLayout& layout, const uint8_t* data);
 };
 
+// Asks the kernel to start reading the pages of `src` that `layout` needs
+// (madvise WILLNEED; for memory-mapped sources, a no-op hint otherwise), so
+// disk reads overlap the copy of the previous tensor.
+void Prefetch(const VirtualTensor& src, const ShardLayout& layout);
+
 // Bytes of the shard described by `layout`.
 int64_t ShardBytes(const ShardLayout& layout, size_t elem_size);
 
