@@ -320,7 +320,22 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const s
   r->dir_ = dir;
   r->verify_ = verify_checksums;
   GEMMA_ASSIGN_OR_RETURN(r->manifest_, CheckpointManifest::FromJson(ss.str(), path));
-  for (const ManifestTensor& t : r->manifest_.tensors) r->entries_.push_back({t.name, t.dtype, t.shape});
+  // The stored layouts must be the ones the split rules give (they decide
+  // which bytes are read, so a corrupt manifest must not steer reads).
+  for (const ManifestTensor& t : r->manifest_.tensors) {
+    absl::StatusOr<ParamSpec> spec = LookupParam(t.name);
+    if (!spec.ok()) return absl::DataLossError(absl::StrCat(path, ": ", spec.status().message()));
+    for (int rank = 0; rank < r->manifest_.tp; ++rank) {
+      absl::StatusOr<ShardLayout> want = ComputeShard(*spec, t.shape, r->manifest_.dims, r->manifest_.tp, rank);
+      const ShardLayout& have = t.shards[rank];
+      if (!want.ok() || want->dim != have.dim || want->ranges != have.ranges ||
+          want->shard_shape != have.shard_shape) {
+        return absl::DataLossError(absl::StrCat(path, ": tensor '", t.name, "': shard of rank ", rank,
+                                                " does not match the split rule"));
+      }
+    }
+    r->entries_.push_back({t.name, t.dtype, t.shape});
+  }
   return r;
 }
 

@@ -190,7 +190,14 @@ TEST(CheckpointTest, RefusesNamesOutsideTheTableAndBadManifests) {
 
   MemSource good = Source();
   ASSERT_TRUE(WriteCheckpoint(tmp / "d", good, Options(2)).ok());
-  auto m = nlohmann::json::parse(ReadFile(tmp / "d/manifest.json"));
+  const std::string original = ReadFile(tmp / "d/manifest.json");
+  auto m = nlohmann::json::parse(original);
+  m["tensors"][1]["shards"][1]["ranges"] = {{0, 32}};  // would read past the shard
+  WriteFile(tmp / "d/manifest.json", m.dump());
+  auto steered = CheckpointReader::Open(tmp / "d");
+  EXPECT_EQ(steered.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(steered.status().message()), HasSubstr("text.layers.0.attn.qkv.weight"));
+  m = nlohmann::json::parse(original);
   m["tensors"][0].erase("shape");
   WriteFile(tmp / "d/manifest.json", m.dump());
   auto r = CheckpointReader::Open(tmp / "d");

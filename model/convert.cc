@@ -270,8 +270,14 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
   };
   std::map<std::string, std::vector<Use>> uses;
   for (const ParamMapping& p : mapping->params) {
-    if (reader->manifest().Find(p.name) == nullptr) {
+    const ManifestTensor* t = reader->manifest().Find(p.name);
+    if (t == nullptr) {
       return absl::NotFoundError(absl::StrCat(ckpt_dir, ": tensor '", p.name, "' is missing"));
+    }
+    if (t->shape != p.shape) {
+      return absl::InvalidArgumentError(absl::StrCat(ckpt_dir, "/manifest.json: tensor '", p.name, "' has shape ",
+                                                     ShapeString(t->shape), " but model_config implies ",
+                                                     ShapeString(p.shape)));
     }
     int64_t row = 0;
     for (const HfRows& piece : p.pieces) {

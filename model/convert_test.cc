@@ -315,6 +315,19 @@ TEST(ConvertTest, MissingAndUnexpectedTensorsAreNamed) {
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("unexpected tensor 'model.layers.9.extra'"));
 }
 
+TEST(ConvertTest, ExportRefusesACheckpointWhoseConfigDisagreesWithItsShapes) {
+  TempDir tmp;
+  ASSERT_TRUE(ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "ckpt", {}).ok());
+  auto m = nlohmann::json::parse(ReadFile(tmp / "ckpt/manifest.json"));
+  m["model_config"]["intermediate_size"] = 64;
+  WriteFile(tmp / "ckpt/manifest.json", m.dump());
+  auto s = ConvertCheckpointToHf(tmp / "ckpt", tmp / "hf", {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("text.layers.0.mlp.gate_up.weight"));
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("manifest.json"));
+  EXPECT_FALSE(fs::exists(tmp / "hf"));
+}
+
 TEST(ConvertTest, TpMustDivideKvHeadsAndOutputIsNotClobbered) {
   TempDir tmp;
   ConvertOptions opt;
