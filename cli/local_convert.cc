@@ -31,9 +31,13 @@ std::string Human(double bytes) {
 bool ParseSize(const std::string& text, uint64_t* out) {
   std::string num = text;
   uint64_t mult = 1;
-  const std::pair<const char*, uint64_t> suffixes[] = {
-      {"GiB", 1ull << 30}, {"MiB", 1ull << 20}, {"KiB", 1ull << 10},
-      {"GB", 1000000000ull}, {"MB", 1000000ull}, {"KB", 1000ull}, {"B", 1}};
+  const std::pair<const char*, uint64_t> suffixes[] = {{"GiB", 1ull << 30},
+                                                       {"MiB", 1ull << 20},
+                                                       {"KiB", 1ull << 10},
+                                                       {"GB", 1000000000ull},
+                                                       {"MB", 1000000ull},
+                                                       {"KB", 1000ull},
+                                                       {"B", 1}};
   for (const auto& [s, m] : suffixes) {
     const size_t n = std::strlen(s);
     if (num.size() > n && num.compare(num.size() - n, n, s) == 0) {
@@ -55,13 +59,18 @@ class ProgressBar {
     const auto now = std::chrono::steady_clock::now();
     if (done < total && now - last_ < std::chrono::milliseconds(100)) return;
     last_ = now;
-    const double frac = total == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total);
+    const double frac =
+        total == 0 ? 1.0
+                   : static_cast<double>(done) / static_cast<double>(total);
     const double secs = std::chrono::duration<double>(now - start_).count();
     const int width = 30, filled = static_cast<int>(frac * width);
-    std::fprintf(stderr, "\r[%s%s] %3d%% %s / %s  %s/s ", std::string(filled, '#').c_str(),
-                 std::string(width - filled, ' ').c_str(), static_cast<int>(frac * 100),
-                 Human(static_cast<double>(done)).c_str(), Human(static_cast<double>(total)).c_str(),
-                 Human(secs > 0 ? static_cast<double>(done) / secs : 0).c_str());
+    std::fprintf(
+        stderr, "\r[%s%s] %3d%% %s / %s  %s/s ",
+        std::string(filled, '#').c_str(),
+        std::string(width - filled, ' ').c_str(), static_cast<int>(frac * 100),
+        Human(static_cast<double>(done)).c_str(),
+        Human(static_cast<double>(total)).c_str(),
+        Human(secs > 0 ? static_cast<double>(done) / secs : 0).c_str());
     drawn_ = true;
   }
   void Finish() {
@@ -69,7 +78,8 @@ class ProgressBar {
   }
 
  private:
-  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point start_ =
+      std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point last_{};
   bool drawn_ = false;
 };
@@ -80,27 +90,45 @@ int LocalConvert(int argc, char** argv) {
   std::string from, to, to_format, output = "table", max_shard = "4GB";
   int tp = 1;
   bool overwrite = false, no_verify = false, quiet = false;
-  FlagSet flags("gemmactl local convert",
-                "Convert between Hugging Face Gemma 3 folders and our sharded checkpoints.\n"
-                "HF folders: config.json with model.safetensors or a sharded index (bf16, fp16\n"
-                "or fp32, older and newer key layouts). Checkpoints: manifest.json +\n"
-                "rank-NNNNN.safetensors. Conversions are bit-exact.");
-  flags.String("from", &from, "source folder (HF model or our checkpoint)").Meta("DIR");
-  flags.String("to", &to, "output folder (must not exist unless --overwrite)").Meta("DIR");
-  flags.Int("tp", &tp, "tensor-parallel size of a written checkpoint (divides the KV heads)");
-  flags.String("to-format", &to_format,
-               "ours or hf (default: hf when --from is our checkpoint, else ours)")
+  FlagSet flags(
+      "gemmactl local convert",
+      "Convert between Hugging Face Gemma 3 folders and our sharded "
+      "checkpoints.\n"
+      "HF folders: config.json with model.safetensors or a sharded index "
+      "(bf16, fp16\n"
+      "or fp32, older and newer key layouts). Checkpoints: manifest.json +\n"
+      "rank-NNNNN.safetensors. Conversions are bit-exact.");
+  flags.String("from", &from, "source folder (HF model or our checkpoint)")
+      .Meta("DIR");
+  flags.String("to", &to, "output folder (must not exist unless --overwrite)")
+      .Meta("DIR");
+  flags.Int(
+      "tp", &tp,
+      "tensor-parallel size of a written checkpoint (divides the KV heads)");
+  flags
+      .String(
+          "to-format", &to_format,
+          "ours or hf (default: hf when --from is our checkpoint, else ours)")
       .Meta("FORMAT");
-  flags.String("max-shard-size", &max_shard, "HF export: largest file (e.g. 4GB, 500MB)").Meta("SIZE");
+  flags
+      .String("max-shard-size", &max_shard,
+              "HF export: largest file (e.g. 4GB, 500MB)")
+      .Meta("SIZE");
   flags.Bool("overwrite", &overwrite, "replace --to if it exists");
-  flags.Bool("no-verify", &no_verify, "skip checksum verification when reading our checkpoints");
+  flags.Bool("no-verify", &no_verify,
+             "skip checksum verification when reading our checkpoints");
   flags.Bool("quiet", &quiet, "no progress bar");
-  flags.String("output", &output, "output format: table or json").Short('o').Meta("FORMAT");
+  flags.String("output", &output, "output format: table or json")
+      .Short('o')
+      .Meta("FORMAT");
   flags.Epilog(
       "Examples:\n"
-      "  gemmactl local convert --from ~/models/gemma-3-4b-it --to /ckpt/gemma3-4b-tp2 --tp 2\n"
-      "  gemmactl local convert --from /ckpt/gemma3-4b-tp2 --to /tmp/gemma3-4b-hf\n"
-      "  gemmactl local convert --from /ckpt/gemma3-4b-tp2 --to /ckpt/gemma3-4b-tp1 \\\n"
+      "  gemmactl local convert --from ~/models/gemma-3-4b-it --to "
+      "/ckpt/gemma3-4b-tp2 --tp 2\n"
+      "  gemmactl local convert --from /ckpt/gemma3-4b-tp2 --to "
+      "/tmp/gemma3-4b-hf\n"
+      "  gemmactl local convert --from /ckpt/gemma3-4b-tp2 --to "
+      "/ckpt/gemma3-4b-tp1 \\\n"
       "      --to-format ours --tp 1 -o json\n");
   absl::Status st = flags.Parse(argc, argv, 3);
   if (flags.help_requested()) {
@@ -113,19 +141,26 @@ int LocalConvert(int argc, char** argv) {
   };
   if (!st.ok()) return usage(std::string(st.message()));
   if (from.empty() || to.empty()) return usage("--from and --to are required");
-  if (output != "table" && output != "json") return usage("--output must be table or json");
+  if (output != "table" && output != "json")
+    return usage("--output must be table or json");
   if (tp < 1) return usage("--tp must be >= 1");
   const bool from_ours = PathExists(from + "/manifest.json");
   if (to_format.empty()) to_format = from_ours ? "hf" : "ours";
-  if (to_format != "ours" && to_format != "hf") return usage("--to-format must be ours or hf");
-  if (!from_ours && to_format == "hf") return usage("--from is not our checkpoint; HF -> HF is not a conversion");
+  if (to_format != "ours" && to_format != "hf")
+    return usage("--to-format must be ours or hf");
+  if (!from_ours && to_format == "hf")
+    return usage("--from is not our checkpoint; HF -> HF is not a conversion");
   ConvertOptions opt;
   opt.tp = tp;
   opt.overwrite = overwrite;
   opt.verify_checksums = !no_verify;
-  if (!ParseSize(max_shard, &opt.max_shard_bytes)) return usage("bad --max-shard-size '" + max_shard + "'");
+  if (!ParseSize(max_shard, &opt.max_shard_bytes))
+    return usage("bad --max-shard-size '" + max_shard + "'");
   ProgressBar bar;
-  if (!quiet) opt.progress = [&bar](uint64_t done, uint64_t total) { bar.Update(done, total); };
+  if (!quiet)
+    opt.progress = [&bar](uint64_t done, uint64_t total) {
+      bar.Update(done, total);
+    };
 
   absl::StatusOr<ConvertStats> stats;
   if (!from_ours) {
@@ -140,18 +175,25 @@ int LocalConvert(int argc, char** argv) {
     std::cerr << "gemmactl local convert: " << stats.status().message() << "\n";
     return 1;
   }
-  const double rate = stats->seconds > 0 ? static_cast<double>(stats->bytes) / stats->seconds : 0;
+  const double rate = stats->seconds > 0
+                          ? static_cast<double>(stats->bytes) / stats->seconds
+                          : 0;
   if (output == "json") {
-    nlohmann::json j = {{"from", from},           {"to", to},
-                        {"to_format", to_format}, {"tp", to_format == "ours" ? tp : 0},
-                        {"bytes", stats->bytes},  {"tensors", stats->tensors},
-                        {"files", stats->files},  {"seconds", stats->seconds},
+    nlohmann::json j = {{"from", from},
+                        {"to", to},
+                        {"to_format", to_format},
+                        {"tp", to_format == "ours" ? tp : 0},
+                        {"bytes", stats->bytes},
+                        {"tensors", stats->tensors},
+                        {"files", stats->files},
+                        {"seconds", stats->seconds},
                         {"bytes_per_second", rate}};
     std::cout << j.dump(2) << "\n";
   } else {
-    std::cout << absl::StrFormat("converted %d tensors into %d files at %s: %s in %.2f s (%s/s)\n",
-                                 stats->tensors, stats->files, to, Human(static_cast<double>(stats->bytes)),
-                                 stats->seconds, Human(rate));
+    std::cout << absl::StrFormat(
+        "converted %d tensors into %d files at %s: %s in %.2f s (%s/s)\n",
+        stats->tensors, stats->files, to,
+        Human(static_cast<double>(stats->bytes)), stats->seconds, Human(rate));
   }
   return 0;
 }

@@ -7,9 +7,9 @@
 
 namespace gemma::cli {
 
-// `gemmactl local convert --from DIR --to DIR [--tp N] [--to-format ours|hf] [-o json]`.
-// argv[0] is "gemmactl", argv[1] "local", argv[2] "convert". Exit codes: 0 ok,
-// 1 the conversion failed, 2 bad usage.
+// `gemmactl local convert --from DIR --to DIR [--tp N] [--to-format ours|hf]
+// [-o json]`. argv[0] is "gemmactl", argv[1] "local", argv[2] "convert". Exit
+// codes: 0 ok, 1 the conversion failed, 2 bad usage.
 int LocalConvert(int argc, char** argv);
 
 }  // namespace gemma::cli

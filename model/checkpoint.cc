@@ -24,7 +24,9 @@ using nlohmann::json;
 constexpr const char* kFormat = "gemma-checkpoint";
 constexpr int kVersion = 1;
 
-std::string RankFileName(int rank) { return absl::StrFormat("rank-%05d.safetensors", rank); }
+std::string RankFileName(int rank) {
+  return absl::StrFormat("rank-%05d.safetensors", rank);
+}
 
 absl::Status WriteFileAtomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
@@ -45,7 +47,8 @@ absl::Status WriteFileAtomic(const std::string& path, const std::string& text) {
   return absl::OkStatus();
 }
 
-absl::Status Field(const std::string& file, const std::string& field, absl::string_view why) {
+absl::Status Field(const std::string& file, const std::string& field,
+                   absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": ", field, ": ", why));
 }
 
@@ -74,52 +77,66 @@ std::string CheckpointManifest::ToJson() const {
       const ShardLayout& l = t.shards[r];
       json ranges = json::array();
       for (auto [b, e] : l.ranges) ranges.push_back({b, e});
-      shards.push_back({{"rank", r}, {"dim", l.dim}, {"ranges", ranges}, {"shape", l.shard_shape},
+      shards.push_back({{"rank", r},
+                        {"dim", l.dim},
+                        {"ranges", ranges},
+                        {"shape", l.shard_shape},
                         {"padded_rows", l.padded_rows}});
     }
-    ts.push_back({{"name", t.name}, {"dtype", std::string(DTypeName(t.dtype))},
-                  {"shape", t.shape}, {"shards", shards}});
+    ts.push_back({{"name", t.name},
+                  {"dtype", std::string(DTypeName(t.dtype))},
+                  {"shape", t.shape},
+                  {"shards", shards}});
   }
   root["tensors"] = ts;
   json fs_json = json::array();
   for (const ManifestFile& f : files) {
-    fs_json.push_back({{"rank", f.rank}, {"file", f.file}, {"bytes", f.bytes},
+    fs_json.push_back({{"rank", f.rank},
+                       {"file", f.file},
+                       {"bytes", f.bytes},
                        {"crc32c", absl::StrFormat("%08x", f.crc32c)}});
   }
   root["files"] = fs_json;
   return root.dump(1);
 }
 
-absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(const std::string& text,
-                                                                const std::string& file) {
+absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(
+    const std::string& text, const std::string& file) {
   CheckpointManifest m;
   try {
     json root = json::parse(text);
-    if (root.value("format", "") != kFormat) return Field(file, "format", "not a gemma checkpoint");
-    if (root.value("version", 0) != kVersion) return Field(file, "version", "unsupported");
+    if (root.value("format", "") != kFormat)
+      return Field(file, "format", "not a gemma checkpoint");
+    if (root.value("version", 0) != kVersion)
+      return Field(file, "version", "unsupported");
     m.step = root.at("step").get<int64_t>();
     m.tp = root.at("parallel").at("tp").get<int>();
     if (m.tp < 1) return Field(file, "parallel.tp", "must be >= 1");
-    m.dims.num_kv_heads = root.at("shard_dims").at("num_kv_heads").get<int64_t>();
+    m.dims.num_kv_heads =
+        root.at("shard_dims").at("num_kv_heads").get<int64_t>();
     const json& cfg = root.at("model_config");
     m.config_json = cfg.is_string() ? cfg.get<std::string>() : cfg.dump(2);
     for (const json& t : root.at("tensors")) {
       ManifestTensor mt;
       mt.name = t.at("name").get<std::string>();
       auto dtype = ParseDType(t.at("dtype").get<std::string>());
-      if (!dtype.ok()) return Field(file, "tensors." + mt.name + ".dtype", dtype.status().message());
+      if (!dtype.ok())
+        return Field(file, "tensors." + mt.name + ".dtype",
+                     dtype.status().message());
       mt.dtype = *dtype;
       mt.shape = t.at("shape").get<std::vector<int64_t>>();
       for (const json& s : t.at("shards")) {
         ShardLayout l;
         l.dim = s.at("dim").get<int>();
-        for (const json& r : s.at("ranges")) l.ranges.push_back({r.at(0).get<int64_t>(), r.at(1).get<int64_t>()});
+        for (const json& r : s.at("ranges"))
+          l.ranges.push_back({r.at(0).get<int64_t>(), r.at(1).get<int64_t>()});
         l.shard_shape = s.at("shape").get<std::vector<int64_t>>();
         l.padded_rows = s.value("padded_rows", int64_t{0});
         mt.shards.push_back(std::move(l));
       }
       if (static_cast<int>(mt.shards.size()) != m.tp) {
-        return Field(file, "tensors." + mt.name + ".shards", "need one per rank");
+        return Field(file, "tensors." + mt.name + ".shards",
+                     "need one per rank");
       }
       m.tensors.push_back(std::move(mt));
     }
@@ -128,13 +145,16 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(const std::strin
       mf.rank = f.at("rank").get<int>();
       mf.file = f.at("file").get<std::string>();
       mf.bytes = f.at("bytes").get<uint64_t>();
-      mf.crc32c = static_cast<uint32_t>(std::stoul(f.at("crc32c").get<std::string>(), nullptr, 16));
+      mf.crc32c = static_cast<uint32_t>(
+          std::stoul(f.at("crc32c").get<std::string>(), nullptr, 16));
       m.files.push_back(std::move(mf));
     }
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(file, ": malformed manifest: ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": malformed manifest: ", e.what()));
   }
-  if (static_cast<int>(m.files.size()) != m.tp) return Field(file, "files", "need one per rank");
+  if (static_cast<int>(m.files.size()) != m.tp)
+    return Field(file, "files", "need one per rank");
   return m;
 }
 
@@ -154,7 +174,9 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
     GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
     ManifestTensor t{e.name, e.dtype, e.shape, {}};
     for (int r = 0; r < options.tp; ++r) {
-      GEMMA_ASSIGN_OR_RETURN(ShardLayout l, ComputeShard(spec, e.shape, options.dims, options.tp, r));
+      GEMMA_ASSIGN_OR_RETURN(
+          ShardLayout l,
+          ComputeShard(spec, e.shape, options.dims, options.tp, r));
       total += ShardBytes(l, DTypeSize(e.dtype));
       t.shards.push_back(std::move(l));
     }
@@ -176,18 +198,22 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   uint64_t done = 0;
   for (int r = 0; r < options.tp; ++r) {
     SafetensorsWriter w;
-    w.SetMetadata({{"format", "pt"}, {"rank", std::to_string(r)}, {"tp", std::to_string(options.tp)}});
+    w.SetMetadata({{"format", "pt"},
+                   {"rank", std::to_string(r)},
+                   {"tp", std::to_string(options.tp)}});
     for (size_t i = 0; i < m.tensors.size(); ++i) {
       const ManifestTensor& t = m.tensors[i];
       const ShardLayout& l = t.shards[r];
       const VirtualTensor* g = &globals[i];
       const uint64_t nbytes = ShardBytes(l, DTypeSize(t.dtype));
-      GEMMA_RETURN_IF_ERROR(w.Add(t.name, t.dtype, l.shard_shape, [&, g, nbytes, &l = l](uint8_t* dst) {
-        GEMMA_RETURN_IF_ERROR(CopyShard(*g, l, dst));
-        done += nbytes;
-        if (options.progress) options.progress(done, total);
-        return absl::OkStatus();
-      }));
+      GEMMA_RETURN_IF_ERROR(w.Add(
+          t.name, t.dtype, l.shard_shape, [&, g, nbytes, &l = l](uint8_t* dst) {
+            Prefetch(*g, l);
+            GEMMA_RETURN_IF_ERROR(CopyShard(*g, l, dst));
+            done += nbytes;
+            if (options.progress) options.progress(done, total);
+            return absl::OkStatus();
+          }));
     }
     ManifestFile f{r, RankFileName(r), w.FileSize(), 0};
     GEMMA_RETURN_IF_ERROR(w.Write(tmp + "/" + f.file, &f.crc32c));
@@ -207,9 +233,12 @@ bool PathExists(const std::string& path) {
 
 absl::Status RemoveTree(const std::string& path) {
   if (!PathExists(path)) return absl::OkStatus();
-  auto rm = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+  auto rm = [](const char* p, const struct stat*, int, struct FTW*) {
+    return ::remove(p);
+  };
   if (::nftw(path.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS) != 0) {
-    return absl::InternalError(absl::StrCat(path, ": cannot remove: ", std::strerror(errno)));
+    return absl::InternalError(
+        absl::StrCat(path, ": cannot remove: ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }
@@ -219,7 +248,8 @@ absl::Status MakeDirs(const std::string& path) {
     if (pos != path.size() && path[pos] != '/') continue;
     const std::string prefix = path.substr(0, pos);
     if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      return absl::InternalError(absl::StrCat(prefix, ": cannot create: ", std::strerror(errno)));
+      return absl::InternalError(
+          absl::StrCat(prefix, ": cannot create: ", std::strerror(errno)));
     }
   }
   return absl::OkStatus();
@@ -227,7 +257,8 @@ absl::Status MakeDirs(const std::string& path) {
 
 absl::Status RenamePath(const std::string& from, const std::string& to) {
   if (std::rename(from.c_str(), to.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat(from, ": cannot rename to ", to, ": ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat(from, ": cannot rename to ", to,
+                                            ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }
@@ -240,10 +271,12 @@ void SyncDir(const std::string& dir) {
   }
 }
 
-absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool overwrite) {
+absl::Status PublishDir(const std::string& tmp, const std::string& dir,
+                        bool overwrite) {
   std::string old;
   if (PathExists(dir)) {
-    if (!overwrite) return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
+    if (!overwrite)
+      return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
     old = dir + ".old";
     GEMMA_RETURN_IF_ERROR(RemoveTree(old));
     GEMMA_RETURN_IF_ERROR(RenamePath(dir, old));
@@ -251,29 +284,36 @@ absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool ove
   GEMMA_RETURN_IF_ERROR(RenamePath(tmp, dir));
   if (!old.empty()) GEMMA_RETURN_IF_ERROR(RemoveTree(old));
   const size_t slash = dir.find_last_of('/');
-  SyncDir(slash == std::string::npos ? "." : (slash == 0 ? "/" : dir.substr(0, slash)));
+  SyncDir(slash == std::string::npos
+              ? "."
+              : (slash == 0 ? "/" : dir.substr(0, slash)));
   return absl::OkStatus();
 }
 
-absl::StatusOr<ManifestFile> WriteRankFile(const std::string& dir, int tp, int rank,
-                                           const ShardDims& dims,
-                                           const std::vector<RankShard>& shards) {
+absl::StatusOr<ManifestFile> WriteRankFile(
+    const std::string& dir, int tp, int rank, const ShardDims& dims,
+    const std::vector<RankShard>& shards) {
   const std::string tmp = dir + ".tmp";
   GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
   SafetensorsWriter w;
-  w.SetMetadata({{"format", "pt"}, {"rank", std::to_string(rank)}, {"tp", std::to_string(tp)}});
+  w.SetMetadata({{"format", "pt"},
+                 {"rank", std::to_string(rank)},
+                 {"tp", std::to_string(tp)}});
   for (const RankShard& sh : shards) {
     GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(sh.name));
-    GEMMA_ASSIGN_OR_RETURN(ShardLayout l, ComputeShard(spec, sh.global_shape, dims, tp, rank));
+    GEMMA_ASSIGN_OR_RETURN(ShardLayout l,
+                           ComputeShard(spec, sh.global_shape, dims, tp, rank));
     const size_t n = static_cast<size_t>(ShardBytes(l, DTypeSize(sh.dtype)));
-    GEMMA_RETURN_IF_ERROR(w.AddBytes(sh.name, sh.dtype, l.shard_shape, {sh.data, n}));
+    GEMMA_RETURN_IF_ERROR(
+        w.AddBytes(sh.name, sh.dtype, l.shard_shape, {sh.data, n}));
   }
   ManifestFile f{rank, RankFileName(rank), w.FileSize(), 0};
   GEMMA_RETURN_IF_ERROR(w.Write(tmp + "/" + f.file, &f.crc32c));
   return f;
 }
 
-absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& c) {
+absl::Status CommitCheckpoint(const std::string& dir,
+                              const CheckpointCommit& c) {
   const std::string tmp = dir + ".tmp";
   CheckpointManifest m;
   m.tp = c.tp;
@@ -284,7 +324,8 @@ absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& c)
     GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
     ManifestTensor t{e.name, e.dtype, e.shape, {}};
     for (int r = 0; r < c.tp; ++r) {
-      GEMMA_ASSIGN_OR_RETURN(ShardLayout l, ComputeShard(spec, e.shape, c.dims, c.tp, r));
+      GEMMA_ASSIGN_OR_RETURN(ShardLayout l,
+                             ComputeShard(spec, e.shape, c.dims, c.tp, r));
       t.shards.push_back(std::move(l));
     }
     m.tensors.push_back(std::move(t));
@@ -294,32 +335,59 @@ absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& c)
     for (const ManifestFile& x : c.files) {
       if (x.rank == r) f = &x;
     }
-    if (f == nullptr) return absl::FailedPreconditionError(absl::StrCat(tmp, ": no file for rank ", r));
+    if (f == nullptr)
+      return absl::FailedPreconditionError(
+          absl::StrCat(tmp, ": no file for rank ", r));
     struct stat st;
     const std::string path = tmp + "/" + f->file;
-    if (::stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) != f->bytes) {
-      return absl::FailedPreconditionError(absl::StrCat(path, ": missing or not ", f->bytes, " bytes"));
+    if (::stat(path.c_str(), &st) != 0 ||
+        static_cast<uint64_t>(st.st_size) != f->bytes) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, ": missing or not ", f->bytes, " bytes"));
     }
     m.files.push_back(*f);
   }
-  if (PathExists(dir) && !c.overwrite) return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
+  if (PathExists(dir) && !c.overwrite)
+    return absl::AlreadyExistsError(absl::StrCat(dir, ": already exists"));
   GEMMA_RETURN_IF_ERROR(WriteFileAtomic(tmp + "/manifest.json", m.ToJson()));
   SyncDir(tmp);
   return PublishDir(tmp, dir, c.overwrite);
 }
 
-absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir,
-                                                                         bool verify_checksums) {
+absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(
+    const std::string& dir, bool verify_checksums) {
   const std::string path = dir + "/manifest.json";
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (not a checkpoint folder?)"));
+  if (!in)
+    return absl::NotFoundError(
+        absl::StrCat(path, ": cannot open (not a checkpoint folder?)"));
   std::stringstream ss;
   ss << in.rdbuf();
   std::unique_ptr<CheckpointReader> r(new CheckpointReader());
   r->dir_ = dir;
   r->verify_ = verify_checksums;
-  GEMMA_ASSIGN_OR_RETURN(r->manifest_, CheckpointManifest::FromJson(ss.str(), path));
-  for (const ManifestTensor& t : r->manifest_.tensors) r->entries_.push_back({t.name, t.dtype, t.shape});
+  GEMMA_ASSIGN_OR_RETURN(r->manifest_,
+                         CheckpointManifest::FromJson(ss.str(), path));
+  // The stored layouts must be the ones the split rules give (they decide
+  // which bytes are read, so a corrupt manifest must not steer reads).
+  for (const ManifestTensor& t : r->manifest_.tensors) {
+    absl::StatusOr<ParamSpec> spec = LookupParam(t.name);
+    if (!spec.ok())
+      return absl::DataLossError(
+          absl::StrCat(path, ": ", spec.status().message()));
+    for (int rank = 0; rank < r->manifest_.tp; ++rank) {
+      absl::StatusOr<ShardLayout> want = ComputeShard(
+          *spec, t.shape, r->manifest_.dims, r->manifest_.tp, rank);
+      const ShardLayout& have = t.shards[rank];
+      if (!want.ok() || want->dim != have.dim || want->ranges != have.ranges ||
+          want->shard_shape != have.shard_shape) {
+        return absl::DataLossError(
+            absl::StrCat(path, ": tensor '", t.name, "': shard of rank ", rank,
+                         " does not match the split rule"));
+      }
+    }
+    r->entries_.push_back({t.name, t.dtype, t.shape});
+  }
   return r;
 }
 
@@ -330,18 +398,22 @@ absl::StatusOr<const SafetensorsFile*> CheckpointReader::RankFile(int rank) {
   for (const ManifestFile& f : manifest_.files) {
     if (f.rank == rank) mf = &f;
   }
-  if (mf == nullptr) return absl::NotFoundError(absl::StrCat(dir_, "/manifest.json: no file for rank ", rank));
+  if (mf == nullptr)
+    return absl::NotFoundError(
+        absl::StrCat(dir_, "/manifest.json: no file for rank ", rank));
   const std::string path = dir_ + "/" + mf->file;
   GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
   if (file->FileBytes().size() != mf->bytes) {
-    return absl::DataLossError(absl::StrCat(path, ": ", file->FileBytes().size(),
-                                            " bytes, manifest says ", mf->bytes));
+    return absl::DataLossError(
+        absl::StrCat(path, ": ", file->FileBytes().size(),
+                     " bytes, manifest says ", mf->bytes));
   }
   if (verify_) {
     uint32_t crc = Crc32c(file->FileBytes());
     if (crc != mf->crc32c) {
-      return absl::DataLossError(absl::StrFormat("%s: checksum mismatch (crc32c %08x, manifest %08x)",
-                                                 path, crc, mf->crc32c));
+      return absl::DataLossError(
+          absl::StrFormat("%s: checksum mismatch (crc32c %08x, manifest %08x)",
+                          path, crc, mf->crc32c));
     }
   }
   const SafetensorsFile* raw = file.get();
@@ -349,9 +421,11 @@ absl::StatusOr<const SafetensorsFile*> CheckpointReader::RankFile(int rank) {
   return raw;
 }
 
-absl::StatusOr<VirtualTensor> CheckpointReader::Global(const std::string& name) {
+absl::StatusOr<VirtualTensor> CheckpointReader::Global(
+    const std::string& name) {
   const ManifestTensor* t = manifest_.Find(name);
-  if (t == nullptr) return absl::NotFoundError(absl::StrCat(dir_, ": no tensor '", name, "'"));
+  if (t == nullptr)
+    return absl::NotFoundError(absl::StrCat(dir_, ": no tensor '", name, "'"));
   VirtualTensor v;
   v.shape = t->shape;
   v.elem_size = DTypeSize(t->dtype);
@@ -362,23 +436,26 @@ absl::StatusOr<VirtualTensor> CheckpointReader::Global(const std::string& name) 
     GEMMA_ASSIGN_OR_RETURN(const TensorInfo* info, f->Get(name));
     const ShardLayout& l = t->shards[r];
     if (info->dtype != t->dtype || info->shape != l.shard_shape) {
-      return absl::DataLossError(absl::StrCat(f->path(), ": tensor '", name,
-                                              "' does not match the manifest's dtype/shape"));
+      return absl::DataLossError(
+          absl::StrCat(f->path(), ": tensor '", name,
+                       "' does not match the manifest's dtype/shape"));
     }
     v.AddShard(l, f->Bytes(*info).data());
   }
   return v;
 }
 
-absl::StatusOr<ShardLayout> CheckpointReader::Layout(const std::string& name, int tp,
-                                                     int rank) const {
+absl::StatusOr<ShardLayout> CheckpointReader::Layout(const std::string& name,
+                                                     int tp, int rank) const {
   const ManifestTensor* t = manifest_.Find(name);
-  if (t == nullptr) return absl::NotFoundError(absl::StrCat(dir_, ": no tensor '", name, "'"));
+  if (t == nullptr)
+    return absl::NotFoundError(absl::StrCat(dir_, ": no tensor '", name, "'"));
   GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(name));
   return ComputeShard(spec, t->shape, manifest_.dims, tp, rank);
 }
 
-absl::Status CheckpointReader::ReadShard(const std::string& name, int tp, int rank, uint8_t* dst) {
+absl::Status CheckpointReader::ReadShard(const std::string& name, int tp,
+                                         int rank, uint8_t* dst) {
   GEMMA_ASSIGN_OR_RETURN(ShardLayout want, Layout(name, tp, rank));
   const ManifestTensor* t = manifest_.Find(name);
   // Open only the stored ranks whose slices overlap the wanted ranges.
@@ -397,13 +474,16 @@ absl::Status CheckpointReader::ReadShard(const std::string& name, int tp, int ra
     GEMMA_ASSIGN_OR_RETURN(const SafetensorsFile* f, RankFile(r));
     GEMMA_ASSIGN_OR_RETURN(const TensorInfo* info, f->Get(name));
     if (info->dtype != t->dtype || info->shape != have.shard_shape) {
-      return absl::DataLossError(absl::StrCat(f->path(), ": tensor '", name,
-                                              "' does not match the manifest's dtype/shape"));
+      return absl::DataLossError(
+          absl::StrCat(f->path(), ": tensor '", name,
+                       "' does not match the manifest's dtype/shape"));
     }
     v.AddShard(have, f->Bytes(*info).data());
   }
   absl::Status s = CopyShard(v, want, dst);
-  if (!s.ok()) return absl::Status(s.code(), absl::StrCat(dir_, ": tensor '", name, "': ", s.message()));
+  if (!s.ok())
+    return absl::Status(
+        s.code(), absl::StrCat(dir_, ": tensor '", name, "': ", s.message()));
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 // Our sharded checkpoint folder (/work/shared/DESIGN.md §4):
 //
-//   DIR/manifest.json            model config, layout {tp}, step, every tensor's
+//   DIR/manifest.json            model config, layout {tp}, step, every
+//   tensor's
 //                                dtype, global shape and each rank's slice,
 //                                per-file size and CRC-32C
 //   DIR/rank-00000.safetensors   rank 0's shards, under our names
@@ -93,7 +94,7 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
 // after all ranks are done. The result is the same folder WriteCheckpoint
 // writes.
 struct RankShard {
-  std::string name;                   // one of ours (see param_table.h)
+  std::string name;  // one of ours (see param_table.h)
   DType dtype = DType::kF32;
   std::vector<int64_t> global_shape;  // the whole tensor's shape
   const uint8_t* data = nullptr;      // this rank's shard, contiguous,
@@ -101,44 +102,51 @@ struct RankShard {
 };
 
 // Writes `DIR.tmp/rank-NNNNN.safetensors` (creating DIR.tmp if needed).
-absl::StatusOr<ManifestFile> WriteRankFile(const std::string& dir, int tp, int rank,
-                                           const ShardDims& dims,
-                                           const std::vector<RankShard>& shards);
+absl::StatusOr<ManifestFile> WriteRankFile(
+    const std::string& dir, int tp, int rank, const ShardDims& dims,
+    const std::vector<RankShard>& shards);
 
 struct CheckpointCommit {
   int tp = 1;
   int64_t step = 0;
   ShardDims dims;
   std::string config_json;
-  std::vector<GlobalTensorSource::Entry> tensors;  // every tensor's global dtype/shape
-  std::vector<ManifestFile> files;                 // one per rank, from WriteRankFile
+  std::vector<GlobalTensorSource::Entry>
+      tensors;                      // every tensor's global dtype/shape
+  std::vector<ManifestFile> files;  // one per rank, from WriteRankFile
   bool overwrite = false;
 };
 
 // Checks that every rank file is in DIR.tmp with its recorded size, writes
 // the manifest and renames DIR.tmp to DIR.
-absl::Status CommitCheckpoint(const std::string& dir, const CheckpointCommit& commit);
+absl::Status CommitCheckpoint(const std::string& dir,
+                              const CheckpointCommit& commit);
 
 // Reads a checkpoint folder. Rank files are mapped on first use; with
 // verify_checksums each file's CRC-32C is checked then (DATA_LOSS naming the
-// file on mismatch), which reads that whole file once.
+// file on mismatch), which reads that whole file once. Not thread-safe (rank
+// files open lazily); VirtualTensors it returns stay valid while it lives.
 class CheckpointReader : public GlobalTensorSource {
  public:
-  static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& dir,
-                                                                bool verify_checksums = true);
+  static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(
+      const std::string& dir, bool verify_checksums = true);
 
   const CheckpointManifest& manifest() const { return manifest_; }
   const std::vector<Entry>& entries() const override { return entries_; }
-  const std::string& config_json() const override { return manifest_.config_json; }
+  const std::string& config_json() const override {
+    return manifest_.config_json;
+  }
 
   // The global tensor over the rank files (zero-copy).
   absl::StatusOr<VirtualTensor> Global(const std::string& name) override;
   // The layout of `name`'s shard for rank `rank` of a `tp`-way split (any tp
   // the tensor allows, not only the stored one).
-  absl::StatusOr<ShardLayout> Layout(const std::string& name, int tp, int rank) const;
+  absl::StatusOr<ShardLayout> Layout(const std::string& name, int tp,
+                                     int rank) const;
   // Copies that shard into `dst` (ShardBytes(layout) bytes); reads only the
   // stored slices that overlap it.
-  absl::Status ReadShard(const std::string& name, int tp, int rank, uint8_t* dst);
+  absl::Status ReadShard(const std::string& name, int tp, int rank,
+                         uint8_t* dst);
 
  private:
   CheckpointReader() = default;
@@ -148,7 +156,8 @@ class CheckpointReader : public GlobalTensorSource {
   bool verify_ = true;
   CheckpointManifest manifest_;
   std::vector<Entry> entries_;
-  std::map<int, std::shared_ptr<const SafetensorsFile>> files_;  // opened so far
+  std::map<int, std::shared_ptr<const SafetensorsFile>>
+      files_;  // opened so far
 };
 
 // Small POSIX file helpers used by the checkpoint and conversion code. (They
@@ -165,7 +174,8 @@ absl::Status RenamePath(const std::string& from, const std::string& to);
 void SyncDir(const std::string& dir);
 // Publishes a finished `tmp` folder as `dir`: when `dir` exists it is replaced
 // if `overwrite`, else ALREADY_EXISTS.
-absl::Status PublishDir(const std::string& tmp, const std::string& dir, bool overwrite);
+absl::Status PublishDir(const std::string& tmp, const std::string& dir,
+                        bool overwrite);
 
 }  // namespace gemma
 

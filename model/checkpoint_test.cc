@@ -33,11 +33,14 @@ class MemSource : public GlobalTensorSource {
   const std::string& config_json() const override { return config_; }
   absl::StatusOr<VirtualTensor> Global(const std::string& name) override {
     for (const Entry& e : entries_) {
-      if (e.name == name) return VirtualTensor::Contiguous(data_.at(name).data(), e.shape, DTypeSize(e.dtype));
+      if (e.name == name)
+        return VirtualTensor::Contiguous(data_.at(name).data(), e.shape,
+                                         DTypeSize(e.dtype));
     }
     return absl::NotFoundError(name);
   }
-  std::vector<uint8_t> Expected(const std::string& name, int tp, int rank, const ShardDims& dims) {
+  std::vector<uint8_t> Expected(const std::string& name, int tp, int rank,
+                                const ShardDims& dims) {
     const Entry* e = nullptr;
     for (const Entry& x : entries_) {
       if (x.name == name) e = &x;
@@ -107,7 +110,9 @@ TEST(CheckpointTest, WritesManifestAndRankFilesAtomically) {
     const std::string raw = ReadFile(dir + "/" + f["file"].get<std::string>());
     EXPECT_EQ(f["bytes"], raw.size());
     char want[16];
-    std::snprintf(want, sizeof(want), "%08x", Crc32c({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()}));
+    std::snprintf(
+        want, sizeof(want), "%08x",
+        Crc32c({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()}));
     EXPECT_EQ(f["crc32c"], want);
   }
   // Existing folders are not clobbered unless asked.
@@ -131,8 +136,10 @@ TEST(CheckpointTest, LoadsAnyTpLayoutBitExactly) {
         auto l = (*reader)->Layout(e.name, tp, r);
         ASSERT_TRUE(l.ok()) << l.status();
         std::vector<uint8_t> got(ShardBytes(*l, DTypeSize(e.dtype)), 0xAB);
-        ASSERT_TRUE((*reader)->ReadShard(e.name, tp, r, got.data()).ok()) << e.name;
-        EXPECT_EQ(got, src.Expected(e.name, tp, r, {4})) << e.name << " tp " << tp << " rank " << r;
+        ASSERT_TRUE((*reader)->ReadShard(e.name, tp, r, got.data()).ok())
+            << e.name;
+        EXPECT_EQ(got, src.Expected(e.name, tp, r, {4}))
+            << e.name << " tp " << tp << " rank " << r;
       }
     }
   }
@@ -174,7 +181,8 @@ TEST(CheckpointTest, ChecksumMismatchIsDetectedUnlessSkipped) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr(path));
   EXPECT_THAT(std::string(s.message()), HasSubstr("checksum mismatch"));
-  auto unchecked = CheckpointReader::Open(tmp / "c", /*verify_checksums=*/false);
+  auto unchecked =
+      CheckpointReader::Open(tmp / "c", /*verify_checksums=*/false);
   EXPECT_TRUE((*unchecked)->ReadShard(name, 1, 0, got.data()).ok());
 }
 
@@ -184,18 +192,29 @@ TEST(CheckpointTest, RefusesNamesOutsideTheTableAndBadManifests) {
   src.Add("text.layers.0.attn.mystery.weight", DType::kF32, {4});
   absl::Status s = WriteCheckpoint(tmp / "c", src, Options(2));
   EXPECT_TRUE(absl::IsNotFound(s)) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("text.layers.0.attn.mystery.weight"));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("text.layers.0.attn.mystery.weight"));
   EXPECT_FALSE(fs::exists(tmp / "c"));
   EXPECT_FALSE(fs::exists(tmp / "c.tmp"));
 
   MemSource good = Source();
   ASSERT_TRUE(WriteCheckpoint(tmp / "d", good, Options(2)).ok());
-  auto m = nlohmann::json::parse(ReadFile(tmp / "d/manifest.json"));
+  const std::string original = ReadFile(tmp / "d/manifest.json");
+  auto m = nlohmann::json::parse(original);
+  m["tensors"][1]["shards"][1]["ranges"] = {
+      {0, 32}};  // would read past the shard
+  WriteFile(tmp / "d/manifest.json", m.dump());
+  auto steered = CheckpointReader::Open(tmp / "d");
+  EXPECT_EQ(steered.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(steered.status().message()),
+              HasSubstr("text.layers.0.attn.qkv.weight"));
+  m = nlohmann::json::parse(original);
   m["tensors"][0].erase("shape");
   WriteFile(tmp / "d/manifest.json", m.dump());
   auto r = CheckpointReader::Open(tmp / "d");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr(tmp / "d/manifest.json"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr(tmp / "d/manifest.json"));
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("shape"));
 }
 
@@ -225,9 +244,12 @@ TEST(CheckpointTest, PerRankWritesCommitToTheSameFolder) {
   EXPECT_FALSE(CommitCheckpoint(tmp / "ranks", missing).ok());
   ASSERT_TRUE(CommitCheckpoint(tmp / "ranks", commit).ok());
   EXPECT_FALSE(fs::exists(tmp / "ranks.tmp"));
-  EXPECT_EQ(ReadFile(tmp / "ranks/manifest.json"), ReadFile(tmp / "whole/manifest.json"));
+  EXPECT_EQ(ReadFile(tmp / "ranks/manifest.json"),
+            ReadFile(tmp / "whole/manifest.json"));
   for (const char* f : {"rank-00000.safetensors", "rank-00001.safetensors"}) {
-    EXPECT_EQ(ReadFile(tmp / "ranks" + "/" + f), ReadFile(tmp / "whole" + "/" + f)) << f;
+    EXPECT_EQ(ReadFile(tmp / "ranks" + "/" + f),
+              ReadFile(tmp / "whole" + "/" + f))
+        << f;
   }
 }
 

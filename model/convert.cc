@@ -26,7 +26,9 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-std::string ShapeString(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
+std::string ShapeString(const std::vector<int64_t>& s) {
+  return absl::StrCat("[", absl::StrJoin(s, ", "), "]");
+}
 
 absl::StatusOr<std::string> ReadText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -54,7 +56,8 @@ class HfSource : public GlobalTensorSource {
     const SafetensorsFile* file;
     const TensorInfo* info;
   };
-  absl::Status AddFile(const std::string& path, const std::map<std::string, std::string>* index,
+  absl::Status AddFile(const std::string& path,
+                       const std::map<std::string, std::string>* index,
                        const std::string& index_path);
 
   HfConfigLite config_;
@@ -68,11 +71,13 @@ class HfSource : public GlobalTensorSource {
 absl::Status HfSource::AddFile(const std::string& path,
                                const std::map<std::string, std::string>* index,
                                const std::string& index_path) {
-  absl::StatusOr<std::shared_ptr<const SafetensorsFile>> file = SafetensorsFile::Open(path);
+  absl::StatusOr<std::shared_ptr<const SafetensorsFile>> file =
+      SafetensorsFile::Open(path);
   if (!file.ok()) {
     if (index != nullptr && absl::IsNotFound(file.status())) {
-      return absl::NotFoundError(absl::StrCat(path, ": listed in ", index_path,
-                                              " but missing: ", file.status().message()));
+      return absl::NotFoundError(
+          absl::StrCat(path, ": listed in ", index_path,
+                       " but missing: ", file.status().message()));
     }
     return file.status();
   }
@@ -81,15 +86,18 @@ absl::Status HfSource::AddFile(const std::string& path,
     if (index != nullptr) {
       auto it = index->find(t.name);
       if (it == index->end() || it->second != base) {
-        return absl::DataLossError(absl::StrCat(path, ": tensor '", t.name, "' is not listed for this file in ",
-                                                index_path));
+        return absl::DataLossError(
+            absl::StrCat(path, ": tensor '", t.name,
+                         "' is not listed for this file in ", index_path));
       }
     }
     absl::StatusOr<std::string> canon = CanonicalHfName(t.name, config_);
-    if (!canon.ok()) return PrefixError(canon.status(), absl::StrCat(path, ": "));
+    if (!canon.ok())
+      return PrefixError(canon.status(), absl::StrCat(path, ": "));
     if (canon->empty()) continue;  // tied lm_head
     if (!found_.emplace(*canon, Found{file->get(), &t}).second) {
-      return absl::DataLossError(absl::StrCat(path, ": tensor '", t.name, "' appears twice (as ", *canon, ")"));
+      return absl::DataLossError(absl::StrCat(
+          path, ": tensor '", t.name, "' appears twice (as ", *canon, ")"));
     }
   }
   files_.push_back(*std::move(file));
@@ -100,7 +108,8 @@ absl::Status HfSource::Open(const std::string& dir) {
   GEMMA_ASSIGN_OR_RETURN(config_, ReadHfConfigLite(dir + "/config.json"));
   {
     absl::StatusOr<HfMapping> m = BuildHfMapping(config_);
-    if (!m.ok()) return PrefixError(m.status(), absl::StrCat(dir, "/config.json: "));
+    if (!m.ok())
+      return PrefixError(m.status(), absl::StrCat(dir, "/config.json: "));
     mapping_ = *std::move(m);
   }
   const std::string index_path = dir + "/model.safetensors.index.json";
@@ -109,14 +118,17 @@ absl::Status HfSource::Open(const std::string& dir) {
     std::map<std::string, std::string> weight_map;
     try {
       json idx = json::parse(text);
-      for (const auto& [k, v] : idx.at("weight_map").items()) weight_map[k] = v.get<std::string>();
+      for (const auto& [k, v] : idx.at("weight_map").items())
+        weight_map[k] = v.get<std::string>();
     } catch (const std::exception& e) {
-      return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map: ", e.what()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(index_path, ": weight_map: ", e.what()));
     }
     std::set<std::string> shard_files;
     for (const auto& [k, f] : weight_map) {
       if (f.find('/') != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat(index_path, ": tensor '", k, "': bad file name '", f, "'"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            index_path, ": tensor '", k, "': bad file name '", f, "'"));
       }
       shard_files.insert(f);
     }
@@ -126,11 +138,13 @@ absl::Status HfSource::Open(const std::string& dir) {
     for (const auto& [k, f] : weight_map) {
       bool present = false;
       for (const auto& file : files_) {
-        if (BaseName(file->path()) == f && file->Find(k) != nullptr) present = true;
+        if (BaseName(file->path()) == f && file->Find(k) != nullptr)
+          present = true;
       }
       if (!present) {
-        return absl::DataLossError(absl::StrCat(index_path, ": tensor '", k, "' is listed for ", f,
-                                                " but that file does not hold it"));
+        return absl::DataLossError(
+            absl::StrCat(index_path, ": tensor '", k, "' is listed for ", f,
+                         " but that file does not hold it"));
       }
     }
   } else {
@@ -142,18 +156,21 @@ absl::Status HfSource::Open(const std::string& dir) {
     expected.insert(t.hf_name);
     auto it = found_.find(t.hf_name);
     if (it == found_.end()) {
-      return absl::NotFoundError(absl::StrCat(dir, ": tensor '", t.hf_name, "' (canonical name) is missing"));
+      return absl::NotFoundError(absl::StrCat(dir, ": tensor '", t.hf_name,
+                                              "' (canonical name) is missing"));
     }
     if (it->second.info->shape != t.shape) {
       return absl::InvalidArgumentError(absl::StrCat(
-          it->second.file->path(), ": tensor '", it->second.info->name, "' has shape ",
-          ShapeString(it->second.info->shape), " but config.json implies ", ShapeString(t.shape)));
+          it->second.file->path(), ": tensor '", it->second.info->name,
+          "' has shape ", ShapeString(it->second.info->shape),
+          " but config.json implies ", ShapeString(t.shape)));
     }
   }
   for (const auto& [name, f] : found_) {
     if (!expected.count(name)) {
-      return absl::InvalidArgumentError(absl::StrCat(f.file->path(), ": unexpected tensor '",
-                                                     f.info->name, "' for this config"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(f.file->path(), ": unexpected tensor '", f.info->name,
+                       "' for this config"));
     }
   }
   for (size_t i = 0; i < mapping_.params.size(); ++i) {
@@ -162,10 +179,11 @@ absl::Status HfSource::Open(const std::string& dir) {
     for (const HfRows& piece : p.pieces) {
       const Found& f = found_.at(piece.hf_name);
       if (f.info->dtype != first.info->dtype) {
-        return absl::InvalidArgumentError(absl::StrCat(f.file->path(), ": tensor '", f.info->name, "' is ",
-                                                       DTypeName(f.info->dtype), " but ", first.info->name,
-                                                       " (fused with it into ", p.name, ") is ",
-                                                       DTypeName(first.info->dtype)));
+        return absl::InvalidArgumentError(
+            absl::StrCat(f.file->path(), ": tensor '", f.info->name, "' is ",
+                         DTypeName(f.info->dtype), " but ", first.info->name,
+                         " (fused with it into ", p.name, ") is ",
+                         DTypeName(first.info->dtype)));
       }
     }
     entries_.push_back({p.name, first.info->dtype, p.shape});
@@ -176,7 +194,8 @@ absl::Status HfSource::Open(const std::string& dir) {
 
 absl::StatusOr<VirtualTensor> HfSource::Global(const std::string& name) {
   auto it = param_index_.find(name);
-  if (it == param_index_.end()) return absl::NotFoundError(absl::StrCat("no tensor '", name, "'"));
+  if (it == param_index_.end())
+    return absl::NotFoundError(absl::StrCat("no tensor '", name, "'"));
   const ParamMapping& p = mapping_.params[it->second];
   VirtualTensor v;
   v.shape = p.shape;
@@ -201,20 +220,22 @@ ProgressFn Tracking(const ConvertOptions& options, uint64_t* bytes) {
 }
 
 double Since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+      .count();
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<GlobalTensorSource>> OpenHfFolder(const std::string& hf_dir) {
+absl::StatusOr<std::unique_ptr<GlobalTensorSource>> OpenHfFolder(
+    const std::string& hf_dir) {
   auto src = std::make_unique<HfSource>();
   GEMMA_RETURN_IF_ERROR(src->Open(hf_dir));
   return std::unique_ptr<GlobalTensorSource>(std::move(src));
 }
 
-absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(const std::string& hf_dir,
-                                                   const std::string& out_dir,
-                                                   const ConvertOptions& options) {
+absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(
+    const std::string& hf_dir, const std::string& out_dir,
+    const ConvertOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
   HfSource src;
   GEMMA_RETURN_IF_ERROR(src.Open(hf_dir));
@@ -231,10 +252,12 @@ absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(const std::string& hf_dir,
   return stats;
 }
 
-absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir, const std::string& out_dir,
+absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir,
+                                               const std::string& out_dir,
                                                const ConvertOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
-  GEMMA_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
+  GEMMA_ASSIGN_OR_RETURN(
+      auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
   ConvertStats stats;
   WriteCheckpointOptions w;
   w.tp = options.tp;
@@ -249,16 +272,18 @@ absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir, cons
   return stats;
 }
 
-absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
-                                                   const std::string& out_dir,
-                                                   const ConvertOptions& options) {
+absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
+    const std::string& ckpt_dir, const std::string& out_dir,
+    const ConvertOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
   if (PathExists(out_dir) && !options.overwrite) {
     return absl::AlreadyExistsError(absl::StrCat(out_dir, ": already exists"));
   }
-  GEMMA_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
+  GEMMA_ASSIGN_OR_RETURN(
+      auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
   const std::string where = ckpt_dir + "/manifest.json: model_config";
-  GEMMA_ASSIGN_OR_RETURN(HfConfigLite config, ParseHfConfigLite(reader->config_json(), where));
+  GEMMA_ASSIGN_OR_RETURN(HfConfigLite config,
+                         ParseHfConfigLite(reader->config_json(), where));
   absl::StatusOr<HfMapping> mapping = BuildHfMapping(config);
   if (!mapping.ok()) return PrefixError(mapping.status(), where + ": ");
 
@@ -270,8 +295,16 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
   };
   std::map<std::string, std::vector<Use>> uses;
   for (const ParamMapping& p : mapping->params) {
-    if (reader->manifest().Find(p.name) == nullptr) {
-      return absl::NotFoundError(absl::StrCat(ckpt_dir, ": tensor '", p.name, "' is missing"));
+    const ManifestTensor* t = reader->manifest().Find(p.name);
+    if (t == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat(ckpt_dir, ": tensor '", p.name, "' is missing"));
+    }
+    if (t->shape != p.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(ckpt_dir, "/manifest.json: tensor '", p.name,
+                       "' has shape ", ShapeString(t->shape),
+                       " but model_config implies ", ShapeString(p.shape)));
     }
     int64_t row = 0;
     for (const HfRows& piece : p.pieces) {
@@ -283,7 +316,8 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
   for (const ParamMapping& p : mapping->params) {
     GEMMA_ASSIGN_OR_RETURN(globals[p.name], reader->Global(p.name));
   }
-  // Group HF tensors into files of at most max_shard_bytes (a bigger tensor gets its own).
+  // Group HF tensors into files of at most max_shard_bytes (a bigger tensor
+  // gets its own).
   struct Planned {
     const HfTensorShape* t;
     DType dtype;
@@ -292,7 +326,8 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
   std::vector<std::vector<Planned>> files(1);
   uint64_t in_file = 0, total = 0;
   for (const HfTensorShape& t : mapping->hf_tensors) {
-    const DType dtype = reader->manifest().Find(uses.at(t.hf_name)[0].param->name)->dtype;
+    const DType dtype =
+        reader->manifest().Find(uses.at(t.hf_name)[0].param->name)->dtype;
     uint64_t bytes = DTypeSize(dtype);
     for (int64_t d : t.shape) bytes *= static_cast<uint64_t>(d);
     if (!files.back().empty() && in_file + bytes > options.max_shard_bytes) {
@@ -318,39 +353,50 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
   json weight_map = json::object();
   uint64_t done = 0;
   for (size_t fi = 0; fi < files.size(); ++fi) {
-    const std::string name = files.size() == 1
-                                 ? std::string("model.safetensors")
-                                 : absl::StrFormat("model-%05d-of-%05d.safetensors", fi + 1, files.size());
+    const std::string name =
+        files.size() == 1 ? std::string("model.safetensors")
+                          : absl::StrFormat("model-%05d-of-%05d.safetensors",
+                                            fi + 1, files.size());
     SafetensorsWriter w;
     w.SetMetadata({{"format", "pt"}});
     for (const Planned& pl : files[fi]) {
       weight_map[pl.t->hf_name] = name;
       const std::vector<Use>* u = &uses.at(pl.t->hf_name);
-      const int64_t row_bytes = static_cast<int64_t>(pl.bytes) / std::max<int64_t>(pl.t->shape.empty() ? 1 : pl.t->shape[0], 1);
+      const int64_t row_bytes =
+          static_cast<int64_t>(pl.bytes) /
+          std::max<int64_t>(pl.t->shape.empty() ? 1 : pl.t->shape[0], 1);
       const uint64_t nbytes = pl.bytes;
-      GEMMA_RETURN_IF_ERROR(w.Add(pl.t->hf_name, pl.dtype, pl.t->shape, [&, u, row_bytes, nbytes](uint8_t* dst) {
-        for (const Use& use : *u) {
-          const int64_t n = use.rows.row_end - use.rows.row_begin;
-          GEMMA_RETURN_IF_ERROR(CopyRows(globals.at(use.param->name), {{use.our_row, use.our_row + n}},
-                                         dst + use.rows.row_begin * row_bytes));
-        }
-        done += nbytes;
-        stats.bytes = done;
-        if (options.progress) options.progress(done, total);
-        return absl::OkStatus();
-      }));
+      GEMMA_RETURN_IF_ERROR(w.Add(
+          pl.t->hf_name, pl.dtype, pl.t->shape,
+          [&, u, row_bytes, nbytes](uint8_t* dst) {
+            for (const Use& use : *u) {
+              const int64_t n = use.rows.row_end - use.rows.row_begin;
+              ShardLayout rows;
+              rows.ranges = {{use.our_row, use.our_row + n}};
+              Prefetch(globals.at(use.param->name), rows);
+              GEMMA_RETURN_IF_ERROR(CopyRows(
+                  globals.at(use.param->name), {{use.our_row, use.our_row + n}},
+                  dst + use.rows.row_begin * row_bytes));
+            }
+            done += nbytes;
+            stats.bytes = done;
+            if (options.progress) options.progress(done, total);
+            return absl::OkStatus();
+          }));
     }
     GEMMA_RETURN_IF_ERROR(w.Write(tmp + "/" + name));
     stats.tensors += static_cast<int64_t>(files[fi].size());
     ++stats.files;
   }
-  auto write_text = [&](const std::string& name, const std::string& text) -> absl::Status {
+  auto write_text = [&](const std::string& name,
+                        const std::string& text) -> absl::Status {
     const std::string path = tmp + "/" + name;
     {
       std::ofstream out(path, std::ios::binary | std::ios::trunc);
       out << text;
       out.flush();
-      if (!out) return absl::InternalError(absl::StrCat(path, ": write failed"));
+      if (!out)
+        return absl::InternalError(absl::StrCat(path, ": write failed"));
     }
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
@@ -359,11 +405,14 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(const std::string& ckpt_dir,
     }
     return absl::OkStatus();
   };
-  GEMMA_ASSIGN_OR_RETURN(std::string modern, ModernizeHfConfig(reader->config_json(), where));
+  GEMMA_ASSIGN_OR_RETURN(std::string modern,
+                         ModernizeHfConfig(reader->config_json(), where));
   GEMMA_RETURN_IF_ERROR(write_text("config.json", modern));
   if (files.size() > 1) {
-    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    GEMMA_RETURN_IF_ERROR(write_text("model.safetensors.index.json", index.dump(2)));
+    json index = {{"metadata", {{"total_size", total}}},
+                  {"weight_map", weight_map}};
+    GEMMA_RETURN_IF_ERROR(
+        write_text("model.safetensors.index.json", index.dump(2)));
   }
   SyncDir(tmp);
   GEMMA_RETURN_IF_ERROR(PublishDir(tmp, out_dir, options.overwrite));

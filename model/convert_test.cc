@@ -26,12 +26,15 @@ using ::gemma::testing::TempDir;
 using ::gemma::testing::WriteFile;
 using ::testing::HasSubstr;
 
-std::string Fixture(const std::string& name) { return std::string(GEMMA_FORMATS_FIXTURES) + "/" + name; }
+std::string Fixture(const std::string& name) {
+  return std::string(GEMMA_FORMATS_FIXTURES) + "/" + name;
+}
 
 // Every tensor of an HF folder (or of a list of safetensors files), by name.
 struct TensorSet {
   std::vector<std::shared_ptr<const SafetensorsFile>> files;
-  std::map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>> by_name;
+  std::map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>>
+      by_name;
 };
 
 TensorSet ReadFiles(const std::vector<std::string>& paths) {
@@ -41,7 +44,9 @@ TensorSet ReadFiles(const std::vector<std::string>& paths) {
     EXPECT_TRUE(f.ok()) << f.status();
     if (!f.ok()) continue;
     for (const TensorInfo& t : (*f)->tensors()) {
-      EXPECT_TRUE(s.by_name.emplace(t.name, std::make_pair(f->get(), &t)).second) << t.name << " twice";
+      EXPECT_TRUE(
+          s.by_name.emplace(t.name, std::make_pair(f->get(), &t)).second)
+          << t.name << " twice";
     }
     s.files.push_back(*f);
   }
@@ -51,14 +56,17 @@ TensorSet ReadFiles(const std::vector<std::string>& paths) {
 TensorSet ReadHf(const std::string& dir) {
   std::vector<std::string> paths;
   for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.path().extension() == ".safetensors") paths.push_back(e.path().string());
+    if (e.path().extension() == ".safetensors")
+      paths.push_back(e.path().string());
   }
   return ReadFiles(paths);
 }
 
-// a's tensors (names mapped by `rename`) equal b's, bit for bit, and b has no others.
-void ExpectSameTensors(const TensorSet& a, const TensorSet& b,
-                       const std::function<std::string(const std::string&)>& rename = nullptr) {
+// a's tensors (names mapped by `rename`) equal b's, bit for bit, and b has no
+// others.
+void ExpectSameTensors(
+    const TensorSet& a, const TensorSet& b,
+    const std::function<std::string(const std::string&)>& rename = nullptr) {
   ASSERT_FALSE(a.by_name.empty());
   EXPECT_EQ(a.by_name.size(), b.by_name.size());
   for (const auto& [name, at] : a.by_name) {
@@ -69,20 +77,25 @@ void ExpectSameTensors(const TensorSet& a, const TensorSet& b,
     EXPECT_EQ(at.second->dtype, bi->dtype) << bn;
     EXPECT_EQ(at.second->shape, bi->shape) << bn;
     auto x = at.first->Bytes(*at.second), y = bf->Bytes(*bi);
-    EXPECT_TRUE(x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin())) << bn << " bytes differ";
+    EXPECT_TRUE(x.size() == y.size() &&
+                std::equal(x.begin(), x.end(), y.begin()))
+        << bn << " bytes differ";
   }
 }
 
 std::vector<std::string> RankFiles(const std::string& dir, int tp) {
   std::vector<std::string> out;
-  for (int r = 0; r < tp; ++r) out.push_back(absl::StrFormat("%s/rank-%05d.safetensors", dir, r));
+  for (int r = 0; r < tp; ++r)
+    out.push_back(absl::StrFormat("%s/rank-%05d.safetensors", dir, r));
   return out;
 }
 
 // Our checkpoint at tp equals expected_shards.py's layout of the HF folder.
-void ExpectMatchesPythonShards(const std::string& hf, const std::string& ckpt, int tp, const TempDir& tmp) {
+void ExpectMatchesPythonShards(const std::string& hf, const std::string& ckpt,
+                               int tp, const TempDir& tmp) {
   const std::string want_path = tmp / "expected.safetensors";
-  auto r = RunPython("expected_shards.py", absl::StrCat(hf, " ", tp, " ", want_path));
+  auto r = RunPython("expected_shards.py",
+                     absl::StrCat(hf, " ", tp, " ", want_path));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   TensorSet want = ReadFiles({want_path});
   size_t total = 0;
@@ -93,9 +106,12 @@ void ExpectMatchesPythonShards(const std::string& hf, const std::string& ckpt, i
       auto it = want.by_name.find(absl::StrCat("rank", rank, "/", name));
       ASSERT_NE(it, want.by_name.end()) << name;
       EXPECT_EQ(g.second->shape, it->second.second->shape) << name;
-      auto x = g.first->Bytes(*g.second), y = it->second.first->Bytes(*it->second.second);
-      EXPECT_TRUE(x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin()))
-          << "rank " << rank << " " << name << " differs from the python reference";
+      auto x = g.first->Bytes(*g.second),
+           y = it->second.first->Bytes(*it->second.second);
+      EXPECT_TRUE(x.size() == y.size() &&
+                  std::equal(x.begin(), x.end(), y.begin()))
+          << "rank " << rank << " " << name
+          << " differs from the python reference";
     }
   }
   EXPECT_EQ(total, want.by_name.size());
@@ -111,14 +127,17 @@ struct Case {
   std::string model;
   int tp;
 };
-void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " tp=" << c.tp; }
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.model << " tp=" << c.tp;
+}
 
 class RoundTripTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(RoundTripTest, HfToOursToHfIsBitExactAndTransformersLoadsIt) {
   const Case c = GetParam();
   TempDir tmp;
-  const std::string hf = Fixture(c.model), ckpt = tmp / "ckpt", out = tmp / "hf";
+  const std::string hf = Fixture(c.model), ckpt = tmp / "ckpt",
+                    out = tmp / "hf";
   ConvertOptions opt;
   opt.tp = c.tp;
   uint64_t last_done = 0, last_total = 0;
@@ -146,27 +165,35 @@ TEST_P(RoundTripTest, HfToOursToHfIsBitExactAndTransformersLoadsIt) {
   EXPECT_THAT(r.output, HasSubstr("check_export: OK"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, RoundTripTest,
-                         ::testing::Values(Case{"vl_f32", 1}, Case{"vl_f32", 2},
-                                           Case{"vl_bf16_sharded", 1}, Case{"vl_bf16_sharded", 2},
-                                           Case{"vl_f16", 2}, Case{"text_f32", 1},
-                                           Case{"text_f32", 2}, Case{"text_bf16_sharded", 2}),
-                         [](const auto& info) { return absl::StrCat(info.param.model, "_tp", info.param.tp); });
+INSTANTIATE_TEST_SUITE_P(
+    Models, RoundTripTest,
+    ::testing::Values(Case{"vl_f32", 1}, Case{"vl_f32", 2},
+                      Case{"vl_bf16_sharded", 1}, Case{"vl_bf16_sharded", 2},
+                      Case{"vl_f16", 2}, Case{"text_f32", 1},
+                      Case{"text_f32", 2}, Case{"text_bf16_sharded", 2}),
+    [](const auto& info) {
+      return absl::StrCat(info.param.model, "_tp", info.param.tp);
+    });
 
 TEST(ConvertTest, ExportShardsBySizeWithAnIndexTransformersLoads) {
   TempDir tmp;
   ConvertOptions opt;
   opt.tp = 2;
-  ASSERT_TRUE(ConvertHfToCheckpoint(Fixture("vl_bf16_sharded"), tmp / "ckpt", opt).ok());
+  ASSERT_TRUE(
+      ConvertHfToCheckpoint(Fixture("vl_bf16_sharded"), tmp / "ckpt", opt)
+          .ok());
   opt.max_shard_bytes = 16 << 10;
   auto s = ConvertCheckpointToHf(tmp / "ckpt", tmp / "hf", opt);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_GT(s->files, 2);
   ASSERT_TRUE(fs::exists(tmp / "hf/model.safetensors.index.json"));
-  auto index = nlohmann::json::parse(ReadFile(tmp / "hf/model.safetensors.index.json"));
-  EXPECT_EQ(index["weight_map"].size(), ReadHf(Fixture("vl_bf16_sharded")).by_name.size());
+  auto index =
+      nlohmann::json::parse(ReadFile(tmp / "hf/model.safetensors.index.json"));
+  EXPECT_EQ(index["weight_map"].size(),
+            ReadHf(Fixture("vl_bf16_sharded")).by_name.size());
   ExpectSameTensors(ReadHf(Fixture("vl_bf16_sharded")), ReadHf(tmp / "hf"));
-  auto r = RunPython("check_export.py", Fixture("vl_bf16_sharded") + " " + (tmp / "hf"));
+  auto r = RunPython("check_export.py",
+                     Fixture("vl_bf16_sharded") + " " + (tmp / "hf"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
@@ -180,7 +207,8 @@ TEST(ConvertTest, OlderKeyLayoutsImportToTheSameCheckpoint) {
     auto s = ConvertHfToCheckpoint(Fixture(legacy), ckpt, opt);
     ASSERT_TRUE(s.ok()) << legacy << ": " << s.status();
     for (int r = 0; r < 2; ++r) {
-      ExpectSameTensors(ReadFiles({RankFiles(tmp / "base", 2)[r]}), ReadFiles({RankFiles(ckpt, 2)[r]}));
+      ExpectSameTensors(ReadFiles({RankFiles(tmp / "base", 2)[r]}),
+                        ReadFiles({RankFiles(ckpt, 2)[r]}));
     }
     // And exports in the current layout, equal to what transformers 5.17 saved.
     ASSERT_TRUE(ConvertCheckpointToHf(ckpt, ckpt + "_hf", opt).ok());
@@ -220,7 +248,8 @@ TEST(ConvertTest, LegacyConfigIsExportedInTheNewFormat) {
   EXPECT_EQ(otc["rope_parameters"]["full_attention"]["factor"], 2.0);
   EXPECT_EQ(otc["rope_parameters"]["sliding_attention"]["rope_theta"], 20000.0);
   EXPECT_EQ(otc["layer_types"],
-            nlohmann::json({"sliding_attention", "full_attention", "sliding_attention"}));
+            nlohmann::json(
+                {"sliding_attention", "full_attention", "sliding_attention"}));
   auto r = RunPython("check_export.py", hf + " " + (tmp / "out"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }
@@ -229,15 +258,19 @@ TEST(ConvertTest, ReshardingMatchesADirectImport) {
   TempDir tmp;
   ConvertOptions opt;
   opt.tp = 2;
-  ASSERT_TRUE(ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "tp2", opt).ok());
+  ASSERT_TRUE(
+      ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "tp2", opt).ok());
   opt.tp = 1;
-  ASSERT_TRUE(ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "tp1", opt).ok());
+  ASSERT_TRUE(
+      ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "tp1", opt).ok());
   auto s = ReshardCheckpoint(tmp / "tp2", tmp / "tp2to1", opt);
   ASSERT_TRUE(s.ok()) << s.status();
-  ExpectSameTensors(ReadFiles(RankFiles(tmp / "tp1", 1)), ReadFiles(RankFiles(tmp / "tp2to1", 1)));
+  ExpectSameTensors(ReadFiles(RankFiles(tmp / "tp1", 1)),
+                    ReadFiles(RankFiles(tmp / "tp2to1", 1)));
 }
 
-// ---- malformed inputs ----------------------------------------------------------
+// ---- malformed inputs
+// ----------------------------------------------------------
 
 TEST(ConvertTest, MissingConfigFieldNamesFileAndField) {
   TempDir tmp;
@@ -247,28 +280,34 @@ TEST(ConvertTest, MissingConfigFieldNamesFileAndField) {
   WriteFile(hf + "/config.json", cfg.dump());
   auto s = ConvertHfToCheckpoint(hf, tmp / "out", {});
   ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr(hf + "/config.json"));
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr("text_config.num_key_value_heads: missing"));
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr(hf + "/config.json"));
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("text_config.num_key_value_heads: missing"));
   EXPECT_FALSE(fs::exists(tmp / "out"));
 }
 
 TEST(ConvertTest, ShardListedInIndexButAbsentNamesTheShard) {
   TempDir tmp;
   const std::string hf = CopyFixture(tmp, "text_bf16_sharded");
-  auto index = nlohmann::json::parse(ReadFile(hf + "/model.safetensors.index.json"));
+  auto index =
+      nlohmann::json::parse(ReadFile(hf + "/model.safetensors.index.json"));
   const std::string victim = index["weight_map"].begin().value();
   fs::remove(hf + "/" + victim);
   auto s = ConvertHfToCheckpoint(hf, tmp / "out", {});
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.status().message()), HasSubstr(hf + "/" + victim));
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr("model.safetensors.index.json"));
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("model.safetensors.index.json"));
   EXPECT_FALSE(fs::exists(tmp / "out"));
   EXPECT_FALSE(fs::exists(tmp / "out.tmp"));
 }
 
 // Rewrites model.safetensors of `hf` with `edit` applied to the tensor list.
-void RewriteTensors(const std::string& hf, const std::function<void(SafetensorsWriter&, const TensorInfo&,
-                                                                    absl::Span<const uint8_t>)>& edit) {
+void RewriteTensors(
+    const std::string& hf,
+    const std::function<void(SafetensorsWriter&, const TensorInfo&,
+                             absl::Span<const uint8_t>)>& edit) {
   auto f = SafetensorsFile::Open(hf + "/model.safetensors");
   ASSERT_TRUE(f.ok());
   SafetensorsWriter w;
@@ -280,7 +319,8 @@ TEST(ConvertTest, WrongShapeNamesFileAndTensor) {
   TempDir tmp;
   const std::string hf = CopyFixture(tmp, "text_f32");
   const std::string victim = "model.layers.1.self_attn.k_proj.weight";
-  RewriteTensors(hf, [&](SafetensorsWriter& w, const TensorInfo& t, absl::Span<const uint8_t> b) {
+  RewriteTensors(hf, [&](SafetensorsWriter& w, const TensorInfo& t,
+                         absl::Span<const uint8_t> b) {
     std::vector<int64_t> shape = t.shape;
     if (t.name == victim) shape = {shape[1], shape[0]};
     ASSERT_TRUE(w.AddBytes(t.name, t.dtype, shape, b).ok());
@@ -290,29 +330,50 @@ TEST(ConvertTest, WrongShapeNamesFileAndTensor) {
   const std::string msg(s.status().message());
   EXPECT_THAT(msg, HasSubstr(hf + "/model.safetensors"));
   EXPECT_THAT(msg, HasSubstr(victim));
-  EXPECT_THAT(msg, HasSubstr("has shape [32, 16] but config.json implies [16, 32]"));
+  EXPECT_THAT(msg,
+              HasSubstr("has shape [32, 16] but config.json implies [16, 32]"));
 }
 
 TEST(ConvertTest, MissingAndUnexpectedTensorsAreNamed) {
   TempDir tmp;
   const std::string hf = CopyFixture(tmp, "text_f32");
-  RewriteTensors(hf, [&](SafetensorsWriter& w, const TensorInfo& t, absl::Span<const uint8_t> b) {
+  RewriteTensors(hf, [&](SafetensorsWriter& w, const TensorInfo& t,
+                         absl::Span<const uint8_t> b) {
     if (t.name == "model.norm.weight") return;
     ASSERT_TRUE(w.AddBytes(t.name, t.dtype, t.shape, b).ok());
   });
   auto s = ConvertHfToCheckpoint(hf, tmp / "out", {});
   ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr("'model.norm.weight'"));
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("'model.norm.weight'"));
 
   const std::string hf2 = tmp / "again";
   fs::copy(Fixture("text_f32"), hf2, fs::copy_options::recursive);
-  RewriteTensors(hf2, [&](SafetensorsWriter& w, const TensorInfo& t, absl::Span<const uint8_t> b) {
+  RewriteTensors(hf2, [&](SafetensorsWriter& w, const TensorInfo& t,
+                          absl::Span<const uint8_t> b) {
     ASSERT_TRUE(w.AddBytes(t.name, t.dtype, t.shape, b).ok());
-    if (t.name == "model.norm.weight") ASSERT_TRUE(w.AddBytes("model.layers.9.extra", t.dtype, t.shape, b).ok());
+    if (t.name == "model.norm.weight")
+      ASSERT_TRUE(w.AddBytes("model.layers.9.extra", t.dtype, t.shape, b).ok());
   });
   s = ConvertHfToCheckpoint(hf2, tmp / "out", {});
   ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr("unexpected tensor 'model.layers.9.extra'"));
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("unexpected tensor 'model.layers.9.extra'"));
+}
+
+TEST(ConvertTest, ExportRefusesACheckpointWhoseConfigDisagreesWithItsShapes) {
+  TempDir tmp;
+  ASSERT_TRUE(
+      ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "ckpt", {}).ok());
+  auto m = nlohmann::json::parse(ReadFile(tmp / "ckpt/manifest.json"));
+  m["model_config"]["intermediate_size"] = 64;
+  WriteFile(tmp / "ckpt/manifest.json", m.dump());
+  auto s = ConvertCheckpointToHf(tmp / "ckpt", tmp / "hf", {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("text.layers.0.mlp.gate_up.weight"));
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("manifest.json"));
+  EXPECT_FALSE(fs::exists(tmp / "hf"));
 }
 
 TEST(ConvertTest, TpMustDivideKvHeadsAndOutputIsNotClobbered) {
@@ -321,14 +382,17 @@ TEST(ConvertTest, TpMustDivideKvHeadsAndOutputIsNotClobbered) {
   opt.tp = 4;  // the tiny models have 2 KV heads
   auto s = ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt);
   ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr("num_key_value_heads 2"));
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("num_key_value_heads 2"));
   EXPECT_FALSE(fs::exists(tmp / "out"));
   opt.tp = 1;
-  ASSERT_TRUE(ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt).ok());
+  ASSERT_TRUE(
+      ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt).ok());
   auto again = ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt);
   EXPECT_TRUE(absl::IsAlreadyExists(again.status())) << again.status();
   opt.overwrite = true;
-  EXPECT_TRUE(ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt).ok());
+  EXPECT_TRUE(
+      ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt).ok());
 }
 
 TEST(ConvertCliTest, LocalConvertRoundTripsWithJsonOutputAndHelp) {
@@ -338,8 +402,9 @@ TEST(ConvertCliTest, LocalConvertRoundTripsWithJsonOutputAndHelp) {
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_THAT(help.output, HasSubstr("--to-format"));
   EXPECT_THAT(help.output, HasSubstr("Examples:"));
-  auto in = gemma::testing::Run(gemmactl + " local convert --from " + Fixture("vl_f16") + " --to " +
-                                (tmp / "ckpt") + " --tp 2 -o json");
+  auto in = gemma::testing::Run(gemmactl + " local convert --from " +
+                                Fixture("vl_f16") + " --to " + (tmp / "ckpt") +
+                                " --tp 2 -o json");
   ASSERT_EQ(in.exit_code, 0) << in.output;
   EXPECT_THAT(in.output, HasSubstr("100%"));  // the progress bar (stderr)
   auto j = nlohmann::json::parse(in.output.substr(in.output.find('{')));
@@ -347,15 +412,18 @@ TEST(ConvertCliTest, LocalConvertRoundTripsWithJsonOutputAndHelp) {
   EXPECT_EQ(j["to_format"], "ours");
   EXPECT_GT(j["bytes"].get<uint64_t>(), 0u);
   EXPECT_GT(j["bytes_per_second"].get<double>(), 0.0);
-  auto out = gemma::testing::Run(gemmactl + " local convert --quiet --from " + (tmp / "ckpt") + " --to " +
-                                 (tmp / "hf"));
+  auto out = gemma::testing::Run(gemmactl + " local convert --quiet --from " +
+                                 (tmp / "ckpt") + " --to " + (tmp / "hf"));
   ASSERT_EQ(out.exit_code, 0) << out.output;
-  EXPECT_THAT(out.output, HasSubstr("/s)"));  // bytes per second in the final line
+  EXPECT_THAT(out.output,
+              HasSubstr("/s)"));  // bytes per second in the final line
   ExpectSameTensors(ReadHf(Fixture("vl_f16")), ReadHf(tmp / "hf"));
-  auto again = gemma::testing::Run(gemmactl + " local convert --from " + (tmp / "ckpt") + " --to " + (tmp / "hf"));
+  auto again = gemma::testing::Run(gemmactl + " local convert --from " +
+                                   (tmp / "ckpt") + " --to " + (tmp / "hf"));
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_THAT(again.output, HasSubstr("already exists"));
-  auto bad = gemma::testing::Run(gemmactl + " local convert --from " + (tmp / "ckpt"));
+  auto bad =
+      gemma::testing::Run(gemmactl + " local convert --from " + (tmp / "ckpt"));
   EXPECT_EQ(bad.exit_code, 2);
 }
 

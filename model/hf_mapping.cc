@@ -13,15 +13,18 @@ namespace {
 
 using nlohmann::json;
 
-absl::Status ConfigError(absl::string_view file, absl::string_view field, absl::string_view why) {
+absl::Status ConfigError(absl::string_view file, absl::string_view field,
+                         absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": ", field, ": ", why));
 }
 
 // Reads a positive integer `key` of `obj` (whose path is `path`). When the key
 // is absent, uses `fallback` if it is > 0, else fails.
-absl::Status ReadInt(const json& obj, absl::string_view path, const char* key, absl::string_view file,
-                     int64_t* out, int64_t fallback = 0) {
-  std::string field = path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
+absl::Status ReadInt(const json& obj, absl::string_view path, const char* key,
+                     absl::string_view file, int64_t* out,
+                     int64_t fallback = 0) {
+  std::string field =
+      path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
   auto it = obj.find(key);
   if (it == obj.end() || it->is_null()) {
     if (fallback > 0) {
@@ -60,14 +63,17 @@ constexpr Rule kTextRules[] = {
 
 }  // namespace
 
-absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text, absl::string_view file) {
+absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text,
+                                               absl::string_view file) {
   json root;
   try {
     root = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(file, ": not valid JSON: ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": not valid JSON: ", e.what()));
   }
-  if (!root.is_object()) return ConfigError(file, "(root)", "not a JSON object");
+  if (!root.is_object())
+    return ConfigError(file, "(root)", "not a JSON object");
   HfConfigLite c;
   c.raw_json = std::string(text);
   std::string model_type = root.value("model_type", std::string());
@@ -76,32 +82,45 @@ absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text, absl::str
   std::string tpath;
   if (c.vision) {
     auto it = root.find("text_config");
-    if (it == root.end() || !it->is_object()) return ConfigError(file, "text_config", "missing");
+    if (it == root.end() || !it->is_object())
+      return ConfigError(file, "text_config", "missing");
     tc = &*it;
     tpath = "text_config";
   }
   GEMMA_RETURN_IF_ERROR(ReadInt(*tc, tpath, "vocab_size", file, &c.vocab_size));
-  GEMMA_RETURN_IF_ERROR(ReadInt(*tc, tpath, "hidden_size", file, &c.hidden_size));
-  GEMMA_RETURN_IF_ERROR(ReadInt(*tc, tpath, "intermediate_size", file, &c.intermediate_size));
-  GEMMA_RETURN_IF_ERROR(ReadInt(*tc, tpath, "num_hidden_layers", file, &c.num_layers));
-  GEMMA_RETURN_IF_ERROR(ReadInt(*tc, tpath, "num_attention_heads", file, &c.num_heads));
-  GEMMA_RETURN_IF_ERROR(ReadInt(*tc, tpath, "num_key_value_heads", file, &c.num_kv_heads));
+  GEMMA_RETURN_IF_ERROR(
+      ReadInt(*tc, tpath, "hidden_size", file, &c.hidden_size));
+  GEMMA_RETURN_IF_ERROR(
+      ReadInt(*tc, tpath, "intermediate_size", file, &c.intermediate_size));
+  GEMMA_RETURN_IF_ERROR(
+      ReadInt(*tc, tpath, "num_hidden_layers", file, &c.num_layers));
+  GEMMA_RETURN_IF_ERROR(
+      ReadInt(*tc, tpath, "num_attention_heads", file, &c.num_heads));
+  GEMMA_RETURN_IF_ERROR(
+      ReadInt(*tc, tpath, "num_key_value_heads", file, &c.num_kv_heads));
   GEMMA_RETURN_IF_ERROR(ReadInt(*tc, tpath, "head_dim", file, &c.head_dim));
   for (const json* o : std::initializer_list<const json*>{tc, &root}) {
     auto it = o->find("tie_word_embeddings");
-    if (it != o->end() && it->is_boolean() && !it->get<bool>()) c.tie_word_embeddings = false;
+    if (it != o->end() && it->is_boolean() && !it->get<bool>())
+      c.tie_word_embeddings = false;
   }
   if (c.vision) {
     auto it = root.find("vision_config");
-    if (it == root.end() || !it->is_object()) return ConfigError(file, "vision_config", "missing");
+    if (it == root.end() || !it->is_object())
+      return ConfigError(file, "vision_config", "missing");
     const json& vc = *it;
-    GEMMA_RETURN_IF_ERROR(ReadInt(vc, "vision_config", "hidden_size", file, &c.vision_hidden));
     GEMMA_RETURN_IF_ERROR(
-        ReadInt(vc, "vision_config", "intermediate_size", file, &c.vision_intermediate));
-    GEMMA_RETURN_IF_ERROR(ReadInt(vc, "vision_config", "num_hidden_layers", file, &c.vision_layers));
-    GEMMA_RETURN_IF_ERROR(ReadInt(vc, "vision_config", "image_size", file, &c.image_size));
-    GEMMA_RETURN_IF_ERROR(ReadInt(vc, "vision_config", "patch_size", file, &c.patch_size));
-    GEMMA_RETURN_IF_ERROR(ReadInt(vc, "vision_config", "num_channels", file, &c.num_channels, 3));
+        ReadInt(vc, "vision_config", "hidden_size", file, &c.vision_hidden));
+    GEMMA_RETURN_IF_ERROR(ReadInt(vc, "vision_config", "intermediate_size",
+                                  file, &c.vision_intermediate));
+    GEMMA_RETURN_IF_ERROR(ReadInt(vc, "vision_config", "num_hidden_layers",
+                                  file, &c.vision_layers));
+    GEMMA_RETURN_IF_ERROR(
+        ReadInt(vc, "vision_config", "image_size", file, &c.image_size));
+    GEMMA_RETURN_IF_ERROR(
+        ReadInt(vc, "vision_config", "patch_size", file, &c.patch_size));
+    GEMMA_RETURN_IF_ERROR(
+        ReadInt(vc, "vision_config", "num_channels", file, &c.num_channels, 3));
     auto head = vc.find("vision_use_head");
     if (head != vc.end() && head->is_boolean() && head->get<bool>()) {
       return ConfigError(file, "vision_config.vision_use_head",
@@ -121,12 +140,13 @@ absl::StatusOr<HfConfigLite> ReadHfConfigLite(const std::string& path) {
 
 absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& c) {
   if (c.num_heads % c.num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("num_attention_heads ", c.num_heads,
-                                                   " is not a multiple of num_key_value_heads ",
-                                                   c.num_kv_heads));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_attention_heads ", c.num_heads,
+        " is not a multiple of num_key_value_heads ", c.num_kv_heads));
   }
   if (!c.tie_word_embeddings) {
-    return absl::UnimplementedError("tie_word_embeddings=false: an untied lm_head is not supported");
+    return absl::UnimplementedError(
+        "tie_word_embeddings=false: an untied lm_head is not supported");
   }
   HfMapping m;
   auto hf = [&](std::string name, std::vector<int64_t> shape) {
@@ -134,9 +154,11 @@ absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& c) {
     return name;
   };
   // A 1:1 tensor.
-  auto same = [&](std::string ours, std::string theirs, std::vector<int64_t> shape) {
+  auto same = [&](std::string ours, std::string theirs,
+                  std::vector<int64_t> shape) {
     int64_t rows = shape.empty() ? 1 : shape[0];
-    m.params.push_back({std::move(ours), shape, {{hf(std::move(theirs), shape), 0, rows}}});
+    m.params.push_back(
+        {std::move(ours), shape, {{hf(std::move(theirs), shape), 0, rows}}});
   };
   const int64_t H = c.hidden_size, I = c.intermediate_size, hd = c.head_dim;
   const int64_t nq = c.num_heads, nkv = c.num_kv_heads, qpg = nq / nkv;
@@ -161,20 +183,25 @@ absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& c) {
     same(o + "attn.o.weight", t + "self_attn.o_proj.weight", {H, nq * hd});
     same(o + "attn.q_norm.weight", t + "self_attn.q_norm.weight", {hd});
     same(o + "attn.k_norm.weight", t + "self_attn.k_norm.weight", {hd});
-    same(o + "post_attn_norm.weight", t + "post_attention_layernorm.weight", {H});
-    same(o + "pre_mlp_norm.weight", t + "pre_feedforward_layernorm.weight", {H});
+    same(o + "post_attn_norm.weight", t + "post_attention_layernorm.weight",
+         {H});
+    same(o + "pre_mlp_norm.weight", t + "pre_feedforward_layernorm.weight",
+         {H});
     {
       const std::string g = hf(t + "mlp.gate_proj.weight", {I, H});
       const std::string u = hf(t + "mlp.up_proj.weight", {I, H});
-      m.params.push_back({o + "mlp.gate_up.weight", {2 * I, H}, {{g, 0, I}, {u, 0, I}}});
+      m.params.push_back(
+          {o + "mlp.gate_up.weight", {2 * I, H}, {{g, 0, I}, {u, 0, I}}});
     }
     same(o + "mlp.down.weight", t + "mlp.down_proj.weight", {H, I});
-    same(o + "post_mlp_norm.weight", t + "post_feedforward_layernorm.weight", {H});
+    same(o + "post_mlp_norm.weight", t + "post_feedforward_layernorm.weight",
+         {H});
   }
   same("text.final_norm.weight", tp + "norm.weight", {H});
   if (!c.vision) return m;
 
-  const int64_t Hv = c.vision_hidden, Iv = c.vision_intermediate, P = c.patch_size;
+  const int64_t Hv = c.vision_hidden, Iv = c.vision_intermediate,
+                P = c.patch_size;
   const int64_t np_side = c.image_size / P;
   const std::string vp = "vision_tower.";
   same("vision.patch_embed.weight", vp + "embeddings.patch_embedding.weight",
@@ -188,12 +215,14 @@ absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& c) {
     for (const char* wb : {"weight", "bias"}) {
       const bool w = absl::string_view(wb) == "weight";
       auto shp = [&](int64_t rows, int64_t cols) {
-        return w ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows};
+        return w ? std::vector<int64_t>{rows, cols}
+                 : std::vector<int64_t>{rows};
       };
       same(o + "ln1." + wb, t + "layer_norm1." + wb, {Hv});
       ParamMapping qkv{o + "attn.qkv." + wb, shp(3 * Hv, Hv), {}};
       for (const char* x : {"q_proj.", "k_proj.", "v_proj."}) {
-        qkv.pieces.push_back({hf(t + "self_attn." + x + wb, shp(Hv, Hv)), 0, Hv});
+        qkv.pieces.push_back(
+            {hf(t + "self_attn." + x + wb, shp(Hv, Hv)), 0, Hv});
       }
       m.params.push_back(std::move(qkv));
       same(o + "attn.o." + wb, t + "self_attn.out_proj." + wb, shp(Hv, Hv));
@@ -204,14 +233,18 @@ absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& c) {
   }
   same("vision.post_norm.weight", vp + "post_layernorm.weight", {Hv});
   same("vision.post_norm.bias", vp + "post_layernorm.bias", {Hv});
-  same("projector.norm.weight", "multi_modal_projector.mm_soft_emb_norm.weight", {Hv});
-  same("projector.proj.weight", "multi_modal_projector.mm_input_projection_weight", {Hv, H});
+  same("projector.norm.weight", "multi_modal_projector.mm_soft_emb_norm.weight",
+       {Hv});
+  same("projector.proj.weight",
+       "multi_modal_projector.mm_input_projection_weight", {Hv, H});
   return m;
 }
 
-absl::StatusOr<std::string> CanonicalHfName(absl::string_view key, const HfConfigLite& c) {
+absl::StatusOr<std::string> CanonicalHfName(absl::string_view key,
+                                            const HfConfigLite& c) {
   if (key == "lm_head.weight" || key == "language_model.lm_head.weight") {
-    if (!c.tie_word_embeddings) return absl::UnimplementedError("untied lm_head");
+    if (!c.tie_word_embeddings)
+      return absl::UnimplementedError("untied lm_head");
     return std::string();
   }
   auto apply = [&](const auto& rules) -> absl::StatusOr<std::string> {
@@ -220,29 +253,38 @@ absl::StatusOr<std::string> CanonicalHfName(absl::string_view key, const HfConfi
         return absl::StrCat(r.to, key.substr(absl::string_view(r.from).size()));
       }
     }
-    return absl::NotFoundError(absl::StrCat("tensor '", key, "' matches no Gemma 3 key layout"));
+    return absl::NotFoundError(
+        absl::StrCat("tensor '", key, "' matches no Gemma 3 key layout"));
   };
   if (c.vision) return apply(kVlRules);
   return apply(kTextRules);
 }
 
-absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text, absl::string_view file) {
+absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text,
+                                              absl::string_view file) {
   json root;
   try {
     root = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(file, ": not valid JSON: ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": not valid JSON: ", e.what()));
   }
-  if (!root.is_object()) return ConfigError(file, "(root)", "not a JSON object");
+  if (!root.is_object())
+    return ConfigError(file, "(root)", "not a JSON object");
   auto modernize_text = [](json& tc) {
     if (!tc.contains("rope_parameters") || tc["rope_parameters"].is_null()) {
-      json full = {{"rope_type", "default"}, {"rope_theta", tc.value("rope_theta", 1000000.0)}};
+      json full = {{"rope_type", "default"},
+                   {"rope_theta", tc.value("rope_theta", 1000000.0)}};
       auto scaling = tc.find("rope_scaling");
       if (scaling != tc.end() && scaling->is_object()) {
-        for (const auto& [k, v] : scaling->items()) full[k == "type" ? "rope_type" : k] = v;
+        for (const auto& [k, v] : scaling->items())
+          full[k == "type" ? "rope_type" : k] = v;
       }
-      json sliding = {{"rope_type", "default"}, {"rope_theta", tc.value("rope_local_base_freq", 10000.0)}};
-      tc["rope_parameters"] = {{"full_attention", full}, {"sliding_attention", sliding}};
+      json sliding = {
+          {"rope_type", "default"},
+          {"rope_theta", tc.value("rope_local_base_freq", 10000.0)}};
+      tc["rope_parameters"] = {{"full_attention", full},
+                               {"sliding_attention", sliding}};
     }
     tc.erase("rope_theta");
     tc.erase("rope_local_base_freq");
@@ -250,12 +292,14 @@ absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text, absl::stri
     if ((!tc.contains("layer_types") || tc["layer_types"].is_null()) &&
         tc.value("num_hidden_layers", 0) > 0) {
       int pattern = 6;
-      if (tc.contains("sliding_window_pattern") && tc["sliding_window_pattern"].is_number_integer()) {
+      if (tc.contains("sliding_window_pattern") &&
+          tc["sliding_window_pattern"].is_number_integer()) {
         pattern = std::max(1, tc["sliding_window_pattern"].get<int>());
       }
       json types = json::array();
       for (int i = 0; i < tc["num_hidden_layers"].get<int>(); ++i) {
-        types.push_back((i + 1) % pattern ? "sliding_attention" : "full_attention");
+        types.push_back((i + 1) % pattern ? "sliding_attention"
+                                          : "full_attention");
       }
       tc["layer_types"] = types;
       tc["_sliding_window_pattern"] = pattern;

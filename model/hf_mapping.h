@@ -20,10 +20,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace gemma {
 
@@ -31,7 +31,8 @@ namespace gemma {
 // the model's full config lives elsewhere).
 struct HfConfigLite {
   bool vision = false;  // Gemma3ForConditionalGeneration (else text-only)
-  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
+  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0,
+          num_layers = 0;
   int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
   bool tie_word_embeddings = true;
   // Vision tower (when `vision`).
@@ -41,8 +42,10 @@ struct HfConfigLite {
 };
 
 // Parses config.json text; INVALID_ARGUMENT naming `file` and the missing or
-// malformed field (e.g. "config.json: text_config.num_key_value_heads: missing").
-absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text, absl::string_view file);
+// malformed field (e.g. "config.json: text_config.num_key_value_heads:
+// missing").
+absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text,
+                                               absl::string_view file);
 absl::StatusOr<HfConfigLite> ReadHfConfigLite(const std::string& path);
 
 // Rows [row_begin, row_end) of HF tensor `hf_name` (canonical spelling).
@@ -65,8 +68,9 @@ struct HfTensorShape {
 };
 
 struct HfMapping {
-  std::vector<ParamMapping> params;       // in a stable order
-  std::vector<HfTensorShape> hf_tensors;  // every HF tensor with the shape config implies
+  std::vector<ParamMapping> params;  // in a stable order
+  std::vector<HfTensorShape>
+      hf_tensors;  // every HF tensor with the shape config implies
 };
 
 // Builds the mapping for `config`; INVALID_ARGUMENT when the head counts are
@@ -75,7 +79,8 @@ absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& config);
 
 // The canonical HF name of a key found in a checkpoint, "" for a key that is
 // deliberately dropped (tied lm_head), NOT_FOUND for a key that fits no layout.
-absl::StatusOr<std::string> CanonicalHfName(absl::string_view key, const HfConfigLite& config);
+absl::StatusOr<std::string> CanonicalHfName(absl::string_view key,
+                                            const HfConfigLite& config);
 
 // config.json text rewritten in the format transformers 5.x writes: legacy
 // rope fields (rope_theta, rope_local_base_freq, rope_scaling) become
@@ -83,7 +88,8 @@ absl::StatusOr<std::string> CanonicalHfName(absl::string_view key, const HfConfi
 // becomes an explicit layer_types list; torch_dtype becomes dtype. Configs
 // already in the new format come back unchanged in meaning. INVALID_ARGUMENT
 // naming `file` when the text is not a JSON object.
-absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text, absl::string_view file);
+absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text,
+                                              absl::string_view file);
 
 }  // namespace gemma
 

@@ -8,16 +8,24 @@
 namespace gemma {
 namespace {
 
-using ::testing::HasSubstr;
 using nlohmann::json;
+using ::testing::HasSubstr;
 
 json VlConfig() {
   return {{"model_type", "gemma3"},
           {"text_config",
-           {{"vocab_size", 67}, {"hidden_size", 32}, {"intermediate_size", 48}, {"num_hidden_layers", 2},
-            {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 8}}},
+           {{"vocab_size", 67},
+            {"hidden_size", 32},
+            {"intermediate_size", 48},
+            {"num_hidden_layers", 2},
+            {"num_attention_heads", 4},
+            {"num_key_value_heads", 2},
+            {"head_dim", 8}}},
           {"vision_config",
-           {{"hidden_size", 16}, {"intermediate_size", 24}, {"num_hidden_layers", 1}, {"image_size", 16},
+           {{"hidden_size", 16},
+            {"intermediate_size", 24},
+            {"num_hidden_layers", 1},
+            {"image_size", 16},
             {"patch_size", 4}}}};
 }
 
@@ -26,11 +34,13 @@ TEST(HfMappingTest, ConfigErrorsNameTheFileAndField) {
   c["text_config"].erase("head_dim");
   auto r = ParseHfConfigLite(c.dump(), "/m/config.json");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("/m/config.json: text_config.head_dim: missing"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("/m/config.json: text_config.head_dim: missing"));
   c = VlConfig();
   c["vision_config"]["patch_size"] = "four";
   r = ParseHfConfigLite(c.dump(), "cfg.json");
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("vision_config.patch_size: not a positive integer"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("vision_config.patch_size: not a positive integer"));
   c = VlConfig();
   c["vision_config"]["vision_use_head"] = true;
   EXPECT_FALSE(ParseHfConfigLite(c.dump(), "cfg.json").ok());
@@ -59,8 +69,9 @@ TEST(HfMappingTest, QkvIsFusedPerKvGroupAndGateUpAsGateThenUp) {
   const std::string t = "language_model.model.layers.1.self_attn.";
   ASSERT_EQ(qkv->pieces.size(), 6u);
   const std::vector<std::tuple<std::string, int64_t, int64_t>> want = {
-      {t + "q_proj.weight", 0, 16}, {t + "k_proj.weight", 0, 8}, {t + "v_proj.weight", 0, 8},
-      {t + "q_proj.weight", 16, 32}, {t + "k_proj.weight", 8, 16}, {t + "v_proj.weight", 8, 16}};
+      {t + "q_proj.weight", 0, 16}, {t + "k_proj.weight", 0, 8},
+      {t + "v_proj.weight", 0, 8},  {t + "q_proj.weight", 16, 32},
+      {t + "k_proj.weight", 8, 16}, {t + "v_proj.weight", 8, 16}};
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_EQ(qkv->pieces[i].hf_name, std::get<0>(want[i]));
     EXPECT_EQ(qkv->pieces[i].row_begin, std::get<1>(want[i]));
@@ -68,26 +79,38 @@ TEST(HfMappingTest, QkvIsFusedPerKvGroupAndGateUpAsGateThenUp) {
   }
   ASSERT_NE(gate_up, nullptr);
   ASSERT_EQ(gate_up->pieces.size(), 2u);
-  EXPECT_EQ(gate_up->pieces[0].hf_name, "language_model.model.layers.1.mlp.gate_proj.weight");
-  EXPECT_EQ(gate_up->pieces[1].hf_name, "language_model.model.layers.1.mlp.up_proj.weight");
+  EXPECT_EQ(gate_up->pieces[0].hf_name,
+            "language_model.model.layers.1.mlp.gate_proj.weight");
+  EXPECT_EQ(gate_up->pieces[1].hf_name,
+            "language_model.model.layers.1.mlp.up_proj.weight");
   // Every HF tensor is used, once per row.
   std::map<std::string, int64_t> rows_used;
   for (const auto& p : m->params)
-    for (const auto& piece : p.pieces) rows_used[piece.hf_name] += piece.row_end - piece.row_begin;
-  for (const auto& t2 : m->hf_tensors) EXPECT_EQ(rows_used[t2.hf_name], t2.shape.empty() ? 1 : t2.shape[0]) << t2.hf_name;
+    for (const auto& piece : p.pieces)
+      rows_used[piece.hf_name] += piece.row_end - piece.row_begin;
+  for (const auto& t2 : m->hf_tensors)
+    EXPECT_EQ(rows_used[t2.hf_name], t2.shape.empty() ? 1 : t2.shape[0])
+        << t2.hf_name;
   EXPECT_EQ(rows_used.size(), m->hf_tensors.size());
 }
 
 TEST(HfMappingTest, AllKnownKeyLayoutsMapToOneSpelling) {
   auto vl = ParseHfConfigLite(VlConfig().dump(), "cfg.json");
   const std::pair<const char*, const char*> vl_cases[] = {
-      {"language_model.model.layers.0.mlp.up_proj.weight", "language_model.model.layers.0.mlp.up_proj.weight"},
-      {"model.language_model.layers.0.mlp.up_proj.weight", "language_model.model.layers.0.mlp.up_proj.weight"},
-      {"vision_tower.vision_model.encoder.layers.0.mlp.fc1.bias", "vision_tower.encoder.layers.0.mlp.fc1.bias"},
-      {"model.vision_tower.vision_model.post_layernorm.weight", "vision_tower.post_layernorm.weight"},
-      {"model.vision_tower.embeddings.patch_embedding.weight", "vision_tower.embeddings.patch_embedding.weight"},
-      {"vision_tower.encoder.layers.0.layer_norm1.weight", "vision_tower.encoder.layers.0.layer_norm1.weight"},
-      {"model.multi_modal_projector.mm_input_projection_weight", "multi_modal_projector.mm_input_projection_weight"},
+      {"language_model.model.layers.0.mlp.up_proj.weight",
+       "language_model.model.layers.0.mlp.up_proj.weight"},
+      {"model.language_model.layers.0.mlp.up_proj.weight",
+       "language_model.model.layers.0.mlp.up_proj.weight"},
+      {"vision_tower.vision_model.encoder.layers.0.mlp.fc1.bias",
+       "vision_tower.encoder.layers.0.mlp.fc1.bias"},
+      {"model.vision_tower.vision_model.post_layernorm.weight",
+       "vision_tower.post_layernorm.weight"},
+      {"model.vision_tower.embeddings.patch_embedding.weight",
+       "vision_tower.embeddings.patch_embedding.weight"},
+      {"vision_tower.encoder.layers.0.layer_norm1.weight",
+       "vision_tower.encoder.layers.0.layer_norm1.weight"},
+      {"model.multi_modal_projector.mm_input_projection_weight",
+       "multi_modal_projector.mm_input_projection_weight"},
       {"lm_head.weight", ""},
       {"language_model.lm_head.weight", ""},
   };
@@ -96,7 +119,8 @@ TEST(HfMappingTest, AllKnownKeyLayoutsMapToOneSpelling) {
     ASSERT_TRUE(r.ok()) << in;
     EXPECT_EQ(*r, out) << in;
   }
-  EXPECT_TRUE(absl::IsNotFound(CanonicalHfName("encoder.layers.0.x", *vl).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(CanonicalHfName("encoder.layers.0.x", *vl).status()));
 
   json tc = VlConfig()["text_config"];
   tc["model_type"] = "gemma3_text";
@@ -104,15 +128,17 @@ TEST(HfMappingTest, AllKnownKeyLayoutsMapToOneSpelling) {
   ASSERT_TRUE(text.ok());
   EXPECT_FALSE(text->vision);
   EXPECT_EQ(*CanonicalHfName("model.norm.weight", *text), "model.norm.weight");
-  EXPECT_EQ(*CanonicalHfName("model.language_model.norm.weight", *text), "model.norm.weight");
+  EXPECT_EQ(*CanonicalHfName("model.language_model.norm.weight", *text),
+            "model.norm.weight");
   EXPECT_EQ(*CanonicalHfName("lm_head.weight", *text), "");
   EXPECT_FALSE(CanonicalHfName("vision_tower.encoder.x", *text).ok());
 }
 
 TEST(HfMappingTest, ModernizeKeepsNewConfigsAndConvertsOldOnes) {
   json c = VlConfig();
-  c["text_config"]["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", 1e6}}},
-                                         {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 1e4}}}};
+  c["text_config"]["rope_parameters"] = {
+      {"full_attention", {{"rope_type", "default"}, {"rope_theta", 1e6}}},
+      {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 1e4}}}};
   c["text_config"]["layer_types"] = {"sliding_attention", "full_attention"};
   c["dtype"] = "bfloat16";
   auto same = ModernizeHfConfig(c.dump(), "cfg.json");
@@ -127,9 +153,13 @@ TEST(HfMappingTest, ModernizeKeepsNewConfigsAndConvertsOldOnes) {
   ASSERT_TRUE(modern.ok());
   json m = json::parse(*modern);
   EXPECT_EQ(m["dtype"], "bfloat16");
-  EXPECT_EQ(m["text_config"]["rope_parameters"]["full_attention"]["rope_type"], "linear");
-  EXPECT_EQ(m["text_config"]["rope_parameters"]["full_attention"]["factor"], 8.0);
-  EXPECT_EQ(m["text_config"]["rope_parameters"]["sliding_attention"]["rope_theta"], 10000.0);
+  EXPECT_EQ(m["text_config"]["rope_parameters"]["full_attention"]["rope_type"],
+            "linear");
+  EXPECT_EQ(m["text_config"]["rope_parameters"]["full_attention"]["factor"],
+            8.0);
+  EXPECT_EQ(
+      m["text_config"]["rope_parameters"]["sliding_attention"]["rope_theta"],
+      10000.0);
   EXPECT_EQ(m["text_config"]["layer_types"].size(), 2u);
   EXPECT_FALSE(ModernizeHfConfig("[]", "cfg.json").ok());
 }

@@ -1,5 +1,8 @@
 #include "model/param_table.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -9,7 +12,8 @@
 namespace gemma {
 namespace {
 
-ParamSpec Spec(std::string pattern, SplitKind split, int blocks = 1, bool kv_groups = false) {
+ParamSpec Spec(std::string pattern, SplitKind split, int blocks = 1,
+               bool kv_groups = false) {
   ParamSpec s;
   s.pattern = std::move(pattern);
   s.split = split;
@@ -25,7 +29,8 @@ std::string ToPattern(absl::string_view name) {
   size_t p = out.find(key);
   if (p == std::string::npos) return out;
   size_t b = p + key.size(), e = b;
-  while (e < out.size() && std::isdigit(static_cast<unsigned char>(out[e]))) ++e;
+  while (e < out.size() && std::isdigit(static_cast<unsigned char>(out[e])))
+    ++e;
   if (e == b || e >= out.size() || out[e] != '.') return out;
   return out.substr(0, b) + "{i}" + out.substr(e);
 }
@@ -79,16 +84,20 @@ absl::StatusOr<ParamSpec> LookupParam(absl::string_view name) {
       return out;
     }
   }
-  return absl::NotFoundError(absl::StrCat("parameter '", name, "' is not in the parameter table"));
+  return absl::NotFoundError(
+      absl::StrCat("parameter '", name, "' is not in the parameter table"));
 }
 
-absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec, const std::vector<int64_t>& shape,
-                                         const ShardDims& dims, int tp, int rank) {
+absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
+                                         const std::vector<int64_t>& shape,
+                                         const ShardDims& dims, int tp,
+                                         int rank) {
   auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor '", spec.name, "': cannot split ", tp, " ways: ", why));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", spec.name, "': cannot split ", tp, " ways: ", why));
   };
-  if (tp < 1 || rank < 0 || rank >= tp) return bad(absl::StrCat("bad rank ", rank));
+  if (tp < 1 || rank < 0 || rank >= tp)
+    return bad(absl::StrCat("bad rank ", rank));
   ShardLayout l;
   l.shard_shape = shape;
   const int64_t rows = shape.empty() ? 1 : shape[0];
@@ -100,9 +109,11 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec, const std::vecto
       if (shape.empty()) return bad("scalar");
       if (spec.kv_groups) {
         if (dims.num_kv_heads < 1 || dims.num_kv_heads % tp != 0) {
-          return bad(absl::StrCat("num_key_value_heads ", dims.num_kv_heads, " is not a multiple of tp"));
+          return bad(absl::StrCat("num_key_value_heads ", dims.num_kv_heads,
+                                  " is not a multiple of tp"));
         }
-        if (rows % dims.num_kv_heads != 0) return bad("rows are not whole KV groups");
+        if (rows % dims.num_kv_heads != 0)
+          return bad("rows are not whole KV groups");
       }
       if (rows % tp != 0) return bad(absl::StrCat(rows, " rows"));
       const int64_t per = rows / tp;
@@ -111,12 +122,15 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec, const std::vecto
       return l;
     }
     case SplitKind::kRowBlocks: {
-      if (shape.empty() || spec.blocks < 1 || rows % spec.blocks != 0) return bad("rows not in equal blocks");
+      if (shape.empty() || spec.blocks < 1 || rows % spec.blocks != 0)
+        return bad("rows not in equal blocks");
       const int64_t block = rows / spec.blocks;
-      if (block % tp != 0) return bad(absl::StrCat("block of ", block, " rows"));
+      if (block % tp != 0)
+        return bad(absl::StrCat("block of ", block, " rows"));
       const int64_t per = block / tp;
       for (int k = 0; k < spec.blocks; ++k) {
-        l.ranges.push_back({k * block + rank * per, k * block + (rank + 1) * per});
+        l.ranges.push_back(
+            {k * block + rank * per, k * block + (rank + 1) * per});
       }
       l.shard_shape[0] = per * spec.blocks;
       return l;
@@ -151,7 +165,8 @@ int64_t VirtualTensor::cols() const {
   return c;
 }
 
-VirtualTensor VirtualTensor::Contiguous(const uint8_t* data, std::vector<int64_t> shape,
+VirtualTensor VirtualTensor::Contiguous(const uint8_t* data,
+                                        std::vector<int64_t> shape,
                                         size_t elem_size) {
   VirtualTensor v;
   v.shape = std::move(shape);
@@ -163,7 +178,8 @@ VirtualTensor VirtualTensor::Contiguous(const uint8_t* data, std::vector<int64_t
 void VirtualTensor::AddRows(int64_t row0, int64_t nrows, const uint8_t* data) {
   if (nrows <= 0) return;
   const int64_t c = cols();
-  blocks.push_back({row0, row0 + nrows, 0, c, data, c * static_cast<int64_t>(elem_size)});
+  blocks.push_back(
+      {row0, row0 + nrows, 0, c, data, c * static_cast<int64_t>(elem_size)});
 }
 
 void VirtualTensor::AddShard(const ShardLayout& layout, const uint8_t* data) {
@@ -186,13 +202,40 @@ void VirtualTensor::AddShard(const ShardLayout& layout, const uint8_t* data) {
   }
 }
 
+void Prefetch(const VirtualTensor& src, const ShardLayout& layout) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const int64_t esize = static_cast<int64_t>(src.elem_size);
+  for (const auto& blk : src.blocks) {
+    int64_t r0 = blk.row0, r1 = blk.row1;
+    if (layout.dim == 0) {  // only the rows some range needs
+      int64_t lo = r1, hi = r0;
+      for (auto [b, e] : layout.ranges) {
+        lo = std::min(lo, std::max(b, blk.row0));
+        hi = std::max(hi, std::min(e, blk.row1));
+      }
+      if (lo >= hi) continue;
+      r0 = lo;
+      r1 = hi;
+    }
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(
+        blk.base + (r0 - blk.row0) * blk.row_stride);
+    const uintptr_t end =
+        begin + static_cast<uintptr_t>((r1 - r0 - 1) * blk.row_stride +
+                                       (blk.col1 - blk.col0) * esize);
+    const uintptr_t aligned = begin / page * page;
+    (void)::madvise(reinterpret_cast<void*>(aligned), end - aligned,
+                    MADV_WILLNEED);
+  }
+}
+
 int64_t ShardBytes(const ShardLayout& layout, size_t elem_size) {
   int64_t n = static_cast<int64_t>(elem_size);
   for (int64_t d : layout.shard_shape) n *= d;
   return n;
 }
 
-absl::Status CopyShard(const VirtualTensor& src, const ShardLayout& layout, uint8_t* dst) {
+absl::Status CopyShard(const VirtualTensor& src, const ShardLayout& layout,
+                       uint8_t* dst) {
   const int64_t esize = static_cast<int64_t>(src.elem_size);
   const int64_t rows = src.rows(), cols = src.cols();
   int64_t copied = 0, expected = 0;
@@ -203,7 +246,8 @@ absl::Status CopyShard(const VirtualTensor& src, const ShardLayout& layout, uint
       const int64_t real_end = std::min(e, rows);
       expected += std::max<int64_t>(real_end - b, 0) * cols;
       for (const auto& blk : src.blocks) {
-        const int64_t r0 = std::max(b, blk.row0), r1 = std::min(real_end, blk.row1);
+        const int64_t r0 = std::max(b, blk.row0),
+                      r1 = std::min(real_end, blk.row1);
         if (r0 >= r1) continue;
         uint8_t* out = dst + (out_row + r0 - b) * row_bytes + blk.col0 * esize;
         const uint8_t* in = blk.base + (r0 - blk.row0) * blk.row_stride;
@@ -220,8 +264,9 @@ absl::Status CopyShard(const VirtualTensor& src, const ShardLayout& layout, uint
         copied += (r1 - r0) * (blk.col1 - blk.col0);
       }
       if (e > real_end) {
-        std::memset(dst + (out_row + real_end - b) * row_bytes, 0,
-                    static_cast<size_t>((e - std::max(real_end, b)) * row_bytes));
+        std::memset(
+            dst + (out_row + real_end - b) * row_bytes, 0,
+            static_cast<size_t>((e - std::max(real_end, b)) * row_bytes));
       }
       out_row += e - b;
     }
@@ -249,14 +294,15 @@ absl::Status CopyShard(const VirtualTensor& src, const ShardLayout& layout, uint
     }
   }
   if (copied != expected) {
-    return absl::InternalError(absl::StrCat("source pieces cover ", copied, " of ", expected,
-                                            " elements needed"));
+    return absl::InternalError(absl::StrCat(
+        "source pieces cover ", copied, " of ", expected, " elements needed"));
   }
   return absl::OkStatus();
 }
 
 absl::Status CopyRows(const VirtualTensor& src,
-                      const std::vector<std::pair<int64_t, int64_t>>& ranges, uint8_t* dst) {
+                      const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                      uint8_t* dst) {
   ShardLayout l;
   l.dim = 0;
   l.ranges = ranges;

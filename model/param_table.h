@@ -7,18 +7,20 @@
 // cuts either dim 0 (rows) or dim 1 (columns of a 2-D weight) into one or more
 // index ranges; the shard is those ranges concatenated in order.
 //
-//   GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam("text.layers.3.mlp.gate_up.weight"));
-//   GEMMA_ASSIGN_OR_RETURN(ShardLayout l, ComputeShard(spec, {2 * I, H}, dims, tp, rank));
-//   CopyShard(VirtualTensor::Contiguous(bytes, {2 * I, H}, 2), l, dst);
+//   GEMMA_ASSIGN_OR_RETURN(ParamSpec spec,
+//   LookupParam("text.layers.3.mlp.gate_up.weight"));
+//   GEMMA_ASSIGN_OR_RETURN(ShardLayout l, ComputeShard(spec, {2 * I, H}, dims,
+//   tp, rank)); CopyShard(VirtualTensor::Contiguous(bytes, {2 * I, H}, 2), l,
+//   dst);
 #ifndef GEMMA_MODEL_PARAM_TABLE_H_
 #define GEMMA_MODEL_PARAM_TABLE_H_
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace gemma {
 
@@ -27,14 +29,16 @@ enum class SplitKind {
   kRows,        // dim 0 split evenly (text qkv: whole KV groups)
   kRowBlocks,   // dim 0 = `blocks` equal blocks, each split evenly (gate_up)
   kCols,        // dim 1 split evenly (row-parallel o, down)
-  kVocabRows,   // dim 0 split evenly after padding up to a multiple of tp (embed)
+  kVocabRows,   // dim 0 split evenly after padding up to a multiple of tp
+                // (embed)
 };
 
 struct ParamSpec {
   std::string name;     // the concrete name looked up
-  std::string pattern;  // table entry, layers as {i} ("text.layers.{i}.attn.qkv.weight")
+  std::string pattern;  // table entry, layers as {i}
+                        // ("text.layers.{i}.attn.qkv.weight")
   SplitKind split = SplitKind::kReplicated;
-  int blocks = 1;       // kRowBlocks only
+  int blocks = 1;          // kRowBlocks only
   bool kv_groups = false;  // kRows: the split must fall on KV-group boundaries
 };
 
@@ -60,8 +64,10 @@ struct ShardLayout {
 
 // INVALID_ARGUMENT (naming the tensor) when the tensor cannot be split `tp`
 // ways (e.g. KV heads not divisible by tp, odd block sizes).
-absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec, const std::vector<int64_t>& shape,
-                                         const ShardDims& dims, int tp, int rank);
+absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
+                                         const std::vector<int64_t>& shape,
+                                         const ShardDims& dims, int tp,
+                                         int rank);
 
 // A tensor's bytes gathered from pieces that need not be contiguous: each
 // block covers the global rectangle rows [row0, row1) x cols [col0, col1) of
@@ -80,24 +86,32 @@ struct VirtualTensor {
   int64_t rows() const;
   int64_t cols() const;
   // One contiguous buffer holding the whole tensor.
-  static VirtualTensor Contiguous(const uint8_t* data, std::vector<int64_t> shape,
-                                  size_t elem_size);
+  static VirtualTensor Contiguous(const uint8_t* data,
+                                  std::vector<int64_t> shape, size_t elem_size);
   // Adds `nrows` full rows starting at global row `row0` from `data`.
   void AddRows(int64_t row0, int64_t nrows, const uint8_t* data);
-  // Adds a shard of `layout` held contiguously at `data` (the inverse of CopyShard).
+  // Adds a shard of `layout` held contiguously at `data` (the inverse of
+  // CopyShard).
   void AddShard(const ShardLayout& layout, const uint8_t* data);
 };
+
+// Asks the kernel to start reading the pages of `src` that `layout` needs
+// (madvise WILLNEED; for memory-mapped sources, a no-op hint otherwise), so
+// disk reads overlap the copy of the previous tensor.
+void Prefetch(const VirtualTensor& src, const ShardLayout& layout);
 
 // Bytes of the shard described by `layout`.
 int64_t ShardBytes(const ShardLayout& layout, size_t elem_size);
 
 // Copies the shard `layout` of `src` to `dst` (ShardBytes bytes, row-major
 // shard). Padding rows are zeroed. INTERNAL when `src` lacks a needed element.
-absl::Status CopyShard(const VirtualTensor& src, const ShardLayout& layout, uint8_t* dst);
+absl::Status CopyShard(const VirtualTensor& src, const ShardLayout& layout,
+                       uint8_t* dst);
 
 // Copies rows `ranges` (dim 0, concatenated) of `src` to `dst`.
 absl::Status CopyRows(const VirtualTensor& src,
-                      const std::vector<std::pair<int64_t, int64_t>>& ranges, uint8_t* dst);
+                      const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                      uint8_t* dst);
 
 }  // namespace gemma
 

@@ -14,13 +14,16 @@ using ::testing::HasSubstr;
 std::vector<int32_t> Global(int64_t rows, int64_t cols) {
   std::vector<int32_t> g(rows * cols);
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) g[r * cols + c] = static_cast<int32_t>(1000 * r + c);
+    for (int64_t c = 0; c < cols; ++c)
+      g[r * cols + c] = static_cast<int32_t>(1000 * r + c);
   return g;
 }
 
-std::vector<int32_t> Shard(const std::vector<int32_t>& g, const std::vector<int64_t>& shape,
+std::vector<int32_t> Shard(const std::vector<int32_t>& g,
+                           const std::vector<int64_t>& shape,
                            const ShardLayout& l) {
-  VirtualTensor v = VirtualTensor::Contiguous(reinterpret_cast<const uint8_t*>(g.data()), shape, 4);
+  VirtualTensor v = VirtualTensor::Contiguous(
+      reinterpret_cast<const uint8_t*>(g.data()), shape, 4);
   std::vector<int32_t> out(ShardBytes(l, 4) / 4, -1);
   absl::Status s = CopyShard(v, l, reinterpret_cast<uint8_t*>(out.data()));
   EXPECT_TRUE(s.ok()) << s;
@@ -29,20 +32,27 @@ std::vector<int32_t> Shard(const std::vector<int32_t>& g, const std::vector<int6
 
 TEST(ParamTableTest, EveryContractNameIsInTheTable) {
   for (const char* name :
-       {"text.embed.weight", "text.layers.0.attn.qkv.weight", "text.layers.33.mlp.gate_up.weight",
-        "text.layers.2.attn.o.weight", "text.layers.2.mlp.down.weight", "text.final_norm.weight",
+       {"text.embed.weight", "text.layers.0.attn.qkv.weight",
+        "text.layers.33.mlp.gate_up.weight", "text.layers.2.attn.o.weight",
+        "text.layers.2.mlp.down.weight", "text.final_norm.weight",
         "text.layers.7.attn.k_norm.weight", "vision.layers.26.attn.qkv.bias",
-        "vision.patch_embed.weight", "projector.proj.weight", "projector.norm.weight"}) {
+        "vision.patch_embed.weight", "projector.proj.weight",
+        "projector.norm.weight"}) {
     EXPECT_TRUE(LookupParam(name).ok()) << name;
   }
-  EXPECT_EQ(LookupParam("text.layers.3.attn.qkv.weight")->split, SplitKind::kRows);
-  EXPECT_EQ(LookupParam("text.layers.3.attn.o.weight")->split, SplitKind::kCols);
-  EXPECT_EQ(LookupParam("text.layers.3.mlp.gate_up.weight")->split, SplitKind::kRowBlocks);
+  EXPECT_EQ(LookupParam("text.layers.3.attn.qkv.weight")->split,
+            SplitKind::kRows);
+  EXPECT_EQ(LookupParam("text.layers.3.attn.o.weight")->split,
+            SplitKind::kCols);
+  EXPECT_EQ(LookupParam("text.layers.3.mlp.gate_up.weight")->split,
+            SplitKind::kRowBlocks);
   EXPECT_EQ(LookupParam("text.embed.weight")->split, SplitKind::kVocabRows);
-  EXPECT_EQ(LookupParam("vision.layers.0.attn.qkv.weight")->split, SplitKind::kReplicated);
+  EXPECT_EQ(LookupParam("vision.layers.0.attn.qkv.weight")->split,
+            SplitKind::kReplicated);
   auto bad = LookupParam("text.layers.x.attn.qkv.weight");
   EXPECT_TRUE(absl::IsNotFound(bad.status()));
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("text.layers.x.attn.qkv.weight"));
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("text.layers.x.attn.qkv.weight"));
 }
 
 TEST(ParamTableTest, QkvSplitsByWholeKvGroups) {
@@ -60,14 +70,17 @@ TEST(ParamTableTest, QkvSplitsByWholeKvGroups) {
       ASSERT_EQ(static_cast<int64_t>(s.size()), groups * 8 * cols);
       for (int64_t i = 0; i < groups * 8; ++i) {
         const int64_t global_row = (r * groups) * 8 + i;
-        for (int64_t c = 0; c < cols; ++c) EXPECT_EQ(s[i * cols + c], 1000 * global_row + c);
+        for (int64_t c = 0; c < cols; ++c)
+          EXPECT_EQ(s[i * cols + c], 1000 * global_row + c);
       }
     }
   }
   auto l = ComputeShard(spec, {rows, cols}, dims, 8, 0);
   EXPECT_FALSE(l.ok());
-  EXPECT_THAT(std::string(l.status().message()), HasSubstr("text.layers.0.attn.qkv.weight"));
-  EXPECT_THAT(std::string(l.status().message()), HasSubstr("num_key_value_heads 4"));
+  EXPECT_THAT(std::string(l.status().message()),
+              HasSubstr("text.layers.0.attn.qkv.weight"));
+  EXPECT_THAT(std::string(l.status().message()),
+              HasSubstr("num_key_value_heads 4"));
 }
 
 TEST(ParamTableTest, GateUpShardIsGateSliceThenUpSlice) {
@@ -79,8 +92,10 @@ TEST(ParamTableTest, GateUpShardIsGateSliceThenUpSlice) {
     ASSERT_TRUE(l.ok());
     auto s = Shard(g, {2 * I, H}, *l);
     std::vector<int32_t> want;
-    for (int64_t i = r * 2; i < r * 2 + 2; ++i) for (int64_t c = 0; c < H; ++c) want.push_back(1000 * i + c);
-    for (int64_t i = I + r * 2; i < I + r * 2 + 2; ++i) for (int64_t c = 0; c < H; ++c) want.push_back(1000 * i + c);
+    for (int64_t i = r * 2; i < r * 2 + 2; ++i)
+      for (int64_t c = 0; c < H; ++c) want.push_back(1000 * i + c);
+    for (int64_t i = I + r * 2; i < I + r * 2 + 2; ++i)
+      for (int64_t c = 0; c < H; ++c) want.push_back(1000 * i + c);
     EXPECT_EQ(s, want) << "rank " << r;
   }
   EXPECT_FALSE(ComputeShard(spec, {2 * I, H}, {}, 4, 0).ok());
@@ -106,7 +121,8 @@ TEST(ParamTableTest, VocabSplitPadsWithZeroRows) {
   EXPECT_EQ(l->padded_rows, 1);
   EXPECT_EQ(l->shard_shape, (std::vector<int64_t>{4, H}));
   auto s = Shard(g, {V, H}, *l);
-  EXPECT_EQ(s, (std::vector<int32_t>{4000, 4001, 5000, 5001, 6000, 6001, 0, 0}));
+  EXPECT_EQ(s,
+            (std::vector<int32_t>{4000, 4001, 5000, 5001, 6000, 6001, 0, 0}));
 }
 
 // Shards of every kind assemble back to the exact global tensor, including
@@ -125,7 +141,8 @@ TEST(ParamTableTest, ShardsAssembleBackExactlyAcrossTpSizes) {
   ShardDims dims{4};
   for (const Case& c : cases) {
     const int64_t rows = c.shape[0];
-    const int64_t cols = std::accumulate(c.shape.begin() + 1, c.shape.end(), int64_t{1}, std::multiplies<>());
+    const int64_t cols = std::accumulate(c.shape.begin() + 1, c.shape.end(),
+                                         int64_t{1}, std::multiplies<>());
     auto g = Global(rows, cols);
     auto spec = *LookupParam(c.name);
     for (int from_tp : {1, 2, 4}) {
@@ -141,18 +158,23 @@ TEST(ParamTableTest, ShardsAssembleBackExactlyAcrossTpSizes) {
         shards.push_back(Shard(g, c.shape, *l));
       }
       const int used = spec.split == SplitKind::kReplicated ? 1 : from_tp;
-      for (int r = 0; r < used; ++r) v.AddShard(layouts[r], reinterpret_cast<const uint8_t*>(shards[r].data()));
+      for (int r = 0; r < used; ++r)
+        v.AddShard(layouts[r],
+                   reinterpret_cast<const uint8_t*>(shards[r].data()));
       std::vector<int32_t> back(g.size(), -1);
       ShardLayout whole;
       whole.ranges = {{0, rows}};
-      ASSERT_TRUE(CopyShard(v, whole, reinterpret_cast<uint8_t*>(back.data())).ok());
+      ASSERT_TRUE(
+          CopyShard(v, whole, reinterpret_cast<uint8_t*>(back.data())).ok());
       EXPECT_EQ(back, g) << c.name << " tp " << from_tp;
       for (int to_tp : {1, 2, 4}) {
         for (int r = 0; r < to_tp; ++r) {
           auto l = ComputeShard(spec, c.shape, dims, to_tp, r);
           std::vector<int32_t> got(ShardBytes(*l, 4) / 4, -1);
-          ASSERT_TRUE(CopyShard(v, *l, reinterpret_cast<uint8_t*>(got.data())).ok());
-          EXPECT_EQ(got, Shard(g, c.shape, *l)) << c.name << " " << from_tp << "->" << to_tp;
+          ASSERT_TRUE(
+              CopyShard(v, *l, reinterpret_cast<uint8_t*>(got.data())).ok());
+          EXPECT_EQ(got, Shard(g, c.shape, *l))
+              << c.name << " " << from_tp << "->" << to_tp;
         }
       }
     }

@@ -9,9 +9,10 @@
 // after the last tensor, and every tensor's byte count must equal
 // numel * dtype size.
 //
-//   GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open("/m/model.safetensors"));
-//   const TensorInfo* t = file->Find("model.norm.weight");
-//   absl::Span<const uint8_t> bytes = file->Bytes(*t);   // a view into the mapping
+//   GEMMA_ASSIGN_OR_RETURN(auto file,
+//   SafetensorsFile::Open("/m/model.safetensors")); const TensorInfo* t =
+//   file->Find("model.norm.weight"); absl::Span<const uint8_t> bytes =
+//   file->Bytes(*t);   // a view into the mapping
 //
 // Every error is an absl::Status whose message names the file and the tensor
 // or field at fault. This header does not include LibTorch; the tensor views
@@ -25,12 +26,12 @@
 #include <map>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace gemma {
@@ -76,13 +77,12 @@ struct SafetensorsHeader {
 // Parses the JSON header text `json` of a file whose data region holds
 // `data_size` bytes and validates it (see the format comment above). `file`
 // only names the file in error messages. Never crashes on any input.
-absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json,
-                                                         uint64_t data_size,
-                                                         absl::string_view file);
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
+    absl::string_view json, uint64_t data_size, absl::string_view file);
 
 // Parses a whole file image (length prefix, header, data) held in memory.
-absl::StatusOr<SafetensorsHeader> ParseSafetensorsImage(absl::Span<const uint8_t> image,
-                                                        absl::string_view file);
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsImage(
+    absl::Span<const uint8_t> image, absl::string_view file);
 
 // A read-only memory-mapped safetensors file. Thread-safe after Open (it is
 // immutable). Views returned by Bytes() stay valid while the object lives;
@@ -91,7 +91,8 @@ class SafetensorsFile {
  public:
   // Maps and validates `path`. NOT_FOUND when it does not exist,
   // DATA_LOSS / INVALID_ARGUMENT for malformed files.
-  static absl::StatusOr<std::shared_ptr<const SafetensorsFile>> Open(const std::string& path);
+  static absl::StatusOr<std::shared_ptr<const SafetensorsFile>> Open(
+      const std::string& path);
 
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -99,7 +100,9 @@ class SafetensorsFile {
 
   const std::string& path() const { return path_; }
   const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
-  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  const std::map<std::string, std::string>& metadata() const {
+    return header_.metadata;
+  }
   // nullptr when absent.
   const TensorInfo* Find(absl::string_view name) const;
   // As Find, but NOT_FOUND naming the file and tensor when absent.
@@ -130,12 +133,16 @@ class SafetensorsWriter {
   using FillFn = std::function<absl::Status(uint8_t* dst)>;
 
   // INVALID_ARGUMENT on a duplicate name or negative dimension.
-  absl::Status Add(std::string name, DType dtype, std::vector<int64_t> shape, FillFn fill);
+  absl::Status Add(std::string name, DType dtype, std::vector<int64_t> shape,
+                   FillFn fill);
   // Convenience: `bytes` (numel * dtype size of them) are copied at Write
   // time, so they must stay valid until then.
-  absl::Status AddBytes(std::string name, DType dtype, std::vector<int64_t> shape,
+  absl::Status AddBytes(std::string name, DType dtype,
+                        std::vector<int64_t> shape,
                         absl::Span<const uint8_t> bytes);
-  void SetMetadata(std::map<std::string, std::string> metadata) { metadata_ = std::move(metadata); }
+  void SetMetadata(std::map<std::string, std::string> metadata) {
+    metadata_ = std::move(metadata);
+  }
 
   // Total bytes Write() will produce.
   uint64_t FileSize() const;

@@ -1,7 +1,8 @@
 // libFuzzer target: the safetensors header parser on arbitrary file images.
-// Build with clang (cmake -DCMAKE_CXX_COMPILER=clang++-14 -DGEMMA_BUILD_FUZZ=ON)
-// and run e.g. `safetensors_header_fuzz -max_total_time=60 corpus/`.
-// Crashes, sanitizer reports and broken invariants of accepted headers are bugs.
+// Build with clang (cmake -DCMAKE_CXX_COMPILER=clang++-14
+// -DGEMMA_BUILD_FUZZ=ON) and run e.g. `safetensors_header_fuzz
+// -max_total_time=60 corpus/`. Crashes, sanitizer reports and broken invariants
+// of accepted headers are bugs.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -18,7 +19,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint64_t covered = 0;
   for (const gemma::TensorInfo& t : header->tensors) {
     if (t.begin != covered) std::abort();
-    if (t.nbytes() != static_cast<uint64_t>(t.numel()) * gemma::DTypeSize(t.dtype)) std::abort();
+    if (t.nbytes() !=
+        static_cast<uint64_t>(t.numel()) * gemma::DTypeSize(t.dtype))
+      std::abort();
     covered = t.end;
   }
   if (covered != size - 8 - n) std::abort();

@@ -18,17 +18,22 @@ namespace gemma::testing {
 class TempDir {
  public:
   TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "gemma-fmt-XXXXXX").string();
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "gemma-fmt-XXXXXX").string();
     path_ = ::mkdtemp(tmpl.data());
   }
   // Not std::filesystem::remove_all: it crashes in binaries linked to
   // LibTorch 2.11 (libtorch.so exports a broken copy).
   ~TempDir() {
-    auto rm = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+    auto rm = [](const char* p, const struct stat*, int, struct FTW*) {
+      return ::remove(p);
+    };
     ::nftw(path_.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS);
   }
   const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  std::string operator/(const std::string& name) const {
+    return path_ + "/" + name;
+  }
 
  private:
   std::string path_;
@@ -55,8 +60,8 @@ inline RunResult Run(const std::string& cmd) {
 
 // Runs tests/formats/SCRIPT with the venv python.
 inline RunResult RunPython(const std::string& script, const std::string& args) {
-  return Run(std::string(GEMMA_PYTHON_EXE) + " " + GEMMA_SOURCE_DIR + "/tests/formats/" + script +
-             " " + args);
+  return Run(std::string(GEMMA_PYTHON_EXE) + " " + GEMMA_SOURCE_DIR +
+             "/tests/formats/" + script + " " + args);
 }
 
 inline std::string ReadFile(const std::string& path) {
