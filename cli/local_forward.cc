@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/local_model.h"
+#include "model/weights.h"
 #include "common/flags.h"
 #include "common/status_macros.h"
 #include "model/config.h"
@@ -122,48 +123,14 @@ absl::Status WriteSafetensors(
       return absl::DataLossError(absl::StrCat(tmp, ": write failed"));
   }
   std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) ec = std::error_code(errno, std::generic_category());
   if (ec)
     return absl::InternalError(
         absl::StrCat(path, ": rename failed: ", ec.message()));
   return absl::OkStatus();
 }
 
-absl::StatusOr<Gemma3Model> LoadLocalModel(const std::string& dir) {
-  GEMMA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  std::map<std::string, at::Tensor> weights;
-  std::vector<std::filesystem::path> files;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    if (entry.path().extension() == ".safetensors")
-      files.push_back(entry.path());
-  }
-  if (ec) return absl::NotFoundError(absl::StrCat(dir, ": ", ec.message()));
-  if (files.empty())
-    return absl::NotFoundError(absl::StrCat(dir, ": no *.safetensors files"));
-  // model*.safetensors when there are such files (other files may hold inputs).
-  std::vector<std::filesystem::path> model_files;
-  for (const auto& f : files) {
-    if (f.filename().string().rfind("model", 0) == 0) model_files.push_back(f);
-  }
-  if (!model_files.empty()) files = model_files;
-  std::sort(files.begin(), files.end());
-  for (const auto& f : files) {
-    GEMMA_ASSIGN_OR_RETURN(auto part, ReadSafetensors(f.string()));
-    for (auto& [name, t] : part) {
-      if (!weights.emplace(name, t).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(f.string(), ": ", name, " also in another file"));
-      }
-    }
-  }
-  auto model = BuildGemma3Model(config, weights);
-  if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat(dir, ": ", model.status().message()));
-  }
-  return model;
-}
+absl::StatusOr<Gemma3Model> LoadLocalModel(const std::string& dir) { return LoadModel(dir); }
 
 int LocalForwardMain(int argc, char** argv) {
   FlagSet flags("gemmactl local forward",

@@ -14,8 +14,8 @@
 
 namespace gemma::cli {
 
-// Builds the model in `dir`: config.json + the weights in our names from
-// model*.safetensors, or from every *.safetensors when no file is so named.
+// Builds the model in `dir`: our checkpoint, an HF folder, or config.json +
+// safetensors in our names (model/weights.h).
 absl::StatusOr<Gemma3Model> LoadLocalModel(const std::string& dir);
 
 // Minimal safetensors I/O for the local commands (F32, BF16, F16, I64, I32).

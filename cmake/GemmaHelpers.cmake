@@ -28,6 +28,12 @@ endfunction()
 # gemma_torch_pch(target): reuse one precompiled <torch/torch.h> for a target.
 # The first call creates the PCH; later targets reuse it (same flags required).
 function(gemma_torch_pch target)
+  # Executables compile as PIE, libraries as PIC: a PCH made for one is
+  # refused by the other, so only libraries share it.
+  get_target_property(_type ${target} TYPE)
+  if(_type STREQUAL "EXECUTABLE")
+    return()
+  endif()
   if(NOT TARGET gemma_torch_pch_host)
     add_library(gemma_torch_pch_host STATIC ${CMAKE_SOURCE_DIR}/cmake/pch_host.cc)
     target_link_libraries(gemma_torch_pch_host PUBLIC gemma_torch)

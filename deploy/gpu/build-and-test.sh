@@ -12,6 +12,9 @@ build="${GEMMA_GPU_BUILD:-/tmp/gemma-gpu-build}"
 python="${GEMMA_PYTHON:-$(command -v python3)}"
 mkdir -p "$prefix"
 for f in "$root"/.carry/debs/*.deb; do dpkg -x "$f" "$prefix"; done
+# The runtime packages ship the real files; make the SONAME links ldconfig would.
+ldconfig -n "$prefix/usr/lib/x86_64-linux-gnu"
+export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 torch_prefix="$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \

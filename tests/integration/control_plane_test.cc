@@ -93,8 +93,8 @@ class ControlPlaneTest : public ::testing::Test {
 TEST_F(ControlPlaneTest,
        GangSchedulingRunsSmallJobsSideBySideAndHoldsTheBigOne) {
   Start(4);
-  const std::string a = Submit(Recipe(1, 2, 30, 50));
-  const std::string b = Submit(Recipe(2, 1, 30, 50));
+  const std::string a = Submit(Recipe(1, 2, 120, 50));
+  const std::string b = Submit(Recipe(2, 1, 120, 50));
   const std::string c = Submit(Recipe(2, 2, 3, 0));
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -119,10 +119,10 @@ TEST_F(ControlPlaneTest,
   // Progress reached the coordinator: rank 0 reported the last step with its
   // throughput.
   json aj = Get(a);
-  EXPECT_EQ(aj["progress"]["step"], "30");
+  EXPECT_EQ(aj["progress"]["step"], "120");
   EXPECT_GT(aj["progress"]["metrics"]["gflops"].get<double>(), 0.0);
   ASSERT_EQ(cluster_.Ctl({"logs", a}, &out), 0);
-  EXPECT_THAT(out, HasSubstr("rank 1 step 30/30"));
+  EXPECT_THAT(out, HasSubstr("rank 1 step 120/120"));
   ASSERT_EQ(cluster_.Ctl({"list", "--state", "succeeded"}, &out), 0);
   EXPECT_THAT(out, HasSubstr(c));
 }
@@ -154,7 +154,7 @@ TEST_F(ControlPlaneTest, FollowExitCodeIdempotentSubmitAndCancel) {
 
 TEST_F(ControlPlaneTest, KilledWorkerFailsItsAttemptAndTheJobRetriesElsewhere) {
   Start(3);
-  const std::string j = Submit(Recipe(1, 2, 40, 50, /*max_restarts=*/2));
+  const std::string j = Submit(Recipe(1, 2, 120, 50, /*max_restarts=*/2));
   ASSERT_TRUE(WaitState(j, "RUNNING")) << Logs();
   json jj = Get(j);
   const std::string victim = jj["attempts"][0]["ranks"][1]["worker"];
@@ -435,7 +435,7 @@ TEST_F(ControlPlaneTest, RankWithoutProgressPastItsStepTimeoutIsHung) {
 
 TEST_F(ControlPlaneTest, RetriedAttemptWaitsForANewlyAttachedWorker) {
   Start(2);
-  const std::string j = Submit(Recipe(1, 2, 40, 50, /*max_restarts=*/1));
+  const std::string j = Submit(Recipe(1, 2, 120, 50, /*max_restarts=*/1));
   ASSERT_TRUE(WaitState(j, "RUNNING")) << Logs();
   cluster_.worker(1).Stop(SIGKILL);
   // One worker left: the retry waits and says why.

@@ -147,7 +147,7 @@ TEST(LocalCliTest, BadArgumentsAreReported) {
                  "/nonexistent/model", "--prompt-ids", "2,3"},
                 &output),
             1);
-  EXPECT_THAT(output, HasSubstr("/nonexistent/model: cannot open"));
+  EXPECT_THAT(output, HasSubstr("/nonexistent/model: not a model folder"));
   EXPECT_EQ(testing::RunProgram(
                 {testing::BinPath("gemmactl"), "local", "generate", "--model",
                  Case("text_mha"), "--prompt-ids", "2,99999"},

@@ -317,6 +317,9 @@ def run_case(case, out_dir, max_new_tokens=8):
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(d, "model.safetensors"))
     save_file({k: v.contiguous() for k, v in inputs.items()}, os.path.join(d, "inputs.safetensors"))
+    # The model as transformers saves it: C++ loads it straight from HF, and
+    # after HF -> our checkpoint (TP=2) conversion, and must give the same logits.
+    model.save_pretrained(os.path.join(d, "hf"))
     # Gradients of a fixed random linear functional of the logits (the training
     # path): loss = mean(logits * probe), every parameter's grad in our layout.
     probe = torch.randn(logits.shape, generator=torch.Generator().manual_seed(seed + 1))

@@ -19,7 +19,9 @@
 
 #include "model/config.h"
 #include "model/generate.h"
+#include "model/convert.h"
 #include "model/vl_model.h"
+#include "model/weights.h"
 #include "tests/parity/raw_tensors.h"
 
 namespace gemma {
@@ -28,6 +30,13 @@ namespace {
 std::string DataDir() {
   if (const char* env = std::getenv("GEMMA_PARITY_DATA")) return env;
   return std::string(GEMMA_BINARY_DIR) + "/parity_data";
+}
+
+// GEMMA_TEST_DEVICE=cuda runs the suite on the GPU (fp32 with TF32 off, so the
+// same 1e-4 bound holds); the default is the CPU.
+torch::Device TestDevice() {
+  const char* env = std::getenv("GEMMA_TEST_DEVICE");
+  return torch::Device(env != nullptr && *env != '\0' ? env : "cpu");
 }
 
 struct Case {
@@ -77,7 +86,14 @@ class ParityTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     torch::set_num_threads(1);
     ASSERT_NO_FATAL_FAILURE(LoadCase(GetParam(), &case_));
+    if (device_.is_cuda()) {
+      at::globalContext().setAllowTF32CuBLAS(false);
+      at::globalContext().setAllowTF32CuDNN(false);
+    }
+    case_.model->to(device_);
+    for (auto& [name, t] : case_.io) t = t.to(device_);
   }
+  const torch::Device device_ = TestDevice();
   Case case_;
 };
 
@@ -91,6 +107,32 @@ TEST_P(ParityTest, ForwardLogitsMatchTransformers) {
   EXPECT_LE(diff, kTolerance) << "max|diff| / max|ref| = " << diff;
   std::cout << "[parity] " << GetParam() << " forward rel diff " << diff
             << "\n";
+}
+
+TEST_P(ParityTest, ForwardFromHfFolderAndFromConvertedTp2CheckpointMatchesTransformers) {
+  // The user's path: the folder transformers saved, read by our HF mapping
+  // (q/k/v and gate/up fused on load), and the same after HF -> our sharded
+  // checkpoint at TP=2 (TP=1 where the KV heads do not split in two).
+  torch::NoGradGuard no_grad;
+  const std::string hf = case_.dir + "/hf";
+  const int tp = case_.config.text.num_kv_heads % 2 == 0 ? 2 : 1;
+  const std::string ckpt = case_.dir + "/ckpt-tp" + std::to_string(tp);
+  ConvertOptions opt;
+  opt.tp = tp;
+  opt.overwrite = true;
+  auto stats = ConvertHfToCheckpoint(hf, ckpt, opt);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  for (const std::string& dir : {hf, ckpt}) {
+    auto model = LoadModel(dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    (*model)->to(device_);
+    auto logits = (*model)->Forward(PromptOf(case_.io));
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    const double diff = RelMaxDiff(*logits, case_.io.at("logits"));
+    EXPECT_LE(diff, kTolerance) << dir << ": max|diff| / max|ref| = " << diff;
+    std::cout << "[parity] " << GetParam() << " from " << dir.substr(case_.dir.size() + 1)
+              << " rel diff " << diff << "\n";
+  }
 }
 
 TEST_P(ParityTest, GradientsMatchTransformers) {
@@ -110,7 +152,7 @@ TEST_P(ParityTest, GradientsMatchTransformers) {
     ASSERT_TRUE(p.value().grad().defined()) << p.key();
     ASSERT_EQ(p.value().grad().sizes(), r.sizes()) << p.key();
     const double scale = r.abs().max().item<double>();
-    const double diff = (p.value().grad() - r).abs().max().item<double>();
+    const double diff = (p.value().grad().cpu() - r).abs().max().item<double>();
     EXPECT_LE(diff, kTolerance * scale + 1e-9)
         << p.key() << ": max|diff| " << diff << ", max|ref| " << scale;
     const double rel = scale > 0 ? diff / scale : diff;
@@ -152,11 +194,11 @@ void CheckGreedy(Case& c, bool use_cache, const std::string& name) {
   opts.use_cache = use_cache;
   auto result = Generate(c.model, PromptOf(c.io), opts);
   ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_TRUE(torch::equal(result->tokens, ref_tokens))
+  EXPECT_TRUE(torch::equal(result->tokens.cpu(), ref_tokens.cpu()))
       << "ours " << result->tokens << "\nHF " << ref_tokens;
   const torch::Tensor& ref_logits = c.io.at("greedy_step_logits");
   ASSERT_EQ(result->step_logits.sizes(), ref_logits.sizes());
-  const double diff = RelMaxDiff(result->step_logits, ref_logits);
+  const double diff = RelMaxDiff(result->step_logits.cpu(), ref_logits.cpu());
   EXPECT_LE(diff, kTolerance)
       << "decode step logits: max|diff| / max|ref| = " << diff;
   std::cout << "[parity] " << name << (use_cache ? " cached" : " uncached")

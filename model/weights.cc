@@ -1,0 +1,132 @@
+#include "model/weights.h"
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+#include "model/convert.h"
+#include "model/hf_mapping.h"
+#include "model/param_table.h"
+#include "model/safetensors_torch.h"
+
+namespace gemma {
+namespace {
+
+std::vector<std::string> SafetensorsFiles(const std::string& dir) {
+  std::vector<std::string> files;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (absl::EndsWith(name, ".safetensors")) files.push_back(dir + "/" + name);
+    }
+    closedir(d);
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Every tensor of `source` at TP=1, copied out of the mappings.
+absl::StatusOr<std::map<std::string, at::Tensor>> Materialize(GlobalTensorSource& source,
+                                                              const ShardDims& dims) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& e : source.entries()) {
+    GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
+    GEMMA_ASSIGN_OR_RETURN(ShardLayout layout, ComputeShard(spec, e.shape, dims, 1, 0));
+    GEMMA_ASSIGN_OR_RETURN(VirtualTensor global, source.Global(e.name));
+    at::Tensor t = torch::empty(layout.shard_shape, torch::dtype(ToScalarType(e.dtype)));
+    GEMMA_RETURN_IF_ERROR(CopyShard(global, layout, static_cast<uint8_t*>(t.data_ptr())));
+    out.emplace(e.name, std::move(t));
+  }
+  return out;
+}
+
+// Files holding our names: every key of the first model file starts with one
+// of our prefixes.
+bool HoldsOurNames(const std::vector<std::string>& files) {
+  if (files.empty()) return false;
+  auto file = SafetensorsFile::Open(files.front());
+  if (!file.ok() || (*file)->tensors().empty()) return false;
+  for (const auto& t : (*file)->tensors()) {
+    if (!absl::StartsWith(t.name, "text.") && !absl::StartsWith(t.name, "vision.") &&
+        !absl::StartsWith(t.name, "projector.")) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir) {
+  ModelWeights w;
+  if (PathExists(dir + "/manifest.json")) {
+    w.kind = "checkpoint";
+    GEMMA_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(dir));
+    w.config_json = reader->config_json();
+    GEMMA_ASSIGN_OR_RETURN(w.tensors, Materialize(*reader, reader->manifest().dims));
+    return w;
+  }
+  if (!PathExists(dir + "/config.json")) {
+    return absl::NotFoundError(absl::StrCat(
+        dir, ": not a model folder (no manifest.json of our checkpoint, no config.json)"));
+  }
+  GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadText(dir + "/config.json"));
+  std::vector<std::string> files = SafetensorsFiles(dir);
+  std::vector<std::string> model_files;
+  for (const auto& f : files) {
+    if (absl::StrContains(f.substr(dir.size()), "/model")) model_files.push_back(f);
+  }
+  if (!model_files.empty()) files = model_files;
+  if (files.empty()) return absl::NotFoundError(absl::StrCat(dir, ": no *.safetensors files"));
+
+  if (!PathExists(dir + "/model.safetensors.index.json") && HoldsOurNames(files)) {
+    w.kind = "ours";
+    for (const auto& path : files) {
+      GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+      for (const auto& info : file->tensors()) {
+        GEMMA_ASSIGN_OR_RETURN(at::Tensor view, TensorView(file, info.name));
+        if (!w.tensors.emplace(info.name, view.clone()).second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": tensor '", info.name, "' also in another file"));
+        }
+      }
+    }
+    return w;
+  }
+  w.kind = "hf";
+  GEMMA_ASSIGN_OR_RETURN(auto source, OpenHfFolder(dir));
+  GEMMA_ASSIGN_OR_RETURN(HfConfigLite lite, ParseHfConfigLite(w.config_json, dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(w.tensors, Materialize(*source, ShardDims{lite.num_kv_heads}));
+  return w;
+}
+
+absl::StatusOr<Gemma3Model> LoadModel(const std::string& dir) {
+  GEMMA_ASSIGN_OR_RETURN(ModelWeights w, LoadModelWeights(dir));
+  GEMMA_ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfigText(w.config_json, dir));
+  for (auto& [name, t] : w.tensors) t = t.to(torch::kFloat32);
+  auto model = BuildGemma3Model(config, w.tensors);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat(dir, " (", w.kind, "): ", model.status().message()));
+  }
+  return model;
+}
+
+}  // namespace gemma

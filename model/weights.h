@@ -1,0 +1,40 @@
+// Opening a model folder, whatever it holds, as our modules want it: the HF
+// config text and every weight under our names (MODEL_NAMES: text.*, vision.*,
+// projector.*) at TP=1. Three kinds of folder are understood:
+//   - our sharded checkpoint (manifest.json + rank-NNNNN.safetensors, any TP):
+//     the global tensors are assembled from the rank files;
+//   - a Hugging Face folder (config.json + model.safetensors, or shards with
+//     model.safetensors.index.json; any key layout model/hf_mapping.h reads):
+//     q/k/v and gate/up are fused on the way (model/hf_mapping.h);
+//   - a folder of safetensors already in our names (config.json + *.safetensors
+//     whose keys start with text.).
+// Tensors keep their stored dtype (bf16, fp16, fp32) and live on the CPU.
+#ifndef GEMMA_MODEL_WEIGHTS_H_
+#define GEMMA_MODEL_WEIGHTS_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/vl_model.h"
+
+namespace gemma {
+
+struct ModelWeights {
+  std::string config_json;  // the HF config.json text
+  std::string kind;         // "checkpoint", "hf" or "ours"
+  std::map<std::string, at::Tensor> tensors;
+};
+
+// Errors name the folder and the file or tensor at fault (NOT_FOUND when the
+// folder holds none of the three kinds).
+absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir);
+
+// LoadModelWeights + the config parsed + BuildGemma3Model (fp32 weights).
+absl::StatusOr<Gemma3Model> LoadModel(const std::string& dir);
+
+}  // namespace gemma
+
+#endif  // GEMMA_MODEL_WEIGHTS_H_
