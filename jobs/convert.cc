@@ -28,11 +28,13 @@ class ConvertJob : public Job {
     if (ctx.Cancelled()) return absl::CancelledError("convert cancelled before it started");
     ConvertOptions opt;
     opt.tp = c.tp() > 0 ? c.tp() : 1;
-    // Progress at most every 1% of the bytes, so the session is not flooded.
-    uint64_t next_report = 0;
+    // Progress at most once a second (and at the start), so that neither the
+    // session nor a `gemmactl submit --follow` screen is flooded.
+    auto last_report = std::chrono::steady_clock::time_point();
     opt.progress = [&](uint64_t done, uint64_t total) {
-      if (done < next_report && done != total) return;
-      next_report = done + std::max<uint64_t>(total / 100, 1);
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_report < std::chrono::seconds(1)) return;
+      last_report = now;
       ctx.Progress(static_cast<int64_t>(done), static_cast<int64_t>(total), {});
     };
     const bool to_hf = c.to() == "hf";
