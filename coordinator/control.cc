@@ -28,8 +28,10 @@ int64_t LoadCounter(Store* store, const char* name) {
   return v;
 }
 
-v1::Failure MakeFailure(v1::FailureReason reason, std::string message,
-                        int rank = -1, std::string worker = "") {
+}  // namespace
+
+v1::Failure MakeFailure(v1::FailureReason reason, std::string message, int rank,
+                        std::string worker) {
   v1::Failure f;
   f.set_reason(reason);
   f.set_message(std::move(message));
@@ -37,8 +39,6 @@ v1::Failure MakeFailure(v1::FailureReason reason, std::string message,
   f.set_worker(std::move(worker));
   return f;
 }
-
-}  // namespace
 
 ControlState::ControlState(Store* store, ControlOptions options)
     : store_(store), options_(std::move(options)) {}

@@ -12,16 +12,6 @@ namespace {
 
 int64_t Ms(absl::Time t) { return absl::ToUnixMillis(t); }
 
-v1::Failure MakeFailure(v1::FailureReason reason, std::string message, int rank,
-                        std::string worker) {
-  v1::Failure f;
-  f.set_reason(reason);
-  f.set_message(std::move(message));
-  f.set_rank(rank);
-  f.set_worker(std::move(worker));
-  return f;
-}
-
 }  // namespace
 
 // ---- WorkerSession
