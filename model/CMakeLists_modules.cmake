@@ -14,6 +14,7 @@ add_library(gemma_model_modules STATIC
   siglip.cc
   vl_model.cc
   generate.cc
+  loss.cc
 )
 target_include_directories(gemma_model_modules PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(gemma_model_modules PUBLIC gemma_model_config gemma_common gemma_torch)
@@ -24,3 +25,6 @@ gemma_add_test(NAME model_config_test SOURCES config_test.cc
 gemma_add_test(NAME model_layers_test SOURCES layers_test.cc
                LIBS gemma_model_modules LABELS model)
 gemma_torch_pch(model_layers_test)
+gemma_add_test(NAME model_loss_test SOURCES loss_test.cc
+               LIBS gemma_model_modules LABELS model)
+gemma_torch_pch(model_loss_test)

@@ -148,19 +148,41 @@ torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype) {
   return torch::where(allowed, zero, low).unsqueeze(1);
 }
 
+// ---- Projection
+// --------------------------------------------------------------
+ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias)
+    : in_features(in), out_features(out) {
+  // torch::nn::Linear's default initialisation (Kaiming-uniform, a = sqrt 5).
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  weight = register_parameter("weight",
+                              torch::empty({out, in}).uniform_(-bound, bound));
+  if (with_bias) {
+    bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+  }
+}
+
+torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
+  if (adapter_) return adapter_->Forward(x, weight, bias);
+  return torch::nn::functional::linear(x, weight, bias);
+}
+
+void ProjectionImpl::SetAdapter(const std::string& name,
+                                std::shared_ptr<ProjectionAdapter> adapter) {
+  if (adapter_) unregister_module(adapter_name_);
+  adapter_ = std::move(adapter);
+  adapter_name_ = adapter_ ? name : "";
+  if (adapter_) register_module(name, adapter_);
+}
+
 // ---- Attention
 // ---------------------------------------------------------------
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
   const int64_t hd = options.head_dim();
   const int64_t rows = (options.num_heads() + 2 * options.num_kv_heads()) * hd;
-  qkv = register_module(
-      "qkv",
-      torch::nn::Linear(
-          torch::nn::LinearOptions(options.hidden_size(), rows).bias(false)));
-  o = register_module(
-      "o", torch::nn::Linear(torch::nn::LinearOptions(options.num_heads() * hd,
-                                                      options.hidden_size())
-                                 .bias(false)));
+  qkv = register_module("qkv",
+                        Projection(options.hidden_size(), rows, /*bias=*/false));
+  o = register_module("o", Projection(options.num_heads() * hd,
+                                      options.hidden_size(), /*bias=*/false));
   q_norm = register_module(
       "q_norm", RMSNorm(RMSNormOptions(hd).eps(options.rms_norm_eps())));
   k_norm = register_module(
@@ -204,15 +226,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
 // ---------------------------------------------------------------------
 GatedMlpImpl::GatedMlpImpl(const GatedMlpOptions& opts) : options(opts) {
   gate_up = register_module(
-      "gate_up", torch::nn::Linear(
-                     torch::nn::LinearOptions(options.hidden_size(),
-                                              2 * options.intermediate_size())
-                         .bias(false)));
-  down = register_module(
-      "down",
-      torch::nn::Linear(torch::nn::LinearOptions(options.intermediate_size(),
-                                                 options.hidden_size())
-                            .bias(false)));
+      "gate_up", Projection(options.hidden_size(),
+                            2 * options.intermediate_size(), /*bias=*/false));
+  down = register_module("down", Projection(options.intermediate_size(),
+                                            options.hidden_size(),
+                                            /*bias=*/false));
 }
 
 torch::Tensor GatedMlpImpl::forward(const torch::Tensor& x) {

@@ -20,10 +20,11 @@
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <utility>
 
 #include "model/config.h"
@@ -111,6 +112,51 @@ torch::Tensor BlockIdsFromTokenTypes(const torch::Tensor& token_type_ids);
 torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids,
                                       int64_t batch);
 
+// ---- Projection
+// --------------------------------------------------------------
+class ProjectionImpl;
+
+// Something that changes what a Projection computes (LoRA, DoRA: see
+// model/lora.h). It is registered as a submodule of the projection it is
+// attached to, so its parameters appear in named_parameters() under the
+// projection's name ("...attn.qkv.lora.a", ...).
+class ProjectionAdapter : public torch::nn::Module {
+ public:
+  // The projection's output for x [..., in]: the adapter decides how the
+  // frozen weight [out, in] (and bias [out] or undefined) enter it.
+  virtual torch::Tensor Forward(const torch::Tensor& x,
+                                const torch::Tensor& weight,
+                                const torch::Tensor& bias) = 0;
+};
+
+// y = x W^T (+ b): a linear layer whose parameters are "weight" [out, in] and
+// optionally "bias" [out], like torch::nn::Linear, with one adapter slot.
+// Every learned matrix of the model is one (qkv, o, gate_up, down; the
+// vision tower's qkv, o, fc1, fc2), so adapters and tensor-parallel wrappers
+// have one place to hook in.
+class ProjectionImpl : public torch::nn::Module {
+ public:
+  ProjectionImpl(int64_t in_features, int64_t out_features, bool bias);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  // Attaches `adapter` as submodule `name` (replacing one of that name), or
+  // with a null adapter removes it.
+  void SetAdapter(const std::string& name,
+                  std::shared_ptr<ProjectionAdapter> adapter);
+  const std::shared_ptr<ProjectionAdapter>& adapter() const { return adapter_; }
+  const std::string& adapter_name() const { return adapter_name_; }
+
+  int64_t in_features;
+  int64_t out_features;
+  torch::Tensor weight;
+  torch::Tensor bias;  // undefined without bias
+
+ private:
+  std::shared_ptr<ProjectionAdapter> adapter_;
+  std::string adapter_name_;
+};
+TORCH_MODULE(Projection);
+
 // ---- Attention
 // ---------------------------------------------------------------
 struct AttentionOptions {
@@ -147,8 +193,8 @@ class AttentionImpl : public torch::nn::Module {
                         LayerKvCache* cache = nullptr);
 
   AttentionOptions options;
-  torch::nn::Linear qkv{nullptr};
-  torch::nn::Linear o{nullptr};
+  Projection qkv{nullptr};
+  Projection o{nullptr};
   RMSNorm q_norm{nullptr};
   RMSNorm k_norm{nullptr};
 };
@@ -171,8 +217,8 @@ class GatedMlpImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   GatedMlpOptions options;
-  torch::nn::Linear gate_up{nullptr};
-  torch::nn::Linear down{nullptr};
+  Projection gate_up{nullptr};
+  Projection down{nullptr};
 };
 TORCH_MODULE(GatedMlp);
 

@@ -8,8 +8,8 @@ namespace gemma {
 
 SiglipAttentionImpl::SiglipAttentionImpl(int64_t hidden_size, int64_t heads)
     : num_heads(heads) {
-  qkv = register_module("qkv", torch::nn::Linear(hidden_size, 3 * hidden_size));
-  o = register_module("o", torch::nn::Linear(hidden_size, hidden_size));
+  qkv = register_module("qkv", Projection(hidden_size, 3 * hidden_size, true));
+  o = register_module("o", Projection(hidden_size, hidden_size, true));
 }
 
 torch::Tensor SiglipAttentionImpl::forward(const torch::Tensor& x) {
@@ -31,9 +31,9 @@ torch::Tensor SiglipAttentionImpl::forward(const torch::Tensor& x) {
 
 SiglipMlpImpl::SiglipMlpImpl(int64_t hidden_size, int64_t intermediate_size) {
   fc1 =
-      register_module("fc1", torch::nn::Linear(hidden_size, intermediate_size));
+      register_module("fc1", Projection(hidden_size, intermediate_size, true));
   fc2 =
-      register_module("fc2", torch::nn::Linear(intermediate_size, hidden_size));
+      register_module("fc2", Projection(intermediate_size, hidden_size, true));
 }
 
 torch::Tensor SiglipMlpImpl::forward(const torch::Tensor& x) {

@@ -18,13 +18,13 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include <vector>
 
 #include "model/config.h"
+#include "model/layers.h"
 
 namespace gemma {
 
@@ -35,8 +35,8 @@ class SiglipAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);  // [N, S, Hv] -> [N, S, Hv]
 
   int64_t num_heads;
-  torch::nn::Linear qkv{nullptr};
-  torch::nn::Linear o{nullptr};
+  Projection qkv{nullptr};
+  Projection o{nullptr};
 };
 TORCH_MODULE(SiglipAttention);
 
@@ -45,8 +45,8 @@ class SiglipMlpImpl : public torch::nn::Module {
   SiglipMlpImpl(int64_t hidden_size, int64_t intermediate_size);
   torch::Tensor forward(const torch::Tensor& x);
 
-  torch::nn::Linear fc1{nullptr};
-  torch::nn::Linear fc2{nullptr};
+  Projection fc1{nullptr};
+  Projection fc2{nullptr};
 };
 TORCH_MODULE(SiglipMlp);
 

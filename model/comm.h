@@ -1,0 +1,77 @@
+// The collectives a model shard and a trainer need, independent of the
+// transport. worker/comm.h builds them on LibTorch's c10d (NCCL on GPUs, Gloo
+// on CPUs) from the attempt's layout; SingleRankComm is the one-rank case, so
+// the same code runs unchanged without a process group.
+//
+// Contract: every rank of the group calls the same collectives in the same
+// order with tensors of the same shape and dtype; calls block until the
+// result is in place. Failures (a peer died, the group was aborted) throw
+// c10::Error; after Abort() every pending and later call throws instead of
+// hanging.
+#ifndef GEMMA_MODEL_COMM_H_
+#define GEMMA_MODEL_COMM_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gemma {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place: t = sum over ranks of t.
+  virtual void AllReduceSum(at::Tensor& t) = 0;
+  // In place: t = max over ranks of t.
+  virtual void AllReduceMax(at::Tensor& t) = 0;
+  // Concatenation of every rank's `t` along `dim` (rank order).
+  virtual at::Tensor AllGather(const at::Tensor& t, int64_t dim) = 0;
+  // In place: t = root's t.
+  virtual void Broadcast(at::Tensor& t, int root) = 0;
+  // `t` split along dim 0 into size() equal parts; returns the sum over ranks
+  // of part rank() (reduce-scatter).
+  virtual at::Tensor ReduceScatterSum(const at::Tensor& t) = 0;
+  // Sends inputs[r] to rank r and returns what each rank sent here (sizes may
+  // differ; all-to-all with variable splits along dim 0).
+  virtual std::vector<at::Tensor> AllToAll(
+      const std::vector<at::Tensor>& inputs) = 0;
+  virtual void Barrier() = 0;
+  // Makes pending and later collectives fail instead of waiting for peers.
+  virtual void Abort() {}
+  virtual std::string backend() const = 0;  // "gloo", "nccl", "single"
+};
+
+// The one-rank group: every collective is the identity.
+class SingleRankComm : public Comm {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void AllReduceSum(at::Tensor&) override {}
+  void AllReduceMax(at::Tensor&) override {}
+  at::Tensor AllGather(const at::Tensor& t, int64_t) override { return t; }
+  void Broadcast(at::Tensor&, int) override {}
+  at::Tensor ReduceScatterSum(const at::Tensor& t) override { return t; }
+  std::vector<at::Tensor> AllToAll(
+      const std::vector<at::Tensor>& inputs) override {
+    return inputs;
+  }
+  void Barrier() override {}
+  std::string backend() const override { return "single"; }
+};
+
+// The groups of one rank in a tp x dp layout (ep re-slices the world).
+// Ranks are laid out TP-fastest: rank = dp_index * tp + tp_index.
+struct ParallelGroups {
+  std::shared_ptr<Comm> world = std::make_shared<SingleRankComm>();
+  std::shared_ptr<Comm> tp = std::make_shared<SingleRankComm>();
+  std::shared_ptr<Comm> dp = std::make_shared<SingleRankComm>();
+  std::shared_ptr<Comm> ep = std::make_shared<SingleRankComm>();
+};
+
+}  // namespace gemma
+
+#endif  // GEMMA_MODEL_COMM_H_

@@ -1,0 +1,120 @@
+#include "model/loss.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace gemma {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// Forward computes loss, and the gradients for a unit upstream gradient;
+// backward scales them by the upstream gradient.
+class FusedLinearCrossEntropy
+    : public torch::autograd::Function<FusedLinearCrossEntropy> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const torch::Tensor& h,
+                             const torch::Tensor& weight,
+                             const torch::Tensor& targets, double softcap,
+                             int64_t chunk, int64_t ignore_index) {
+    const int64_t n = h.size(0);
+    const bool need_h = h.requires_grad();
+    const bool need_w = weight.requires_grad();
+    torch::Tensor loss = torch::zeros({}, h.options().dtype(torch::kFloat));
+    torch::Tensor correct = torch::zeros({}, targets.options());
+    torch::Tensor grad_h = need_h ? torch::zeros_like(h) : torch::Tensor();
+    torch::Tensor grad_w_acc =
+        need_w ? torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat))
+               : torch::Tensor();
+    for (int64_t s = 0; s < n; s += chunk) {
+      const int64_t len = std::min(chunk, n - s);
+      torch::Tensor hc = h.narrow(0, s, len);
+      torch::Tensor tc = targets.narrow(0, s, len);
+      torch::Tensor valid = tc.ne(ignore_index);
+      torch::Tensor safe = torch::where(valid, tc, torch::zeros_like(tc));
+      torch::Tensor z = torch::matmul(hc, weight.t()).to(torch::kFloat);
+      torch::Tensor t;  // tanh(z / cap) when capped
+      if (softcap > 0) {
+        t = torch::tanh(z / softcap);
+        z = t * softcap;
+      }
+      torch::Tensor logp = torch::log_softmax(z, -1);
+      torch::Tensor picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1);
+      loss -= (picked * valid.to(torch::kFloat)).sum();
+      correct += (z.argmax(1).eq(tc) & valid).sum();
+      if (!need_h && !need_w) continue;
+      // d(-log p_y)/dz = softmax - onehot(y), zero on ignored rows.
+      torch::Tensor g = logp.exp_();
+      g.scatter_add_(1, safe.unsqueeze(1),
+                     -torch::ones({len, 1}, g.options()));
+      g.mul_(valid.to(torch::kFloat).unsqueeze(1));
+      if (softcap > 0) g.mul_(1 - t * t);
+      torch::Tensor gd = g.to(h.scalar_type());
+      if (need_h) grad_h.narrow(0, s, len).copy_(torch::matmul(gd, weight));
+      if (need_w) grad_w_acc.add_(torch::matmul(g.t(), hc.to(torch::kFloat)));
+    }
+    ctx->save_for_backward({grad_h, need_w ? grad_w_acc.to(weight.scalar_type())
+                                           : torch::Tensor()});
+    ctx->mark_non_differentiable({correct});
+    return {loss, correct};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor go = grads[0];
+    torch::Tensor gh, gw;
+    if (saved[0].defined()) gh = saved[0] * go.to(saved[0].scalar_type());
+    if (saved[1].defined()) gw = saved[1] * go.to(saved[1].scalar_type());
+    return {gh, gw, torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+LmLoss TokenLoss(const at::Tensor& h, const at::Tensor& weight,
+                 const at::Tensor& targets, const LmLossOptions& options) {
+  TORCH_CHECK(h.dim() == 2 && weight.dim() == 2 && h.size(1) == weight.size(1),
+              "TokenLoss: hidden ", h.sizes(), " does not match head weight ",
+              weight.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == h.size(0),
+              "TokenLoss: targets ", targets.sizes(), " for hidden ",
+              h.sizes());
+  torch::Tensor tg = targets.to(torch::kLong);
+  auto out = FusedLinearCrossEntropy::apply(
+      h, weight, tg, options.softcap, std::max<int64_t>(1, options.chunk_tokens),
+      options.ignore_index);
+  LmLoss r;
+  r.loss_sum = out[0];
+  r.correct = out[1];
+  r.tokens = tg.ne(options.ignore_index).sum();
+  return r;
+}
+
+LmLoss CausalLmLoss(const at::Tensor& hidden, const at::Tensor& weight,
+                    const at::Tensor& labels, const LmLossOptions& options) {
+  TORCH_CHECK(hidden.dim() == 3 && labels.dim() == 2 &&
+                  hidden.size(0) == labels.size(0) &&
+                  hidden.size(1) == labels.size(1),
+              "CausalLmLoss: hidden ", hidden.sizes(), " and labels ",
+              labels.sizes(), " differ in batch or length");
+  const int64_t b = hidden.size(0), t = hidden.size(1), hs = hidden.size(2);
+  if (t < 2) {
+    LmLoss r;
+    r.loss_sum = (hidden.sum() * 0).to(torch::kFloat);
+    r.tokens = torch::zeros({}, labels.options().dtype(torch::kLong));
+    r.correct = r.tokens.clone();
+    return r;
+  }
+  torch::Tensor h = hidden.narrow(1, 0, t - 1).reshape({b * (t - 1), hs});
+  torch::Tensor y = labels.narrow(1, 1, t - 1).reshape({b * (t - 1)});
+  // Only rows with a target enter the head (prompt tokens are most rows).
+  torch::Tensor keep = y.ne(options.ignore_index).nonzero().squeeze(1);
+  return TokenLoss(h.index_select(0, keep), weight, y.index_select(0, keep),
+                   options);
+}
+
+}  // namespace gemma
