@@ -118,7 +118,13 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
       spec.kv_offset = 0;
       spec.kv_len = l;
     }
-    bias[t] = BuildAttentionBias(spec, dtype);
+    // Plain causal attention needs no bias (flash attention under SDPA).
+    const bool plain_causal = in.cache == nullptr &&
+                              !spec.padding.defined() &&
+                              !spec.block_ids.defined() &&
+                              !spec.segment_ids.defined() &&
+                              (window <= 0 || window >= l);
+    if (!plain_causal) bias[t] = BuildAttentionBias(spec, dtype);
     std::tie(cos[t], sin[t]) = RopeCosSin(
         type == LayerType::kFull ? inv_freq_full_ : inv_freq_sliding_,
         position_ids, dtype);

@@ -2,7 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "model/kv_cache.h"
 
@@ -174,6 +177,37 @@ void ProjectionImpl::SetAdapter(const std::string& name,
   if (adapter_) register_module(name, adapter_);
 }
 
+// ---- Attention kernels
+// -------------------------------------------------------
+namespace {
+AttentionKernel KernelFromEnv() {
+  const char* v = std::getenv("GEMMA_ATTENTION");
+  if (v == nullptr) return AttentionKernel::kAuto;
+  const std::string s(v);
+  if (s == "eager") return AttentionKernel::kEager;
+  if (s == "sdpa") return AttentionKernel::kSdpa;
+  return AttentionKernel::kAuto;
+}
+std::atomic<AttentionKernel>& KernelChoice() {
+  static std::atomic<AttentionKernel> choice{KernelFromEnv()};
+  return choice;
+}
+}  // namespace
+
+void SetAttentionKernel(AttentionKernel kernel) { KernelChoice() = kernel; }
+AttentionKernel GetAttentionKernel() { return KernelChoice(); }
+bool UseSdpa(const torch::Tensor& q) {
+  switch (GetAttentionKernel()) {
+    case AttentionKernel::kEager:
+      return false;
+    case AttentionKernel::kSdpa:
+      return true;
+    case AttentionKernel::kAuto:
+      break;
+  }
+  return q.is_cuda();
+}
+
 // ---- Attention
 // ---------------------------------------------------------------
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
@@ -207,19 +241,46 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
   q = ApplyRope(q_norm(q), cos, sin);
   k = ApplyRope(k_norm(k), cos, sin);
   if (cache != nullptr) std::tie(k, v) = cache->Update(k, v);
+  const double scale = std::pow(options.query_pre_attn_scalar(), -0.5);
+  const int64_t t = k.size(2);
+  TORCH_CHECK(bias.defined() || t == l,
+              "Attention: plain causal attention (no bias) needs no cache");
+  const bool sdpa = UseSdpa(q);
+  if (sdpa && !bias.defined()) {
+    // Plain causal: flash attention, grouped-query heads without copies.
+    torch::Tensor out = at::scaled_dot_product_attention(
+        q, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale,
+        /*enable_gqa=*/g > 1);
+    return o(out.transpose(1, 2).reshape({b, l, nq * hd}));
+  }
   if (g > 1) {
-    const int64_t t = k.size(2);
     k = k.unsqueeze(2).expand({b, nkv, g, t, hd}).reshape({b, nq, t, hd});
     v = v.unsqueeze(2).expand({b, nkv, g, t, hd}).reshape({b, nq, t, hd});
   }
-  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) *
-                         std::pow(options.query_pre_attn_scalar(), -0.5);
-  if (bias.defined()) scores = scores + bias;
-  torch::Tensor probs =
-      torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  torch::Tensor out =
-      torch::matmul(probs, v).transpose(1, 2).reshape({b, l, nq * hd});
-  return o(out);
+  torch::Tensor mask = bias;
+  if (!mask.defined()) {
+    MaskSpec spec;
+    spec.batch = b;
+    spec.q_len = l;
+    spec.kv_len = t;
+    spec.device = x.device();
+    mask = BuildAttentionBias(spec, q.scalar_type());
+  }
+  torch::Tensor out;
+  if (sdpa) {
+    // A boolean mask: with the additive lowest-value bias, rows whose keys
+    // are all masked (left padding) get garbage gradients from the fused
+    // kernels' log-sum-exp; with booleans such rows give 0 (HF's eager gives
+    // the mean of the values there; no real token sees the difference).
+    out = at::scaled_dot_product_attention(q, k, v, mask.eq(0), 0.0, false,
+                                           scale);
+  } else {
+    torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) * scale + mask;
+    torch::Tensor probs =
+        torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+    out = torch::matmul(probs, v);
+  }
+  return o(out.transpose(1, 2).reshape({b, l, nq * hd}));
 }
 
 // ---- MLP

@@ -157,6 +157,22 @@ class ProjectionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Projection);
 
+// ---- Attention kernels
+// -------------------------------------------------------
+// How attention scores are computed. kEager: matmul + fp32 softmax exactly as
+// HF's eager attention (the parity reference). kSdpa:
+// at::scaled_dot_product_attention (flash for plain causal or unmasked
+// attention, memory-efficient with a bias). kAuto (default): kSdpa on CUDA,
+// kEager elsewhere. Under kSdpa a query whose keys are all masked (a left
+// pad) outputs 0 instead of eager's mean of the values: only padding rows
+// differ. The environment variable GEMMA_ATTENTION=eager|sdpa|auto
+// sets the initial choice.
+enum class AttentionKernel { kAuto, kEager, kSdpa };
+void SetAttentionKernel(AttentionKernel kernel);
+AttentionKernel GetAttentionKernel();
+// Whether attention on tensors like `q` uses SDPA under the current choice.
+bool UseSdpa(const torch::Tensor& q);
+
 // ---- Attention
 // ---------------------------------------------------------------
 struct AttentionOptions {
@@ -184,7 +200,9 @@ class AttentionImpl : public torch::nn::Module {
   explicit AttentionImpl(const AttentionOptions& options);
 
   // x [B, L, H]; cos/sin from RopeCosSin; bias [B, 1, L, T] from
-  // BuildAttentionBias (or undefined for no mask). With `cache`, the new keys
+  // BuildAttentionBias, or undefined for plain causal attention over the new
+  // tokens (no cache, no padding, no image blocks, no window in effect: the
+  // case flash attention serves). With `cache`, the new keys
   // and values are appended to it and attention runs over cached + new keys
   // (the bias must then cover exactly those T keys). Returns [B, L, H] (the
   // local partial sum under tensor parallelism).

@@ -20,13 +20,18 @@ torch::Tensor SiglipAttentionImpl::forward(const torch::Tensor& x) {
   torch::Tensor q = fused.select(2, 0).transpose(1, 2);
   torch::Tensor k = fused.select(2, 1).transpose(1, 2);
   torch::Tensor v = fused.select(2, 2).transpose(1, 2);
-  torch::Tensor scores =
-      torch::matmul(q, k.transpose(2, 3)) * std::pow(double(hd), -0.5);
-  torch::Tensor probs =
-      torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  torch::Tensor out =
-      torch::matmul(probs, v).transpose(1, 2).reshape({n, s, hv});
-  return o(out);
+  const double scale = std::pow(double(hd), -0.5);
+  torch::Tensor out;
+  if (UseSdpa(q)) {
+    out = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false,
+                                           scale);
+  } else {
+    torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) * scale;
+    torch::Tensor probs =
+        torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+    out = torch::matmul(probs, v);
+  }
+  return o(out.transpose(1, 2).reshape({n, s, hv}));
 }
 
 SiglipMlpImpl::SiglipMlpImpl(int64_t hidden_size, int64_t intermediate_size) {
