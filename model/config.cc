@@ -525,7 +525,11 @@ json TextToJson(const TextConfig& t) {
             {"num_attention_heads", t.num_heads},
             {"num_key_value_heads", t.num_kv_heads},
             {"head_dim", t.head_dim},
-            {"query_pre_attn_scalar", t.query_pre_attn_scalar},
+            // transformers 5.x validates this field as an int.
+            {"query_pre_attn_scalar",
+             t.query_pre_attn_scalar == std::floor(t.query_pre_attn_scalar)
+                 ? json(static_cast<int64_t>(t.query_pre_attn_scalar))
+                 : json(t.query_pre_attn_scalar)},
             {"sliding_window", t.sliding_window},
             {"layer_types", types},
             {"rope_parameters",

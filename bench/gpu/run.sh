@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE from the repository root (device tool, .carry/debs
+# carried; see deploy/gpu/build-and-test.sh): builds the CUDA model library,
+# runs the GPU parity suite, then our model_bench and transformers'
+# (bench/hf_model_bench.py) one after the other on the same GPU, same config,
+# and prints the ratios. Results go to $OUT/bench.jsonl when OUT is set.
+#   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick]
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft decode"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --preset) preset="$2"; shift 2 ;;
+    --seq) seq="$2"; shift 2 ;;
+    --images) images="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --modes) modes="$2"; shift 2 ;;
+    --skip-parity) skip_parity=1; shift ;;
+    --quick) steps=3 warmup=1 new_tokens=64; shift ;;
+    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+out="${OUT:-/tmp/gemma-bench}"; mkdir -p "$out"
+build="${GEMMA_GPU_BUILD:-/tmp/gemma-gpu-build}"
+python="${GEMMA_PYTHON:-$(command -v python3)}"
+if [ "$skip_parity" = 1 ]; then
+  bash "$root/deploy/gpu/build-and-test.sh" -R NOTHING_AT_ALL >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+else
+  bash "$root/deploy/gpu/build-and-test.sh" -L parity >"$out/build.log" 2>&1; rc=$?
+  grep -E "tests passed|rel diff|cosine|Failed|FAILED" "$out/build.log" | tail -60
+  [ $rc = 0 ] || echo "parity suite: exit $rc"
+fi
+export LD_LIBRARY_PATH="/tmp/gemma-prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bench="$build/bin/model_bench"
+cfg="$out/config-$preset"; mkdir -p "$cfg"
+"$bench" --preset "$preset" --write-config "$cfg"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+res="$out/bench.jsonl"
+for mode in $modes; do
+  common=(--mode "$mode" --seq "$seq" --images "$images" --steps "$steps" --warmup "$warmup" --new-tokens "$new_tokens")
+  echo "== $mode: ours"
+  "$bench" --preset "$preset" "${common[@]}" 2>&1 | tee -a "$res" | tail -3
+  echo "== $mode: transformers"
+  "$python" "$root/bench/hf_model_bench.py" --config "$cfg" "${common[@]}" 2>&1 | tee -a "$res.hf.log" | tail -3
+  tail -1 "$res.hf.log" | grep '^{' >>"$res" || true
+done
+"$python" - "$res" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {}
+for r in rows:
+    by.setdefault(r["mode"], {})[r["impl"]] = r
+peak_tflops = 989.0  # H100 SXM dense bf16
+for mode, d in by.items():
+    o, h = d.get("ours"), d.get("transformers")
+    if mode in ("sft", "lora") and o:
+        line = f"{mode}: ours {o['tokens_per_s']:.0f} tok/s ({o['tflops']:.0f} TFLOP/s, MFU {100*o['tflops']/peak_tflops:.1f}%), peak {o['peak_gib']:.1f} GiB"
+        if h:
+            line += f"; transformers {h['tokens_per_s']:.0f} tok/s, peak {h['peak_gib']:.1f} GiB; ratio {o['tokens_per_s']/h['tokens_per_s']:.2f}x"
+        print(line)
+    if mode == "decode" and o:
+        bound = 3.35e12 / o["weight_bytes"]
+        line = f"decode: ours {o['decode_tokens_per_s']:.1f} tok/s = {100*o['decode_tokens_per_s']/bound:.1f}% of the {bound:.0f} tok/s bandwidth bound (H100 SXM 3.35 TB/s)"
+        if h:
+            line += f"; transformers {h['decode_tokens_per_s']:.1f} tok/s; ratio {o['decode_tokens_per_s']/h['decode_tokens_per_s']:.2f}x"
+        print(line)
+PY

@@ -1,0 +1,302 @@
+// Speed of our Gemma 3 VL model at real shapes with random weights: a full
+// SFT step (forward, fused chunked loss, backward, fused AdamW) and batch-1
+// KV-cached greedy decoding. Prints one JSON object per measurement; the HF
+// side (bench/hf_model_bench.py) prints the same fields for the same config,
+// and bench/gpu/run.sh puts them side by side as ratios.
+//
+//   model_bench --preset 4b --mode sft --seq 4096 --images 1 --steps 10
+//   model_bench --preset 4b --mode decode --new-tokens 256
+//   model_bench --preset 4b --write-config DIR   (config.json for the HF side)
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "common/flags.h"
+#include "model/config.h"
+#include "model/generate.h"
+#include "model/layers.h"
+#include "model/loss.h"
+#include "model/vl_model.h"
+#include "nlohmann/json.hpp"
+
+#ifdef GEMMA_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+namespace gemma {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void Sync(const torch::Device& d) {
+#ifdef GEMMA_WITH_CUDA
+  if (d.is_cuda()) c10::cuda::device_synchronize();
+#endif
+  (void)d;
+}
+
+double PeakGiB(const torch::Device& d) {
+#ifdef GEMMA_WITH_CUDA
+  if (d.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index() < 0 ? 0 : d.index());
+    return static_cast<double>(
+               stats.allocated_bytes[static_cast<size_t>(
+                   c10::CachingAllocator::StatType::AGGREGATE)].peak) /
+           (1 << 30);
+  }
+#endif
+  (void)d;
+  return 0;
+}
+
+void ResetPeak(const torch::Device& d) {
+#ifdef GEMMA_WITH_CUDA
+  if (d.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(d.index() < 0 ? 0 : d.index());
+#endif
+  (void)d;
+}
+
+// Model FLOPs of one forward over one sample (matmuls + attention scores),
+// the usual MFU convention: training = 3x forward.
+double ForwardFlops(const ModelConfig& c, int64_t seq, int64_t images) {
+  const TextConfig& t = c.text;
+  const double h = t.hidden_size, hd = t.head_dim, nq = t.num_heads,
+               nkv = t.num_kv_heads, in = t.intermediate_size;
+  const double per_layer = h * (nq + 2 * nkv) * hd + nq * hd * h + 3 * h * in;
+  double flops = 2 * per_layer * t.num_layers * seq;
+  flops += 2 * h * t.vocab_size * seq;  // LM head
+  for (LayerType lt : t.layer_types) {
+    double visible = lt == LayerType::kSliding && t.sliding_window < seq
+                         ? t.sliding_window
+                         : seq / 2.0;
+    flops += 4 * seq * visible * nq * hd;
+  }
+  if (c.vision && images > 0) {
+    const VisionConfig& v = *c.vision;
+    const double np = (v.image_size / v.patch_size) * (v.image_size / v.patch_size);
+    const double hv = v.hidden_size;
+    const double vl = 4 * hv * hv + 2 * hv * v.intermediate_size;
+    flops += images * (2 * vl * v.num_layers * np + 4 * np * np * hv * v.num_layers +
+                       2 * np * hv * 3 * v.patch_size * v.patch_size +
+                       2 * c.mm_tokens_per_image * hv * h);
+  }
+  return flops;
+}
+
+// Input ids: bos, text, then per image boi + image tokens + eoi, then text.
+ModelInputs MakeInputs(const ModelConfig& c, int64_t batch, int64_t seq,
+                       int64_t images, const torch::Device& dev,
+                       torch::ScalarType dtype) {
+  std::vector<int64_t> row;
+  row.push_back(c.text.bos_token_id);
+  const int64_t img_len = images * (c.mm_tokens_per_image + 2);
+  TORCH_CHECK(seq > img_len + 8, "--seq too short for the images");
+  const int64_t text_before = 16;
+  for (int64_t i = 0; i < text_before; ++i) row.push_back(1000 + i);
+  for (int64_t k = 0; k < images; ++k) {
+    row.push_back(c.boi_token_id);
+    for (int64_t i = 0; i < c.mm_tokens_per_image; ++i)
+      row.push_back(c.image_token_id);
+    row.push_back(c.eoi_token_id);
+  }
+  while (static_cast<int64_t>(row.size()) < seq)
+    row.push_back(3000 + static_cast<int64_t>(row.size()) % 20000);
+  ModelInputs in;
+  in.input_ids = torch::tensor(row, torch::kLong).unsqueeze(0).repeat({batch, 1}).to(dev);
+  if (images > 0 && c.vision) {
+    const int64_t s = c.vision->image_size;
+    in.pixel_values = torch::rand({batch * images, 3, s, s}, torch::kFloat)
+                          .mul_(2).sub_(1).to(dev, dtype);
+    in.token_type_ids = in.input_ids.eq(c.image_token_id).to(torch::kLong);
+  }
+  return in;
+}
+
+int Run(int argc, char** argv) {
+  FlagSet flags("model_bench", "Speed of our Gemma 3 model at real shapes (random weights).");
+  std::string preset = "4b", mode = "sft", device = "cuda", dtype_name = "bfloat16",
+              write_config;
+  int64_t layers = 0, seq = 4096, batch = 1, images = 1, steps = 10, warmup = 3,
+          new_tokens = 256, prompt = 512, chunk = 4096;
+  bool recompute = false;
+  flags.String("preset", &preset, "4b, 12b or 27b");
+  flags.Int("layers", &layers, "keep only this many decoder layers (0: all)");
+  flags.String("mode", &mode, "sft or decode");
+  flags.String("device", &device, "cuda or cpu");
+  flags.String("dtype", &dtype_name, "bfloat16 or float32");
+  flags.Int("seq", &seq, "tokens per sample (sft)");
+  flags.Int("batch", &batch, "samples per step (sft)");
+  flags.Int("images", &images, "images per sample");
+  flags.Int("steps", &steps, "timed steps");
+  flags.Int("warmup", &warmup, "untimed steps first");
+  flags.Int("new-tokens", &new_tokens, "decode: tokens generated");
+  flags.Int("prompt", &prompt, "decode: prompt tokens");
+  flags.Int("loss-chunk", &chunk, "sft: loss rows per chunk");
+  flags.String("write-config", &write_config, "write config.json here and exit");
+  (void)recompute;
+  absl::Status parsed = flags.Parse(argc, argv);
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  if (!parsed.ok()) {
+    std::cerr << parsed << "\n";
+    return 2;
+  }
+
+  auto config = Gemma3Preset(preset);
+  if (!config.ok()) {
+    std::cerr << config.status() << "\n";
+    return 2;
+  }
+  ModelConfig c = *config;
+  if (layers > 0 && layers < c.text.num_layers) {
+    c.text.num_layers = layers;
+    c.text.layer_types.resize(layers);
+  }
+  if (!write_config.empty()) {
+    std::ofstream f(write_config + "/config.json");
+    f << ModelConfigToJson(c).dump(2);
+    return f.good() ? 0 : 1;
+  }
+  const torch::Device dev(device);
+  const torch::ScalarType dtype =
+      dtype_name == "float32" ? torch::kFloat : torch::kBFloat16;
+  torch::manual_seed(0);
+  Gemma3Model model(c);
+  for (auto& p : model->parameters()) {
+    torch::NoGradGuard ng;
+    if (p.dim() >= 2) p.normal_(0, 0.02); else p.zero_();
+  }
+  model->to(dev, dtype);
+  nlohmann::json out;
+  out["impl"] = "ours";
+  out["preset"] = preset;
+  out["layers"] = c.text.num_layers;
+  out["mode"] = mode;
+  out["device"] = device;
+  out["dtype"] = dtype_name;
+  out["attention"] = UseSdpa(torch::empty({1}, torch::TensorOptions().device(dev)))
+                         ? "sdpa" : "eager";
+  int64_t nparams = 0;
+  for (auto& p : model->parameters()) nparams += p.numel();
+  out["params"] = nparams;
+
+  if (mode == "sft") {
+    model->train();
+    ModelInputs in = MakeInputs(c, batch, seq, images, dev, dtype);
+    torch::Tensor labels = torch::where(in.input_ids.ge(c.image_token_id) |
+                                            in.input_ids.eq(c.boi_token_id),
+                                        torch::full_like(in.input_ids, -100), in.input_ids);
+    std::vector<torch::Tensor> params, m, v, st;
+    for (auto& p : model->parameters()) {
+      params.push_back(p);
+      m.push_back(torch::zeros_like(p));
+      v.push_back(torch::zeros_like(p));
+      st.push_back(torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(dev)));
+    }
+    LmLossOptions lo;
+    lo.chunk_tokens = chunk;
+    auto step = [&]() {
+      torch::Tensor emb = model->Embeddings(in);
+      DecoderInputs di;
+      di.block_ids = in.token_type_ids.defined()
+                         ? BlockIdsFromTokenTypes(in.token_type_ids) : torch::Tensor();
+      torch::Tensor hidden = model->text->Decode(emb, di);
+      LmLoss loss = CausalLmLoss(hidden, model->text->embed->weight, labels, lo);
+      (loss.loss_sum / loss.tokens.clamp_min(1)).backward();
+      // Parameters without a gradient (the vision tower without images) are
+      // left out of the update, as torch.optim does.
+      std::vector<torch::Tensor> P, G, M, V, S;
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (!params[i].grad().defined()) continue;
+        P.push_back(params[i]);
+        G.push_back(params[i].grad());
+        M.push_back(m[i]);
+        V.push_back(v[i]);
+        S.push_back(st[i]);
+      }
+      torch::NoGradGuard ng;
+      for (auto& s : S) s.add_(1);
+      at::_fused_adamw_(P, G, M, V, {}, S, 1e-5, 0.9, 0.95, 0.1, 1e-8, false,
+                        false, std::nullopt, std::nullopt);
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+    };
+    for (int64_t i = 0; i < warmup; ++i) step();
+    Sync(dev);
+    ResetPeak(dev);
+    const double t0 = Now();
+    for (int64_t i = 0; i < steps; ++i) step();
+    Sync(dev);
+    const double dt = (Now() - t0) / steps;
+    const double tokens = static_cast<double>(batch * seq);
+    const double flops = 3 * ForwardFlops(c, seq, images) * batch;
+    out["step_s"] = dt;
+    out["tokens_per_s"] = tokens / dt;
+    out["tflops"] = flops / dt / 1e12;
+    out["peak_gib"] = PeakGiB(dev);
+    out["seq"] = seq;
+    out["batch"] = batch;
+    out["images"] = images;
+  } else if (mode == "decode") {
+    model->eval();
+    torch::NoGradGuard ng;
+    ModelInputs in = MakeInputs(c, 1, prompt, images, dev, dtype);
+    GenerateOptions go;
+    go.stop_token_ids = {};
+    auto timed = [&](int64_t n) {
+      go.max_new_tokens = n;
+      Sync(dev);
+      const double t0 = Now();
+      auto r = Generate(model, in, go);
+      TORCH_CHECK(r.ok(), r.status().ToString());
+      Sync(dev);
+      TORCH_CHECK(r->tokens.size(1) == n, "generated ", r->tokens.size(1));
+      return Now() - t0;
+    };
+    for (int64_t i = 0; i < warmup; ++i) timed(8);
+    ResetPeak(dev);
+    double t1 = 1e30, tn = 1e30;
+    for (int64_t i = 0; i < std::max<int64_t>(1, steps / 5); ++i) {
+      t1 = std::min(t1, timed(1));
+      tn = std::min(tn, timed(new_tokens + 1));
+    }
+    const double per_token = (tn - t1) / new_tokens;
+    int64_t weight_bytes = 0;
+    for (auto& p : model->text->parameters()) weight_bytes += p.numel() * p.element_size();
+    out["prefill_s"] = t1;
+    out["decode_tokens_per_s"] = 1.0 / per_token;
+    out["weight_bytes"] = weight_bytes;
+    out["peak_gib"] = PeakGiB(dev);
+    out["prompt"] = prompt;
+    out["new_tokens"] = new_tokens;
+  } else {
+    std::cerr << "--mode must be sft or decode\n";
+    return 2;
+  }
+  std::cout << out.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace gemma
+
+int main(int argc, char** argv) {
+  try {
+    return gemma::Run(argc, argv);
+  } catch (const c10::Error& e) {
+    std::cerr << "model_bench: " << e.what_without_backtrace() << "\n";
+    return 1;
+  }
+}
