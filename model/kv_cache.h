@@ -6,6 +6,12 @@
 // DynamicSlidingWindowLayer). Keys are cached after q/k-norm and rotary.
 // Tensors are [B, nkv_local, T, hd]. Not thread-safe; one cache per sequence
 // batch, owned by the caller of the decode loop.
+//
+// Storage: one buffer per layer with spare room, so a decode step writes its
+// new keys in place instead of copying the whole cache (a full layer doubles
+// its buffer when full; a sliding layer moves its window - 1 tokens to the
+// front once per ~window steps). Update returns views of the buffer, valid
+// until the next Update. Keys that require grad take the copying path.
 #ifndef GEMMA_MODEL_KV_CACHE_H_
 #define GEMMA_MODEL_KV_CACHE_H_
 
@@ -35,10 +41,14 @@ class LayerKvCache {
   int64_t window() const { return window_; }
 
  private:
+  // Makes room for `incoming` more tokens after the held ones.
+  void Reserve(const torch::Tensor& like, int64_t incoming);
+
   int64_t window_;
   int64_t seen_ = 0;
   int64_t cached_ = 0;
-  torch::Tensor keys_;
+  int64_t start_ = 0;  // buffer index of the first held token
+  torch::Tensor keys_;    // [B, nkv, capacity, hd]
   torch::Tensor values_;
 };
 

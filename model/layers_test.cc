@@ -151,6 +151,35 @@ TEST(KvCacheTest, SlidingLayersKeepWindowMinusOne) {
       torch::equal(all_k.flatten(), torch::tensor({3.0f, 4.0f, 5.0f, 6.0f})));
 }
 
+// Many decode steps of mixed sizes (buffer growth, sliding compaction): each
+// Update returns exactly the held tokens plus the new ones, in order.
+TEST(KvCacheTest, InPlaceBufferMatchesConcatenationOverManySteps) {
+  for (int64_t window : {0, 5, 64}) {
+    LayerKvCache layer(window);
+    std::vector<float> history;
+    float next = 0;
+    for (int step = 0; step < 300; ++step) {
+      const int64_t l = step == 0 ? 7 : (step % 17 == 0 ? 3 : 1);
+      torch::Tensor k = torch::arange(next, next + l, torch::kFloat).view({1, 1, l, 1});
+      torch::Tensor v = -k;
+      const int64_t held_before =
+          window > 0 ? std::min<int64_t>(history.size(), window - 1)
+                     : static_cast<int64_t>(history.size());
+      std::vector<float> expect(history.end() - held_before, history.end());
+      for (int64_t i = 0; i < l; ++i) {
+        history.push_back(next + i);
+        expect.push_back(next + i);
+      }
+      next += l;
+      auto [all_k, all_v] = layer.Update(k, v);
+      ASSERT_TRUE(torch::equal(all_k.flatten(), torch::tensor(expect)))
+          << "window " << window << " step " << step;
+      ASSERT_TRUE(torch::equal(all_v.flatten(), -torch::tensor(expect)));
+    }
+    EXPECT_EQ(layer.seen(), static_cast<int64_t>(history.size()));
+  }
+}
+
 // Tensor parallelism only re-slices the modules: with the contract's split
 // rules (qkv by whole KV groups, gate_up by blocks, o/down by columns), the sum
 // of the ranks' partial outputs equals the unsplit module's output.
