@@ -9,6 +9,7 @@
 #include <opencv2/imgproc.hpp>
 #include <set>
 
+#include "data/prefetch.h"
 #include "data/test_util.h"
 
 namespace gemma {
@@ -268,6 +269,60 @@ TEST_F(BatchTest, BadConversationsFailWithSourceOrAreCounted) {
   ASSERT_TRUE(loader.ok());
   EXPECT_FALSE((*loader)->Next().ok());
   EXPECT_FALSE(DataLoader::Create({}, tok_, o).ok());
+}
+
+// The prefetcher gives the loader's stream unchanged, its position is that of
+// the last batch handed out (so resuming from it replays the next batch), and
+// a loader error arrives in its place in the stream.
+TEST_F(BatchTest, PrefetcherGivesTheSameStreamAndResumablePositions) {
+  BatchOptions o;
+  o.batch_size = 3;
+  o.seed = 5;
+  auto plain = DataLoader::Create(TextData(10), tok_, o);
+  ASSERT_TRUE(plain.ok());
+  std::vector<at::Tensor> expect;
+  std::vector<LoaderPosition> after;
+  for (int i = 0; i < 9; ++i) {
+    auto b = (*plain)->Next();
+    ASSERT_TRUE(b.ok()) << b.status();
+    expect.push_back(b->input_ids);
+    after.push_back((*plain)->position());
+  }
+  auto loader = DataLoader::Create(TextData(10), tok_, o);
+  ASSERT_TRUE(loader.ok());
+  {
+    BatchPrefetcher pre(std::move(*loader), /*depth=*/3);
+    for (int i = 0; i < 5; ++i) {
+      auto b = pre.Next();
+      ASSERT_TRUE(b.ok()) << b.status();
+      EXPECT_TRUE(torch::equal(b->input_ids, expect[i])) << "batch " << i;
+      EXPECT_EQ(pre.position(), after[i]) << "batch " << i;
+    }
+    // Resume from the prefetcher's position in a fresh prefetched loader.
+    auto again = DataLoader::Create(TextData(10), tok_, o);
+    ASSERT_TRUE(again.ok());
+    ASSERT_TRUE((*again)->Seek(pre.position()).ok());
+    BatchPrefetcher resumed(std::move(*again), 2);
+    for (int i = 5; i < 9; ++i) {
+      auto b = resumed.Next();
+      ASSERT_TRUE(b.ok()) << b.status();
+      EXPECT_TRUE(torch::equal(b->input_ids, expect[i])) << "batch " << i;
+    }
+  }  // destroyed with batches still prepared ahead: no hang
+
+  std::vector<Conversation> data = TextData(3);
+  data.push_back(WithImage(7, *dir_ + "/missing.png"));
+  o.shuffle = false;
+  o.batch_size = 2;
+  auto bad = DataLoader::Create(data, tok_, o);
+  ASSERT_TRUE(bad.ok());
+  BatchPrefetcher pre(std::move(*bad), 4);
+  ASSERT_TRUE(pre.Next().ok());
+  auto err = pre.Next();
+  ASSERT_FALSE(err.ok());
+  EXPECT_THAT(err.status().message(), HasSubstr("missing.png"));
+  EXPECT_EQ(pre.position(), (LoaderPosition{0, 2}));
+  EXPECT_FALSE(pre.Next().ok());
 }
 
 }  // namespace
