@@ -187,14 +187,7 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   const std::string tmp = dir + ".tmp";
   GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
   GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
-  // Nothing half-written survives a failure.
-  struct RemoveOnFailure {
-    std::string path;
-    bool armed = true;
-    ~RemoveOnFailure() {
-      if (armed) (void)RemoveTree(path);
-    }
-  } guard{tmp};
+  RemoveTreeUnlessKept guard(tmp);  // nothing half-written survives
   uint64_t done = 0;
   for (int r = 0; r < options.tp; ++r) {
     SafetensorsWriter w;
@@ -222,7 +215,7 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   GEMMA_RETURN_IF_ERROR(WriteFileAtomic(tmp + "/manifest.json", m.ToJson()));
   SyncDir(tmp);
   GEMMA_RETURN_IF_ERROR(PublishDir(tmp, dir, options.overwrite));
-  guard.armed = false;
+  guard.Keep();
   return absl::OkStatus();
 }
 

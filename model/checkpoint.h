@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -176,6 +177,24 @@ void SyncDir(const std::string& dir);
 // if `overwrite`, else ALREADY_EXISTS.
 absl::Status PublishDir(const std::string& tmp, const std::string& dir,
                         bool overwrite);
+
+// Removes `path` (a folder being written under a temporary name) when it goes
+// out of scope, unless Keep() was called once the folder was published:
+// nothing half-written survives an early return.
+class RemoveTreeUnlessKept {
+ public:
+  explicit RemoveTreeUnlessKept(std::string path) : path_(std::move(path)) {}
+  ~RemoveTreeUnlessKept() {
+    if (!kept_) (void)RemoveTree(path_);
+  }
+  RemoveTreeUnlessKept(const RemoveTreeUnlessKept&) = delete;
+  RemoveTreeUnlessKept& operator=(const RemoveTreeUnlessKept&) = delete;
+  void Keep() { kept_ = true; }
+
+ private:
+  std::string path_;
+  bool kept_ = false;
+};
 
 }  // namespace gemma
 

@@ -341,13 +341,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
   const std::string tmp = out_dir + ".tmp";
   GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
   GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
-  struct RemoveOnFailure {
-    std::string path;
-    bool armed = true;
-    ~RemoveOnFailure() {
-      if (armed) (void)RemoveTree(path);
-    }
-  } guard{tmp};
+  RemoveTreeUnlessKept guard(tmp);  // nothing half-written survives
 
   ConvertStats stats;
   json weight_map = json::object();
@@ -416,7 +410,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
   }
   SyncDir(tmp);
   GEMMA_RETURN_IF_ERROR(PublishDir(tmp, out_dir, options.overwrite));
-  guard.armed = false;
+  guard.Keep();
   stats.seconds = Since(t0);
   return stats;
 }
