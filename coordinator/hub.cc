@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "common/log.h"
+#include "coordinator/store.h"
+
 #include "absl/time/clock.h"
 
 namespace gemma {
@@ -60,16 +63,46 @@ void EventHub::Wait(int64_t revision, int64_t progress_seq,
                        timeout);
 }
 
+LogStore::JobLogs& LogStore::Load(const std::string& job) const {
+  auto it = logs_.find(job);
+  if (it != logs_.end()) return it->second;
+  JobLogs& l = logs_[job];
+  if (store_ == nullptr) return l;
+  // After a restart: the job's persisted lines, the newest max_lines_ kept.
+  absl::Status s = store_->Scan(
+      Table::kLogs, job + "#", "", [&](const std::string&, const std::string& v) {
+        v1::LogLine line;
+        if (line.ParseFromString(v)) {
+          l.seq = std::max(l.seq, line.seq());
+          l.lines.push_back(std::move(line));
+          if (l.lines.size() > max_lines_) l.lines.pop_front();
+        }
+        return true;
+      });
+  if (!s.ok()) GEMMA_LOG(WARNING) << "logs of " << job << ": " << s;
+  return l;
+}
+
 void LogStore::Append(const std::string& job, int attempt, int rank,
                       const std::string& text) {
   absl::MutexLock lock(&mu_);
-  JobLogs& l = logs_[job];
+  JobLogs& l = Load(job);
   v1::LogLine line;
   line.set_seq(++l.seq);
   line.set_attempt(attempt);
   line.set_rank(rank);
   line.set_time_unix_ms(absl::ToUnixMillis(absl::Now()));
   line.set_text(text.size() > 4096 ? text.substr(0, 4096) : text);
+  if (store_ != nullptr) {
+    Store::Batch b;
+    b.Put(Table::kLogs, LogKey(job, line.seq()), line);
+    if (line.seq() > static_cast<int64_t>(max_lines_)) {
+      b.Delete(Table::kLogs,
+               LogKey(job, line.seq() - static_cast<int64_t>(max_lines_)));
+    }
+    absl::Status s = store_->WriteUnsynced(b);
+    if (!s.ok()) GEMMA_LOG(WARNING) << "log line of " << job << ": " << s;
+  }
   l.lines.push_back(std::move(line));
   if (l.lines.size() > max_lines_) l.lines.pop_front();
 }
@@ -78,9 +111,7 @@ std::vector<v1::LogLine> LogStore::Read(const std::string& job,
                                         int64_t after_seq, int rank) const {
   absl::MutexLock lock(&mu_);
   std::vector<v1::LogLine> out;
-  auto it = logs_.find(job);
-  if (it == logs_.end()) return out;
-  for (const auto& l : it->second.lines) {
+  for (const auto& l : Load(job).lines) {
     if (l.seq() > after_seq && (rank < 0 || l.rank() == rank)) out.push_back(l);
   }
   return out;

@@ -1,7 +1,8 @@
 // Fan-out for the coordinator's server streams. EventHub wakes watchers when
 // new events are stored and keeps the latest live progress events (which are
-// not stored); LogStore keeps each job's recent log lines (bounded, in
-// memory: they do not survive a coordinator restart). Thread-safe.
+// not stored); LogStore keeps each job's recent log lines (bounded per job),
+// in memory and, given a Store, in its kLogs table so they survive a
+// coordinator restart. Thread-safe.
 #ifndef GEMMA_COORDINATOR_HUB_H_
 #define GEMMA_COORDINATOR_HUB_H_
 
@@ -15,6 +16,8 @@
 #include "gemma/v1/jobs.pb.h"
 
 namespace gemma {
+
+class Store;
 
 class EventHub {
  public:
@@ -41,8 +44,10 @@ class EventHub {
 
 class LogStore {
  public:
-  explicit LogStore(size_t max_lines_per_job = 5000)
-      : max_lines_(max_lines_per_job) {}
+  // With `store`, lines are also written there (unsynced) and a job's lines
+  // are read back from it the first time the job is touched after a restart.
+  explicit LogStore(Store* store = nullptr, size_t max_lines_per_job = 5000)
+      : store_(store), max_lines_(max_lines_per_job) {}
   void Append(const std::string& job, int attempt, int rank,
               const std::string& text);
   // Lines of `job` with seq > after_seq and (rank < 0 or its rank).
@@ -57,9 +62,13 @@ class LogStore {
     int64_t seq = 0;
     std::deque<gemma::v1::LogLine> lines;
   };
+  // The job's entry, loaded from the store when not in memory yet.
+  JobLogs& Load(const std::string& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  Store* const store_;
   const size_t max_lines_;
   mutable absl::Mutex mu_;
-  std::map<std::string, JobLogs> logs_ ABSL_GUARDED_BY(mu_);
+  mutable std::map<std::string, JobLogs> logs_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gemma

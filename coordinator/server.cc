@@ -57,6 +57,7 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
         control_(store_.get(), std::move(co)),
         pool_(4),
         actor_(&pool_),
+        logs_(store_.get()),
         options_(o) {}
 
   ~Impl() override { actor_.Drain(); }

@@ -13,7 +13,7 @@ namespace gemma {
 const char* TableName(Table t) {
   static const char* kNames[kNumTables] = {
       "jobs",   "attempts",    "workers", "checkpoints",
-      "events", "request_ids", "meta"};
+      "events", "request_ids", "meta",    "logs"};
   return kNames[static_cast<int>(t)];
 }
 
@@ -22,6 +22,9 @@ std::string AttemptKey(const std::string& job, int attempt) {
 }
 std::string CheckpointKey(const std::string& job, int64_t step) {
   return absl::StrFormat("%s#%020d", job, step);
+}
+std::string LogKey(const std::string& job, int64_t seq) {
+  return absl::StrFormat("%s#%012d", job, seq);
 }
 std::string RevisionKey(int64_t revision) {
   std::string k(8, '\0');
@@ -100,7 +103,12 @@ Store::~Store() {
   delete db_;
 }
 
-absl::Status Store::Write(const Batch& batch) {
+absl::Status Store::Write(const Batch& batch) { return Apply(batch, true); }
+absl::Status Store::WriteUnsynced(const Batch& batch) {
+  return Apply(batch, false);
+}
+
+absl::Status Store::Apply(const Batch& batch, bool sync) {
   rocksdb::WriteBatch wb;
   for (const auto& op : batch.ops_) {
     if (op.value) {
@@ -110,7 +118,7 @@ absl::Status Store::Write(const Batch& batch) {
     }
   }
   rocksdb::WriteOptions wo;
-  wo.sync = true;
+  wo.sync = sync;
   rocksdb::Status s = db_->Write(wo, &wb);
   if (!s.ok()) {
     return absl::InternalError(

@@ -19,6 +19,7 @@
 //   kEvents      revision as 8 big-endian bytes      -> v1.JobEvent
 //   kRequestIds  request id                          -> job name (raw string)
 //   kMeta        counter name                        -> decimal string
+//   kLogs        "jobs/{job}#{seq:012}"              -> v1.LogLine
 #ifndef GEMMA_COORDINATOR_STORE_H_
 #define GEMMA_COORDINATOR_STORE_H_
 
@@ -49,9 +50,10 @@ enum class Table {
   kCheckpoints,
   kEvents,
   kRequestIds,
-  kMeta
+  kMeta,
+  kLogs
 };
-inline constexpr int kNumTables = 7;
+inline constexpr int kNumTables = 8;
 // The column family's name ("jobs", "attempts", ...).
 const char* TableName(Table t);
 
@@ -59,6 +61,7 @@ const char* TableName(Table t);
 std::string AttemptKey(const std::string& job, int attempt);
 std::string CheckpointKey(const std::string& job, int64_t step);
 std::string RevisionKey(int64_t revision);
+std::string LogKey(const std::string& job, int64_t seq);
 int64_t RevisionFromKey(const std::string& key);
 
 class Store {
@@ -95,6 +98,10 @@ class Store {
 
   // Applies `batch` atomically with a synced write.
   absl::Status Write(const Batch& batch);
+  // Applies `batch` atomically without waiting for fsync: it survives a kill
+  // of the process (the write-ahead log is written), not a power loss. For
+  // data whose loss is tolerable, such as log lines.
+  absl::Status WriteUnsynced(const Batch& batch);
 
   // The raw value, or nullopt when the key is absent.
   absl::StatusOr<std::optional<std::string>> GetRaw(
@@ -114,6 +121,7 @@ class Store {
 
  private:
   Store() = default;
+  absl::Status Apply(const Batch& batch, bool sync);
   rocksdb::ColumnFamilyHandle* cf(Table t) const {
     return handles_[static_cast<int>(t)];
   }

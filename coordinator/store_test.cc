@@ -3,6 +3,8 @@
 // second process (here: a second open) holds the folder.
 #include "coordinator/store.h"
 
+#include "coordinator/hub.h"
+
 #include "gemma/v1/jobs.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -103,6 +105,41 @@ TEST(StoreTest, SecondOpenOfTheSameFolderIsUnavailable) {
   EXPECT_TRUE(absl::IsUnavailable(second.status())) << second.status();
   EXPECT_THAT(std::string(second.status().message()),
               ::testing::HasSubstr(dir));
+}
+
+// Log lines survive a reopen (a coordinator restart): the newest max lines
+// per job come back in order and numbering continues after them.
+TEST(StoreTest, LogLinesSurviveReopenBoundedPerJob) {
+  const std::string dir = FreshDir("logs");
+  {
+    auto store = Store::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    LogStore logs(store->get(), /*max_lines_per_job=*/5);
+    for (int i = 1; i <= 7; ++i) logs.Append("jobs/a", 1, i % 2, "line " + std::to_string(i));
+    logs.Append("jobs/b", 1, 0, "other job");
+  }
+  auto store = Store::Open(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  LogStore logs(store->get(), 5);
+  auto lines = logs.Read("jobs/a", 0, -1);
+  ASSERT_EQ(lines.size(), 5u);
+  EXPECT_EQ(lines.front().seq(), 3);
+  EXPECT_EQ(lines.front().text(), "line 3");
+  EXPECT_EQ(lines.back().text(), "line 7");
+  EXPECT_EQ(logs.Read("jobs/a", 0, 1).size(), 3u);  // lines 3, 5, 7
+  logs.Append("jobs/a", 2, 0, "after restart");
+  lines = logs.Read("jobs/a", 7, -1);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].seq(), 8);
+  EXPECT_EQ(logs.Read("jobs/b", 0, -1).size(), 1u);
+  // Trimmed lines are gone from the table too, not just from memory.
+  int stored = 0;
+  ASSERT_TRUE((*store)->Scan(Table::kLogs, "jobs/a#", "",
+                             [&](const std::string&, const std::string&) {
+                               ++stored;
+                               return true;
+                             }).ok());
+  EXPECT_EQ(stored, 5);
 }
 
 }  // namespace

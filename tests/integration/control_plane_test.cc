@@ -198,6 +198,9 @@ TEST_F(ControlPlaneTest,
   std::string before;
   ASSERT_EQ(cluster_.Ctl({"watch", done, "--progress=false"}, &before), 0);
   EXPECT_THAT(before, HasSubstr("SUCCEEDED: attempt 1 succeeded"));
+  std::string logs_before;
+  ASSERT_EQ(cluster_.Ctl({"logs", done}, &logs_before), 0);
+  ASSERT_FALSE(logs_before.empty());
   cluster_.coordinator().Stop(SIGKILL);
   std::vector<std::string> flags = {"--listen",
                                     absl::StrCat("127.0.0.1:", port)};
@@ -213,6 +216,10 @@ TEST_F(ControlPlaneTest,
   std::string after;
   ASSERT_EQ(cluster_.Ctl({"watch", done, "--progress=false"}, &after), 0);
   EXPECT_EQ(before, after);
+  // So are its log lines (persisted beside the state).
+  std::string logs_after;
+  ASSERT_EQ(cluster_.Ctl({"logs", done}, &logs_after), 0);
+  EXPECT_EQ(logs_before, logs_after);
   // Every revision from 1 to the last is present: no event lost.
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
