@@ -111,7 +111,10 @@ LmLoss CausalLmLoss(const at::Tensor& hidden, const at::Tensor& weight,
   }
   torch::Tensor h = hidden.narrow(1, 0, t - 1).reshape({b * (t - 1), hs});
   torch::Tensor y = labels.narrow(1, 1, t - 1).reshape({b * (t - 1)});
-  // Only rows with a target enter the head (prompt tokens are most rows).
+  // On the CPU only rows with a target enter the head (prompt tokens can be
+  // most rows). On a GPU selecting them would need a host sync (nonzero), so
+  // every row goes through and ignored ones contribute nothing.
+  if (hidden.is_cuda()) return TokenLoss(h, weight, y, options);
   torch::Tensor keep = y.ne(options.ignore_index).nonzero().squeeze(1);
   return TokenLoss(h.index_select(0, keep), weight, y.index_select(0, keep),
                    options);
