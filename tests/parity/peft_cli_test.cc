@@ -45,7 +45,7 @@ std::string ReadText(const std::string& path) {
 }
 
 // Runs `cmd`, stdout to `out`, stderr to `err`; returns the exit status.
-int Run(const std::string& cmd, const std::string& out, const std::string& err) {
+int RunCmd(const std::string& cmd, const std::string& out, const std::string& err) {
   const int rc = std::system((cmd + " > " + out + " 2> " + err).c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
@@ -115,12 +115,12 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   }
 
   // --help works.
-  EXPECT_EQ(Run(Bin() + " local peft-merge --help", work + "/o", work + "/e"), 0);
+  EXPECT_EQ(RunCmd(Bin() + " local peft-merge --help", work + "/o", work + "/e"), 0);
   EXPECT_THAT(ReadText(work + "/o"), HasSubstr("--adapter"));
 
   // peft-merge: a full checkpoint (TP=2) computing the adapted model.
   const std::string merged = work + "/merged";
-  ASSERT_EQ(Run(Bin() + " local peft-merge --adapter " + adapter + " --out " +
+  ASSERT_EQ(RunCmd(Bin() + " local peft-merge --adapter " + adapter + " --out " +
                     merged + " --tp 2 -o json",
                 work + "/merge.out", work + "/merge.err"),
             0)
@@ -140,7 +140,7 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
 
   // peft-export, then the real peft on the HF model.
   const std::string exported = work + "/peft";
-  ASSERT_EQ(Run(Bin() + " local peft-export --adapter " + adapter + " --out " +
+  ASSERT_EQ(RunCmd(Bin() + " local peft-export --adapter " + adapter + " --out " +
                     exported + " --base-name my/base -o json",
                 work + "/export.out", work + "/export.err"),
             0)
@@ -154,7 +154,7 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
       base, " --adapter ", exported, " --inputs ", fixture,
       "/inputs.safetensors --out ", logits,
       " --r 4 --alpha 8 --dora --expect-modules ", 4 * 7 + 2 * 4);
-  ASSERT_EQ(Run(py, work + "/py.out", work + "/py.err"), 0)
+  ASSERT_EQ(RunCmd(py, work + "/py.out", work + "/py.err"), 0)
       << ReadText(work + "/py.err");
   auto ref = ReadAll(logits);
   ASSERT_TRUE(ref.count("logits"));
@@ -162,7 +162,7 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   EXPECT_GT(RelDiff(ref["base_logits"], ref["logits"]), 1e-2);
 
   // The checkpoint on another base model: exit 1, the file and field named.
-  EXPECT_EQ(Run(Bin() + " local peft-merge --adapter " + adapter + " --out " +
+  EXPECT_EQ(RunCmd(Bin() + " local peft-merge --adapter " + adapter + " --out " +
                     work + "/bad --base " + DataDir() +
                     "/vl_legacy_odd_heads_oov_image/hf",
                 work + "/bad.out", work + "/bad.err"),
@@ -172,7 +172,7 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   EXPECT_THAT(err, HasSubstr("base_shape"));
   EXPECT_FALSE(PathExists(work + "/bad"));
   // Missing flags: usage error.
-  EXPECT_EQ(Run(Bin() + " local peft-export --adapter " + adapter,
+  EXPECT_EQ(RunCmd(Bin() + " local peft-export --adapter " + adapter,
                 work + "/u.out", work + "/u.err"),
             2);
   RemoveTree(work).IgnoreError();
