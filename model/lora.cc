@@ -420,7 +420,13 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
                          ReadAdapterCheckpointInfo(dir));
   const std::string cfg_path = absl::StrCat(dir, "/", kConfigFile);
   const std::string st_path = absl::StrCat(dir, "/", kTensorFile);
-  json doc = json::parse(std::ifstream(cfg_path, std::ios::binary));
+  json doc;
+  try {
+    doc = json::parse(std::ifstream(cfg_path, std::ios::binary));
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(cfg_path, ": not valid JSON: ", e.what()));
+  }
   if (!doc.contains("projections") || !doc["projections"].is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(cfg_path, ": projections: missing or not an object"));

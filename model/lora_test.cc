@@ -20,6 +20,7 @@
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "nlohmann/json.hpp"
+#include "proto/spec_check.h"
 
 namespace gemma {
 namespace {
@@ -286,6 +287,33 @@ TEST(LoraTest, CheckpointWithMisShapedTensorIsRefused) {
   EXPECT_THAT(st.message(), HasSubstr("adapter.json: peft.target_modules"));
   EXPECT_EQ(LoadAdapterCheckpoint(dir + "/nope", fresh).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+
+// The submit-time check (proto/spec_check.h, no LibTorch) and ResolvePeftSpec
+// accept and refuse the same peft fields.
+TEST(LoraTest, SubmitTimeCheckAgreesWithResolvePeftSpec) {
+  gemma::v1::JobSpec job;
+  job.set_kind(gemma::v1::JOB_KIND_PEFT);
+  job.mutable_model()->set_path("/m");
+  job.mutable_data()->set_train("/d.jsonl");
+  job.mutable_optim()->set_lr(2e-4);
+  *job.mutable_peft() = Spec("dora", kAllTargets);
+  EXPECT_TRUE(ValidateJobSpec(job).ok()) << ValidateJobSpec(job);
+  EXPECT_TRUE(ResolvePeftSpec(job.peft()).ok());
+  auto both_refuse = [&](const std::string& field) {
+    auto a = ValidateJobSpec(job);
+    auto b = ResolvePeftSpec(job.peft()).status();
+    EXPECT_THAT(a.message(), HasSubstr("spec." + field)) << a;
+    EXPECT_THAT(b.message(), HasSubstr(field)) << b;
+  };
+  job.mutable_peft()->add_target_modules("vision.proj");
+  both_refuse("peft.target_modules[8]");
+  *job.mutable_peft() = Spec("ia3");
+  both_refuse("peft.method");
+  *job.mutable_peft() = Spec("lora");
+  job.mutable_peft()->set_dropout(1.0);
+  both_refuse("peft.dropout");
 }
 
 }  // namespace
