@@ -113,12 +113,15 @@ int LocalPeftMerge(int argc, char** argv) {
   FlagSet flags("gemmactl local peft-merge",
                 "Fold a LoRA/DoRA adapter checkpoint into its base model and "
                 "write a full\nsharded checkpoint (the base's stored dtype).");
-  flags.String("adapter", &adapter, "adapter checkpoint folder (peft job output)")
+  flags
+      .String("adapter", &adapter,
+              "adapter checkpoint folder (peft job output)")
       .Meta("DIR");
   flags.String("out", &out, "output checkpoint folder").Meta("DIR");
-  flags.String("base", &base,
-               "base model folder (default: the one recorded in the adapter "
-               "checkpoint)")
+  flags
+      .String("base", &base,
+              "base model folder (default: the one recorded in the adapter "
+              "checkpoint)")
       .Meta("DIR");
   flags.Int("tp", &tp, "tensor-parallel size of the written checkpoint");
   flags.Bool("overwrite", &overwrite, "replace --out if it exists");
@@ -177,8 +180,10 @@ int LocalPeftMerge(int argc, char** argv) {
   }
   const double secs = Since(t0);
   if (output == "json") {
-    nlohmann::json j = {{"adapter", adapter},     {"base", loaded->base},
-                        {"out", out},             {"tp", tp},
+    nlohmann::json j = {{"adapter", adapter},
+                        {"base", loaded->base},
+                        {"out", out},
+                        {"tp", tp},
                         {"method", loaded->info.spec.method()},
                         {"adapter_tensors", n_adapters},
                         {"tensors", source.entries().size()},
@@ -196,21 +201,27 @@ int LocalPeftMerge(int argc, char** argv) {
 int LocalPeftExport(int argc, char** argv) {
   std::string adapter, out, base, base_name, output = "table";
   bool quiet = false;
-  FlagSet flags("gemmactl local peft-export",
-                "Write a Hugging Face PEFT adapter folder (adapter_config.json, "
-                "adapter_model.safetensors)\nfrom an adapter checkpoint; "
-                "peft.PeftModel.from_pretrained loads it on the HF\nexport of "
-                "the base model (gemmactl local convert --to-format hf).");
-  flags.String("adapter", &adapter, "adapter checkpoint folder (peft job output)")
+  FlagSet flags(
+      "gemmactl local peft-export",
+      "Write a Hugging Face PEFT adapter folder (adapter_config.json, "
+      "adapter_model.safetensors)\nfrom an adapter checkpoint; "
+      "peft.PeftModel.from_pretrained loads it on the HF\nexport of "
+      "the base model (gemmactl local convert --to-format hf).");
+  flags
+      .String("adapter", &adapter,
+              "adapter checkpoint folder (peft job output)")
       .Meta("DIR");
-  flags.String("out", &out, "output folder (replaced if it exists)").Meta("DIR");
-  flags.String("base", &base,
-               "base model folder (default: the one recorded in the adapter "
-               "checkpoint)")
+  flags.String("out", &out, "output folder (replaced if it exists)")
       .Meta("DIR");
-  flags.String("base-name", &base_name,
-               "base_model_name_or_path written to adapter_config.json "
-               "(default: the base folder)")
+  flags
+      .String("base", &base,
+              "base model folder (default: the one recorded in the adapter "
+              "checkpoint)")
+      .Meta("DIR");
+  flags
+      .String("base-name", &base_name,
+              "base_model_name_or_path written to adapter_config.json "
+              "(default: the base folder)")
       .Meta("NAME");
   flags.Bool("quiet", &quiet, "no progress messages");
   flags.String("output", &output, "output format: table or json")
@@ -238,8 +249,8 @@ int LocalPeftExport(int argc, char** argv) {
   auto loaded = LoadWithAdapters(adapter, base, quiet);
   if (!loaded.ok()) return Fail(cmd, loaded.status());
   if (base_name.empty()) base_name = loaded->base;
-  if (absl::Status e = ExportPeftAdapter(loaded->model, loaded->info.spec, out,
-                                         base_name);
+  if (absl::Status e =
+          ExportPeftAdapter(loaded->model, loaded->info.spec, out, base_name);
       !e.ok()) {
     return Fail(cmd, e);
   }

@@ -27,9 +27,9 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kKnownTargets[] = {
-    "qkv",        "o",        "gate_up",    "down",
-    "vision.qkv", "vision.o", "vision.fc1", "vision.fc2"};
+constexpr const char* kKnownTargets[] = {"qkv",        "o",          "gate_up",
+                                         "down",       "vision.qkv", "vision.o",
+                                         "vision.fc1", "vision.fc2"};
 constexpr char kConfigFile[] = "adapter.json";
 constexpr char kTensorFile[] = "adapter.safetensors";
 
@@ -52,9 +52,9 @@ absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec) {
   PeftSettings s;
   s.method = spec.method().empty() ? "lora" : spec.method();
   if (s.method != "lora" && s.method != "dora") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "peft.method: unknown method '", spec.method(),
-        "' (known: lora, dora)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("peft.method: unknown method '", spec.method(),
+                     "' (known: lora, dora)"));
   }
   if (spec.rank() < 0) {
     return absl::InvalidArgumentError(
@@ -67,17 +67,17 @@ absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec) {
   }
   s.alpha = spec.alpha() == 0 ? static_cast<double>(s.rank) : spec.alpha();
   if (!(spec.dropout() >= 0 && spec.dropout() < 1)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "peft.dropout: must be in [0, 1), got ", spec.dropout()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("peft.dropout: must be in [0, 1), got ", spec.dropout()));
   }
   s.dropout = spec.dropout();
   std::set<std::string> targets;
   for (int i = 0; i < spec.target_modules_size(); ++i) {
     const std::string& t = spec.target_modules(i);
     if (!KnownTarget(t)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "peft.target_modules[", i, "]: unknown target '", t, "' (known: ",
-          absl::StrJoin(kKnownTargets, ", "), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("peft.target_modules[", i, "]: unknown target '", t,
+                       "' (known: ", absl::StrJoin(kKnownTargets, ", "), ")"));
     }
     targets.insert(t);
   }
@@ -85,7 +85,6 @@ absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec) {
   s.targets.assign(targets.begin(), targets.end());
   return s;
 }
-
 
 // ---- adapters -------------------------------------------------------------
 LoraAdapter::LoraAdapter(int64_t in_features, int64_t out_features,
@@ -114,8 +113,8 @@ torch::Tensor LoraAdapter::Forward(const torch::Tensor& x,
                                    const torch::Tensor& bias) {
   torch::Tensor y = torch::nn::functional::linear(x, weight, bias);
   const torch::Tensor xd = MaybeDropout(x, dropout, is_training());
-  return y + torch::nn::functional::linear(
-                 torch::nn::functional::linear(xd, a), b) *
+  return y + torch::nn::functional::linear(torch::nn::functional::linear(xd, a),
+                                           b) *
                  scaling;
 }
 
@@ -155,8 +154,8 @@ torch::Tensor DoraAdapter::Forward(const torch::Tensor& x,
     xd = MaybeDropout(x, dropout, true);
     base_result = torch::nn::functional::linear(xd, w);
   }
-  const torch::Tensor lora_result = torch::nn::functional::linear(
-      torch::nn::functional::linear(xd, a), b);
+  const torch::Tensor lora_result =
+      torch::nn::functional::linear(torch::nn::functional::linear(xd, a), b);
   return result + (mag - 1) * base_result + mag * lora_result * scaling;
 }
 
@@ -280,7 +279,8 @@ absl::Status MergeAdapters(Gemma3Model& model) {
   return absl::OkStatus();
 }
 
-// ---- adapter checkpoints -----------------------------------------------------
+// ---- adapter checkpoints
+// -----------------------------------------------------
 absl::Status ReplaceDir(const std::string& tmp, const std::string& dir) {
   std::string old;
   if (PathExists(dir)) {
@@ -336,7 +336,8 @@ absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma3Model& model,
         projections[p.name] = {{"base_shape", p.proj->weight.sizes().vec()}};
       }
       for (auto& [name, t] : AdapterParameters(model)) {
-        keep.push_back(t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
+        keep.push_back(
+            t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
         GEMMA_RETURN_IF_ERROR(AddTensor(writer, name, keep.back()));
       }
     } catch (const c10::Error& e) {
@@ -480,10 +481,10 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
       for (auto& [name, t] : params) {
         GEMMA_ASSIGN_OR_RETURN(at::Tensor v, TensorView(file, name));
         if (v.sizes() != t.sizes()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              st_path, ": tensor '", name, "': shape [",
-              absl::StrJoin(v.sizes(), ", "), "], expected [",
-              absl::StrJoin(t.sizes(), ", "), "]"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(st_path, ": tensor '", name, "': shape [",
+                           absl::StrJoin(v.sizes(), ", "), "], expected [",
+                           absl::StrJoin(t.sizes(), ", "), "]"));
         }
         t.copy_(v);
       }

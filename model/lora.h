@@ -45,9 +45,9 @@ inline constexpr char kLoraSlot[] = "lora";
 
 // A PeftSpec with its defaults filled in and checked.
 struct PeftSettings {
-  std::string method = "lora";       // "lora" or "dora"
+  std::string method = "lora";  // "lora" or "dora"
   int64_t rank = 8;
-  double alpha = 8;                  // scaling = alpha / rank
+  double alpha = 8;  // scaling = alpha / rank
   double dropout = 0;
   std::vector<std::string> targets;  // our target names, sorted, unique
   double scaling() const { return alpha / static_cast<double>(rank); }

@@ -55,7 +55,8 @@ Gemma3Model TinyModel(const std::string& config_text = kTinyVl,
 
 ModelInputs TinyInputs(const ModelConfig& c) {
   std::vector<int64_t> ids = {2, 5, 9, 11, c.boi_token_id};
-  for (int i = 0; i < c.mm_tokens_per_image; ++i) ids.push_back(c.image_token_id);
+  for (int i = 0; i < c.mm_tokens_per_image; ++i)
+    ids.push_back(c.image_token_id);
   for (int64_t t : {c.eoi_token_id, int64_t{17}, int64_t{23}, int64_t{42}}) {
     ids.push_back(t);
   }
@@ -79,8 +80,8 @@ gemma::v1::PeftSpec Spec(const std::string& method,
 }
 
 const std::vector<std::string> kAllTargets = {
-    "qkv", "o", "gate_up", "down", "vision.qkv", "vision.o", "vision.fc1",
-    "vision.fc2"};
+    "qkv",        "o",        "gate_up",    "down",
+    "vision.qkv", "vision.o", "vision.fc1", "vision.fc2"};
 
 // Non-zero B (and a magnitude away from ||W||) so adapters change the output.
 void RandomiseAdapters(Gemma3Model& model, uint64_t seed) {
@@ -88,7 +89,8 @@ void RandomiseAdapters(Gemma3Model& model, uint64_t seed) {
   torch::NoGradGuard no_grad;
   for (auto& [name, t] : AdapterParameters(model)) {
     if (absl::EndsWith(name, ".lora.b")) t.copy_(torch::randn(t.sizes()) * 0.2);
-    if (absl::EndsWith(name, ".lora.m")) t.mul_(1 + 0.2 * torch::randn(t.sizes()));
+    if (absl::EndsWith(name, ".lora.m"))
+      t.mul_(1 + 0.2 * torch::randn(t.sizes()));
   }
 }
 
@@ -97,8 +99,8 @@ double RelDiff(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 std::string TempDir(const std::string& tag) {
-  std::string d = absl::StrCat(GEMMA_BINARY_DIR, "/lora_test_tmp/", tag, ".",
-                               getpid());
+  std::string d =
+      absl::StrCat(GEMMA_BINARY_DIR, "/lora_test_tmp/", tag, ".", getpid());
   EXPECT_TRUE(RemoveTree(d).ok());
   EXPECT_TRUE(MakeDirs(d).ok());
   return d;
@@ -131,7 +133,9 @@ TEST_P(LoraMethodTest, MergeEqualsAdapterForward) {
   ASSERT_GT(RelDiff(adapted, base), 1e-2) << "adapters must change the output";
   ASSERT_TRUE(MergeAdapters(model).ok());
   EXPECT_TRUE(AdapterParameters(model).empty());
-  EXPECT_EQ(model->text->layers[0]->as<Gemma3DecoderLayerImpl>()->attn->qkv->adapter(),
+  EXPECT_EQ(model->text->layers[0]
+                ->as<Gemma3DecoderLayerImpl>()
+                ->attn->qkv->adapter(),
             nullptr);
   torch::Tensor merged = model->forward(in);
   EXPECT_LT(RelDiff(merged, adapted), 1e-5);
@@ -161,7 +165,8 @@ TEST_P(LoraMethodTest, GradientsReachOnlyAdaptersAndStepLeavesBaseUntouched) {
     EXPECT_EQ(item.value().requires_grad(), is_adapter) << item.key();
     if (is_adapter) {
       ASSERT_TRUE(item.value().grad().defined()) << item.key();
-      EXPECT_GT(item.value().grad().abs().max().item<double>(), 0) << item.key();
+      EXPECT_GT(item.value().grad().abs().max().item<double>(), 0)
+          << item.key();
     } else {
       EXPECT_FALSE(item.value().grad().defined()) << item.key();
     }
@@ -177,11 +182,14 @@ TEST_P(LoraMethodTest, GradientsReachOnlyAdaptersAndStepLeavesBaseUntouched) {
 TEST_P(LoraMethodTest, CheckpointRoundTrip) {
   Gemma3Model model = TinyModel();
   ModelInputs in = TinyInputs(model->config());
-  ASSERT_TRUE(AttachAdapters(model, Spec(GetParam(), {"qkv", "down", "vision.fc1"})).ok());
+  ASSERT_TRUE(
+      AttachAdapters(model, Spec(GetParam(), {"qkv", "down", "vision.fc1"}))
+          .ok());
   RandomiseAdapters(model, 9);
   const std::string dir = TempDir("ckpt_" + GetParam()) + "/adapter";
-  ASSERT_TRUE(SaveAdapterCheckpoint(dir, model, Spec(GetParam(), {"qkv", "down", "vision.fc1"}),
-                                    "/models/base", 42)
+  ASSERT_TRUE(SaveAdapterCheckpoint(
+                  dir, model, Spec(GetParam(), {"qkv", "down", "vision.fc1"}),
+                  "/models/base", 42)
                   .ok());
   EXPECT_FALSE(PathExists(absl::StrCat(dir, ".tmp.", getpid())));
   Gemma3Model fresh = TinyModel();
@@ -257,7 +265,9 @@ TEST(LoraTest, CheckpointOfAnotherBaseModelIsRefused) {
   auto st = LoadAdapterCheckpoint(dir, wrong).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(st.message(), HasSubstr(dir + "/adapter.json"));
-  EXPECT_THAT(st.message(), HasSubstr("projections.text.layers.0.mlp.down.base_shape: [32, 48]"));
+  EXPECT_THAT(
+      st.message(),
+      HasSubstr("projections.text.layers.0.mlp.down.base_shape: [32, 48]"));
   EXPECT_TRUE(AdapterParameters(wrong).empty());
   for (const auto& p : wrong->parameters()) EXPECT_TRUE(p.requires_grad());
 }
@@ -266,7 +276,8 @@ TEST(LoraTest, CheckpointWithMisShapedTensorIsRefused) {
   Gemma3Model model = TinyModel();
   ASSERT_TRUE(AttachAdapters(model, Spec("lora", {"o"})).ok());
   const std::string dir = TempDir("badrank") + "/adapter";
-  ASSERT_TRUE(SaveAdapterCheckpoint(dir, model, Spec("lora", {"o"}), "base").ok());
+  ASSERT_TRUE(
+      SaveAdapterCheckpoint(dir, model, Spec("lora", {"o"}), "base").ok());
   // Claim another rank than the stored tensors have.
   const std::string cfg = dir + "/adapter.json";
   std::ifstream f(cfg);
@@ -288,7 +299,6 @@ TEST(LoraTest, CheckpointWithMisShapedTensorIsRefused) {
   EXPECT_EQ(LoadAdapterCheckpoint(dir + "/nope", fresh).status().code(),
             absl::StatusCode::kNotFound);
 }
-
 
 // The submit-time check (proto/spec_check.h, no LibTorch) and ResolvePeftSpec
 // accept and refuse the same peft fields.

@@ -90,8 +90,7 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
   GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec));
   const ModelConfig& config = model->config();
   const bool vision = config.is_vl();
-  GEMMA_ASSIGN_OR_RETURN(HfMapping mapping,
-                         BuildHfMapping(LiteConfig(config)));
+  GEMMA_ASSIGN_OR_RETURN(HfMapping mapping, BuildHfMapping(LiteConfig(config)));
   std::map<std::string, const ParamMapping*> by_name;
   for (const auto& p : mapping.params) by_name[p.name] = &p;
 
@@ -127,14 +126,17 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
       for (const HfRows& r : pm.pieces) {
         GEMMA_ASSIGN_OR_RETURN(std::string module,
                                HfModulePath(r.hf_name, vision));
-        pieces[module].push_back({r.row_begin, offset, r.row_end - r.row_begin});
+        pieces[module].push_back(
+            {r.row_begin, offset, r.row_end - r.row_begin});
         offset += r.row_end - r.row_begin;
         (adapter ? adapted_leaves : plain_leaves).insert(Leaf(module));
         if (adapter) patterns.insert(LayerPattern(module));
       }
       if (!adapter) continue;
-      const torch::Tensor a = adapter->a.detach().to(torch::kCPU, torch::kFloat32);
-      const torch::Tensor b = adapter->b.detach().to(torch::kCPU, torch::kFloat32);
+      const torch::Tensor a =
+          adapter->a.detach().to(torch::kCPU, torch::kFloat32);
+      const torch::Tensor b =
+          adapter->b.detach().to(torch::kCPU, torch::kFloat32);
       torch::Tensor m;
       if (auto dora = std::dynamic_pointer_cast<DoraAdapter>(adapter)) {
         m = dora->m.detach().to(torch::kCPU, torch::kFloat32);
@@ -178,8 +180,8 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
     if (plain_leaves.count(l)) leaves_exact = false;
   }
   if (leaves_exact) {
-    targets = std::vector<std::string>(adapted_leaves.begin(),
-                                       adapted_leaves.end());
+    targets =
+        std::vector<std::string>(adapted_leaves.begin(), adapted_leaves.end());
   } else {
     targets = absl::StrCat(
         "^(", absl::StrJoin(patterns.begin(), patterns.end(), "|"), ")$");
@@ -189,8 +191,8 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
       {"task_type", nullptr},
       {"peft_version", kPeftFormatVersion},
       {"auto_mapping",
-       {{"base_model_class", vision ? "Gemma3ForConditionalGeneration"
-                                    : "Gemma3ForCausalLM"},
+       {{"base_model_class",
+         vision ? "Gemma3ForConditionalGeneration" : "Gemma3ForCausalLM"},
         {"parent_library", "transformers.models.gemma3.modeling_gemma3"}}},
       {"base_model_name_or_path", base_model_name_or_path.empty()
                                       ? json(nullptr)
@@ -231,8 +233,8 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
   absl::Status st = [&]() -> absl::Status {
     GEMMA_RETURN_IF_ERROR(
         writer.Write(absl::StrCat(tmp, "/adapter_model.safetensors")));
-    GEMMA_RETURN_IF_ERROR(WriteTextFile(
-        absl::StrCat(tmp, "/adapter_config.json"), cfg.dump(2)));
+    GEMMA_RETURN_IF_ERROR(
+        WriteTextFile(absl::StrCat(tmp, "/adapter_config.json"), cfg.dump(2)));
     return ReplaceDir(tmp, out_dir);
   }();
   if (!st.ok()) RemoveTree(tmp).IgnoreError();

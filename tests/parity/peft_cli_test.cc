@@ -45,7 +45,8 @@ std::string ReadText(const std::string& path) {
 }
 
 // Runs `cmd`, stdout to `out`, stderr to `err`; returns the exit status.
-int RunCmd(const std::string& cmd, const std::string& out, const std::string& err) {
+int RunCmd(const std::string& cmd, const std::string& out,
+           const std::string& err) {
   const int rc = std::system((cmd + " > " + out + " 2> " + err).c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
@@ -93,7 +94,8 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   spec.set_method("dora");
   spec.set_rank(4);
   spec.set_alpha(8);
-  for (const char* t : {"qkv", "o", "gate_up", "down", "vision.qkv", "vision.fc2"}) {
+  for (const char* t :
+       {"qkv", "o", "gate_up", "down", "vision.qkv", "vision.fc2"}) {
     spec.add_target_modules(t);
   }
   ASSERT_TRUE(AttachAdapters(model, spec).ok());
@@ -101,8 +103,10 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
     torch::manual_seed(23);
     torch::NoGradGuard no_grad;
     for (auto& [name, t] : AdapterParameters(model)) {
-      if (absl::EndsWith(name, ".lora.b")) t.copy_(torch::randn(t.sizes()) * 0.1);
-      if (absl::EndsWith(name, ".lora.m")) t.mul_(1 + 0.2 * torch::randn(t.sizes()));
+      if (absl::EndsWith(name, ".lora.b"))
+        t.copy_(torch::randn(t.sizes()) * 0.1);
+      if (absl::EndsWith(name, ".lora.m"))
+        t.mul_(1 + 0.2 * torch::randn(t.sizes()));
     }
   }
   const std::string adapter = work + "/adapter";
@@ -115,14 +119,15 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   }
 
   // --help works.
-  EXPECT_EQ(RunCmd(Bin() + " local peft-merge --help", work + "/o", work + "/e"), 0);
+  EXPECT_EQ(
+      RunCmd(Bin() + " local peft-merge --help", work + "/o", work + "/e"), 0);
   EXPECT_THAT(ReadText(work + "/o"), HasSubstr("--adapter"));
 
   // peft-merge: a full checkpoint (TP=2) computing the adapted model.
   const std::string merged = work + "/merged";
-  ASSERT_EQ(RunCmd(Bin() + " local peft-merge --adapter " + adapter + " --out " +
-                    merged + " --tp 2 -o json",
-                work + "/merge.out", work + "/merge.err"),
+  ASSERT_EQ(RunCmd(Bin() + " local peft-merge --adapter " + adapter +
+                       " --out " + merged + " --tp 2 -o json",
+                   work + "/merge.out", work + "/merge.err"),
             0)
       << ReadText(work + "/merge.err");
   auto j = nlohmann::json::parse(ReadText(work + "/merge.out"));
@@ -140,9 +145,9 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
 
   // peft-export, then the real peft on the HF model.
   const std::string exported = work + "/peft";
-  ASSERT_EQ(RunCmd(Bin() + " local peft-export --adapter " + adapter + " --out " +
-                    exported + " --base-name my/base -o json",
-                work + "/export.out", work + "/export.err"),
+  ASSERT_EQ(RunCmd(Bin() + " local peft-export --adapter " + adapter +
+                       " --out " + exported + " --base-name my/base -o json",
+                   work + "/export.out", work + "/export.err"),
             0)
       << ReadText(work + "/export.err");
   auto cfg = nlohmann::json::parse(ReadText(exported + "/adapter_config.json"));
@@ -150,9 +155,9 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   EXPECT_EQ(cfg["use_dora"], true);
   const std::string logits = work + "/peft_logits.safetensors";
   const std::string py = absl::StrCat(
-      GEMMA_PYTHON_EXE, " ", GEMMA_SOURCE_DIR, "/tests/parity/peft_check.py --hf ",
-      base, " --adapter ", exported, " --inputs ", fixture,
-      "/inputs.safetensors --out ", logits,
+      GEMMA_PYTHON_EXE, " ", GEMMA_SOURCE_DIR,
+      "/tests/parity/peft_check.py --hf ", base, " --adapter ", exported,
+      " --inputs ", fixture, "/inputs.safetensors --out ", logits,
       " --r 4 --alpha 8 --dora --expect-modules ", 4 * 7 + 2 * 4);
   ASSERT_EQ(RunCmd(py, work + "/py.out", work + "/py.err"), 0)
       << ReadText(work + "/py.err");
@@ -162,10 +167,10 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   EXPECT_GT(RelDiff(ref["base_logits"], ref["logits"]), 1e-2);
 
   // The checkpoint on another base model: exit 1, the file and field named.
-  EXPECT_EQ(RunCmd(Bin() + " local peft-merge --adapter " + adapter + " --out " +
-                    work + "/bad --base " + DataDir() +
-                    "/vl_legacy_odd_heads_oov_image/hf",
-                work + "/bad.out", work + "/bad.err"),
+  EXPECT_EQ(RunCmd(Bin() + " local peft-merge --adapter " + adapter +
+                       " --out " + work + "/bad --base " + DataDir() +
+                       "/vl_legacy_odd_heads_oov_image/hf",
+                   work + "/bad.out", work + "/bad.err"),
             1);
   const std::string err = ReadText(work + "/bad.err");
   EXPECT_THAT(err, HasSubstr(adapter + "/adapter.json"));
@@ -173,7 +178,7 @@ TEST(PeftCliTest, MergeAndExportAnAdapterCheckpoint) {
   EXPECT_FALSE(PathExists(work + "/bad"));
   // Missing flags: usage error.
   EXPECT_EQ(RunCmd(Bin() + " local peft-export --adapter " + adapter,
-                work + "/u.out", work + "/u.err"),
+                   work + "/u.out", work + "/u.err"),
             2);
   RemoveTree(work).IgnoreError();
 }

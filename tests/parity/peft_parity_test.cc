@@ -39,7 +39,7 @@ struct PeftCase {
   std::string fixture;  // make_reference.py case folder
   std::string method;
   std::vector<std::string> targets;
-  int expect_modules;   // HF modules peft must adapt
+  int expect_modules;  // HF modules peft must adapt
 };
 
 std::ostream& operator<<(std::ostream& os, const PeftCase& c) {
@@ -80,17 +80,21 @@ TEST_P(PeftExportTest, PeftLoadsTheExportAndGivesOurLogits) {
     torch::manual_seed(17);
     torch::NoGradGuard no_grad;
     for (auto& [name, t] : AdapterParameters(model)) {
-      if (absl::EndsWith(name, ".lora.b")) t.copy_(torch::randn(t.sizes()) * 0.1);
-      if (absl::EndsWith(name, ".lora.m")) t.mul_(1 + 0.2 * torch::randn(t.sizes()));
+      if (absl::EndsWith(name, ".lora.b"))
+        t.copy_(torch::randn(t.sizes()) * 0.1);
+      if (absl::EndsWith(name, ".lora.m"))
+        t.mul_(1 + 0.2 * torch::randn(t.sizes()));
     }
   }
 
   auto in_map = ReadAll(dir + "/inputs.safetensors");
   ModelInputs in;
   in.input_ids = in_map.at("input_ids");
-  if (in_map.count("attention_mask")) in.attention_mask = in_map["attention_mask"];
+  if (in_map.count("attention_mask"))
+    in.attention_mask = in_map["attention_mask"];
   if (in_map.count("pixel_values")) in.pixel_values = in_map["pixel_values"];
-  if (in_map.count("token_type_ids")) in.token_type_ids = in_map["token_type_ids"];
+  if (in_map.count("token_type_ids"))
+    in.token_type_ids = in_map["token_type_ids"];
   torch::Tensor ours;
   {
     torch::NoGradGuard no_grad;
@@ -153,8 +157,11 @@ INSTANTIATE_TEST_SUITE_P(
                  "dora", kAll, 5 * 7 + 2 * 6},
         // Only the vision q/k/v and the text MLP: target_modules must be a
         // regex, since "q_proj" alone would also pick the text attention.
-        PeftCase{"lora_vision_qkv_only", "vl_one_image", "lora",
-                 {"vision.qkv", "gate_up"}, 2 * 3 + 4 * 2},
+        PeftCase{"lora_vision_qkv_only",
+                 "vl_one_image",
+                 "lora",
+                 {"vision.qkv", "gate_up"},
+                 2 * 3 + 4 * 2},
         PeftCase{"dora_text_only_model", "text_softcap_batch2", "dora", kText,
                  4 * 7}),
     [](const ::testing::TestParamInfo<PeftCase>& info) {
