@@ -3,7 +3,10 @@
 // into our model, adapters with random non-zero B (and magnitudes, DoRA) are
 // attached and exported; tests/parity/peft_check.py loads the folder with
 // PeftModel.from_pretrained on the same HF model and its logits must equal
-// ours:  max |ours - peft| <= 1e-5 * max |peft|.
+// ours:  max |ours - peft| <= 1e-5 * max |peft|. The adapter gradients of
+// mean(logits * probe) must equal peft's too (2e-5 per tensor; peft's lora_A
+// grads summed over the q/k/v or gate/up parts that share our one A), which
+// pins DoRA's detached norm.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -28,6 +31,8 @@ namespace gemma {
 namespace {
 
 constexpr double kTolerance = 1e-5;
+// Adapter gradients: max |ours - peft| <= this * max |peft|, per tensor.
+constexpr double kGradTolerance = 2e-5;
 
 std::string DataDir() {
   if (const char* env = std::getenv("GEMMA_PARITY_DATA")) return env;
@@ -111,13 +116,37 @@ TEST_P(PeftExportTest, PeftLoadsTheExportAndGivesOurLogits) {
   EXPECT_TRUE(PathExists(exported + "/adapter_config.json"));
   EXPECT_TRUE(PathExists(exported + "/adapter_model.safetensors"));
 
+  // Our gradients of mean(logits * probe) w.r.t. the adapters (eval mode: no
+  // dropout), exported in peft's layout for peft_check.py to compare.
+  const std::string grads = work + "/grads", probe_file = work + "/probe.st";
+  {
+    torch::manual_seed(29);
+    const torch::Tensor probe = torch::randn(ours.sizes());
+    SafetensorsWriter writer;
+    ASSERT_TRUE(AddTensor(writer, "probe", probe).ok());
+    ASSERT_TRUE(writer.Write(probe_file).ok());
+    model->zero_grad();
+    (model->forward(in) * probe).mean().backward();
+    auto params = AdapterParameters(model);
+    std::vector<torch::Tensor> saved;
+    torch::NoGradGuard no_grad;
+    for (auto& [name, t] : params) {
+      ASSERT_TRUE(t.grad().defined()) << name;
+      saved.push_back(t.detach().clone());
+      t.copy_(t.grad());
+    }
+    ASSERT_TRUE(ExportPeftAdapter(model, spec, grads, "").ok());
+    for (size_t i = 0; i < params.size(); ++i) params[i].second.copy_(saved[i]);
+  }
+
   const std::string out = work + "/peft_logits.safetensors";
   const std::string cmd = absl::StrCat(
       GEMMA_PYTHON_EXE, " ", GEMMA_SOURCE_DIR, "/tests/parity/peft_check.py",
       " --hf ", dir, "/hf --adapter ", exported, " --inputs ", dir,
       "/inputs.safetensors --out ", out, " --r 4 --alpha 6",
       c.method == "dora" ? " --dora" : "", " --expect-modules ",
-      c.expect_modules, " > ", work, "/peft_check.log 2>&1");
+      c.expect_modules, " --grads ", grads, " --probe ", probe_file,
+      " --grad-tol ", kGradTolerance, " > ", work, "/peft_check.log 2>&1");
   if (std::system(cmd.c_str()) != 0) {
     std::ifstream log(work + "/peft_check.log");
     std::stringstream text;
@@ -133,7 +162,13 @@ TEST_P(PeftExportTest, PeftLoadsTheExportAndGivesOurLogits) {
   const double diff = (ours - peft).abs().max().item<double>();
   const double effect = (peft - base).abs().max().item<double>();
   std::cout << c.name << ": max|ours - peft| / max|peft| = " << diff / scale
-            << ", adapter effect " << effect / scale << "\n";
+            << ", adapter effect " << effect / scale << "; peft_check: " <<
+      [&] {
+        std::ifstream log(work + "/peft_check.log");
+        std::string line, last;
+        while (std::getline(log, line)) last = line;
+        return last;
+      }() << "\n";
   EXPECT_GT(effect, 1e-2 * scale) << "the adapters must change the logits";
   EXPECT_LE(diff, kTolerance * scale);
   RemoveTree(work).IgnoreError();
