@@ -107,6 +107,13 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
             absl::StrCat(p.name, ".weight: no HF mapping"));
       }
       const ParamMapping& pm = *it->second;
+      if (p.proj->weight.sizes().vec() != pm.shape) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            p.name, ".weight: shape [",
+            absl::StrJoin(p.proj->weight.sizes(), ", "),
+            "], the model config implies [", absl::StrJoin(pm.shape, ", "),
+            "] (a tensor-parallel shard? export from a TP=1 model)"));
+      }
       auto adapter = AdapterOf(*p.proj);
       if (adapter && s.method == "dora" &&
           !std::dynamic_pointer_cast<DoraAdapter>(adapter)) {
