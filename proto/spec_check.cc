@@ -29,6 +29,36 @@ absl::Status Required(const std::string& field, const std::string& v,
   return absl::OkStatus();
 }
 
+// The PeftSpec rules of ResolvePeftSpec (model/lora.h), without LibTorch.
+absl::Status CheckPeft(const v1::PeftSpec& p) {
+  const std::string& m = p.method();
+  if (!m.empty() && m != "lora" && m != "dora") {
+    return Bad("peft.method",
+               absl::StrCat("must be lora or dora, got '", m, "'"));
+  }
+  if (p.alpha() < 0) {
+    return Bad("peft.alpha", absl::StrCat("must be > 0, got ", p.alpha()));
+  }
+  if (!(p.dropout() >= 0 && p.dropout() < 1)) {
+    return Bad("peft.dropout",
+               absl::StrCat("must be in [0, 1), got ", p.dropout()));
+  }
+  static const char* kTargets[] = {"qkv",        "o",          "gate_up",
+                                   "down",       "vision.qkv", "vision.o",
+                                   "vision.fc1", "vision.fc2"};
+  for (int i = 0; i < p.target_modules_size(); ++i) {
+    bool known = false;
+    for (const char* t : kTargets) known = known || p.target_modules(i) == t;
+    if (!known) {
+      return Bad(absl::StrCat("peft.target_modules[", i, "]"),
+                 absl::StrCat("unknown target '", p.target_modules(i),
+                              "' (known: qkv, o, gate_up, down, vision.qkv, "
+                              "vision.o, vision.fc1, vision.fc2)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int WorldSize(const v1::JobSpec& spec) {
@@ -119,6 +149,9 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
         return Bad("optim.lr", absl::StrCat("must be > 0 for kind ", kind));
       if (spec.kind() == v1::JOB_KIND_PEFT && spec.peft().rank() <= 0) {
         return Bad("peft.rank", "must be > 0 for kind peft");
+      }
+      if (spec.kind() == v1::JOB_KIND_PEFT) {  // same rules as model/lora.h
+        if (auto s = CheckPeft(spec.peft()); !s.ok()) return s;
       }
       break;
     case v1::JOB_KIND_EVAL:
