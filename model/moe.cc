@@ -168,7 +168,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& router_in) {
   tokens_per_expert_ += counts;
 
   // Token-expert pairs sorted by expert (stable: token order within one).
-  torch::Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0));
+  torch::Tensor order = std::get<1>(torch::sort(flat, std::optional<bool>(true), 0, false));
   torch::Tensor token_of =
       torch::arange(t, flat.options()).repeat_interleave(k).index_select(0, order);
   torch::Tensor expert_of = flat.index_select(0, order);
@@ -190,12 +190,12 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& router_in) {
   }
   // Regroup what arrived (per source rank, each sorted by expert) by expert.
   torch::Tensor local_id = got_expert - experts->first;
-  torch::Tensor regroup = std::get<1>(local_id.sort(/*stable=*/true, 0));
+  torch::Tensor regroup = std::get<1>(torch::sort(local_id, std::optional<bool>(true), 0, false));
   torch::Tensor local_counts = torch::bincount(local_id.cpu(), {}, local);
   std::vector<int64_t> lc(local_counts.data_ptr<int64_t>(),
                           local_counts.data_ptr<int64_t>() + local);
   torch::Tensor y = experts(got.index_select(0, regroup), lc);
-  y = y.index_select(0, std::get<1>(regroup.sort(/*stable=*/true, 0)));
+  y = y.index_select(0, std::get<1>(torch::sort(regroup, std::optional<bool>(true), 0, false)));
 
   std::vector<int64_t> back_counts;
   torch::Tensor back = AllToAllRows(*ep_, y, recv, &back_counts);
