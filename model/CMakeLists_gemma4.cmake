@@ -11,6 +11,3 @@ gemma_torch_pch(gemma_model_gemma4)
 
 gemma_add_test(NAME model_gemma4_config_test SOURCES gemma4_config_test.cc
                LIBS gemma_model_gemma4_config LABELS model)
-gemma_add_test(NAME model_moe_test SOURCES moe_test.cc
-               LIBS gemma_model_gemma4 LABELS model)
-gemma_torch_pch(model_moe_test)
