@@ -35,9 +35,9 @@ torch::Tensor Gemma4InverseFrequencies(int64_t head_dim,
 
 Gemma4AttentionImpl::Gemma4AttentionImpl(int64_t hidden, int64_t nq,
                                          int64_t nkv, int64_t hd, bool kv_same,
-                                         double eps_in)
+                                         double eps_in, bool axial)
     : num_heads(nq), num_kv_heads(nkv), head_dim(hd), k_eq_v(kv_same),
-      eps(eps_in) {
+      eps(eps_in), axial_2d(axial) {
   TORCH_CHECK(nq % nkv == 0, "Gemma4Attention: ", nkv,
               " KV heads do not divide ", nq, " query heads");
   const int64_t out = (nq + (k_eq_v ? 1 : 2) * nkv) * hd;
@@ -60,8 +60,18 @@ torch::Tensor Gemma4AttentionImpl::forward(const torch::Tensor& x,
   torch::Tensor k_raw = y.select(3, g);
   torch::Tensor v_raw = k_eq_v ? k_raw : y.select(3, g + 1);
 
-  q = ApplyRope(q_norm(q).transpose(1, 2), cos, sin);
-  torch::Tensor k = ApplyRope(k_norm(k_raw).transpose(1, 2), cos, sin);
+  auto rope = [&](const torch::Tensor& x) {
+    if (!axial_2d) return ApplyRope(x, cos, sin);
+    const int64_t half = head_dim / 2;
+    return torch::cat({ApplyRope(x.narrow(-1, 0, half), cos.narrow(-1, 0, half),
+                                 sin.narrow(-1, 0, half)),
+                       ApplyRope(x.narrow(-1, half, half),
+                                 cos.narrow(-1, half, half),
+                                 sin.narrow(-1, half, half))},
+                      -1);
+  };
+  q = rope(q_norm(q).transpose(1, 2));
+  torch::Tensor k = rope(k_norm(k_raw).transpose(1, 2));
   torch::Tensor v = Gemma4RmsNorm(v_raw, torch::Tensor(), eps).transpose(1, 2);
   if (cache != nullptr) std::tie(k, v) = cache->Update(k, v);
   if (g > 1) {
@@ -269,7 +279,14 @@ bool IsExpertTensor(const std::string& name) {
 absl::Status LoadGemma4Weights(
     Gemma4TextModelImpl& model,
     const std::map<std::string, torch::Tensor>& weights) {
-  const std::string prefix = "text.";
+  return LoadGemma4ModuleWeights(model, weights, "text.", model.ep_rank(),
+                                 model.ep_size());
+}
+
+absl::Status LoadGemma4ModuleWeights(
+    torch::nn::Module& model,
+    const std::map<std::string, torch::Tensor>& weights,
+    const std::string& prefix, int64_t ep_rank, int64_t ep_size) {
   std::map<std::string, torch::Tensor> targets;
   for (const auto& p : model.named_parameters()) targets[prefix + p.key()] = p.value();
   for (const auto& p : model.named_buffers()) targets[prefix + p.key()] = p.value();
@@ -283,9 +300,9 @@ absl::Status LoadGemma4Weights(
       continue;
     }
     torch::Tensor src = it->second;
-    if (IsExpertTensor(name) && model.ep_size() > 1 && src.dim() == dst.dim() &&
-        src.size(0) == dst.size(0) * model.ep_size()) {
-      src = src.narrow(0, model.ep_rank() * dst.size(0), dst.size(0));
+    if (IsExpertTensor(name) && ep_size > 1 && src.dim() == dst.dim() &&
+        src.size(0) == dst.size(0) * ep_size) {
+      src = src.narrow(0, ep_rank * dst.size(0), dst.size(0));
     }
     if (src.sizes() != dst.sizes()) {
       bad_shape.push_back(absl::StrCat(name, " (got [",

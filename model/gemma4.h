@@ -66,8 +66,11 @@ torch::Tensor Gemma4InverseFrequencies(int64_t head_dim, const Gemma4Rope& rope)
 
 class Gemma4AttentionImpl : public torch::nn::Module {
  public:
+  // axial_2d: the vision tower's 2-D RoPE (each half of the head rotated on
+  // its own with its half of cos/sin) instead of rotate-half over the head.
   Gemma4AttentionImpl(int64_t hidden, int64_t num_heads, int64_t num_kv_heads,
-                      int64_t head_dim, bool k_eq_v, double eps);
+                      int64_t head_dim, bool k_eq_v, double eps,
+                      bool axial_2d = false);
   // x [B, L, H]; cos/sin [B', L, hd]; bias [B, 1, L, T] or undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
@@ -76,6 +79,7 @@ class Gemma4AttentionImpl : public torch::nn::Module {
   int64_t num_heads, num_kv_heads, head_dim;
   bool k_eq_v;
   double eps;
+  bool axial_2d;
   Projection qkv{nullptr};  // registered as "qk" on K=V layers
   Projection o{nullptr};
   Gemma4Norm q_norm{nullptr};
@@ -159,6 +163,13 @@ TORCH_MODULE(Gemma4TextModel);
 // is copied unless everything matches.
 absl::Status LoadGemma4Weights(Gemma4TextModelImpl& model,
                                const std::map<std::string, torch::Tensor>& weights);
+
+// The same for any module (its parameter and buffer names prefixed with
+// `prefix`; "" for a module whose names already carry text./vision.).
+absl::Status LoadGemma4ModuleWeights(
+    torch::nn::Module& module,
+    const std::map<std::string, torch::Tensor>& weights,
+    const std::string& prefix, int64_t ep_rank = 0, int64_t ep_size = 1);
 
 // Every parameter and buffer of the model under our global names (experts of
 // this rank only when EP > 1), CPU copies.

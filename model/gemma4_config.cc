@@ -510,6 +510,72 @@ nlohmann::json Gemma4TextConfigToJson(const Gemma4TextConfig& c) {
   return j;
 }
 
+absl::StatusOr<Gemma4ModelConfig> ParseGemma4ModelConfigText(
+    std::string_view text, std::string_view source) {
+  json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(source), ": not valid JSON"));
+  }
+  Gemma4ModelConfig m;
+  GEMMA_ASSIGN_OR_RETURN(m.text, ParseGemma4TextConfig(doc, source));
+  Reader top(doc, source, "");
+  GEMMA_RETURN_IF_ERROR(top.Int("image_token_id", &m.image_token_id));
+  GEMMA_RETURN_IF_ERROR(top.Int("boi_token_id", &m.boi_token_id));
+  GEMMA_RETURN_IF_ERROR(top.Int("eoi_token_id", &m.eoi_token_id));
+  if (!top.Has("vision_config")) return m;
+  const json& vj = doc.at("vision_config");
+  if (!vj.is_object()) return top.Error("vision_config", "expected an object");
+  Reader r(vj, source, "vision_config");
+  Gemma4VisionConfig v;
+  GEMMA_RETURN_IF_ERROR(r.Int("hidden_size", &v.hidden_size));
+  GEMMA_RETURN_IF_ERROR(r.Int("intermediate_size", &v.intermediate_size));
+  GEMMA_RETURN_IF_ERROR(r.Int("num_hidden_layers", &v.num_layers));
+  GEMMA_RETURN_IF_ERROR(r.Int("num_attention_heads", &v.num_heads));
+  GEMMA_RETURN_IF_ERROR(r.Int("num_key_value_heads", &v.num_kv_heads));
+  GEMMA_RETURN_IF_ERROR(r.Int("head_dim", &v.head_dim));
+  GEMMA_RETURN_IF_ERROR(r.Double("rms_norm_eps", &v.rms_norm_eps));
+  GEMMA_RETURN_IF_ERROR(r.Int("pooling_kernel_size", &v.pooling_kernel_size));
+  GEMMA_RETURN_IF_ERROR(r.Int("patch_size", &v.patch_size));
+  GEMMA_RETURN_IF_ERROR(
+      r.Int("position_embedding_size", &v.position_embedding_size));
+  GEMMA_RETURN_IF_ERROR(r.Bool("standardize", &v.standardize));
+  bool clipped = false;
+  GEMMA_RETURN_IF_ERROR(r.Bool("use_clipped_linears", &clipped));
+  if (clipped) {
+    return r.Error("use_clipped_linears", "clipped linears are not supported");
+  }
+  std::string act = "gelu_pytorch_tanh";
+  GEMMA_RETURN_IF_ERROR(r.String("hidden_activation", &act));
+  if (act != "gelu_pytorch_tanh") {
+    return r.Error("hidden_activation", "only gelu_pytorch_tanh is supported");
+  }
+  if (r.Has("rope_parameters")) {
+    const json& rp = vj.at("rope_parameters");
+    if (!rp.is_object()) return r.Error("rope_parameters", "expected an object");
+    Reader rr(rp, source, "vision_config.rope_parameters");
+    GEMMA_RETURN_IF_ERROR(rr.Double("rope_theta", &v.rope_theta));
+  }
+  for (auto [name, val] : {std::pair<const char*, int64_t>{"hidden_size", v.hidden_size},
+                           {"num_hidden_layers", v.num_layers},
+                           {"num_attention_heads", v.num_heads},
+                           {"num_key_value_heads", v.num_kv_heads},
+                           {"head_dim", v.head_dim},
+                           {"patch_size", v.patch_size},
+                           {"pooling_kernel_size", v.pooling_kernel_size},
+                           {"position_embedding_size", v.position_embedding_size}}) {
+    if (val <= 0) return r.Error(name, "must be positive");
+  }
+  if (v.head_dim % 4 != 0) {
+    return r.Error("head_dim", "must be a multiple of 4 (2-D rotary)");
+  }
+  if (v.num_heads % v.num_kv_heads != 0) {
+    return r.Error("num_key_value_heads", "must divide num_attention_heads");
+  }
+  m.vision = v;
+  return m;
+}
+
 bool operator==(const Gemma4Rope& a, const Gemma4Rope& b) {
   return a.rope_type == b.rope_type && a.theta == b.theta &&
          a.partial_rotary_factor == b.partial_rotary_factor &&

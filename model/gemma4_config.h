@@ -90,6 +90,41 @@ struct Gemma4TextConfig {
   }
 };
 
+// The Gemma 4 vision encoder (HF Gemma4VisionConfig; defaults are its class
+// defaults). Clipped linears (E2B/E4B) are refused at parse time.
+struct Gemma4VisionConfig {
+  int64_t hidden_size = 768;
+  int64_t intermediate_size = 3072;
+  int64_t num_layers = 16;
+  int64_t num_heads = 12;
+  int64_t num_kv_heads = 12;
+  int64_t head_dim = 64;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 100.0;  // axial 2-D RoPE
+  int64_t pooling_kernel_size = 3;
+  int64_t patch_size = 16;
+  int64_t position_embedding_size = 10240;
+  bool standardize = false;
+  int64_t num_channels = 3;
+
+  int64_t patch_dim() const { return num_channels * patch_size * patch_size; }
+};
+
+// A whole Gemma 4 model: text-only (Gemma4ForCausalLM) or VL
+// (Gemma4ForConditionalGeneration, `vision` set).
+struct Gemma4ModelConfig {
+  Gemma4TextConfig text;
+  std::optional<Gemma4VisionConfig> vision;
+  int64_t image_token_id = 258880;
+  int64_t boi_token_id = 255999;
+  int64_t eoi_token_id = 258882;
+  bool is_vl() const { return vision.has_value(); }
+};
+
+// Parses a whole config.json (text and, when present, vision_config).
+absl::StatusOr<Gemma4ModelConfig> ParseGemma4ModelConfigText(
+    std::string_view text, std::string_view source);
+
 // Parses the text config out of a config.json document (nested under
 // text_config when present). Errors name `source` and the key path.
 absl::StatusOr<Gemma4TextConfig> ParseGemma4TextConfig(

@@ -257,11 +257,8 @@ absl::Status WriteTextAtomic(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-absl::StatusOr<Gemma4Weights> LoadGemma4Folder(const std::string& dir) {
-  Gemma4Weights w;
-  GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadText(dir + "/config.json"));
-  GEMMA_ASSIGN_OR_RETURN(w.config, ParseGemma4TextConfigText(
-                                       w.config_json, dir + "/config.json"));
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFolder(
+    const std::string& dir) {
   std::vector<std::string> files;
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
@@ -275,7 +272,6 @@ absl::StatusOr<Gemma4Weights> LoadGemma4Folder(const std::string& dir) {
     return absl::NotFoundError(absl::StrCat(dir, ": no *.safetensors files"));
   }
   std::map<std::string, at::Tensor> raw;
-  bool ours = true;
   for (const auto& path : files) {
     GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
     for (const auto& info : file->tensors()) {
@@ -284,9 +280,19 @@ absl::StatusOr<Gemma4Weights> LoadGemma4Folder(const std::string& dir) {
         return absl::InvalidArgumentError(
             absl::StrCat(path, ": tensor '", info.name, "' also in another file"));
       }
-      ours &= absl::StartsWith(info.name, "text.");
     }
   }
+  return raw;
+}
+
+absl::StatusOr<Gemma4Weights> LoadGemma4Folder(const std::string& dir) {
+  Gemma4Weights w;
+  GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadText(dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(w.config, ParseGemma4TextConfigText(
+                                       w.config_json, dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(auto raw, ReadSafetensorsFolder(dir));
+  bool ours = true;
+  for (const auto& [name, t] : raw) ours &= absl::StartsWith(name, "text.");
   if (ours) {
     w.kind = "ours";
     w.tensors = std::move(raw);

@@ -60,6 +60,10 @@ struct Gemma4Weights {
   std::map<std::string, at::Tensor> tensors;  // our names, stored dtype
 };
 
+// Every tensor of the *.safetensors files in `dir`, as stored (names, dtype).
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFolder(
+    const std::string& dir);
+
 // Reads a folder holding config.json and *.safetensors, either HF names (any
 // accepted prefix, sharded or not) or ours ("text.*"). Errors name the folder,
 // file and tensor.

@@ -22,6 +22,7 @@
 
 #include "model/checkpoint.h"
 #include "model/gemma4.h"
+#include "model/gemma4_model.h"
 #include "model/hf_mapping_gemma4.h"
 #include "model/safetensors.h"
 #include "model/safetensors_torch.h"
@@ -29,11 +30,12 @@
 namespace gemma {
 namespace {
 
-std::string CaseDir() {
+std::string DataDir() {
   const char* env = std::getenv("GEMMA_PARITY_DATA");
-  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data") +
-         "/gemma4_text";
+  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data");
 }
+std::string CaseDir() { return DataDir() + "/gemma4_text"; }
+std::string VlDir() { return DataDir() + "/gemma4_vl"; }
 
 std::map<std::string, torch::Tensor> ReadSafetensors(const std::string& path) {
   std::map<std::string, torch::Tensor> out;
@@ -236,6 +238,79 @@ TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(torch::equal(r->at("text.layers.3.attn.qk.weight"),
                            folder->tensors.at("text.layers.3.attn.qk.weight")));
+}
+
+// ---- VL: vision tower, embedder, image blocks on sliding layers -------------
+
+class Gemma4VlParityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    io_ = ReadSafetensors(VlDir() + "/io.safetensors");
+    ASSERT_FALSE(io_.empty());
+    auto model = LoadGemma4Model(VlDir() + "/hf");
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+    model_->eval();
+    ASSERT_TRUE(model_->config().is_vl());
+    inputs_.input_ids = io_.at("input_ids");
+    inputs_.pixel_values = io_.at("pixel_values");
+    inputs_.image_positions = io_.at("image_positions");
+  }
+  std::map<std::string, torch::Tensor> io_;
+  Gemma4Model model_{nullptr};
+  Gemma4Inputs inputs_;
+};
+
+TEST_F(Gemma4VlParityTest, ImageFeaturesMatchHf) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> per_image;
+  torch::Tensor soft = model_->projector(
+      model_->vision(inputs_.pixel_values, inputs_.image_positions, &per_image));
+  // 6x4 patches (8 padding) pooled 2x2 -> 3x2 = 6; 4x8 -> 2x4 = 8.
+  EXPECT_EQ(per_image, (std::vector<int64_t>{6, 8}));
+  const torch::Tensor& ref = io_.at("image_features");
+  ASSERT_EQ(soft.sizes(), ref.sizes());
+  const double err = RelErr(soft, ref);
+  std::cout << "image features max rel err " << err << "\n";
+  EXPECT_LE(err, 1e-4);
+}
+
+TEST_F(Gemma4VlParityTest, LogitsMatchHf) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor logits = model_->forward(inputs_);
+  const torch::Tensor& ref = io_.at("logits");
+  ASSERT_EQ(logits.sizes(), ref.sizes());
+  const double err = RelErr(logits, ref);
+  std::cout << "VL logits max rel err " << err << "\n";
+  EXPECT_LE(err, 1e-4);
+  // The image blocks matter: without them (plain causal) the logits after
+  // the first image differ from HF's.
+  Gemma4DecoderInputs causal;
+  torch::Tensor no_blocks = model_->text->Logits(
+      model_->text->Decode(model_->Embeddings(inputs_), causal));
+  EXPECT_GT(RelErr(no_blocks, ref), 1e-3);
+}
+
+TEST_F(Gemma4VlParityTest, ImageTokenCountMismatchIsAnError) {
+  Gemma4Inputs bad = inputs_;
+  bad.input_ids = inputs_.input_ids.clone();
+  bad.input_ids.index_put_({0, 4}, 7);  // one image token fewer
+  auto r = model_->Forward(bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("image tokens and image features"),
+            std::string::npos)
+      << r.status();
+}
+
+TEST(Gemma4ModelTest, TextOnlyFolderThroughTheWholeModel) {
+  auto whole = LoadGemma4Model(CaseDir() + "/hf");
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_FALSE((*whole)->config().is_vl());
+  auto io = ReadSafetensors(CaseDir() + "/io.safetensors");
+  torch::NoGradGuard no_grad;
+  Gemma4Inputs in;
+  in.input_ids = io.at("input_ids").narrow(0, 0, 1);
+  EXPECT_LE(RelErr((*whole)->forward(in), io.at("logits").narrow(0, 0, 1)), 1e-4);
 }
 
 }  // namespace

@@ -13,6 +13,11 @@ a wrong mapping or a (1 + w) mix-up), and writes OUT/gemma4_text/:
                    (d sum(logits * grad_probe) / d parameter),
                    router_counts [moe layers, E] (tokens per expert over the
                    forward, from HF's own router outputs)
+and OUT/gemma4_vl/: a tiny Gemma4ForConditionalGeneration (vision tower with
+standardisation, use_bidirectional_attention "vision") saved the same way, and
+io.safetensors with input_ids [2, 30] (an image per row: 6x4 patches padded to
+32, and 4x8), pixel_values [2, 32, 48], image_positions, logits and the
+embedded image_features.
 Regeneration is skipped when OUT/gemma4_stamp holds this script's hash.
 """
 import argparse
@@ -31,10 +36,10 @@ def script_hash():
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def tiny_text_config():
+def tiny_text_config(**extra):
     from transformers import Gemma4TextConfig
 
-    return Gemma4TextConfig(
+    return Gemma4TextConfig(**extra,
         vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
         layer_types=["sliding_attention", "sliding_attention", "full_attention",
                      "full_attention"],
@@ -66,8 +71,12 @@ def rerandomise(model, gen):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
         state = model.state_dict()
         for name, b in model.named_buffers():
-            if name in state:  # persistent
-                assert name.endswith("layer_scalar"), name  # the only persistent one
+            if name not in state:  # non-persistent: derived constants
+                continue
+            if name.endswith("std_bias"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.5)
+            else:
+                assert name.endswith(("layer_scalar", "std_scale")), name
                 b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
 
 
@@ -129,8 +138,61 @@ def main():
     tensors.update(grads)
     save_file({k: v.contiguous() for k, v in tensors.items()},
               os.path.join(case, "io.safetensors"))
+    print("wrote", case)
+    make_vl_case(args.out, gen)
     with open(stamp, "w") as f:
         f.write(script_hash())
+
+
+def make_vl_case(out, gen):
+    """A tiny Gemma4ForConditionalGeneration with two non-square images, one
+    padded (6x4 patches padded to 32, 4x8 patches), one per batch row."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4VisionConfig
+
+    text = tiny_text_config(use_bidirectional_attention="vision")
+    vision = Gemma4VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2,
+        position_embedding_size=64, rope_parameters={"rope_type": "axial", "rope_theta": 100.0},
+        standardize=True, use_clipped_linears=False, rms_norm_eps=1e-6)
+    cfg = Gemma4Config(text_config=text, vision_config=vision, audio_config=None,
+                       image_token_id=500, boi_token_id=498, eoi_token_id=499,
+                       video_token_id=497, audio_token_id=496, boa_token_id=495,
+                       eoa_token_index=494, tie_word_embeddings=True)
+    cfg._attn_implementation = "eager"
+    cfg.text_config._attn_implementation = "eager"
+    cfg.vision_config._attn_implementation = "eager"
+    torch.manual_seed(1)
+    model = Gemma4ForConditionalGeneration(cfg).eval().to(torch.float32)
+    rerandomise(model, gen)
+    case = os.path.join(out, "gemma4_vl")
+    shutil.rmtree(case, ignore_errors=True)
+    model.save_pretrained(os.path.join(case, "hf"), safe_serialization=True)
+
+    def grid(w, h, pmax):
+        pos = [(x, y) for y in range(h) for x in range(w)]
+        pos += [(-1, -1)] * (pmax - len(pos))
+        return torch.tensor(pos, dtype=torch.int64)
+
+    positions = torch.stack([grid(6, 4, 32), grid(4, 8, 32)])
+    pixels = torch.rand(2, 32, 48, generator=gen)
+    pixels[0, 24:] = 0.0  # padding patches as the processor leaves them
+    L = 30
+    ids = torch.randint(3, 490, (2, L), generator=gen)
+    ids[:, 0] = 2
+    for row, (start, n) in enumerate([(4, 6), (9, 8)]):
+        ids[row, start - 1] = 498
+        ids[row, start:start + n] = 500
+        ids[row, start + n] = 499
+    mm = (ids == 500).to(torch.int64)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=pixels, image_position_ids=positions,
+                       mm_token_type_ids=mm, attention_mask=mask).logits
+        soft = model.model.get_image_features(pixels, positions, return_dict=True).pooler_output
+    save_file({"input_ids": ids, "pixel_values": pixels, "image_positions": positions,
+               "logits": logits.contiguous(), "image_features": torch.cat(soft).contiguous()},
+              os.path.join(case, "io.safetensors"))
     print("wrote", case)
 
 
