@@ -18,8 +18,8 @@ torch::Tensor Gemma4InverseFrequencies(int64_t head_dim,
   const int64_t half = head_dim / 2;
   int64_t rotated = half;
   if (rope.rope_type == "proportional") {
-    rotated = static_cast<int64_t>(
-        std::floor(rope.partial_rotary_factor * static_cast<double>(head_dim) / 2.0));
+    rotated = static_cast<int64_t>(std::floor(
+        rope.partial_rotary_factor * static_cast<double>(head_dim) / 2.0));
   }
   torch::Tensor exponent =
       torch::arange(0, 2 * rotated, 2, torch::kLong).to(torch::kFloat) /
@@ -31,13 +31,18 @@ torch::Tensor Gemma4InverseFrequencies(int64_t head_dim,
   return inv / rope.factor;
 }
 
-// ---- attention ----------------------------------------------------------------
+// ---- attention
+// ----------------------------------------------------------------
 
 Gemma4AttentionImpl::Gemma4AttentionImpl(int64_t hidden, int64_t nq,
                                          int64_t nkv, int64_t hd, bool kv_same,
                                          double eps_in, bool axial)
-    : num_heads(nq), num_kv_heads(nkv), head_dim(hd), k_eq_v(kv_same),
-      eps(eps_in), axial_2d(axial) {
+    : num_heads(nq),
+      num_kv_heads(nkv),
+      head_dim(hd),
+      k_eq_v(kv_same),
+      eps(eps_in),
+      axial_2d(axial) {
   TORCH_CHECK(nq % nkv == 0, "Gemma4Attention: ", nkv,
               " KV heads do not divide ", nq, " query heads");
   const int64_t out = (nq + (k_eq_v ? 1 : 2) * nkv) * hd;
@@ -63,12 +68,12 @@ torch::Tensor Gemma4AttentionImpl::forward(const torch::Tensor& x,
   auto rope = [&](const torch::Tensor& x) {
     if (!axial_2d) return ApplyRope(x, cos, sin);
     const int64_t half = head_dim / 2;
-    return torch::cat({ApplyRope(x.narrow(-1, 0, half), cos.narrow(-1, 0, half),
-                                 sin.narrow(-1, 0, half)),
-                       ApplyRope(x.narrow(-1, half, half),
-                                 cos.narrow(-1, half, half),
-                                 sin.narrow(-1, half, half))},
-                      -1);
+    return torch::cat(
+        {ApplyRope(x.narrow(-1, 0, half), cos.narrow(-1, 0, half),
+                   sin.narrow(-1, 0, half)),
+         ApplyRope(x.narrow(-1, half, half), cos.narrow(-1, half, half),
+                   sin.narrow(-1, half, half))},
+        -1);
   };
   q = rope(q_norm(q).transpose(1, 2));
   torch::Tensor k = rope(k_norm(k_raw).transpose(1, 2));
@@ -80,13 +85,15 @@ torch::Tensor Gemma4AttentionImpl::forward(const torch::Tensor& x,
   }
   torch::Tensor scores = torch::matmul(q, k.transpose(2, 3));  // scale 1.0
   if (bias.defined()) scores = scores + bias;
-  torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  torch::Tensor probs =
+      torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
   torch::Tensor out = torch::matmul(probs, v).transpose(1, 2).reshape(
       {b, l, num_heads * head_dim});
   return o(out);
 }
 
-// ---- decoder layer -----------------------------------------------------------
+// ---- decoder layer
+// -----------------------------------------------------------
 
 Gemma4DecoderLayerImpl::Gemma4DecoderLayerImpl(const Gemma4TextConfig& c,
                                                LayerType t,
@@ -100,8 +107,8 @@ Gemma4DecoderLayerImpl::Gemma4DecoderLayerImpl(const Gemma4TextConfig& c,
                               c.layer_head_dim(t), c.k_eq_v(t), eps));
   post_attn_norm = register_module("post_attn_norm", Gemma4Norm(h, eps));
   pre_mlp_norm = register_module("pre_mlp_norm", Gemma4Norm(h, eps));
-  mlp = register_module("mlp",
-                        GatedMlp(GatedMlpOptions(h, c.intermediate_size)));
+  mlp =
+      register_module("mlp", GatedMlp(GatedMlpOptions(h, c.intermediate_size)));
   post_mlp_norm = register_module("post_mlp_norm", Gemma4Norm(h, eps));
   if (c.enable_moe_block) {
     post_dense_norm = register_module("post_dense_norm", Gemma4Norm(h, eps));
@@ -128,7 +135,8 @@ torch::Tensor Gemma4DecoderLayerImpl::forward(const torch::Tensor& x,
   return (h + post_mlp_norm(f)) * layer_scalar;
 }
 
-// ---- text model --------------------------------------------------------------
+// ---- text model
+// --------------------------------------------------------------
 
 Gemma4TextModelImpl::Gemma4TextModelImpl(const Gemma4TextConfig& config,
                                          std::shared_ptr<Comm> ep)
@@ -182,11 +190,11 @@ torch::Tensor Gemma4TextModelImpl::Decode(const torch::Tensor& embeds,
   const auto device = embeds.device();
   torch::Tensor position_ids = in.position_ids;
   if (!position_ids.defined()) {
-    position_ids = (torch::arange(l, torch::TensorOptions()
-                                         .dtype(torch::kLong)
-                                         .device(device)) +
-                    past)
-                       .unsqueeze(0);
+    position_ids =
+        (torch::arange(
+             l, torch::TensorOptions().dtype(torch::kLong).device(device)) +
+         past)
+            .unsqueeze(0);
   }
   MaskSpec base;
   base.batch = b;
@@ -266,7 +274,8 @@ void Gemma4TextModelImpl::ResetRouterStats() {
   }
 }
 
-// ---- weights -----------------------------------------------------------------
+// ---- weights
+// -----------------------------------------------------------------
 
 namespace {
 
@@ -288,8 +297,10 @@ absl::Status LoadGemma4ModuleWeights(
     const std::map<std::string, torch::Tensor>& weights,
     const std::string& prefix, int64_t ep_rank, int64_t ep_size) {
   std::map<std::string, torch::Tensor> targets;
-  for (const auto& p : model.named_parameters()) targets[prefix + p.key()] = p.value();
-  for (const auto& p : model.named_buffers()) targets[prefix + p.key()] = p.value();
+  for (const auto& p : model.named_parameters())
+    targets[prefix + p.key()] = p.value();
+  for (const auto& p : model.named_buffers())
+    targets[prefix + p.key()] = p.value();
 
   std::vector<std::string> missing, unexpected, bad_shape;
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
@@ -305,10 +316,9 @@ absl::Status LoadGemma4ModuleWeights(
       src = src.narrow(0, ep_rank * dst.size(0), dst.size(0));
     }
     if (src.sizes() != dst.sizes()) {
-      bad_shape.push_back(absl::StrCat(name, " (got [",
-                                       absl::StrJoin(src.sizes(), ","),
-                                       "], expected [",
-                                       absl::StrJoin(dst.sizes(), ","), "])"));
+      bad_shape.push_back(
+          absl::StrCat(name, " (got [", absl::StrJoin(src.sizes(), ","),
+                       "], expected [", absl::StrJoin(dst.sizes(), ","), "])"));
       continue;
     }
     copies.emplace_back(dst, src);
@@ -320,9 +330,14 @@ absl::Status LoadGemma4ModuleWeights(
   }
   if (!missing.empty() || !unexpected.empty() || !bad_shape.empty()) {
     std::string msg = "Gemma 4 weights do not fit the model:";
-    if (!missing.empty()) absl::StrAppend(&msg, " missing: ", absl::StrJoin(missing, ", "), ";");
-    if (!unexpected.empty()) absl::StrAppend(&msg, " unexpected: ", absl::StrJoin(unexpected, ", "), ";");
-    if (!bad_shape.empty()) absl::StrAppend(&msg, " wrong shape: ", absl::StrJoin(bad_shape, ", "), ";");
+    if (!missing.empty())
+      absl::StrAppend(&msg, " missing: ", absl::StrJoin(missing, ", "), ";");
+    if (!unexpected.empty())
+      absl::StrAppend(&msg, " unexpected: ", absl::StrJoin(unexpected, ", "),
+                      ";");
+    if (!bad_shape.empty())
+      absl::StrAppend(&msg, " wrong shape: ", absl::StrJoin(bad_shape, ", "),
+                      ";");
     return absl::InvalidArgumentError(msg);
   }
   torch::NoGradGuard no_grad;
@@ -330,7 +345,8 @@ absl::Status LoadGemma4ModuleWeights(
   return absl::OkStatus();
 }
 
-std::map<std::string, torch::Tensor> Gemma4StateDict(Gemma4TextModelImpl& model) {
+std::map<std::string, torch::Tensor> Gemma4StateDict(
+    Gemma4TextModelImpl& model) {
   std::map<std::string, torch::Tensor> out;
   for (const auto& p : model.named_parameters()) {
     out["text." + p.key()] = p.value().detach().cpu().clone();

@@ -62,7 +62,8 @@ namespace gemma {
 // Inverse frequencies [hd/2] (fp32) of a layer type: "default" 1/theta^(2j/hd);
 // "proportional" the same for j < int(partial_rotary_factor * hd / 2) and 0
 // beyond; both divided by `factor` (HF _compute_proportional_rope_parameters).
-torch::Tensor Gemma4InverseFrequencies(int64_t head_dim, const Gemma4Rope& rope);
+torch::Tensor Gemma4InverseFrequencies(int64_t head_dim,
+                                       const Gemma4Rope& rope);
 
 class Gemma4AttentionImpl : public torch::nn::Module {
  public:
@@ -101,7 +102,7 @@ class Gemma4DecoderLayerImpl : public torch::nn::Module {
   Gemma4Norm post_dense_norm{nullptr};  // MoE layers only
   Gemma4Attention attn{nullptr};
   GatedMlp mlp{nullptr};
-  MoeBlock moe{nullptr};  // MoE layers only
+  MoeBlock moe{nullptr};       // MoE layers only
   torch::Tensor layer_scalar;  // buffer [1]
 };
 TORCH_MODULE(Gemma4DecoderLayer);
@@ -161,8 +162,9 @@ TORCH_MODULE(Gemma4TextModel);
 // Expert tensors are global [E, ...]: each EP rank takes its slice of experts.
 // InvalidArgument listing missing, unexpected and mis-shaped names; nothing
 // is copied unless everything matches.
-absl::Status LoadGemma4Weights(Gemma4TextModelImpl& model,
-                               const std::map<std::string, torch::Tensor>& weights);
+absl::Status LoadGemma4Weights(
+    Gemma4TextModelImpl& model,
+    const std::map<std::string, torch::Tensor>& weights);
 
 // The same for any module (its parameter and buffer names prefixed with
 // `prefix`; "" for a module whose names already carry text./vision.).
@@ -173,7 +175,8 @@ absl::Status LoadGemma4ModuleWeights(
 
 // Every parameter and buffer of the model under our global names (experts of
 // this rank only when EP > 1), CPU copies.
-std::map<std::string, torch::Tensor> Gemma4StateDict(Gemma4TextModelImpl& model);
+std::map<std::string, torch::Tensor> Gemma4StateDict(
+    Gemma4TextModelImpl& model);
 
 // Opens a model folder (HF Gemma 4 checkpoint, or safetensors in our names
 // with a config.json, see model/hf_mapping_gemma4.h) and builds the text

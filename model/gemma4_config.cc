@@ -20,9 +20,9 @@ class Reader {
       : obj_(obj), source_(std::string(source)), path_(std::move(path)) {}
 
   absl::Status Error(std::string_view key, std::string_view what) const {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source_, ": ", path_.empty() ? "" : path_ + ".", std::string(key),
-        ": ", std::string(what)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source_, ": ", path_.empty() ? "" : path_ + ".",
+                     std::string(key), ": ", std::string(what)));
   }
   bool Has(std::string_view key) const {
     auto it = obj_.find(std::string(key));
@@ -72,7 +72,8 @@ class Reader {
     return absl::OkStatus();
   }
   std::string Path(std::string_view key) const {
-    return path_.empty() ? std::string(key) : absl::StrCat(path_, ".", std::string(key));
+    return path_.empty() ? std::string(key)
+                         : absl::StrCat(path_, ".", std::string(key));
   }
   std::string_view source() const { return source_; }
 
@@ -108,9 +109,11 @@ absl::Status ParseEos(const Reader& r, std::vector<int64_t>* out) {
     out->push_back(e.get<int64_t>());
     return absl::OkStatus();
   }
-  if (!e.is_array()) return r.Error("eos_token_id", "expected an integer or a list");
+  if (!e.is_array())
+    return r.Error("eos_token_id", "expected an integer or a list");
   for (const auto& x : e) {
-    if (!x.is_number_integer()) return r.Error("eos_token_id", "expected integers");
+    if (!x.is_number_integer())
+      return r.Error("eos_token_id", "expected integers");
     out->push_back(x.get<int64_t>());
   }
   return absl::OkStatus();
@@ -137,10 +140,10 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
   GEMMA_RETURN_IF_ERROR(r.Double("rms_norm_eps", &t->rms_norm_eps));
   GEMMA_RETURN_IF_ERROR(r.String("hidden_activation", &t->hidden_activation));
   if (t->hidden_activation != "gelu_pytorch_tanh") {
-    return r.Error("hidden_activation",
-                   absl::StrCat("unsupported activation '",
-                                t->hidden_activation,
-                                "' (only gelu_pytorch_tanh)"));
+    return r.Error(
+        "hidden_activation",
+        absl::StrCat("unsupported activation '", t->hidden_activation,
+                     "' (only gelu_pytorch_tanh)"));
   }
   GEMMA_RETURN_IF_ERROR(
       r.Int("max_position_embeddings", &t->max_position_embeddings));
@@ -149,8 +152,8 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
     GEMMA_RETURN_IF_ERROR(r.Double("final_logit_softcapping", &cap));
     t->final_logit_softcapping = cap;
   }
-  GEMMA_RETURN_IF_ERROR(r.String("use_bidirectional_attention",
-                                 &t->use_bidirectional_attention));
+  GEMMA_RETURN_IF_ERROR(
+      r.String("use_bidirectional_attention", &t->use_bidirectional_attention));
   if (!t->use_bidirectional_attention.empty() &&
       t->use_bidirectional_attention != "vision") {
     return r.Error("use_bidirectional_attention",
@@ -161,7 +164,8 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
   if (t->enable_moe_block) {
     for (const char* key :
          {"num_experts", "top_k_experts", "moe_intermediate_size"}) {
-      if (!r.Has(key)) return r.Error(key, "missing (enable_moe_block is true)");
+      if (!r.Has(key))
+        return r.Error(key, "missing (enable_moe_block is true)");
     }
     GEMMA_RETURN_IF_ERROR(r.Int("num_experts", &t->num_experts));
     GEMMA_RETURN_IF_ERROR(r.Int("top_k_experts", &t->top_k_experts));
@@ -182,14 +186,16 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
   GEMMA_RETURN_IF_ERROR(r.Int("hidden_size_per_layer_input", &ple));
   if (ple != 0) {
     return r.Error("hidden_size_per_layer_input",
-                   absl::StrCat(ple, ": per-layer embeddings (Gemma 4 E2B/E4B) "
-                                     "are not supported; must be 0"));
+                   absl::StrCat(ple,
+                                ": per-layer embeddings (Gemma 4 E2B/E4B) "
+                                "are not supported; must be 0"));
   }
   int64_t shared = 0;
   GEMMA_RETURN_IF_ERROR(r.Int("num_kv_shared_layers", &shared));
   if (shared != 0) {
-    return r.Error("num_kv_shared_layers",
-                   absl::StrCat(shared, ": KV-shared layers are not supported"));
+    return r.Error(
+        "num_kv_shared_layers",
+        absl::StrCat(shared, ": KV-shared layers are not supported"));
   }
   bool attention_bias = false;
   GEMMA_RETURN_IF_ERROR(r.Bool("attention_bias", &attention_bias));
@@ -225,7 +231,8 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
   // Rotary parameters per layer type.
   if (r.Has("rope_parameters")) {
     const json& rp = r.Get("rope_parameters");
-    if (!rp.is_object()) return r.Error("rope_parameters", "expected an object");
+    if (!rp.is_object())
+      return r.Error("rope_parameters", "expected an object");
     for (const char* type : {"sliding_attention", "full_attention"}) {
       auto it = rp.find(type);
       if (it == rp.end() || it->is_null()) continue;
@@ -233,7 +240,8 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
         return r.Error(absl::StrCat("rope_parameters.", type),
                        "expected an object");
       }
-      Reader sub(*it, r.source(), r.Path(absl::StrCat("rope_parameters.", type)));
+      Reader sub(*it, r.source(),
+                 r.Path(absl::StrCat("rope_parameters.", type)));
       GEMMA_RETURN_IF_ERROR(ParseRope(sub, std::string(type) == "full_attention"
                                                ? &t->rope_full
                                                : &t->rope_sliding));
@@ -243,7 +251,8 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
   // transformers 5.17's per_layer_config overrides of the full layers.
   if (r.Has("per_layer_config")) {
     const json& plc = r.Get("per_layer_config");
-    if (!plc.is_object()) return r.Error("per_layer_config", "expected an object");
+    if (!plc.is_object())
+      return r.Error("per_layer_config", "expected an object");
     bool seen = false;
     for (auto it = plc.begin(); it != plc.end(); ++it) {
       const std::string key_path = absl::StrCat("per_layer_config.", it.key());
@@ -266,8 +275,9 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
         }
       }
       if (t->layer_types[static_cast<size_t>(layer)] != LayerType::kFull) {
-        return r.Error(key_path,
-                       "per-layer overrides of sliding layers are not supported");
+        return r.Error(
+            key_path,
+            "per-layer overrides of sliding layers are not supported");
       }
       Reader sub(*it, r.source(), r.Path(key_path));
       int64_t hd = t->global_head_dim, kv = t->num_global_kv_heads;
@@ -326,8 +336,8 @@ absl::StatusOr<Gemma4TextConfig> ParseGemma4TextConfig(
   auto tc = doc.find("text_config");
   if (tc != doc.end() && !tc->is_null()) {
     if (!tc->is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(std::string(source), ": text_config: expected an object"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          std::string(source), ": text_config: expected an object"));
     }
     GEMMA_RETURN_IF_ERROR(ParseText(Reader(*tc, source, "text_config"), &t));
     // A VL config's own eos list wins for stopping.
@@ -352,19 +362,21 @@ absl::StatusOr<Gemma4TextConfig> ParseGemma4TextConfigText(
 absl::Status ValidateGemma4TextConfig(const Gemma4TextConfig& c,
                                       std::string_view source) {
   auto err = [&](std::string_view field, std::string_view what) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": ", std::string(field), ": ", std::string(what)));
+    return absl::InvalidArgumentError(absl::StrCat(std::string(source), ": ",
+                                                   std::string(field), ": ",
+                                                   std::string(what)));
   };
-  for (auto [name, v] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
-                         {"hidden_size", c.hidden_size},
-                         {"intermediate_size", c.intermediate_size},
-                         {"num_hidden_layers", c.num_layers},
-                         {"num_attention_heads", c.num_heads},
-                         {"num_key_value_heads", c.num_kv_heads},
-                         {"head_dim", c.head_dim},
-                         {"global_head_dim", c.global_head_dim},
-                         {"num_global_key_value_heads", c.num_global_kv_heads},
-                         {"sliding_window", c.sliding_window}}) {
+  for (auto [name, v] :
+       {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+        {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size},
+        {"num_hidden_layers", c.num_layers},
+        {"num_attention_heads", c.num_heads},
+        {"num_key_value_heads", c.num_kv_heads},
+        {"head_dim", c.head_dim},
+        {"global_head_dim", c.global_head_dim},
+        {"num_global_key_value_heads", c.num_global_kv_heads},
+        {"sliding_window", c.sliding_window}}) {
     if (v <= 0) return err(name, absl::StrCat("must be positive, got ", v));
   }
   if (static_cast<int64_t>(c.layer_types.size()) != c.num_layers) {
@@ -389,8 +401,8 @@ absl::Status ValidateGemma4TextConfig(const Gemma4TextConfig& c,
     if (c.num_experts <= 0) return err("num_experts", "must be positive");
     if (c.top_k_experts <= 0 || c.top_k_experts > c.num_experts) {
       return err("top_k_experts",
-                 absl::StrCat(c.top_k_experts, " not in [1, num_experts=",
-                              c.num_experts, "]"));
+                 absl::StrCat(c.top_k_experts,
+                              " not in [1, num_experts=", c.num_experts, "]"));
     }
     if (c.moe_intermediate_size <= 0) {
       return err("moe_intermediate_size", "must be positive");
@@ -435,7 +447,7 @@ absl::StatusOr<Gemma4TextConfig> Gemma4Preset(std::string_view name) {
   t.sliding_window = 1024;
   for (int64_t i = 0; i < t.num_layers; ++i) {
     t.layer_types.push_back((i + 1) % 6 != 0 ? LayerType::kSliding
-                                              : LayerType::kFull);
+                                             : LayerType::kFull);
   }
   t.rope_sliding = {"default", 10000.0, 1.0, 1.0};
   t.rope_full = {"proportional", 1000000.0, 0.25, 1.0};
@@ -552,18 +564,20 @@ absl::StatusOr<Gemma4ModelConfig> ParseGemma4ModelConfigText(
   }
   if (r.Has("rope_parameters")) {
     const json& rp = vj.at("rope_parameters");
-    if (!rp.is_object()) return r.Error("rope_parameters", "expected an object");
+    if (!rp.is_object())
+      return r.Error("rope_parameters", "expected an object");
     Reader rr(rp, source, "vision_config.rope_parameters");
     GEMMA_RETURN_IF_ERROR(rr.Double("rope_theta", &v.rope_theta));
   }
-  for (auto [name, val] : {std::pair<const char*, int64_t>{"hidden_size", v.hidden_size},
-                           {"num_hidden_layers", v.num_layers},
-                           {"num_attention_heads", v.num_heads},
-                           {"num_key_value_heads", v.num_kv_heads},
-                           {"head_dim", v.head_dim},
-                           {"patch_size", v.patch_size},
-                           {"pooling_kernel_size", v.pooling_kernel_size},
-                           {"position_embedding_size", v.position_embedding_size}}) {
+  for (auto [name, val] :
+       {std::pair<const char*, int64_t>{"hidden_size", v.hidden_size},
+        {"num_hidden_layers", v.num_layers},
+        {"num_attention_heads", v.num_heads},
+        {"num_key_value_heads", v.num_kv_heads},
+        {"head_dim", v.head_dim},
+        {"patch_size", v.patch_size},
+        {"pooling_kernel_size", v.pooling_kernel_size},
+        {"position_embedding_size", v.position_embedding_size}}) {
     if (val <= 0) return r.Error(name, "must be positive");
   }
   if (v.head_dim % 4 != 0) {
@@ -597,8 +611,7 @@ bool operator==(const Gemma4TextConfig& a, const Gemma4TextConfig& b) {
          a.final_logit_softcapping == b.final_logit_softcapping &&
          a.use_bidirectional_attention == b.use_bidirectional_attention &&
          a.enable_moe_block == b.enable_moe_block &&
-         a.num_experts == b.num_experts &&
-         a.top_k_experts == b.top_k_experts &&
+         a.num_experts == b.num_experts && a.top_k_experts == b.top_k_experts &&
          a.moe_intermediate_size == b.moe_intermediate_size &&
          a.tie_word_embeddings == b.tie_word_embeddings &&
          a.pad_token_id == b.pad_token_id && a.bos_token_id == b.bos_token_id &&

@@ -51,8 +51,8 @@ struct Gemma4TextConfig {
   int64_t intermediate_size = 9216;  // the dense MLP of every layer
   int64_t num_layers = 30;
   int64_t num_heads = 8;
-  int64_t num_kv_heads = 4;  // sliding layers
-  int64_t head_dim = 256;    // sliding layers
+  int64_t num_kv_heads = 4;         // sliding layers
+  int64_t head_dim = 256;           // sliding layers
   int64_t global_head_dim = 512;    // full layers
   int64_t num_global_kv_heads = 4;  // full layers (num_kv_heads if unset)
   bool attention_k_eq_v = false;    // full layers have no V projection

@@ -1,6 +1,7 @@
-// Gemma 4 config parsing: the shape transformers 5.17 writes (per_layer_config),
-// the hub's explicit global_head_dim / num_global_key_value_heads, VL nesting,
-// the 26B-A4B preset, and errors naming the key.
+// Gemma 4 config parsing: the shape transformers 5.17 writes
+// (per_layer_config), the hub's explicit global_head_dim /
+// num_global_key_value_heads, VL nesting, the 26B-A4B preset, and errors naming
+// the key.
 #include "model/gemma4_config.h"
 
 #include <gtest/gtest.h>
@@ -71,7 +72,8 @@ TEST(Gemma4ConfigTest, HubExplicitKeysNestedUnderTextConfig) {
   text["global_head_dim"] = 32;
   text["num_global_key_value_heads"] = 1;
   text["use_bidirectional_attention"] = "vision";
-  json doc = {{"model_type", "gemma4"}, {"text_config", text},
+  json doc = {{"model_type", "gemma4"},
+              {"text_config", text},
               {"eos_token_id", {1, 106}}};
   auto c = ParseGemma4TextConfig(doc, "hub.json");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -85,8 +87,10 @@ TEST(Gemma4ConfigTest, HubExplicitKeysNestedUnderTextConfig) {
 TEST(Gemma4ConfigTest, DefaultsFollowHf) {
   // Without global sizes: global_head_dim 512 and, without k_eq_v, the
   // sliding KV head count (HF ignores num_global_key_value_heads then).
-  json doc = {{"model_type", "gemma4_text"}, {"hidden_size_per_layer_input", 0},
-              {"num_hidden_layers", 7}, {"num_global_key_value_heads", 1}};
+  json doc = {{"model_type", "gemma4_text"},
+              {"hidden_size_per_layer_input", 0},
+              {"num_hidden_layers", 7},
+              {"num_global_key_value_heads", 1}};
   auto c = ParseGemma4TextConfig(doc, "d.json");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->global_head_dim, 512);
@@ -114,8 +118,9 @@ TEST(Gemma4ConfigTest, ErrorsNameTheKey) {
   doc["num_experts"] = "many";
   c = ParseGemma4TextConfig(doc, "x.json");
   ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find("x.json: num_experts: expected an integer"),
-            std::string::npos)
+  EXPECT_NE(
+      c.status().message().find("x.json: num_experts: expected an integer"),
+      std::string::npos)
       << c.status();
 
   doc = Saved517();

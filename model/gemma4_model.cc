@@ -1,10 +1,10 @@
 #include "model/gemma4_model.h"
 
+#include <torch/torch.h>
+
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <torch/torch.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -31,19 +31,22 @@ torch::Tensor Gemma4ModelImpl::Embeddings(const Gemma4Inputs& in) {
               "Gemma 4: input_ids must be [B, L]");
   torch::Tensor image_mask = in.input_ids.eq(config_.image_token_id);
   torch::Tensor ids = torch::where(
-      image_mask, torch::full({}, config_.text.pad_token_id, in.input_ids.options()),
+      image_mask,
+      torch::full({}, config_.text.pad_token_id, in.input_ids.options()),
       in.input_ids);
   torch::Tensor embeds = text->Embed(ids);
   if (!in.pixel_values.defined()) return embeds;
   TORCH_CHECK(vision, "Gemma 4: pixel_values given to a text-only model");
-  torch::Tensor soft = projector(vision(in.pixel_values.to(embeds.scalar_type()),
-                                        in.image_positions))
-                           .to(embeds.scalar_type());
+  torch::Tensor soft =
+      projector(
+          vision(in.pixel_values.to(embeds.scalar_type()), in.image_positions))
+          .to(embeds.scalar_type());
   const int64_t n_tokens = image_mask.sum().item<int64_t>();
   TORCH_CHECK(n_tokens == soft.size(0),
               "Gemma 4: image tokens and image features do not match, tokens: ",
               n_tokens, ", features: ", soft.size(0));
-  return embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(embeds), soft);
+  return embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(embeds),
+                               soft);
 }
 
 torch::Tensor Gemma4ModelImpl::forward(const Gemma4Inputs& in, KvCache* cache) {
@@ -86,7 +89,8 @@ std::vector<ParamMapping> BuildGemma4VisionMapping(const Gemma4VisionConfig& v,
                 nkv = v.num_kv_heads, g = nq / nkv, im = v.intermediate_size;
   std::vector<ParamMapping> out;
   out.push_back(One("vision.patch_embed.weight",
-                    hf + "patch_embedder.input_proj.weight", {h, v.patch_dim()}));
+                    hf + "patch_embedder.input_proj.weight",
+                    {h, v.patch_dim()}));
   out.push_back(One("vision.pos_table",
                     hf + "patch_embedder.position_embedding_table",
                     {2, v.position_embedding_size, h}));
@@ -105,8 +109,8 @@ std::vector<ParamMapping> BuildGemma4VisionMapping(const Gemma4VisionConfig& v,
     qkv.name = o + "attn.qkv.weight";
     qkv.shape = {(nq + 2 * nkv) * hd, h};
     for (int64_t k = 0; k < nkv; ++k) {
-      qkv.pieces.push_back({l + "self_attn.q_proj.linear.weight", k * g * hd,
-                            (k + 1) * g * hd});
+      qkv.pieces.push_back(
+          {l + "self_attn.q_proj.linear.weight", k * g * hd, (k + 1) * g * hd});
       qkv.pieces.push_back(
           {l + "self_attn.k_proj.linear.weight", k * hd, (k + 1) * hd});
       qkv.pieces.push_back(
@@ -115,16 +119,18 @@ std::vector<ParamMapping> BuildGemma4VisionMapping(const Gemma4VisionConfig& v,
     out.push_back(qkv);
     out.push_back(One(o + "attn.o.weight", l + "self_attn.o_proj.linear.weight",
                       {h, nq * hd}));
-    out.push_back(One(o + "attn.q_norm.weight", l + "self_attn.q_norm.weight", {hd}));
-    out.push_back(One(o + "attn.k_norm.weight", l + "self_attn.k_norm.weight", {hd}));
+    out.push_back(
+        One(o + "attn.q_norm.weight", l + "self_attn.q_norm.weight", {hd}));
+    out.push_back(
+        One(o + "attn.k_norm.weight", l + "self_attn.k_norm.weight", {hd}));
     ParamMapping gu;
     gu.name = o + "mlp.gate_up.weight";
     gu.shape = {2 * im, h};
     gu.pieces = {{l + "mlp.gate_proj.linear.weight", 0, im},
                  {l + "mlp.up_proj.linear.weight", 0, im}};
     out.push_back(gu);
-    out.push_back(One(o + "mlp.down.weight", l + "mlp.down_proj.linear.weight",
-                      {h, im}));
+    out.push_back(
+        One(o + "mlp.down.weight", l + "mlp.down_proj.linear.weight", {h, im}));
   }
   if (v.standardize) {
     out.push_back(One("vision.std_bias", hf + "std_bias", {h}));
@@ -137,8 +143,8 @@ std::vector<ParamMapping> BuildGemma4VisionMapping(const Gemma4VisionConfig& v,
 }
 
 absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelFromHf(
-    const std::map<std::string, at::Tensor>& hf, const Gemma4ModelConfig& config,
-    const std::string& source) {
+    const std::map<std::string, at::Tensor>& hf,
+    const Gemma4ModelConfig& config, const std::string& source) {
   GEMMA_ASSIGN_OR_RETURN(auto out, Gemma4FromHf(hf, config.text, source));
   if (!config.vision) return out;
   std::set<std::string> used;
@@ -148,21 +154,24 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelFromHf(
     for (const HfRows& p : m.pieces) {
       auto it = hf.find(p.hf_name);
       if (it == hf.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            source, ": tensor '", p.hf_name, "' missing (needed for ", m.name, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": tensor '", p.hf_name,
+                         "' missing (needed for ", m.name, ")"));
       }
       if (it->second.dim() == 0 || it->second.size(0) < p.row_end) {
         return absl::InvalidArgumentError(
             absl::StrCat(source, ": tensor '", p.hf_name, "' is too small"));
       }
       used.insert(p.hf_name);
-      parts.push_back(it->second.narrow(0, p.row_begin, p.row_end - p.row_begin));
+      parts.push_back(
+          it->second.narrow(0, p.row_begin, p.row_end - p.row_begin));
     }
-    at::Tensor t = parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0);
+    at::Tensor t =
+        parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0);
     if (t.sizes().vec() != m.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ": ", m.pieces[0].hf_name, " does not fit ", m.name,
-          " as the config implies"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": ", m.pieces[0].hf_name, " does not fit ",
+                       m.name, " as the config implies"));
     }
     out.emplace(m.name, t);
   }
@@ -179,15 +188,16 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelFromHf(
 
 absl::StatusOr<Gemma4Model> BuildGemma4Model(
     const Gemma4ModelConfig& config,
-    const std::map<std::string, at::Tensor>& weights, std::shared_ptr<Comm> ep) {
+    const std::map<std::string, at::Tensor>& weights,
+    std::shared_ptr<Comm> ep) {
   try {
     Gemma4Model model(config, ep);
     GEMMA_RETURN_IF_ERROR(LoadGemma4ModuleWeights(
         *model, weights, "", model->text->ep_rank(), model->text->ep_size()));
     return model;
   } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("building the Gemma 4 model: ", e.what_without_backtrace()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "building the Gemma 4 model: ", e.what_without_backtrace()));
   }
 }
 
@@ -197,8 +207,9 @@ absl::StatusOr<Gemma4Model> LoadGemma4Model(const std::string& dir,
   if (!in) return absl::NotFoundError(dir + "/config.json: cannot open");
   std::stringstream ss;
   ss << in.rdbuf();
-  GEMMA_ASSIGN_OR_RETURN(Gemma4ModelConfig config,
-                         ParseGemma4ModelConfigText(ss.str(), dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(
+      Gemma4ModelConfig config,
+      ParseGemma4ModelConfigText(ss.str(), dir + "/config.json"));
   GEMMA_ASSIGN_OR_RETURN(auto raw, ReadSafetensorsFolder(dir));
   GEMMA_ASSIGN_OR_RETURN(auto weights, Gemma4ModelFromHf(raw, config, dir));
   auto model = BuildGemma4Model(config, weights, std::move(ep));

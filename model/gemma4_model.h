@@ -11,8 +11,9 @@
 //
 // Names: "text.*" (model/gemma4.h), "vision.*" (model/gemma4_vision.h),
 // "projector.proj.weight" [H, Hv]. HF names of the vision side:
-//   model.vision_tower.patch_embedder.input_proj.weight     vision.patch_embed.weight
-//   model.vision_tower.patch_embedder.position_embedding_table  vision.pos_table
+//   model.vision_tower.patch_embedder.input_proj.weight
+//   vision.patch_embed.weight
+//   model.vision_tower.patch_embedder.position_embedding_table vision.pos_table
 //   model.vision_tower.encoder.layers.{j}.self_attn.{q,k,v}_proj.linear.weight
 //                                       -> vision.layers.{j}.attn.qkv.weight
 //   ...self_attn.o_proj.linear.weight, q_norm/k_norm.weight, mlp.{gate,up,
@@ -64,8 +65,8 @@ class Gemma4ModelImpl : public torch::nn::Module {
   const Gemma4ModelConfig& config() const { return config_; }
 
   Gemma4TextModel text{nullptr};
-  Gemma4VisionTower vision{nullptr};    // null for text-only models
-  Gemma4Embedder projector{nullptr};    // null for text-only models
+  Gemma4VisionTower vision{nullptr};  // null for text-only models
+  Gemma4Embedder projector{nullptr};  // null for text-only models
 
  private:
   Gemma4ModelConfig config_;
@@ -79,8 +80,8 @@ std::vector<ParamMapping> BuildGemma4VisionMapping(const Gemma4VisionConfig& v,
 // HF tensors of a whole checkpoint -> ours (text, and vision when `config`
 // is VL). Errors name `source` and the tensor.
 absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelFromHf(
-    const std::map<std::string, at::Tensor>& hf, const Gemma4ModelConfig& config,
-    const std::string& source);
+    const std::map<std::string, at::Tensor>& hf,
+    const Gemma4ModelConfig& config, const std::string& source);
 
 // Builds the model and copies `weights` (our names) into its parameters and
 // buffers; InvalidArgument listing missing / unexpected / mis-shaped names.

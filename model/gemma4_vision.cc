@@ -16,8 +16,8 @@ Gemma4VisionLayerImpl::Gemma4VisionLayerImpl(const Gemma4VisionConfig& c) {
                               /*k_eq_v=*/false, eps, /*axial_2d=*/true));
   post_attn_norm = register_module("post_attn_norm", Gemma4Norm(h, eps));
   pre_mlp_norm = register_module("pre_mlp_norm", Gemma4Norm(h, eps));
-  mlp = register_module("mlp",
-                        GatedMlp(GatedMlpOptions(h, c.intermediate_size)));
+  mlp =
+      register_module("mlp", GatedMlp(GatedMlpOptions(h, c.intermediate_size)));
   post_mlp_norm = register_module("post_mlp_norm", Gemma4Norm(h, eps));
 }
 
@@ -46,10 +46,10 @@ Gemma4VisionTowerImpl::Gemma4VisionTowerImpl(const Gemma4VisionConfig& c)
     std_scale = register_buffer("std_scale", torch::ones({c.hidden_size}));
   }
   const int64_t spatial = c.head_dim / 2;
-  inv_freq_ = torch::pow(c.rope_theta,
-                         torch::arange(0, spatial, 2, torch::kFloat) /
-                             static_cast<float>(spatial))
-                  .reciprocal();
+  inv_freq_ =
+      torch::pow(c.rope_theta, torch::arange(0, spatial, 2, torch::kFloat) /
+                                   static_cast<float>(spatial))
+          .reciprocal();
 }
 
 torch::Tensor Gemma4VisionTowerImpl::forward(const torch::Tensor& pixel_values,
@@ -67,9 +67,9 @@ torch::Tensor Gemma4VisionTowerImpl::forward(const torch::Tensor& pixel_values,
   const int64_t n = pixel_values.size(0), p = pixel_values.size(1);
   const int64_t kk = c.pooling_kernel_size * c.pooling_kernel_size;
   const int64_t out_len = p / kk;
-  TORCH_CHECK(out_len > 0 && out_len * kk == p, "Gemma 4 vision: ", p,
-              " patches per image is not a multiple of pooling_kernel_size^2 = ",
-              kk);
+  TORCH_CHECK(
+      out_len > 0 && out_len * kk == p, "Gemma 4 vision: ", p,
+      " patches per image is not a multiple of pooling_kernel_size^2 = ", kk);
   const auto dtype = patch_embed->weight.scalar_type();
   torch::Tensor pos = positions.to(torch::kLong);
   torch::Tensor pad = pos.eq(-1).all(-1);  // [N, P]
@@ -77,13 +77,15 @@ torch::Tensor Gemma4VisionTowerImpl::forward(const torch::Tensor& pixel_values,
 
   // Patch embedding + 2-D position table.
   torch::Tensor h = patch_embed((2 * (pixel_values - 0.5)).to(dtype));
-  torch::Tensor pe = pos_table[0].index_select(0, clamped.select(2, 0).reshape(-1)) +
-                     pos_table[1].index_select(0, clamped.select(2, 1).reshape(-1));
+  torch::Tensor pe =
+      pos_table[0].index_select(0, clamped.select(2, 0).reshape(-1)) +
+      pos_table[1].index_select(0, clamped.select(2, 1).reshape(-1));
   pe = pe.view({n, p, c.hidden_size});
   h = h + torch::where(pad.unsqueeze(-1), torch::zeros({}, pe.options()), pe);
 
   // Axial rotary tables [N, P, hd]: (x, x, y, y) blocks of hd/4.
-  torch::Tensor freqs = pos.to(torch::kFloat).unsqueeze(-1) * inv_freq_;  // [N,P,2,hd/4]
+  torch::Tensor freqs =
+      pos.to(torch::kFloat).unsqueeze(-1) * inv_freq_;  // [N,P,2,hd/4]
   torch::Tensor fx = freqs.select(2, 0), fy = freqs.select(2, 1);
   torch::Tensor emb = torch::cat({fx, fx, fy, fy}, -1);
   torch::Tensor cos = emb.cos().to(dtype), sin = emb.sin().to(dtype);
@@ -101,13 +103,16 @@ torch::Tensor Gemma4VisionTowerImpl::forward(const torch::Tensor& pixel_values,
   h = h.masked_fill(pad.unsqueeze(-1), 0.0);
   torch::Tensor mask;
   if (out_len != p) {
-    const int64_t k = static_cast<int64_t>(std::sqrt(static_cast<double>(p / out_len)));
+    const int64_t k =
+        static_cast<int64_t>(std::sqrt(static_cast<double>(p / out_len)));
     torch::Tensor max_x = std::get<0>(clamped.select(2, 0).max(-1, true)) + 1;
     torch::Tensor cell = torch::div(clamped, k, "floor");
-    torch::Tensor idx = cell.select(2, 0) + torch::div(max_x, k, "floor") * cell.select(2, 1);
+    torch::Tensor idx =
+        cell.select(2, 0) + torch::div(max_x, k, "floor") * cell.select(2, 1);
     torch::Tensor w = torch::one_hot(idx, out_len).to(torch::kFloat) /
                       static_cast<float>(k * k);  // [N, P, out]
-    h = torch::matmul(w.transpose(1, 2), h.to(torch::kFloat)).to(h.scalar_type());
+    h = torch::matmul(w.transpose(1, 2), h.to(torch::kFloat))
+            .to(h.scalar_type());
     mask = w.ne(0).any(1);  // [N, out]
   } else {
     mask = pad.logical_not();

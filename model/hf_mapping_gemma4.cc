@@ -1,14 +1,13 @@
 #include "model/hf_mapping_gemma4.h"
 
 #include <dirent.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <torch/torch.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -22,7 +21,8 @@
 namespace gemma {
 namespace {
 
-ParamMapping Whole(std::string ours, std::string hf, std::vector<int64_t> shape) {
+ParamMapping Whole(std::string ours, std::string hf,
+                   std::vector<int64_t> shape) {
   ParamMapping m;
   m.name = std::move(ours);
   m.pieces.push_back({std::move(hf), 0, shape.empty() ? 1 : shape[0]});
@@ -31,8 +31,8 @@ ParamMapping Whole(std::string ours, std::string hf, std::vector<int64_t> shape)
 }
 
 constexpr const char* kSkippedPrefixes[] = {
-    "model.vision_tower.", "model.embed_vision.", "model.audio_tower.",
-    "model.embed_audio.", "vision_tower.", "embed_vision.",
+    "model.vision_tower.",   "model.embed_vision.", "model.audio_tower.",
+    "model.embed_audio.",    "vision_tower.",       "embed_vision.",
     "multi_modal_projector."};
 
 // The HF name without its prefix, "" for a key the text model drops or skips.
@@ -59,8 +59,8 @@ std::string Shape(at::IntArrayRef s) {
 std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& c) {
   const int64_t h = c.hidden_size, nq = c.num_heads;
   std::vector<ParamMapping> out;
-  out.push_back(Whole("text.embed.weight", "embed_tokens.weight",
-                      {c.vocab_size, h}));
+  out.push_back(
+      Whole("text.embed.weight", "embed_tokens.weight", {c.vocab_size, h}));
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const LayerType t = c.layer_types[static_cast<size_t>(i)];
     const int64_t hd = c.layer_head_dim(t), nkv = c.layer_kv_heads(t);
@@ -78,7 +78,8 @@ std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& c) {
     }
     // Attention: q/k(/v) fused per KV group.
     ParamMapping qkv;
-    qkv.name = absl::StrCat(ours, kv_same ? "attn.qk.weight" : "attn.qkv.weight");
+    qkv.name =
+        absl::StrCat(ours, kv_same ? "attn.qk.weight" : "attn.qkv.weight");
     qkv.shape = {(nq + (kv_same ? 1 : 2) * nkv) * hd, h};
     for (int64_t j = 0; j < nkv; ++j) {
       qkv.pieces.push_back({absl::StrCat(hf, "self_attn.q_proj.weight"),
@@ -92,7 +93,8 @@ std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& c) {
     }
     out.push_back(qkv);
     out.push_back(Whole(absl::StrCat(ours, "attn.o.weight"),
-                        absl::StrCat(hf, "self_attn.o_proj.weight"), {h, nq * hd}));
+                        absl::StrCat(hf, "self_attn.o_proj.weight"),
+                        {h, nq * hd}));
     out.push_back(Whole(absl::StrCat(ours, "attn.q_norm.weight"),
                         absl::StrCat(hf, "self_attn.q_norm.weight"), {hd}));
     out.push_back(Whole(absl::StrCat(ours, "attn.k_norm.weight"),
@@ -109,12 +111,15 @@ std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& c) {
                         absl::StrCat(hf, "mlp.down_proj.weight"), {h, im}));
     if (c.enable_moe_block) {
       const int64_t e = c.num_experts, em = c.moe_intermediate_size;
-      out.push_back(Whole(absl::StrCat(ours, "post_dense_norm.weight"),
-                          absl::StrCat(hf, "post_feedforward_layernorm_1.weight"), {h}));
-      out.push_back(Whole(absl::StrCat(ours, "moe.pre_norm.weight"),
-                          absl::StrCat(hf, "pre_feedforward_layernorm_2.weight"), {h}));
-      out.push_back(Whole(absl::StrCat(ours, "moe.post_norm.weight"),
-                          absl::StrCat(hf, "post_feedforward_layernorm_2.weight"), {h}));
+      out.push_back(
+          Whole(absl::StrCat(ours, "post_dense_norm.weight"),
+                absl::StrCat(hf, "post_feedforward_layernorm_1.weight"), {h}));
+      out.push_back(
+          Whole(absl::StrCat(ours, "moe.pre_norm.weight"),
+                absl::StrCat(hf, "pre_feedforward_layernorm_2.weight"), {h}));
+      out.push_back(
+          Whole(absl::StrCat(ours, "moe.post_norm.weight"),
+                absl::StrCat(hf, "post_feedforward_layernorm_2.weight"), {h}));
       out.push_back(Whole(absl::StrCat(ours, "moe.router.proj.weight"),
                           absl::StrCat(hf, "router.proj.weight"), {e, h}));
       out.push_back(Whole(absl::StrCat(ours, "moe.router.scale"),
@@ -122,7 +127,8 @@ std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& c) {
       out.push_back(Whole(absl::StrCat(ours, "moe.router.expert_scale"),
                           absl::StrCat(hf, "router.per_expert_scale"), {e}));
       out.push_back(Whole(absl::StrCat(ours, "moe.experts.gate_up"),
-                          absl::StrCat(hf, "experts.gate_up_proj"), {e, 2 * em, h}));
+                          absl::StrCat(hf, "experts.gate_up_proj"),
+                          {e, 2 * em, h}));
       out.push_back(Whole(absl::StrCat(ours, "moe.experts.down"),
                           absl::StrCat(hf, "experts.down_proj"), {e, h, em}));
     }
@@ -156,8 +162,9 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4FromHf(
     for (const HfRows& p : m.pieces) {
       auto it = bare.find(p.hf_name);
       if (it == bare.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            source, ": tensor '", p.hf_name, "' missing (needed for ", m.name, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": tensor '", p.hf_name,
+                         "' missing (needed for ", m.name, ")"));
       }
       used.insert(p.hf_name);
       const at::Tensor& t = it->second;
@@ -168,7 +175,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4FromHf(
       }
       parts.push_back(t.narrow(0, p.row_begin, p.row_end - p.row_begin));
     }
-    at::Tensor fused = parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0);
+    at::Tensor fused =
+        parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0);
     if (fused.sizes().vec() != m.shape) {
       return absl::InvalidArgumentError(absl::StrCat(
           source, ": ", m.pieces[0].hf_name, " gives ", m.name, " shape ",
@@ -179,7 +187,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4FromHf(
   for (const auto& [name, t] : bare) {
     if (!used.count(name)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          source, ": tensor '", name, "' is not used by this config (e.g. a "
+          source, ": tensor '", name,
+          "' is not used by this config (e.g. a "
           "v_proj on a K=V layer, or a layer beyond num_hidden_layers)"));
     }
   }
@@ -216,16 +225,17 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ToHf(
               [](const auto& a, const auto& b) { return a.first < b.first; });
     std::vector<at::Tensor> parts;
     for (auto& p : pieces) parts.push_back(p.second);
-    out.emplace("model." + name,
-                parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0));
+    out.emplace("model." + name, parts.size() == 1 ? parts[0].contiguous()
+                                                   : torch::cat(parts, 0));
   }
   for (const auto& [name, t] : ours) {
     if (!absl::StartsWith(name, "text.")) continue;
     bool known = false;
-    for (const ParamMapping& m : BuildGemma4Mapping(config)) known |= m.name == name;
+    for (const ParamMapping& m : BuildGemma4Mapping(config))
+      known |= m.name == name;
     if (!known) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": tensor '", name, "' is not a Gemma 4 parameter"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": tensor '", name, "' is not a Gemma 4 parameter"));
     }
   }
   return out;
@@ -263,7 +273,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFolder(
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (absl::EndsWith(name, ".safetensors")) files.push_back(dir + "/" + name);
+      if (absl::EndsWith(name, ".safetensors"))
+        files.push_back(dir + "/" + name);
     }
     closedir(d);
   }
@@ -277,8 +288,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFolder(
     for (const auto& info : file->tensors()) {
       GEMMA_ASSIGN_OR_RETURN(at::Tensor view, TensorView(file, info.name));
       if (!raw.emplace(info.name, view.clone()).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": tensor '", info.name, "' also in another file"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": tensor '", info.name, "' also in another file"));
       }
     }
   }
@@ -288,8 +299,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFolder(
 absl::StatusOr<Gemma4Weights> LoadGemma4Folder(const std::string& dir) {
   Gemma4Weights w;
   GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadText(dir + "/config.json"));
-  GEMMA_ASSIGN_OR_RETURN(w.config, ParseGemma4TextConfigText(
-                                       w.config_json, dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(
+      w.config, ParseGemma4TextConfigText(w.config_json, dir + "/config.json"));
   GEMMA_ASSIGN_OR_RETURN(auto raw, ReadSafetensorsFolder(dir));
   bool ours = true;
   for (const auto& [name, t] : raw) ours &= absl::StartsWith(name, "text.");
@@ -338,8 +349,8 @@ absl::StatusOr<Gemma4TextModel> LoadGemma4TextModel(const std::string& dir,
     }
     return model;
   } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir, ": building the Gemma 4 model: ", e.what_without_backtrace()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": building the Gemma 4 model: ", e.what_without_backtrace()));
   }
 }
 

@@ -38,7 +38,8 @@
 namespace gemma {
 
 // The mapping for `config`: our names ("text.…") with their global shapes and
-// the HF pieces (HF names without prefix, e.g. "layers.3.self_attn.q_proj.weight").
+// the HF pieces (HF names without prefix, e.g.
+// "layers.3.self_attn.q_proj.weight").
 std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& config);
 
 // HF tensors (any accepted prefix) -> ours. InvalidArgument naming `source`
@@ -56,7 +57,7 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ToHf(
 struct Gemma4Weights {
   std::string config_json;
   Gemma4TextConfig config;
-  std::string kind;  // "hf" or "ours"
+  std::string kind;                           // "hf" or "ours"
   std::map<std::string, at::Tensor> tensors;  // our names, stored dtype
 };
 

@@ -126,14 +126,16 @@ torch::Tensor AllToAllRows(Comm& comm, const torch::Tensor& x,
     *recv_counts = send_counts;
     return x;
   }
-  torch::Tensor out = AllToAllFn::apply(
-      x, reinterpret_cast<int64_t>(&comm), send_counts);
+  torch::Tensor out =
+      AllToAllFn::apply(x, reinterpret_cast<int64_t>(&comm), send_counts);
   // The receive counts are needed by the caller too: the exchange of counts
   // is cheap, repeat it without autograd.
   std::vector<torch::Tensor> cnt;
-  for (int64_t n : send_counts) cnt.push_back(torch::full({1}, n, torch::kLong));
+  for (int64_t n : send_counts)
+    cnt.push_back(torch::full({1}, n, torch::kLong));
   *recv_counts = {};
-  for (const auto& t : comm.AllToAll(cnt)) recv_counts->push_back(t.item<int64_t>());
+  for (const auto& t : comm.AllToAll(cnt))
+    recv_counts->push_back(t.item<int64_t>());
   return out;
 }
 
@@ -147,9 +149,8 @@ MoeBlockImpl::MoeBlockImpl(const MoeOptions& o, std::shared_ptr<Comm> ep)
   post_norm = register_module("post_norm", Gemma4Norm(o.hidden_size, o.eps));
   router = register_module(
       "router", MoeRouter(o.hidden_size, o.num_experts, o.top_k, o.eps));
-  experts = register_module(
-      "experts", MoeExperts(o.hidden_size, o.intermediate, ep_->rank() * local,
-                            local));
+  experts = register_module("experts", MoeExperts(o.hidden_size, o.intermediate,
+                                                  ep_->rank() * local, local));
   ResetStats();
 }
 
@@ -168,9 +169,11 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& router_in) {
   tokens_per_expert_ += counts;
 
   // Token-expert pairs sorted by expert (stable: token order within one).
-  torch::Tensor order = std::get<1>(torch::sort(flat, std::optional<bool>(true), 0, false));
-  torch::Tensor token_of =
-      torch::arange(t, flat.options()).repeat_interleave(k).index_select(0, order);
+  torch::Tensor order =
+      std::get<1>(torch::sort(flat, std::optional<bool>(true), 0, false));
+  torch::Tensor token_of = torch::arange(t, flat.options())
+                               .repeat_interleave(k)
+                               .index_select(0, order);
   torch::Tensor expert_of = flat.index_select(0, order);
   torch::Tensor rows = pre_norm(x).index_select(0, token_of);
 
@@ -184,18 +187,21 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& router_in) {
   torch::Tensor got_expert = expert_of;
   if (p > 1) {
     std::vector<torch::Tensor> ids;
-    for (auto& s : expert_of.split_with_sizes(send, 0)) ids.push_back(s.contiguous());
+    for (auto& s : expert_of.split_with_sizes(send, 0))
+      ids.push_back(s.contiguous());
     std::vector<torch::Tensor> r = ep_->AllToAll(ids);
     got_expert = r.empty() ? expert_of.new_empty({0}) : torch::cat(r, 0);
   }
   // Regroup what arrived (per source rank, each sorted by expert) by expert.
   torch::Tensor local_id = got_expert - experts->first;
-  torch::Tensor regroup = std::get<1>(torch::sort(local_id, std::optional<bool>(true), 0, false));
+  torch::Tensor regroup =
+      std::get<1>(torch::sort(local_id, std::optional<bool>(true), 0, false));
   torch::Tensor local_counts = torch::bincount(local_id.cpu(), {}, local);
   std::vector<int64_t> lc(local_counts.data_ptr<int64_t>(),
                           local_counts.data_ptr<int64_t>() + local);
   torch::Tensor y = experts(got.index_select(0, regroup), lc);
-  y = y.index_select(0, std::get<1>(torch::sort(regroup, std::optional<bool>(true), 0, false)));
+  y = y.index_select(0, std::get<1>(torch::sort(
+                            regroup, std::optional<bool>(true), 0, false)));
 
   std::vector<int64_t> back_counts;
   torch::Tensor back = AllToAllRows(*ep_, y, recv, &back_counts);

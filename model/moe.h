@@ -68,8 +68,8 @@ class MoeRouterImpl : public torch::nn::Module {
 
   int64_t hidden_size, num_experts, top_k;
   double eps;
-  Projection proj{nullptr};  // [E, H]
-  torch::Tensor scale;        // [H]
+  Projection proj{nullptr};    // [E, H]
+  torch::Tensor scale;         // [H]
   torch::Tensor expert_scale;  // [E]
 };
 TORCH_MODULE(MoeRouter);

@@ -78,7 +78,8 @@ void CheckEp(int ep) {
     for (const auto& p : m1->named_parameters()) {
       g["text." + p.key()] = p.value().grad().clone();
       auto& total = ref_grads_total["text." + p.key()];
-      total = total.defined() ? total + p.value().grad() : p.value().grad().clone();
+      total =
+          total.defined() ? total + p.value().grad() : p.value().grad().clone();
     }
     ref_grads_per_rank.push_back(g);
   }
@@ -117,10 +118,12 @@ void CheckEp(int ep) {
           if (e > 1e-5) bad.push_back(absl::StrCat(name, " grad rel err ", e));
         }
         if (experts_checked != 2 * m->config().num_layers) {
-          bad.push_back(absl::StrCat("checked ", experts_checked, " expert tensors"));
+          bad.push_back(
+              absl::StrCat("checked ", experts_checked, " expert tensors"));
         }
         std::lock_guard<std::mutex> lock(mu);
-        for (auto& b : bad) failures.push_back(absl::StrCat("rank ", rank, ": ", b));
+        for (auto& b : bad)
+          failures.push_back(absl::StrCat("rank ", rank, ": ", b));
         return absl::OkStatus();
       },
       ParallelLayout{1, ep, ep});

@@ -99,7 +99,8 @@ TEST_F(Gemma4ParityTest, RouterLoadMatchesHf) {
   Forward(model_);
   torch::Tensor counts = model_->TokensPerExpert();
   EXPECT_TRUE(torch::equal(counts, io_.at("router_counts")))
-      << counts << "\nvs HF\n" << io_.at("router_counts");
+      << counts << "\nvs HF\n"
+      << io_.at("router_counts");
   model_->ResetRouterStats();
   EXPECT_EQ(model_->TokensPerExpert().sum().item<int64_t>(), 0);
 }
@@ -212,28 +213,32 @@ TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
   missing.erase("model.layers.1.experts.down_proj");
   auto r = Gemma4FromHf(missing, c, "ckpt");
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("layers.1.experts.down_proj"), std::string::npos)
+  EXPECT_NE(r.status().message().find("layers.1.experts.down_proj"),
+            std::string::npos)
       << r.status();
 
   auto extra_v = original;  // a V projection where K=V layers have none
   extra_v["model.layers.3.self_attn.v_proj.weight"] = torch::zeros({32, 64});
   r = Gemma4FromHf(extra_v, c, "ckpt");
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("layers.3.self_attn.v_proj"), std::string::npos)
+  EXPECT_NE(r.status().message().find("layers.3.self_attn.v_proj"),
+            std::string::npos)
       << r.status();
 
   auto wrong = original;
   wrong["model.layers.0.experts.gate_up_proj"] = torch::zeros({4, 64, 32});
   r = Gemma4FromHf(wrong, c, "ckpt");
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("experts"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("experts"), std::string::npos)
+      << r.status();
 
   // The VL prefix is accepted too, vision keys skipped.
   std::map<std::string, torch::Tensor> vl;
   for (const auto& [name, t] : original) {
     vl["model.language_model." + name.substr(6)] = t;
   }
-  vl["model.vision_tower.patch_embedder.input_proj.weight"] = torch::zeros({2, 2});
+  vl["model.vision_tower.patch_embedder.input_proj.weight"] =
+      torch::zeros({2, 2});
   r = Gemma4FromHf(vl, c, "vl");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(torch::equal(r->at("text.layers.3.attn.qk.weight"),
@@ -264,8 +269,8 @@ class Gemma4VlParityTest : public ::testing::Test {
 TEST_F(Gemma4VlParityTest, ImageFeaturesMatchHf) {
   torch::NoGradGuard no_grad;
   std::vector<int64_t> per_image;
-  torch::Tensor soft = model_->projector(
-      model_->vision(inputs_.pixel_values, inputs_.image_positions, &per_image));
+  torch::Tensor soft = model_->projector(model_->vision(
+      inputs_.pixel_values, inputs_.image_positions, &per_image));
   // 6x4 patches (8 padding) pooled 2x2 -> 3x2 = 6; 4x8 -> 2x4 = 8.
   EXPECT_EQ(per_image, (std::vector<int64_t>{6, 8}));
   const torch::Tensor& ref = io_.at("image_features");
@@ -310,7 +315,8 @@ TEST(Gemma4ModelTest, TextOnlyFolderThroughTheWholeModel) {
   torch::NoGradGuard no_grad;
   Gemma4Inputs in;
   in.input_ids = io.at("input_ids").narrow(0, 0, 1);
-  EXPECT_LE(RelErr((*whole)->forward(in), io.at("logits").narrow(0, 0, 1)), 1e-4);
+  EXPECT_LE(RelErr((*whole)->forward(in), io.at("logits").narrow(0, 0, 1)),
+            1e-4);
 }
 
 }  // namespace
