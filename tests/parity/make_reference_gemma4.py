@@ -140,6 +140,7 @@ def main():
               os.path.join(case, "io.safetensors"))
     print("wrote", case)
     make_vl_case(args.out, gen)
+    make_image_case(args.out)
     with open(stamp, "w") as f:
         f.write(script_hash())
 
@@ -193,6 +194,34 @@ def make_vl_case(out, gen):
     save_file({"input_ids": ids, "pixel_values": pixels, "image_positions": positions,
                "logits": logits.contiguous(), "image_features": torch.cat(soft).contiguous()},
               os.path.join(case, "io.safetensors"))
+    print("wrote", case)
+
+
+def make_image_case(out):
+    """Gemma4ImageProcessorPil outputs for random RGB images of awkward sizes
+    (down- and up-scaling, a very thin one): OUT/gemma4_image/io.safetensors
+    with image{i} [h, w, 3] uint8 and pixel_values{i}, positions{i},
+    soft_tokens{i}, budget{i} (max_soft_tokens)."""
+    import numpy as np
+    from PIL import Image
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    rng = np.random.default_rng(5)
+    cases = [((37, 300), 70), ((500, 300), 70), ((64, 64), 70), ((2000, 10), 70),
+             ((480, 640), 280), ((48, 96), 140)]
+    tensors = {}
+    for i, ((h, w), budget) in enumerate(cases):
+        img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        proc = Gemma4ImageProcessorPil(max_soft_tokens=budget)
+        r = proc(images=[Image.fromarray(img)], return_tensors="pt")
+        tensors[f"image{i}"] = torch.from_numpy(img.copy())
+        tensors[f"pixel_values{i}"] = r["pixel_values"][0].to(torch.float32).contiguous()
+        tensors[f"positions{i}"] = r["image_position_ids"][0].to(torch.int64).contiguous()
+        tensors[f"soft_tokens{i}"] = torch.tensor([int(r["num_soft_tokens_per_image"][0])])
+        tensors[f"budget{i}"] = torch.tensor([budget])
+    case = os.path.join(out, "gemma4_image")
+    os.makedirs(case, exist_ok=True)
+    save_file(tensors, os.path.join(case, "io.safetensors"))
     print("wrote", case)
 
 
