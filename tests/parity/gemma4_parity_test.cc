@@ -26,6 +26,7 @@
 #include "model/hf_mapping_gemma4.h"
 #include "model/safetensors.h"
 #include "model/safetensors_torch.h"
+#include "model/weights.h"
 
 namespace gemma {
 namespace {
@@ -249,6 +250,16 @@ TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(torch::equal(r->at("text.layers.3.attn.qk.weight"),
                            folder->tensors.at("text.layers.3.attn.qk.weight")));
+}
+
+TEST(Gemma4ModelTest, Gemma3LoaderNamesGemma4Folders) {
+  // The Gemma 3 loader (and the sharded-checkpoint converter behind it) says
+  // where Gemma 4 folders go instead of failing on tensor names.
+  auto w = LoadModelWeights(CaseDir() + "/hf");
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("LoadGemma4Model"), std::string::npos)
+      << w.status();
+  EXPECT_NE(w.status().message().find("config.json"), std::string::npos);
 }
 
 // ---- VL: vision tower, embedder, image blocks on sliding layers -------------
