@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -182,6 +183,47 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelFromHf(
       return absl::InvalidArgumentError(absl::StrCat(
           source, ": tensor '", name, "' is not used by this vision config"));
     }
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelToHf(
+    const std::map<std::string, at::Tensor>& ours,
+    const Gemma4ModelConfig& config, const std::string& source) {
+  GEMMA_ASSIGN_OR_RETURN(auto text, Gemma4ToHf(ours, config.text, source));
+  if (!config.vision) return text;
+  std::map<std::string, at::Tensor> out;
+  for (auto& [name, t] : text) {  // "model.X" -> "model.language_model.X"
+    out.emplace("model.language_model." + name.substr(6), t);
+  }
+  std::map<std::string, std::vector<std::pair<int64_t, at::Tensor>>> rows;
+  for (const ParamMapping& m :
+       BuildGemma4VisionMapping(*config.vision, config.text.hidden_size)) {
+    auto it = ours.find(m.name);
+    if (it == ours.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tensor '", m.name, "' missing"));
+    }
+    if (it->second.sizes().vec() != m.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tensor '", m.name,
+                       "' does not have the shape the config implies"));
+    }
+    int64_t at_row = 0;
+    for (const HfRows& p : m.pieces) {
+      const int64_t n = p.row_end - p.row_begin;
+      rows[p.hf_name].emplace_back(p.row_begin,
+                                   it->second.narrow(0, at_row, n));
+      at_row += n;
+    }
+  }
+  for (auto& [name, pieces] : rows) {
+    std::sort(pieces.begin(), pieces.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<at::Tensor> parts;
+    for (auto& p : pieces) parts.push_back(p.second);
+    out.emplace(
+        name, parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0));
   }
   return out;
 }

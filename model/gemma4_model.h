@@ -83,6 +83,14 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelFromHf(
     const std::map<std::string, at::Tensor>& hf,
     const Gemma4ModelConfig& config, const std::string& source);
 
+// Ours -> HF, every tensor of the checkpoint: text under
+// "model.language_model." for VL configs ("model." for text-only), the
+// vision tower and embedder under their HF names. Bit-exact inverse of
+// Gemma4ModelFromHf.
+absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelToHf(
+    const std::map<std::string, at::Tensor>& ours,
+    const Gemma4ModelConfig& config, const std::string& source);
+
 // Builds the model and copies `weights` (our names) into its parameters and
 // buffers; InvalidArgument listing missing / unexpected / mis-shaped names.
 absl::StatusOr<Gemma4Model> BuildGemma4Model(

@@ -324,6 +324,25 @@ TEST_F(Gemma4VlParityTest, ImageTokenCountMismatchIsAnError) {
       << r.status();
 }
 
+TEST(Gemma4ModelTest, VlConversionRoundTripIsBitExact) {
+  auto raw = ReadSafetensorsFolder(VlDir() + "/hf");
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  auto model = LoadGemma4Model(VlDir() + "/hf");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Gemma4ModelConfig& c = (*model)->config();
+  auto ours = Gemma4ModelFromHf(*raw, c, "vl");
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  EXPECT_TRUE(ours->count("vision.layers.1.attn.qkv.weight"));
+  EXPECT_TRUE(ours->count("projector.proj.weight"));
+  auto back = Gemma4ModelToHf(*ours, c, "vl");
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), raw->size());
+  for (const auto& [name, t] : *raw) {
+    ASSERT_TRUE(back->count(name)) << name;
+    EXPECT_TRUE(torch::equal(back->at(name), t)) << name;
+  }
+}
+
 TEST(Gemma4ModelTest, TextOnlyFolderThroughTheWholeModel) {
   auto whole = LoadGemma4Model(CaseDir() + "/hf");
   ASSERT_TRUE(whole.ok()) << whole.status();
