@@ -105,6 +105,21 @@ absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text,
   HfConfigLite c;
   c.raw_json = std::string(text);
   std::string model_type = root.value("model_type", std::string());
+  {
+    // Gemma 4 has its own mapping (model/hf_mapping_gemma4.h).
+    auto tc_it = root.find("text_config");
+    const std::string text_type = tc_it != root.end() && tc_it->is_object()
+                                      ? tc_it->value("model_type", std::string())
+                                      : std::string();
+    if (model_type == "gemma4" || model_type == "gemma4_text" ||
+        text_type == "gemma4_text") {
+      return absl::UnimplementedError(absl::StrCat(
+          file, ": model_type ", model_type,
+          ": Gemma 4 folders are read by LoadGemma4Model / LoadGemma4Folder "
+          "(model/gemma4_model.h, model/hf_mapping_gemma4.h); the sharded "
+          "checkpoint conversion does not handle them yet"));
+    }
+  }
   c.vision = root.contains("vision_config") || model_type == "gemma3";
   const json* tc = &root;
   std::string tpath;

@@ -1,0 +1,265 @@
+#include "model/gemma4_model.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/hf_mapping_gemma4.h"
+
+namespace gemma {
+
+Gemma4ModelImpl::Gemma4ModelImpl(const Gemma4ModelConfig& config,
+                                 std::shared_ptr<Comm> ep)
+    : config_(config) {
+  text = register_module("text", Gemma4TextModel(config.text, std::move(ep)));
+  if (config.vision) {
+    vision = register_module("vision", Gemma4VisionTower(*config.vision));
+    projector = register_module(
+        "projector",
+        Gemma4Embedder(config.vision->hidden_size, config.text.hidden_size,
+                       config.vision->rms_norm_eps));
+  }
+}
+
+torch::Tensor Gemma4ModelImpl::Embeddings(const Gemma4Inputs& in) {
+  TORCH_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2,
+              "Gemma 4: input_ids must be [B, L]");
+  torch::Tensor image_mask = in.input_ids.eq(config_.image_token_id);
+  torch::Tensor ids = torch::where(
+      image_mask,
+      torch::full({}, config_.text.pad_token_id, in.input_ids.options()),
+      in.input_ids);
+  torch::Tensor embeds = text->Embed(ids);
+  if (!in.pixel_values.defined()) return embeds;
+  TORCH_CHECK(vision, "Gemma 4: pixel_values given to a text-only model");
+  torch::Tensor soft =
+      projector(
+          vision(in.pixel_values.to(embeds.scalar_type()), in.image_positions))
+          .to(embeds.scalar_type());
+  const int64_t n_tokens = image_mask.sum().item<int64_t>();
+  TORCH_CHECK(n_tokens == soft.size(0),
+              "Gemma 4: image tokens and image features do not match, tokens: ",
+              n_tokens, ", features: ", soft.size(0));
+  return embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(embeds),
+                               soft);
+}
+
+torch::Tensor Gemma4ModelImpl::forward(const Gemma4Inputs& in, KvCache* cache) {
+  Gemma4DecoderInputs d;
+  d.attention_mask = in.attention_mask;
+  d.position_ids = in.position_ids;
+  d.cache = cache;
+  if (config_.is_vl() && in.pixel_values.defined()) {
+    d.block_ids = BlockIdsFromTokenTypes(
+        in.input_ids.eq(config_.image_token_id).to(torch::kLong));
+  }
+  return text->Logits(text->Decode(Embeddings(in), d));
+}
+
+absl::StatusOr<torch::Tensor> Gemma4ModelImpl::Forward(const Gemma4Inputs& in,
+                                                       KvCache* cache) {
+  try {
+    return forward(in, cache);
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(e.what_without_backtrace());
+  }
+}
+
+namespace {
+
+ParamMapping One(std::string ours, std::string hf, std::vector<int64_t> shape) {
+  ParamMapping m;
+  m.name = std::move(ours);
+  m.pieces.push_back({std::move(hf), 0, shape[0]});
+  m.shape = std::move(shape);
+  return m;
+}
+
+}  // namespace
+
+std::vector<ParamMapping> BuildGemma4VisionMapping(const Gemma4VisionConfig& v,
+                                                   int64_t text_hidden) {
+  const std::string hf = "model.vision_tower.";
+  const int64_t h = v.hidden_size, hd = v.head_dim, nq = v.num_heads,
+                nkv = v.num_kv_heads, g = nq / nkv, im = v.intermediate_size;
+  std::vector<ParamMapping> out;
+  out.push_back(One("vision.patch_embed.weight",
+                    hf + "patch_embedder.input_proj.weight",
+                    {h, v.patch_dim()}));
+  out.push_back(One("vision.pos_table",
+                    hf + "patch_embedder.position_embedding_table",
+                    {2, v.position_embedding_size, h}));
+  for (int64_t j = 0; j < v.num_layers; ++j) {
+    const std::string o = absl::StrCat("vision.layers.", j, ".");
+    const std::string l = absl::StrCat(hf, "encoder.layers.", j, ".");
+    for (auto [ours, theirs] : std::vector<std::pair<const char*, const char*>>{
+             {"input_norm", "input_layernorm"},
+             {"post_attn_norm", "post_attention_layernorm"},
+             {"pre_mlp_norm", "pre_feedforward_layernorm"},
+             {"post_mlp_norm", "post_feedforward_layernorm"}}) {
+      out.push_back(One(absl::StrCat(o, ours, ".weight"),
+                        absl::StrCat(l, theirs, ".weight"), {h}));
+    }
+    ParamMapping qkv;
+    qkv.name = o + "attn.qkv.weight";
+    qkv.shape = {(nq + 2 * nkv) * hd, h};
+    for (int64_t k = 0; k < nkv; ++k) {
+      qkv.pieces.push_back(
+          {l + "self_attn.q_proj.linear.weight", k * g * hd, (k + 1) * g * hd});
+      qkv.pieces.push_back(
+          {l + "self_attn.k_proj.linear.weight", k * hd, (k + 1) * hd});
+      qkv.pieces.push_back(
+          {l + "self_attn.v_proj.linear.weight", k * hd, (k + 1) * hd});
+    }
+    out.push_back(qkv);
+    out.push_back(One(o + "attn.o.weight", l + "self_attn.o_proj.linear.weight",
+                      {h, nq * hd}));
+    out.push_back(
+        One(o + "attn.q_norm.weight", l + "self_attn.q_norm.weight", {hd}));
+    out.push_back(
+        One(o + "attn.k_norm.weight", l + "self_attn.k_norm.weight", {hd}));
+    ParamMapping gu;
+    gu.name = o + "mlp.gate_up.weight";
+    gu.shape = {2 * im, h};
+    gu.pieces = {{l + "mlp.gate_proj.linear.weight", 0, im},
+                 {l + "mlp.up_proj.linear.weight", 0, im}};
+    out.push_back(gu);
+    out.push_back(
+        One(o + "mlp.down.weight", l + "mlp.down_proj.linear.weight", {h, im}));
+  }
+  if (v.standardize) {
+    out.push_back(One("vision.std_bias", hf + "std_bias", {h}));
+    out.push_back(One("vision.std_scale", hf + "std_scale", {h}));
+  }
+  out.push_back(One("projector.proj.weight",
+                    "model.embed_vision.embedding_projection.weight",
+                    {text_hidden, h}));
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelFromHf(
+    const std::map<std::string, at::Tensor>& hf,
+    const Gemma4ModelConfig& config, const std::string& source) {
+  GEMMA_ASSIGN_OR_RETURN(auto out, Gemma4FromHf(hf, config.text, source));
+  if (!config.vision) return out;
+  std::set<std::string> used;
+  for (const ParamMapping& m :
+       BuildGemma4VisionMapping(*config.vision, config.text.hidden_size)) {
+    std::vector<at::Tensor> parts;
+    for (const HfRows& p : m.pieces) {
+      auto it = hf.find(p.hf_name);
+      if (it == hf.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": tensor '", p.hf_name,
+                         "' missing (needed for ", m.name, ")"));
+      }
+      if (it->second.dim() == 0 || it->second.size(0) < p.row_end) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": tensor '", p.hf_name, "' is too small"));
+      }
+      used.insert(p.hf_name);
+      parts.push_back(
+          it->second.narrow(0, p.row_begin, p.row_end - p.row_begin));
+    }
+    at::Tensor t =
+        parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0);
+    if (t.sizes().vec() != m.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": ", m.pieces[0].hf_name, " does not fit ",
+                       m.name, " as the config implies"));
+    }
+    out.emplace(m.name, t);
+  }
+  for (const auto& [name, t] : hf) {
+    if ((absl::StartsWith(name, "model.vision_tower.") ||
+         absl::StartsWith(name, "model.embed_vision.")) &&
+        !used.count(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": tensor '", name, "' is not used by this vision config"));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelToHf(
+    const std::map<std::string, at::Tensor>& ours,
+    const Gemma4ModelConfig& config, const std::string& source) {
+  GEMMA_ASSIGN_OR_RETURN(auto text, Gemma4ToHf(ours, config.text, source));
+  if (!config.vision) return text;
+  std::map<std::string, at::Tensor> out;
+  for (auto& [name, t] : text) {  // "model.X" -> "model.language_model.X"
+    out.emplace("model.language_model." + name.substr(6), t);
+  }
+  std::map<std::string, std::vector<std::pair<int64_t, at::Tensor>>> rows;
+  for (const ParamMapping& m :
+       BuildGemma4VisionMapping(*config.vision, config.text.hidden_size)) {
+    auto it = ours.find(m.name);
+    if (it == ours.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tensor '", m.name, "' missing"));
+    }
+    if (it->second.sizes().vec() != m.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": tensor '", m.name,
+                       "' does not have the shape the config implies"));
+    }
+    int64_t at_row = 0;
+    for (const HfRows& p : m.pieces) {
+      const int64_t n = p.row_end - p.row_begin;
+      rows[p.hf_name].emplace_back(p.row_begin,
+                                   it->second.narrow(0, at_row, n));
+      at_row += n;
+    }
+  }
+  for (auto& [name, pieces] : rows) {
+    std::sort(pieces.begin(), pieces.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<at::Tensor> parts;
+    for (auto& p : pieces) parts.push_back(p.second);
+    out.emplace(
+        name, parts.size() == 1 ? parts[0].contiguous() : torch::cat(parts, 0));
+  }
+  return out;
+}
+
+absl::StatusOr<Gemma4Model> BuildGemma4Model(
+    const Gemma4ModelConfig& config,
+    const std::map<std::string, at::Tensor>& weights,
+    std::shared_ptr<Comm> ep) {
+  try {
+    Gemma4Model model(config, ep);
+    GEMMA_RETURN_IF_ERROR(LoadGemma4ModuleWeights(
+        *model, weights, "", model->text->ep_rank(), model->text->ep_size()));
+    return model;
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "building the Gemma 4 model: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<Gemma4Model> LoadGemma4Model(const std::string& dir,
+                                            std::shared_ptr<Comm> ep) {
+  std::ifstream in(dir + "/config.json");
+  if (!in) return absl::NotFoundError(dir + "/config.json: cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  GEMMA_ASSIGN_OR_RETURN(
+      Gemma4ModelConfig config,
+      ParseGemma4ModelConfigText(ss.str(), dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(auto raw, ReadSafetensorsFolder(dir));
+  GEMMA_ASSIGN_OR_RETURN(auto weights, Gemma4ModelFromHf(raw, config, dir));
+  auto model = BuildGemma4Model(config, weights, std::move(ep));
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat(dir, ": ", model.status().message()));
+  }
+  return model;
+}
+
+}  // namespace gemma

@@ -1,0 +1,359 @@
+// Parity of our Gemma 4 text MoE model against transformers 5.17, and the
+// HF <-> ours conversion.
+//
+// make_reference_gemma4.py (the ctest fixture) saves a tiny random
+// Gemma4ForCausalLM with save_pretrained (every parameter and layer_scalar
+// re-randomised) plus inputs, logits, gradients, router counts and HF's greedy
+// continuation. We load the HF folder through our config parser and mapping
+// and require:
+//   logits within 1e-4 * max|ref| (a left-padded row included);
+//   identical greedy tokens, with full recomputation and with the KV cache;
+//   tokens per expert per layer equal to HF's router choices;
+//   every parameter's gradient within 1e-4 * max|ref grad| of its tensor;
+//   HF -> ours -> HF bit-exact for every tensor; ours saved and reloaded gives
+//   bit-identical logits; bad checkpoints fail naming the tensor.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <string>
+
+#include "model/checkpoint.h"
+#include "model/gemma4.h"
+#include "model/gemma4_model.h"
+#include "model/hf_mapping_gemma4.h"
+#include "model/safetensors.h"
+#include "model/safetensors_torch.h"
+#include "model/weights.h"
+
+namespace gemma {
+namespace {
+
+std::string DataDir() {
+  const char* env = std::getenv("GEMMA_PARITY_DATA");
+  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data");
+}
+std::string CaseDir() { return DataDir() + "/gemma4_text"; }
+std::string VlDir() { return DataDir() + "/gemma4_vl"; }
+
+std::map<std::string, torch::Tensor> ReadSafetensors(const std::string& path) {
+  std::map<std::string, torch::Tensor> out;
+  auto file = SafetensorsFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (!file.ok()) return out;
+  for (const auto& info : (*file)->tensors()) {
+    auto view = TensorView(*file, info.name);
+    EXPECT_TRUE(view.ok()) << view.status();
+    if (view.ok()) out[info.name] = view->clone();
+  }
+  return out;
+}
+
+double RelErr(const torch::Tensor& got, const torch::Tensor& ref) {
+  const double scale = ref.abs().max().item<double>();
+  return (got - ref).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
+}
+
+class Gemma4ParityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    io_ = ReadSafetensors(CaseDir() + "/io.safetensors");
+    ASSERT_FALSE(io_.empty());
+    auto model = LoadGemma4TextModel(CaseDir() + "/hf");
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+    model_->eval();
+  }
+
+  torch::Tensor Forward(Gemma4TextModel& m) {
+    Gemma4DecoderInputs in;
+    in.attention_mask = io_.at("attention_mask");
+    return m->forward(io_.at("input_ids"), in);
+  }
+
+  std::map<std::string, torch::Tensor> io_;
+  Gemma4TextModel model_{nullptr};
+};
+
+TEST_F(Gemma4ParityTest, LogitsMatchHf) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor logits = Forward(model_);
+  const torch::Tensor& ref = io_.at("logits");
+  ASSERT_EQ(logits.sizes(), ref.sizes());
+  // Row 0 has no padding; row 1 is left-padded (compare its real tokens).
+  const double err0 = RelErr(logits[0], ref[0]);
+  torch::Tensor real = io_.at("attention_mask")[1].to(torch::kBool);
+  const double err1 = RelErr(logits[1].index({real}), ref[1].index({real}));
+  std::cout << "max |logits - ref| / max |ref|: row 0 " << err0
+            << ", padded row 1 " << err1 << "\n";
+  EXPECT_LE(err0, 1e-4);
+  EXPECT_LE(err1, 1e-4);
+  // Soft-capping is in effect: |logits| < 30.
+  EXPECT_LT(logits.abs().max().item<double>(), 30.0);
+  // The re-randomised buffers count: with layer_scalar back at HF's initial
+  // 1.0 the logits no longer match.
+  for (auto& b : model_->named_buffers()) {
+    if (b.key().find("layer_scalar") != std::string::npos) b.value().fill_(1.0);
+  }
+  EXPECT_GT(RelErr(Forward(model_)[0], ref[0]), 1e-3);
+}
+
+TEST_F(Gemma4ParityTest, RouterLoadMatchesHf) {
+  torch::NoGradGuard no_grad;
+  model_->ResetRouterStats();
+  Forward(model_);
+  torch::Tensor counts = model_->TokensPerExpert();
+  EXPECT_TRUE(torch::equal(counts, io_.at("router_counts")))
+      << counts << "\nvs HF\n"
+      << io_.at("router_counts");
+  model_->ResetRouterStats();
+  EXPECT_EQ(model_->TokensPerExpert().sum().item<int64_t>(), 0);
+}
+
+TEST_F(Gemma4ParityTest, GreedyTokensMatchHf) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor prompt = io_.at("greedy_prompt");
+  const torch::Tensor want = io_.at("greedy_tokens");
+  const int64_t steps = want.size(1);
+  // Full recomputation.
+  torch::Tensor seq = prompt.clone();
+  for (int64_t s = 0; s < steps; ++s) {
+    torch::Tensor next = model_->forward(seq).select(1, -1).argmax(-1, true);
+    seq = torch::cat({seq, next}, 1);
+  }
+  EXPECT_TRUE(torch::equal(seq.narrow(1, prompt.size(1), steps), want))
+      << seq << "\nvs HF " << want;
+  // With the KV cache (sliding layers keep their window).
+  KvCache cache = model_->NewCache();
+  Gemma4DecoderInputs in;
+  in.cache = &cache;
+  torch::Tensor logits = model_->forward(prompt, in);
+  std::vector<torch::Tensor> got;
+  for (int64_t s = 0; s < steps; ++s) {
+    torch::Tensor next = logits.select(1, -1).argmax(-1, true);
+    got.push_back(next);
+    logits = model_->forward(next, in);
+  }
+  EXPECT_TRUE(torch::equal(torch::cat(got, 1), want));
+}
+
+TEST_F(Gemma4ParityTest, GradientsMatchHf) {
+  model_->train();
+  model_->zero_grad();
+  (Forward(model_) * io_.at("grad_probe")).sum().backward();
+  // Reference grads in HF names -> ours through the same mapping (the buffer
+  // layer_scalar has no gradient: zeros stand in for it).
+  std::map<std::string, torch::Tensor> hf_grads;
+  for (const auto& [name, t] : io_) {
+    if (name.rfind("grad.", 0) == 0) hf_grads[name.substr(5)] = t;
+  }
+  for (int64_t i = 0; i < model_->config().num_layers; ++i) {
+    hf_grads["model.layers." + std::to_string(i) + ".layer_scalar"] =
+        torch::zeros({1});
+  }
+  auto ref = Gemma4FromHf(hf_grads, model_->config(), "reference grads");
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  int checked = 0;
+  for (const auto& p : model_->named_parameters()) {
+    const std::string name = "text." + p.key();
+    ASSERT_TRUE(ref->count(name)) << name;
+    ASSERT_TRUE(p.value().grad().defined()) << name;
+    EXPECT_LE(RelErr(p.value().grad(), ref->at(name)), 1e-4) << name;
+    ++checked;
+  }
+  EXPECT_GT(checked, 60);
+}
+
+TEST_F(Gemma4ParityTest, ConversionRoundTripIsBitExact) {
+  const std::string tmp = CaseDir() + "/roundtrip_tmp";
+  RemoveTree(tmp).IgnoreError();
+  auto folder = LoadGemma4Folder(CaseDir() + "/hf");
+  ASSERT_TRUE(folder.ok()) << folder.status();
+  EXPECT_EQ(folder->kind, "hf");
+  // No V projection on the K=V full layers; a fused qk there.
+  EXPECT_TRUE(folder->tensors.count("text.layers.3.attn.qk.weight"));
+  EXPECT_FALSE(folder->tensors.count("text.layers.3.attn.qkv.weight"));
+  EXPECT_TRUE(folder->tensors.count("text.layers.0.attn.qkv.weight"));
+
+  // ours -> HF files: every tensor bit-identical to transformers' file.
+  ASSERT_TRUE(SaveGemma4Folder(tmp + "/hf", folder->config_json, folder->config,
+                               folder->tensors, /*hf=*/true)
+                  .ok());
+  auto original = ReadSafetensors(CaseDir() + "/hf/model.safetensors");
+  auto written = ReadSafetensors(tmp + "/hf/model.safetensors");
+  ASSERT_EQ(original.size(), written.size());
+  for (const auto& [name, t] : original) {
+    ASSERT_TRUE(written.count(name)) << name;
+    EXPECT_EQ(written[name].scalar_type(), t.scalar_type()) << name;
+    EXPECT_TRUE(torch::equal(written[name], t)) << name;
+  }
+
+  // Our names on disk, loaded back: the same logits, bit for bit.
+  ASSERT_TRUE(SaveGemma4Folder(tmp + "/ours", folder->config_json,
+                               folder->config, folder->tensors, /*hf=*/false)
+                  .ok());
+  auto ours = LoadGemma4TextModel(tmp + "/ours");
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  auto again = LoadGemma4Folder(tmp + "/ours");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->kind, "ours");
+  torch::NoGradGuard no_grad;
+  (*ours)->eval();
+  EXPECT_TRUE(torch::equal(Forward(*ours), Forward(model_)));
+  // The re-exported HF folder loads to the same logits too.
+  auto from_hf = LoadGemma4TextModel(tmp + "/hf");
+  ASSERT_TRUE(from_hf.ok()) << from_hf.status();
+  (*from_hf)->eval();
+  EXPECT_TRUE(torch::equal(Forward(*from_hf), Forward(model_)));
+  RemoveTree(tmp).IgnoreError();
+}
+
+TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
+  auto original = ReadSafetensors(CaseDir() + "/hf/model.safetensors");
+  auto folder = LoadGemma4Folder(CaseDir() + "/hf");
+  ASSERT_TRUE(folder.ok());
+  const Gemma4TextConfig& c = folder->config;
+
+  auto missing = original;
+  missing.erase("model.layers.1.experts.down_proj");
+  auto r = Gemma4FromHf(missing, c, "ckpt");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("layers.1.experts.down_proj"),
+            std::string::npos)
+      << r.status();
+
+  auto extra_v = original;  // a V projection where K=V layers have none
+  extra_v["model.layers.3.self_attn.v_proj.weight"] = torch::zeros({32, 64});
+  r = Gemma4FromHf(extra_v, c, "ckpt");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("layers.3.self_attn.v_proj"),
+            std::string::npos)
+      << r.status();
+
+  auto wrong = original;
+  wrong["model.layers.0.experts.gate_up_proj"] = torch::zeros({4, 64, 32});
+  r = Gemma4FromHf(wrong, c, "ckpt");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("experts"), std::string::npos)
+      << r.status();
+
+  // The VL prefix is accepted too, vision keys skipped.
+  std::map<std::string, torch::Tensor> vl;
+  for (const auto& [name, t] : original) {
+    vl["model.language_model." + name.substr(6)] = t;
+  }
+  vl["model.vision_tower.patch_embedder.input_proj.weight"] =
+      torch::zeros({2, 2});
+  r = Gemma4FromHf(vl, c, "vl");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(torch::equal(r->at("text.layers.3.attn.qk.weight"),
+                           folder->tensors.at("text.layers.3.attn.qk.weight")));
+}
+
+TEST(Gemma4ModelTest, Gemma3LoaderNamesGemma4Folders) {
+  // The Gemma 3 loader (and the sharded-checkpoint converter behind it) says
+  // where Gemma 4 folders go instead of failing on tensor names.
+  auto w = LoadModelWeights(CaseDir() + "/hf");
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("LoadGemma4Model"), std::string::npos)
+      << w.status();
+  EXPECT_NE(w.status().message().find("config.json"), std::string::npos);
+}
+
+// ---- VL: vision tower, embedder, image blocks on sliding layers -------------
+
+class Gemma4VlParityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    io_ = ReadSafetensors(VlDir() + "/io.safetensors");
+    ASSERT_FALSE(io_.empty());
+    auto model = LoadGemma4Model(VlDir() + "/hf");
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+    model_->eval();
+    ASSERT_TRUE(model_->config().is_vl());
+    inputs_.input_ids = io_.at("input_ids");
+    inputs_.pixel_values = io_.at("pixel_values");
+    inputs_.image_positions = io_.at("image_positions");
+  }
+  std::map<std::string, torch::Tensor> io_;
+  Gemma4Model model_{nullptr};
+  Gemma4Inputs inputs_;
+};
+
+TEST_F(Gemma4VlParityTest, ImageFeaturesMatchHf) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> per_image;
+  torch::Tensor soft = model_->projector(model_->vision(
+      inputs_.pixel_values, inputs_.image_positions, &per_image));
+  // 6x4 patches (8 padding) pooled 2x2 -> 3x2 = 6; 4x8 -> 2x4 = 8.
+  EXPECT_EQ(per_image, (std::vector<int64_t>{6, 8}));
+  const torch::Tensor& ref = io_.at("image_features");
+  ASSERT_EQ(soft.sizes(), ref.sizes());
+  const double err = RelErr(soft, ref);
+  std::cout << "image features max rel err " << err << "\n";
+  EXPECT_LE(err, 1e-4);
+}
+
+TEST_F(Gemma4VlParityTest, LogitsMatchHf) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor logits = model_->forward(inputs_);
+  const torch::Tensor& ref = io_.at("logits");
+  ASSERT_EQ(logits.sizes(), ref.sizes());
+  const double err = RelErr(logits, ref);
+  std::cout << "VL logits max rel err " << err << "\n";
+  EXPECT_LE(err, 1e-4);
+  // The image blocks matter: without them (plain causal) the logits after
+  // the first image differ from HF's.
+  Gemma4DecoderInputs causal;
+  torch::Tensor no_blocks = model_->text->Logits(
+      model_->text->Decode(model_->Embeddings(inputs_), causal));
+  EXPECT_GT(RelErr(no_blocks, ref), 1e-3);
+}
+
+TEST_F(Gemma4VlParityTest, ImageTokenCountMismatchIsAnError) {
+  Gemma4Inputs bad = inputs_;
+  bad.input_ids = inputs_.input_ids.clone();
+  bad.input_ids.index_put_({0, 4}, 7);  // one image token fewer
+  auto r = model_->Forward(bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("image tokens and image features"),
+            std::string::npos)
+      << r.status();
+}
+
+TEST(Gemma4ModelTest, VlConversionRoundTripIsBitExact) {
+  auto raw = ReadSafetensorsFolder(VlDir() + "/hf");
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  auto model = LoadGemma4Model(VlDir() + "/hf");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Gemma4ModelConfig& c = (*model)->config();
+  auto ours = Gemma4ModelFromHf(*raw, c, "vl");
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  EXPECT_TRUE(ours->count("vision.layers.1.attn.qkv.weight"));
+  EXPECT_TRUE(ours->count("projector.proj.weight"));
+  auto back = Gemma4ModelToHf(*ours, c, "vl");
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), raw->size());
+  for (const auto& [name, t] : *raw) {
+    ASSERT_TRUE(back->count(name)) << name;
+    EXPECT_TRUE(torch::equal(back->at(name), t)) << name;
+  }
+}
+
+TEST(Gemma4ModelTest, TextOnlyFolderThroughTheWholeModel) {
+  auto whole = LoadGemma4Model(CaseDir() + "/hf");
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_FALSE((*whole)->config().is_vl());
+  auto io = ReadSafetensors(CaseDir() + "/io.safetensors");
+  torch::NoGradGuard no_grad;
+  Gemma4Inputs in;
+  in.input_ids = io.at("input_ids").narrow(0, 0, 1);
+  EXPECT_LE(RelErr((*whole)->forward(in), io.at("logits").narrow(0, 0, 1)),
+            1e-4);
+}
+
+}  // namespace
+}  // namespace gemma
