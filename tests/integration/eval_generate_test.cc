@@ -151,5 +151,53 @@ TEST(EvalGenerateJobTest, BadInputFailsTheJobNamingFileAndLine) {
   }
 }
 
+// `gemmactl local generate` in text mode (a real process): an image and a
+// prompt, or a JSONL file, give the tokens transformers generates.
+TEST(LocalGenerateTextTest, ImageAndPromptOrJsonlGiveTransformersTokens) {
+  const json ref = json::parse(ReadAll(Fixture("reference.json")));
+  const std::string max_new = ref["generate_max_new_tokens"].dump();
+  std::string out;
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "local", "generate", "--model",
+                        Fixture("model"), "--image", Fixture("images/a.png"),
+                        "--prompt", "Describe this image.", "--max-new-tokens",
+                        max_new, "-o", "json"},
+                       &out, absl::Seconds(120)),
+            0)
+      << out;
+  // stderr (the timing line) and stdout share `out`: find the JSON line.
+  json row;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line[0] == '{') row = json::parse(line);
+  }
+  ASSERT_TRUE(row.is_object()) << out;
+  EXPECT_EQ(row["tokens"], ref["generate"][1]["tokens"]) << out;  // "img"
+
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "local", "generate", "--model",
+                        Fixture("model"), "--input", Fixture("prompts.jsonl"),
+                        "--batch-size", "2", "--max-new-tokens", max_new, "-o",
+                        "json"},
+                       &out, absl::Seconds(120)),
+            0)
+      << out;
+  std::vector<json> rows;
+  std::istringstream all(out);
+  for (std::string line; std::getline(all, line);) {
+    if (!line.empty() && line[0] == '{') rows.push_back(json::parse(line));
+  }
+  ASSERT_EQ(rows.size(), ref["generate"].size()) << out;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i]["id"], ref["generate"][i]["id"]);
+    EXPECT_EQ(rows[i]["tokens"], ref["generate"][i]["tokens"]);
+  }
+  EXPECT_EQ(RunProgram({BinPath("gemmactl"), "local", "generate", "--help"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("--image"));
+  EXPECT_EQ(RunProgram({BinPath("gemmactl"), "local", "generate", "--model",
+                        Fixture("model"), "--image", Fixture("images/a.png")},
+                       &out),
+            2);
+  EXPECT_THAT(out, HasSubstr("--prompt"));
+}
+
 }  // namespace
 }  // namespace gemma::testing
