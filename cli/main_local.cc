@@ -6,11 +6,16 @@
 
 #include "cli/local.h"
 #include "cli/local_data.h"
+#include "cli/local_peft.h"
 
 int main(int argc, char** argv) {
   std::vector<gemma::cli::Command> cmds;
   cmds.push_back(gemma::cli::LocalCommand());
   for (auto& c : gemma::cli::LocalDataCommands()) cmds.push_back(std::move(c));
+  if (argc >= 3 && !std::strcmp(argv[1], "local")) {  // peft (cli/local_peft.h)
+    if (!std::strcmp(argv[2], "peft-merge")) return gemma::cli::LocalPeftMerge(argc, argv);
+    if (!std::strcmp(argv[2], "peft-export")) return gemma::cli::LocalPeftExport(argc, argv);
+  }
   if (argc >= 2) {
     for (const auto& c : cmds) {
       if (c.name == argv[1]) return c.run(argc, argv);
