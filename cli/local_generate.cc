@@ -95,7 +95,8 @@ int LocalGenerateMain(int argc, char** argv) {
   bool no_cache = false;
   flags
       .String("model", &model_dir,
-              "model folder: config.json + *.safetensors (our names)")
+              "model folder (HF, our checkpoint, our names; in text mode also "
+              "a PEFT adapter checkpoint)")
       .Meta("DIR");
   flags
       .String("prompt-ids", &prompt,
@@ -197,7 +198,7 @@ int LocalGenerateMain(int argc, char** argv) {
     std::cerr << "gemmactl local generate: " << st.message() << "\n";
     return 2;
   }
-  auto model = LoadLocalModel(model_dir);
+  auto model = text_mode ? LoadJobModel(model_dir) : LoadLocalModel(model_dir);
   if (!model.ok()) {
     std::cerr << "gemmactl local generate: " << model.status().message()
               << "\n";
@@ -212,10 +213,11 @@ int LocalGenerateMain(int argc, char** argv) {
     t.seed = static_cast<uint64_t>(seed);
     t.stop = stop_strings;
     t.batch_size = static_cast<int>(batch_size);
-    return GenerateText(*model,
-                        tokenizer_path.empty() ? model_dir + "/tokenizer.model"
-                                               : tokenizer_path,
-                        requests, t, output == "json");
+    gemma::v1::ModelSpec ms;
+    ms.set_path(model_dir);
+    ms.set_tokenizer(tokenizer_path);
+    return GenerateText(*model, TokenizerPathOf(ms), requests, t,
+                        output == "json");
   }
   GenerateOptions opts;
   opts.max_new_tokens = max_new_tokens;

@@ -99,7 +99,7 @@ class EvalJob : public Job {
                            ReadDataset(data_path, ro, &stats));
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model, LoadModel(spec.model().path()));
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model, LoadJobModel(spec.model().path()));
     const c10::Device dev(ctx.device.empty() ? "cpu" : ctx.device);
     model->to(dev);
     model->eval();

@@ -12,7 +12,8 @@
 //     reference = that turn's text; greedy, KV cache, images, at most
 //     eval.max_new_tokens (default 128); exact match, CER and field F1 as
 //     data/metrics.h defines them.
-// The report (JSON) goes to eval.report, else spec.output, else
+// model.path may be a PEFT adapter checkpoint (jobs/generate_job.h
+// LoadJobModel). The report (JSON) goes to eval.report, else spec.output, else
 // <checkpoint.root>/eval.json (temp name, then rename); the numbers are also
 // the job's final progress metrics (eval_loss, eval_perplexity,
 // eval_token_accuracy, eval_exact_match, eval_cer, eval_field_f1, ...).

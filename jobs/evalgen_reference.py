@@ -28,28 +28,13 @@ import numpy as np
 import sentencepiece as spm
 import torch
 from PIL import Image
-from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil,
-                          Gemma3Processor, GemmaTokenizer)
+from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+from evalgen_common import MM_TOKENS, eval_sums, make_processor
+from evalgen_common import images_of as common_images_of
 
 out = sys.argv[1]
 os.makedirs(os.path.join(out, "images"), exist_ok=True)
-MM_TOKENS = 16
-
-CHAT_TEMPLATE = (
-    "{{ bos_token }}\n"
-    "{%- for message in messages -%}\n"
-    "    {%- if (message['role'] == 'assistant') -%}{%- set role = 'model' -%}"
-    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}\n"
-    "    {{ '<start_of_turn>' + role + '\\n' }}\n"
-    "    {%- if message['content'] is string -%}{{ message['content'] | trim }}\n"
-    "    {%- else -%}{%- for item in message['content'] -%}\n"
-    "        {%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
-    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}\n"
-    "    {%- endfor -%}{%- endif -%}\n"
-    "    {{ '<end_of_turn>\\n' }}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}{{'<start_of_turn>model\\n'}}{%- endif -%}\n")
-
 # 1. Tokenizer (Gemma's specials at 0..9).
 random.seed(11)
 words = ("the a receipt store total date item price coffee tea milk bread cash change tax "
@@ -75,9 +60,7 @@ with open(os.path.join(model_dir, "tokenizer_config.json"), "w") as f:
     json.dump({"tokenizer_class": "GemmaTokenizer",
                "extra_special_tokens": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                                         "image_token": "<image_soft_token>"}}, f)
-tokenizer = GemmaTokenizer.from_pretrained(model_dir)
-processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tokenizer,
-                            chat_template=CHAT_TEMPLATE, image_seq_length=MM_TOKENS)
+tokenizer, processor = make_processor(model_dir)
 tid = tokenizer.convert_tokens_to_ids
 assert tid("<image_soft_token>") == 9 and tid("<end_of_turn>") == 6
 EOS = [1, 6]
@@ -134,41 +117,10 @@ with open(os.path.join(out, "eval.jsonl"), "w") as f:
 
 
 def images_of(msgs):
-    return [Image.open(os.path.join(out, p["path"])).convert("RGB") for m in msgs
-            if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image"]
+    return common_images_of(out, msgs)
 
 
-loss_sum, tokens, correct = 0.0, 0, 0
-for conv in eval_convs:
-    rendered = processor.apply_chat_template(conv, tokenize=False)
-    imgs = images_of(conv)
-    enc = processor(text=[rendered], images=[imgs] if imgs else None, return_tensors="pt")
-    ids = enc["input_ids"][0].tolist()
-    # Labels: tokens after each "<start_of_turn>model\n" up to and including <end_of_turn>.
-    labels, inside, i = [-100] * len(ids), False, 0
-    sot, model_ids = tid("<start_of_turn>"), tokenizer.encode("model\n", add_special_tokens=False)
-    while i < len(ids):
-        if ids[i] == sot and ids[i + 1:i + 1 + len(model_ids)] == model_ids:
-            i += 1 + len(model_ids)
-            while i < len(ids):
-                labels[i] = ids[i]
-                if ids[i] == 6:
-                    break
-                i += 1
-        i += 1
-    with torch.no_grad():
-        logits = model(**enc).logits[0].float()
-    lab = torch.tensor(labels)
-    shift_logits, shift_labels = logits[:-1], lab[1:]
-    keep = shift_labels != -100
-    ce = torch.nn.functional.cross_entropy(shift_logits[keep], shift_labels[keep], reduction="sum")
-    loss_sum += ce.item()
-    tokens += int(keep.sum())
-    correct += int((shift_logits[keep].argmax(-1) == shift_labels[keep]).sum())
-    # HF's own loss (mean) as a cross-check of the sum above.
-    with torch.no_grad():
-        hf_loss = model(**enc, labels=lab.unsqueeze(0)).loss.item()
-    assert abs(hf_loss - ce.item() / int(keep.sum())) < 1e-4, (hf_loss, ce.item())
+loss_sum, tokens, correct = eval_sums(model, processor, tokenizer, eval_convs, out)
 
 ref = {"eval": {"loss_sum": loss_sum, "tokens": tokens, "correct": correct,
                 "loss": loss_sum / tokens, "perplexity": math.exp(loss_sum / tokens),

@@ -16,6 +16,7 @@
 #include "data/dataset.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
+#include "model/lora.h"
 #include "model/weights.h"
 
 namespace gemma {
@@ -52,8 +53,33 @@ size_t FirstStop(const std::string& text, const std::vector<std::string>& stop) 
 }  // namespace
 
 std::string TokenizerPathOf(const gemma::v1::ModelSpec& model) {
-  return model.tokenizer().empty() ? model.path() + "/tokenizer.model"
-                                   : model.tokenizer();
+  if (!model.tokenizer().empty()) return model.tokenizer();
+  const std::string own = model.path() + "/tokenizer.model";
+  if (!PathExists(own) && PathExists(model.path() + "/adapter.json")) {
+    absl::StatusOr<AdapterCheckpointInfo> info =
+        ReadAdapterCheckpointInfo(model.path());
+    if (info.ok()) return info->base_model + "/tokenizer.model";
+  }
+  return own;
+}
+
+absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path) {
+  if (!PathExists(path + "/adapter.json")) {
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model, LoadModel(path));
+    model->eval();
+    return model;
+  }
+  GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
+                         ReadAdapterCheckpointInfo(path));
+  absl::StatusOr<Gemma3Model> model = LoadModel(info.base_model);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat(path, "/adapter.json: base_model: ",
+                                     model.status().message()));
+  }
+  GEMMA_RETURN_IF_ERROR(LoadAdapterCheckpoint(path, *model).status());
+  (*model)->eval();
+  return *model;
 }
 
 GenerationRequest SplitAtLastModelTurn(const Conversation& conv,
@@ -343,7 +369,7 @@ class GenerateJob : public Job {
     }
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model, LoadModel(spec.model().path()));
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model, LoadJobModel(spec.model().path()));
     model->to(c10::Device(ctx.device.empty() ? "cpu" : ctx.device));
     ctx.Log(absl::StrCat("generate: ", requests.size(), " prompts with ",
                          spec.model().path()));

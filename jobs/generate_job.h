@@ -102,8 +102,15 @@ absl::Status WriteGenerationOutput(const std::string& path,
 
 std::unique_ptr<Job> NewGenerateJob();
 
-// Shared by the eval and generate jobs: the tokenizer of `spec.model`
-// (model.tokenizer, else <model.path>/tokenizer.model).
+// Shared by the eval and generate jobs and `gemmactl local generate`.
+//
+// The model at `path`: any folder model/weights.h LoadModel reads, or a PEFT
+// adapter checkpoint (model/lora.h: adapter.json + adapter.safetensors), which
+// loads its base_model and attaches the adapters. Eval mode (no dropout).
+absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path);
+
+// The tokenizer of `spec.model`: model.tokenizer, else
+// <model.path>/tokenizer.model, else (adapter checkpoints) the base model's.
 std::string TokenizerPathOf(const gemma::v1::ModelSpec& model);
 
 }  // namespace gemma
