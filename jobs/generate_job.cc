@@ -235,19 +235,25 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
   size_t longest = 0;
   for (const auto& e : encoded) longest = std::max(longest, e.input_ids.size());
   const int64_t len = static_cast<int64_t>(longest);
-  ModelInputs in;
-  in.input_ids = torch::full({b, len}, sp.pad, torch::kLong);
-  in.attention_mask = torch::zeros({b, len}, torch::kLong);
-  in.token_type_ids = torch::zeros({b, len}, torch::kLong);
+  // Left padding: row r's tokens end at column len - 1.
+  std::vector<int64_t> ids(b * len, sp.pad), mask(b * len, 0), types(b * len, 0);
   for (int64_t r = 0; r < b; ++r) {
     const auto& e = encoded[r];
     const int64_t n = static_cast<int64_t>(e.input_ids.size());
     for (int64_t k = 0; k < n; ++k) {
-      in.input_ids[r][len - n + k] = e.input_ids[k];
-      in.token_type_ids[r][len - n + k] = e.token_type_ids[k];
+      const int64_t at = r * len + (len - n + k);
+      ids[at] = e.input_ids[k];
+      types[at] = e.token_type_ids[k];
+      mask[at] = 1;
     }
-    in.attention_mask[r].narrow(0, len - n, n).fill_(1);
   }
+  const auto as_tensor = [&](std::vector<int64_t>& v) {
+    return torch::from_blob(v.data(), {b, len}, torch::kLong).clone();
+  };
+  ModelInputs in;
+  in.input_ids = as_tensor(ids);
+  in.attention_mask = as_tensor(mask);
+  in.token_type_ids = as_tensor(types);
   if (!images.empty()) in.pixel_values = torch::cat(images);
   else in.token_type_ids = torch::Tensor();
 
