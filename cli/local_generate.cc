@@ -102,9 +102,11 @@ int LocalGenerateMain(int argc, char** argv) {
       .String("prompt-ids", &prompt,
               "comma-separated prompt token ids, e.g. 2,105,2364")
       .Meta("IDS");
-  flags.String("prompt", &text_prompt, "a user prompt (text mode)").Meta("TEXT");
-  flags.Repeated("image", &images,
-                 "an image for --prompt, placed before the text (repeatable)")
+  flags.String("prompt", &text_prompt, "a user prompt (text mode)")
+      .Meta("TEXT");
+  flags
+      .Repeated("image", &images,
+                "an image for --prompt, placed before the text (repeatable)")
       .Meta("PATH");
   flags
       .String("input", &input,
@@ -112,12 +114,14 @@ int LocalGenerateMain(int argc, char** argv) {
               "the file); a final assistant turn is kept as the reference")
       .Meta("FILE");
   flags
-      .String("tokenizer", &tokenizer_path,
-              "tokenizer.model for text mode (default: <model>/tokenizer.model)")
+      .String(
+          "tokenizer", &tokenizer_path,
+          "tokenizer.model for text mode (default: <model>/tokenizer.model)")
       .Meta("FILE");
-  flags.Repeated("stop", &stop_strings,
-                 "stop string for text mode (repeatable); <end_of_turn> always "
-                 "stops")
+  flags
+      .Repeated("stop", &stop_strings,
+                "stop string for text mode (repeatable); <end_of_turn> always "
+                "stops")
       .Meta("TEXT");
   flags.Int("batch-size", &batch_size, "prompts per batch in text mode");
   flags.Int("max-new-tokens", &max_new_tokens, "most tokens to generate");
@@ -167,8 +171,10 @@ int LocalGenerateMain(int argc, char** argv) {
   std::vector<GenerationRequest> requests;
   if (st.ok() && !input.empty()) {
     auto read = ReadGenerationInput(input);
-    if (read.ok()) requests = *std::move(read);
-    else st = read.status();
+    if (read.ok())
+      requests = *std::move(read);
+    else
+      st = read.status();
   } else if (st.ok() && !text_prompt.empty()) {
     GenerationRequest r;
     r.id = "prompt";

@@ -47,8 +47,7 @@ void ParseInto(std::string_view text, const std::string& prefix,
       while (from <= content.size()) {
         size_t sep = content.find("<sep/>", from);
         if (sep == std::string_view::npos) sep = content.size();
-        const std::string_view value =
-            Strip(content.substr(from, sep - from));
+        const std::string_view value = Strip(content.substr(from, sep - from));
         if (!value.empty()) out->emplace_back(path, std::string(value));
         from = sep + 6;
       }
@@ -134,7 +133,8 @@ double CharErrorRate(std::string_view prediction, std::string_view reference) {
   const std::u32string p = Utf8ToCodePoints(prediction);
   const std::u32string r = Utf8ToCodePoints(reference);
   if (r.empty()) return p.empty() ? 0.0 : 1.0;
-  return static_cast<double>(EditDistance(p, r)) / static_cast<double>(r.size());
+  return static_cast<double>(EditDistance(p, r)) /
+         static_cast<double>(r.size());
 }
 
 std::vector<std::pair<std::string, std::string>> ParseFieldPairs(
@@ -217,8 +217,9 @@ double LossMetrics::loss() const {
 }
 double LossMetrics::perplexity() const { return std::exp(loss()); }
 double LossMetrics::accuracy() const {
-  return tokens == 0 ? 0.0
-                     : static_cast<double>(correct) / static_cast<double>(tokens);
+  return tokens == 0
+             ? 0.0
+             : static_cast<double>(correct) / static_cast<double>(tokens);
 }
 
 }  // namespace gemma

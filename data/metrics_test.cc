@@ -20,18 +20,22 @@ TEST(MetricsTest, WhitespaceIsTrimmedAndCollapsed) {
 }
 
 TEST(MetricsTest, CharErrorRateCountsCodePoints) {
-  EXPECT_EQ(EditDistance(Utf8ToCodePoints("kitten"), Utf8ToCodePoints("sitting")), 3);
+  EXPECT_EQ(
+      EditDistance(Utf8ToCodePoints("kitten"), Utf8ToCodePoints("sitting")), 3);
   EXPECT_DOUBLE_EQ(CharErrorRate("kitten", "sitting"), 3.0 / 7.0);
   // é is two bytes but one code point: one substitution over 4 characters.
   EXPECT_DOUBLE_EQ(CharErrorRate("cafe", "café"), 1.0 / 4.0);
   EXPECT_EQ(Utf8ToCodePoints("日本🙂").size(), 3u);
   EXPECT_DOUBLE_EQ(CharErrorRate("abc", "abc"), 0.0);
-  EXPECT_DOUBLE_EQ(CharErrorRate("", "abcd"), 1.0);        // 4 deletions / 4
-  EXPECT_DOUBLE_EQ(CharErrorRate("abcdef", "abc"), 1.0);   // 3 insertions / 3
+  EXPECT_DOUBLE_EQ(CharErrorRate("", "abcd"), 1.0);       // 4 deletions / 4
+  EXPECT_DOUBLE_EQ(CharErrorRate("abcdef", "abc"), 1.0);  // 3 insertions / 3
   EXPECT_DOUBLE_EQ(CharErrorRate("", ""), 0.0);
   EXPECT_DOUBLE_EQ(CharErrorRate("x", ""), 1.0);
   // An invalid byte is one code point, not a crash.
-  EXPECT_EQ(Utf8ToCodePoints(std::string("a\xff" "b")).size(), 3u);
+  EXPECT_EQ(Utf8ToCodePoints(std::string("a\xff"
+                                         "b"))
+                .size(),
+            3u);
 }
 
 TEST(MetricsTest, FieldPairsFollowDonutsFlattening) {
@@ -39,10 +43,10 @@ TEST(MetricsTest, FieldPairsFollowDonutsFlattening) {
       "<s_menu><s_nm>tea</s_nm><s_price>3.00</s_price><sep/>"
       "<s_nm> milk </s_nm></s_menu>"
       "<s_total><s_total_price>5.00</s_total_price></s_total>";
-  EXPECT_THAT(ParseFieldPairs(receipt),
-              ElementsAre(Pair("menu.nm", "tea"), Pair("menu.price", "3.00"),
-                          Pair("menu.nm", "milk"),
-                          Pair("total.total_price", "5.00")));
+  EXPECT_THAT(
+      ParseFieldPairs(receipt),
+      ElementsAre(Pair("menu.nm", "tea"), Pair("menu.price", "3.00"),
+                  Pair("menu.nm", "milk"), Pair("total.total_price", "5.00")));
   // A leaf list splits on <sep/>; empty values are dropped.
   EXPECT_THAT(ParseFieldPairs("<s_tags>a<sep/>b<sep/> </s_tags><s_x> </s_x>"),
               ElementsAre(Pair("tags", "a"), Pair("tags", "b")));
@@ -60,9 +64,9 @@ TEST(MetricsTest, MalformedOutputIsTolerated) {
 
 TEST(MetricsTest, FieldF1IsMicroOverMultisets) {
   // pred: (nm,tea) x2, (price,4); ref: (nm,tea), (price,3). tp = 1.
-  FieldCounts c = FieldMatch(
-      "<s_nm>tea</s_nm><s_nm>tea</s_nm><s_price>4</s_price>",
-      "<s_nm>tea</s_nm><s_price>3</s_price>");
+  FieldCounts c =
+      FieldMatch("<s_nm>tea</s_nm><s_nm>tea</s_nm><s_price>4</s_price>",
+                 "<s_nm>tea</s_nm><s_price>3</s_price>");
   EXPECT_EQ(c.true_positives, 1);
   EXPECT_EQ(c.predicted, 3);
   EXPECT_EQ(c.expected, 2);
@@ -73,7 +77,8 @@ TEST(MetricsTest, FieldF1IsMicroOverMultisets) {
   EXPECT_DOUBLE_EQ(FieldMatch("", "").f1(), 1.0);
   EXPECT_DOUBLE_EQ(FieldMatch("nothing", "<s_a>1</s_a>").f1(), 0.0);
   // Same key, different nesting: not a match.
-  EXPECT_DOUBLE_EQ(FieldMatch("<s_a><s_b>1</s_b></s_a>", "<s_b>1</s_b>").f1(), 0.0);
+  EXPECT_DOUBLE_EQ(FieldMatch("<s_a><s_b>1</s_b></s_a>", "<s_b>1</s_b>").f1(),
+                   0.0);
 }
 
 TEST(MetricsTest, GenerationMetricsAggregateOverExamples) {

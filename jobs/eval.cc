@@ -55,8 +55,8 @@ class EvalJob : public Job {
     torch::NoGradGuard no_grad;
     ModelInputs in;
     in.input_ids = batch.input_ids.to(dev);
-    const bool images = batch.pixel_values.defined() &&
-                        batch.pixel_values.size(0) > 0;
+    const bool images =
+        batch.pixel_values.defined() && batch.pixel_values.size(0) > 0;
     if (images) {
       in.pixel_values = batch.pixel_values.to(dev);
       in.token_type_ids = batch.token_type_ids.to(dev);
@@ -99,7 +99,8 @@ class EvalJob : public Job {
                            ReadDataset(data_path, ro, &stats));
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model, LoadJobModel(spec.model().path()));
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model,
+                           LoadJobModel(spec.model().path()));
     const c10::Device dev(ctx.device.empty() ? "cpu" : ctx.device);
     model->to(dev);
     model->eval();
@@ -129,10 +130,10 @@ class EvalJob : public Job {
                               : bo.batch_size;
     const int64_t gen_batches = (gen_n + gen_batch - 1) / gen_batch;
     const int64_t total_steps = batches + gen_batches;
-    ctx.Log(absl::StrCat("eval: ", n, " conversations from ", data_path, ", ",
-                         batches, " batches of ", bo.batch_size,
-                         gen_n > 0 ? absl::StrCat(", generation on ", gen_n)
-                                   : ""));
+    ctx.Log(
+        absl::StrCat("eval: ", n, " conversations from ", data_path, ", ",
+                     batches, " batches of ", bo.batch_size,
+                     gen_n > 0 ? absl::StrCat(", generation on ", gen_n) : ""));
     ctx.Progress(0, total_steps, {});
 
     LossMetrics loss;
@@ -174,25 +175,25 @@ class EvalJob : public Job {
         {"eval_perplexity", loss.perplexity()},
         {"eval_token_accuracy", loss.accuracy()},
         {"eval_tokens", static_cast<double>(loss.tokens)},
-        {"eval_examples", static_cast<double>(std::min(n, batches * bo.batch_size))},
+        {"eval_examples",
+         static_cast<double>(std::min(n, batches * bo.batch_size))},
         {"eval_skipped", static_cast<double>(skipped)}};
-    nlohmann::json j = {
-        {"model", spec.model().path()},
-        {"data", data_path},
-        {"examples", std::min(n, batches * bo.batch_size)},
-        {"skipped", skipped},
-        {"batches", batches},
-        {"loss", loss.loss()},
-        {"perplexity", loss.perplexity()},
-        {"token_accuracy", loss.accuracy()},
-        {"loss_sum", loss.loss_sum},
-        {"tokens", loss.tokens},
-        {"correct", loss.correct}};
+    nlohmann::json j = {{"model", spec.model().path()},
+                        {"data", data_path},
+                        {"examples", std::min(n, batches * bo.batch_size)},
+                        {"skipped", skipped},
+                        {"batches", batches},
+                        {"loss", loss.loss()},
+                        {"perplexity", loss.perplexity()},
+                        {"token_accuracy", loss.accuracy()},
+                        {"loss_sum", loss.loss_sum},
+                        {"tokens", loss.tokens},
+                        {"correct", loss.correct}};
 
     if (gen_n > 0) {
       std::vector<GenerationRequest> requests;
-      for (int64_t k = 0; k < n && static_cast<int64_t>(requests.size()) < gen_n;
-           ++k) {
+      for (int64_t k = 0;
+           k < n && static_cast<int64_t>(requests.size()) < gen_n; ++k) {
         GenerationRequest r = SplitAtLastModelTurn(
             data[k], data[k].source.empty() ? absl::StrCat(k) : data[k].source);
         if (r.prompt.messages.size() < data[k].messages.size() &&
@@ -205,12 +206,12 @@ class EvalJob : public Job {
       go.pan_and_scan = spec.data().pan_and_scan();
       TextGenerator gen(model, tokenizer.get());
       int64_t done_batches = 0;
-      GEMMA_ASSIGN_OR_RETURN(
-          std::vector<GenerationOutput> outs,
-          gen.Run(requests, go, [&](int64_t, int64_t) {
-            ctx.Progress(batches + ++done_batches, total_steps, {});
-            return !ctx.Cancelled();
-          }));
+      GEMMA_ASSIGN_OR_RETURN(std::vector<GenerationOutput> outs,
+                             gen.Run(requests, go, [&](int64_t, int64_t) {
+                               ctx.Progress(batches + ++done_batches,
+                                            total_steps, {});
+                               return !ctx.Cancelled();
+                             }));
       GenerationMetrics gm;
       nlohmann::json samples = nlohmann::json::array();
       for (const GenerationOutput& o : outs) {
@@ -235,9 +236,9 @@ class EvalJob : public Job {
       metrics["eval_cer"] = gm.cer();
       metrics["eval_field_f1"] = gm.fields().f1();
     }
-    const double secs = std::chrono::duration<double>(
-                            std::chrono::steady_clock::now() - t0)
-                            .count();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     j["seconds"] = secs;
     if (!report.empty()) GEMMA_RETURN_IF_ERROR(WriteJsonAtomically(report, j));
     ctx.Progress(total_steps, total_steps, metrics);

@@ -46,18 +46,24 @@ TEST(EvalAdapterTest, AdapterCheckpointLossEqualsPeft) {
     for (auto& [name, t] : AdapterParameters(*model))
       t.copy_(torch::randn(t.sizes()) * 0.2);  // B too: the adapter must matter
   }
-  ASSERT_TRUE(SaveAdapterCheckpoint(dir + "/adapter", *model, spec, Fixture("model")).ok());
-  ASSERT_TRUE(ExportPeftAdapter(*model, spec, dir + "/hf_adapter", Fixture("model")).ok());
+  ASSERT_TRUE(
+      SaveAdapterCheckpoint(dir + "/adapter", *model, spec, Fixture("model"))
+          .ok());
+  ASSERT_TRUE(
+      ExportPeftAdapter(*model, spec, dir + "/hf_adapter", Fixture("model"))
+          .ok());
 
-  const std::string cmd = std::string(GEMMA_PYTHON_EXE) + " " + GEMMA_SOURCE_DIR +
-                          "/jobs/evalgen_peft_reference.py " + GEMMA_EVALGEN_FIXTURE + " " +
-                          dir + "/hf_adapter " + dir + "/peft.json > " + dir + "/peft.log 2>&1";
+  const std::string cmd =
+      std::string(GEMMA_PYTHON_EXE) + " " + GEMMA_SOURCE_DIR +
+      "/jobs/evalgen_peft_reference.py " + GEMMA_EVALGEN_FIXTURE + " " + dir +
+      "/hf_adapter " + dir + "/peft.json > " + dir + "/peft.log 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << ReadAll(dir + "/peft.log");
   const json ref = json::parse(ReadAll(dir + "/peft.json"));
 
   gemma::v1::JobSpec job_spec;
   job_spec.set_kind(gemma::v1::JOB_KIND_EVAL);
-  job_spec.mutable_model()->set_path(dir + "/adapter");  // tokenizer: the base's
+  job_spec.mutable_model()->set_path(dir +
+                                     "/adapter");  // tokenizer: the base's
   job_spec.mutable_data()->set_eval(Fixture("eval.jsonl"));
   job_spec.mutable_data()->set_batch_size(2);
   job_spec.mutable_eval()->set_report(dir + "/report.json");
@@ -85,7 +91,8 @@ TEST(EvalAdapterTest, AMissingBaseModelIsNamed) {
       << R"( "step": 0, "tensors": {}})";
   auto model = LoadJobModel(dir);
   ASSERT_FALSE(model.ok());
-  EXPECT_NE(std::string(model.status().message()).find("/nonexistent/base"), std::string::npos)
+  EXPECT_NE(std::string(model.status().message()).find("/nonexistent/base"),
+            std::string::npos)
       << model.status();
 }
 

@@ -93,7 +93,8 @@ std::vector<json> ReadJsonl(const std::string& path) {
   std::string line;
   while (std::getline(f, line)) {
     json j = json::parse(line, nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << "bad JSONL line in " << path << ": " << line;
+    EXPECT_FALSE(j.is_discarded())
+        << "bad JSONL line in " << path << ": " << line;
     rows.push_back(j);
   }
   return rows;
@@ -155,7 +156,8 @@ TEST(EvalJobTest, GenerationMetricsUseTheLastModelTurnAsReference) {
   EXPECT_EQ(s[2]["reference"], "the date is 2024 01 31 receipt total 99.00");
   GenerationMetrics m;
   for (const auto& x : s) {
-    m.Add(x["prediction"].get<std::string>(), x["reference"].get<std::string>());
+    m.Add(x["prediction"].get<std::string>(),
+          x["reference"].get<std::string>());
   }
   EXPECT_DOUBLE_EQ(gen["exact_match"].get<double>(), m.exact_match());
   EXPECT_DOUBLE_EQ(gen["cer"].get<double>(), m.cer());
@@ -239,18 +241,50 @@ TEST(GenerateJobTest, StopStringsEndRows) {
   EXPECT_GE(cut_rows, 1);
 }
 
+TEST(GenerateJobTest, SamplingRepeatsWithTheSameSeed) {
+  const std::string dir = TempDir();
+  auto job = NewGenerateJob();
+  std::vector<std::vector<json>> runs;
+  for (int seed : {7, 7, 8}) {
+    auto spec = GenerateSpec(dir + "/s.jsonl", 3);
+    spec.mutable_generate()->set_temperature(2.0);
+    spec.mutable_generate()->set_top_k(100);
+    spec.mutable_generate()->set_top_p(0.95);
+    spec.mutable_generate()->set_seed(seed);
+    Ran ran = RunJob(*job, spec);
+    ASSERT_TRUE(ran.status.ok()) << ran.status;
+    runs.push_back(ReadJsonl(dir + "/s.jsonl"));
+    ASSERT_EQ(runs.back().size(), 3u);
+  }
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(runs[0][i]["tokens"], runs[1][i]["tokens"]);
+  bool differs = false;
+  for (size_t i = 0; i < 3; ++i)
+    differs |= runs[0][i]["tokens"] != runs[2][i]["tokens"];
+  EXPECT_TRUE(differs) << "seed 8 sampled what seed 7 did";
+  // Sampling is not greedy: some row leaves the greedy path.
+  const json ref = Reference()["generate"];
+  bool left_greedy = false;
+  for (size_t i = 0; i < 3; ++i)
+    left_greedy |= runs[0][i]["tokens"] != ref[i]["tokens"];
+  EXPECT_TRUE(left_greedy);
+}
+
 TEST(GenerateJobTest, BadInputNamesFileAndLine) {
   const std::string dir = TempDir();
   const std::string img = Fixture("images/a.png");
   {
     std::ofstream f(dir + "/bad.jsonl");
-    f << R"({"id": "ok", "messages": [{"role": "user", "content": "tea"}]})" << "\n"
-      << R"({"id": "broken", "messages": [)" << "\n";
+    f << R"({"id": "ok", "messages": [{"role": "user", "content": "tea"}]})"
+      << "\n"
+      << R"({"id": "broken", "messages": [)"
+      << "\n";
   }
   {
     std::ofstream f(dir + "/noimg.jsonl");
-    f << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": ")" << img
-      << R"("}]}]})" << "\n\n"
+    f << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": ")"
+      << img << R"("}]}]})"
+      << "\n\n"
       << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "nope.png"}]}]})"
       << "\n";
   }
@@ -259,11 +293,13 @@ TEST(GenerateJobTest, BadInputNamesFileAndLine) {
   spec.mutable_generate()->set_input(dir + "/bad.jsonl");
   Ran bad = RunJob(*job, spec);
   EXPECT_FALSE(bad.status.ok());
-  EXPECT_THAT(std::string(bad.status.message()), HasSubstr(dir + "/bad.jsonl:2"));
+  EXPECT_THAT(std::string(bad.status.message()),
+              HasSubstr(dir + "/bad.jsonl:2"));
   spec.mutable_generate()->set_input(dir + "/noimg.jsonl");
   Ran missing = RunJob(*job, spec);
   EXPECT_FALSE(missing.status.ok());
-  EXPECT_THAT(std::string(missing.status.message()), HasSubstr(dir + "/noimg.jsonl:3"));
+  EXPECT_THAT(std::string(missing.status.message()),
+              HasSubstr(dir + "/noimg.jsonl:3"));
   EXPECT_THAT(std::string(missing.status.message()), HasSubstr("nope.png"));
   EXPECT_NE(access((dir + "/out.jsonl").c_str(), F_OK), 0);  // nothing written
 }

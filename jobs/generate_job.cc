@@ -41,7 +41,8 @@ std::string TurnText(const Message& m) {
 }
 
 // Earliest occurrence of any stop string in `text` (npos if none).
-size_t FirstStop(const std::string& text, const std::vector<std::string>& stop) {
+size_t FirstStop(const std::string& text,
+                 const std::vector<std::string>& stop) {
   size_t best = std::string::npos;
   for (const std::string& s : stop) {
     if (s.empty()) continue;
@@ -144,10 +145,13 @@ absl::Status WriteGenerationOutput(
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::trunc);
-    if (!f) return absl::PermissionDeniedError(absl::StrCat(tmp, ": cannot write"));
+    if (!f)
+      return absl::PermissionDeniedError(absl::StrCat(tmp, ": cannot write"));
     for (const GenerationOutput& o : outputs) {
-      nlohmann::json j = {{"id", o.id},         {"prompt", o.prompt},
-                          {"output", o.text},   {"tokens", o.tokens},
+      nlohmann::json j = {{"id", o.id},
+                          {"prompt", o.prompt},
+                          {"output", o.text},
+                          {"tokens", o.tokens},
                           {"finish_reason", o.finish_reason}};
       if (!o.reference.empty()) j["reference"] = o.reference;
       f << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
@@ -203,16 +207,16 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
   for (const GenerationRequest* r = begin; r != end; ++r) {
     const Conversation& conv = r->prompt;
     if (!config.is_vl() && conv.num_images() > 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          conv.source, ": has images but the model is text-only"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(conv.source, ": has images but the model is text-only"));
     }
     std::vector<int> crops;
     for (const std::string& path : conv.image_paths()) {
       absl::StatusOr<RgbImage> decoded = DecodeImageFile(path);
       if (!decoded.ok()) {
-        return absl::Status(decoded.status().code(),
-                            absl::StrCat(conv.source, ": ",
-                                         decoded.status().message()));
+        return absl::Status(
+            decoded.status().code(),
+            absl::StrCat(conv.source, ": ", decoded.status().message()));
       }
       at::Tensor t = PreprocessImage(*decoded, image);
       crops.push_back(static_cast<int>(t.size(0)) - 1);
@@ -223,8 +227,9 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
     absl::StatusOr<EncodedChat> enc =
         EncodeChat(*tokenizer_, conv, chat, crop_arg);
     if (!enc.ok()) {
-      return absl::Status(enc.status().code(),
-                          absl::StrCat(conv.source, ": ", enc.status().message()));
+      return absl::Status(
+          enc.status().code(),
+          absl::StrCat(conv.source, ": ", enc.status().message()));
     }
     absl::StatusOr<RenderedChat> rendered = RenderChat(conv, chat, crop_arg);
     std::string prompt = rendered.ok() ? rendered->text : "";
@@ -236,7 +241,8 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
   for (const auto& e : encoded) longest = std::max(longest, e.input_ids.size());
   const int64_t len = static_cast<int64_t>(longest);
   // Left padding: row r's tokens end at column len - 1.
-  std::vector<int64_t> ids(b * len, sp.pad), mask(b * len, 0), types(b * len, 0);
+  std::vector<int64_t> ids(b * len, sp.pad), mask(b * len, 0),
+      types(b * len, 0);
   for (int64_t r = 0; r < b; ++r) {
     const auto& e = encoded[r];
     const int64_t n = static_cast<int64_t>(e.input_ids.size());
@@ -254,8 +260,10 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
   in.input_ids = as_tensor(ids);
   in.attention_mask = as_tensor(mask);
   in.token_type_ids = as_tensor(types);
-  if (!images.empty()) in.pixel_values = torch::cat(images);
-  else in.token_type_ids = torch::Tensor();
+  if (!images.empty())
+    in.pixel_values = torch::cat(images);
+  else
+    in.token_type_ids = torch::Tensor();
 
   std::set<int64_t> stop_ids(config.eos_token_ids.begin(),
                              config.eos_token_ids.end());
@@ -269,6 +277,9 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
   g.seed = seed;
   g.pad_token_id = sp.pad;
   g.stop_token_ids.assign(stop_ids.begin(), stop_ids.end());
+  // The model's vocabulary may be padded past the tokenizer's (Gemma 3:
+  // 262208 vs 262144): such ids have no text and are left out of it.
+  const int64_t vocab = tokenizer_->vocab_size();
   // Rows whose text reached a stop string: the token count at that moment.
   std::vector<int64_t> string_stop(b, -1);
   auto row_ids = [&](const at::Tensor& row, int64_t n) {
@@ -276,7 +287,7 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
     const int64_t* p = row.data_ptr<int64_t>();
     for (int64_t k = 0; k < n; ++k) {
       if (stop_ids.count(p[k])) break;
-      ids.push_back(static_cast<int>(p[k]));
+      if (p[k] < vocab) ids.push_back(static_cast<int>(p[k]));
     }
     return ids;
   };
@@ -318,7 +329,7 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
         o.finish_reason = "stop";
         break;
       }
-      text_ids.push_back(static_cast<int>(p[k]));
+      if (p[k] < vocab) text_ids.push_back(static_cast<int>(p[k]));
     }
     GEMMA_ASSIGN_OR_RETURN(o.text, tokenizer_->Decode(text_ids));
     if (string_stop[r] >= 0) {
@@ -349,8 +360,8 @@ class GenerateJob : public Job {
     const auto& spec = ctx.spec;
     const auto& g = spec.generate();
     if (ctx.world != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "generate runs as one rank (world ", ctx.world, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("generate runs as one rank (world ", ctx.world, ")"));
     }
     const std::string output = g.output().empty() ? spec.output() : g.output();
     if (output.empty())
@@ -375,7 +386,8 @@ class GenerateJob : public Job {
     }
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model, LoadJobModel(spec.model().path()));
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model,
+                           LoadJobModel(spec.model().path()));
     model->to(c10::Device(ctx.device.empty() ? "cpu" : ctx.device));
     ctx.Log(absl::StrCat("generate: ", requests.size(), " prompts with ",
                          spec.model().path()));
@@ -398,9 +410,9 @@ class GenerateJob : public Job {
           if (done < all) ctx.Progress(done, all, {});
           return !ctx.Cancelled();
         }));
-    const double secs = std::chrono::duration<double>(
-                            std::chrono::steady_clock::now() - t0)
-                            .count();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     int64_t tokens = 0, stopped = 0;
     for (const auto& o : outputs) {
       tokens += static_cast<int64_t>(o.tokens.size());
@@ -420,6 +432,8 @@ class GenerateJob : public Job {
 
 }  // namespace
 
-std::unique_ptr<Job> NewGenerateJob() { return std::make_unique<GenerateJob>(); }
+std::unique_ptr<Job> NewGenerateJob() {
+  return std::make_unique<GenerateJob>();
+}
 
 }  // namespace gemma

@@ -8,7 +8,8 @@
 // sampling from `seed`. A row stops at <end_of_turn>, <eos> or the model's
 // eos ids (the token is kept in `tokens`, not in `text`), or when its decoded
 // text contains one of the stop strings (`text` ends before the stop string;
-// `tokens` end with the token that completed it).
+// `tokens` end with the token that completed it). Ids past the tokenizer's
+// vocabulary (a padded model vocabulary) stay in `tokens` but have no text.
 //
 // The `generate` job: spec.generate.input (JSONL; one conversation per line,
 // optional "id"; images relative to the file; a trailing assistant turn is
@@ -97,8 +98,8 @@ absl::StatusOr<std::vector<GenerationRequest>> ReadGenerationInput(
     const std::string& path);
 
 // Writes `outputs` as JSONL to `path` (temp name, then rename).
-absl::Status WriteGenerationOutput(const std::string& path,
-                                   const std::vector<GenerationOutput>& outputs);
+absl::Status WriteGenerationOutput(
+    const std::string& path, const std::vector<GenerationOutput>& outputs);
 
 std::unique_ptr<Job> NewGenerateJob();
 

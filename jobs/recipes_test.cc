@@ -37,8 +37,8 @@ TEST(RecipesTest, EveryRecipeParsesAndPassesTheSpecChecks) {
   for (const char* want :
        {"gemma3-4b-sft.yaml", "gemma3-12b-sft.yaml", "gemma3-27b-sft.yaml",
         "gemma3-4b-peft.yaml", "gemma3-12b-peft.yaml", "gemma3-27b-peft.yaml",
-        "tiny-sft.yaml", "tiny-peft.yaml", "tiny-eval.yaml", "tiny-generate.yaml",
-        "diagnose.yaml"}) {
+        "tiny-sft.yaml", "tiny-peft.yaml", "tiny-eval.yaml",
+        "tiny-generate.yaml", "diagnose.yaml"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   }
   for (const std::string& n : names) {
@@ -89,8 +89,8 @@ TEST(RecipesTest, Gemma3RecipesCarryTheReferenceHyperparameters) {
 }
 
 TEST(RecipesTest, TinyRecipesRunOnCpu) {
-  for (const std::string n :
-       {"tiny-sft.yaml", "tiny-peft.yaml", "tiny-eval.yaml", "tiny-generate.yaml"}) {
+  for (const std::string n : {"tiny-sft.yaml", "tiny-peft.yaml",
+                              "tiny-eval.yaml", "tiny-generate.yaml"}) {
     SCOPED_TRACE(n);
     auto s = LoadJobSpecFile(kDir + "/" + n);
     ASSERT_TRUE(s.ok()) << s.status();
@@ -113,8 +113,8 @@ TEST(RecipesTest, AWrongKeyOrTypeIsAnErrorNamingTheKey) {
   EXPECT_THAT(std::string(bad_list.status().message()),
               HasSubstr("peft.target_modules"));
   // And the spec checks name the field for values the parser accepts.
-  auto bad_value = LoadJobSpecFile(kDir + "/tiny-generate.yaml",
-                                   {"generate.top_p=1.5"});
+  auto bad_value =
+      LoadJobSpecFile(kDir + "/tiny-generate.yaml", {"generate.top_p=1.5"});
   ASSERT_TRUE(bad_value.ok()) << bad_value.status();
   EXPECT_THAT(std::string(ValidateJobSpec(*bad_value).message()),
               HasSubstr("spec.generate.top_p"));

@@ -58,13 +58,18 @@ TEST(EvalGenerateJobTest, EvalAndGenerateSucceedWithReportAndMetrics) {
   const json ref = json::parse(ReadAll(Fixture("reference.json")));
   const std::string report = cluster.dir() + "/eval.json";
   std::string job, out;
-  ASSERT_EQ(SubmitAndFollow(cluster, "eval.yaml",
-                            "kind: eval\nresources: {device: cpu}\n"
-                            "model: {path: " + Fixture("model") + "}\n"
-                            "data: {eval: " + Fixture("eval.jsonl") + ", batch_size: 2}\n"
-                            "eval: {generate_examples: 2, max_new_tokens: 4, report: " +
-                                report + "}\n",
-                            &job, &out),
+  ASSERT_EQ(SubmitAndFollow(
+                cluster, "eval.yaml",
+                "kind: eval\nresources: {device: cpu}\n"
+                "model: {path: " +
+                    Fixture("model") +
+                    "}\n"
+                    "data: {eval: " +
+                    Fixture("eval.jsonl") +
+                    ", batch_size: 2}\n"
+                    "eval: {generate_examples: 2, max_new_tokens: 4, report: " +
+                    report + "}\n",
+                &job, &out),
             0)
       << out;
   ASSERT_TRUE(Exists(report));
@@ -85,8 +90,11 @@ TEST(EvalGenerateJobTest, EvalAndGenerateSucceedWithReportAndMetrics) {
   const std::string gen_out = cluster.dir() + "/gen.jsonl";
   ASSERT_EQ(SubmitAndFollow(cluster, "gen.yaml",
                             "kind: generate\nresources: {device: cpu}\n"
-                            "model: {path: " + Fixture("model") + "}\n"
-                            "generate: {input: " + Fixture("prompts.jsonl") +
+                            "model: {path: " +
+                                Fixture("model") +
+                                "}\n"
+                                "generate: {input: " +
+                                Fixture("prompts.jsonl") +
                                 ", output: " + gen_out + ", max_new_tokens: " +
                                 ref["generate_max_new_tokens"].dump() + "}\n",
                             &job, &out),
@@ -106,7 +114,8 @@ TEST(EvalGenerateJobTest, EvalAndGenerateSucceedWithReportAndMetrics) {
   EXPECT_EQ(i, ref["generate"].size());
   EXPECT_FALSE(Exists(gen_out + ".tmp"));
   const json g = Get(cluster, job);
-  EXPECT_EQ(g["progress"]["metrics"]["examples"].get<double>(), 3.0) << g.dump();
+  EXPECT_EQ(g["progress"]["metrics"]["examples"].get<double>(), 3.0)
+      << g.dump();
 }
 
 TEST(EvalGenerateJobTest, BadInputFailsTheJobNamingFileAndLine) {
@@ -117,35 +126,39 @@ TEST(EvalGenerateJobTest, BadInputFailsTheJobNamingFileAndLine) {
   const std::string no_image = cluster.dir() + "/noimage.jsonl";
   {
     std::ofstream a(bad_json);
-    a << R"({"messages": [{"role": "user", "content": "tea"}]})" << "\n"
-      << R"({"messages": [{"role": "user", "content": "tea"}]})" << "\n"
+    a << R"({"messages": [{"role": "user", "content": "tea"}]})"
+      << "\n"
+      << R"({"messages": [{"role": "user", "content": "tea"}]})"
+      << "\n"
       << "{not json\n";
     std::ofstream b(no_image);
     b << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "missing.png"}, )"
-      << R"({"type": "text", "text": "Describe this image."}]}]})" << "\n";
+      << R"({"type": "text", "text": "Describe this image."}]}]})"
+      << "\n";
   }
   struct Case {
     std::string kind, input, want;
   };
-  for (const Case& c :
-       {Case{"generate", bad_json, bad_json + ":3"},
-        Case{"generate", no_image, no_image + ":1"},
-        Case{"eval", bad_json, bad_json + ":3"},
-        Case{"eval", no_image, "missing.png"}}) {
+  for (const Case& c : {Case{"generate", bad_json, bad_json + ":3"},
+                        Case{"generate", no_image, no_image + ":1"},
+                        Case{"eval", bad_json, bad_json + ":3"},
+                        Case{"eval", no_image, no_image + ":1"}}) {
     SCOPED_TRACE(c.kind + " " + c.input);
     const std::string yaml =
         c.kind == "generate"
-            ? "kind: generate\nresources: {device: cpu}\nmodel: {path: " + Fixture("model") +
-                  "}\ngenerate: {input: " + c.input + ", output: " + cluster.dir() +
-                  "/out.jsonl}\n"
-            : "kind: eval\nresources: {device: cpu}\nmodel: {path: " + Fixture("model") +
-                  "}\ndata: {eval: " + c.input + "}\neval: {report: " + cluster.dir() +
-                  "/r.json}\n";
+            ? "kind: generate\nresources: {device: cpu}\nmodel: {path: " +
+                  Fixture("model") + "}\ngenerate: {input: " + c.input +
+                  ", output: " + cluster.dir() + "/out.jsonl}\n"
+            : "kind: eval\nresources: {device: cpu}\nmodel: {path: " +
+                  Fixture("model") + "}\ndata: {eval: " + c.input +
+                  "}\neval: {report: " + cluster.dir() + "/r.json}\n";
     std::string job, out;
-    EXPECT_NE(SubmitAndFollow(cluster, c.kind + ".yaml", yaml, &job, &out), 0) << out;
+    EXPECT_NE(SubmitAndFollow(cluster, c.kind + ".yaml", yaml, &job, &out), 0)
+        << out;
     const json j = Get(cluster, job);
     EXPECT_EQ(j.value("state", ""), "JOB_STATE_FAILED") << j.dump();
     EXPECT_THAT(j.dump(), HasSubstr(c.want));
+    if (c.input == no_image) EXPECT_THAT(j.dump(), HasSubstr("missing.png"));
     EXPECT_FALSE(Exists(cluster.dir() + "/out.jsonl"));
     EXPECT_FALSE(Exists(cluster.dir() + "/r.json"));
   }
@@ -190,7 +203,9 @@ TEST(LocalGenerateTextTest, ImageAndPromptOrJsonlGiveTransformersTokens) {
     EXPECT_EQ(rows[i]["id"], ref["generate"][i]["id"]);
     EXPECT_EQ(rows[i]["tokens"], ref["generate"][i]["tokens"]);
   }
-  EXPECT_EQ(RunProgram({BinPath("gemmactl"), "local", "generate", "--help"}, &out), 0);
+  EXPECT_EQ(
+      RunProgram({BinPath("gemmactl"), "local", "generate", "--help"}, &out),
+      0);
   EXPECT_THAT(out, HasSubstr("--image"));
   EXPECT_EQ(RunProgram({BinPath("gemmactl"), "local", "generate", "--model",
                         Fixture("model"), "--image", Fixture("images/a.png")},
