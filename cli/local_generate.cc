@@ -85,8 +85,9 @@ int GenerateText(Gemma3Model model, const std::string& tokenizer_path,
 
 int LocalGenerateMain(int argc, char** argv) {
   FlagSet flags("gemmactl local generate",
-                "Generate tokens from prompt token ids with a local model "
-                "(greedy by default).");
+                "Generate with a local model: text and images in, text out "
+                "(--prompt/--image or --input JSONL), or token ids in and out "
+                "(--prompt-ids). Greedy by default.");
   std::string model_dir, prompt, stop = "default", output = "table";
   std::string text_prompt, input, tokenizer_path;
   std::vector<std::string> images, stop_strings;
