@@ -1,4 +1,5 @@
-// gemmactl local generate: decode from prompt token ids with a local model.
+// gemmactl local generate: text (and images) or prompt token ids in, text or
+// token ids out, with a local model.
 #include <torch/torch.h>
 
 #include <chrono>
@@ -12,6 +13,8 @@
 #include "cli/local_forward.h"
 #include "cli/local_model.h"
 #include "common/flags.h"
+#include "data/tokenizer.h"
+#include "jobs/generate_job.h"
 #include "model/generate.h"
 
 namespace gemma::cli {
@@ -32,24 +35,96 @@ absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& flag,
   return ids;
 }
 
+// Text mode: --prompt (with --image) or --input JSONL through TextGenerator.
+int GenerateText(Gemma3Model model, const std::string& tokenizer_path,
+                 const std::vector<GenerationRequest>& requests,
+                 const TextGenerationOptions& opts, bool json) {
+  auto tokenizer = Tokenizer::Load(tokenizer_path);
+  if (!tokenizer.ok()) {
+    std::cerr << "gemmactl local generate: " << tokenizer.status().message()
+              << "\n";
+    return 1;
+  }
+  TextGenerator gen(model, tokenizer->get());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto outputs = gen.Run(requests, opts, [&](int64_t done, int64_t total) {
+    if (total > 1) std::cerr << "generated " << done << "/" << total << "\n";
+    return true;
+  });
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  if (!outputs.ok()) {
+    std::cerr << "gemmactl local generate: " << outputs.status().message()
+              << "\n";
+    return 1;
+  }
+  int64_t tokens = 0;
+  for (const GenerationOutput& o : *outputs) {
+    tokens += static_cast<int64_t>(o.tokens.size());
+    if (json) {
+      nlohmann::json j = {{"id", o.id},
+                          {"output", o.text},
+                          {"tokens", o.tokens},
+                          {"finish_reason", o.finish_reason}};
+      if (!o.reference.empty()) j["reference"] = o.reference;
+      std::cout << j.dump(-1, ' ', false,
+                          nlohmann::json::error_handler_t::replace)
+                << "\n";
+    } else if (requests.size() == 1) {
+      std::cout << o.text << "\n";
+    } else {
+      std::cout << o.id << "\t" << o.text << "\n";
+    }
+  }
+  std::cerr << tokens << " tokens in " << secs << " s\n";
+  return 0;
+}
+
 }  // namespace
 
 int LocalGenerateMain(int argc, char** argv) {
   FlagSet flags("gemmactl local generate",
-                "Generate tokens from prompt token ids with a local model "
-                "(greedy by default).");
+                "Generate with a local model: text and images in, text out "
+                "(--prompt/--image or --input JSONL), or token ids in and out "
+                "(--prompt-ids). Greedy by default.");
   std::string model_dir, prompt, stop = "default", output = "table";
-  int64_t max_new_tokens = 32, top_k = 0, seed = 0;
+  std::string text_prompt, input, tokenizer_path;
+  std::vector<std::string> images, stop_strings;
+  int64_t max_new_tokens = 32, top_k = 0, seed = 0, batch_size = 8;
   double temperature = 0.0, top_p = 1.0;
   bool no_cache = false;
   flags
       .String("model", &model_dir,
-              "model folder: config.json + *.safetensors (our names)")
+              "model folder (HF, our checkpoint, our names; in text mode also "
+              "a PEFT adapter checkpoint)")
       .Meta("DIR");
   flags
       .String("prompt-ids", &prompt,
               "comma-separated prompt token ids, e.g. 2,105,2364")
       .Meta("IDS");
+  flags.String("prompt", &text_prompt, "a user prompt (text mode)")
+      .Meta("TEXT");
+  flags
+      .Repeated("image", &images,
+                "an image for --prompt, placed before the text (repeatable)")
+      .Meta("PATH");
+  flags
+      .String("input", &input,
+              "JSONL of conversations (HF messages shape; images relative to "
+              "the file); a final assistant turn is kept as the reference")
+      .Meta("FILE");
+  flags
+      .String(
+          "tokenizer", &tokenizer_path,
+          "tokenizer.model for text mode (default: <model>/tokenizer.model)")
+      .Meta("FILE");
+  flags
+      .Repeated("stop", &stop_strings,
+                "stop string for text mode (repeatable); <end_of_turn> always "
+                "stops")
+      .Meta("TEXT");
+  flags.Int("batch-size", &batch_size, "prompts per batch in text mode");
   flags.Int("max-new-tokens", &max_new_tokens, "most tokens to generate");
   flags.Double("temperature", &temperature, "sampling temperature; 0 = greedy");
   flags.Int("top-k", &top_k, "sample among the k best tokens (0 = all)");
@@ -66,6 +141,10 @@ int LocalGenerateMain(int argc, char** argv) {
       .Meta("FORMAT");
   flags.Epilog(
       "Examples:\n"
+      "  gemmactl local generate --model ./ckpt --image receipt.png --prompt "
+      "\"Describe this image.\"\n"
+      "  gemmactl local generate --model ./ckpt --input eval.jsonl "
+      "--max-new-tokens 128 -o json > out.jsonl\n"
       "  gemmactl local generate --model ./gemma-3-4b --prompt-ids "
       "2,105,2364,107 --max-new-tokens 16\n"
       "  gemmactl local generate --model ./tiny --prompt-ids 2,7,9 "
@@ -76,11 +155,46 @@ int LocalGenerateMain(int argc, char** argv) {
     std::cout << flags.Usage();
     return 0;
   }
+  const bool text_mode = !text_prompt.empty() || !input.empty();
   std::vector<int64_t> ids;
-  if (st.ok() && (model_dir.empty() || prompt.empty())) {
-    st = absl::InvalidArgumentError("--model and --prompt-ids are required");
+  if (st.ok() && model_dir.empty()) {
+    st = absl::InvalidArgumentError("--model is required");
+  } else if (st.ok() && (text_mode ? 1 : 0) + (prompt.empty() ? 0 : 1) != 1) {
+    st = absl::InvalidArgumentError(
+        "give one of --prompt / --input (text) or --prompt-ids (token ids)");
+  } else if (st.ok() && !text_prompt.empty() && !input.empty()) {
+    st = absl::InvalidArgumentError("give --prompt or --input, not both");
+  } else if (st.ok() && !images.empty() && text_prompt.empty()) {
+    st = absl::InvalidArgumentError("--image goes with --prompt");
+  } else if (st.ok() && output != "json" && output != "table") {
+    st = absl::InvalidArgumentError("--output: must be table or json");
   }
-  if (st.ok()) {
+  std::vector<GenerationRequest> requests;
+  if (st.ok() && !input.empty()) {
+    auto read = ReadGenerationInput(input);
+    if (read.ok())
+      requests = *std::move(read);
+    else
+      st = read.status();
+  } else if (st.ok() && !text_prompt.empty()) {
+    GenerationRequest r;
+    r.id = "prompt";
+    Message m;
+    m.role = "user";
+    for (const std::string& path : images) {
+      ContentPart p;
+      p.type = ContentPart::Type::kImage;
+      p.image_path = path;
+      m.content.push_back(p);
+    }
+    m.content.push_back({ContentPart::Type::kText, text_prompt, ""});
+    r.prompt.messages.push_back(std::move(m));
+    r.prompt.source = "--prompt";
+    requests.push_back(std::move(r));
+  }
+  if (st.ok() && !text_mode && !stop_strings.empty())
+    st = absl::InvalidArgumentError("--stop is for text mode; use --stop-ids");
+  if (st.ok() && !text_mode) {
     auto parsed = ParseIds("prompt-ids", prompt);
     if (parsed.ok())
       ids = *parsed;
@@ -91,11 +205,26 @@ int LocalGenerateMain(int argc, char** argv) {
     std::cerr << "gemmactl local generate: " << st.message() << "\n";
     return 2;
   }
-  auto model = LoadLocalModel(model_dir);
+  auto model = text_mode ? LoadJobModel(model_dir) : LoadLocalModel(model_dir);
   if (!model.ok()) {
     std::cerr << "gemmactl local generate: " << model.status().message()
               << "\n";
     return 1;
+  }
+  if (text_mode) {
+    TextGenerationOptions t;
+    t.max_new_tokens = max_new_tokens;
+    t.temperature = temperature;
+    t.top_k = top_k;
+    t.top_p = top_p;
+    t.seed = static_cast<uint64_t>(seed);
+    t.stop = stop_strings;
+    t.batch_size = static_cast<int>(batch_size);
+    gemma::v1::ModelSpec ms;
+    ms.set_path(model_dir);
+    ms.set_tokenizer(tokenizer_path);
+    return GenerateText(*model, TokenizerPathOf(ms), requests, t,
+                        output == "json");
   }
   GenerateOptions opts;
   opts.max_new_tokens = max_new_tokens;

@@ -4,6 +4,8 @@
 #include "absl/strings/str_cat.h"
 #include "jobs/convert.h"
 #include "jobs/diagnose.h"
+#include "jobs/eval.h"
+#include "jobs/generate_job.h"
 
 namespace gemma {
 
@@ -12,6 +14,8 @@ const JobRegistry& JobRegistry::Default() {
     auto* r = new JobRegistry();
     r->Register(gemma::v1::JOB_KIND_DIAGNOSE, NewDiagnoseJob);
     r->Register(gemma::v1::JOB_KIND_CONVERT, NewConvertJob);
+    r->Register(gemma::v1::JOB_KIND_EVAL, NewEvalJob);
+    r->Register(gemma::v1::JOB_KIND_GENERATE, NewGenerateJob);
     return r;
   }();
   return *registry;

@@ -107,6 +107,11 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
       if (stop.numel() > 0)
         unfinished =
             unfinished.logical_and(torch::isin(next, stop).logical_not());
+      if (opts.should_stop) {
+        torch::Tensor extra = opts.should_stop(torch::stack(tokens, 1).cpu());
+        unfinished = unfinished.logical_and(
+            extra.to(unfinished.device(), torch::kBool).logical_not());
+      }
       if (!unfinished.any().item<bool>() || step + 1 == opts.max_new_tokens)
         break;
 

@@ -34,6 +34,10 @@ struct GenerateOptions {
       true;  // false: full forward over the whole sequence each step
   // Called after each step with the new tokens [B] (for progress output).
   std::function<void(int64_t step, const torch::Tensor& tokens)> on_step;
+  // Optional: called after each step with every new token so far [B, step+1]
+  // (pads after a row stopped); returns [B] bool, true for rows to stop now
+  // (e.g. a stop string appeared). Stopped rows continue with pad_token_id.
+  std::function<torch::Tensor(const torch::Tensor& generated)> should_stop;
 };
 
 struct GenerateResult {

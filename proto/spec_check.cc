@@ -154,18 +154,45 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
         if (auto s = CheckPeft(spec.peft()); !s.ok()) return s;
       }
       break;
-    case v1::JOB_KIND_EVAL:
+    case v1::JOB_KIND_EVAL: {
       if (auto s = Required("model.path", spec.model().path(), kind); !s.ok())
         return s;
-      if (auto s = Required("data.eval", spec.data().eval(), kind); !s.ok())
-        return s;
+      if (spec.data().eval().empty() && spec.data().train().empty())
+        return Bad("data.eval", "required for kind eval (or data.train)");
+      const auto& e = spec.eval();
+      if (e.max_batches() < 0) return Bad("eval.max_batches", "must be >= 0");
+      if (e.generate_examples() < 0)
+        return Bad("eval.generate_examples", "must be >= 0");
+      if (e.max_new_tokens() < 0)
+        return Bad("eval.max_new_tokens", "must be >= 0");
+      if (spec.data().batch_size() < 0)
+        return Bad("data.batch_size", "must be >= 0");
       break;
-    case v1::JOB_KIND_GENERATE:
+    }
+    case v1::JOB_KIND_GENERATE: {
       if (auto s = Required("model.path", spec.model().path(), kind); !s.ok())
         return s;
-      if (spec.generate().prompts().empty())
-        return Bad("generate.prompts", "required for kind generate");
+      const auto& g = spec.generate();
+      if (g.prompts().empty() && g.input().empty())
+        return Bad("generate.input",
+                   "required for kind generate (or generate.prompts)");
+      if (g.output().empty() && spec.output().empty())
+        return Bad("generate.output", "required for kind generate");
+      if (g.max_new_tokens() < 0)
+        return Bad("generate.max_new_tokens", "must be >= 0");
+      if (g.temperature() < 0)
+        return Bad("generate.temperature", "must be >= 0");
+      if (g.top_k() < 0) return Bad("generate.top_k", "must be >= 0");
+      if (g.top_p() < 0 || g.top_p() > 1)
+        return Bad("generate.top_p", absl::StrCat("must be in [0, 1], got ",
+                                                  g.top_p()));
+      if (g.batch_size() < 0) return Bad("generate.batch_size", "must be >= 0");
+      for (int i = 0; i < g.stop_size(); ++i) {
+        if (g.stop(i).empty())
+          return Bad(absl::StrCat("generate.stop[", i, "]"), "empty string");
+      }
       break;
+    }
     case v1::JOB_KIND_DIAGNOSE:
       if (spec.diagnose().steps() < 0)
         return Bad("diagnose.steps", "must be >= 0");
