@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "jobs/convert.h"
 #include "jobs/diagnose.h"
+#include "jobs/sft.h"
 
 namespace gemma {
 
@@ -12,6 +13,7 @@ const JobRegistry& JobRegistry::Default() {
     auto* r = new JobRegistry();
     r->Register(gemma::v1::JOB_KIND_DIAGNOSE, NewDiagnoseJob);
     r->Register(gemma::v1::JOB_KIND_CONVERT, NewConvertJob);
+    r->Register(gemma::v1::JOB_KIND_SFT, NewSftJob);
     return r;
   }();
   return *registry;
