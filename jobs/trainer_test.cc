@@ -22,20 +22,17 @@ using ::testing::HasSubstr;
 
 class TrainerTest : public ::testing::Test {
  protected:
+  // One data set and model for every test of the binary (made once).
   static void SetUpTestSuite() {
+    if (dir_ != nullptr) return;
     std::string tmpl = "/tmp/gemma_trainer_test_XXXXXX";
     dir_ = new std::string(mkdtemp(tmpl.data()));
-    ASSERT_TRUE(WriteTinyOcrData(*dir_ + "/data", 24, 1, 32).ok());
+    auto data = WriteTinyOcrData(*dir_ + "/data", 24, 1, 64);
+    ASSERT_TRUE(data.ok()) << data;
     TinyVlOptions o;
-    ASSERT_TRUE(WriteTinyVlModel(*dir_ + "/model",
-                                 *dir_ + "/data/tokenizer.model", o)
-                    .ok());
-  }
-  static void TearDownTestSuite() {
-    if (!::testing::UnitTest::GetInstance()->Failed()) {
-      (void)RemoveTree(*dir_);
-    }
-    delete dir_;
+    auto model =
+        WriteTinyVlModel(*dir_ + "/model", *dir_ + "/data/tokenizer.model", o);
+    ASSERT_TRUE(model.ok()) << model;
   }
 
   static gemma::v1::JobSpec Spec() {
@@ -78,8 +75,23 @@ class TrainerTest : public ::testing::Test {
   }
 
   static std::string* dir_;
+
+ public:
+  static std::string* SharedDir() { return dir_; }
 };
 std::string* TrainerTest::dir_ = nullptr;
+
+// Removes the shared folder at the end unless a test failed.
+class CleanUp : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::string* dir = TrainerTest::SharedDir();
+    if (dir != nullptr && !::testing::UnitTest::GetInstance()->Failed())
+      (void)RemoveTree(*dir);
+  }
+};
+const auto* const kCleanUp =
+    ::testing::AddGlobalTestEnvironment(new CleanUp);
 
 class ResumeTest : public TrainerTest,
                    public ::testing::WithParamInterface<int> {};
