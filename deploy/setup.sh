@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libabsl-dev librocksdb-dev libyaml-cpp-dev nlohmann-json3-dev
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   libsentencepiece-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libgloo-dev  # headers only, for c10d ProcessGroupGloo.hpp (worker/comm.cc)
   slurmctld slurmd slurm-client munge
 )
 

@@ -33,6 +33,14 @@ struct RankContext {
   int rank = 0;
   int world = 1;
   std::string device;  // "cpu" or "cuda:N"
+  // host:port of the attempt's rendezvous store (a c10d TCPStore opened by
+  // rank 0's worker), empty for a one-rank attempt. The layout is
+  // spec.parallel(); worker/comm.h's MakeParallelGroups(ctx) builds the
+  // process groups from these.
+  std::string store_address;
+  // Registers a function that aborts this rank's communicators; the worker
+  // calls it when the attempt fails or is cancelled, so no collective hangs.
+  std::function<void(std::function<void()> abort)> on_abort;
 
   // step of total_steps done; metrics such as "loss", "gflops".
   std::function<void(int64_t step, int64_t total_steps,

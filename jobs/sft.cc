@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "jobs/trainer.h"
+#include "worker/comm.h"
 
 namespace gemma {
 namespace {
@@ -10,19 +11,20 @@ namespace {
 class SftJob : public Job {
  public:
   absl::Status Run(RankContext& ctx) override {
-    if (ctx.world != 1) {
-      // The c10d groups come from the `dist` work (worker/comm.h); until the
-      // worker hands them to jobs, SFT runs as one rank.
-      return absl::FailedPreconditionError(absl::StrCat(
-          "sft: this worker runs training as one rank; the job asked for ",
-          ctx.world, " ranks (set parallel.dp and parallel.tp to 1)"));
+    const int tp = ctx.spec.parallel().tp() > 0 ? ctx.spec.parallel().tp() : 1;
+    if (tp != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.parallel.tp: sft trains with data parallelism only here; got tp ", tp));
     }
+    GEMMA_ASSIGN_OR_RETURN(ParallelGroups groups, MakeParallelGroups(ctx));
+    if (ctx.on_abort) ctx.on_abort([groups] { AbortGroups(groups); });
     if (ctx.device.rfind("cuda", 0) == 0) {
       ctx.Log("sft: CUDA training is not wired yet; running on the CPU");
     }
     TrainerOptions options;
     options.spec = ctx.spec;
     options.job = ctx.job;
+    options.groups = groups;
     GEMMA_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(std::move(options)));
     return trainer->Run(ctx);
   }

@@ -14,6 +14,7 @@
 #include "jobs/train_test_util.h"
 #include "model/checkpoint.h"
 #include "model/weights.h"
+#include "worker/comm.h"
 
 namespace gemma {
 namespace {
@@ -297,6 +298,70 @@ TEST_F(TrainerTest, RunReportsAndWritesTheModel) {
   auto w = Weights(*t);
   for (const auto& [name, tensor] : loaded->tensors) {
     EXPECT_TRUE(torch::equal(tensor, w.at(name))) << name;
+  }
+}
+
+// DP = 2 (real Gloo ranks in two threads) equals one rank with twice the
+// micro batch: each rank reads its half of every global batch, the loss is
+// normalised by the tokens of both, gradients are summed over the group.
+TEST_F(TrainerTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
+  auto one = Spec();  // micro batch 2
+  one.mutable_optim()->set_max_steps(3);
+  // Adam divides by sqrt(v) + eps: entries whose gradient is near zero turn
+  // fp32 summation-order noise into full-size update differences at the
+  // default eps 1e-8; a larger eps keeps that amplification below the
+  // tolerance without touching what DP must get right (rows, scaling, sums).
+  one.mutable_optim()->set_eps(1e-6);
+  auto two = one;
+  two.mutable_data()->set_batch_size(1);
+  two.mutable_parallel()->set_dp(2);
+  auto single = Make(one, Root("dp1"));
+  ASSERT_NE(single, nullptr);
+  std::vector<double> losses;
+  for (int i = 0; i < 3; ++i) {
+    auto s = single->Step();
+    ASSERT_TRUE(s.ok()) << s.status();
+    losses.push_back(s->loss);
+  }
+  const auto want = Weights(*single);
+  std::vector<std::vector<double>> rank_losses(2);
+  std::vector<std::map<std::string, at::Tensor>> rank_weights(2);
+  absl::Status st = RunGlooRanks(2, [&](int rank, ParallelGroups& groups) -> absl::Status {
+    TrainerOptions o;
+    o.spec = two;
+    o.groups = groups;
+    o.checkpoint_root = Root("dp2");
+    auto t = Trainer::Create(o);
+    if (!t.ok()) return t.status();
+    for (int i = 0; i < 3; ++i) {
+      auto s = (*t)->Step();
+      if (!s.ok()) return s.status();
+      rank_losses[rank].push_back(s->loss);
+    }
+    rank_weights[rank] = Weights(**t);
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(st.ok()) << st;
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(rank_losses[r].size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NEAR(rank_losses[r][i], losses[i], 1e-6 * losses[i])
+          << "rank " << r << " step " << i + 1;
+    }
+    double worst = 0;
+    std::string worst_name;
+    for (const auto& [name, w] : want) {
+      const double d = (rank_weights[r].at(name) - w).abs().max().item<double>();
+      if (d > worst) {
+        worst = d;
+        worst_name = name;
+      }
+    }
+    EXPECT_LE(worst, 1e-6) << "rank " << r << ": " << worst_name;
+  }
+  // Both ranks hold the same weights exactly (same summed gradients).
+  for (const auto& [name, w] : rank_weights[0]) {
+    EXPECT_TRUE(torch::equal(w, rank_weights[1].at(name))) << name;
   }
 }
 

@@ -198,6 +198,10 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
       }
       if (spec.diagnose().step_sleep_ms() < 0)
         return Bad("diagnose.step_sleep_ms", "must be >= 0");
+      if (spec.diagnose().allreduce_bytes() < 0 ||
+          spec.diagnose().allreduce_bytes() > (int64_t{1} << 32)) {
+        return Bad("diagnose.allreduce_bytes", "must be 0..4 GiB");
+      }
       break;
     default:
       break;
