@@ -89,7 +89,12 @@ TEST(TrainJobTest, SftLearnsSyntheticOcrThroughTheCluster) {
           " eval_batches: 5, log_interval_steps: 10}\n"
           "checkpoint: {interval_steps: 50, root: ", cluster.dir(), "/ckpt}\n",
           "output: ", output, "\n"));
-  ASSERT_EQ(cluster.Ctl({"submit", "-f", recipe, "--follow"}, &out), 0) << out;
+  // Training takes a while on a loaded 2-core machine: more than Ctl's 60 s.
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", recipe, "--follow",
+                        "--coordinator", cluster.address()},
+                       &out, absl::Seconds(300)),
+            0)
+      << out;
   EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
 
   ASSERT_EQ(cluster.Ctl({"list", "-o", "json"}, &out), 0) << out;
