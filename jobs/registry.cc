@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "jobs/convert.h"
 #include "jobs/diagnose.h"
+#include "jobs/peft_job.h"
 #include "jobs/sft.h"
 
 namespace gemma {
@@ -14,6 +15,7 @@ const JobRegistry& JobRegistry::Default() {
     r->Register(gemma::v1::JOB_KIND_DIAGNOSE, NewDiagnoseJob);
     r->Register(gemma::v1::JOB_KIND_CONVERT, NewConvertJob);
     r->Register(gemma::v1::JOB_KIND_SFT, NewSftJob);
+    r->Register(gemma::v1::JOB_KIND_PEFT, NewPeftJob);
     return r;
   }();
   return *registry;

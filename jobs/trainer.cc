@@ -116,7 +116,8 @@ absl::Status Trainer::Init() {
         TrainState saved,
         TrainState::FromJson(text, absl::StrCat(*resume, "/", kTrainStateFile)));
     state_.base_model = saved.base_model;
-    weights_dir = absl::StrCat(*resume, "/", kModelSubdir);
+    weights_dir = options_.save_model ? saved.base_model
+                                      : absl::StrCat(*resume, "/", kModelSubdir);
   }
 
   GEMMA_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(weights_dir));
@@ -435,11 +436,15 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
     GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
     GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
     const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
-    GEMMA_ASSIGN_OR_RETURN(
-        bytes, WriteModuleCheckpoint(model_dir, *model_, config_json_,
-                                     config_.text.num_kv_heads, state_.step));
-    GEMMA_RETURN_IF_ERROR(
-        CopyFile(tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+    if (options_.save_model) {
+      GEMMA_ASSIGN_OR_RETURN(bytes, options_.save_model(model_, model_dir, state_));
+    } else {
+      GEMMA_ASSIGN_OR_RETURN(
+          bytes, WriteModuleCheckpoint(model_dir, *model_, config_json_,
+                                       config_.text.num_kv_heads, state_.step));
+      GEMMA_RETURN_IF_ERROR(
+          CopyFile(tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+    }
     auto opt = optimizer_->StateTensors();
     opt["rng/cpu"] = CpuRngState();
     for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
@@ -468,7 +473,9 @@ absl::Status Trainer::Restore(const std::string& dir) {
         " (the data position cannot be split differently)"));
   }
   const std::string model_dir = absl::StrCat(dir, "/", kModelSubdir);
-  if (model_dir != weights_dir_) {  // Init may have loaded them already
+  if (options_.load_model) {
+    GEMMA_RETURN_IF_ERROR(options_.load_model(model_, model_dir));
+  } else if (model_dir != weights_dir_) {  // Init may have loaded them already
     GEMMA_ASSIGN_OR_RETURN(ModelWeights w, LoadModelWeights(model_dir));
     absl::Status loaded;
     auto st = Guarded<bool>("restoring weights", [&] {
@@ -562,7 +569,13 @@ absl::Status Trainer::Run(RankContext& ctx) {
     }
   }
   if (last_saved != state_.step) GEMMA_RETURN_IF_ERROR(save({}));
-  if (!spec_.output().empty() && options_.groups.dp->rank() == 0 ) {
+  if (!spec_.output().empty() && options_.groups.dp->rank() == 0 &&
+      options_.save_model) {
+    GEMMA_ASSIGN_OR_RETURN(int64_t bytes,
+                           options_.save_model(model_, spec_.output(), state_));
+    ctx.Log(absl::StrFormat("adapters written to %s (%.1f MB)", spec_.output(),
+                            bytes / 1e6));
+  } else if (!spec_.output().empty() && options_.groups.dp->rank() == 0) {
     const std::string staging = spec_.output() + ".staging";
     GEMMA_RETURN_IF_ERROR(RemoveTree(staging));
     GEMMA_ASSIGN_OR_RETURN(int64_t bytes,

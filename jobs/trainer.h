@@ -85,6 +85,17 @@ struct TrainerOptions {
   std::string checkpoint_root;
   std::string job;  // jobs/{id}, for the default root and the state file
   ModelHook model_hook;
+  // When set (adapter training), checkpoints and spec.output hold only what
+  // save_model writes (with TrainState.base_model naming the base), and a
+  // resume loads the base weights from that base and then calls
+  // load_model. save_model returns the bytes written; load_model must fill
+  // the existing trainable tensors (the optimizer holds them).
+  std::function<absl::StatusOr<int64_t>(Gemma3Model& model,
+                                        const std::string& dir,
+                                        const TrainState& state)>
+      save_model;
+  std::function<absl::Status(Gemma3Model& model, const std::string& dir)>
+      load_model;
 };
 
 class Trainer {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -62,6 +63,33 @@ constexpr Rule kTextRules[] = {
 };
 
 }  // namespace
+
+absl::StatusOr<std::string> HfModulePath(absl::string_view canonical_name,
+                                         bool vision) {
+  absl::string_view rest = canonical_name;
+  std::string prefix;
+  if (vision && absl::ConsumePrefix(&rest, "language_model.model.")) {
+    prefix = "model.language_model.";
+  } else if (vision && absl::ConsumePrefix(&rest, "vision_tower.")) {
+    prefix = "model.vision_tower.";
+  } else if (vision &&
+             absl::ConsumePrefix(&rest, "multi_modal_projector.")) {
+    prefix = "model.multi_modal_projector.";
+  } else if (!vision && absl::ConsumePrefix(&rest, "model.")) {
+    prefix = "model.";
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "HF parameter '", canonical_name, "': no known ",
+        vision ? "Gemma3ForConditionalGeneration" : "Gemma3ForCausalLM",
+        " prefix"));
+  }
+  const size_t dot = rest.rfind('.');
+  if (dot == absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "HF parameter '", canonical_name, "': no module part"));
+  }
+  return absl::StrCat(prefix, rest.substr(0, dot));
+}
 
 absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text,
                                                absl::string_view file) {

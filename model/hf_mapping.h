@@ -82,6 +82,16 @@ absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& config);
 absl::StatusOr<std::string> CanonicalHfName(absl::string_view key,
                                             const HfConfigLite& config);
 
+// The module path in transformers 5.17's in-memory model (what
+// named_modules() and peft's adapter keys use) of the module owning canonical
+// parameter `canonical_name` (e.g. VL "language_model.model.layers.0.
+// self_attn.q_proj.weight" -> "model.language_model.layers.0.self_attn.q_proj",
+// "vision_tower.encoder.layers.0.mlp.fc1.bias" ->
+// "model.vision_tower.encoder.layers.0.mlp.fc1"; text-only "model.layers.0..."
+// stays "model.layers.0..."). INVALID_ARGUMENT for a name of no known prefix.
+absl::StatusOr<std::string> HfModulePath(absl::string_view canonical_name,
+                                         bool vision);
+
 // config.json text rewritten in the format transformers 5.x writes: legacy
 // rope fields (rope_theta, rope_local_base_freq, rope_scaling) become
 // rope_parameters {full_attention, sliding_attention}; sliding_window_pattern

@@ -79,6 +79,31 @@ absl::Status CheckTraining(const v1::JobSpec& spec) {
     if (part != "vision" && part != "projector" && part != "language") {
       return Bad("model.freeze",
                  absl::StrCat("unknown part '", part, "' (vision, projector, language)"));
+// The PeftSpec rules of ResolvePeftSpec (model/lora.h), without LibTorch.
+absl::Status CheckPeft(const v1::PeftSpec& p) {
+  const std::string& m = p.method();
+  if (!m.empty() && m != "lora" && m != "dora") {
+    return Bad("peft.method",
+               absl::StrCat("must be lora or dora, got '", m, "'"));
+  }
+  if (p.alpha() < 0) {
+    return Bad("peft.alpha", absl::StrCat("must be > 0, got ", p.alpha()));
+  }
+  if (!(p.dropout() >= 0 && p.dropout() < 1)) {
+    return Bad("peft.dropout",
+               absl::StrCat("must be in [0, 1), got ", p.dropout()));
+  }
+  static const char* kTargets[] = {"qkv",        "o",          "gate_up",
+                                   "down",       "vision.qkv", "vision.o",
+                                   "vision.fc1", "vision.fc2"};
+  for (int i = 0; i < p.target_modules_size(); ++i) {
+    bool known = false;
+    for (const char* t : kTargets) known = known || p.target_modules(i) == t;
+    if (!known) {
+      return Bad(absl::StrCat("peft.target_modules[", i, "]"),
+                 absl::StrCat("unknown target '", p.target_modules(i),
+                              "' (known: qkv, o, gate_up, down, vision.qkv, "
+                              "vision.o, vision.fc1, vision.fc2)"));
     }
   }
   return absl::OkStatus();
@@ -176,6 +201,9 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
         return Bad("peft.rank", "must be > 0 for kind peft");
       }
       if (auto s = CheckTraining(spec); !s.ok()) return s;
+      if (spec.kind() == v1::JOB_KIND_PEFT) {  // same rules as model/lora.h
+        if (auto s = CheckPeft(spec.peft()); !s.ok()) return s;
+      }
       break;
     case v1::JOB_KIND_EVAL:
       if (auto s = Required("model.path", spec.model().path(), kind); !s.ok())

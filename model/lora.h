@@ -1,0 +1,163 @@
+// LoRA and DoRA adapters on our fused projections, adapter checkpoints,
+// merging, and export to a Hugging Face PEFT adapter folder.
+//
+// One adapter per Projection (model/layers.h), attached in its "lora" slot, so
+// its parameters are named "<projection>.lora.a" [r, in], "<projection>.lora.b"
+// [out, r] and, for DoRA, "<projection>.lora.m" [out]:
+//
+//   LoRA: y = W x + b + s * B A drop(x)                      (s = alpha / r)
+//   DoRA: y = W x + b + (m / n - 1) * W drop(x) + (m / n) * s * B A drop(x)
+//         with n = ||W + s B A||_row computed with B A detached and n itself
+//         detached (peft 0.21 DoraLinearLayer); without dropout (or in eval
+//         mode) drop(x) = x and this is m / n * (W + s B A) x + b.
+//
+// Initialisation follows peft: A Kaiming-uniform (a = sqrt(5)) from torch's
+// default generator, B zero, m = ||W||_row. Dropout applies in train mode only.
+//
+// On the fused text qkv (per-KV-group rows) and gate_up ([gate; up]) the one A
+// is shared by q/k/v (gate/up). This is exactly peft's separate q/k/v adapters
+// with equal lora_A: exporting gives each part lora_A = A and lora_B (and the
+// DoRA magnitude) = that part's rows of B (m), gathered per KV group.
+//
+// Target names (PeftSpec.target_modules): "qkv", "o", "gate_up", "down" (text
+// decoder) and "vision.qkv", "vision.o", "vision.fc1", "vision.fc2" (SigLIP);
+// empty means the four text ones.
+#ifndef GEMMA_MODEL_LORA_H_
+#define GEMMA_MODEL_LORA_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gemma/v1/job_spec.pb.h"
+#include "model/layers.h"
+#include "model/vl_model.h"
+
+namespace gemma {
+
+// The name of the Projection adapter slot adapters are attached under.
+inline constexpr char kLoraSlot[] = "lora";
+
+// A PeftSpec with its defaults filled in and checked.
+struct PeftSettings {
+  std::string method = "lora";  // "lora" or "dora"
+  int64_t rank = 8;
+  double alpha = 8;  // scaling = alpha / rank
+  double dropout = 0;
+  std::vector<std::string> targets;  // our target names, sorted, unique
+  double scaling() const { return alpha / static_cast<double>(rank); }
+};
+
+// Fills defaults (rank 0 -> 8, alpha 0 -> rank, empty targets -> the text
+// four, method "" -> "lora") and checks the spec: INVALID_ARGUMENT naming the
+// field ("peft.target_modules[1]: unknown target 'qkvx' (known: ...)",
+// "peft.rank: must be > 0", "peft.dropout: must be in [0, 1)", "peft.method").
+absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec);
+
+// LoRA on one projection: parameters "a" [r, in] and "b" [out, r].
+class LoraAdapter : public ProjectionAdapter {
+ public:
+  LoraAdapter(int64_t in_features, int64_t out_features, int64_t rank,
+              double alpha, double dropout);
+  torch::Tensor Forward(const torch::Tensor& x, const torch::Tensor& weight,
+                        const torch::Tensor& bias) override;
+  // s * B A [out, in] (in B's dtype), the update merging adds to W.
+  torch::Tensor DeltaWeight() const;
+  // The weight a merge leaves in the projection (LoRA: W + s B A; DoRA:
+  // m / ||W + s B A||_row * (W + s B A)), in `weight`'s dtype.
+  virtual torch::Tensor MergedWeight(const torch::Tensor& weight) const;
+
+  int64_t rank;
+  double scaling;
+  double dropout;
+  torch::Tensor a;  // [r, in]
+  torch::Tensor b;  // [out, r]
+};
+
+// DoRA: LoRA plus the magnitude "m" [out], initialised to ||W||_row.
+class DoraAdapter : public LoraAdapter {
+ public:
+  DoraAdapter(const torch::Tensor& base_weight, int64_t rank, double alpha,
+              double dropout);
+  torch::Tensor Forward(const torch::Tensor& x, const torch::Tensor& weight,
+                        const torch::Tensor& bias) override;
+  torch::Tensor MergedWeight(const torch::Tensor& weight) const override;
+
+  torch::Tensor m;  // [out]
+};
+
+// Attaches a fresh adapter (per `spec`) to every targeted projection of
+// `model` (replacing any attached before) and freezes everything else:
+// requires_grad is false for every parameter except the adapters'.
+// INVALID_ARGUMENT for a bad spec (see ResolvePeftSpec) or vision targets on a
+// text-only model.
+absl::Status AttachAdapters(Gemma3Model& model,
+                            const gemma::v1::PeftSpec& spec);
+
+// Every adapter parameter as (full name, tensor), in named_parameters() order,
+// e.g. ("text.layers.0.attn.qkv.lora.a", [r, H]).
+std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
+    Gemma3Model& model);
+
+// Adapter checkpoint folder:
+//   DIR/adapter.json           {"format": "gemma-adapter", "version": 1,
+//                               "peft": {method, rank, alpha, dropout,
+//                               target_modules}, "base_model": path,
+//                               "step": n, "tensors": {name: {shape,
+//                               base_shape}}}
+//   DIR/adapter.safetensors    the adapter parameters (fp32, our names)
+// Written into DIR.tmp.<pid> and renamed to DIR (an existing DIR is replaced).
+absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma3Model& model,
+                                   const gemma::v1::PeftSpec& spec,
+                                   const std::string& base_model,
+                                   int64_t step = 0);
+
+struct AdapterCheckpointInfo {
+  gemma::v1::PeftSpec spec;  // as saved (defaults resolved)
+  std::string base_model;    // the base model folder it was trained on
+  int64_t step = 0;
+};
+
+// Reads DIR/adapter.json; errors name the file and field.
+absl::StatusOr<AdapterCheckpointInfo> ReadAdapterCheckpointInfo(
+    const std::string& dir);
+
+// Attaches adapters to `model` as the checkpoint's spec says (see
+// AttachAdapters) and loads their values. Errors name the file and tensor:
+// FAILED_PRECONDITION when the model's base projection shape differs from the
+// one recorded in the checkpoint (a different base model), INVALID_ARGUMENT for
+// missing or mis-shaped tensors. On error `model` has no adapters attached.
+absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
+    const std::string& dir, Gemma3Model& model);
+
+// Folds every attached adapter into its projection's weight (in place, under
+// no_grad) and removes the adapters. Afterwards the model computes what it
+// computed with the adapters (in eval mode) and has no adapter parameters.
+// Does not change requires_grad of the base weights.
+absl::Status MergeAdapters(Gemma3Model& model);
+
+// Writes a Hugging Face PEFT adapter folder `out_dir` (via a temp folder and
+// rename) for the adapters attached to `model`:
+//   adapter_config.json: peft_type "LORA", task_type null, r, lora_alpha,
+//     lora_dropout, use_dora, target_modules (HF module names: a list of leaf
+//     names, or a regex when text and vision share a leaf name but only one
+//     of them is targeted), base_model_name_or_path, bias "none", ...
+//   adapter_model.safetensors: the keys peft 0.21 saves for
+//     Gemma3ForConditionalGeneration (Gemma3ForCausalLM for text-only models),
+//     e.g. "base_model.model.model.language_model.layers.0.self_attn.q_proj.
+//     lora_A.weight", "...lora_B.weight", DoRA "...lora_magnitude_vector";
+//     fused q/k/v and gate/up split back into their HF parts. fp32.
+// `spec` gives rank/alpha/dropout/method (as used for AttachAdapters).
+absl::Status ExportPeftAdapter(Gemma3Model& model,
+                               const gemma::v1::PeftSpec& spec,
+                               const std::string& out_dir,
+                               const std::string& base_model_name_or_path);
+
+}  // namespace gemma
+
+#endif  // GEMMA_MODEL_LORA_H_

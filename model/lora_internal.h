@@ -1,0 +1,35 @@
+// Helpers shared by model/lora.cc and model/peft_export.cc (not a public API).
+#ifndef GEMMA_MODEL_LORA_INTERNAL_H_
+#define GEMMA_MODEL_LORA_INTERNAL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "model/lora.h"
+
+namespace gemma {
+
+// A projection adapters can target: its module name ("text.layers.0.attn.qkv")
+// and target name ("qkv", "vision.fc1", ...).
+struct TargetProjection {
+  std::string name;
+  std::string target;
+  std::shared_ptr<ProjectionImpl> proj;
+};
+
+// Every targetable projection of `model`, in named_modules() order.
+std::vector<TargetProjection> FindProjections(Gemma3Model& model);
+
+// The LoRA/DoRA adapter attached to `proj`, or null.
+std::shared_ptr<LoraAdapter> AdapterOf(const ProjectionImpl& proj);
+
+// Renames folder `tmp` to `dir`, replacing an existing `dir`.
+absl::Status ReplaceDir(const std::string& tmp, const std::string& dir);
+
+absl::Status WriteTextFile(const std::string& path, const std::string& text);
+
+}  // namespace gemma
+
+#endif  // GEMMA_MODEL_LORA_INTERNAL_H_

@@ -1,0 +1,251 @@
+// ExportPeftAdapter (model/lora.h): our fused adapters -> an HF PEFT folder.
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "common/status_macros.h"
+#include "model/checkpoint.h"
+#include "model/hf_mapping.h"
+#include "model/lora.h"
+#include "model/lora_internal.h"
+#include "model/safetensors.h"
+#include "model/safetensors_torch.h"
+#include "nlohmann/json.hpp"
+
+namespace gemma {
+namespace {
+
+using json = nlohmann::json;
+
+// The peft version whose adapter format we write.
+constexpr char kPeftFormatVersion[] = "0.21.2";
+
+HfConfigLite LiteConfig(const ModelConfig& c) {
+  HfConfigLite l;
+  l.vision = c.is_vl();
+  l.vocab_size = c.text.vocab_size;
+  l.hidden_size = c.text.hidden_size;
+  l.intermediate_size = c.text.intermediate_size;
+  l.num_layers = c.text.num_layers;
+  l.num_heads = c.text.num_heads;
+  l.num_kv_heads = c.text.num_kv_heads;
+  l.head_dim = c.text.head_dim;
+  l.tie_word_embeddings = c.text.tie_word_embeddings;
+  if (c.vision) {
+    l.vision_hidden = c.vision->hidden_size;
+    l.vision_intermediate = c.vision->intermediate_size;
+    l.vision_layers = c.vision->num_layers;
+    l.image_size = c.vision->image_size;
+    l.patch_size = c.vision->patch_size;
+    l.num_channels = c.vision->num_channels;
+  }
+  return l;
+}
+
+// "model.language_model.layers.3.self_attn.q_proj" ->
+// "model\.language_model\.layers\.\d+\.self_attn\.q_proj".
+std::string LayerPattern(const std::string& module) {
+  std::string out;
+  size_t i = 0;
+  while (i < module.size()) {
+    if (module.compare(i, 7, "layers.") == 0 && i + 7 < module.size() &&
+        std::isdigit(static_cast<unsigned char>(module[i + 7]))) {
+      out += "layers\\.\\d+";
+      i += 7;
+      while (i < module.size() &&
+             std::isdigit(static_cast<unsigned char>(module[i]))) {
+        ++i;
+      }
+      continue;
+    }
+    if (module[i] == '.') {
+      out += "\\.";
+    } else {
+      out += module[i];
+    }
+    ++i;
+  }
+  return out;
+}
+
+std::string Leaf(const std::string& module) {
+  const size_t dot = module.rfind('.');
+  return dot == std::string::npos ? module : module.substr(dot + 1);
+}
+
+}  // namespace
+
+absl::Status ExportPeftAdapter(Gemma3Model& model,
+                               const gemma::v1::PeftSpec& spec,
+                               const std::string& out_dir,
+                               const std::string& base_model_name_or_path) {
+  GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec));
+  const ModelConfig& config = model->config();
+  const bool vision = config.is_vl();
+  GEMMA_ASSIGN_OR_RETURN(HfMapping mapping, BuildHfMapping(LiteConfig(config)));
+  std::map<std::string, const ParamMapping*> by_name;
+  for (const auto& p : mapping.params) by_name[p.name] = &p;
+
+  // HF module -> its adapter tensors; and which HF modules are adapted.
+  std::map<std::string, std::map<std::string, torch::Tensor>> out;
+  std::set<std::string> adapted_leaves, plain_leaves;
+  std::set<std::string> patterns;
+  try {
+    torch::NoGradGuard no_grad;
+    for (auto& p : FindProjections(model)) {
+      auto it = by_name.find(p.name + ".weight");
+      if (it == by_name.end()) {
+        return absl::InternalError(
+            absl::StrCat(p.name, ".weight: no HF mapping"));
+      }
+      const ParamMapping& pm = *it->second;
+      if (p.proj->weight.sizes().vec() != pm.shape) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            p.name, ".weight: shape [",
+            absl::StrJoin(p.proj->weight.sizes(), ", "),
+            "], the model config implies [", absl::StrJoin(pm.shape, ", "),
+            "] (a tensor-parallel shard? export from a TP=1 model)"));
+      }
+      auto adapter = AdapterOf(*p.proj);
+      if (adapter && s.method == "dora" &&
+          !std::dynamic_pointer_cast<DoraAdapter>(adapter)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "peft.method: dora, but ", p.name, " holds a LoRA adapter"));
+      }
+      if (adapter && adapter->rank != s.rank) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("peft.rank: ", s.rank, ", but ", p.name,
+                         " holds a rank-", adapter->rank, " adapter"));
+      }
+      // Each piece: rows [offset, offset + len) of ours are rows
+      // [row_begin, row_end) of HF module `module`.
+      std::map<std::string, std::vector<std::tuple<int64_t, int64_t, int64_t>>>
+          pieces;  // module -> (row_begin, our offset, rows)
+      int64_t offset = 0;
+      for (const HfRows& r : pm.pieces) {
+        GEMMA_ASSIGN_OR_RETURN(std::string module,
+                               HfModulePath(r.hf_name, vision));
+        pieces[module].push_back(
+            {r.row_begin, offset, r.row_end - r.row_begin});
+        offset += r.row_end - r.row_begin;
+        (adapter ? adapted_leaves : plain_leaves).insert(Leaf(module));
+        if (adapter) patterns.insert(LayerPattern(module));
+      }
+      if (!adapter) continue;
+      const torch::Tensor a =
+          adapter->a.detach().to(torch::kCPU, torch::kFloat32);
+      const torch::Tensor b =
+          adapter->b.detach().to(torch::kCPU, torch::kFloat32);
+      torch::Tensor m;
+      if (auto dora = std::dynamic_pointer_cast<DoraAdapter>(adapter)) {
+        m = dora->m.detach().to(torch::kCPU, torch::kFloat32);
+      }
+      for (auto& [module, list] : pieces) {
+        std::sort(list.begin(), list.end());
+        std::vector<torch::Tensor> b_rows, m_rows;
+        int64_t expect = 0;
+        for (const auto& [row_begin, ours, len] : list) {
+          if (row_begin != expect) {
+            return absl::InternalError(absl::StrCat(
+                module, ": HF rows not contiguous in the mapping"));
+          }
+          b_rows.push_back(b.narrow(0, ours, len));
+          if (m.defined()) m_rows.push_back(m.narrow(0, ours, len));
+          expect += len;
+        }
+        auto& t = out[module];
+        t["lora_A.weight"] = a.clone().contiguous();
+        t["lora_B.weight"] = torch::cat(b_rows, 0).contiguous();
+        if (m.defined()) {
+          t["lora_magnitude_vector"] = torch::cat(m_rows, 0).contiguous();
+        }
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("exporting adapters: ", e.what_without_backtrace()));
+  }
+  if (out.empty()) {
+    return absl::FailedPreconditionError(
+        "exporting adapters: the model has no adapters attached");
+  }
+
+  // target_modules: leaf names when they select exactly the adapted modules
+  // (peft matches a list entry against the name's last components), else one
+  // regex that peft full-matches against module names.
+  json targets;
+  bool leaves_exact = true;
+  for (const auto& l : adapted_leaves) {
+    if (plain_leaves.count(l)) leaves_exact = false;
+  }
+  if (leaves_exact) {
+    targets =
+        std::vector<std::string>(adapted_leaves.begin(), adapted_leaves.end());
+  } else {
+    targets = absl::StrCat(
+        "^(", absl::StrJoin(patterns.begin(), patterns.end(), "|"), ")$");
+  }
+  json cfg = {
+      {"peft_type", "LORA"},
+      {"task_type", nullptr},
+      {"peft_version", kPeftFormatVersion},
+      {"auto_mapping",
+       {{"base_model_class",
+         vision ? "Gemma3ForConditionalGeneration" : "Gemma3ForCausalLM"},
+        {"parent_library", "transformers.models.gemma3.modeling_gemma3"}}},
+      {"base_model_name_or_path", base_model_name_or_path.empty()
+                                      ? json(nullptr)
+                                      : json(base_model_name_or_path)},
+      {"revision", nullptr},
+      {"inference_mode", true},
+      {"r", s.rank},
+      {"target_modules", targets},
+      {"exclude_modules", nullptr},
+      {"lora_alpha", s.alpha == std::floor(s.alpha)
+                         ? json(static_cast<int64_t>(s.alpha))
+                         : json(s.alpha)},
+      {"lora_dropout", s.dropout},
+      {"fan_in_fan_out", false},
+      {"bias", "none"},
+      {"use_rslora", false},
+      {"use_dora", s.method == "dora"},
+      {"modules_to_save", nullptr},
+      {"init_lora_weights", true},
+      {"layers_to_transform", nullptr},
+      {"layers_pattern", nullptr},
+      {"rank_pattern", json::object()},
+      {"alpha_pattern", json::object()},
+      {"lora_bias", false},
+  };
+
+  SafetensorsWriter writer;
+  for (const auto& [module, tensors] : out) {
+    for (const auto& [suffix, t] : tensors) {
+      GEMMA_RETURN_IF_ERROR(AddTensor(
+          writer, absl::StrCat("base_model.model.", module, ".", suffix), t));
+    }
+  }
+  writer.SetMetadata({{"format", "pt"}});
+  const std::string tmp = absl::StrCat(out_dir, ".tmp.", getpid());
+  GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
+  GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
+  absl::Status st = [&]() -> absl::Status {
+    GEMMA_RETURN_IF_ERROR(
+        writer.Write(absl::StrCat(tmp, "/adapter_model.safetensors")));
+    GEMMA_RETURN_IF_ERROR(
+        WriteTextFile(absl::StrCat(tmp, "/adapter_config.json"), cfg.dump(2)));
+    return ReplaceDir(tmp, out_dir);
+  }();
+  if (!st.ok()) RemoveTree(tmp).IgnoreError();
+  return st;
+}
+
+}  // namespace gemma
