@@ -33,16 +33,23 @@ int Run(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
-    if (a == "--steps") steps = next();
-    else if (a == "--warmup") warmup = next();
-    else if (a == "--hidden") hidden = next();
-    else if (a == "--layers") layers = next();
-    else if (a == "--batch") batch = next();
-    else if (a == "--keep") keep = true;
+    if (a == "--steps")
+      steps = next();
+    else if (a == "--warmup")
+      warmup = next();
+    else if (a == "--hidden")
+      hidden = next();
+    else if (a == "--layers")
+      layers = next();
+    else if (a == "--batch")
+      batch = next();
+    else if (a == "--keep")
+      keep = true;
     else {
-      std::cout << "train_bench: our SFT step vs transformers on a tiny Gemma 3 VL\n"
-                   "  --steps N (10) --warmup N (2) --hidden H (256) --layers L (4)\n"
-                   "  --batch B (8) --keep (leave the temp folder)\n";
+      std::cout
+          << "train_bench: our SFT step vs transformers on a tiny Gemma 3 VL\n"
+             "  --steps N (10) --warmup N (2) --hidden H (256) --layers L (4)\n"
+             "  --batch B (8) --keep (leave the temp folder)\n";
       return a == "--help" ? 0 : 2;
     }
   }
@@ -66,8 +73,10 @@ int Run(int argc, char** argv) {
   tiny.vision_hidden = 64;
   tiny.image_size = 64;
   tiny.mm_tokens = 16;
-  check(WriteTinyVlModel(dir + "/model", dir + "/data/tokenizer.model", tiny), "model");
-  check(ConvertCheckpointToHf(dir + "/model", dir + "/hf", {}).status(), "to hf");
+  check(WriteTinyVlModel(dir + "/model", dir + "/data/tokenizer.model", tiny),
+        "model");
+  check(ConvertCheckpointToHf(dir + "/model", dir + "/hf", {}).status(),
+        "to hf");
 
   gemma::v1::JobSpec spec;
   spec.mutable_model()->set_path(dir + "/model");
@@ -144,9 +153,11 @@ int Run(int argc, char** argv) {
   int64_t params = 0;
   for (auto& p : (*trainer)->model()->parameters()) params += p.numel();
   std::cout << absl::StrFormat(
-      "tiny Gemma 3 VL: %.2f M params, hidden %d, %d layers, batch %d, %d timed "
+      "tiny Gemma 3 VL: %.2f M params, hidden %d, %d layers, batch %d, %d "
+      "timed "
       "steps (+%d warmup), torch threads %d\n",
-      params / 1e6, hidden, layers, batch, steps, warmup, at::get_num_threads());
+      params / 1e6, hidden, layers, batch, steps, warmup,
+      at::get_num_threads());
   std::cout << absl::StrFormat("%-14s %12s %12s %12s\n", "", "tokens/s",
                                "s/step", "first loss");
   std::cout << absl::StrFormat("%-14s %12.0f %12.3f %12.6f\n", "ours", ours,
@@ -154,7 +165,8 @@ int Run(int argc, char** argv) {
   std::cout << absl::StrFormat("%-14s %12.0f %12.3f %12.6f\n", "transformers",
                                theirs, hf["seconds"].get<double>() / steps,
                                hf["first_loss"].get<double>());
-  std::cout << absl::StrFormat("ratio ours / transformers: %.2fx\n", ours / theirs);
+  std::cout << absl::StrFormat("ratio ours / transformers: %.2fx\n",
+                               ours / theirs);
   if (!keep) (void)RemoveTree(dir);
   return 0;
 }

@@ -77,8 +77,8 @@ absl::Status AdamW::LoadState(const std::map<std::string, at::Tensor>& state,
     }
     if (it->second.sizes() != like.sizes()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "optimizer state: ", key, " has shape ",
-          c10::str(it->second.sizes()), ", expected ", c10::str(like.sizes())));
+          "optimizer state: ", key, " has shape ", c10::str(it->second.sizes()),
+          ", expected ", c10::str(like.sizes())));
     }
     return it->second;
   };

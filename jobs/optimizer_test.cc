@@ -47,8 +47,8 @@ TEST(AdamWTest, EqualsTorchAdamW) {
       in[absl::StrCat("grad", k, "/", name)] = torch::randn(shape) * (k + 1);
   }
   in["lr"] = torch::tensor(lrs, torch::kFloat64);
-  in["hyper"] = torch::tensor({o.beta1, o.beta2, o.eps, o.weight_decay},
-                              torch::kFloat64);
+  in["hyper"] =
+      torch::tensor({o.beta1, o.beta2, o.eps, o.weight_decay}, torch::kFloat64);
   ASSERT_TRUE(WriteTensorFile(dir + "/in.safetensors", in).ok());
   const std::string cmd = absl::StrCat(
       GEMMA_PYTHON, " ", GEMMA_SOURCE_DIR, "/jobs/testdata/adamw_ref.py ", dir,

@@ -42,9 +42,9 @@ absl::Status LoadAdapters(Gemma3Model& model, const std::string& dir) {
     }
   }
   if (saved.size() != params.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        file, ": holds ", saved.size(), " tensors, the adapters have ",
-        params.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": holds ", saved.size(),
+                     " tensors, the adapters have ", params.size()));
   }
   torch::NoGradGuard no_grad;
   for (auto& [name, p] : params) p.copy_(saved.at(name));
@@ -56,8 +56,10 @@ class PeftJob : public Job {
   absl::Status Run(RankContext& ctx) override {
     const int tp = ctx.spec.parallel().tp() > 0 ? ctx.spec.parallel().tp() : 1;
     if (tp != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.parallel.tp: peft trains with data parallelism only here; got tp ", tp));
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.parallel.tp: peft trains with data parallelism "
+                       "only here; got tp ",
+                       tp));
     }
     GEMMA_ASSIGN_OR_RETURN(ParallelGroups groups, MakeParallelGroups(ctx));
     if (ctx.on_abort) ctx.on_abort([groups] { AbortGroups(groups); });
@@ -92,24 +94,25 @@ absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
                         RankContext& ctx) {
   const auto& peft = spec.peft();
   if (!peft.export_dir().empty()) {
-    GEMMA_RETURN_IF_ERROR(ExportPeftAdapter(trainer.model(), peft, peft.export_dir(),
-                                            trainer.state().base_model));
+    GEMMA_RETURN_IF_ERROR(ExportPeftAdapter(
+        trainer.model(), peft, peft.export_dir(), trainer.state().base_model));
     ctx.Log(absl::StrCat("HF PEFT adapter exported to ", peft.export_dir()));
   }
   if (peft.merge()) {
     if (spec.output().empty()) {
-      return absl::InvalidArgumentError("spec.output: required with peft.merge");
+      return absl::InvalidArgumentError(
+          "spec.output: required with peft.merge");
     }
     GEMMA_RETURN_IF_ERROR(MergeAdapters(trainer.model()));
     const std::string merged = spec.output() + "/merged";
     const std::string staging = merged + ".staging";
     GEMMA_RETURN_IF_ERROR(RemoveTree(staging));
     GEMMA_ASSIGN_OR_RETURN(
-        int64_t bytes,
-        WriteModuleCheckpoint(staging, *trainer.model(), trainer.config_json(),
-                              trainer.config().text.num_kv_heads, trainer.step()));
-    GEMMA_RETURN_IF_ERROR(CopyFile(trainer.tokenizer().path(),
-                                   staging + "/tokenizer.model"));
+        int64_t bytes, WriteModuleCheckpoint(
+                           staging, *trainer.model(), trainer.config_json(),
+                           trainer.config().text.num_kv_heads, trainer.step()));
+    GEMMA_RETURN_IF_ERROR(
+        CopyFile(trainer.tokenizer().path(), staging + "/tokenizer.model"));
     GEMMA_RETURN_IF_ERROR(PublishDir(staging, merged, /*overwrite=*/true));
     ctx.Log(absl::StrFormat("merged model written to %s (%.1f MB)", merged,
                             bytes / 1e6));

@@ -26,8 +26,8 @@ class PeftJobTest : public ::testing::Test {
     dir_ = new std::string(mkdtemp(tmpl.data()));
     auto data = WriteTinyOcrData(*dir_ + "/data", 16, 2, 64);
     ASSERT_TRUE(data.ok()) << data;
-    auto model = WriteTinyVlModel(*dir_ + "/model",
-                                  *dir_ + "/data/tokenizer.model", {});
+    auto model =
+        WriteTinyVlModel(*dir_ + "/model", *dir_ + "/data/tokenizer.model", {});
     ASSERT_TRUE(model.ok()) << model;
   }
   static void TearDownTestSuite() {
@@ -94,7 +94,8 @@ TEST_F(PeftJobTest, AdaptersTrainBaseFrozenAndResumeIsExact) {
   EXPECT_LT(losses.back(), losses.front());
   for (auto& p : straight->model()->named_parameters()) {
     auto it = base.find(p.key());
-    if (it != base.end()) EXPECT_TRUE(torch::equal(it->second, p.value())) << p.key();
+    if (it != base.end())
+      EXPECT_TRUE(torch::equal(it->second, p.value())) << p.key();
   }
 
   {
@@ -140,7 +141,8 @@ TEST_F(PeftJobTest, RunExportsAndMerges) {
   EXPECT_TRUE(PathExists(spec.output() + "/merged/tokenizer.model"));
   // Merged weights are the trained model's (adapters folded in).
   for (auto& p : t->model()->named_parameters()) {
-    EXPECT_TRUE(torch::equal(merged->tensors.at(p.key()), p.value())) << p.key();
+    EXPECT_TRUE(torch::equal(merged->tensors.at(p.key()), p.value()))
+        << p.key();
   }
 }
 

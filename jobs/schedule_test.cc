@@ -23,8 +23,7 @@ nlohmann::json HfRates() {
   return nlohmann::json::parse(out);
 }
 
-void ExpectRates(const LrSchedule& s, const nlohmann::json& ref,
-                 int64_t upto) {
+void ExpectRates(const LrSchedule& s, const nlohmann::json& ref, int64_t upto) {
   for (int64_t step = 0; step < upto; ++step) {
     const double want = ref[step].get<double>();
     EXPECT_NEAR(s.At(step), want, 1e-15 + 1e-12 * want) << "step " << step;

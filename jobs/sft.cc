@@ -13,8 +13,10 @@ class SftJob : public Job {
   absl::Status Run(RankContext& ctx) override {
     const int tp = ctx.spec.parallel().tp() > 0 ? ctx.spec.parallel().tp() : 1;
     if (tp != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.parallel.tp: sft trains with data parallelism only here; got tp ", tp));
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.parallel.tp: sft trains with data parallelism "
+                       "only here; got tp ",
+                       tp));
     }
     GEMMA_ASSIGN_OR_RETURN(ParallelGroups groups, MakeParallelGroups(ctx));
     if (ctx.on_abort) ctx.on_abort([groups] { AbortGroups(groups); });

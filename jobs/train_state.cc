@@ -2,8 +2,8 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -34,9 +34,9 @@ class ModuleSource : public GlobalTensorSource {
         status_ = dtype.status();
         return;
       }
-      entries_.push_back({item.key(), *dtype,
-                          std::vector<int64_t>(t.sizes().begin(),
-                                               t.sizes().end())});
+      entries_.push_back(
+          {item.key(), *dtype,
+           std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
       tensors_[item.key()] = t;
     }
   }
@@ -67,8 +67,7 @@ class ModuleSource : public GlobalTensorSource {
 
 absl::Status Bad(const std::string& file, const std::string& field,
                  const std::string& why) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(file, ": ", field, ": ", why));
+  return absl::InvalidArgumentError(absl::StrCat(file, ": ", field, ": ", why));
 }
 
 }  // namespace

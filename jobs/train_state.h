@@ -33,12 +33,12 @@
 namespace gemma {
 
 struct TrainState {
-  int64_t step = 0;          // optimizer steps done
-  int64_t max_steps = 0;     // the schedule's total
-  int dp = 1;                // DP ranks that wrote it
+  int64_t step = 0;       // optimizer steps done
+  int64_t max_steps = 0;  // the schedule's total
+  int dp = 1;             // DP ranks that wrote it
   // Train loader position of each DP rank after `step` steps.
   std::vector<LoaderPosition> loader;
-  std::vector<double> losses;  // training loss of steps 1..step
+  std::vector<double> losses;             // training loss of steps 1..step
   std::map<int64_t, double> eval_losses;  // step -> validation loss
   std::string base_model;  // the model folder training started from
   std::string job;         // jobs/{id} that wrote it (may be empty)

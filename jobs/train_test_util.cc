@@ -50,7 +50,8 @@ absl::Status WriteTinyVlModel(const std::string& dir,
                               const TinyVlOptions& o) {
   GEMMA_ASSIGN_OR_RETURN(auto tok, Tokenizer::Load(tokenizer));
   const std::string json = TinyVlConfigJson(o, tok->vocab_size());
-  GEMMA_ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfigText(json, "tiny"));
+  GEMMA_ASSIGN_OR_RETURN(ModelConfig config,
+                         ParseModelConfigText(json, "tiny"));
   Gemma3Model model(config);
   {
     torch::NoGradGuard no_grad;

@@ -21,9 +21,9 @@ struct TinyVlOptions {
   int head_dim = 16;
   int vision_hidden = 32;
   int vision_layers = 1;
-  int image_size = 32;   // the data's images are resized to this
+  int image_size = 32;  // the data's images are resized to this
   int patch_size = 8;
-  int mm_tokens = 4;     // image soft tokens per image
+  int mm_tokens = 4;  // image soft tokens per image
   uint64_t seed = 0;
   double init_std = 0.05;
 };

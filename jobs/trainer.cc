@@ -76,22 +76,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
 absl::Status Trainer::Init() {
   const auto& optim = spec_.optim();
   const int dp = options_.groups.dp->size();
-  root_ = !options_.checkpoint_root.empty() ? options_.checkpoint_root
-          : !spec_.checkpoint().root().empty()
-              ? spec_.checkpoint().root()
-              : DefaultRoot(options_.job);
+  root_ = !options_.checkpoint_root.empty()    ? options_.checkpoint_root
+          : !spec_.checkpoint().root().empty() ? spec_.checkpoint().root()
+                                               : DefaultRoot(options_.job);
 
   if (optim.max_steps() <= 0)
     return absl::InvalidArgumentError("spec.optim.max_steps: must be > 0");
   if (optim.lr() <= 0)
     return absl::InvalidArgumentError("spec.optim.lr: must be > 0");
-  GEMMA_ASSIGN_OR_RETURN(schedule_.kind, LrSchedule::ParseKind(optim.schedule()));
+  GEMMA_ASSIGN_OR_RETURN(schedule_.kind,
+                         LrSchedule::ParseKind(optim.schedule()));
   schedule_.lr = optim.lr();
   schedule_.warmup_steps = optim.warmup_steps();
   schedule_.total_steps = optim.max_steps();
   schedule_.min_lr_ratio = optim.min_lr_ratio();
 
-  const int micro = spec_.data().batch_size() > 0 ? spec_.data().batch_size() : 1;
+  const int micro =
+      spec_.data().batch_size() > 0 ? spec_.data().batch_size() : 1;
   grad_accum_ = optim.grad_accum() > 0 ? optim.grad_accum() : 1;
   if (optim.global_batch_size() > 0) {
     if (optim.global_batch_size() % (micro * dp) != 0) {
@@ -110,20 +111,24 @@ absl::Status Trainer::Init() {
   std::string weights_dir = path;
   state_.base_model = path;
   if (resume) {
-    GEMMA_ASSIGN_OR_RETURN(std::string text,
-                           ReadWholeFile(absl::StrCat(*resume, "/", kTrainStateFile)));
+    GEMMA_ASSIGN_OR_RETURN(
+        std::string text,
+        ReadWholeFile(absl::StrCat(*resume, "/", kTrainStateFile)));
     GEMMA_ASSIGN_OR_RETURN(
         TrainState saved,
-        TrainState::FromJson(text, absl::StrCat(*resume, "/", kTrainStateFile)));
+        TrainState::FromJson(text,
+                             absl::StrCat(*resume, "/", kTrainStateFile)));
     state_.base_model = saved.base_model;
-    weights_dir = options_.save_model ? saved.base_model
-                                      : absl::StrCat(*resume, "/", kModelSubdir);
+    weights_dir = options_.save_model
+                      ? saved.base_model
+                      : absl::StrCat(*resume, "/", kModelSubdir);
   }
 
   GEMMA_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(weights_dir));
   weights_dir_ = weights_dir;
   config_json_ = weights.config_json;
-  GEMMA_ASSIGN_OR_RETURN(config_, ParseModelConfigText(config_json_, weights_dir));
+  GEMMA_ASSIGN_OR_RETURN(config_,
+                         ParseModelConfigText(config_json_, weights_dir));
   GEMMA_ASSIGN_OR_RETURN(model_, BuildGemma3Model(config_, weights.tensors));
   weights.tensors.clear();
 
@@ -142,13 +147,16 @@ absl::Status Trainer::Init() {
     model_->train();
     for (const std::string& part : spec_.model().freeze()) {
       std::string prefix;
-      if (part == "vision") prefix = "vision.";
-      else if (part == "projector") prefix = "projector.";
-      else if (part == "language") prefix = "text.";
+      if (part == "vision")
+        prefix = "vision.";
+      else if (part == "projector")
+        prefix = "projector.";
+      else if (part == "language")
+        prefix = "text.";
       else
-        throw std::invalid_argument(absl::StrCat(
-            "spec.model.freeze: unknown part '", part,
-            "' (vision, projector, language)"));
+        throw std::invalid_argument(
+            absl::StrCat("spec.model.freeze: unknown part '", part,
+                         "' (vision, projector, language)"));
       for (auto& p : model_->named_parameters()) {
         if (p.key().rfind(prefix, 0) == 0) p.value().set_requires_grad(false);
       }
@@ -186,9 +194,10 @@ absl::Status Trainer::LoadData() {
   if (!spec_.model().tokenizer().empty()) {
     candidates.push_back(spec_.model().tokenizer());
   } else {
-    candidates.push_back(absl::StrCat(spec_.model().path(), "/tokenizer.model"));
     candidates.push_back(
-        absl::StrCat(spec_.model().path(), "/", kModelSubdir, "/tokenizer.model"));
+        absl::StrCat(spec_.model().path(), "/tokenizer.model"));
+    candidates.push_back(absl::StrCat(spec_.model().path(), "/", kModelSubdir,
+                                      "/tokenizer.model"));
     candidates.push_back(absl::StrCat(state_.base_model, "/tokenizer.model"));
   }
   std::string tok_path = candidates[0];
@@ -200,8 +209,9 @@ absl::Status Trainer::LoadData() {
   }
   auto tok = Tokenizer::Load(tok_path);
   if (!tok.ok()) {
-    return absl::Status(tok.status().code(),
-                        absl::StrCat("spec.model.tokenizer: ", tok.status().message()));
+    return absl::Status(
+        tok.status().code(),
+        absl::StrCat("spec.model.tokenizer: ", tok.status().message()));
   }
   tokenizer_ = std::move(*tok);
 
@@ -209,14 +219,16 @@ absl::Status Trainer::LoadData() {
   ro.skip_bad = d.skip_bad();
   auto train = ReadDataset(d.train(), ro);
   if (!train.ok()) {
-    return absl::Status(train.status().code(),
-                        absl::StrCat("spec.data.train: ", train.status().message()));
+    return absl::Status(
+        train.status().code(),
+        absl::StrCat("spec.data.train: ", train.status().message()));
   }
   if (!d.eval().empty()) {
     auto eval = ReadDataset(d.eval(), ro);
     if (!eval.ok()) {
-      return absl::Status(eval.status().code(),
-                          absl::StrCat("spec.data.eval: ", eval.status().message()));
+      return absl::Status(
+          eval.status().code(),
+          absl::StrCat("spec.data.eval: ", eval.status().message()));
     }
     eval_data_ = std::move(*eval);
   }
@@ -229,10 +241,12 @@ absl::Status Trainer::LoadData() {
   bo.seed = static_cast<uint64_t>(d.seed());
   bo.skip_bad = d.skip_bad();
   bo.chat.mm_tokens_per_image = static_cast<int>(config_.mm_tokens_per_image);
-  if (config_.vision) bo.image.image_size = static_cast<int>(config_.vision->image_size);
+  if (config_.vision)
+    bo.image.image_size = static_cast<int>(config_.vision->image_size);
   bo.image.do_pan_and_scan = d.pan_and_scan();
-  GEMMA_ASSIGN_OR_RETURN(train_loader_,
-                         DataLoader::Create(std::move(*train), tokenizer_.get(), bo));
+  GEMMA_ASSIGN_OR_RETURN(
+      train_loader_,
+      DataLoader::Create(std::move(*train), tokenizer_.get(), bo));
   return absl::OkStatus();
 }
 
@@ -262,7 +276,8 @@ Trainer::MicroResult Trainer::Forward(const Batch& batch) {
   LmLossOptions lo;
   if (!config_.is_vl() && config_.text.final_logit_softcapping)
     lo.softcap = *config_.text.final_logit_softcapping;
-  LmLoss l = CausalLmLoss(hidden, model_->text->embed->weight, batch.labels, lo);
+  LmLoss l =
+      CausalLmLoss(hidden, model_->text->embed->weight, batch.labels, lo);
   return {l.loss_sum, l.tokens, l.correct};
 }
 
@@ -273,8 +288,9 @@ absl::StatusOr<Batch> Trainer::NextMicroBatch() {
   for (int r = 0; r < dp; ++r) {
     auto b = train_loader_->Next();
     if (!b.ok()) {
-      return absl::Status(b.status().code(),
-                          absl::StrCat("spec.data.train: ", b.status().message()));
+      return absl::Status(
+          b.status().code(),
+          absl::StrCat("spec.data.train: ", b.status().message()));
     }
     if (r == me) mine = std::move(*b);
   }
@@ -304,7 +320,8 @@ void Trainer::AllReduceGradients() {
   for (auto& [name, p] : trainable_) {
     at::Tensor& g = p.mutable_grad();
     if (!g.defined()) g = torch::zeros_like(p);  // every rank sends the same
-    if (!bucket.empty() && bucket.front().scalar_type() != g.scalar_type()) flush();
+    if (!bucket.empty() && bucket.front().scalar_type() != g.scalar_type())
+      flush();
     bucket.push_back(g);
     bytes += g.numel() * g.element_size();
     if (bytes >= kBucketBytes) flush();
@@ -315,7 +332,8 @@ void Trainer::AllReduceGradients() {
 double Trainer::ClipGradients() {
   std::vector<at::Tensor> norms;
   for (auto& [name, p] : trainable_) {
-    if (p.grad().defined()) norms.push_back(p.grad().to(torch::kFloat32).norm(2));
+    if (p.grad().defined())
+      norms.push_back(p.grad().to(torch::kFloat32).norm(2));
   }
   if (norms.empty()) return 0.0;
   at::Tensor total = torch::stack(norms).norm(2);
@@ -323,10 +341,11 @@ double Trainer::ClipGradients() {
   const double max_norm = spec_.optim().grad_clip();
   if (max_norm > 0) {
     // As torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)).
-    at::Tensor coef =
-        torch::clamp_max(torch::full({}, max_norm, total.options()) / (total + 1e-6), 1.0);
+    at::Tensor coef = torch::clamp_max(
+        torch::full({}, max_norm, total.options()) / (total + 1e-6), 1.0);
     for (auto& [name, p] : trainable_) {
-      if (p.grad().defined()) p.mutable_grad().mul_(coef.to(p.grad().scalar_type()));
+      if (p.grad().defined())
+        p.mutable_grad().mul_(coef.to(p.grad().scalar_type()));
     }
   }
   return norm;
@@ -372,9 +391,9 @@ absl::StatusOr<StepStats> Trainer::Step() {
     s.loss = sums[0].item<double>() / total_tokens;
     s.accuracy = sums[1].item<double>() / total_tokens;
     state_.losses.push_back(s.loss);
-    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                              start)
-                    .count();
+    s.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     return s;
   });
 }
@@ -392,20 +411,25 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   bo.shuffle = false;
   bo.skip_bad = d.skip_bad();
   bo.chat.mm_tokens_per_image = static_cast<int>(config_.mm_tokens_per_image);
-  if (config_.vision) bo.image.image_size = static_cast<int>(config_.vision->image_size);
+  if (config_.vision)
+    bo.image.image_size = static_cast<int>(config_.vision->image_size);
   bo.image.do_pan_and_scan = d.pan_and_scan();
   GEMMA_ASSIGN_OR_RETURN(auto loader,
                          DataLoader::Create(eval_data_, tokenizer_.get(), bo));
-  int64_t batches = spec_.optim().eval_batches() > 0 ? spec_.optim().eval_batches() : 8;
+  int64_t batches =
+      spec_.optim().eval_batches() > 0 ? spec_.optim().eval_batches() : 8;
   // One pass at most.
-  batches = std::min<int64_t>(batches, (loader->size() + bo.batch_size - 1) / bo.batch_size);
+  batches = std::min<int64_t>(
+      batches, (loader->size() + bo.batch_size - 1) / bo.batch_size);
   Comm& dp = *options_.groups.dp;
-  at::Tensor sums = torch::zeros({3}, torch::kFloat64);  // loss, tokens, correct
+  at::Tensor sums =
+      torch::zeros({3}, torch::kFloat64);  // loss, tokens, correct
   for (int64_t i = 0; i < batches; ++i) {
     auto b = loader->Next();
     if (!b.ok()) {
-      return absl::Status(b.status().code(),
-                          absl::StrCat("spec.data.eval: ", b.status().message()));
+      return absl::Status(
+          b.status().code(),
+          absl::StrCat("spec.data.eval: ", b.status().message()));
     }
     if (i % dp.size() != dp.rank()) continue;
     auto r = Guarded<bool>("validation", [&] {
@@ -437,20 +461,22 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
     GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
     const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
     if (options_.save_model) {
-      GEMMA_ASSIGN_OR_RETURN(bytes, options_.save_model(model_, model_dir, state_));
+      GEMMA_ASSIGN_OR_RETURN(bytes,
+                             options_.save_model(model_, model_dir, state_));
     } else {
       GEMMA_ASSIGN_OR_RETURN(
           bytes, WriteModuleCheckpoint(model_dir, *model_, config_json_,
                                        config_.text.num_kv_heads, state_.step));
-      GEMMA_RETURN_IF_ERROR(
-          CopyFile(tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+      GEMMA_RETURN_IF_ERROR(CopyFile(
+          tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
     }
     auto opt = optimizer_->StateTensors();
     opt["rng/cpu"] = CpuRngState();
     for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
-    GEMMA_RETURN_IF_ERROR(WriteTensorFile(absl::StrCat(tmp, "/", kOptimizerFile), opt));
     GEMMA_RETURN_IF_ERROR(
-        WriteFileAtomic(absl::StrCat(tmp, "/", kTrainStateFile), state_.ToJson()));
+        WriteTensorFile(absl::StrCat(tmp, "/", kOptimizerFile), opt));
+    GEMMA_RETURN_IF_ERROR(WriteFileAtomic(
+        absl::StrCat(tmp, "/", kTrainStateFile), state_.ToJson()));
     SyncDir(tmp);
     GEMMA_RETURN_IF_ERROR(PublishDir(tmp, dir, /*overwrite=*/true));
   }
@@ -465,7 +491,8 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
 absl::Status Trainer::Restore(const std::string& dir) {
   const std::string state_file = absl::StrCat(dir, "/", kTrainStateFile);
   GEMMA_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(state_file));
-  GEMMA_ASSIGN_OR_RETURN(TrainState saved, TrainState::FromJson(text, state_file));
+  GEMMA_ASSIGN_OR_RETURN(TrainState saved,
+                         TrainState::FromJson(text, state_file));
   const int dp = options_.groups.dp->size();
   if (saved.dp != dp) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -494,15 +521,20 @@ absl::Status Trainer::Restore(const std::string& dir) {
   GEMMA_ASSIGN_OR_RETURN(auto opt, ReadTensorFile(opt_file));
   auto rng = opt.find("rng/cpu");
   if (rng == opt.end()) {
-    return absl::InvalidArgumentError(absl::StrCat(opt_file, ": missing rng/cpu"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(opt_file, ": missing rng/cpu"));
   }
   at::Tensor rng_state = rng->second;
   opt.erase(rng);
   auto st = optimizer_->LoadState(opt, saved.step);
-  if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(opt_file, ": ", st.message()));
-  GEMMA_RETURN_IF_ERROR(train_loader_->Seek(saved.loader[options_.groups.dp->rank()]));
+  if (!st.ok())
+    return absl::InvalidArgumentError(
+        absl::StrCat(opt_file, ": ", st.message()));
+  GEMMA_RETURN_IF_ERROR(
+      train_loader_->Seek(saved.loader[options_.groups.dp->rank()]));
   SetCpuRngState(rng_state);
-  saved.base_model = state_.base_model.empty() ? saved.base_model : state_.base_model;
+  saved.base_model =
+      state_.base_model.empty() ? saved.base_model : state_.base_model;
   saved.max_steps = schedule_.total_steps;
   saved.job = options_.job;
   state_ = std::move(saved);
@@ -511,7 +543,8 @@ absl::Status Trainer::Restore(const std::string& dir) {
 
 absl::Status Trainer::Run(RankContext& ctx) {
   const auto& optim = spec_.optim();
-  const int64_t log_every = optim.log_interval_steps() > 0 ? optim.log_interval_steps() : 1;
+  const int64_t log_every =
+      optim.log_interval_steps() > 0 ? optim.log_interval_steps() : 1;
   const int64_t ckpt_every = spec_.checkpoint().interval_steps();
   int64_t params = 0, trainable = 0;
   for (auto& p : model_->parameters()) params += p.numel();
@@ -536,8 +569,10 @@ absl::Status Trainer::Run(RankContext& ctx) {
   double tokens_window = 0, seconds_window = 0;
   while (state_.step < schedule_.total_steps) {
     if (ctx.Cancelled()) {
-      if (last_saved != state_.step && state_.step > 0) GEMMA_RETURN_IF_ERROR(save({}));
-      return absl::CancelledError(absl::StrCat("training stopped at step ", state_.step));
+      if (last_saved != state_.step && state_.step > 0)
+        GEMMA_RETURN_IF_ERROR(save({}));
+      return absl::CancelledError(
+          absl::StrCat("training stopped at step ", state_.step));
     }
     GEMMA_ASSIGN_OR_RETURN(StepStats s, Step());
     tokens_window += static_cast<double>(s.input_tokens);
@@ -545,26 +580,29 @@ absl::Status Trainer::Run(RankContext& ctx) {
     std::map<std::string, double> metrics;
     bool report = s.step % log_every == 0 || s.step == schedule_.total_steps;
     if (report) {
-      metrics = {{"loss", s.loss},
-                 {"accuracy", s.accuracy},
-                 {"lr", s.lr},
-                 {"grad_norm", s.grad_norm},
-                 {"tokens_per_s", tokens_window / std::max(1e-9, seconds_window)}};
+      metrics = {
+          {"loss", s.loss},
+          {"accuracy", s.accuracy},
+          {"lr", s.lr},
+          {"grad_norm", s.grad_norm},
+          {"tokens_per_s", tokens_window / std::max(1e-9, seconds_window)}};
       tokens_window = seconds_window = 0;
     }
     std::map<std::string, double> eval_metrics;
     if (optim.eval_interval_steps() > 0 && !eval_data_.empty() &&
-        (s.step % optim.eval_interval_steps() == 0 || s.step == schedule_.total_steps)) {
+        (s.step % optim.eval_interval_steps() == 0 ||
+         s.step == schedule_.total_steps)) {
       GEMMA_ASSIGN_OR_RETURN(EvalStats e, Evaluate());
       state_.eval_losses[s.step] = e.loss;
       eval_metrics = {{"eval_loss", e.loss}, {"eval_accuracy", e.accuracy}};
       metrics.insert(eval_metrics.begin(), eval_metrics.end());
       report = true;
-      ctx.Log(absl::StrFormat("step %d: eval_loss %.4f eval_accuracy %.4f", s.step,
-                              e.loss, e.accuracy));
+      ctx.Log(absl::StrFormat("step %d: eval_loss %.4f eval_accuracy %.4f",
+                              s.step, e.loss, e.accuracy));
     }
     if (report) ctx.Progress(s.step, schedule_.total_steps, metrics);
-    if ((ckpt_every > 0 && s.step % ckpt_every == 0) || s.step == schedule_.total_steps) {
+    if ((ckpt_every > 0 && s.step % ckpt_every == 0) ||
+        s.step == schedule_.total_steps) {
       GEMMA_RETURN_IF_ERROR(save(eval_metrics));
     }
   }
@@ -578,13 +616,16 @@ absl::Status Trainer::Run(RankContext& ctx) {
   } else if (!spec_.output().empty() && options_.groups.dp->rank() == 0) {
     const std::string staging = spec_.output() + ".staging";
     GEMMA_RETURN_IF_ERROR(RemoveTree(staging));
-    GEMMA_ASSIGN_OR_RETURN(int64_t bytes,
-                           WriteModuleCheckpoint(staging, *model_, config_json_,
-                                                 config_.text.num_kv_heads, state_.step));
+    GEMMA_ASSIGN_OR_RETURN(
+        int64_t bytes,
+        WriteModuleCheckpoint(staging, *model_, config_json_,
+                              config_.text.num_kv_heads, state_.step));
+    GEMMA_RETURN_IF_ERROR(CopyFile(tokenizer_->path(),
+                                   absl::StrCat(staging, "/tokenizer.model")));
     GEMMA_RETURN_IF_ERROR(
-        CopyFile(tokenizer_->path(), absl::StrCat(staging, "/tokenizer.model")));
-    GEMMA_RETURN_IF_ERROR(PublishDir(staging, spec_.output(), /*overwrite=*/true));
-    ctx.Log(absl::StrFormat("model written to %s (%.1f MB)", spec_.output(), bytes / 1e6));
+        PublishDir(staging, spec_.output(), /*overwrite=*/true));
+    ctx.Log(absl::StrFormat("model written to %s (%.1f MB)", spec_.output(),
+                            bytes / 1e6));
   }
   return absl::OkStatus();
 }

@@ -55,13 +55,13 @@
 namespace gemma {
 
 struct StepStats {
-  int64_t step = 0;       // optimizer steps done after this one
-  double loss = 0;        // mean over the step's target tokens (all ranks)
-  double accuracy = 0;    // token accuracy of the step (all ranks)
-  int64_t tokens = 0;     // target tokens of the step (all ranks)
+  int64_t step = 0;          // optimizer steps done after this one
+  double loss = 0;           // mean over the step's target tokens (all ranks)
+  double accuracy = 0;       // token accuracy of the step (all ranks)
+  int64_t tokens = 0;        // target tokens of the step (all ranks)
   int64_t input_tokens = 0;  // non-padding input tokens (all ranks)
-  double lr = 0;          // rate used
-  double grad_norm = 0;   // global norm before clipping
+  double lr = 0;             // rate used
+  double grad_norm = 0;      // global norm before clipping
   double seconds = 0;
 };
 
@@ -90,9 +90,8 @@ struct TrainerOptions {
   // resume loads the base weights from that base and then calls
   // load_model. save_model returns the bytes written; load_model must fill
   // the existing trainable tensors (the optimizer holds them).
-  std::function<absl::StatusOr<int64_t>(Gemma3Model& model,
-                                        const std::string& dir,
-                                        const TrainState& state)>
+  std::function<absl::StatusOr<int64_t>(
+      Gemma3Model& model, const std::string& dir, const TrainState& state)>
       save_model;
   std::function<absl::Status(Gemma3Model& model, const std::string& dir)>
       load_model;

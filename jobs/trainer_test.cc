@@ -91,8 +91,7 @@ class CleanUp : public ::testing::Environment {
       (void)RemoveTree(*dir);
   }
 };
-const auto* const kCleanUp =
-    ::testing::AddGlobalTestEnvironment(new CleanUp);
+const auto* const kCleanUp = ::testing::AddGlobalTestEnvironment(new CleanUp);
 
 class ResumeTest : public TrainerTest,
                    public ::testing::WithParamInterface<int> {};
@@ -203,8 +202,8 @@ TEST_F(TrainerTest, FrozenParametersAreUntouched) {
   auto after = Weights(*t);
   int moved = 0;
   for (const auto& [name, w] : before) {
-    const bool frozen = name.rfind("vision.", 0) == 0 ||
-                        name.rfind("projector.", 0) == 0;
+    const bool frozen =
+        name.rfind("vision.", 0) == 0 || name.rfind("projector.", 0) == 0;
     if (frozen) {
       EXPECT_TRUE(torch::equal(w, after.at(name))) << name;
     } else if (!torch::equal(w, after.at(name))) {
@@ -220,7 +219,8 @@ TEST_F(TrainerTest, FrozenParametersAreUntouched) {
   o.checkpoint_root = Root("bad");
   auto r = Trainer::Create(o);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("spec.model.freeze"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("spec.model.freeze"));
 }
 
 // Recomputing each decoder layer in backward gives the gradients of the
@@ -278,7 +278,8 @@ TEST_F(TrainerTest, RunReportsAndWritesTheModel) {
   };
   ASSERT_TRUE(t->Run(ctx).ok());
   ASSERT_EQ(progress.size(), 4u);
-  for (const char* key : {"loss", "lr", "grad_norm", "tokens_per_s", "accuracy"})
+  for (const char* key :
+       {"loss", "lr", "grad_norm", "tokens_per_s", "accuracy"})
     EXPECT_TRUE(progress[0].count(key)) << key;
   EXPECT_TRUE(progress[1].count("eval_loss"));
   EXPECT_TRUE(progress[3].count("eval_accuracy"));
@@ -326,21 +327,22 @@ TEST_F(TrainerTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
   const auto want = Weights(*single);
   std::vector<std::vector<double>> rank_losses(2);
   std::vector<std::map<std::string, at::Tensor>> rank_weights(2);
-  absl::Status st = RunGlooRanks(2, [&](int rank, ParallelGroups& groups) -> absl::Status {
-    TrainerOptions o;
-    o.spec = two;
-    o.groups = groups;
-    o.checkpoint_root = Root("dp2");
-    auto t = Trainer::Create(o);
-    if (!t.ok()) return t.status();
-    for (int i = 0; i < 3; ++i) {
-      auto s = (*t)->Step();
-      if (!s.ok()) return s.status();
-      rank_losses[rank].push_back(s->loss);
-    }
-    rank_weights[rank] = Weights(**t);
-    return absl::OkStatus();
-  });
+  absl::Status st =
+      RunGlooRanks(2, [&](int rank, ParallelGroups& groups) -> absl::Status {
+        TrainerOptions o;
+        o.spec = two;
+        o.groups = groups;
+        o.checkpoint_root = Root("dp2");
+        auto t = Trainer::Create(o);
+        if (!t.ok()) return t.status();
+        for (int i = 0; i < 3; ++i) {
+          auto s = (*t)->Step();
+          if (!s.ok()) return s.status();
+          rank_losses[rank].push_back(s->loss);
+        }
+        rank_weights[rank] = Weights(**t);
+        return absl::OkStatus();
+      });
   ASSERT_TRUE(st.ok()) << st;
   for (int r = 0; r < 2; ++r) {
     ASSERT_EQ(rank_losses[r].size(), 3u);
@@ -351,7 +353,8 @@ TEST_F(TrainerTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
     double worst = 0;
     std::string worst_name;
     for (const auto& [name, w] : want) {
-      const double d = (rank_weights[r].at(name) - w).abs().max().item<double>();
+      const double d =
+          (rank_weights[r].at(name) - w).abs().max().item<double>();
       if (d > worst) {
         worst = d;
         worst_name = name;
@@ -383,7 +386,8 @@ TEST_F(TrainerTest, BadInputNamesTheField) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("optim.max_steps"));
 
-  auto bad_state = TrainState::FromJson(R"({"step": 1})", "/x/train_state.json");
+  auto bad_state =
+      TrainState::FromJson(R"({"step": 1})", "/x/train_state.json");
   ASSERT_FALSE(bad_state.ok());
   EXPECT_THAT(std::string(bad_state.status().message()),
               HasSubstr("/x/train_state.json: max_steps"));

@@ -13,8 +13,7 @@ thread_local bool recompute_enabled = false;
 // forward runs without grad and saves the inputs; backward reruns the layer
 // on a detached copy of x with grad enabled and back-propagates through it,
 // which accumulates the parameter gradients and yields d loss / d x.
-struct RecomputeFunction
-    : public torch::autograd::Function<RecomputeFunction> {
+struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx,
                             const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& sin, const at::Tensor& bias,

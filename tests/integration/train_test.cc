@@ -7,7 +7,6 @@
 #include <sys/stat.h>
 
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -53,10 +52,10 @@ TEST(TrainJobTest, SftLearnsSyntheticOcrThroughTheCluster) {
   cluster.StartWorker();
   const std::string data = cluster.dir() + "/ocr";
   std::string out;
-  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "data", "synth", "--kind", "ocr",
-                        "--out", data, "--n", "240", "--seed", "3",
-                        "--image-size", "64"},
-                       &out, absl::Seconds(120)),
+  ASSERT_EQ(RunProgram(
+                {BinPath("gemmactl"), "data", "synth", "--kind", "ocr", "--out",
+                 data, "--n", "240", "--seed", "3", "--image-size", "64"},
+                &out, absl::Seconds(120)),
             0)
       << out;
   // The last 40 receipts are held out.
@@ -81,14 +80,15 @@ TEST(TrainJobTest, SftLearnsSyntheticOcrThroughTheCluster) {
       "sft.yaml",
       absl::StrCat(
           "kind: sft\nresources: {device: cpu}\n"
-          "model: {path: ", model, "}\n",
-          "data: {train: ", data, "/train-200.jsonl, eval: ", data,
+          "model: {path: ",
+          model, "}\n", "data: {train: ", data,
+          "/train-200.jsonl, eval: ", data,
           "/held-out.jsonl, batch_size: 8, seq_len: 512, seed: 1}\n"
           "optim: {lr: 0.003, max_steps: 100, warmup_steps: 10, grad_clip: 1.0,"
           " min_lr_ratio: 0.1, weight_decay: 0.01, eval_interval_steps: 50,"
           " eval_batches: 5, log_interval_steps: 10}\n"
-          "checkpoint: {interval_steps: 50, root: ", cluster.dir(), "/ckpt}\n",
-          "output: ", output, "\n"));
+          "checkpoint: {interval_steps: 50, root: ",
+          cluster.dir(), "/ckpt}\n", "output: ", output, "\n"));
   // Training takes a while on a loaded 2-core machine: more than Ctl's 60 s.
   ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", recipe, "--follow",
                         "--coordinator", cluster.address()},
@@ -126,7 +126,8 @@ TEST(TrainJobTest, BadSpecIsRefusedAtSubmitNamingTheField) {
   const std::string recipe = cluster.WriteRecipe(
       "bad.yaml",
       "kind: sft\nresources: {device: cpu}\nmodel: {path: /m}\n"
-      "data: {train: /d.jsonl}\noptim: {lr: 0.001, max_steps: 10, schedule: step}\n");
+      "data: {train: /d.jsonl}\noptim: {lr: 0.001, max_steps: 10, schedule: "
+      "step}\n");
   std::string out;
   EXPECT_NE(cluster.Ctl({"submit", "-f", recipe}, &out), 0);
   EXPECT_THAT(out, HasSubstr("optim.schedule"));
