@@ -79,6 +79,11 @@ absl::Status CheckTraining(const v1::JobSpec& spec) {
     if (part != "vision" && part != "projector" && part != "language") {
       return Bad("model.freeze",
                  absl::StrCat("unknown part '", part, "' (vision, projector, language)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The PeftSpec rules of ResolvePeftSpec (model/lora.h), without LibTorch.
 absl::Status CheckPeft(const v1::PeftSpec& p) {
   const std::string& m = p.method();
