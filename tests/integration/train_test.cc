@@ -120,6 +120,45 @@ TEST(TrainJobTest, SftLearnsSyntheticOcrThroughTheCluster) {
   EXPECT_FALSE(Exists(output + ".staging"));
 }
 
+TEST(TrainJobTest, PeftJobWritesAdaptersThroughTheCluster) {
+  LocalCluster cluster;
+  ASSERT_TRUE(cluster.StartCoordinator());
+  cluster.StartWorker();
+  const std::string data = cluster.dir() + "/ocr";
+  std::string out;
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "data", "synth", "--kind", "ocr",
+                        "--out", data, "--n", "16", "--image-size", "64"},
+                       &out, absl::Seconds(120)),
+            0)
+      << out;
+  const std::string model = cluster.dir() + "/tiny";
+  TinyVlOptions tiny;
+  ASSERT_TRUE(WriteTinyVlModel(model, data + "/tokenizer.model", tiny).ok());
+  const std::string output = cluster.dir() + "/adapters";
+  const std::string recipe = cluster.WriteRecipe(
+      "peft.yaml",
+      absl::StrCat("kind: peft\nresources: {device: cpu}\nmodel: {path: ",
+                   model, "}\ndata: {train: ", data,
+                   "/train.jsonl, batch_size: 2, seq_len: 512}\n"
+                   "optim: {lr: 0.005, max_steps: 6}\n"
+                   "peft: {rank: 4, alpha: 8, merge: true, export_dir: ",
+                   cluster.dir(),
+                   "/hf-adapter}\n"
+                   "checkpoint: {interval_steps: 3, root: ",
+                   cluster.dir(), "/ckpt}\noutput: ", output, "\n"));
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", recipe, "--follow",
+                        "--coordinator", cluster.address()},
+                       &out, absl::Seconds(300)),
+            0)
+      << out;
+  EXPECT_TRUE(Exists(output + "/adapter.json"));
+  EXPECT_TRUE(Exists(output + "/merged/manifest.json"));
+  EXPECT_TRUE(Exists(cluster.dir() + "/hf-adapter/adapter_config.json"));
+  EXPECT_TRUE(Exists(cluster.dir() + "/ckpt/step-00000003/model/adapter.json"));
+  ASSERT_EQ(cluster.Ctl({"ckpt", "list", "-o", "json"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr(cluster.dir() + "/ckpt/step-00000006"));
+}
+
 TEST(TrainJobTest, BadSpecIsRefusedAtSubmitNamingTheField) {
   LocalCluster cluster;
   ASSERT_TRUE(cluster.StartCoordinator());
