@@ -23,7 +23,7 @@ restart: {max_restarts: 2, backoff_seconds: 0.5}
 checkpoint: {interval_steps: 100, keep_last_n: 2, keep_best_k: 1, best_metric: eval_loss, best_mode: max}
 model: {path: /m}
 data: {train: /d.jsonl, packing: true}
-optim: {lr: 1e-5}
+optim: {lr: 1e-5, max_steps: 10}
 labels: {team: vision}
 peft: {target_modules: [q, v]}
 )",

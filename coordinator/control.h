@@ -164,6 +164,11 @@ class ControlState {
   gemma::v1::RankStatus* LiveRank(const gemma::v1::RankRef& ref,
                                   JobEntry** entry);
   void FreeWorker(const std::string& worker, int64_t epoch);
+  // Rank 0 opened the attempt's c10d store: record it and pass it to every
+  // rank of the gang.
+  void OnStoreOpened(const std::string& worker,
+                     const gemma::v1::WorkerMessage::StoreOpened& m, Txn& txn,
+                     Effects* fx);
   void OnStarted(const gemma::v1::RankRef& ref, absl::Time now, Txn& txn,
                  Effects* fx);
   void OnFinished(const std::string& worker,

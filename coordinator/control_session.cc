@@ -122,6 +122,9 @@ void ControlState::OnWorkerMessage(const std::string& worker, int64_t session,
     case v1::WorkerMessage::kStarted:
       OnStarted(msg.started().rank(), now, txn, fx);
       break;
+    case v1::WorkerMessage::kStoreOpened:
+      OnStoreOpened(worker, msg.store_opened(), txn, fx);
+      break;
     case v1::WorkerMessage::kProgress:
       OnRankProgress(msg.progress(), now);
       break;
@@ -146,6 +149,29 @@ void ControlState::OnSessionEnded(const std::string& worker, int64_t session,
   WorkerLost(worker, "session stream ended", now, txn, fx);
   Schedule(now, txn, fx);
   Commit(txn, fx);
+}
+
+void ControlState::OnStoreOpened(const std::string& worker,
+                                 const v1::WorkerMessage::StoreOpened& m,
+                                 Txn& txn, Effects* fx) {
+  JobEntry* e = nullptr;
+  v1::RankStatus* rs = LiveRank(m.rank(), &e);
+  // Only the live attempt's rank 0, from its own worker, opens the store.
+  if (rs == nullptr || rs->worker() != worker || m.rank().rank() != 0) return;
+  e->live->set_store_address(m.store_address());
+  txn.batch.Put(Table::kAttempts, AttemptKey(e->job.name(), e->live->number()),
+                *e->live);
+  txn.touched = true;
+  for (const auto& r : e->live->ranks()) {
+    v1::CoordinatorMessage out;
+    auto* rv = out.mutable_rendezvous();
+    rv->mutable_rank()->set_job(e->job.name());
+    rv->mutable_rank()->set_attempt(e->live->number());
+    rv->mutable_rank()->set_epoch(e->live->epoch());
+    rv->mutable_rank()->set_rank(r.rank());
+    rv->set_store_address(m.store_address());
+    fx->sends.emplace_back(r.worker(), std::move(out));
+  }
 }
 
 void ControlState::OnStarted(const v1::RankRef& ref, absl::Time now, Txn& txn,

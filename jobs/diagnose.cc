@@ -10,8 +10,10 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "worker/comm.h"
 
 namespace gemma {
 namespace {
@@ -63,6 +65,19 @@ class DiagnoseJob : public Job {
                             ctx.rank, ctx.world, steps, n, n, device.str()));
     ctx.Progress(0, steps, {});
     const auto& ck = ctx.spec.checkpoint();
+    // The all-reduce test: every rank contributes rank + 1 in every element.
+    ParallelGroups groups;
+    torch::Tensor buf;
+    const int64_t ar_elems = d.allreduce_bytes() / 4;
+    if (ar_elems > 0) {
+      absl::StatusOr<ParallelGroups> g = MakeParallelGroups(ctx);
+      if (!g.ok()) return g.status();
+      groups = *g;
+      buf = torch::empty({ar_elems}, opts);
+      ctx.Log(absl::StrFormat("rank %d: all-reduce of %d bytes per step (%s)",
+                              ctx.rank, ar_elems * 4,
+                              groups.world->backend()));
+    }
     for (int64_t step = 1; step <= steps; ++step) {
       if (ctx.Cancelled())
         return absl::CancelledError("diagnose stopped on request");
@@ -77,10 +92,12 @@ class DiagnoseJob : public Job {
       a = c /
           std::max(c.norm().item<double>() / std::sqrt(static_cast<double>(n)),
                    1e-12);
-      ctx.Progress(step, steps,
-                   {{"gflops", gflops},
-                    {"step_ms", secs * 1e3},
-                    {"checksum", checksum}});
+      std::map<std::string, double> metrics{
+          {"gflops", gflops}, {"step_ms", secs * 1e3}, {"checksum", checksum}};
+      if (ar_elems > 0) {
+        GEMMA_RETURN_IF_ERROR(AllReduceStep(ctx, *groups.world, buf, &metrics));
+      }
+      ctx.Progress(step, steps, metrics);
       if (step % 10 == 0 || step == steps) {
         ctx.Log(absl::StrFormat("rank %d step %d/%d: %.2f GFLOP/s", ctx.rank,
                                 step, steps, gflops));
@@ -98,6 +115,32 @@ class DiagnoseJob : public Job {
             absl::Milliseconds(std::min(20, d.step_sleep_ms() - slept)));
       }
     }
+    return absl::OkStatus();
+  }
+
+  // One checked all-reduce of `buf`; adds its time and bus bandwidth.
+  static absl::Status AllReduceStep(const RankContext& ctx, Comm& world,
+                                    torch::Tensor& buf,
+                                    std::map<std::string, double>* metrics) {
+    const int n = world.size();
+    buf.fill_(ctx.rank + 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    world.AllReduceSum(buf);
+    const double want = n * (n + 1) / 2.0;
+    const double lo = buf.min().item<double>(), hi = buf.max().item<double>();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
+    if (lo != want || hi != want) {
+      return absl::DataLossError(absl::StrFormat(
+          "diagnose rank %d: all-reduce over %d ranks gave values in [%g, %g], "
+          "expected %g",
+          ctx.rank, n, lo, hi, want));
+    }
+    const double bytes = static_cast<double>(buf.numel()) * 4;
+    (*metrics)["allreduce_ms"] = secs * 1e3;
+    (*metrics)["allreduce_busbw_gbps"] =
+        2.0 * (n - 1) / n * bytes / std::max(secs, 1e-9) / 1e9;
     return absl::OkStatus();
   }
 

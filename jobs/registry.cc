@@ -6,6 +6,8 @@
 #include "jobs/diagnose.h"
 #include "jobs/eval.h"
 #include "jobs/generate_job.h"
+#include "jobs/peft_job.h"
+#include "jobs/sft.h"
 
 namespace gemma {
 
@@ -16,6 +18,8 @@ const JobRegistry& JobRegistry::Default() {
     r->Register(gemma::v1::JOB_KIND_CONVERT, NewConvertJob);
     r->Register(gemma::v1::JOB_KIND_EVAL, NewEvalJob);
     r->Register(gemma::v1::JOB_KIND_GENERATE, NewGenerateJob);
+    r->Register(gemma::v1::JOB_KIND_SFT, NewSftJob);
+    r->Register(gemma::v1::JOB_KIND_PEFT, NewPeftJob);
     return r;
   }();
   return *registry;

@@ -15,6 +15,7 @@ add_library(gemma_model_modules STATIC
   vl_model.cc
   generate.cc
   loss.cc
+  recompute.cc
 )
 target_include_directories(gemma_model_modules PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(gemma_model_modules PUBLIC gemma_model_config gemma_common gemma_torch)

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "model/kv_cache.h"
+#include "model/recompute.h"
 
 namespace gemma {
 
@@ -136,7 +137,9 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
     LayerKvCache* lc = in.cache != nullptr
                            ? in.cache->layer(static_cast<int64_t>(i))
                            : nullptr;
-    h = layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
+    h = lc == nullptr && RecomputeEnabled()
+            ? RecomputedLayerForward(*layer_list_[i], h, cos[t], sin[t], bias[t])
+            : layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
   }
   return final_norm(h);
 }

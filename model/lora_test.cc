@@ -308,6 +308,7 @@ TEST(LoraTest, SubmitTimeCheckAgreesWithResolvePeftSpec) {
   job.mutable_model()->set_path("/m");
   job.mutable_data()->set_train("/d.jsonl");
   job.mutable_optim()->set_lr(2e-4);
+  job.mutable_optim()->set_max_steps(10);
   *job.mutable_peft() = Spec("dora", kAllTargets);
   EXPECT_TRUE(ValidateJobSpec(job).ok()) << ValidateJobSpec(job);
   EXPECT_TRUE(ResolvePeftSpec(job.peft()).ok());

@@ -29,6 +29,61 @@ absl::Status Required(const std::string& field, const std::string& v,
   return absl::OkStatus();
 }
 
+// The optimizer and data fields the trainers read (jobs/trainer.h).
+absl::Status CheckTraining(const v1::JobSpec& spec) {
+  const auto& o = spec.optim();
+  const auto& d = spec.data();
+  const std::string kind = KindName(spec.kind());
+  if (o.max_steps() <= 0)
+    return Bad("optim.max_steps", absl::StrCat("must be > 0 for kind ", kind));
+  if (o.warmup_steps() < 0) return Bad("optim.warmup_steps", "must be >= 0");
+  if (o.weight_decay() < 0) return Bad("optim.weight_decay", "must be >= 0");
+  if (o.grad_clip() < 0) return Bad("optim.grad_clip", "must be >= 0 (0: off)");
+  if (o.beta1() < 0 || o.beta1() >= 1) return Bad("optim.beta1", "must be in [0, 1)");
+  if (o.beta2() < 0 || o.beta2() >= 1) return Bad("optim.beta2", "must be in [0, 1)");
+  if (o.eps() < 0) return Bad("optim.eps", "must be >= 0");
+  if (o.min_lr_ratio() < 0 || o.min_lr_ratio() > 1)
+    return Bad("optim.min_lr_ratio", "must be in [0, 1]");
+  if (!o.schedule().empty() && o.schedule() != "cosine" &&
+      o.schedule() != "linear" && o.schedule() != "constant") {
+    return Bad("optim.schedule", absl::StrCat("must be cosine, linear or constant, got '",
+                                              o.schedule(), "'"));
+  }
+  if (o.grad_accum() < 0) return Bad("optim.grad_accum", "must be >= 0");
+  if (o.eval_interval_steps() < 0) return Bad("optim.eval_interval_steps", "must be >= 0");
+  if (o.eval_batches() < 0) return Bad("optim.eval_batches", "must be >= 0");
+  if (o.log_interval_steps() < 0) return Bad("optim.log_interval_steps", "must be >= 0");
+  if (o.eval_interval_steps() > 0 && d.eval().empty())
+    return Bad("data.eval", "required when optim.eval_interval_steps > 0");
+  if (d.batch_size() < 0) return Bad("data.batch_size", "must be >= 0");
+  if (d.seq_len() < 0) return Bad("data.seq_len", "must be >= 0");
+  if (d.pad_to_multiple() < 0) return Bad("data.pad_to_multiple", "must be >= 0");
+  if (o.global_batch_size() < 0) return Bad("optim.global_batch_size", "must be >= 0");
+  if (o.global_batch_size() > 0) {
+    const int micro = d.batch_size() > 0 ? d.batch_size() : 1;
+    const int dp = spec.parallel().dp() > 0 ? spec.parallel().dp() : 1;
+    if (o.global_batch_size() % (micro * dp) != 0) {
+      return Bad("optim.global_batch_size",
+                 absl::StrCat(o.global_batch_size(), " is not a multiple of data.batch_size x dp = ",
+                              micro * dp));
+    }
+    if (o.grad_accum() > 0 && o.grad_accum() * micro * dp != o.global_batch_size()) {
+      return Bad("optim.grad_accum",
+                 "conflicts with optim.global_batch_size (set one of them)");
+    }
+  }
+  const std::string& dtype = spec.model().dtype();
+  if (!dtype.empty() && dtype != "float32" && dtype != "bfloat16")
+    return Bad("model.dtype", absl::StrCat("must be float32 or bfloat16, got '", dtype, "'"));
+  for (const std::string& part : spec.model().freeze()) {
+    if (part != "vision" && part != "projector" && part != "language") {
+      return Bad("model.freeze",
+                 absl::StrCat("unknown part '", part, "' (vision, projector, language)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The PeftSpec rules of ResolvePeftSpec (model/lora.h), without LibTorch.
 absl::Status CheckPeft(const v1::PeftSpec& p) {
   const std::string& m = p.method();
@@ -150,6 +205,7 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
       if (spec.kind() == v1::JOB_KIND_PEFT && spec.peft().rank() <= 0) {
         return Bad("peft.rank", "must be > 0 for kind peft");
       }
+      if (auto s = CheckTraining(spec); !s.ok()) return s;
       if (spec.kind() == v1::JOB_KIND_PEFT) {  // same rules as model/lora.h
         if (auto s = CheckPeft(spec.peft()); !s.ok()) return s;
       }
@@ -202,6 +258,10 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
       }
       if (spec.diagnose().step_sleep_ms() < 0)
         return Bad("diagnose.step_sleep_ms", "must be >= 0");
+      if (spec.diagnose().allreduce_bytes() < 0 ||
+          spec.diagnose().allreduce_bytes() > (int64_t{1} << 32)) {
+        return Bad("diagnose.allreduce_bytes", "must be 0..4 GiB");
+      }
       break;
     default:
       break;

@@ -7,6 +7,7 @@
 #include "common/flags.h"
 #include "common/log.h"
 #include "jobs/registry.h"
+#include "worker/comm.h"
 #include "worker/device_probe.h"
 #include "worker/session.h"
 
@@ -30,6 +31,13 @@ int main(int argc, char** argv) {
           "auto (GPU by SLURM_LOCALID/LOCAL_RANK, else CPU), cpu, or cuda:N")
       .Env("GEMMA_DEVICE");
   flags.Int("cpu-slots", &cpu_slots, "CPU slots this worker offers");
+  std::string rendezvous_host;
+  flags
+      .String("rendezvous-host", &rendezvous_host,
+              "address other ranks reach this host's c10d store on (default: "
+              "127.0.0.1 when the coordinator is on loopback, else the host "
+              "name)")
+      .Env("GEMMA_RENDEZVOUS_HOST");
   flags.Epilog(
       "Examples:\n"
       "  gemma-worker --coordinator 127.0.0.1:7450 --device cpu\n"
@@ -49,6 +57,18 @@ int main(int argc, char** argv) {
     std::cerr << "gemma-worker: " << self.status().message() << "\n";
     return 2;
   }
+  if (rendezvous_host.empty()) {
+    const std::string& c = options.coordinator;
+    rendezvous_host = (c.rfind("127.0.0.1:", 0) == 0 || c.rfind("localhost:", 0) == 0)
+                          ? "127.0.0.1"
+                          : self->host();
+  }
+  options.open_store =
+      [rendezvous_host](int world) -> absl::StatusOr<gemma::OpenedStore> {
+    auto store = gemma::RendezvousStore::Serve(rendezvous_host, 0, world);
+    if (!store.ok()) return store.status();
+    return gemma::OpenedStore{*store, (*store)->address()};
+  };
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);

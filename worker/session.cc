@@ -23,6 +23,12 @@ struct WorkerSessionClient::RankRun {
   bool ok = false;
   bool cancelled = false;
   std::string error;
+  // The attempt's store address from the coordinator (guarded by mu_).
+  std::string store_address;
+  // Abort functions the job registered (guarded by mu_).
+  std::vector<std::function<void()>> aborts;
+  // Rank 0: the store this worker serves; used by the rank thread only.
+  std::shared_ptr<void> store;
 };
 
 WorkerSessionClient::WorkerSessionClient(SessionOptions options,
@@ -174,6 +180,9 @@ void WorkerSessionClient::OnCoordinatorMessage(
     case v1::CoordinatorMessage::kAbort:
       StopRank(m.abort().rank(), true, m.abort().reason());
       break;
+    case v1::CoordinatorMessage::kRendezvous:
+      SetRendezvous(m.rendezvous().rank(), m.rendezvous().store_address());
+      break;
     default:
       break;
   }
@@ -181,13 +190,59 @@ void WorkerSessionClient::OnCoordinatorMessage(
 
 void WorkerSessionClient::StopRank(const v1::RankRef& ref, bool abort,
                                    const std::string& why) {
+  std::vector<std::function<void()>> aborts;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!rank_ || rank_->ref.epoch() != ref.epoch() ||
+        rank_->ref.job() != ref.job())
+      return;
+    GEMMA_LOG(INFO) << (abort ? "abort " : "cancel ") << ref.job()
+                    << " attempt " << ref.attempt() << " rank " << ref.rank()
+                    << ": " << why;
+    rank_->stop = true;
+    aborts = rank_->aborts;
+  }
+  // Peers may have stopped already: leave no collective waiting for them.
+  for (const auto& f : aborts) f();
+}
+
+void WorkerSessionClient::SetRendezvous(const v1::RankRef& ref,
+                                        const std::string& address) {
   absl::MutexLock lock(&mu_);
   if (!rank_ || rank_->ref.epoch() != ref.epoch() ||
       rank_->ref.job() != ref.job())
     return;
-  GEMMA_LOG(INFO) << (abort ? "abort " : "cancel ") << ref.job() << " attempt "
-                  << ref.attempt() << " rank " << ref.rank() << ": " << why;
-  rank_->stop = true;
+  rank_->store_address = address;
+}
+
+absl::Status WorkerSessionClient::Rendezvous(RankRun* run, int world,
+                                             std::string* address) {
+  if (run->ref.rank() == 0) {
+    if (!options_.open_store) {
+      return absl::FailedPreconditionError(
+          "this worker cannot open a rendezvous store (no opener)");
+    }
+    absl::StatusOr<OpenedStore> opened = options_.open_store(world);
+    if (!opened.ok()) return opened.status();
+    run->store = opened->store;
+    v1::WorkerMessage m;
+    *m.mutable_store_opened()->mutable_rank() = run->ref;
+    m.mutable_store_opened()->set_store_address(opened->address);
+    Enqueue(std::move(m));
+    GEMMA_LOG(INFO) << run->ref.job() << " attempt " << run->ref.attempt()
+                    << ": rendezvous store on " << opened->address;
+  }
+  // Every rank (rank 0 too) takes the address the coordinator hands out; the
+  // coordinator's init timeout covers a rank 0 that never reports.
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](RankRun* r) { return r->stop.load() || !r->store_address.empty(); },
+      run));
+  if (run->store_address.empty()) {
+    return absl::CancelledError("stopped before the rendezvous");
+  }
+  *address = run->store_address;
+  return absl::OkStatus();
 }
 
 void WorkerSessionClient::StartRank(
@@ -198,7 +253,13 @@ void WorkerSessionClient::StartRank(
     old = rank_;
   }
   if (old) {
-    old->stop = true;  // a new assignment supersedes whatever ran before
+    std::vector<std::function<void()>> aborts;
+    {
+      absl::MutexLock lock(&mu_);  // wakes a rank waiting for its rendezvous
+      old->stop = true;  // a new assignment supersedes whatever ran before
+      aborts = old->aborts;
+    }
+    for (const auto& f : aborts) f();
     if (old->thread.joinable()) old->thread.join();
   }
   auto run = std::make_shared<RankRun>();
@@ -246,6 +307,15 @@ void WorkerSessionClient::StartRank(
   };
   RankRun* raw = run.get();
   ctx.cancelled = [raw] { return raw->stop.load(); };
+  ctx.on_abort = [this, raw](std::function<void()> f) {
+    bool stopped = false;
+    {
+      absl::MutexLock lock(&mu_);
+      raw->aborts.push_back(f);
+      stopped = raw->stop.load();
+    }
+    if (stopped) f();
+  };
   {
     absl::MutexLock lock(&mu_);
     rank_ = run;
@@ -257,12 +327,16 @@ void WorkerSessionClient::StartRank(
     if (!job.ok()) {
       st = job.status();
       unimplemented = absl::IsUnimplemented(st);
+    } else if (ctx.world > 1 &&
+               !(st = Rendezvous(raw, ctx.world, &ctx.store_address)).ok()) {
+      // reported below
     } else {
       v1::WorkerMessage started;
       *started.mutable_started()->mutable_rank() = raw->ref;
       Enqueue(std::move(started));
       st = (*job)->Run(ctx);
     }
+    raw->store.reset();  // rank 0: close the store with the rank
     if (!st.ok())
       ctx.Log(absl::StrCat("rank ", ctx.rank, " ended: ", st.ToString()));
     GEMMA_LOG(INFO) << ctx.job << " rank " << ctx.rank << " ended: " << st;
@@ -275,6 +349,7 @@ void WorkerSessionClient::StartRank(
     f->set_error(std::string(st.message()));
     {
       absl::MutexLock lock(&mu_);
+      raw->aborts.clear();  // they hold the job's communicators
       raw->finished = true;
       raw->ok = st.ok();
       raw->cancelled = absl::IsCancelled(st);

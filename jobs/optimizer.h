@@ -1,0 +1,84 @@
+// AdamW with fp32 master weights, as torch.optim.AdamW computes it.
+//
+// Per parameter p with gradient g, at step t (1-based), learning rate lr:
+//   p   *= 1 - lr * wd                      (decoupled weight decay)
+//   m    = lerp(m, g, 1 - beta1)
+//   v    = beta2 * v + (1 - beta2) * g * g
+//   p   -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// in that order and with those roundings (torch.optim.AdamW, foreach=False),
+// so results match PyTorch's to the last bit on the same inputs.
+//
+// Weight decay: none for 1-D parameters (every norm weight and bias), the
+// configured value for the rest. transformers' Trainer does the same in
+// effect: get_decay_parameter_names() excludes biases and every parameter of
+// a norm layer (by class and by the names "norm"/"layernorm"/"rmsnorm"), and
+// in Gemma 3 those are exactly the 1-D parameters; the tied embedding is
+// decayed in both.
+//
+// Parameters whose dtype is not fp32 (bf16 compute) get an fp32 master copy:
+// the update runs on the master and the result is rounded into the parameter.
+// Parameters without a gradient at a step are skipped (as PyTorch does).
+// Not thread-safe.
+#ifndef GEMMA_JOBS_OPTIMIZER_H_
+#define GEMMA_JOBS_OPTIMIZER_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace gemma {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+};
+
+class AdamW {
+ public:
+  // `params` are the trainable parameters by name (the tensors are kept and
+  // updated in place).
+  AdamW(std::vector<std::pair<std::string, at::Tensor>> params,
+        AdamWOptions options);
+
+  // One update with learning rate `lr` from the parameters' .grad().
+  void Step(double lr);
+
+  // Steps taken so far (PyTorch's state["step"]).
+  int64_t steps() const { return steps_; }
+  const AdamWOptions& options() const { return options_; }
+  // Whether parameter `name` (shape of `p`) gets weight decay.
+  static bool Decays(const std::string& name, const at::Tensor& p);
+
+  // The state to checkpoint: "exp_avg/<name>", "exp_avg_sq/<name>" and, for
+  // non-fp32 parameters, "master/<name>" (all fp32 CPU tensors).
+  std::map<std::string, at::Tensor> StateTensors() const;
+  // Restores what StateTensors() gave at `steps`. InvalidArgument naming the
+  // tensor when one is missing or shaped differently.
+  absl::Status LoadState(const std::map<std::string, at::Tensor>& state,
+                         int64_t steps);
+
+ private:
+  struct Slot {
+    std::string name;
+    at::Tensor param;
+    at::Tensor master;  // == param when fp32
+    at::Tensor exp_avg;
+    at::Tensor exp_avg_sq;
+    bool decay = true;
+  };
+  AdamWOptions options_;
+  std::vector<Slot> slots_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace gemma
+
+#endif  // GEMMA_JOBS_OPTIMIZER_H_

@@ -1,0 +1,39 @@
+#include "jobs/sft.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "jobs/trainer.h"
+#include "worker/comm.h"
+
+namespace gemma {
+namespace {
+
+class SftJob : public Job {
+ public:
+  absl::Status Run(RankContext& ctx) override {
+    const int tp = ctx.spec.parallel().tp() > 0 ? ctx.spec.parallel().tp() : 1;
+    if (tp != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.parallel.tp: sft trains with data parallelism "
+                       "only here; got tp ",
+                       tp));
+    }
+    GEMMA_ASSIGN_OR_RETURN(ParallelGroups groups, MakeParallelGroups(ctx));
+    if (ctx.on_abort) ctx.on_abort([groups] { AbortGroups(groups); });
+    if (ctx.device.rfind("cuda", 0) == 0) {
+      ctx.Log("sft: CUDA training is not wired yet; running on the CPU");
+    }
+    TrainerOptions options;
+    options.spec = ctx.spec;
+    options.job = ctx.job;
+    options.groups = groups;
+    GEMMA_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(std::move(options)));
+    return trainer->Run(ctx);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Job> NewSftJob() { return std::make_unique<SftJob>(); }
+
+}  // namespace gemma

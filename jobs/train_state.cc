@@ -1,0 +1,233 @@
+#include "jobs/train_state.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "model/checkpoint.h"
+#include "model/safetensors.h"
+#include "model/safetensors_torch.h"
+
+namespace gemma {
+namespace {
+
+// The parameters of a module as checkpoint tensors (fp32 or the parameter
+// dtype, contiguous CPU copies held here).
+class ModuleSource : public GlobalTensorSource {
+ public:
+  ModuleSource(torch::nn::Module& module, std::string config_json)
+      : config_json_(std::move(config_json)) {
+    for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+      at::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
+      auto dtype = FromScalarType(t.scalar_type());
+      if (!dtype.ok()) {
+        status_ = dtype.status();
+        return;
+      }
+      entries_.push_back(
+          {item.key(), *dtype,
+           std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
+      tensors_[item.key()] = t;
+    }
+  }
+  const absl::Status& status() const { return status_; }
+  const std::vector<Entry>& entries() const override { return entries_; }
+  const std::string& config_json() const override { return config_json_; }
+  absl::StatusOr<VirtualTensor> Global(const std::string& name) override {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) return absl::NotFoundError(name);
+    std::vector<int64_t> shape(it->second.sizes().begin(),
+                               it->second.sizes().end());
+    return VirtualTensor::Contiguous(
+        static_cast<const uint8_t*>(it->second.data_ptr()), shape,
+        it->second.element_size());
+  }
+  int64_t bytes() const {
+    int64_t n = 0;
+    for (const auto& [k, t] : tensors_) n += t.numel() * t.element_size();
+    return n;
+  }
+
+ private:
+  std::string config_json_;
+  absl::Status status_;
+  std::vector<Entry> entries_;
+  std::map<std::string, at::Tensor> tensors_;
+};
+
+absl::Status Bad(const std::string& file, const std::string& field,
+                 const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(file, ": ", field, ": ", why));
+}
+
+}  // namespace
+
+std::string TrainState::ToJson() const {
+  nlohmann::json j;
+  j["step"] = step;
+  j["max_steps"] = max_steps;
+  j["dp"] = dp;
+  nlohmann::json loaders = nlohmann::json::array();
+  for (const auto& p : loader) {
+    loaders.push_back({{"epoch", p.epoch}, {"index", p.index}});
+  }
+  j["loader"] = loaders;
+  j["losses"] = losses;
+  nlohmann::json evals = nlohmann::json::object();
+  for (const auto& [s, l] : eval_losses) evals[std::to_string(s)] = l;
+  j["eval_losses"] = evals;
+  j["base_model"] = base_model;
+  j["job"] = job;
+  return j.dump(1);
+}
+
+absl::StatusOr<TrainState> TrainState::FromJson(const std::string& text,
+                                                const std::string& file) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Bad(file, "(document)", "not a JSON object");
+  }
+  TrainState s;
+  auto integer = [&](const char* key, int64_t* out) -> absl::Status {
+    if (!j.contains(key) || !j[key].is_number_integer())
+      return Bad(file, key, "missing or not an integer");
+    *out = j[key].get<int64_t>();
+    return absl::OkStatus();
+  };
+  int64_t dp = 1;
+  GEMMA_RETURN_IF_ERROR(integer("step", &s.step));
+  GEMMA_RETURN_IF_ERROR(integer("max_steps", &s.max_steps));
+  GEMMA_RETURN_IF_ERROR(integer("dp", &dp));
+  s.dp = static_cast<int>(dp);
+  if (!j.contains("loader") || !j["loader"].is_array())
+    return Bad(file, "loader", "missing or not an array");
+  for (const auto& p : j["loader"]) {
+    if (!p.is_object() || !p.contains("epoch") || !p.contains("index") ||
+        !p["epoch"].is_number_integer() || !p["index"].is_number_integer())
+      return Bad(file, "loader", "entries must be {epoch, index} integers");
+    s.loader.push_back({p["epoch"].get<int64_t>(), p["index"].get<int64_t>()});
+  }
+  if (static_cast<int>(s.loader.size()) != s.dp)
+    return Bad(file, "loader", "needs one position per DP rank");
+  if (!j.contains("losses") || !j["losses"].is_array())
+    return Bad(file, "losses", "missing or not an array");
+  for (const auto& l : j["losses"]) {
+    if (!l.is_number()) return Bad(file, "losses", "not a number");
+    s.losses.push_back(l.get<double>());
+  }
+  if (j.contains("eval_losses") && j["eval_losses"].is_object()) {
+    for (const auto& [k, v] : j["eval_losses"].items()) {
+      int64_t step = 0;
+      if (!absl::SimpleAtoi(k, &step) || !v.is_number())
+        return Bad(file, "eval_losses", "keys must be steps, values numbers");
+      s.eval_losses[step] = v.get<double>();
+    }
+  }
+  if (j.contains("base_model") && j["base_model"].is_string())
+    s.base_model = j["base_model"].get<std::string>();
+  if (j.contains("job") && j["job"].is_string())
+    s.job = j["job"].get<std::string>();
+  return s;
+}
+
+std::string StepDir(const std::string& root, int64_t step) {
+  return absl::StrFormat("%s/step-%08d", root, step);
+}
+
+bool IsTrainCheckpoint(const std::string& dir) {
+  return PathExists(absl::StrCat(dir, "/", kTrainStateFile));
+}
+
+std::optional<std::string> LatestCheckpoint(const std::string& root) {
+  DIR* d = opendir(root.c_str());
+  if (d == nullptr) return std::nullopt;
+  int64_t best = -1;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() != 13 || name.rfind("step-", 0) != 0) continue;
+    int64_t step = 0;
+    if (!absl::SimpleAtoi(name.substr(5), &step)) continue;
+    if (!IsTrainCheckpoint(absl::StrCat(root, "/", name))) continue;
+    best = std::max(best, step);
+  }
+  closedir(d);
+  if (best < 0) return std::nullopt;
+  return StepDir(root, best);
+}
+
+absl::Status WriteFileAtomic(const std::string& path, const std::string& text) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      return absl::InternalError(absl::StrCat("cannot write ", tmp));
+    }
+  }
+  return RenamePath(tmp, path);
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::Status CopyFile(const std::string& from, const std::string& to) {
+  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(from));
+  return WriteFileAtomic(to, text);
+}
+
+absl::Status WriteTensorFile(const std::string& path,
+                             const std::map<std::string, at::Tensor>& tensors) {
+  std::vector<at::Tensor> keep;
+  SafetensorsWriter writer;
+  for (const auto& [name, t] : tensors) {
+    keep.push_back(t.detach().to(torch::kCPU).contiguous());
+    GEMMA_RETURN_IF_ERROR(AddTensor(writer, name, keep.back()));
+  }
+  return writer.Write(path);
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadTensorFile(
+    const std::string& path) {
+  GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  std::map<std::string, at::Tensor> out;
+  for (const auto& info : file->tensors()) {
+    GEMMA_ASSIGN_OR_RETURN(at::Tensor view, TensorView(file, info.name));
+    out[info.name] = view.clone();
+  }
+  return out;
+}
+
+absl::StatusOr<int64_t> WriteModuleCheckpoint(const std::string& dir,
+                                              torch::nn::Module& module,
+                                              const std::string& config_json,
+                                              int64_t num_kv_heads,
+                                              int64_t step) {
+  ModuleSource source(module, config_json);
+  GEMMA_RETURN_IF_ERROR(source.status());
+  WriteCheckpointOptions options;
+  options.tp = 1;
+  options.step = step;
+  options.dims.num_kv_heads = num_kv_heads;
+  options.overwrite = true;
+  GEMMA_RETURN_IF_ERROR(WriteCheckpoint(dir, source, options));
+  return source.bytes();
+}
+
+}  // namespace gemma

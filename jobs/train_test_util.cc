@@ -1,0 +1,84 @@
+#include "jobs/train_test_util.h"
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "data/synth.h"
+#include "data/tokenizer.h"
+#include "jobs/train_state.h"
+#include "model/config.h"
+#include "model/vl_model.h"
+
+namespace gemma {
+
+std::string TinyVlConfigJson(const TinyVlOptions& o, int64_t vocab) {
+  nlohmann::json c;
+  c["model_type"] = "gemma3";
+  c["architectures"] = {"Gemma3ForConditionalGeneration"};
+  c["text_config"] = {{"model_type", "gemma3_text"},
+                      {"vocab_size", vocab},
+                      {"hidden_size", o.hidden},
+                      {"intermediate_size", o.intermediate},
+                      {"num_hidden_layers", o.layers},
+                      {"num_attention_heads", o.heads},
+                      {"num_key_value_heads", o.kv_heads},
+                      {"head_dim", o.head_dim},
+                      {"sliding_window", 64},
+                      {"max_position_embeddings", 1024},
+                      {"query_pre_attn_scalar", o.head_dim}};
+  c["vision_config"] = {{"model_type", "siglip_vision_model"},
+                        {"hidden_size", o.vision_hidden},
+                        {"intermediate_size", 2 * o.vision_hidden},
+                        {"num_hidden_layers", o.vision_layers},
+                        {"num_attention_heads", 2},
+                        {"image_size", o.image_size},
+                        {"patch_size", o.patch_size},
+                        {"vision_use_head", false}};
+  c["mm_tokens_per_image"] = o.mm_tokens;
+  c["boi_token_index"] = 7;
+  c["eoi_token_index"] = 8;
+  c["image_token_index"] = 9;
+  c["eos_token_id"] = {1, 106};
+  return c.dump(1);
+}
+
+absl::Status WriteTinyVlModel(const std::string& dir,
+                              const std::string& tokenizer,
+                              const TinyVlOptions& o) {
+  GEMMA_ASSIGN_OR_RETURN(auto tok, Tokenizer::Load(tokenizer));
+  const std::string json = TinyVlConfigJson(o, tok->vocab_size());
+  GEMMA_ASSIGN_OR_RETURN(ModelConfig config,
+                         ParseModelConfigText(json, "tiny"));
+  Gemma3Model model(config);
+  {
+    torch::NoGradGuard no_grad;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+    for (auto& p : model->named_parameters()) {
+      if (p.value().dim() == 1) {
+        p.value().zero_();  // Gemma norms scale by (1 + w)
+      } else {
+        p.value().copy_(at::normal(0.0, o.init_std, p.value().sizes(), gen));
+      }
+    }
+  }
+  GEMMA_RETURN_IF_ERROR(
+      WriteModuleCheckpoint(dir, *model, json, config.text.num_kv_heads, 0)
+          .status());
+  return CopyFile(tokenizer, absl::StrCat(dir, "/tokenizer.model"));
+}
+
+absl::Status WriteTinyOcrData(const std::string& dir, int n, uint64_t seed,
+                              int image_size) {
+  SynthOcrOptions s;
+  s.out_dir = dir;
+  s.num_examples = n;
+  s.seed = seed;
+  s.image_size = image_size;
+  s.train_tokenizer = true;
+  return WriteSyntheticOcrDataset(s);
+}
+
+}  // namespace gemma

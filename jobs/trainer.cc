@@ -1,0 +1,633 @@
+#include "jobs/trainer.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "data/dataset.h"
+#include "model/checkpoint.h"
+#include "model/gemma3.h"
+#include "model/layers.h"
+#include "model/loss.h"
+#include "model/recompute.h"
+#include "model/weights.h"
+
+namespace gemma {
+namespace {
+
+constexpr int64_t kBucketBytes = 25 << 20;
+
+absl::Status TorchError(const std::string& what, const c10::Error& e) {
+  return absl::InternalError(
+      absl::StrCat(what, ": ", e.what_without_backtrace()));
+}
+
+// Runs `fn`, turning LibTorch exceptions into a Status naming `what`.
+template <typename T, typename Fn>
+absl::StatusOr<T> Guarded(const std::string& what, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return TorchError(what, e);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+  }
+}
+
+std::string DefaultRoot(const std::string& job) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string id = job.rfind("jobs/", 0) == 0 ? job.substr(5) : job;
+  if (id.empty()) id = "local";
+  return absl::StrCat(tmp != nullptr && *tmp ? tmp : "/tmp", "/gemma-train/",
+                      id);
+}
+
+at::Tensor CpuRngState() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void SetCpuRngState(const at::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainerOptions options)
+    : options_(std::move(options)), spec_(options_.spec) {}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
+    TrainerOptions options) {
+  std::unique_ptr<Trainer> t(new Trainer(std::move(options)));
+  GEMMA_RETURN_IF_ERROR(t->Init());
+  return t;
+}
+
+absl::Status Trainer::Init() {
+  const auto& optim = spec_.optim();
+  const int dp = options_.groups.dp->size();
+  root_ = !options_.checkpoint_root.empty()    ? options_.checkpoint_root
+          : !spec_.checkpoint().root().empty() ? spec_.checkpoint().root()
+                                               : DefaultRoot(options_.job);
+
+  if (optim.max_steps() <= 0)
+    return absl::InvalidArgumentError("spec.optim.max_steps: must be > 0");
+  if (optim.lr() <= 0)
+    return absl::InvalidArgumentError("spec.optim.lr: must be > 0");
+  GEMMA_ASSIGN_OR_RETURN(schedule_.kind,
+                         LrSchedule::ParseKind(optim.schedule()));
+  schedule_.lr = optim.lr();
+  schedule_.warmup_steps = optim.warmup_steps();
+  schedule_.total_steps = optim.max_steps();
+  schedule_.min_lr_ratio = optim.min_lr_ratio();
+
+  const int micro =
+      spec_.data().batch_size() > 0 ? spec_.data().batch_size() : 1;
+  grad_accum_ = optim.grad_accum() > 0 ? optim.grad_accum() : 1;
+  if (optim.global_batch_size() > 0) {
+    if (optim.global_batch_size() % (micro * dp) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.optim.global_batch_size: ", optim.global_batch_size(),
+          " is not a multiple of data.batch_size x dp = ", micro * dp));
+    }
+    grad_accum_ = optim.global_batch_size() / (micro * dp);
+  }
+
+  // Where to start: the newest step folder of this job, else model.path
+  // when it is a step folder, else model.path as the initial weights.
+  const std::string& path = spec_.model().path();
+  std::optional<std::string> resume = LatestCheckpoint(root_);
+  if (!resume && IsTrainCheckpoint(path)) resume = path;
+  std::string weights_dir = path;
+  state_.base_model = path;
+  if (resume) {
+    GEMMA_ASSIGN_OR_RETURN(
+        std::string text,
+        ReadWholeFile(absl::StrCat(*resume, "/", kTrainStateFile)));
+    GEMMA_ASSIGN_OR_RETURN(
+        TrainState saved,
+        TrainState::FromJson(text,
+                             absl::StrCat(*resume, "/", kTrainStateFile)));
+    state_.base_model = saved.base_model;
+    weights_dir = options_.save_model
+                      ? saved.base_model
+                      : absl::StrCat(*resume, "/", kModelSubdir);
+  }
+
+  GEMMA_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(weights_dir));
+  weights_dir_ = weights_dir;
+  config_json_ = weights.config_json;
+  GEMMA_ASSIGN_OR_RETURN(config_,
+                         ParseModelConfigText(config_json_, weights_dir));
+  GEMMA_ASSIGN_OR_RETURN(model_, BuildGemma3Model(config_, weights.tensors));
+  weights.tensors.clear();
+
+  const std::string& dtype = spec_.model().dtype();
+  if (dtype.empty() || dtype == "float32") {
+    dtype_ = torch::kFloat32;
+  } else if (dtype == "bfloat16") {
+    dtype_ = torch::kBFloat16;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.model.dtype: must be float32 or bfloat16, got '", dtype, "'"));
+  }
+  torch::manual_seed(static_cast<uint64_t>(optim.seed()));
+  auto st = Guarded<bool>("trainer setup", [&] {
+    model_->to(dtype_);
+    model_->train();
+    for (const std::string& part : spec_.model().freeze()) {
+      std::string prefix;
+      if (part == "vision")
+        prefix = "vision.";
+      else if (part == "projector")
+        prefix = "projector.";
+      else if (part == "language")
+        prefix = "text.";
+      else
+        throw std::invalid_argument(
+            absl::StrCat("spec.model.freeze: unknown part '", part,
+                         "' (vision, projector, language)"));
+      for (auto& p : model_->named_parameters()) {
+        if (p.key().rfind(prefix, 0) == 0) p.value().set_requires_grad(false);
+      }
+    }
+    return true;
+  });
+  if (!st.ok()) return absl::InvalidArgumentError(st.status().message());
+  if (options_.model_hook) GEMMA_RETURN_IF_ERROR(options_.model_hook(model_));
+  for (auto& p : model_->named_parameters()) {
+    if (p.value().requires_grad()) trainable_.emplace_back(p.key(), p.value());
+  }
+  if (trainable_.empty()) {
+    return absl::InvalidArgumentError(
+        "spec.model.freeze: nothing left to train");
+  }
+  AdamWOptions ao;
+  ao.beta1 = optim.beta1() > 0 ? optim.beta1() : 0.9;
+  ao.beta2 = optim.beta2() > 0 ? optim.beta2() : 0.95;
+  ao.eps = optim.eps() > 0 ? optim.eps() : 1e-8;
+  ao.weight_decay = optim.weight_decay();
+  optimizer_ = std::make_unique<AdamW>(trainable_, ao);
+
+  GEMMA_RETURN_IF_ERROR(LoadData());
+  state_.max_steps = schedule_.total_steps;
+  state_.dp = dp;
+  state_.job = options_.job;
+  state_.loader.assign(dp, train_loader_->position());
+  if (resume) GEMMA_RETURN_IF_ERROR(Restore(*resume));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::LoadData() {
+  const auto& d = spec_.data();
+  std::vector<std::string> candidates;
+  if (!spec_.model().tokenizer().empty()) {
+    candidates.push_back(spec_.model().tokenizer());
+  } else {
+    candidates.push_back(
+        absl::StrCat(spec_.model().path(), "/tokenizer.model"));
+    candidates.push_back(absl::StrCat(spec_.model().path(), "/", kModelSubdir,
+                                      "/tokenizer.model"));
+    candidates.push_back(absl::StrCat(state_.base_model, "/tokenizer.model"));
+  }
+  std::string tok_path = candidates[0];
+  for (const auto& c : candidates) {
+    if (PathExists(c)) {
+      tok_path = c;
+      break;
+    }
+  }
+  auto tok = Tokenizer::Load(tok_path);
+  if (!tok.ok()) {
+    return absl::Status(
+        tok.status().code(),
+        absl::StrCat("spec.model.tokenizer: ", tok.status().message()));
+  }
+  tokenizer_ = std::move(*tok);
+
+  ReadOptions ro;
+  ro.skip_bad = d.skip_bad();
+  auto train = ReadDataset(d.train(), ro);
+  if (!train.ok()) {
+    return absl::Status(
+        train.status().code(),
+        absl::StrCat("spec.data.train: ", train.status().message()));
+  }
+  if (!d.eval().empty()) {
+    auto eval = ReadDataset(d.eval(), ro);
+    if (!eval.ok()) {
+      return absl::Status(
+          eval.status().code(),
+          absl::StrCat("spec.data.eval: ", eval.status().message()));
+    }
+    eval_data_ = std::move(*eval);
+  }
+  BatchOptions bo;
+  bo.batch_size = d.batch_size() > 0 ? d.batch_size() : 1;
+  bo.seq_len = d.seq_len() > 0 ? d.seq_len() : 2048;
+  bo.pad_to_multiple = d.pad_to_multiple();
+  bo.pack = d.packing();
+  bo.shuffle = true;
+  bo.seed = static_cast<uint64_t>(d.seed());
+  bo.skip_bad = d.skip_bad();
+  bo.chat.mm_tokens_per_image = static_cast<int>(config_.mm_tokens_per_image);
+  if (config_.vision)
+    bo.image.image_size = static_cast<int>(config_.vision->image_size);
+  bo.image.do_pan_and_scan = d.pan_and_scan();
+  GEMMA_ASSIGN_OR_RETURN(
+      train_loader_,
+      DataLoader::Create(std::move(*train), tokenizer_.get(), bo));
+  return absl::OkStatus();
+}
+
+Trainer::MicroResult Trainer::Forward(const Batch& batch) {
+  ModelInputs in;
+  in.input_ids = batch.input_ids;
+  if (spec_.data().packing()) {
+    in.position_ids = batch.position_ids;
+  } else {
+    in.attention_mask = batch.attention_mask;
+  }
+  if (config_.is_vl()) {
+    in.token_type_ids = batch.token_type_ids;
+    if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
+      in.pixel_values = batch.pixel_values.to(dtype_);
+  }
+  torch::Tensor embeds = model_->Embeddings(in);
+  DecoderInputs d;
+  d.attention_mask = in.attention_mask;
+  d.position_ids = in.position_ids;
+  if (config_.is_vl()) d.block_ids = BlockIdsFromTokenTypes(in.token_type_ids);
+  torch::Tensor hidden;
+  {
+    RecomputeScope recompute(spec_.model().recompute());
+    hidden = model_->text->Decode(embeds, d);
+  }
+  LmLossOptions lo;
+  if (!config_.is_vl() && config_.text.final_logit_softcapping)
+    lo.softcap = *config_.text.final_logit_softcapping;
+  LmLoss l =
+      CausalLmLoss(hidden, model_->text->embed->weight, batch.labels, lo);
+  return {l.loss_sum, l.tokens, l.correct};
+}
+
+absl::StatusOr<Batch> Trainer::NextMicroBatch() {
+  const int dp = options_.groups.dp->size();
+  const int me = options_.groups.dp->rank();
+  std::optional<Batch> mine;
+  for (int r = 0; r < dp; ++r) {
+    auto b = train_loader_->Next();
+    if (!b.ok()) {
+      return absl::Status(
+          b.status().code(),
+          absl::StrCat("spec.data.train: ", b.status().message()));
+    }
+    if (r == me) mine = std::move(*b);
+  }
+  return std::move(*mine);
+}
+
+void Trainer::AllReduceGradients() {
+  Comm& comm = *options_.groups.dp;
+  if (comm.size() == 1) return;
+  // Flat buckets of ~25 MB per dtype, in parameter order.
+  std::vector<at::Tensor> bucket;
+  int64_t bytes = 0;
+  auto flush = [&] {
+    if (bucket.empty()) return;
+    std::vector<at::Tensor> flat_parts;
+    for (auto& g : bucket) flat_parts.push_back(g.reshape({-1}));
+    at::Tensor flat = torch::cat(flat_parts);
+    comm.AllReduceSum(flat);
+    int64_t off = 0;
+    for (auto& g : bucket) {
+      g.copy_(flat.narrow(0, off, g.numel()).view_as(g));
+      off += g.numel();
+    }
+    bucket.clear();
+    bytes = 0;
+  };
+  for (auto& [name, p] : trainable_) {
+    at::Tensor& g = p.mutable_grad();
+    if (!g.defined()) g = torch::zeros_like(p);  // every rank sends the same
+    if (!bucket.empty() && bucket.front().scalar_type() != g.scalar_type())
+      flush();
+    bucket.push_back(g);
+    bytes += g.numel() * g.element_size();
+    if (bytes >= kBucketBytes) flush();
+  }
+  flush();
+}
+
+double Trainer::ClipGradients() {
+  std::vector<at::Tensor> norms;
+  for (auto& [name, p] : trainable_) {
+    if (p.grad().defined())
+      norms.push_back(p.grad().to(torch::kFloat32).norm(2));
+  }
+  if (norms.empty()) return 0.0;
+  at::Tensor total = torch::stack(norms).norm(2);
+  const double norm = total.item<double>();
+  const double max_norm = spec_.optim().grad_clip();
+  if (max_norm > 0) {
+    // As torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)).
+    at::Tensor coef = torch::clamp_max(
+        torch::full({}, max_norm, total.options()) / (total + 1e-6), 1.0);
+    for (auto& [name, p] : trainable_) {
+      if (p.grad().defined())
+        p.mutable_grad().mul_(coef.to(p.grad().scalar_type()));
+    }
+  }
+  return norm;
+}
+
+absl::StatusOr<StepStats> Trainer::Step() {
+  const auto start = std::chrono::steady_clock::now();
+  Comm& dp = *options_.groups.dp;
+  std::vector<Batch> micro;
+  for (int k = 0; k < grad_accum_; ++k) {
+    GEMMA_ASSIGN_OR_RETURN(Batch b, NextMicroBatch());
+    micro.push_back(std::move(b));
+  }
+  state_.loader.assign(dp.size(), train_loader_->position());
+  return Guarded<StepStats>("training step", [&]() -> StepStats {
+    // Target tokens of the whole step (all micro batches, all DP ranks),
+    // counted before any backward so every micro batch scales the same.
+    at::Tensor counts = torch::zeros({2}, torch::kFloat64);
+    for (const Batch& b : micro) {
+      counts[0] += b.labels.narrow(1, 1, b.labels.size(1) - 1).ne(-100).sum();
+      counts[1] += b.attention_mask.sum();
+    }
+    dp.AllReduceSum(counts);
+    const double total_tokens = std::max(1.0, counts[0].item<double>());
+    for (auto& [name, p] : trainable_) p.mutable_grad().reset();
+    at::Tensor sums = torch::zeros({2}, torch::kFloat64);  // loss, correct
+    for (const Batch& b : micro) {
+      MicroResult r = Forward(b);
+      (r.loss_sum / total_tokens).backward();
+      sums[0] += r.loss_sum.detach().to(torch::kFloat64);
+      sums[1] += r.correct.to(torch::kFloat64);
+    }
+    AllReduceGradients();
+    dp.AllReduceSum(sums);
+    StepStats s;
+    s.grad_norm = ClipGradients();
+    s.lr = schedule_.At(state_.step);
+    optimizer_->Step(s.lr);
+    ++state_.step;
+    s.step = state_.step;
+    s.tokens = static_cast<int64_t>(counts[0].item<double>());
+    s.input_tokens = static_cast<int64_t>(counts[1].item<double>());
+    s.loss = sums[0].item<double>() / total_tokens;
+    s.accuracy = sums[1].item<double>() / total_tokens;
+    state_.losses.push_back(s.loss);
+    s.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    return s;
+  });
+}
+
+absl::StatusOr<EvalStats> Trainer::Evaluate() {
+  if (eval_data_.empty()) {
+    return absl::FailedPreconditionError("validation needs spec.data.eval");
+  }
+  const auto& d = spec_.data();
+  BatchOptions bo;
+  bo.batch_size = d.batch_size() > 0 ? d.batch_size() : 1;
+  bo.seq_len = d.seq_len() > 0 ? d.seq_len() : 2048;
+  bo.pad_to_multiple = d.pad_to_multiple();
+  bo.pack = d.packing();
+  bo.shuffle = false;
+  bo.skip_bad = d.skip_bad();
+  bo.chat.mm_tokens_per_image = static_cast<int>(config_.mm_tokens_per_image);
+  if (config_.vision)
+    bo.image.image_size = static_cast<int>(config_.vision->image_size);
+  bo.image.do_pan_and_scan = d.pan_and_scan();
+  GEMMA_ASSIGN_OR_RETURN(auto loader,
+                         DataLoader::Create(eval_data_, tokenizer_.get(), bo));
+  int64_t batches =
+      spec_.optim().eval_batches() > 0 ? spec_.optim().eval_batches() : 8;
+  // One pass at most.
+  batches = std::min<int64_t>(
+      batches, (loader->size() + bo.batch_size - 1) / bo.batch_size);
+  Comm& dp = *options_.groups.dp;
+  at::Tensor sums =
+      torch::zeros({3}, torch::kFloat64);  // loss, tokens, correct
+  for (int64_t i = 0; i < batches; ++i) {
+    auto b = loader->Next();
+    if (!b.ok()) {
+      return absl::Status(
+          b.status().code(),
+          absl::StrCat("spec.data.eval: ", b.status().message()));
+    }
+    if (i % dp.size() != dp.rank()) continue;
+    auto r = Guarded<bool>("validation", [&] {
+      torch::NoGradGuard no_grad;
+      MicroResult m = Forward(*b);
+      sums[0] += m.loss_sum.to(torch::kFloat64);
+      sums[1] += m.tokens.to(torch::kFloat64);
+      sums[2] += m.correct.to(torch::kFloat64);
+      return true;
+    });
+    if (!r.ok()) return r.status();
+  }
+  dp.AllReduceSum(sums);
+  EvalStats e;
+  e.tokens = static_cast<int64_t>(sums[1].item<double>());
+  e.loss = sums[0].item<double>() / std::max<double>(1, e.tokens);
+  e.accuracy = sums[2].item<double>() / std::max<double>(1, e.tokens);
+  e.batches = batches;
+  return e;
+}
+
+absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
+  const std::string dir = StepDir(root_, state_.step);
+  int64_t bytes = 0;
+  Comm& dp = *options_.groups.dp;
+  if (dp.rank() == 0) {
+    const std::string tmp = dir + ".tmp";
+    GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
+    GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
+    const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
+    if (options_.save_model) {
+      GEMMA_ASSIGN_OR_RETURN(bytes,
+                             options_.save_model(model_, model_dir, state_));
+    } else {
+      GEMMA_ASSIGN_OR_RETURN(
+          bytes, WriteModuleCheckpoint(model_dir, *model_, config_json_,
+                                       config_.text.num_kv_heads, state_.step));
+      GEMMA_RETURN_IF_ERROR(CopyFile(
+          tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+    }
+    auto opt = optimizer_->StateTensors();
+    opt["rng/cpu"] = CpuRngState();
+    for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
+    GEMMA_RETURN_IF_ERROR(
+        WriteTensorFile(absl::StrCat(tmp, "/", kOptimizerFile), opt));
+    GEMMA_RETURN_IF_ERROR(WriteFileAtomic(
+        absl::StrCat(tmp, "/", kTrainStateFile), state_.ToJson()));
+    SyncDir(tmp);
+    GEMMA_RETURN_IF_ERROR(PublishDir(tmp, dir, /*overwrite=*/true));
+  }
+  auto st = Guarded<bool>("checkpoint barrier", [&] {
+    dp.Barrier();
+    return true;
+  });
+  if (!st.ok()) return st.status();
+  return std::make_pair(dir, bytes);
+}
+
+absl::Status Trainer::Restore(const std::string& dir) {
+  const std::string state_file = absl::StrCat(dir, "/", kTrainStateFile);
+  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(state_file));
+  GEMMA_ASSIGN_OR_RETURN(TrainState saved,
+                         TrainState::FromJson(text, state_file));
+  const int dp = options_.groups.dp->size();
+  if (saved.dp != dp) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        state_file, ": written with dp=", saved.dp, ", this run has dp=", dp,
+        " (the data position cannot be split differently)"));
+  }
+  const std::string model_dir = absl::StrCat(dir, "/", kModelSubdir);
+  if (options_.load_model) {
+    GEMMA_RETURN_IF_ERROR(options_.load_model(model_, model_dir));
+  } else if (model_dir != weights_dir_) {  // Init may have loaded them already
+    GEMMA_ASSIGN_OR_RETURN(ModelWeights w, LoadModelWeights(model_dir));
+    absl::Status loaded;
+    auto st = Guarded<bool>("restoring weights", [&] {
+      torch::NoGradGuard no_grad;
+      loaded = LoadParameters(*model_, w.tensors);
+      return true;
+    });
+    if (!st.ok()) return st.status();
+    if (!loaded.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(model_dir, ": ", loaded.message()));
+    }
+    weights_dir_ = model_dir;
+  }
+  const std::string opt_file = absl::StrCat(dir, "/", kOptimizerFile);
+  GEMMA_ASSIGN_OR_RETURN(auto opt, ReadTensorFile(opt_file));
+  auto rng = opt.find("rng/cpu");
+  if (rng == opt.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(opt_file, ": missing rng/cpu"));
+  }
+  at::Tensor rng_state = rng->second;
+  opt.erase(rng);
+  auto st = optimizer_->LoadState(opt, saved.step);
+  if (!st.ok())
+    return absl::InvalidArgumentError(
+        absl::StrCat(opt_file, ": ", st.message()));
+  GEMMA_RETURN_IF_ERROR(
+      train_loader_->Seek(saved.loader[options_.groups.dp->rank()]));
+  SetCpuRngState(rng_state);
+  saved.base_model =
+      state_.base_model.empty() ? saved.base_model : state_.base_model;
+  saved.max_steps = schedule_.total_steps;
+  saved.job = options_.job;
+  state_ = std::move(saved);
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Run(RankContext& ctx) {
+  const auto& optim = spec_.optim();
+  const int64_t log_every =
+      optim.log_interval_steps() > 0 ? optim.log_interval_steps() : 1;
+  const int64_t ckpt_every = spec_.checkpoint().interval_steps();
+  int64_t params = 0, trainable = 0;
+  for (auto& p : model_->parameters()) params += p.numel();
+  for (auto& [n, p] : trainable_) trainable += p.numel();
+  ctx.Log(absl::StrFormat(
+      "training %s: %.2f M parameters (%.2f M trainable), %d examples, micro "
+      "batch %d x accum %d x dp %d, steps %d..%d, checkpoints under %s",
+      state_.base_model, params / 1e6, trainable / 1e6, train_loader_->size(),
+      std::max(1, spec_.data().batch_size()), grad_accum_,
+      options_.groups.dp->size(), state_.step, schedule_.total_steps, root_));
+  int64_t last_saved = -1;
+  auto save = [&](std::map<std::string, double> metrics) -> absl::Status {
+    GEMMA_ASSIGN_OR_RETURN(auto saved, SaveCheckpoint());
+    last_saved = state_.step;
+    if (!state_.losses.empty()) metrics["loss"] = state_.losses.back();
+    if (ctx.checkpoint && options_.groups.dp->rank() == 0)
+      ctx.checkpoint(state_.step, saved.first, saved.second, metrics);
+    ctx.Log(absl::StrFormat("checkpoint step %d -> %s (%.1f MB)", state_.step,
+                            saved.first, saved.second / 1e6));
+    return absl::OkStatus();
+  };
+  double tokens_window = 0, seconds_window = 0;
+  while (state_.step < schedule_.total_steps) {
+    if (ctx.Cancelled()) {
+      if (last_saved != state_.step && state_.step > 0)
+        GEMMA_RETURN_IF_ERROR(save({}));
+      return absl::CancelledError(
+          absl::StrCat("training stopped at step ", state_.step));
+    }
+    GEMMA_ASSIGN_OR_RETURN(StepStats s, Step());
+    tokens_window += static_cast<double>(s.input_tokens);
+    seconds_window += s.seconds;
+    std::map<std::string, double> metrics;
+    bool report = s.step % log_every == 0 || s.step == schedule_.total_steps;
+    if (report) {
+      metrics = {
+          {"loss", s.loss},
+          {"accuracy", s.accuracy},
+          {"lr", s.lr},
+          {"grad_norm", s.grad_norm},
+          {"tokens_per_s", tokens_window / std::max(1e-9, seconds_window)}};
+      tokens_window = seconds_window = 0;
+    }
+    std::map<std::string, double> eval_metrics;
+    if (optim.eval_interval_steps() > 0 && !eval_data_.empty() &&
+        (s.step % optim.eval_interval_steps() == 0 ||
+         s.step == schedule_.total_steps)) {
+      GEMMA_ASSIGN_OR_RETURN(EvalStats e, Evaluate());
+      state_.eval_losses[s.step] = e.loss;
+      eval_metrics = {{"eval_loss", e.loss}, {"eval_accuracy", e.accuracy}};
+      metrics.insert(eval_metrics.begin(), eval_metrics.end());
+      report = true;
+      ctx.Log(absl::StrFormat("step %d: eval_loss %.4f eval_accuracy %.4f",
+                              s.step, e.loss, e.accuracy));
+    }
+    if (report) ctx.Progress(s.step, schedule_.total_steps, metrics);
+    if ((ckpt_every > 0 && s.step % ckpt_every == 0) ||
+        s.step == schedule_.total_steps) {
+      GEMMA_RETURN_IF_ERROR(save(eval_metrics));
+    }
+  }
+  if (last_saved != state_.step) GEMMA_RETURN_IF_ERROR(save({}));
+  if (!spec_.output().empty() && options_.groups.dp->rank() == 0 &&
+      options_.save_model) {
+    GEMMA_ASSIGN_OR_RETURN(int64_t bytes,
+                           options_.save_model(model_, spec_.output(), state_));
+    ctx.Log(absl::StrFormat("adapters written to %s (%.1f MB)", spec_.output(),
+                            bytes / 1e6));
+  } else if (!spec_.output().empty() && options_.groups.dp->rank() == 0) {
+    const std::string staging = spec_.output() + ".staging";
+    GEMMA_RETURN_IF_ERROR(RemoveTree(staging));
+    GEMMA_ASSIGN_OR_RETURN(
+        int64_t bytes,
+        WriteModuleCheckpoint(staging, *model_, config_json_,
+                              config_.text.num_kv_heads, state_.step));
+    GEMMA_RETURN_IF_ERROR(CopyFile(tokenizer_->path(),
+                                   absl::StrCat(staging, "/tokenizer.model")));
+    GEMMA_RETURN_IF_ERROR(
+        PublishDir(staging, spec_.output(), /*overwrite=*/true));
+    ctx.Log(absl::StrFormat("model written to %s (%.1f MB)", spec_.output(),
+                            bytes / 1e6));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gemma

@@ -1,0 +1,63 @@
+#include "model/recompute.h"
+
+#include <torch/torch.h>
+
+#include <cstdint>
+
+namespace gemma {
+namespace {
+
+thread_local bool recompute_enabled = false;
+
+// Reentrant recomputation (as torch.utils.checkpoint with use_reentrant):
+// forward runs without grad and saves the inputs; backward reruns the layer
+// on a detached copy of x with grad enabled and back-propagates through it,
+// which accumulates the parameter gradients and yields d loss / d x.
+struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
+                            const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin, const at::Tensor& bias,
+                            Gemma3DecoderLayerImpl* layer) {
+    ctx->save_for_backward({x, cos, sin, bias});
+    ctx->saved_data["layer"] =
+        static_cast<int64_t>(reinterpret_cast<intptr_t>(layer));
+    return layer->forward(x, cos, sin, bias, nullptr);
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    auto* layer = reinterpret_cast<Gemma3DecoderLayerImpl*>(
+        static_cast<intptr_t>(ctx->saved_data["layer"].toInt()));
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    at::Tensor y;
+    {
+      torch::AutoGradMode grad_mode(true);
+      y = layer->forward(x, saved[1], saved[2], saved[3], nullptr);
+    }
+    torch::autograd::backward({y}, {grad_out[0]});
+    return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+RecomputeScope::RecomputeScope(bool enabled) : previous_(recompute_enabled) {
+  recompute_enabled = enabled;
+}
+RecomputeScope::~RecomputeScope() { recompute_enabled = previous_; }
+
+bool RecomputeEnabled() { return recompute_enabled; }
+
+at::Tensor RecomputedLayerForward(Gemma3DecoderLayerImpl& layer,
+                                  const at::Tensor& x, const at::Tensor& cos,
+                                  const at::Tensor& sin,
+                                  const at::Tensor& bias) {
+  if (!x.requires_grad() || !torch::GradMode::is_enabled()) {
+    return layer.forward(x, cos, sin, bias, nullptr);
+  }
+  return RecomputeFunction::apply(x, cos, sin, bias, &layer);
+}
+
+}  // namespace gemma

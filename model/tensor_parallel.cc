@@ -1,0 +1,278 @@
+#include "model/tensor_parallel.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace gemma {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// The Comm of a forward call, kept for backward. The caller guarantees it
+// outlives the backward pass (see the header).
+void SaveComm(AutogradContext* ctx, Comm* comm) {
+  ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+}
+Comm& SavedComm(AutogradContext* ctx) {
+  return *reinterpret_cast<Comm*>(
+      static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
+}
+
+// This rank's slice of the last dim (which must split evenly).
+torch::Tensor OwnSlice(const torch::Tensor& x, Comm& comm) {
+  const int64_t d = x.size(-1);
+  TORCH_CHECK(d % comm.size() == 0, "tensor parallel: last dim ", d,
+              " does not split into ", comm.size(), " parts");
+  const int64_t part = d / comm.size();
+  return x.narrow(-1, comm.rank() * part, part).contiguous();
+}
+
+class CopyToRegion : public torch::autograd::Function<CopyToRegion> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               Comm* comm) {
+    SaveComm(ctx, comm);
+    return x.view_as(x);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    torch::Tensor out = g[0].contiguous().clone();
+    SavedComm(ctx).AllReduceSum(out);
+    return {out, torch::Tensor()};
+  }
+};
+
+class ReduceFromRegion : public torch::autograd::Function<ReduceFromRegion> {
+ public:
+  static torch::Tensor forward(AutogradContext*, const torch::Tensor& x,
+                               Comm* comm) {
+    torch::Tensor out = x.contiguous().clone();
+    comm->AllReduceSum(out);
+    return out;
+  }
+  static tensor_list backward(AutogradContext*, tensor_list g) {
+    return {g[0], torch::Tensor()};
+  }
+};
+
+class GatherFromRegion : public torch::autograd::Function<GatherFromRegion> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               Comm* comm) {
+    SaveComm(ctx, comm);
+    return comm->AllGather(x.contiguous(), x.dim() - 1);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    return {OwnSlice(g[0], SavedComm(ctx)), torch::Tensor()};
+  }
+};
+
+class ScatterToRegion : public torch::autograd::Function<ScatterToRegion> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               Comm* comm) {
+    SaveComm(ctx, comm);
+    return OwnSlice(x, *comm);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    Comm& comm = SavedComm(ctx);
+    return {comm.AllGather(g[0].contiguous(), g[0].dim() - 1), torch::Tensor()};
+  }
+};
+
+// Vocab-parallel fused head + cross-entropy. Like model/loss.cc's
+// FusedLinearCrossEntropy, forward also computes the gradients for a unit
+// upstream gradient; backward scales them.
+class VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const torch::Tensor& h,
+                             const torch::Tensor& w, const torch::Tensor& targets,
+                             VocabShard shard, int64_t vocab, double softcap,
+                             int64_t chunk, int64_t ignore_index, Comm* comm) {
+    const int64_t n = h.size(0);
+    const bool need_h = h.requires_grad();
+    const bool need_w = w.requires_grad();
+    const auto f32 = h.options().dtype(torch::kFloat);
+    torch::Tensor loss = torch::zeros({}, f32);
+    torch::Tensor correct = torch::zeros({}, targets.options());
+    torch::Tensor grad_h = need_h ? torch::zeros(h.sizes(), f32) : torch::Tensor();
+    torch::Tensor grad_w =
+        need_w ? torch::zeros(w.sizes(), f32) : torch::Tensor();
+    // Padding rows of the last shard never win the softmax.
+    torch::Tensor pad_mask;
+    if (shard.valid < shard.rows) {
+      pad_mask = torch::arange(shard.rows, targets.options()).ge(shard.valid);
+    }
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < n; s += chunk) {
+      const int64_t len = std::min(chunk, n - s);
+      torch::Tensor hc = h.narrow(0, s, len);
+      torch::Tensor tc = targets.narrow(0, s, len);
+      torch::Tensor valid = tc.ne(ignore_index);
+      torch::Tensor z = torch::matmul(hc, w.t()).to(torch::kFloat);  // [len, rows]
+      torch::Tensor t;
+      if (softcap > 0) {
+        t = torch::tanh(z / softcap);
+        z = t * softcap;
+      }
+      if (pad_mask.defined()) z = z.masked_fill(pad_mask, neg_inf);
+      // Global row max, then the global sum of exponentials.
+      auto [local_max, local_arg] = z.max(1);
+      torch::Tensor m = local_max.clone();
+      comm->AllReduceMax(m);
+      torch::Tensor e = torch::exp(z - m.unsqueeze(1));
+      torch::Tensor sum = e.sum(1);
+      comm->AllReduceSum(sum);
+      // The target logit, from the rank owning it.
+      torch::Tensor local_t = tc - shard.start;
+      torch::Tensor owned = valid & local_t.ge(0) & local_t.lt(shard.valid);
+      torch::Tensor safe = torch::where(owned, local_t, torch::zeros_like(local_t));
+      torch::Tensor zt = z.gather(1, safe.unsqueeze(1)).squeeze(1) *
+                         owned.to(torch::kFloat);
+      comm->AllReduceSum(zt);
+      torch::Tensor row_loss = torch::log(sum) + m - zt;
+      loss += (row_loss * valid.to(torch::kFloat)).sum();
+      // Global argmax, lowest index among equal maxima (as argmax does).
+      const double big = static_cast<double>(std::numeric_limits<int64_t>::max());
+      torch::Tensor idx = torch::where(local_max.eq(m),
+                                       (local_arg + shard.start).to(torch::kDouble),
+                                       torch::full_like(m, big, torch::kDouble));
+      torch::Tensor neg = -idx;
+      comm->AllReduceMax(neg);
+      correct += ((-neg).to(torch::kLong).eq(tc) & valid).sum();
+      if (!need_h && !need_w) continue;
+      // d(-log p_y)/dz = softmax - onehot(y), zero on ignored rows.
+      torch::Tensor g = e / sum.unsqueeze(1);
+      g.scatter_add_(1, safe.unsqueeze(1),
+                     -owned.to(torch::kFloat).unsqueeze(1));
+      g.mul_(valid.to(torch::kFloat).unsqueeze(1));
+      if (softcap > 0) g.mul_(1 - t * t);
+      if (pad_mask.defined()) g.masked_fill_(pad_mask, 0);
+      if (need_h) {
+        grad_h.narrow(0, s, len)
+            .copy_(torch::matmul(g.to(h.scalar_type()), w).to(torch::kFloat));
+      }
+      if (need_w) grad_w.add_(torch::matmul(g.t(), hc.to(torch::kFloat)));
+    }
+    // h is replicated: its gradient is the sum of every shard's part.
+    if (need_h) comm->AllReduceSum(grad_h);
+    ctx->save_for_backward(
+        {need_h ? grad_h.to(h.scalar_type()) : torch::Tensor(),
+         need_w ? grad_w.to(w.scalar_type()) : torch::Tensor()});
+    ctx->mark_non_differentiable({correct});
+    return {loss, correct};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor go = grads[0];
+    torch::Tensor gh, gw;
+    if (saved[0].defined()) gh = saved[0] * go.to(saved[0].scalar_type());
+    if (saved[1].defined()) gw = saved[1] * go.to(saved[1].scalar_type());
+    return {gh,
+            gw,
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor CopyToTpRegion(const at::Tensor& x, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return CopyToRegion::apply(x, &comm);
+}
+at::Tensor ReduceFromTpRegion(const at::Tensor& x, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return ReduceFromRegion::apply(x, &comm);
+}
+at::Tensor GatherFromTpRegion(const at::Tensor& x, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return GatherFromRegion::apply(x, &comm);
+}
+at::Tensor ScatterToTpRegion(const at::Tensor& x, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return ScatterToRegion::apply(x, &comm);
+}
+
+VocabShard VocabShardOf(int64_t vocab_size, int tp, int rank) {
+  TORCH_CHECK(vocab_size > 0 && tp > 0 && rank >= 0 && rank < tp,
+              "VocabShardOf: vocab ", vocab_size, ", tp ", tp, ", rank ", rank);
+  VocabShard s;
+  s.rows = (vocab_size + tp - 1) / tp;
+  s.start = rank * s.rows;
+  s.valid = std::clamp<int64_t>(vocab_size - s.start, 0, s.rows);
+  return s;
+}
+
+at::Tensor VocabParallelEmbedding(const at::Tensor& ids,
+                                  const at::Tensor& weight_shard,
+                                  const VocabShard& shard, Comm& comm) {
+  TORCH_CHECK(weight_shard.dim() == 2 && weight_shard.size(0) == shard.rows,
+              "VocabParallelEmbedding: weight shard ", weight_shard.sizes(),
+              " for a shard of ", shard.rows, " rows");
+  torch::Tensor local = ids - shard.start;
+  torch::Tensor owned = local.ge(0) & local.lt(shard.valid);
+  torch::Tensor safe = torch::where(owned, local, torch::zeros_like(local));
+  torch::Tensor out = torch::embedding(weight_shard, safe);
+  out = out * owned.unsqueeze(-1).to(out.scalar_type());
+  return ReduceFromTpRegion(out, comm);
+}
+
+LmLoss VocabParallelTokenLoss(const at::Tensor& h, const at::Tensor& weight_shard,
+                              const VocabShard& shard, int64_t vocab_size,
+                              const at::Tensor& targets, Comm& comm,
+                              const LmLossOptions& options) {
+  TORCH_CHECK(h.dim() == 2 && weight_shard.dim() == 2 &&
+                  h.size(1) == weight_shard.size(1) &&
+                  weight_shard.size(0) == shard.rows,
+              "VocabParallelTokenLoss: hidden ", h.sizes(),
+              " does not match head shard ", weight_shard.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == h.size(0),
+              "VocabParallelTokenLoss: targets ", targets.sizes(),
+              " for hidden ", h.sizes());
+  torch::Tensor tg = targets.to(torch::kLong);
+  auto out = VocabParallelCE::apply(
+      h, weight_shard, tg, shard, vocab_size, options.softcap,
+      std::max<int64_t>(1, options.chunk_tokens), options.ignore_index, &comm);
+  LmLoss r;
+  r.loss_sum = out[0];
+  r.correct = out[1];
+  r.tokens = tg.ne(options.ignore_index).sum();
+  return r;
+}
+
+LmLoss VocabParallelCausalLmLoss(const at::Tensor& hidden,
+                                 const at::Tensor& weight_shard,
+                                 const VocabShard& shard, int64_t vocab_size,
+                                 const at::Tensor& labels, Comm& comm,
+                                 const LmLossOptions& options) {
+  TORCH_CHECK(hidden.dim() == 3 && labels.dim() == 2 &&
+                  hidden.size(0) == labels.size(0) &&
+                  hidden.size(1) == labels.size(1),
+              "VocabParallelCausalLmLoss: hidden ", hidden.sizes(),
+              " and labels ", labels.sizes(), " differ in batch or length");
+  const int64_t b = hidden.size(0), t = hidden.size(1), hs = hidden.size(2);
+  if (t < 2) {
+    LmLoss r;
+    r.loss_sum = (hidden.sum() * 0).to(torch::kFloat);
+    r.tokens = torch::zeros({}, labels.options().dtype(torch::kLong));
+    r.correct = r.tokens.clone();
+    return r;
+  }
+  torch::Tensor h = hidden.narrow(1, 0, t - 1).reshape({b * (t - 1), hs});
+  torch::Tensor y = labels.narrow(1, 1, t - 1).reshape({b * (t - 1)});
+  torch::Tensor keep = y.ne(options.ignore_index).nonzero().squeeze(1);
+  return VocabParallelTokenLoss(h.index_select(0, keep), weight_shard, shard,
+                                vocab_size, y.index_select(0, keep), comm,
+                                options);
+}
+
+}  // namespace gemma
