@@ -17,7 +17,7 @@ namespace {
 
 std::string IoPath() {
   const char* env = std::getenv("GEMMA_PARITY_DATA");
-  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data") +
+  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data_gemma4") +
          "/gemma4_image/io.safetensors";
 }
 

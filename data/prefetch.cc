@@ -37,6 +37,20 @@ BatchPrefetcher::~BatchPrefetcher() {
   if (thread_.joinable()) thread_.join();
 }
 
+absl::StatusOr<std::unique_ptr<DataLoader>> BatchPrefetcher::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (!loader_) return absl::FailedPreconditionError("prefetcher already stopped");
+  ready_.clear();
+  absl::Status s = loader_->Seek(position_);
+  if (!s.ok()) return s;
+  return std::move(loader_);
+}
+
 void BatchPrefetcher::Produce() {
   while (true) {
     {

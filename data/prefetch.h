@@ -43,6 +43,10 @@ class BatchPrefetcher {
 
   // Loader position after the last batch Next() returned.
   LoaderPosition position() const;
+  // Stops the background thread and hands the loader back, positioned after
+  // the last batch Next() returned (batches prepared ahead are dropped). The
+  // prefetcher is empty afterwards: only destruction is allowed.
+  absl::StatusOr<std::unique_ptr<DataLoader>> Stop();
   // Batches skipped as bad by the loader so far (prepared ones included).
   int64_t skipped() const;
 

@@ -247,7 +247,13 @@ absl::Status Trainer::LoadData() {
   GEMMA_ASSIGN_OR_RETURN(
       train_loader_,
       DataLoader::Create(std::move(*train), tokenizer_.get(), bo));
+  train_size_ = train_loader_->size();
   return absl::OkStatus();
+}
+
+LoaderPosition Trainer::TrainPosition() const {
+  return train_batches_ ? train_batches_->position()
+                        : train_loader_->position();
 }
 
 Trainer::MicroResult Trainer::Forward(const Batch& batch) {
@@ -285,8 +291,15 @@ absl::StatusOr<Batch> Trainer::NextMicroBatch() {
   const int dp = options_.groups.dp->size();
   const int me = options_.groups.dp->rank();
   std::optional<Batch> mine;
+  if (!train_batches_) {
+    // From the first step on, the next batches are prepared while the model
+    // runs; positions stay those of the batches handed out.
+    train_batches_ = std::make_unique<BatchPrefetcher>(
+        std::move(train_loader_), /*depth=*/2 * grad_accum_ * dp,
+        /*pin_memory=*/false);
+  }
   for (int r = 0; r < dp; ++r) {
-    auto b = train_loader_->Next();
+    auto b = train_batches_->Next();
     if (!b.ok()) {
       return absl::Status(
           b.status().code(),
@@ -359,7 +372,7 @@ absl::StatusOr<StepStats> Trainer::Step() {
     GEMMA_ASSIGN_OR_RETURN(Batch b, NextMicroBatch());
     micro.push_back(std::move(b));
   }
-  state_.loader.assign(dp.size(), train_loader_->position());
+  state_.loader.assign(dp.size(), TrainPosition());
   return Guarded<StepStats>("training step", [&]() -> StepStats {
     // Target tokens of the whole step (all micro batches, all DP ranks),
     // counted before any backward so every micro batch scales the same.
@@ -530,6 +543,10 @@ absl::Status Trainer::Restore(const std::string& dir) {
   if (!st.ok())
     return absl::InvalidArgumentError(
         absl::StrCat(opt_file, ": ", st.message()));
+  if (train_batches_) {
+    GEMMA_ASSIGN_OR_RETURN(train_loader_, train_batches_->Stop());
+    train_batches_.reset();
+  }
   GEMMA_RETURN_IF_ERROR(
       train_loader_->Seek(saved.loader[options_.groups.dp->rank()]));
   SetCpuRngState(rng_state);
@@ -552,7 +569,7 @@ absl::Status Trainer::Run(RankContext& ctx) {
   ctx.Log(absl::StrFormat(
       "training %s: %.2f M parameters (%.2f M trainable), %d examples, micro "
       "batch %d x accum %d x dp %d, steps %d..%d, checkpoints under %s",
-      state_.base_model, params / 1e6, trainable / 1e6, train_loader_->size(),
+      state_.base_model, params / 1e6, trainable / 1e6, train_size_,
       std::max(1, spec_.data().batch_size()), grad_accum_,
       options_.groups.dp->size(), state_.step, schedule_.total_steps, root_));
   int64_t last_saved = -1;

@@ -42,6 +42,7 @@
 
 #include "absl/status/statusor.h"
 #include "data/batch.h"
+#include "data/prefetch.h"
 #include "data/tokenizer.h"
 #include "gemma/v1/job_spec.pb.h"
 #include "jobs/job.h"
@@ -157,7 +158,12 @@ class Trainer {
   ModelConfig config_;
   Gemma3Model model_{nullptr};
   std::unique_ptr<Tokenizer> tokenizer_;
+  // The training stream: the loader until the first step, then a
+  // prefetcher owning it (batches prepared on a background thread).
   std::unique_ptr<DataLoader> train_loader_;
+  std::unique_ptr<BatchPrefetcher> train_batches_;
+  int64_t train_size_ = 0;
+  LoaderPosition TrainPosition() const;
   std::vector<Conversation> eval_data_;
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
   std::unique_ptr<AdamW> optimizer_;

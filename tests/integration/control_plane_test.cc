@@ -289,7 +289,7 @@ TEST_F(ControlPlaneTest, BadInputGetsClearErrorsAndTheCoordinatorStaysUp) {
       Get(wide).value("waiting_reason", ""),
       HasSubstr(
           "needs 3 cpu workers (tp=3 x dp=1); only 2 such workers attached"));
-  // The API itself: invalid fields, unimplemented kinds, huge messages, and
+  // The API itself: invalid fields, failing inputs, huge messages, and
   // a client leaving mid-stream.
   auto channel = grpc::CreateChannel(cluster_.address(),
                                      grpc::InsecureChannelCredentials());
@@ -333,18 +333,17 @@ TEST_F(ControlPlaneTest, BadInputGetsClearErrorsAndTheCoordinatorStaysUp) {
     }
     reader->Finish();
   }
-  // A kind whose issue has not landed yet.
-  const std::string unimplemented =
+  // A job whose input does not exist fails on its rank, naming the file.
+  const std::string missing_input =
       cluster_.WriteRecipe("eval.yaml",
                            "kind: eval\nresources: {device: cpu}\nmodel: {path: /m}\n"
                            "data: {eval: /e.jsonl}\n");
   std::string name;
-  ASSERT_EQ(cluster_.Ctl({"submit", "-f", unimplemented, "-o", "json"}, &out), 0) << out;
+  ASSERT_EQ(cluster_.Ctl({"submit", "-f", missing_input, "-o", "json"}, &out), 0) << out;
   name = json::parse(out)["name"];
   ASSERT_TRUE(WaitState(name, "FAILED")) << Logs();
-  EXPECT_EQ(Get(name)["failure"]["reason"], "FAILURE_REASON_UNIMPLEMENTED");
-  EXPECT_THAT(Get(name)["failure"].value("message", ""),
-              HasSubstr("not implemented"));
+  EXPECT_EQ(Get(name)["failure"]["reason"], "FAILURE_REASON_RANK_ERROR");
+  EXPECT_THAT(Get(name)["failure"].value("message", ""), HasSubstr("/e.jsonl"));
   EXPECT_TRUE(cluster_.coordinator().running());
   EXPECT_EQ(cluster_.Ctl({"status"}, &out), 0) << out;
 }

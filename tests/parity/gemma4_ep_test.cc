@@ -30,7 +30,7 @@ namespace {
 
 std::string HfDir() {
   const char* env = std::getenv("GEMMA_PARITY_DATA");
-  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data") +
+  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data_gemma4") +
          "/gemma4_text/hf";
 }
 

@@ -33,7 +33,7 @@ namespace {
 
 std::string DataDir() {
   const char* env = std::getenv("GEMMA_PARITY_DATA");
-  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data");
+  return std::string(env != nullptr ? env : GEMMA_BINARY_DIR "/parity_data_gemma4");
 }
 std::string CaseDir() { return DataDir() + "/gemma4_text"; }
 std::string VlDir() { return DataDir() + "/gemma4_vl"; }
