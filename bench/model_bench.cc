@@ -214,7 +214,7 @@ int Run(int argc, char** argv) {
       di.block_ids = in.token_type_ids.defined()
                          ? BlockIdsFromTokenTypes(in.token_type_ids) : torch::Tensor();
       torch::Tensor hidden = model->text->Decode(emb, di);
-      LmLoss loss = CausalLmLoss(hidden, model->text->embed->weight, labels, lo);
+      LmLoss loss = model->text->Loss(hidden, labels, lo);
       (loss.loss_sum / loss.tokens.clamp_min(1)).backward();
       // Parameters without a gradient (the vision tower without images) are
       // left out of the update, as torch.optim does.

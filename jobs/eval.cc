@@ -68,8 +68,7 @@ class EvalJob : public Job {
     torch::Tensor hidden = model->text->Decode(model->Embeddings(in), d);
     LmLossOptions lo;
     lo.softcap = softcap;
-    LmLoss l = CausalLmLoss(hidden, model->text->embed->weight,
-                            batch.labels.to(dev), lo);
+    LmLoss l = model->text->Loss(hidden, batch.labels.to(dev), lo);
     m->Add(l.loss_sum.item<double>(), l.tokens.item<int64_t>(),
            l.correct.item<int64_t>());
     return absl::OkStatus();

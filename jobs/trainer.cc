@@ -283,7 +283,7 @@ Trainer::MicroResult Trainer::Forward(const Batch& batch) {
   if (!config_.is_vl() && config_.text.final_logit_softcapping)
     lo.softcap = *config_.text.final_logit_softcapping;
   LmLoss l =
-      CausalLmLoss(hidden, model_->text->embed->weight, batch.labels, lo);
+      model_->text->Loss(hidden, batch.labels, lo);
   return {l.loss_sum, l.tokens, l.correct};
 }
 

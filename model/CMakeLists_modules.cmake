@@ -15,6 +15,7 @@ add_library(gemma_model_modules STATIC
   vl_model.cc
   generate.cc
   loss.cc
+  tensor_parallel.cc
   recompute.cc
 )
 target_include_directories(gemma_model_modules PUBLIC ${CMAKE_SOURCE_DIR})

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "model/kv_cache.h"
@@ -10,22 +11,41 @@
 
 namespace gemma {
 
-Gemma3DecoderLayerImpl::Gemma3DecoderLayerImpl(const TextConfig& c, LayerType t)
-    : type(t) {
+Gemma3DecoderLayerImpl::Gemma3DecoderLayerImpl(const TextConfig& c, LayerType t,
+                                               TpOptions tp)
+    : type(t), tp_(std::move(tp)) {
+  const int n = tp_.size();
+  TORCH_CHECK(c.num_kv_heads % n == 0 && c.num_heads % n == 0 &&
+                  c.intermediate_size % n == 0,
+              "tensor parallel: ", n, " ranks do not divide the KV heads (",
+              c.num_kv_heads, "), query heads (", c.num_heads,
+              ") and intermediate size (", c.intermediate_size, ")");
   auto norm = [&](int64_t dim) {
     return RMSNorm(RMSNormOptions(dim).eps(c.rms_norm_eps));
   };
   input_norm = register_module("input_norm", norm(c.hidden_size));
   attn = register_module(
-      "attn", Attention(AttentionOptions(c.hidden_size, c.num_heads,
-                                         c.num_kv_heads, c.head_dim)
+      "attn", Attention(AttentionOptions(c.hidden_size, c.num_heads / n,
+                                         c.num_kv_heads / n, c.head_dim)
                             .query_pre_attn_scalar(c.query_pre_attn_scalar)
                             .rms_norm_eps(c.rms_norm_eps)));
   post_attn_norm = register_module("post_attn_norm", norm(c.hidden_size));
   pre_mlp_norm = register_module("pre_mlp_norm", norm(c.hidden_size));
-  mlp = register_module(
-      "mlp", GatedMlp(GatedMlpOptions(c.hidden_size, c.intermediate_size)));
+  mlp = register_module("mlp", GatedMlp(GatedMlpOptions(
+                                   c.hidden_size, c.intermediate_size / n)));
   post_mlp_norm = register_module("post_mlp_norm", norm(c.hidden_size));
+}
+
+torch::Tensor Gemma3DecoderLayerImpl::Enter(const torch::Tensor& x, bool sp) {
+  if (!tp_.split()) return x;
+  return sp ? GatherFromSequenceRegion(x, *tp_.comm)
+            : CopyToTpRegion(x, *tp_.comm);
+}
+
+torch::Tensor Gemma3DecoderLayerImpl::Exit(const torch::Tensor& x, bool sp) {
+  if (!tp_.split()) return x;
+  return sp ? ReduceScatterToSequenceRegion(x, *tp_.comm)
+            : ReduceFromTpRegion(x, *tp_.comm);
 }
 
 torch::Tensor Gemma3DecoderLayerImpl::forward(const torch::Tensor& x,
@@ -33,25 +53,34 @@ torch::Tensor Gemma3DecoderLayerImpl::forward(const torch::Tensor& x,
                                               const torch::Tensor& sin,
                                               const torch::Tensor& bias,
                                               LayerKvCache* cache) {
+  const bool sp = tp_.sequence_parallel && cache == nullptr;
   torch::Tensor h =
-      x + post_attn_norm(attn(input_norm(x), cos, sin, bias, cache));
-  return h + post_mlp_norm(mlp(pre_mlp_norm(h)));
+      x + post_attn_norm(
+              Exit(attn(Enter(input_norm(x), sp), cos, sin, bias, cache), sp));
+  return h + post_mlp_norm(Exit(mlp(Enter(pre_mlp_norm(h), sp)), sp));
 }
 
 Gemma3TextModelImpl::Gemma3TextModelImpl(const TextConfig& config,
-                                         bool apply_final_softcap)
-    : config_(config), apply_final_softcap_(apply_final_softcap) {
+                                         bool apply_final_softcap,
+                                         TpOptions tp)
+    : config_(config),
+      apply_final_softcap_(apply_final_softcap),
+      tp_(std::move(tp)) {
+  vocab_shard_ = VocabShardOf(config.vocab_size, tp_.size(), tp_.rank());
+  // Without TP the table is [V, H] (shard rows == V); with TP this rank's
+  // padded rows. The pad row gets no gradient, as in HF.
   auto emb_opts =
-      torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size);
-  if (config.pad_token_id >= 0 && config.pad_token_id < config.vocab_size) {
-    emb_opts.padding_idx(
-        config.pad_token_id);  // no gradient to the pad row, as in HF
+      torch::nn::EmbeddingOptions(vocab_shard_.rows, config.hidden_size);
+  const int64_t local_pad = config.pad_token_id - vocab_shard_.start;
+  if (config.pad_token_id >= 0 && local_pad >= 0 &&
+      local_pad < vocab_shard_.valid) {
+    emb_opts.padding_idx(local_pad);
   }
   embed = register_module("embed", torch::nn::Embedding(emb_opts));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.num_layers; ++i) {
-    Gemma3DecoderLayer layer(config,
-                             config.layer_types[static_cast<size_t>(i)]);
+    Gemma3DecoderLayer layer(config, config.layer_types[static_cast<size_t>(i)],
+                             tp_);
     layers->push_back(layer);
     layer_list_.push_back(layer);
   }
@@ -68,7 +97,10 @@ torch::Tensor Gemma3TextModelImpl::Embed(const torch::Tensor& input_ids) {
       static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size)));
   torch::Tensor s = torch::scalar_tensor(scale, torch::kFloat)
                         .to(embed->weight.scalar_type());
-  return embed(input_ids) * s;
+  if (!tp_.split()) return embed(input_ids) * s;
+  return VocabParallelEmbedding(input_ids, embed->weight, vocab_shard_,
+                                *tp_.comm, config_.pad_token_id) *
+         s;
 }
 
 torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
@@ -131,7 +163,14 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
         position_ids, dtype);
   }
 
-  torch::Tensor h = embeds;
+  // Sequence parallelism: each rank carries its L / tp positions between
+  // the layers' tensor-parallel regions.
+  const bool sp =
+      tp_.split() && tp_.sequence_parallel && in.cache == nullptr;
+  TORCH_CHECK(!sp || l % tp_.size() == 0, "sequence parallel: length ", l,
+              " does not divide by tp ", tp_.size(),
+              " (pad batches to a multiple of it)");
+  torch::Tensor h = sp ? ScatterToSequenceRegion(embeds, *tp_.comm) : embeds;
   for (size_t i = 0; i < layer_list_.size(); ++i) {
     const int t = layer_list_[i]->type == LayerType::kSliding ? 0 : 1;
     LayerKvCache* lc = in.cache != nullptr
@@ -141,16 +180,52 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
             ? RecomputedLayerForward(*layer_list_[i], h, cos[t], sin[t], bias[t])
             : layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
   }
-  return final_norm(h);
+  h = final_norm(h);
+  // The head's consumers (Loss, Logits) return the full gradient of the
+  // hidden state on every rank: backward keeps this rank's slice of it.
+  return sp ? GatherFromSequenceRegion(h, *tp_.comm, /*reduce_grad=*/false)
+            : h;
 }
 
 torch::Tensor Gemma3TextModelImpl::Logits(const torch::Tensor& hidden) {
-  torch::Tensor logits = torch::nn::functional::linear(hidden, embed->weight);
+  torch::Tensor logits;
+  if (!tp_.split()) {
+    logits = torch::nn::functional::linear(hidden, embed->weight);
+  } else {
+    // A column-parallel head over the vocabulary shards: the copy makes the
+    // hidden state's gradient the sum of every shard's part.
+    logits = torch::nn::functional::linear(CopyToTpRegion(hidden, *tp_.comm),
+                                           embed->weight);
+    logits = GatherFromTpRegion(logits, *tp_.comm)
+                 .narrow(-1, 0, config_.vocab_size);
+  }
   if (apply_final_softcap_ && config_.final_logit_softcapping.has_value()) {
     const double cap = *config_.final_logit_softcapping;
     logits = torch::tanh(logits / cap) * cap;
   }
   return logits;
+}
+
+TpGrad Gemma3TpGrad(const std::string& name, const TpOptions& tp) {
+  if (!tp.split() || name.rfind("text.", 0) != 0) return TpGrad::kReplicated;
+  auto ends_with = [&](const char* suffix) {
+    const size_t n = std::strlen(suffix);
+    return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
+  };
+  if (ends_with("attn.q_norm.weight") || ends_with("attn.k_norm.weight"))
+    return TpGrad::kPartial;  // shared over heads, each rank has its heads
+  if (ends_with("norm.weight"))
+    return tp.sequence_parallel ? TpGrad::kPartial : TpGrad::kReplicated;
+  return TpGrad::kSharded;  // embed, qkv, o, gate_up, down
+}
+
+LmLoss Gemma3TextModelImpl::Loss(const torch::Tensor& hidden,
+                                 const torch::Tensor& labels,
+                                 const LmLossOptions& options) {
+  if (!tp_.split()) return CausalLmLoss(hidden, embed->weight, labels, options);
+  return VocabParallelCausalLmLoss(hidden, embed->weight, vocab_shard_,
+                                   config_.vocab_size, labels, *tp_.comm,
+                                   options);
 }
 
 torch::Tensor Gemma3TextModelImpl::forward(const torch::Tensor& input_ids,

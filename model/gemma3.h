@@ -8,6 +8,16 @@
 // Layer: h = x + post_attn_norm(attn(input_norm(x)));
 //        y = h + post_mlp_norm(mlp(pre_mlp_norm(h))).
 // Embedding: E[ids] * sqrt(H), the factor rounded to the weight dtype first.
+//
+// Tensor parallelism (TpOptions, model/tensor_parallel.h): every module holds
+// its rank's shard in the checkpoint layout of model/param_table.h (qkv by
+// whole KV groups, gate/up by rows of each block, o/down by columns, the
+// embedding by padded vocabulary rows); norms are replicated. A layer is
+//   h = x + post_attn_norm(Exit(attn(Enter(input_norm(x)))))
+// with Enter/Exit = CopyToTpRegion/ReduceFromTpRegion, or under sequence
+// parallelism GatherFromSequenceRegion/ReduceScatterToSequenceRegion with x
+// split along the sequence. Logits are gathered over the vocabulary shards;
+// Loss() is the vocab-parallel fused cross-entropy, which never gathers them.
 #ifndef GEMMA_MODEL_GEMMA3_H_
 #define GEMMA_MODEL_GEMMA3_H_
 
@@ -18,10 +28,13 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "model/config.h"
 #include "model/layers.h"
+#include "model/loss.h"
+#include "model/tensor_parallel.h"
 
 namespace gemma {
 
@@ -30,9 +43,11 @@ class KvCache;
 // One decoder layer.
 class Gemma3DecoderLayerImpl : public torch::nn::Module {
  public:
-  Gemma3DecoderLayerImpl(const TextConfig& config, LayerType type);
+  Gemma3DecoderLayerImpl(const TextConfig& config, LayerType type,
+                         TpOptions tp = {});
 
-  // x [B, L, H]; cos/sin for this layer type; bias for this layer type.
+  // x [B, L, H] ([B, L / tp, H] under sequence parallelism without a cache);
+  // cos/sin and bias for this layer type over the whole sequence.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
                         LayerKvCache* cache = nullptr);
@@ -44,6 +59,11 @@ class Gemma3DecoderLayerImpl : public torch::nn::Module {
   RMSNorm pre_mlp_norm{nullptr};
   GatedMlp mlp{nullptr};
   RMSNorm post_mlp_norm{nullptr};
+
+ private:
+  torch::Tensor Enter(const torch::Tensor& x, bool sp);
+  torch::Tensor Exit(const torch::Tensor& x, bool sp);
+  TpOptions tp_;
 };
 TORCH_MODULE(Gemma3DecoderLayer);
 
@@ -65,16 +85,30 @@ class Gemma3TextModelImpl : public torch::nn::Module {
  public:
   // apply_final_softcap: whether final_logit_softcapping (if set) is applied to
   // the logits: true for HF Gemma3ForCausalLM, false inside the VL model.
+  // tp: this instance's shard of a tensor-parallel layout (the group must
+  // outlive the module's forwards and backwards). Throws c10::Error when the
+  // config cannot be split tp ways (heads, KV heads, intermediate size).
   explicit Gemma3TextModelImpl(const TextConfig& config,
-                               bool apply_final_softcap = true);
+                               bool apply_final_softcap = true,
+                               TpOptions tp = {});
 
   // E[ids] * sqrt(H) (factor cast to the weight dtype). ids [B, L] int64.
+  // Replicated over the TP group (the vocab shards' lookups are summed).
   torch::Tensor Embed(const torch::Tensor& input_ids);
-  // Runs the layers and the final norm over `embeds` [B, L, H]: [B, L, H].
+  // Runs the layers and the final norm over `embeds` [B, L, H]: [B, L, H],
+  // replicated over the TP group.
   torch::Tensor Decode(const torch::Tensor& embeds,
                        const DecoderInputs& inputs);
   // Tied LM head (+ final soft-capping when enabled): [B, L, V].
   torch::Tensor Logits(const torch::Tensor& hidden);
+  // model/loss.h's CausalLmLoss of `hidden` (from Decode) against `labels`
+  // over the tied head, vocab-parallel under TP (every rank returns the same
+  // values). options.softcap is the caller's (the VL model applies none).
+  LmLoss Loss(const torch::Tensor& hidden, const torch::Tensor& labels,
+              const LmLossOptions& options = {});
+  // This rank's rows of the padded vocabulary (all of it without TP).
+  const VocabShard& vocab_shard() const { return vocab_shard_; }
+  const TpOptions& tp() const { return tp_; }
   // Embed + Decode + Logits.
   torch::Tensor forward(const torch::Tensor& input_ids,
                         const DecoderInputs& inputs);
@@ -88,11 +122,24 @@ class Gemma3TextModelImpl : public torch::nn::Module {
  private:
   TextConfig config_;
   bool apply_final_softcap_;
+  TpOptions tp_;
+  VocabShard vocab_shard_;
   std::vector<Gemma3DecoderLayer> layer_list_;
   torch::Tensor inv_freq_full_;
   torch::Tensor inv_freq_sliding_;
 };
 TORCH_MODULE(Gemma3TextModel);
+
+// How the gradient of parameter `name` (the VL model's names, "text.*",
+// "vision.*", "projector.*") relates across the ranks of a TP group:
+//   kSharded     each rank holds its own slice (and its whole gradient);
+//   kReplicated  every rank holds the same tensor and the same gradient;
+//   kPartial     every rank holds the same tensor but only part of its
+//                gradient: the sum over the group is the gradient (q/k norms,
+//                shared by heads spread over the ranks; the decoder's norms
+//                under sequence parallelism).
+enum class TpGrad { kSharded, kReplicated, kPartial };
+TpGrad Gemma3TpGrad(const std::string& name, const TpOptions& tp);
 
 }  // namespace gemma
 

@@ -82,6 +82,72 @@ class ScatterToRegion : public torch::autograd::Function<ScatterToRegion> {
   }
 };
 
+// x [B, L, ...] -> [L, B, ...] contiguous (collectives split dim 0) and back.
+torch::Tensor SeqFirst(const torch::Tensor& x) {
+  return x.transpose(0, 1).contiguous();
+}
+
+torch::Tensor GatherSeq(const torch::Tensor& x, Comm& comm) {
+  return comm.AllGather(x.contiguous(), 1);
+}
+
+torch::Tensor ReduceScatterSeq(const torch::Tensor& x, Comm& comm) {
+  TORCH_CHECK(x.dim() >= 2 && x.size(1) % comm.size() == 0,
+              "sequence parallel: length ", x.dim() >= 2 ? x.size(1) : -1,
+              " does not split into ", comm.size(), " parts");
+  return comm.ReduceScatterSum(SeqFirst(x)).transpose(0, 1).contiguous();
+}
+
+torch::Tensor OwnSeqSlice(const torch::Tensor& x, Comm& comm) {
+  TORCH_CHECK(x.dim() >= 2 && x.size(1) % comm.size() == 0,
+              "sequence parallel: length ", x.dim() >= 2 ? x.size(1) : -1,
+              " does not split into ", comm.size(), " parts");
+  const int64_t part = x.size(1) / comm.size();
+  return x.narrow(1, comm.rank() * part, part).contiguous();
+}
+
+class ScatterToSeq : public torch::autograd::Function<ScatterToSeq> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               Comm* comm) {
+    SaveComm(ctx, comm);
+    return OwnSeqSlice(x, *comm);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    return {GatherSeq(g[0], SavedComm(ctx)), torch::Tensor()};
+  }
+};
+
+class GatherFromSeq : public torch::autograd::Function<GatherFromSeq> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               Comm* comm, bool reduce_grad) {
+    SaveComm(ctx, comm);
+    ctx->saved_data["reduce"] = reduce_grad;
+    return GatherSeq(x, *comm);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    Comm& comm = SavedComm(ctx);
+    torch::Tensor out = ctx->saved_data["reduce"].toBool()
+                            ? ReduceScatterSeq(g[0], comm)
+                            : OwnSeqSlice(g[0], comm);
+    return {out, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+class ReduceScatterToSeq
+    : public torch::autograd::Function<ReduceScatterToSeq> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               Comm* comm) {
+    SaveComm(ctx, comm);
+    return ReduceScatterSeq(x, *comm);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    return {GatherSeq(g[0], SavedComm(ctx)), torch::Tensor()};
+  }
+};
+
 // Vocab-parallel fused head + cross-entropy. Like model/loss.cc's
 // FusedLinearCrossEntropy, forward also computes the gradients for a unit
 // upstream gradient; backward scales them.
@@ -202,6 +268,20 @@ at::Tensor ScatterToTpRegion(const at::Tensor& x, Comm& comm) {
   return ScatterToRegion::apply(x, &comm);
 }
 
+at::Tensor ScatterToSequenceRegion(const at::Tensor& x, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return ScatterToSeq::apply(x, &comm);
+}
+at::Tensor GatherFromSequenceRegion(const at::Tensor& x, Comm& comm,
+                                    bool reduce_grad) {
+  if (comm.size() == 1) return x;
+  return GatherFromSeq::apply(x, &comm, reduce_grad);
+}
+at::Tensor ReduceScatterToSequenceRegion(const at::Tensor& x, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return ReduceScatterToSeq::apply(x, &comm);
+}
+
 VocabShard VocabShardOf(int64_t vocab_size, int tp, int rank) {
   TORCH_CHECK(vocab_size > 0 && tp > 0 && rank >= 0 && rank < tp,
               "VocabShardOf: vocab ", vocab_size, ", tp ", tp, ", rank ", rank);
@@ -214,14 +294,22 @@ VocabShard VocabShardOf(int64_t vocab_size, int tp, int rank) {
 
 at::Tensor VocabParallelEmbedding(const at::Tensor& ids,
                                   const at::Tensor& weight_shard,
-                                  const VocabShard& shard, Comm& comm) {
+                                  const VocabShard& shard, Comm& comm,
+                                  int64_t padding_idx) {
   TORCH_CHECK(weight_shard.dim() == 2 && weight_shard.size(0) == shard.rows,
               "VocabParallelEmbedding: weight shard ", weight_shard.sizes(),
               " for a shard of ", shard.rows, " rows");
   torch::Tensor local = ids - shard.start;
   torch::Tensor owned = local.ge(0) & local.lt(shard.valid);
+  // Ids of other shards look up a row whose gradient is dropped: the local
+  // padding row when this shard owns it, else row 0 masked out below (its
+  // gradient is then multiplied by 0).
+  const int64_t local_pad =
+      padding_idx >= shard.start && padding_idx < shard.start + shard.valid
+          ? padding_idx - shard.start
+          : -1;
   torch::Tensor safe = torch::where(owned, local, torch::zeros_like(local));
-  torch::Tensor out = torch::embedding(weight_shard, safe);
+  torch::Tensor out = torch::embedding(weight_shard, safe, local_pad);
   out = out * owned.unsqueeze(-1).to(out.scalar_type());
   return ReduceFromTpRegion(out, comm);
 }

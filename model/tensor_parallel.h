@@ -28,16 +28,54 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 
 #include "model/comm.h"
 #include "model/loss.h"
 
 namespace gemma {
 
+// How one model instance is split over a tensor-parallel group. With no comm
+// (or a group of one) nothing is split and no collective runs.
+//
+// sequence_parallel (Megatron's sequence parallelism): between the
+// column-parallel and row-parallel regions the activations [B, L, H] are
+// split along the sequence (each rank holds L / tp positions), so the norms
+// and the residual adds run on 1/tp of the tokens and their activations take
+// 1/tp of the memory; the all-reduce after a row-parallel layer becomes a
+// reduce-scatter over the sequence and the copy before a column-parallel one
+// an all-gather. The norm weights then see only their rank's positions: their
+// gradients are partial sums over the group (the trainer sums them). Only
+// training-style forwards (no KV cache) use it, and L must divide by tp.
+struct TpOptions {
+  std::shared_ptr<Comm> comm;
+  bool sequence_parallel = false;
+
+  int size() const { return comm ? comm->size() : 1; }
+  int rank() const { return comm ? comm->rank() : 0; }
+  bool split() const { return size() > 1; }
+};
+
 at::Tensor CopyToTpRegion(const at::Tensor& x, Comm& comm);
 at::Tensor ReduceFromTpRegion(const at::Tensor& x, Comm& comm);
 at::Tensor GatherFromTpRegion(const at::Tensor& x, Comm& comm);
 at::Tensor ScatterToTpRegion(const at::Tensor& x, Comm& comm);
+
+// Sequence-parallel mappings over dim 1 of [B, L, ...] activations (L must
+// divide by the group size):
+//   ScatterToSequenceRegion      forward own L/tp slice,  backward all-gather
+//   GatherFromSequenceRegion     forward all-gather,      backward
+//                                reduce-scatter (the gathered tensor feeds
+//                                column-parallel layers whose input gradients
+//                                are partial), or with reduce_grad = false
+//                                backward own slice (the consumer already
+//                                returns the full gradient on every rank, as
+//                                VocabParallelTokenLoss does)
+//   ReduceScatterToSequenceRegion forward reduce-scatter, backward all-gather
+at::Tensor ScatterToSequenceRegion(const at::Tensor& x, Comm& comm);
+at::Tensor GatherFromSequenceRegion(const at::Tensor& x, Comm& comm,
+                                    bool reduce_grad = true);
+at::Tensor ReduceScatterToSequenceRegion(const at::Tensor& x, Comm& comm);
 
 // Rows [start, start + rows) of the padded vocabulary held by `rank`; the
 // first `valid` of them are real tokens.
@@ -51,10 +89,13 @@ VocabShard VocabShardOf(int64_t vocab_size, int tp, int rank);
 // Embedding lookup with the table split by vocab rows: each rank looks up
 // the ids it owns (zeros elsewhere) and the results are summed over the
 // group. ids: any shape, int64; weight_shard: [shard.rows, H]. Returns
-// [..., H]. The gradient of weight_shard is its rows' share of the full one.
+// [..., H]. The gradient of weight_shard is its rows' share of the full one;
+// row `padding_idx` (a global id; < 0: none) gets no gradient, as in
+// torch::nn::Embedding.
 at::Tensor VocabParallelEmbedding(const at::Tensor& ids,
                                   const at::Tensor& weight_shard,
-                                  const VocabShard& shard, Comm& comm);
+                                  const VocabShard& shard, Comm& comm,
+                                  int64_t padding_idx = -1);
 
 // model/loss.h's TokenLoss with the head weight split by vocab rows: per
 // chunk the ranks all-reduce the row max (MAX), the sum of exponentials

@@ -49,10 +49,12 @@ torch::Tensor MultiModalProjectorImpl::forward(
   return projected.to(vision_out.scalar_type());
 }
 
-Gemma3ModelImpl::Gemma3ModelImpl(const ModelConfig& config) : config_(config) {
+Gemma3ModelImpl::Gemma3ModelImpl(const ModelConfig& config, TpOptions tp)
+    : config_(config) {
   text = register_module(
-      "text",
-      Gemma3TextModel(config.text, /*apply_final_softcap=*/!config.is_vl()));
+      "text", Gemma3TextModel(config.text,
+                              /*apply_final_softcap=*/!config.is_vl(),
+                              std::move(tp)));
   if (config.is_vl()) {
     vision = register_module("vision", SiglipVisionTower(*config.vision));
     projector = register_module(
@@ -202,8 +204,13 @@ absl::Status LoadParameters(torch::nn::Module& module,
 
 absl::StatusOr<Gemma3Model> BuildGemma3Model(
     const ModelConfig& config,
-    const std::map<std::string, torch::Tensor>& weights) {
-  Gemma3Model model(config);
+    const std::map<std::string, torch::Tensor>& weights, TpOptions tp) {
+  Gemma3Model model{nullptr};
+  try {
+    model = Gemma3Model(config, std::move(tp));
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(e.what_without_backtrace());
+  }
   absl::Status st = LoadParameters(*model, weights);
   if (!st.ok()) return st;
   model->eval();

@@ -69,7 +69,9 @@ struct ModelInputs {
 
 class Gemma3ModelImpl : public torch::nn::Module {
  public:
-  explicit Gemma3ModelImpl(const ModelConfig& config);
+  // tp: the text decoder's tensor-parallel shard (gemma3.h); the vision
+  // tower and projector are replicated on every rank of the group.
+  explicit Gemma3ModelImpl(const ModelConfig& config, TpOptions tp = {});
 
   // Logits [B, L, V] (the activation dtype). With `cache`, decodes on top of
   // what it holds and appends the new keys/values. Throws c10::Error on bad
@@ -107,10 +109,12 @@ absl::Status LoadParameters(torch::nn::Module& module,
                             const std::string& prefix = "");
 
 // Builds the model for `config` and loads `weights` into it (fp32 parameters;
-// call ->to(dtype/device) afterwards as needed).
+// call ->to(dtype/device) afterwards as needed). Under TP, `weights` are this
+// rank's shards (LoadModelWeights(dir, tp, rank)). InvalidArgument when the
+// config cannot be split tp ways or the weights do not fit.
 absl::StatusOr<Gemma3Model> BuildGemma3Model(
     const ModelConfig& config,
-    const std::map<std::string, torch::Tensor>& weights);
+    const std::map<std::string, torch::Tensor>& weights, TpOptions tp = {});
 
 }  // namespace gemma
 

@@ -42,13 +42,15 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
   return ss.str();
 }
 
-// Every tensor of `source` at TP=1, copied out of the mappings.
+// Rank `rank`'s shard (tp ways) of every tensor of `source`, copied out of the
+// mappings.
 absl::StatusOr<std::map<std::string, at::Tensor>> Materialize(GlobalTensorSource& source,
-                                                              const ShardDims& dims) {
+                                                              const ShardDims& dims, int tp,
+                                                              int rank) {
   std::map<std::string, at::Tensor> out;
   for (const auto& e : source.entries()) {
     GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
-    GEMMA_ASSIGN_OR_RETURN(ShardLayout layout, ComputeShard(spec, e.shape, dims, 1, 0));
+    GEMMA_ASSIGN_OR_RETURN(ShardLayout layout, ComputeShard(spec, e.shape, dims, tp, rank));
     GEMMA_ASSIGN_OR_RETURN(VirtualTensor global, source.Global(e.name));
     at::Tensor t = torch::empty(layout.shard_shape, torch::dtype(ToScalarType(e.dtype)));
     GEMMA_RETURN_IF_ERROR(CopyShard(global, layout, static_cast<uint8_t*>(t.data_ptr())));
@@ -74,13 +76,17 @@ bool HoldsOurNames(const std::vector<std::string>& files) {
 
 }  // namespace
 
-absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir) {
+absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir, int tp, int rank) {
+  if (tp < 1 || rank < 0 || rank >= tp) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": bad tensor-parallel rank ", rank, " of ", tp));
+  }
   ModelWeights w;
   if (PathExists(dir + "/manifest.json")) {
     w.kind = "checkpoint";
     GEMMA_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(dir));
     w.config_json = reader->config_json();
-    GEMMA_ASSIGN_OR_RETURN(w.tensors, Materialize(*reader, reader->manifest().dims));
+    GEMMA_ASSIGN_OR_RETURN(w.tensors, Materialize(*reader, reader->manifest().dims, tp, rank));
     return w;
   }
   if (!PathExists(dir + "/config.json")) {
@@ -108,13 +114,33 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir) {
         }
       }
     }
+    if (tp > 1) {
+      GEMMA_ASSIGN_OR_RETURN(HfConfigLite lite,
+                             ParseHfConfigLite(w.config_json, dir + "/config.json"));
+      for (auto& [name, t] : w.tensors) {
+        GEMMA_ASSIGN_OR_RETURN(t, SliceShard(name, t, ShardDims{lite.num_kv_heads}, tp, rank));
+      }
+    }
     return w;
   }
   w.kind = "hf";
   GEMMA_ASSIGN_OR_RETURN(auto source, OpenHfFolder(dir));
   GEMMA_ASSIGN_OR_RETURN(HfConfigLite lite, ParseHfConfigLite(w.config_json, dir + "/config.json"));
-  GEMMA_ASSIGN_OR_RETURN(w.tensors, Materialize(*source, ShardDims{lite.num_kv_heads}));
+  GEMMA_ASSIGN_OR_RETURN(w.tensors, Materialize(*source, ShardDims{lite.num_kv_heads}, tp, rank));
   return w;
+}
+
+absl::StatusOr<at::Tensor> SliceShard(const std::string& name, const at::Tensor& global,
+                                      const ShardDims& dims, int tp, int rank) {
+  GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(name));
+  const at::Tensor src = global.contiguous();
+  std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
+  GEMMA_ASSIGN_OR_RETURN(ShardLayout layout, ComputeShard(spec, shape, dims, tp, rank));
+  VirtualTensor v = VirtualTensor::Contiguous(static_cast<const uint8_t*>(src.data_ptr()), shape,
+                                              src.element_size());
+  at::Tensor out = torch::empty(layout.shard_shape, src.options());
+  GEMMA_RETURN_IF_ERROR(CopyShard(v, layout, static_cast<uint8_t*>(out.data_ptr())));
+  return out;
 }
 
 absl::StatusOr<Gemma3Model> LoadModel(const std::string& dir) {

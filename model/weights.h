@@ -18,6 +18,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "model/param_table.h"
 #include "model/vl_model.h"
 
 namespace gemma {
@@ -30,7 +31,20 @@ struct ModelWeights {
 
 // Errors name the folder and the file or tensor at fault (NOT_FOUND when the
 // folder holds none of the three kinds).
-absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir);
+//
+// With tp > 1 each tensor is rank `rank`'s shard of a tp-way layout
+// (model/param_table.h's split rules, the shapes Gemma3Model(config, tp)
+// has): from our checkpoint (any stored TP) and from HF folders only the
+// bytes of that shard are read out of the mapped files; our-name safetensors
+// are loaded whole and sliced.
+absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir,
+                                              int tp = 1, int rank = 0);
+
+// Rank `rank`'s shard of global tensor `name` (our name) for a tp-way layout,
+// as a new CPU tensor. NOT_FOUND for names outside model/param_table.h;
+// InvalidArgument when it cannot be split tp ways.
+absl::StatusOr<at::Tensor> SliceShard(const std::string& name, const at::Tensor& global,
+                                      const ShardDims& dims, int tp, int rank);
 
 // LoadModelWeights + the config parsed + BuildGemma3Model (fp32 weights).
 absl::StatusOr<Gemma3Model> LoadModel(const std::string& dir);

@@ -265,6 +265,17 @@ def make_cases():
                max_position_embeddings=512)
     cases.append(dict(name="text_mha", config=cfg, input_ids=[[2] + rand_text(gen, 15, 256)],
                       images=0))
+    # 6. For tensor parallelism up to 4 ranks: 8 query / 4 KV heads, a
+    #    vocabulary (503) that the vocab-parallel layers must pad, two images
+    #    in one row, a left-padded second row (52 tokens: splits 4 ways).
+    cfg = vl_config(text=dict(vocab_size=503, num_attention_heads=8, num_key_value_heads=4,
+                              head_dim=8, intermediate_size=96))
+    row0 = [2] + rand_text(gen, 4, 503) + image_span(cfg) + rand_text(gen, 5, 503) + \
+        image_span(cfg) + rand_text(gen, 6, 503)
+    row1 = [2] + rand_text(gen, 8, 503) + image_span(cfg) + rand_text(gen, 12, 503)
+    pad = len(row0) - len(row1)
+    cases.append(dict(name="vl_tp4_vocab503", config=cfg, input_ids=[row0, [0] * pad + row1],
+                      attention_mask=[[1] * len(row0), [0] * pad + [1] * len(row1)], images=3))
     return cases
 
 

@@ -217,7 +217,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, ParityTest,
                          ::testing::Values("vl_one_image",
                                            "vl_two_images_batch2",
                                            "vl_legacy_odd_heads_oov_image",
-                                           "text_softcap_batch2", "text_mha"));
+                                           "text_softcap_batch2", "text_mha",
+                                           "vl_tp4_vocab503"));
 
 }  // namespace
 }  // namespace gemma
