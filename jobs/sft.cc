@@ -11,13 +11,6 @@ namespace {
 class SftJob : public Job {
  public:
   absl::Status Run(RankContext& ctx) override {
-    const int tp = ctx.spec.parallel().tp() > 0 ? ctx.spec.parallel().tp() : 1;
-    if (tp != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("spec.parallel.tp: sft trains with data parallelism "
-                       "only here; got tp ",
-                       tp));
-    }
     GEMMA_ASSIGN_OR_RETURN(ParallelGroups groups, MakeParallelGroups(ctx));
     if (ctx.on_abort) ctx.on_abort([groups] { AbortGroups(groups); });
     if (ctx.device.rfind("cuda", 0) == 0) {

@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
+#include "model/param_table.h"
 #include "model/safetensors.h"
 #include "model/safetensors_torch.h"
 
@@ -77,6 +78,7 @@ std::string TrainState::ToJson() const {
   j["step"] = step;
   j["max_steps"] = max_steps;
   j["dp"] = dp;
+  j["tp"] = tp;
   nlohmann::json loaders = nlohmann::json::array();
   for (const auto& p : loader) {
     loaders.push_back({{"epoch", p.epoch}, {"index", p.index}});
@@ -109,6 +111,12 @@ absl::StatusOr<TrainState> TrainState::FromJson(const std::string& text,
   GEMMA_RETURN_IF_ERROR(integer("max_steps", &s.max_steps));
   GEMMA_RETURN_IF_ERROR(integer("dp", &dp));
   s.dp = static_cast<int>(dp);
+  if (j.contains("tp")) {
+    int64_t tp = 1;
+    GEMMA_RETURN_IF_ERROR(integer("tp", &tp));
+    if (tp < 1) return Bad(file, "tp", "must be >= 1");
+    s.tp = static_cast<int>(tp);
+  }
   if (!j.contains("loader") || !j["loader"].is_array())
     return Bad(file, "loader", "missing or not an array");
   for (const auto& p : j["loader"]) {
@@ -228,6 +236,96 @@ absl::StatusOr<int64_t> WriteModuleCheckpoint(const std::string& dir,
   options.overwrite = true;
   GEMMA_RETURN_IF_ERROR(WriteCheckpoint(dir, source, options));
   return source.bytes();
+}
+
+absl::StatusOr<int64_t> WriteModuleCheckpointShard(
+    const std::string& dir, torch::nn::Module& module,
+    const std::string& config_json, int64_t num_kv_heads, int64_t vocab_size,
+    int64_t step, Comm& tp) {
+  const int n = tp.size(), rank = tp.rank();
+  const ShardDims dims{num_kv_heads};
+  std::vector<at::Tensor> keep;
+  std::vector<RankShard> shards;
+  CheckpointCommit commit;
+  commit.tp = n;
+  commit.step = step;
+  commit.dims = dims;
+  commit.config_json = config_json;
+  commit.overwrite = true;
+  int64_t bytes = 0;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    at::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
+    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
+    GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(item.key()));
+    std::vector<int64_t> global(t.sizes().begin(), t.sizes().end());
+    switch (spec.split) {
+      case SplitKind::kReplicated:
+        break;
+      case SplitKind::kRows:
+      case SplitKind::kRowBlocks:
+        global[0] *= n;
+        break;
+      case SplitKind::kCols:
+        global[1] *= n;
+        break;
+      case SplitKind::kVocabRows:
+        global[0] = vocab_size;
+        break;
+    }
+    // The local tensor must be exactly the shard the rule gives.
+    GEMMA_ASSIGN_OR_RETURN(ShardLayout layout,
+                           ComputeShard(spec, global, dims, n, rank));
+    if (layout.shard_shape != std::vector<int64_t>(t.sizes().begin(),
+                                                   t.sizes().end())) {
+      return absl::InternalError(absl::StrCat(
+          dir, ": ", item.key(), " of rank ", rank, " is not its ", n,
+          "-way shard"));
+    }
+    keep.push_back(t);
+    shards.push_back({item.key(), dtype, global,
+                      static_cast<const uint8_t*>(t.data_ptr())});
+    commit.tensors.push_back({item.key(), dtype, global});
+    bytes += t.numel() * t.element_size();
+  }
+  const std::string tmp = dir + ".tmp";
+  if (rank == 0) {
+    GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
+    GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
+  }
+  tp.Barrier();
+  absl::StatusOr<ManifestFile> file = WriteRankFile(dir, n, rank, dims, shards);
+  // Every rank learns every file's size and checksum (and whether it was
+  // written) before rank 0 commits.
+  at::Tensor mine = torch::tensor(
+      {static_cast<int64_t>(file.ok() ? 1 : 0),
+       static_cast<int64_t>(file.ok() ? file->bytes : 0),
+       static_cast<int64_t>(file.ok() ? file->crc32c : 0)},
+      torch::kLong);
+  at::Tensor all = tp.AllGather(mine.unsqueeze(0), 0);
+  if (!file.ok()) return file.status();
+  absl::Status committed;
+  if (rank == 0) {
+    for (int r = 0; r < n; ++r) {
+      if (all[r][0].item<int64_t>() != 1) {
+        committed = absl::InternalError(
+            absl::StrCat(dir, ": rank ", r, " could not write its shard"));
+        break;
+      }
+      ManifestFile f;
+      f.rank = r;
+      f.file = RankFileName(r);
+      f.bytes = static_cast<uint64_t>(all[r][1].item<int64_t>());
+      f.crc32c = static_cast<uint32_t>(all[r][2].item<int64_t>());
+      commit.files.push_back(f);
+    }
+    if (committed.ok()) committed = CommitCheckpoint(dir, commit);
+  }
+  at::Tensor ok = torch::tensor({committed.ok() ? 0L : 1L}, torch::kLong);
+  tp.AllReduceSum(ok);
+  if (!committed.ok()) return committed;
+  if (ok.item<int64_t>() != 0)
+    return absl::InternalError(absl::StrCat(dir, ": commit failed on rank 0"));
+  return bytes;
 }
 
 }  // namespace gemma

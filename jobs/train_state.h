@@ -29,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "data/batch.h"
+#include "model/comm.h"
 
 namespace gemma {
 
@@ -36,6 +37,7 @@ struct TrainState {
   int64_t step = 0;       // optimizer steps done
   int64_t max_steps = 0;  // the schedule's total
   int dp = 1;             // DP ranks that wrote it
+  int tp = 1;             // TP ranks that wrote it
   // Train loader position of each DP rank after `step` steps.
   std::vector<LoaderPosition> loader;
   std::vector<double> losses;             // training loss of steps 1..step
@@ -80,6 +82,19 @@ absl::StatusOr<int64_t> WriteModuleCheckpoint(const std::string& dir,
                                               const std::string& config_json,
                                               int64_t num_kv_heads,
                                               int64_t step);
+
+// The same for a module holding rank tp.rank()'s shards of a tensor-parallel
+// layout (model/param_table.h's split rules; names and dtypes as the
+// unsharded module's): collective over `tp`, every rank of the group calls
+// it. Each writes its rank file into DIR.tmp; rank 0 writes the manifest
+// and renames DIR.tmp to DIR once every rank's file is in (replacing DIR);
+// all return after that. vocab_size: the unpadded vocabulary (the embedding
+// shards are padded rows). Returns this rank's bytes. With a group of one
+// this is WriteModuleCheckpoint.
+absl::StatusOr<int64_t> WriteModuleCheckpointShard(
+    const std::string& dir, torch::nn::Module& module,
+    const std::string& config_json, int64_t num_kv_heads, int64_t vocab_size,
+    int64_t step, Comm& tp);
 
 // Copies a file (through a temporary name).
 absl::Status CopyFile(const std::string& from, const std::string& to);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -124,12 +125,26 @@ absl::Status Trainer::Init() {
                       : absl::StrCat(*resume, "/", kModelSubdir);
   }
 
-  GEMMA_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(weights_dir));
+  Comm& tp = *options_.groups.tp;
+  GEMMA_ASSIGN_OR_RETURN(
+      ModelWeights weights,
+      LoadModelWeights(weights_dir, tp.size(), tp.rank()));
   weights_dir_ = weights_dir;
   config_json_ = weights.config_json;
   GEMMA_ASSIGN_OR_RETURN(config_,
                          ParseModelConfigText(config_json_, weights_dir));
-  GEMMA_ASSIGN_OR_RETURN(model_, BuildGemma3Model(config_, weights.tensors));
+  tp_.comm = options_.groups.tp;
+  tp_.sequence_parallel = spec_.parallel().sequence_parallel();
+  {
+    auto model = BuildGemma3Model(config_, weights.tensors, tp_);
+    if (!model.ok()) {
+      return absl::Status(model.status().code(),
+                          absl::StrCat(weights_dir, " at spec.parallel.tp=",
+                                       tp.size(), ": ",
+                                       model.status().message()));
+    }
+    model_ = *model;
+  }
   weights.tensors.clear();
 
   const std::string& dtype = spec_.model().dtype();
@@ -166,7 +181,9 @@ absl::Status Trainer::Init() {
   if (!st.ok()) return absl::InvalidArgumentError(st.status().message());
   if (options_.model_hook) GEMMA_RETURN_IF_ERROR(options_.model_hook(model_));
   for (auto& p : model_->named_parameters()) {
-    if (p.value().requires_grad()) trainable_.emplace_back(p.key(), p.value());
+    if (!p.value().requires_grad()) continue;
+    trainable_.emplace_back(p.key(), p.value());
+    tp_grad_.push_back(Gemma3TpGrad(p.key(), tp_));
   }
   if (trainable_.empty()) {
     return absl::InvalidArgumentError(
@@ -182,6 +199,7 @@ absl::Status Trainer::Init() {
   GEMMA_RETURN_IF_ERROR(LoadData());
   state_.max_steps = schedule_.total_steps;
   state_.dp = dp;
+  state_.tp = tp_.size();
   state_.job = options_.job;
   state_.loader.assign(dp, train_loader_->position());
   if (resume) GEMMA_RETURN_IF_ERROR(Restore(*resume));
@@ -235,8 +253,14 @@ absl::Status Trainer::LoadData() {
   BatchOptions bo;
   bo.batch_size = d.batch_size() > 0 ? d.batch_size() : 1;
   bo.seq_len = d.seq_len() > 0 ? d.seq_len() : 2048;
-  bo.pad_to_multiple = d.pad_to_multiple();
+  bo.pad_to_multiple = SequenceMultiple();
   bo.pack = d.packing();
+  if (bo.pack && bo.seq_len % bo.pad_to_multiple != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.data.seq_len: packed rows of ", bo.seq_len,
+        " tokens do not split over parallel.tp=", tp_.size(),
+        " ranks with sequence_parallel"));
+  }
   bo.shuffle = true;
   bo.seed = static_cast<uint64_t>(d.seed());
   bo.skip_bad = d.skip_bad();
@@ -249,6 +273,12 @@ absl::Status Trainer::LoadData() {
       DataLoader::Create(std::move(*train), tokenizer_.get(), bo));
   train_size_ = train_loader_->size();
   return absl::OkStatus();
+}
+
+int Trainer::SequenceMultiple() const {
+  const int pad = std::max(1, spec_.data().pad_to_multiple());
+  if (!tp_.split() || !tp_.sequence_parallel) return pad;
+  return std::lcm(pad, tp_.size());
 }
 
 LoaderPosition Trainer::TrainPosition() const {
@@ -311,6 +341,28 @@ absl::StatusOr<Batch> Trainer::NextMicroBatch() {
 }
 
 void Trainer::AllReduceGradients() {
+  // Gradients that are partial sums over the TP group (q/k norms; the
+  // decoder norms under sequence parallelism) first, in one flat buffer.
+  if (tp_.split()) {
+    std::vector<at::Tensor> partial;
+    for (size_t i = 0; i < trainable_.size(); ++i) {
+      if (tp_grad_[i] != TpGrad::kPartial) continue;
+      at::Tensor& g = trainable_[i].second.mutable_grad();
+      if (!g.defined()) g = torch::zeros_like(trainable_[i].second);
+      partial.push_back(g);
+    }
+    if (!partial.empty()) {
+      std::vector<at::Tensor> flat_parts;
+      for (auto& g : partial) flat_parts.push_back(g.reshape({-1}));
+      at::Tensor flat = torch::cat(flat_parts);
+      options_.groups.tp->AllReduceSum(flat);
+      int64_t off = 0;
+      for (auto& g : partial) {
+        g.copy_(flat.narrow(0, off, g.numel()).view_as(g));
+        off += g.numel();
+      }
+    }
+  }
   Comm& comm = *options_.groups.dp;
   if (comm.size() == 1) return;
   // Flat buckets of ~25 MB per dtype, in parameter order.
@@ -343,13 +395,32 @@ void Trainer::AllReduceGradients() {
 }
 
 double Trainer::ClipGradients() {
-  std::vector<at::Tensor> norms;
-  for (auto& [name, p] : trainable_) {
-    if (p.grad().defined())
-      norms.push_back(p.grad().to(torch::kFloat32).norm(2));
+  // The global norm counts every element once: TP-sharded gradients on every
+  // TP rank (summed over the group), replicated ones from the TP group's
+  // rank 0 only.
+  std::vector<at::Tensor> sharded, replicated;
+  for (size_t i = 0; i < trainable_.size(); ++i) {
+    const at::Tensor& g = trainable_[i].second.grad();
+    if (!g.defined()) continue;
+    (tp_grad_[i] == TpGrad::kSharded ? sharded : replicated)
+        .push_back(g.to(torch::kFloat32).norm(2));
   }
-  if (norms.empty()) return 0.0;
-  at::Tensor total = torch::stack(norms).norm(2);
+  at::Tensor total;
+  if (!tp_.split()) {
+    sharded.insert(sharded.end(), replicated.begin(), replicated.end());
+    if (sharded.empty()) return 0.0;
+    total = torch::stack(sharded).norm(2);
+  } else {
+    auto sq = [](const std::vector<at::Tensor>& v) {
+      return v.empty() ? torch::zeros({}, torch::kFloat32)
+                       : torch::stack(v).pow(2).sum();
+    };
+    at::Tensor sums = torch::stack(
+        {sq(sharded), tp_.rank() == 0 ? sq(replicated)
+                                      : torch::zeros({}, torch::kFloat32)});
+    options_.groups.tp->AllReduceSum(sums);
+    total = sums.sum().sqrt();
+  }
   const double norm = total.item<double>();
   const double max_norm = spec_.optim().grad_clip();
   if (max_norm > 0) {
@@ -419,7 +490,7 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   BatchOptions bo;
   bo.batch_size = d.batch_size() > 0 ? d.batch_size() : 1;
   bo.seq_len = d.seq_len() > 0 ? d.seq_len() : 2048;
-  bo.pad_to_multiple = d.pad_to_multiple();
+  bo.pad_to_multiple = SequenceMultiple();
   bo.pack = d.packing();
   bo.shuffle = false;
   bo.skip_bad = d.skip_bad();
@@ -464,41 +535,99 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   return e;
 }
 
+std::string Trainer::OptimizerFile() const {
+  // One file per TP rank (each holds the state of its shards).
+  if (!tp_.split()) return kOptimizerFile;
+  return absl::StrFormat("optimizer-tp%05d.safetensors", tp_.rank());
+}
+
 absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
   const std::string dir = StepDir(root_, state_.step);
+  const std::string tmp = dir + ".tmp";
   int64_t bytes = 0;
   Comm& dp = *options_.groups.dp;
+  Comm& tp = *options_.groups.tp;
+  Comm& world = *options_.groups.world;
+  // The TP group of DP rank 0 writes: its rank 0 makes the folder, each TP
+  // rank its model shard and optimizer file, then world rank 0 the state and
+  // the rename. Any rank's failure fails every rank (no half folder is
+  // published: only a complete DIR.tmp is renamed).
+  absl::Status st;
   if (dp.rank() == 0) {
-    const std::string tmp = dir + ".tmp";
-    GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
-    GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
-    const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
-    if (options_.save_model) {
-      GEMMA_ASSIGN_OR_RETURN(bytes,
-                             options_.save_model(model_, model_dir, state_));
-    } else {
-      GEMMA_ASSIGN_OR_RETURN(
-          bytes, WriteModuleCheckpoint(model_dir, *model_, config_json_,
-                                       config_.text.num_kv_heads, state_.step));
-      GEMMA_RETURN_IF_ERROR(CopyFile(
-          tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+    if (tp.rank() == 0) {
+      st = RemoveTree(tmp);
+      if (st.ok()) st = MakeDirs(tmp);
     }
-    auto opt = optimizer_->StateTensors();
-    opt["rng/cpu"] = CpuRngState();
-    for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
-    GEMMA_RETURN_IF_ERROR(
-        WriteTensorFile(absl::StrCat(tmp, "/", kOptimizerFile), opt));
-    GEMMA_RETURN_IF_ERROR(WriteFileAtomic(
-        absl::StrCat(tmp, "/", kTrainStateFile), state_.ToJson()));
-    SyncDir(tmp);
-    GEMMA_RETURN_IF_ERROR(PublishDir(tmp, dir, /*overwrite=*/true));
+    auto made = Guarded<bool>("checkpoint", [&] {
+      at::Tensor bad = torch::tensor({st.ok() ? 0L : 1L}, torch::kLong);
+      tp.AllReduceSum(bad);
+      return bad.item<int64_t>() == 0;
+    });
+    if (!made.ok()) return made.status();
+    if (st.ok() && !*made)
+      st = absl::InternalError(absl::StrCat(tmp, ": could not be created"));
+    const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
+    if (st.ok() && options_.save_model) {
+      auto b = options_.save_model(model_, model_dir, state_);
+      if (b.ok()) bytes = *b; else st = b.status();
+    } else if (st.ok()) {
+      auto b = Guarded<int64_t>("checkpoint", [&]() -> int64_t {
+        auto r = WriteModuleCheckpointShard(
+            model_dir, *model_, config_json_, config_.text.num_kv_heads,
+            config_.text.vocab_size, state_.step, tp);
+        if (!r.ok()) throw std::runtime_error(std::string(r.status().message()));
+        return *r;
+      });
+      if (b.ok()) bytes = *b; else st = b.status();
+      if (st.ok() && tp.rank() == 0) {
+        st = CopyFile(tokenizer_->path(),
+                      absl::StrCat(model_dir, "/tokenizer.model"));
+      }
+    }
+    if (st.ok()) {
+      auto opt = optimizer_->StateTensors();
+      opt["rng/cpu"] = CpuRngState();
+      for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
+      st = WriteTensorFile(absl::StrCat(tmp, "/", OptimizerFile()), opt);
+    }
   }
-  auto st = Guarded<bool>("checkpoint barrier", [&] {
-    dp.Barrier();
-    return true;
+  // Everyone agrees on the outcome before world rank 0 publishes.
+  auto all_ok = Guarded<bool>("checkpoint barrier", [&] {
+    at::Tensor bad = torch::tensor({st.ok() ? 0L : 1L}, torch::kLong);
+    world.AllReduceSum(bad);
+    return bad.item<int64_t>() == 0;
   });
-  if (!st.ok()) return st.status();
-  return std::make_pair(dir, bytes);
+  if (!all_ok.ok()) return all_ok.status();
+  if (!st.ok()) return st;
+  if (!*all_ok) {
+    return absl::InternalError(
+        absl::StrCat(tmp, ": another rank failed to write its part"));
+  }
+  if (world.rank() == 0) {
+    st = WriteFileAtomic(absl::StrCat(tmp, "/", kTrainStateFile),
+                         state_.ToJson());
+    if (st.ok()) {
+      SyncDir(tmp);
+      st = PublishDir(tmp, dir, /*overwrite=*/true);
+    }
+  }
+  auto published = Guarded<bool>("checkpoint barrier", [&] {
+    at::Tensor bad = torch::tensor({st.ok() ? 0L : 1L}, torch::kLong);
+    world.AllReduceSum(bad);
+    return bad.item<int64_t>() == 0;
+  });
+  if (!published.ok()) return published.status();
+  if (!st.ok()) return st;
+  if (!*published)
+    return absl::InternalError(absl::StrCat(dir, ": could not be published"));
+  // Bytes of the whole checkpoint (every writer's part).
+  auto total = Guarded<int64_t>("checkpoint barrier", [&] {
+    at::Tensor b = torch::tensor({dp.rank() == 0 ? bytes : 0L}, torch::kLong);
+    world.AllReduceSum(b);
+    return b.item<int64_t>();
+  });
+  if (!total.ok()) return total.status();
+  return std::make_pair(dir, *total);
 }
 
 absl::Status Trainer::Restore(const std::string& dir) {
@@ -512,11 +641,19 @@ absl::Status Trainer::Restore(const std::string& dir) {
         state_file, ": written with dp=", saved.dp, ", this run has dp=", dp,
         " (the data position cannot be split differently)"));
   }
+  if (saved.tp != tp_.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        state_file, ": written with tp=", saved.tp, ", this run has tp=",
+        tp_.size(), " (the optimizer state is per TP shard; start a new job "
+        "from ", dir, "/", kModelSubdir, " to change the layout)"));
+  }
   const std::string model_dir = absl::StrCat(dir, "/", kModelSubdir);
   if (options_.load_model) {
     GEMMA_RETURN_IF_ERROR(options_.load_model(model_, model_dir));
   } else if (model_dir != weights_dir_) {  // Init may have loaded them already
-    GEMMA_ASSIGN_OR_RETURN(ModelWeights w, LoadModelWeights(model_dir));
+    GEMMA_ASSIGN_OR_RETURN(ModelWeights w, LoadModelWeights(
+                                               model_dir, tp_.size(),
+                                               tp_.rank()));
     absl::Status loaded;
     auto st = Guarded<bool>("restoring weights", [&] {
       torch::NoGradGuard no_grad;
@@ -530,7 +667,7 @@ absl::Status Trainer::Restore(const std::string& dir) {
     }
     weights_dir_ = model_dir;
   }
-  const std::string opt_file = absl::StrCat(dir, "/", kOptimizerFile);
+  const std::string opt_file = absl::StrCat(dir, "/", OptimizerFile());
   GEMMA_ASSIGN_OR_RETURN(auto opt, ReadTensorFile(opt_file));
   auto rng = opt.find("rng/cpu");
   if (rng == opt.end()) {
@@ -631,18 +768,28 @@ absl::Status Trainer::Run(RankContext& ctx) {
     ctx.Log(absl::StrFormat("adapters written to %s (%.1f MB)", spec_.output(),
                             bytes / 1e6));
   } else if (!spec_.output().empty() && options_.groups.dp->rank() == 0) {
+    // The TP group of DP rank 0 writes the model at its TP layout (any
+    // layout loads it). Staged so a finished output replaces an old one
+    // whole.
     const std::string staging = spec_.output() + ".staging";
-    GEMMA_RETURN_IF_ERROR(RemoveTree(staging));
     GEMMA_ASSIGN_OR_RETURN(
         int64_t bytes,
-        WriteModuleCheckpoint(staging, *model_, config_json_,
-                              config_.text.num_kv_heads, state_.step));
-    GEMMA_RETURN_IF_ERROR(CopyFile(tokenizer_->path(),
-                                   absl::StrCat(staging, "/tokenizer.model")));
-    GEMMA_RETURN_IF_ERROR(
-        PublishDir(staging, spec_.output(), /*overwrite=*/true));
-    ctx.Log(absl::StrFormat("model written to %s (%.1f MB)", spec_.output(),
-                            bytes / 1e6));
+        Guarded<int64_t>("writing spec.output", [&]() -> int64_t {
+          auto r = WriteModuleCheckpointShard(
+              staging, *model_, config_json_, config_.text.num_kv_heads,
+              config_.text.vocab_size, state_.step, *options_.groups.tp);
+          if (!r.ok())
+            throw std::runtime_error(std::string(r.status().message()));
+          return *r;
+        }));
+    if (tp_.rank() == 0) {
+      GEMMA_RETURN_IF_ERROR(CopyFile(
+          tokenizer_->path(), absl::StrCat(staging, "/tokenizer.model")));
+      GEMMA_RETURN_IF_ERROR(
+          PublishDir(staging, spec_.output(), /*overwrite=*/true));
+      ctx.Log(absl::StrFormat("model written to %s (%.1f MB per rank)",
+                              spec_.output(), bytes / 1e6));
+    }
   }
   return absl::OkStatus();
 }

@@ -80,7 +80,10 @@ using ModelHook = std::function<absl::Status(Gemma3Model& model)>;
 
 struct TrainerOptions {
   gemma::v1::JobSpec spec;
-  ParallelGroups groups;  // dp is used; single rank by default
+  // tp and dp are used (rank = dp_index * tp + tp_index); single rank by
+  // default. Under TP each rank holds its shard of the model (loaded from
+  // any folder at any stored layout) and writes its shard of checkpoints.
+  ParallelGroups groups;
   // Where step folders go; empty: spec.checkpoint.root, else
   // $TMPDIR/gemma-train/<job id> (job from `job`, "jobs/x" -> "x").
   std::string checkpoint_root;
@@ -149,6 +152,11 @@ class Trainer {
   void AllReduceGradients();
   double ClipGradients();
   absl::StatusOr<Batch> NextMicroBatch();
+  // Batches are padded to a multiple of this (data.pad_to_multiple, and tp
+  // under sequence parallelism).
+  int SequenceMultiple() const;
+  // This rank's optimizer file name inside a step folder.
+  std::string OptimizerFile() const;
 
   TrainerOptions options_;
   const gemma::v1::JobSpec& spec_;
@@ -156,6 +164,7 @@ class Trainer {
   std::string weights_dir_;  // the folder the weights were loaded from
   std::string config_json_;
   ModelConfig config_;
+  TpOptions tp_;  // this rank's tensor-parallel shard (groups.tp)
   Gemma3Model model_{nullptr};
   std::unique_ptr<Tokenizer> tokenizer_;
   // The training stream: the loader until the first step, then a
@@ -166,6 +175,7 @@ class Trainer {
   LoaderPosition TrainPosition() const;
   std::vector<Conversation> eval_data_;
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
+  std::vector<TpGrad> tp_grad_;  // per trainable_ entry
   std::unique_ptr<AdamW> optimizer_;
   LrSchedule schedule_;
   int grad_accum_ = 1;

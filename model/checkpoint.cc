@@ -24,10 +24,6 @@ using nlohmann::json;
 constexpr const char* kFormat = "gemma-checkpoint";
 constexpr int kVersion = 1;
 
-std::string RankFileName(int rank) {
-  return absl::StrFormat("rank-%05d.safetensors", rank);
-}
-
 absl::Status WriteFileAtomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
@@ -53,6 +49,10 @@ absl::Status Field(const std::string& file, const std::string& field,
 }
 
 }  // namespace
+
+std::string RankFileName(int rank) {
+  return absl::StrFormat("rank-%05d.safetensors", rank);
+}
 
 const ManifestTensor* CheckpointManifest::Find(const std::string& name) const {
   for (const ManifestTensor& t : tensors) {

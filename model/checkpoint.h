@@ -102,6 +102,9 @@ struct RankShard {
                                       // ComputeShard(...).shard_shape
 };
 
+// "rank-NNNNN.safetensors": the file name of rank `rank`'s shards.
+std::string RankFileName(int rank);
+
 // Writes `DIR.tmp/rank-NNNNN.safetensors` (creating DIR.tmp if needed).
 absl::StatusOr<ManifestFile> WriteRankFile(
     const std::string& dir, int tp, int rank, const ShardDims& dims,
