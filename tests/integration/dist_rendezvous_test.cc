@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "jobs/train_test_util.h"
 #include "tests/integration/cluster_fixture.h"
 
 namespace gemma::testing {
@@ -160,6 +161,84 @@ TEST_F(DistRendezvousTest, Kill9MidCollectiveFailsTheAttemptFastAndRetries) {
   // Every surviving rank of attempt 1 ended (none hangs): their workers took
   // attempt 2's ranks, which a busy worker could not have.
   EXPECT_EQ(jj["progress"].value("step", "0"), "60");
+}
+
+// The training losses a job's last checkpoint holds (train_state.json).
+std::vector<double> CheckpointLosses(const std::string& step_dir) {
+  const json state = json::parse(ReadFile(step_dir + "/train_state.json"),
+                                 nullptr, false);
+  if (state.is_discarded() || !state.contains("losses")) return {};
+  return state["losses"].get<std::vector<double>>();
+}
+
+// An sft job at TP = 2 x DP = 2 on 4 of 5 workers; one worker is killed with
+// SIGKILL mid-run. The attempt fails, a new one on the 4 survivors resumes
+// from the last committed checkpoint, and the job ends with the same losses,
+// to the bit, as the same job run without interruption.
+TEST_F(DistRendezvousTest, Kill9MidTrainingResumesFromTheCheckpointWithTheSameLosses) {
+  Start(5);
+  const std::string data = cluster_.dir() + "/ocr";
+  auto made_data = WriteTinyOcrData(data, 48, 3, 64);
+  ASSERT_TRUE(made_data.ok()) << made_data;
+  TinyVlOptions tiny;  // 4 query / 2 KV heads: splits 2 ways
+  tiny.image_size = 64;
+  auto made = WriteTinyVlModel(cluster_.dir() + "/tiny",
+                               data + "/tokenizer.model", tiny);
+  ASSERT_TRUE(made.ok()) << made;
+  auto recipe = [&](const std::string& root) {
+    return absl::StrCat(
+        "kind: sft\nparallel: {tp: 2, dp: 2, sequence_parallel: true}\n"
+        "resources: {device: cpu}\n"
+        "restart: {max_restarts: 2, backoff_seconds: 0.2}\n"
+        "model: {path: ",
+        cluster_.dir(), "/tiny}\ndata: {train: ", data,
+        "/train.jsonl, batch_size: 2, seq_len: 256, seed: 1}\n"
+        "optim: {lr: 0.002, max_steps: 24, warmup_steps: 2, grad_clip: 1.0,"
+        " log_interval_steps: 1}\n"
+        "checkpoint: {interval_steps: 4, root: ",
+        root, "}\n");
+  };
+  const std::string straight_root = cluster_.dir() + "/straight";
+  const std::string straight = Submit(recipe(straight_root));
+  ASSERT_TRUE(WaitState(straight, "SUCCEEDED", absl::Seconds(240))) << Logs();
+  const std::vector<double> want =
+      CheckpointLosses(straight_root + "/step-00000024");
+  ASSERT_EQ(want.size(), 24u);
+
+  const std::string killed_root = cluster_.dir() + "/killed";
+  const std::string j = Submit(recipe(killed_root));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const json jj = Get(j);
+        return jj.contains("progress") &&
+               std::stoll(jj["progress"].value("step", "0")) >= 6;
+      },
+      absl::Seconds(120)))
+      << Logs();
+  json jj = Get(j);
+  ASSERT_LT(std::stoll(jj["progress"].value("step", "0")), 24)
+      << "the job ended before the kill";
+  const std::string victim = jj["attempts"][0]["ranks"][3]["worker"];
+  const int pid = PidOf(victim);
+  ASSERT_GT(pid, 0) << victim;
+  for (int i = 0; i < cluster_.num_workers(); ++i) {
+    if (cluster_.worker(i).pid() == pid) cluster_.worker(i).Stop(SIGKILL);
+  }
+  ASSERT_TRUE(WaitState(j, "SUCCEEDED", absl::Seconds(240))) << Logs();
+  jj = Get(j);
+  ASSERT_EQ(jj["attempts"].size(), 2u) << jj.dump(2);
+  EXPECT_EQ(jj["attempts"][0]["state"], "JOB_STATE_FAILED");
+  for (const auto& r : jj["attempts"][1]["ranks"]) EXPECT_NE(r["worker"], victim);
+  // Attempt 2 started from a checkpoint, not from step 0.
+  std::string logs;
+  ASSERT_EQ(cluster_.Ctl({"logs", j}, &logs), 0) << logs;
+  EXPECT_THAT(logs, ::testing::ContainsRegex("steps ([4-9]|1[0-9]|20)\\.\\.24"))
+      << logs;
+  const std::vector<double> got =
+      CheckpointLosses(killed_root + "/step-00000024");
+  ASSERT_EQ(got.size(), 24u);
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_EQ(got[i], want[i]) << "step " << i + 1;
 }
 
 }  // namespace
