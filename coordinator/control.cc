@@ -192,6 +192,12 @@ absl::StatusOr<v1::Job> ControlState::Submit(const v1::SubmitJobRequest& req,
   e.job.set_name(name);
   *e.job.mutable_spec() = req.spec();
   ApplySpecDefaults(e.job.mutable_spec());
+  v1::JobSpec* spec = e.job.mutable_spec();
+  if ((spec->kind() == v1::JOB_KIND_SFT || spec->kind() == v1::JOB_KIND_PEFT) &&
+      spec->checkpoint().root().empty() && !options_.checkpoint_root.empty()) {
+    spec->mutable_checkpoint()->set_root(
+        absl::StrCat(options_.checkpoint_root, "/", name.substr(5)));
+  }
   e.job.set_state(v1::JOB_STATE_QUEUED);
   e.job.set_request_id(req.request_id());
   e.job.set_create_time_unix_ms(Ms(now));

@@ -51,6 +51,10 @@ struct ControlOptions {
   absl::Duration default_init_timeout = absl::Seconds(600);
   absl::Duration default_step_timeout = absl::Seconds(1800);
   std::string version = "dev";
+  // Training jobs (sft, peft) submitted without checkpoint.root get
+  // ROOT/<job id>: one folder per job of this coordinator, so a new job
+  // never resumes from another one's steps. Empty: leave the spec alone.
+  std::string checkpoint_root;
 };
 
 // What a call asks the caller to do after it returns.

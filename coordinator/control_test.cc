@@ -28,6 +28,7 @@ class ControlTest : public ::testing::Test {
     ControlOptions o;
     o.lease = absl::Seconds(2);
     o.grace = absl::Seconds(5);
+    o.checkpoint_root = "/ckpt";
     state_ = std::make_unique<ControlState>(store_.get(), o);
     ASSERT_TRUE(state_->Recover(now_).ok());
   }
@@ -416,4 +417,24 @@ TEST_F(ControlTest, CheckpointRetentionKeepsLastNBestKAndPinned) {
 }
 
 }  // namespace
+TEST_F(ControlTest, TrainingJobsWithoutACheckpointRootGetTheirOwnFolder) {
+  v1::SubmitJobRequest req;
+  auto* spec = req.mutable_spec();
+  spec->set_kind(v1::JOB_KIND_SFT);
+  spec->mutable_model()->set_path("/m");
+  spec->mutable_data()->set_train("/t.jsonl");
+  spec->mutable_optim()->set_lr(1e-4);
+  spec->mutable_optim()->set_max_steps(2);
+  Effects fx;
+  auto a = state_->Submit(req, now_, &fx);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->spec().checkpoint().root(), "/ckpt/" + a->name().substr(5));
+  // A root the user chose is kept; other kinds are left alone.
+  spec->mutable_checkpoint()->set_root("/mine");
+  auto b = state_->Submit(req, now_, &fx);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->spec().checkpoint().root(), "/mine");
+  EXPECT_EQ(Submit(1, 1).spec().checkpoint().root(), "");
+}
+
 }  // namespace gemma

@@ -54,6 +54,13 @@ int main(int argc, char** argv) {
           "RocksDB folder with jobs, attempts, workers, checkpoints and events")
       .Meta("DIR")
       .Env("GEMMA_DATA_DIR");
+  flags
+      .String("checkpoint-root", &options.checkpoint_root,
+              "where training jobs without checkpoint.root write their steps "
+              "(ROOT/<job id>; on a shared file system for several hosts); "
+              "default DATA_DIR/checkpoints")
+      .Meta("DIR")
+      .Env("GEMMA_CHECKPOINT_ROOT");
   flags.Int("lease-ms", &lease_ms,
             "a worker silent this long is lost and its attempt fails (0: 5 "
             "heartbeats)");

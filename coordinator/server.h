@@ -37,6 +37,9 @@ struct CoordinatorOptions {
   absl::Duration tick = absl::Milliseconds(100);
   // Largest request accepted (bigger ones get RESOURCE_EXHAUSTED).
   int max_message_bytes = 4 << 20;
+  // Default checkpoint folder of training jobs (ControlOptions); empty:
+  // DATA_DIR/checkpoints.
+  std::string checkpoint_root;
 };
 
 class CoordinatorServer {

@@ -66,6 +66,7 @@ class PeftJob : public Job {
     TrainerOptions options = PeftTrainerOptions(ctx.spec);
     options.job = ctx.job;
     options.groups = groups;
+    options.device = ctx.device.empty() ? "cpu" : ctx.device;
     GEMMA_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(std::move(options)));
     GEMMA_RETURN_IF_ERROR(trainer->Run(ctx));
     if (groups.dp->rank() != 0) return absl::OkStatus();

@@ -13,13 +13,11 @@ class SftJob : public Job {
   absl::Status Run(RankContext& ctx) override {
     GEMMA_ASSIGN_OR_RETURN(ParallelGroups groups, MakeParallelGroups(ctx));
     if (ctx.on_abort) ctx.on_abort([groups] { AbortGroups(groups); });
-    if (ctx.device.rfind("cuda", 0) == 0) {
-      ctx.Log("sft: CUDA training is not wired yet; running on the CPU");
-    }
     TrainerOptions options;
     options.spec = ctx.spec;
     options.job = ctx.job;
     options.groups = groups;
+    options.device = ctx.device.empty() ? "cpu" : ctx.device;
     GEMMA_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(std::move(options)));
     return trainer->Run(ctx);
   }

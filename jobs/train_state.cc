@@ -301,7 +301,7 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
        static_cast<int64_t>(file.ok() ? file->bytes : 0),
        static_cast<int64_t>(file.ok() ? file->crc32c : 0)},
       torch::kLong);
-  at::Tensor all = tp.AllGather(mine.unsqueeze(0), 0);
+  at::Tensor all = tp.AllGather(mine.unsqueeze(0).to(tp.device()), 0).cpu();
   if (!file.ok()) return file.status();
   absl::Status committed;
   if (rank == 0) {
@@ -320,7 +320,8 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
     }
     if (committed.ok()) committed = CommitCheckpoint(dir, commit);
   }
-  at::Tensor ok = torch::tensor({committed.ok() ? 0L : 1L}, torch::kLong);
+  at::Tensor ok = torch::tensor({committed.ok() ? 0L : 1L}, torch::kLong)
+                      .to(tp.device());
   tp.AllReduceSum(ok);
   if (!committed.ok()) return committed;
   if (ok.item<int64_t>() != 0)

@@ -125,6 +125,16 @@ absl::Status Trainer::Init() {
                       : absl::StrCat(*resume, "/", kModelSubdir);
   }
 
+  try {
+    device_ = c10::Device(options_.device.empty() ? "cpu" : options_.device);
+  } catch (const c10::Error&) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device: '", options_.device, "' is not cpu or cuda:N"));
+  }
+  if (device_.is_cuda() && !torch::cuda::is_available()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", options_.device, ": no CUDA device in this build/host"));
+  }
   Comm& tp = *options_.groups.tp;
   GEMMA_ASSIGN_OR_RETURN(
       ModelWeights weights,
@@ -148,6 +158,10 @@ absl::Status Trainer::Init() {
   weights.tensors.clear();
 
   const std::string& dtype = spec_.model().dtype();
+  if (!dtype.empty() && dtype != "float32" && dtype != "bfloat16") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.model.dtype: must be float32 or bfloat16, got '", dtype, "'"));
+  }
   if (dtype.empty() || dtype == "float32") {
     dtype_ = torch::kFloat32;
   } else if (dtype == "bfloat16") {
@@ -158,7 +172,7 @@ absl::Status Trainer::Init() {
   }
   torch::manual_seed(static_cast<uint64_t>(optim.seed()));
   auto st = Guarded<bool>("trainer setup", [&] {
-    model_->to(dtype_);
+    model_->to(device_, dtype_);
     model_->train();
     for (const std::string& part : spec_.model().freeze()) {
       std::string prefix;
@@ -287,17 +301,22 @@ LoaderPosition Trainer::TrainPosition() const {
 }
 
 Trainer::MicroResult Trainer::Forward(const Batch& batch) {
+  // Batches come from the prefetcher in pinned memory on CUDA: the copies
+  // overlap with what runs on the GPU.
+  auto dev = [&](const at::Tensor& t) {
+    return t.to(device_, /*non_blocking=*/true);
+  };
   ModelInputs in;
-  in.input_ids = batch.input_ids;
+  in.input_ids = dev(batch.input_ids);
   if (spec_.data().packing()) {
-    in.position_ids = batch.position_ids;
+    in.position_ids = dev(batch.position_ids);
   } else {
-    in.attention_mask = batch.attention_mask;
+    in.attention_mask = dev(batch.attention_mask);
   }
   if (config_.is_vl()) {
-    in.token_type_ids = batch.token_type_ids;
+    in.token_type_ids = dev(batch.token_type_ids);
     if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
-      in.pixel_values = batch.pixel_values.to(dtype_);
+      in.pixel_values = dev(batch.pixel_values).to(dtype_);
   }
   torch::Tensor embeds = model_->Embeddings(in);
   DecoderInputs d;
@@ -312,8 +331,7 @@ Trainer::MicroResult Trainer::Forward(const Batch& batch) {
   LmLossOptions lo;
   if (!config_.is_vl() && config_.text.final_logit_softcapping)
     lo.softcap = *config_.text.final_logit_softcapping;
-  LmLoss l =
-      model_->text->Loss(hidden, batch.labels, lo);
+  LmLoss l = model_->text->Loss(hidden, dev(batch.labels), lo);
   return {l.loss_sum, l.tokens, l.correct};
 }
 
@@ -326,7 +344,7 @@ absl::StatusOr<Batch> Trainer::NextMicroBatch() {
     // runs; positions stay those of the batches handed out.
     train_batches_ = std::make_unique<BatchPrefetcher>(
         std::move(train_loader_), /*depth=*/2 * grad_accum_ * dp,
-        /*pin_memory=*/false);
+        /*pin_memory=*/device_.is_cuda());
   }
   for (int r = 0; r < dp; ++r) {
     auto b = train_batches_->Next();
@@ -411,13 +429,12 @@ double Trainer::ClipGradients() {
     if (sharded.empty()) return 0.0;
     total = torch::stack(sharded).norm(2);
   } else {
-    auto sq = [](const std::vector<at::Tensor>& v) {
-      return v.empty() ? torch::zeros({}, torch::kFloat32)
-                       : torch::stack(v).pow(2).sum();
+    const auto f32 = torch::dtype(torch::kFloat32).device(device_);
+    auto sq = [&](const std::vector<at::Tensor>& v) {
+      return v.empty() ? torch::zeros({}, f32) : torch::stack(v).pow(2).sum();
     };
     at::Tensor sums = torch::stack(
-        {sq(sharded), tp_.rank() == 0 ? sq(replicated)
-                                      : torch::zeros({}, torch::kFloat32)});
+        {sq(sharded), tp_.rank() == 0 ? sq(replicated) : torch::zeros({}, f32)});
     options_.groups.tp->AllReduceSum(sums);
     total = sums.sum().sqrt();
   }
@@ -452,10 +469,14 @@ absl::StatusOr<StepStats> Trainer::Step() {
       counts[0] += b.labels.narrow(1, 1, b.labels.size(1) - 1).ne(-100).sum();
       counts[1] += b.attention_mask.sum();
     }
+    counts = counts.to(dp.device());
     dp.AllReduceSum(counts);
+    counts = counts.cpu();
     const double total_tokens = std::max(1.0, counts[0].item<double>());
     for (auto& [name, p] : trainable_) p.mutable_grad().reset();
-    at::Tensor sums = torch::zeros({2}, torch::kFloat64);  // loss, correct
+    // loss, correct: summed on the device, read once at the end of the step.
+    at::Tensor sums =
+        torch::zeros({2}, torch::dtype(torch::kFloat64).device(device_));
     for (const Batch& b : micro) {
       MicroResult r = Forward(b);
       (r.loss_sum / total_tokens).backward();
@@ -463,7 +484,9 @@ absl::StatusOr<StepStats> Trainer::Step() {
       sums[1] += r.correct.to(torch::kFloat64);
     }
     AllReduceGradients();
+    sums = sums.to(dp.device());
     dp.AllReduceSum(sums);
+    sums = sums.cpu();
     StepStats s;
     s.grad_norm = ClipGradients();
     s.lr = schedule_.At(state_.step);
@@ -506,8 +529,8 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   batches = std::min<int64_t>(
       batches, (loader->size() + bo.batch_size - 1) / bo.batch_size);
   Comm& dp = *options_.groups.dp;
-  at::Tensor sums =
-      torch::zeros({3}, torch::kFloat64);  // loss, tokens, correct
+  at::Tensor sums = torch::zeros(
+      {3}, torch::dtype(torch::kFloat64).device(device_));  // loss, tokens, correct
   for (int64_t i = 0; i < batches; ++i) {
     auto b = loader->Next();
     if (!b.ok()) {
@@ -526,7 +549,9 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
     });
     if (!r.ok()) return r.status();
   }
+  sums = sums.to(dp.device());
   dp.AllReduceSum(sums);
+  sums = sums.cpu();
   EvalStats e;
   e.tokens = static_cast<int64_t>(sums[1].item<double>());
   e.loss = sums[0].item<double>() / std::max<double>(1, e.tokens);
@@ -559,7 +584,8 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
       if (st.ok()) st = MakeDirs(tmp);
     }
     auto made = Guarded<bool>("checkpoint", [&] {
-      at::Tensor bad = torch::tensor({st.ok() ? 0L : 1L}, torch::kLong);
+      at::Tensor bad =
+          torch::tensor({st.ok() ? 0L : 1L}, torch::kLong).to(tp.device());
       tp.AllReduceSum(bad);
       return bad.item<int64_t>() == 0;
     });
@@ -593,7 +619,8 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
   }
   // Everyone agrees on the outcome before world rank 0 publishes.
   auto all_ok = Guarded<bool>("checkpoint barrier", [&] {
-    at::Tensor bad = torch::tensor({st.ok() ? 0L : 1L}, torch::kLong);
+    at::Tensor bad =
+        torch::tensor({st.ok() ? 0L : 1L}, torch::kLong).to(world.device());
     world.AllReduceSum(bad);
     return bad.item<int64_t>() == 0;
   });
@@ -612,7 +639,8 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
     }
   }
   auto published = Guarded<bool>("checkpoint barrier", [&] {
-    at::Tensor bad = torch::tensor({st.ok() ? 0L : 1L}, torch::kLong);
+    at::Tensor bad =
+        torch::tensor({st.ok() ? 0L : 1L}, torch::kLong).to(world.device());
     world.AllReduceSum(bad);
     return bad.item<int64_t>() == 0;
   });
@@ -622,7 +650,8 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
     return absl::InternalError(absl::StrCat(dir, ": could not be published"));
   // Bytes of the whole checkpoint (every writer's part).
   auto total = Guarded<int64_t>("checkpoint barrier", [&] {
-    at::Tensor b = torch::tensor({dp.rank() == 0 ? bytes : 0L}, torch::kLong);
+    at::Tensor b = torch::tensor({dp.rank() == 0 ? bytes : 0L}, torch::kLong)
+                       .to(world.device());
     world.AllReduceSum(b);
     return b.item<int64_t>();
   });
@@ -714,8 +743,13 @@ absl::Status Trainer::Run(RankContext& ctx) {
     GEMMA_ASSIGN_OR_RETURN(auto saved, SaveCheckpoint());
     last_saved = state_.step;
     if (!state_.losses.empty()) metrics["loss"] = state_.losses.back();
-    if (ctx.checkpoint && options_.groups.dp->rank() == 0)
-      ctx.checkpoint(state_.step, saved.first, saved.second, metrics);
+    // Every rank reports (the catalog commits once all have); the bytes are
+    // the whole checkpoint's, counted once.
+    if (ctx.checkpoint) {
+      ctx.checkpoint(state_.step, saved.first,
+                     options_.groups.world->rank() == 0 ? saved.second : 0,
+                     metrics);
+    }
     ctx.Log(absl::StrFormat("checkpoint step %d -> %s (%.1f MB)", state_.step,
                             saved.first, saved.second / 1e6));
     return absl::OkStatus();

@@ -87,6 +87,9 @@ struct TrainerOptions {
   // Where step folders go; empty: spec.checkpoint.root, else
   // $TMPDIR/gemma-train/<job id> (job from `job`, "jobs/x" -> "x").
   std::string checkpoint_root;
+  // Where the model and the step run: "cpu" or "cuda:N" (the worker's
+  // device). Optimizer state lives there too; checkpoints go through the CPU.
+  std::string device = "cpu";
   std::string job;  // jobs/{id}, for the default root and the state file
   ModelHook model_hook;
   // When set (adapter training), checkpoints and spec.output hold only what
@@ -165,6 +168,7 @@ class Trainer {
   std::string config_json_;
   ModelConfig config_;
   TpOptions tp_;  // this rank's tensor-parallel shard (groups.tp)
+  c10::Device device_{c10::kCPU};
   Gemma3Model model_{nullptr};
   std::unique_ptr<Tokenizer> tokenizer_;
   // The training stream: the loader until the first step, then a

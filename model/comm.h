@@ -43,6 +43,9 @@ class Comm {
   // Makes pending and later collectives fail instead of waiting for peers.
   virtual void Abort() {}
   virtual std::string backend() const = 0;  // "gloo", "nccl", "single"
+  // Where the tensors of this group's collectives must live (the GPU for
+  // NCCL, the CPU otherwise).
+  virtual c10::Device device() const { return c10::Device(c10::kCPU); }
 };
 
 // The one-rank group: every collective is the identity.

@@ -19,6 +19,43 @@
 namespace gemma {
 namespace {
 
+// Files a model folder carries beside its weights that its users need (the
+// tokenizer, chat template and processor settings): a conversion takes them
+// along, so the converted folder is as usable as the source.
+constexpr const char* kCompanionFiles[] = {
+    "tokenizer.model",         "tokenizer.json",
+    "tokenizer_config.json",   "special_tokens_map.json",
+    "chat_template.jinja",     "generation_config.json",
+    "preprocessor_config.json", "processor_config.json"};
+
+// Copies those of kCompanionFiles that `from` has into `to` (each through a
+// temporary name, fsynced).
+absl::Status CopyCompanionFiles(const std::string& from, const std::string& to) {
+  for (const char* name : kCompanionFiles) {
+    const std::string src = from + "/" + name;
+    if (!PathExists(src)) continue;
+    std::ifstream in(src, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!in) return absl::InternalError(absl::StrCat(src, ": cannot read"));
+    const std::string dst = to + "/" + name, tmp = dst + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out << text.str();
+      out.flush();
+      if (!out) return absl::InternalError(absl::StrCat(tmp, ": cannot write"));
+    }
+    int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+    GEMMA_RETURN_IF_ERROR(RenamePath(tmp, dst));
+  }
+  return absl::OkStatus();
+}
+
+
 using nlohmann::json;
 
 std::string BaseName(const std::string& path) {
@@ -246,6 +283,7 @@ absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(
   w.overwrite = options.overwrite;
   w.progress = Tracking(options, &stats.bytes);
   GEMMA_RETURN_IF_ERROR(WriteCheckpoint(out_dir, src, w));
+  GEMMA_RETURN_IF_ERROR(CopyCompanionFiles(hf_dir, out_dir));
   stats.tensors = static_cast<int64_t>(src.entries().size()) * options.tp;
   stats.files = options.tp;
   stats.seconds = Since(t0);
@@ -266,6 +304,7 @@ absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir,
   w.overwrite = options.overwrite;
   w.progress = Tracking(options, &stats.bytes);
   GEMMA_RETURN_IF_ERROR(WriteCheckpoint(out_dir, *reader, w));
+  GEMMA_RETURN_IF_ERROR(CopyCompanionFiles(ckpt_dir, out_dir));
   stats.tensors = static_cast<int64_t>(reader->entries().size()) * options.tp;
   stats.files = options.tp;
   stats.seconds = Since(t0);
@@ -408,6 +447,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
     GEMMA_RETURN_IF_ERROR(
         write_text("model.safetensors.index.json", index.dump(2)));
   }
+  GEMMA_RETURN_IF_ERROR(CopyCompanionFiles(ckpt_dir, tmp));
   SyncDir(tmp);
   GEMMA_RETURN_IF_ERROR(PublishDir(tmp, out_dir, options.overwrite));
   guard.Keep();

@@ -269,6 +269,27 @@ TEST(ConvertTest, ReshardingMatchesADirectImport) {
                     ReadFiles(RankFiles(tmp / "tp2to1", 1)));
 }
 
+TEST(ConvertTest, TokenizerAndProcessorFilesTravelWithTheWeights) {
+  TempDir tmp;
+  const std::string hf = CopyFixture(tmp, "vl_f32");
+  WriteFile(hf + "/tokenizer.model", std::string("spm\0bytes", 9));
+  WriteFile(hf + "/tokenizer_config.json", "{\"chat_template\": \"x\"}");
+  ConvertOptions opt;
+  opt.tp = 2;
+  ASSERT_TRUE(ConvertHfToCheckpoint(hf, tmp / "ckpt", opt).ok());
+  opt.tp = 1;
+  ASSERT_TRUE(ReshardCheckpoint(tmp / "ckpt", tmp / "tp1", opt).ok());
+  ASSERT_TRUE(ConvertCheckpointToHf(tmp / "tp1", tmp / "hf", opt).ok());
+  for (const std::string dir : {tmp / "ckpt", tmp / "tp1", tmp / "hf"}) {
+    EXPECT_EQ(ReadFile(dir + "/tokenizer.model"), std::string("spm\0bytes", 9))
+        << dir;
+    EXPECT_EQ(ReadFile(dir + "/tokenizer_config.json"),
+              "{\"chat_template\": \"x\"}")
+        << dir;
+    EXPECT_FALSE(fs::exists(dir + "/special_tokens_map.json")) << dir;
+  }
+}
+
 // ---- malformed inputs
 // ----------------------------------------------------------
 

@@ -101,11 +101,12 @@ struct WaitSignal {
 class C10dComm : public Comm {
  public:
   C10dComm(c10::intrusive_ptr<c10d::Backend> pg, std::string backend,
-           int rank, int size)
+           int rank, int size, c10::Device device = c10::Device(c10::kCPU))
       : pg_(std::move(pg)),
         backend_(std::move(backend)),
         rank_(rank),
         size_(size),
+        device_(device),
         signal_(std::make_shared<WaitSignal>()) {}
 
   ~C10dComm() override {
@@ -120,6 +121,7 @@ class C10dComm : public Comm {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return backend_; }
+  c10::Device device() const override { return device_; }
 
   void AllReduceSum(at::Tensor& t) override { AllReduce(t, c10d::ReduceOp::SUM); }
   void AllReduceMax(at::Tensor& t) override { AllReduce(t, c10d::ReduceOp::MAX); }
@@ -286,6 +288,7 @@ class C10dComm : public Comm {
   const std::string backend_;
   const int rank_;
   const int size_;
+  const c10::Device device_;
   std::shared_ptr<WaitSignal> signal_;
   std::atomic<bool> aborted_{false};
 };
@@ -307,7 +310,8 @@ absl::StatusOr<std::shared_ptr<Comm>> MakeGroup(
       auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size,
                                                             opts);
       return std::shared_ptr<Comm>(
-          std::make_shared<C10dComm>(pg, "nccl", rank, size));
+          std::make_shared<C10dComm>(pg, "nccl", rank, size,
+                                     c10::Device(options.device)));
 #else
       return absl::FailedPreconditionError(absl::StrCat(
           "group ", name, ": device ", options.device,
