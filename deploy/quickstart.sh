@@ -46,8 +46,9 @@ for arg in "$@"; do
 done
 
 t_start=$SECONDS
-step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
-run() { printf '\033[36m$ %s\033[0m\n' "$*" >&2; "$@"; }
+exec 3>&2  # the commands print here even when their own stderr goes to a log
+step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&3; }
+run() { printf '\033[36m$ %s\033[0m\n' "$*" >&3; "$@"; }
 die() { printf '\033[1;31mquickstart: %s\033[0m\n' "$*" >&2; exit 1; }
 
 if [[ "${GEMMA_QUICKSTART_NO_BUILD:-0}" == 1 ]]; then
@@ -62,19 +63,25 @@ for p in gemma-coordinator gemma-worker gemmactl gemmactl-local gemma-spm-helper
   [[ -x "$BIN/$p" ]] || die "$BIN/$p is missing (build first, or set GEMMA_BIN)"
 done
 command -v "$PY" >/dev/null || die "$PY is missing (run deploy/setup.sh)"
+qdir="${GEMMA_QUICKSTART_DIR:-}"
+[[ -z "$qdir" || "$qdir" == /* ]] || qdir="$PWD/$qdir"
 # The commands print as you would type them: from the repository root, with
 # the programs on PATH.
 export PATH="$BIN:$PATH"
 cd "$GEMMA_ROOT"
 
 # The run folder: a new one, or one an earlier quickstart made (its marker).
-if [[ -n "${GEMMA_QUICKSTART_DIR:-}" ]]; then
-  Q="$GEMMA_QUICKSTART_DIR"
+if [[ -n "$qdir" ]]; then
+  Q="$qdir"
   if [[ -d "$Q" && -n "$(ls -A "$Q")" ]]; then
     [[ -f "$Q/.gemma-quickstart" ]] ||
       die "$Q is neither empty nor a quickstart folder; choose another GEMMA_QUICKSTART_DIR"
     if [[ -s "$Q/pids" ]]; then  # the cluster an earlier --keep left running
-      while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$Q/pids"
+      while read -r pid; do  # only if that pid is still one of our programs
+        if grep -qa 'gemma-coordinator\|gemma-worker' "/proc/$pid/cmdline" 2>/dev/null; then
+          kill "$pid" 2>/dev/null || true
+        fi
+      done <"$Q/pids"
       sleep 1
     fi
     find "$Q" -mindepth 1 -delete
@@ -95,8 +102,7 @@ cleanup() {
     rm -f "$Q/pids"
   fi
   if ((rc != 0)); then
-    printf '\033[1;31mquickstart failed (exit %d)\033[0m; logs in %s: coordinator.log worker-*.log\n' \
-      "$rc" "$Q" >&2
+    printf '\033[1;31mquickstart failed (exit %d)\033[0m; the logs are %s/*.log\n' "$rc" "$Q" >&2
   fi
 }
 trap cleanup EXIT
