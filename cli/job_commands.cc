@@ -39,9 +39,19 @@ std::string ProgressText(const v1::Job& j) {
   if (!j.has_progress() || j.progress().total_steps() == 0) return "";
   std::string s = absl::StrCat("step ", j.progress().step(), "/",
                                j.progress().total_steps());
-  for (const auto& [k, v] : j.progress().metrics()) {
-    if (k == "loss" || k == "gflops" || k == "tokens_per_s") {
-      absl::StrAppend(&s, " ", k, "=", absl::StrFormat("%.3g", v));
+  // A few headline metrics, always in this order: training loss and token
+  // accuracy, held-out (eval) numbers when a step carries them, throughput.
+  static constexpr const char* kShown[] = {"loss",
+                                           "accuracy",
+                                           "eval_loss",
+                                           "eval_accuracy",
+                                           "eval_token_accuracy",
+                                           "gflops",
+                                           "tokens_per_s"};
+  const auto& m = j.progress().metrics();
+  for (const char* k : kShown) {
+    if (auto it = m.find(k); it != m.end()) {
+      absl::StrAppend(&s, " ", k, "=", absl::StrFormat("%.3g", it->second));
     }
   }
   return s;

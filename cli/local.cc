@@ -9,7 +9,7 @@
 namespace gemma::cli {
 
 Command LocalCommand() {
-  return {"local", "Offline model commands on this machine: convert, forward, generate",
+  return {"local", "Offline model commands: convert, forward, generate, peft-merge, peft-export",
           [](int argc, char** argv) {
             const char* sub = argc >= 3 ? argv[2] : "";
             if (!std::strcmp(sub, "convert")) return LocalConvert(argc, argv);
@@ -20,9 +20,11 @@ Command LocalCommand() {
                 << "Usage: gemmactl local SUBCOMMAND [flags]\n\n"
                    "Runs on this machine, without a coordinator.\n\n"
                    "Subcommands:\n"
-                   "  convert    convert HF Gemma 3 folders <-> our sharded checkpoints\n"
-                   "  forward    run one forward pass and write the logits\n"
-                   "  generate   decode tokens from prompt ids (greedy or sampled)\n\n"
+                   "  convert      convert HF Gemma 3 folders <-> our sharded checkpoints\n"
+                   "  forward      run one forward pass and write the logits\n"
+                   "  generate     decode: text + images in, text out; or token ids in and out\n"
+                   "  peft-merge   fold a peft job's adapters into a full checkpoint\n"
+                   "  peft-export  write a peft job's adapters as a Hugging Face PEFT adapter\n\n"
                    "Examples:\n"
                    "  gemmactl local convert --from ~/models/gemma-3-4b-it --to /ckpt/g3 --tp 2\n"
                    "  gemmactl local generate --model /ckpt/g3 --prompt-ids 2,105,2364,107\n";

@@ -18,7 +18,7 @@ namespace {
 
 // The commands gemmactl-local serves, shown in gemmactl's help.
 const std::vector<std::pair<std::string, std::string>> kLocalCommands = {
-    {"local", "Offline model commands on this machine: convert, forward, generate"},
+    {"local", "Offline model commands: convert, forward, generate, peft-merge, peft-export"},
     {"data", "Datasets: synth (a synthetic receipt-OCR dataset)"},
 };
 
