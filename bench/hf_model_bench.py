@@ -66,8 +66,9 @@ def main():
         if a.mode == "lora":
             import peft
             lcfg = peft.LoraConfig(r=a.lora_rank, lora_alpha=a.lora_rank, lora_dropout=0.0,
-                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                   "gate_proj", "up_proj", "down_proj"])
+                                   # the language model's projections only, as ours
+                                   target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj"
+                                                  r"|o_proj|gate_proj|up_proj|down_proj)")
             model = peft.get_peft_model(model, lcfg)
         inp = make_inputs(cfg, a.batch, a.seq, a.images, dev, dtype)
         labels = inp["input_ids"].clone()

@@ -5,6 +5,8 @@
 // and bench/gpu/run.sh puts them side by side as ratios.
 //
 //   model_bench --preset 4b --mode sft --seq 4096 --images 1 --steps 10
+//   model_bench --preset 4b --mode lora --lora-rank 32   (LoRA on qkv, o,
+//                gate_up, down of every decoder layer; base frozen)
 //   model_bench --preset 4b --mode decode --new-tokens 256
 //   model_bench --preset 4b --write-config DIR   (config.json for the HF side)
 #include <ATen/ATen.h>
@@ -21,6 +23,7 @@
 #include "model/config.h"
 #include "model/generate.h"
 #include "model/layers.h"
+#include "model/lora_adapter.h"
 #include "model/loss.h"
 #include "model/vl_model.h"
 #include "nlohmann/json.hpp"
@@ -129,10 +132,12 @@ int Run(int argc, char** argv) {
               write_config;
   int64_t layers = 0, seq = 4096, batch = 1, images = 1, steps = 10, warmup = 3,
           new_tokens = 256, prompt = 512, chunk = 4096;
+  int64_t lora_rank = 32;
   bool recompute = false;
   flags.String("preset", &preset, "4b, 12b or 27b");
   flags.Int("layers", &layers, "keep only this many decoder layers (0: all)");
-  flags.String("mode", &mode, "sft or decode");
+  flags.String("mode", &mode, "sft, lora or decode");
+  flags.Int("lora-rank", &lora_rank, "lora: adapter rank (alpha = rank)");
   flags.String("device", &device, "cuda or cpu");
   flags.String("dtype", &dtype_name, "bfloat16 or float32");
   flags.Int("seq", &seq, "tokens per sample (sft)");
@@ -193,14 +198,31 @@ int Run(int argc, char** argv) {
   for (auto& p : model->parameters()) nparams += p.numel();
   out["params"] = nparams;
 
-  if (mode == "sft") {
+  if (mode == "lora") {
+    // The reference recipes' adapters (r = alpha, no dropout) on the text
+    // decoder's four projections; everything else frozen.
+    for (auto& p : model->parameters()) p.set_requires_grad(false);
+    for (const auto& item : model->text->named_modules()) {
+      auto proj = std::dynamic_pointer_cast<ProjectionImpl>(item.value());
+      if (!proj) continue;
+      auto adapter = std::make_shared<LoraAdapter>(
+          proj->in_features, proj->out_features, lora_rank,
+          static_cast<double>(lora_rank), 0.0);
+      adapter->to(dev, dtype);
+      proj->SetAdapter(kLoraSlot, adapter);
+    }
+  }
+  if (mode == "sft" || mode == "lora") {
     model->train();
     ModelInputs in = MakeInputs(c, batch, seq, images, dev, dtype);
     torch::Tensor labels = torch::where(in.input_ids.ge(c.image_token_id) |
                                             in.input_ids.eq(c.boi_token_id),
                                         torch::full_like(in.input_ids, -100), in.input_ids);
     std::vector<torch::Tensor> params, m, v, st;
+    int64_t trainable = 0;
     for (auto& p : model->parameters()) {
+      if (!p.requires_grad()) continue;
+      trainable += p.numel();
       params.push_back(p);
       m.push_back(torch::zeros_like(p));
       v.push_back(torch::zeros_like(p));
@@ -241,7 +263,12 @@ int Run(int argc, char** argv) {
     Sync(dev);
     const double dt = (Now() - t0) / steps;
     const double tokens = static_cast<double>(batch * seq);
-    const double flops = 3 * ForwardFlops(c, seq, images) * batch;
+    // A full step is forward + backward (2x forward); LoRA's backward skips
+    // the frozen weights' gradients (about 1x forward) and adds the small
+    // adapter matmuls (left out).
+    const double flops =
+        (mode == "lora" ? 2 : 3) * ForwardFlops(c, seq, images) * batch;
+    out["trainable_params"] = trainable;
     out["step_s"] = dt;
     out["tokens_per_s"] = tokens / dt;
     out["tflops"] = flops / dt / 1e12;
@@ -282,7 +309,7 @@ int Run(int argc, char** argv) {
     out["prompt"] = prompt;
     out["new_tokens"] = new_tokens;
   } else {
-    std::cerr << "--mode must be sft or decode\n";
+    std::cerr << "--mode must be sft, lora or decode\n";
     return 2;
   }
   std::cout << out.dump() << std::endl;

@@ -16,6 +16,7 @@ add_library(gemma_model_modules STATIC
   generate.cc
   loss.cc
   tensor_parallel.cc
+  lora_adapter.cc
   recompute.cc
 )
 target_include_directories(gemma_model_modules PUBLIC ${CMAKE_SOURCE_DIR})

@@ -40,10 +40,6 @@ bool KnownTarget(const std::string& t) {
   return false;
 }
 
-// Row norms ||w||_2 over dim 1, in fp32 math, returned in w's dtype.
-torch::Tensor RowNorm(const torch::Tensor& w) {
-  return torch::linalg_vector_norm(w, 2, {1}).to(w.scalar_type());
-}
 
 }  // namespace
 
@@ -84,86 +80,6 @@ absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec) {
   if (targets.empty()) targets = {"qkv", "o", "gate_up", "down"};
   s.targets.assign(targets.begin(), targets.end());
   return s;
-}
-
-// ---- adapters -------------------------------------------------------------
-LoraAdapter::LoraAdapter(int64_t in_features, int64_t out_features,
-                         int64_t rank_, double alpha, double dropout_)
-    : rank(rank_),
-      scaling(alpha / static_cast<double>(rank_)),
-      dropout(dropout_) {
-  a = register_parameter("a", torch::empty({rank, in_features}));
-  b = register_parameter("b", torch::zeros({out_features, rank}));
-  {
-    torch::NoGradGuard no_grad;
-    // peft: nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5)).
-    torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
-  }
-}
-
-namespace {
-torch::Tensor MaybeDropout(const torch::Tensor& x, double p, bool training) {
-  if (p <= 0 || !training) return x;
-  return torch::dropout(x, p, /*train=*/true);
-}
-}  // namespace
-
-torch::Tensor LoraAdapter::Forward(const torch::Tensor& x,
-                                   const torch::Tensor& weight,
-                                   const torch::Tensor& bias) {
-  torch::Tensor y = torch::nn::functional::linear(x, weight, bias);
-  const torch::Tensor xd = MaybeDropout(x, dropout, is_training());
-  return y + torch::nn::functional::linear(torch::nn::functional::linear(xd, a),
-                                           b) *
-                 scaling;
-}
-
-torch::Tensor LoraAdapter::DeltaWeight() const {
-  return torch::matmul(b, a) * scaling;
-}
-
-torch::Tensor LoraAdapter::MergedWeight(const torch::Tensor& weight) const {
-  return (weight + DeltaWeight().to(weight.scalar_type()))
-      .to(weight.scalar_type());
-}
-
-DoraAdapter::DoraAdapter(const torch::Tensor& base_weight, int64_t rank_,
-                         double alpha, double dropout_)
-    : LoraAdapter(base_weight.size(1), base_weight.size(0), rank_, alpha,
-                  dropout_) {
-  torch::NoGradGuard no_grad;
-  m = register_parameter("m",
-                         RowNorm(base_weight.detach().to(torch::kFloat32)));
-}
-
-torch::Tensor DoraAdapter::Forward(const torch::Tensor& x,
-                                   const torch::Tensor& weight,
-                                   const torch::Tensor& bias) {
-  // peft 0.21 lora.Linear.forward + DoraLinearLayer.forward.
-  torch::Tensor result = torch::nn::functional::linear(x, weight, bias);
-  const torch::Tensor lora_weight = torch::matmul(b, a).to(x.scalar_type());
-  const torch::Tensor w = weight.to(x.scalar_type());
-  const torch::Tensor norm =
-      RowNorm(w + scaling * lora_weight.detach()).detach();
-  const torch::Tensor mag = (m / norm).view({1, -1});
-  torch::Tensor xd = x;
-  torch::Tensor base_result;
-  if (dropout <= 0 || !is_training()) {
-    base_result = bias.defined() ? result - bias : result;
-  } else {
-    xd = MaybeDropout(x, dropout, true);
-    base_result = torch::nn::functional::linear(xd, w);
-  }
-  const torch::Tensor lora_result =
-      torch::nn::functional::linear(torch::nn::functional::linear(xd, a), b);
-  return result + (mag - 1) * base_result + mag * lora_result * scaling;
-}
-
-torch::Tensor DoraAdapter::MergedWeight(const torch::Tensor& weight) const {
-  const torch::Tensor merged =
-      weight.to(torch::kFloat32) + DeltaWeight().to(torch::kFloat32);
-  const torch::Tensor factor = (m.to(torch::kFloat32) / RowNorm(merged));
-  return (factor.view({-1, 1}) * merged).to(weight.scalar_type());
 }
 
 // ---- finding projections --------------------------------------------------

@@ -36,12 +36,11 @@
 #include "absl/status/statusor.h"
 #include "gemma/v1/job_spec.pb.h"
 #include "model/layers.h"
+#include "model/lora_adapter.h"
 #include "model/vl_model.h"
 
 namespace gemma {
 
-// The name of the Projection adapter slot adapters are attached under.
-inline constexpr char kLoraSlot[] = "lora";
 
 // A PeftSpec with its defaults filled in and checked.
 struct PeftSettings {
@@ -58,38 +57,6 @@ struct PeftSettings {
 // field ("peft.target_modules[1]: unknown target 'qkvx' (known: ...)",
 // "peft.rank: must be > 0", "peft.dropout: must be in [0, 1)", "peft.method").
 absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec);
-
-// LoRA on one projection: parameters "a" [r, in] and "b" [out, r].
-class LoraAdapter : public ProjectionAdapter {
- public:
-  LoraAdapter(int64_t in_features, int64_t out_features, int64_t rank,
-              double alpha, double dropout);
-  torch::Tensor Forward(const torch::Tensor& x, const torch::Tensor& weight,
-                        const torch::Tensor& bias) override;
-  // s * B A [out, in] (in B's dtype), the update merging adds to W.
-  torch::Tensor DeltaWeight() const;
-  // The weight a merge leaves in the projection (LoRA: W + s B A; DoRA:
-  // m / ||W + s B A||_row * (W + s B A)), in `weight`'s dtype.
-  virtual torch::Tensor MergedWeight(const torch::Tensor& weight) const;
-
-  int64_t rank;
-  double scaling;
-  double dropout;
-  torch::Tensor a;  // [r, in]
-  torch::Tensor b;  // [out, r]
-};
-
-// DoRA: LoRA plus the magnitude "m" [out], initialised to ||W||_row.
-class DoraAdapter : public LoraAdapter {
- public:
-  DoraAdapter(const torch::Tensor& base_weight, int64_t rank, double alpha,
-              double dropout);
-  torch::Tensor Forward(const torch::Tensor& x, const torch::Tensor& weight,
-                        const torch::Tensor& bias) override;
-  torch::Tensor MergedWeight(const torch::Tensor& weight) const override;
-
-  torch::Tensor m;  // [out]
-};
 
 // Attaches a fresh adapter (per `spec`) to every targeted projection of
 // `model` (replacing any attached before) and freezes everything else:

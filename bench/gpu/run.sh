@@ -7,7 +7,7 @@
 #   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick]
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft decode"
+preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft lora decode"
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
