@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
@@ -23,6 +24,20 @@ namespace gemma {
 namespace {
 
 constexpr int64_t kBucketBytes = 25 << 20;
+
+// The gradient bucket options, with the knobs of trainer.h's comment.
+GradSyncOptions GradSyncFromEnv(bool shard) {
+  GradSyncOptions o;
+  o.bucket_bytes = kBucketBytes;
+  o.shard = shard;
+  const char* bytes = std::getenv("GEMMA_GRAD_BUCKET_BYTES");
+  int64_t v = 0;
+  if (bytes != nullptr && absl::SimpleAtoi(bytes, &v) && v > 0)
+    o.bucket_bytes = v;
+  const char* overlap = std::getenv("GEMMA_GRAD_OVERLAP");
+  if (overlap != nullptr && std::string(overlap) == "0") o.overlap = false;
+  return o;
+}
 
 absl::Status TorchError(const std::string& what, const c10::Error& e) {
   return absl::InternalError(
@@ -172,12 +187,29 @@ absl::Status Trainer::Init() {
     return absl::InvalidArgumentError(
         "spec.model.freeze: nothing left to train");
   }
-  AdamWOptions ao;
-  ao.beta1 = optim.beta1() > 0 ? optim.beta1() : 0.9;
-  ao.beta2 = optim.beta2() > 0 ? optim.beta2() : 0.95;
-  ao.eps = optim.eps() > 0 ? optim.eps() : 1e-8;
-  ao.weight_decay = optim.weight_decay();
-  optimizer_ = std::make_unique<AdamW>(trainable_, ao);
+  const auto& parallel = spec_.parallel();
+  zero_stage_ =
+      parallel.has_zero_stage() ? parallel.zero_stage() : (dp > 1 ? 1 : 0);
+  if (zero_stage_ != 0 && zero_stage_ != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.parallel.zero_stage: must be 0 or 1, got ", zero_stage_));
+  }
+  DistOptimizerOptions oo;
+  oo.zero_stage = zero_stage_;
+  oo.adamw.beta1 = optim.beta1() > 0 ? optim.beta1() : 0.9;
+  oo.adamw.beta2 = optim.beta2() > 0 ? optim.beta2() : 0.95;
+  oo.adamw.eps = optim.eps() > 0 ? optim.eps() : 1e-8;
+  oo.adamw.weight_decay = optim.weight_decay();
+  std::vector<TrainParam> params;
+  for (const auto& [name, p] : trainable_) params.push_back({name, p});
+  GEMMA_RETURN_IF_ERROR(Guarded<bool>("gradient buffers and optimizer", [&] {
+                          grad_sync_ = std::make_unique<GradSync>(
+                              std::move(params), options_.groups,
+                              GradSyncFromEnv(zero_stage_ == 1));
+                          optimizer_ =
+                              std::make_unique<DistOptimizer>(*grad_sync_, oo);
+                          return true;
+                        }).status());
 
   GEMMA_RETURN_IF_ERROR(LoadData());
   state_.max_steps = schedule_.total_steps;
@@ -310,60 +342,6 @@ absl::StatusOr<Batch> Trainer::NextMicroBatch() {
   return std::move(*mine);
 }
 
-void Trainer::AllReduceGradients() {
-  Comm& comm = *options_.groups.dp;
-  if (comm.size() == 1) return;
-  // Flat buckets of ~25 MB per dtype, in parameter order.
-  std::vector<at::Tensor> bucket;
-  int64_t bytes = 0;
-  auto flush = [&] {
-    if (bucket.empty()) return;
-    std::vector<at::Tensor> flat_parts;
-    for (auto& g : bucket) flat_parts.push_back(g.reshape({-1}));
-    at::Tensor flat = torch::cat(flat_parts);
-    comm.AllReduceSum(flat);
-    int64_t off = 0;
-    for (auto& g : bucket) {
-      g.copy_(flat.narrow(0, off, g.numel()).view_as(g));
-      off += g.numel();
-    }
-    bucket.clear();
-    bytes = 0;
-  };
-  for (auto& [name, p] : trainable_) {
-    at::Tensor& g = p.mutable_grad();
-    if (!g.defined()) g = torch::zeros_like(p);  // every rank sends the same
-    if (!bucket.empty() && bucket.front().scalar_type() != g.scalar_type())
-      flush();
-    bucket.push_back(g);
-    bytes += g.numel() * g.element_size();
-    if (bytes >= kBucketBytes) flush();
-  }
-  flush();
-}
-
-double Trainer::ClipGradients() {
-  std::vector<at::Tensor> norms;
-  for (auto& [name, p] : trainable_) {
-    if (p.grad().defined())
-      norms.push_back(p.grad().to(torch::kFloat32).norm(2));
-  }
-  if (norms.empty()) return 0.0;
-  at::Tensor total = torch::stack(norms).norm(2);
-  const double norm = total.item<double>();
-  const double max_norm = spec_.optim().grad_clip();
-  if (max_norm > 0) {
-    // As torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)).
-    at::Tensor coef = torch::clamp_max(
-        torch::full({}, max_norm, total.options()) / (total + 1e-6), 1.0);
-    for (auto& [name, p] : trainable_) {
-      if (p.grad().defined())
-        p.mutable_grad().mul_(coef.to(p.grad().scalar_type()));
-    }
-  }
-  return norm;
-}
-
 absl::StatusOr<StepStats> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   Comm& dp = *options_.groups.dp;
@@ -383,18 +361,20 @@ absl::StatusOr<StepStats> Trainer::Step() {
     }
     dp.AllReduceSum(counts);
     const double total_tokens = std::max(1.0, counts[0].item<double>());
-    for (auto& [name, p] : trainable_) p.mutable_grad().reset();
+    grad_sync_->ZeroGrad();
     at::Tensor sums = torch::zeros({2}, torch::kFloat64);  // loss, correct
-    for (const Batch& b : micro) {
-      MicroResult r = Forward(b);
+    for (size_t k = 0; k < micro.size(); ++k) {
+      // The last micro batch's backward starts the bucket reductions.
+      grad_sync_->BeginBackward(/*last=*/k + 1 == micro.size());
+      MicroResult r = Forward(micro[k]);
       (r.loss_sum / total_tokens).backward();
       sums[0] += r.loss_sum.detach().to(torch::kFloat64);
       sums[1] += r.correct.to(torch::kFloat64);
     }
-    AllReduceGradients();
+    grad_sync_->FinishBackward();
     dp.AllReduceSum(sums);
     StepStats s;
-    s.grad_norm = ClipGradients();
+    s.grad_norm = optimizer_->ClipGradNorm(spec_.optim().grad_clip());
     s.lr = schedule_.At(state_.step);
     optimizer_->Step(s.lr);
     ++state_.step;
@@ -464,41 +444,88 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   return e;
 }
 
+absl::Status Trainer::AgreeOverDp(const absl::Status& status) {
+  Comm& dp = *options_.groups.dp;
+  auto all_ok = Guarded<bool>("checkpoint: agreeing over DP", [&] {
+    at::Tensor failed =
+        torch::full({1}, status.ok() ? 0.0 : 1.0, torch::kFloat64);
+    dp.AllReduceSum(failed);
+    return failed.item<double>() == 0;
+  });
+  if (!all_ok.ok()) return all_ok.status();
+  if (!status.ok()) return status;
+  if (!*all_ok) {
+    return absl::InternalError(
+        "checkpoint: another DP rank failed to write its part (see its log)");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
   const std::string dir = StepDir(root_, state_.step);
+  const std::string tmp = dir + ".tmp";
   int64_t bytes = 0;
   Comm& dp = *options_.groups.dp;
+  // Rank 0 makes the folder; every rank writes its part (with zero_stage 1,
+  // its optimizer shard); rank 0 publishes it once all have written.
+  absl::Status st;
   if (dp.rank() == 0) {
-    const std::string tmp = dir + ".tmp";
-    GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
-    GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
-    const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
-    if (options_.save_model) {
-      GEMMA_ASSIGN_OR_RETURN(bytes,
-                             options_.save_model(model_, model_dir, state_));
+    st = RemoveTree(tmp);
+    if (st.ok()) st = MakeDirs(tmp);
+  }
+  GEMMA_RETURN_IF_ERROR(AgreeOverDp(st));
+  if (zero_stage_ == 1) {
+    const std::string shard = absl::StrCat(
+        tmp, "/", DistOptimizer::ShardFileName(options_.groups.world->rank()));
+    auto written = Guarded<int64_t>("writing " + shard, [&] {
+      return optimizer_->WriteShard(shard, {{"rng/cpu", CpuRngState()}});
+    });
+    if (written.ok()) {
+      bytes += *written;
     } else {
-      GEMMA_ASSIGN_OR_RETURN(
-          bytes, WriteModuleCheckpoint(model_dir, *model_, config_json_,
-                                       config_.text.num_kv_heads, state_.step));
-      GEMMA_RETURN_IF_ERROR(CopyFile(
-          tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+      st = written.status();
     }
+  }
+  if (st.ok() && dp.rank() == 0) {
+    auto own = WriteCheckpointFiles(tmp);
+    if (own.ok()) {
+      bytes += *own;
+    } else {
+      st = own.status();
+    }
+  }
+  GEMMA_RETURN_IF_ERROR(AgreeOverDp(st));
+  if (dp.rank() == 0) {
+    SyncDir(tmp);
+    st = PublishDir(tmp, dir, /*overwrite=*/true);
+  }
+  GEMMA_RETURN_IF_ERROR(AgreeOverDp(st));
+  return std::make_pair(dir, bytes);
+}
+
+absl::StatusOr<int64_t> Trainer::WriteCheckpointFiles(const std::string& tmp) {
+  int64_t bytes = 0;
+  const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
+  if (options_.save_model) {
+    GEMMA_ASSIGN_OR_RETURN(bytes,
+                           options_.save_model(model_, model_dir, state_));
+  } else {
+    GEMMA_ASSIGN_OR_RETURN(
+        bytes, WriteModuleCheckpoint(model_dir, *model_, config_json_,
+                                     config_.text.num_kv_heads, state_.step));
+    GEMMA_RETURN_IF_ERROR(CopyFile(
+        tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+  }
+  if (zero_stage_ == 0) {
     auto opt = optimizer_->StateTensors();
     opt["rng/cpu"] = CpuRngState();
     for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
     GEMMA_RETURN_IF_ERROR(
         WriteTensorFile(absl::StrCat(tmp, "/", kOptimizerFile), opt));
-    GEMMA_RETURN_IF_ERROR(WriteFileAtomic(
-        absl::StrCat(tmp, "/", kTrainStateFile), state_.ToJson()));
-    SyncDir(tmp);
-    GEMMA_RETURN_IF_ERROR(PublishDir(tmp, dir, /*overwrite=*/true));
   }
-  auto st = Guarded<bool>("checkpoint barrier", [&] {
-    dp.Barrier();
-    return true;
-  });
-  if (!st.ok()) return st.status();
-  return std::make_pair(dir, bytes);
+  GEMMA_RETURN_IF_ERROR(WriteFileAtomic(absl::StrCat(tmp, "/", kTrainStateFile),
+                                        state_.ToJson()));
+  return bytes;
 }
 
 absl::Status Trainer::Restore(const std::string& dir) {
@@ -530,19 +557,8 @@ absl::Status Trainer::Restore(const std::string& dir) {
     }
     weights_dir_ = model_dir;
   }
-  const std::string opt_file = absl::StrCat(dir, "/", kOptimizerFile);
-  GEMMA_ASSIGN_OR_RETURN(auto opt, ReadTensorFile(opt_file));
-  auto rng = opt.find("rng/cpu");
-  if (rng == opt.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(opt_file, ": missing rng/cpu"));
-  }
-  at::Tensor rng_state = rng->second;
-  opt.erase(rng);
-  auto st = optimizer_->LoadState(opt, saved.step);
-  if (!st.ok())
-    return absl::InvalidArgumentError(
-        absl::StrCat(opt_file, ": ", st.message()));
+  GEMMA_ASSIGN_OR_RETURN(at::Tensor rng_state,
+                         RestoreOptimizer(dir, saved.step));
   if (train_batches_) {
     GEMMA_ASSIGN_OR_RETURN(train_loader_, train_batches_->Stop());
     train_batches_.reset();
@@ -556,6 +572,43 @@ absl::Status Trainer::Restore(const std::string& dir) {
   saved.job = options_.job;
   state_ = std::move(saved);
   return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> Trainer::RestoreOptimizer(const std::string& dir,
+                                                     int64_t step) {
+  const std::string full = absl::StrCat(dir, "/", kOptimizerFile);
+  const std::string shard = absl::StrCat(
+      dir, "/", DistOptimizer::ShardFileName(options_.groups.world->rank()));
+  const std::string& file = zero_stage_ == 1 ? shard : full;
+  if (!PathExists(file)) {
+    const bool other = PathExists(zero_stage_ == 1 ? full : shard);
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, ": missing; this run has parallel.zero_stage ", zero_stage_,
+        other ? absl::StrCat(" but the checkpoint was written with zero_stage ",
+                             1 - zero_stage_)
+              : ""));
+  }
+  std::map<std::string, at::Tensor> opt;
+  if (zero_stage_ == 1) {
+    auto extra = Guarded<std::map<std::string, at::Tensor>>(
+        "reading " + file, [&] { return optimizer_->ReadShard(file, step); });
+    if (!extra.ok()) return extra.status();
+    opt = std::move(*extra);
+  } else {
+    GEMMA_ASSIGN_OR_RETURN(opt, ReadTensorFile(file));
+  }
+  auto rng = opt.find("rng/cpu");
+  if (rng == opt.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": missing rng/cpu"));
+  }
+  at::Tensor rng_state = rng->second;
+  opt.erase(rng);
+  if (zero_stage_ == 0) {
+    auto st = optimizer_->LoadState(opt, step);
+    if (!st.ok())
+      return absl::InvalidArgumentError(absl::StrCat(file, ": ", st.message()));
+  }
+  return rng_state;
 }
 
 absl::Status Trainer::Run(RankContext& ctx) {
