@@ -15,6 +15,7 @@
 #include "jobs/train_test_util.h"
 #include "model/checkpoint.h"
 #include "model/weights.h"
+#include "proto/spec_check.h"
 #include "worker/comm.h"
 
 namespace gemma {
@@ -592,6 +593,25 @@ TEST_F(TrainerDpTest, ShardFilesHoldHalfTheStateAndMismatchesAreRefused) {
   ASSERT_FALSE(st.ok());
   EXPECT_THAT(std::string(st.message()), HasSubstr("optimizer-rank-0000"));
   EXPECT_THAT(std::string(st.message()), HasSubstr("buckets"));
+}
+
+// parallel.zero_stage is 0 or 1: the spec check and the trainer say so.
+TEST_F(TrainerTest, ZeroStageIsZeroOrOne) {
+  auto spec = Spec();
+  for (int stage : {0, 1}) {
+    spec.mutable_parallel()->set_zero_stage(stage);
+    EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+  }
+  spec.mutable_parallel()->set_zero_stage(2);
+  EXPECT_THAT(std::string(ValidateJobSpec(spec).message()),
+              HasSubstr("spec.parallel.zero_stage: must be 0 or 1, got 2"));
+  TrainerOptions o;
+  o.spec = spec;
+  o.checkpoint_root = Root("zero-stage-2");
+  auto r = Trainer::Create(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("spec.parallel.zero_stage"));
 }
 
 TEST_F(TrainerTest, BadInputNamesTheField) {
