@@ -574,6 +574,12 @@ absl::Status RunGlooRanks(
     ParallelLayout layout, absl::Duration timeout) {
   if (layout.tp == 1 && layout.dp == 1 && layout.ep == 1) layout.dp = n;
   GEMMA_RETURN_IF_ERROR(ValidateLayout(layout, n));
+  // c10d's process-wide flight recorder adds a group to a std::map outside
+  // its lock on the group's first collective (torch 2.11,
+  // FlightRecorderDetail.hpp): ranks that are threads of one process race on
+  // it and can crash. Turn it off here (unless asked for) before any group
+  // of this process records; a rank per process is not affected.
+  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   GEMMA_ASSIGN_OR_RETURN(std::shared_ptr<RendezvousStore> server,
                          RendezvousStore::Serve("127.0.0.1", 0, n, timeout));
   std::vector<absl::Status> results(n);
