@@ -202,14 +202,13 @@ absl::Status Trainer::Init() {
   oo.adamw.weight_decay = optim.weight_decay();
   std::vector<TrainParam> params;
   for (const auto& [name, p] : trainable_) params.push_back({name, p});
-  GEMMA_RETURN_IF_ERROR(Guarded<bool>("gradient buffers and optimizer", [&] {
-                          grad_sync_ = std::make_unique<GradSync>(
-                              std::move(params), options_.groups,
-                              GradSyncFromEnv(zero_stage_ == 1));
-                          optimizer_ =
-                              std::make_unique<DistOptimizer>(*grad_sync_, oo);
-                          return true;
-                        }).status());
+  auto built = Guarded<bool>("gradient buffers and optimizer", [&] {
+    grad_sync_ = std::make_unique<GradSync>(std::move(params), options_.groups,
+                                            GradSyncFromEnv(zero_stage_ == 1));
+    optimizer_ = std::make_unique<DistOptimizer>(*grad_sync_, oo);
+    return true;
+  });
+  if (!built.ok()) return built.status();
 
   GEMMA_RETURN_IF_ERROR(LoadData());
   state_.max_steps = schedule_.total_steps;
