@@ -33,25 +33,46 @@ bool AdamW::Decays(const std::string& name, const at::Tensor& p) {
   return p.dim() >= 2;
 }
 
+AdamWStepScalars::AdamWStepScalars(const AdamWOptions& options, int64_t step,
+                                   double lr)
+    : lr(lr),
+      beta1(options.beta1),
+      beta2(options.beta2),
+      eps(options.eps),
+      weight_decay(options.weight_decay),
+      step_size(lr /
+                (1.0 - std::pow(options.beta1, static_cast<double>(step)))),
+      bias2_sqrt(
+          std::sqrt(1.0 - std::pow(options.beta2, static_cast<double>(step)))) {
+}
+
+void AdamWUpdate(const AdamWStepScalars& s, bool decay, const at::Tensor& grad,
+                 at::Tensor& master, at::Tensor& exp_avg,
+                 at::Tensor& exp_avg_sq) {
+  at::Tensor g = grad;
+  if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
+  if (decay && s.weight_decay != 0.0) master.mul_(1.0 - s.lr * s.weight_decay);
+  exp_avg.lerp_(g, 1.0 - s.beta1);
+  exp_avg_sq.mul_(s.beta2).addcmul_(g, g, 1.0 - s.beta2);
+  at::Tensor denom = (exp_avg_sq.sqrt() / s.bias2_sqrt).add_(s.eps);
+  master.addcdiv_(exp_avg, denom, -s.step_size);
+}
+
 void AdamW::Step(double lr) {
+  Step(lr, std::vector<bool>(slots_.size(), true));
+}
+
+void AdamW::Step(double lr, const std::vector<bool>& update) {
+  TORCH_CHECK(update.size() == slots_.size(), "AdamW::Step: ", update.size(),
+              " flags for ", slots_.size(), " parameters");
   torch::NoGradGuard no_grad;
   ++steps_;
-  const double b1 = options_.beta1, b2 = options_.beta2;
-  const double bias1 = 1.0 - std::pow(b1, static_cast<double>(steps_));
-  const double bias2 = 1.0 - std::pow(b2, static_cast<double>(steps_));
-  const double step_size = lr / bias1;
-  const double bias2_sqrt = std::sqrt(bias2);
-  for (Slot& s : slots_) {
+  const AdamWStepScalars scalars(options_, steps_, lr);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
     at::Tensor g = s.param.grad();
-    if (!g.defined()) continue;
-    if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
-    if (s.decay && options_.weight_decay != 0.0) {
-      s.master.mul_(1.0 - lr * options_.weight_decay);
-    }
-    s.exp_avg.lerp_(g, 1.0 - b1);
-    s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
-    at::Tensor denom = (s.exp_avg_sq.sqrt() / bias2_sqrt).add_(options_.eps);
-    s.master.addcdiv_(s.exp_avg, denom, -step_size);
+    if (!g.defined() || !update[i]) continue;
+    AdamWUpdate(scalars, s.decay, g, s.master, s.exp_avg, s.exp_avg_sq);
     if (!s.master.is_same(s.param)) s.param.copy_(s.master);
   }
 }

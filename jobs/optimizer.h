@@ -41,6 +41,26 @@ struct AdamWOptions {
   double weight_decay = 0.0;
 };
 
+// The scalars of one AdamW step (1-based `step`, rate `lr`), computed once
+// and shared by every tensor the step updates.
+struct AdamWStepScalars {
+  AdamWStepScalars(const AdamWOptions& options, int64_t step, double lr);
+  double lr;
+  double beta1, beta2, eps, weight_decay;
+  double step_size;   // lr / (1 - beta1^step)
+  double bias2_sqrt;  // sqrt(1 - beta2^step)
+};
+
+// The update of one tensor (or any piece of one: the math is per element):
+// `master`, `exp_avg`, `exp_avg_sq` (fp32, same shape as `grad`) updated in
+// place from `grad` (any float dtype; fp32 math); `decay` says whether the
+// weight decay applies. The caller copies `master` into a non-fp32
+// parameter. AdamW and the sharded optimizer (jobs/dist_optimizer.h) both
+// call this, so they agree to the bit on the same gradients.
+void AdamWUpdate(const AdamWStepScalars& s, bool decay, const at::Tensor& grad,
+                 at::Tensor& master, at::Tensor& exp_avg,
+                 at::Tensor& exp_avg_sq);
+
 class AdamW {
  public:
   // `params` are the trainable parameters by name (the tensors are kept and
@@ -50,6 +70,9 @@ class AdamW {
 
   // One update with learning rate `lr` from the parameters' .grad().
   void Step(double lr);
+  // The same, leaving parameter i (constructor order) alone where
+  // !update[i], as if it had no gradient.
+  void Step(double lr, const std::vector<bool>& update);
 
   // Steps taken so far (PyTorch's state["step"]).
   int64_t steps() const { return steps_; }

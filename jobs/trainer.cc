@@ -9,6 +9,7 @@
 #include <mutex>
 #include <numeric>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
@@ -24,6 +25,20 @@ namespace gemma {
 namespace {
 
 constexpr int64_t kBucketBytes = 25 << 20;
+
+GradSyncOptions GradSyncFromEnv(bool shard) {
+  GradSyncOptions o;
+  o.bucket_bytes = kBucketBytes;
+  o.shard = shard;
+  const char* bytes = std::getenv("GEMMA_GRAD_BUCKET_BYTES");
+  int64_t v = 0;
+  if (bytes != nullptr && absl::SimpleAtoi(bytes, &v) && v > 0)
+    o.bucket_bytes = v;
+  const char* overlap = std::getenv("GEMMA_GRAD_OVERLAP");
+  if (overlap != nullptr && std::string(overlap) == "0") o.overlap = false;
+  return o;
+}
+
 
 absl::Status TorchError(const std::string& what, const c10::Error& e) {
   return absl::InternalError(
@@ -203,12 +218,32 @@ absl::Status Trainer::Init() {
     return absl::InvalidArgumentError(
         "spec.model.freeze: nothing left to train");
   }
-  AdamWOptions ao;
-  ao.beta1 = optim.beta1() > 0 ? optim.beta1() : 0.9;
-  ao.beta2 = optim.beta2() > 0 ? optim.beta2() : 0.95;
-  ao.eps = optim.eps() > 0 ? optim.eps() : 1e-8;
-  ao.weight_decay = optim.weight_decay();
-  optimizer_ = std::make_unique<AdamW>(trainable_, ao);
+  const auto& parallel = spec_.parallel();
+  zero_stage_ =
+      parallel.has_zero_stage() ? parallel.zero_stage() : (dp > 1 ? 1 : 0);
+  if (zero_stage_ != 0 && zero_stage_ != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.parallel.zero_stage: must be 0 or 1, got ", zero_stage_));
+  }
+  DistOptimizerOptions oo;
+  oo.zero_stage = zero_stage_;
+  oo.adamw.beta1 = optim.beta1() > 0 ? optim.beta1() : 0.9;
+  oo.adamw.beta2 = optim.beta2() > 0 ? optim.beta2() : 0.95;
+  oo.adamw.eps = optim.eps() > 0 ? optim.eps() : 1e-8;
+  oo.adamw.weight_decay = optim.weight_decay();
+  std::vector<TrainParam> params;
+  for (size_t i = 0; i < trainable_.size(); ++i) {
+    params.push_back({trainable_[i].first, trainable_[i].second,
+                      /*tp_sharded=*/tp_grad_[i] == TpGrad::kSharded,
+                      /*tp_partial=*/tp_grad_[i] == TpGrad::kPartial});
+  }
+  auto built = Guarded<bool>("gradient buffers and optimizer", [&] {
+    grad_sync_ = std::make_unique<GradSync>(std::move(params), options_.groups,
+                                            GradSyncFromEnv(zero_stage_ == 1));
+    optimizer_ = std::make_unique<DistOptimizer>(*grad_sync_, oo);
+    return true;
+  });
+  if (!built.ok()) return built.status();
 
   GEMMA_RETURN_IF_ERROR(LoadData());
   state_.max_steps = schedule_.total_steps;
@@ -358,100 +393,6 @@ absl::StatusOr<Batch> Trainer::NextMicroBatch() {
   return std::move(*mine);
 }
 
-void Trainer::AllReduceGradients() {
-  // Gradients that are partial sums over the TP group (q/k norms; the
-  // decoder norms under sequence parallelism) first, in one flat buffer.
-  if (tp_.split()) {
-    std::vector<at::Tensor> partial;
-    for (size_t i = 0; i < trainable_.size(); ++i) {
-      if (tp_grad_[i] != TpGrad::kPartial) continue;
-      at::Tensor& g = trainable_[i].second.mutable_grad();
-      if (!g.defined()) g = torch::zeros_like(trainable_[i].second);
-      partial.push_back(g);
-    }
-    if (!partial.empty()) {
-      std::vector<at::Tensor> flat_parts;
-      for (auto& g : partial) flat_parts.push_back(g.reshape({-1}));
-      at::Tensor flat = torch::cat(flat_parts);
-      options_.groups.tp->AllReduceSum(flat);
-      int64_t off = 0;
-      for (auto& g : partial) {
-        g.copy_(flat.narrow(0, off, g.numel()).view_as(g));
-        off += g.numel();
-      }
-    }
-  }
-  Comm& comm = *options_.groups.dp;
-  if (comm.size() == 1) return;
-  // Flat buckets of ~25 MB per dtype, in parameter order.
-  std::vector<at::Tensor> bucket;
-  int64_t bytes = 0;
-  auto flush = [&] {
-    if (bucket.empty()) return;
-    std::vector<at::Tensor> flat_parts;
-    for (auto& g : bucket) flat_parts.push_back(g.reshape({-1}));
-    at::Tensor flat = torch::cat(flat_parts);
-    comm.AllReduceSum(flat);
-    int64_t off = 0;
-    for (auto& g : bucket) {
-      g.copy_(flat.narrow(0, off, g.numel()).view_as(g));
-      off += g.numel();
-    }
-    bucket.clear();
-    bytes = 0;
-  };
-  for (auto& [name, p] : trainable_) {
-    at::Tensor& g = p.mutable_grad();
-    if (!g.defined()) g = torch::zeros_like(p);  // every rank sends the same
-    if (!bucket.empty() && bucket.front().scalar_type() != g.scalar_type())
-      flush();
-    bucket.push_back(g);
-    bytes += g.numel() * g.element_size();
-    if (bytes >= kBucketBytes) flush();
-  }
-  flush();
-}
-
-double Trainer::ClipGradients() {
-  // The global norm counts every element once: TP-sharded gradients on every
-  // TP rank (summed over the group), replicated ones from the TP group's
-  // rank 0 only.
-  std::vector<at::Tensor> sharded, replicated;
-  for (size_t i = 0; i < trainable_.size(); ++i) {
-    const at::Tensor& g = trainable_[i].second.grad();
-    if (!g.defined()) continue;
-    (tp_grad_[i] == TpGrad::kSharded ? sharded : replicated)
-        .push_back(g.to(torch::kFloat32).norm(2));
-  }
-  at::Tensor total;
-  if (!tp_.split()) {
-    sharded.insert(sharded.end(), replicated.begin(), replicated.end());
-    if (sharded.empty()) return 0.0;
-    total = torch::stack(sharded).norm(2);
-  } else {
-    const auto f32 = torch::dtype(torch::kFloat32).device(device_);
-    auto sq = [&](const std::vector<at::Tensor>& v) {
-      return v.empty() ? torch::zeros({}, f32) : torch::stack(v).pow(2).sum();
-    };
-    at::Tensor sums = torch::stack(
-        {sq(sharded), tp_.rank() == 0 ? sq(replicated) : torch::zeros({}, f32)});
-    options_.groups.tp->AllReduceSum(sums);
-    total = sums.sum().sqrt();
-  }
-  const double norm = total.item<double>();
-  const double max_norm = spec_.optim().grad_clip();
-  if (max_norm > 0) {
-    // As torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)).
-    at::Tensor coef = torch::clamp_max(
-        torch::full({}, max_norm, total.options()) / (total + 1e-6), 1.0);
-    for (auto& [name, p] : trainable_) {
-      if (p.grad().defined())
-        p.mutable_grad().mul_(coef.to(p.grad().scalar_type()));
-    }
-  }
-  return norm;
-}
-
 absl::StatusOr<StepStats> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   Comm& dp = *options_.groups.dp;
@@ -473,22 +414,24 @@ absl::StatusOr<StepStats> Trainer::Step() {
     dp.AllReduceSum(counts);
     counts = counts.cpu();
     const double total_tokens = std::max(1.0, counts[0].item<double>());
-    for (auto& [name, p] : trainable_) p.mutable_grad().reset();
+    grad_sync_->ZeroGrad();
     // loss, correct: summed on the device, read once at the end of the step.
     at::Tensor sums =
         torch::zeros({2}, torch::dtype(torch::kFloat64).device(device_));
-    for (const Batch& b : micro) {
-      MicroResult r = Forward(b);
+    for (size_t k = 0; k < micro.size(); ++k) {
+      // The last micro batch's backward starts the bucket reductions.
+      grad_sync_->BeginBackward(/*last=*/k + 1 == micro.size());
+      MicroResult r = Forward(micro[k]);
       (r.loss_sum / total_tokens).backward();
       sums[0] += r.loss_sum.detach().to(torch::kFloat64);
       sums[1] += r.correct.to(torch::kFloat64);
     }
-    AllReduceGradients();
+    grad_sync_->FinishBackward();
     sums = sums.to(dp.device());
     dp.AllReduceSum(sums);
     sums = sums.cpu();
     StepStats s;
-    s.grad_norm = ClipGradients();
+    s.grad_norm = optimizer_->ClipGradNorm(spec_.optim().grad_clip());
     s.lr = schedule_.At(state_.step);
     optimizer_->Step(s.lr);
     ++state_.step;
@@ -566,70 +509,63 @@ std::string Trainer::OptimizerFile() const {
   return absl::StrFormat("optimizer-tp%05d.safetensors", tp_.rank());
 }
 
+absl::Status Trainer::AgreeOverWorld(const absl::Status& status) {
+  Comm& world = *options_.groups.world;
+  auto all_ok = Guarded<bool>("checkpoint: agreeing over the ranks", [&] {
+    at::Tensor failed = torch::full({1}, status.ok() ? 0.0 : 1.0,
+                                    torch::dtype(torch::kFloat64))
+                            .to(world.device());
+    world.AllReduceSum(failed);
+    return failed.cpu().item<double>() == 0;
+  });
+  if (!all_ok.ok()) return all_ok.status();
+  if (!status.ok()) return status;
+  if (!*all_ok) {
+    return absl::InternalError(
+        "checkpoint: another rank failed to write its part (see its log)");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
   const std::string dir = StepDir(root_, state_.step);
   const std::string tmp = dir + ".tmp";
   int64_t bytes = 0;
   Comm& dp = *options_.groups.dp;
-  Comm& tp = *options_.groups.tp;
   Comm& world = *options_.groups.world;
-  // The TP group of DP rank 0 writes: its rank 0 makes the folder, each TP
-  // rank its model shard and optimizer file, then world rank 0 the state and
-  // the rename. Any rank's failure fails every rank (no half folder is
-  // published: only a complete DIR.tmp is renamed).
+  // World rank 0 makes the folder; the TP group of DP rank 0 writes the
+  // model shards (and with zero_stage 0 the optimizer file of each TP
+  // shard); with zero_stage 1 every rank writes its optimizer shard; world
+  // rank 0 writes the train state and publishes the folder once all have
+  // written. A failure anywhere fails every rank, and no partial folder is
+  // ever published.
   absl::Status st;
-  if (dp.rank() == 0) {
-    if (tp.rank() == 0) {
-      st = RemoveTree(tmp);
-      if (st.ok()) st = MakeDirs(tmp);
-    }
-    auto made = Guarded<bool>("checkpoint", [&] {
-      at::Tensor bad =
-          torch::tensor({st.ok() ? 0L : 1L}, torch::kLong).to(tp.device());
-      tp.AllReduceSum(bad);
-      return bad.item<int64_t>() == 0;
+  if (world.rank() == 0) {
+    st = RemoveTree(tmp);
+    if (st.ok()) st = MakeDirs(tmp);
+  }
+  GEMMA_RETURN_IF_ERROR(AgreeOverWorld(st));
+  if (zero_stage_ == 1) {
+    const std::string shard =
+        absl::StrCat(tmp, "/", DistOptimizer::ShardFileName(world.rank()));
+    auto written = Guarded<int64_t>("writing " + shard, [&] {
+      return optimizer_->WriteShard(shard, {{"rng/cpu", CpuRngState()}});
     });
-    if (!made.ok()) return made.status();
-    if (st.ok() && !*made)
-      st = absl::InternalError(absl::StrCat(tmp, ": could not be created"));
-    const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
-    if (st.ok() && options_.save_model) {
-      auto b = options_.save_model(model_, model_dir, state_);
-      if (b.ok()) bytes = *b; else st = b.status();
-    } else if (st.ok()) {
-      auto b = Guarded<int64_t>("checkpoint", [&]() -> int64_t {
-        auto r = WriteModuleCheckpointShard(
-            model_dir, *model_, config_json_, config_.text.num_kv_heads,
-            config_.text.vocab_size, state_.step, tp);
-        if (!r.ok()) throw std::runtime_error(std::string(r.status().message()));
-        return *r;
-      });
-      if (b.ok()) bytes = *b; else st = b.status();
-      if (st.ok() && tp.rank() == 0) {
-        st = CopyFile(tokenizer_->path(),
-                      absl::StrCat(model_dir, "/tokenizer.model"));
-      }
-    }
-    if (st.ok()) {
-      auto opt = optimizer_->StateTensors();
-      opt["rng/cpu"] = CpuRngState();
-      for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
-      st = WriteTensorFile(absl::StrCat(tmp, "/", OptimizerFile()), opt);
+    if (written.ok()) {
+      bytes += *written;
+    } else {
+      st = written.status();
     }
   }
-  // Everyone agrees on the outcome before world rank 0 publishes.
-  auto all_ok = Guarded<bool>("checkpoint barrier", [&] {
-    at::Tensor bad =
-        torch::tensor({st.ok() ? 0L : 1L}, torch::kLong).to(world.device());
-    world.AllReduceSum(bad);
-    return bad.item<int64_t>() == 0;
-  });
-  if (!all_ok.ok()) return all_ok.status();
-  if (!st.ok()) return st;
-  if (!*all_ok) {
-    return absl::InternalError(
-        absl::StrCat(tmp, ": another rank failed to write its part"));
+  if (st.ok() && dp.rank() == 0) {
+    auto own = WriteCheckpointFiles(tmp);
+    if (own.ok()) {
+      bytes += *own;
+    } else {
+      st = own.status();
+    }
   }
+  GEMMA_RETURN_IF_ERROR(AgreeOverWorld(st));
   if (world.rank() == 0) {
     st = WriteFileAtomic(absl::StrCat(tmp, "/", kTrainStateFile),
                          state_.ToJson());
@@ -638,25 +574,46 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
       st = PublishDir(tmp, dir, /*overwrite=*/true);
     }
   }
-  auto published = Guarded<bool>("checkpoint barrier", [&] {
-    at::Tensor bad =
-        torch::tensor({st.ok() ? 0L : 1L}, torch::kLong).to(world.device());
-    world.AllReduceSum(bad);
-    return bad.item<int64_t>() == 0;
-  });
-  if (!published.ok()) return published.status();
-  if (!st.ok()) return st;
-  if (!*published)
-    return absl::InternalError(absl::StrCat(dir, ": could not be published"));
+  GEMMA_RETURN_IF_ERROR(AgreeOverWorld(st));
   // Bytes of the whole checkpoint (every writer's part).
-  auto total = Guarded<int64_t>("checkpoint barrier", [&] {
-    at::Tensor b = torch::tensor({dp.rank() == 0 ? bytes : 0L}, torch::kLong)
-                       .to(world.device());
+  auto total = Guarded<int64_t>("checkpoint size", [&] {
+    at::Tensor b = torch::tensor({bytes}, torch::kLong).to(world.device());
     world.AllReduceSum(b);
-    return b.item<int64_t>();
+    return b.cpu().item<int64_t>();
   });
   if (!total.ok()) return total.status();
   return std::make_pair(dir, *total);
+}
+
+absl::StatusOr<int64_t> Trainer::WriteCheckpointFiles(const std::string& tmp) {
+  int64_t bytes = 0;
+  const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
+  if (options_.save_model) {
+    GEMMA_ASSIGN_OR_RETURN(bytes,
+                           options_.save_model(model_, model_dir, state_));
+  } else {
+    GEMMA_ASSIGN_OR_RETURN(
+        bytes, Guarded<int64_t>("writing " + model_dir, [&]() -> int64_t {
+          auto r = WriteModuleCheckpointShard(
+              model_dir, *model_, config_json_, config_.text.num_kv_heads,
+              config_.text.vocab_size, state_.step, *options_.groups.tp);
+          if (!r.ok())
+            throw std::runtime_error(std::string(r.status().message()));
+          return *r;
+        }));
+    if (tp_.rank() == 0) {
+      GEMMA_RETURN_IF_ERROR(CopyFile(
+          tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
+    }
+  }
+  if (zero_stage_ == 0) {
+    auto opt = optimizer_->StateTensors();
+    opt["rng/cpu"] = CpuRngState();
+    for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
+    GEMMA_RETURN_IF_ERROR(
+        WriteTensorFile(absl::StrCat(tmp, "/", OptimizerFile()), opt));
+  }
+  return bytes;
 }
 
 absl::Status Trainer::Restore(const std::string& dir) {
@@ -696,19 +653,8 @@ absl::Status Trainer::Restore(const std::string& dir) {
     }
     weights_dir_ = model_dir;
   }
-  const std::string opt_file = absl::StrCat(dir, "/", OptimizerFile());
-  GEMMA_ASSIGN_OR_RETURN(auto opt, ReadTensorFile(opt_file));
-  auto rng = opt.find("rng/cpu");
-  if (rng == opt.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(opt_file, ": missing rng/cpu"));
-  }
-  at::Tensor rng_state = rng->second;
-  opt.erase(rng);
-  auto st = optimizer_->LoadState(opt, saved.step);
-  if (!st.ok())
-    return absl::InvalidArgumentError(
-        absl::StrCat(opt_file, ": ", st.message()));
+  GEMMA_ASSIGN_OR_RETURN(at::Tensor rng_state,
+                         RestoreOptimizer(dir, saved.step));
   if (train_batches_) {
     GEMMA_ASSIGN_OR_RETURN(train_loader_, train_batches_->Stop());
     train_batches_.reset();
@@ -722,6 +668,43 @@ absl::Status Trainer::Restore(const std::string& dir) {
   saved.job = options_.job;
   state_ = std::move(saved);
   return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> Trainer::RestoreOptimizer(const std::string& dir,
+                                                     int64_t step) {
+  const std::string full = absl::StrCat(dir, "/", OptimizerFile());
+  const std::string shard = absl::StrCat(
+      dir, "/", DistOptimizer::ShardFileName(options_.groups.world->rank()));
+  const std::string& file = zero_stage_ == 1 ? shard : full;
+  if (!PathExists(file)) {
+    const bool other = PathExists(zero_stage_ == 1 ? full : shard);
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, ": missing; this run has parallel.zero_stage ", zero_stage_,
+        other ? absl::StrCat(" but the checkpoint was written with zero_stage ",
+                             1 - zero_stage_)
+              : ""));
+  }
+  std::map<std::string, at::Tensor> opt;
+  if (zero_stage_ == 1) {
+    auto extra = Guarded<std::map<std::string, at::Tensor>>(
+        "reading " + file, [&] { return optimizer_->ReadShard(file, step); });
+    if (!extra.ok()) return extra.status();
+    opt = std::move(*extra);
+  } else {
+    GEMMA_ASSIGN_OR_RETURN(opt, ReadTensorFile(file));
+  }
+  auto rng = opt.find("rng/cpu");
+  if (rng == opt.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": missing rng/cpu"));
+  }
+  at::Tensor rng_state = rng->second;
+  opt.erase(rng);
+  if (zero_stage_ == 0) {
+    auto st = optimizer_->LoadState(opt, step);
+    if (!st.ok())
+      return absl::InvalidArgumentError(absl::StrCat(file, ": ", st.message()));
+  }
+  return rng_state;
 }
 
 absl::Status Trainer::Run(RankContext& ctx) {

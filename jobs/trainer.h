@@ -9,9 +9,18 @@
 //   target tokens of the whole step are counted and summed over DP first,
 //   then each micro batch's loss_sum / total_tokens is back-propagated
 //   (model/loss.h CausalLmLoss over the final hidden states and the tied
-//   embedding); gradients are summed over DP in flat ~25 MB buckets; the
-//   global gradient norm is clipped to optim.grad_clip; AdamW
-//   (jobs/optimizer.h) steps with the schedule's rate (jobs/schedule.h).
+//   embedding); gradients are summed over DP in flat ~25 MB buckets whose
+//   reductions start during the last micro batch's backward
+//   (jobs/grad_sync.h); gradients that are partial over the TP group (q/k
+//   norms, sequence-parallel norms) are summed over TP first; the global
+//   gradient norm (every element once over TP and DP) is clipped to
+//   optim.grad_clip; AdamW steps with the schedule's rate (jobs/schedule.h),
+//   its state sharded over the DP ranks with parallel.zero_stage 1 (the
+//   default when dp > 1) or replicated with 0 (jobs/dist_optimizer.h).
+//
+// Tuning knobs for benchmarks and tests, read once at Create:
+// GEMMA_GRAD_BUCKET_BYTES (bucket size, default 25 MiB) and
+// GEMMA_GRAD_OVERLAP=0 (reduce all buckets after backward instead).
 //
 // Data parallelism: the global batch of a step is micro x accum x dp rows,
 // cut in stream order; micro batch k of DP rank r is the (k * dp + r)-th
@@ -21,9 +30,13 @@
 // repeated per rank.)
 //
 // Checkpoints (jobs/train_state.h layout) every checkpoint.interval_steps and
-// at the end; Restore() puts weights, optimizer, schedule position, loader
-// position and RNG back so the following steps compute the same losses, bit
-// for bit on CPU, as an uninterrupted run.
+// at the end. The TP group of DP rank 0 writes the model (one rank file per TP
+// shard); the optimizer state goes in optimizer.safetensors (one file per TP
+// shard with zero_stage 0) or in every rank's
+// optimizer-rank-NNNNN.safetensors (world rank, zero_stage 1); world rank 0
+// publishes the folder once every rank has written. Restore() puts weights,
+// optimizer, schedule position, loader position and RNG back so the following
+// steps compute the same losses, bit for bit on CPU, as an uninterrupted run.
 //
 // Not thread-safe; one trainer per thread (the recompute switch is
 // thread-local).
@@ -45,8 +58,9 @@
 #include "data/prefetch.h"
 #include "data/tokenizer.h"
 #include "gemma/v1/job_spec.pb.h"
+#include "jobs/dist_optimizer.h"
+#include "jobs/grad_sync.h"
 #include "jobs/job.h"
-#include "jobs/optimizer.h"
 #include "jobs/schedule.h"
 #include "jobs/train_state.h"
 #include "model/comm.h"
@@ -152,8 +166,17 @@ class Trainer {
     at::Tensor loss_sum, tokens, correct;
   };
   MicroResult Forward(const Batch& batch);
-  void AllReduceGradients();
-  double ClipGradients();
+  // Every rank gets OK, or the same error when any rank's `status` was not
+  // OK (collective over the world group).
+  absl::Status AgreeOverWorld(const absl::Status& status);
+  // The TP group of DP rank 0's part of a step folder under construction:
+  // the model shards and (zero_stage 0) this TP shard's optimizer file.
+  // Returns the bytes.
+  absl::StatusOr<int64_t> WriteCheckpointFiles(const std::string& tmp);
+  // Loads the optimizer state of step folder `dir` (written at `step`);
+  // returns the RNG state stored with it.
+  absl::StatusOr<at::Tensor> RestoreOptimizer(const std::string& dir,
+                                              int64_t step);
   absl::StatusOr<Batch> NextMicroBatch();
   // Batches are padded to a multiple of this (data.pad_to_multiple, and tp
   // under sequence parallelism).
@@ -180,7 +203,9 @@ class Trainer {
   std::vector<Conversation> eval_data_;
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
   std::vector<TpGrad> tp_grad_;  // per trainable_ entry
-  std::unique_ptr<AdamW> optimizer_;
+  int zero_stage_ = 0;
+  std::unique_ptr<GradSync> grad_sync_;
+  std::unique_ptr<DistOptimizer> optimizer_;
   LrSchedule schedule_;
   int grad_accum_ = 1;
   at::ScalarType dtype_;

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "jobs/train_test_util.h"
 #include "model/checkpoint.h"
 #include "model/weights.h"
+#include "proto/spec_check.h"
 #include "worker/comm.h"
 
 namespace gemma {
@@ -302,10 +304,92 @@ TEST_F(TrainerTest, RunReportsAndWritesTheModel) {
   }
 }
 
+// Sets an environment variable for the life of the object.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    const char* old = std::getenv(name);
+    if (old != nullptr) old_ = old;
+    had_ = old != nullptr;
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(name_, old_.c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
+// Data-parallel runs on 2 real Gloo ranks (threads); parameter: zero_stage.
+class TrainerDpTest : public TrainerTest,
+                      public ::testing::WithParamInterface<int> {
+ protected:
+  struct DpRun {
+    std::vector<int64_t> start_step;
+    std::vector<std::vector<double>> losses;
+    std::vector<std::map<std::string, at::Tensor>> weights;
+    std::vector<std::string> saved;
+  };
+  // `steps` steps on each of 2 ranks, then (with `save`) a checkpoint.
+  static absl::Status RunDp(const gemma::v1::JobSpec& spec,
+                            const std::string& root, int steps, DpRun* out,
+                            bool save = false) {
+    out->start_step.assign(2, -1);
+    out->losses.assign(2, {});
+    out->weights.assign(2, {});
+    out->saved.assign(2, "");
+    return RunGlooRanks(2, [&](int rank, ParallelGroups& groups) {
+      TrainerOptions o;
+      o.spec = spec;
+      o.groups = groups;
+      o.checkpoint_root = root;
+      auto t = Trainer::Create(o);
+      if (!t.ok()) return t.status();
+      out->start_step[rank] = (*t)->step();
+      for (int i = 0; i < steps; ++i) {
+        auto s = (*t)->Step();
+        if (!s.ok()) return s.status();
+        out->losses[rank].push_back(s->loss);
+      }
+      if (save) {
+        auto saved = (*t)->SaveCheckpoint();
+        if (!saved.ok()) return saved.status();
+        out->saved[rank] = saved->first;
+      }
+      out->weights[rank] = Weights(**t);
+      return absl::OkStatus();
+    });
+  }
+
+  static gemma::v1::JobSpec DpSpec(int zero_stage) {
+    auto spec = Spec();
+    spec.mutable_data()->set_batch_size(1);
+    spec.mutable_parallel()->set_dp(2);
+    spec.mutable_parallel()->set_zero_stage(zero_stage);
+    return spec;
+  }
+
+  static void ExpectSameWeights(const std::map<std::string, at::Tensor>& a,
+                                const std::map<std::string, at::Tensor>& b,
+                                const std::string& what) {
+    ASSERT_EQ(a.size(), b.size()) << what;
+    for (const auto& [name, w] : a)
+      EXPECT_TRUE(torch::equal(w, b.at(name))) << what << ": " << name;
+  }
+};
+
 // DP = 2 (real Gloo ranks in two threads) equals one rank with twice the
 // micro batch: each rank reads its half of every global batch, the loss is
-// normalised by the tokens of both, gradients are summed over the group.
-TEST_F(TrainerTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
+// normalised by the tokens of both, gradients are summed over the group;
+// with the optimizer state replicated (0) or sharded (1).
+TEST_P(TrainerDpTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
   auto one = Spec();  // micro batch 2
   one.mutable_optim()->set_max_steps(3);
   // Adam divides by sqrt(v) + eps: entries whose gradient is near zero turn
@@ -316,7 +400,8 @@ TEST_F(TrainerTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
   auto two = one;
   two.mutable_data()->set_batch_size(1);
   two.mutable_parallel()->set_dp(2);
-  auto single = Make(one, Root("dp1"));
+  two.mutable_parallel()->set_zero_stage(GetParam());
+  auto single = Make(one, Root(absl::StrCat("dp1-", GetParam())));
   ASSERT_NE(single, nullptr);
   std::vector<double> losses;
   for (int i = 0; i < 3; ++i) {
@@ -332,7 +417,7 @@ TEST_F(TrainerTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
         TrainerOptions o;
         o.spec = two;
         o.groups = groups;
-        o.checkpoint_root = Root("dp2");
+        o.checkpoint_root = Root(absl::StrCat("dp2-", GetParam()));
         auto t = Trainer::Create(o);
         if (!t.ok()) return t.status();
         for (int i = 0; i < 3; ++i) {
@@ -366,6 +451,167 @@ TEST_F(TrainerTest, TwoDataParallelRanksEqualOneRankWithTwiceTheBatch) {
   for (const auto& [name, w] : rank_weights[0]) {
     EXPECT_TRUE(torch::equal(w, rank_weights[1].at(name))) << name;
   }
+}
+
+INSTANTIATE_TEST_SUITE_P(ZeroStage, TrainerDpTest, ::testing::Values(0, 1));
+
+// ZeRO-1 and the replicated optimizer give the same weights to the bit after
+// 3 steps at DP = 2 (Gloo sums of 2 numbers do not depend on the order),
+// with many small buckets reduced during backward.
+TEST_F(TrainerDpTest, ZeroStageOneEqualsZeroStageZeroBitForBit) {
+  ScopedEnv buckets("GEMMA_GRAD_BUCKET_BYTES", "16384");
+  DpRun zero, one;
+  ASSERT_TRUE(RunDp(DpSpec(0), Root("z0"), 3, &zero).ok());
+  ASSERT_TRUE(RunDp(DpSpec(1), Root("z1"), 3, &one).ok());
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(zero.losses[r], one.losses[r]) << "rank " << r;
+    ExpectSameWeights(zero.weights[r], one.weights[r],
+                      absl::StrCat("rank ", r));
+  }
+  ExpectSameWeights(one.weights[0], one.weights[1], "ranks 0 and 1");
+  // The weights moved.
+  auto fresh = Make(Spec(), Root("z-fresh"));
+  ASSERT_NE(fresh, nullptr);
+  int moved = 0;
+  for (const auto& [name, w] : Weights(*fresh))
+    moved += torch::equal(w, one.weights[0].at(name)) ? 0 : 1;
+  EXPECT_GT(moved, 10);
+}
+
+// Grad accumulation 2 on the overlapped path (buckets start during the
+// second micro batch's backward) with a frozen vision tower: the same
+// weights with either stage, frozen weights untouched, and the result close
+// to one rank running micro batch 2 x accumulation 2.
+TEST_F(TrainerDpTest, GradAccumulationWithAFrozenPart) {
+  ScopedEnv buckets("GEMMA_GRAD_BUCKET_BYTES", "8192");
+  auto spec0 = DpSpec(0);
+  spec0.mutable_optim()->set_grad_accum(2);
+  spec0.mutable_optim()->set_max_steps(3);
+  spec0.mutable_optim()->set_eps(1e-6);  // see the test above
+  spec0.mutable_model()->add_freeze("vision");
+  auto spec1 = spec0;
+  spec1.mutable_parallel()->set_zero_stage(1);
+  DpRun zero, one;
+  absl::Status st = RunDp(spec0, Root("acc-z0"), 3, &zero);
+  ASSERT_TRUE(st.ok()) << st;
+  st = RunDp(spec1, Root("acc-z1"), 3, &one);
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectSameWeights(zero.weights[0], one.weights[0], "stage 0 vs 1");
+  ExpectSameWeights(one.weights[0], one.weights[1], "ranks 0 and 1");
+
+  auto single_spec = Spec();
+  single_spec.mutable_optim()->set_grad_accum(2);
+  single_spec.mutable_optim()->set_max_steps(3);
+  single_spec.mutable_optim()->set_eps(1e-6);
+  single_spec.mutable_model()->add_freeze("vision");
+  auto single = Make(single_spec, Root("acc-single"));
+  ASSERT_NE(single, nullptr);
+  const auto before = Weights(*single);
+  for (int i = 0; i < 3; ++i) {
+    auto s = single->Step();
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_NEAR(one.losses[0][i], s->loss, 1e-6 * s->loss) << "step " << i;
+  }
+  const auto want = Weights(*single);
+  int frozen = 0;
+  for (const auto& [name, w] : want) {
+    if (name.rfind("vision.", 0) == 0) {
+      ++frozen;
+      EXPECT_TRUE(torch::equal(one.weights[0].at(name), before.at(name)))
+          << name;
+    }
+    const double d = (one.weights[0].at(name) - w).abs().max().item<double>();
+    EXPECT_LE(d, 1e-6) << name;
+  }
+  EXPECT_GT(frozen, 0);
+}
+
+// DP = 2 with zero_stage 1: stop after 2 steps, resume from the checkpoint
+// (each rank reads its own optimizer shard), and steps 3-4 give the losses
+// of an uninterrupted run to the bit, and the same weights.
+TEST_F(TrainerDpTest, ResumeWithShardedOptimizerIsBitIdentical) {
+  ScopedEnv buckets("GEMMA_GRAD_BUCKET_BYTES", "16384");
+  const auto spec = DpSpec(1);
+  DpRun straight, first, resumed;
+  absl::Status st = RunDp(spec, Root("z1-straight"), 4, &straight);
+  ASSERT_TRUE(st.ok()) << st;
+  const std::string root = Root("z1-resumed");
+  st = RunDp(spec, root, 2, &first, /*save=*/true);
+  ASSERT_TRUE(st.ok()) << st;
+  const std::string dir = StepDir(root, 2);
+  EXPECT_EQ(first.saved[0], dir);
+  EXPECT_TRUE(PathExists(dir + "/optimizer-rank-00000.safetensors"));
+  EXPECT_TRUE(PathExists(dir + "/optimizer-rank-00001.safetensors"));
+  EXPECT_FALSE(PathExists(dir + "/" + kOptimizerFile));
+  st = RunDp(spec, root, 2, &resumed);
+  ASSERT_TRUE(st.ok()) << st;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(resumed.start_step[r], 2);
+    ASSERT_EQ(resumed.losses[r].size(), 2u);
+    EXPECT_EQ(first.losses[r][0], straight.losses[r][0]);
+    EXPECT_EQ(first.losses[r][1], straight.losses[r][1]);
+    EXPECT_EQ(resumed.losses[r][0], straight.losses[r][2]) << "rank " << r;
+    EXPECT_EQ(resumed.losses[r][1], straight.losses[r][3]) << "rank " << r;
+    ExpectSameWeights(straight.weights[r], resumed.weights[r],
+                      absl::StrCat("rank ", r));
+  }
+}
+
+// A rank's optimizer shard holds about half of what the replicated
+// optimizer file holds at DP = 2; a restore with another zero_stage or
+// another trainable set is refused, naming the file and what differs.
+TEST_F(TrainerDpTest, ShardFilesHoldHalfTheStateAndMismatchesAreRefused) {
+  DpRun run0, run1;
+  const std::string root0 = Root("files-z0"), root1 = Root("files-z1");
+  ASSERT_TRUE(RunDp(DpSpec(0), root0, 1, &run0, true).ok());
+  ASSERT_TRUE(RunDp(DpSpec(1), root1, 1, &run1, true).ok());
+  auto full = ReadWholeFile(StepDir(root0, 1) + "/" + kOptimizerFile);
+  ASSERT_TRUE(full.ok()) << full.status();
+  for (int r = 0; r < 2; ++r) {
+    auto shard = ReadWholeFile(absl::StrCat(
+        StepDir(root1, 1), "/optimizer-rank-0000", r, ".safetensors"));
+    ASSERT_TRUE(shard.ok()) << shard.status();
+    const double ratio = static_cast<double>(shard->size()) / full->size();
+    EXPECT_GT(ratio, 0.45) << "rank " << r;
+    EXPECT_LT(ratio, 0.56) << "rank " << r;
+  }
+
+  // zero_stage 0 resuming a zero_stage 1 checkpoint.
+  auto other = DpSpec(0);
+  other.mutable_model()->set_path(StepDir(root1, 1));
+  DpRun ignored;
+  absl::Status st = RunDp(other, Root("files-other"), 0, &ignored);
+  ASSERT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.message()), HasSubstr(kOptimizerFile));
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("written with zero_stage 1"));
+  // Another trainable set (vision frozen): the shard's layout differs.
+  auto frozen = DpSpec(1);
+  frozen.mutable_model()->set_path(StepDir(root1, 1));
+  frozen.mutable_model()->add_freeze("vision");
+  st = RunDp(frozen, Root("files-frozen"), 0, &ignored);
+  ASSERT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.message()), HasSubstr("optimizer-rank-0000"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("buckets"));
+}
+
+// parallel.zero_stage is 0 or 1: the spec check and the trainer say so.
+TEST_F(TrainerTest, ZeroStageIsZeroOrOne) {
+  auto spec = Spec();
+  for (int stage : {0, 1}) {
+    spec.mutable_parallel()->set_zero_stage(stage);
+    EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+  }
+  spec.mutable_parallel()->set_zero_stage(2);
+  EXPECT_THAT(std::string(ValidateJobSpec(spec).message()),
+              HasSubstr("spec.parallel.zero_stage: must be 0 or 1, got 2"));
+  TrainerOptions o;
+  o.spec = spec;
+  o.checkpoint_root = Root("zero-stage-2");
+  auto r = Trainer::Create(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("spec.parallel.zero_stage"));
 }
 
 TEST_F(TrainerTest, BadInputNamesTheField) {

@@ -8,6 +8,13 @@
 // result is in place. Failures (a peer died, the group was aborted) throw
 // c10::Error; after Abort() every pending and later call throws instead of
 // hanging.
+//
+// The *Async collectives start the operation and return a CommWork; the
+// result is in place only after its Wait() returned. They count in the
+// order of calls like the blocking ones (a rank must issue async and
+// blocking collectives of one group in the same order as its peers). Until
+// Wait() returns, the caller must neither read nor write the tensors passed
+// in, and must keep them alive.
 #ifndef GEMMA_MODEL_COMM_H_
 #define GEMMA_MODEL_COMM_H_
 
@@ -18,6 +25,23 @@
 #include <vector>
 
 namespace gemma {
+
+// A started collective. Not thread-safe (one waiter).
+class CommWork {
+ public:
+  virtual ~CommWork() = default;
+  // Blocks until the collective is done and its result in place; throws
+  // c10::Error when it failed, or when the group was aborted (before or
+  // while waiting) instead of hanging. Calling it again after it returned
+  // returns at once (or throws again).
+  virtual void Wait() = 0;
+};
+
+// A CommWork that is already done (what the default *Async give).
+class DoneCommWork : public CommWork {
+ public:
+  void Wait() override {}
+};
 
 class Comm {
  public:
@@ -40,6 +64,33 @@ class Comm {
   virtual std::vector<at::Tensor> AllToAll(
       const std::vector<at::Tensor>& inputs) = 0;
   virtual void Barrier() = 0;
+
+  // Async in place: t = sum over ranks of t (t contiguous).
+  virtual std::shared_ptr<CommWork> AllReduceSumAsync(at::Tensor& t) {
+    AllReduceSum(t);
+    return std::make_shared<DoneCommWork>();
+  }
+  // Async reduce-scatter: `output` = the sum over ranks of part rank() of
+  // `input` (1-D, contiguous, numel a multiple of size(), `output` of numel /
+  // size()). `output` may be that very part of `input` (in place). The
+  // contents of the rest of `input` are unspecified afterwards (a backend may
+  // reduce all of it in place).
+  virtual std::shared_ptr<CommWork> ReduceScatterSumAsync(at::Tensor& input,
+                                                          at::Tensor& output) {
+    at::Tensor part = ReduceScatterSum(input);
+    output.copy_(part);
+    return std::make_shared<DoneCommWork>();
+  }
+  // Async all-gather: `output` (1-D, contiguous, size() x input's numel) =
+  // the concatenation of every rank's `input` (rank order). `input` may be
+  // part rank() of `output` (in place).
+  virtual std::shared_ptr<CommWork> AllGatherIntoAsync(const at::Tensor& input,
+                                                       at::Tensor& output) {
+    at::Tensor all = AllGather(input.reshape({-1}), 0);
+    output.copy_(all);
+    return std::make_shared<DoneCommWork>();
+  }
+
   // Makes pending and later collectives fail instead of waiting for peers.
   virtual void Abort() {}
   virtual std::string backend() const = 0;  // "gloo", "nccl", "single"

@@ -39,46 +39,57 @@ absl::Status CheckTraining(const v1::JobSpec& spec) {
   if (o.warmup_steps() < 0) return Bad("optim.warmup_steps", "must be >= 0");
   if (o.weight_decay() < 0) return Bad("optim.weight_decay", "must be >= 0");
   if (o.grad_clip() < 0) return Bad("optim.grad_clip", "must be >= 0 (0: off)");
-  if (o.beta1() < 0 || o.beta1() >= 1) return Bad("optim.beta1", "must be in [0, 1)");
-  if (o.beta2() < 0 || o.beta2() >= 1) return Bad("optim.beta2", "must be in [0, 1)");
+  if (o.beta1() < 0 || o.beta1() >= 1)
+    return Bad("optim.beta1", "must be in [0, 1)");
+  if (o.beta2() < 0 || o.beta2() >= 1)
+    return Bad("optim.beta2", "must be in [0, 1)");
   if (o.eps() < 0) return Bad("optim.eps", "must be >= 0");
   if (o.min_lr_ratio() < 0 || o.min_lr_ratio() > 1)
     return Bad("optim.min_lr_ratio", "must be in [0, 1]");
   if (!o.schedule().empty() && o.schedule() != "cosine" &&
       o.schedule() != "linear" && o.schedule() != "constant") {
-    return Bad("optim.schedule", absl::StrCat("must be cosine, linear or constant, got '",
-                                              o.schedule(), "'"));
+    return Bad("optim.schedule",
+               absl::StrCat("must be cosine, linear or constant, got '",
+                            o.schedule(), "'"));
   }
   if (o.grad_accum() < 0) return Bad("optim.grad_accum", "must be >= 0");
-  if (o.eval_interval_steps() < 0) return Bad("optim.eval_interval_steps", "must be >= 0");
+  if (o.eval_interval_steps() < 0)
+    return Bad("optim.eval_interval_steps", "must be >= 0");
   if (o.eval_batches() < 0) return Bad("optim.eval_batches", "must be >= 0");
-  if (o.log_interval_steps() < 0) return Bad("optim.log_interval_steps", "must be >= 0");
+  if (o.log_interval_steps() < 0)
+    return Bad("optim.log_interval_steps", "must be >= 0");
   if (o.eval_interval_steps() > 0 && d.eval().empty())
     return Bad("data.eval", "required when optim.eval_interval_steps > 0");
   if (d.batch_size() < 0) return Bad("data.batch_size", "must be >= 0");
   if (d.seq_len() < 0) return Bad("data.seq_len", "must be >= 0");
-  if (d.pad_to_multiple() < 0) return Bad("data.pad_to_multiple", "must be >= 0");
-  if (o.global_batch_size() < 0) return Bad("optim.global_batch_size", "must be >= 0");
+  if (d.pad_to_multiple() < 0)
+    return Bad("data.pad_to_multiple", "must be >= 0");
+  if (o.global_batch_size() < 0)
+    return Bad("optim.global_batch_size", "must be >= 0");
   if (o.global_batch_size() > 0) {
     const int micro = d.batch_size() > 0 ? d.batch_size() : 1;
     const int dp = spec.parallel().dp() > 0 ? spec.parallel().dp() : 1;
     if (o.global_batch_size() % (micro * dp) != 0) {
       return Bad("optim.global_batch_size",
-                 absl::StrCat(o.global_batch_size(), " is not a multiple of data.batch_size x dp = ",
+                 absl::StrCat(o.global_batch_size(),
+                              " is not a multiple of data.batch_size x dp = ",
                               micro * dp));
     }
-    if (o.grad_accum() > 0 && o.grad_accum() * micro * dp != o.global_batch_size()) {
+    if (o.grad_accum() > 0 &&
+        o.grad_accum() * micro * dp != o.global_batch_size()) {
       return Bad("optim.grad_accum",
                  "conflicts with optim.global_batch_size (set one of them)");
     }
   }
   const std::string& dtype = spec.model().dtype();
   if (!dtype.empty() && dtype != "float32" && dtype != "bfloat16")
-    return Bad("model.dtype", absl::StrCat("must be float32 or bfloat16, got '", dtype, "'"));
+    return Bad("model.dtype",
+               absl::StrCat("must be float32 or bfloat16, got '", dtype, "'"));
   for (const std::string& part : spec.model().freeze()) {
     if (part != "vision" && part != "projector" && part != "language") {
       return Bad("model.freeze",
-                 absl::StrCat("unknown part '", part, "' (vision, projector, language)"));
+                 absl::StrCat("unknown part '", part,
+                              "' (vision, projector, language)"));
     }
   }
   return absl::OkStatus();
@@ -133,6 +144,10 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
     return Bad("parallel.dp", absl::StrCat("must be 1..4096, got ", p.dp()));
   if (p.ep() < 0)
     return Bad("parallel.ep", absl::StrCat("must be >= 1, got ", p.ep()));
+  if (p.has_zero_stage() && p.zero_stage() != 0 && p.zero_stage() != 1) {
+    return Bad("parallel.zero_stage",
+               absl::StrCat("must be 0 or 1, got ", p.zero_stage()));
+  }
   const int world = WorldSize(spec);
   if (world > 4096)
     return Bad("parallel",
@@ -240,8 +255,8 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
         return Bad("generate.temperature", "must be >= 0");
       if (g.top_k() < 0) return Bad("generate.top_k", "must be >= 0");
       if (g.top_p() < 0 || g.top_p() > 1)
-        return Bad("generate.top_p", absl::StrCat("must be in [0, 1], got ",
-                                                  g.top_p()));
+        return Bad("generate.top_p",
+                   absl::StrCat("must be in [0, 1], got ", g.top_p()));
       if (g.batch_size() < 0) return Bad("generate.batch_size", "must be >= 0");
       for (int i = 0; i < g.stop_size(); ++i) {
         if (g.stop(i).empty())

@@ -14,11 +14,13 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef GEMMA_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
+
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -49,7 +51,6 @@ RendezvousStore::RendezvousStore(std::unique_ptr<Impl> impl)
 RendezvousStore::~RendezvousStore() = default;
 std::string RendezvousStore::host() const { return impl_->host; }
 int RendezvousStore::port() const { return impl_->store->getPort(); }
-
 
 // RendezvousStore's factories need its private constructor.
 class RendezvousStoreFactory {
@@ -92,25 +93,107 @@ absl::StatusOr<std::shared_ptr<RendezvousStore>> OpenStore(
   }
 }
 
-// Waits for `work` while watching an abort flag; rethrows its error.
-struct WaitSignal {
+// The abort state of one group, shared with its started works (which may
+// outlive a Wait of the group's own).
+struct AbortSignal {
+  explicit AbortSignal(std::string backend) : backend(std::move(backend)) {}
+  const std::string backend;
+  std::atomic<bool> aborted{false};
   std::mutex mu;
   std::condition_variable cv;
+
+  void CheckLive(const char* what) const {
+    TORCH_CHECK(!aborted.load(), what, ": the ", backend, " group was aborted");
+  }
+};
+
+void PollUntilDone(const c10::intrusive_ptr<c10d::Work>& work,
+                   AbortSignal& signal, const char* what) {
+  auto pause = std::chrono::microseconds(20);
+  while (!work->isCompleted()) {
+    std::unique_lock<std::mutex> lock(signal.mu);
+    if (signal.cv.wait_for(lock, pause,
+                           [&] { return signal.aborted.load(); })) {
+      TORCH_CHECK(false, what, ": the ", signal.backend, " group was aborted");
+    }
+    pause = std::min(pause * 2, std::chrono::microseconds(2000));
+  }
+  work->wait();  // rethrows a failure
+}
+
+// Blocks until `work` is done or the group is aborted; rethrows its error.
+void WaitWork(const c10::intrusive_ptr<c10d::Work>& work,
+              const std::shared_ptr<AbortSignal>& signal, const char* what) {
+  signal->CheckLive(what);
+  if (signal->backend != "gloo") {
+    work->wait();  // NCCL: pg_->abort() unblocks it
+    signal->CheckLive(what);
+    return;
+  }
+  c10::intrusive_ptr<c10::ivalue::Future> fut;
+  try {
+    fut = work->getFuture();
+  } catch (const c10::Error&) {
+    // Some Gloo works (e.g. reduce-scatter) have no future: poll.
+    PollUntilDone(work, *signal, what);
+    return;
+  }
+  fut->addCallback([signal](c10::ivalue::Future&) {
+    { std::lock_guard<std::mutex> lock(signal->mu); }
+    signal->cv.notify_all();
+  });
+  {
+    std::unique_lock<std::mutex> lock(signal->mu);
+    signal->cv.wait(lock,
+                    [&] { return fut->completed() || signal->aborted.load(); });
+  }
+  if (!fut->completed()) {
+    TORCH_CHECK(false, what, ": the ", signal->backend, " group was aborted");
+  }
+  work->wait();  // rethrows a failure (peer lost, timeout)
+}
+
+// A started c10d collective and what to do once it is done (copy a result
+// into place). Keeps the tensors it works on alive until waited for.
+class C10dWork : public CommWork {
+ public:
+  C10dWork(c10::intrusive_ptr<c10d::Work> work,
+           std::shared_ptr<AbortSignal> signal, const char* what,
+           std::function<void()> finish = nullptr)
+      : work_(std::move(work)),
+        signal_(std::move(signal)),
+        what_(what),
+        finish_(std::move(finish)) {}
+
+  void Wait() override {
+    if (done_) return;
+    WaitWork(work_, signal_, what_);
+    if (finish_) finish_();
+    finish_ = nullptr;
+    done_ = true;
+  }
+
+ private:
+  c10::intrusive_ptr<c10d::Work> work_;
+  std::shared_ptr<AbortSignal> signal_;
+  const char* what_;
+  std::function<void()> finish_;
+  bool done_ = false;
 };
 
 class C10dComm : public Comm {
  public:
-  C10dComm(c10::intrusive_ptr<c10d::Backend> pg, std::string backend,
-           int rank, int size, c10::Device device = c10::Device(c10::kCPU))
+  C10dComm(c10::intrusive_ptr<c10d::Backend> pg, std::string backend, int rank,
+           int size, c10::Device device = c10::Device(c10::kCPU))
       : pg_(std::move(pg)),
         backend_(std::move(backend)),
         rank_(rank),
         size_(size),
         device_(device),
-        signal_(std::make_shared<WaitSignal>()) {}
+        signal_(std::make_shared<AbortSignal>(backend_)) {}
 
   ~C10dComm() override {
-    if (aborted_.load()) {
+    if (signal_->aborted.load()) {
       // A collective may still sit in a Gloo thread waiting for a dead or
       // stuck peer until its timeout; the backend's destructor joins those
       // threads. Let that happen off this thread.
@@ -123,8 +206,12 @@ class C10dComm : public Comm {
   std::string backend() const override { return backend_; }
   c10::Device device() const override { return device_; }
 
-  void AllReduceSum(at::Tensor& t) override { AllReduce(t, c10d::ReduceOp::SUM); }
-  void AllReduceMax(at::Tensor& t) override { AllReduce(t, c10d::ReduceOp::MAX); }
+  void AllReduceSum(at::Tensor& t) override {
+    AllReduce(t, c10d::ReduceOp::SUM);
+  }
+  void AllReduceMax(at::Tensor& t) override {
+    AllReduce(t, c10d::ReduceOp::MAX);
+  }
 
   at::Tensor AllGather(const at::Tensor& t, int64_t dim) override {
     CheckLive("AllGather");
@@ -171,8 +258,8 @@ class C10dComm : public Comm {
   std::vector<at::Tensor> AllToAll(
       const std::vector<at::Tensor>& inputs) override {
     CheckLive("AllToAll");
-    TORCH_CHECK(static_cast<int>(inputs.size()) == size_, "AllToAll: ",
-                inputs.size(), " inputs for a group of ", size_);
+    TORCH_CHECK(static_cast<int>(inputs.size()) == size_,
+                "AllToAll: ", inputs.size(), " inputs for a group of ", size_);
     std::vector<at::Tensor> parts;
     std::vector<int64_t> send_counts;
     for (const at::Tensor& x : inputs) {
@@ -184,7 +271,8 @@ class C10dComm : public Comm {
       send_counts.push_back(x.size(0));
     }
     // Exchange the row counts first, then the rows.
-    at::Tensor counts = at::tensor(send_counts, at::kLong).to(inputs[0].device());
+    at::Tensor counts =
+        at::tensor(send_counts, at::kLong).to(inputs[0].device());
     at::Tensor recv = at::empty_like(counts);
     std::vector<int64_t> equal;
     Wait(pg_->alltoall_base(recv, counts, equal, equal), "AllToAll(counts)");
@@ -214,11 +302,80 @@ class C10dComm : public Comm {
     Wait(pg_->barrier(), "Barrier");
   }
 
-  void Abort() override {
-    if (aborted_.exchange(true)) return;
-    {
-      std::lock_guard<std::mutex> lock(signal_->mu);
+  std::shared_ptr<CommWork> AllReduceSumAsync(at::Tensor& t) override {
+    CheckLive("AllReduceSumAsync");
+    TORCH_CHECK(t.is_contiguous(),
+                "AllReduceSumAsync: needs a contiguous tensor");
+    std::vector<at::Tensor> buf{t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    auto work = pg_->allreduce(buf, opts);
+    return std::make_shared<C10dWork>(work, signal_, "AllReduceSumAsync",
+                                      [buf] {});
+  }
+
+  std::shared_ptr<CommWork> ReduceScatterSumAsync(at::Tensor& input,
+                                                  at::Tensor& output) override {
+    CheckLive("ReduceScatterSumAsync");
+    TORCH_CHECK(
+        input.dim() == 1 && input.is_contiguous() && output.is_contiguous() &&
+            input.numel() == output.numel() * size_ &&
+            input.scalar_type() == output.scalar_type(),
+        "ReduceScatterSumAsync: input ", input.sizes(),
+        " is not 1-D contiguous of ", size_, " x output ", output.sizes());
+    const int64_t part = output.numel();
+    at::Tensor mine = input.narrow(0, rank_ * part, part);
+    const bool in_place = output.data_ptr() == mine.data_ptr();
+    if (backend_ == "gloo") {
+      // As ReduceScatterSum: an all-reduce (abortable on Gloo) of the whole
+      // input in place, then this rank's part.
+      std::vector<at::Tensor> buf{input};
+      c10d::AllreduceOptions opts;
+      opts.reduceOp = c10d::ReduceOp::SUM;
+      auto work = pg_->allreduce(buf, opts);
+      return std::make_shared<C10dWork>(
+          work, signal_, "ReduceScatterSumAsync",
+          [buf, mine, output, in_place]() mutable {
+            if (!in_place) output.copy_(mine);
+          });
     }
+    // NCCL reduces in place when output is this rank's part of input.
+    at::Tensor out = output;
+    auto work = pg_->_reduce_scatter_base(out, input);
+    return std::make_shared<C10dWork>(work, signal_, "ReduceScatterSumAsync",
+                                      [input, out] {});
+  }
+
+  std::shared_ptr<CommWork> AllGatherIntoAsync(const at::Tensor& input,
+                                               at::Tensor& output) override {
+    CheckLive("AllGatherIntoAsync");
+    TORCH_CHECK(
+        input.is_contiguous() && output.dim() == 1 && output.is_contiguous() &&
+            output.numel() == input.numel() * size_ &&
+            input.scalar_type() == output.scalar_type(),
+        "AllGatherIntoAsync: output ", output.sizes(),
+        " is not 1-D contiguous of ", size_, " x input ", input.sizes());
+    at::Tensor in = input.reshape({-1});
+    if (backend_ == "gloo") {
+      // Gloo gathers into a flat buffer of its own and copies the parts into
+      // these views when done.
+      std::vector<std::vector<at::Tensor>> out(1);
+      for (int r = 0; r < size_; ++r)
+        out[0].push_back(output.narrow(0, r * in.numel(), in.numel()));
+      std::vector<at::Tensor> ins{in};
+      auto work = pg_->allgather(out, ins);
+      return std::make_shared<C10dWork>(work, signal_, "AllGatherIntoAsync",
+                                        [out, ins] {});
+    }
+    at::Tensor out = output;
+    auto work = pg_->_allgather_base(out, in);
+    return std::make_shared<C10dWork>(work, signal_, "AllGatherIntoAsync",
+                                      [in, out] {});
+  }
+
+  void Abort() override {
+    if (signal_->aborted.exchange(true)) return;
+    { std::lock_guard<std::mutex> lock(signal_->mu); }
     signal_->cv.notify_all();
 #ifdef GEMMA_WITH_CUDA
     if (backend_ == "nccl") pg_->abort();
@@ -226,10 +383,7 @@ class C10dComm : public Comm {
   }
 
  private:
-  void CheckLive(const char* what) const {
-    TORCH_CHECK(!aborted_.load(), what, ": the ", backend_,
-                " group was aborted");
-  }
+  void CheckLive(const char* what) const { signal_->CheckLive(what); }
 
   void AllReduce(at::Tensor& t, c10d::ReduceOp op) {
     CheckLive("AllReduce");
@@ -240,48 +394,8 @@ class C10dComm : public Comm {
     if (!buf[0].is_same(t)) t.copy_(buf[0]);
   }
 
-  // Blocks until `work` is done or the group is aborted; rethrows its error.
   void Wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
-    if (backend_ != "gloo") {
-      work->wait();  // NCCL: pg_->abort() unblocks it
-      CheckLive(what);
-      return;
-    }
-    c10::intrusive_ptr<c10::ivalue::Future> fut;
-    try {
-      fut = work->getFuture();
-    } catch (const c10::Error&) {
-      // Some Gloo works (e.g. reduce-scatter) have no future: poll.
-      PollUntilDone(work, what);
-      return;
-    }
-    std::shared_ptr<WaitSignal> signal = signal_;
-    fut->addCallback([signal](c10::ivalue::Future&) {
-      { std::lock_guard<std::mutex> lock(signal->mu); }
-      signal->cv.notify_all();
-    });
-    {
-      std::unique_lock<std::mutex> lock(signal_->mu);
-      signal_->cv.wait(lock,
-                       [&] { return fut->completed() || aborted_.load(); });
-    }
-    if (!fut->completed()) {
-      TORCH_CHECK(false, what, ": the ", backend_, " group was aborted");
-    }
-    work->wait();  // rethrows a failure (peer lost, timeout)
-  }
-
-  void PollUntilDone(const c10::intrusive_ptr<c10d::Work>& work,
-                     const char* what) {
-    auto pause = std::chrono::microseconds(20);
-    while (!work->isCompleted()) {
-      std::unique_lock<std::mutex> lock(signal_->mu);
-      if (signal_->cv.wait_for(lock, pause, [&] { return aborted_.load(); })) {
-        TORCH_CHECK(false, what, ": the ", backend_, " group was aborted");
-      }
-      pause = std::min(pause * 2, std::chrono::microseconds(2000));
-    }
-    work->wait();  // rethrows a failure
+    WaitWork(work, signal_, what);
   }
 
   c10::intrusive_ptr<c10d::Backend> pg_;
@@ -289,8 +403,7 @@ class C10dComm : public Comm {
   const int rank_;
   const int size_;
   const c10::Device device_;
-  std::shared_ptr<WaitSignal> signal_;
-  std::atomic<bool> aborted_{false};
+  std::shared_ptr<AbortSignal> signal_;  // holds the aborted flag
 };
 
 bool IsLoopback(const std::string& host) {
@@ -307,15 +420,15 @@ absl::StatusOr<std::shared_ptr<Comm>> MakeGroup(
 #ifdef GEMMA_WITH_CUDA
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = ToMs(options.timeout);
-      auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size,
-                                                            opts);
+      auto pg =
+          c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, opts);
       return std::shared_ptr<Comm>(
           std::make_shared<C10dComm>(pg, "nccl", rank, size,
                                      c10::Device(options.device)));
 #else
-      return absl::FailedPreconditionError(absl::StrCat(
-          "group ", name, ": device ", options.device,
-          " needs a build with GEMMA_WITH_CUDA (NCCL)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("group ", name, ": device ", options.device,
+                       " needs a build with GEMMA_WITH_CUDA (NCCL)"));
 #endif
     }
     auto opts = c10d::ProcessGroupGloo::Options::create(ToMs(options.timeout));
@@ -330,14 +443,14 @@ absl::StatusOr<std::shared_ptr<Comm>> MakeGroup(
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
     opts->threads = 1;
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size,
-                                                          opts);
+    auto pg =
+        c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts);
     return std::shared_ptr<Comm>(
         std::make_shared<C10dComm>(pg, "gloo", rank, size));
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("group ", name, " (rank ", rank, " of ", size,
-                     ") did not form: ", e.what()));
+    return absl::UnavailableError(absl::StrCat("group ", name, " (rank ", rank,
+                                               " of ", size,
+                                               ") did not form: ", e.what()));
   }
 }
 
@@ -371,9 +484,9 @@ absl::StatusOr<std::shared_ptr<RendezvousStore>> RendezvousStore::Connect(
 
 absl::Status ValidateLayout(const ParallelLayout& l, int world) {
   if (l.tp < 1 || l.dp < 1 || l.ep < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parallel layout: tp, dp, ep must be >= 1 (got tp=", l.tp,
-        " dp=", l.dp, " ep=", l.ep, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("parallel layout: tp, dp, ep must be >= 1 (got tp=", l.tp,
+                     " dp=", l.dp, " ep=", l.ep, ")"));
   }
   if (l.tp * l.dp != world) {
     return absl::InvalidArgumentError(
@@ -413,16 +526,14 @@ absl::StatusOr<ParallelGroups> MakeParallelGroups(const GroupsOptions& o) {
   if (l.tp == o.world) {
     groups.tp = groups.world;
   } else if (l.tp > 1) {
-    GEMMA_ASSIGN_OR_RETURN(
-        groups.tp,
-        MakeGroup(base, absl::StrCat("tp/", dp_i), tp_i, l.tp, o, host));
+    GEMMA_ASSIGN_OR_RETURN(groups.tp, MakeGroup(base, absl::StrCat("tp/", dp_i),
+                                                tp_i, l.tp, o, host));
   }
   if (l.dp == o.world) {
     groups.dp = groups.world;
   } else if (l.dp > 1) {
-    GEMMA_ASSIGN_OR_RETURN(
-        groups.dp,
-        MakeGroup(base, absl::StrCat("dp/", tp_i), dp_i, l.dp, o, host));
+    GEMMA_ASSIGN_OR_RETURN(groups.dp, MakeGroup(base, absl::StrCat("dp/", tp_i),
+                                                dp_i, l.dp, o, host));
   }
   if (l.ep == l.dp) {
     groups.ep = groups.dp;
@@ -467,6 +578,12 @@ absl::Status RunGlooRanks(
     ParallelLayout layout, absl::Duration timeout) {
   if (layout.tp == 1 && layout.dp == 1 && layout.ep == 1) layout.dp = n;
   GEMMA_RETURN_IF_ERROR(ValidateLayout(layout, n));
+  // c10d's process-wide flight recorder adds a group to a std::map outside
+  // its lock on the group's first collective (torch 2.11,
+  // FlightRecorderDetail.hpp): ranks that are threads of one process race on
+  // it and can crash. Turn it off here (unless asked for) before any group
+  // of this process records; a rank per process is not affected.
+  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   GEMMA_ASSIGN_OR_RETURN(std::shared_ptr<RendezvousStore> server,
                          RendezvousStore::Serve("127.0.0.1", 0, n, timeout));
   std::vector<absl::Status> results(n);

@@ -73,8 +73,8 @@ struct GroupsOptions {
   std::string store_address;  // "host:port" of the RendezvousStore
   int rank = 0;
   int world = 1;
-  ParallelLayout layout;      // tp * dp must equal world
-  std::string device = "cpu"; // "cpu" (Gloo) or "cuda:N" (NCCL)
+  ParallelLayout layout;       // tp * dp must equal world
+  std::string device = "cpu";  // "cpu" (Gloo) or "cuda:N" (NCCL)
   // Namespace inside the store, so several attempts or jobs can share one
   // store (e.g. "jobs/x/attempt/3").
   std::string prefix;
@@ -102,8 +102,11 @@ void AbortGroups(const ParallelGroups& groups);
 // one thread each, over a real TCPStore on 127.0.0.1. If a rank returns an
 // error (or throws), the other ranks' groups are aborted so none hangs.
 // Returns the first error (by rank), else OK. Layout defaults to dp = n.
+// Sets TORCH_FR_BUFFER_SIZE=0 unless set (c10d's flight recorder is not
+// safe with ranks as threads; see comm.cc).
 absl::Status RunGlooRanks(
-    int n, const std::function<absl::Status(int rank, ParallelGroups& groups)>& fn,
+    int n,
+    const std::function<absl::Status(int rank, ParallelGroups& groups)>& fn,
     ParallelLayout layout = {}, absl::Duration timeout = absl::Seconds(120));
 
 }  // namespace gemma
