@@ -171,10 +171,12 @@ TEST_F(TrainerTpTest, ShardedCheckpointLoadsAnywhereAndResumesExactly) {
   auto first = RunRanks(spec, root, 2, 2, 2, /*save=*/true);
   ASSERT_TRUE(first.ok()) << first.status();
   const std::string step = StepDir(root, 2);
-  for (const char* f : {"model/manifest.json", "model/rank-00000.safetensors",
-                        "model/rank-00001.safetensors",
-                        "optimizer-tp00000.safetensors",
-                        "optimizer-tp00001.safetensors", "train_state.json"}) {
+  // dp 2: the optimizer state is sharded (zero_stage 1), one file a rank.
+  for (const char* f :
+       {"model/manifest.json", "model/rank-00000.safetensors",
+        "model/rank-00001.safetensors", "optimizer-rank-00000.safetensors",
+        "optimizer-rank-00001.safetensors", "optimizer-rank-00002.safetensors",
+        "optimizer-rank-00003.safetensors", "train_state.json"}) {
     EXPECT_TRUE(PathExists(absl::StrCat(step, "/", f))) << f;
   }
   // Whole, the checkpoint holds the shards side by side.
@@ -200,6 +202,16 @@ TEST_F(TrainerTpTest, ShardedCheckpointLoadsAnywhereAndResumesExactly) {
     for (const auto& [name, w] : (*second)[r].weights)
       EXPECT_TRUE(torch::equal(w, (*straight)[r].weights.at(name))) << name;
   }
+  // With the optimizer state replicated over DP, one file per TP shard.
+  auto replicated = spec;
+  replicated.mutable_parallel()->set_zero_stage(0);
+  const std::string root0 = Root("zero0");
+  ASSERT_TRUE(RunRanks(replicated, root0, 2, 2, 1, /*save=*/true).ok());
+  for (const char* f : {"optimizer-tp00000.safetensors",
+                        "optimizer-tp00001.safetensors"}) {
+    EXPECT_TRUE(PathExists(absl::StrCat(StepDir(root0, 1), "/", f))) << f;
+  }
+  EXPECT_FALSE(PathExists(StepDir(root0, 1) + "/optimizer-rank-00000.safetensors"));
   // Another TP size cannot take the optimizer state over: a clear error.
   auto other = spec;
   other.mutable_parallel()->set_tp(1);
