@@ -30,22 +30,6 @@ def make_inputs(cfg, batch, seq, images, dev, dtype):
     return out
 
 
-def pool_as_block_mean(model):
-    """The projector's AvgPool2d as a reshape + mean over k x k blocks (the
-    same average). torch 2.11's CUDA avg_pool2d raised "integer out of range"
-    on the 4B projector's [1, 1152, 64, 64] bf16 input on the H100."""
-    for m in model.modules():
-        if type(m).__name__ == "Gemma3MultiModalProjector":
-            k = m.kernel_size
-
-            class BlockMean(torch.nn.Module):
-                def forward(self, x):
-                    b, c, h, w = x.shape
-                    return x.reshape(b, c, h // k, k, w // k, k).mean(dim=(3, 5))
-
-            m.avg_pool = BlockMean()
-
-
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -74,7 +58,6 @@ def main():
     torch.manual_seed(0)
     with torch.device(dev):
         model = transformers.Gemma3ForConditionalGeneration(cfg).to(dtype)
-    pool_as_block_mean(model)
     out = {"impl": "transformers", "mode": a.mode, "device": a.device, "dtype": a.dtype,
            "attention": a.attn, "layers": cfg.text_config.num_hidden_layers,
            "params": sum(p.numel() for p in model.parameters())}

@@ -42,12 +42,8 @@ torch::Tensor MultiModalProjectorImpl::forward(
       vision_out.transpose(1, 2)
           .reshape({n, hv, patches_per_side_, patches_per_side_})
           .contiguous();
-  // HF's AvgPool2d(k, stride k) as the mean of each k x k block: the same
-  // average, and torch 2.11's CUDA avg_pool2d fails ("integer out of range")
-  // on the 896-pixel towers' [N, 1152, 64, 64] bf16 grids.
-  const int64_t side = patches_per_side_ / kernel_;
   torch::Tensor pooled =
-      grid.reshape({n, hv, side, kernel_, side, kernel_}).mean({3, 5});
+      torch::avg_pool2d(grid, {kernel_, kernel_}, {kernel_, kernel_});
   pooled = pooled.flatten(2).transpose(1, 2);  // [N, tokens, Hv]
   torch::Tensor projected = torch::matmul(norm(pooled), proj->weight);
   return projected.to(vision_out.scalar_type());

@@ -34,7 +34,8 @@ fi
 export LD_LIBRARY_PATH="/tmp/gemma-prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 bench="$build/bin/model_bench"
 cfg="$out/config-$preset"; mkdir -p "$cfg"
-"$bench" --preset "$preset" --write-config "$cfg"
+[ -x "$bench" ] || { echo "model_bench was not built (see $out/build.log)"; tail -30 "$out/build.log"; exit 1; }
+"$bench" --preset "$preset" --write-config "$cfg" || exit 1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 res="$out/bench.jsonl"
 for mode in $modes; do

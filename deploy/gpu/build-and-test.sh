@@ -21,6 +21,6 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" \
   -DGEMMA_MODEL_ONLY=ON -DGEMMA_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DGEMMA_USE_CCACHE=OFF -DGEMMA_PYTHON="$python" >/dev/null
-cmake --build "$build" -j "$(nproc)"
+cmake --build "$build" -j "$(nproc)" -- -k 0  # every error in one go
 cd "$build"
 GEMMA_TEST_DEVICE=cuda ctest --output-on-failure -j 4 "$@"
