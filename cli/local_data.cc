@@ -12,7 +12,7 @@ namespace gemma::cli {
 namespace {
 
 int DataSynth(int argc, char** argv) {
-  std::string kind = "ocr", out, output = "table";
+  std::string kind = "ocr", level = "full", out, output = "table";
   int n = 100, image_size = 896, vocab_size = 1024;
   int64_t seed = 0;
   bool no_tokenizer = false, quiet = false;
@@ -26,6 +26,11 @@ int DataSynth(int argc, char** argv) {
       "trained on its text.\n"
       "Same seed, same dataset. The folder is written whole or not at all.");
   flags.String("kind", &kind, "dataset kind (only: ocr)");
+  flags
+      .String("level", &level,
+              "full (receipts as printed) or easy (a 4 x 4 grid of large "
+              "glyphs a tiny model learns to read)")
+      .Meta("L");
   flags.String("out", &out, "output folder (must not exist, or be empty)")
       .Meta("DIR");
   flags.Int("n", &n, "number of examples").Meta("N");
@@ -42,7 +47,9 @@ int DataSynth(int argc, char** argv) {
       "Examples:\n"
       "  gemmactl data synth --kind ocr --out /data/ocr-synth --n 1000 --seed "
       "1\n"
-      "  gemmactl data synth --out /tmp/tiny --n 8 --image-size 224 -o json");
+      "  gemmactl data synth --out /tmp/tiny --n 8 --image-size 224 -o json\n"
+      "  gemmactl data synth --kind ocr --level easy --out /tmp/ocr-easy "
+      "--n 600 --image-size 64");
   absl::Status st = flags.Parse(argc, argv, 3);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
@@ -54,6 +61,12 @@ int DataSynth(int argc, char** argv) {
   }
   if (kind != "ocr") {
     std::cerr << "gemmactl: --kind must be ocr, not '" << kind << "'\n";
+    return 2;
+  }
+  absl::StatusOr<SynthLevel> parsed_level = ParseSynthLevel(level);
+  if (!parsed_level.ok()) {
+    std::cerr << "gemmactl: --level must be easy or full, not '" << level
+              << "'\n";
     return 2;
   }
   if (out.empty()) {
@@ -70,6 +83,7 @@ int DataSynth(int argc, char** argv) {
   o.out_dir = out;
   o.num_examples = n;
   o.seed = static_cast<uint64_t>(seed);
+  o.level = *parsed_level;
   o.image_size = image_size;
   o.vocab_size = vocab_size;
   o.train_tokenizer = !no_tokenizer;
@@ -90,6 +104,7 @@ int DataSynth(int argc, char** argv) {
     nlohmann::json j = {
         {"out", out},
         {"kind", kind},
+        {"level", level},
         {"examples", n},
         {"seed", seed},
         {"image_size", image_size},

@@ -41,7 +41,19 @@ TEST(GemmactlDataTest, SynthWritesDatasetAndReportsJson) {
   int lines = 0;
   for (std::string line; std::getline(train, line);) ++lines;
   EXPECT_EQ(lines, 3);
+  // --level easy: the grid receipts, said in the JSON.
+  ASSERT_EQ(
+      RunCmd(Gemmactl() + " data synth --kind ocr --level easy --out " + dir +
+                 "/easy --n 2 --image-size 64 --no-tokenizer -o json",
+             &out),
+      0);
+  EXPECT_EQ(nlohmann::json::parse(out)["level"], "easy");
+  EXPECT_TRUE(std::filesystem::exists(dir + "/easy/images/000001.png"));
   // Bad usage and an occupied folder are refused.
+  EXPECT_EQ(
+      RunCmd(Gemmactl() + " data synth --level hard --out " + dir + "/y", &out),
+      2);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/y"));
   EXPECT_EQ(RunCmd(Gemmactl() + " data synth --kind audio --out " + dir + "/x", &out), 2);
   EXPECT_EQ(RunCmd(Gemmactl() + " data synth --out " + dir + "/ds --n 2", &out), 1);
 }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,8 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -30,6 +33,14 @@ constexpr const char* kItems[] = {
     "SOUP",   "JUICE", "COOKIE",  "RICE",     "EGGS",  "APPLE",  "BANANA",
     "CHEESE", "WATER", "NOODLES", "SANDWICH", "CAKE",  "PIE"};
 
+// The easy level's stores: 4 letters, one per cell of the top row.
+constexpr const char* kEasyStores[] = {"CAFE", "DELI", "MART", "SHOP",
+                                       "FISH", "TACO", "WINE", "BOOK"};
+constexpr int kEasyGrid = 4;     // cells per side
+constexpr int kEasyItems = 2;    // menu rows
+constexpr int kEasyCounts = 9;   // 1..9
+constexpr int kEasyPrices = 90;  // 10..99
+
 // Deterministic generator (splitmix64), independent of the standard library.
 class Rng {
  public:
@@ -49,6 +60,107 @@ class Rng {
  private:
   uint64_t state_;
 };
+
+// A pseudorandom permutation of [0, n) keyed by `seed`: a 4-round Feistel
+// network over the smallest even number of bits that covers n, walking the
+// cycle until the value is back in range (a bijection of [0, n) still).
+uint64_t Permute(uint64_t x, uint64_t n, uint64_t seed) {
+  int bits = 2;
+  while ((uint64_t{1} << bits) < n) bits += 2;
+  const int half = bits / 2;
+  const uint64_t mask = (uint64_t{1} << half) - 1;
+  do {
+    uint64_t l = x >> half, r = x & mask;
+    for (uint64_t round = 0; round < 4; ++round) {
+      const uint64_t f = Rng(seed, ((round + 1) << 40) ^ r).Next() & mask;
+      const uint64_t next = l ^ f;
+      l = r;
+      r = next;
+    }
+    x = (l << half) | r;
+  } while (x >= n);
+  return x;
+}
+
+json EasyGroundTruth(uint64_t seed, int index) {
+  uint64_t v = Permute(static_cast<uint64_t>(index),
+                       static_cast<uint64_t>(SynthEasyReceiptCount()), seed);
+  auto take = [&v](int k) {
+    const int d = static_cast<int>(v % static_cast<uint64_t>(k));
+    v /= static_cast<uint64_t>(k);
+    return d;
+  };
+  json gt;
+  gt["store"] = {{"nm", kEasyStores[take(std::size(kEasyStores))]}};
+  json menu = json::array();
+  int total = 0;
+  for (int i = 0; i < kEasyItems; ++i) {
+    const int count = 1 + take(kEasyCounts);
+    const int price = 10 + take(kEasyPrices);
+    total += price;
+    menu.push_back(
+        {{"cnt", std::to_string(count)}, {"price", std::to_string(price)}});
+  }
+  gt["menu"] = menu;
+  gt["total"] = {{"total_price", std::to_string(total)}};
+  return gt;
+}
+
+// One glyph drawn black on white, cropped to its ink: about 60% of `cell`
+// pixels high, and a blank pixel at least left on every side of the cell.
+cv::Mat EasyGlyph(char ch, int cell) {
+  const int font = cv::FONT_HERSHEY_SIMPLEX;
+  const std::string text(1, ch);
+  const int thick = std::max(1, cell / 12);
+  int base = 0;
+  const cv::Size unit = cv::getTextSize(text, font, 1.0, thick, &base);
+  const cv::Size digit = cv::getTextSize("0", font, 1.0, thick, &base);
+  const double scale = std::min(0.65 * cell / digit.height,
+                                0.75 * cell / std::max(1, unit.width));
+  cv::Mat canvas(3 * cell, 3 * cell, CV_8UC1, cv::Scalar(255));
+  cv::putText(canvas, text, cv::Point(cell, 2 * cell), font, scale,
+              cv::Scalar(0), thick, cv::LINE_AA);
+  std::vector<cv::Point> ink;
+  cv::findNonZero(canvas < 255, ink);
+  cv::Mat glyph = canvas(cv::boundingRect(ink)).clone();
+  const int room = cell - 2;
+  if (glyph.cols > room || glyph.rows > room) {  // a wide W at a small cell
+    const double f = std::min(static_cast<double>(room) / glyph.cols,
+                              static_cast<double>(room) / glyph.rows);
+    cv::resize(glyph, glyph,
+               cv::Size(std::max(1, static_cast<int>(glyph.cols * f)),
+                        std::max(1, static_cast<int>(glyph.rows * f))),
+               0, 0, cv::INTER_AREA);
+  }
+  return glyph;
+}
+
+// The easy receipt: one glyph per cell of a kEasyGrid x kEasyGrid grid, its
+// ink centred, black on white; rows: store, the items as "CxPP", the total.
+cv::Mat RenderEasyReceipt(const json& gt, int size) {
+  std::vector<std::string> rows = {gt["store"]["nm"].get<std::string>()};
+  for (const json& item : gt["menu"]) {
+    rows.push_back(absl::StrCat(item["cnt"].get<std::string>(), "x",
+                                item["price"].get<std::string>()));
+  }
+  rows.push_back(gt["total"]["total_price"].get<std::string>());
+  cv::Mat gray(size, size, CV_8UC1, cv::Scalar(255));
+  const int cell = size / kEasyGrid;
+  const int margin = (size - kEasyGrid * cell) / 2;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    for (size_t c = 0; c < rows[r].size(); ++c) {
+      const cv::Mat glyph = EasyGlyph(rows[r][c], cell);
+      const cv::Rect at(
+          margin + static_cast<int>(c) * cell + (cell - glyph.cols) / 2,
+          margin + static_cast<int>(r) * cell + (cell - glyph.rows) / 2,
+          glyph.cols, glyph.rows);
+      glyph.copyTo(gray(at));
+    }
+  }
+  cv::Mat img;
+  cv::cvtColor(gray, img, cv::COLOR_GRAY2BGR);
+  return img;
+}
 
 std::string Money(int cents) {
   return absl::StrFormat("%d.%02d", cents / 100, cents % 100);
@@ -110,7 +222,26 @@ absl::Status WriteText(const fs::path& path, const std::string& text) {
 
 }  // namespace
 
-json SynthReceiptGroundTruth(uint64_t seed, int index) {
+std::string_view SynthLevelName(SynthLevel level) {
+  return level == SynthLevel::kEasy ? "easy" : "full";
+}
+
+absl::StatusOr<SynthLevel> ParseSynthLevel(std::string_view name) {
+  if (name == "full") return SynthLevel::kFull;
+  if (name == "easy") return SynthLevel::kEasy;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "synth: level must be easy or full, not '", std::string(name), "'"));
+}
+
+int64_t SynthEasyReceiptCount() {
+  const int64_t item = int64_t{kEasyCounts} * kEasyPrices;
+  int64_t n = static_cast<int64_t>(std::size(kEasyStores));
+  for (int i = 0; i < kEasyItems; ++i) n *= item;
+  return n;
+}
+
+json SynthReceiptGroundTruth(uint64_t seed, int index, SynthLevel level) {
+  if (level == SynthLevel::kEasy) return EasyGroundTruth(seed, index);
   Rng rng(seed, static_cast<uint64_t>(index));
   json gt;
   gt["store"] = {{"nm", kStores[rng.Uniform(0, std::size(kStores) - 1)]}};
@@ -144,6 +275,12 @@ absl::Status WriteSyntheticOcrDataset(const SynthOcrOptions& options) {
     return absl::InvalidArgumentError("synth: num_examples must be >= 1");
   if (options.image_size < 64)
     return absl::InvalidArgumentError("synth: image_size must be >= 64");
+  if (options.level == SynthLevel::kEasy &&
+      options.num_examples > SynthEasyReceiptCount()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("synth: the easy level has ", SynthEasyReceiptCount(),
+                     " different receipts, fewer than num_examples"));
+  }
   const fs::path out(options.out_dir);
   std::error_code ec;
   if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
@@ -160,9 +297,12 @@ absl::Status WriteSyntheticOcrDataset(const SynthOcrOptions& options) {
   std::string train, metadata, corpus;
   std::set<std::string> tags;
   for (int i = 0; i < options.num_examples; ++i) {
-    const json gt = SynthReceiptGroundTruth(options.seed, i);
+    const json gt = SynthReceiptGroundTruth(options.seed, i, options.level);
     const std::string name = absl::StrFormat("images/%06d.png", i);
-    const cv::Mat bgr = RenderReceipt(gt, options.image_size, options.seed, i);
+    const cv::Mat bgr =
+        options.level == SynthLevel::kEasy
+            ? RenderEasyReceipt(gt, options.image_size)
+            : RenderReceipt(gt, options.image_size, options.seed, i);
     if (!cv::imwrite((tmp / name).string(), bgr)) {
       return absl::InternalError(
           absl::StrCat("synth: cannot write ", (tmp / name).string()));
@@ -194,6 +334,9 @@ absl::Status WriteSyntheticOcrDataset(const SynthOcrOptions& options) {
     absl::StrAppend(&corpus, "user\nmodel\n");
     for (const char* s : kStores) absl::StrAppend(&corpus, s, "\n");
     for (const char* s : kItems) absl::StrAppend(&corpus, s, "\n");
+    if (options.level == SynthLevel::kEasy) {
+      for (const char* s : kEasyStores) absl::StrAppend(&corpus, s, "\n");
+    }
     const fs::path corpus_path = tmp / "tokenizer_corpus.txt";
     GEMMA_RETURN_IF_ERROR(WriteText(corpus_path, corpus));
     TokenizerTrainOptions t;

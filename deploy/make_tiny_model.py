@@ -28,6 +28,11 @@ def main():
     ap.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--hidden", type=int, default=64, help="decoder hidden size")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers")
+    ap.add_argument("--sliding-window", type=int, default=16, help="sliding attention window")
+    ap.add_argument("--vision-layers", type=int, default=2, help="SigLIP layers")
+    ap.add_argument("--patch-size", type=int, default=8, help="SigLIP patch side in pixels")
+    ap.add_argument("--mm-tokens", type=int, default=16,
+                    help="image soft tokens (the patches average-pooled to this many)")
     ap.add_argument("--std", type=float, default=0.1, help="weight init standard deviation")
     args = ap.parse_args()
     ids = dict(vocab_size=512, pad=0, bos=2, eos=1, boi=498, eoi=499, image=500)
@@ -46,21 +51,26 @@ def main():
         text_config=dict(vocab_size=ids["vocab_size"], hidden_size=args.hidden,
                          intermediate_size=2 * args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         sliding_window=16, max_position_embeddings=2048,
+                         query_pre_attn_scalar=16,  # 1 / sqrt(head_dim), as Gemma 3 has it
+                         sliding_window=args.sliding_window, max_position_embeddings=2048,
                          pad_token_id=ids["pad"], bos_token_id=ids["bos"],
                          eos_token_id=ids["eos"]),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=args.image_size, patch_size=8,
+        vision_config=dict(hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=args.vision_layers, num_attention_heads=2,
+                           image_size=args.image_size, patch_size=args.patch_size,
                            vision_use_head=False),
-        mm_tokens_per_image=16, image_token_index=ids["image"], boi_token_index=ids["boi"],
+        mm_tokens_per_image=args.mm_tokens, image_token_index=ids["image"], boi_token_index=ids["boi"],
         eoi_token_index=ids["eoi"])
     torch.manual_seed(args.seed)
     model = Gemma3ForConditionalGeneration(config)
     g = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if args.tokenizer and "norm" in name:
-                p.zero_()  # a trainable start: norms at 1 + 0
+            if args.tokenizer and "vision_tower" in name and "norm" in name:
+                # SigLIP's LayerNorms scale by w (at 0 the tower would start blind)
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif args.tokenizer and "norm" in name:
+                p.zero_()  # a trainable start: Gemma's norms at 1 + 0
             else:  # HF zero-inits some; make every one random
                 p.copy_(torch.randn(p.shape, generator=g) * args.std)
     model.save_pretrained(args.out)

@@ -6,8 +6,9 @@
 #
 #    0. setup and build (skipped with GEMMA_QUICKSTART_NO_BUILD=1)
 #    1. a coordinator and 2 CPU workers; a 2-rank `diagnose` job
-#    2. synthetic receipt-OCR data (`gemmactl data synth --kind ocr`), split
-#       into training and held-out receipts
+#    2. synthetic receipt-OCR data (`gemmactl data synth --kind ocr --level easy`:
+#       large glyphs a tiny model can learn to read), split into training and
+#       held-out receipts
 #    3. a tiny random Gemma 3 VL model sized for that data's tokenizer,
 #       converted HF -> our sharded checkpoint (TP=2) by a `convert` job
 #    4. `eval` of the untrained model on the held-out receipts
@@ -140,17 +141,19 @@ run gemmactl workers
 echo >&2
 submit -f jobs/recipes/diagnose.yaml --job-id diagnose --set parallel.dp=2 --set diagnose.steps=10
 
-step "2. synthetic receipt-OCR data: 600 receipts, the last 100 held out"
-run gemmactl data synth --kind ocr --out "$Q/ocr" --n 600 --seed 3 --image-size 64 --quiet \
-  2>"$Q/synth.log"
+step "2. synthetic receipt-OCR data (easy level): 600 receipts, the last 100 held out"
+run gemmactl data synth --kind ocr --level easy --out "$Q/ocr" --n 600 --seed 3 --image-size 64 \
+  --quiet 2>"$Q/synth.log"
 head -n 500 "$Q/ocr/train.jsonl" >"$Q/ocr/train-split.jsonl"
 tail -n 100 "$Q/ocr/train.jsonl" >"$Q/ocr/held-out.jsonl"
 printf 'one receipt (the image is %s):\n  %s\n' "$Q/ocr/images/000000.png" \
   "$(head -n 1 "$Q/ocr/train-split.jsonl")" >&2
 
 step "3. a tiny random Gemma 3 VL model for that tokenizer; HF -> our checkpoint (TP=2)"
+# One 16-pixel patch per glyph of the 4 x 4 grid, one image token per patch.
 run "$PY" deploy/make_tiny_model.py --out "$Q/hf" --tokenizer "$Q/ocr/tokenizer.model" \
-  --image-size 64 2>"$Q/make_tiny_model.log"
+  --image-size 64 --patch-size 16 --mm-tokens 16 --layers 2 --vision-layers 1 \
+  --sliding-window 128 2>"$Q/make_tiny_model.log"
 submit -f jobs/recipes/convert.yaml --job-id import --set convert.input="$Q/hf" \
   --set convert.output="$Q/model" --set convert.tp=2
 

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "data/synth.h"
@@ -58,7 +59,11 @@ absl::Status WriteTinyVlModel(const std::string& dir,
     auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
     for (auto& p : model->named_parameters()) {
       if (p.value().dim() == 1) {
-        p.value().zero_();  // Gemma norms scale by (1 + w)
+        // Gemma's RMSNorms scale by (1 + w): 0; SigLIP's LayerNorms by w: 1
+        // (at 0 the vision tower would start out blind); biases 0.
+        const bool layer_norm_scale = absl::StartsWith(p.key(), "vision.") &&
+                                      absl::EndsWith(p.key(), ".weight");
+        p.value().fill_(layer_norm_scale ? 1.0 : 0.0);
       } else {
         p.value().copy_(at::normal(0.0, o.init_std, p.value().sizes(), gen));
       }

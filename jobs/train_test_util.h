@@ -33,8 +33,9 @@ struct TinyVlOptions {
 // (<start_of_image> 7, <end_of_image> 8, <image_soft_token> 9).
 std::string TinyVlConfigJson(const TinyVlOptions& options, int64_t vocab);
 
-// Writes the model (random N(0, init_std) weights, norms at 0) to `dir` as
-// our checkpoint and copies `tokenizer` next to it.
+// Writes the model (random N(0, init_std) weights; biases and Gemma's (1 + w)
+// norms at 0, SigLIP's LayerNorm scales at 1) to `dir` as our checkpoint and
+// copies `tokenizer` next to it.
 absl::Status WriteTinyVlModel(const std::string& dir,
                               const std::string& tokenizer,
                               const TinyVlOptions& options);

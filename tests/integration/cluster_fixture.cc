@@ -1,9 +1,8 @@
 #include "tests/integration/cluster_fixture.h"
 
-#include <cstdio>
-
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 
 #include "absl/strings/numbers.h"
@@ -50,12 +49,13 @@ bool LocalCluster::StartCoordinator(
 }
 
 Subprocess& LocalCluster::StartWorker(
-    const std::vector<std::string>& extra_args) {
+    const std::vector<std::string>& extra_args,
+    const std::vector<std::string>& env) {
   std::vector<std::string> argv = {BinPath("gemma-worker"), "--coordinator",
                                    address(), "--device", "cpu"};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   workers_.push_back(std::make_unique<Subprocess>(
-      argv, absl::StrCat(dir_, "/worker-", workers_.size(), ".log")));
+      argv, absl::StrCat(dir_, "/worker-", workers_.size(), ".log"), env));
   return *workers_.back();
 }
 

@@ -20,8 +20,10 @@ class LocalCluster {
   // Starts gemma-coordinator on 127.0.0.1:0 with its data in dir()/data (the
   // same folder on every start); false if it did not come up.
   bool StartCoordinator(const std::vector<std::string>& extra_args = {});
-  // Starts a CPU gemma-worker attached to the coordinator.
-  Subprocess& StartWorker(const std::vector<std::string>& extra_args = {});
+  // Starts a CPU gemma-worker attached to the coordinator, with `env`
+  // entries ("K=V") added to this process's environment.
+  Subprocess& StartWorker(const std::vector<std::string>& extra_args = {},
+                          const std::vector<std::string>& env = {});
   // Runs gemmactl with --coordinator set; returns the exit code.
   int Ctl(std::vector<std::string> args, std::string* output);
 

@@ -71,6 +71,11 @@ assert sft["token_accuracy"] > b["token_accuracy"] + 0.2, (b, sft)
 assert peft["token_accuracy"] > b["token_accuracy"] + 0.2, (b, peft)
 assert sft["loss"] < b["loss"] - 1.0 and peft["loss"] < b["loss"] - 1.0, (b, sft, peft)
 assert sft["cer"] < b["cer"], (b, sft)
+# It reads: the receipts' values are only in their pixels (the prompt is always the
+# same), and whole held-out receipts come out right.
+for k in ("sft", "peft"):
+    assert s[k]["token_accuracy"] >= 0.9, (k, s[k])
+    assert s[k]["exact_match"] >= 0.5 and s[k]["field_f1"] >= 0.8, (k, s[k])
 ex = s["exports"]
 for f in ("config.json", "model.safetensors", "tokenizer.model"):
     assert os.path.getsize(os.path.join(ex["sft_hf"], f)) > 0, f
@@ -79,7 +84,8 @@ for f in ("adapter_config.json", "adapter_model.safetensors"):
 rows = [json.loads(l) for l in open(ex["generate"])]
 assert len(rows) == 4 and all(r["output"] and r["reference"] for r in rows), rows
 print(f"token accuracy {b['token_accuracy']:.3f} -> {sft['token_accuracy']:.3f} (sft), "
-      f"{peft['token_accuracy']:.3f} (peft); loss {b['loss']:.2f} -> {sft['loss']:.2f}")
+      f"{peft['token_accuracy']:.3f} (peft); loss {b['loss']:.2f} -> {sft['loss']:.2f}; "
+      f"exact match {sft['exact_match']:.3f} (sft), {peft['exact_match']:.3f} (peft)")
 
 # The exports load where users take them: transformers, and peft on top.
 import torch
