@@ -7,7 +7,8 @@
 //   model_bench --preset 4b --mode sft --seq 4096 --images 1 --steps 10
 //   model_bench --preset 4b --mode lora --lora-rank 32   (LoRA on qkv, o,
 //                gate_up, down of every decoder layer; base frozen)
-//   model_bench --preset 4b --mode decode --new-tokens 256
+//   model_bench --preset 4b --mode decode --new-tokens 256 [--cuda-graphs both]
+//                (a row per variant: growing cache eager / CUDA graphs)
 //   model_bench --preset 4b --write-config DIR   (config.json for the HF side)
 #include <ATen/ATen.h>
 #include <torch/torch.h>
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -149,6 +151,11 @@ int Run(int argc, char** argv) {
   flags.Int("prompt", &prompt, "decode: prompt tokens");
   flags.Int("loss-chunk", &chunk, "sft: loss rows per chunk");
   flags.String("write-config", &write_config, "write config.json here and exit");
+  std::string cuda_graphs = "both";
+  flags.String("cuda-graphs", &cuda_graphs,
+               "decode: 0 (growing KV cache, eager), 1 (static cache replayed "
+               "as CUDA graphs), both (a row each) or all (also the static "
+               "cache eager)");
   (void)recompute;
   absl::Status parsed = flags.Parse(argc, argv);
   if (flags.help_requested()) {
@@ -277,37 +284,79 @@ int Run(int argc, char** argv) {
     out["batch"] = batch;
     out["images"] = images;
   } else if (mode == "decode") {
+    // One row per variant: the growing cache (eager), the static cache
+    // (eager) and the static cache replayed as CUDA graphs.
+    struct Variant {
+      const char* name;
+      bool graphs, static_cache;
+    };
+    std::vector<Variant> variants;
+    if (cuda_graphs == "0" || cuda_graphs == "both" || cuda_graphs == "all")
+      variants.push_back({"dynamic", false, false});
+    if (cuda_graphs == "all") variants.push_back({"static", false, true});
+    if (cuda_graphs == "1" || cuda_graphs == "both" || cuda_graphs == "all")
+      variants.push_back({"graphs", true, true});
+    if (variants.empty()) {
+      std::cerr << "--cuda-graphs must be 0, 1, both or all\n";
+      return 2;
+    }
     model->eval();
     torch::NoGradGuard ng;
     ModelInputs in = MakeInputs(c, 1, prompt, images, dev, dtype);
-    GenerateOptions go;
-    go.stop_token_ids = {};
-    auto timed = [&](int64_t n) {
-      go.max_new_tokens = n;
-      Sync(dev);
-      const double t0 = Now();
-      auto r = Generate(model, in, go);
-      TORCH_CHECK(r.ok(), r.status().ToString());
-      Sync(dev);
-      TORCH_CHECK(r->tokens.size(1) == n, "generated ", r->tokens.size(1));
-      return Now() - t0;
-    };
-    for (int64_t i = 0; i < warmup; ++i) timed(8);
-    ResetPeak(dev);
-    double t1 = 1e30, tn = 1e30;
-    for (int64_t i = 0; i < std::max<int64_t>(1, steps / 5); ++i) {
-      t1 = std::min(t1, timed(1));
-      tn = std::min(tn, timed(new_tokens + 1));
-    }
-    const double per_token = (tn - t1) / new_tokens;
     int64_t weight_bytes = 0;
-    for (auto& p : model->text->parameters()) weight_bytes += p.numel() * p.element_size();
-    out["prefill_s"] = t1;
-    out["decode_tokens_per_s"] = 1.0 / per_token;
-    out["weight_bytes"] = weight_bytes;
-    out["peak_gib"] = PeakGiB(dev);
-    out["prompt"] = prompt;
-    out["new_tokens"] = new_tokens;
+    for (auto& p : model->text->parameters())
+      weight_bytes += p.numel() * p.element_size();
+    // Per-token time from two runs that share the prefill and the one-off
+    // setup (static cache, graph capture): (t(n + 1) - t(k + 1)) / (n - k).
+    const int64_t k = std::min<int64_t>(16, new_tokens / 4);
+    std::map<std::string, torch::Tensor> last_tokens;
+    for (const Variant& var : variants) {
+      GenerateOptions go;
+      go.stop_token_ids = {};
+      go.return_step_logits = false;
+      go.cuda_graphs = var.graphs;
+      go.static_cache = var.static_cache;
+      auto timed = [&](int64_t n) {
+        go.max_new_tokens = n;
+        Sync(dev);
+        const double t0 = Now();
+        auto r = Generate(model, in, go);
+        TORCH_CHECK(r.ok(), r.status().ToString());
+        Sync(dev);
+        TORCH_CHECK(r->tokens.size(1) == n, "generated ", r->tokens.size(1));
+        last_tokens[var.name] = r->tokens;
+        return Now() - t0;
+      };
+      for (int64_t i = 0; i < warmup; ++i) timed(8);
+      ResetPeak(dev);
+      double t1 = 1e30, tk = 1e30, tn = 1e30;
+      for (int64_t i = 0; i < std::max<int64_t>(1, steps / 5); ++i) {
+        t1 = std::min(t1, timed(1));
+        if (k > 0) tk = std::min(tk, timed(k + 1));
+        tn = std::min(tn, timed(new_tokens + 1));
+      }
+      if (k == 0) tk = t1;
+      const double per_token = (tn - tk) / (new_tokens - k);
+      nlohmann::json row = out;
+      row["variant"] = var.name;
+      row["cuda_graphs"] = var.graphs;
+      row["kv_cache"] = var.static_cache ? "static" : "dynamic";
+      row["prefill_s"] = t1;
+      // What a call spends besides prefill and its steps (graph capture).
+      row["setup_s"] = std::max(0.0, tk - t1 - k * per_token);
+      row["decode_tokens_per_s"] = 1.0 / per_token;
+      row["weight_bytes"] = weight_bytes;
+      row["peak_gib"] = PeakGiB(dev);
+      row["prompt"] = prompt;
+      row["new_tokens"] = new_tokens;
+      if (var.graphs && last_tokens.count("static")) {
+        // The graph replays the static eager step's kernels: same tokens.
+        row["tokens_match_static_eager"] =
+            torch::equal(last_tokens["static"], last_tokens["graphs"]);
+      }
+      std::cout << row.dump() << std::endl;
+    }
+    return 0;
   } else {
     std::cerr << "--mode must be sft, lora or decode\n";
     return 2;

@@ -10,6 +10,8 @@ target_link_libraries(gemma_model_config PUBLIC gemma_common nlohmann_json::nloh
 add_library(gemma_model_modules STATIC
   layers.cc
   kv_cache.cc
+  cuda_graph.cc
+  static_decoder.cc
   gemma3.cc
   siglip.cc
   vl_model.cc
@@ -31,3 +33,6 @@ gemma_torch_pch(model_layers_test)
 gemma_add_test(NAME model_loss_test SOURCES loss_test.cc
                LIBS gemma_model_modules LABELS model)
 gemma_torch_pch(model_loss_test)
+gemma_add_test(NAME model_static_decoder_test SOURCES static_decoder_test.cc
+               LIBS gemma_model_modules LABELS model)
+gemma_torch_pch(model_static_decoder_test)

@@ -106,6 +106,9 @@ torch::Tensor Gemma3TextModelImpl::Embed(const torch::Tensor& input_ids) {
 torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
                                           const DecoderInputs& in) {
   const int64_t b = embeds.size(0), l = embeds.size(1);
+  TORCH_CHECK(in.cache == nullptr || !in.cache->step_index().defined(),
+              "Decode: a static cache in step-index mode runs through "
+              "DecodeStep");
   const int64_t past = in.cache != nullptr ? in.cache->seq_len() : 0;
   const auto dtype = embeds.scalar_type();
   const auto device = embeds.device();
@@ -185,6 +188,44 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
   // hidden state on every rank: backward keeps this rank's slice of it.
   return sp ? GatherFromSequenceRegion(h, *tp_.comm, /*reduce_grad=*/false)
             : h;
+}
+
+torch::Tensor Gemma3TextModelImpl::DecodeStep(const torch::Tensor& embeds,
+                                              const StaticStepInputs& in) {
+  TORCH_CHECK(in.cache != nullptr && in.cache->is_static() &&
+                  in.cache->step_index().defined(),
+              "DecodeStep: needs a static cache with a step index");
+  TORCH_CHECK(embeds.dim() == 3 && embeds.size(1) == 1,
+              "DecodeStep: one new token per row, got embeddings ",
+              embeds.sizes());
+  TORCH_CHECK(
+      in.cache->num_layers() == static_cast<int64_t>(layer_list_.size()),
+      "DecodeStep: the cache has ", in.cache->num_layers(),
+      " layers, the model ", layer_list_.size());
+  torch::Tensor bias[2];
+  for (int t = 0; t < 2; ++t) {
+    if (!in.cos[t].defined()) continue;
+    const int64_t window = t == 0 ? config_.sliding_window : 0;
+    bias[t] = StaticStepBias(in.cache->step_index(), in.padding, window,
+                             embeds.scalar_type());
+  }
+  torch::Tensor h = embeds;
+  for (size_t i = 0; i < layer_list_.size(); ++i) {
+    const int t = layer_list_[i]->type == LayerType::kSliding ? 0 : 1;
+    TORCH_CHECK(bias[t].defined(), "DecodeStep: no rotary tables for layer ", i,
+                "'s type");
+    h = layer_list_[i]->forward(h, in.cos[t], in.sin[t], bias[t],
+                                in.cache->layer(static_cast<int64_t>(i)));
+  }
+  return final_norm(h);
+}
+
+std::pair<torch::Tensor, torch::Tensor> Gemma3TextModelImpl::Rope(
+    LayerType type, const torch::Tensor& position_ids,
+    c10::ScalarType dtype) const {
+  return RopeCosSin(
+      type == LayerType::kFull ? inv_freq_full_ : inv_freq_sliding_,
+      position_ids, dtype);
 }
 
 torch::Tensor Gemma3TextModelImpl::Logits(const torch::Tensor& hidden) {

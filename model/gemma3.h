@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -81,6 +82,20 @@ struct DecoderInputs {
   KvCache* cache = nullptr;
 };
 
+// What one decode step over a static KV cache needs (model/static_decoder.h):
+// device tensors of fixed shape, so the step can be captured as a CUDA graph.
+struct StaticStepInputs {
+  // Rotary cos/sin [B, 1, hd] of the new tokens per layer type (index 0:
+  // sliding, 1: full; undefined for a type the model does not have).
+  torch::Tensor cos[2];
+  torch::Tensor sin[2];
+  // [B, capacity]: nonzero for the slots of real tokens, the new one's too.
+  torch::Tensor padding;
+  // Static, in step-index mode (KvCache::SetStepIndex) at the new token's
+  // slot; updated in place.
+  KvCache* cache = nullptr;
+};
+
 class Gemma3TextModelImpl : public torch::nn::Module {
  public:
   // apply_final_softcap: whether final_logit_softcapping (if set) is applied to
@@ -99,6 +114,18 @@ class Gemma3TextModelImpl : public torch::nn::Module {
   // replicated over the TP group.
   torch::Tensor Decode(const torch::Tensor& embeds,
                        const DecoderInputs& inputs);
+  // One new token per row over a static cache (StaticStepInputs): embeds
+  // [B, 1, H] -> hidden [B, 1, H] after the final norm, with the same layers
+  // as Decode. Issues no host sync and allocates only what the step returns
+  // or drops (a CUDA graph can capture it). Throws c10::Error unless the
+  // cache is static with a step index.
+  torch::Tensor DecodeStep(const torch::Tensor& embeds,
+                           const StaticStepInputs& inputs);
+  // Rotary cos/sin [B', L, hd] of the layers of `type` at position_ids
+  // [B', L] (int64, on the weights' device), in `dtype`: what Decode applies.
+  std::pair<torch::Tensor, torch::Tensor> Rope(
+      LayerType type, const torch::Tensor& position_ids,
+      c10::ScalarType dtype) const;
   // Tied LM head (+ final soft-capping when enabled): [B, L, V].
   torch::Tensor Logits(const torch::Tensor& hidden);
   // model/loss.h's CausalLmLoss of `hidden` (from Decode) against `labels`

@@ -4,8 +4,17 @@
 #include <torch/torch.h>
 
 #include <limits>
+#include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "model/cuda_graph.h"
+#include "model/kv_cache.h"
+#include "model/static_decoder.h"
+
+#ifdef GEMMA_WITH_CUDA
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#endif
 
 namespace gemma {
 
@@ -40,11 +49,128 @@ namespace {
 torch::Tensor PositionsFromMask(const torch::Tensor& mask) {
   return (mask.cumsum(-1) - 1).masked_fill(mask.eq(0), 0);
 }
-}  // namespace
 
-absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
-                                        const ModelInputs& prompt,
-                                        const GenerateOptions& opts) {
+// Steps between reads of the stop state (one host sync each).
+constexpr int64_t kStopCheckInterval = 8;
+// Static caches get prompt + max_new_tokens slots rounded up to this.
+constexpr int64_t kCapacityRounding = 64;
+
+// A sampling generator on `device` (CUDA ops reject a CPU generator).
+at::Generator MakeGenerator(c10::Device device, uint64_t seed) {
+#ifdef GEMMA_WITH_CUDA
+  if (device.is_cuda()) {
+    at::Generator gen = at::cuda::detail::createCUDAGenerator(device.index());
+    gen.set_current_seed(seed);
+    return gen;
+  }
+#endif
+  (void)device;
+  return at::detail::createCPUGenerator(seed);
+}
+
+// The prompt on the device, with its mask and positions filled in.
+struct Prompt {
+  ModelInputs in;
+  int64_t batch = 0;
+};
+
+// How the tokens after the prompt reach the model: Prefill runs the prompt,
+// Feed one new token per row; both return the logits [B, V] that follow.
+class Feeder {
+ public:
+  virtual ~Feeder() = default;
+  virtual torch::Tensor Prefill() = 0;
+  virtual torch::Tensor Feed(const torch::Tensor& next) = 0;
+};
+
+// Without a cache: the whole sequence again at every step.
+class UncachedFeeder : public Feeder {
+ public:
+  UncachedFeeder(Gemma3Model& model, const Prompt& p)
+      : model_(model), in_(p.in) {}
+  torch::Tensor Prefill() override { return Run(); }
+  torch::Tensor Feed(const torch::Tensor& next) override {
+    const int64_t l = in_.input_ids.size(1);
+    in_.input_ids = torch::cat({in_.input_ids, next.unsqueeze(1)}, 1);
+    in_.attention_mask = torch::cat(
+        {in_.attention_mask, torch::ones_like(next).unsqueeze(1)}, 1);
+    in_.position_ids = torch::cat(
+        {in_.position_ids, in_.position_ids.narrow(1, l - 1, 1) + 1}, 1);
+    if (in_.token_type_ids.defined()) {
+      in_.token_type_ids = torch::cat(
+          {in_.token_type_ids, in_.token_type_ids.narrow(1, l - 1, 1)}, 1);
+    }
+    return Run();
+  }
+
+ private:
+  torch::Tensor Run() { return model_->forward(in_, nullptr).select(1, -1); }
+  Gemma3Model& model_;
+  ModelInputs in_;
+};
+
+// The growing KV cache (KvCache's default layout).
+class DynamicFeeder : public Feeder {
+ public:
+  DynamicFeeder(Gemma3Model& model, const Prompt& p)
+      : model_(model), prompt_(p.in), cache_(model->NewCache()) {}
+  torch::Tensor Prefill() override {
+    mask_ = prompt_.attention_mask;
+    position_ =
+        prompt_.position_ids.narrow(1, prompt_.position_ids.size(1) - 1, 1);
+    return model_->forward(prompt_, &cache_).select(1, -1);
+  }
+  torch::Tensor Feed(const torch::Tensor& next) override {
+    position_ = position_ + 1;
+    mask_ = torch::cat({mask_, torch::ones_like(next).unsqueeze(1)}, 1);
+    ModelInputs step;
+    step.input_ids = next.unsqueeze(1);
+    step.attention_mask = mask_;
+    step.position_ids = position_;
+    return model_->forward(step, &cache_).select(1, -1);
+  }
+
+ private:
+  Gemma3Model& model_;
+  ModelInputs prompt_;
+  KvCache cache_;
+  torch::Tensor mask_, position_;
+};
+
+// The static KV cache (StaticDecoder), its steps replayed as a CUDA graph
+// when `graphs` (captured at the first Feed, once the tokens are set).
+class StaticFeeder : public Feeder {
+ public:
+  StaticFeeder(Gemma3Model& model, const Prompt& p, int64_t capacity,
+               bool graphs)
+      : prompt_(p.in), decoder_(model, capacity), graphs_(graphs) {}
+  torch::Tensor Prefill() override { return decoder_.Prefill(prompt_); }
+  torch::Tensor Feed(const torch::Tensor& next) override {
+    decoder_.SetTokens(next);
+    if (graphs_) {
+      graphs_ = false;
+      decoder_.CaptureGraph();
+    }
+    return decoder_.Step();
+  }
+
+ private:
+  ModelInputs prompt_;
+  StaticDecoder decoder_;
+  bool graphs_;
+};
+
+// Index of the first false in `flags` (bool scalars), or -1: one host sync.
+int64_t FirstFalse(const std::vector<torch::Tensor>& flags) {
+  torch::Tensor f = torch::stack(flags).cpu();
+  const bool* p = f.data_ptr<bool>();
+  for (int64_t i = 0; i < f.numel(); ++i)
+    if (!p[i]) return i;
+  return -1;
+}
+
+absl::Status CheckOptions(const ModelInputs& prompt,
+                          const GenerateOptions& opts) {
   if (!prompt.input_ids.defined() || prompt.input_ids.dim() != 2 ||
       prompt.input_ids.size(1) == 0) {
     return absl::InvalidArgumentError(
@@ -63,46 +189,78 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
   }
   if (opts.top_k < 0)
     return absl::InvalidArgumentError("generate: top_k must be >= 0");
+  if (prompt.attention_mask.defined() &&
+      prompt.attention_mask.sizes() != prompt.input_ids.sizes()) {
+    return absl::InvalidArgumentError(
+        "generate: attention_mask must have the shape of input_ids");
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<Feeder> MakeFeeder(Gemma3Model& model, const Prompt& p,
+                                   const GenerateOptions& opts) {
+  if (!opts.use_cache) return std::make_unique<UncachedFeeder>(model, p);
+  // Graphs need eval mode: a training-mode module may draw random numbers
+  // (LoRA dropout), which a capture cannot replay as drawn.
+  const bool graphs = opts.cuda_graphs && CudaGraphsBuilt() &&
+                      p.in.input_ids.is_cuda() && !model->is_training() &&
+                      !model->text->tp().split();
+  if (!graphs && !opts.static_cache)
+    return std::make_unique<DynamicFeeder>(model, p);
+  const int64_t need = p.in.input_ids.size(1) + opts.max_new_tokens;
+  const int64_t capacity =
+      (need + kCapacityRounding - 1) / kCapacityRounding * kCapacityRounding;
+  return std::make_unique<StaticFeeder>(model, p, capacity, graphs);
+}
+}  // namespace
+
+absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
+                                        const ModelInputs& prompt,
+                                        const GenerateOptions& opts) {
+  if (absl::Status st = CheckOptions(prompt, opts); !st.ok()) return st;
   try {
     torch::NoGradGuard no_grad;
-    const int64_t b = prompt.input_ids.size(0);
     const c10::Device dev = model->text->embed->weight.device();
-    const auto long_opts =
-        torch::TensorOptions().dtype(torch::kLong).device(dev);
-    torch::Tensor ids = prompt.input_ids.to(dev, torch::kLong);
-    torch::Tensor mask = prompt.attention_mask.defined()
-                             ? prompt.attention_mask.to(dev, torch::kLong)
-                             : torch::ones_like(ids);
-    if (mask.sizes() != ids.sizes()) {
-      return absl::InvalidArgumentError(
-          "generate: attention_mask must have the shape of input_ids");
-    }
-    at::Generator gen = at::detail::createCPUGenerator(opts.seed);
+    Prompt p;
+    p.batch = prompt.input_ids.size(0);
+    p.in = prompt;
+    p.in.input_ids = prompt.input_ids.to(dev, torch::kLong);
+    p.in.attention_mask = prompt.attention_mask.defined()
+                              ? prompt.attention_mask.to(dev, torch::kLong)
+                              : torch::ones_like(p.in.input_ids);
+    p.in.position_ids = PositionsFromMask(p.in.attention_mask);
+    if (prompt.token_type_ids.defined())
+      p.in.token_type_ids = prompt.token_type_ids.to(dev);
+    if (prompt.pixel_values.defined())
+      p.in.pixel_values = prompt.pixel_values.to(dev);
+
+    at::Generator gen = MakeGenerator(dev, opts.seed);
     torch::Tensor stop =
         torch::tensor(opts.stop_token_ids, torch::kLong).to(dev);
     torch::Tensor unfinished = torch::ones(
-        {b}, torch::TensorOptions().dtype(torch::kBool).device(dev));
+        {p.batch}, torch::TensorOptions().dtype(torch::kBool).device(dev));
+    // The host must see the stop state after each step only when a callback
+    // is called per step; otherwise it reads `alive` (any row unfinished
+    // after step alive_first + i) every kStopCheckInterval steps.
+    const bool can_stop = stop.numel() > 0 || opts.should_stop;
+    const bool check_each_step = opts.on_step || opts.should_stop;
+    std::vector<torch::Tensor> alive;
+    int64_t alive_first = 0, stop_at = -1;
     std::vector<torch::Tensor> tokens, step_logits;
-    torch::Tensor positions = PositionsFromMask(mask);
-    torch::Tensor token_types = prompt.token_type_ids.defined()
-                                    ? prompt.token_type_ids.to(dev)
-                                    : torch::Tensor();
 
-    KvCache cache = model->NewCache();
-    ModelInputs in = prompt;
-    in.input_ids = ids;
-    in.token_type_ids = token_types;
-    if (in.pixel_values.defined()) in.pixel_values = in.pixel_values.to(dev);
-    in.attention_mask = mask;
-    in.position_ids = positions;
-    torch::Tensor last =
-        model->forward(in, opts.use_cache ? &cache : nullptr).select(1, -1);
+    std::unique_ptr<Feeder> feeder = MakeFeeder(model, p, opts);
+    torch::Tensor last = feeder->Prefill();
+    const int64_t vocab = last.size(-1);
     for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
       torch::Tensor next = ChooseNextTokens(last, opts, &gen);
       next = torch::where(unfinished, next,
                           torch::full_like(next, opts.pad_token_id));
       tokens.push_back(next);
-      step_logits.push_back(last.to(torch::kFloat));
+      if (opts.return_step_logits) {
+        // A copy: a graph's output buffer is overwritten by the next step.
+        step_logits.push_back(last.to(torch::kFloat, /*non_blocking=*/false,
+                                      /*copy=*/true));
+      }
       if (opts.on_step) opts.on_step(step, next);
       if (stop.numel() > 0)
         unfinished =
@@ -112,42 +270,38 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
         unfinished = unfinished.logical_and(
             extra.to(unfinished.device(), torch::kBool).logical_not());
       }
-      if (!unfinished.any().item<bool>() || step + 1 == opts.max_new_tokens)
-        break;
-
-      torch::Tensor next_col = next.unsqueeze(1);
-      torch::Tensor next_pos =
-          positions.narrow(1, positions.size(1) - 1, 1) + 1;
-      mask = torch::cat({mask, torch::ones({b, 1}, long_opts)}, 1);
-      positions = torch::cat({positions, next_pos}, 1);
-      if (opts.use_cache) {
-        ModelInputs step_in;
-        step_in.input_ids = next_col;
-        step_in.attention_mask = mask;
-        step_in.position_ids = next_pos;
-        last = model->forward(step_in, &cache).select(1, -1);
-      } else {
-        ids = torch::cat({ids, next_col}, 1);
-        if (token_types.defined()) {
-          token_types = torch::cat(
-              {token_types, token_types.narrow(1, token_types.size(1) - 1, 1)},
-              1);
+      if (step + 1 == opts.max_new_tokens) break;
+      if (can_stop) {
+        alive.push_back(unfinished.any());
+        if (check_each_step ||
+            static_cast<int64_t>(alive.size()) == kStopCheckInterval) {
+          const int64_t i = FirstFalse(alive);
+          if (i >= 0) {
+            stop_at = alive_first + i;
+            break;
+          }
+          alive.clear();
+          alive_first = step + 1;
         }
-        ModelInputs full = in;
-        full.input_ids = ids;
-        full.attention_mask = mask;
-        full.position_ids = positions;
-        full.token_type_ids = token_types;
-        last = model->forward(full, nullptr).select(1, -1);
       }
+      last = feeder->Feed(next);
+    }
+    if (stop_at < 0 && !alive.empty()) {
+      const int64_t i = FirstFalse(alive);
+      if (i >= 0) stop_at = alive_first + i;
+    }
+    if (stop_at >= 0) {  // every row had stopped after step stop_at
+      tokens.resize(static_cast<size_t>(stop_at + 1));
+      if (!step_logits.empty())
+        step_logits.resize(static_cast<size_t>(stop_at + 1));
     }
     GenerateResult result;
-    if (tokens.empty()) {
-      result.tokens = torch::zeros({b, 0}, torch::kLong);
-      result.step_logits = torch::zeros({b, 0, last.size(-1)}, torch::kFloat);
-    } else {
-      result.tokens = torch::stack(tokens, 1).cpu();
-      result.step_logits = torch::stack(step_logits, 1).cpu();
+    result.tokens = tokens.empty() ? torch::zeros({p.batch, 0}, torch::kLong)
+                                   : torch::stack(tokens, 1).cpu();
+    if (opts.return_step_logits) {
+      result.step_logits =
+          step_logits.empty() ? torch::zeros({p.batch, 0, vocab}, torch::kFloat)
+                              : torch::stack(step_logits, 1).cpu();
     }
     return result;
   } catch (const c10::Error& e) {

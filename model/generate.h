@@ -32,6 +32,18 @@ struct GenerateOptions {
   int64_t pad_token_id = 0;
   bool use_cache =
       true;  // false: full forward over the whole sequence each step
+  // With use_cache on a CUDA device (CUDA builds; no tensor parallelism):
+  // each step replays one captured CUDA graph over a static KV cache
+  // (model/static_decoder.h); prefill stays eager. The same tokens as
+  // without. Ignored elsewhere (CPU, TP, without cache).
+  bool cuda_graphs = true;
+  // With use_cache: decode over the static KV cache (prompt + max_new_tokens
+  // slots, fixed shapes) even without graphs, i.e. what the graphs replay,
+  // eagerly. Off (and no graphs): the growing cache.
+  bool static_cache = false;
+  // Off: GenerateResult::step_logits stays empty (saves a [B, N, V] copy to
+  // the host).
+  bool return_step_logits = true;
   // Called after each step with the new tokens [B] (for progress output).
   std::function<void(int64_t step, const torch::Tensor& tokens)> on_step;
   // Optional: called after each step with every new token so far [B, step+1]
@@ -41,8 +53,10 @@ struct GenerateOptions {
 };
 
 struct GenerateResult {
-  torch::Tensor tokens;       // [B, N] new tokens, N <= max_new_tokens
-  torch::Tensor step_logits;  // [B, N, V] the logits each token was chosen from
+  torch::Tensor tokens;  // [B, N] new tokens, N <= max_new_tokens
+  // [B, N, V] the logits each token was chosen from (float32); undefined
+  // without return_step_logits.
+  torch::Tensor step_logits;
 };
 
 // `prompt` holds input_ids [B, L] and optionally attention_mask [B, L],

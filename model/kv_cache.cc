@@ -39,8 +39,46 @@ void LayerKvCache::Reserve(const torch::Tensor& like, int64_t incoming) {
   start_ = 0;
 }
 
+void LayerKvCache::SetStepIndex(const torch::Tensor& index) {
+  TORCH_CHECK(is_static(), "KV cache: a step index needs a static cache");
+  TORCH_CHECK(!index.defined() || (index.dim() == 1 && index.numel() == 1 &&
+                                   index.scalar_type() == torch::kLong),
+              "KV cache: the step index must be a [1] int64 tensor");
+  step_index_ = index;
+}
+
+std::pair<torch::Tensor, torch::Tensor> LayerKvCache::UpdateStatic(
+    const torch::Tensor& k, const torch::Tensor& v) {
+  TORCH_CHECK(!k.requires_grad() && !v.requires_grad(),
+              "KV cache: a static cache is for inference (no autograd)");
+  const int64_t l = k.size(2);
+  if (!keys_.defined()) {
+    // Zeroed: attention multiplies the masked slots' values by 0, and
+    // uninitialised memory could hold NaN.
+    std::vector<int64_t> shape = k.sizes().vec();
+    shape[2] = static_capacity_;
+    keys_ = torch::zeros(shape, k.options());
+    values_ = torch::zeros(shape, v.options());
+  }
+  if (step_index_.defined()) {
+    TORCH_CHECK(l == 1, "KV cache: a step writes one token per row, got ", l);
+    keys_.index_copy_(2, step_index_, k);
+    values_.index_copy_(2, step_index_, v);
+    return {keys_, values_};
+  }
+  TORCH_CHECK(seen_ + l <= static_capacity_, "KV cache: ", seen_ + l,
+              " tokens do not fit the static cache's ", static_capacity_,
+              " slots");
+  keys_.narrow(2, seen_, l).copy_(k);
+  values_.narrow(2, seen_, l).copy_(v);
+  seen_ += l;
+  cached_ = seen_;
+  return {keys_.narrow(2, 0, seen_), values_.narrow(2, 0, seen_)};
+}
+
 std::pair<torch::Tensor, torch::Tensor> LayerKvCache::Update(
     const torch::Tensor& k, const torch::Tensor& v) {
+  if (is_static()) return UpdateStatic(k, v);
   const int64_t l = k.size(2);
   seen_ += l;
   std::pair<torch::Tensor, torch::Tensor> all;
@@ -74,9 +112,29 @@ KvCache::KvCache(const TextConfig& text) {
   }
 }
 
+KvCache KvCache::Static(const TextConfig& text, int64_t capacity) {
+  TORCH_CHECK(capacity >= 1, "KV cache: static capacity must be >= 1, got ",
+              capacity);
+  KvCache cache;
+  cache.capacity_ = capacity;
+  cache.layers_.reserve(text.layer_types.size());
+  for (LayerType t : text.layer_types) {
+    cache.layers_.emplace_back(
+        t == LayerType::kSliding ? text.sliding_window : 0, capacity);
+  }
+  return cache;
+}
+
+void KvCache::SetStepIndex(const torch::Tensor& index) {
+  TORCH_CHECK(is_static(), "KV cache: a step index needs a static cache");
+  for (LayerKvCache& layer : layers_) layer.SetStepIndex(index);
+  step_index_ = index;
+}
+
 std::pair<int64_t, int64_t> KvCache::MaskSizes(int64_t window,
                                                int64_t q_len) const {
   const int64_t past = seq_len();
+  if (is_static()) return {0, past + q_len};
   const int64_t held = window > 0 ? std::min<int64_t>(past, window - 1) : past;
   return {past - held, held + q_len};
 }

@@ -90,6 +90,21 @@ torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids,
 }
 
 namespace {
+// 0 where `allowed`, the dtype's lowest finite value elsewhere.
+torch::Tensor AdditiveMask(const torch::Tensor& allowed, c10::ScalarType dtype,
+                           c10::Device device) {
+  const double lowest =
+      dtype == torch::kFloat    ? std::numeric_limits<float>::lowest()
+      : dtype == torch::kDouble ? std::numeric_limits<double>::lowest()
+      : dtype == torch::kBFloat16
+          ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
+          : static_cast<double>(std::numeric_limits<c10::Half>::lowest());
+  auto opts = torch::TensorOptions().dtype(dtype).device(device);
+  torch::Tensor zero = torch::zeros({}, opts);
+  torch::Tensor low = torch::full({}, lowest, opts);
+  return torch::where(allowed, zero, low);
+}
+
 // Gathers values[b, idx] for idx in `index` (absolute), -1 beyond the end.
 torch::Tensor GatherPadded(const torch::Tensor& values,
                            const torch::Tensor& index, int64_t fill) {
@@ -139,16 +154,20 @@ torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype) {
         GatherPadded(spec.padding.ne(0), kv_abs, 0).ne(0).unsqueeze(1);
     allowed = allowed.logical_and(pad);
   }
-  const double lowest =
-      dtype == torch::kFloat    ? std::numeric_limits<float>::lowest()
-      : dtype == torch::kDouble ? std::numeric_limits<double>::lowest()
-      : dtype == torch::kBFloat16
-          ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
-          : static_cast<double>(std::numeric_limits<c10::Half>::lowest());
-  auto opts = torch::TensorOptions().dtype(dtype).device(spec.device);
-  torch::Tensor zero = torch::zeros({}, opts);
-  torch::Tensor low = torch::full({}, lowest, opts);
-  return torch::where(allowed, zero, low).unsqueeze(1);
+  return AdditiveMask(allowed, dtype, spec.device).unsqueeze(1);
+}
+
+torch::Tensor StaticStepBias(const torch::Tensor& index,
+                             const torch::Tensor& padding, int64_t window,
+                             c10::ScalarType dtype) {
+  TORCH_CHECK(padding.dim() == 2, "StaticStepBias: padding must be [B, C]");
+  const int64_t b = padding.size(0), c = padding.size(1);
+  auto long_opts =
+      torch::TensorOptions().dtype(torch::kLong).device(padding.device());
+  torch::Tensor j = torch::arange(c, long_opts).unsqueeze(0);      // [1, C]
+  torch::Tensor allowed = j.le(index).logical_and(padding.ne(0));  // [B, C]
+  if (window > 0) allowed = allowed.logical_and(j.gt(index - window));
+  return AdditiveMask(allowed, dtype, padding.device()).view({b, 1, 1, c});
 }
 
 // ---- Projection
@@ -210,6 +229,33 @@ bool UseSdpa(const torch::Tensor& q) {
 
 // ---- Attention
 // ---------------------------------------------------------------
+namespace {
+// One new token per row: q [B, nq, 1, hd] over k, v [B, nkv, T, hd] with
+// bias [B, 1, 1, T]. The g = nq / nkv query heads of KV group i (heads
+// i*g .. i*g+g-1) become g query rows of that group, [B, nkv, g, hd], so the
+// keys and values are read once, not copied per head. Returns
+// [B, nkv, g, hd] (= [B, nq, hd] in head order). Under SDPA the bias goes in
+// as an additive mask (every row sees at least its own token).
+torch::Tensor GroupedDecodeAttention(const torch::Tensor& q,
+                                     const torch::Tensor& k,
+                                     const torch::Tensor& v,
+                                     const torch::Tensor& bias, double scale,
+                                     bool sdpa) {
+  TORCH_CHECK(bias.defined(), "Attention: a decode step needs its mask");
+  const int64_t b = q.size(0), nq = q.size(1), hd = q.size(3);
+  const int64_t nkv = k.size(1);
+  torch::Tensor qg = q.reshape({b, nkv, nq / nkv, hd});
+  if (sdpa) {
+    return at::scaled_dot_product_attention(qg, k, v, bias, 0.0,
+                                            /*is_causal=*/false, scale);
+  }
+  torch::Tensor scores = torch::matmul(qg, k.transpose(2, 3)) * scale + bias;
+  torch::Tensor probs =
+      torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+  return torch::matmul(probs, v);
+}
+}  // namespace
+
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
   const int64_t hd = options.head_dim();
   const int64_t rows = (options.num_heads() + 2 * options.num_kv_heads()) * hd;
@@ -246,6 +292,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
   TORCH_CHECK(bias.defined() || t == l,
               "Attention: plain causal attention (no bias) needs no cache");
   const bool sdpa = UseSdpa(q);
+  if (l == 1 && cache != nullptr && cache->is_static()) {
+    torch::Tensor out = GroupedDecodeAttention(q, k, v, bias, scale, sdpa);
+    return o(out.reshape({b, 1, nq * hd}));
+  }
   if (sdpa && !bias.defined()) {
     // Plain causal: flash attention, grouped-query heads without copies.
     torch::Tensor out = at::scaled_dot_product_attention(

@@ -102,6 +102,18 @@ struct MaskSpec {
 //   sliding layers: ((causal OR block) AND window AND segment) AND padding
 torch::Tensor BuildAttentionBias(const MaskSpec& spec, c10::ScalarType dtype);
 
+// The additive mask [B, 1, 1, C] of one new token per row at absolute index
+// `index` ([1] int64) over the C slots of a static KV cache (model/kv_cache.h;
+// slot j holds token j): key j is visible iff j <= index, padding[b, j] != 0
+// ([B, C], the new token's slot included) and, when window > 0,
+// j > index - window. Built on the tensors' device with no host sync (a CUDA
+// graph can capture it). Equals BuildAttentionBias for q_len 1 at q_offset
+// index over kv_offset 0, kv_len C, without image blocks or segments (a new
+// token is text: image blocks only matter within the prompt).
+torch::Tensor StaticStepBias(const torch::Tensor& index,
+                             const torch::Tensor& padding, int64_t window,
+                             c10::ScalarType dtype);
+
 // Image block ids [B, L] from token_type_ids [B, L] (1 = image token): each
 // maximal run of image tokens is one block, numbered from 0 per row; text -1.
 torch::Tensor BlockIdsFromTokenTypes(const torch::Tensor& token_type_ids);
@@ -204,8 +216,10 @@ class AttentionImpl : public torch::nn::Module {
   // tokens (no cache, no padding, no image blocks, no window in effect: the
   // case flash attention serves). With `cache`, the new keys
   // and values are appended to it and attention runs over cached + new keys
-  // (the bias must then cover exactly those T keys). Returns [B, L, H] (the
-  // local partial sum under tensor parallelism).
+  // (the bias must then cover exactly those T keys). One new token over a
+  // static cache (the decode step) attends without repeating the keys and
+  // values per query head: a KV group's query heads act as its query rows.
+  // Returns [B, L, H] (the local partial sum under tensor parallelism).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
                         LayerKvCache* cache = nullptr);

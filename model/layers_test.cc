@@ -431,5 +431,65 @@ TEST(GenerateTest, StopsOnStopTokenAndPads) {
   EXPECT_FALSE(Generate(model, prompt, opts).ok());
 }
 
+// The stop state is read every few steps, not each one: rows that stop at
+// different steps still give exactly the tokens a per-step check gives
+// (pads after each row's stop, nothing after the last), with the growing or
+// the static cache, with or without a per-step callback.
+TEST(GenerateTest, RowsStoppingAtDifferentStepsEndWhereTheLastStops) {
+  torch::manual_seed(5);
+  Gemma3Model model(TinyVl());
+  ASSERT_TRUE(LoadParameters(*model, RandomWeights(model)).ok());
+  ModelInputs prompt;
+  prompt.input_ids = torch::tensor({{2, 7, 9, 11}, {0, 2, 5, 8}});
+  prompt.attention_mask = torch::tensor({{1, 1, 1, 1}, {0, 1, 1, 1}});
+  GenerateOptions opts;
+  opts.max_new_tokens = 24;
+  opts.pad_token_id = 63;
+  opts.temperature = 2.0;  // sampled (seeded): varied tokens
+  auto free_run = Generate(model, prompt, opts);
+  ASSERT_TRUE(free_run.ok()) << free_run.status();
+  const torch::Tensor& all = free_run->tokens;
+  // Row 0 stops early; row 1 on a token it first makes after step 10 (past
+  // the first read of the stop state).
+  int64_t late = -1;
+  for (int64_t s = 10; s < 24 && late < 0; ++s) {
+    const torch::Tensor before = all[1].narrow(0, 0, s);
+    if (!before.eq(all[1][s]).any().item<bool>()) late = s;
+  }
+  ASSERT_GE(late, 0) << "no fresh token after step 10: " << all;
+  opts.stop_token_ids = {all[0][3].item<int64_t>(),
+                         all[1][late].item<int64_t>()};
+  // The expected result, step by step.
+  std::vector<int64_t> stopped_at(2, -1);
+  for (int64_t r = 0; r < 2; ++r) {
+    for (int64_t s = 0; s < 24 && stopped_at[r] < 0; ++s) {
+      for (int64_t id : opts.stop_token_ids)
+        if (all[r][s].item<int64_t>() == id) stopped_at[r] = s;
+    }
+    ASSERT_GE(stopped_at[r], 0);
+  }
+  const int64_t n = std::max(stopped_at[0], stopped_at[1]) + 1;
+  EXPECT_GT(n, 8);
+  torch::Tensor want = all.narrow(1, 0, n).clone();
+  for (int64_t r = 0; r < 2; ++r)
+    want[r].narrow(0, stopped_at[r] + 1, n - stopped_at[r] - 1).fill_(63);
+  for (bool static_cache : {false, true}) {
+    for (bool callback : {false, true}) {
+      GenerateOptions o = opts;
+      o.static_cache = static_cache;
+      int64_t calls = 0;
+      if (callback) o.on_step = [&](int64_t, const torch::Tensor&) { ++calls; };
+      auto got = Generate(model, prompt, o);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_TRUE(torch::equal(got->tokens, want))
+          << "static " << static_cache << " callback " << callback << "\n"
+          << got->tokens << "\n"
+          << want;
+      EXPECT_EQ(got->step_logits.size(1), n);
+      if (callback) EXPECT_EQ(calls, n);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gemma

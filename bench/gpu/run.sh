@@ -4,10 +4,12 @@
 # runs the GPU parity suite, then our model_bench and transformers'
 # (bench/hf_model_bench.py) one after the other on the same GPU, same config,
 # and prints the ratios. Results go to $OUT/bench.jsonl when OUT is set.
-#   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick]
+#   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick] [--cuda-graphs both|all|0|1]
+# Decode prints a row per variant of ours (growing cache eager, CUDA graphs;
+# `all` adds the static cache eager) against transformers.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft lora decode"
+preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft lora decode" cuda_graphs=both
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
@@ -16,8 +18,9 @@ while [ $# -gt 0 ]; do
     --steps) steps="$2"; shift 2 ;;
     --modes) modes="$2"; shift 2 ;;
     --skip-parity) skip_parity=1; shift ;;
+    --cuda-graphs) cuda_graphs="$2"; shift 2 ;;
     --quick) steps=3 warmup=1 new_tokens=64; shift ;;
-    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +44,7 @@ res="$out/bench.jsonl"
 for mode in $modes; do
   common=(--mode "$mode" --seq "$seq" --images "$images" --steps "$steps" --warmup "$warmup" --new-tokens "$new_tokens")
   echo "== $mode: ours"
-  "$bench" --preset "$preset" "${common[@]}" 2>&1 | tee -a "$res" | tail -3
+  "$bench" --preset "$preset" "${common[@]}" --cuda-graphs "$cuda_graphs" 2>&1 | tee -a "$res" | tail -4
   echo "== $mode: transformers"
   "$python" "$root/bench/hf_model_bench.py" --config "$cfg" "${common[@]}" 2>&1 | tee -a "$res.hf.log" | tail -3
   tail -1 "$res.hf.log" | grep '^{' >>"$res" || true
@@ -51,8 +54,12 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 by = {}
 for r in rows:
-    by.setdefault(r["mode"], {})[r["impl"]] = r
+    key = r["impl"] + (":" + r["variant"] if "variant" in r else "")
+    by.setdefault(r["mode"], {})[key] = r
 peak_tflops = 989.0  # H100 SXM dense bf16
+bandwidth = 3.35e12  # H100 SXM HBM3 bytes/s
+labels = {"ours:dynamic": "eager, growing cache", "ours:static": "eager, static cache",
+          "ours:graphs": "CUDA graphs, static cache", "ours": "eager"}
 for mode, d in by.items():
     o, h = d.get("ours"), d.get("transformers")
     if mode in ("sft", "lora") and o:
@@ -60,10 +67,21 @@ for mode, d in by.items():
         if h:
             line += f"; transformers {h['tokens_per_s']:.0f} tok/s, peak {h['peak_gib']:.1f} GiB; ratio {o['tokens_per_s']/h['tokens_per_s']:.2f}x"
         print(line)
-    if mode == "decode" and o:
-        bound = 3.35e12 / o["weight_bytes"]
-        line = f"decode: ours {o['decode_tokens_per_s']:.1f} tok/s = {100*o['decode_tokens_per_s']/bound:.1f}% of the {bound:.0f} tok/s bandwidth bound (H100 SXM 3.35 TB/s)"
+    if mode != "decode":
+        continue
+    for key, o in d.items():
+        if not key.startswith("ours"):
+            continue
+        bound = bandwidth / o["weight_bytes"]
+        tps = o["decode_tokens_per_s"]
+        line = (f"decode, ours ({labels.get(key, key)}): {tps:.1f} tok/s = {100*tps/bound:.1f}% "
+                f"of the {bound:.0f} tok/s bandwidth bound (H100 SXM 3.35 TB/s)")
+        if "setup_s" in o:
+            line += f", setup {1000*o['setup_s']:.0f} ms/call"
+        if "tokens_match_static_eager" in o:
+            line += f", tokens == static eager: {o['tokens_match_static_eager']}"
         if h:
-            line += f"; transformers {h['decode_tokens_per_s']:.1f} tok/s; ratio {o['decode_tokens_per_s']/h['decode_tokens_per_s']:.2f}x"
+            ht = h["decode_tokens_per_s"]
+            line += f"; transformers {ht:.1f} tok/s ({100*ht/bound:.1f}%); ratio {tps/ht:.2f}x"
         print(line)
 PY

@@ -6,8 +6,9 @@
 // the logits of each decode step. Here we load each case through our config
 // parser and LoadParameters, and require
 //   max |logits - ref| <= 1e-4 * max |ref|
-// for the full forward, identical greedy tokens with and without the KV cache,
-// the per-step decode logits within the same bound, and every parameter's
+// for the full forward, identical greedy tokens with and without the KV cache
+// (growing, static, and on the GPU replayed as CUDA graphs), the per-step
+// decode logits within the same bound, and every parameter's
 // gradient (of a fixed random functional of the logits) within 1e-4 of its
 // tensor's largest reference gradient.
 #include <gtest/gtest.h>
@@ -18,8 +19,9 @@
 #include <string>
 
 #include "model/config.h"
-#include "model/generate.h"
 #include "model/convert.h"
+#include "model/generate.h"
+#include "model/static_decoder.h"
 #include "model/vl_model.h"
 #include "model/weights.h"
 #include "tests/parity/raw_tensors.h"
@@ -187,30 +189,134 @@ TEST_P(ParityTest, Bfloat16ForwardTracksTransformersBfloat16) {
             << ", rel max diff " << diff << "\n";
 }
 
-void CheckGreedy(Case& c, bool use_cache, const std::string& name) {
+// How a Generate call decodes (GenerateOptions::use_cache / static_cache /
+// cuda_graphs).
+enum class Decoding { kUncached, kDynamic, kStatic, kGraphs };
+
+const char* NameOf(Decoding d) {
+  switch (d) {
+    case Decoding::kUncached:
+      return "uncached";
+    case Decoding::kDynamic:
+      return "cached";
+    case Decoding::kStatic:
+      return "static-cache";
+    case Decoding::kGraphs:
+      return "cuda-graph";
+  }
+  return "?";
+}
+
+GenerateResult RunGreedy(Case& c, const ModelInputs& prompt, int64_t n,
+                         Decoding d) {
   GenerateOptions opts;
-  const torch::Tensor& ref_tokens = c.io.at("greedy_tokens");
-  opts.max_new_tokens = ref_tokens.size(1);
-  opts.use_cache = use_cache;
-  auto result = Generate(c.model, PromptOf(c.io), opts);
-  ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_TRUE(torch::equal(result->tokens.cpu(), ref_tokens.cpu()))
-      << "ours " << result->tokens << "\nHF " << ref_tokens;
-  const torch::Tensor& ref_logits = c.io.at("greedy_step_logits");
-  ASSERT_EQ(result->step_logits.sizes(), ref_logits.sizes());
-  const double diff = RelMaxDiff(result->step_logits.cpu(), ref_logits.cpu());
-  EXPECT_LE(diff, kTolerance)
-      << "decode step logits: max|diff| / max|ref| = " << diff;
-  std::cout << "[parity] " << name << (use_cache ? " cached" : " uncached")
-            << " decode rel diff " << diff << "\n";
+  opts.max_new_tokens = n;
+  opts.use_cache = d != Decoding::kUncached;
+  opts.static_cache = d == Decoding::kStatic || d == Decoding::kGraphs;
+  opts.cuda_graphs = d == Decoding::kGraphs;
+  auto result = Generate(c.model, prompt, opts);
+  EXPECT_TRUE(result.ok()) << result.status();
+  return result.ok() ? *result : GenerateResult{};
+}
+
+// Same greedy tokens as `ref` and step logits within `tolerance` of it.
+void ExpectSameDecode(const GenerateResult& ours, const GenerateResult& ref,
+                      double tolerance, const std::string& what) {
+  ASSERT_TRUE(ours.tokens.defined() && ref.tokens.defined()) << what;
+  EXPECT_TRUE(torch::equal(ours.tokens.cpu(), ref.tokens.cpu()))
+      << what << ": ours " << ours.tokens << "\nreference " << ref.tokens;
+  ASSERT_EQ(ours.step_logits.sizes(), ref.step_logits.sizes()) << what;
+  const double diff = RelMaxDiff(ours.step_logits.cpu(), ref.step_logits.cpu());
+  EXPECT_LE(diff, tolerance)
+      << what << ": step logits max|diff| / max|ref| = " << diff;
+  std::cout << "[parity] " << what << " rel diff " << diff << "\n";
+}
+
+void CheckGreedy(Case& c, Decoding d, const std::string& name) {
+  GenerateResult hf;
+  hf.tokens = c.io.at("greedy_tokens");
+  hf.step_logits = c.io.at("greedy_step_logits");
+  GenerateResult ours = RunGreedy(c, PromptOf(c.io), hf.tokens.size(1), d);
+  ExpectSameDecode(ours, hf, kTolerance,
+                   name + " " + NameOf(d) + " decode vs transformers");
+}
+
+// The static cache (and the graphs) against the growing cache, which
+// transformers checks: 1e-5, since only the attention's length differs.
+constexpr double kCacheTolerance = 1e-5;
+
+// The last 3 prompt tokens, text only; in a batch of two the second row is
+// left-padded to 1 real token. Decoding from it runs past every sliding
+// window during the decode steps, not in the prefill.
+ModelInputs ShortPrompt(const std::map<std::string, torch::Tensor>& io) {
+  const torch::Tensor& ids = io.at("input_ids");
+  ModelInputs in;
+  in.input_ids = ids.narrow(1, ids.size(1) - 3, 3).clone();
+  in.attention_mask = torch::ones_like(in.input_ids);
+  if (ids.size(0) > 1) {
+    in.input_ids[1].narrow(0, 0, 2).fill_(0);
+    in.attention_mask[1].narrow(0, 0, 2).fill_(0);
+  }
+  return in;
+}
+
+// Long enough to pass the sliding window twice.
+int64_t LongDecode(const Case& c) {
+  return 2 * c.config.text.sliding_window + 5;
 }
 
 TEST_P(ParityTest, GreedyWithKvCacheMatchesTransformers) {
-  CheckGreedy(case_, /*use_cache=*/true, GetParam());
+  CheckGreedy(case_, Decoding::kDynamic, GetParam());
 }
 
 TEST_P(ParityTest, GreedyWithoutCacheMatchesTransformers) {
-  CheckGreedy(case_, /*use_cache=*/false, GetParam());
+  CheckGreedy(case_, Decoding::kUncached, GetParam());
+}
+
+TEST_P(ParityTest, GreedyWithKvCacheStaticMatchesTransformersAndGrowingCache) {
+  CheckGreedy(case_, Decoding::kStatic, GetParam());
+  const ModelInputs prompt = PromptOf(case_.io);
+  const int64_t n = case_.io.at("greedy_tokens").size(1);
+  ExpectSameDecode(RunGreedy(case_, prompt, n, Decoding::kStatic),
+                   RunGreedy(case_, prompt, n, Decoding::kDynamic),
+                   kCacheTolerance, GetParam() + " static vs growing cache");
+}
+
+TEST_P(ParityTest, GreedyWithKvCacheStaticPastTheWindowMatchesGrowingCache) {
+  const int64_t n = LongDecode(case_);
+  for (const ModelInputs& prompt :
+       {PromptOf(case_.io), ShortPrompt(case_.io)}) {
+    const std::string what = GetParam() + " static vs growing cache, " +
+                             std::to_string(prompt.input_ids.size(1)) + " + " +
+                             std::to_string(n) + " tokens, window " +
+                             std::to_string(case_.config.text.sliding_window);
+    ExpectSameDecode(RunGreedy(case_, prompt, n, Decoding::kStatic),
+                     RunGreedy(case_, prompt, n, Decoding::kDynamic),
+                     kCacheTolerance, what);
+  }
+}
+
+// GPU only (GEMMA_TEST_DEVICE=cuda): each step replayed from a captured CUDA
+// graph gives the eager static step's tokens and logits, and transformers'.
+TEST_P(ParityTest, CudaGraphDecodeMatchesEager) {
+  if (!device_.is_cuda()) GTEST_SKIP() << "CUDA graphs need a CUDA device";
+  {
+    torch::NoGradGuard no_grad;
+    StaticDecoder decoder(case_.model, 64 * 4);
+    decoder.Prefill(PromptOf(case_.io));
+    EXPECT_TRUE(decoder.CaptureGraph()) << "no graph was captured";
+  }
+  CheckGreedy(case_, Decoding::kGraphs, GetParam());
+  const int64_t n = LongDecode(case_);
+  for (const ModelInputs& prompt :
+       {PromptOf(case_.io), ShortPrompt(case_.io)}) {
+    const std::string what = GetParam() + " graphs vs eager static cache, " +
+                             std::to_string(prompt.input_ids.size(1)) + " + " +
+                             std::to_string(n) + " tokens";
+    ExpectSameDecode(RunGreedy(case_, prompt, n, Decoding::kGraphs),
+                     RunGreedy(case_, prompt, n, Decoding::kStatic),
+                     kCacheTolerance, what);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, ParityTest,
