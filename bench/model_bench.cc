@@ -54,10 +54,13 @@ void Sync(const torch::Device& d) {
 double PeakGiB(const torch::Device& d) {
 #ifdef GEMMA_WITH_CUDA
   if (d.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index() < 0 ? 0 : d.index());
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        d.index() < 0 ? 0 : d.index());
     return static_cast<double>(
-               stats.allocated_bytes[static_cast<size_t>(
-                   c10::CachingAllocator::StatType::AGGREGATE)].peak) /
+               stats
+                   .allocated_bytes[static_cast<size_t>(
+                       c10::CachingAllocator::StatType::AGGREGATE)]
+                   .peak) /
            (1 << 30);
   }
 #endif
@@ -67,7 +70,9 @@ double PeakGiB(const torch::Device& d) {
 
 void ResetPeak(const torch::Device& d) {
 #ifdef GEMMA_WITH_CUDA
-  if (d.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(d.index() < 0 ? 0 : d.index());
+  if (d.is_cuda())
+    c10::cuda::CUDACachingAllocator::resetPeakStats(d.index() < 0 ? 0
+                                                                  : d.index());
 #endif
   (void)d;
 }
@@ -89,12 +94,14 @@ double ForwardFlops(const ModelConfig& c, int64_t seq, int64_t images) {
   }
   if (c.vision && images > 0) {
     const VisionConfig& v = *c.vision;
-    const double np = (v.image_size / v.patch_size) * (v.image_size / v.patch_size);
+    const double np =
+        (v.image_size / v.patch_size) * (v.image_size / v.patch_size);
     const double hv = v.hidden_size;
     const double vl = 4 * hv * hv + 2 * hv * v.intermediate_size;
-    flops += images * (2 * vl * v.num_layers * np + 4 * np * np * hv * v.num_layers +
-                       2 * np * hv * 3 * v.patch_size * v.patch_size +
-                       2 * c.mm_tokens_per_image * hv * h);
+    flops +=
+        images * (2 * vl * v.num_layers * np + 4 * np * np * hv * v.num_layers +
+                  2 * np * hv * 3 * v.patch_size * v.patch_size +
+                  2 * c.mm_tokens_per_image * hv * h);
   }
   return flops;
 }
@@ -118,20 +125,24 @@ ModelInputs MakeInputs(const ModelConfig& c, int64_t batch, int64_t seq,
   while (static_cast<int64_t>(row.size()) < seq)
     row.push_back(3000 + static_cast<int64_t>(row.size()) % 20000);
   ModelInputs in;
-  in.input_ids = torch::tensor(row, torch::kLong).unsqueeze(0).repeat({batch, 1}).to(dev);
+  in.input_ids =
+      torch::tensor(row, torch::kLong).unsqueeze(0).repeat({batch, 1}).to(dev);
   if (images > 0 && c.vision) {
     const int64_t s = c.vision->image_size;
     in.pixel_values = torch::rand({batch * images, 3, s, s}, torch::kFloat)
-                          .mul_(2).sub_(1).to(dev, dtype);
+                          .mul_(2)
+                          .sub_(1)
+                          .to(dev, dtype);
     in.token_type_ids = in.input_ids.eq(c.image_token_id).to(torch::kLong);
   }
   return in;
 }
 
 int Run(int argc, char** argv) {
-  FlagSet flags("model_bench", "Speed of our Gemma 3 model at real shapes (random weights).");
-  std::string preset = "4b", mode = "sft", device = "cuda", dtype_name = "bfloat16",
-              write_config;
+  FlagSet flags("model_bench",
+                "Speed of our Gemma 3 model at real shapes (random weights).");
+  std::string preset = "4b", mode = "sft", device = "cuda",
+              dtype_name = "bfloat16", write_config;
   int64_t layers = 0, seq = 4096, batch = 1, images = 1, steps = 10, warmup = 3,
           new_tokens = 256, prompt = 512, chunk = 4096;
   int64_t lora_rank = 32;
@@ -150,7 +161,8 @@ int Run(int argc, char** argv) {
   flags.Int("new-tokens", &new_tokens, "decode: tokens generated");
   flags.Int("prompt", &prompt, "decode: prompt tokens");
   flags.Int("loss-chunk", &chunk, "sft: loss rows per chunk");
-  flags.String("write-config", &write_config, "write config.json here and exit");
+  flags.String("write-config", &write_config,
+               "write config.json here and exit");
   std::string cuda_graphs = "both";
   flags.String("cuda-graphs", &cuda_graphs,
                "decode: 0 (growing KV cache, eager), 1 (static cache replayed "
@@ -189,7 +201,10 @@ int Run(int argc, char** argv) {
   Gemma3Model model(c);
   for (auto& p : model->parameters()) {
     torch::NoGradGuard ng;
-    if (p.dim() >= 2) p.normal_(0, 0.02); else p.zero_();
+    if (p.dim() >= 2)
+      p.normal_(0, 0.02);
+    else
+      p.zero_();
   }
   model->to(dev, dtype);
   nlohmann::json out;
@@ -199,8 +214,9 @@ int Run(int argc, char** argv) {
   out["mode"] = mode;
   out["device"] = device;
   out["dtype"] = dtype_name;
-  out["attention"] = UseSdpa(torch::empty({1}, torch::TensorOptions().device(dev)))
-                         ? "sdpa" : "eager";
+  out["attention"] =
+      UseSdpa(torch::empty({1}, torch::TensorOptions().device(dev))) ? "sdpa"
+                                                                     : "eager";
   int64_t nparams = 0;
   for (auto& p : model->parameters()) nparams += p.numel();
   out["params"] = nparams;
@@ -222,9 +238,9 @@ int Run(int argc, char** argv) {
   if (mode == "sft" || mode == "lora") {
     model->train();
     ModelInputs in = MakeInputs(c, batch, seq, images, dev, dtype);
-    torch::Tensor labels = torch::where(in.input_ids.ge(c.image_token_id) |
-                                            in.input_ids.eq(c.boi_token_id),
-                                        torch::full_like(in.input_ids, -100), in.input_ids);
+    torch::Tensor labels = torch::where(
+        in.input_ids.ge(c.image_token_id) | in.input_ids.eq(c.boi_token_id),
+        torch::full_like(in.input_ids, -100), in.input_ids);
     std::vector<torch::Tensor> params, m, v, st;
     int64_t trainable = 0;
     for (auto& p : model->parameters()) {
@@ -233,7 +249,8 @@ int Run(int argc, char** argv) {
       params.push_back(p);
       m.push_back(torch::zeros_like(p));
       v.push_back(torch::zeros_like(p));
-      st.push_back(torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(dev)));
+      st.push_back(torch::zeros(
+          {}, torch::TensorOptions().dtype(torch::kFloat).device(dev)));
     }
     LmLossOptions lo;
     lo.chunk_tokens = chunk;
@@ -241,7 +258,8 @@ int Run(int argc, char** argv) {
       torch::Tensor emb = model->Embeddings(in);
       DecoderInputs di;
       di.block_ids = in.token_type_ids.defined()
-                         ? BlockIdsFromTokenTypes(in.token_type_ids) : torch::Tensor();
+                         ? BlockIdsFromTokenTypes(in.token_type_ids)
+                         : torch::Tensor();
       torch::Tensor hidden = model->text->Decode(emb, di);
       LmLoss loss = model->text->Loss(hidden, labels, lo);
       (loss.loss_sum / loss.tokens.clamp_min(1)).backward();

@@ -66,8 +66,9 @@ struct Effects {
 };
 
 // A typed failure record as the API reports it (rank -1: not one rank's).
-gemma::v1::Failure MakeFailure(gemma::v1::FailureReason reason, std::string message,
-                               int rank = -1, std::string worker = "");
+gemma::v1::Failure MakeFailure(gemma::v1::FailureReason reason,
+                               std::string message, int rank = -1,
+                               std::string worker = "");
 
 class ControlState {
  public:

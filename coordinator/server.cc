@@ -1,10 +1,10 @@
 #include "coordinator/server.h"
 
-#include <filesystem>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <filesystem>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -463,12 +463,12 @@ absl::Status CoordinatorServer::Start() {
   co.grace = options_.grace;
   co.version = GEMMA_VERSION;
   // Workers resolve it, in their own working folders: make it absolute.
-  co.checkpoint_root = std::filesystem::absolute(
-                           options_.checkpoint_root.empty()
-                               ? options_.data_dir + "/checkpoints"
-                               : options_.checkpoint_root)
-                           .lexically_normal()
-                           .string();
+  co.checkpoint_root =
+      std::filesystem::absolute(options_.checkpoint_root.empty()
+                                    ? options_.data_dir + "/checkpoints"
+                                    : options_.checkpoint_root)
+          .lexically_normal()
+          .string();
   impl_ = std::make_unique<Impl>(std::move(*store), options_, co);
   if (absl::Status s = impl_->Recover(); !s.ok()) return s;
 

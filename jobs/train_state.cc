@@ -275,15 +275,15 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
     // The local tensor must be exactly the shard the rule gives.
     GEMMA_ASSIGN_OR_RETURN(ShardLayout layout,
                            ComputeShard(spec, global, dims, n, rank));
-    if (layout.shard_shape != std::vector<int64_t>(t.sizes().begin(),
-                                                   t.sizes().end())) {
-      return absl::InternalError(absl::StrCat(
-          dir, ": ", item.key(), " of rank ", rank, " is not its ", n,
-          "-way shard"));
+    if (layout.shard_shape !=
+        std::vector<int64_t>(t.sizes().begin(), t.sizes().end())) {
+      return absl::InternalError(absl::StrCat(dir, ": ", item.key(),
+                                              " of rank ", rank, " is not its ",
+                                              n, "-way shard"));
     }
     keep.push_back(t);
-    shards.push_back({item.key(), dtype, global,
-                      static_cast<const uint8_t*>(t.data_ptr())});
+    shards.push_back(
+        {item.key(), dtype, global, static_cast<const uint8_t*>(t.data_ptr())});
     commit.tensors.push_back({item.key(), dtype, global});
     bytes += t.numel() * t.element_size();
   }
@@ -296,11 +296,11 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
   absl::StatusOr<ManifestFile> file = WriteRankFile(dir, n, rank, dims, shards);
   // Every rank learns every file's size and checksum (and whether it was
   // written) before rank 0 commits.
-  at::Tensor mine = torch::tensor(
-      {static_cast<int64_t>(file.ok() ? 1 : 0),
-       static_cast<int64_t>(file.ok() ? file->bytes : 0),
-       static_cast<int64_t>(file.ok() ? file->crc32c : 0)},
-      torch::kLong);
+  at::Tensor mine =
+      torch::tensor({static_cast<int64_t>(file.ok() ? 1 : 0),
+                     static_cast<int64_t>(file.ok() ? file->bytes : 0),
+                     static_cast<int64_t>(file.ok() ? file->crc32c : 0)},
+                    torch::kLong);
   at::Tensor all = tp.AllGather(mine.unsqueeze(0).to(tp.device()), 0).cpu();
   if (!file.ok()) return file.status();
   absl::Status committed;
@@ -320,8 +320,8 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
     }
     if (committed.ok()) committed = CommitCheckpoint(dir, commit);
   }
-  at::Tensor ok = torch::tensor({committed.ok() ? 0L : 1L}, torch::kLong)
-                      .to(tp.device());
+  at::Tensor ok =
+      torch::tensor({committed.ok() ? 0L : 1L}, torch::kLong).to(tp.device());
   tp.AllReduceSum(ok);
   if (!committed.ok()) return committed;
   if (ok.item<int64_t>() != 0)

@@ -39,7 +39,6 @@ GradSyncOptions GradSyncFromEnv(bool shard) {
   return o;
 }
 
-
 absl::Status TorchError(const std::string& what, const c10::Error& e) {
   return absl::InternalError(
       absl::StrCat(what, ": ", e.what_without_backtrace()));
@@ -151,9 +150,8 @@ absl::Status Trainer::Init() {
         "device ", options_.device, ": no CUDA device in this build/host"));
   }
   Comm& tp = *options_.groups.tp;
-  GEMMA_ASSIGN_OR_RETURN(
-      ModelWeights weights,
-      LoadModelWeights(weights_dir, tp.size(), tp.rank()));
+  GEMMA_ASSIGN_OR_RETURN(ModelWeights weights,
+                         LoadModelWeights(weights_dir, tp.size(), tp.rank()));
   weights_dir_ = weights_dir;
   config_json_ = weights.config_json;
   GEMMA_ASSIGN_OR_RETURN(config_,
@@ -163,10 +161,10 @@ absl::Status Trainer::Init() {
   {
     auto model = BuildGemma3Model(config_, weights.tensors, tp_);
     if (!model.ok()) {
-      return absl::Status(model.status().code(),
-                          absl::StrCat(weights_dir, " at spec.parallel.tp=",
-                                       tp.size(), ": ",
-                                       model.status().message()));
+      return absl::Status(
+          model.status().code(),
+          absl::StrCat(weights_dir, " at spec.parallel.tp=", tp.size(), ": ",
+                       model.status().message()));
     }
     model_ = *model;
   }
@@ -305,10 +303,10 @@ absl::Status Trainer::LoadData() {
   bo.pad_to_multiple = SequenceMultiple();
   bo.pack = d.packing();
   if (bo.pack && bo.seq_len % bo.pad_to_multiple != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "spec.data.seq_len: packed rows of ", bo.seq_len,
-        " tokens do not split over parallel.tp=", tp_.size(),
-        " ranks with sequence_parallel"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.data.seq_len: packed rows of ", bo.seq_len,
+                     " tokens do not split over parallel.tp=", tp_.size(),
+                     " ranks with sequence_parallel"));
   }
   bo.shuffle = true;
   bo.seed = static_cast<uint64_t>(d.seed());
@@ -473,7 +471,8 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
       batches, (loader->size() + bo.batch_size - 1) / bo.batch_size);
   Comm& dp = *options_.groups.dp;
   at::Tensor sums = torch::zeros(
-      {3}, torch::dtype(torch::kFloat64).device(device_));  // loss, tokens, correct
+      {3},
+      torch::dtype(torch::kFloat64).device(device_));  // loss, tokens, correct
   for (int64_t i = 0; i < batches; ++i) {
     auto b = loader->Next();
     if (!b.ok()) {
@@ -512,9 +511,9 @@ std::string Trainer::OptimizerFile() const {
 absl::Status Trainer::AgreeOverWorld(const absl::Status& status) {
   Comm& world = *options_.groups.world;
   auto all_ok = Guarded<bool>("checkpoint: agreeing over the ranks", [&] {
-    at::Tensor failed = torch::full({1}, status.ok() ? 0.0 : 1.0,
-                                    torch::dtype(torch::kFloat64))
-                            .to(world.device());
+    at::Tensor failed =
+        torch::full({1}, status.ok() ? 0.0 : 1.0, torch::dtype(torch::kFloat64))
+            .to(world.device());
     world.AllReduceSum(failed);
     return failed.cpu().item<double>() == 0;
   });
@@ -628,18 +627,19 @@ absl::Status Trainer::Restore(const std::string& dir) {
         " (the data position cannot be split differently)"));
   }
   if (saved.tp != tp_.size()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        state_file, ": written with tp=", saved.tp, ", this run has tp=",
-        tp_.size(), " (the optimizer state is per TP shard; start a new job "
-        "from ", dir, "/", kModelSubdir, " to change the layout)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(state_file, ": written with tp=", saved.tp,
+                     ", this run has tp=", tp_.size(),
+                     " (the optimizer state is per TP shard; start a new job "
+                     "from ",
+                     dir, "/", kModelSubdir, " to change the layout)"));
   }
   const std::string model_dir = absl::StrCat(dir, "/", kModelSubdir);
   if (options_.load_model) {
     GEMMA_RETURN_IF_ERROR(options_.load_model(model_, model_dir));
   } else if (model_dir != weights_dir_) {  // Init may have loaded them already
-    GEMMA_ASSIGN_OR_RETURN(ModelWeights w, LoadModelWeights(
-                                               model_dir, tp_.size(),
-                                               tp_.rank()));
+    GEMMA_ASSIGN_OR_RETURN(ModelWeights w,
+                           LoadModelWeights(model_dir, tp_.size(), tp_.rank()));
     absl::Status loaded;
     auto st = Guarded<bool>("restoring weights", [&] {
       torch::NoGradGuard no_grad;

@@ -34,8 +34,8 @@ class TrainerTpTest : public ::testing::Test {
     auto data = WriteTinyOcrData(*g_dir + "/data", 24, 1, 64);
     ASSERT_TRUE(data.ok()) << data;
     TinyVlOptions o;  // 4 query heads, 2 KV heads: splits 2 ways
-    auto model =
-        WriteTinyVlModel(*g_dir + "/model", *g_dir + "/data/tokenizer.model", o);
+    auto model = WriteTinyVlModel(*g_dir + "/model",
+                                  *g_dir + "/data/tokenizer.model", o);
     ASSERT_TRUE(model.ok()) << model;
   }
 
@@ -207,11 +207,12 @@ TEST_F(TrainerTpTest, ShardedCheckpointLoadsAnywhereAndResumesExactly) {
   replicated.mutable_parallel()->set_zero_stage(0);
   const std::string root0 = Root("zero0");
   ASSERT_TRUE(RunRanks(replicated, root0, 2, 2, 1, /*save=*/true).ok());
-  for (const char* f : {"optimizer-tp00000.safetensors",
-                        "optimizer-tp00001.safetensors"}) {
+  for (const char* f :
+       {"optimizer-tp00000.safetensors", "optimizer-tp00001.safetensors"}) {
     EXPECT_TRUE(PathExists(absl::StrCat(StepDir(root0, 1), "/", f))) << f;
   }
-  EXPECT_FALSE(PathExists(StepDir(root0, 1) + "/optimizer-rank-00000.safetensors"));
+  EXPECT_FALSE(
+      PathExists(StepDir(root0, 1) + "/optimizer-rank-00000.safetensors"));
   // Another TP size cannot take the optimizer state over: a clear error.
   auto other = spec;
   other.mutable_parallel()->set_tp(1);

@@ -23,14 +23,15 @@ namespace {
 // tokenizer, chat template and processor settings): a conversion takes them
 // along, so the converted folder is as usable as the source.
 constexpr const char* kCompanionFiles[] = {
-    "tokenizer.model",         "tokenizer.json",
-    "tokenizer_config.json",   "special_tokens_map.json",
-    "chat_template.jinja",     "generation_config.json",
+    "tokenizer.model",          "tokenizer.json",
+    "tokenizer_config.json",    "special_tokens_map.json",
+    "chat_template.jinja",      "generation_config.json",
     "preprocessor_config.json", "processor_config.json"};
 
 // Copies those of kCompanionFiles that `from` has into `to` (each through a
 // temporary name, fsynced).
-absl::Status CopyCompanionFiles(const std::string& from, const std::string& to) {
+absl::Status CopyCompanionFiles(const std::string& from,
+                                const std::string& to) {
   for (const char* name : kCompanionFiles) {
     const std::string src = from + "/" + name;
     if (!PathExists(src)) continue;
@@ -54,7 +55,6 @@ absl::Status CopyCompanionFiles(const std::string& from, const std::string& to) 
   }
   return absl::OkStatus();
 }
-
 
 using nlohmann::json;
 

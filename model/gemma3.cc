@@ -31,8 +31,8 @@ Gemma3DecoderLayerImpl::Gemma3DecoderLayerImpl(const TextConfig& c, LayerType t,
                             .rms_norm_eps(c.rms_norm_eps)));
   post_attn_norm = register_module("post_attn_norm", norm(c.hidden_size));
   pre_mlp_norm = register_module("pre_mlp_norm", norm(c.hidden_size));
-  mlp = register_module("mlp", GatedMlp(GatedMlpOptions(
-                                   c.hidden_size, c.intermediate_size / n)));
+  mlp = register_module(
+      "mlp", GatedMlp(GatedMlpOptions(c.hidden_size, c.intermediate_size / n)));
   post_mlp_norm = register_module("post_mlp_norm", norm(c.hidden_size));
 }
 
@@ -61,8 +61,7 @@ torch::Tensor Gemma3DecoderLayerImpl::forward(const torch::Tensor& x,
 }
 
 Gemma3TextModelImpl::Gemma3TextModelImpl(const TextConfig& config,
-                                         bool apply_final_softcap,
-                                         TpOptions tp)
+                                         bool apply_final_softcap, TpOptions tp)
     : config_(config),
       apply_final_softcap_(apply_final_softcap),
       tp_(std::move(tp)) {
@@ -155,8 +154,7 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
       spec.kv_len = l;
     }
     // Plain causal attention needs no bias (flash attention under SDPA).
-    const bool plain_causal = in.cache == nullptr &&
-                              !spec.padding.defined() &&
+    const bool plain_causal = in.cache == nullptr && !spec.padding.defined() &&
                               !spec.block_ids.defined() &&
                               !spec.segment_ids.defined() &&
                               (window <= 0 || window >= l);
@@ -168,8 +166,7 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
 
   // Sequence parallelism: each rank carries its L / tp positions between
   // the layers' tensor-parallel regions.
-  const bool sp =
-      tp_.split() && tp_.sequence_parallel && in.cache == nullptr;
+  const bool sp = tp_.split() && tp_.sequence_parallel && in.cache == nullptr;
   TORCH_CHECK(!sp || l % tp_.size() == 0, "sequence parallel: length ", l,
               " does not divide by tp ", tp_.size(),
               " (pad batches to a multiple of it)");
@@ -180,14 +177,14 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
                            ? in.cache->layer(static_cast<int64_t>(i))
                            : nullptr;
     h = lc == nullptr && RecomputeEnabled()
-            ? RecomputedLayerForward(*layer_list_[i], h, cos[t], sin[t], bias[t])
+            ? RecomputedLayerForward(*layer_list_[i], h, cos[t], sin[t],
+                                     bias[t])
             : layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
   }
   h = final_norm(h);
   // The head's consumers (Loss, Logits) return the full gradient of the
   // hidden state on every rank: backward keeps this rank's slice of it.
-  return sp ? GatherFromSequenceRegion(h, *tp_.comm, /*reduce_grad=*/false)
-            : h;
+  return sp ? GatherFromSequenceRegion(h, *tp_.comm, /*reduce_grad=*/false) : h;
 }
 
 torch::Tensor Gemma3TextModelImpl::DecodeStep(const torch::Tensor& embeds,
@@ -237,8 +234,8 @@ torch::Tensor Gemma3TextModelImpl::Logits(const torch::Tensor& hidden) {
     // hidden state's gradient the sum of every shard's part.
     logits = torch::nn::functional::linear(CopyToTpRegion(hidden, *tp_.comm),
                                            embed->weight);
-    logits = GatherFromTpRegion(logits, *tp_.comm)
-                 .narrow(-1, 0, config_.vocab_size);
+    logits =
+        GatherFromTpRegion(logits, *tp_.comm).narrow(-1, 0, config_.vocab_size);
   }
   if (apply_final_softcap_ && config_.final_logit_softcapping.has_value()) {
     const double cap = *config_.final_logit_softcapping;

@@ -40,7 +40,6 @@ bool KnownTarget(const std::string& t) {
   return false;
 }
 
-
 }  // namespace
 
 // ---- settings -------------------------------------------------------------

@@ -41,7 +41,6 @@
 
 namespace gemma {
 
-
 // A PeftSpec with its defaults filled in and checked.
 struct PeftSettings {
   std::string method = "lora";  // "lora" or "dora"

@@ -14,7 +14,8 @@ using torch::autograd::tensor_list;
 // The Comm of a forward call, kept for backward. The caller guarantees it
 // outlives the backward pass (see the header).
 void SaveComm(AutogradContext* ctx, Comm* comm) {
-  ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+  ctx->saved_data["comm"] =
+      static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
 }
 Comm& SavedComm(AutogradContext* ctx) {
   return *reinterpret_cast<Comm*>(
@@ -154,16 +155,18 @@ class ReduceScatterToSeq
 class VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
  public:
   static tensor_list forward(AutogradContext* ctx, const torch::Tensor& h,
-                             const torch::Tensor& w, const torch::Tensor& targets,
-                             VocabShard shard, int64_t vocab, double softcap,
-                             int64_t chunk, int64_t ignore_index, Comm* comm) {
+                             const torch::Tensor& w,
+                             const torch::Tensor& targets, VocabShard shard,
+                             int64_t vocab, double softcap, int64_t chunk,
+                             int64_t ignore_index, Comm* comm) {
     const int64_t n = h.size(0);
     const bool need_h = h.requires_grad();
     const bool need_w = w.requires_grad();
     const auto f32 = h.options().dtype(torch::kFloat);
     torch::Tensor loss = torch::zeros({}, f32);
     torch::Tensor correct = torch::zeros({}, targets.options());
-    torch::Tensor grad_h = need_h ? torch::zeros(h.sizes(), f32) : torch::Tensor();
+    torch::Tensor grad_h =
+        need_h ? torch::zeros(h.sizes(), f32) : torch::Tensor();
     torch::Tensor grad_w =
         need_w ? torch::zeros(w.sizes(), f32) : torch::Tensor();
     // Padding rows of the last shard never win the softmax.
@@ -177,7 +180,8 @@ class VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
       torch::Tensor hc = h.narrow(0, s, len);
       torch::Tensor tc = targets.narrow(0, s, len);
       torch::Tensor valid = tc.ne(ignore_index);
-      torch::Tensor z = torch::matmul(hc, w.t()).to(torch::kFloat);  // [len, rows]
+      torch::Tensor z =
+          torch::matmul(hc, w.t()).to(torch::kFloat);  // [len, rows]
       torch::Tensor t;
       if (softcap > 0) {
         t = torch::tanh(z / softcap);
@@ -194,17 +198,19 @@ class VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
       // The target logit, from the rank owning it.
       torch::Tensor local_t = tc - shard.start;
       torch::Tensor owned = valid & local_t.ge(0) & local_t.lt(shard.valid);
-      torch::Tensor safe = torch::where(owned, local_t, torch::zeros_like(local_t));
-      torch::Tensor zt = z.gather(1, safe.unsqueeze(1)).squeeze(1) *
-                         owned.to(torch::kFloat);
+      torch::Tensor safe =
+          torch::where(owned, local_t, torch::zeros_like(local_t));
+      torch::Tensor zt =
+          z.gather(1, safe.unsqueeze(1)).squeeze(1) * owned.to(torch::kFloat);
       comm->AllReduceSum(zt);
       torch::Tensor row_loss = torch::log(sum) + m - zt;
       loss += (row_loss * valid.to(torch::kFloat)).sum();
       // Global argmax, lowest index among equal maxima (as argmax does).
-      const double big = static_cast<double>(std::numeric_limits<int64_t>::max());
-      torch::Tensor idx = torch::where(local_max.eq(m),
-                                       (local_arg + shard.start).to(torch::kDouble),
-                                       torch::full_like(m, big, torch::kDouble));
+      const double big =
+          static_cast<double>(std::numeric_limits<int64_t>::max());
+      torch::Tensor idx = torch::where(
+          local_max.eq(m), (local_arg + shard.start).to(torch::kDouble),
+          torch::full_like(m, big, torch::kDouble));
       torch::Tensor neg = -idx;
       comm->AllReduceMax(neg);
       correct += ((-neg).to(torch::kLong).eq(tc) & valid).sum();
@@ -217,8 +223,8 @@ class VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
       if (softcap > 0) g.mul_(1 - t * t);
       if (pad_mask.defined()) g.masked_fill_(pad_mask, 0);
       if (need_h) {
-        grad_h.narrow(0, s, len)
-            .copy_(torch::matmul(g.to(h.scalar_type()), w).to(torch::kFloat));
+        grad_h.narrow(0, s, len).copy_(
+            torch::matmul(g.to(h.scalar_type()), w).to(torch::kFloat));
       }
       if (need_w) grad_w.add_(torch::matmul(g.t(), hc.to(torch::kFloat)));
     }
@@ -314,7 +320,8 @@ at::Tensor VocabParallelEmbedding(const at::Tensor& ids,
   return ReduceFromTpRegion(out, comm);
 }
 
-LmLoss VocabParallelTokenLoss(const at::Tensor& h, const at::Tensor& weight_shard,
+LmLoss VocabParallelTokenLoss(const at::Tensor& h,
+                              const at::Tensor& weight_shard,
                               const VocabShard& shard, int64_t vocab_size,
                               const at::Tensor& targets, Comm& comm,
                               const LmLossOptions& options) {

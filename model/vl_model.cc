@@ -52,9 +52,9 @@ torch::Tensor MultiModalProjectorImpl::forward(
 Gemma3ModelImpl::Gemma3ModelImpl(const ModelConfig& config, TpOptions tp)
     : config_(config) {
   text = register_module(
-      "text", Gemma3TextModel(config.text,
-                              /*apply_final_softcap=*/!config.is_vl(),
-                              std::move(tp)));
+      "text",
+      Gemma3TextModel(config.text,
+                      /*apply_final_softcap=*/!config.is_vl(), std::move(tp)));
   if (config.is_vl()) {
     vision = register_module("vision", SiglipVisionTower(*config.vision));
     projector = register_module(

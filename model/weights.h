@@ -43,7 +43,8 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir,
 // Rank `rank`'s shard of global tensor `name` (our name) for a tp-way layout,
 // as a new CPU tensor. NOT_FOUND for names outside model/param_table.h;
 // InvalidArgument when it cannot be split tp ways.
-absl::StatusOr<at::Tensor> SliceShard(const std::string& name, const at::Tensor& global,
+absl::StatusOr<at::Tensor> SliceShard(const std::string& name,
+                                      const at::Tensor& global,
                                       const ShardDims& dims, int tp, int rank);
 
 // LoadModelWeights + the config parsed + BuildGemma3Model (fp32 weights).

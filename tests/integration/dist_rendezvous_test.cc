@@ -51,8 +51,8 @@ class DistRendezvousTest : public ::testing::Test {
         << Logs();
   }
   std::string Submit(const std::string& yaml) {
-    const std::string path = cluster_.WriteRecipe(
-        "r" + std::to_string(++recipes_) + ".yaml", yaml);
+    const std::string path =
+        cluster_.WriteRecipe("r" + std::to_string(++recipes_) + ".yaml", yaml);
     std::string out;
     EXPECT_EQ(cluster_.Ctl({"submit", "-f", path, "-o", "json"}, &out), 0)
         << out;
@@ -165,8 +165,8 @@ TEST_F(DistRendezvousTest, Kill9MidCollectiveFailsTheAttemptFastAndRetries) {
 
 // The training losses a job's last checkpoint holds (train_state.json).
 std::vector<double> CheckpointLosses(const std::string& step_dir) {
-  const json state = json::parse(ReadFile(step_dir + "/train_state.json"),
-                                 nullptr, false);
+  const json state =
+      json::parse(ReadFile(step_dir + "/train_state.json"), nullptr, false);
   if (state.is_discarded() || !state.contains("losses")) return {};
   return state["losses"].get<std::vector<double>>();
 }
@@ -175,7 +175,8 @@ std::vector<double> CheckpointLosses(const std::string& step_dir) {
 // SIGKILL mid-run. The attempt fails, a new one on the 4 survivors resumes
 // from the last committed checkpoint, and the job ends with the same losses,
 // to the bit, as the same job run without interruption.
-TEST_F(DistRendezvousTest, Kill9MidTrainingResumesFromTheCheckpointWithTheSameLosses) {
+TEST_F(DistRendezvousTest,
+       Kill9MidTrainingResumesFromTheCheckpointWithTheSameLosses) {
   Start(5);
   const std::string data = cluster_.dir() + "/ocr";
   auto made_data = WriteTinyOcrData(data, 48, 3, 64);
@@ -228,7 +229,8 @@ TEST_F(DistRendezvousTest, Kill9MidTrainingResumesFromTheCheckpointWithTheSameLo
   jj = Get(j);
   ASSERT_EQ(jj["attempts"].size(), 2u) << jj.dump(2);
   EXPECT_EQ(jj["attempts"][0]["state"], "JOB_STATE_FAILED");
-  for (const auto& r : jj["attempts"][1]["ranks"]) EXPECT_NE(r["worker"], victim);
+  for (const auto& r : jj["attempts"][1]["ranks"])
+    EXPECT_NE(r["worker"], victim);
   // Attempt 2 started from a checkpoint, not from step 0.
   std::string logs;
   ASSERT_EQ(cluster_.Ctl({"logs", j}, &logs), 0) << logs;

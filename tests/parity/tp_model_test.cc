@@ -71,7 +71,7 @@ ModelInputs InputsOf(const std::map<std::string, torch::Tensor>& io) {
 
 // The training computation of one batch; gradients of every parameter.
 Outputs RunBatch(Gemma3Model& model, const ModelConfig& config,
-            const std::map<std::string, torch::Tensor>& io) {
+                 const std::map<std::string, torch::Tensor>& io) {
   ModelInputs in = InputsOf(io);
   model->zero_grad();
   torch::Tensor embeds = model->Embeddings(in);
@@ -85,7 +85,8 @@ Outputs RunBatch(Gemma3Model& model, const ModelConfig& config,
   torch::Tensor labels = in.input_ids.clone();
   if (in.attention_mask.defined())
     labels.masked_fill_(in.attention_mask.eq(0), -100);
-  if (config.is_vl()) labels.masked_fill_(labels.eq(config.image_token_id), -100);
+  if (config.is_vl())
+    labels.masked_fill_(labels.eq(config.image_token_id), -100);
   LmLossOptions lo;
   if (!config.is_vl() && config.text.final_logit_softcapping)
     lo.softcap = *config.text.final_logit_softcapping;
@@ -179,9 +180,8 @@ TEST_P(TpModelTest, LogitsLossAndEveryGradientEqualOneRank) {
         std::lock_guard<std::mutex> lock(mu);
         report.push_back(absl::StrCat("rank ", rank, ": logits ", logit_diff,
                                       ", vs HF ", hf_diff, ", ",
-                                      got.grads.size(),
-                                      " gradients, worst ", worst, " (",
-                                      worst_name, ")"));
+                                      got.grads.size(), " gradients, worst ",
+                                      worst, " (", worst_name, ")"));
         if (!bad.empty()) {
           std::string msg = absl::StrCat("rank ", rank, ":");
           for (const auto& b : bad) absl::StrAppend(&msg, " [", b, "]");
