@@ -20,15 +20,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Inside RunGlooRanks (which names the rank): a failed check becomes the
-// rank's error.
-#define RANK_CHECK(cond, ...)                              \
-  do {                                                     \
-    if (!(cond))                                           \
-      return absl::InternalError(                          \
-          absl::StrCat(#cond, " failed ", ##__VA_ARGS__)); \
-  } while (0)
-
 AdamWOptions Adam() {
   AdamWOptions o;
   o.weight_decay = 0.1;

@@ -12,6 +12,15 @@
 #include "absl/strings/str_cat.h"
 #include "jobs/grad_sync.h"
 
+// Inside RunGlooRanks (which names the rank): a failed check becomes the
+// rank's error.
+#define RANK_CHECK(cond, ...)                              \
+  do {                                                     \
+    if (!(cond))                                           \
+      return absl::InternalError(                          \
+          absl::StrCat(#cond, " failed ", ##__VA_ARGS__)); \
+  } while (0)
+
 namespace gemma {
 
 // tanh layers h = tanh(h W_i + b_i) of `width` (W fp32, b bf16 when

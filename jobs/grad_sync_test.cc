@@ -18,15 +18,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Inside RunGlooRanks (which names the rank): a failed check becomes the
-// rank's error.
-#define RANK_CHECK(cond, ...)                              \
-  do {                                                     \
-    if (!(cond))                                           \
-      return absl::InternalError(                          \
-          absl::StrCat(#cond, " failed ", ##__VA_ARGS__)); \
-  } while (0)
-
 std::vector<TrainParam> Params(std::vector<std::vector<int64_t>> shapes,
                                at::ScalarType dtype = at::kFloat) {
   std::vector<TrainParam> out;

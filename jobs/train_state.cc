@@ -22,50 +22,6 @@
 namespace gemma {
 namespace {
 
-// The parameters of a module as checkpoint tensors (fp32 or the parameter
-// dtype, contiguous CPU copies held here).
-class ModuleSource : public GlobalTensorSource {
- public:
-  ModuleSource(torch::nn::Module& module, std::string config_json)
-      : config_json_(std::move(config_json)) {
-    for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-      at::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
-      auto dtype = FromScalarType(t.scalar_type());
-      if (!dtype.ok()) {
-        status_ = dtype.status();
-        return;
-      }
-      entries_.push_back(
-          {item.key(), *dtype,
-           std::vector<int64_t>(t.sizes().begin(), t.sizes().end())});
-      tensors_[item.key()] = t;
-    }
-  }
-  const absl::Status& status() const { return status_; }
-  const std::vector<Entry>& entries() const override { return entries_; }
-  const std::string& config_json() const override { return config_json_; }
-  absl::StatusOr<VirtualTensor> Global(const std::string& name) override {
-    auto it = tensors_.find(name);
-    if (it == tensors_.end()) return absl::NotFoundError(name);
-    std::vector<int64_t> shape(it->second.sizes().begin(),
-                               it->second.sizes().end());
-    return VirtualTensor::Contiguous(
-        static_cast<const uint8_t*>(it->second.data_ptr()), shape,
-        it->second.element_size());
-  }
-  int64_t bytes() const {
-    int64_t n = 0;
-    for (const auto& [k, t] : tensors_) n += t.numel() * t.element_size();
-    return n;
-  }
-
- private:
-  std::string config_json_;
-  absl::Status status_;
-  std::vector<Entry> entries_;
-  std::map<std::string, at::Tensor> tensors_;
-};
-
 absl::Status Bad(const std::string& file, const std::string& field,
                  const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": ", field, ": ", why));
@@ -227,15 +183,29 @@ absl::StatusOr<int64_t> WriteModuleCheckpoint(const std::string& dir,
                                               const std::string& config_json,
                                               int64_t num_kv_heads,
                                               int64_t step) {
-  ModuleSource source(module, config_json);
-  GEMMA_RETURN_IF_ERROR(source.status());
-  WriteCheckpointOptions options;
-  options.tp = 1;
-  options.step = step;
-  options.dims.num_kv_heads = num_kv_heads;
-  options.overwrite = true;
-  GEMMA_RETURN_IF_ERROR(WriteCheckpoint(dir, source, options));
-  return source.bytes();
+  SingleRankComm one;
+  return WriteModuleCheckpointShard(dir, module, config_json, num_kv_heads,
+                                    /*vocab_size=*/0, step, one);
+}
+
+absl::Status AgreeAllOk(Comm& comm, const absl::Status& mine,
+                        const std::string& what) {
+  bool all_ok = false;
+  try {
+    at::Tensor failed =
+        torch::tensor({mine.ok() ? 0L : 1L}, torch::kLong).to(comm.device());
+    comm.AllReduceSum(failed);
+    all_ok = failed.cpu().item<int64_t>() == 0;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(what, ": ", e.what_without_backtrace()));
+  }
+  if (!mine.ok()) return mine;
+  if (!all_ok) {
+    return absl::InternalError(
+        absl::StrCat(what, ": another rank failed (see its log)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int64_t> WriteModuleCheckpointShard(
@@ -253,79 +223,79 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
   commit.config_json = config_json;
   commit.overwrite = true;
   int64_t bytes = 0;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-    at::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
-    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
-    GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(item.key()));
-    std::vector<int64_t> global(t.sizes().begin(), t.sizes().end());
-    switch (spec.split) {
-      case SplitKind::kReplicated:
-        break;
-      case SplitKind::kRows:
-      case SplitKind::kRowBlocks:
-        global[0] *= n;
-        break;
-      case SplitKind::kCols:
-        global[1] *= n;
-        break;
-      case SplitKind::kVocabRows:
-        global[0] = vocab_size;
-        break;
+  // This rank's shards, checked against the split rules. Every rank goes
+  // through every collective below whatever fails locally, so none waits
+  // for a peer that gave up.
+  auto collect = [&]() -> absl::Status {
+    for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+      at::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
+      GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
+      GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(item.key()));
+      std::vector<int64_t> global(t.sizes().begin(), t.sizes().end());
+      switch (spec.split) {
+        case SplitKind::kReplicated:
+          break;
+        case SplitKind::kRows:
+        case SplitKind::kRowBlocks:
+          global[0] *= n;
+          break;
+        case SplitKind::kCols:
+          global[1] *= n;
+          break;
+        case SplitKind::kVocabRows:
+          // Padded rows per rank; with one rank the table is the whole one.
+          if (n > 1) global[0] = vocab_size;
+          break;
+      }
+      GEMMA_ASSIGN_OR_RETURN(ShardLayout layout,
+                             ComputeShard(spec, global, dims, n, rank));
+      if (layout.shard_shape !=
+          std::vector<int64_t>(t.sizes().begin(), t.sizes().end())) {
+        return absl::InternalError(
+            absl::StrCat(dir, ": ", item.key(), " of rank ", rank,
+                         " is not its ", n, "-way shard"));
+      }
+      keep.push_back(t);
+      shards.push_back({item.key(), dtype, global,
+                        static_cast<const uint8_t*>(t.data_ptr())});
+      commit.tensors.push_back({item.key(), dtype, global});
+      bytes += t.numel() * t.element_size();
     }
-    // The local tensor must be exactly the shard the rule gives.
-    GEMMA_ASSIGN_OR_RETURN(ShardLayout layout,
-                           ComputeShard(spec, global, dims, n, rank));
-    if (layout.shard_shape !=
-        std::vector<int64_t>(t.sizes().begin(), t.sizes().end())) {
-      return absl::InternalError(absl::StrCat(dir, ": ", item.key(),
-                                              " of rank ", rank, " is not its ",
-                                              n, "-way shard"));
-    }
-    keep.push_back(t);
-    shards.push_back(
-        {item.key(), dtype, global, static_cast<const uint8_t*>(t.data_ptr())});
-    commit.tensors.push_back({item.key(), dtype, global});
-    bytes += t.numel() * t.element_size();
-  }
+    return absl::OkStatus();
+  };
+  absl::Status st = collect();
   const std::string tmp = dir + ".tmp";
-  if (rank == 0) {
-    GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
-    GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
+  if (st.ok() && rank == 0) {
+    st = RemoveTree(tmp);
+    if (st.ok()) st = MakeDirs(tmp);
   }
-  tp.Barrier();
+  // The folder exists before anyone writes into it.
+  GEMMA_RETURN_IF_ERROR(AgreeAllOk(tp, st, dir));
   absl::StatusOr<ManifestFile> file = WriteRankFile(dir, n, rank, dims, shards);
-  // Every rank learns every file's size and checksum (and whether it was
-  // written) before rank 0 commits.
-  at::Tensor mine =
-      torch::tensor({static_cast<int64_t>(file.ok() ? 1 : 0),
-                     static_cast<int64_t>(file.ok() ? file->bytes : 0),
-                     static_cast<int64_t>(file.ok() ? file->crc32c : 0)},
-                    torch::kLong);
-  at::Tensor all = tp.AllGather(mine.unsqueeze(0).to(tp.device()), 0).cpu();
-  if (!file.ok()) return file.status();
-  absl::Status committed;
+  GEMMA_RETURN_IF_ERROR(AgreeAllOk(tp, file.status(), dir));
+  // Rank 0 commits with every file's size and checksum.
+  at::Tensor all;
+  try {
+    at::Tensor mine = torch::tensor(
+        {static_cast<int64_t>(file->bytes), static_cast<int64_t>(file->crc32c)},
+        torch::kLong);
+    all = tp.AllGather(mine.unsqueeze(0).to(tp.device()), 0).cpu();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(dir, ": ", e.what_without_backtrace()));
+  }
   if (rank == 0) {
     for (int r = 0; r < n; ++r) {
-      if (all[r][0].item<int64_t>() != 1) {
-        committed = absl::InternalError(
-            absl::StrCat(dir, ": rank ", r, " could not write its shard"));
-        break;
-      }
       ManifestFile f;
       f.rank = r;
       f.file = RankFileName(r);
-      f.bytes = static_cast<uint64_t>(all[r][1].item<int64_t>());
-      f.crc32c = static_cast<uint32_t>(all[r][2].item<int64_t>());
+      f.bytes = static_cast<uint64_t>(all[r][0].item<int64_t>());
+      f.crc32c = static_cast<uint32_t>(all[r][1].item<int64_t>());
       commit.files.push_back(f);
     }
-    if (committed.ok()) committed = CommitCheckpoint(dir, commit);
+    st = CommitCheckpoint(dir, commit);
   }
-  at::Tensor ok =
-      torch::tensor({committed.ok() ? 0L : 1L}, torch::kLong).to(tp.device());
-  tp.AllReduceSum(ok);
-  if (!committed.ok()) return committed;
-  if (ok.item<int64_t>() != 0)
-    return absl::InternalError(absl::StrCat(dir, ": commit failed on rank 0"));
+  GEMMA_RETURN_IF_ERROR(AgreeAllOk(tp, st, dir));
   return bytes;
 }
 

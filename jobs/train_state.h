@@ -89,12 +89,18 @@ absl::StatusOr<int64_t> WriteModuleCheckpoint(const std::string& dir,
 // it. Each writes its rank file into DIR.tmp; rank 0 writes the manifest
 // and renames DIR.tmp to DIR once every rank's file is in (replacing DIR);
 // all return after that. vocab_size: the unpadded vocabulary (the embedding
-// shards are padded rows). Returns this rank's bytes. With a group of one
-// this is WriteModuleCheckpoint.
+// shards are padded rows; unused with one rank). Returns this rank's bytes.
+// Whatever fails on one rank fails on all, with that rank's error there.
 absl::StatusOr<int64_t> WriteModuleCheckpointShard(
     const std::string& dir, torch::nn::Module& module,
     const std::string& config_json, int64_t num_kv_heads, int64_t vocab_size,
     int64_t step, Comm& tp);
+
+// Collective over `comm`: OK on every rank when `mine` is OK on every rank;
+// otherwise a failed rank gets its own error and the others an error naming
+// `what`. Errors of the collective itself come back as a Status too.
+absl::Status AgreeAllOk(Comm& comm, const absl::Status& mine,
+                        const std::string& what);
 
 // Copies a file (through a temporary name).
 absl::Status CopyFile(const std::string& from, const std::string& to);

@@ -509,21 +509,20 @@ std::string Trainer::OptimizerFile() const {
 }
 
 absl::Status Trainer::AgreeOverWorld(const absl::Status& status) {
-  Comm& world = *options_.groups.world;
-  auto all_ok = Guarded<bool>("checkpoint: agreeing over the ranks", [&] {
-    at::Tensor failed =
-        torch::full({1}, status.ok() ? 0.0 : 1.0, torch::dtype(torch::kFloat64))
-            .to(world.device());
-    world.AllReduceSum(failed);
-    return failed.cpu().item<double>() == 0;
-  });
-  if (!all_ok.ok()) return all_ok.status();
-  if (!status.ok()) return status;
-  if (!*all_ok) {
-    return absl::InternalError(
-        "checkpoint: another rank failed to write its part (see its log)");
+  return AgreeAllOk(*options_.groups.world, status, "checkpoint");
+}
+
+absl::StatusOr<int64_t> Trainer::WriteModel(const std::string& dir) {
+  GEMMA_ASSIGN_OR_RETURN(
+      int64_t bytes,
+      WriteModuleCheckpointShard(
+          dir, *model_, config_json_, config_.text.num_kv_heads,
+          config_.text.vocab_size, state_.step, *options_.groups.tp));
+  if (tp_.rank() == 0) {
+    GEMMA_RETURN_IF_ERROR(
+        CopyFile(tokenizer_->path(), absl::StrCat(dir, "/tokenizer.model")));
   }
-  return absl::OkStatus();
+  return bytes;
 }
 
 absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
@@ -591,19 +590,7 @@ absl::StatusOr<int64_t> Trainer::WriteCheckpointFiles(const std::string& tmp) {
     GEMMA_ASSIGN_OR_RETURN(bytes,
                            options_.save_model(model_, model_dir, state_));
   } else {
-    GEMMA_ASSIGN_OR_RETURN(
-        bytes, Guarded<int64_t>("writing " + model_dir, [&]() -> int64_t {
-          auto r = WriteModuleCheckpointShard(
-              model_dir, *model_, config_json_, config_.text.num_kv_heads,
-              config_.text.vocab_size, state_.step, *options_.groups.tp);
-          if (!r.ok())
-            throw std::runtime_error(std::string(r.status().message()));
-          return *r;
-        }));
-    if (tp_.rank() == 0) {
-      GEMMA_RETURN_IF_ERROR(CopyFile(
-          tokenizer_->path(), absl::StrCat(model_dir, "/tokenizer.model")));
-    }
+    GEMMA_ASSIGN_OR_RETURN(bytes, WriteModel(model_dir));
   }
   if (zero_stage_ == 0) {
     auto opt = optimizer_->StateTensors();
@@ -789,19 +776,8 @@ absl::Status Trainer::Run(RankContext& ctx) {
     // layout loads it). Staged so a finished output replaces an old one
     // whole.
     const std::string staging = spec_.output() + ".staging";
-    GEMMA_ASSIGN_OR_RETURN(
-        int64_t bytes,
-        Guarded<int64_t>("writing spec.output", [&]() -> int64_t {
-          auto r = WriteModuleCheckpointShard(
-              staging, *model_, config_json_, config_.text.num_kv_heads,
-              config_.text.vocab_size, state_.step, *options_.groups.tp);
-          if (!r.ok())
-            throw std::runtime_error(std::string(r.status().message()));
-          return *r;
-        }));
+    GEMMA_ASSIGN_OR_RETURN(int64_t bytes, WriteModel(staging));
     if (tp_.rank() == 0) {
-      GEMMA_RETURN_IF_ERROR(CopyFile(
-          tokenizer_->path(), absl::StrCat(staging, "/tokenizer.model")));
       GEMMA_RETURN_IF_ERROR(
           PublishDir(staging, spec_.output(), /*overwrite=*/true));
       ctx.Log(absl::StrFormat("model written to %s (%.1f MB per rank)",

@@ -169,6 +169,9 @@ class Trainer {
   // Every rank gets OK, or the same error when any rank's `status` was not
   // OK (collective over the world group).
   absl::Status AgreeOverWorld(const absl::Status& status);
+  // The model at this TP layout (every TP rank's shard, collective over TP)
+  // and the tokenizer into `dir`. Returns this rank's bytes.
+  absl::StatusOr<int64_t> WriteModel(const std::string& dir);
   // The TP group of DP rank 0's part of a step folder under construction:
   // the model shards and (zero_stage 0) this TP shard's optimizer file.
   // Returns the bytes.

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "jobs/train_state.h"
 #include "jobs/train_test_util.h"
+#include "jobs/trainer_ranks_test_util.h"
 #include "model/checkpoint.h"
 #include "model/weights.h"
 #include "proto/spec_check.h"
@@ -331,41 +332,13 @@ class ScopedEnv {
 class TrainerDpTest : public TrainerTest,
                       public ::testing::WithParamInterface<int> {
  protected:
-  struct DpRun {
-    std::vector<int64_t> start_step;
-    std::vector<std::vector<double>> losses;
-    std::vector<std::map<std::string, at::Tensor>> weights;
-    std::vector<std::string> saved;
-  };
+  using DpRun = TrainerRun;
   // `steps` steps on each of 2 ranks, then (with `save`) a checkpoint.
   static absl::Status RunDp(const gemma::v1::JobSpec& spec,
                             const std::string& root, int steps, DpRun* out,
                             bool save = false) {
-    out->start_step.assign(2, -1);
-    out->losses.assign(2, {});
-    out->weights.assign(2, {});
-    out->saved.assign(2, "");
-    return RunGlooRanks(2, [&](int rank, ParallelGroups& groups) {
-      TrainerOptions o;
-      o.spec = spec;
-      o.groups = groups;
-      o.checkpoint_root = root;
-      auto t = Trainer::Create(o);
-      if (!t.ok()) return t.status();
-      out->start_step[rank] = (*t)->step();
-      for (int i = 0; i < steps; ++i) {
-        auto s = (*t)->Step();
-        if (!s.ok()) return s.status();
-        out->losses[rank].push_back(s->loss);
-      }
-      if (save) {
-        auto saved = (*t)->SaveCheckpoint();
-        if (!saved.ok()) return saved.status();
-        out->saved[rank] = saved->first;
-      }
-      out->weights[rank] = Weights(**t);
-      return absl::OkStatus();
-    });
+    return RunTrainerRanks(spec, root, ParallelLayout{1, 2, 1}, steps, out,
+                           save);
   }
 
   static gemma::v1::JobSpec DpSpec(int zero_stage) {

@@ -12,9 +12,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "jobs/train_state.h"
 #include "jobs/train_test_util.h"
 #include "jobs/trainer.h"
+#include "jobs/trainer_ranks_test_util.h"
 #include "model/checkpoint.h"
 #include "model/weights.h"
 #include "worker/comm.h"
@@ -65,43 +67,16 @@ class TrainerTpTest : public ::testing::Test {
     return absl::StrCat(*g_dir, "/", name, "-", getpid());
   }
 
-  struct RankResult {
-    std::vector<double> losses;
-    std::map<std::string, at::Tensor> weights;  // this rank's shards
-    int tp_rank = 0;
-  };
-
-  // Runs `steps` steps of `spec` on tp x dp Gloo ranks; per world rank.
-  static absl::StatusOr<std::vector<RankResult>> RunRanks(
-      const gemma::v1::JobSpec& spec, const std::string& root, int tp, int dp,
-      int steps, bool save = false) {
-    std::vector<RankResult> out(tp * dp);
-    absl::Status st = RunGlooRanks(
-        tp * dp,
-        [&](int rank, ParallelGroups& groups) -> absl::Status {
-          TrainerOptions o;
-          o.spec = spec;
-          o.groups = groups;
-          o.checkpoint_root = root;
-          auto t = Trainer::Create(o);
-          if (!t.ok()) return t.status();
-          for (int i = 0; i < steps; ++i) {
-            auto s = (*t)->Step();
-            if (!s.ok()) return s.status();
-            out[rank].losses.push_back(s->loss);
-          }
-          if (save) {
-            auto saved = (*t)->SaveCheckpoint();
-            if (!saved.ok()) return saved.status();
-          }
-          for (auto& p : (*t)->model()->named_parameters())
-            out[rank].weights[p.key()] = p.value().detach().clone();
-          out[rank].tp_rank = groups.tp->rank();
-          return absl::OkStatus();
-        },
-        ParallelLayout{tp, dp, 1}, absl::Seconds(240));
-    if (!st.ok()) return st;
-    return out;
+  // `steps` steps of `spec` on tp x dp Gloo ranks (per world rank).
+  static absl::StatusOr<TrainerRun> RunRanks(const gemma::v1::JobSpec& spec,
+                                             const std::string& root, int tp,
+                                             int dp, int steps,
+                                             bool save = false) {
+    TrainerRun run;
+    GEMMA_RETURN_IF_ERROR(RunTrainerRanks(spec, root, ParallelLayout{tp, dp, 1},
+                                          steps, &run, save,
+                                          absl::Seconds(240)));
+    return run;
   }
 };
 
@@ -123,19 +98,20 @@ TEST_P(TpDpTest, TwoByTwoEqualsOneRankWithTheWholeBatch) {
   four.mutable_parallel()->set_sequence_parallel(sp);
   auto got = RunRanks(four, Root(sp ? "tp2dp2-sp" : "tp2dp2"), 2, 2, 3);
   ASSERT_TRUE(got.ok()) << got.status();
-  const auto& want = (*ref)[0];
+  const std::vector<double>& want_losses = ref->losses[0];
+  const std::map<std::string, at::Tensor>& want_weights = ref->weights[0];
   const ShardDims dims{2};  // TinyVlOptions.kv_heads
   for (int r = 0; r < 4; ++r) {
-    const RankResult& rr = (*got)[r];
-    ASSERT_EQ(rr.losses.size(), 3u);
+    ASSERT_EQ(got->losses[r].size(), 3u);
     for (int i = 0; i < 3; ++i) {
-      EXPECT_NEAR(rr.losses[i], want.losses[i], 1e-6 * want.losses[i])
+      EXPECT_NEAR(got->losses[r][i], want_losses[i], 1e-6 * want_losses[i])
           << "rank " << r << " step " << i + 1;
     }
     double worst = 0;
     std::string worst_name;
-    for (const auto& [name, w] : rr.weights) {
-      auto slice = SliceShard(name, want.weights.at(name), dims, 2, rr.tp_rank);
+    for (const auto& [name, w] : got->weights[r]) {
+      auto slice =
+          SliceShard(name, want_weights.at(name), dims, 2, got->tp_rank[r]);
       ASSERT_TRUE(slice.ok()) << slice.status();
       ASSERT_EQ(slice->sizes(), w.sizes()) << name;
       const double d = (w - *slice).abs().max().item<double>();
@@ -145,8 +121,8 @@ TEST_P(TpDpTest, TwoByTwoEqualsOneRankWithTheWholeBatch) {
   }
   // DP replicas of one shard hold the same bits (same summed gradients).
   for (int t = 0; t < 2; ++t) {
-    for (const auto& [name, w] : (*got)[t].weights)
-      EXPECT_TRUE(torch::equal(w, (*got)[2 + t].weights.at(name))) << name;
+    for (const auto& [name, w] : got->weights[t])
+      EXPECT_TRUE(torch::equal(w, got->weights[2 + t].at(name))) << name;
   }
 }
 
@@ -183,9 +159,9 @@ TEST_F(TrainerTpTest, ShardedCheckpointLoadsAnywhereAndResumesExactly) {
   auto whole = LoadModelWeights(step + "/model");
   ASSERT_TRUE(whole.ok()) << whole.status();
   for (int t = 0; t < 2; ++t) {
-    for (const auto& [name, w] : (*first)[t].weights) {
+    for (const auto& [name, w] : first->weights[t]) {
       auto slice = SliceShard(name, whole->tensors.at(name), ShardDims{2}, 2,
-                              (*first)[t].tp_rank);
+                              first->tp_rank[t]);
       ASSERT_TRUE(slice.ok()) << slice.status();
       EXPECT_TRUE(torch::equal(*slice, w)) << name;
     }
@@ -194,13 +170,13 @@ TEST_F(TrainerTpTest, ShardedCheckpointLoadsAnywhereAndResumesExactly) {
   auto second = RunRanks(spec, root, 2, 2, 2);
   ASSERT_TRUE(second.ok()) << second.status();
   for (int r = 0; r < 4; ++r) {
-    ASSERT_EQ((*second)[r].losses.size(), 2u);
+    ASSERT_EQ(second->losses[r].size(), 2u);
     for (int i = 0; i < 2; ++i) {
-      EXPECT_EQ((*second)[r].losses[i], (*straight)[r].losses[2 + i])
+      EXPECT_EQ(second->losses[r][i], straight->losses[r][2 + i])
           << "rank " << r << " step " << 3 + i;
     }
-    for (const auto& [name, w] : (*second)[r].weights)
-      EXPECT_TRUE(torch::equal(w, (*straight)[r].weights.at(name))) << name;
+    for (const auto& [name, w] : second->weights[r])
+      EXPECT_TRUE(torch::equal(w, straight->weights[r].at(name))) << name;
   }
   // With the optimizer state replicated over DP, one file per TP shard.
   auto replicated = spec;
