@@ -188,8 +188,14 @@ TEST_F(ControlPlaneTest,
   ASSERT_TRUE(WaitState(done, "SUCCEEDED")) << Logs();
   const std::string j = Submit(Recipe(1, 2, 60, 50, /*max_restarts=*/3));
   ASSERT_TRUE(
-      WaitFor([&] { return Get(j)["progress"].value("step", "0") != "0"; },
-              absl::Seconds(30)))
+      WaitFor(
+          [&] {
+            // No "progress" until the first report (value() on null throws).
+            const json jj = Get(j);
+            return jj.contains("progress") &&
+                   jj["progress"].value("step", "0") != "0";
+          },
+          absl::Seconds(30)))
       << Logs();
   // A follower across the restart: it resumes from its last revision.
   Subprocess follower(
