@@ -298,7 +298,7 @@ int Run(int argc, char** argv) {
   const nlohmann::json hf = nlohmann::json::parse(last);
   const double theirs = hf["tokens_per_s"].get<double>();
   int64_t params = 0;
-  for (auto& p : (*trainer)->model()->parameters()) params += p.numel();
+  for (auto& p : (*trainer)->module().parameters()) params += p.numel();
   std::cout << absl::StrFormat(
       "tiny Gemma 3 VL: %.2f M params, hidden %d, %d layers, batch %d, %d "
       "timed "

@@ -11,7 +11,7 @@ function(gemma_add_test)
     set(T_TIMEOUT 300)
   endif()
   add_executable(${T_NAME} ${T_SOURCES})
-  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock GTest::gtest_main)
+  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock gemma_gtest_main)
   target_compile_definitions(${T_NAME} PRIVATE
       GEMMA_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
       GEMMA_BINARY_DIR="${CMAKE_BINARY_DIR}")
@@ -22,7 +22,7 @@ function(gemma_add_test)
   if(T_FIXTURES)
     list(APPEND _props FIXTURES_REQUIRED "${T_FIXTURES}")
   endif()
-  gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 60 PROPERTIES ${_props})
+  gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 60 PROPERTIES ${GEMMA_GTEST_PROPERTIES} ${_props})
 endfunction()
 
 # gemma_torch_pch(target): reuse one precompiled <torch/torch.h> for a target.

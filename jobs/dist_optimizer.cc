@@ -139,7 +139,7 @@ at::Tensor DistOptimizer::SegmentGrad(int b) const {
       .narrow(0, layout.SegmentOffset(b, dp_rank_), bucket.segment);
 }
 
-double DistOptimizer::ClipGradNorm(double max_norm) {
+double DistOptimizer::GradSquaredNorm() {
   torch::NoGradGuard no_grad;
   const ParallelGroups& groups = grads_.groups();
   std::vector<at::Tensor> squares;
@@ -160,15 +160,23 @@ double DistOptimizer::ClipGradNorm(double max_norm) {
           : at::stack(squares).sum().reshape({1});
   groups.dp->AllReduceSum(total);
   groups.tp->AllReduceSum(total);
-  const double norm = std::sqrt(total.item<double>());
+  return total.item<double>();
+}
+
+void DistOptimizer::ScaleGrads(double coef) {
+  torch::NoGradGuard no_grad;
+  const at::Device device = grads_.buffer(0).device();
+  at::Tensor c = at::scalar_tensor(
+      coef, at::TensorOptions().dtype(at::kFloat).device(device));
+  for (size_t b = 0; b < runs_.size(); ++b)
+    grads_.ReducedGrad(static_cast<int>(b)).mul_(c);
+}
+
+double DistOptimizer::ClipGradNorm(double max_norm) {
+  const double norm = std::sqrt(GradSquaredNorm());
   if (max_norm > 0) {
     const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1.0) {
-      at::Tensor c = at::scalar_tensor(
-          coef, at::TensorOptions().dtype(at::kFloat).device(device));
-      for (size_t b = 0; b < runs_.size(); ++b)
-        grads_.ReducedGrad(static_cast<int>(b)).mul_(c);
-    }
+    if (coef < 1.0) ScaleGrads(coef);
   }
   return norm;
 }

@@ -61,6 +61,12 @@ class DistOptimizer {
   // max_norm > 0 also scales them by min(1, max_norm / (norm + 1e-6)), as
   // torch.nn.utils.clip_grad_norm_. Collective over DP and TP.
   double ClipGradNorm(double max_norm);
+  // The two halves of ClipGradNorm, for callers that combine several
+  // optimizers into one norm (expert parallelism): the squared norm of this
+  // optimizer's gradients (collective over DP and TP, as above), and scaling
+  // the reduced gradients by `coef`.
+  double GradSquaredNorm();
+  void ScaleGrads(double coef);
   // One AdamW step with rate `lr` on the parameters that got a gradient on
   // some DP rank this step (GradSync::used); stage 1 then all-gathers the
   // parameters (collective over DP).

@@ -14,6 +14,16 @@ namespace {
 
 constexpr char kAdapterTensors[] = "adapter.safetensors";
 
+// The Gemma 3 model of a trainer (PEFT adapters exist for Gemma 3 only).
+absl::StatusOr<Gemma3Model*> AdapterModel(TrainModel& model) {
+  if (model.gemma3() == nullptr) {
+    return absl::UnimplementedError(absl::StrCat(
+        "peft: LoRA/DoRA training is for Gemma 3 models here; this model is ",
+        model.family()));
+  }
+  return model.gemma3();
+}
+
 absl::StatusOr<int64_t> SaveAdapters(const gemma::v1::PeftSpec& peft,
                                      Gemma3Model& model, const std::string& dir,
                                      const TrainState& state) {
@@ -80,23 +90,29 @@ TrainerOptions PeftTrainerOptions(const gemma::v1::JobSpec& spec) {
   TrainerOptions o;
   o.spec = spec;
   const gemma::v1::PeftSpec peft = spec.peft();
-  o.model_hook = [peft](Gemma3Model& model) {
-    return AttachAdapters(model, peft);
+  o.model_hook = [peft](TrainModel& model) -> absl::Status {
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model * m, AdapterModel(model));
+    return AttachAdapters(*m, peft);
   };
-  o.save_model = [peft](Gemma3Model& model, const std::string& dir,
-                        const TrainState& state) {
-    return SaveAdapters(peft, model, dir, state);
+  o.save_model = [peft](TrainModel& model, const std::string& dir,
+                        const TrainState& state) -> absl::StatusOr<int64_t> {
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model * m, AdapterModel(model));
+    return SaveAdapters(peft, *m, dir, state);
   };
-  o.load_model = LoadAdapters;
+  o.load_model = [](TrainModel& model, const std::string& dir) -> absl::Status {
+    GEMMA_ASSIGN_OR_RETURN(Gemma3Model * m, AdapterModel(model));
+    return LoadAdapters(*m, dir);
+  };
   return o;
 }
 
 absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
                         RankContext& ctx) {
   const auto& peft = spec.peft();
+  GEMMA_ASSIGN_OR_RETURN(Gemma3Model * model, AdapterModel(trainer.model()));
   if (!peft.export_dir().empty()) {
-    GEMMA_RETURN_IF_ERROR(ExportPeftAdapter(
-        trainer.model(), peft, peft.export_dir(), trainer.state().base_model));
+    GEMMA_RETURN_IF_ERROR(ExportPeftAdapter(*model, peft, peft.export_dir(),
+                                            trainer.state().base_model));
     ctx.Log(absl::StrCat("HF PEFT adapter exported to ", peft.export_dir()));
   }
   if (peft.merge()) {
@@ -104,14 +120,15 @@ absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
       return absl::InvalidArgumentError(
           "spec.output: required with peft.merge");
     }
-    GEMMA_RETURN_IF_ERROR(MergeAdapters(trainer.model()));
+    GEMMA_RETURN_IF_ERROR(MergeAdapters(*model));
     const std::string merged = spec.output() + "/merged";
     const std::string staging = merged + ".staging";
     GEMMA_RETURN_IF_ERROR(RemoveTree(staging));
     GEMMA_ASSIGN_OR_RETURN(
-        int64_t bytes, WriteModuleCheckpoint(
-                           staging, *trainer.model(), trainer.config_json(),
-                           trainer.config().text.num_kv_heads, trainer.step()));
+        int64_t bytes,
+        WriteModuleCheckpoint(staging, **model, trainer.config_json(),
+                              (*model)->config().text.num_kv_heads,
+                              trainer.step()));
     GEMMA_RETURN_IF_ERROR(
         CopyFile(trainer.tokenizer().path(), staging + "/tokenizer.model"));
     GEMMA_RETURN_IF_ERROR(PublishDir(staging, merged, /*overwrite=*/true));

@@ -76,7 +76,7 @@ TEST_F(PeftJobTest, AdaptersTrainBaseFrozenAndResumeIsExact) {
   auto straight = Make(spec, Root("straight"));
   ASSERT_NE(straight, nullptr);
   std::map<std::string, at::Tensor> base;
-  for (auto& p : straight->model()->named_parameters()) {
+  for (auto& p : straight->module().named_parameters()) {
     if (p.key().find(".lora.") == std::string::npos &&
         p.key().find(".dora.") == std::string::npos)
       base[p.key()] = p.value().detach().clone();
@@ -92,7 +92,7 @@ TEST_F(PeftJobTest, AdaptersTrainBaseFrozenAndResumeIsExact) {
     losses.push_back(s->loss);
   }
   EXPECT_LT(losses.back(), losses.front());
-  for (auto& p : straight->model()->named_parameters()) {
+  for (auto& p : straight->module().named_parameters()) {
     auto it = base.find(p.key());
     if (it != base.end())
       EXPECT_TRUE(torch::equal(it->second, p.value())) << p.key();
@@ -140,7 +140,7 @@ TEST_F(PeftJobTest, RunExportsAndMerges) {
   ASSERT_TRUE(merged.ok()) << merged.status();
   EXPECT_TRUE(PathExists(spec.output() + "/merged/tokenizer.model"));
   // Merged weights are the trained model's (adapters folded in).
-  for (auto& p : t->model()->named_parameters()) {
+  for (auto& p : t->module().named_parameters()) {
     EXPECT_TRUE(torch::equal(merged->tensors.at(p.key()), p.value()))
         << p.key();
   }

@@ -35,6 +35,7 @@ std::string TrainState::ToJson() const {
   j["max_steps"] = max_steps;
   j["dp"] = dp;
   j["tp"] = tp;
+  if (ep != 1) j["ep"] = ep;
   nlohmann::json loaders = nlohmann::json::array();
   for (const auto& p : loader) {
     loaders.push_back({{"epoch", p.epoch}, {"index", p.index}});
@@ -72,6 +73,12 @@ absl::StatusOr<TrainState> TrainState::FromJson(const std::string& text,
     GEMMA_RETURN_IF_ERROR(integer("tp", &tp));
     if (tp < 1) return Bad(file, "tp", "must be >= 1");
     s.tp = static_cast<int>(tp);
+  }
+  if (j.contains("ep")) {
+    int64_t ep = 1;
+    GEMMA_RETURN_IF_ERROR(integer("ep", &ep));
+    if (ep < 1) return Bad(file, "ep", "must be >= 1");
+    s.ep = static_cast<int>(ep);
   }
   if (!j.contains("loader") || !j["loader"].is_array())
     return Bad(file, "loader", "missing or not an array");

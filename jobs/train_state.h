@@ -38,6 +38,7 @@ struct TrainState {
   int64_t max_steps = 0;  // the schedule's total
   int dp = 1;             // DP ranks that wrote it
   int tp = 1;             // TP ranks that wrote it
+  int ep = 1;             // EP size of the run that wrote it
   // Train loader position of each DP rank after `step` steps.
   std::vector<LoaderPosition> loader;
   std::vector<double> losses;             // training loss of steps 1..step

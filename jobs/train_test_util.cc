@@ -11,6 +11,8 @@
 #include "data/tokenizer.h"
 #include "jobs/train_state.h"
 #include "model/config.h"
+#include "model/gemma4.h"
+#include "model/hf_mapping_gemma4.h"
 #include "model/vl_model.h"
 
 namespace gemma {
@@ -72,6 +74,60 @@ absl::Status WriteTinyVlModel(const std::string& dir,
   GEMMA_RETURN_IF_ERROR(
       WriteModuleCheckpoint(dir, *model, json, config.text.num_kv_heads, 0)
           .status());
+  return CopyFile(tokenizer, absl::StrCat(dir, "/tokenizer.model"));
+}
+
+absl::Status WriteTinyMoeModel(const std::string& dir,
+                               const std::string& tokenizer,
+                               const TinyMoeOptions& o) {
+  GEMMA_ASSIGN_OR_RETURN(auto tok, Tokenizer::Load(tokenizer));
+  Gemma4TextConfig c;
+  c.vocab_size = tok->vocab_size();
+  c.hidden_size = o.hidden;
+  c.intermediate_size = o.intermediate;
+  c.num_layers = o.layers;
+  c.num_heads = o.heads;
+  c.num_kv_heads = o.kv_heads;
+  c.head_dim = o.head_dim;
+  c.global_head_dim = o.global_head_dim;
+  c.num_global_kv_heads = 1;
+  c.attention_k_eq_v = true;
+  c.sliding_window = 32;
+  c.layer_types.clear();
+  for (int i = 0; i < o.layers; ++i) {
+    c.layer_types.push_back(i % 2 == 1 || i + 1 == o.layers
+                                ? LayerType::kFull
+                                : LayerType::kSliding);
+  }
+  c.max_position_embeddings = 1024;
+  c.final_logit_softcapping = 30.0;
+  c.enable_moe_block = true;
+  c.num_experts = o.experts;
+  c.top_k_experts = o.top_k;
+  c.moe_intermediate_size = o.expert_intermediate;
+  c.pad_token_id = tok->special().pad;
+  c.bos_token_id = tok->special().bos;
+  c.eos_token_ids = {tok->special().eos};
+  GEMMA_RETURN_IF_ERROR(ValidateGemma4TextConfig(c, "tiny MoE"));
+  const std::string json = Gemma4TextConfigToJson(c).dump(1);
+  Gemma4TextModel model(c);
+  std::map<std::string, at::Tensor> tensors;
+  {
+    torch::NoGradGuard no_grad;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+    // Gemma 4 norms and scales multiply by their weight directly: around 1.
+    auto fill = [&](const std::string& name, at::Tensor t) {
+      at::Tensor noise = at::normal(0.0, o.init_std, t.sizes(), gen);
+      if (t.dim() <= 1)
+        t.copy_(noise + 1.0);
+      else
+        t.copy_(noise);
+      tensors["text." + name] = t.detach().clone();
+    };
+    for (auto& p : model->named_parameters()) fill(p.key(), p.value());
+    for (auto& b : model->named_buffers()) fill(b.key(), b.value());
+  }
+  GEMMA_RETURN_IF_ERROR(SaveGemma4Folder(dir, json, c, tensors, /*hf=*/false));
   return CopyFile(tokenizer, absl::StrCat(dir, "/tokenizer.model"));
 }
 

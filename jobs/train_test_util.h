@@ -40,6 +40,31 @@ absl::Status WriteTinyVlModel(const std::string& dir,
                               const std::string& tokenizer,
                               const TinyVlOptions& options);
 
+// A tiny text-only Gemma 4 mixture-of-experts model (Gemma4ForCausalLM):
+// a sliding and a full layer (K=V on the full one, proportional RoPE),
+// soft-capped logits, `experts` experts with top-2 routing in every layer.
+struct TinyMoeOptions {
+  int hidden = 48;
+  int intermediate = 64;  // the dense MLP
+  int layers = 2;
+  int heads = 4;
+  int kv_heads = 2;
+  int head_dim = 16;
+  int global_head_dim = 32;
+  int experts = 4;
+  int top_k = 2;
+  int expert_intermediate = 32;
+  uint64_t seed = 0;
+  double init_std = 0.05;
+};
+
+// Writes the model (config.json + model.safetensors in our names; random
+// N(0, init_std) matrices, norm and router scales 1 + N(0, init_std)) to
+// `dir` for a tokenizer of `vocab` pieces, and copies `tokenizer` there.
+absl::Status WriteTinyMoeModel(const std::string& dir,
+                               const std::string& tokenizer,
+                               const TinyMoeOptions& options);
+
 // data/synth.h OCR set of `n` examples (train.jsonl, tokenizer.model) under
 // `dir` with images of `image_size`.
 absl::Status WriteTinyOcrData(const std::string& dir, int n, uint64_t seed,

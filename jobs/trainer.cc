@@ -149,26 +149,9 @@ absl::Status Trainer::Init() {
     return absl::FailedPreconditionError(absl::StrCat(
         "device ", options_.device, ": no CUDA device in this build/host"));
   }
-  Comm& tp = *options_.groups.tp;
-  GEMMA_ASSIGN_OR_RETURN(ModelWeights weights,
-                         LoadModelWeights(weights_dir, tp.size(), tp.rank()));
+  GEMMA_ASSIGN_OR_RETURN(model_,
+                         OpenTrainModel(weights_dir, options_.groups, spec_));
   weights_dir_ = weights_dir;
-  config_json_ = weights.config_json;
-  GEMMA_ASSIGN_OR_RETURN(config_,
-                         ParseModelConfigText(config_json_, weights_dir));
-  tp_.comm = options_.groups.tp;
-  tp_.sequence_parallel = spec_.parallel().sequence_parallel();
-  {
-    auto model = BuildGemma3Model(config_, weights.tensors, tp_);
-    if (!model.ok()) {
-      return absl::Status(
-          model.status().code(),
-          absl::StrCat(weights_dir, " at spec.parallel.tp=", tp.size(), ": ",
-                       model.status().message()));
-    }
-    model_ = *model;
-  }
-  weights.tensors.clear();
 
   const std::string& dtype = spec_.model().dtype();
   if (!dtype.empty() && dtype != "float32" && dtype != "bfloat16") {
@@ -185,8 +168,8 @@ absl::Status Trainer::Init() {
   }
   torch::manual_seed(static_cast<uint64_t>(optim.seed()));
   auto st = Guarded<bool>("trainer setup", [&] {
-    model_->to(device_, dtype_);
-    model_->train();
+    model_->module().to(device_, dtype_);
+    model_->module().train();
     for (const std::string& part : spec_.model().freeze()) {
       std::string prefix;
       if (part == "vision")
@@ -199,18 +182,17 @@ absl::Status Trainer::Init() {
         throw std::invalid_argument(
             absl::StrCat("spec.model.freeze: unknown part '", part,
                          "' (vision, projector, language)"));
-      for (auto& p : model_->named_parameters()) {
+      for (auto& p : model_->module().named_parameters()) {
         if (p.key().rfind(prefix, 0) == 0) p.value().set_requires_grad(false);
       }
     }
     return true;
   });
   if (!st.ok()) return absl::InvalidArgumentError(st.status().message());
-  if (options_.model_hook) GEMMA_RETURN_IF_ERROR(options_.model_hook(model_));
-  for (auto& p : model_->named_parameters()) {
+  if (options_.model_hook) GEMMA_RETURN_IF_ERROR(options_.model_hook(*model_));
+  for (auto& p : model_->module().named_parameters()) {
     if (!p.value().requires_grad()) continue;
     trainable_.emplace_back(p.key(), p.value());
-    tp_grad_.push_back(Gemma3TpGrad(p.key(), tp_));
   }
   if (trainable_.empty()) {
     return absl::InvalidArgumentError(
@@ -229,24 +211,45 @@ absl::Status Trainer::Init() {
   oo.adamw.beta2 = optim.beta2() > 0 ? optim.beta2() : 0.95;
   oo.adamw.eps = optim.eps() > 0 ? optim.eps() : 1e-8;
   oo.adamw.weight_decay = optim.weight_decay();
-  std::vector<TrainParam> params;
-  for (size_t i = 0; i < trainable_.size(); ++i) {
-    params.push_back({trainable_[i].first, trainable_[i].second,
-                      /*tp_sharded=*/tp_grad_[i] == TpGrad::kSharded,
-                      /*tp_partial=*/tp_grad_[i] == TpGrad::kPartial});
+  std::vector<TrainParam> params, experts;
+  for (const auto& [name, param] : trainable_) {
+    const GradKind kind = model_->Grad(name);
+    (kind == GradKind::kExpert ? experts : params)
+        .push_back({name, param,
+                    /*tp_sharded=*/kind == GradKind::kTpSharded,
+                    /*tp_partial=*/kind == GradKind::kTpPartial});
   }
   auto built = Guarded<bool>("gradient buffers and optimizer", [&] {
-    grad_sync_ = std::make_unique<GradSync>(std::move(params), options_.groups,
-                                            GradSyncFromEnv(zero_stage_ == 1));
-    optimizer_ = std::make_unique<DistOptimizer>(*grad_sync_, oo);
+    if (!params.empty()) {
+      grad_sync_ =
+          std::make_unique<GradSync>(std::move(params), options_.groups,
+                                     GradSyncFromEnv(zero_stage_ == 1));
+      optimizer_ = std::make_unique<DistOptimizer>(*grad_sync_, oo);
+    }
+    if (!experts.empty()) {
+      // The same machinery over the ranks that hold the same experts.
+      ParallelGroups eg = options_.groups;
+      eg.dp = options_.groups.edp;
+      DistOptimizerOptions eo = oo;
+      if (eg.dp->size() == 1) eo.zero_stage = 0;
+      expert_sync_ = std::make_unique<GradSync>(
+          std::move(experts), eg, GradSyncFromEnv(eo.zero_stage == 1));
+      expert_optimizer_ = std::make_unique<DistOptimizer>(*expert_sync_, eo);
+    }
     return true;
   });
   if (!built.ok()) return built.status();
+  if (optimizer_ == nullptr) {
+    return absl::InvalidArgumentError(
+        "spec.model.freeze: only expert weights are left to train; keep at "
+        "least one dense part (norms, router, attention) trainable");
+  }
 
   GEMMA_RETURN_IF_ERROR(LoadData());
   state_.max_steps = schedule_.total_steps;
   state_.dp = dp;
-  state_.tp = tp_.size();
+  state_.tp = tp_size();
+  state_.ep = options_.groups.ep->size();
   state_.job = options_.job;
   state_.loader.assign(dp, train_loader_->position());
   if (resume) GEMMA_RETURN_IF_ERROR(Restore(*resume));
@@ -305,15 +308,13 @@ absl::Status Trainer::LoadData() {
   if (bo.pack && bo.seq_len % bo.pad_to_multiple != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.data.seq_len: packed rows of ", bo.seq_len,
-                     " tokens do not split over parallel.tp=", tp_.size(),
+                     " tokens do not split over parallel.tp=", tp_size(),
                      " ranks with sequence_parallel"));
   }
   bo.shuffle = true;
   bo.seed = static_cast<uint64_t>(d.seed());
   bo.skip_bad = d.skip_bad();
-  bo.chat.mm_tokens_per_image = static_cast<int>(config_.mm_tokens_per_image);
-  if (config_.vision)
-    bo.image.image_size = static_cast<int>(config_.vision->image_size);
+  model_->ConfigureBatches(bo);
   bo.image.do_pan_and_scan = d.pan_and_scan();
   GEMMA_ASSIGN_OR_RETURN(
       train_loader_,
@@ -324,8 +325,8 @@ absl::Status Trainer::LoadData() {
 
 int Trainer::SequenceMultiple() const {
   const int pad = std::max(1, spec_.data().pad_to_multiple());
-  if (!tp_.split() || !tp_.sequence_parallel) return pad;
-  return std::lcm(pad, tp_.size());
+  if (tp_size() == 1 || !spec_.parallel().sequence_parallel()) return pad;
+  return std::lcm(pad, tp_size());
 }
 
 LoaderPosition Trainer::TrainPosition() const {
@@ -337,34 +338,18 @@ Trainer::MicroResult Trainer::Forward(const Batch& batch) {
   // Batches come from the prefetcher in pinned memory on CUDA: the copies
   // overlap with what runs on the GPU.
   auto dev = [&](const at::Tensor& t) {
-    return t.to(device_, /*non_blocking=*/true);
+    return t.defined() ? t.to(device_, /*non_blocking=*/true) : t;
   };
-  ModelInputs in;
-  in.input_ids = dev(batch.input_ids);
-  if (spec_.data().packing()) {
-    in.position_ids = dev(batch.position_ids);
-  } else {
-    in.attention_mask = dev(batch.attention_mask);
-  }
-  if (config_.is_vl()) {
-    in.token_type_ids = dev(batch.token_type_ids);
-    if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
-      in.pixel_values = dev(batch.pixel_values).to(dtype_);
-  }
-  torch::Tensor embeds = model_->Embeddings(in);
-  DecoderInputs d;
-  d.attention_mask = in.attention_mask;
-  d.position_ids = in.position_ids;
-  if (config_.is_vl()) d.block_ids = BlockIdsFromTokenTypes(in.token_type_ids);
-  torch::Tensor hidden;
-  {
-    RecomputeScope recompute(spec_.model().recompute());
-    hidden = model_->text->Decode(embeds, d);
-  }
-  LmLossOptions lo;
-  if (!config_.is_vl() && config_.text.final_logit_softcapping)
-    lo.softcap = *config_.text.final_logit_softcapping;
-  LmLoss l = model_->text->Loss(hidden, dev(batch.labels), lo);
+  Batch on = batch;
+  on.input_ids = dev(batch.input_ids);
+  on.labels = dev(batch.labels);
+  on.attention_mask = dev(batch.attention_mask);
+  on.position_ids = dev(batch.position_ids);
+  on.token_type_ids = dev(batch.token_type_ids);
+  if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
+    on.pixel_values = dev(batch.pixel_values).to(dtype_);
+  LmLoss l =
+      model_->Loss(on, spec_.data().packing(), spec_.model().recompute());
   return {l.loss_sum, l.tokens, l.correct};
 }
 
@@ -412,26 +397,30 @@ absl::StatusOr<StepStats> Trainer::Step() {
     dp.AllReduceSum(counts);
     counts = counts.cpu();
     const double total_tokens = std::max(1.0, counts[0].item<double>());
-    grad_sync_->ZeroGrad();
+    for (GradSync* g : {grad_sync_.get(), expert_sync_.get()})
+      if (g != nullptr) g->ZeroGrad();
     // loss, correct: summed on the device, read once at the end of the step.
     at::Tensor sums =
         torch::zeros({2}, torch::dtype(torch::kFloat64).device(device_));
     for (size_t k = 0; k < micro.size(); ++k) {
       // The last micro batch's backward starts the bucket reductions.
-      grad_sync_->BeginBackward(/*last=*/k + 1 == micro.size());
+      for (GradSync* g : {grad_sync_.get(), expert_sync_.get()})
+        if (g != nullptr) g->BeginBackward(/*last=*/k + 1 == micro.size());
       MicroResult r = Forward(micro[k]);
       (r.loss_sum / total_tokens).backward();
       sums[0] += r.loss_sum.detach().to(torch::kFloat64);
       sums[1] += r.correct.to(torch::kFloat64);
     }
-    grad_sync_->FinishBackward();
+    for (GradSync* g : {grad_sync_.get(), expert_sync_.get()})
+      if (g != nullptr) g->FinishBackward();
     sums = sums.to(dp.device());
     dp.AllReduceSum(sums);
     sums = sums.cpu();
     StepStats s;
-    s.grad_norm = optimizer_->ClipGradNorm(spec_.optim().grad_clip());
+    s.grad_norm = ClipGradNorm(spec_.optim().grad_clip());
     s.lr = schedule_.At(state_.step);
-    optimizer_->Step(s.lr);
+    for (DistOptimizer* o : {optimizer_.get(), expert_optimizer_.get()})
+      if (o != nullptr) o->Step(s.lr);
     ++state_.step;
     s.step = state_.step;
     s.tokens = static_cast<int64_t>(counts[0].item<double>());
@@ -446,6 +435,27 @@ absl::StatusOr<StepStats> Trainer::Step() {
   });
 }
 
+double Trainer::ClipGradNorm(double max_norm) {
+  if (expert_optimizer_ == nullptr) return optimizer_->ClipGradNorm(max_norm);
+  // Expert gradients: each EP rank's experts are distinct, so their squares
+  // add over the EP group (after the optimizer summed its EDP segments).
+  double squares = optimizer_ != nullptr ? optimizer_->GradSquaredNorm() : 0;
+  at::Tensor experts = torch::full(
+      {1}, expert_optimizer_->GradSquaredNorm(),
+      torch::dtype(torch::kFloat64).device(options_.groups.ep->device()));
+  options_.groups.ep->AllReduceSum(experts);
+  squares += experts.cpu().item<double>();
+  const double norm = std::sqrt(squares);
+  if (max_norm > 0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+      for (DistOptimizer* o : {optimizer_.get(), expert_optimizer_.get()})
+        if (o != nullptr) o->ScaleGrads(coef);
+    }
+  }
+  return norm;
+}
+
 absl::StatusOr<EvalStats> Trainer::Evaluate() {
   if (eval_data_.empty()) {
     return absl::FailedPreconditionError("validation needs spec.data.eval");
@@ -458,9 +468,7 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   bo.pack = d.packing();
   bo.shuffle = false;
   bo.skip_bad = d.skip_bad();
-  bo.chat.mm_tokens_per_image = static_cast<int>(config_.mm_tokens_per_image);
-  if (config_.vision)
-    bo.image.image_size = static_cast<int>(config_.vision->image_size);
+  model_->ConfigureBatches(bo);
   bo.image.do_pan_and_scan = d.pan_and_scan();
   GEMMA_ASSIGN_OR_RETURN(auto loader,
                          DataLoader::Create(eval_data_, tokenizer_.get(), bo));
@@ -494,6 +502,12 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   sums = sums.to(dp.device());
   dp.AllReduceSum(sums);
   sums = sums.cpu();
+  // Validation tokens do not count in the training router load.
+  auto dropped = Guarded<bool>("model metrics", [&] {
+    model_->TakeMetrics();
+    return true;
+  });
+  if (!dropped.ok()) return dropped.status();
   EvalStats e;
   e.tokens = static_cast<int64_t>(sums[1].item<double>());
   e.loss = sums[0].item<double>() / std::max<double>(1, e.tokens);
@@ -504,8 +518,19 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
 
 std::string Trainer::OptimizerFile() const {
   // One file per TP rank (each holds the state of its shards).
-  if (!tp_.split()) return kOptimizerFile;
-  return absl::StrFormat("optimizer-tp%05d.safetensors", tp_.rank());
+  if (tp_size() == 1) return kOptimizerFile;
+  return absl::StrFormat("optimizer-tp%05d.safetensors", tp_rank());
+}
+
+std::string Trainer::ExpertOptimizerFile() const {
+  // Stage 1: a shard per rank; stage 0: one file per EP rank (the experts
+  // it owns), replicated over the expert-data-parallel group.
+  if (expert_optimizer_->zero_stage() == 1) {
+    return absl::StrFormat("optimizer-experts-rank-%05d.safetensors",
+                           options_.groups.world->rank());
+  }
+  return absl::StrFormat("optimizer-experts-ep%05d-tp%05d.safetensors",
+                         options_.groups.ep->rank(), tp_rank());
 }
 
 absl::Status Trainer::AgreeOverWorld(const absl::Status& status) {
@@ -513,12 +538,8 @@ absl::Status Trainer::AgreeOverWorld(const absl::Status& status) {
 }
 
 absl::StatusOr<int64_t> Trainer::WriteModel(const std::string& dir) {
-  GEMMA_ASSIGN_OR_RETURN(
-      int64_t bytes,
-      WriteModuleCheckpointShard(
-          dir, *model_, config_json_, config_.text.num_kv_heads,
-          config_.text.vocab_size, state_.step, *options_.groups.tp));
-  if (tp_.rank() == 0) {
+  GEMMA_ASSIGN_OR_RETURN(int64_t bytes, model_->Write(dir, state_.step));
+  if (tp_rank() == 0) {
     GEMMA_RETURN_IF_ERROR(
         CopyFile(tokenizer_->path(), absl::StrCat(dir, "/tokenizer.model")));
   }
@@ -555,7 +576,20 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
       st = written.status();
     }
   }
-  if (st.ok() && dp.rank() == 0) {
+  if (st.ok() && expert_optimizer_ && expert_optimizer_->zero_stage() == 1) {
+    const std::string shard = absl::StrCat(tmp, "/", ExpertOptimizerFile());
+    auto written = Guarded<int64_t>("writing " + shard, [&] {
+      return expert_optimizer_->WriteShard(shard, {});
+    });
+    if (written.ok()) {
+      bytes += *written;
+    } else {
+      st = written.status();
+    }
+  }
+  // The ranks of the first expert-data-parallel replica (DP rank 0 without
+  // expert parallelism) hold the whole model between them.
+  if (st.ok() && options_.groups.edp->rank() == 0) {
     auto own = WriteCheckpointFiles(tmp);
     if (own.ok()) {
       bytes += *own;
@@ -588,11 +622,17 @@ absl::StatusOr<int64_t> Trainer::WriteCheckpointFiles(const std::string& tmp) {
   const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
   if (options_.save_model) {
     GEMMA_ASSIGN_OR_RETURN(bytes,
-                           options_.save_model(model_, model_dir, state_));
+                           options_.save_model(*model_, model_dir, state_));
   } else {
     GEMMA_ASSIGN_OR_RETURN(bytes, WriteModel(model_dir));
   }
-  if (zero_stage_ == 0) {
+  if (expert_optimizer_ && expert_optimizer_->zero_stage() == 0) {
+    auto opt = expert_optimizer_->StateTensors();
+    for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
+    GEMMA_RETURN_IF_ERROR(
+        WriteTensorFile(absl::StrCat(tmp, "/", ExpertOptimizerFile()), opt));
+  }
+  if (zero_stage_ == 0 && options_.groups.dp->rank() == 0) {
     auto opt = optimizer_->StateTensors();
     opt["rng/cpu"] = CpuRngState();
     for (const auto& [k, t] : opt) bytes += t.numel() * t.element_size();
@@ -613,31 +653,26 @@ absl::Status Trainer::Restore(const std::string& dir) {
         state_file, ": written with dp=", saved.dp, ", this run has dp=", dp,
         " (the data position cannot be split differently)"));
   }
-  if (saved.tp != tp_.size()) {
+  if (saved.ep != options_.groups.ep->size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        state_file, ": written with ep=", saved.ep,
+        ", this run has ep=", options_.groups.ep->size(),
+        " (the expert optimizer state is per EP rank; start a new job from ",
+        dir, "/", kModelSubdir, " to change the layout)"));
+  }
+  if (saved.tp != tp_size()) {
     return absl::FailedPreconditionError(
         absl::StrCat(state_file, ": written with tp=", saved.tp,
-                     ", this run has tp=", tp_.size(),
+                     ", this run has tp=", tp_size(),
                      " (the optimizer state is per TP shard; start a new job "
                      "from ",
                      dir, "/", kModelSubdir, " to change the layout)"));
   }
   const std::string model_dir = absl::StrCat(dir, "/", kModelSubdir);
   if (options_.load_model) {
-    GEMMA_RETURN_IF_ERROR(options_.load_model(model_, model_dir));
+    GEMMA_RETURN_IF_ERROR(options_.load_model(*model_, model_dir));
   } else if (model_dir != weights_dir_) {  // Init may have loaded them already
-    GEMMA_ASSIGN_OR_RETURN(ModelWeights w,
-                           LoadModelWeights(model_dir, tp_.size(), tp_.rank()));
-    absl::Status loaded;
-    auto st = Guarded<bool>("restoring weights", [&] {
-      torch::NoGradGuard no_grad;
-      loaded = LoadParameters(*model_, w.tensors);
-      return true;
-    });
-    if (!st.ok()) return st.status();
-    if (!loaded.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(model_dir, ": ", loaded.message()));
-    }
+    GEMMA_RETURN_IF_ERROR(model_->Load(model_dir));
     weights_dir_ = model_dir;
   }
   GEMMA_ASSIGN_OR_RETURN(at::Tensor rng_state,
@@ -686,6 +721,26 @@ absl::StatusOr<at::Tensor> Trainer::RestoreOptimizer(const std::string& dir,
   }
   at::Tensor rng_state = rng->second;
   opt.erase(rng);
+  if (expert_optimizer_) {
+    const std::string efile = absl::StrCat(dir, "/", ExpertOptimizerFile());
+    if (!PathExists(efile)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(efile, ": missing (expert optimizer state)"));
+    }
+    if (expert_optimizer_->zero_stage() == 1) {
+      auto extra = Guarded<std::map<std::string, at::Tensor>>(
+          "reading " + efile,
+          [&] { return expert_optimizer_->ReadShard(efile, step); });
+      if (!extra.ok()) return extra.status();
+    } else {
+      GEMMA_ASSIGN_OR_RETURN(auto eopt, ReadTensorFile(efile));
+      auto st = expert_optimizer_->LoadState(eopt, step);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(efile, ": ", st.message()));
+      }
+    }
+  }
   if (zero_stage_ == 0) {
     auto st = optimizer_->LoadState(opt, step);
     if (!st.ok())
@@ -700,7 +755,7 @@ absl::Status Trainer::Run(RankContext& ctx) {
       optim.log_interval_steps() > 0 ? optim.log_interval_steps() : 1;
   const int64_t ckpt_every = spec_.checkpoint().interval_steps();
   int64_t params = 0, trainable = 0;
-  for (auto& p : model_->parameters()) params += p.numel();
+  for (auto& p : model_->module().parameters()) params += p.numel();
   for (auto& [n, p] : trainable_) trainable += p.numel();
   ctx.Log(absl::StrFormat(
       "training %s: %.2f M parameters (%.2f M trainable), %d examples, micro "
@@ -745,6 +800,11 @@ absl::Status Trainer::Run(RankContext& ctx) {
           {"grad_norm", s.grad_norm},
           {"tokens_per_s", tokens_window / std::max(1e-9, seconds_window)}};
       tokens_window = seconds_window = 0;
+      // Router load of the steps since the last report (MoE models).
+      auto model_metrics = Guarded<std::map<std::string, double>>(
+          "model metrics", [&] { return model_->TakeMetrics(); });
+      if (!model_metrics.ok()) return model_metrics.status();
+      metrics.insert(model_metrics->begin(), model_metrics->end());
     }
     std::map<std::string, double> eval_metrics;
     if (optim.eval_interval_steps() > 0 && !eval_data_.empty() &&
@@ -767,8 +827,8 @@ absl::Status Trainer::Run(RankContext& ctx) {
   if (last_saved != state_.step) GEMMA_RETURN_IF_ERROR(save({}));
   if (!spec_.output().empty() && options_.groups.dp->rank() == 0 &&
       options_.save_model) {
-    GEMMA_ASSIGN_OR_RETURN(int64_t bytes,
-                           options_.save_model(model_, spec_.output(), state_));
+    GEMMA_ASSIGN_OR_RETURN(
+        int64_t bytes, options_.save_model(*model_, spec_.output(), state_));
     ctx.Log(absl::StrFormat("adapters written to %s (%.1f MB)", spec_.output(),
                             bytes / 1e6));
   } else if (!spec_.output().empty() && options_.groups.dp->rank() == 0) {
@@ -777,7 +837,7 @@ absl::Status Trainer::Run(RankContext& ctx) {
     // whole.
     const std::string staging = spec_.output() + ".staging";
     GEMMA_ASSIGN_OR_RETURN(int64_t bytes, WriteModel(staging));
-    if (tp_.rank() == 0) {
+    if (tp_rank() == 0) {
       GEMMA_RETURN_IF_ERROR(
           PublishDir(staging, spec_.output(), /*overwrite=*/true));
       ctx.Log(absl::StrFormat("model written to %s (%.1f MB per rank)",

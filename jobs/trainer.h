@@ -62,10 +62,9 @@
 #include "jobs/grad_sync.h"
 #include "jobs/job.h"
 #include "jobs/schedule.h"
+#include "jobs/train_model.h"
 #include "jobs/train_state.h"
 #include "model/comm.h"
-#include "model/config.h"
-#include "model/vl_model.h"
 
 namespace gemma {
 
@@ -90,7 +89,7 @@ struct EvalStats {
 // Hooks for trainers built on this one (PEFT): called once after the model
 // is loaded and frozen, before the optimizer is built. It may attach modules
 // and change requires_grad; the trainable set is read afterwards.
-using ModelHook = std::function<absl::Status(Gemma3Model& model)>;
+using ModelHook = std::function<absl::Status(TrainModel& model)>;
 
 struct TrainerOptions {
   gemma::v1::JobSpec spec;
@@ -112,9 +111,9 @@ struct TrainerOptions {
   // load_model. save_model returns the bytes written; load_model must fill
   // the existing trainable tensors (the optimizer holds them).
   std::function<absl::StatusOr<int64_t>(
-      Gemma3Model& model, const std::string& dir, const TrainState& state)>
+      TrainModel& model, const std::string& dir, const TrainState& state)>
       save_model;
-  std::function<absl::Status(Gemma3Model& model, const std::string& dir)>
+  std::function<absl::Status(TrainModel& model, const std::string& dir)>
       load_model;
 };
 
@@ -148,9 +147,9 @@ class Trainer {
   int grad_accum() const { return grad_accum_; }
   const TrainState& state() const { return state_; }
   const std::string& checkpoint_root() const { return root_; }
-  Gemma3Model& model() { return model_; }
-  const std::string& config_json() const { return config_json_; }
-  const ModelConfig& config() const { return config_; }
+  TrainModel& model() { return *model_; }
+  torch::nn::Module& module() { return model_->module(); }
+  const std::string& config_json() const { return model_->config_json(); }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   // The trainable parameters by name.
   const std::vector<std::pair<std::string, at::Tensor>>& trainable() const {
@@ -191,11 +190,8 @@ class Trainer {
   const gemma::v1::JobSpec& spec_;
   std::string root_;
   std::string weights_dir_;  // the folder the weights were loaded from
-  std::string config_json_;
-  ModelConfig config_;
-  TpOptions tp_;  // this rank's tensor-parallel shard (groups.tp)
   c10::Device device_{c10::kCPU};
-  Gemma3Model model_{nullptr};
+  std::unique_ptr<TrainModel> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   // The training stream: the loader until the first step, then a
   // prefetcher owning it (batches prepared on a background thread).
@@ -205,10 +201,21 @@ class Trainer {
   LoaderPosition TrainPosition() const;
   std::vector<Conversation> eval_data_;
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
-  std::vector<TpGrad> tp_grad_;  // per trainable_ entry
   int zero_stage_ = 0;
+  // Replicated and TP parameters, reduced over DP.
   std::unique_ptr<GradSync> grad_sync_;
   std::unique_ptr<DistOptimizer> optimizer_;
+  // Expert parameters under expert parallelism (GradKind::kExpert), reduced
+  // over the expert-data-parallel group; null without them.
+  std::unique_ptr<GradSync> expert_sync_;
+  std::unique_ptr<DistOptimizer> expert_optimizer_;
+  // Both optimizers' gradient norm (every element once) and clipping.
+  double ClipGradNorm(double max_norm);
+  int tp_size() const { return options_.groups.tp->size(); }
+  int tp_rank() const { return options_.groups.tp->rank(); }
+  // Optimizer file names of this rank (zero_stage 0: written by DP rank 0's
+  // TP group; expert state by every EP rank of the first EDP replica).
+  std::string ExpertOptimizerFile() const;
   LrSchedule schedule_;
   int grad_accum_ = 1;
   at::ScalarType dtype_;

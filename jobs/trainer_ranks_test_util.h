@@ -60,7 +60,7 @@ inline absl::Status RunTrainerRanks(
           if (!saved.ok()) return saved.status();
           out->saved[rank] = saved->first;
         }
-        for (auto& p : (*t)->model()->named_parameters())
+        for (auto& p : (*t)->module().named_parameters())
           out->weights[rank][p.key()] = p.value().detach().clone();
         return absl::OkStatus();
       },

@@ -69,7 +69,7 @@ class TrainerTest : public ::testing::Test {
 
   static std::map<std::string, at::Tensor> Weights(Trainer& t) {
     std::map<std::string, at::Tensor> out;
-    for (auto& p : t.model()->named_parameters())
+    for (auto& p : t.module().named_parameters())
       out[p.key()] = p.value().detach().clone();
     return out;
   }

@@ -117,13 +117,19 @@ class SingleRankComm : public Comm {
   std::string backend() const override { return "single"; }
 };
 
-// The groups of one rank in a tp x dp layout (ep re-slices the world).
-// Ranks are laid out TP-fastest: rank = dp_index * tp + tp_index.
+// The groups of one rank in a tp x dp layout; ep re-slices the DP ranks.
+// Ranks are laid out TP-fastest: rank = dp_index * tp + tp_index. The EP
+// group of a rank is the ep consecutive DP ranks (same TP index) that share
+// one set of experts between them: dp_index / ep picks the group, dp_index %
+// ep is the rank in it. The expert-data-parallel group (edp) joins the ranks
+// that hold the SAME experts (same TP index and dp_index % ep, dp / ep of
+// them): expert gradients are summed over it, as the others over dp.
 struct ParallelGroups {
   std::shared_ptr<Comm> world = std::make_shared<SingleRankComm>();
   std::shared_ptr<Comm> tp = std::make_shared<SingleRankComm>();
   std::shared_ptr<Comm> dp = std::make_shared<SingleRankComm>();
   std::shared_ptr<Comm> ep = std::make_shared<SingleRankComm>();
+  std::shared_ptr<Comm> edp = std::make_shared<SingleRankComm>();
 };
 
 }  // namespace gemma

@@ -422,9 +422,8 @@ absl::StatusOr<std::shared_ptr<Comm>> MakeGroup(
       opts->timeout = ToMs(options.timeout);
       auto pg =
           c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, opts);
-      return std::shared_ptr<Comm>(
-          std::make_shared<C10dComm>(pg, "nccl", rank, size,
-                                     c10::Device(options.device)));
+      return std::shared_ptr<Comm>(std::make_shared<C10dComm>(
+          pg, "nccl", rank, size, c10::Device(options.device)));
 #else
       return absl::FailedPreconditionError(
           absl::StrCat("group ", name, ": device ", options.device,
@@ -520,7 +519,7 @@ absl::StatusOr<ParallelGroups> MakeParallelGroups(const GroupsOptions& o) {
   const ParallelLayout& l = o.layout;
   const int tp_i = o.rank % l.tp;
   const int dp_i = o.rank / l.tp;
-  // Every rank creates its groups in the same order: world, tp, dp, ep.
+  // Every rank creates its groups in the same order: world, tp, dp, ep, edp.
   GEMMA_ASSIGN_OR_RETURN(groups.world,
                          MakeGroup(base, "world", o.rank, o.world, o, host));
   if (l.tp == o.world) {
@@ -541,6 +540,14 @@ absl::StatusOr<ParallelGroups> MakeParallelGroups(const GroupsOptions& o) {
     GEMMA_ASSIGN_OR_RETURN(
         groups.ep, MakeGroup(base, absl::StrCat("ep/", tp_i, "/", dp_i / l.ep),
                              dp_i % l.ep, l.ep, o, host));
+  }
+  if (l.ep == 1) {
+    groups.edp = groups.dp;
+  } else if (l.ep < l.dp) {
+    GEMMA_ASSIGN_OR_RETURN(
+        groups.edp,
+        MakeGroup(base, absl::StrCat("edp/", tp_i, "/", dp_i % l.ep),
+                  dp_i / l.ep, l.dp / l.ep, o, host));
   }
   return groups;
 }
@@ -567,7 +574,7 @@ absl::StatusOr<ParallelGroups> MakeParallelGroups(const RankContext& ctx) {
 }
 
 void AbortGroups(const ParallelGroups& g) {
-  for (const auto& c : {g.world, g.tp, g.dp, g.ep}) {
+  for (const auto& c : {g.world, g.tp, g.dp, g.ep, g.edp}) {
     if (c) c->Abort();  // Abort() is idempotent
   }
 }

@@ -1,0 +1,150 @@
+// Gemma 4 (mixture of experts) behind jobs/train_model.h: expert parallelism
+// over groups.ep, expert gradients over groups.edp, router load metrics.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "jobs/train_model.h"
+#include "jobs/train_state.h"
+#include "model/checkpoint.h"
+#include "model/gemma4_model.h"
+#include "model/hf_mapping_gemma4.h"
+
+namespace gemma {
+namespace {
+
+class Gemma4TrainModel : public TrainModel {
+ public:
+  Gemma4TrainModel(Gemma4Model model, Gemma4ModelConfig config,
+                   std::string config_json, ParallelGroups groups)
+      : model_(std::move(model)),
+        config_(std::move(config)),
+        config_json_(std::move(config_json)),
+        groups_(std::move(groups)) {}
+
+  std::string family() const override { return "gemma4"; }
+  torch::nn::Module& module() override { return *model_; }
+  const std::string& config_json() const override { return config_json_; }
+  bool is_vl() const override { return config_.is_vl(); }
+  Gemma4Model* gemma4() override { return &model_; }
+
+  void ConfigureBatches(BatchOptions& bo) const override { (void)bo; }
+
+  LmLoss Loss(const Batch& batch, bool packed, bool recompute) override {
+    (void)recompute;  // TODO(gemma4): layer recomputation
+    Gemma4Inputs in;
+    in.input_ids = batch.input_ids;
+    if (packed) {
+      in.position_ids = batch.position_ids;
+    } else {
+      in.attention_mask = batch.attention_mask;
+    }
+    TORCH_CHECK(
+        !batch.pixel_values.defined() || batch.pixel_values.numel() == 0,
+        "Gemma 4 training batches with images are not wired yet");
+    torch::Tensor embeds = model_->Embeddings(in);
+    Gemma4DecoderInputs d;
+    d.attention_mask = in.attention_mask;
+    d.position_ids = in.position_ids;
+    torch::Tensor hidden = model_->text->Decode(embeds, d);
+    LmLossOptions lo;
+    if (config_.text.final_logit_softcapping)
+      lo.softcap = *config_.text.final_logit_softcapping;
+    return CausalLmLoss(hidden, model_->text->embed->weight, batch.labels, lo);
+  }
+
+  GradKind Grad(const std::string& name) const override {
+    if (groups_.ep->size() > 1 && absl::StrContains(name, ".moe.experts."))
+      return GradKind::kExpert;
+    return GradKind::kReplicated;
+  }
+
+  absl::StatusOr<int64_t> Write(const std::string& dir, int64_t step) override {
+    (void)dir;
+    (void)step;
+    return absl::UnimplementedError("Gemma 4 checkpoints: not yet");
+  }
+
+  absl::Status Load(const std::string& dir) override {
+    (void)dir;
+    return absl::UnimplementedError("Gemma 4 checkpoints: not yet");
+  }
+
+  std::map<std::string, double> TakeMetrics() override {
+    torch::Tensor counts = model_->text->TokensPerExpert();  // [layers, E]
+    model_->text->ResetRouterStats();
+    if (!counts.defined() || counts.numel() == 0) return {};
+    counts = counts.to(torch::kFloat64).to(groups_.dp->device());
+    groups_.dp->AllReduceSum(counts);
+    counts = counts.cpu();
+    if (counts.sum().item<double>() == 0) return {};
+    // Per layer: the busiest and the idlest expert against the mean.
+    torch::Tensor mean = counts.mean(1).clamp_min(1e-9);
+    torch::Tensor max_load = std::get<0>(counts.max(1)) / mean;
+    torch::Tensor min_load = std::get<0>(counts.min(1)) / mean;
+    return {{"moe_max_load", max_load.max().item<double>()},
+            {"moe_mean_max_load", max_load.mean().item<double>()},
+            {"moe_min_load", min_load.min().item<double>()}};
+  }
+
+ private:
+  Gemma4Model model_;
+  Gemma4ModelConfig config_;
+  std::string config_json_;
+  ParallelGroups groups_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4TrainModel(
+    const std::string& dir, const ParallelGroups& groups,
+    const gemma::v1::JobSpec& spec) {
+  if (groups.tp->size() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.parallel.tp: ", groups.tp->size(), " but ", dir,
+        " holds a Gemma 4 model, which trains with expert and data "
+        "parallelism (tp 1) here"));
+  }
+  if (spec.parallel().sequence_parallel()) {
+    return absl::InvalidArgumentError(
+        "spec.parallel.sequence_parallel: needs tensor parallelism, which "
+        "Gemma 4 does not use here");
+  }
+  const std::string config_file = absl::StrCat(dir, "/config.json");
+  GEMMA_ASSIGN_OR_RETURN(std::string config_json, ReadWholeFile(config_file));
+  GEMMA_ASSIGN_OR_RETURN(Gemma4ModelConfig config,
+                         ParseGemma4ModelConfigText(config_json, config_file));
+  const int64_t ep = groups.ep->size();
+  if (config.text.enable_moe_block && config.text.num_experts % ep != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.parallel.ep: ", ep, " does not divide num_experts ",
+                     config.text.num_experts, " of ", config_file));
+  }
+  GEMMA_ASSIGN_OR_RETURN(auto raw, ReadSafetensorsFolder(dir));
+  std::map<std::string, at::Tensor> weights;
+  bool ours = !raw.empty();
+  for (const auto& [name, t] : raw) {
+    ours = ours && (absl::StartsWith(name, "text.") ||
+                    absl::StartsWith(name, "vision.") ||
+                    absl::StartsWith(name, "projector."));
+  }
+  if (ours) {
+    weights = std::move(raw);
+  } else {
+    GEMMA_ASSIGN_OR_RETURN(weights, Gemma4ModelFromHf(raw, config, dir));
+  }
+  auto model = BuildGemma4Model(config, weights, groups.ep);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat(dir, " at spec.parallel.ep=", ep, ": ",
+                                     model.status().message()));
+  }
+  return std::make_unique<Gemma4TrainModel>(*model, std::move(config),
+                                            std::move(config_json), groups);
+}
+
+}  // namespace gemma

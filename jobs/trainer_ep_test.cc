@@ -1,0 +1,198 @@
+// The trainer on a Gemma 4 mixture-of-experts model under expert
+// parallelism, on real Gloo ranks (threads, real TCPStore): EP = 2 x DP = 2
+// and EP = 4 x DP = 4 train like one rank with the whole batch (losses, and
+// every rank's experts equal to its slice of the one-rank experts), the
+// replicas of an expert agree to the bit, and the router's load is reported.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "jobs/train_test_util.h"
+#include "jobs/trainer.h"
+#include "jobs/trainer_ranks_test_util.h"
+#include "model/hf_mapping_gemma4.h"
+#include "worker/comm.h"
+
+namespace gemma {
+namespace {
+
+std::string* g_dir = nullptr;
+constexpr int kExperts = 4;
+
+// Text-only conversations: copy and reverse tasks over short words.
+void WriteTextData(const std::string& path, int n) {
+  std::ofstream out(path);
+  const char* words[] = {"total", "cash", "change", "item", "price",
+                         "tax",   "date", "store",  "card", "sum"};
+  for (int i = 0; i < n; ++i) {
+    std::string q, a;
+    for (int k = 0; k < 3 + i % 4; ++k) {
+      const std::string w = words[(i * 7 + k * 3) % 10];
+      q += (k ? " " : "") + w;
+      a = w + (k ? " " : "") + a;
+    }
+    out << "{\"messages\": [{\"role\": \"user\", \"content\": \"reverse: " << q
+        << "\"}, {\"role\": \"assistant\", \"content\": \"" << a << "\"}]}\n";
+  }
+}
+
+class TrainerEpTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    torch::set_num_threads(1);
+    if (g_dir != nullptr) return;
+    std::string tmpl = "/tmp/gemma_trainer_ep_test_XXXXXX";
+    g_dir = new std::string(mkdtemp(tmpl.data()));
+    auto data = WriteTinyOcrData(*g_dir + "/data", 4, 1, 64);  // tokenizer
+    ASSERT_TRUE(data.ok()) << data;
+    WriteTextData(*g_dir + "/data/text.jsonl", 32);
+    TinyMoeOptions o;
+    o.experts = kExperts;
+    auto model = WriteTinyMoeModel(*g_dir + "/model",
+                                   *g_dir + "/data/tokenizer.model", o);
+    ASSERT_TRUE(model.ok()) << model;
+  }
+
+  static gemma::v1::JobSpec Spec() {
+    gemma::v1::JobSpec s;
+    s.set_kind(gemma::v1::JOB_KIND_SFT);
+    s.mutable_model()->set_path(*g_dir + "/model");
+    s.mutable_data()->set_train(*g_dir + "/data/text.jsonl");
+    s.mutable_data()->set_batch_size(1);
+    s.mutable_data()->set_seq_len(128);
+    s.mutable_data()->set_seed(3);
+    auto* o = s.mutable_optim();
+    o->set_lr(3e-3);
+    o->set_max_steps(3);
+    o->set_warmup_steps(1);
+    o->set_weight_decay(0.1);
+    o->set_grad_clip(1.0);
+    o->set_eps(1e-6);  // see trainer_tp_test.cc
+    return s;
+  }
+
+  static std::string Root(const std::string& name) {
+    return absl::StrCat(*g_dir, "/", name, "-", getpid());
+  }
+};
+
+bool IsExpert(const std::string& name) {
+  return absl::StrContains(name, ".moe.experts.");
+}
+
+// Micro batch 1 with 4 accumulation steps on one rank against micro batch 1
+// on each of 4 ranks (EP x DP = 4 in total).
+void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
+                         const std::string& root_one,
+                         const std::string& root_many) {
+  auto one = base;
+  one.mutable_optim()->set_grad_accum(dp);
+  TrainerRun ref;
+  auto st = RunTrainerRanks(one, root_one, ParallelLayout{1, 1, 1}, 3, &ref);
+  ASSERT_TRUE(st.ok()) << st;
+  auto many = base;
+  many.mutable_parallel()->set_dp(dp);
+  many.mutable_parallel()->set_ep(ep);
+  TrainerRun got;
+  st = RunTrainerRanks(many, root_many, ParallelLayout{1, dp, ep}, 3, &got,
+                       /*save=*/false, absl::Seconds(240));
+  ASSERT_TRUE(st.ok()) << st;
+  const auto& want = ref.weights[0];
+  // Training moved the experts (the comparison is not between two untouched
+  // models).
+  auto initial = ReadSafetensorsFolder(*g_dir + "/model");
+  ASSERT_TRUE(initial.ok()) << initial.status();
+  const std::string probe = "text.layers.0.moe.experts.down";
+  EXPECT_GT((want.at(probe) - initial->at(probe)).abs().max().item<double>(),
+            1e-4);
+  const int64_t per_rank = kExperts / ep;
+  for (int r = 0; r < dp; ++r) {
+    ASSERT_EQ(got.losses[r].size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NEAR(got.losses[r][i], ref.losses[0][i], 1e-5 * ref.losses[0][i])
+          << "rank " << r << " step " << i + 1;
+    }
+    const int ep_rank = r % ep;
+    double worst = 0;
+    std::string worst_name;
+    int experts_seen = 0;
+    for (const auto& [name, w] : got.weights[r]) {
+      at::Tensor expect = want.at(name);
+      if (IsExpert(name)) {
+        ++experts_seen;
+        expect = expect.narrow(0, ep_rank * per_rank, per_rank);
+      }
+      ASSERT_EQ(expect.sizes(), w.sizes()) << name;
+      const double d = (w - expect).abs().max().item<double>();
+      if (d > worst) worst = d, worst_name = name;
+    }
+    EXPECT_GT(experts_seen, 0);
+    EXPECT_LE(worst, 2e-5) << "rank " << r << ": " << worst_name;
+  }
+  // Ranks holding the same experts (same EP rank) agree to the bit, and every
+  // rank agrees on the replicated weights.
+  for (int r = ep; r < dp; ++r) {
+    for (const auto& [name, w] : got.weights[r]) {
+      const int same = IsExpert(name) ? r % ep : 0;
+      EXPECT_TRUE(torch::equal(w, got.weights[same].at(name)))
+          << name << " rank " << r;
+    }
+  }
+}
+
+TEST_F(TrainerEpTest, TwoByTwoEqualsOneRankWithTheWholeBatch) {
+  CheckAgainstOneRank(Spec(), 2, 2, Root("one-2x2"), Root("ep2dp2"));
+}
+
+TEST_F(TrainerEpTest, EpFourEqualsOneRank) {
+  CheckAgainstOneRank(Spec(), 4, 4, Root("one-4"), Root("ep4dp4"));
+}
+
+// ZeRO-1 shards the expert optimizer state over the expert-data-parallel
+// group: EP = 2 x DP = 4 has 2 replicas per expert.
+TEST_F(TrainerEpTest, ExpertStateShardedOverExpertDataParallelRanks) {
+  auto spec = Spec();
+  spec.mutable_parallel()->set_zero_stage(1);
+  CheckAgainstOneRank(spec, 2, 4, Root("one-2x4"), Root("ep2dp4"));
+}
+
+TEST_F(TrainerEpTest, RefusesEpNotDividingTheExperts) {
+  auto spec = Spec();
+  spec.mutable_parallel()->set_dp(3);
+  spec.mutable_parallel()->set_ep(3);
+  TrainerRun run;
+  auto st =
+      RunTrainerRanks(spec, Root("ep3"), ParallelLayout{1, 3, 3}, 1, &run);
+  ASSERT_FALSE(st.ok());
+  EXPECT_TRUE(absl::StrContains(st.message(), "spec.parallel.ep")) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "num_experts 4")) << st;
+}
+
+// The router's load over the steps since the last report: every expert gets
+// tokens, and the busiest gets at least the mean.
+TEST_F(TrainerEpTest, ReportsRouterLoad) {
+  TrainerOptions o;
+  o.spec = Spec();
+  o.checkpoint_root = Root("metrics");
+  auto t = Trainer::Create(o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE((*t)->Step().ok());
+  auto m = (*t)->model().TakeMetrics();
+  ASSERT_TRUE(m.count("moe_max_load")) << m.size();
+  EXPECT_GE(m["moe_max_load"], 1.0);
+  EXPECT_LE(m["moe_min_load"], 1.0);
+  EXPECT_GE(m["moe_min_load"], 0.0);
+  // Taken: no tokens routed since, no metrics.
+  EXPECT_TRUE((*t)->model().TakeMetrics().empty());
+}
+
+}  // namespace
+}  // namespace gemma
