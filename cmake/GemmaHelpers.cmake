@@ -17,7 +17,12 @@ function(gemma_add_test)
       GEMMA_BINARY_DIR="${CMAKE_BINARY_DIR}")
   set(_props TIMEOUT ${T_TIMEOUT} ENVIRONMENT "GEMMA_BIN_DIR=${CMAKE_BINARY_DIR}/bin")
   if(T_LABELS)
-    list(APPEND _props LABELS "${T_LABELS}")
+    # One label: CMake 3.25's test discovery writes a list property out
+    # unquoted, so "LABELS a;b FIXTURES_REQUIRED f" became LABELS a plus a
+    # property named b, and the fixture was lost. ctest -L takes a regular
+    # expression, so "a+b" still answers to -L a and -L b.
+    string(REPLACE ";" "+" _label "${T_LABELS}")
+    list(APPEND _props LABELS "${_label}")
   endif()
   if(T_FIXTURES)
     list(APPEND _props FIXTURES_REQUIRED "${T_FIXTURES}")

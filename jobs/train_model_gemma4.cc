@@ -13,6 +13,7 @@
 #include "model/checkpoint.h"
 #include "model/gemma4_model.h"
 #include "model/hf_mapping_gemma4.h"
+#include "model/recompute.h"
 
 namespace gemma {
 namespace {
@@ -35,7 +36,6 @@ class Gemma4TrainModel : public TrainModel {
   void ConfigureBatches(BatchOptions& bo) const override { (void)bo; }
 
   LmLoss Loss(const Batch& batch, bool packed, bool recompute) override {
-    (void)recompute;  // TODO(gemma4): layer recomputation
     Gemma4Inputs in;
     in.input_ids = batch.input_ids;
     if (packed) {
@@ -50,7 +50,11 @@ class Gemma4TrainModel : public TrainModel {
     Gemma4DecoderInputs d;
     d.attention_mask = in.attention_mask;
     d.position_ids = in.position_ids;
-    torch::Tensor hidden = model_->text->Decode(embeds, d);
+    torch::Tensor hidden;
+    {
+      RecomputeScope scope(recompute);
+      hidden = model_->text->Decode(embeds, d);
+    }
     LmLossOptions lo;
     if (config_.text.final_logit_softcapping)
       lo.softcap = *config_.text.final_logit_softcapping;

@@ -90,9 +90,11 @@ bool IsExpert(const std::string& name) {
 
 // Micro batch 1 with 4 accumulation steps on one rank against micro batch 1
 // on each of 4 ranks (EP x DP = 4 in total).
+// With `recompute` only the EP run recomputes its layers in backward.
 void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
                          const std::string& root_one,
-                         const std::string& root_many) {
+                         const std::string& root_many,
+                         bool recompute = false) {
   auto one = base;
   one.mutable_optim()->set_grad_accum(dp);
   TrainerRun ref;
@@ -101,6 +103,7 @@ void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
   auto many = base;
   many.mutable_parallel()->set_dp(dp);
   many.mutable_parallel()->set_ep(ep);
+  many.mutable_model()->set_recompute(recompute);
   TrainerRun got;
   st = RunTrainerRanks(many, root_many, ParallelLayout{1, dp, ep}, 3, &got,
                        /*save=*/false, absl::Seconds(240));
@@ -164,6 +167,12 @@ TEST_F(TrainerEpTest, ExpertStateShardedOverExpertDataParallelRanks) {
   CheckAgainstOneRank(spec, 2, 4, Root("one-2x4"), Root("ep2dp4"));
 }
 
+// Layer recomputation (the all-to-alls rerun in backward) changes nothing.
+TEST_F(TrainerEpTest, RecomputeUnderExpertParallelism) {
+  CheckAgainstOneRank(Spec(), 2, 2, Root("one-rc"), Root("ep2dp2-rc"),
+                      /*recompute=*/true);
+}
+
 TEST_F(TrainerEpTest, RefusesEpNotDividingTheExperts) {
   auto spec = Spec();
   spec.mutable_parallel()->set_dp(3);
@@ -185,6 +194,8 @@ TEST_F(TrainerEpTest, ReportsRouterLoad) {
   auto t = Trainer::Create(o);
   ASSERT_TRUE(t.ok()) << t.status();
   ASSERT_TRUE((*t)->Step().ok());
+  // One step is 1 micro batch: the counts are of its tokens once, recompute
+  // or not.
   auto m = (*t)->model().TakeMetrics();
   ASSERT_TRUE(m.count("moe_max_load")) << m.size();
   EXPECT_GE(m["moe_max_load"], 1.0);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "model/recompute.h"
 
 namespace gemma {
 
@@ -240,7 +241,16 @@ torch::Tensor Gemma4TextModelImpl::Decode(const torch::Tensor& embeds,
     LayerKvCache* lc = in.cache != nullptr
                            ? in.cache->layer(static_cast<int64_t>(i))
                            : nullptr;
-    h = layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
+    if (lc == nullptr && RecomputeEnabled()) {
+      // Keep only the layer's input; rerun it in backward.
+      Gemma4DecoderLayerImpl* layer = layer_list_[i].get();
+      h = RecomputedForward(
+          h, [layer, c = cos[t], s = sin[t], b = bias[t]](const at::Tensor& x) {
+            return layer->forward(x, c, s, b, nullptr);
+          });
+    } else {
+      h = layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
+    }
   }
   return final_norm(h);
 }

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include "model/recompute.h"
+
 namespace gemma {
 
 torch::Tensor Gemma4RmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
@@ -166,7 +168,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& router_in) {
 
   torch::Tensor flat = routing.index.reshape({-1});  // [T K]
   torch::Tensor counts = torch::bincount(flat.cpu(), {}, e_all);
-  tokens_per_expert_ += counts;
+  if (!InRecompute()) tokens_per_expert_ += counts;  // count a forward once
 
   // Token-expert pairs sorted by expert (stable: token order within one).
   torch::Tensor order =

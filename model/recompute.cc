@@ -8,6 +8,47 @@ namespace gemma {
 namespace {
 
 thread_local bool recompute_enabled = false;
+thread_local bool in_recompute = false;
+
+struct InRecomputeGuard {
+  bool previous = in_recompute;
+  InRecomputeGuard() { in_recompute = true; }
+  ~InRecomputeGuard() { in_recompute = previous; }
+};
+
+// The closure of a RecomputedForward, kept in the autograd context.
+struct ForwardFn : torch::CustomClassHolder {
+  std::function<at::Tensor(const at::Tensor&)> fn;
+};
+
+struct RecomputeFnFunction
+    : public torch::autograd::Function<RecomputeFnFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
+                            const at::Tensor& x,
+                            c10::intrusive_ptr<ForwardFn> fn) {
+    ctx->save_for_backward({x});
+    at::Tensor y = fn->fn(x);
+    ctx->saved_data["fn"] = c10::IValue::make_capsule(std::move(fn));
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    auto fn = c10::static_intrusive_pointer_cast<ForwardFn>(
+        ctx->saved_data["fn"].toCapsule());
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    at::Tensor y;
+    {
+      torch::AutoGradMode grad_mode(true);
+      InRecomputeGuard rerun;
+      y = fn->fn(x);
+    }
+    torch::autograd::backward({y}, {grad_out[0]});
+    return {x.grad(), at::Tensor()};
+  }
+};
 
 // Reentrant recomputation (as torch.utils.checkpoint with use_reentrant):
 // forward runs without grad and saves the inputs; backward reruns the layer
@@ -34,6 +75,7 @@ struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
     at::Tensor y;
     {
       torch::AutoGradMode grad_mode(true);
+      InRecomputeGuard rerun;
       y = layer->forward(x, saved[1], saved[2], saved[3], nullptr);
     }
     torch::autograd::backward({y}, {grad_out[0]});
@@ -49,6 +91,16 @@ RecomputeScope::RecomputeScope(bool enabled) : previous_(recompute_enabled) {
 RecomputeScope::~RecomputeScope() { recompute_enabled = previous_; }
 
 bool RecomputeEnabled() { return recompute_enabled; }
+
+bool InRecompute() { return in_recompute; }
+
+at::Tensor RecomputedForward(const at::Tensor& x,
+                             std::function<at::Tensor(const at::Tensor&)> fn) {
+  if (!x.requires_grad() || !torch::GradMode::is_enabled()) return fn(x);
+  auto holder = c10::make_intrusive<ForwardFn>();
+  holder->fn = std::move(fn);
+  return RecomputeFnFunction::apply(x, std::move(holder));
+}
 
 at::Tensor RecomputedLayerForward(Gemma3DecoderLayerImpl& layer,
                                   const at::Tensor& x, const at::Tensor& cos,

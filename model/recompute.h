@@ -14,6 +14,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
+
 #include "model/gemma3.h"
 
 namespace gemma {
@@ -31,6 +33,16 @@ class RecomputeScope {
 };
 
 bool RecomputeEnabled();
+
+// True while a recomputed forward reruns in backward (on this thread):
+// bookkeeping that must count a forward once (router load) skips it then.
+bool InRecompute();
+
+// The same for any layer: `fn(x)` is run without keeping its activations and
+// rerun in backward. `fn` must be deterministic and hold everything it needs
+// besides x by value (it outlives the caller's frame until backward).
+at::Tensor RecomputedForward(const at::Tensor& x,
+                             std::function<at::Tensor(const at::Tensor&)> fn);
 
 // layer->forward(x, cos, sin, bias) without keeping its activations; the
 // parameters' gradients are accumulated into their .grad() in backward.
