@@ -201,6 +201,21 @@ absl::StatusOr<RenderedChat> RenderGemma3(
   return out;
 }
 
+// The Gemma 3 shorthand's crops (empty = none) as ChatImageInfo.
+absl::StatusOr<std::vector<ChatImageInfo>> FromCrops(
+    const Conversation& conv, const std::vector<int>& crops_per_image) {
+  if (!crops_per_image.empty() &&
+      static_cast<int>(crops_per_image.size()) != conv.num_images()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Where(conv), ": crops_per_image has ", crops_per_image.size(),
+        " entries for ", conv.num_images(), " images"));
+  }
+  std::vector<ChatImageInfo> images(conv.num_images());
+  for (size_t i = 0; i < crops_per_image.size(); ++i)
+    images[i].crops = crops_per_image[i];
+  return images;
+}
+
 }  // namespace
 
 absl::StatusOr<RenderedChat> RenderChat(
@@ -226,15 +241,8 @@ absl::StatusOr<RenderedChat> RenderChat(
 absl::StatusOr<RenderedChat> RenderChat(
     const Conversation& conv, const ChatOptions& options,
     const std::vector<int>& crops_per_image) {
-  if (!crops_per_image.empty() &&
-      static_cast<int>(crops_per_image.size()) != conv.num_images()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Where(conv), ": crops_per_image has ", crops_per_image.size(),
-        " entries for ", conv.num_images(), " images"));
-  }
-  std::vector<ChatImageInfo> images(conv.num_images());
-  for (size_t i = 0; i < crops_per_image.size(); ++i)
-    images[i].crops = crops_per_image[i];
+  GEMMA_ASSIGN_OR_RETURN(std::vector<ChatImageInfo> images,
+                         FromCrops(conv, crops_per_image));
   return RenderChat(conv, options, images);
 }
 
@@ -301,15 +309,8 @@ absl::StatusOr<EncodedChat> EncodeChat(
 absl::StatusOr<EncodedChat> EncodeChat(
     const Tokenizer& tokenizer, const Conversation& conv,
     const ChatOptions& options, const std::vector<int>& crops_per_image) {
-  if (!crops_per_image.empty() &&
-      static_cast<int>(crops_per_image.size()) != conv.num_images()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Where(conv), ": crops_per_image has ", crops_per_image.size(),
-        " entries for ", conv.num_images(), " images"));
-  }
-  std::vector<ChatImageInfo> images(conv.num_images());
-  for (size_t i = 0; i < crops_per_image.size(); ++i)
-    images[i].crops = crops_per_image[i];
+  GEMMA_ASSIGN_OR_RETURN(std::vector<ChatImageInfo> images,
+                         FromCrops(conv, crops_per_image));
   return EncodeChat(tokenizer, conv, options, images);
 }
 
