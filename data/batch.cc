@@ -22,7 +22,8 @@ uint64_t SplitMix64(uint64_t* state) {
 struct Row {
   std::vector<int64_t> ids, labels, types, positions;
   std::vector<int32_t> segments;
-  std::vector<at::Tensor> images;
+  std::vector<at::Tensor> images;           // as in Encoded
+  std::vector<at::Tensor> image_positions;  // as Encoded::positions
   int num_segments = 0;
   size_t size() const { return ids.size(); }
 };
@@ -31,8 +32,26 @@ struct Row {
 
 struct DataLoader::Encoded {
   EncodedChat chat;
-  std::vector<at::Tensor> images;  // each [1 + crops, 3, S, S]
+  // Gemma 3: each [1 + crops, 3, S, S]. Gemma 4: each [1, P, 3 * patch^2].
+  std::vector<at::Tensor> images;
+  std::vector<at::Tensor> positions;  // Gemma 4: each [1, P, 2]
 };
+
+namespace {
+
+// A Gemma 4 image's patches and positions as [1, P, D] / [1, P, 2] tensors.
+std::pair<at::Tensor, at::Tensor> Gemma4Tensors(Gemma4ImagePatches& p) {
+  const int64_t n = p.max_patches;
+  at::Tensor pixels =
+      torch::from_blob(p.pixel_values.data(), {1, n, int64_t{p.patch_dim}},
+                       torch::kFloat32)
+          .clone();
+  at::Tensor positions =
+      torch::from_blob(p.positions.data(), {1, n, 2}, torch::kInt64).clone();
+  return {pixels, positions};
+}
+
+}  // namespace
 
 std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch,
                                 bool shuffle) {
@@ -74,6 +93,17 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Create(
   if (options.pad_to_multiple < 0)
     return absl::InvalidArgumentError(
         "DataLoader: pad_to_multiple must be >= 0");
+  if (absl::Status s = CheckChatTokens(*tokenizer, options.chat.format);
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("DataLoader: ", s.message()));
+  }
+  if (options.chat.format == ChatFormat::kGemma4) {
+    if (absl::Status s = ValidateGemma4ImageOptions(options.gemma4_image);
+        !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DataLoader: gemma4_image: ", s.message()));
+    }
+  }
   return std::unique_ptr<DataLoader>(
       new DataLoader(std::move(data), tokenizer, std::move(options)));
 }
@@ -113,7 +143,8 @@ absl::StatusOr<std::optional<DataLoader::Encoded>> DataLoader::EncodeAt(
           conv.source,
           ": packing supports text-only conversations; this one has images"));
     }
-    std::vector<int> crops;
+    const bool gemma4 = options_.chat.format == ChatFormat::kGemma4;
+    std::vector<ChatImageInfo> infos;
     for (const std::string& path : conv.image_paths()) {
       absl::StatusOr<RgbImage> image = DecodeImageFile(path);
       if (!image.ok()) {
@@ -121,15 +152,29 @@ absl::StatusOr<std::optional<DataLoader::Encoded>> DataLoader::EncodeAt(
             image.status().code(),
             absl::StrCat(conv.source, ": ", image.status().message()));
       }
-      at::Tensor t = PreprocessImage(*image, options_.image);
-      crops.push_back(static_cast<int>(t.size(0)) - 1);
-      out.images.push_back(std::move(t));
+      ChatImageInfo info;
+      if (gemma4) {
+        absl::StatusOr<Gemma4ImagePatches> patches =
+            Gemma4PreprocessImage(*image, options_.gemma4_image);
+        if (!patches.ok()) {
+          return absl::Status(patches.status().code(),
+                              absl::StrCat(conv.source, ": ", path, ": ",
+                                           patches.status().message()));
+        }
+        info.soft_tokens = patches->num_soft_tokens;
+        auto [pixels, positions] = Gemma4Tensors(*patches);
+        out.images.push_back(std::move(pixels));
+        out.positions.push_back(std::move(positions));
+      } else {
+        at::Tensor t = PreprocessImage(*image, options_.image);
+        if (options_.image.do_pan_and_scan)
+          info.crops = static_cast<int>(t.size(0)) - 1;
+        out.images.push_back(std::move(t));
+      }
+      infos.push_back(info);
     }
-    GEMMA_ASSIGN_OR_RETURN(
-        out.chat,
-        EncodeChat(
-            *tokenizer_, conv, options_.chat,
-            options_.image.do_pan_and_scan ? crops : std::vector<int>{}));
+    GEMMA_ASSIGN_OR_RETURN(out.chat,
+                           EncodeChat(*tokenizer_, conv, options_.chat, infos));
     if (static_cast<int>(out.chat.input_ids.size()) > options_.seq_len) {
       return absl::OutOfRangeError(
           absl::StrCat(conv.source, ": ", out.chat.input_ids.size(),
@@ -159,6 +204,8 @@ absl::StatusOr<Batch> DataLoader::Next() {
         row.positions.push_back(static_cast<int64_t>(i));
       }
       for (at::Tensor& t : e.images) row.images.push_back(std::move(t));
+      for (at::Tensor& t : e.positions)
+        row.image_positions.push_back(std::move(t));
     };
     while (static_cast<int>(rows.size()) < options_.batch_size) {
       GEMMA_ASSIGN_OR_RETURN(std::optional<Encoded> enc, EncodeAt(pos_));
@@ -204,7 +251,7 @@ absl::StatusOr<Batch> DataLoader::Next() {
         torch::zeros({b, t}, torch::TensorOptions().dtype(torch::kInt32));
     batch.position_ids = torch::zeros({b, t}, i64);
     batch.token_type_ids = torch::zeros({b, t}, i64);
-    std::vector<at::Tensor> images;
+    std::vector<at::Tensor> images, image_positions;
     for (int64_t r = 0; r < b; ++r) {
       const Row& row = rows[r];
       const int64_t n = static_cast<int64_t>(row.size());
@@ -223,12 +270,26 @@ absl::StatusOr<Batch> DataLoader::Next() {
         images.push_back(img);
         count += static_cast<int>(img.size(0));
       }
+      for (const at::Tensor& pos : row.image_positions)
+        image_positions.push_back(pos);
       batch.images_per_row.push_back(count);
       batch.num_conversations += row.num_segments;
     }
-    const int s = options_.image.image_size;
-    batch.pixel_values =
-        images.empty() ? torch::zeros({0, 3, s, s}) : torch::cat(images);
+    if (options_.chat.format == ChatFormat::kGemma4) {
+      const Gemma4ImageOptions& g = options_.gemma4_image;
+      const int64_t p = Gemma4MaxPatches(g);
+      batch.pixel_values =
+          images.empty()
+              ? torch::zeros({0, p, int64_t{3} * g.patch_size * g.patch_size})
+              : torch::cat(images);
+      batch.image_positions = image_positions.empty()
+                                  ? torch::zeros({0, p, 2}, i64)
+                                  : torch::cat(image_positions);
+    } else {
+      const int s = options_.image.image_size;
+      batch.pixel_values =
+          images.empty() ? torch::zeros({0, 3, s, s}) : torch::cat(images);
+    }
     return batch;
   } catch (const c10::Error& e) {
     return absl::InternalError(

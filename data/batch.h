@@ -5,6 +5,21 @@
 // dataset (epoch e's order depends only on (seed, e)); batches are cut from
 // that stream in order, so a loader restored to a position produces exactly
 // the batches an uninterrupted run would have produced from there.
+//
+// Gemma 4 (VL or text): set
+//   bo.chat.format = ChatFormat::kGemma4;
+//   bo.gemma4_image.patch_size = vision.patch_size;
+//   bo.gemma4_image.pooling_kernel_size = vision.pooling_kernel_size;
+//   bo.gemma4_image.max_soft_tokens = the processor's max_soft_tokens (280
+//                                     unless the model card says otherwise);
+// (vision = Gemma4ModelConfig::vision, model/gemma4_config.h) with a Gemma 4
+// tokenizer.model (the ids of <|image|> / <|image> / <image|> should equal the
+// config's image_token_id / boi_token_id / eoi_token_id). Each batch's
+// input_ids, pixel_values and image_positions then feed Gemma4Inputs
+// (model/gemma4_model.h) directly: the k-th run of <|image|> tokens in
+// row-major order belongs to image k, and image k's soft-token count equals
+// its run's length. labels / attention_mask / position_ids / segment_ids are
+// as for Gemma 3; token_type_ids is HF's mm_token_type_ids (1 on <|image|>).
 #ifndef GEMMA_DATA_BATCH_H_
 #define GEMMA_DATA_BATCH_H_
 
@@ -18,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "data/chat.h"
+#include "data/gemma4_image.h"
 #include "data/image.h"
 #include "data/tokenizer.h"
 
@@ -38,8 +54,9 @@ struct BatchOptions {
   // Off: a bad example (missing or corrupt image, longer than seq_len, bad
   // roles) is an error naming its source. On: it is skipped and counted.
   bool skip_bad = false;
-  ChatOptions chat;
-  ImageOptions image;
+  ChatOptions chat;    // chat.format picks Gemma 3 or Gemma 4 conversations
+  ImageOptions image;  // Gemma 3 images (SigLIP, fixed size)
+  Gemma4ImageOptions gemma4_image;  // Gemma 4 images (chat.format kGemma4)
 };
 
 // One batch; B rows, T = padded length.
@@ -54,9 +71,18 @@ struct Batch {
   at::Tensor segment_ids;
   at::Tensor position_ids;    // [B, T] int64; restarts at 0 in each segment
   at::Tensor token_type_ids;  // [B, T] int64; 1 on image soft tokens
-  // [N, 3, S, S] float32: every image of the batch (each followed by its
-  // pan-and-scan crops) in row-major order of their image tokens; N may be 0.
+  // Every image of the batch in row-major order of their image tokens; N may
+  // be 0.
+  //   Gemma 3: [N, 3, S, S] float32, each image followed by its pan-and-scan
+  //     crops.
+  //   Gemma 4: [N, P, 3 * patch^2] float32 in [0, 1], P = max_soft_tokens *
+  //     pooling_kernel^2 (every image padded to the budget's patch count with
+  //     zero patches, as HF's Gemma4ImageProcessor returns them); patch values
+  //     in (y, x, channel) order (data/gemma4_image.h).
   at::Tensor pixel_values;
+  // Gemma 4: [N, P, 2] int64, each patch's (x, y) in its image's patch grid,
+  // (-1, -1) on padding patches (HF's image_position_ids). Gemma 3: undefined.
+  at::Tensor image_positions;
   std::vector<int> images_per_row;  // entries of pixel_values per row
   int64_t num_conversations = 0;
 };

@@ -1,10 +1,32 @@
 #include "data/chat.h"
 
+#include <string_view>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace gemma {
+
+int Conversation::num_images() const {
+  int n = 0;
+  for (const Message& m : messages) {
+    for (const ContentPart& p : m.content)
+      n += p.type == ContentPart::Type::kImage;
+  }
+  return n;
+}
+
+std::vector<std::string> Conversation::image_paths() const {
+  std::vector<std::string> out;
+  for (const Message& m : messages) {
+    for (const ContentPart& p : m.content) {
+      if (p.type == ContentPart::Type::kImage) out.push_back(p.image_path);
+    }
+  }
+  return out;
+}
+
 namespace {
 
 // Jinja's `trim` strips Python whitespace; ASCII whitespace covers what our
@@ -34,40 +56,101 @@ std::string ExpandedImage(int tokens, int crops) {
   return out;
 }
 
-}  // namespace
-
-int Conversation::num_images() const {
-  int n = 0;
-  for (const Message& m : messages) {
-    for (const ContentPart& p : m.content)
-      n += p.type == ContentPart::Type::kImage;
+// The Gemma 4 template's strip_thinking: drops each "<|channel>...<channel|>"
+// thought (split on "<channel|>"; in each piece, what follows "<|channel>"),
+// then trims.
+std::string StripThoughts(const std::string& s) {
+  static constexpr std::string_view kOpen = "<|channel>", kClose = "<channel|>";
+  std::string kept;
+  size_t begin = 0;
+  while (true) {
+    const size_t close = s.find(kClose, begin);
+    const std::string_view piece = std::string_view(s).substr(
+        begin, close == std::string::npos ? std::string::npos : close - begin);
+    kept += piece.substr(0, piece.find(kOpen));
+    if (close == std::string::npos) break;
+    begin = close + kClose.size();
   }
-  return n;
+  return Trim(kept);
 }
 
-std::vector<std::string> Conversation::image_paths() const {
-  std::vector<std::string> out;
-  for (const Message& m : messages) {
-    for (const ContentPart& p : m.content) {
-      if (p.type == ContentPart::Type::kImage) out.push_back(p.image_path);
-    }
-  }
+std::string Gemma4ImageSequence(int n) {
+  std::string out = absl::StrCat("\n\n", kImageOpen);
+  out.reserve(out.size() + n * (sizeof(kImagePlaceholder) - 1) + 16);
+  for (int i = 0; i < n; ++i) out += kImagePlaceholder;
+  absl::StrAppend(&out, kImageClose, "\n\n");
   return out;
 }
 
-absl::StatusOr<RenderedChat> RenderChat(
+std::string Where(const Conversation& conv) {
+  return conv.source.empty() ? std::string("conversation") : conv.source;
+}
+
+absl::Status CheckRole(const Conversation& conv, size_t i) {
+  const std::string& role = conv.messages[i].role;
+  if (role == "user" || role == "assistant" || role == "model")
+    return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      Where(conv), ": message ", i, " has role \"", role, "\"",
+      role == "system" ? " (only the first message may be the system message)"
+                       : " (expected user or assistant)"));
+}
+
+absl::StatusOr<RenderedChat> RenderGemma4(
     const Conversation& conv, const ChatOptions& options,
-    const std::vector<int>& crops_per_image) {
-  const std::string where =
-      conv.source.empty() ? std::string("conversation") : conv.source;
-  if (conv.messages.empty())
-    return absl::InvalidArgumentError(absl::StrCat(where, ": no messages"));
-  if (!crops_per_image.empty() &&
-      static_cast<int>(crops_per_image.size()) != conv.num_images()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": crops_per_image has ", crops_per_image.size(),
-                     " entries for ", conv.num_images(), " images"));
+    const std::vector<ChatImageInfo>& images) {
+  const std::string where = Where(conv);
+  RenderedChat out;
+  out.text = "<bos>";
+  size_t first = 0;
+  if (conv.messages[0].role == "system") {
+    std::string system;
+    for (const ContentPart& p : conv.messages[0].content) {
+      if (p.type != ContentPart::Type::kText) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": the system message may hold text only"));
+      }
+      system += p.text;
+    }
+    absl::StrAppend(&out.text, kTurnOpen, "system\n", Trim(system), kTurnClose,
+                    "\n");
+    first = 1;
   }
+  size_t image_index = 0;
+  for (size_t i = first; i < conv.messages.size(); ++i) {
+    GEMMA_RETURN_IF_ERROR(CheckRole(conv, i));
+    const Message& m = conv.messages[i];
+    const bool is_model = m.role != "user";
+    absl::StrAppend(&out.text, kTurnOpen, is_model ? "model" : "user", "\n");
+    const size_t content_begin = out.text.size();
+    for (const ContentPart& p : m.content) {
+      if (p.type == ContentPart::Type::kText) {
+        out.text += is_model ? StripThoughts(p.text) : Trim(p.text);
+        continue;
+      }
+      const int n = images[image_index++].soft_tokens;
+      if (n < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": image ", image_index - 1, " (", p.image_path,
+            ") has no soft-token count (Gemma 4 needs ChatImageInfo::"
+            "soft_tokens >= 1 per image)"));
+      }
+      out.text += Gemma4ImageSequence(n);
+    }
+    out.text += kTurnClose;
+    if (is_model) out.label_spans.emplace_back(content_begin, out.text.size());
+    out.text += "\n";
+  }
+  if (options.add_generation_prompt)
+    absl::StrAppend(&out.text, kTurnOpen,
+                    "model\n<|channel>thought\n<channel|>");
+  return out;
+}
+
+absl::StatusOr<RenderedChat> RenderGemma3(
+    const Conversation& conv, const ChatOptions& options,
+    const std::vector<ChatImageInfo>& images) {
+  const std::string where = Where(conv);
   RenderedChat out;
   out.text = "<bos>";
   size_t first = 0;
@@ -104,9 +187,8 @@ absl::StatusOr<RenderedChat> RenderChat(
       if (p.type == ContentPart::Type::kText) {
         out.text += Trim(p.text);
       } else {
-        const int crops =
-            crops_per_image.empty() ? 0 : crops_per_image[image_index];
-        out.text += ExpandedImage(options.mm_tokens_per_image, crops);
+        out.text += ExpandedImage(options.mm_tokens_per_image,
+                                  images[image_index].crops);
         ++image_index;
       }
     }
@@ -119,16 +201,93 @@ absl::StatusOr<RenderedChat> RenderChat(
   return out;
 }
 
+// The Gemma 3 shorthand's crops (empty = none) as ChatImageInfo.
+absl::StatusOr<std::vector<ChatImageInfo>> FromCrops(
+    const Conversation& conv, const std::vector<int>& crops_per_image) {
+  if (!crops_per_image.empty() &&
+      static_cast<int>(crops_per_image.size()) != conv.num_images()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Where(conv), ": crops_per_image has ", crops_per_image.size(),
+        " entries for ", conv.num_images(), " images"));
+  }
+  std::vector<ChatImageInfo> images(conv.num_images());
+  for (size_t i = 0; i < crops_per_image.size(); ++i)
+    images[i].crops = crops_per_image[i];
+  return images;
+}
+
+}  // namespace
+
+absl::StatusOr<RenderedChat> RenderChat(
+    const Conversation& conv, const ChatOptions& options,
+    const std::vector<ChatImageInfo>& images) {
+  const std::string where = Where(conv);
+  if (conv.messages.empty())
+    return absl::InvalidArgumentError(absl::StrCat(where, ": no messages"));
+  if (static_cast<int>(images.size()) != conv.num_images()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": ", images.size(), " image entries for ",
+                     conv.num_images(), " images"));
+  }
+  switch (options.format) {
+    case ChatFormat::kGemma3:
+      return RenderGemma3(conv, options, images);
+    case ChatFormat::kGemma4:
+      return RenderGemma4(conv, options, images);
+  }
+  return absl::InvalidArgumentError("unknown chat format");
+}
+
+absl::StatusOr<RenderedChat> RenderChat(
+    const Conversation& conv, const ChatOptions& options,
+    const std::vector<int>& crops_per_image) {
+  GEMMA_ASSIGN_OR_RETURN(std::vector<ChatImageInfo> images,
+                         FromCrops(conv, crops_per_image));
+  return RenderChat(conv, options, images);
+}
+
+absl::Status CheckChatTokens(const Tokenizer& tokenizer, ChatFormat format) {
+  const SpecialTokenIds& s = tokenizer.special();
+  struct Needed {
+    const char* piece;
+    int id;
+  };
+  const bool gemma4 = format == ChatFormat::kGemma4;
+  const std::vector<Needed> needed =
+      gemma4 ? std::vector<Needed>{{kTurnOpen, s.turn_open},
+                                   {kTurnClose, s.turn_close},
+                                   {kImageOpen, s.image_open},
+                                   {kImagePlaceholder, s.image_placeholder},
+                                   {kImageClose, s.image_close}}
+             : std::vector<Needed>{{kStartOfTurn, s.start_of_turn},
+                                   {kEndOfTurn, s.end_of_turn},
+                                   {kStartOfImage, s.start_of_image},
+                                   {kImageSoftToken, s.image_soft_token},
+                                   {kEndOfImage, s.end_of_image}};
+  for (const Needed& n : needed) {
+    if (n.id < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tokenizer ", tokenizer.path(), " has no piece ", n.piece,
+          ", which the ", gemma4 ? "Gemma 4" : "Gemma 3",
+          " chat format needs (a tokenizer of another Gemma generation?)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<EncodedChat> EncodeChat(
     const Tokenizer& tokenizer, const Conversation& conv,
-    const ChatOptions& options, const std::vector<int>& crops_per_image) {
+    const ChatOptions& options, const std::vector<ChatImageInfo>& images) {
+  GEMMA_RETURN_IF_ERROR(CheckChatTokens(tokenizer, options.format));
   GEMMA_ASSIGN_OR_RETURN(RenderedChat rendered,
-                         RenderChat(conv, options, crops_per_image));
+                         RenderChat(conv, options, images));
   std::vector<int> begins;
   EncodedChat out;
   GEMMA_ASSIGN_OR_RETURN(out.input_ids,
                          tokenizer.Encode(rendered.text, &begins));
-  const int image_token = tokenizer.special().image_soft_token;
+  const int image_token = options.format == ChatFormat::kGemma4
+                              ? tokenizer.special().image_placeholder
+                              : tokenizer.special().image_soft_token;
   out.labels.assign(out.input_ids.size(), kIgnoreIndex);
   out.token_type_ids.assign(out.input_ids.size(), 0);
   size_t span = 0;
@@ -145,6 +304,14 @@ absl::StatusOr<EncodedChat> EncodeChat(
     }
   }
   return out;
+}
+
+absl::StatusOr<EncodedChat> EncodeChat(
+    const Tokenizer& tokenizer, const Conversation& conv,
+    const ChatOptions& options, const std::vector<int>& crops_per_image) {
+  GEMMA_ASSIGN_OR_RETURN(std::vector<ChatImageInfo> images,
+                         FromCrops(conv, crops_per_image));
+  return EncodeChat(tokenizer, conv, options, images);
 }
 
 }  // namespace gemma

@@ -71,8 +71,9 @@ uint8_t Clip8(int32_t v) {
 
 RgbImage Horizontal(const RgbImage& in, int out_width) {
   const Coefficients c = ComputeCoefficients(in.width, out_width);
-  RgbImage out{in.height, out_width,
-               std::vector<uint8_t>(static_cast<size_t>(in.height) * out_width * 3)};
+  RgbImage out{
+      in.height, out_width,
+      std::vector<uint8_t>(static_cast<size_t>(in.height) * out_width * 3)};
   for (int y = 0; y < in.height; ++y) {
     const uint8_t* row = &in.pixels[static_cast<size_t>(y) * in.width * 3];
     uint8_t* dst = &out.pixels[static_cast<size_t>(y) * out_width * 3];
@@ -93,7 +94,8 @@ RgbImage Horizontal(const RgbImage& in, int out_width) {
 RgbImage Vertical(const RgbImage& in, int out_height) {
   const Coefficients c = ComputeCoefficients(in.height, out_height);
   const size_t row_len = static_cast<size_t>(in.width) * 3;
-  RgbImage out{out_height, in.width, std::vector<uint8_t>(out_height * row_len)};
+  RgbImage out{out_height, in.width,
+               std::vector<uint8_t>(out_height * row_len)};
   std::vector<int32_t> acc(row_len);
   for (int yy = 0; yy < out_height; ++yy) {
     std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
@@ -132,40 +134,45 @@ absl::StatusOr<std::pair<int, int>> Gemma4ResizeTarget(
     return absl::InvalidArgumentError(
         absl::StrCat("image of size ", height, "x", width, " is empty"));
   }
-  const int64_t k2 = static_cast<int64_t>(o.pooling_kernel_size) * o.pooling_kernel_size;
+  const int64_t k2 =
+      static_cast<int64_t>(o.pooling_kernel_size) * o.pooling_kernel_size;
   const int64_t max_patches = o.max_soft_tokens * k2;
   const double total_px = static_cast<double>(height) * width;
-  const double target_px = static_cast<double>(max_patches) * o.patch_size * o.patch_size;
+  const double target_px =
+      static_cast<double>(max_patches) * o.patch_size * o.patch_size;
   const double factor = std::sqrt(target_px / total_px);
   const double ideal_h = factor * height, ideal_w = factor * width;
   const int side = o.pooling_kernel_size * o.patch_size;
   int th = static_cast<int>(std::floor(ideal_h / side)) * side;
   int tw = static_cast<int>(std::floor(ideal_w / side)) * side;
   if (th == 0 && tw == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot resize a ", height, "x", width, " image to a non-empty multiple of ",
-        side));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot resize a ", height, "x", width,
+                     " image to a non-empty multiple of ", side));
   }
   const int max_side = static_cast<int>(max_patches / k2) * side;
   if (th == 0) {
     th = side;
-    tw = std::min(static_cast<int>(std::floor(static_cast<double>(width) / height)) * side,
-                  max_side);
+    tw = std::min(
+        static_cast<int>(std::floor(static_cast<double>(width) / height)) *
+            side,
+        max_side);
   } else if (tw == 0) {
     tw = side;
-    th = std::min(static_cast<int>(std::floor(static_cast<double>(height) / width)) * side,
-                  max_side);
+    th = std::min(
+        static_cast<int>(std::floor(static_cast<double>(height) / width)) *
+            side,
+        max_side);
   }
   if (static_cast<double>(th) * tw > target_px) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "resizing ", height, "x", width, " to ", th, "x", tw, " exceeds ",
-        max_patches, " patches"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("resizing ", height, "x", width, " to ", th, "x", tw,
+                     " exceeds ", max_patches, " patches"));
   }
   return std::make_pair(th, tw);
 }
 
-absl::StatusOr<Gemma4ImagePatches> Gemma4PreprocessImage(
-    const RgbImage& image, const Gemma4ImageOptions& o) {
+absl::Status ValidateGemma4ImageOptions(const Gemma4ImageOptions& o) {
   const int allowed[] = {70, 140, 280, 560, 1120};
   if (std::find(std::begin(allowed), std::end(allowed), o.max_soft_tokens) ==
       std::end(allowed)) {
@@ -173,6 +180,17 @@ absl::StatusOr<Gemma4ImagePatches> Gemma4PreprocessImage(
         "max_soft_tokens must be one of 70, 140, 280, 560, 1120, got ",
         o.max_soft_tokens));
   }
+  if (o.patch_size < 1 || o.pooling_kernel_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "patch_size (", o.patch_size, ") and pooling_kernel_size (",
+        o.pooling_kernel_size, ") must be >= 1"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Gemma4ImagePatches> Gemma4PreprocessImage(
+    const RgbImage& image, const Gemma4ImageOptions& o) {
+  if (absl::Status s = ValidateGemma4ImageOptions(o); !s.ok()) return s;
   auto target = Gemma4ResizeTarget(image.height, image.width, o);
   if (!target.ok()) return target.status();
   const auto [th, tw] = *target;
@@ -183,11 +201,14 @@ absl::StatusOr<Gemma4ImagePatches> Gemma4PreprocessImage(
   const int ps = o.patch_size;
   out.height = th;
   out.width = tw;
-  out.max_patches = o.max_soft_tokens * o.pooling_kernel_size * o.pooling_kernel_size;
+  out.max_patches =
+      o.max_soft_tokens * o.pooling_kernel_size * o.pooling_kernel_size;
   out.patch_dim = 3 * ps * ps;
   const int ph = th / ps, pw = tw / ps;
-  out.num_soft_tokens = ph * pw / (o.pooling_kernel_size * o.pooling_kernel_size);
-  out.pixel_values.assign(static_cast<size_t>(out.max_patches) * out.patch_dim, 0.0f);
+  out.num_soft_tokens =
+      ph * pw / (o.pooling_kernel_size * o.pooling_kernel_size);
+  out.pixel_values.assign(static_cast<size_t>(out.max_patches) * out.patch_dim,
+                          0.0f);
   out.positions.assign(static_cast<size_t>(out.max_patches) * 2, -1);
   for (int r = 0; r < ph; ++r) {
     for (int c = 0; c < pw; ++c) {

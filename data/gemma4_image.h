@@ -41,6 +41,16 @@ struct Gemma4ImagePatches {
   std::vector<int64_t> positions;   // [max_patches, 2] (x, y), -1 = padding
 };
 
+// InvalidArgument for a max_soft_tokens outside {70, 140, 280, 560, 1120}
+// (HF's allowed budgets) or a patch / pooling size below 1.
+absl::Status ValidateGemma4ImageOptions(const Gemma4ImageOptions& options);
+
+// max_soft_tokens * pooling_kernel_size^2: the patch count every image is
+// padded to.
+inline int Gemma4MaxPatches(const Gemma4ImageOptions& o) {
+  return o.max_soft_tokens * o.pooling_kernel_size * o.pooling_kernel_size;
+}
+
 // HF get_aspect_ratio_preserving_size: (height, width) after resizing, or
 // InvalidArgument when the image cannot fit (a 0 x 0 target).
 absl::StatusOr<std::pair<int, int>> Gemma4ResizeTarget(
@@ -51,8 +61,8 @@ absl::StatusOr<std::pair<int, int>> Gemma4ResizeTarget(
 RgbImage ResizeBicubicAntialiased(const RgbImage& image, int out_height,
                                   int out_width);
 
-// The whole processor for one image. InvalidArgument for an unsupported
-// max_soft_tokens or an image that cannot be resized.
+// The whole processor for one image. InvalidArgument for options that
+// ValidateGemma4ImageOptions refuses or an image that cannot be resized.
 absl::StatusOr<Gemma4ImagePatches> Gemma4PreprocessImage(
     const RgbImage& image, const Gemma4ImageOptions& options = {});
 

@@ -39,16 +39,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
     int* id;
   };
   SpecialTokenIds& s = tok->special_;
-  const Named named[] = {{"<pad>", &s.pad},
-                         {"<eos>", &s.eos},
-                         {"<bos>", &s.bos},
-                         {"<unk>", &s.unk},
-                         {kStartOfTurn, &s.start_of_turn},
-                         {kEndOfTurn, &s.end_of_turn},
-                         {kStartOfImage, &s.start_of_image},
-                         {kEndOfImage, &s.end_of_image},
-                         {kImageSoftToken, &s.image_soft_token}};
-  for (const Named& n : named) {
+  const Named required[] = {{"<pad>", &s.pad},
+                            {"<eos>", &s.eos},
+                            {"<bos>", &s.bos},
+                            {"<unk>", &s.unk}};
+  for (const Named& n : required) {
     *n.id = sp->PieceToId(n.piece);
     if (*n.id < 0) {
       return absl::FailedPreconditionError(
@@ -56,6 +51,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
                        " (not a Gemma tokenizer?)"));
     }
   }
+  const Named optional[] = {{kStartOfTurn, &s.start_of_turn},
+                            {kEndOfTurn, &s.end_of_turn},
+                            {kStartOfImage, &s.start_of_image},
+                            {kEndOfImage, &s.end_of_image},
+                            {kImageSoftToken, &s.image_soft_token},
+                            {kTurnOpen, &s.turn_open},
+                            {kTurnClose, &s.turn_close},
+                            {kImageOpen, &s.image_open},
+                            {kImageClose, &s.image_close},
+                            {kImagePlaceholder, &s.image_placeholder}};
+  for (const Named& n : optional) *n.id = sp->PieceToId(n.piece);
   for (int id = 0; id < sp->VocabSize(); ++id) {
     const std::string piece = sp->IdToPiece(id);
     if (sp->IsControl(id) && !piece.empty()) {

@@ -18,19 +18,32 @@ namespace spm_shim {
 class Processor;
 }
 
-// Ids of the pieces the chat format needs, looked up by name in the model
-// (real Gemma 3: pad 0, eos 1, bos 2, <start_of_turn> 105, <end_of_turn> 106,
-// <start_of_image> 255999, <end_of_image> 256000, <image_soft_token> 262144).
+// Ids of the pieces the chat formats need, looked up by name in the model;
+// -1 when the model has no such piece. <pad>, <eos>, <bos> and <unk> are
+// always there (Load fails otherwise); which of the others a format needs is
+// CheckChatTokens's business (data/chat.h).
+//   Gemma 3: pad 0, eos 1, bos 2, <start_of_turn> 105, <end_of_turn> 106,
+//     <start_of_image> 255999, <end_of_image> 256000, <image_soft_token>
+//     262144.
+//   Gemma 4: <|turn> 105, <turn|> 106, <|image> 255999, <|image|> 258880,
+//     <image|> 258882.
 struct SpecialTokenIds {
   int pad = -1;
   int eos = -1;
   int bos = -1;
   int unk = -1;
+  // Gemma 3.
   int start_of_turn = -1;
   int end_of_turn = -1;
   int start_of_image = -1;
   int end_of_image = -1;
   int image_soft_token = -1;
+  // Gemma 4.
+  int turn_open = -1;          // <|turn>
+  int turn_close = -1;         // <turn|>
+  int image_open = -1;         // <|image>  (boi)
+  int image_close = -1;        // <image|>  (eoi)
+  int image_placeholder = -1;  // <|image|> (the image soft token)
 };
 
 inline constexpr char kStartOfTurn[] = "<start_of_turn>";
@@ -39,11 +52,19 @@ inline constexpr char kStartOfImage[] = "<start_of_image>";
 inline constexpr char kEndOfImage[] = "<end_of_image>";
 inline constexpr char kImageSoftToken[] = "<image_soft_token>";
 
+inline constexpr char kTurnOpen[] = "<|turn>";
+inline constexpr char kTurnClose[] = "<turn|>";
+inline constexpr char kImageOpen[] = "<|image>";
+inline constexpr char kImageClose[] = "<image|>";
+inline constexpr char kImagePlaceholder[] = "<|image|>";
+
 class Tokenizer {
  public:
   // Loads tokenizer.model. NotFound / InvalidArgument naming the path when it
-  // is missing or not a SentencePiece model, FailedPrecondition when one of
-  // the pieces in SpecialTokenIds is absent.
+  // is missing or not a SentencePiece model, FailedPrecondition when <pad>,
+  // <eos>, <bos> or <unk> is absent. The chat pieces may be absent (a Gemma 3
+  // model has no <|turn>, a Gemma 4 one no <start_of_turn>): EncodeChat and
+  // CheckChatTokens (data/chat.h) name the piece and the file then.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
       const std::string& path);
 
