@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "data/batch.h"
+#include "data/tokenizer.h"
 #include "gemma/v1/job_spec.pb.h"
 #include "model/comm.h"
 #include "model/gemma4_model.h"
@@ -56,6 +57,12 @@ class TrainModel {
   // Sets what the data loader needs from the model (chat format, image
   // size, soft tokens per image).
   virtual void ConfigureBatches(BatchOptions& options) const = 0;
+  // FailedPrecondition when the tokenizer's special ids differ from the
+  // model's (image tokens of another tokenizer), naming both.
+  virtual absl::Status CheckTokenizer(const Tokenizer& tokenizer) const {
+    (void)tokenizer;
+    return absl::OkStatus();
+  }
   // Loss terms of one batch whose tensors are on the model's device
   // (pixel values already in the model's dtype). `packed`: rows hold
   // several conversations told apart by position_ids (no attention mask).

@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "data/chat.h"
 #include "jobs/train_model.h"
 #include "jobs/train_state.h"
 #include "model/checkpoint.h"
@@ -33,7 +36,35 @@ class Gemma4TrainModel : public TrainModel {
   bool is_vl() const override { return config_.is_vl(); }
   Gemma4Model* gemma4() override { return &model_; }
 
-  void ConfigureBatches(BatchOptions& bo) const override { (void)bo; }
+  void ConfigureBatches(BatchOptions& bo) const override {
+    bo.chat.format = ChatFormat::kGemma4;
+    if (config_.vision) {
+      bo.gemma4_image.patch_size = static_cast<int>(config_.vision->patch_size);
+      bo.gemma4_image.pooling_kernel_size =
+          static_cast<int>(config_.vision->pooling_kernel_size);
+    }
+    bo.gemma4_image.max_soft_tokens = max_soft_tokens_;
+  }
+
+  absl::Status CheckTokenizer(const Tokenizer& tok) const override {
+    if (!config_.is_vl()) return absl::OkStatus();
+    const SpecialTokenIds& s = tok.special();
+    const std::pair<int, int64_t> pairs[] = {
+        {s.image_placeholder, config_.image_token_id},
+        {s.image_open, config_.boi_token_id},
+        {s.image_close, config_.eoi_token_id}};
+    for (const auto& [ours, theirs] : pairs) {
+      if (ours != theirs) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "tokenizer ", tok.path(), ": image token id ", ours,
+            " differs from the model config's ", theirs,
+            " (image_token_id / boi_token_id / eoi_token_id)"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void set_max_soft_tokens(int n) { max_soft_tokens_ = n; }
 
   LmLoss Loss(const Batch& batch, bool packed, bool recompute) override {
     Gemma4Inputs in;
@@ -100,7 +131,37 @@ class Gemma4TrainModel : public TrainModel {
   Gemma4ModelConfig config_;
   std::string config_json_;
   ParallelGroups groups_;
+  int max_soft_tokens_ = 280;
 };
+
+// The image processor's soft-token budget saved with the model
+// (processor_config.json / preprocessor_config.json "max_soft_tokens", at the
+// top or under "image_processor"); 280 (HF's default) when absent.
+absl::StatusOr<int> MaxSoftTokens(const std::string& dir) {
+  for (const char* name : {"processor_config.json", "preprocessor_config.json"}) {
+    const std::string file = absl::StrCat(dir, "/", name);
+    if (!PathExists(file)) continue;
+    GEMMA_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(file));
+    nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": not a JSON object"));
+    }
+    for (const nlohmann::json* j :
+         {&doc, doc.contains("image_processor") ? &doc["image_processor"]
+                                                 : nullptr}) {
+      if (j == nullptr || !j->is_object() || !j->contains("max_soft_tokens"))
+        continue;
+      const auto& v = (*j)["max_soft_tokens"];
+      if (!v.is_number_integer()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(file, ": max_soft_tokens: not an integer"));
+      }
+      return v.get<int>();
+    }
+  }
+  return 280;
+}
 
 }  // namespace
 

@@ -131,6 +131,18 @@ absl::Status WriteTinyMoeModel(const std::string& dir,
   return CopyFile(tokenizer, absl::StrCat(dir, "/tokenizer.model"));
 }
 
+absl::Status WriteTinyGemma4Tokenizer(const std::string& path,
+                                      const std::string& corpus) {
+  TokenizerTrainOptions t;
+  t.input_files = {corpus};
+  t.model_path = path;
+  t.vocab_size = 512;
+  t.extra_user_defined_pieces = {kTurnOpen,  kTurnClose,        kImageOpen,
+                                 kImageClose, kImagePlaceholder, "<|channel>",
+                                 "<channel|>"};
+  return TrainTokenizer(t);
+}
+
 absl::Status WriteTinyOcrData(const std::string& dir, int n, uint64_t seed,
                               int image_size) {
   SynthOcrOptions s;

@@ -65,6 +65,11 @@ absl::Status WriteTinyMoeModel(const std::string& dir,
                                const std::string& tokenizer,
                                const TinyMoeOptions& options);
 
+// A tiny Gemma 4 tokenizer (data/tokenizer.h TrainTokenizer, with the Gemma 4
+// chat and image pieces) trained on the lines of `corpus`, written to `path`.
+absl::Status WriteTinyGemma4Tokenizer(const std::string& path,
+                                      const std::string& corpus);
+
 // data/synth.h OCR set of `n` examples (train.jsonl, tokenizer.model) under
 // `dir` with images of `image_size`.
 absl::Status WriteTinyOcrData(const std::string& dir, int n, uint64_t seed,

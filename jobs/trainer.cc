@@ -282,6 +282,7 @@ absl::Status Trainer::LoadData() {
         absl::StrCat("spec.model.tokenizer: ", tok.status().message()));
   }
   tokenizer_ = std::move(*tok);
+  GEMMA_RETURN_IF_ERROR(model_->CheckTokenizer(*tokenizer_));
 
   ReadOptions ro;
   ro.skip_bad = d.skip_bad();
@@ -346,6 +347,7 @@ Trainer::MicroResult Trainer::Forward(const Batch& batch) {
   on.attention_mask = dev(batch.attention_mask);
   on.position_ids = dev(batch.position_ids);
   on.token_type_ids = dev(batch.token_type_ids);
+  on.image_positions = dev(batch.image_positions);
   if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
     on.pixel_values = dev(batch.pixel_values).to(dtype_);
   LmLoss l =

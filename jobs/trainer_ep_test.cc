@@ -5,6 +5,7 @@
 // replicas of an expert agree to the bit, and the router's load is reported.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -51,9 +52,11 @@ class TrainerEpTest : public ::testing::Test {
     if (g_dir != nullptr) return;
     std::string tmpl = "/tmp/gemma_trainer_ep_test_XXXXXX";
     g_dir = new std::string(mkdtemp(tmpl.data()));
-    auto data = WriteTinyOcrData(*g_dir + "/data", 4, 1, 64);  // tokenizer
-    ASSERT_TRUE(data.ok()) << data;
+    ASSERT_EQ(mkdir((*g_dir + "/data").c_str(), 0755), 0);
     WriteTextData(*g_dir + "/data/text.jsonl", 32);
+    auto tok = WriteTinyGemma4Tokenizer(*g_dir + "/data/tokenizer.model",
+                                        *g_dir + "/data/text.jsonl");
+    ASSERT_TRUE(tok.ok()) << tok;
     TinyMoeOptions o;
     o.experts = kExperts;
     auto model = WriteTinyMoeModel(*g_dir + "/model",
