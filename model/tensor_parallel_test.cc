@@ -12,16 +12,16 @@
 namespace gemma {
 namespace {
 
-#define RANK_EXPECT_CLOSE(a, b)                                           \
-  do {                                                                    \
-    const torch::Tensor _a = (a), _b = (b);                               \
-    if (_a.sizes() != _b.sizes() ||                                       \
-        !torch::allclose(_a, _b, /*rtol=*/1e-5, /*atol=*/1e-5)) {         \
-      return absl::InternalError(absl::StrCat(                            \
-          "rank ", rank, ": " #a " != " #b ", max diff ",                 \
-          _a.sizes() == _b.sizes() ? (_a - _b).abs().max().item<double>() \
-                                   : -1.0));                              \
-    }                                                                     \
+#define RANK_EXPECT_CLOSE(a, b)                                            \
+  do {                                                                     \
+    const torch::Tensor _a = (a), _b = (b);                                \
+    if (_a.sizes() != _b.sizes() ||                                        \
+        !torch::allclose(_a, _b, /*rtol=*/1e-5, /*atol=*/1e-5)) {          \
+      return absl::InternalError(absl::StrCat(                             \
+          "rank ", rank, ": " #a " != " #b ", max diff ",                  \
+          _a.sizes() == _b.sizes() ? (_a - _b).abs().max().item<double>()  \
+                                   : -1.0));                               \
+    }                                                                      \
   } while (0)
 
 class TpTest : public ::testing::TestWithParam<int> {};
@@ -40,8 +40,7 @@ TEST_P(TpTest, ColumnThenRowParallelMlpMatchesTheFullOne) {
   torch::Tensor x = x0.clone().requires_grad_();
   torch::Tensor w1 = w1_0.clone().requires_grad_();
   torch::Tensor w2 = w2_0.clone().requires_grad_();
-  torch::Tensor y =
-      torch::matmul(torch::gelu(torch::matmul(x, w1.t())), w2.t());
+  torch::Tensor y = torch::matmul(torch::gelu(torch::matmul(x, w1.t())), w2.t());
   y.backward(gy);
   absl::Status s = RunGlooRanks(
       n,
@@ -52,9 +51,10 @@ TEST_P(TpTest, ColumnThenRowParallelMlpMatchesTheFullOne) {
             w1_0.narrow(0, rank * part, part).clone().requires_grad_();
         torch::Tensor w2l =
             w2_0.narrow(1, rank * part, part).clone().requires_grad_();
-        torch::Tensor a =
-            torch::gelu(torch::matmul(CopyToTpRegion(xl, *g.tp), w1l.t()));
-        torch::Tensor yl = ReduceFromTpRegion(torch::matmul(a, w2l.t()), *g.tp);
+        torch::Tensor a = torch::gelu(
+            torch::matmul(CopyToTpRegion(xl, *g.tp), w1l.t()));
+        torch::Tensor yl =
+            ReduceFromTpRegion(torch::matmul(a, w2l.t()), *g.tp);
         yl.backward(gy);
         RANK_EXPECT_CLOSE(yl.detach(), y.detach());
         RANK_EXPECT_CLOSE(xl.grad(), x.grad());
@@ -62,7 +62,7 @@ TEST_P(TpTest, ColumnThenRowParallelMlpMatchesTheFullOne) {
         RANK_EXPECT_CLOSE(w2l.grad(), w2.grad().narrow(1, rank * part, part));
         return absl::OkStatus();
       },
-      CheckpointLayout{n, 1, 1});
+      ParallelLayout{n, 1, 1});
   EXPECT_TRUE(s.ok()) << s;
 }
 
@@ -91,7 +91,7 @@ TEST_P(TpTest, ScatterAndGatherAreInverseWithMatchingGradients) {
         RANK_EXPECT_CLOSE(xl.grad(), x.grad());
         return absl::OkStatus();
       },
-      CheckpointLayout{n, 1, 1});
+      ParallelLayout{n, 1, 1});
   EXPECT_TRUE(s.ok()) << s;
 }
 
@@ -112,8 +112,7 @@ TEST(VocabShardTest, PadsTheVocabToAMultipleOfTp) {
 // Padded shard of `full` [V, H] for `rank` (zeros in the padding rows).
 torch::Tensor ShardRows(const torch::Tensor& full, const VocabShard& s) {
   torch::Tensor out = torch::zeros({s.rows, full.size(1)});
-  if (s.valid > 0)
-    out.narrow(0, 0, s.valid).copy_(full.narrow(0, s.start, s.valid));
+  if (s.valid > 0) out.narrow(0, 0, s.valid).copy_(full.narrow(0, s.start, s.valid));
   return out;
 }
 
@@ -139,7 +138,7 @@ TEST_P(TpTest, VocabParallelEmbeddingMatchesTheFullTable) {
                           w.grad().narrow(0, sh.start, sh.valid));
         return absl::OkStatus();
       },
-      CheckpointLayout{n, 1, 1});
+      ParallelLayout{n, 1, 1});
   EXPECT_TRUE(s.ok()) << s;
 }
 
@@ -164,9 +163,7 @@ void CheckLoss(int n, double softcap, int64_t chunk) {
   torch::Tensor zf = z.reshape({-1, vocab});
   torch::Tensor ref = torch::nn::functional::cross_entropy(
       zf, y,
-      torch::nn::functional::CrossEntropyFuncOptions()
-          .reduction(torch::kSum)
-          .ignore_index(-100));
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(-100));
   ref.backward();
   const int64_t ref_correct =
       (zf.argmax(1).eq(y) & y.ne(-100)).sum().item<int64_t>();
@@ -180,8 +177,8 @@ void CheckLoss(int n, double softcap, int64_t chunk) {
         LmLossOptions opts;
         opts.softcap = softcap;
         opts.chunk_tokens = chunk;
-        LmLoss l =
-            VocabParallelCausalLmLoss(hl, wl, sh, vocab, labels, *g.tp, opts);
+        LmLoss l = VocabParallelCausalLmLoss(hl, wl, sh, vocab, labels, *g.tp,
+                                             opts);
         l.loss_sum.backward();
         RANK_EXPECT_CLOSE(l.loss_sum.detach(), ref.detach());
         if (l.tokens.item<int64_t>() != ref_tokens ||
@@ -200,13 +197,11 @@ void CheckLoss(int n, double softcap, int64_t chunk) {
         }
         return absl::OkStatus();
       },
-      CheckpointLayout{n, 1, 1});
+      ParallelLayout{n, 1, 1});
   EXPECT_TRUE(s.ok()) << s;
 }
 
-TEST_P(TpTest, VocabParallelLossMatchesCrossEntropy) {
-  CheckLoss(GetParam(), 0, 4);
-}
+TEST_P(TpTest, VocabParallelLossMatchesCrossEntropy) { CheckLoss(GetParam(), 0, 4); }
 TEST_P(TpTest, VocabParallelLossWithSoftcapMatchesCrossEntropy) {
   CheckLoss(GetParam(), 3.0, 3);
 }
