@@ -89,10 +89,11 @@ class ProgressBar {
 int LocalConvert(int argc, char** argv) {
   std::string from, to, to_format, output = "table", max_shard = "4GB";
   int tp = 1;
+  int ep = 1;
   bool overwrite = false, no_verify = false, quiet = false;
   FlagSet flags(
       "gemmactl local convert",
-      "Convert between Hugging Face Gemma 3 folders and our sharded "
+      "Convert between Hugging Face Gemma 3 / Gemma 4 folders and our sharded "
       "checkpoints.\n"
       "HF folders: config.json with model.safetensors or a sharded index "
       "(bf16, fp16\n"
@@ -105,6 +106,9 @@ int LocalConvert(int argc, char** argv) {
   flags.Int(
       "tp", &tp,
       "tensor-parallel size of a written checkpoint (divides the KV heads)");
+  flags.Int("ep", &ep,
+            "expert-parallel size of a written Gemma 4 checkpoint (divides "
+            "num_experts)");
   flags
       .String(
           "to-format", &to_format,
@@ -144,6 +148,7 @@ int LocalConvert(int argc, char** argv) {
   if (output != "table" && output != "json")
     return usage("--output must be table or json");
   if (tp < 1) return usage("--tp must be >= 1");
+  if (ep < 1) return usage("--ep must be >= 1");
   const bool from_ours = PathExists(from + "/manifest.json");
   if (to_format.empty()) to_format = from_ours ? "hf" : "ours";
   if (to_format != "ours" && to_format != "hf")
@@ -152,6 +157,7 @@ int LocalConvert(int argc, char** argv) {
     return usage("--from is not our checkpoint; HF -> HF is not a conversion");
   ConvertOptions opt;
   opt.tp = tp;
+  opt.ep = ep;
   opt.overwrite = overwrite;
   opt.verify_checksums = !no_verify;
   if (!ParseSize(max_shard, &opt.max_shard_bytes))
@@ -183,6 +189,7 @@ int LocalConvert(int argc, char** argv) {
                         {"to", to},
                         {"to_format", to_format},
                         {"tp", to_format == "ours" ? tp : 0},
+                        {"ep", to_format == "ours" ? ep : 0},
                         {"bytes", stats->bytes},
                         {"tensors", stats->tensors},
                         {"files", stats->files},

@@ -25,9 +25,25 @@ class ConvertJob : public Job {
           "convert runs as one rank (world ", ctx.world,
           "); set the output layout with convert.tp, not parallel.tp/dp"));
     }
-    if (ctx.Cancelled()) return absl::CancelledError("convert cancelled before it started");
+    if (ctx.Cancelled())
+      return absl::CancelledError("convert cancelled before it started");
     ConvertOptions opt;
     opt.tp = c.tp() > 0 ? c.tp() : 1;
+    opt.ep = c.ep() > 0 ? c.ep() : 1;
+    const bool to_hf = c.to() == "hf";
+    if (!to_hf) {
+      // Checked here so the error names the spec's fields.
+      absl::StatusOr<ModelFolderInfo> info = InspectModelFolder(c.input());
+      absl::Status st = info.ok()
+                            ? CheckConvertLayout(*info, opt.tp, opt.ep,
+                                                 "convert.tp", "convert.ep")
+                            : info.status();
+      if (!st.ok()) {
+        return absl::Status(
+            st.code(), absl::StrCat("convert ", c.input(), " -> ", c.output(),
+                                    ": ", st.message()));
+      }
+    }
     // Progress at most once a second (and at the start), so that neither the
     // session nor a `gemmactl submit --follow` screen is flooded.
     auto last_report = std::chrono::steady_clock::time_point();
@@ -37,7 +53,6 @@ class ConvertJob : public Job {
       last_report = now;
       ctx.Progress(static_cast<int64_t>(done), static_cast<int64_t>(total), {});
     };
-    const bool to_hf = c.to() == "hf";
     const bool from_ours = IsOurCheckpoint(c.input());
     absl::StatusOr<ConvertStats> stats;
     std::string what;
@@ -45,25 +60,31 @@ class ConvertJob : public Job {
       what = "checkpoint -> HF";
       stats = ConvertCheckpointToHf(c.input(), c.output(), opt);
     } else if (from_ours) {
-      what = absl::StrCat("checkpoint -> checkpoint (tp ", opt.tp, ")");
+      what = absl::StrCat("checkpoint -> checkpoint (tp ", opt.tp, ", ep ",
+                          opt.ep, ")");
       stats = ReshardCheckpoint(c.input(), c.output(), opt);
     } else {
-      what = absl::StrCat("HF -> checkpoint (tp ", opt.tp, ")");
+      what =
+          absl::StrCat("HF -> checkpoint (tp ", opt.tp, ", ep ", opt.ep, ")");
       stats = ConvertHfToCheckpoint(c.input(), c.output(), opt);
     }
     if (!stats.ok()) {
-      return absl::Status(stats.status().code(),
-                          absl::StrCat("convert ", c.input(), " -> ", c.output(), ": ",
-                                       stats.status().message()));
+      return absl::Status(
+          stats.status().code(),
+          absl::StrCat("convert ", c.input(), " -> ", c.output(), ": ",
+                       stats.status().message()));
     }
-    const double rate = stats->seconds > 0 ? stats->bytes / stats->seconds : 0.0;
-    ctx.Progress(static_cast<int64_t>(stats->bytes), static_cast<int64_t>(stats->bytes),
+    const double rate =
+        stats->seconds > 0 ? stats->bytes / stats->seconds : 0.0;
+    ctx.Progress(static_cast<int64_t>(stats->bytes),
+                 static_cast<int64_t>(stats->bytes),
                  {{"bytes", static_cast<double>(stats->bytes)},
                   {"bytes_per_second", rate},
                   {"tensors", static_cast<double>(stats->tensors)}});
-    ctx.Log(absl::StrFormat("%s: %d tensors, %d files, %.1f MB in %.2f s (%.1f MB/s) -> %s",
-                            what, stats->tensors, stats->files, stats->bytes / 1e6,
-                            stats->seconds, rate / 1e6, c.output()));
+    ctx.Log(absl::StrFormat(
+        "%s: %d tensors, %d files, %.1f MB in %.2f s (%.1f MB/s) -> %s", what,
+        stats->tensors, stats->files, stats->bytes / 1e6, stats->seconds,
+        rate / 1e6, c.output()));
     return absl::OkStatus();
   }
 };

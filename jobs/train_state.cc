@@ -241,6 +241,7 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
       std::vector<int64_t> global(t.sizes().begin(), t.sizes().end());
       switch (spec.split) {
         case SplitKind::kReplicated:
+        case SplitKind::kExperts:  // replicated over TP (no EP here)
           break;
         case SplitKind::kRows:
         case SplitKind::kRowBlocks:

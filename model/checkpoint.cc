@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -48,6 +50,42 @@ absl::Status Field(const std::string& file, const std::string& field,
   return absl::InvalidArgumentError(absl::StrCat(file, ": ", field, ": ", why));
 }
 
+// `name`'s manifest entry in `layout`: the shards its split rule gives, for
+// the ranks that store them (StoresShard).
+absl::StatusOr<ManifestTensor> PlanTensor(const std::string& name, DType dtype,
+                                          const std::vector<int64_t>& shape,
+                                          const ShardDims& dims,
+                                          const CheckpointLayout& layout) {
+  GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(name));
+  ManifestTensor t{name, dtype, shape, {}, {}};
+  for (int r = 0; r < layout.world(); ++r) {
+    if (!StoresShard(spec, layout, r)) continue;
+    GEMMA_ASSIGN_OR_RETURN(ShardLayout l,
+                           ComputeLayoutShard(spec, shape, dims, layout, r));
+    t.shards.push_back(std::move(l));
+    t.shard_ranks.push_back(r);
+  }
+  return t;
+}
+
+absl::Status CheckLayout(const CheckpointLayout& layout,
+                         const std::string& where) {
+  if (layout.tp < 1 || layout.ep < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": bad layout tp ", layout.tp, " x ep ", layout.ep));
+  }
+  return absl::OkStatus();
+}
+
+std::map<std::string, std::string> RankMetadata(const CheckpointLayout& layout,
+                                                int rank) {
+  std::map<std::string, std::string> meta = {{"format", "pt"},
+                                             {"rank", std::to_string(rank)},
+                                             {"tp", std::to_string(layout.tp)}};
+  if (layout.ep != 1) meta["ep"] = std::to_string(layout.ep);
+  return meta;
+}
+
 }  // namespace
 
 std::string RankFileName(int rank) {
@@ -66,18 +104,18 @@ std::string CheckpointManifest::ToJson() const {
   root["format"] = kFormat;
   root["version"] = kVersion;
   root["step"] = step;
-  root["parallel"] = {{"tp", tp}};
+  root["parallel"] = {{"tp", tp}, {"ep", ep}};
   root["shard_dims"] = {{"num_kv_heads", dims.num_kv_heads}};
   json config = json::parse(config_json, nullptr, /*allow_exceptions=*/false);
   root["model_config"] = config.is_discarded() ? json(config_json) : config;
   json ts = json::array();
   for (const ManifestTensor& t : tensors) {
     json shards = json::array();
-    for (size_t r = 0; r < t.shards.size(); ++r) {
-      const ShardLayout& l = t.shards[r];
+    for (size_t k = 0; k < t.shards.size(); ++k) {
+      const ShardLayout& l = t.shards[k];
       json ranges = json::array();
       for (auto [b, e] : l.ranges) ranges.push_back({b, e});
-      shards.push_back({{"rank", r},
+      shards.push_back({{"rank", t.shard_ranks[k]},
                         {"dim", l.dim},
                         {"ranges", ranges},
                         {"shape", l.shard_shape},
@@ -112,6 +150,8 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(
     m.step = root.at("step").get<int64_t>();
     m.tp = root.at("parallel").at("tp").get<int>();
     if (m.tp < 1) return Field(file, "parallel.tp", "must be >= 1");
+    m.ep = root.at("parallel").value("ep", 1);
+    if (m.ep < 1) return Field(file, "parallel.ep", "must be >= 1");
     m.dims.num_kv_heads =
         root.at("shard_dims").at("num_kv_heads").get<int64_t>();
     const json& cfg = root.at("model_config");
@@ -132,11 +172,13 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(
           l.ranges.push_back({r.at(0).get<int64_t>(), r.at(1).get<int64_t>()});
         l.shard_shape = s.at("shape").get<std::vector<int64_t>>();
         l.padded_rows = s.value("padded_rows", int64_t{0});
+        const int rank =
+            s.value("rank", static_cast<int>(mt.shard_ranks.size()));
+        if (rank < 0 || rank >= m.tp * m.ep)
+          return Field(file, "tensors." + mt.name + ".shards.rank",
+                       absl::StrCat("rank ", rank, " outside the layout"));
         mt.shards.push_back(std::move(l));
-      }
-      if (static_cast<int>(mt.shards.size()) != m.tp) {
-        return Field(file, "tensors." + mt.name + ".shards",
-                     "need one per rank");
+        mt.shard_ranks.push_back(rank);
       }
       m.tensors.push_back(std::move(mt));
     }
@@ -153,8 +195,8 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(
     return absl::InvalidArgumentError(
         absl::StrCat(file, ": malformed manifest: ", e.what()));
   }
-  if (static_cast<int>(m.files.size()) != m.tp)
-    return Field(file, "files", "need one per rank");
+  if (static_cast<int>(m.files.size()) != m.tp * m.ep)
+    return Field(file, "files", "need one per rank (tp * ep)");
   return m;
 }
 
@@ -165,21 +207,19 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   }
   CheckpointManifest m;
   m.tp = options.tp;
+  m.ep = options.ep;
   m.step = options.step;
   m.dims = options.dims;
   m.config_json = source.config_json();
+  GEMMA_RETURN_IF_ERROR(CheckLayout(m.layout(), dir));
   std::vector<VirtualTensor> globals;
   uint64_t total = 0;
   for (const auto& e : source.entries()) {
-    GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
-    ManifestTensor t{e.name, e.dtype, e.shape, {}};
-    for (int r = 0; r < options.tp; ++r) {
-      GEMMA_ASSIGN_OR_RETURN(
-          ShardLayout l,
-          ComputeShard(spec, e.shape, options.dims, options.tp, r));
+    GEMMA_ASSIGN_OR_RETURN(
+        ManifestTensor t,
+        PlanTensor(e.name, e.dtype, e.shape, options.dims, m.layout()));
+    for (const ShardLayout& l : t.shards)
       total += ShardBytes(l, DTypeSize(e.dtype));
-      t.shards.push_back(std::move(l));
-    }
     GEMMA_ASSIGN_OR_RETURN(VirtualTensor v, source.Global(e.name));
     globals.push_back(std::move(v));
     m.tensors.push_back(std::move(t));
@@ -189,14 +229,14 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
   GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
   RemoveTreeUnlessKept guard(tmp);  // nothing half-written survives
   uint64_t done = 0;
-  for (int r = 0; r < options.tp; ++r) {
+  for (int r = 0; r < m.layout().world(); ++r) {
     SafetensorsWriter w;
-    w.SetMetadata({{"format", "pt"},
-                   {"rank", std::to_string(r)},
-                   {"tp", std::to_string(options.tp)}});
+    w.SetMetadata(RankMetadata(m.layout(), r));
     for (size_t i = 0; i < m.tensors.size(); ++i) {
       const ManifestTensor& t = m.tensors[i];
-      const ShardLayout& l = t.shards[r];
+      auto k = std::find(t.shard_ranks.begin(), t.shard_ranks.end(), r);
+      if (k == t.shard_ranks.end()) continue;  // another rank stores it
+      const ShardLayout& l = t.shards[k - t.shard_ranks.begin()];
       const VirtualTensor* g = &globals[i];
       const uint64_t nbytes = ShardBytes(l, DTypeSize(t.dtype));
       GEMMA_RETURN_IF_ERROR(w.Add(
@@ -286,16 +326,30 @@ absl::Status PublishDir(const std::string& tmp, const std::string& dir,
 absl::StatusOr<ManifestFile> WriteRankFile(
     const std::string& dir, int tp, int rank, const ShardDims& dims,
     const std::vector<RankShard>& shards) {
+  return WriteRankFile(dir, CheckpointLayout{tp, 1}, rank, dims, shards);
+}
+
+absl::StatusOr<ManifestFile> WriteRankFile(
+    const std::string& dir, const CheckpointLayout& layout, int rank,
+    const ShardDims& dims, const std::vector<RankShard>& shards) {
+  GEMMA_RETURN_IF_ERROR(CheckLayout(layout, dir));
   const std::string tmp = dir + ".tmp";
   GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
   SafetensorsWriter w;
-  w.SetMetadata({{"format", "pt"},
-                 {"rank", std::to_string(rank)},
-                 {"tp", std::to_string(tp)}});
+  w.SetMetadata(RankMetadata(layout, rank));
   for (const RankShard& sh : shards) {
     GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(sh.name));
-    GEMMA_ASSIGN_OR_RETURN(ShardLayout l,
-                           ComputeShard(spec, sh.global_shape, dims, tp, rank));
+    if (!StoresShard(spec, layout, rank)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, ": tensor '", sh.name, "': rank ", rank, " of tp ", layout.tp,
+          " x ep ", layout.ep,
+          " does not store it (each replica is stored once: tensors "
+          "replicated over EP by the ranks of ep_index 0, experts by those of "
+          "tp_index 0)"));
+    }
+    GEMMA_ASSIGN_OR_RETURN(
+        ShardLayout l,
+        ComputeLayoutShard(spec, sh.global_shape, dims, layout, rank));
     const size_t n = static_cast<size_t>(ShardBytes(l, DTypeSize(sh.dtype)));
     GEMMA_RETURN_IF_ERROR(
         w.AddBytes(sh.name, sh.dtype, l.shard_shape, {sh.data, n}));
@@ -310,20 +364,18 @@ absl::Status CommitCheckpoint(const std::string& dir,
   const std::string tmp = dir + ".tmp";
   CheckpointManifest m;
   m.tp = c.tp;
+  m.ep = c.ep;
   m.step = c.step;
   m.dims = c.dims;
   m.config_json = c.config_json;
+  GEMMA_RETURN_IF_ERROR(CheckLayout(m.layout(), dir));
   for (const auto& e : c.tensors) {
-    GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
-    ManifestTensor t{e.name, e.dtype, e.shape, {}};
-    for (int r = 0; r < c.tp; ++r) {
-      GEMMA_ASSIGN_OR_RETURN(ShardLayout l,
-                             ComputeShard(spec, e.shape, c.dims, c.tp, r));
-      t.shards.push_back(std::move(l));
-    }
+    GEMMA_ASSIGN_OR_RETURN(
+        ManifestTensor t,
+        PlanTensor(e.name, e.dtype, e.shape, c.dims, m.layout()));
     m.tensors.push_back(std::move(t));
   }
-  for (int r = 0; r < c.tp; ++r) {
+  for (int r = 0; r < m.layout().world(); ++r) {
     const ManifestFile* f = nullptr;
     for (const ManifestFile& x : c.files) {
       if (x.rank == r) f = &x;
@@ -364,19 +416,25 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(
   // The stored layouts must be the ones the split rules give (they decide
   // which bytes are read, so a corrupt manifest must not steer reads).
   for (const ManifestTensor& t : r->manifest_.tensors) {
-    absl::StatusOr<ParamSpec> spec = LookupParam(t.name);
-    if (!spec.ok())
+    absl::StatusOr<ManifestTensor> want = PlanTensor(
+        t.name, t.dtype, t.shape, r->manifest_.dims, r->manifest_.layout());
+    if (!want.ok())
       return absl::DataLossError(
-          absl::StrCat(path, ": ", spec.status().message()));
-    for (int rank = 0; rank < r->manifest_.tp; ++rank) {
-      absl::StatusOr<ShardLayout> want = ComputeShard(
-          *spec, t.shape, r->manifest_.dims, r->manifest_.tp, rank);
-      const ShardLayout& have = t.shards[rank];
-      if (!want.ok() || want->dim != have.dim || want->ranges != have.ranges ||
-          want->shard_shape != have.shard_shape) {
+          absl::StrCat(path, ": ", want.status().message()));
+    if (want->shard_ranks != t.shard_ranks) {
+      return absl::DataLossError(absl::StrCat(
+          path, ": tensor '", t.name,
+          "': its stored shards are not those of the split rule (ranks ",
+          absl::StrJoin(t.shard_ranks, ","), ", expected ",
+          absl::StrJoin(want->shard_ranks, ","), ")"));
+    }
+    for (size_t k = 0; k < t.shards.size(); ++k) {
+      const ShardLayout &w = want->shards[k], &have = t.shards[k];
+      if (w.dim != have.dim || w.ranges != have.ranges ||
+          w.shard_shape != have.shard_shape) {
         return absl::DataLossError(
-            absl::StrCat(path, ": tensor '", t.name, "': shard of rank ", rank,
-                         " does not match the split rule"));
+            absl::StrCat(path, ": tensor '", t.name, "': shard of rank ",
+                         t.shard_ranks[k], " does not match the split rule"));
       }
     }
     r->entries_.push_back({t.name, t.dtype, t.shape});
@@ -414,6 +472,37 @@ absl::StatusOr<const SafetensorsFile*> CheckpointReader::RankFile(int rank) {
   return raw;
 }
 
+absl::Status CheckpointReader::AddStoredShards(const ManifestTensor& t,
+                                               const ShardLayout* want,
+                                               VirtualTensor* v) {
+  std::vector<const ShardLayout*> added;
+  for (size_t k = 0; k < t.shards.size(); ++k) {
+    const ShardLayout& have = t.shards[k];
+    if (want != nullptr) {
+      bool overlap = have.dim != want->dim;
+      for (auto [hb, he] : have.ranges) {
+        for (auto [wb, we] : want->ranges) overlap |= hb < we && wb < he;
+      }
+      if (!overlap) continue;
+    }
+    bool seen = false;  // a replica of a slice already added
+    for (const ShardLayout* a : added)
+      seen |= a->dim == have.dim && a->ranges == have.ranges;
+    if (seen) continue;
+    GEMMA_ASSIGN_OR_RETURN(const SafetensorsFile* f,
+                           RankFile(t.shard_ranks[k]));
+    GEMMA_ASSIGN_OR_RETURN(const TensorInfo* info, f->Get(t.name));
+    if (info->dtype != t.dtype || info->shape != have.shard_shape) {
+      return absl::DataLossError(
+          absl::StrCat(f->path(), ": tensor '", t.name,
+                       "' does not match the manifest's dtype/shape"));
+    }
+    v->AddShard(have, f->Bytes(*info).data());
+    added.push_back(&have);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<VirtualTensor> CheckpointReader::Global(
     const std::string& name) {
   const ManifestTensor* t = manifest_.Find(name);
@@ -422,57 +511,39 @@ absl::StatusOr<VirtualTensor> CheckpointReader::Global(
   VirtualTensor v;
   v.shape = t->shape;
   v.elem_size = DTypeSize(t->dtype);
-  GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(name));
-  const int ranks = spec.split == SplitKind::kReplicated ? 1 : manifest_.tp;
-  for (int r = 0; r < ranks; ++r) {
-    GEMMA_ASSIGN_OR_RETURN(const SafetensorsFile* f, RankFile(r));
-    GEMMA_ASSIGN_OR_RETURN(const TensorInfo* info, f->Get(name));
-    const ShardLayout& l = t->shards[r];
-    if (info->dtype != t->dtype || info->shape != l.shard_shape) {
-      return absl::DataLossError(
-          absl::StrCat(f->path(), ": tensor '", name,
-                       "' does not match the manifest's dtype/shape"));
-    }
-    v.AddShard(l, f->Bytes(*info).data());
-  }
+  GEMMA_RETURN_IF_ERROR(AddStoredShards(*t, nullptr, &v));
   return v;
 }
 
 absl::StatusOr<ShardLayout> CheckpointReader::Layout(const std::string& name,
                                                      int tp, int rank) const {
+  return Layout(name, CheckpointLayout{tp, 1}, rank);
+}
+
+absl::StatusOr<ShardLayout> CheckpointReader::Layout(
+    const std::string& name, const CheckpointLayout& layout, int rank) const {
   const ManifestTensor* t = manifest_.Find(name);
   if (t == nullptr)
     return absl::NotFoundError(absl::StrCat(dir_, ": no tensor '", name, "'"));
   GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(name));
-  return ComputeShard(spec, t->shape, manifest_.dims, tp, rank);
+  return ComputeLayoutShard(spec, t->shape, manifest_.dims, layout, rank);
 }
 
 absl::Status CheckpointReader::ReadShard(const std::string& name, int tp,
                                          int rank, uint8_t* dst) {
-  GEMMA_ASSIGN_OR_RETURN(ShardLayout want, Layout(name, tp, rank));
+  return ReadShard(name, CheckpointLayout{tp, 1}, rank, dst);
+}
+
+absl::Status CheckpointReader::ReadShard(const std::string& name,
+                                         const CheckpointLayout& layout,
+                                         int rank, uint8_t* dst) {
+  GEMMA_ASSIGN_OR_RETURN(ShardLayout want, Layout(name, layout, rank));
   const ManifestTensor* t = manifest_.Find(name);
   // Open only the stored ranks whose slices overlap the wanted ranges.
   VirtualTensor v;
   v.shape = t->shape;
   v.elem_size = DTypeSize(t->dtype);
-  GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(name));
-  const int ranks = spec.split == SplitKind::kReplicated ? 1 : manifest_.tp;
-  for (int r = 0; r < ranks; ++r) {
-    const ShardLayout& have = t->shards[r];
-    bool overlap = have.dim != want.dim;
-    for (auto [hb, he] : have.ranges) {
-      for (auto [wb, we] : want.ranges) overlap |= hb < we && wb < he;
-    }
-    if (!overlap) continue;
-    GEMMA_ASSIGN_OR_RETURN(const SafetensorsFile* f, RankFile(r));
-    GEMMA_ASSIGN_OR_RETURN(const TensorInfo* info, f->Get(name));
-    if (info->dtype != t->dtype || info->shape != have.shard_shape) {
-      return absl::DataLossError(
-          absl::StrCat(f->path(), ": tensor '", name,
-                       "' does not match the manifest's dtype/shape"));
-    }
-    v.AddShard(have, f->Bytes(*info).data());
-  }
+  GEMMA_RETURN_IF_ERROR(AddStoredShards(*t, &want, &v));
   absl::Status s = CopyShard(v, want, dst);
   if (!s.ok())
     return absl::Status(

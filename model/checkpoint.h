@@ -1,11 +1,18 @@
 // Our sharded checkpoint folder (/work/shared/DESIGN.md §4):
 //
-//   DIR/manifest.json            model config, layout {tp}, step, every
-//   tensor's
-//                                dtype, global shape and each rank's slice,
-//                                per-file size and CRC-32C
+//   DIR/manifest.json            model config, layout {tp, ep}, step,
+//                                every tensor's dtype, global shape and its
+//                                stored shards (rank + slice), per-file size
+//                                and CRC-32C
 //   DIR/rank-00000.safetensors   rank 0's shards, under our names
-//   DIR/rank-00001.safetensors   ...
+//   DIR/rank-00001.safetensors   ...   (rank = ep_index * tp + tp_index)
+//
+// Layout {tp, ep} (model/param_table.h CheckpointLayout): tensors are split
+// over TP by their split rule; MoE expert tensors (SplitKind::kExperts) are
+// split along dim 0 over EP. Each distinct shard is stored once: tensors
+// replicated over EP only in the files of ep_index 0 (at tp = 1: rank 0's),
+// experts only in the files of tp_index 0 (StoresShard). "ep" absent in a
+// manifest means 1; with ep = 1 the format is the Gemma 3 one, unchanged.
 //
 // Written into `DIR.tmp` and renamed to DIR when complete, so DIR either holds
 // a whole checkpoint or does not exist. Reading maps the rank files and
@@ -51,7 +58,9 @@ struct ManifestTensor {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;       // global
-  std::vector<ShardLayout> shards;  // one per rank
+  std::vector<ShardLayout> shards;  // the stored shards (see StoresShard)
+  std::vector<int> shard_ranks;     // shard_ranks[k]: the rank whose file
+                                    // holds shards[k]
 };
 
 struct ManifestFile {
@@ -63,12 +72,14 @@ struct ManifestFile {
 
 struct CheckpointManifest {
   int tp = 1;
+  int ep = 1;
   int64_t step = 0;
   ShardDims dims;
   std::string config_json;  // HF config.json text
   std::vector<ManifestTensor> tensors;
-  std::vector<ManifestFile> files;
+  std::vector<ManifestFile> files;  // one per rank (tp * ep)
 
+  CheckpointLayout layout() const { return {tp, ep}; }
   const ManifestTensor* Find(const std::string& name) const;
   std::string ToJson() const;
   // INVALID_ARGUMENT naming `file` and the field on malformed input.
@@ -78,46 +89,58 @@ struct CheckpointManifest {
 
 struct WriteCheckpointOptions {
   int tp = 1;
+  int ep = 1;  // expert-parallel size (must divide every expert count)
   int64_t step = 0;
   ShardDims dims;          // num_kv_heads: the text qkv split granularity
   bool overwrite = false;  // replace an existing DIR (else ALREADY_EXISTS)
   ProgressFn progress;
 };
 
-// Writes every tensor of `source` split `tp` ways per the parameter table.
-// Names outside the table are refused (NOT_FOUND naming the tensor).
+// Writes every tensor of `source` split over {tp, ep} per the parameter table.
+// Names outside the table are refused (NOT_FOUND naming the tensor), tensors
+// that cannot be split so (INVALID_ARGUMENT naming the tensor).
 absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
                              const WriteCheckpointOptions& options);
 
 // Distributed save, for jobs whose ranks each hold only their own shards:
-// every rank calls WriteRankFile (same `dir`, `tp`, `dims`), the job gathers
+// every rank calls WriteRankFile (same `dir`, layout, `dims`), the job gathers
 // the returned ManifestFile entries, and one process calls CommitCheckpoint
 // after all ranks are done. The result is the same folder WriteCheckpoint
-// writes.
+// writes. Each rank passes exactly the shards it stores (StoresShard): with
+// EP, every rank its expert slices, and the ranks of ep_index 0 (at tp = 1:
+// rank 0) the tensors replicated over EP.
 struct RankShard {
   std::string name;  // one of ours (see param_table.h)
   DType dtype = DType::kF32;
   std::vector<int64_t> global_shape;  // the whole tensor's shape
   const uint8_t* data = nullptr;      // this rank's shard, contiguous,
-                                      // ComputeShard(...).shard_shape
+                                      // ComputeLayoutShard(...).shard_shape
 };
 
 // "rank-NNNNN.safetensors": the file name of rank `rank`'s shards.
 std::string RankFileName(int rank);
 
 // Writes `DIR.tmp/rank-NNNNN.safetensors` (creating DIR.tmp if needed).
+// INVALID_ARGUMENT naming the tensor for a shard this rank does not store
+// in `layout` (e.g. a replicated tensor passed by an EP rank other than 0).
+absl::StatusOr<ManifestFile> WriteRankFile(
+    const std::string& dir, const CheckpointLayout& layout, int rank,
+    const ShardDims& dims, const std::vector<RankShard>& shards);
+// The TP-only layout {tp, 1}.
 absl::StatusOr<ManifestFile> WriteRankFile(
     const std::string& dir, int tp, int rank, const ShardDims& dims,
     const std::vector<RankShard>& shards);
 
 struct CheckpointCommit {
   int tp = 1;
+  int ep = 1;
   int64_t step = 0;
   ShardDims dims;
   std::string config_json;
   std::vector<GlobalTensorSource::Entry>
       tensors;                      // every tensor's global dtype/shape
-  std::vector<ManifestFile> files;  // one per rank, from WriteRankFile
+  std::vector<ManifestFile> files;  // one per rank (tp * ep), from
+                                    // WriteRankFile
   bool overwrite = false;
 };
 
@@ -147,14 +170,25 @@ class CheckpointReader : public GlobalTensorSource {
   // the tensor allows, not only the stored one).
   absl::StatusOr<ShardLayout> Layout(const std::string& name, int tp,
                                      int rank) const;
+  // The same for any {tp, ep} layout (e.g. a trainer's EP rank).
+  absl::StatusOr<ShardLayout> Layout(const std::string& name,
+                                     const CheckpointLayout& layout,
+                                     int rank) const;
   // Copies that shard into `dst` (ShardBytes(layout) bytes); reads only the
-  // stored slices that overlap it.
+  // stored slices that overlap it (opening only the rank files holding them).
   absl::Status ReadShard(const std::string& name, int tp, int rank,
+                         uint8_t* dst);
+  absl::Status ReadShard(const std::string& name,
+                         const CheckpointLayout& layout, int rank,
                          uint8_t* dst);
 
  private:
   CheckpointReader() = default;
   absl::StatusOr<const SafetensorsFile*> RankFile(int rank);
+  // Adds the stored shards of `t` to `v` (each distinct slice once), those
+  // overlapping `want` only when it is given.
+  absl::Status AddStoredShards(const ManifestTensor& t, const ShardLayout* want,
+                               VirtualTensor* v);
 
   std::string dir_;
   bool verify_ = true;

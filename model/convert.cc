@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -13,6 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "model/gemma4_config.h"
+#include "model/gemma4_names.h"
 #include "model/hf_mapping.h"
 #include "nlohmann/json.hpp"
 
@@ -82,13 +85,23 @@ absl::Status PrefixError(const absl::Status& s, absl::string_view prefix) {
 // An HF folder as our global tensors.
 class HfSource : public GlobalTensorSource {
  public:
+  // HF key -> the spelling `mapping` uses ("" to drop the key).
+  using Canonical =
+      std::function<absl::StatusOr<std::string>(const std::string&)>;
+
+  // A Gemma 3 folder (any key layout model/hf_mapping.h reads).
   absl::Status Open(const std::string& dir);
+  // A Gemma 4 folder (text-only or VL; model/gemma4_names.h).
+  absl::Status OpenGemma4(const std::string& dir);
   const std::vector<Entry>& entries() const override { return entries_; }
-  const std::string& config_json() const override { return config_.raw_json; }
+  const std::string& config_json() const override { return config_json_; }
   absl::StatusOr<VirtualTensor> Global(const std::string& name) override;
+  // Gemma 3 folders only.
   const HfConfigLite& config() const { return config_; }
 
  private:
+  absl::Status OpenWith(const std::string& dir, HfMapping mapping,
+                        Canonical canonical);
   struct Found {
     const SafetensorsFile* file;
     const TensorInfo* info;
@@ -98,7 +111,9 @@ class HfSource : public GlobalTensorSource {
                        const std::string& index_path);
 
   HfConfigLite config_;
+  std::string config_json_;
   HfMapping mapping_;
+  Canonical canonical_;
   std::vector<std::shared_ptr<const SafetensorsFile>> files_;
   std::map<std::string, Found> found_;  // canonical HF name -> where
   std::map<std::string, size_t> param_index_;
@@ -128,7 +143,7 @@ absl::Status HfSource::AddFile(const std::string& path,
                          "' is not listed for this file in ", index_path));
       }
     }
-    absl::StatusOr<std::string> canon = CanonicalHfName(t.name, config_);
+    absl::StatusOr<std::string> canon = canonical_(t.name);
     if (!canon.ok())
       return PrefixError(canon.status(), absl::StrCat(path, ": "));
     if (canon->empty()) continue;  // tied lm_head
@@ -143,12 +158,30 @@ absl::Status HfSource::AddFile(const std::string& path,
 
 absl::Status HfSource::Open(const std::string& dir) {
   GEMMA_ASSIGN_OR_RETURN(config_, ReadHfConfigLite(dir + "/config.json"));
-  {
-    absl::StatusOr<HfMapping> m = BuildHfMapping(config_);
-    if (!m.ok())
-      return PrefixError(m.status(), absl::StrCat(dir, "/config.json: "));
-    mapping_ = *std::move(m);
-  }
+  config_json_ = config_.raw_json;
+  absl::StatusOr<HfMapping> m = BuildHfMapping(config_);
+  if (!m.ok())
+    return PrefixError(m.status(), absl::StrCat(dir, "/config.json: "));
+  return OpenWith(dir, *std::move(m), [this](const std::string& key) {
+    return CanonicalHfName(key, config_);
+  });
+}
+
+absl::Status HfSource::OpenGemma4(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  GEMMA_ASSIGN_OR_RETURN(config_json_, ReadText(path));
+  GEMMA_ASSIGN_OR_RETURN(Gemma4ModelConfig config,
+                         ParseGemma4ModelConfigText(config_json_, path));
+  return OpenWith(dir, BuildGemma4HfMapping(config),
+                  [config](const std::string& key) {
+                    return CanonicalGemma4HfName(key, config);
+                  });
+}
+
+absl::Status HfSource::OpenWith(const std::string& dir, HfMapping mapping,
+                                Canonical canonical) {
+  mapping_ = std::move(mapping);
+  canonical_ = std::move(canonical);
   const std::string index_path = dir + "/model.safetensors.index.json";
   if (PathExists(index_path)) {
     GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(index_path));
@@ -261,12 +294,91 @@ double Since(std::chrono::steady_clock::time_point t0) {
       .count();
 }
 
+// Shards a checkpoint of `entries` at `layout` stores (for the stats).
+int64_t StoredShards(const std::vector<GlobalTensorSource::Entry>& entries,
+                     const CheckpointLayout& layout) {
+  int64_t n = 0;
+  for (const auto& e : entries) {
+    absl::StatusOr<ParamSpec> spec = LookupParam(e.name);
+    for (int r = 0; spec.ok() && r < layout.world(); ++r)
+      n += StoresShard(*spec, layout, r) ? 1 : 0;
+  }
+  return n;
+}
+
+ModelFolderInfo InfoFromConfig(const std::string& text,
+                               const std::string& source) {
+  ModelFolderInfo info;
+  info.config_source = source;
+  info.gemma4 = IsGemma4ConfigText(text);
+  if (info.gemma4) {
+    absl::StatusOr<Gemma4ModelConfig> c =
+        ParseGemma4ModelConfigText(text, source);
+    if (c.ok()) {
+      info.vl = c->is_vl();
+      info.num_experts = c->text.enable_moe_block ? c->text.num_experts : 0;
+    }
+  }
+  return info;
+}
+
 }  // namespace
+
+absl::StatusOr<ModelFolderInfo> InspectModelFolder(const std::string& dir) {
+  if (PathExists(dir + "/manifest.json")) {
+    GEMMA_ASSIGN_OR_RETURN(
+        auto reader, CheckpointReader::Open(dir, /*verify_checksums=*/false));
+    ModelFolderInfo info = InfoFromConfig(reader->config_json(),
+                                          dir + "/manifest.json: model_config");
+    info.checkpoint = true;
+    info.tp = reader->manifest().tp;
+    info.ep = reader->manifest().ep;
+    return info;
+  }
+  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(dir + "/config.json"));
+  return InfoFromConfig(text, dir + "/config.json");
+}
+
+absl::Status CheckConvertLayout(const ModelFolderInfo& info, int tp, int ep,
+                                absl::string_view tp_field,
+                                absl::string_view ep_field) {
+  if (tp < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(tp_field, ": ", tp, " must be >= 1"));
+  }
+  if (ep < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ep_field, ": ", ep, " must be >= 1"));
+  }
+  if (info.gemma4 && tp > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        tp_field, ": ", tp, ": Gemma 4 tensor parallelism is not built yet, ",
+        "so a Gemma 4 checkpoint is written at tp 1 (", info.config_source,
+        ")"));
+  }
+  if (ep > 1 && info.num_experts == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        ep_field, ": ", ep, " needs a model with experts (Gemma 4 MoE), but ",
+        info.config_source, " describes ",
+        info.gemma4 ? "a Gemma 4 model without MoE" : "a Gemma 3 model"));
+  }
+  if (ep > 1 && info.num_experts % ep != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ep_field, ": ", ep, " does not divide num_experts ",
+                     info.num_experts, " of ", info.config_source));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<GlobalTensorSource>> OpenHfFolder(
     const std::string& hf_dir) {
   auto src = std::make_unique<HfSource>();
-  GEMMA_RETURN_IF_ERROR(src->Open(hf_dir));
+  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(hf_dir + "/config.json"));
+  if (IsGemma4ConfigText(text)) {
+    GEMMA_RETURN_IF_ERROR(src->OpenGemma4(hf_dir));
+  } else {
+    GEMMA_RETURN_IF_ERROR(src->Open(hf_dir));
+  }
   return std::unique_ptr<GlobalTensorSource>(std::move(src));
 }
 
@@ -274,18 +386,27 @@ absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(
     const std::string& hf_dir, const std::string& out_dir,
     const ConvertOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
+  GEMMA_ASSIGN_OR_RETURN(ModelFolderInfo info, InspectModelFolder(hf_dir));
+  GEMMA_RETURN_IF_ERROR(
+      CheckConvertLayout(info, options.tp, options.ep, "tp", "ep"));
   HfSource src;
-  GEMMA_RETURN_IF_ERROR(src.Open(hf_dir));
-  ConvertStats stats;
   WriteCheckpointOptions w;
+  if (info.gemma4) {
+    GEMMA_RETURN_IF_ERROR(src.OpenGemma4(hf_dir));
+    w.dims.num_kv_heads = 1;  // no TP split of Gemma 4 yet
+  } else {
+    GEMMA_RETURN_IF_ERROR(src.Open(hf_dir));
+    w.dims.num_kv_heads = src.config().num_kv_heads;
+  }
+  ConvertStats stats;
   w.tp = options.tp;
-  w.dims.num_kv_heads = src.config().num_kv_heads;
+  w.ep = options.ep;
   w.overwrite = options.overwrite;
   w.progress = Tracking(options, &stats.bytes);
   GEMMA_RETURN_IF_ERROR(WriteCheckpoint(out_dir, src, w));
   GEMMA_RETURN_IF_ERROR(CopyCompanionFiles(hf_dir, out_dir));
-  stats.tensors = static_cast<int64_t>(src.entries().size()) * options.tp;
-  stats.files = options.tp;
+  stats.tensors = StoredShards(src.entries(), {options.tp, options.ep});
+  stats.files = options.tp * options.ep;
   stats.seconds = Since(t0);
   return stats;
 }
@@ -296,17 +417,22 @@ absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir,
   const auto t0 = std::chrono::steady_clock::now();
   GEMMA_ASSIGN_OR_RETURN(
       auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
+  const ModelFolderInfo info = InfoFromConfig(
+      reader->config_json(), ckpt_dir + "/manifest.json: model_config");
+  GEMMA_RETURN_IF_ERROR(
+      CheckConvertLayout(info, options.tp, options.ep, "tp", "ep"));
   ConvertStats stats;
   WriteCheckpointOptions w;
   w.tp = options.tp;
+  w.ep = options.ep;
   w.step = reader->manifest().step;
   w.dims = reader->manifest().dims;
   w.overwrite = options.overwrite;
   w.progress = Tracking(options, &stats.bytes);
   GEMMA_RETURN_IF_ERROR(WriteCheckpoint(out_dir, *reader, w));
   GEMMA_RETURN_IF_ERROR(CopyCompanionFiles(ckpt_dir, out_dir));
-  stats.tensors = static_cast<int64_t>(reader->entries().size()) * options.tp;
-  stats.files = options.tp;
+  stats.tensors = StoredShards(reader->entries(), {options.tp, options.ep});
+  stats.files = options.tp * options.ep;
   stats.seconds = Since(t0);
   return stats;
 }
@@ -321,10 +447,24 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
   GEMMA_ASSIGN_OR_RETURN(
       auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
   const std::string where = ckpt_dir + "/manifest.json: model_config";
-  GEMMA_ASSIGN_OR_RETURN(HfConfigLite config,
-                         ParseHfConfigLite(reader->config_json(), where));
-  absl::StatusOr<HfMapping> mapping = BuildHfMapping(config);
-  if (!mapping.ok()) return PrefixError(mapping.status(), where + ": ");
+  // The HF names and the config.json to write.
+  HfMapping mapping;
+  std::string config_out;
+  if (IsGemma4ConfigText(reader->config_json())) {
+    GEMMA_ASSIGN_OR_RETURN(
+        Gemma4ModelConfig config,
+        ParseGemma4ModelConfigText(reader->config_json(), where));
+    mapping = BuildGemma4HfMapping(config);
+    config_out = reader->config_json();
+  } else {
+    GEMMA_ASSIGN_OR_RETURN(HfConfigLite config,
+                           ParseHfConfigLite(reader->config_json(), where));
+    absl::StatusOr<HfMapping> m = BuildHfMapping(config);
+    if (!m.ok()) return PrefixError(m.status(), where + ": ");
+    mapping = *std::move(m);
+    GEMMA_ASSIGN_OR_RETURN(config_out,
+                           ModernizeHfConfig(reader->config_json(), where));
+  }
 
   // hf name -> the pieces of our tensors that make it up.
   struct Use {
@@ -333,7 +473,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
     HfRows rows;
   };
   std::map<std::string, std::vector<Use>> uses;
-  for (const ParamMapping& p : mapping->params) {
+  for (const ParamMapping& p : mapping.params) {
     const ManifestTensor* t = reader->manifest().Find(p.name);
     if (t == nullptr) {
       return absl::NotFoundError(
@@ -352,7 +492,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
     }
   }
   std::map<std::string, VirtualTensor> globals;
-  for (const ParamMapping& p : mapping->params) {
+  for (const ParamMapping& p : mapping.params) {
     GEMMA_ASSIGN_OR_RETURN(globals[p.name], reader->Global(p.name));
   }
   // Group HF tensors into files of at most max_shard_bytes (a bigger tensor
@@ -364,7 +504,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
   };
   std::vector<std::vector<Planned>> files(1);
   uint64_t in_file = 0, total = 0;
-  for (const HfTensorShape& t : mapping->hf_tensors) {
+  for (const HfTensorShape& t : mapping.hf_tensors) {
     const DType dtype =
         reader->manifest().Find(uses.at(t.hf_name)[0].param->name)->dtype;
     uint64_t bytes = DTypeSize(dtype);
@@ -438,9 +578,7 @@ absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
     }
     return absl::OkStatus();
   };
-  GEMMA_ASSIGN_OR_RETURN(std::string modern,
-                         ModernizeHfConfig(reader->config_json(), where));
-  GEMMA_RETURN_IF_ERROR(write_text("config.json", modern));
+  GEMMA_RETURN_IF_ERROR(write_text("config.json", config_out));
   if (files.size() > 1) {
     json index = {{"metadata", {{"total_size", total}}},
                   {"weight_map", weight_map}};

@@ -1,10 +1,16 @@
-// Conversions between Hugging Face Gemma 3 folders and our sharded checkpoints.
+// Conversions between Hugging Face Gemma 3 / Gemma 4 folders and our sharded
+// checkpoints. The model family is read from config.json (model_type /
+// text_config.model_type gemma4*: Gemma 4, text-only Gemma4ForCausalLM or VL
+// Gemma4ForConditionalGeneration; else Gemma 3).
 //
 //   HF folder:  config.json + model.safetensors, or
 //   model-0000i-of-0000n.safetensors
 //               with model.safetensors.index.json; BF16, F16 or F32 (kept as
 //               is).
-//   Ours:       see model/checkpoint.h.
+//   Ours:       see model/checkpoint.h; layout {tp, ep}. Gemma 3: any tp,
+//               ep 1. Gemma 4: tp 1 (its TP is not built yet), any ep dividing
+//               num_experts (expert tensors split over EP, the rest stored
+//               once in rank 0's file).
 //
 // Tensors are streamed: sources are memory-mapped and each output byte is
 // copied once, straight into the mapped output file. Every conversion is
@@ -22,12 +28,14 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "model/checkpoint.h"
 
 namespace gemma {
 
 struct ConvertOptions {
   int tp = 1;                             // TP size of a written checkpoint
+  int ep = 1;                             // EP size of a written checkpoint
   uint64_t max_shard_bytes = 4ull << 30;  // HF export: split files above this
   bool verify_checksums = true;           // when reading our checkpoints
   bool overwrite = false;                 // replace an existing output folder
@@ -41,7 +49,31 @@ struct ConvertStats {
   double seconds = 0;
 };
 
-// HF folder -> our checkpoint at options.tp (must divide num_key_value_heads).
+// What a conversion needs to know about a model folder before it starts.
+struct ModelFolderInfo {
+  std::string config_source;  // "DIR/config.json" or
+                              // "DIR/manifest.json: model_config"
+  bool checkpoint = false;    // our sharded checkpoint (else an HF folder)
+  bool gemma4 = false;
+  bool vl = false;          // Gemma 4 VL (Gemma4ForConditionalGeneration)
+  int tp = 1, ep = 1;       // the stored layout (checkpoints)
+  int64_t num_experts = 0;  // Gemma 4 with MoE blocks, else 0
+};
+
+// Reads DIR/manifest.json (our checkpoint) or DIR/config.json (HF). Errors
+// name the file.
+absl::StatusOr<ModelFolderInfo> InspectModelFolder(const std::string& dir);
+
+// OK when `info`'s model can be written at {tp, ep}; INVALID_ARGUMENT naming
+// `tp_field` / `ep_field` (the caller's spelling, e.g. "convert.ep") and the
+// config: Gemma 4 with tp > 1, ep > 1 without experts, ep not dividing
+// num_experts.
+absl::Status CheckConvertLayout(const ModelFolderInfo& info, int tp, int ep,
+                                absl::string_view tp_field,
+                                absl::string_view ep_field);
+
+// HF folder -> our checkpoint at {options.tp, options.ep} (CheckConvertLayout;
+// Gemma 3: tp must divide num_key_value_heads).
 // Errors name the file and tensor: a missing config field, a shard listed in
 // the index but absent, a tensor with the wrong shape, missing or unexpected
 // tensors, mixed dtypes within a fused tensor.
@@ -49,19 +81,22 @@ absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(
     const std::string& hf_dir, const std::string& out_dir,
     const ConvertOptions& options);
 
-// Our checkpoint (any TP) -> HF folder that transformers loads as is:
+// Our checkpoint (any layout) -> HF folder that transformers loads as is:
 // config.json, model.safetensors or size-sharded files with an index, HF keys
-// as transformers 5.17 writes them, no lm_head (tied).
+// as transformers 5.17 writes them (Gemma 4 VL: the
+// Gemma4ForConditionalGeneration spelling), no lm_head (tied).
 absl::StatusOr<ConvertStats> ConvertCheckpointToHf(
     const std::string& ckpt_dir, const std::string& out_dir,
     const ConvertOptions& options);
 
-// Our checkpoint -> our checkpoint at another TP size.
+// Our checkpoint -> our checkpoint at another {tp, ep} layout; reads only the
+// bytes each new rank file needs.
 absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir,
                                                const std::string& out_dir,
                                                const ConvertOptions& options);
 
-// An HF folder seen as our global tensors (zero-copy over the mapped files).
+// An HF folder (Gemma 3 or 4) seen as our global tensors (zero-copy over the
+// mapped files).
 absl::StatusOr<std::unique_ptr<GlobalTensorSource>> OpenHfFolder(
     const std::string& hf_dir);
 

@@ -36,6 +36,7 @@
 #include "model/comm.h"
 #include "model/gemma4.h"
 #include "model/gemma4_config.h"
+#include "model/gemma4_names.h"
 #include "model/gemma4_vision.h"
 #include "model/hf_mapping.h"
 
@@ -73,9 +74,7 @@ class Gemma4ModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Gemma4Model);
 
-// Our vision + projector names and their HF pieces (full HF names).
-std::vector<ParamMapping> BuildGemma4VisionMapping(const Gemma4VisionConfig& v,
-                                                   int64_t text_hidden);
+// BuildGemma4VisionMapping: model/gemma4_names.h.
 
 // HF tensors of a whole checkpoint -> ours (text, and vision when `config`
 // is VL). Errors name `source` and the tensor.

@@ -15,20 +15,12 @@
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
 #include "model/gemma4.h"
+#include "model/gemma4_names.h"
 #include "model/safetensors.h"
 #include "model/safetensors_torch.h"
 
 namespace gemma {
 namespace {
-
-ParamMapping Whole(std::string ours, std::string hf,
-                   std::vector<int64_t> shape) {
-  ParamMapping m;
-  m.name = std::move(ours);
-  m.pieces.push_back({std::move(hf), 0, shape.empty() ? 1 : shape[0]});
-  m.shape = std::move(shape);
-  return m;
-}
 
 constexpr const char* kSkippedPrefixes[] = {
     "model.vision_tower.",   "model.embed_vision.", "model.audio_tower.",
@@ -55,89 +47,6 @@ std::string Shape(at::IntArrayRef s) {
 }
 
 }  // namespace
-
-std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& c) {
-  const int64_t h = c.hidden_size, nq = c.num_heads;
-  std::vector<ParamMapping> out;
-  out.push_back(
-      Whole("text.embed.weight", "embed_tokens.weight", {c.vocab_size, h}));
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const LayerType t = c.layer_types[static_cast<size_t>(i)];
-    const int64_t hd = c.layer_head_dim(t), nkv = c.layer_kv_heads(t);
-    const int64_t g = nq / nkv;
-    const bool kv_same = c.k_eq_v(t);
-    const std::string ours = absl::StrCat("text.layers.", i, ".");
-    const std::string hf = absl::StrCat("layers.", i, ".");
-    for (auto [o, n] : std::vector<std::pair<const char*, const char*>>{
-             {"input_norm", "input_layernorm"},
-             {"post_attn_norm", "post_attention_layernorm"},
-             {"pre_mlp_norm", "pre_feedforward_layernorm"},
-             {"post_mlp_norm", "post_feedforward_layernorm"}}) {
-      out.push_back(Whole(absl::StrCat(ours, o, ".weight"),
-                          absl::StrCat(hf, n, ".weight"), {h}));
-    }
-    // Attention: q/k(/v) fused per KV group.
-    ParamMapping qkv;
-    qkv.name =
-        absl::StrCat(ours, kv_same ? "attn.qk.weight" : "attn.qkv.weight");
-    qkv.shape = {(nq + (kv_same ? 1 : 2) * nkv) * hd, h};
-    for (int64_t j = 0; j < nkv; ++j) {
-      qkv.pieces.push_back({absl::StrCat(hf, "self_attn.q_proj.weight"),
-                            j * g * hd, (j + 1) * g * hd});
-      qkv.pieces.push_back(
-          {absl::StrCat(hf, "self_attn.k_proj.weight"), j * hd, (j + 1) * hd});
-      if (!kv_same) {
-        qkv.pieces.push_back({absl::StrCat(hf, "self_attn.v_proj.weight"),
-                              j * hd, (j + 1) * hd});
-      }
-    }
-    out.push_back(qkv);
-    out.push_back(Whole(absl::StrCat(ours, "attn.o.weight"),
-                        absl::StrCat(hf, "self_attn.o_proj.weight"),
-                        {h, nq * hd}));
-    out.push_back(Whole(absl::StrCat(ours, "attn.q_norm.weight"),
-                        absl::StrCat(hf, "self_attn.q_norm.weight"), {hd}));
-    out.push_back(Whole(absl::StrCat(ours, "attn.k_norm.weight"),
-                        absl::StrCat(hf, "self_attn.k_norm.weight"), {hd}));
-    // Dense MLP.
-    const int64_t im = c.intermediate_size;
-    ParamMapping gu;
-    gu.name = absl::StrCat(ours, "mlp.gate_up.weight");
-    gu.shape = {2 * im, h};
-    gu.pieces = {{absl::StrCat(hf, "mlp.gate_proj.weight"), 0, im},
-                 {absl::StrCat(hf, "mlp.up_proj.weight"), 0, im}};
-    out.push_back(gu);
-    out.push_back(Whole(absl::StrCat(ours, "mlp.down.weight"),
-                        absl::StrCat(hf, "mlp.down_proj.weight"), {h, im}));
-    if (c.enable_moe_block) {
-      const int64_t e = c.num_experts, em = c.moe_intermediate_size;
-      out.push_back(
-          Whole(absl::StrCat(ours, "post_dense_norm.weight"),
-                absl::StrCat(hf, "post_feedforward_layernorm_1.weight"), {h}));
-      out.push_back(
-          Whole(absl::StrCat(ours, "moe.pre_norm.weight"),
-                absl::StrCat(hf, "pre_feedforward_layernorm_2.weight"), {h}));
-      out.push_back(
-          Whole(absl::StrCat(ours, "moe.post_norm.weight"),
-                absl::StrCat(hf, "post_feedforward_layernorm_2.weight"), {h}));
-      out.push_back(Whole(absl::StrCat(ours, "moe.router.proj.weight"),
-                          absl::StrCat(hf, "router.proj.weight"), {e, h}));
-      out.push_back(Whole(absl::StrCat(ours, "moe.router.scale"),
-                          absl::StrCat(hf, "router.scale"), {h}));
-      out.push_back(Whole(absl::StrCat(ours, "moe.router.expert_scale"),
-                          absl::StrCat(hf, "router.per_expert_scale"), {e}));
-      out.push_back(Whole(absl::StrCat(ours, "moe.experts.gate_up"),
-                          absl::StrCat(hf, "experts.gate_up_proj"),
-                          {e, 2 * em, h}));
-      out.push_back(Whole(absl::StrCat(ours, "moe.experts.down"),
-                          absl::StrCat(hf, "experts.down_proj"), {e, h, em}));
-    }
-    out.push_back(Whole(absl::StrCat(ours, "layer_scalar"),
-                        absl::StrCat(hf, "layer_scalar"), {1}));
-  }
-  out.push_back(Whole("text.final_norm.weight", "norm.weight", {h}));
-  return out;
-}
 
 absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4FromHf(
     const std::map<std::string, at::Tensor>& hf, const Gemma4TextConfig& config,

@@ -33,14 +33,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/gemma4_config.h"
+#include "model/gemma4_names.h"
 #include "model/hf_mapping.h"  // ParamMapping, HfRows
 
 namespace gemma {
 
-// The mapping for `config`: our names ("text.…") with their global shapes and
-// the HF pieces (HF names without prefix, e.g.
-// "layers.3.self_attn.q_proj.weight").
-std::vector<ParamMapping> BuildGemma4Mapping(const Gemma4TextConfig& config);
+// BuildGemma4Mapping (our names <-> HF pieces): model/gemma4_names.h.
 
 // HF tensors (any accepted prefix) -> ours. InvalidArgument naming `source`
 // and the tensor: unknown key, missing tensor, wrong shape.

@@ -71,6 +71,30 @@ const std::vector<ParamSpec>& ParamTable() {
       Spec("vision.post_norm.bias", K::kReplicated),
       Spec("projector.norm.weight", K::kReplicated),
       Spec("projector.proj.weight", K::kReplicated),
+      // Gemma 4 (model/gemma4.h, model/moe.h, model/gemma4_model.h). Its text
+      // names shared with Gemma 3 above keep their TP rules (Gemma 4 runs at
+      // tp = 1 for now, where every rule gives the whole tensor).
+      Spec("text.layers.{i}.attn.qk.weight", K::kReplicated),
+      Spec("text.layers.{i}.post_dense_norm.weight", K::kReplicated),
+      Spec("text.layers.{i}.layer_scalar", K::kReplicated),
+      Spec("text.layers.{i}.moe.pre_norm.weight", K::kReplicated),
+      Spec("text.layers.{i}.moe.post_norm.weight", K::kReplicated),
+      Spec("text.layers.{i}.moe.router.proj.weight", K::kReplicated),
+      Spec("text.layers.{i}.moe.router.scale", K::kReplicated),
+      Spec("text.layers.{i}.moe.router.expert_scale", K::kReplicated),
+      Spec("text.layers.{i}.moe.experts.gate_up", K::kExperts),
+      Spec("text.layers.{i}.moe.experts.down", K::kExperts),
+      Spec("vision.pos_table", K::kReplicated),
+      Spec("vision.std_bias", K::kReplicated),
+      Spec("vision.std_scale", K::kReplicated),
+      Spec("vision.layers.{i}.input_norm.weight", K::kReplicated),
+      Spec("vision.layers.{i}.post_attn_norm.weight", K::kReplicated),
+      Spec("vision.layers.{i}.pre_mlp_norm.weight", K::kReplicated),
+      Spec("vision.layers.{i}.post_mlp_norm.weight", K::kReplicated),
+      Spec("vision.layers.{i}.attn.q_norm.weight", K::kReplicated),
+      Spec("vision.layers.{i}.attn.k_norm.weight", K::kReplicated),
+      Spec("vision.layers.{i}.mlp.gate_up.weight", K::kReplicated),
+      Spec("vision.layers.{i}.mlp.down.weight", K::kReplicated),
   };
   return table;
 }
@@ -103,6 +127,7 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
   const int64_t rows = shape.empty() ? 1 : shape[0];
   switch (spec.split) {
     case SplitKind::kReplicated:
+    case SplitKind::kExperts:  // replicated over TP
       l.ranges = {{0, rows}};
       return l;
     case SplitKind::kRows: {
@@ -155,6 +180,41 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
     }
   }
   return bad("unknown split");
+}
+
+absl::StatusOr<ShardLayout> ComputeLayoutShard(
+    const ParamSpec& spec, const std::vector<int64_t>& shape,
+    const ShardDims& dims, const CheckpointLayout& layout, int rank) {
+  if (layout.tp < 1 || layout.ep < 1 || rank < 0 || rank >= layout.world()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", spec.name, "': bad rank ", rank, " of tp ",
+                     layout.tp, " x ep ", layout.ep));
+  }
+  if (spec.split != SplitKind::kExperts) {
+    return ComputeShard(spec, shape, dims, layout.tp, layout.tp_index(rank));
+  }
+  const int ep = layout.ep, i = layout.ep_index(rank);
+  if (shape.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", spec.name, "': an expert tensor needs a dim 0 of experts"));
+  }
+  if (shape[0] % ep != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", spec.name, "': cannot split its ", shape[0],
+                     " experts over ep ", ep, " (not a divisor)"));
+  }
+  const int64_t per = shape[0] / ep;
+  ShardLayout l;
+  l.shard_shape = shape;
+  l.shard_shape[0] = per;
+  l.ranges = {{i * per, (i + 1) * per}};
+  return l;
+}
+
+bool StoresShard(const ParamSpec& spec, const CheckpointLayout& layout,
+                 int rank) {
+  return spec.split == SplitKind::kExperts ? layout.tp_index(rank) == 0
+                                           : layout.ep_index(rank) == 0;
 }
 
 int64_t VirtualTensor::rows() const { return shape.empty() ? 1 : shape[0]; }

@@ -31,6 +31,8 @@ enum class SplitKind {
   kCols,        // dim 1 split evenly (row-parallel o, down)
   kVocabRows,   // dim 0 split evenly after padding up to a multiple of tp
                 // (embed)
+  kExperts,     // MoE experts [E, ...]: dim 0 split evenly over EP ranks,
+                // replicated over TP (Gemma 4 TP is not built yet)
 };
 
 struct ParamSpec {
@@ -68,6 +70,34 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
                                          const std::vector<int64_t>& shape,
                                          const ShardDims& dims, int tp,
                                          int rank);
+
+// A checkpoint's (or a job's) shard layout: tp x ep ranks, numbered
+// rank = ep_index * tp + tp_index. Tensors other than kExperts are split over
+// TP by their rule and replicated over EP; kExperts are split over EP (rank
+// i owns experts [i E / ep, (i + 1) E / ep), as model/moe.h slices them) and
+// replicated over TP.
+struct CheckpointLayout {
+  int tp = 1;
+  int ep = 1;
+  int world() const { return tp * ep; }
+  int tp_index(int rank) const { return rank % tp; }
+  int ep_index(int rank) const { return rank / tp; }
+};
+
+// Rank `rank`'s shard in `layout` (ComputeShard's TP split, or the EP split
+// for kExperts). INVALID_ARGUMENT naming the tensor when it cannot be split,
+// e.g. E not divisible by ep.
+absl::StatusOr<ShardLayout> ComputeLayoutShard(
+    const ParamSpec& spec, const std::vector<int64_t>& shape,
+    const ShardDims& dims, const CheckpointLayout& layout, int rank);
+
+// Whether a checkpoint in `layout` keeps rank `rank`'s shard of `spec` in that
+// rank's file. A replica is stored once per layout: tensors replicated over
+// EP live in the files of ep_index 0 only, experts (replicated over TP) in the
+// files of tp_index 0 only. With ep = 1 every rank stores its TP shard (the
+// Gemma 3 format, unchanged).
+bool StoresShard(const ParamSpec& spec, const CheckpointLayout& layout,
+                 int rank);
 
 // A tensor's bytes gathered from pieces that need not be contiguous: each
 // block covers the global rectangle rows [row0, row1) x cols [col0, col1) of

@@ -208,6 +208,10 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
         return Bad("convert.to", absl::StrCat("must be ours or hf, got '",
                                               spec.convert().to(), "'"));
       }
+      if (spec.convert().tp() < 0)
+        return Bad("convert.tp", "must be >= 0 (0 means 1)");
+      if (spec.convert().ep() < 0)
+        return Bad("convert.ep", "must be >= 0 (0 means 1)");
       break;
     case v1::JOB_KIND_SFT:
     case v1::JOB_KIND_PEFT:
