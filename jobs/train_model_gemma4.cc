@@ -14,6 +14,8 @@
 #include "jobs/train_model.h"
 #include "jobs/train_state.h"
 #include "model/checkpoint.h"
+#include "model/convert.h"
+#include "model/gemma4_checkpoint.h"
 #include "model/gemma4_model.h"
 #include "model/hf_mapping_gemma4.h"
 #include "model/recompute.h"
@@ -98,15 +100,71 @@ class Gemma4TrainModel : public TrainModel {
     return GradKind::kReplicated;
   }
 
-  absl::StatusOr<int64_t> Write(const std::string& dir, int64_t step) override {
-    (void)dir;
-    (void)step;
-    return absl::UnimplementedError("Gemma 4 checkpoints: not yet");
+  absl::StatusOr<int64_t> Write(const std::string& dir,
+                                int64_t step) override {
+    Comm& ep = *groups_.ep;
+    const int n = ep.size(), rank = ep.rank();
+    std::map<std::string, at::Tensor> tensors;
+    int64_t bytes = 0;
+    auto collect = [&]() -> absl::Status {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : model_->named_parameters())
+        tensors[p.key()] = p.value().detach().to(torch::kCPU).contiguous();
+      for (const auto& b : model_->named_buffers())
+        tensors[b.key()] = b.value().detach().to(torch::kCPU).contiguous();
+      return absl::OkStatus();
+    };
+    absl::Status st = collect();
+    if (st.ok() && rank == 0) st = RemoveTree(dir + ".tmp");
+    // The folder is fresh before anyone writes into it.
+    GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, st, dir));
+    absl::StatusOr<ManifestFile> file = WriteGemma4RankFile(dir, n, rank, tensors);
+    GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, file.status(), dir));
+    bytes = static_cast<int64_t>(file->bytes);
+    // Rank 0 commits with every file's size and checksum.
+    at::Tensor all;
+    try {
+      at::Tensor mine = torch::tensor({static_cast<int64_t>(file->bytes),
+                                       static_cast<int64_t>(file->crc32c)},
+                                      torch::kLong);
+      all = ep.AllGather(mine.unsqueeze(0).to(ep.device()), 0).cpu();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat(dir, ": ", e.what_without_backtrace()));
+    }
+    if (rank == 0) {
+      std::vector<ManifestFile> files;
+      for (int r = 0; r < n; ++r) {
+        ManifestFile f;
+        f.rank = r;
+        f.file = RankFileName(r);
+        f.bytes = static_cast<uint64_t>(all[r][0].item<int64_t>());
+        f.crc32c = static_cast<uint32_t>(all[r][1].item<int64_t>());
+        files.push_back(f);
+      }
+      st = CommitGemma4Checkpoint(dir, config_json_, n, step, tensors, files);
+    }
+    GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, st, dir));
+    return bytes;
   }
 
   absl::Status Load(const std::string& dir) override {
-    (void)dir;
-    return absl::UnimplementedError("Gemma 4 checkpoints: not yet");
+    GEMMA_ASSIGN_OR_RETURN(
+        Gemma4RankWeights w,
+        LoadGemma4RankWeights(dir, groups_.ep->size(), groups_.ep->rank()));
+    absl::Status loaded;
+    try {
+      torch::NoGradGuard no_grad;
+      loaded = LoadGemma4ModuleWeights(*model_, w.tensors, "",
+                                       groups_.ep->rank(), groups_.ep->size());
+    } catch (const c10::Error& e) {
+      loaded = absl::InternalError(e.what_without_backtrace());
+    }
+    if (!loaded.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": ", loaded.message()));
+    }
+    return absl::OkStatus();
   }
 
   std::map<std::string, double> TakeMetrics() override {
@@ -179,37 +237,28 @@ absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4TrainModel(
         "spec.parallel.sequence_parallel: needs tensor parallelism, which "
         "Gemma 4 does not use here");
   }
-  const std::string config_file = absl::StrCat(dir, "/config.json");
-  GEMMA_ASSIGN_OR_RETURN(std::string config_json, ReadWholeFile(config_file));
-  GEMMA_ASSIGN_OR_RETURN(Gemma4ModelConfig config,
-                         ParseGemma4ModelConfigText(config_json, config_file));
   const int64_t ep = groups.ep->size();
-  if (config.text.enable_moe_block && config.text.num_experts % ep != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.parallel.ep: ", ep, " does not divide num_experts ",
-                     config.text.num_experts, " of ", config_file));
-  }
-  GEMMA_ASSIGN_OR_RETURN(auto raw, ReadSafetensorsFolder(dir));
-  std::map<std::string, at::Tensor> weights;
-  bool ours = !raw.empty();
-  for (const auto& [name, t] : raw) {
-    ours = ours && (absl::StartsWith(name, "text.") ||
-                    absl::StartsWith(name, "vision.") ||
-                    absl::StartsWith(name, "projector."));
-  }
-  if (ours) {
-    weights = std::move(raw);
-  } else {
-    GEMMA_ASSIGN_OR_RETURN(weights, Gemma4ModelFromHf(raw, config, dir));
-  }
+  GEMMA_ASSIGN_OR_RETURN(ModelFolderInfo info, InspectModelFolder(dir));
+  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(info, 1, static_cast<int>(ep),
+                                           "spec.parallel.tp",
+                                           "spec.parallel.ep"));
+  GEMMA_ASSIGN_OR_RETURN(
+      Gemma4RankWeights w,
+      LoadGemma4RankWeights(dir, static_cast<int>(ep), groups.ep->rank()));
+  Gemma4ModelConfig config = w.config;
+  std::string config_json = w.config_json;
+  std::map<std::string, at::Tensor> weights = std::move(w.tensors);
   auto model = BuildGemma4Model(config, weights, groups.ep);
   if (!model.ok()) {
     return absl::Status(model.status().code(),
                         absl::StrCat(dir, " at spec.parallel.ep=", ep, ": ",
                                      model.status().message()));
   }
-  return std::make_unique<Gemma4TrainModel>(*model, std::move(config),
-                                            std::move(config_json), groups);
+  GEMMA_ASSIGN_OR_RETURN(int max_soft_tokens, MaxSoftTokens(dir));
+  auto out = std::make_unique<Gemma4TrainModel>(
+      *model, std::move(config), std::move(config_json), groups);
+  out->set_max_soft_tokens(max_soft_tokens);
+  return out;
 }
 
 }  // namespace gemma

@@ -127,7 +127,7 @@ absl::Status WriteTinyMoeModel(const std::string& dir,
     for (auto& p : model->named_parameters()) fill(p.key(), p.value());
     for (auto& b : model->named_buffers()) fill(b.key(), b.value());
   }
-  GEMMA_RETURN_IF_ERROR(SaveGemma4Folder(dir, json, c, tensors, /*hf=*/false));
+  GEMMA_RETURN_IF_ERROR(SaveGemma4Folder(dir, json, c, tensors, /*hf=*/true));
   return CopyFile(tokenizer, absl::StrCat(dir, "/tokenizer.model"));
 }
 

@@ -58,7 +58,7 @@ struct TinyMoeOptions {
   double init_std = 0.05;
 };
 
-// Writes the model (config.json + model.safetensors in our names; random
+// Writes the model (an HF folder: config.json + model.safetensors; random
 // N(0, init_std) matrices, norm and router scales 1 + N(0, init_std)) to
 // `dir` for a tokenizer of `vocab` pieces, and copies `tokenizer` there.
 absl::Status WriteTinyMoeModel(const std::string& dir,

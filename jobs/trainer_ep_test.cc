@@ -19,6 +19,7 @@
 #include "jobs/train_test_util.h"
 #include "jobs/trainer.h"
 #include "jobs/trainer_ranks_test_util.h"
+#include "model/gemma4_checkpoint.h"
 #include "model/hf_mapping_gemma4.h"
 #include "worker/comm.h"
 
@@ -114,10 +115,13 @@ void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
   const auto& want = ref.weights[0];
   // Training moved the experts (the comparison is not between two untouched
   // models).
-  auto initial = ReadSafetensorsFolder(*g_dir + "/model");
+  auto initial = LoadGemma4RankWeights(*g_dir + "/model", 1, 0);
   ASSERT_TRUE(initial.ok()) << initial.status();
   const std::string probe = "text.layers.0.moe.experts.down";
-  EXPECT_GT((want.at(probe) - initial->at(probe)).abs().max().item<double>(),
+  EXPECT_GT((want.at(probe) - initial->tensors.at(probe))
+                .abs()
+                .max()
+                .item<double>(),
             1e-4);
   const int64_t per_rank = kExperts / ep;
   for (int r = 0; r < dp; ++r) {
@@ -174,6 +178,57 @@ TEST_F(TrainerEpTest, ExpertStateShardedOverExpertDataParallelRanks) {
 TEST_F(TrainerEpTest, RecomputeUnderExpertParallelism) {
   CheckAgainstOneRank(Spec(), 2, 2, Root("one-rc"), Root("ep2dp2-rc"),
                       /*recompute=*/true);
+}
+
+// An EP = 2 x DP = 2 checkpoint: one rank file per EP rank, the model loads
+// whole (EP = 1) with every rank's experts in place, and a resumed run
+// continues with the uninterrupted run's losses to the bit (ZeRO-1 on both
+// the dense and the expert optimizer state).
+TEST_F(TrainerEpTest, CheckpointLoadsWholeAndResumesExactly) {
+  auto spec = Spec();
+  spec.mutable_parallel()->set_dp(2);
+  spec.mutable_parallel()->set_ep(2);
+  spec.mutable_parallel()->set_zero_stage(1);
+  const ParallelLayout layout{1, 2, 2};
+  TrainerRun straight;
+  ASSERT_TRUE(
+      RunTrainerRanks(spec, Root("straight"), layout, 3, &straight).ok());
+  const std::string root = Root("resumed");
+  TrainerRun first;
+  auto st = RunTrainerRanks(spec, root, layout, 2, &first, /*save=*/true);
+  ASSERT_TRUE(st.ok()) << st;
+  const std::string step2 = first.saved[0];
+  ASSERT_FALSE(step2.empty());
+  auto whole = LoadGemma4RankWeights(step2 + "/model", 1, 0);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  for (const auto& [name, w] : first.weights[0]) {
+    at::Tensor got = whole->tensors.at(name);
+    if (IsExpert(name)) {
+      got = got.narrow(0, 0, kExperts / 2);
+      EXPECT_TRUE(torch::equal(whole->tensors.at(name).narrow(
+                                   0, kExperts / 2, kExperts / 2),
+                               first.weights[1].at(name)))
+          << name;
+    }
+    EXPECT_TRUE(torch::equal(got, w)) << name;
+  }
+  TrainerRun resumed;
+  st = RunTrainerRanks(spec, root, layout, 1, &resumed);
+  ASSERT_TRUE(st.ok()) << st;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(resumed.start_step[r], 2);
+    ASSERT_EQ(resumed.losses[r].size(), 1u);
+    EXPECT_EQ(resumed.losses[r][0], straight.losses[r][2]) << "rank " << r;
+    for (const auto& [name, w] : resumed.weights[r])
+      EXPECT_TRUE(torch::equal(w, straight.weights[r].at(name))) << name;
+  }
+  // Another EP size cannot continue the optimizer state.
+  auto other = spec;
+  other.mutable_parallel()->set_ep(1);
+  TrainerRun refused;
+  st = RunTrainerRanks(other, root, ParallelLayout{1, 2, 1}, 1, &refused);
+  ASSERT_FALSE(st.ok());
+  EXPECT_TRUE(absl::StrContains(st.message(), "ep=2")) << st;
 }
 
 TEST_F(TrainerEpTest, RefusesEpNotDividingTheExperts) {

@@ -19,12 +19,13 @@ gemma_add_test(NAME model_gemma4_config_test SOURCES gemma4_config_test.cc
 if(GEMMA_BUILD_TESTS)
   add_executable(gemma4_checkpoint_test gemma4_checkpoint_test.cc)
   target_link_libraries(gemma4_checkpoint_test PRIVATE gemma_model_gemma4
-      GTest::gtest GTest::gmock GTest::gtest_main)
+      GTest::gtest GTest::gmock gemma_gtest_main)
   target_compile_definitions(gemma4_checkpoint_test PRIVATE
       GEMMA_SOURCE_DIR="${CMAKE_SOURCE_DIR}" GEMMA_BINARY_DIR="${CMAKE_BINARY_DIR}"
       GEMMA_PYTHON_EXE="${GEMMA_PYTHON}")
   gemma_torch_pch(gemma4_checkpoint_test)
   gtest_discover_tests(gemma4_checkpoint_test DISCOVERY_TIMEOUT 60 PROPERTIES
-      FIXTURES_REQUIRED gemma4_parity_data LABELS "model;formats" TIMEOUT 600
+      ${GEMMA_GTEST_PROPERTIES}
+      FIXTURES_REQUIRED gemma4_parity_data LABELS "model+formats" TIMEOUT 600
       ENVIRONMENT "GEMMA_PARITY_DATA=${CMAKE_BINARY_DIR}/parity_data_gemma4")
 endif()
