@@ -36,7 +36,9 @@
 // "vision.o", "vision.fc1", "vision.fc2"; Gemma 4 "qkv" (incl. the qk of K=V
 // layers), "o", "gate_up", "down" (dense MLP only: the MoE experts and router
 // are never adapted), "vision.qkv", "vision.o", "vision.gate_up",
-// "vision.down". Empty means the four text ones.
+// "vision.down". Empty means the four text ones. Since Gemma 4 adapters never
+// touch the experts, an expert-parallel Gemma4Model holds the same adapters on
+// every rank (replicated, like the dense weights they sit on).
 #ifndef GEMMA_MODEL_LORA_H_
 #define GEMMA_MODEL_LORA_H_
 
