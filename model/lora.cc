@@ -27,23 +27,13 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kKnownTargets[] = {"qkv",        "o",          "gate_up",
-                                         "down",       "vision.qkv", "vision.o",
-                                         "vision.fc1", "vision.fc2"};
 constexpr char kConfigFile[] = "adapter.json";
 constexpr char kTensorFile[] = "adapter.safetensors";
 
-bool KnownTarget(const std::string& t) {
-  for (const char* k : kKnownTargets) {
-    if (t == k) return true;
-  }
-  return false;
-}
-
-}  // namespace
-
-// ---- settings -------------------------------------------------------------
-absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec) {
+// ResolvePeftSpec with the target names checked against `known`.
+absl::StatusOr<PeftSettings> Resolve(const gemma::v1::PeftSpec& spec,
+                                     const std::vector<std::string>& known,
+                                     const std::vector<std::string>& defaults) {
   PeftSettings s;
   s.method = spec.method().empty() ? "lora" : spec.method();
   if (s.method != "lora" && s.method != "dora") {
@@ -69,46 +59,40 @@ absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec) {
   std::set<std::string> targets;
   for (int i = 0; i < spec.target_modules_size(); ++i) {
     const std::string& t = spec.target_modules(i);
-    if (!KnownTarget(t)) {
+    if (std::find(known.begin(), known.end(), t) == known.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("peft.target_modules[", i, "]: unknown target '", t,
-                       "' (known: ", absl::StrJoin(kKnownTargets, ", "), ")"));
+                       "' (known: ", absl::StrJoin(known, ", "), ")"));
     }
     targets.insert(t);
   }
-  if (targets.empty()) targets = {"qkv", "o", "gate_up", "down"};
+  if (targets.empty()) targets.insert(defaults.begin(), defaults.end());
   s.targets.assign(targets.begin(), targets.end());
   return s;
 }
 
+}  // namespace
+
+// ---- settings -------------------------------------------------------------
+absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec,
+                                             const AdapterLayout& layout) {
+  return Resolve(spec, layout.known_targets, layout.default_targets);
+}
+
+absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec) {
+  return ResolvePeftSpec(spec, Gemma3AdapterLayout(ModelConfig{}));
+}
+
 // ---- finding projections --------------------------------------------------
-std::vector<TargetProjection> FindProjections(Gemma3Model& model) {
+std::vector<TargetProjection> FindProjections(torch::nn::Module& model,
+                                              const AdapterLayout& layout) {
   std::vector<TargetProjection> out;
-  for (const auto& item : model->named_modules()) {
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     auto proj = std::dynamic_pointer_cast<ProjectionImpl>(item.value());
     if (!proj) continue;
-    const std::string& name = item.key();
-    std::string target;
-    const bool text = absl::StartsWith(name, "text.layers.");
-    const bool vision = absl::StartsWith(name, "vision.layers.");
-    if (!text && !vision) continue;
-    if (absl::EndsWith(name, ".attn.qkv")) {
-      target = "qkv";
-    } else if (absl::EndsWith(name, ".attn.o")) {
-      target = "o";
-    } else if (text && absl::EndsWith(name, ".mlp.gate_up")) {
-      target = "gate_up";
-    } else if (text && absl::EndsWith(name, ".mlp.down")) {
-      target = "down";
-    } else if (vision && absl::EndsWith(name, ".mlp.fc1")) {
-      target = "fc1";
-    } else if (vision && absl::EndsWith(name, ".mlp.fc2")) {
-      target = "fc2";
-    } else {
-      continue;
-    }
-    if (vision) target = "vision." + target;
-    out.push_back({name, target, proj});
+    std::string target = layout.target_of(item.key());
+    if (target.empty()) continue;
+    out.push_back({item.key(), std::move(target), proj});
   }
   return out;
 }
@@ -118,11 +102,12 @@ std::shared_ptr<LoraAdapter> AdapterOf(const ProjectionImpl& proj) {
   return std::dynamic_pointer_cast<LoraAdapter>(proj.adapter());
 }
 
-absl::Status AttachAdapters(Gemma3Model& model,
+absl::Status AttachAdapters(torch::nn::Module& model,
+                            const AdapterLayout& layout,
                             const gemma::v1::PeftSpec& spec) {
-  GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec));
+  GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec, layout));
   const std::set<std::string> wanted(s.targets.begin(), s.targets.end());
-  if (!model->config().is_vl()) {
+  if (!layout.has_vision) {
     for (const auto& t : s.targets) {
       if (absl::StartsWith(t, "vision.")) {
         return absl::InvalidArgumentError(
@@ -133,7 +118,7 @@ absl::Status AttachAdapters(Gemma3Model& model,
   }
   try {
     int attached = 0;
-    for (auto& p : FindProjections(model)) {
+    for (auto& p : FindProjections(model, layout)) {
       if (!wanted.count(p.target)) {
         if (AdapterOf(*p.proj)) p.proj->SetAdapter(kLoraSlot, nullptr);
         continue;
@@ -147,7 +132,7 @@ absl::Status AttachAdapters(Gemma3Model& model,
                                                 s.alpha, s.dropout);
       }
       adapter->to(w.device(), w.scalar_type());
-      adapter->train(model->is_training());
+      adapter->train(model.is_training());
       p.proj->SetAdapter(kLoraSlot, adapter);
       ++attached;
     }
@@ -156,7 +141,7 @@ absl::Status AttachAdapters(Gemma3Model& model,
           absl::StrCat("peft.target_modules: [", absl::StrJoin(s.targets, ", "),
                        "] match no projection of the model"));
     }
-    for (auto& p : model->parameters()) p.requires_grad_(false);
+    for (auto& p : model.parameters()) p.requires_grad_(false);
     for (auto& [name, t] : AdapterParameters(model)) t.requires_grad_(true);
   } catch (const c10::Error& e) {
     return absl::InternalError(
@@ -166,10 +151,10 @@ absl::Status AttachAdapters(Gemma3Model& model,
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
-    Gemma3Model& model) {
+    torch::nn::Module& model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   const std::string infix = absl::StrCat(".", kLoraSlot, ".");
-  for (const auto& item : model->named_parameters(/*recurse=*/true)) {
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
     if (absl::StrContains(item.key(), infix)) {
       out.emplace_back(item.key(), item.value());
     }
@@ -178,10 +163,11 @@ std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
 }
 
 // ---- merge ------------------------------------------------------------------
-absl::Status MergeAdapters(Gemma3Model& model) {
+absl::Status MergeAdapters(torch::nn::Module& model,
+                           const AdapterLayout& layout) {
   try {
     torch::NoGradGuard no_grad;
-    for (auto& p : FindProjections(model)) {
+    for (auto& p : FindProjections(model, layout)) {
       auto adapter = AdapterOf(*p.proj);
       if (!adapter) continue;
       p.proj->weight.copy_(adapter->MergedWeight(p.proj->weight.detach()));
@@ -223,11 +209,13 @@ absl::Status WriteTextFile(const std::string& path, const std::string& text) {
   return absl::OkStatus();
 }
 
-absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma3Model& model,
+absl::Status SaveAdapterCheckpoint(const std::string& dir,
+                                   torch::nn::Module& model,
+                                   const AdapterLayout& layout,
                                    const gemma::v1::PeftSpec& spec,
                                    const std::string& base_model,
                                    int64_t step) {
-  GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec));
+  GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec, layout));
   const std::string tmp = absl::StrCat(dir, ".tmp.", getpid());
   GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
   GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
@@ -246,7 +234,7 @@ absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma3Model& model,
     std::vector<torch::Tensor> keep;
     SafetensorsWriter writer;
     try {
-      for (auto& p : FindProjections(model)) {
+      for (auto& p : FindProjections(model, layout)) {
         if (!AdapterOf(*p.proj)) continue;
         projections[p.name] = {{"base_shape", p.proj->weight.sizes().vec()}};
       }
@@ -325,13 +313,15 @@ absl::StatusOr<AdapterCheckpointInfo> ReadAdapterCheckpointInfo(
   } catch (const json::exception& e) {
     return bad("peft", e.what());
   }
-  absl::StatusOr<PeftSettings> s = ResolvePeftSpec(info.spec);
+  const std::vector<std::string> all_targets = AllAdapterTargetNames();
+  absl::StatusOr<PeftSettings> s = Resolve(info.spec, all_targets, {});
   if (!s.ok()) return bad("peft", std::string(s.status().message()));
   return info;
 }
 
 absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
-    const std::string& dir, Gemma3Model& model) {
+    const std::string& dir, torch::nn::Module& model,
+    const AdapterLayout& layout) {
   GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
                          ReadAdapterCheckpointInfo(dir));
   const std::string cfg_path = absl::StrCat(dir, "/", kConfigFile);
@@ -349,7 +339,7 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
   }
   // The base model must be the one the adapters were trained on (shapes).
   std::map<std::string, std::vector<int64_t>> have;
-  for (auto& p : FindProjections(model)) {
+  for (auto& p : FindProjections(model, layout)) {
     have[p.name] = p.proj->weight.sizes().vec();
   }
   for (const auto& [name, entry] : doc["projections"].items()) {
@@ -376,10 +366,10 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
   }
   GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(st_path));
   std::map<std::string, bool> grads;
-  for (const auto& item : model->named_parameters()) {
+  for (const auto& item : model.named_parameters()) {
     grads[item.key()] = item.value().requires_grad();
   }
-  GEMMA_RETURN_IF_ERROR(AttachAdapters(model, info.spec));
+  GEMMA_RETURN_IF_ERROR(AttachAdapters(model, layout, info.spec));
   absl::Status st = [&]() -> absl::Status {
     auto params = AdapterParameters(model);
     std::set<std::string> expected;
@@ -410,16 +400,67 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
     return absl::OkStatus();
   }();
   if (!st.ok()) {
-    for (auto& p : FindProjections(model)) {
+    for (auto& p : FindProjections(model, layout)) {
       if (AdapterOf(*p.proj)) p.proj->SetAdapter(kLoraSlot, nullptr);
     }
-    for (auto& item : model->named_parameters()) {
+    for (auto& item : model.named_parameters()) {
       auto it = grads.find(item.key());
       if (it != grads.end()) item.value().requires_grad_(it->second);
     }
     return st;
   }
   return info;
+}
+
+// ---- per-model overloads
+// ------------------------------------------------------
+absl::Status AttachAdapters(Gemma3Model& model,
+                            const gemma::v1::PeftSpec& spec) {
+  return AttachAdapters(*model, Gemma3AdapterLayout(model->config()), spec);
+}
+absl::Status AttachAdapters(Gemma4Model& model,
+                            const gemma::v1::PeftSpec& spec) {
+  return AttachAdapters(*model, Gemma4AdapterLayout(model->config()), spec);
+}
+std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
+    Gemma3Model& model) {
+  return AdapterParameters(*model);
+}
+std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
+    Gemma4Model& model) {
+  return AdapterParameters(*model);
+}
+absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma3Model& model,
+                                   const gemma::v1::PeftSpec& spec,
+                                   const std::string& base_model,
+                                   int64_t step) {
+  return SaveAdapterCheckpoint(dir, *model,
+                               Gemma3AdapterLayout(model->config()), spec,
+                               base_model, step);
+}
+absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma4Model& model,
+                                   const gemma::v1::PeftSpec& spec,
+                                   const std::string& base_model,
+                                   int64_t step) {
+  return SaveAdapterCheckpoint(dir, *model,
+                               Gemma4AdapterLayout(model->config()), spec,
+                               base_model, step);
+}
+absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
+    const std::string& dir, Gemma3Model& model) {
+  return LoadAdapterCheckpoint(dir, *model,
+                               Gemma3AdapterLayout(model->config()));
+}
+absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
+    const std::string& dir, Gemma4Model& model) {
+  return LoadAdapterCheckpoint(dir, *model,
+                               Gemma4AdapterLayout(model->config()));
+}
+absl::Status MergeAdapters(Gemma3Model& model) {
+  return MergeAdapters(*model, Gemma3AdapterLayout(model->config()));
+}
+absl::Status MergeAdapters(Gemma4Model& model) {
+  return MergeAdapters(*model, Gemma4AdapterLayout(model->config()));
 }
 
 }  // namespace gemma

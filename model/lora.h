@@ -17,11 +17,28 @@
 // On the fused text qkv (per-KV-group rows) and gate_up ([gate; up]) the one A
 // is shared by q/k/v (gate/up). This is exactly peft's separate q/k/v adapters
 // with equal lora_A: exporting gives each part lora_A = A and lora_B (and the
-// DoRA magnitude) = that part's rows of B (m), gathered per KV group.
+// DoRA magnitude) = that part's rows of B (m), gathered per KV group. Gemma 4's
+// K=V layers fuse only q/k ("attn.qk"): there A is shared by q and k.
 //
-// Target names (PeftSpec.target_modules): "qkv", "o", "gate_up", "down" (text
-// decoder) and "vision.qkv", "vision.o", "vision.fc1", "vision.fc2" (SigLIP);
-// empty means the four text ones.
+// Models: every function takes the model as its module tree (a
+// torch::nn::Module, the root whose named_modules() hold "text.*" and
+// "vision.*") plus its AdapterLayout (model/lora_layout.h: which projections
+// are targets, their target names, their HF modules). Overloads for
+// Gemma3Model (model/vl_model.h) and Gemma4Model (model/gemma4_model.h; text-
+// only or VL) build the layout themselves; for a model held as a plain
+// torch::nn::Module, AdapterLayoutOf(module) finds it:
+//
+//   GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout, AdapterLayoutOf(*module));
+//   GEMMA_RETURN_IF_ERROR(AttachAdapters(*module, layout, spec));
+//
+// Target names (PeftSpec.target_modules) depend on the family, see
+// model/lora_layout.h: Gemma 3 "qkv", "o", "gate_up", "down", "vision.qkv",
+// "vision.o", "vision.fc1", "vision.fc2"; Gemma 4 "qkv" (incl. the qk of K=V
+// layers), "o", "gate_up", "down" (dense MLP only: the MoE experts and router
+// are never adapted), "vision.qkv", "vision.o", "vision.gate_up",
+// "vision.down". Empty means the four text ones. Since Gemma 4 adapters never
+// touch the experts, an expert-parallel Gemma4Model holds the same adapters on
+// every rank (replicated, like the dense weights they sit on).
 #ifndef GEMMA_MODEL_LORA_H_
 #define GEMMA_MODEL_LORA_H_
 
@@ -35,8 +52,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gemma/v1/job_spec.pb.h"
+#include "model/gemma4_model.h"
 #include "model/layers.h"
 #include "model/lora_adapter.h"
+#include "model/lora_layout.h"
 #include "model/vl_model.h"
 
 namespace gemma {
@@ -55,6 +74,10 @@ struct PeftSettings {
 // four, method "" -> "lora") and checks the spec: INVALID_ARGUMENT naming the
 // field ("peft.target_modules[1]: unknown target 'qkvx' (known: ...)",
 // "peft.rank: must be > 0", "peft.dropout: must be in [0, 1)", "peft.method").
+// Target names are checked against `layout`'s family; without a layout,
+// against Gemma 3's.
+absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec,
+                                             const AdapterLayout& layout);
 absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec);
 
 // Attaches a fresh adapter (per `spec`) to every targeted projection of
@@ -62,23 +85,42 @@ absl::StatusOr<PeftSettings> ResolvePeftSpec(const gemma::v1::PeftSpec& spec);
 // requires_grad is false for every parameter except the adapters'.
 // INVALID_ARGUMENT for a bad spec (see ResolvePeftSpec) or vision targets on a
 // text-only model.
+absl::Status AttachAdapters(torch::nn::Module& model,
+                            const AdapterLayout& layout,
+                            const gemma::v1::PeftSpec& spec);
 absl::Status AttachAdapters(Gemma3Model& model,
+                            const gemma::v1::PeftSpec& spec);
+absl::Status AttachAdapters(Gemma4Model& model,
                             const gemma::v1::PeftSpec& spec);
 
 // Every adapter parameter as (full name, tensor), in named_parameters() order,
 // e.g. ("text.layers.0.attn.qkv.lora.a", [r, H]).
 std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
+    torch::nn::Module& model);
+std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
     Gemma3Model& model);
+std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
+    Gemma4Model& model);
 
 // Adapter checkpoint folder:
 //   DIR/adapter.json           {"format": "gemma-adapter", "version": 1,
 //                               "peft": {method, rank, alpha, dropout,
 //                               target_modules}, "base_model": path,
-//                               "step": n, "tensors": {name: {shape,
-//                               base_shape}}}
+//                               "step": n, "projections": {name:
+//                               {base_shape}}}
 //   DIR/adapter.safetensors    the adapter parameters (fp32, our names)
 // Written into DIR.tmp.<pid> and renamed to DIR (an existing DIR is replaced).
+absl::Status SaveAdapterCheckpoint(const std::string& dir,
+                                   torch::nn::Module& model,
+                                   const AdapterLayout& layout,
+                                   const gemma::v1::PeftSpec& spec,
+                                   const std::string& base_model,
+                                   int64_t step = 0);
 absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma3Model& model,
+                                   const gemma::v1::PeftSpec& spec,
+                                   const std::string& base_model,
+                                   int64_t step = 0);
+absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma4Model& model,
                                    const gemma::v1::PeftSpec& spec,
                                    const std::string& base_model,
                                    int64_t step = 0);
@@ -89,7 +131,9 @@ struct AdapterCheckpointInfo {
   int64_t step = 0;
 };
 
-// Reads DIR/adapter.json; errors name the file and field.
+// Reads DIR/adapter.json; errors name the file and field. Target names are
+// checked against every family's (AllAdapterTargetNames()); the model's own
+// are checked when loading.
 absl::StatusOr<AdapterCheckpointInfo> ReadAdapterCheckpointInfo(
     const std::string& dir);
 
@@ -97,29 +141,55 @@ absl::StatusOr<AdapterCheckpointInfo> ReadAdapterCheckpointInfo(
 // AttachAdapters) and loads their values. Errors name the file and tensor:
 // FAILED_PRECONDITION when the model's base projection shape differs from the
 // one recorded in the checkpoint (a different base model), INVALID_ARGUMENT for
-// missing or mis-shaped tensors. On error `model` has no adapters attached.
+// missing or mis-shaped tensors or targets the model's family lacks. On error
+// `model` has no adapters attached.
+absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
+    const std::string& dir, torch::nn::Module& model,
+    const AdapterLayout& layout);
 absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
     const std::string& dir, Gemma3Model& model);
+absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
+    const std::string& dir, Gemma4Model& model);
 
 // Folds every attached adapter into its projection's weight (in place, under
 // no_grad) and removes the adapters. Afterwards the model computes what it
 // computed with the adapters (in eval mode) and has no adapter parameters.
 // Does not change requires_grad of the base weights.
+absl::Status MergeAdapters(torch::nn::Module& model,
+                           const AdapterLayout& layout);
 absl::Status MergeAdapters(Gemma3Model& model);
+absl::Status MergeAdapters(Gemma4Model& model);
 
 // Writes a Hugging Face PEFT adapter folder `out_dir` (via a temp folder and
 // rename) for the adapters attached to `model`:
 //   adapter_config.json: peft_type "LORA", task_type null, r, lora_alpha,
 //     lora_dropout, use_dora, target_modules (HF module names: a list of leaf
-//     names, or a regex when text and vision share a leaf name but only one
-//     of them is targeted), base_model_name_or_path, bias "none", ...
-//   adapter_model.safetensors: the keys peft 0.21 saves for
-//     Gemma3ForConditionalGeneration (Gemma3ForCausalLM for text-only models),
-//     e.g. "base_model.model.model.language_model.layers.0.self_attn.q_proj.
+//     names, or a regex full-matching exactly the adapted modules when leaf
+//     names would pick more: text and vision share a leaf name but only one
+//     of them is targeted, or the layout forbids leaf names, as Gemma 4 VL
+//     does), base_model_name_or_path, bias "none", ...
+//   adapter_model.safetensors: the keys peft 0.21 saves for the layout's HF
+//     class (Gemma3ForConditionalGeneration / Gemma3ForCausalLM /
+//     Gemma4ForConditionalGeneration / Gemma4ForCausalLM), e.g.
+//     "base_model.model.model.language_model.layers.0.self_attn.q_proj.
 //     lora_A.weight", "...lora_B.weight", DoRA "...lora_magnitude_vector";
-//     fused q/k/v and gate/up split back into their HF parts. fp32.
+//     fused q/k/v and gate/up split back into their HF parts (Gemma 4 K=V
+//     layers: q_proj and k_proj only, HF has no v_proj there; Gemma 4 vision:
+//     "...self_attn.q_proj.linear.lora_A.weight", the nn.Linear inside HF's
+//     Gemma4ClippableLinear). fp32.
 // `spec` gives rank/alpha/dropout/method (as used for AttachAdapters).
+// FAILED_PRECONDITION when nothing is attached or a projection is a
+// tensor-parallel shard.
+absl::Status ExportPeftAdapter(torch::nn::Module& model,
+                               const AdapterLayout& layout,
+                               const gemma::v1::PeftSpec& spec,
+                               const std::string& out_dir,
+                               const std::string& base_model_name_or_path);
 absl::Status ExportPeftAdapter(Gemma3Model& model,
+                               const gemma::v1::PeftSpec& spec,
+                               const std::string& out_dir,
+                               const std::string& base_model_name_or_path);
+absl::Status ExportPeftAdapter(Gemma4Model& model,
                                const gemma::v1::PeftSpec& spec,
                                const std::string& out_dir,
                                const std::string& base_model_name_or_path);

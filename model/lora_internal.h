@@ -12,15 +12,17 @@
 namespace gemma {
 
 // A projection adapters can target: its module name ("text.layers.0.attn.qkv")
-// and target name ("qkv", "vision.fc1", ...).
+// and target name ("qkv", "vision.fc1", ...; see model/lora_layout.h).
 struct TargetProjection {
   std::string name;
   std::string target;
   std::shared_ptr<ProjectionImpl> proj;
 };
 
-// Every targetable projection of `model`, in named_modules() order.
-std::vector<TargetProjection> FindProjections(Gemma3Model& model);
+// Every projection of `model` that `layout` names a target, in
+// named_modules() order.
+std::vector<TargetProjection> FindProjections(torch::nn::Module& model,
+                                              const AdapterLayout& layout);
 
 // The LoRA/DoRA adapter attached to `proj`, or null.
 std::shared_ptr<LoraAdapter> AdapterOf(const ProjectionImpl& proj);

@@ -13,7 +13,6 @@
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
-#include "model/hf_mapping.h"
 #include "model/lora.h"
 #include "model/lora_internal.h"
 #include "model/safetensors.h"
@@ -27,28 +26,6 @@ using json = nlohmann::json;
 
 // The peft version whose adapter format we write.
 constexpr char kPeftFormatVersion[] = "0.21.2";
-
-HfConfigLite LiteConfig(const ModelConfig& c) {
-  HfConfigLite l;
-  l.vision = c.is_vl();
-  l.vocab_size = c.text.vocab_size;
-  l.hidden_size = c.text.hidden_size;
-  l.intermediate_size = c.text.intermediate_size;
-  l.num_layers = c.text.num_layers;
-  l.num_heads = c.text.num_heads;
-  l.num_kv_heads = c.text.num_kv_heads;
-  l.head_dim = c.text.head_dim;
-  l.tie_word_embeddings = c.text.tie_word_embeddings;
-  if (c.vision) {
-    l.vision_hidden = c.vision->hidden_size;
-    l.vision_intermediate = c.vision->intermediate_size;
-    l.vision_layers = c.vision->num_layers;
-    l.image_size = c.vision->image_size;
-    l.patch_size = c.vision->patch_size;
-    l.num_channels = c.vision->num_channels;
-  }
-  return l;
-}
 
 // "model.language_model.layers.3.self_attn.q_proj" ->
 // "model\.language_model\.layers\.\d+\.self_attn\.q_proj".
@@ -83,16 +60,16 @@ std::string Leaf(const std::string& module) {
 
 }  // namespace
 
-absl::Status ExportPeftAdapter(Gemma3Model& model,
+absl::Status ExportPeftAdapter(torch::nn::Module& model,
+                               const AdapterLayout& layout,
                                const gemma::v1::PeftSpec& spec,
                                const std::string& out_dir,
                                const std::string& base_model_name_or_path) {
-  GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec));
-  const ModelConfig& config = model->config();
-  const bool vision = config.is_vl();
-  GEMMA_ASSIGN_OR_RETURN(HfMapping mapping, BuildHfMapping(LiteConfig(config)));
+  GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec, layout));
+  GEMMA_ASSIGN_OR_RETURN(std::vector<ParamMapping> mapping,
+                         layout.hf_projections());
   std::map<std::string, const ParamMapping*> by_name;
-  for (const auto& p : mapping.params) by_name[p.name] = &p;
+  for (const auto& p : mapping) by_name[p.name] = &p;
 
   // HF module -> its adapter tensors; and which HF modules are adapted.
   std::map<std::string, std::map<std::string, torch::Tensor>> out;
@@ -100,8 +77,8 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
   std::set<std::string> patterns;
   try {
     torch::NoGradGuard no_grad;
-    for (auto& p : FindProjections(model)) {
-      auto it = by_name.find(p.name + ".weight");
+    for (auto& p : FindProjections(model, layout)) {
+      auto it = by_name.find(p.name);
       if (it == by_name.end()) {
         return absl::InternalError(
             absl::StrCat(p.name, ".weight: no HF mapping"));
@@ -131,8 +108,7 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
           pieces;  // module -> (row_begin, our offset, rows)
       int64_t offset = 0;
       for (const HfRows& r : pm.pieces) {
-        GEMMA_ASSIGN_OR_RETURN(std::string module,
-                               HfModulePath(r.hf_name, vision));
+        const std::string& module = r.hf_name;
         pieces[module].push_back(
             {r.row_begin, offset, r.row_end - r.row_begin});
         offset += r.row_end - r.row_begin;
@@ -182,7 +158,7 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
   // (peft matches a list entry against the name's last components), else one
   // regex that peft full-matches against module names.
   json targets;
-  bool leaves_exact = true;
+  bool leaves_exact = layout.leaf_target_names;
   for (const auto& l : adapted_leaves) {
     if (plain_leaves.count(l)) leaves_exact = false;
   }
@@ -198,9 +174,8 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
       {"task_type", nullptr},
       {"peft_version", kPeftFormatVersion},
       {"auto_mapping",
-       {{"base_model_class",
-         vision ? "Gemma3ForConditionalGeneration" : "Gemma3ForCausalLM"},
-        {"parent_library", "transformers.models.gemma3.modeling_gemma3"}}},
+       {{"base_model_class", layout.hf_class},
+        {"parent_library", layout.hf_parent_library}}},
       {"base_model_name_or_path", base_model_name_or_path.empty()
                                       ? json(nullptr)
                                       : json(base_model_name_or_path)},
@@ -246,6 +221,22 @@ absl::Status ExportPeftAdapter(Gemma3Model& model,
   }();
   if (!st.ok()) RemoveTree(tmp).IgnoreError();
   return st;
+}
+
+absl::Status ExportPeftAdapter(Gemma3Model& model,
+                               const gemma::v1::PeftSpec& spec,
+                               const std::string& out_dir,
+                               const std::string& base_model_name_or_path) {
+  return ExportPeftAdapter(*model, Gemma3AdapterLayout(model->config()), spec,
+                           out_dir, base_model_name_or_path);
+}
+
+absl::Status ExportPeftAdapter(Gemma4Model& model,
+                               const gemma::v1::PeftSpec& spec,
+                               const std::string& out_dir,
+                               const std::string& base_model_name_or_path) {
+  return ExportPeftAdapter(*model, Gemma4AdapterLayout(model->config()), spec,
+                           out_dir, base_model_name_or_path);
 }
 
 }  // namespace gemma

@@ -2,12 +2,19 @@
 """Loads an adapter folder exported by gemma (ExportPeftAdapter) with the real
 `peft` on the HF model it was made for, and writes peft's logits.
 
+The HF class follows config.json's model_type: gemma3 / gemma3_text ->
+Gemma3ForConditionalGeneration / Gemma3ForCausalLM, gemma4 / gemma4_text ->
+Gemma4ForConditionalGeneration / Gemma4ForCausalLM. --inputs holds the
+forward's keyword arguments under their HF names.
+
 Checks on the way (exit status 1 with a message on failure):
   - adapter_config.json is a LoRA config peft parses, with the expected r,
     lora_alpha and use_dora;
   - the exported adapter_model.safetensors holds exactly the keys (and shapes)
     that peft's own state dict of the loaded PeftModel has, and every value was
-    loaded (peft only warns about missing / unexpected keys);
+    loaded (peft only warns about missing / unexpected keys: here a missing-
+    keys warning, or missing / unexpected keys when the file is loaded again
+    with set_peft_model_state_dict, fail);
   - peft put an adapter on exactly --expect-modules modules.
 Writes --out (safetensors): logits (PeftModel, eval mode) and base_logits (the
 plain HF model), float32.
@@ -16,12 +23,14 @@ With --grads DIR --probe FILE: DIR is an adapter folder in the same layout whose
 tensors are OUR gradients of mean(logits * probe) (probe from FILE), exported
 the same way as the weights. peft's gradients (eval mode) must match: lora_B and
 the DoRA magnitude directly, lora_A summed over the parts that share our one A
-(q/k/v of one attention, gate/up of one MLP). Max relative error per tensor
-<= --grad-tol.
+(q/k/v of one attention, gate/up of one MLP; an nn.Linear named "linear"
+inside a wrapper, as Gemma 4's vision q_proj.linear, counts as its wrapper).
+Max relative error per tensor <= --grad-tol.
 """
 import argparse
 import json
 import sys
+import warnings
 
 import torch
 
@@ -32,10 +41,13 @@ def fail(msg):
 
 
 def load_hf(hf_dir):
-    from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+    import transformers
     with open(f"{hf_dir}/config.json") as f:
         model_type = json.load(f)["model_type"]
-    cls = Gemma3ForConditionalGeneration if model_type == "gemma3" else Gemma3ForCausalLM
+    cls = getattr(transformers, {
+        "gemma3": "Gemma3ForConditionalGeneration", "gemma3_text": "Gemma3ForCausalLM",
+        "gemma4": "Gemma4ForConditionalGeneration", "gemma4_text": "Gemma4ForCausalLM",
+    }[model_type])
     model = cls.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
     return model.eval()
 
@@ -66,7 +78,10 @@ def check_grads(model, inputs, grads_dir, probe_file, tol):
             worst = max(worst, rel(ours[prefix + "lora_magnitude_vector"],
                                    m.lora_magnitude_vector["default"].weight.grad,
                                    prefix + "lora_magnitude_vector"))
-        parent, leaf = name.rsplit(".", 1)
+        parts = name.split(".")
+        if parts[-1] == "linear":  # Gemma4ClippableLinear's inner nn.Linear
+            parts = parts[:-1]
+        parent, leaf = ".".join(parts[:-1]), parts[-1]
         group = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv",
                  "gate_proj": "gate_up", "up_proj": "gate_up"}.get(leaf, leaf)
         g = a_groups.setdefault(f"{parent}.{group}", [ours[prefix + "lora_A.weight"], 0])
@@ -93,7 +108,7 @@ def main():
 
     from peft import LoraConfig, PeftModel
     from peft.tuners.lora import LoraLayer
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -109,8 +124,13 @@ def main():
     base = load_hf(args.hf)
     with torch.no_grad():
         base_logits = base(**inputs).logits
-    model = PeftModel.from_pretrained(base, args.adapter,
-                                      is_trainable=bool(args.grads)).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(base, args.adapter,
+                                          is_trainable=bool(args.grads)).eval()
+    for w in caught:
+        if "adapter keys" in str(w.message) or "unexpected" in str(w.message).lower():
+            fail(f"peft warned while loading: {w.message}")
     n_modules = sum(1 for _, m in model.named_modules() if isinstance(m, LoraLayer))
     if n_modules != args.expect_modules:
         fail(f"peft adapted {n_modules} modules, expected {args.expect_modules}")
@@ -128,6 +148,14 @@ def main():
             fail(f"{k}: shape {tuple(ours[k].shape)}, peft {tuple(v.shape)}")
         if not torch.equal(v.float(), ours[k].float()):
             fail(f"{k}: value not loaded by peft")
+
+    with torch.no_grad():
+        again = set_peft_model_state_dict(model, ours)
+    if again.unexpected_keys:
+        fail(f"unexpected keys on reload: {again.unexpected_keys[:5]}")
+    missing = [k for k in again.missing_keys if "lora_" in k]
+    if missing:
+        fail(f"missing adapter keys on reload: {missing[:5]}")
 
     with torch.no_grad():
         logits = model(**inputs).logits
