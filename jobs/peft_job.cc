@@ -6,7 +6,9 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
+#include "jobs/train_state.h"
 #include "model/lora.h"
+#include "model/lora_layout.h"
 #include "worker/comm.h"
 
 namespace gemma {
@@ -14,33 +16,25 @@ namespace {
 
 constexpr char kAdapterTensors[] = "adapter.safetensors";
 
-// The Gemma 3 model of a trainer (PEFT adapters exist for Gemma 3 only).
-absl::StatusOr<Gemma3Model*> AdapterModel(TrainModel& model) {
-  if (model.gemma3() == nullptr) {
-    return absl::UnimplementedError(absl::StrCat(
-        "peft: LoRA/DoRA training is for Gemma 3 models here; this model is ",
-        model.family()));
-  }
-  return model.gemma3();
-}
-
 absl::StatusOr<int64_t> SaveAdapters(const gemma::v1::PeftSpec& peft,
-                                     Gemma3Model& model, const std::string& dir,
+                                     TrainModel& model, const std::string& dir,
                                      const TrainState& state) {
-  GEMMA_RETURN_IF_ERROR(
-      SaveAdapterCheckpoint(dir, model, peft, state.base_model, state.step));
+  GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout,
+                         AdapterLayoutOf(model.module()));
+  GEMMA_RETURN_IF_ERROR(SaveAdapterCheckpoint(dir, model.module(), layout, peft,
+                                              state.base_model, state.step));
   int64_t bytes = 0;
-  for (const auto& [name, t] : AdapterParameters(model))
+  for (const auto& [name, t] : AdapterParameters(model.module()))
     bytes += t.numel() * static_cast<int64_t>(sizeof(float));
   return bytes;
 }
 
 // Copies the saved adapter values into the adapters already attached (the
 // optimizer holds those tensors, so they are filled, not replaced).
-absl::Status LoadAdapters(Gemma3Model& model, const std::string& dir) {
+absl::Status LoadAdapters(TrainModel& model, const std::string& dir) {
   const std::string file = absl::StrCat(dir, "/", kAdapterTensors);
   GEMMA_ASSIGN_OR_RETURN(auto saved, ReadTensorFile(file));
-  auto params = AdapterParameters(model);
+  auto params = AdapterParameters(model.module());
   for (const auto& [name, p] : params) {
     auto it = saved.find(name);
     if (it == saved.end())
@@ -79,7 +73,6 @@ class PeftJob : public Job {
     options.device = ctx.device.empty() ? "cpu" : ctx.device;
     GEMMA_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(std::move(options)));
     GEMMA_RETURN_IF_ERROR(trainer->Run(ctx));
-    if (groups.dp->rank() != 0) return absl::OkStatus();
     return FinishPeft(*trainer, ctx.spec, ctx);
   }
 };
@@ -91,49 +84,57 @@ TrainerOptions PeftTrainerOptions(const gemma::v1::JobSpec& spec) {
   o.spec = spec;
   const gemma::v1::PeftSpec peft = spec.peft();
   o.model_hook = [peft](TrainModel& model) -> absl::Status {
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model * m, AdapterModel(model));
-    return AttachAdapters(*m, peft);
+    GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout,
+                           AdapterLayoutOf(model.module()));
+    return AttachAdapters(model.module(), layout, peft);
   };
   o.save_model = [peft](TrainModel& model, const std::string& dir,
-                        const TrainState& state) -> absl::StatusOr<int64_t> {
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model * m, AdapterModel(model));
-    return SaveAdapters(peft, *m, dir, state);
+                        const TrainState& state) {
+    return SaveAdapters(peft, model, dir, state);
   };
-  o.load_model = [](TrainModel& model, const std::string& dir) -> absl::Status {
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model * m, AdapterModel(model));
-    return LoadAdapters(*m, dir);
-  };
+  o.load_model = LoadAdapters;
   return o;
 }
 
 absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
                         RankContext& ctx) {
   const auto& peft = spec.peft();
-  GEMMA_ASSIGN_OR_RETURN(Gemma3Model * model, AdapterModel(trainer.model()));
-  if (!peft.export_dir().empty()) {
-    GEMMA_RETURN_IF_ERROR(ExportPeftAdapter(*model, peft, peft.export_dir(),
-                                            trainer.state().base_model));
-    ctx.Log(absl::StrCat("HF PEFT adapter exported to ", peft.export_dir()));
+  const ParallelGroups& groups = trainer.groups();
+  torch::nn::Module& module = trainer.module();
+  GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout, AdapterLayoutOf(module));
+  // The adapters are replicated on every rank: DP rank 0 exports them.
+  absl::Status st;
+  if (!peft.export_dir().empty() && groups.dp->rank() == 0) {
+    st = ExportPeftAdapter(module, layout, peft, peft.export_dir(),
+                           trainer.state().base_model);
+    if (st.ok())
+      ctx.Log(absl::StrCat("HF PEFT adapter exported to ", peft.export_dir()));
   }
-  if (peft.merge()) {
-    if (spec.output().empty()) {
-      return absl::InvalidArgumentError(
-          "spec.output: required with peft.merge");
+  GEMMA_RETURN_IF_ERROR(AgreeAllOk(*groups.world, st, "peft export"));
+  if (!peft.merge()) return absl::OkStatus();
+  if (spec.output().empty()) {
+    return absl::InvalidArgumentError("spec.output: required with peft.merge");
+  }
+  // The merged model is written like a trained one: by the ranks of the
+  // first expert-data-parallel replica (DP rank 0 without experts), each its
+  // part (TrainModel::Write), then published by DP rank 0.
+  GEMMA_RETURN_IF_ERROR(MergeAdapters(module, layout));
+  const std::string merged = spec.output() + "/merged";
+  const std::string staging = merged + ".staging";
+  int64_t bytes = 0;
+  if (groups.edp->rank() == 0) {
+    auto written = trainer.model().Write(staging, trainer.step());
+    st = written.status();
+    if (st.ok()) bytes = *written;
+    if (st.ok() && groups.dp->rank() == 0) {
+      st = CopyFile(trainer.tokenizer().path(), staging + "/tokenizer.model");
+      if (st.ok()) st = PublishDir(staging, merged, /*overwrite=*/true);
     }
-    GEMMA_RETURN_IF_ERROR(MergeAdapters(*model));
-    const std::string merged = spec.output() + "/merged";
-    const std::string staging = merged + ".staging";
-    GEMMA_RETURN_IF_ERROR(RemoveTree(staging));
-    GEMMA_ASSIGN_OR_RETURN(
-        int64_t bytes,
-        WriteModuleCheckpoint(staging, **model, trainer.config_json(),
-                              (*model)->config().text.num_kv_heads,
-                              trainer.step()));
-    GEMMA_RETURN_IF_ERROR(
-        CopyFile(trainer.tokenizer().path(), staging + "/tokenizer.model"));
-    GEMMA_RETURN_IF_ERROR(PublishDir(staging, merged, /*overwrite=*/true));
-    ctx.Log(absl::StrFormat("merged model written to %s (%.1f MB)", merged,
-                            bytes / 1e6));
+  }
+  GEMMA_RETURN_IF_ERROR(AgreeAllOk(*groups.world, st, "peft merge"));
+  if (groups.dp->rank() == 0) {
+    ctx.Log(absl::StrFormat("merged model written to %s (%.1f MB per rank)",
+                            merged, bytes / 1e6));
   }
   return absl::OkStatus();
 }

@@ -23,7 +23,8 @@ std::unique_ptr<Job> NewPeftJob();
 // load the adapters); exposed for tests.
 TrainerOptions PeftTrainerOptions(const gemma::v1::JobSpec& spec);
 
-// After training: the export and merge spec.peft asks for.
+// After training: the export and merge spec.peft asks for. Every rank of the
+// job calls it (collective over the world group).
 absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
                         RankContext& ctx);
 

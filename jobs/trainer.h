@@ -148,6 +148,7 @@ class Trainer {
   const TrainState& state() const { return state_; }
   const std::string& checkpoint_root() const { return root_; }
   TrainModel& model() { return *model_; }
+  const ParallelGroups& groups() const { return options_.groups; }
   torch::nn::Module& module() { return model_->module(); }
   const std::string& config_json() const { return model_->config_json(); }
   const Tokenizer& tokenizer() const { return *tokenizer_; }

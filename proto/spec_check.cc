@@ -109,9 +109,13 @@ absl::Status CheckPeft(const v1::PeftSpec& p) {
     return Bad("peft.dropout",
                absl::StrCat("must be in [0, 1), got ", p.dropout()));
   }
-  static const char* kTargets[] = {"qkv",        "o",          "gate_up",
-                                   "down",       "vision.qkv", "vision.o",
-                                   "vision.fc1", "vision.fc2"};
+  // Every model family's targets (model/lora_layout.h AllAdapterTargetNames;
+  // the model's own are checked when the adapters are attached): Gemma 3's
+  // SigLIP has fc1/fc2, Gemma 4's vision tower gate_up/down.
+  static const char* kTargets[] = {
+      "qkv",      "o",          "gate_up",        "down",
+      "vision.qkv", "vision.o", "vision.fc1",     "vision.fc2",
+      "vision.gate_up", "vision.down"};
   for (int i = 0; i < p.target_modules_size(); ++i) {
     bool known = false;
     for (const char* t : kTargets) known = known || p.target_modules(i) == t;
@@ -119,7 +123,8 @@ absl::Status CheckPeft(const v1::PeftSpec& p) {
       return Bad(absl::StrCat("peft.target_modules[", i, "]"),
                  absl::StrCat("unknown target '", p.target_modules(i),
                               "' (known: qkv, o, gate_up, down, vision.qkv, "
-                              "vision.o, vision.fc1, vision.fc2)"));
+                              "vision.o, vision.fc1, vision.fc2, "
+                              "vision.gate_up, vision.down)"));
     }
   }
   return absl::OkStatus();
