@@ -249,3 +249,117 @@ TEST(TrainJobTest, BadSpecIsRefusedAtSubmitNamingTheField) {
 
 }  // namespace
 }  // namespace gemma::testing
+
+namespace gemma::testing {
+namespace {
+
+// Gemma 4 (mixture of experts) through the cluster: a tiny MoE model, its
+// experts split over 2 EP ranks, 2 data-parallel replicas, 4 worker
+// processes. The sft job learns (loss from about ln(vocab) to well below),
+// reports the router's load, commits its checkpoints (each with a rank file
+// per EP rank) and writes the model; a peft job on the same ranks trains
+// LoRA adapters and exports them for HF PEFT without V adapters on the K=V
+// layers.
+TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
+  LocalCluster cluster;
+  ASSERT_TRUE(cluster.StartCoordinator());
+  for (int i = 0; i < 4; ++i) cluster.StartWorker({}, {"OMP_NUM_THREADS=1"});
+  const std::string data = cluster.dir() + "/text";
+  ASSERT_EQ(mkdir(data.c_str(), 0755), 0);
+  std::string jsonl;
+  const char* words[] = {"total", "cash", "change", "item", "price",
+                         "tax",   "date", "store",  "card", "sum"};
+  for (int i = 0; i < 64; ++i) {
+    std::string q, a;
+    for (int k = 0; k < 3 + i % 3; ++k) {
+      const std::string w = words[(i * 7 + k * 3) % 10];
+      q += (k ? " " : "") + w;
+      a = w + (k ? " " : "") + a;
+    }
+    absl::StrAppend(&jsonl, "{\"messages\": [{\"role\": \"user\", \"content\": "
+                            "\"reverse: ", q, "\"}, {\"role\": \"assistant\", "
+                            "\"content\": \"", a, "\"}]}\n");
+  }
+  WriteText(data + "/train.jsonl", jsonl);
+  ASSERT_TRUE(
+      WriteTinyGemma4Tokenizer(data + "/tokenizer.model", data + "/train.jsonl")
+          .ok());
+  const std::string model = cluster.dir() + "/tiny-moe";
+  TinyMoeOptions tiny;
+  ASSERT_TRUE(WriteTinyMoeModel(model, data + "/tokenizer.model", tiny).ok());
+
+  const std::string output = cluster.dir() + "/trained-moe";
+  const std::string recipe = cluster.WriteRecipe(
+      "moe-sft.yaml",
+      absl::StrCat(
+          "kind: sft\nresources: {device: cpu}\n"
+          "parallel: {dp: 4, ep: 2}\nmodel: {path: ",
+          model, ", recompute: true}\ndata: {train: ", data,
+          "/train.jsonl, batch_size: 2, seq_len: 64, seed: 1}\n"
+          "optim: {lr: 0.004, max_steps: 40, warmup_steps: 4, grad_clip: 1.0, "
+          "log_interval_steps: 10}\ncheckpoint: {interval_steps: 20, root: ",
+          cluster.dir(), "/ckpt}\noutput: ", output, "\n"));
+  std::string out;
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", recipe, "--job-id",
+                        "moe", "--follow", "--coordinator", cluster.address()},
+                       &out, absl::Seconds(300)),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
+  const double loss = JobMetric(cluster, "jobs/moe", "loss");
+  std::cout << "MoE sft: final loss " << loss << ", router max load "
+            << JobMetric(cluster, "jobs/moe", "moe_max_load") << ", min load "
+            << JobMetric(cluster, "jobs/moe", "moe_min_load") << "\n";
+  // Uniform over the 512-piece vocabulary is ln 512 = 6.2.
+  EXPECT_GT(loss, 0);
+  EXPECT_LT(loss, 2.0) << out;
+  EXPECT_GE(JobMetric(cluster, "jobs/moe", "moe_max_load"), 1.0);
+  EXPECT_GE(JobMetric(cluster, "jobs/moe", "moe_min_load"), 0.0);
+  ASSERT_EQ(cluster.Ctl({"ckpt", "list", "-o", "json"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr(cluster.dir() + "/ckpt/step-00000020"));
+  EXPECT_THAT(out, HasSubstr(cluster.dir() + "/ckpt/step-00000040"));
+  for (const std::string& dir :
+       {cluster.dir() + "/ckpt/step-00000040/model", output}) {
+    EXPECT_TRUE(Exists(dir + "/rank-00000.safetensors")) << dir;
+    EXPECT_TRUE(Exists(dir + "/rank-00001.safetensors")) << dir;
+    EXPECT_FALSE(Exists(dir + "/rank-00002.safetensors")) << dir;
+    const nlohmann::json m =
+        nlohmann::json::parse(ReadFile(dir + "/manifest.json"), nullptr, false);
+    ASSERT_TRUE(m.is_object()) << dir;
+    EXPECT_EQ(m.value("ep", 0), 2) << dir;
+  }
+  EXPECT_TRUE(Exists(output + "/tokenizer.model"));
+
+  // LoRA on the trained model, same layout; adapters exported for HF PEFT.
+  const std::string adapters = cluster.dir() + "/moe-adapters";
+  const std::string hf_adapter = cluster.dir() + "/moe-hf-adapter";
+  const std::string peft = cluster.WriteRecipe(
+      "moe-peft.yaml",
+      absl::StrCat("kind: peft\nresources: {device: cpu}\n"
+                   "parallel: {dp: 4, ep: 2}\nmodel: {path: ",
+                   output, "}\ndata: {train: ", data,
+                   "/train.jsonl, batch_size: 2, seq_len: 64}\n"
+                   "optim: {lr: 0.005, max_steps: 4}\n"
+                   "peft: {rank: 4, alpha: 8, merge: true, export_dir: ",
+                   hf_adapter, "}\ncheckpoint: {root: ", cluster.dir(),
+                   "/ckpt-peft}\noutput: ", adapters, "\n"));
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", peft, "--job-id",
+                        "moe-peft", "--follow", "--coordinator",
+                        cluster.address()},
+                       &out, absl::Seconds(300)),
+            0)
+      << out;
+  EXPECT_TRUE(Exists(adapters + "/adapter.json"));
+  EXPECT_TRUE(Exists(adapters + "/merged/manifest.json"));
+  EXPECT_TRUE(Exists(adapters + "/merged/rank-00001.safetensors"));
+  const std::string config = ReadFile(hf_adapter + "/adapter_config.json");
+  EXPECT_THAT(config, HasSubstr("\"r\": 4"));
+  // The tiny model's layer 1 is a full K=V layer: q and k adapters, no v.
+  const std::string weights = ReadFile(hf_adapter + "/adapter_model.safetensors");
+  EXPECT_THAT(weights, HasSubstr("layers.1.self_attn.k_proj.lora_A"));
+  EXPECT_THAT(weights, HasSubstr("layers.0.self_attn.v_proj.lora_A"));
+  EXPECT_THAT(weights, ::testing::Not(HasSubstr("layers.1.self_attn.v_proj")));
+}
+
+}  // namespace
+}  // namespace gemma::testing
