@@ -253,5 +253,80 @@ TEST(CheckpointTest, PerRankWritesCommitToTheSameFolder) {
   }
 }
 
+// Expert tensors split over EP ranks, replicated ones stored once (rank 0):
+// two "ranks" write their own files, read back at ep 1 and ep 4.
+TEST(CheckpointTest, EpRanksWriteExpertSlicesAndReplicasOnce) {
+  TempDir tmp;
+  MemSource src;
+  src.Add("text.layers.0.moe.experts.gate_up", DType::kBF16, {4, 6, 8});
+  src.Add("text.layers.0.moe.experts.down", DType::kF32, {4, 8, 3});
+  src.Add("text.layers.0.moe.router.proj.weight", DType::kF32, {4, 8});
+  src.Add("text.final_norm.weight", DType::kF32, {8});
+  const CheckpointLayout ep2{1, 2};
+  CheckpointCommit commit;
+  commit.ep = 2;
+  commit.dims.num_kv_heads = 1;
+  commit.config_json = src.config_json();
+  commit.tensors = src.entries();
+  std::vector<std::vector<uint8_t>> keep;
+  for (int r = 0; r < 2; ++r) {
+    std::vector<RankShard> shards;
+    for (const auto& e : src.entries()) {
+      auto spec = LookupParam(e.name);
+      ASSERT_TRUE(spec.ok());
+      if (!StoresShard(*spec, ep2, r)) continue;
+      auto l = ComputeLayoutShard(*spec, e.shape, {1}, ep2, r);
+      ASSERT_TRUE(l.ok()) << l.status();
+      keep.emplace_back(ShardBytes(*l, DTypeSize(e.dtype)));
+      ASSERT_TRUE(CopyShard(*src.Global(e.name), *l, keep.back().data()).ok());
+      shards.push_back({e.name, e.dtype, e.shape, keep.back().data()});
+    }
+    EXPECT_EQ(shards.size(), r == 0 ? 4u : 2u);
+    auto f = WriteRankFile(tmp / "ck", ep2, r, {1}, shards);
+    ASSERT_TRUE(f.ok()) << f.status();
+    commit.files.push_back(*f);
+  }
+  ASSERT_TRUE(CommitCheckpoint(tmp / "ck", commit).ok());
+  auto m = nlohmann::json::parse(ReadFile(tmp / "ck/manifest.json"));
+  EXPECT_EQ(m["parallel"]["ep"], 2);
+  // The same folder WriteCheckpoint writes at ep 2.
+  WriteCheckpointOptions o;
+  o.ep = 2;
+  o.dims.num_kv_heads = 1;
+  ASSERT_TRUE(WriteCheckpoint(tmp / "whole", src, o).ok());
+  EXPECT_EQ(ReadFile(tmp / "ck/manifest.json"),
+            ReadFile(tmp / "whole/manifest.json"));
+  auto r = CheckpointReader::Open(tmp / "ck");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& e : src.entries()) {
+    std::vector<uint8_t> whole = src.Expected(e.name, 1, 0, {1});
+    std::vector<uint8_t> got(whole.size());
+    ASSERT_TRUE(
+        (*r)->ReadShard(e.name, CheckpointLayout{1, 1}, 0, got.data()).ok());
+    EXPECT_EQ(got, whole) << e.name;
+    for (int rank = 0; rank < 4; ++rank) {  // ep 4: one expert each
+      auto l = (*r)->Layout(e.name, CheckpointLayout{1, 4}, rank);
+      ASSERT_TRUE(l.ok()) << l.status();
+      std::vector<uint8_t> want(ShardBytes(*l, DTypeSize(e.dtype)));
+      ASSERT_TRUE(CopyShard(*src.Global(e.name), *l, want.data()).ok());
+      std::vector<uint8_t> have(want.size());
+      ASSERT_TRUE(
+          (*r)->ReadShard(e.name, CheckpointLayout{1, 4}, rank, have.data())
+              .ok());
+      EXPECT_EQ(have, want) << e.name << " rank " << rank;
+    }
+  }
+  // A manifest without "ep" (older writers) reads as ep 1.
+  MemSource g3 = Source();
+  ASSERT_TRUE(WriteCheckpoint(tmp / "old", g3, Options(2)).ok());
+  auto old = nlohmann::json::parse(ReadFile(tmp / "old/manifest.json"));
+  old["parallel"].erase("ep");
+  WriteFile(tmp / "old/manifest.json", old.dump());
+  auto ro = CheckpointReader::Open(tmp / "old");
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  EXPECT_EQ((*ro)->manifest().ep, 1);
+  EXPECT_TRUE((*ro)->Global("text.embed.weight").ok());
+}
+
 }  // namespace
 }  // namespace gemma
