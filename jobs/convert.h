@@ -1,6 +1,7 @@
 // The `convert` job kind: one rank converts between Hugging Face folders and
 // our sharded checkpoints (model/convert.h does the work):
-//   convert.to = "ours" (default): an HF folder -> our checkpoint at convert.tp,
+//   convert.to = "ours" (default): an HF folder -> our checkpoint at
+//   convert.tp,
 //                or our checkpoint -> our checkpoint at another TP (reshard);
 //   convert.to = "hf": our checkpoint -> an HF folder transformers loads.
 // Progress is reported in bytes (step = bytes done, total = bytes to write);

@@ -10,9 +10,9 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "common/status_macros.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "worker/comm.h"
 
 namespace gemma {
@@ -75,8 +75,7 @@ class DiagnoseJob : public Job {
       groups = *g;
       buf = torch::empty({ar_elems}, opts);
       ctx.Log(absl::StrFormat("rank %d: all-reduce of %d bytes per step (%s)",
-                              ctx.rank, ar_elems * 4,
-                              groups.world->backend()));
+                              ctx.rank, ar_elems * 4, groups.world->backend()));
     }
     for (int64_t step = 1; step <= steps; ++step) {
       if (ctx.Cancelled())

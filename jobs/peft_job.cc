@@ -5,8 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
-#include "model/checkpoint.h"
 #include "jobs/train_state.h"
+#include "model/checkpoint.h"
 #include "model/lora.h"
 #include "model/lora_layout.h"
 #include "worker/comm.h"
@@ -19,8 +19,7 @@ constexpr char kAdapterTensors[] = "adapter.safetensors";
 absl::StatusOr<int64_t> SaveAdapters(const gemma::v1::PeftSpec& peft,
                                      TrainModel& model, const std::string& dir,
                                      const TrainState& state) {
-  GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout,
-                         AdapterLayoutOf(model.module()));
+  GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout, AdapterLayoutOf(model.module()));
   GEMMA_RETURN_IF_ERROR(SaveAdapterCheckpoint(dir, model.module(), layout, peft,
                                               state.base_model, state.step));
   int64_t bytes = 0;

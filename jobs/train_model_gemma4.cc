@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
@@ -57,10 +56,10 @@ class Gemma4TrainModel : public TrainModel {
         {s.image_close, config_.eoi_token_id}};
     for (const auto& [ours, theirs] : pairs) {
       if (ours != theirs) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "tokenizer ", tok.path(), ": image token id ", ours,
-            " differs from the model config's ", theirs,
-            " (image_token_id / boi_token_id / eoi_token_id)"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("tokenizer ", tok.path(), ": image token id ", ours,
+                         " differs from the model config's ", theirs,
+                         " (image_token_id / boi_token_id / eoi_token_id)"));
       }
     }
     return absl::OkStatus();
@@ -100,8 +99,7 @@ class Gemma4TrainModel : public TrainModel {
     return GradKind::kReplicated;
   }
 
-  absl::StatusOr<int64_t> Write(const std::string& dir,
-                                int64_t step) override {
+  absl::StatusOr<int64_t> Write(const std::string& dir, int64_t step) override {
     Comm& ep = *groups_.ep;
     const int n = ep.size(), rank = ep.rank();
     std::map<std::string, at::Tensor> tensors;
@@ -118,7 +116,8 @@ class Gemma4TrainModel : public TrainModel {
     if (st.ok() && rank == 0) st = RemoveTree(dir + ".tmp");
     // The folder is fresh before anyone writes into it.
     GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, st, dir));
-    absl::StatusOr<ManifestFile> file = WriteGemma4RankFile(dir, n, rank, tensors);
+    absl::StatusOr<ManifestFile> file =
+        WriteGemma4RankFile(dir, n, rank, tensors);
     GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, file.status(), dir));
     bytes = static_cast<int64_t>(file->bytes);
     // Rank 0 commits with every file's size and checksum.
@@ -196,7 +195,8 @@ class Gemma4TrainModel : public TrainModel {
 // (processor_config.json / preprocessor_config.json "max_soft_tokens", at the
 // top or under "image_processor"); 280 (HF's default) when absent.
 absl::StatusOr<int> MaxSoftTokens(const std::string& dir) {
-  for (const char* name : {"processor_config.json", "preprocessor_config.json"}) {
+  for (const char* name :
+       {"processor_config.json", "preprocessor_config.json"}) {
     const std::string file = absl::StrCat(dir, "/", name);
     if (!PathExists(file)) continue;
     GEMMA_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(file));
@@ -207,7 +207,7 @@ absl::StatusOr<int> MaxSoftTokens(const std::string& dir) {
     }
     for (const nlohmann::json* j :
          {&doc, doc.contains("image_processor") ? &doc["image_processor"]
-                                                 : nullptr}) {
+                                                : nullptr}) {
       if (j == nullptr || !j->is_object() || !j->contains("max_soft_tokens"))
         continue;
       const auto& v = (*j)["max_soft_tokens"];
@@ -239,9 +239,8 @@ absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4TrainModel(
   }
   const int64_t ep = groups.ep->size();
   GEMMA_ASSIGN_OR_RETURN(ModelFolderInfo info, InspectModelFolder(dir));
-  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(info, 1, static_cast<int>(ep),
-                                           "spec.parallel.tp",
-                                           "spec.parallel.ep"));
+  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(
+      info, 1, static_cast<int>(ep), "spec.parallel.tp", "spec.parallel.ep"));
   GEMMA_ASSIGN_OR_RETURN(
       Gemma4RankWeights w,
       LoadGemma4RankWeights(dir, static_cast<int>(ep), groups.ep->rank()));
@@ -255,8 +254,8 @@ absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4TrainModel(
                                      model.status().message()));
   }
   GEMMA_ASSIGN_OR_RETURN(int max_soft_tokens, MaxSoftTokens(dir));
-  auto out = std::make_unique<Gemma4TrainModel>(
-      *model, std::move(config), std::move(config_json), groups);
+  auto out = std::make_unique<Gemma4TrainModel>(*model, std::move(config),
+                                                std::move(config_json), groups);
   out->set_max_soft_tokens(max_soft_tokens);
   return out;
 }

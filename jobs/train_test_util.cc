@@ -137,7 +137,7 @@ absl::Status WriteTinyGemma4Tokenizer(const std::string& path,
   t.input_files = {corpus};
   t.model_path = path;
   t.vocab_size = 512;
-  t.extra_user_defined_pieces = {kTurnOpen,  kTurnClose,        kImageOpen,
+  t.extra_user_defined_pieces = {kTurnOpen,   kTurnClose,        kImageOpen,
                                  kImageClose, kImagePlaceholder, "<|channel>",
                                  "<channel|>"};
   return TrainTokenizer(t);

@@ -541,7 +541,7 @@ absl::Status Trainer::AgreeOverWorld(const absl::Status& status) {
 
 absl::StatusOr<int64_t> Trainer::WriteModel(const std::string& dir) {
   GEMMA_ASSIGN_OR_RETURN(int64_t bytes, model_->Write(dir, state_.step));
-  if (tp_rank() == 0) {
+  if (options_.groups.world->rank() == 0) {  // one copy of the tokenizer
     GEMMA_RETURN_IF_ERROR(
         CopyFile(tokenizer_->path(), absl::StrCat(dir, "/tokenizer.model")));
   }
@@ -623,8 +623,11 @@ absl::StatusOr<int64_t> Trainer::WriteCheckpointFiles(const std::string& tmp) {
   int64_t bytes = 0;
   const std::string model_dir = absl::StrCat(tmp, "/", kModelSubdir);
   if (options_.save_model) {
-    GEMMA_ASSIGN_OR_RETURN(bytes,
-                           options_.save_model(*model_, model_dir, state_));
+    // Adapters are replicated: DP rank 0 saves them.
+    if (options_.groups.dp->rank() == 0) {
+      GEMMA_ASSIGN_OR_RETURN(bytes,
+                             options_.save_model(*model_, model_dir, state_));
+    }
   } else {
     GEMMA_ASSIGN_OR_RETURN(bytes, WriteModel(model_dir));
   }
@@ -827,19 +830,21 @@ absl::Status Trainer::Run(RankContext& ctx) {
     }
   }
   if (last_saved != state_.step) GEMMA_RETURN_IF_ERROR(save({}));
-  if (!spec_.output().empty() && options_.groups.dp->rank() == 0 &&
-      options_.save_model) {
+  if (spec_.output().empty()) return absl::OkStatus();
+  if (options_.save_model) {
+    if (options_.groups.dp->rank() != 0) return absl::OkStatus();
     GEMMA_ASSIGN_OR_RETURN(
         int64_t bytes, options_.save_model(*model_, spec_.output(), state_));
     ctx.Log(absl::StrFormat("adapters written to %s (%.1f MB)", spec_.output(),
                             bytes / 1e6));
-  } else if (!spec_.output().empty() && options_.groups.dp->rank() == 0) {
-    // The TP group of DP rank 0 writes the model at its TP layout (any
-    // layout loads it). Staged so a finished output replaces an old one
-    // whole.
+  } else if (options_.groups.edp->rank() == 0) {
+    // The ranks of the first expert-data-parallel replica (the TP group of
+    // DP rank 0, and its EP group) write the model at their layout (any
+    // layout loads it); world rank 0 publishes it once all have written.
+    // Staged so a finished output replaces an old one whole.
     const std::string staging = spec_.output() + ".staging";
     GEMMA_ASSIGN_OR_RETURN(int64_t bytes, WriteModel(staging));
-    if (tp_rank() == 0) {
+    if (options_.groups.world->rank() == 0) {
       GEMMA_RETURN_IF_ERROR(
           PublishDir(staging, spec_.output(), /*overwrite=*/true));
       ctx.Log(absl::StrFormat("model written to %s (%.1f MB per rank)",

@@ -4,8 +4,8 @@
 // every rank's experts equal to its slice of the one-rank experts), the
 // replicas of an expert agree to the bit, and the router's load is reported.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
 #include <sys/stat.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -16,9 +16,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "jobs/peft_job.h"
 #include "jobs/train_test_util.h"
 #include "jobs/trainer.h"
 #include "jobs/trainer_ranks_test_util.h"
+#include "model/checkpoint.h"
 #include "model/gemma4_checkpoint.h"
 #include "model/hf_mapping_gemma4.h"
 #include "worker/comm.h"
@@ -97,8 +99,7 @@ bool IsExpert(const std::string& name) {
 // With `recompute` only the EP run recomputes its layers in backward.
 void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
                          const std::string& root_one,
-                         const std::string& root_many,
-                         bool recompute = false) {
+                         const std::string& root_many, bool recompute = false) {
   auto one = base;
   one.mutable_optim()->set_grad_accum(dp);
   TrainerRun ref;
@@ -118,11 +119,9 @@ void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
   auto initial = LoadGemma4RankWeights(*g_dir + "/model", 1, 0);
   ASSERT_TRUE(initial.ok()) << initial.status();
   const std::string probe = "text.layers.0.moe.experts.down";
-  EXPECT_GT((want.at(probe) - initial->tensors.at(probe))
-                .abs()
-                .max()
-                .item<double>(),
-            1e-4);
+  EXPECT_GT(
+      (want.at(probe) - initial->tensors.at(probe)).abs().max().item<double>(),
+      1e-4);
   const int64_t per_rank = kExperts / ep;
   for (int r = 0; r < dp; ++r) {
     ASSERT_EQ(got.losses[r].size(), 3u);
@@ -205,9 +204,9 @@ TEST_F(TrainerEpTest, CheckpointLoadsWholeAndResumesExactly) {
     at::Tensor got = whole->tensors.at(name);
     if (IsExpert(name)) {
       got = got.narrow(0, 0, kExperts / 2);
-      EXPECT_TRUE(torch::equal(whole->tensors.at(name).narrow(
-                                   0, kExperts / 2, kExperts / 2),
-                               first.weights[1].at(name)))
+      EXPECT_TRUE(torch::equal(
+          whole->tensors.at(name).narrow(0, kExperts / 2, kExperts / 2),
+          first.weights[1].at(name)))
           << name;
     }
     EXPECT_TRUE(torch::equal(got, w)) << name;
@@ -229,6 +228,49 @@ TEST_F(TrainerEpTest, CheckpointLoadsWholeAndResumesExactly) {
   st = RunTrainerRanks(other, root, ParallelLayout{1, 2, 1}, 1, &refused);
   ASSERT_FALSE(st.ok());
   EXPECT_TRUE(absl::StrContains(st.message(), "ep=2")) << st;
+}
+
+// LoRA on the MoE model under EP = 2 x DP = 2 (the peft job's trainer and
+// its finish): only the adapters train, the replicas agree on them, the
+// export and the merged model (one rank file per EP rank) are written.
+TEST_F(TrainerEpTest, PeftUnderExpertParallelism) {
+  auto spec = Spec();
+  spec.set_kind(gemma::v1::JOB_KIND_PEFT);
+  spec.mutable_parallel()->set_dp(2);
+  spec.mutable_parallel()->set_ep(2);
+  spec.mutable_optim()->set_max_steps(2);
+  spec.mutable_peft()->set_rank(4);
+  spec.mutable_peft()->set_merge(true);
+  spec.mutable_peft()->set_export_dir(Root("peft-hf"));
+  spec.set_output(Root("peft-out"));
+  const std::string root = Root("peft");
+  std::vector<std::map<std::string, at::Tensor>> adapters(2);
+  auto st = RunGlooRanks(
+      2,
+      [&](int rank, ParallelGroups& groups) -> absl::Status {
+        TrainerOptions o = PeftTrainerOptions(spec);
+        o.groups = groups;
+        o.checkpoint_root = root;
+        GEMMA_ASSIGN_OR_RETURN(auto t, Trainer::Create(o));
+        RankContext ctx;
+        ctx.spec = spec;
+        GEMMA_RETURN_IF_ERROR(t->Run(ctx));
+        for (auto& p : t->module().named_parameters()) {
+          if (absl::StrContains(p.key(), ".lora."))
+            adapters[rank][p.key()] = p.value().detach().clone();
+        }
+        return FinishPeft(*t, spec, ctx);
+      },
+      ParallelLayout{1, 2, 2}, absl::Seconds(120));
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_FALSE(adapters[0].empty());
+  for (const auto& [name, a] : adapters[0])
+    EXPECT_TRUE(torch::equal(a, adapters[1].at(name))) << name;
+  EXPECT_TRUE(PathExists(Root("peft-hf") + "/adapter_config.json"));
+  EXPECT_TRUE(PathExists(Root("peft-out") + "/adapter.json"));
+  auto merged = LoadGemma4RankWeights(Root("peft-out") + "/merged", 1, 0);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_TRUE(PathExists(Root("peft-out") + "/merged/rank-00001.safetensors"));
 }
 
 TEST_F(TrainerEpTest, RefusesEpNotDividingTheExperts) {

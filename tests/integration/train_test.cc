@@ -276,9 +276,13 @@ TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
       q += (k ? " " : "") + w;
       a = w + (k ? " " : "") + a;
     }
-    absl::StrAppend(&jsonl, "{\"messages\": [{\"role\": \"user\", \"content\": "
-                            "\"reverse: ", q, "\"}, {\"role\": \"assistant\", "
-                            "\"content\": \"", a, "\"}]}\n");
+    absl::StrAppend(&jsonl,
+                    "{\"messages\": [{\"role\": \"user\", \"content\": "
+                    "\"reverse: ",
+                    q,
+                    "\"}, {\"role\": \"assistant\", "
+                    "\"content\": \"",
+                    a, "\"}]}\n");
   }
   WriteText(data + "/train.jsonl", jsonl);
   ASSERT_TRUE(
@@ -325,8 +329,8 @@ TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
     EXPECT_FALSE(Exists(dir + "/rank-00002.safetensors")) << dir;
     const nlohmann::json m =
         nlohmann::json::parse(ReadFile(dir + "/manifest.json"), nullptr, false);
-    ASSERT_TRUE(m.is_object()) << dir;
-    EXPECT_EQ(m.value("ep", 0), 2) << dir;
+    ASSERT_TRUE(m.is_object() && m.contains("parallel")) << dir;
+    EXPECT_EQ(m["parallel"].value("ep", 0), 2) << dir;
   }
   EXPECT_TRUE(Exists(output + "/tokenizer.model"));
 
@@ -343,11 +347,11 @@ TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
                    "peft: {rank: 4, alpha: 8, merge: true, export_dir: ",
                    hf_adapter, "}\ncheckpoint: {root: ", cluster.dir(),
                    "/ckpt-peft}\noutput: ", adapters, "\n"));
-  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", peft, "--job-id",
-                        "moe-peft", "--follow", "--coordinator",
-                        cluster.address()},
-                       &out, absl::Seconds(300)),
-            0)
+  ASSERT_EQ(
+      RunProgram({BinPath("gemmactl"), "submit", "-f", peft, "--job-id",
+                  "moe-peft", "--follow", "--coordinator", cluster.address()},
+                 &out, absl::Seconds(300)),
+      0)
       << out;
   EXPECT_TRUE(Exists(adapters + "/adapter.json"));
   EXPECT_TRUE(Exists(adapters + "/merged/manifest.json"));
@@ -355,7 +359,8 @@ TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
   const std::string config = ReadFile(hf_adapter + "/adapter_config.json");
   EXPECT_THAT(config, HasSubstr("\"r\": 4"));
   // The tiny model's layer 1 is a full K=V layer: q and k adapters, no v.
-  const std::string weights = ReadFile(hf_adapter + "/adapter_model.safetensors");
+  const std::string weights =
+      ReadFile(hf_adapter + "/adapter_model.safetensors");
   EXPECT_THAT(weights, HasSubstr("layers.1.self_attn.k_proj.lora_A"));
   EXPECT_THAT(weights, HasSubstr("layers.0.self_attn.v_proj.lora_A"));
   EXPECT_THAT(weights, ::testing::Not(HasSubstr("layers.1.self_attn.v_proj")));
