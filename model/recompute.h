@@ -32,12 +32,13 @@ class RecomputeScope {
 
 bool RecomputeEnabled();
 
-// layer->forward(x, cos, sin, bias) without keeping its activations; the
-// parameters' gradients are accumulated into their .grad() in backward.
+// layer->forward(x, cos, sin, bias, nullptr, plan) without keeping its
+// activations; the parameters' gradients are accumulated into their .grad()
+// in backward. The plan (may be null) is copied for the rerun.
 at::Tensor RecomputedLayerForward(Gemma3DecoderLayerImpl& layer,
                                   const at::Tensor& x, const at::Tensor& cos,
-                                  const at::Tensor& sin,
-                                  const at::Tensor& bias);
+                                  const at::Tensor& sin, const at::Tensor& bias,
+                                  const CausalPlan* plan = nullptr);
 
 }  // namespace gemma
 
