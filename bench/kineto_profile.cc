@@ -42,8 +42,7 @@ std::string CsvField(std::string s) {
 void WriteTable(const std::string& path, const std::string& title,
                 const std::map<std::string, Total>& totals, double all_ns,
                 int steps, int top, bool per_call) {
-  std::vector<std::pair<std::string, Total>> rows(totals.begin(),
-                                                  totals.end());
+  std::vector<std::pair<std::string, Total>> rows(totals.begin(), totals.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     return a.second.ns > b.second.ns;
   });

@@ -48,18 +48,14 @@ torch::Tensor Gemma3DecoderLayerImpl::Exit(const torch::Tensor& x, bool sp) {
             : ReduceFromTpRegion(x, *tp_.comm);
 }
 
-torch::Tensor Gemma3DecoderLayerImpl::forward(const torch::Tensor& x,
-                                              const torch::Tensor& cos,
-                                              const torch::Tensor& sin,
-                                              const torch::Tensor& bias,
-                                              LayerKvCache* cache,
-                                              const CausalPlan* plan) {
+torch::Tensor Gemma3DecoderLayerImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan) {
   const bool sp = tp_.sequence_parallel && cache == nullptr;
   torch::Tensor h =
-      x + post_attn_norm(Exit(
-              attn->forward(Enter(input_norm(x), sp), cos, sin, bias, cache,
-                            plan),
-              sp));
+      x + post_attn_norm(Exit(attn->forward(Enter(input_norm(x), sp), cos, sin,
+                                            bias, cache, plan),
+                              sp));
   return h + post_mlp_norm(Exit(mlp(Enter(pre_mlp_norm(h), sp)), sp));
 }
 

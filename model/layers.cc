@@ -219,7 +219,8 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias)
   weight = register_parameter("weight",
                               torch::empty({out, in}).uniform_(-bound, bound));
   if (with_bias) {
-    bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+    bias =
+        register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
   }
 }
 
@@ -299,8 +300,8 @@ torch::Tensor GroupedDecodeAttention(const torch::Tensor& q,
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
   const int64_t hd = options.head_dim();
   const int64_t rows = (options.num_heads() + 2 * options.num_kv_heads()) * hd;
-  qkv = register_module("qkv",
-                        Projection(options.hidden_size(), rows, /*bias=*/false));
+  qkv = register_module(
+      "qkv", Projection(options.hidden_size(), rows, /*bias=*/false));
   o = register_module("o", Projection(options.num_heads() * hd,
                                       options.hidden_size(), /*bias=*/false));
   q_norm = register_module(
@@ -337,10 +338,10 @@ torch::Tensor AttentionImpl::PlannedForward(const torch::Tensor& x,
         q, k, v, std::nullopt, std::nullopt, l, l, 0.0, /*is_causal=*/true,
         /*return_debug_mask=*/false, scale, plan.window - 1, 0));
   } else {
-    out = at::scaled_dot_product_attention(
-              q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-              std::nullopt, 0.0, /*is_causal=*/true, scale,
-              /*enable_gqa=*/g > 1)
+    out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                           v.transpose(1, 2), std::nullopt, 0.0,
+                                           /*is_causal=*/true, scale,
+                                           /*enable_gqa=*/g > 1)
               .transpose(1, 2);
   }
   for (const auto& [s0, e0] : plan.dense_rows) {
@@ -361,12 +362,9 @@ torch::Tensor AttentionImpl::PlannedForward(const torch::Tensor& x,
   return o(out.reshape({b, l, nq * hd}));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
-                                     const torch::Tensor& cos,
-                                     const torch::Tensor& sin,
-                                     const torch::Tensor& bias,
-                                     LayerKvCache* cache,
-                                     const CausalPlan* plan) {
+torch::Tensor AttentionImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan) {
   if (plan != nullptr && cache == nullptr && x.size(1) > 1 &&
       CausalPlanApplies(x, options.head_dim())) {
     return PlannedForward(x, cos, sin, bias, *plan);
@@ -436,9 +434,9 @@ GatedMlpImpl::GatedMlpImpl(const GatedMlpOptions& opts) : options(opts) {
   gate_up = register_module(
       "gate_up", Projection(options.hidden_size(),
                             2 * options.intermediate_size(), /*bias=*/false));
-  down = register_module("down", Projection(options.intermediate_size(),
-                                            options.hidden_size(),
-                                            /*bias=*/false));
+  down = register_module(
+      "down", Projection(options.intermediate_size(), options.hidden_size(),
+                         /*bias=*/false));
 }
 
 torch::Tensor GatedMlpImpl::forward(const torch::Tensor& x) {

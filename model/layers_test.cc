@@ -34,7 +34,8 @@ TEST(RMSNormTest, FusedEqualsElementwiseValueAndGradients) {
     (y1 * g).sum().backward();
     (y2 * g).sum().backward();
     const double tol = dtype == torch::kFloat ? 1e-6 : 1e-2;
-    EXPECT_TRUE(torch::allclose(y1.to(torch::kFloat), y2.to(torch::kFloat), tol, tol));
+    EXPECT_TRUE(
+        torch::allclose(y1.to(torch::kFloat), y2.to(torch::kFloat), tol, tol));
     EXPECT_TRUE(torch::allclose(x1.grad().to(torch::kFloat),
                                 x2.grad().to(torch::kFloat), tol, tol));
     EXPECT_TRUE(torch::allclose(w1.grad(), w2.grad(), 1e-4, 1e-4));
@@ -252,7 +253,8 @@ TEST(KvCacheTest, InPlaceBufferMatchesConcatenationOverManySteps) {
     float next = 0;
     for (int step = 0; step < 300; ++step) {
       const int64_t l = step == 0 ? 7 : (step % 17 == 0 ? 3 : 1);
-      torch::Tensor k = torch::arange(next, next + l, torch::kFloat).view({1, 1, l, 1});
+      torch::Tensor k =
+          torch::arange(next, next + l, torch::kFloat).view({1, 1, l, 1});
       torch::Tensor v = -k;
       const int64_t held_before =
           window > 0 ? std::min<int64_t>(history.size(), window - 1)

@@ -93,8 +93,8 @@ class FusedLinearCrossEntropy
     // directly; several accumulate in fp32.
     torch::Tensor grad_w;
     if (need_w && !one_chunk) {
-      grad_w = torch::zeros(weight.sizes(),
-                            weight.options().dtype(torch::kFloat));
+      grad_w =
+          torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat));
     }
     for (int64_t s = 0; s < n; s += chunk) {
       const int64_t len = std::min(chunk, n - s);
@@ -104,9 +104,9 @@ class FusedLinearCrossEntropy
       torch::Tensor safe = torch::where(valid, tc, torch::zeros_like(tc));
       torch::Tensor z = torch::matmul(hc, weight.t());
       const bool need_grad = need_h || need_w;
-      ChunkResult r =
-          reduced ? ReducedPrecisionChunk(z, safe, tc, valid, need_grad)
-                  : Fp32Chunk(z, safe, tc, valid, softcap, need_grad);
+      ChunkResult r = reduced
+                          ? ReducedPrecisionChunk(z, safe, tc, valid, need_grad)
+                          : Fp32Chunk(z, safe, tc, valid, softcap, need_grad);
       z = torch::Tensor();
       loss += r.loss;
       correct += r.correct;
@@ -114,9 +114,9 @@ class FusedLinearCrossEntropy
       // Rows of ignored targets get no gradient: zero them in the small
       // [len, H] operands instead of the [len, V] gradient (multiplying by
       // 0 or 1 gives the same terms).
-      torch::Tensor row_mask =
-          r.rows_masked ? torch::Tensor()
-                        : valid.to(h.scalar_type()).unsqueeze(1);
+      torch::Tensor row_mask = r.rows_masked
+                                   ? torch::Tensor()
+                                   : valid.to(h.scalar_type()).unsqueeze(1);
       torch::Tensor gz = r.grad_z.to(h.scalar_type());
       if (need_h) {
         torch::Tensor gh = torch::matmul(gz, weight);
@@ -152,7 +152,11 @@ class FusedLinearCrossEntropy
     torch::Tensor gh, gw;
     if (saved[0].defined()) gh = saved[0] * go.to(saved[0].scalar_type());
     if (saved[1].defined()) gw = saved[1] * go.to(saved[1].scalar_type());
-    return {gh, gw, torch::Tensor(), torch::Tensor(), torch::Tensor(),
+    return {gh,
+            gw,
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
             torch::Tensor()};
   }
 };
@@ -169,8 +173,8 @@ LmLoss TokenLoss(const at::Tensor& h, const at::Tensor& weight,
               h.sizes());
   torch::Tensor tg = targets.to(torch::kLong);
   auto out = FusedLinearCrossEntropy::apply(
-      h, weight, tg, options.softcap, std::max<int64_t>(1, options.chunk_tokens),
-      options.ignore_index);
+      h, weight, tg, options.softcap,
+      std::max<int64_t>(1, options.chunk_tokens), options.ignore_index);
   LmLoss r;
   r.loss_sum = out[0];
   r.correct = out[1];

@@ -40,7 +40,8 @@ struct LmLossOptions {
 // labels[t + 1]. Gradients flow to `hidden` and to `weight` when they require
 // them. Throws c10::Error on shape mismatches.
 LmLoss CausalLmLoss(const at::Tensor& hidden, const at::Tensor& weight,
-                    const at::Tensor& labels, const LmLossOptions& options = {});
+                    const at::Tensor& labels,
+                    const LmLossOptions& options = {});
 
 // The same for already shifted rows: h [N, H] and targets [N] (no ignored
 // entries needed; they are honoured if present).

@@ -16,8 +16,9 @@ torch::Tensor NaiveLoss(const torch::Tensor& hidden, const torch::Tensor& w,
   torch::Tensor y = labels.narrow(1, 1, t - 1).reshape({-1});
   return torch::nn::functional::cross_entropy(
       z, y,
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(
-          torch::kSum));
+      torch::nn::functional::CrossEntropyFuncOptions()
+          .ignore_index(-100)
+          .reduction(torch::kSum));
 }
 
 class LossTest : public ::testing::TestWithParam<double> {};

@@ -62,8 +62,8 @@ struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
                          has_plan ? &plan : nullptr);
     }
     torch::autograd::backward({y}, {grad_out[0]});
-    return {x.grad(),     at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {x.grad(),     at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
