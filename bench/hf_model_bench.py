@@ -35,6 +35,31 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
+def profile_step(step, dev, out_dir):
+    """One step under torch.profiler: kernels.csv (GPU time per kernel name,
+    most first, the columns of bench/kineto_profile.cc) and the top rows."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        step()
+        sync(dev)
+    totals = {}
+    for e in p.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            t = totals.setdefault(e.name, [0.0, 0])
+            t[0] += e.time_range.elapsed_us()
+            t[1] += 1
+    all_us = sum(t[0] for t in totals.values())
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    print(f"== transformers kernels: {all_us / 1e3:.2f} ms of GPU time per step")
+    with open(f"{out_dir}/kernels.csv", "w") as f:
+        f.write("rank,total_ms,pct,count,avg_us,name\n")
+        for i, (name, (us, n)) in enumerate(rows):
+            name = name.replace('"', "'")
+            f.write(f'{i + 1},{us / 1e3},{100 * us / all_us},{n},{us / n},"{name}"\n')
+            if i < 30:
+                print(f"{i + 1:3d} {us / 1e3:8.2f} ms {100 * us / all_us:5.1f}% {n:6d}  {name[:110]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
@@ -50,6 +75,8 @@ def main():
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--lora-rank", type=int, default=32)
+    ap.add_argument("--profile", default="",
+                    help="sft/lora: profile one extra step into this directory (kernels.csv)")
     a = ap.parse_args()
     dev = torch.device(a.device)
     dtype = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
@@ -96,6 +123,8 @@ def main():
         out.update(step_s=dt, tokens_per_s=a.batch * a.seq / dt, seq=a.seq, batch=a.batch,
                    images=a.images,
                    peak_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0)
+        if a.profile:
+            profile_step(step, dev, a.profile)
     else:
         model.eval()
         inp = make_inputs(cfg, 1, a.prompt, a.images, dev, dtype)

@@ -10,6 +10,8 @@
 //   model_bench --preset 4b --mode decode --new-tokens 256 [--cuda-graphs both]
 //                (a row per variant: growing cache eager / CUDA graphs)
 //   model_bench --preset 4b --write-config DIR   (config.json for the HF side)
+//   model_bench ... --profile DIR   (sft/lora: after the timed steps, one
+//                more step under Kineto; kernels.csv, ops.csv, trace.json)
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
@@ -21,12 +23,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/kineto_profile.h"
 #include "common/flags.h"
 #include "model/config.h"
 #include "model/generate.h"
 #include "model/layers.h"
 #include "model/lora_adapter.h"
 #include "model/loss.h"
+#include "model/recompute.h"
 #include "model/vl_model.h"
 #include "nlohmann/json.hpp"
 
@@ -168,7 +172,12 @@ int Run(int argc, char** argv) {
                "decode: 0 (growing KV cache, eager), 1 (static cache replayed "
                "as CUDA graphs), both (a row each) or all (also the static "
                "cache eager)");
-  (void)recompute;
+  flags.Bool("recompute", &recompute,
+             "sft/lora: recompute each decoder layer in backward");
+  std::string profile_dir;
+  flags.String("profile", &profile_dir,
+               "sft/lora: profile one extra step with Kineto into this "
+               "directory");
   absl::Status parsed = flags.Parse(argc, argv);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
@@ -255,6 +264,7 @@ int Run(int argc, char** argv) {
     LmLossOptions lo;
     lo.chunk_tokens = chunk;
     auto step = [&]() {
+      RecomputeScope recompute_scope(recompute);
       torch::Tensor emb = model->Embeddings(in);
       DecoderInputs di;
       di.block_ids = in.token_type_ids.defined()
@@ -301,6 +311,13 @@ int Run(int argc, char** argv) {
     out["seq"] = seq;
     out["batch"] = batch;
     out["images"] = images;
+    out["recompute"] = recompute;
+    if (!profile_dir.empty()) {
+      KinetoProfile prof;
+      step();
+      Sync(dev);
+      prof.Finish(profile_dir);
+    }
   } else if (mode == "decode") {
     // One row per variant: the growing cache (eager), the static cache
     // (eager) and the static cache replayed as CUDA graphs.

@@ -48,15 +48,14 @@ torch::Tensor Gemma3DecoderLayerImpl::Exit(const torch::Tensor& x, bool sp) {
             : ReduceFromTpRegion(x, *tp_.comm);
 }
 
-torch::Tensor Gemma3DecoderLayerImpl::forward(const torch::Tensor& x,
-                                              const torch::Tensor& cos,
-                                              const torch::Tensor& sin,
-                                              const torch::Tensor& bias,
-                                              LayerKvCache* cache) {
+torch::Tensor Gemma3DecoderLayerImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan) {
   const bool sp = tp_.sequence_parallel && cache == nullptr;
   torch::Tensor h =
-      x + post_attn_norm(
-              Exit(attn(Enter(input_norm(x), sp), cos, sin, bias, cache), sp));
+      x + post_attn_norm(Exit(attn->forward(Enter(input_norm(x), sp), cos, sin,
+                                            bias, cache, plan),
+                              sp));
   return h + post_mlp_norm(Exit(mlp(Enter(pre_mlp_norm(h), sp)), sp));
 }
 
@@ -136,8 +135,14 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
     base.segment_ids = SegmentIdsFromPositions(in.position_ids, b);
   }
 
-  // Masks and rotary tables per layer type present.
+  // Masks and rotary tables per layer type present. A training forward on
+  // CUDA follows a CausalPlan (flash attention; the bias only for the rows
+  // of image blocks).
   torch::Tensor bias[2], cos[2], sin[2];
+  CausalPlan plans[2];
+  const bool planned = in.cache == nullptr && !base.padding.defined() &&
+                       !base.segment_ids.defined() &&
+                       CausalPlanApplies(embeds, config_.head_dim);
   for (int t = 0; t < 2; ++t) {
     const LayerType type = t == 0 ? LayerType::kSliding : LayerType::kFull;
     bool present = false;
@@ -158,7 +163,12 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
                               !spec.block_ids.defined() &&
                               !spec.segment_ids.defined() &&
                               (window <= 0 || window >= l);
-    if (!plain_causal) bias[t] = BuildAttentionBias(spec, dtype);
+    if (planned) {
+      plans[t] = BuildCausalPlan(base.block_ids, window);
+    }
+    const bool bias_needed =
+        !plain_causal && !(planned && plans[t].dense_rows.empty());
+    if (bias_needed) bias[t] = BuildAttentionBias(spec, dtype);
     std::tie(cos[t], sin[t]) = RopeCosSin(
         type == LayerType::kFull ? inv_freq_full_ : inv_freq_sliding_,
         position_ids, dtype);
@@ -176,10 +186,11 @@ torch::Tensor Gemma3TextModelImpl::Decode(const torch::Tensor& embeds,
     LayerKvCache* lc = in.cache != nullptr
                            ? in.cache->layer(static_cast<int64_t>(i))
                            : nullptr;
+    const CausalPlan* plan = planned ? &plans[t] : nullptr;
     h = lc == nullptr && RecomputeEnabled()
             ? RecomputedLayerForward(*layer_list_[i], h, cos[t], sin[t],
-                                     bias[t])
-            : layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc);
+                                     bias[t], plan)
+            : layer_list_[i]->forward(h, cos[t], sin[t], bias[t], lc, plan);
   }
   h = final_norm(h);
   // The head's consumers (Loss, Logits) return the full gradient of the

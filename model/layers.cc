@@ -18,10 +18,21 @@ RMSNormImpl::RMSNormImpl(const RMSNormOptions& opts) : options(opts) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  return GemmaRmsNorm(x, weight, options.eps(), x.is_cuda());
+}
+
+torch::Tensor GemmaRmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
+                           double eps, bool fused) {
   torch::Tensor xf = x.to(torch::kFloat);
+  torch::Tensor scale = 1.0 + weight.to(torch::kFloat);
+  if (fused) {
+    // at::rms_norm computes xf * rsqrt(mean(xf^2) + eps) * scale in one
+    // kernel on CUDA (and its backward in one), the same fp32 math.
+    return at::rms_norm(xf, {xf.size(-1)}, scale, eps).to(x.scalar_type());
+  }
   torch::Tensor out =
-      xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + options.eps());
-  out = out * (1.0 + weight.to(torch::kFloat));
+      xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  out = out * scale;
   return out.to(x.scalar_type());
 }
 
@@ -170,6 +181,35 @@ torch::Tensor StaticStepBias(const torch::Tensor& index,
   return AdditiveMask(allowed, dtype, padding.device()).view({b, 1, 1, c});
 }
 
+// ---- Causal plan
+// ------------------------------------------------------------
+CausalPlan BuildCausalPlan(const torch::Tensor& block_ids, int64_t window) {
+  CausalPlan plan;
+  plan.window = window;
+  if (!block_ids.defined()) return plan;
+  torch::Tensor any = block_ids.ge(0).any(0).to(torch::kCPU).contiguous();
+  const bool* in_block = any.data_ptr<bool>();
+  const int64_t l = any.numel();
+  for (int64_t i = 0; i < l;) {
+    if (!in_block[i]) {
+      ++i;
+      continue;
+    }
+    int64_t e = i;
+    while (e < l && in_block[e]) ++e;
+    plan.dense_rows.emplace_back(i, e);
+    i = e;
+  }
+  return plan;
+}
+
+bool CausalPlanApplies(const torch::Tensor& x, int64_t head_dim) {
+  return x.is_cuda() && UseSdpa(x) &&
+         (x.scalar_type() == torch::kBFloat16 ||
+          x.scalar_type() == torch::kHalf) &&
+         head_dim % 8 == 0 && head_dim <= 256;
+}
+
 // ---- Projection
 // --------------------------------------------------------------
 ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias)
@@ -179,7 +219,8 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias)
   weight = register_parameter("weight",
                               torch::empty({out, in}).uniform_(-bound, bound));
   if (with_bias) {
-    bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+    bias =
+        register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
   }
 }
 
@@ -259,8 +300,8 @@ torch::Tensor GroupedDecodeAttention(const torch::Tensor& q,
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
   const int64_t hd = options.head_dim();
   const int64_t rows = (options.num_heads() + 2 * options.num_kv_heads()) * hd;
-  qkv = register_module("qkv",
-                        Projection(options.hidden_size(), rows, /*bias=*/false));
+  qkv = register_module(
+      "qkv", Projection(options.hidden_size(), rows, /*bias=*/false));
   o = register_module("o", Projection(options.num_heads() * hd,
                                       options.hidden_size(), /*bias=*/false));
   q_norm = register_module(
@@ -269,11 +310,65 @@ AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
       "k_norm", RMSNorm(RMSNormOptions(hd).eps(options.rms_norm_eps())));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x,
-                                     const torch::Tensor& cos,
-                                     const torch::Tensor& sin,
-                                     const torch::Tensor& bias,
-                                     LayerKvCache* cache) {
+torch::Tensor AttentionImpl::PlannedForward(const torch::Tensor& x,
+                                            const torch::Tensor& cos,
+                                            const torch::Tensor& sin,
+                                            const torch::Tensor& bias,
+                                            const CausalPlan& plan) {
+  const int64_t b = x.size(0), l = x.size(1);
+  const int64_t nq = options.num_heads(), nkv = options.num_kv_heads(),
+                hd = options.head_dim();
+  const int64_t g = nq / nkv;
+  // [B, L, heads, hd] throughout: flash attention's layout, no transposes.
+  torch::Tensor fused = qkv(x).view({b, l, nkv, g + 2, hd});
+  torch::Tensor q = fused.narrow(3, 0, g).reshape({b, l, nq, hd});
+  torch::Tensor k = fused.select(3, g);
+  torch::Tensor v = fused.select(3, g + 1).contiguous();
+  torch::Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);
+  auto rope = [&](const torch::Tensor& t) {
+    return t * c + RotateHalf(t) * s;  // ApplyRope's math, heads on dim 2
+  };
+  q = rope(q_norm(q));
+  k = rope(k_norm(k));
+  const double scale = std::pow(options.query_pre_attn_scalar(), -0.5);
+  torch::Tensor out;  // [B, L, nq, hd]
+  if (plan.window > 0 && plan.window < l) {
+    // Flash attention with a left window: keys i - (window - 1) .. i.
+    out = std::get<0>(at::_flash_attention_forward(
+        q, k, v, std::nullopt, std::nullopt, l, l, 0.0, /*is_causal=*/true,
+        /*return_debug_mask=*/false, scale, plan.window - 1, 0));
+  } else {
+    out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                           v.transpose(1, 2), std::nullopt, 0.0,
+                                           /*is_causal=*/true, scale,
+                                           /*enable_gqa=*/g > 1)
+              .transpose(1, 2);
+  }
+  for (const auto& [s0, e0] : plan.dense_rows) {
+    TORCH_CHECK(bias.defined() && e0 <= l,
+                "Attention: a plan's dense rows need the bias");
+    torch::Tensor qs = q.narrow(1, s0, e0 - s0).transpose(1, 2);
+    torch::Tensor ks = k.narrow(1, 0, e0).transpose(1, 2);
+    torch::Tensor vs = v.narrow(1, 0, e0).transpose(1, 2);
+    if (g > 1) {
+      ks = ks.unsqueeze(2).expand({b, nkv, g, e0, hd}).reshape({b, nq, e0, hd});
+      vs = vs.unsqueeze(2).expand({b, nkv, g, e0, hd}).reshape({b, nq, e0, hd});
+    }
+    torch::Tensor mask = bias.narrow(2, s0, e0 - s0).narrow(3, 0, e0).eq(0);
+    torch::Tensor sub =
+        at::scaled_dot_product_attention(qs, ks, vs, mask, 0.0, false, scale);
+    out = at::slice_scatter(out, sub.transpose(1, 2), 1, s0, e0);
+  }
+  return o(out.reshape({b, l, nq * hd}));
+}
+
+torch::Tensor AttentionImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan) {
+  if (plan != nullptr && cache == nullptr && x.size(1) > 1 &&
+      CausalPlanApplies(x, options.head_dim())) {
+    return PlannedForward(x, cos, sin, bias, *plan);
+  }
   const int64_t b = x.size(0), l = x.size(1);
   const int64_t nq = options.num_heads(), nkv = options.num_kv_heads(),
                 hd = options.head_dim();
@@ -339,9 +434,9 @@ GatedMlpImpl::GatedMlpImpl(const GatedMlpOptions& opts) : options(opts) {
   gate_up = register_module(
       "gate_up", Projection(options.hidden_size(),
                             2 * options.intermediate_size(), /*bias=*/false));
-  down = register_module("down", Projection(options.intermediate_size(),
-                                            options.hidden_size(),
-                                            /*bias=*/false));
+  down = register_module(
+      "down", Projection(options.intermediate_size(), options.hidden_size(),
+                         /*bias=*/false));
 }
 
 torch::Tensor GatedMlpImpl::forward(const torch::Tensor& x) {

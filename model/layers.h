@@ -26,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "model/config.h"
 
@@ -52,6 +53,13 @@ class RMSNormImpl : public torch::nn::Module {
   torch::Tensor weight;
 };
 TORCH_MODULE(RMSNorm);
+
+// The norm itself: x * rsqrt(mean(x^2) + eps) * (1 + w) in fp32, cast back to
+// x's dtype. `fused` computes it with at::rms_norm (one kernel forward and one
+// backward on CUDA; RMSNorm uses it there), otherwise with elementwise ops as
+// transformers writes it; both are the same fp32 math.
+torch::Tensor GemmaRmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
+                           double eps, bool fused);
 
 // ---- Rotary embeddings
 // ------------------------------------------------------- Inverse frequencies
@@ -123,6 +131,29 @@ torch::Tensor BlockIdsFromTokenTypes(const torch::Tensor& token_type_ids);
 // when every row is a single sequence (HF find_packed_sequence_indices).
 torch::Tensor SegmentIdsFromPositions(const torch::Tensor& position_ids,
                                       int64_t batch);
+
+// ---- Causal plan
+// ------------------------------------------------------------ How a
+// training forward (no KV cache, no padding, no packed segments) runs
+// attention on CUDA without a [B, 1, L, L] bias: causal attention for every
+// query row (flash attention; within `window` keys when 0 < window < L), then
+// the rows of image blocks recomputed against the bias. Only those rows can
+// see a later key (their block), so the rest is exactly the bias's mask.
+struct CausalPlan {
+  int64_t window = 0;  // > 0: key j visible from query i iff i - window < j
+  // [start, end) query ranges that need the bias: the image-block positions
+  // of any row of the batch, merged. Every key such a row sees is < end.
+  std::vector<std::pair<int64_t, int64_t>> dense_rows;
+};
+
+// The plan for ((causal OR block) AND window) masks over L tokens from
+// block_ids [B, L] (or undefined: no blocks). One host sync when defined.
+CausalPlan BuildCausalPlan(const torch::Tensor& block_ids, int64_t window);
+
+// Whether attention over activations like `x` with this head_dim can follow
+// a CausalPlan: CUDA, SDPA chosen, bf16 or fp16, head_dim a multiple of 8 up
+// to 256 (what flash attention takes).
+bool CausalPlanApplies(const torch::Tensor& x, int64_t head_dim);
 
 // ---- Projection
 // --------------------------------------------------------------
@@ -220,15 +251,24 @@ class AttentionImpl : public torch::nn::Module {
   // static cache (the decode step) attends without repeating the keys and
   // values per query head: a KV group's query heads act as its query rows.
   // Returns [B, L, H] (the local partial sum under tensor parallelism).
+  // With `plan` (and no cache; see CausalPlanApplies) the attention follows
+  // it, and `bias` is read only on the plan's dense rows.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
-                        LayerKvCache* cache = nullptr);
+                        LayerKvCache* cache = nullptr,
+                        const CausalPlan* plan = nullptr);
 
   AttentionOptions options;
   Projection qkv{nullptr};
   Projection o{nullptr};
   RMSNorm q_norm{nullptr};
   RMSNorm k_norm{nullptr};
+
+ private:
+  torch::Tensor PlannedForward(const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin,
+                               const torch::Tensor& bias,
+                               const CausalPlan& plan);
 };
 TORCH_MODULE(Attention);
 

@@ -18,6 +18,30 @@ namespace {
 
 using ::testing::HasSubstr;
 
+TEST(RMSNormTest, FusedEqualsElementwiseValueAndGradients) {
+  torch::manual_seed(11);
+  torch::Tensor x = torch::randn({3, 5, 16});
+  torch::Tensor w = torch::randn({16}) * 0.1;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    torch::Tensor x1 = x.to(dtype).clone().requires_grad_(true);
+    torch::Tensor w1 = w.clone().requires_grad_(true);
+    torch::Tensor x2 = x.to(dtype).clone().requires_grad_(true);
+    torch::Tensor w2 = w.clone().requires_grad_(true);
+    torch::Tensor y1 = GemmaRmsNorm(x1, w1, 1e-6, /*fused=*/true);
+    torch::Tensor y2 = GemmaRmsNorm(x2, w2, 1e-6, /*fused=*/false);
+    EXPECT_EQ(y1.scalar_type(), dtype);
+    torch::Tensor g = torch::randn({3, 5, 16}).to(dtype);
+    (y1 * g).sum().backward();
+    (y2 * g).sum().backward();
+    const double tol = dtype == torch::kFloat ? 1e-6 : 1e-2;
+    EXPECT_TRUE(
+        torch::allclose(y1.to(torch::kFloat), y2.to(torch::kFloat), tol, tol));
+    EXPECT_TRUE(torch::allclose(x1.grad().to(torch::kFloat),
+                                x2.grad().to(torch::kFloat), tol, tol));
+    EXPECT_TRUE(torch::allclose(w1.grad(), w2.grad(), 1e-4, 1e-4));
+  }
+}
+
 TEST(RMSNormTest, ScalesByOnePlusWeightInFloat32) {
   RMSNorm norm(RMSNormOptions(4).eps(1e-6));
   torch::Tensor x = torch::tensor({{1.0f, -2.0f, 3.0f, -4.0f}});
@@ -114,6 +138,75 @@ TEST(MaskTest, PaddingHidesKeysAndOffsetsFollowTheCache) {
   EXPECT_TRUE(torch::equal(Allowed(spec), expected));
 }
 
+TEST(CausalPlanTest, DenseRowsAreImageBlocksMergedOverTheBatch) {
+  torch::Tensor types = torch::tensor(
+      {{0, 1, 1, 0, 0, 0, 1, 1, 0, 0}, {0, 0, 1, 1, 0, 0, 0, 0, 0, 1}},
+      torch::kLong);
+  CausalPlan plan = BuildCausalPlan(BlockIdsFromTokenTypes(types), 4);
+  EXPECT_EQ(plan.window, 4);
+  using Range = std::pair<int64_t, int64_t>;
+  EXPECT_THAT(plan.dense_rows,
+              ::testing::ElementsAre(Range{1, 4}, Range{6, 8}, Range{9, 10}));
+  EXPECT_TRUE(BuildCausalPlan(torch::Tensor(), 0).dense_rows.empty());
+}
+
+// The planned attention (flash with a window, image rows against the bias)
+// against the bias path in fp32: values and gradients. Needs a GPU.
+TEST(CausalPlanTest, PlannedAttentionMatchesTheBiasOnCuda) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const AttentionKernel before = GetAttentionKernel();
+  SetAttentionKernel(AttentionKernel::kSdpa);
+  torch::manual_seed(12);
+  const torch::Device dev(torch::kCUDA);
+  const int64_t b = 2, l = 300, h = 128, hd = 256;
+  torch::Tensor types = torch::zeros({b, l}, torch::kLong);
+  types[0].narrow(0, 20, 70).fill_(1);
+  types[1].narrow(0, 100, 40).fill_(1);
+  types[1].narrow(0, 150, 30).fill_(1);
+  torch::Tensor blocks = BlockIdsFromTokenTypes(types).to(dev);
+  RopeParams rope;
+  torch::Tensor pos = torch::arange(l, torch::kLong).unsqueeze(0).to(dev);
+  for (int64_t window : {int64_t{64}, int64_t{0}}) {
+    Attention attn(AttentionOptions(h, 8, 4, hd));
+    attn->to(dev);
+    MaskSpec spec;
+    spec.batch = b;
+    spec.q_len = l;
+    spec.kv_len = l;
+    spec.sliding_window = window;
+    spec.block_ids = blocks;
+    spec.device = dev;
+    torch::Tensor x = torch::randn({b, l, h}, torch::TensorOptions(dev));
+    torch::Tensor gy = torch::randn({b, l, h}, torch::TensorOptions(dev));
+    // Reference: fp32, bias path.
+    auto [cf, sf] =
+        RopeCosSin(RopeInverseFrequencies(hd, rope), pos, torch::kFloat);
+    torch::Tensor xf = x.clone().requires_grad_(true);
+    torch::Tensor ref =
+        attn->forward(xf, cf, sf, BuildAttentionBias(spec, torch::kFloat));
+    (ref * gy).sum().backward();
+    torch::Tensor ref_wgrad = attn->qkv->weight.grad().clone();
+    attn->zero_grad();
+    // Planned, bf16.
+    attn->to(torch::kBFloat16);
+    auto [cb, sb] =
+        RopeCosSin(RopeInverseFrequencies(hd, rope), pos, torch::kBFloat16);
+    CausalPlan plan = BuildCausalPlan(blocks, window);
+    torch::Tensor xb = x.to(torch::kBFloat16).requires_grad_(true);
+    torch::Tensor out = attn->forward(
+        xb, cb, sb, BuildAttentionBias(spec, torch::kBFloat16), nullptr, &plan);
+    (out * gy.to(torch::kBFloat16)).sum().backward();
+    auto rel = [](const torch::Tensor& a, const torch::Tensor& r) {
+      return ((a.to(torch::kFloat) - r).norm() / r.norm()).item<double>();
+    };
+    EXPECT_LT(rel(out, ref), 2e-2) << "window " << window;
+    EXPECT_LT(rel(xb.grad(), xf.grad()), 3e-2) << "window " << window;
+    EXPECT_LT(rel(attn->qkv->weight.grad(), ref_wgrad), 3e-2)
+        << "window " << window;
+  }
+  SetAttentionKernel(before);
+}
+
 TEST(MaskTest, PackedSegmentsFromPositions) {
   EXPECT_FALSE(
       SegmentIdsFromPositions(torch::tensor({{0, 1, 2, 3}}), 2).defined());
@@ -160,7 +253,8 @@ TEST(KvCacheTest, InPlaceBufferMatchesConcatenationOverManySteps) {
     float next = 0;
     for (int step = 0; step < 300; ++step) {
       const int64_t l = step == 0 ? 7 : (step % 17 == 0 ? 3 : 1);
-      torch::Tensor k = torch::arange(next, next + l, torch::kFloat).view({1, 1, l, 1});
+      torch::Tensor k =
+          torch::arange(next, next + l, torch::kFloat).view({1, 1, l, 1});
       torch::Tensor v = -k;
       const int64_t held_before =
           window > 0 ? std::min<int64_t>(history.size(), window - 1)

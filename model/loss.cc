@@ -11,6 +11,66 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// One chunk's contribution: loss sum, correct count, and (when asked) the
+// gradient of -sum log p(y) with respect to the chunk's logits, z [n, V].
+struct ChunkResult {
+  torch::Tensor loss, correct;
+  torch::Tensor grad_z;      // [n, V]; rows of ignored targets are NOT zeroed
+  bool rows_masked = false;  // whether grad_z's ignored rows are already 0
+};
+
+// Exact fp32 math (the reference; CPU parity runs here): logits upcast,
+// optional soft-capping, log-softmax, softmax - onehot in fp32.
+ChunkResult Fp32Chunk(const torch::Tensor& z_in, const torch::Tensor& safe,
+                      const torch::Tensor& tc, const torch::Tensor& valid,
+                      double softcap, bool need_grad) {
+  ChunkResult r;
+  torch::Tensor z = z_in.to(torch::kFloat);
+  torch::Tensor t;  // tanh(z / cap) when capped
+  if (softcap > 0) {
+    t = torch::tanh(z / softcap);
+    z = t * softcap;
+  }
+  torch::Tensor logp = torch::log_softmax(z, -1);
+  torch::Tensor picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1);
+  r.loss = -(picked * valid.to(torch::kFloat)).sum();
+  r.correct = (z.argmax(1).eq(tc) & valid).sum();
+  if (!need_grad) return r;
+  // d(-log p_y)/dz = softmax - onehot(y), zero on ignored rows.
+  torch::Tensor g = logp.exp_();
+  g.scatter_add_(1, safe.unsqueeze(1),
+                 -torch::ones({z.size(0), 1}, g.options()));
+  g.mul_(valid.to(torch::kFloat).unsqueeze(1));
+  if (softcap > 0) g.mul_(1 - t * t);
+  r.grad_z = g;
+  r.rows_masked = true;
+  return r;
+}
+
+// bf16/fp16 logits without soft-capping (Gemma 3): the [n, V] logits are
+// never upcast as a whole. log-softmax reads them once into fp32 for the
+// loss, softmax writes the gradient straight in the logits' dtype (fp32
+// inside the kernel), and argmax reads the logits as they are (the upcast is
+// exact, so the index is the same). The gradient is what autograd would hand
+// the head's matmul in transformers: softmax - onehot, rounded to bf16 once.
+ChunkResult ReducedPrecisionChunk(const torch::Tensor& z,
+                                  const torch::Tensor& safe,
+                                  const torch::Tensor& tc,
+                                  const torch::Tensor& valid, bool need_grad) {
+  ChunkResult r;
+  torch::Tensor logp = torch::log_softmax(z, -1, torch::kFloat);
+  torch::Tensor picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1);
+  r.loss = -(picked * valid.to(torch::kFloat)).sum();
+  r.correct = (z.argmax(1).eq(tc) & valid).sum();
+  if (!need_grad) return r;
+  logp = torch::Tensor();  // free the fp32 copy before the gradient
+  torch::Tensor g = torch::softmax(z, -1);
+  g.scatter_add_(1, safe.unsqueeze(1),
+                 -torch::ones({z.size(0), 1}, g.options()));
+  r.grad_z = g;
+  return r;
+}
+
 // Forward computes loss, and the gradients for a unit upstream gradient;
 // backward scales them by the upstream gradient.
 class FusedLinearCrossEntropy
@@ -23,41 +83,65 @@ class FusedLinearCrossEntropy
     const int64_t n = h.size(0);
     const bool need_h = h.requires_grad();
     const bool need_w = weight.requires_grad();
+    const bool reduced = softcap <= 0 && h.scalar_type() != torch::kFloat &&
+                         h.scalar_type() != torch::kDouble;
+    const bool one_chunk = n <= chunk;
     torch::Tensor loss = torch::zeros({}, h.options().dtype(torch::kFloat));
     torch::Tensor correct = torch::zeros({}, targets.options());
-    torch::Tensor grad_h = need_h ? torch::zeros_like(h) : torch::Tensor();
-    torch::Tensor grad_w_acc =
-        need_w ? torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat))
-               : torch::Tensor();
+    torch::Tensor grad_h = need_h ? torch::empty_like(h) : torch::Tensor();
+    // The head's gradient: one chunk writes it in the weight's dtype
+    // directly; several accumulate in fp32.
+    torch::Tensor grad_w;
+    if (need_w && !one_chunk) {
+      grad_w =
+          torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat));
+    }
     for (int64_t s = 0; s < n; s += chunk) {
       const int64_t len = std::min(chunk, n - s);
       torch::Tensor hc = h.narrow(0, s, len);
       torch::Tensor tc = targets.narrow(0, s, len);
       torch::Tensor valid = tc.ne(ignore_index);
       torch::Tensor safe = torch::where(valid, tc, torch::zeros_like(tc));
-      torch::Tensor z = torch::matmul(hc, weight.t()).to(torch::kFloat);
-      torch::Tensor t;  // tanh(z / cap) when capped
-      if (softcap > 0) {
-        t = torch::tanh(z / softcap);
-        z = t * softcap;
+      torch::Tensor z = torch::matmul(hc, weight.t());
+      const bool need_grad = need_h || need_w;
+      ChunkResult r = reduced
+                          ? ReducedPrecisionChunk(z, safe, tc, valid, need_grad)
+                          : Fp32Chunk(z, safe, tc, valid, softcap, need_grad);
+      z = torch::Tensor();
+      loss += r.loss;
+      correct += r.correct;
+      if (!need_grad) continue;
+      // Rows of ignored targets get no gradient: zero them in the small
+      // [len, H] operands instead of the [len, V] gradient (multiplying by
+      // 0 or 1 gives the same terms).
+      torch::Tensor row_mask = r.rows_masked
+                                   ? torch::Tensor()
+                                   : valid.to(h.scalar_type()).unsqueeze(1);
+      torch::Tensor gz = r.grad_z.to(h.scalar_type());
+      if (need_h) {
+        torch::Tensor gh = torch::matmul(gz, weight);
+        if (row_mask.defined()) gh.mul_(row_mask);
+        grad_h.narrow(0, s, len).copy_(gh);
       }
-      torch::Tensor logp = torch::log_softmax(z, -1);
-      torch::Tensor picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1);
-      loss -= (picked * valid.to(torch::kFloat)).sum();
-      correct += (z.argmax(1).eq(tc) & valid).sum();
-      if (!need_h && !need_w) continue;
-      // d(-log p_y)/dz = softmax - onehot(y), zero on ignored rows.
-      torch::Tensor g = logp.exp_();
-      g.scatter_add_(1, safe.unsqueeze(1),
-                     -torch::ones({len, 1}, g.options()));
-      g.mul_(valid.to(torch::kFloat).unsqueeze(1));
-      if (softcap > 0) g.mul_(1 - t * t);
-      torch::Tensor gd = g.to(h.scalar_type());
-      if (need_h) grad_h.narrow(0, s, len).copy_(torch::matmul(gd, weight));
-      if (need_w) grad_w_acc.add_(torch::matmul(g.t(), hc.to(torch::kFloat)));
+      if (need_w) {
+        torch::Tensor hm = row_mask.defined() ? hc * row_mask : hc;
+        if (reduced) {
+          // bf16 operands, fp32 accumulation inside the GEMM.
+          torch::Tensor gw = torch::matmul(gz.t(), hm);
+          if (one_chunk) {
+            grad_w = gw;
+          } else {
+            grad_w.add_(gw);
+          }
+        } else if (one_chunk) {
+          grad_w = torch::matmul(r.grad_z.t(), hm.to(torch::kFloat));
+        } else {
+          grad_w.add_(torch::matmul(r.grad_z.t(), hm.to(torch::kFloat)));
+        }
+      }
     }
-    ctx->save_for_backward({grad_h, need_w ? grad_w_acc.to(weight.scalar_type())
-                                           : torch::Tensor()});
+    ctx->save_for_backward(
+        {grad_h, need_w ? grad_w.to(weight.scalar_type()) : torch::Tensor()});
     ctx->mark_non_differentiable({correct});
     return {loss, correct};
   }
@@ -68,7 +152,11 @@ class FusedLinearCrossEntropy
     torch::Tensor gh, gw;
     if (saved[0].defined()) gh = saved[0] * go.to(saved[0].scalar_type());
     if (saved[1].defined()) gw = saved[1] * go.to(saved[1].scalar_type());
-    return {gh, gw, torch::Tensor(), torch::Tensor(), torch::Tensor(),
+    return {gh,
+            gw,
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
             torch::Tensor()};
   }
 };
@@ -85,8 +173,8 @@ LmLoss TokenLoss(const at::Tensor& h, const at::Tensor& weight,
               h.sizes());
   torch::Tensor tg = targets.to(torch::kLong);
   auto out = FusedLinearCrossEntropy::apply(
-      h, weight, tg, options.softcap, std::max<int64_t>(1, options.chunk_tokens),
-      options.ignore_index);
+      h, weight, tg, options.softcap,
+      std::max<int64_t>(1, options.chunk_tokens), options.ignore_index);
   LmLoss r;
   r.loss_sum = out[0];
   r.correct = out[1];

@@ -4,10 +4,14 @@
 // FusedLinearCrossEntropy runs the head and the cross-entropy chunk by chunk
 // in forward and computes the gradients of the hidden states and of the head
 // weight there too (logits and softmax of one chunk at a time), so peak extra
-// memory is one chunk's [chunk, V] fp32 logits instead of the whole batch's.
+// memory is one chunk's [chunk, V] logits instead of the whole batch's.
 // Numerics follow transformers' ForCausalLMLoss: logits in the hidden dtype,
 // upcast to fp32, optional soft-capping cap * tanh(z / cap), log-softmax in
-// fp32, labels shifted by one, label -100 ignored.
+// fp32, labels shifted by one, label -100 ignored. With bf16/fp16 hidden
+// states and no soft-capping the logits stay in their dtype (log-softmax and
+// softmax compute in fp32 inside their kernels) and the gradient of the
+// logits is rounded to that dtype once, as autograd does in transformers, so
+// the head's two gradient matmuls run on the tensor cores.
 #ifndef GEMMA_MODEL_LOSS_H_
 #define GEMMA_MODEL_LOSS_H_
 
@@ -36,7 +40,8 @@ struct LmLossOptions {
 // labels[t + 1]. Gradients flow to `hidden` and to `weight` when they require
 // them. Throws c10::Error on shape mismatches.
 LmLoss CausalLmLoss(const at::Tensor& hidden, const at::Tensor& weight,
-                    const at::Tensor& labels, const LmLossOptions& options = {});
+                    const at::Tensor& labels,
+                    const LmLossOptions& options = {});
 
 // The same for already shifted rows: h [N, H] and targets [N] (no ignored
 // entries needed; they are honoured if present).

@@ -16,8 +16,9 @@ torch::Tensor NaiveLoss(const torch::Tensor& hidden, const torch::Tensor& w,
   torch::Tensor y = labels.narrow(1, 1, t - 1).reshape({-1});
   return torch::nn::functional::cross_entropy(
       z, y,
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(
-          torch::kSum));
+      torch::nn::functional::CrossEntropyFuncOptions()
+          .ignore_index(-100)
+          .reduction(torch::kSum));
 }
 
 class LossTest : public ::testing::TestWithParam<double> {};
@@ -62,6 +63,46 @@ TEST_P(LossTest, MatchesFullLogitsLossAndGradients) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Softcap, LossTest, ::testing::Values(0.0, 3.0));
+
+// bf16 without soft-capping takes the reduced-precision path (logits never
+// upcast whole, bf16 gradient matmuls): it must agree with transformers'
+// formulation in bf16 (logits upcast, autograd) to bf16 rounding, with one
+// chunk (gradient written directly) and with several (fp32 accumulation).
+TEST(LossTest, Bf16MatchesFullLogitsLossToRounding) {
+  torch::manual_seed(5);
+  const int64_t b = 2, t = 40, h = 32, v = 300;
+  torch::Tensor hidden = torch::randn({b, t, h}).to(torch::kBFloat16);
+  torch::Tensor w = (torch::randn({v, h}) * 0.3).to(torch::kBFloat16);
+  torch::Tensor labels = torch::randint(0, v, {b, t}, torch::kLong);
+  labels.index_put_({0, torch::indexing::Slice(0, 9)}, -100);
+
+  torch::Tensor h2 = hidden.clone().requires_grad_(true);
+  torch::Tensor w2 = w.clone().requires_grad_(true);
+  torch::Tensor ref = NaiveLoss(h2, w2, labels, 0.0);
+  ref.backward();
+  auto rel = [](const torch::Tensor& a, const torch::Tensor& r) {
+    return ((a.to(torch::kFloat) - r.to(torch::kFloat)).norm() /
+            r.to(torch::kFloat).norm())
+        .item<double>();
+  };
+  for (int64_t chunk : {int64_t{4096}, int64_t{16}}) {
+    torch::Tensor h1 = hidden.clone().requires_grad_(true);
+    torch::Tensor w1 = w.clone().requires_grad_(true);
+    LmLossOptions opt;
+    opt.chunk_tokens = chunk;
+    LmLoss ours = CausalLmLoss(h1, w1, labels, opt);
+    ours.loss_sum.backward();
+    EXPECT_NEAR(ours.loss_sum.item<double>(), ref.item<double>(),
+                1e-3 * std::abs(ref.item<double>()))
+        << "chunk " << chunk;
+    EXPECT_EQ(h1.grad().scalar_type(), torch::kBFloat16);
+    EXPECT_EQ(w1.grad().scalar_type(), torch::kBFloat16);
+    EXPECT_LT(rel(h1.grad(), h2.grad()), 2e-2) << "chunk " << chunk;
+    EXPECT_LT(rel(w1.grad(), w2.grad()), 2e-2) << "chunk " << chunk;
+    // Ignored rows get exactly no gradient.
+    EXPECT_EQ(h1.grad()[0].narrow(0, 0, 8).abs().sum().item<float>(), 0.0f);
+  }
+}
 
 TEST(LossTest, FrozenHeadGetsNoGradientAndHiddenStillDoes) {
   torch::manual_seed(4);

@@ -50,6 +50,24 @@ struct RecomputeFnFunction
   }
 };
 
+// A CausalPlan as saved data: {window, start0, end0, start1, end1, ...}.
+std::vector<int64_t> EncodePlan(const CausalPlan& plan) {
+  std::vector<int64_t> v{plan.window};
+  for (const auto& [s, e] : plan.dense_rows) {
+    v.push_back(s);
+    v.push_back(e);
+  }
+  return v;
+}
+
+CausalPlan DecodePlan(const std::vector<int64_t>& v) {
+  CausalPlan plan;
+  plan.window = v.at(0);
+  for (size_t i = 1; i + 1 < v.size(); i += 2)
+    plan.dense_rows.emplace_back(v[i], v[i + 1]);
+  return plan;
+}
+
 // Reentrant recomputation (as torch.utils.checkpoint with use_reentrant):
 // forward runs without grad and saves the inputs; backward reruns the layer
 // on a detached copy of x with grad enabled and back-propagates through it,
@@ -58,11 +76,13 @@ struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx,
                             const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& sin, const at::Tensor& bias,
-                            Gemma3DecoderLayerImpl* layer) {
+                            Gemma3DecoderLayerImpl* layer,
+                            const CausalPlan* plan) {
     ctx->save_for_backward({x, cos, sin, bias});
     ctx->saved_data["layer"] =
         static_cast<int64_t>(reinterpret_cast<intptr_t>(layer));
-    return layer->forward(x, cos, sin, bias, nullptr);
+    if (plan != nullptr) ctx->saved_data["plan"] = EncodePlan(*plan);
+    return layer->forward(x, cos, sin, bias, nullptr, plan);
   }
 
   static torch::autograd::variable_list backward(
@@ -72,14 +92,20 @@ struct RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
     auto* layer = reinterpret_cast<Gemma3DecoderLayerImpl*>(
         static_cast<intptr_t>(ctx->saved_data["layer"].toInt()));
     at::Tensor x = saved[0].detach().requires_grad_(true);
+    const bool has_plan = ctx->saved_data.count("plan") > 0;
+    const CausalPlan plan =
+        has_plan ? DecodePlan(ctx->saved_data["plan"].toIntVector())
+                 : CausalPlan();
     at::Tensor y;
     {
       torch::AutoGradMode grad_mode(true);
       InRecomputeGuard rerun;
-      y = layer->forward(x, saved[1], saved[2], saved[3], nullptr);
+      y = layer->forward(x, saved[1], saved[2], saved[3], nullptr,
+                         has_plan ? &plan : nullptr);
     }
     torch::autograd::backward({y}, {grad_out[0]});
-    return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {x.grad(),     at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -104,12 +130,12 @@ at::Tensor RecomputedForward(const at::Tensor& x,
 
 at::Tensor RecomputedLayerForward(Gemma3DecoderLayerImpl& layer,
                                   const at::Tensor& x, const at::Tensor& cos,
-                                  const at::Tensor& sin,
-                                  const at::Tensor& bias) {
+                                  const at::Tensor& sin, const at::Tensor& bias,
+                                  const CausalPlan* plan) {
   if (!x.requires_grad() || !torch::GradMode::is_enabled()) {
-    return layer.forward(x, cos, sin, bias, nullptr);
+    return layer.forward(x, cos, sin, bias, nullptr, plan);
   }
-  return RecomputeFunction::apply(x, cos, sin, bias, &layer);
+  return RecomputeFunction::apply(x, cos, sin, bias, &layer, plan);
 }
 
 }  // namespace gemma

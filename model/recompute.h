@@ -38,18 +38,19 @@ bool RecomputeEnabled();
 // bookkeeping that must count a forward once (router load) skips it then.
 bool InRecompute();
 
-// The same for any layer: `fn(x)` is run without keeping its activations and
+// Any layer: `fn(x)` is run without keeping its activations and
 // rerun in backward. `fn` must be deterministic and hold everything it needs
 // besides x by value (it outlives the caller's frame until backward).
 at::Tensor RecomputedForward(const at::Tensor& x,
                              std::function<at::Tensor(const at::Tensor&)> fn);
 
-// layer->forward(x, cos, sin, bias) without keeping its activations; the
-// parameters' gradients are accumulated into their .grad() in backward.
+// layer->forward(x, cos, sin, bias, nullptr, plan) without keeping its
+// activations; the parameters' gradients are accumulated into their .grad()
+// in backward. The plan (may be null) is copied for the rerun.
 at::Tensor RecomputedLayerForward(Gemma3DecoderLayerImpl& layer,
                                   const at::Tensor& x, const at::Tensor& cos,
-                                  const at::Tensor& sin,
-                                  const at::Tensor& bias);
+                                  const at::Tensor& sin, const at::Tensor& bias,
+                                  const CausalPlan* plan = nullptr);
 
 }  // namespace gemma
 
