@@ -38,7 +38,8 @@ TEST(RecipesTest, EveryRecipeParsesAndPassesTheSpecChecks) {
        {"gemma3-4b-sft.yaml", "gemma3-12b-sft.yaml", "gemma3-27b-sft.yaml",
         "gemma3-4b-peft.yaml", "gemma3-12b-peft.yaml", "gemma3-27b-peft.yaml",
         "tiny-sft.yaml", "tiny-peft.yaml", "tiny-eval.yaml",
-        "tiny-generate.yaml", "diagnose.yaml"}) {
+        "tiny-generate.yaml", "diagnose.yaml", "gemma4-26b-a4b-sft.yaml",
+        "gemma4-26b-a4b-peft.yaml", "tiny-moe-sft.yaml"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   }
   for (const std::string& n : names) {
@@ -84,6 +85,35 @@ TEST(RecipesTest, Gemma3RecipesCarryTheReferenceHyperparameters) {
                                              s->peft().target_modules().end()),
                     ::testing::ElementsAre("qkv", "o", "gate_up", "down"));
       }
+    }
+  }
+}
+
+// Gemma 4 26B-A4B: SFT on 8 GPUs with experts over 8 EP ranks,
+// recomputation and a frozen vision tower; LoRA on 4 GPUs at EP 4; the
+// reference hyperparameters as for Gemma 3.
+TEST(RecipesTest, Gemma4RecipesUseExpertParallelism) {
+  for (const std::string kind : {"sft", "peft"}) {
+    const std::string name = "gemma4-26b-a4b-" + kind + ".yaml";
+    SCOPED_TRACE(name);
+    auto s = LoadJobSpecFile(kDir + "/" + name);
+    ASSERT_TRUE(s.ok()) << s.status();
+    const int gpus = kind == "sft" ? 8 : 4;
+    EXPECT_EQ(WorldSize(*s), gpus);
+    EXPECT_EQ(s->parallel().ep(), gpus);
+    EXPECT_EQ(128 % s->parallel().ep(), 0);  // the preset's num_experts
+    EXPECT_TRUE(s->model().recompute());
+    EXPECT_EQ(s->model().dtype(), "bfloat16");
+    EXPECT_EQ(s->data().seq_len(), 4096);
+    EXPECT_EQ(s->optim().global_batch_size(), 32);
+    EXPECT_EQ(32 % (s->data().batch_size() * s->parallel().dp()), 0);
+    EXPECT_DOUBLE_EQ(s->optim().lr(), kind == "sft" ? 5e-5 : 2e-4);
+    if (kind == "sft") {
+      EXPECT_THAT(std::vector<std::string>(s->model().freeze().begin(),
+                                           s->model().freeze().end()),
+                  ::testing::ElementsAre("vision"));
+    } else {
+      EXPECT_EQ(s->peft().rank(), 32);
     }
   }
 }
