@@ -2,7 +2,13 @@
 
 #include <torch/torch.h>
 
+#ifdef GEMMA_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "model/recompute.h"
@@ -52,11 +58,61 @@ MoeExpertsImpl::MoeExpertsImpl(int64_t h, int64_t im, int64_t first_in,
   down = register_parameter("down", torch::randn({n, h, im}) * 0.02);
 }
 
+namespace {
+
+// Identity whose backward hands on a contiguous gradient: the grouped GEMM's
+// backward (torch 2.11) refuses expanded gradients such as those of a sum.
+struct ContiguousGrad : public torch::autograd::Function<ContiguousGrad> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*,
+                               const torch::Tensor& x) {
+    return x.view_as(x);
+  }
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext*, torch::autograd::variable_list g) {
+    return {g[0].contiguous()};
+  }
+};
+
+}  // namespace
+
+bool MoeGroupedGemmSupported(const torch::Tensor& x, int64_t hidden,
+                             int64_t intermediate) {
+  // cuBLAS grouped GEMM (torch._grouped_mm): bf16 on Hopper or newer, with
+  // 16-byte aligned rows (dims multiples of 8).
+  if (!x.is_cuda() || x.scalar_type() != torch::kBFloat16) return false;
+  if (hidden % 8 != 0 || intermediate % 8 != 0) return false;
+  const char* env = std::getenv("GEMMA_MOE_GROUPED_GEMM");
+  if (env != nullptr && std::string(env) == "0") return false;
+#ifdef GEMMA_WITH_CUDA
+  const auto* prop = at::cuda::getDeviceProperties(x.device().index());
+  return prop != nullptr && prop->major >= 9;
+#else
+  return false;
+#endif
+}
+
 torch::Tensor MoeExpertsImpl::forward(const torch::Tensor& x,
                                       const std::vector<int64_t>& counts) {
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == num_local,
               "MoeExperts: ", counts.size(), " counts for ", num_local,
               " experts");
+  if (grouped_gemm && MoeGroupedGemmSupported(x, hidden_size, intermediate)) {
+    // One grouped GEMM per projection over all local experts: group e is
+    // rows [offs[e-1], offs[e]) of x times expert e's weight.
+    std::vector<int32_t> ends(counts.size());
+    int64_t total = 0;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      total += counts[e];
+      ends[e] = static_cast<int32_t>(total);
+    }
+    torch::Tensor offs = torch::tensor(ends, torch::kInt32)
+                             .to(x.device(), /*non_blocking=*/true);
+    torch::Tensor gu = at::_grouped_mm(x, gate_up.transpose(1, 2), offs);
+    std::vector<torch::Tensor> halves = gu.chunk(2, -1);
+    torch::Tensor h = torch::gelu(halves[0], "tanh") * halves[1];
+    return ContiguousGrad::apply(
+        at::_grouped_mm(h, down.transpose(1, 2), offs));
+  }
   std::vector<torch::Tensor> parts = x.split_with_sizes(counts, 0);
   std::vector<torch::Tensor> outs;
   outs.reserve(parts.size());

@@ -85,6 +85,10 @@ class MoeExpertsImpl : public torch::nn::Module {
                         const std::vector<int64_t>& counts);
 
   int64_t hidden_size, intermediate, first, num_local;
+  // On CUDA in bf16 (Hopper or newer), both projections run as one grouped
+  // GEMM over the local experts (at::_grouped_mm) instead of a loop of
+  // per-expert GEMMs; GEMMA_MOE_GROUPED_GEMM=0 or false here keeps the loop.
+  bool grouped_gemm = true;
   torch::Tensor gate_up;  // [num_local, 2 Im, H]
   torch::Tensor down;     // [num_local, H, Im]
 };
@@ -124,6 +128,10 @@ class MoeBlockImpl : public torch::nn::Module {
   torch::Tensor tokens_per_expert_;
 };
 TORCH_MODULE(MoeBlock);
+
+// Whether MoeExperts can use the grouped GEMM for `x` (see grouped_gemm).
+bool MoeGroupedGemmSupported(const torch::Tensor& x, int64_t hidden,
+                             int64_t intermediate);
 
 // Sends rows of `x` (grouped by destination rank, send_counts[r] rows to rank
 // r) through `comm` and returns the rows received, grouped by source rank;
