@@ -93,6 +93,14 @@ TEST(JobSpecYamlTest, ValidationNamesTheField) {
   spec = ParseJobSpecYaml("kind: sft\n", "r.yaml");
   EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
               HasSubstr("spec.model.path: required for kind sft"));
+  spec = ParseJobSpecYaml(
+      "kind: peft\nparallel: {tp: 2, dp: 2}\nmodel: {path: /m}\n"
+      "data: {train: /d.jsonl}\noptim: {lr: 1e-4, max_steps: 5}\n"
+      "peft: {rank: 8}\n",
+      "r.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
+              HasSubstr("spec.parallel.tp: peft trains with data"));
   spec = ParseJobSpecYaml("parallel: {tp: 1}\n", "r.yaml");
   EXPECT_THAT(Msg(ValidateJobSpec(*spec)), HasSubstr("spec.kind: required"));
   spec = ParseJobSpecYaml("kind: diagnose\nrestart: {max_restarts: -1}\n",

@@ -113,9 +113,8 @@ absl::Status CheckPeft(const v1::PeftSpec& p) {
   // the model's own are checked when the adapters are attached): Gemma 3's
   // SigLIP has fc1/fc2, Gemma 4's vision tower gate_up/down.
   static const char* kTargets[] = {
-      "qkv",      "o",          "gate_up",        "down",
-      "vision.qkv", "vision.o", "vision.fc1",     "vision.fc2",
-      "vision.gate_up", "vision.down"};
+      "qkv",      "o",          "gate_up",    "down",           "vision.qkv",
+      "vision.o", "vision.fc1", "vision.fc2", "vision.gate_up", "vision.down"};
   for (int i = 0; i < p.target_modules_size(); ++i) {
     bool known = false;
     for (const char* t : kTargets) known = known || p.target_modules(i) == t;
@@ -232,6 +231,14 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
       if (auto s = CheckTraining(spec); !s.ok()) return s;
       if (spec.kind() == v1::JOB_KIND_PEFT) {  // same rules as model/lora.h
         if (auto s = CheckPeft(spec.peft()); !s.ok()) return s;
+        // Refused here rather than when the ranks start (jobs/peft_job.cc).
+        if (spec.parallel().tp() > 1) {
+          return Bad("parallel.tp",
+                     absl::StrCat("peft trains with data (and expert) "
+                                  "parallelism only: adapters do not split "
+                                  "over tensor-parallel ranks yet; got tp ",
+                                  spec.parallel().tp()));
+        }
       }
       break;
     case v1::JOB_KIND_EVAL: {
