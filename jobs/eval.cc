@@ -14,7 +14,10 @@
 #include "data/dataset.h"
 #include "data/metrics.h"
 #include "jobs/generate_job.h"
+#include "jobs/train_model.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
+#include "model/lora_layout.h"
 #include "model/loss.h"
 #include "model/weights.h"
 
@@ -50,15 +53,15 @@ class EvalJob : public Job {
  private:
   // Loss of one batch, added to `m`.
   absl::Status AddBatchLoss(Gemma3Model& model, const Batch& batch,
-                            const c10::Device& dev, double softcap,
-                            LossMetrics* m) {
+                            const c10::Device& dev, at::ScalarType dtype,
+                            double softcap, LossMetrics* m) {
     torch::NoGradGuard no_grad;
     ModelInputs in;
     in.input_ids = batch.input_ids.to(dev);
     const bool images =
         batch.pixel_values.defined() && batch.pixel_values.size(0) > 0;
     if (images) {
-      in.pixel_values = batch.pixel_values.to(dev);
+      in.pixel_values = batch.pixel_values.to(dev).to(dtype);
       in.token_type_ids = batch.token_type_ids.to(dev);
     }
     DecoderInputs d;
@@ -72,6 +75,52 @@ class EvalJob : public Job {
     m->Add(l.loss_sum.item<double>(), l.tokens.item<int64_t>(),
            l.correct.item<int64_t>());
     return absl::OkStatus();
+  }
+
+  // Loss of one batch through a TrainModel (Gemma 4), added to `m`.
+  absl::Status AddTrainModelLoss(TrainModel& model, const Batch& batch,
+                                 const c10::Device& dev, at::ScalarType dtype,
+                                 LossMetrics* m) {
+    torch::NoGradGuard no_grad;
+    auto on = [&](const at::Tensor& t) { return t.defined() ? t.to(dev) : t; };
+    Batch b = batch;
+    b.input_ids = on(batch.input_ids);
+    b.labels = on(batch.labels);
+    b.attention_mask = on(batch.attention_mask);
+    b.position_ids = on(batch.position_ids);
+    b.token_type_ids = on(batch.token_type_ids);
+    b.image_positions = on(batch.image_positions);
+    if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
+      b.pixel_values = on(batch.pixel_values).to(dtype);
+    LmLoss l = model.Loss(b, /*packed=*/false, /*recompute=*/false);
+    m->Add(l.loss_sum.item<double>(), l.tokens.item<int64_t>(),
+           l.correct.item<int64_t>());
+    return absl::OkStatus();
+  }
+
+  // A Gemma 4 model (or a Gemma 4 adapter checkpoint) for evaluation, on one
+  // rank with every expert.
+  absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4(
+      const gemma::v1::JobSpec& spec) {
+    const std::string& path = spec.model().path();
+    std::string base = path;
+    const bool adapters = PathExists(path + "/adapter.json");
+    if (adapters) {
+      GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
+                             ReadAdapterCheckpointInfo(path));
+      base = info.base_model;
+    }
+    gemma::v1::JobSpec one = spec;
+    one.clear_parallel();
+    GEMMA_ASSIGN_OR_RETURN(auto model,
+                           OpenTrainModel(base, ParallelGroups{}, one));
+    if (adapters) {
+      GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout,
+                             AdapterLayoutOf(model->module()));
+      GEMMA_RETURN_IF_ERROR(
+          LoadAdapterCheckpoint(path, model->module(), layout).status());
+    }
+    return model;
   }
 
   absl::Status RunInner(RankContext& ctx) {
@@ -98,27 +147,74 @@ class EvalJob : public Job {
                            ReadDataset(data_path, ro, &stats));
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model,
-                           LoadJobModel(spec.model().path()));
     const c10::Device dev(ctx.device.empty() ? "cpu" : ctx.device);
-    model->to(dev);
-    model->eval();
-    const ModelConfig& config = model->config();
-    const double softcap =
-        !config.is_vl() && config.text.final_logit_softcapping.has_value()
-            ? *config.text.final_logit_softcapping
-            : 0.0;
+    const std::string& dtype_name = spec.model().dtype();
+    if (!dtype_name.empty() && dtype_name != "float32" &&
+        dtype_name != "bfloat16") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.model.dtype: must be float32 or bfloat16, got '", dtype_name,
+          "'"));
+    }
+    const at::ScalarType dtype =
+        dtype_name == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    // Gemma 4 through the trainer's model interface (teacher-forced metrics);
+    // Gemma 3 as before (with generation).
+    std::string family = "gemma3";
+    {
+      std::string base = spec.model().path();
+      if (PathExists(base + "/adapter.json")) {
+        GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
+                               ReadAdapterCheckpointInfo(base));
+        base = info.base_model;
+      }
+      GEMMA_ASSIGN_OR_RETURN(family, ModelFamily(base));
+    }
+    std::unique_ptr<TrainModel> g4;
+    Gemma3Model model{nullptr};
+    double softcap = 0.0;
+    if (family == "gemma4") {
+      if (e.generate_examples() > 0) {
+        return absl::UnimplementedError(
+            "spec.eval.generate_examples: generation metrics are not built for "
+            "Gemma 4 yet (set it to 0 for loss, perplexity and token "
+            "accuracy)");
+      }
+      GEMMA_ASSIGN_OR_RETURN(g4, OpenGemma4(spec));
+      GEMMA_RETURN_IF_ERROR(g4->CheckTokenizer(*tokenizer));
+      g4->module().to(dev, dtype);
+      g4->module().eval();
+    } else {
+      GEMMA_ASSIGN_OR_RETURN(model, LoadJobModel(spec.model().path()));
+      model->to(dev, dtype);
+      model->eval();
+      const ModelConfig& config = model->config();
+      softcap =
+          !config.is_vl() && config.text.final_logit_softcapping.has_value()
+              ? *config.text.final_logit_softcapping
+              : 0.0;
+    }
 
+    LossMetrics loss;
     BatchOptions bo;
     bo.batch_size = spec.data().batch_size() > 0 ? spec.data().batch_size() : 4;
     bo.seq_len = spec.data().seq_len() > 0 ? spec.data().seq_len() : 2048;
     bo.pad_to_multiple = spec.data().pad_to_multiple();
     bo.shuffle = false;
     bo.skip_bad = spec.data().skip_bad();
-    bo.chat.mm_tokens_per_image = static_cast<int>(config.mm_tokens_per_image);
-    if (config.vision.has_value())
-      bo.image.image_size = static_cast<int>(config.vision->image_size);
+    if (g4) {
+      g4->ConfigureBatches(bo);
+    } else {
+      const ModelConfig& config = model->config();
+      bo.chat.mm_tokens_per_image =
+          static_cast<int>(config.mm_tokens_per_image);
+      if (config.vision.has_value())
+        bo.image.image_size = static_cast<int>(config.vision->image_size);
+    }
     bo.image.do_pan_and_scan = spec.data().pan_and_scan();
+    auto add_loss = [&](const Batch& b) {
+      return g4 ? AddTrainModelLoss(*g4, b, dev, dtype, &loss)
+                : AddBatchLoss(model, b, dev, dtype, softcap, &loss);
+    };
 
     const int64_t n = static_cast<int64_t>(data.size());
     int64_t batches = (n + bo.batch_size - 1) / bo.batch_size;
@@ -135,7 +231,6 @@ class EvalJob : public Job {
                      gen_n > 0 ? absl::StrCat(", generation on ", gen_n) : ""));
     ctx.Progress(0, total_steps, {});
 
-    LossMetrics loss;
     int64_t skipped = stats.skipped;
     for (int64_t i = 0; i < batches; ++i) {
       if (ctx.Cancelled()) return absl::CancelledError("eval cancelled");
@@ -148,7 +243,7 @@ class EvalJob : public Job {
                              DataLoader::Create(chunk, tokenizer.get(), o));
       GEMMA_ASSIGN_OR_RETURN(Batch batch, loader->Next());
       if (loader->skipped() == 0) {
-        GEMMA_RETURN_IF_ERROR(AddBatchLoss(model, batch, dev, softcap, &loss));
+        GEMMA_RETURN_IF_ERROR(add_loss(batch));
       } else {
         // A bad conversation was skipped and the batch refilled from the
         // chunk again: evaluate the chunk one conversation at a time instead.
@@ -161,7 +256,7 @@ class EvalJob : public Job {
             ++skipped;
             continue;
           }
-          GEMMA_RETURN_IF_ERROR(AddBatchLoss(model, *b, dev, softcap, &loss));
+          GEMMA_RETURN_IF_ERROR(add_loss(*b));
         }
       }
       ctx.Progress(i + 1, total_steps,

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <map>
 #include <string>
 #include <vector>
@@ -16,12 +17,15 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "data/dataset.h"
+#include "jobs/eval.h"
 #include "jobs/peft_job.h"
 #include "jobs/train_test_util.h"
 #include "jobs/trainer.h"
 #include "jobs/trainer_ranks_test_util.h"
 #include "model/checkpoint.h"
 #include "model/gemma4_checkpoint.h"
+#include "model/gemma4_model.h"
 #include "model/hf_mapping_gemma4.h"
 #include "worker/comm.h"
 
@@ -271,6 +275,71 @@ TEST_F(TrainerEpTest, PeftUnderExpertParallelism) {
   auto merged = LoadGemma4RankWeights(Root("peft-out") + "/merged", 1, 0);
   ASSERT_TRUE(merged.ok()) << merged.status();
   EXPECT_TRUE(PathExists(Root("peft-out") + "/merged/rank-00001.safetensors"));
+}
+
+// The eval job on a Gemma 4 model: its loss and token accuracy equal those
+// computed from the model's full logits (HF's forward, checked against
+// transformers by the parity suite) with a plain log-softmax over the same
+// batches; generation metrics are refused by name.
+TEST_F(TrainerEpTest, EvalJobOnTheMoeModel) {
+  gemma::v1::JobSpec spec;
+  spec.set_kind(gemma::v1::JOB_KIND_EVAL);
+  spec.mutable_model()->set_path(*g_dir + "/model");
+  spec.mutable_data()->set_eval(*g_dir + "/data/text.jsonl");
+  spec.mutable_data()->set_batch_size(4);
+  spec.mutable_data()->set_seq_len(128);
+  spec.mutable_eval()->set_max_batches(2);
+  spec.mutable_eval()->set_report(Root("eval.json"));
+  RankContext ctx;
+  ctx.spec = spec;
+  auto st = NewEvalJob()->Run(ctx);
+  ASSERT_TRUE(st.ok()) << st;
+  std::ifstream in(Root("eval.json"));
+  const nlohmann::json report = nlohmann::json::parse(in, nullptr, false);
+  ASSERT_TRUE(report.is_object());
+
+  // The reference: the first 8 conversations, logits of the whole model.
+  auto model = LoadGemma4Model(*g_dir + "/model");
+  ASSERT_TRUE(model.ok()) << model.status();
+  (*model)->eval();
+  auto tok = Tokenizer::Load(*g_dir + "/model/tokenizer.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto data = ReadDataset(*g_dir + "/data/text.jsonl");
+  ASSERT_TRUE(data.ok()) << data.status();
+  data->resize(8);
+  BatchOptions bo;
+  bo.batch_size = 8;
+  bo.seq_len = 128;
+  bo.shuffle = false;
+  bo.chat.format = ChatFormat::kGemma4;
+  auto loader = DataLoader::Create(*data, tok->get(), bo);
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  auto batch = (*loader)->Next();
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  torch::NoGradGuard no_grad;
+  Gemma4Inputs gi;
+  gi.input_ids = batch->input_ids;
+  gi.attention_mask = batch->attention_mask;
+  torch::Tensor logits = (*model)->forward(gi).to(torch::kDouble);
+  torch::Tensor labels = batch->labels.narrow(1, 1, batch->labels.size(1) - 1);
+  torch::Tensor lp = torch::log_softmax(
+      logits.narrow(1, 0, logits.size(1) - 1), -1);
+  torch::Tensor valid = labels.ne(-100);
+  torch::Tensor picked =
+      lp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1);
+  const double tokens = valid.sum().item<double>();
+  const double want_loss = -(picked * valid).sum().item<double>() / tokens;
+  const double want_acc =
+      (lp.argmax(-1).eq(labels) & valid).sum().item<double>() / tokens;
+  EXPECT_EQ(report["tokens"].get<double>(), tokens);
+  EXPECT_NEAR(report["loss"].get<double>(), want_loss, 1e-5 * want_loss);
+  EXPECT_NEAR(report["token_accuracy"].get<double>(), want_acc, 1e-12);
+
+  spec.mutable_eval()->set_generate_examples(2);
+  ctx.spec = spec;
+  st = NewEvalJob()->Run(ctx);
+  EXPECT_TRUE(absl::StrContains(st.message(), "spec.eval.generate_examples"))
+      << st;
 }
 
 TEST_F(TrainerEpTest, RefusesEpNotDividingTheExperts) {
