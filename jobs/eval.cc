@@ -82,16 +82,7 @@ class EvalJob : public Job {
                                  const c10::Device& dev, at::ScalarType dtype,
                                  LossMetrics* m) {
     torch::NoGradGuard no_grad;
-    auto on = [&](const at::Tensor& t) { return t.defined() ? t.to(dev) : t; };
-    Batch b = batch;
-    b.input_ids = on(batch.input_ids);
-    b.labels = on(batch.labels);
-    b.attention_mask = on(batch.attention_mask);
-    b.position_ids = on(batch.position_ids);
-    b.token_type_ids = on(batch.token_type_ids);
-    b.image_positions = on(batch.image_positions);
-    if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
-      b.pixel_values = on(batch.pixel_values).to(dtype);
+    const Batch b = BatchOnDevice(batch, dev, dtype);
     LmLoss l = model.Loss(b, /*packed=*/false, /*recompute=*/false);
     m->Add(l.loss_sum.item<double>(), l.tokens.item<int64_t>(),
            l.correct.item<int64_t>());
@@ -151,9 +142,9 @@ class EvalJob : public Job {
     const std::string& dtype_name = spec.model().dtype();
     if (!dtype_name.empty() && dtype_name != "float32" &&
         dtype_name != "bfloat16") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.model.dtype: must be float32 or bfloat16, got '", dtype_name,
-          "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.model.dtype: must be float32 or bfloat16, got '",
+                       dtype_name, "'"));
     }
     const at::ScalarType dtype =
         dtype_name == "bfloat16" ? at::kBFloat16 : at::kFloat;

@@ -138,6 +138,24 @@ absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma3TrainModel(
 
 }  // namespace
 
+Batch BatchOnDevice(const Batch& batch, const c10::Device& device,
+                    at::ScalarType pixel_dtype, bool non_blocking) {
+  auto on = [&](const at::Tensor& t) {
+    return t.defined() ? t.to(device, non_blocking) : t;
+  };
+  Batch b = batch;
+  b.input_ids = on(batch.input_ids);
+  b.labels = on(batch.labels);
+  b.attention_mask = on(batch.attention_mask);
+  b.position_ids = on(batch.position_ids);
+  b.segment_ids = on(batch.segment_ids);
+  b.token_type_ids = on(batch.token_type_ids);
+  b.image_positions = on(batch.image_positions);
+  if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
+    b.pixel_values = on(batch.pixel_values).to(pixel_dtype);
+  return b;
+}
+
 absl::StatusOr<std::string> ModelFamily(const std::string& dir) {
   std::string text;
   const std::string manifest = absl::StrCat(dir, "/manifest.json");

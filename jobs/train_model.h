@@ -90,6 +90,11 @@ class TrainModel {
   virtual Gemma4Model* gemma4() { return nullptr; }
 };
 
+// `batch`'s tensors on `device` (pixel values in `pixel_dtype`, the model's
+// dtype), as TrainModel::Loss takes them; non_blocking for pinned batches.
+Batch BatchOnDevice(const Batch& batch, const c10::Device& device,
+                    at::ScalarType pixel_dtype, bool non_blocking = false);
+
 // Reads the model folder `dir` (HF, our checkpoint, our names; Gemma 3 or
 // Gemma 4, told apart by its config) and builds this rank's part of it on the
 // CPU in fp32: TP shard per groups.tp (spec.parallel.sequence_parallel

@@ -121,26 +121,9 @@ class Gemma4TrainModel : public TrainModel {
     GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, file.status(), dir));
     bytes = static_cast<int64_t>(file->bytes);
     // Rank 0 commits with every file's size and checksum.
-    at::Tensor all;
-    try {
-      at::Tensor mine = torch::tensor({static_cast<int64_t>(file->bytes),
-                                       static_cast<int64_t>(file->crc32c)},
-                                      torch::kLong);
-      all = ep.AllGather(mine.unsqueeze(0).to(ep.device()), 0).cpu();
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat(dir, ": ", e.what_without_backtrace()));
-    }
+    GEMMA_ASSIGN_OR_RETURN(std::vector<ManifestFile> files,
+                           GatherManifestFiles(ep, *file, dir));
     if (rank == 0) {
-      std::vector<ManifestFile> files;
-      for (int r = 0; r < n; ++r) {
-        ManifestFile f;
-        f.rank = r;
-        f.file = RankFileName(r);
-        f.bytes = static_cast<uint64_t>(all[r][0].item<int64_t>());
-        f.crc32c = static_cast<uint32_t>(all[r][1].item<int64_t>());
-        files.push_back(f);
-      }
       st = CommitGemma4Checkpoint(dir, config_json_, n, step, tensors, files);
     }
     GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, st, dir));

@@ -215,6 +215,30 @@ absl::Status AgreeAllOk(Comm& comm, const absl::Status& mine,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<ManifestFile>> GatherManifestFiles(
+    Comm& comm, const ManifestFile& mine, const std::string& dir) {
+  at::Tensor all;
+  try {
+    at::Tensor t = torch::tensor(
+        {static_cast<int64_t>(mine.bytes), static_cast<int64_t>(mine.crc32c)},
+        torch::kLong);
+    all = comm.AllGather(t.unsqueeze(0).to(comm.device()), 0).cpu();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(dir, ": ", e.what_without_backtrace()));
+  }
+  std::vector<ManifestFile> files;
+  for (int r = 0; r < comm.size(); ++r) {
+    ManifestFile f;
+    f.rank = r;
+    f.file = RankFileName(r);
+    f.bytes = static_cast<uint64_t>(all[r][0].item<int64_t>());
+    f.crc32c = static_cast<uint32_t>(all[r][1].item<int64_t>());
+    files.push_back(f);
+  }
+  return files;
+}
+
 absl::StatusOr<int64_t> WriteModuleCheckpointShard(
     const std::string& dir, torch::nn::Module& module,
     const std::string& config_json, int64_t num_kv_heads, int64_t vocab_size,
@@ -282,25 +306,10 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
   absl::StatusOr<ManifestFile> file = WriteRankFile(dir, n, rank, dims, shards);
   GEMMA_RETURN_IF_ERROR(AgreeAllOk(tp, file.status(), dir));
   // Rank 0 commits with every file's size and checksum.
-  at::Tensor all;
-  try {
-    at::Tensor mine = torch::tensor(
-        {static_cast<int64_t>(file->bytes), static_cast<int64_t>(file->crc32c)},
-        torch::kLong);
-    all = tp.AllGather(mine.unsqueeze(0).to(tp.device()), 0).cpu();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat(dir, ": ", e.what_without_backtrace()));
-  }
+  GEMMA_ASSIGN_OR_RETURN(std::vector<ManifestFile> files,
+                         GatherManifestFiles(tp, *file, dir));
   if (rank == 0) {
-    for (int r = 0; r < n; ++r) {
-      ManifestFile f;
-      f.rank = r;
-      f.file = RankFileName(r);
-      f.bytes = static_cast<uint64_t>(all[r][0].item<int64_t>());
-      f.crc32c = static_cast<uint32_t>(all[r][1].item<int64_t>());
-      commit.files.push_back(f);
-    }
+    commit.files = std::move(files);
     st = CommitCheckpoint(dir, commit);
   }
   GEMMA_RETURN_IF_ERROR(AgreeAllOk(tp, st, dir));

@@ -29,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "data/batch.h"
+#include "model/checkpoint.h"
 #include "model/comm.h"
 
 namespace gemma {
@@ -102,6 +103,12 @@ absl::StatusOr<int64_t> WriteModuleCheckpointShard(
 // `what`. Errors of the collective itself come back as a Status too.
 absl::Status AgreeAllOk(Comm& comm, const absl::Status& mine,
                         const std::string& what);
+
+// Collective over `comm`: every rank's rank file (`mine`, rank i of the
+// group holding rank-0000i) as the ManifestFile list a commit needs, in rank
+// order (on every rank).
+absl::StatusOr<std::vector<ManifestFile>> GatherManifestFiles(
+    Comm& comm, const ManifestFile& mine, const std::string& dir);
 
 // Copies a file (through a temporary name).
 absl::Status CopyFile(const std::string& from, const std::string& to);

@@ -338,18 +338,7 @@ LoaderPosition Trainer::TrainPosition() const {
 Trainer::MicroResult Trainer::Forward(const Batch& batch) {
   // Batches come from the prefetcher in pinned memory on CUDA: the copies
   // overlap with what runs on the GPU.
-  auto dev = [&](const at::Tensor& t) {
-    return t.defined() ? t.to(device_, /*non_blocking=*/true) : t;
-  };
-  Batch on = batch;
-  on.input_ids = dev(batch.input_ids);
-  on.labels = dev(batch.labels);
-  on.attention_mask = dev(batch.attention_mask);
-  on.position_ids = dev(batch.position_ids);
-  on.token_type_ids = dev(batch.token_type_ids);
-  on.image_positions = dev(batch.image_positions);
-  if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
-    on.pixel_values = dev(batch.pixel_values).to(dtype_);
+  const Batch on = BatchOnDevice(batch, device_, dtype_, /*non_blocking=*/true);
   LmLoss l =
       model_->Loss(on, spec_.data().packing(), spec_.model().recompute());
   return {l.loss_sum, l.tokens, l.correct};

@@ -9,8 +9,8 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -322,8 +322,8 @@ TEST_F(TrainerEpTest, EvalJobOnTheMoeModel) {
   gi.attention_mask = batch->attention_mask;
   torch::Tensor logits = (*model)->forward(gi).to(torch::kDouble);
   torch::Tensor labels = batch->labels.narrow(1, 1, batch->labels.size(1) - 1);
-  torch::Tensor lp = torch::log_softmax(
-      logits.narrow(1, 0, logits.size(1) - 1), -1);
+  torch::Tensor lp =
+      torch::log_softmax(logits.narrow(1, 0, logits.size(1) - 1), -1);
   torch::Tensor valid = labels.ne(-100);
   torch::Tensor picked =
       lp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1);
