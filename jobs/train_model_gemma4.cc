@@ -75,13 +75,18 @@ class Gemma4TrainModel : public TrainModel {
     } else {
       in.attention_mask = batch.attention_mask;
     }
-    TORCH_CHECK(
-        !batch.pixel_values.defined() || batch.pixel_values.numel() == 0,
-        "Gemma 4 training batches with images are not wired yet");
+    const bool images =
+        batch.pixel_values.defined() && batch.pixel_values.numel() > 0;
+    if (images) {
+      in.pixel_values = batch.pixel_values;
+      in.image_positions = batch.image_positions;
+    }
     torch::Tensor embeds = model_->Embeddings(in);
     Gemma4DecoderInputs d;
     d.attention_mask = in.attention_mask;
     d.position_ids = in.position_ids;
+    // Image blocks (bidirectional on sliding layers), as the model's forward.
+    if (images) d.block_ids = BlockIdsFromTokenTypes(batch.token_type_ids);
     torch::Tensor hidden;
     {
       RecomputeScope scope(recompute);

@@ -12,7 +12,9 @@
 #include "jobs/train_state.h"
 #include "model/config.h"
 #include "model/gemma4.h"
+#include "model/gemma4_model.h"
 #include "model/hf_mapping_gemma4.h"
+#include "model/safetensors_torch.h"
 #include "model/vl_model.h"
 
 namespace gemma {
@@ -109,8 +111,37 @@ absl::Status WriteTinyMoeModel(const std::string& dir,
   c.bos_token_id = tok->special().bos;
   c.eos_token_ids = {tok->special().eos};
   GEMMA_RETURN_IF_ERROR(ValidateGemma4TextConfig(c, "tiny MoE"));
-  const std::string json = Gemma4TextConfigToJson(c).dump(1);
-  Gemma4TextModel model(c);
+  nlohmann::json doc = Gemma4TextConfigToJson(c);
+  if (o.vision) {
+    c.use_bidirectional_attention = "vision";
+    nlohmann::json text = Gemma4TextConfigToJson(c);
+    text["model_type"] = "gemma4_text";
+    doc = nlohmann::json::object();
+    doc["model_type"] = "gemma4";
+    doc["architectures"] = {"Gemma4ForConditionalGeneration"};
+    doc["text_config"] = text;
+    doc["vision_config"] = {{"model_type", "gemma4_vision"},
+                            {"hidden_size", 32},
+                            {"intermediate_size", 64},
+                            {"num_hidden_layers", 1},
+                            {"num_attention_heads", 2},
+                            {"num_key_value_heads", 2},
+                            {"head_dim", 16},
+                            {"patch_size", 4},
+                            {"pooling_kernel_size", 2},
+                            {"position_embedding_size", 64},
+                            {"standardize", true},
+                            {"use_clipped_linears", false},
+                            {"rms_norm_eps", 1e-6}};
+    doc["image_token_id"] = tok->special().image_placeholder;
+    doc["boi_token_id"] = tok->special().image_open;
+    doc["eoi_token_id"] = tok->special().image_close;
+    doc["tie_word_embeddings"] = true;
+  }
+  const std::string json = doc.dump(1);
+  GEMMA_ASSIGN_OR_RETURN(Gemma4ModelConfig mc,
+                         ParseGemma4ModelConfigText(json, "tiny MoE"));
+  Gemma4Model model(mc);
   std::map<std::string, at::Tensor> tensors;
   {
     torch::NoGradGuard no_grad;
@@ -122,12 +153,26 @@ absl::Status WriteTinyMoeModel(const std::string& dir,
         t.copy_(noise + 1.0);
       else
         t.copy_(noise);
-      tensors["text." + name] = t.detach().clone();
+      tensors[name] = t.detach().clone();
     };
     for (auto& p : model->named_parameters()) fill(p.key(), p.value());
     for (auto& b : model->named_buffers()) fill(b.key(), b.value());
   }
-  GEMMA_RETURN_IF_ERROR(SaveGemma4Folder(dir, json, c, tensors, /*hf=*/true));
+  GEMMA_ASSIGN_OR_RETURN(auto hf, Gemma4ModelToHf(tensors, mc, dir));
+  GEMMA_RETURN_IF_ERROR(MakeDirs(dir));
+  SafetensorsWriter writer;
+  for (const auto& [name, t] : hf) {
+    GEMMA_RETURN_IF_ERROR(AddTensor(writer, name, t.contiguous()));
+  }
+  GEMMA_RETURN_IF_ERROR(writer.Write(dir + "/model.safetensors"));
+  GEMMA_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", json));
+  if (o.vision) {
+    // The processor's soft-token budget (HF processor_config.json): 70, the
+    // smallest HF allows, keeps the rows short.
+    GEMMA_RETURN_IF_ERROR(
+        WriteFileAtomic(dir + "/processor_config.json",
+                        R"({"image_processor": {"max_soft_tokens": 70}})"));
+  }
   return CopyFile(tokenizer, absl::StrCat(dir, "/tokenizer.model"));
 }
 

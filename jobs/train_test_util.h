@@ -54,6 +54,10 @@ struct TinyMoeOptions {
   int experts = 4;
   int top_k = 2;
   int expert_intermediate = 32;
+  // A VL model (Gemma4ForConditionalGeneration): a 1-layer vision tower with
+  // 4-pixel patches pooled 2 x 2, its image tokens the tokenizer's, and a
+  // processor_config.json with max_soft_tokens 70.
+  bool vision = false;
   uint64_t seed = 0;
   double init_std = 0.05;
 };

@@ -69,6 +69,17 @@ class TrainerEpTest : public ::testing::Test {
     auto model = WriteTinyMoeModel(*g_dir + "/model",
                                    *g_dir + "/data/tokenizer.model", o);
     ASSERT_TRUE(model.ok()) << model;
+    // The VL variant on receipt images (data/synth.h), with a Gemma 4
+    // tokenizer trained on those conversations.
+    auto ocr = WriteTinyOcrData(*g_dir + "/ocr", 8, 2, 64);
+    ASSERT_TRUE(ocr.ok()) << ocr;
+    auto vl_tok = WriteTinyGemma4Tokenizer(*g_dir + "/ocr/g4.model",
+                                           *g_dir + "/ocr/train.jsonl");
+    ASSERT_TRUE(vl_tok.ok()) << vl_tok;
+    o.vision = true;
+    auto vl =
+        WriteTinyMoeModel(*g_dir + "/vl-model", *g_dir + "/ocr/g4.model", o);
+    ASSERT_TRUE(vl.ok()) << vl;
   }
 
   static gemma::v1::JobSpec Spec() {
@@ -120,7 +131,7 @@ void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
   const auto& want = ref.weights[0];
   // Training moved the experts (the comparison is not between two untouched
   // models).
-  auto initial = LoadGemma4RankWeights(*g_dir + "/model", 1, 0);
+  auto initial = LoadGemma4RankWeights(base.model().path(), 1, 0);
   ASSERT_TRUE(initial.ok()) << initial.status();
   const std::string probe = "text.layers.0.moe.experts.down";
   EXPECT_GT(
@@ -175,6 +186,37 @@ TEST_F(TrainerEpTest, ExpertStateShardedOverExpertDataParallelRanks) {
   auto spec = Spec();
   spec.mutable_parallel()->set_zero_stage(1);
   CheckAgainstOneRank(spec, 2, 4, Root("one-2x4"), Root("ep2dp4"));
+}
+
+// The VL model on receipts with images (Gemma 4 patches, variable soft
+// tokens, bidirectional image blocks on sliding layers): EP = 2 x DP = 2
+// equals one rank, and the vision tower trains.
+TEST_F(TrainerEpTest, VlModelWithImagesUnderExpertParallelism) {
+  auto spec = Spec();
+  spec.mutable_model()->set_path(*g_dir + "/vl-model");
+  spec.mutable_data()->set_train(*g_dir + "/ocr/train.jsonl");
+  spec.mutable_data()->set_seq_len(512);
+  CheckAgainstOneRank(spec, 2, 2, Root("one-vl"), Root("ep2dp2-vl"));
+  TrainerOptions o;
+  o.spec = spec;
+  o.checkpoint_root = Root("vl-one-step");
+  auto t = Trainer::Create(o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::map<std::string, at::Tensor> before;
+  for (auto& p : (*t)->module().named_parameters())
+    before[p.key()] = p.value().detach().clone();
+  for (int i = 0; i < 2; ++i) {  // the first step's rate is 0 (warmup)
+    auto step = (*t)->Step();
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_GT(step->tokens, 0);
+  }
+  int vision_moved = 0;
+  for (auto& p : (*t)->module().named_parameters()) {
+    if (absl::StartsWith(p.key(), "vision.") &&
+        !torch::equal(p.value(), before.at(p.key())))
+      ++vision_moved;
+  }
+  EXPECT_GT(vision_moved, 0);
 }
 
 // Layer recomputation (the all-to-alls rerun in backward) changes nothing.
@@ -280,38 +322,47 @@ TEST_F(TrainerEpTest, PeftUnderExpertParallelism) {
 // The eval job on a Gemma 4 model: its loss and token accuracy equal those
 // computed from the model's full logits (HF's forward, checked against
 // transformers by the parity suite) with a plain log-softmax over the same
-// batches; generation metrics are refused by name.
-TEST_F(TrainerEpTest, EvalJobOnTheMoeModel) {
+// batches, text-only and with images (the trainer's loss path builds the
+// image blocks itself); generation metrics are refused by name.
+void CheckEvalAgainstFullLogits(const std::string& model_dir,
+                                const std::string& data_path,
+                                const std::string& report_path) {
   gemma::v1::JobSpec spec;
   spec.set_kind(gemma::v1::JOB_KIND_EVAL);
-  spec.mutable_model()->set_path(*g_dir + "/model");
-  spec.mutable_data()->set_eval(*g_dir + "/data/text.jsonl");
+  spec.mutable_model()->set_path(model_dir);
+  spec.mutable_data()->set_eval(data_path);
   spec.mutable_data()->set_batch_size(4);
-  spec.mutable_data()->set_seq_len(128);
+  spec.mutable_data()->set_seq_len(512);
   spec.mutable_eval()->set_max_batches(2);
-  spec.mutable_eval()->set_report(Root("eval.json"));
+  spec.mutable_eval()->set_report(report_path);
   RankContext ctx;
   ctx.spec = spec;
   auto st = NewEvalJob()->Run(ctx);
   ASSERT_TRUE(st.ok()) << st;
-  std::ifstream in(Root("eval.json"));
+  std::ifstream in(report_path);
   const nlohmann::json report = nlohmann::json::parse(in, nullptr, false);
   ASSERT_TRUE(report.is_object());
 
   // The reference: the first 8 conversations, logits of the whole model.
-  auto model = LoadGemma4Model(*g_dir + "/model");
+  auto model = LoadGemma4Model(model_dir);
   ASSERT_TRUE(model.ok()) << model.status();
   (*model)->eval();
-  auto tok = Tokenizer::Load(*g_dir + "/model/tokenizer.model");
+  auto tok = Tokenizer::Load(model_dir + "/tokenizer.model");
   ASSERT_TRUE(tok.ok()) << tok.status();
-  auto data = ReadDataset(*g_dir + "/data/text.jsonl");
+  auto data = ReadDataset(data_path);
   ASSERT_TRUE(data.ok()) << data.status();
   data->resize(8);
   BatchOptions bo;
   bo.batch_size = 8;
-  bo.seq_len = 128;
+  bo.seq_len = 512;
   bo.shuffle = false;
   bo.chat.format = ChatFormat::kGemma4;
+  if ((*model)->config().vision) {
+    bo.gemma4_image.patch_size = (*model)->config().vision->patch_size;
+    bo.gemma4_image.pooling_kernel_size =
+        (*model)->config().vision->pooling_kernel_size;
+    bo.gemma4_image.max_soft_tokens = 70;  // the fixture's processor config
+  }
   auto loader = DataLoader::Create(*data, tok->get(), bo);
   ASSERT_TRUE(loader.ok()) << loader.status();
   auto batch = (*loader)->Next();
@@ -320,6 +371,10 @@ TEST_F(TrainerEpTest, EvalJobOnTheMoeModel) {
   Gemma4Inputs gi;
   gi.input_ids = batch->input_ids;
   gi.attention_mask = batch->attention_mask;
+  if (batch->pixel_values.defined() && batch->pixel_values.numel() > 0) {
+    gi.pixel_values = batch->pixel_values;
+    gi.image_positions = batch->image_positions;
+  }
   torch::Tensor logits = (*model)->forward(gi).to(torch::kDouble);
   torch::Tensor labels = batch->labels.narrow(1, 1, batch->labels.size(1) - 1);
   torch::Tensor lp =
@@ -340,6 +395,16 @@ TEST_F(TrainerEpTest, EvalJobOnTheMoeModel) {
   st = NewEvalJob()->Run(ctx);
   EXPECT_TRUE(absl::StrContains(st.message(), "spec.eval.generate_examples"))
       << st;
+}
+
+TEST_F(TrainerEpTest, EvalJobOnTheMoeModel) {
+  CheckEvalAgainstFullLogits(*g_dir + "/model", *g_dir + "/data/text.jsonl",
+                             Root("eval.json"));
+}
+
+TEST_F(TrainerEpTest, EvalJobOnTheVlMoeModelWithImages) {
+  CheckEvalAgainstFullLogits(*g_dir + "/vl-model", *g_dir + "/ocr/train.jsonl",
+                             Root("eval-vl.json"));
 }
 
 TEST_F(TrainerEpTest, RefusesEpNotDividingTheExperts) {

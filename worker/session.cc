@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <exception>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -334,7 +335,15 @@ void WorkerSessionClient::StartRank(
       v1::WorkerMessage started;
       *started.mutable_started()->mutable_rank() = raw->ref;
       Enqueue(std::move(started));
-      st = (*job)->Run(ctx);
+      // Anything a job lets escape (e.g. gloo::IoException, a
+      // std::runtime_error, when a peer rank's connection closes mid
+      // collective) fails this rank instead of terminating the worker.
+      try {
+        st = (*job)->Run(ctx);
+      } catch (const std::exception& e) {
+        st = absl::InternalError(
+            absl::StrCat(ctx.job, " rank ", ctx.rank, ": ", e.what()));
+      }
     }
     raw->store.reset();  // rank 0: close the store with the rank
     if (!st.ok())
