@@ -89,31 +89,6 @@ class EvalJob : public Job {
     return absl::OkStatus();
   }
 
-  // A Gemma 4 model (or a Gemma 4 adapter checkpoint) for evaluation, on one
-  // rank with every expert.
-  absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4(
-      const gemma::v1::JobSpec& spec) {
-    const std::string& path = spec.model().path();
-    std::string base = path;
-    const bool adapters = PathExists(path + "/adapter.json");
-    if (adapters) {
-      GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
-                             ReadAdapterCheckpointInfo(path));
-      base = info.base_model;
-    }
-    gemma::v1::JobSpec one = spec;
-    one.clear_parallel();
-    GEMMA_ASSIGN_OR_RETURN(auto model,
-                           OpenTrainModel(base, ParallelGroups{}, one));
-    if (adapters) {
-      GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout,
-                             AdapterLayoutOf(model->module()));
-      GEMMA_RETURN_IF_ERROR(
-          LoadAdapterCheckpoint(path, model->module(), layout).status());
-    }
-    return model;
-  }
-
   absl::Status RunInner(RankContext& ctx) {
     const auto& spec = ctx.spec;
     const auto& e = spec.eval();
@@ -164,13 +139,7 @@ class EvalJob : public Job {
     Gemma3Model model{nullptr};
     double softcap = 0.0;
     if (family == "gemma4") {
-      if (e.generate_examples() > 0) {
-        return absl::UnimplementedError(
-            "spec.eval.generate_examples: generation metrics are not built for "
-            "Gemma 4 yet (set it to 0 for loss, perplexity and token "
-            "accuracy)");
-      }
-      GEMMA_ASSIGN_OR_RETURN(g4, OpenGemma4(spec));
+      GEMMA_ASSIGN_OR_RETURN(g4, OpenGemma4ForInference(spec));
       GEMMA_RETURN_IF_ERROR(g4->CheckTokenizer(*tokenizer));
       g4->module().to(dev, dtype);
       g4->module().eval();
@@ -289,7 +258,12 @@ class EvalJob : public Job {
       go.max_new_tokens = e.max_new_tokens() > 0 ? e.max_new_tokens() : 128;
       go.batch_size = gen_batch;
       go.pan_and_scan = spec.data().pan_and_scan();
-      TextGenerator gen(model, tokenizer.get());
+      BatchOptions g4_batches;
+      if (g4) g4->ConfigureBatches(g4_batches);
+      TextGenerator gen =
+          g4 ? TextGenerator(*g4->gemma4(), tokenizer.get(),
+                             g4_batches.gemma4_image.max_soft_tokens)
+             : TextGenerator(model, tokenizer.get());
       int64_t done_batches = 0;
       GEMMA_ASSIGN_OR_RETURN(std::vector<GenerationOutput> outs,
                              gen.Run(requests, go, [&](int64_t, int64_t) {

@@ -14,9 +14,11 @@
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
 #include "data/dataset.h"
+#include "data/gemma4_image.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "model/lora.h"
+#include "model/lora_layout.h"
 #include "model/weights.h"
 
 namespace gemma {
@@ -81,6 +83,30 @@ absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path) {
   GEMMA_RETURN_IF_ERROR(LoadAdapterCheckpoint(path, *model).status());
   (*model)->eval();
   return *model;
+}
+
+absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4ForInference(
+    const gemma::v1::JobSpec& spec) {
+  const std::string& path = spec.model().path();
+  std::string base = path;
+  const bool adapters = PathExists(path + "/adapter.json");
+  if (adapters) {
+    GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
+                           ReadAdapterCheckpointInfo(path));
+    base = info.base_model;
+  }
+  gemma::v1::JobSpec one = spec;
+  one.clear_parallel();
+  GEMMA_ASSIGN_OR_RETURN(auto model,
+                         OpenTrainModel(base, ParallelGroups{}, one));
+  if (adapters) {
+    GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout,
+                           AdapterLayoutOf(model->module()));
+    GEMMA_RETURN_IF_ERROR(
+        LoadAdapterCheckpoint(path, model->module(), layout).status());
+  }
+  model->module().eval();
+  return model;
 }
 
 GenerationRequest SplitAtLastModelTurn(const Conversation& conv,
@@ -166,6 +192,12 @@ absl::Status WriteGenerationOutput(
 TextGenerator::TextGenerator(Gemma3Model model, const Tokenizer* tokenizer)
     : model_(std::move(model)), tokenizer_(tokenizer) {}
 
+TextGenerator::TextGenerator(Gemma4Model model, const Tokenizer* tokenizer,
+                             int max_soft_tokens)
+    : gemma4_(std::move(model)),
+      max_soft_tokens_(max_soft_tokens),
+      tokenizer_(tokenizer) {}
+
 absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::Run(
     const std::vector<GenerationRequest>& requests,
     const TextGenerationOptions& options,
@@ -178,8 +210,11 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::Run(
     const int64_t end = std::min<int64_t>(total, i + options.batch_size);
     GEMMA_ASSIGN_OR_RETURN(
         std::vector<GenerationOutput> part,
-        RunBatch(requests.data() + i, requests.data() + end, options,
-                 options.seed + static_cast<uint64_t>(i)));
+        gemma4_
+            ? RunBatchGemma4(requests.data() + i, requests.data() + end,
+                             options, options.seed + static_cast<uint64_t>(i))
+            : RunBatch(requests.data() + i, requests.data() + end, options,
+                       options.seed + static_cast<uint64_t>(i)));
     for (auto& o : part) out.push_back(std::move(o));
     if (on_batch && !on_batch(end, total))
       return absl::CancelledError("generate: stopped");
@@ -269,6 +304,18 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
                              config.eos_token_ids.end());
   for (int id : {sp.eos, sp.end_of_turn})
     if (id >= 0) stop_ids.insert(id);
+  return Finish(
+      begin, b, prompts, std::move(stop_ids), options, seed,
+      [&](const GenerateOptions& g) { return Generate(model_, in, g); });
+}
+
+absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::Finish(
+    const GenerationRequest* begin, int64_t b,
+    const std::vector<std::string>& prompts, std::set<int64_t> stop_ids,
+    const TextGenerationOptions& options, uint64_t seed,
+    const std::function<absl::StatusOr<GenerateResult>(const GenerateOptions&)>&
+        generate) {
+  const SpecialTokenIds& sp = tokenizer_->special();
   GenerateOptions g;
   g.max_new_tokens = options.max_new_tokens;
   g.temperature = options.temperature;
@@ -310,7 +357,7 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
       return flags;
     };
   }
-  GEMMA_ASSIGN_OR_RETURN(GenerateResult result, Generate(model_, in, g));
+  GEMMA_ASSIGN_OR_RETURN(GenerateResult result, generate(g));
   std::vector<GenerationOutput> out;
   const int64_t n = result.tokens.size(1);
   for (int64_t r = 0; r < b; ++r) {
@@ -340,6 +387,99 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
     out.push_back(std::move(o));
   }
   return out;
+}
+
+absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatchGemma4(
+    const GenerationRequest* begin, const GenerationRequest* end,
+    const TextGenerationOptions& options, uint64_t seed) {
+  const Gemma4ModelConfig& config = gemma4_->config();
+  ChatOptions chat;
+  chat.format = ChatFormat::kGemma4;
+  chat.add_generation_prompt = true;
+  Gemma4ImageOptions image;
+  image.max_soft_tokens = max_soft_tokens_;
+  if (config.vision) {
+    image.patch_size = static_cast<int>(config.vision->patch_size);
+    image.pooling_kernel_size =
+        static_cast<int>(config.vision->pooling_kernel_size);
+  }
+  const SpecialTokenIds& sp = tokenizer_->special();
+  const int64_t b = end - begin;
+  std::vector<EncodedChat> encoded;
+  std::vector<at::Tensor> pixels, positions;
+  std::vector<std::string> prompts;
+  for (const GenerationRequest* r = begin; r != end; ++r) {
+    const Conversation& conv = r->prompt;
+    if (!config.is_vl() && conv.num_images() > 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(conv.source, ": has images but the model is text-only"));
+    }
+    std::vector<ChatImageInfo> infos;
+    for (const std::string& path : conv.image_paths()) {
+      absl::StatusOr<RgbImage> decoded = DecodeImageFile(path);
+      absl::StatusOr<Gemma4ImagePatches> patches =
+          decoded.ok() ? Gemma4PreprocessImage(*decoded, image)
+                       : absl::StatusOr<Gemma4ImagePatches>(decoded.status());
+      if (!patches.ok()) {
+        return absl::Status(patches.status().code(),
+                            absl::StrCat(conv.source, ": ", path, ": ",
+                                         patches.status().message()));
+      }
+      ChatImageInfo info;
+      info.soft_tokens = patches->num_soft_tokens;
+      infos.push_back(info);
+      pixels.push_back(
+          torch::from_blob(patches->pixel_values.data(),
+                           {patches->max_patches, patches->patch_dim},
+                           torch::kFloat)
+              .clone());
+      positions.push_back(torch::from_blob(patches->positions.data(),
+                                           {patches->max_patches, 2},
+                                           torch::kLong)
+                              .clone());
+    }
+    absl::StatusOr<EncodedChat> enc =
+        EncodeChat(*tokenizer_, conv, chat, infos);
+    if (!enc.ok()) {
+      return absl::Status(
+          enc.status().code(),
+          absl::StrCat(conv.source, ": ", enc.status().message()));
+    }
+    absl::StatusOr<RenderedChat> rendered = RenderChat(conv, chat, infos);
+    std::string prompt = rendered.ok() ? rendered->text : "";
+    prompt = absl::StrReplaceAll(prompt, {{kImagePlaceholder, ""}});
+    prompts.push_back(std::move(prompt));
+    encoded.push_back(*std::move(enc));
+  }
+  size_t longest = 0;
+  for (const auto& e : encoded) longest = std::max(longest, e.input_ids.size());
+  const int64_t len = static_cast<int64_t>(longest);
+  // Left padding: row r's tokens end at column len - 1.
+  std::vector<int64_t> ids(b * len, sp.pad), mask(b * len, 0);
+  for (int64_t r = 0; r < b; ++r) {
+    const auto& e = encoded[r];
+    const int64_t n = static_cast<int64_t>(e.input_ids.size());
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t at = r * len + (len - n + k);
+      ids[at] = e.input_ids[k];
+      mask[at] = 1;
+    }
+  }
+  Gemma4Inputs in;
+  in.input_ids = torch::from_blob(ids.data(), {b, len}, torch::kLong).clone();
+  in.attention_mask =
+      torch::from_blob(mask.data(), {b, len}, torch::kLong).clone();
+  if (!pixels.empty()) {
+    in.pixel_values = torch::stack(pixels);
+    in.image_positions = torch::stack(positions);
+  }
+  std::set<int64_t> stop_ids(config.text.eos_token_ids.begin(),
+                             config.text.eos_token_ids.end());
+  for (int id : {sp.eos, sp.turn_close})
+    if (id >= 0) stop_ids.insert(id);
+  return Finish(
+      begin, b, prompts, std::move(stop_ids), options, seed,
+      [&](const GenerateOptions& g) { return GenerateGemma4(gemma4_, in, g); });
 }
 
 namespace {
@@ -386,9 +526,26 @@ class GenerateJob : public Job {
     }
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
-    GEMMA_ASSIGN_OR_RETURN(Gemma3Model model,
-                           LoadJobModel(spec.model().path()));
-    model->to(c10::Device(ctx.device.empty() ? "cpu" : ctx.device));
+    const c10::Device dev(ctx.device.empty() ? "cpu" : ctx.device);
+    const at::ScalarType dtype =
+        spec.model().dtype() == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    std::string base = spec.model().path();
+    if (PathExists(base + "/adapter.json")) {
+      GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
+                             ReadAdapterCheckpointInfo(base));
+      base = info.base_model;
+    }
+    GEMMA_ASSIGN_OR_RETURN(std::string family, ModelFamily(base));
+    Gemma3Model model{nullptr};
+    std::unique_ptr<TrainModel> g4;
+    if (family == "gemma4") {
+      GEMMA_ASSIGN_OR_RETURN(g4, OpenGemma4ForInference(spec));
+      GEMMA_RETURN_IF_ERROR(g4->CheckTokenizer(*tokenizer));
+      g4->module().to(dev, dtype);
+    } else {
+      GEMMA_ASSIGN_OR_RETURN(model, LoadJobModel(spec.model().path()));
+      model->to(dev, dtype);
+    }
     ctx.Log(absl::StrCat("generate: ", requests.size(), " prompts with ",
                          spec.model().path()));
     TextGenerationOptions opt;
@@ -400,7 +557,12 @@ class GenerateJob : public Job {
     opt.stop.assign(g.stop().begin(), g.stop().end());
     opt.batch_size = g.batch_size() > 0 ? g.batch_size() : 8;
     opt.pan_and_scan = spec.data().pan_and_scan();
-    TextGenerator gen(model, tokenizer.get());
+    BatchOptions g4_batches;
+    if (g4) g4->ConfigureBatches(g4_batches);
+    TextGenerator gen =
+        g4 ? TextGenerator(*g4->gemma4(), tokenizer.get(),
+                           g4_batches.gemma4_image.max_soft_tokens)
+           : TextGenerator(model, tokenizer.get());
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t total = static_cast<int64_t>(requests.size());
     ctx.Progress(0, total, {});

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,9 @@
 #include "data/image.h"
 #include "data/tokenizer.h"
 #include "jobs/job.h"
+#include "jobs/train_model.h"
+#include "model/gemma4_model.h"
+#include "model/generate.h"
 #include "model/vl_model.h"
 
 namespace gemma {
@@ -68,6 +72,11 @@ class TextGenerator {
  public:
   // `model` and `tokenizer` must outlive the generator.
   TextGenerator(Gemma3Model model, const Tokenizer* tokenizer);
+  // Gemma 4 (text or VL): the Gemma 4 chat format, images through the
+  // Gemma 4 processor (`max_soft_tokens` per image), model/gemma4_model.h's
+  // GenerateGemma4.
+  TextGenerator(Gemma4Model model, const Tokenizer* tokenizer,
+                int max_soft_tokens = 280);
 
   // Generates for `requests` in batches of options.batch_size, in order;
   // `on_batch(done, total)` after each batch (false: stop, CANCELLED).
@@ -82,7 +91,22 @@ class TextGenerator {
       const GenerationRequest* begin, const GenerationRequest* end,
       const TextGenerationOptions& options, uint64_t seed);
 
-  Gemma3Model model_;
+  // The Gemma 4 counterpart of the prompt encoding and generation.
+  absl::StatusOr<std::vector<GenerationOutput>> RunBatchGemma4(
+      const GenerationRequest* begin, const GenerationRequest* end,
+      const TextGenerationOptions& options, uint64_t seed);
+  // Shared: stop handling, generation and decoding of one batch whose
+  // prompt is encoded; `generate` runs the model.
+  absl::StatusOr<std::vector<GenerationOutput>> Finish(
+      const GenerationRequest* begin, int64_t b,
+      const std::vector<std::string>& prompts, std::set<int64_t> stop_ids,
+      const TextGenerationOptions& options, uint64_t seed,
+      const std::function<
+          absl::StatusOr<GenerateResult>(const GenerateOptions&)>& generate);
+
+  Gemma3Model model_{nullptr};
+  Gemma4Model gemma4_{nullptr};
+  int max_soft_tokens_ = 280;
   const Tokenizer* tokenizer_;
 };
 
@@ -109,6 +133,12 @@ std::unique_ptr<Job> NewGenerateJob();
 // adapter checkpoint (model/lora.h: adapter.json + adapter.safetensors), which
 // loads its base_model and attaches the adapters. Eval mode (no dropout).
 absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path);
+
+// A Gemma 4 model for inference (eval, generate) on one rank with every
+// expert: spec.model.path is an HF folder, our checkpoint or a Gemma 4
+// adapter checkpoint (its base loaded, the adapters attached). CPU, fp32.
+absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4ForInference(
+    const gemma::v1::JobSpec& spec);
 
 // The tokenizer of `spec.model`: model.tokenizer, else
 // <model.path>/tokenizer.model, else (adapter checkpoints) the base model's.

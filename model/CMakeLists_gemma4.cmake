@@ -7,7 +7,7 @@ target_link_libraries(gemma_model_gemma4_config PUBLIC gemma_model_config gemma_
 
 add_library(gemma_model_gemma4 STATIC moe.cc gemma4.cc hf_mapping_gemma4.cc
     gemma4_checkpoint.cc
-    gemma4_vision.cc gemma4_model.cc)
+    gemma4_vision.cc gemma4_model.cc generate_gemma4.cc)
 target_link_libraries(gemma_model_gemma4 PUBLIC gemma_model_gemma4_config gemma_model)
 gemma_torch_pch(gemma_model_gemma4)
 

@@ -38,6 +38,7 @@
 #include "model/gemma4_config.h"
 #include "model/gemma4_names.h"
 #include "model/gemma4_vision.h"
+#include "model/generate.h"
 #include "model/hf_mapping.h"
 
 namespace gemma {
@@ -101,6 +102,15 @@ absl::StatusOr<Gemma4Model> BuildGemma4Model(
 // and builds the model (fp32 or the stored dtype converted to fp32).
 absl::StatusOr<Gemma4Model> LoadGemma4Model(const std::string& dir,
                                             std::shared_ptr<Comm> ep = nullptr);
+
+// KV-cached decoding (model/generate.h semantics: positions from the
+// attention mask so left-padded rows decode like unpadded ones; images and
+// their blocks in the prefill only; greedy or sampled; stop tokens) on a
+// Gemma 4 model; options.cuda_graphs / static_cache are not used (growing
+// cache). prompt.position_ids must be empty.
+absl::StatusOr<GenerateResult> GenerateGemma4(Gemma4Model& model,
+                                              const Gemma4Inputs& prompt,
+                                              const GenerateOptions& options);
 
 }  // namespace gemma
 

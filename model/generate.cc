@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/cuda_graph.h"
+#include "model/generate_internal.h"
 #include "model/kv_cache.h"
 #include "model/static_decoder.h"
 
@@ -17,6 +18,114 @@
 #endif
 
 namespace gemma {
+
+namespace generate_internal {
+
+// HF generate's positions: cumsum(mask) - 1, pads at 0.
+torch::Tensor PositionsFromMask(const torch::Tensor& mask) {
+  return (mask.cumsum(-1) - 1).masked_fill(mask.eq(0), 0);
+}
+
+// Steps between reads of the stop state (one host sync each).
+constexpr int64_t kStopCheckInterval = 8;
+// Static caches get prompt + max_new_tokens slots rounded up to this.
+constexpr int64_t kCapacityRounding = 64;
+
+// A sampling generator on `device` (CUDA ops reject a CPU generator).
+at::Generator MakeGenerator(c10::Device device, uint64_t seed) {
+#ifdef GEMMA_WITH_CUDA
+  if (device.is_cuda()) {
+    at::Generator gen = at::cuda::detail::createCUDAGenerator(device.index());
+    gen.set_current_seed(seed);
+    return gen;
+  }
+#endif
+  (void)device;
+  return at::detail::createCPUGenerator(seed);
+}
+
+// Index of the first false in `flags` (bool scalars), or -1: one host sync.
+int64_t FirstFalse(const std::vector<torch::Tensor>& flags) {
+  torch::Tensor f = torch::stack(flags).cpu();
+  const bool* p = f.data_ptr<bool>();
+  for (int64_t i = 0; i < f.numel(); ++i)
+    if (!p[i]) return i;
+  return -1;
+}
+
+GenerateResult DecodeLoop(Feeder& feeder, int64_t batch, c10::Device dev,
+                          const GenerateOptions& opts) {
+  at::Generator gen = MakeGenerator(dev, opts.seed);
+  torch::Tensor stop = torch::tensor(opts.stop_token_ids, torch::kLong).to(dev);
+  torch::Tensor unfinished = torch::ones(
+      {batch}, torch::TensorOptions().dtype(torch::kBool).device(dev));
+  // The host must see the stop state after each step only when a callback
+  // is called per step; otherwise it reads `alive` (any row unfinished
+  // after step alive_first + i) every kStopCheckInterval steps.
+  const bool can_stop = stop.numel() > 0 || opts.should_stop;
+  const bool check_each_step = opts.on_step || opts.should_stop;
+  std::vector<torch::Tensor> alive;
+  int64_t alive_first = 0, stop_at = -1;
+  std::vector<torch::Tensor> tokens, step_logits;
+
+  torch::Tensor last = feeder.Prefill();
+  const int64_t vocab = last.size(-1);
+  for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
+    torch::Tensor next = ChooseNextTokens(last, opts, &gen);
+    next = torch::where(unfinished, next,
+                        torch::full_like(next, opts.pad_token_id));
+    tokens.push_back(next);
+    if (opts.return_step_logits) {
+      // A copy: a graph's output buffer is overwritten by the next step.
+      step_logits.push_back(last.to(torch::kFloat, /*non_blocking=*/false,
+                                    /*copy=*/true));
+    }
+    if (opts.on_step) opts.on_step(step, next);
+    if (stop.numel() > 0)
+      unfinished =
+          unfinished.logical_and(torch::isin(next, stop).logical_not());
+    if (opts.should_stop) {
+      torch::Tensor extra = opts.should_stop(torch::stack(tokens, 1).cpu());
+      unfinished = unfinished.logical_and(
+          extra.to(unfinished.device(), torch::kBool).logical_not());
+    }
+    if (step + 1 == opts.max_new_tokens) break;
+    if (can_stop) {
+      alive.push_back(unfinished.any());
+      if (check_each_step ||
+          static_cast<int64_t>(alive.size()) == kStopCheckInterval) {
+        const int64_t i = FirstFalse(alive);
+        if (i >= 0) {
+          stop_at = alive_first + i;
+          break;
+        }
+        alive.clear();
+        alive_first = step + 1;
+      }
+    }
+    last = feeder.Feed(next);
+  }
+  if (stop_at < 0 && !alive.empty()) {
+    const int64_t i = FirstFalse(alive);
+    if (i >= 0) stop_at = alive_first + i;
+  }
+  if (stop_at >= 0) {  // every row had stopped after step stop_at
+    tokens.resize(static_cast<size_t>(stop_at + 1));
+    if (!step_logits.empty())
+      step_logits.resize(static_cast<size_t>(stop_at + 1));
+  }
+  GenerateResult result;
+  result.tokens = tokens.empty() ? torch::zeros({batch, 0}, torch::kLong)
+                                 : torch::stack(tokens, 1).cpu();
+  if (opts.return_step_logits) {
+    result.step_logits = step_logits.empty()
+                             ? torch::zeros({batch, 0, vocab}, torch::kFloat)
+                             : torch::stack(step_logits, 1).cpu();
+  }
+  return result;
+}
+
+}  // namespace generate_internal
 
 torch::Tensor ChooseNextTokens(const torch::Tensor& logits,
                                const GenerateOptions& options,
@@ -45,42 +154,15 @@ torch::Tensor ChooseNextTokens(const torch::Tensor& logits,
 }
 
 namespace {
-// HF generate's positions: cumsum(mask) - 1, pads at 0.
-torch::Tensor PositionsFromMask(const torch::Tensor& mask) {
-  return (mask.cumsum(-1) - 1).masked_fill(mask.eq(0), 0);
-}
 
-// Steps between reads of the stop state (one host sync each).
-constexpr int64_t kStopCheckInterval = 8;
-// Static caches get prompt + max_new_tokens slots rounded up to this.
-constexpr int64_t kCapacityRounding = 64;
-
-// A sampling generator on `device` (CUDA ops reject a CPU generator).
-at::Generator MakeGenerator(c10::Device device, uint64_t seed) {
-#ifdef GEMMA_WITH_CUDA
-  if (device.is_cuda()) {
-    at::Generator gen = at::cuda::detail::createCUDAGenerator(device.index());
-    gen.set_current_seed(seed);
-    return gen;
-  }
-#endif
-  (void)device;
-  return at::detail::createCPUGenerator(seed);
-}
-
+using generate_internal::DecodeLoop;
+using generate_internal::Feeder;
+using generate_internal::kCapacityRounding;
+using generate_internal::PositionsFromMask;
 // The prompt on the device, with its mask and positions filled in.
 struct Prompt {
   ModelInputs in;
   int64_t batch = 0;
-};
-
-// How the tokens after the prompt reach the model: Prefill runs the prompt,
-// Feed one new token per row; both return the logits [B, V] that follow.
-class Feeder {
- public:
-  virtual ~Feeder() = default;
-  virtual torch::Tensor Prefill() = 0;
-  virtual torch::Tensor Feed(const torch::Tensor& next) = 0;
 };
 
 // Without a cache: the whole sequence again at every step.
@@ -160,15 +242,6 @@ class StaticFeeder : public Feeder {
   bool graphs_;
 };
 
-// Index of the first false in `flags` (bool scalars), or -1: one host sync.
-int64_t FirstFalse(const std::vector<torch::Tensor>& flags) {
-  torch::Tensor f = torch::stack(flags).cpu();
-  const bool* p = f.data_ptr<bool>();
-  for (int64_t i = 0; i < f.numel(); ++i)
-    if (!p[i]) return i;
-  return -1;
-}
-
 absl::Status CheckOptions(const ModelInputs& prompt,
                           const GenerateOptions& opts) {
   if (!prompt.input_ids.defined() || prompt.input_ids.dim() != 2 ||
@@ -234,76 +307,8 @@ absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
     if (prompt.pixel_values.defined())
       p.in.pixel_values = prompt.pixel_values.to(dev);
 
-    at::Generator gen = MakeGenerator(dev, opts.seed);
-    torch::Tensor stop =
-        torch::tensor(opts.stop_token_ids, torch::kLong).to(dev);
-    torch::Tensor unfinished = torch::ones(
-        {p.batch}, torch::TensorOptions().dtype(torch::kBool).device(dev));
-    // The host must see the stop state after each step only when a callback
-    // is called per step; otherwise it reads `alive` (any row unfinished
-    // after step alive_first + i) every kStopCheckInterval steps.
-    const bool can_stop = stop.numel() > 0 || opts.should_stop;
-    const bool check_each_step = opts.on_step || opts.should_stop;
-    std::vector<torch::Tensor> alive;
-    int64_t alive_first = 0, stop_at = -1;
-    std::vector<torch::Tensor> tokens, step_logits;
-
     std::unique_ptr<Feeder> feeder = MakeFeeder(model, p, opts);
-    torch::Tensor last = feeder->Prefill();
-    const int64_t vocab = last.size(-1);
-    for (int64_t step = 0; step < opts.max_new_tokens; ++step) {
-      torch::Tensor next = ChooseNextTokens(last, opts, &gen);
-      next = torch::where(unfinished, next,
-                          torch::full_like(next, opts.pad_token_id));
-      tokens.push_back(next);
-      if (opts.return_step_logits) {
-        // A copy: a graph's output buffer is overwritten by the next step.
-        step_logits.push_back(last.to(torch::kFloat, /*non_blocking=*/false,
-                                      /*copy=*/true));
-      }
-      if (opts.on_step) opts.on_step(step, next);
-      if (stop.numel() > 0)
-        unfinished =
-            unfinished.logical_and(torch::isin(next, stop).logical_not());
-      if (opts.should_stop) {
-        torch::Tensor extra = opts.should_stop(torch::stack(tokens, 1).cpu());
-        unfinished = unfinished.logical_and(
-            extra.to(unfinished.device(), torch::kBool).logical_not());
-      }
-      if (step + 1 == opts.max_new_tokens) break;
-      if (can_stop) {
-        alive.push_back(unfinished.any());
-        if (check_each_step ||
-            static_cast<int64_t>(alive.size()) == kStopCheckInterval) {
-          const int64_t i = FirstFalse(alive);
-          if (i >= 0) {
-            stop_at = alive_first + i;
-            break;
-          }
-          alive.clear();
-          alive_first = step + 1;
-        }
-      }
-      last = feeder->Feed(next);
-    }
-    if (stop_at < 0 && !alive.empty()) {
-      const int64_t i = FirstFalse(alive);
-      if (i >= 0) stop_at = alive_first + i;
-    }
-    if (stop_at >= 0) {  // every row had stopped after step stop_at
-      tokens.resize(static_cast<size_t>(stop_at + 1));
-      if (!step_logits.empty())
-        step_logits.resize(static_cast<size_t>(stop_at + 1));
-    }
-    GenerateResult result;
-    result.tokens = tokens.empty() ? torch::zeros({p.batch, 0}, torch::kLong)
-                                   : torch::stack(tokens, 1).cpu();
-    if (opts.return_step_logits) {
-      result.step_logits =
-          step_logits.empty() ? torch::zeros({p.batch, 0, vocab}, torch::kFloat)
-                              : torch::stack(step_logits, 1).cpu();
-    }
-    return result;
+    return DecodeLoop(*feeder, p.batch, dev, opts);
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("generate: ", e.what_without_backtrace()));

@@ -254,6 +254,58 @@ TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
                            folder->tensors.at("text.layers.3.attn.qk.weight")));
 }
 
+// GenerateGemma4: greedy tokens equal transformers' with and without the
+// cache; a left-padded row decodes as it does alone; sampling repeats with
+// its seed.
+TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
+  const torch::Tensor prompt = io_.at("greedy_prompt");
+  const torch::Tensor want = io_.at("greedy_tokens");
+  auto whole = LoadGemma4Model(CaseDir() + "/hf");
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  Gemma4Model& m = *whole;
+  m->eval();
+  GenerateOptions o;
+  o.max_new_tokens = want.size(1);
+  for (bool cache : {true, false}) {
+    o.use_cache = cache;
+    Gemma4Inputs in;
+    in.input_ids = prompt;
+    auto got = GenerateGemma4(m, in, o);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(torch::equal(got->tokens, want)) << "cache " << cache;
+  }
+  o.use_cache = true;
+  // Row 1 is row 0's prompt without its first 3 tokens, left-padded.
+  const int64_t l = prompt.size(1);
+  torch::Tensor short_ids = prompt.narrow(1, 3, l - 3);
+  Gemma4Inputs alone;
+  alone.input_ids = short_ids;
+  auto ref = GenerateGemma4(m, alone, o);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  Gemma4Inputs padded;
+  padded.input_ids = torch::cat(
+      {prompt, torch::cat({torch::zeros({1, 3}, torch::kLong), short_ids}, 1)});
+  padded.attention_mask = torch::ones_like(padded.input_ids);
+  padded.attention_mask[1].narrow(0, 0, 3).zero_();
+  auto both = GenerateGemma4(m, padded, o);
+  ASSERT_TRUE(both.ok()) << both.status();
+  EXPECT_TRUE(torch::equal(both->tokens[0], want[0]));
+  EXPECT_TRUE(torch::equal(both->tokens[1], ref->tokens[0]));
+  o.temperature = 0.8;
+  o.top_k = 20;
+  o.seed = 9;
+  Gemma4Inputs in;
+  in.input_ids = prompt;
+  auto s1 = GenerateGemma4(m, in, o);
+  auto s2 = GenerateGemma4(m, in, o);
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  EXPECT_TRUE(torch::equal(s1->tokens, s2->tokens));
+  Gemma4Inputs bad;
+  bad.input_ids = prompt;
+  bad.position_ids = torch::zeros_like(prompt);
+  EXPECT_FALSE(GenerateGemma4(m, bad, o).ok());
+}
+
 TEST(Gemma4ModelTest, Gemma3LoaderNamesGemma4Folders) {
   // The Gemma 3 loader (and the sharded-checkpoint converter behind it) says
   // where Gemma 4 folders go instead of failing on tensor names.
