@@ -16,8 +16,6 @@
 #include "jobs/generate_job.h"
 #include "jobs/train_model.h"
 #include "model/checkpoint.h"
-#include "model/lora.h"
-#include "model/lora_layout.h"
 #include "model/loss.h"
 #include "model/weights.h"
 
@@ -114,40 +112,13 @@ class EvalJob : public Job {
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
     const c10::Device dev(ctx.device.empty() ? "cpu" : ctx.device);
-    const std::string& dtype_name = spec.model().dtype();
-    if (!dtype_name.empty() && dtype_name != "float32" &&
-        dtype_name != "bfloat16") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("spec.model.dtype: must be float32 or bfloat16, got '",
-                       dtype_name, "'"));
-    }
-    const at::ScalarType dtype =
-        dtype_name == "bfloat16" ? at::kBFloat16 : at::kFloat;
-    // Gemma 4 through the trainer's model interface (teacher-forced metrics);
-    // Gemma 3 as before (with generation).
-    std::string family = "gemma3";
-    {
-      std::string base = spec.model().path();
-      if (PathExists(base + "/adapter.json")) {
-        GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
-                               ReadAdapterCheckpointInfo(base));
-        base = info.base_model;
-      }
-      GEMMA_ASSIGN_OR_RETURN(family, ModelFamily(base));
-    }
-    std::unique_ptr<TrainModel> g4;
-    Gemma3Model model{nullptr};
+    GEMMA_ASSIGN_OR_RETURN(InferenceModel model,
+                           OpenInferenceModel(spec, *tokenizer, dev));
+    const at::ScalarType dtype = model.dtype;
+    TrainModel* g4 = model.gemma4.get();
     double softcap = 0.0;
-    if (family == "gemma4") {
-      GEMMA_ASSIGN_OR_RETURN(g4, OpenGemma4ForInference(spec));
-      GEMMA_RETURN_IF_ERROR(g4->CheckTokenizer(*tokenizer));
-      g4->module().to(dev, dtype);
-      g4->module().eval();
-    } else {
-      GEMMA_ASSIGN_OR_RETURN(model, LoadJobModel(spec.model().path()));
-      model->to(dev, dtype);
-      model->eval();
-      const ModelConfig& config = model->config();
+    if (!g4) {
+      const ModelConfig& config = model.gemma3->config();
       softcap =
           !config.is_vl() && config.text.final_logit_softcapping.has_value()
               ? *config.text.final_logit_softcapping
@@ -164,7 +135,7 @@ class EvalJob : public Job {
     if (g4) {
       g4->ConfigureBatches(bo);
     } else {
-      const ModelConfig& config = model->config();
+      const ModelConfig& config = model.gemma3->config();
       bo.chat.mm_tokens_per_image =
           static_cast<int>(config.mm_tokens_per_image);
       if (config.vision.has_value())
@@ -173,7 +144,7 @@ class EvalJob : public Job {
     bo.image.do_pan_and_scan = spec.data().pan_and_scan();
     auto add_loss = [&](const Batch& b) {
       return g4 ? AddTrainModelLoss(*g4, b, dev, dtype, &loss)
-                : AddBatchLoss(model, b, dev, dtype, softcap, &loss);
+                : AddBatchLoss(model.gemma3, b, dev, dtype, softcap, &loss);
     };
 
     const int64_t n = static_cast<int64_t>(data.size());
@@ -258,12 +229,7 @@ class EvalJob : public Job {
       go.max_new_tokens = e.max_new_tokens() > 0 ? e.max_new_tokens() : 128;
       go.batch_size = gen_batch;
       go.pan_and_scan = spec.data().pan_and_scan();
-      BatchOptions g4_batches;
-      if (g4) g4->ConfigureBatches(g4_batches);
-      TextGenerator gen =
-          g4 ? TextGenerator(*g4->gemma4(), tokenizer.get(),
-                             g4_batches.gemma4_image.max_soft_tokens)
-             : TextGenerator(model, tokenizer.get());
+      TextGenerator gen = model.Generator(tokenizer.get());
       int64_t done_batches = 0;
       GEMMA_ASSIGN_OR_RETURN(std::vector<GenerationOutput> outs,
                              gen.Run(requests, go, [&](int64_t, int64_t) {

@@ -85,8 +85,24 @@ absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path) {
   return *model;
 }
 
-absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4ForInference(
-    const gemma::v1::JobSpec& spec) {
+TextGenerator InferenceModel::Generator(const Tokenizer* tokenizer) {
+  if (!gemma4) return TextGenerator(gemma3, tokenizer);
+  BatchOptions bo;
+  gemma4->ConfigureBatches(bo);
+  return TextGenerator(*gemma4->gemma4(), tokenizer,
+                       bo.gemma4_image.max_soft_tokens);
+}
+
+absl::StatusOr<InferenceModel> OpenInferenceModel(
+    const gemma::v1::JobSpec& spec, const Tokenizer& tokenizer,
+    const c10::Device& device) {
+  const std::string& dtype = spec.model().dtype();
+  if (!dtype.empty() && dtype != "float32" && dtype != "bfloat16") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.model.dtype: must be float32 or bfloat16, got '", dtype, "'"));
+  }
+  InferenceModel m;
+  m.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const std::string& path = spec.model().path();
   std::string base = path;
   const bool adapters = PathExists(path + "/adapter.json");
@@ -95,18 +111,26 @@ absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4ForInference(
                            ReadAdapterCheckpointInfo(path));
     base = info.base_model;
   }
+  GEMMA_ASSIGN_OR_RETURN(std::string family, ModelFamily(base));
+  if (family != "gemma4") {
+    GEMMA_ASSIGN_OR_RETURN(m.gemma3, LoadJobModel(path));
+    m.gemma3->to(device, m.dtype);
+    m.gemma3->eval();
+    return m;
+  }
   gemma::v1::JobSpec one = spec;
   one.clear_parallel();
-  GEMMA_ASSIGN_OR_RETURN(auto model,
-                         OpenTrainModel(base, ParallelGroups{}, one));
+  GEMMA_ASSIGN_OR_RETURN(m.gemma4, OpenTrainModel(base, ParallelGroups{}, one));
   if (adapters) {
     GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout,
-                           AdapterLayoutOf(model->module()));
+                           AdapterLayoutOf(m.gemma4->module()));
     GEMMA_RETURN_IF_ERROR(
-        LoadAdapterCheckpoint(path, model->module(), layout).status());
+        LoadAdapterCheckpoint(path, m.gemma4->module(), layout).status());
   }
-  model->module().eval();
-  return model;
+  GEMMA_RETURN_IF_ERROR(m.gemma4->CheckTokenizer(tokenizer));
+  m.gemma4->module().to(device, m.dtype);
+  m.gemma4->module().eval();
+  return m;
 }
 
 GenerationRequest SplitAtLastModelTurn(const Conversation& conv,
@@ -188,6 +212,40 @@ absl::Status WriteGenerationOutput(
   }
   return RenamePath(tmp, path);
 }
+
+namespace {
+
+struct LeftPadded {
+  at::Tensor input_ids, attention_mask, token_type_ids;  // [B, L] int64
+};
+
+// The prompts as one batch padded on the left to the longest (row r's tokens
+// end at the last column), as HF's generate wants them.
+LeftPadded LeftPad(const std::vector<EncodedChat>& encoded, int pad) {
+  size_t longest = 0;
+  for (const auto& e : encoded) longest = std::max(longest, e.input_ids.size());
+  const int64_t b = static_cast<int64_t>(encoded.size());
+  const int64_t len = static_cast<int64_t>(longest);
+  LeftPadded out;
+  out.input_ids = torch::full({b, len}, pad, torch::kLong);
+  out.attention_mask = torch::zeros({b, len}, torch::kLong);
+  out.token_type_ids = torch::zeros({b, len}, torch::kLong);
+  for (int64_t r = 0; r < b; ++r) {
+    const auto& e = encoded[static_cast<size_t>(r)];
+    const int64_t n = static_cast<int64_t>(e.input_ids.size());
+    if (n == 0) continue;
+    const auto row = [&](const std::vector<int>& v) {
+      return torch::tensor(std::vector<int64_t>(v.begin(), v.end()),
+                           torch::kLong);
+    };
+    out.input_ids[r].narrow(0, len - n, n).copy_(row(e.input_ids));
+    out.token_type_ids[r].narrow(0, len - n, n).copy_(row(e.token_type_ids));
+    out.attention_mask[r].narrow(0, len - n, n).fill_(1);
+  }
+  return out;
+}
+
+}  // namespace
 
 TextGenerator::TextGenerator(Gemma3Model model, const Tokenizer* tokenizer)
     : model_(std::move(model)), tokenizer_(tokenizer) {}
@@ -272,29 +330,11 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
     prompts.push_back(std::move(prompt));
     encoded.push_back(*std::move(enc));
   }
-  size_t longest = 0;
-  for (const auto& e : encoded) longest = std::max(longest, e.input_ids.size());
-  const int64_t len = static_cast<int64_t>(longest);
-  // Left padding: row r's tokens end at column len - 1.
-  std::vector<int64_t> ids(b * len, sp.pad), mask(b * len, 0),
-      types(b * len, 0);
-  for (int64_t r = 0; r < b; ++r) {
-    const auto& e = encoded[r];
-    const int64_t n = static_cast<int64_t>(e.input_ids.size());
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t at = r * len + (len - n + k);
-      ids[at] = e.input_ids[k];
-      types[at] = e.token_type_ids[k];
-      mask[at] = 1;
-    }
-  }
-  const auto as_tensor = [&](std::vector<int64_t>& v) {
-    return torch::from_blob(v.data(), {b, len}, torch::kLong).clone();
-  };
+  const LeftPadded padded = LeftPad(encoded, sp.pad);
   ModelInputs in;
-  in.input_ids = as_tensor(ids);
-  in.attention_mask = as_tensor(mask);
-  in.token_type_ids = as_tensor(types);
+  in.input_ids = padded.input_ids;
+  in.attention_mask = padded.attention_mask;
+  in.token_type_ids = padded.token_type_ids;
   if (!images.empty())
     in.pixel_values = torch::cat(images);
   else
@@ -451,24 +491,10 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatchGemma4(
     prompts.push_back(std::move(prompt));
     encoded.push_back(*std::move(enc));
   }
-  size_t longest = 0;
-  for (const auto& e : encoded) longest = std::max(longest, e.input_ids.size());
-  const int64_t len = static_cast<int64_t>(longest);
-  // Left padding: row r's tokens end at column len - 1.
-  std::vector<int64_t> ids(b * len, sp.pad), mask(b * len, 0);
-  for (int64_t r = 0; r < b; ++r) {
-    const auto& e = encoded[r];
-    const int64_t n = static_cast<int64_t>(e.input_ids.size());
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t at = r * len + (len - n + k);
-      ids[at] = e.input_ids[k];
-      mask[at] = 1;
-    }
-  }
+  const LeftPadded padded = LeftPad(encoded, sp.pad);
   Gemma4Inputs in;
-  in.input_ids = torch::from_blob(ids.data(), {b, len}, torch::kLong).clone();
-  in.attention_mask =
-      torch::from_blob(mask.data(), {b, len}, torch::kLong).clone();
+  in.input_ids = padded.input_ids;
+  in.attention_mask = padded.attention_mask;
   if (!pixels.empty()) {
     in.pixel_values = torch::stack(pixels);
     in.image_positions = torch::stack(positions);
@@ -526,26 +552,11 @@ class GenerateJob : public Job {
     }
     GEMMA_ASSIGN_OR_RETURN(auto tokenizer,
                            Tokenizer::Load(TokenizerPathOf(spec.model())));
-    const c10::Device dev(ctx.device.empty() ? "cpu" : ctx.device);
-    const at::ScalarType dtype =
-        spec.model().dtype() == "bfloat16" ? at::kBFloat16 : at::kFloat;
-    std::string base = spec.model().path();
-    if (PathExists(base + "/adapter.json")) {
-      GEMMA_ASSIGN_OR_RETURN(AdapterCheckpointInfo info,
-                             ReadAdapterCheckpointInfo(base));
-      base = info.base_model;
-    }
-    GEMMA_ASSIGN_OR_RETURN(std::string family, ModelFamily(base));
-    Gemma3Model model{nullptr};
-    std::unique_ptr<TrainModel> g4;
-    if (family == "gemma4") {
-      GEMMA_ASSIGN_OR_RETURN(g4, OpenGemma4ForInference(spec));
-      GEMMA_RETURN_IF_ERROR(g4->CheckTokenizer(*tokenizer));
-      g4->module().to(dev, dtype);
-    } else {
-      GEMMA_ASSIGN_OR_RETURN(model, LoadJobModel(spec.model().path()));
-      model->to(dev, dtype);
-    }
+    GEMMA_ASSIGN_OR_RETURN(
+        InferenceModel model,
+        OpenInferenceModel(
+            spec, *tokenizer,
+            c10::Device(ctx.device.empty() ? "cpu" : ctx.device)));
     ctx.Log(absl::StrCat("generate: ", requests.size(), " prompts with ",
                          spec.model().path()));
     TextGenerationOptions opt;
@@ -557,12 +568,7 @@ class GenerateJob : public Job {
     opt.stop.assign(g.stop().begin(), g.stop().end());
     opt.batch_size = g.batch_size() > 0 ? g.batch_size() : 8;
     opt.pan_and_scan = spec.data().pan_and_scan();
-    BatchOptions g4_batches;
-    if (g4) g4->ConfigureBatches(g4_batches);
-    TextGenerator gen =
-        g4 ? TextGenerator(*g4->gemma4(), tokenizer.get(),
-                           g4_batches.gemma4_image.max_soft_tokens)
-           : TextGenerator(model, tokenizer.get());
+    TextGenerator gen = model.Generator(tokenizer.get());
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t total = static_cast<int64_t>(requests.size());
     ctx.Progress(0, total, {});

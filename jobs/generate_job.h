@@ -134,11 +134,23 @@ std::unique_ptr<Job> NewGenerateJob();
 // loads its base_model and attaches the adapters. Eval mode (no dropout).
 absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path);
 
-// A Gemma 4 model for inference (eval, generate) on one rank with every
-// expert: spec.model.path is an HF folder, our checkpoint or a Gemma 4
-// adapter checkpoint (its base loaded, the adapters attached). CPU, fp32.
-absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4ForInference(
-    const gemma::v1::JobSpec& spec);
+// The model of an inference job (eval, generate) on one rank with every
+// expert: spec.model.path is an HF folder, our checkpoint or an adapter
+// checkpoint (its base loaded, the adapters attached), Gemma 3 or Gemma 4,
+// moved to `device` in spec.model.dtype and in eval mode. Exactly one of
+// gemma3 / gemma4 is set.
+struct InferenceModel {
+  Gemma3Model gemma3{nullptr};
+  std::unique_ptr<TrainModel> gemma4;  // teacher-forced loss: TrainModel::Loss
+  at::ScalarType dtype = at::kFloat;
+  // A generator over this model (Gemma 4: its processor's soft-token budget).
+  TextGenerator Generator(const Tokenizer* tokenizer);
+};
+// Errors name spec.model.dtype, the folder, or the tokenizer whose image ids
+// differ from the model's.
+absl::StatusOr<InferenceModel> OpenInferenceModel(
+    const gemma::v1::JobSpec& spec, const Tokenizer& tokenizer,
+    const c10::Device& device);
 
 // The tokenizer of `spec.model`: model.tokenizer, else
 // <model.path>/tokenizer.model, else (adapter checkpoints) the base model's.

@@ -26,10 +26,8 @@ class Gemma3TrainModel : public TrainModel {
         config_json_(std::move(config_json)),
         tp_(std::move(tp)) {}
 
-  std::string family() const override { return "gemma3"; }
   torch::nn::Module& module() override { return *model_; }
   const std::string& config_json() const override { return config_json_; }
-  bool is_vl() const override { return config_.is_vl(); }
   Gemma3Model* gemma3() override { return &model_; }
 
   void ConfigureBatches(BatchOptions& bo) const override {
@@ -89,18 +87,8 @@ class Gemma3TrainModel : public TrainModel {
   absl::Status Load(const std::string& dir) override {
     GEMMA_ASSIGN_OR_RETURN(ModelWeights w,
                            LoadModelWeights(dir, tp_.size(), tp_.rank()));
-    absl::Status loaded;
-    try {
-      torch::NoGradGuard no_grad;
-      loaded = LoadParameters(*model_, w.tensors);
-    } catch (const c10::Error& e) {
-      loaded = absl::InternalError(e.what_without_backtrace());
-    }
-    if (!loaded.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(dir, ": ", loaded.message()));
-    }
-    return absl::OkStatus();
+    return LoadIntoModel(dir,
+                         [&] { return LoadParameters(*model_, w.tensors); });
   }
 
  private:
@@ -154,6 +142,22 @@ Batch BatchOnDevice(const Batch& batch, const c10::Device& device,
   if (batch.pixel_values.defined() && batch.pixel_values.numel() > 0)
     b.pixel_values = on(batch.pixel_values).to(pixel_dtype);
   return b;
+}
+
+absl::Status LoadIntoModel(const std::string& dir,
+                           const std::function<absl::Status()>& load) {
+  absl::Status loaded;
+  try {
+    torch::NoGradGuard no_grad;
+    loaded = load();
+  } catch (const c10::Error& e) {
+    loaded = absl::InternalError(e.what_without_backtrace());
+  }
+  if (!loaded.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": ", loaded.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> ModelFamily(const std::string& dir) {

@@ -17,6 +17,7 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,13 +47,10 @@ class TrainModel {
  public:
   virtual ~TrainModel() = default;
 
-  // "gemma3" or "gemma4".
-  virtual std::string family() const = 0;
   // Every parameter and buffer, under our names (text.*, vision.*, ...).
   virtual torch::nn::Module& module() = 0;
   // The HF config.json text the weights came with.
   virtual const std::string& config_json() const = 0;
-  virtual bool is_vl() const = 0;
 
   // Sets what the data loader needs from the model (chat format, image
   // size, soft tokens per image).
@@ -94,6 +92,12 @@ class TrainModel {
 // dtype), as TrainModel::Loss takes them; non_blocking for pinned batches.
 Batch BatchOnDevice(const Batch& batch, const c10::Device& device,
                     at::ScalarType pixel_dtype, bool non_blocking = false);
+
+// Runs `load` (copying weights into a model under no_grad) and names `dir`
+// in its error; LibTorch exceptions become errors too. The shared tail of
+// TrainModel::Load.
+absl::Status LoadIntoModel(const std::string& dir,
+                           const std::function<absl::Status()>& load);
 
 // Reads the model folder `dir` (HF, our checkpoint, our names; Gemma 3 or
 // Gemma 4, told apart by its config) and builds this rank's part of it on the

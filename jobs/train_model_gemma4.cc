@@ -31,10 +31,8 @@ class Gemma4TrainModel : public TrainModel {
         config_json_(std::move(config_json)),
         groups_(std::move(groups)) {}
 
-  std::string family() const override { return "gemma4"; }
   torch::nn::Module& module() override { return *model_; }
   const std::string& config_json() const override { return config_json_; }
-  bool is_vl() const override { return config_.is_vl(); }
   Gemma4Model* gemma4() override { return &model_; }
 
   void ConfigureBatches(BatchOptions& bo) const override {
@@ -139,19 +137,10 @@ class Gemma4TrainModel : public TrainModel {
     GEMMA_ASSIGN_OR_RETURN(
         Gemma4RankWeights w,
         LoadGemma4RankWeights(dir, groups_.ep->size(), groups_.ep->rank()));
-    absl::Status loaded;
-    try {
-      torch::NoGradGuard no_grad;
-      loaded = LoadGemma4ModuleWeights(*model_, w.tensors, "",
-                                       groups_.ep->rank(), groups_.ep->size());
-    } catch (const c10::Error& e) {
-      loaded = absl::InternalError(e.what_without_backtrace());
-    }
-    if (!loaded.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(dir, ": ", loaded.message()));
-    }
-    return absl::OkStatus();
+    return LoadIntoModel(dir, [&] {
+      return LoadGemma4ModuleWeights(*model_, w.tensors, "", groups_.ep->rank(),
+                                     groups_.ep->size());
+    });
   }
 
   std::map<std::string, double> TakeMetrics() override {

@@ -53,6 +53,34 @@ int64_t FirstFalse(const std::vector<torch::Tensor>& flags) {
   return -1;
 }
 
+absl::Status CheckGenerateInputs(const torch::Tensor& input_ids,
+                                 const torch::Tensor& attention_mask,
+                                 const torch::Tensor& position_ids,
+                                 const GenerateOptions& opts) {
+  if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.size(1) == 0) {
+    return absl::InvalidArgumentError(
+        "generate: input_ids must be a non-empty [batch, length]");
+  }
+  if (position_ids.defined()) {
+    return absl::InvalidArgumentError(
+        "generate: positions come from the attention mask; "
+        "position_ids must be empty");
+  }
+  if (opts.max_new_tokens < 0)
+    return absl::InvalidArgumentError("generate: max_new_tokens < 0");
+  if (!(opts.top_p > 0.0 && opts.top_p <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("generate: top_p must be in (0, 1], got ", opts.top_p));
+  }
+  if (opts.top_k < 0)
+    return absl::InvalidArgumentError("generate: top_k must be >= 0");
+  if (attention_mask.defined() && attention_mask.sizes() != input_ids.sizes()) {
+    return absl::InvalidArgumentError(
+        "generate: attention_mask must have the shape of input_ids");
+  }
+  return absl::OkStatus();
+}
+
 GenerateResult DecodeLoop(Feeder& feeder, int64_t batch, c10::Device dev,
                           const GenerateOptions& opts) {
   at::Generator gen = MakeGenerator(dev, opts.seed);
@@ -159,64 +187,14 @@ using generate_internal::DecodeLoop;
 using generate_internal::Feeder;
 using generate_internal::kCapacityRounding;
 using generate_internal::PositionsFromMask;
+using UncachedFeeder =
+    generate_internal::UncachedFeeder<Gemma3Model, ModelInputs>;
+using DynamicFeeder = generate_internal::CachedFeeder<Gemma3Model, ModelInputs>;
+
 // The prompt on the device, with its mask and positions filled in.
 struct Prompt {
   ModelInputs in;
   int64_t batch = 0;
-};
-
-// Without a cache: the whole sequence again at every step.
-class UncachedFeeder : public Feeder {
- public:
-  UncachedFeeder(Gemma3Model& model, const Prompt& p)
-      : model_(model), in_(p.in) {}
-  torch::Tensor Prefill() override { return Run(); }
-  torch::Tensor Feed(const torch::Tensor& next) override {
-    const int64_t l = in_.input_ids.size(1);
-    in_.input_ids = torch::cat({in_.input_ids, next.unsqueeze(1)}, 1);
-    in_.attention_mask = torch::cat(
-        {in_.attention_mask, torch::ones_like(next).unsqueeze(1)}, 1);
-    in_.position_ids = torch::cat(
-        {in_.position_ids, in_.position_ids.narrow(1, l - 1, 1) + 1}, 1);
-    if (in_.token_type_ids.defined()) {
-      in_.token_type_ids = torch::cat(
-          {in_.token_type_ids, in_.token_type_ids.narrow(1, l - 1, 1)}, 1);
-    }
-    return Run();
-  }
-
- private:
-  torch::Tensor Run() { return model_->forward(in_, nullptr).select(1, -1); }
-  Gemma3Model& model_;
-  ModelInputs in_;
-};
-
-// The growing KV cache (KvCache's default layout).
-class DynamicFeeder : public Feeder {
- public:
-  DynamicFeeder(Gemma3Model& model, const Prompt& p)
-      : model_(model), prompt_(p.in), cache_(model->NewCache()) {}
-  torch::Tensor Prefill() override {
-    mask_ = prompt_.attention_mask;
-    position_ =
-        prompt_.position_ids.narrow(1, prompt_.position_ids.size(1) - 1, 1);
-    return model_->forward(prompt_, &cache_).select(1, -1);
-  }
-  torch::Tensor Feed(const torch::Tensor& next) override {
-    position_ = position_ + 1;
-    mask_ = torch::cat({mask_, torch::ones_like(next).unsqueeze(1)}, 1);
-    ModelInputs step;
-    step.input_ids = next.unsqueeze(1);
-    step.attention_mask = mask_;
-    step.position_ids = position_;
-    return model_->forward(step, &cache_).select(1, -1);
-  }
-
- private:
-  Gemma3Model& model_;
-  ModelInputs prompt_;
-  KvCache cache_;
-  torch::Tensor mask_, position_;
 };
 
 // The static KV cache (StaticDecoder), its steps replayed as a CUDA graph
@@ -242,44 +220,16 @@ class StaticFeeder : public Feeder {
   bool graphs_;
 };
 
-absl::Status CheckOptions(const ModelInputs& prompt,
-                          const GenerateOptions& opts) {
-  if (!prompt.input_ids.defined() || prompt.input_ids.dim() != 2 ||
-      prompt.input_ids.size(1) == 0) {
-    return absl::InvalidArgumentError(
-        "generate: input_ids must be a non-empty [batch, length]");
-  }
-  if (prompt.position_ids.defined()) {
-    return absl::InvalidArgumentError(
-        "generate: positions come from the attention mask; "
-        "position_ids must be empty");
-  }
-  if (opts.max_new_tokens < 0)
-    return absl::InvalidArgumentError("generate: max_new_tokens < 0");
-  if (!(opts.top_p > 0.0 && opts.top_p <= 1.0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("generate: top_p must be in (0, 1], got ", opts.top_p));
-  }
-  if (opts.top_k < 0)
-    return absl::InvalidArgumentError("generate: top_k must be >= 0");
-  if (prompt.attention_mask.defined() &&
-      prompt.attention_mask.sizes() != prompt.input_ids.sizes()) {
-    return absl::InvalidArgumentError(
-        "generate: attention_mask must have the shape of input_ids");
-  }
-  return absl::OkStatus();
-}
-
 std::unique_ptr<Feeder> MakeFeeder(Gemma3Model& model, const Prompt& p,
                                    const GenerateOptions& opts) {
-  if (!opts.use_cache) return std::make_unique<UncachedFeeder>(model, p);
+  if (!opts.use_cache) return std::make_unique<UncachedFeeder>(model, p.in);
   // Graphs need eval mode: a training-mode module may draw random numbers
   // (LoRA dropout), which a capture cannot replay as drawn.
   const bool graphs = opts.cuda_graphs && CudaGraphsBuilt() &&
                       p.in.input_ids.is_cuda() && !model->is_training() &&
                       !model->text->tp().split();
   if (!graphs && !opts.static_cache)
-    return std::make_unique<DynamicFeeder>(model, p);
+    return std::make_unique<DynamicFeeder>(model, p.in, model->NewCache());
   const int64_t need = p.in.input_ids.size(1) + opts.max_new_tokens;
   const int64_t capacity =
       (need + kCapacityRounding - 1) / kCapacityRounding * kCapacityRounding;
@@ -290,7 +240,10 @@ std::unique_ptr<Feeder> MakeFeeder(Gemma3Model& model, const Prompt& p,
 absl::StatusOr<GenerateResult> Generate(Gemma3Model& model,
                                         const ModelInputs& prompt,
                                         const GenerateOptions& opts) {
-  if (absl::Status st = CheckOptions(prompt, opts); !st.ok()) return st;
+  if (absl::Status st = generate_internal::CheckGenerateInputs(
+          prompt.input_ids, prompt.attention_mask, prompt.position_ids, opts);
+      !st.ok())
+    return st;
   try {
     torch::NoGradGuard no_grad;
     const c10::Device dev = model->text->embed->weight.device();
