@@ -117,13 +117,16 @@ class SingleRankComm : public Comm {
   std::string backend() const override { return "single"; }
 };
 
-// The groups of one rank in a tp x dp layout; ep re-slices the DP ranks.
+// The groups of one rank in a tp x dp layout; ep re-slices the same ranks.
 // Ranks are laid out TP-fastest: rank = dp_index * tp + tp_index. The EP
-// group of a rank is the ep consecutive DP ranks (same TP index) that share
-// one set of experts between them: dp_index / ep picks the group, dp_index %
-// ep is the rank in it. The expert-data-parallel group (edp) joins the ranks
-// that hold the SAME experts (same TP index and dp_index % ep, dp / ep of
-// them): expert gradients are summed over it, as the others over dp.
+// group of a rank is the `ep` consecutive ranks of the world that share one
+// set of experts between them (rank / ep picks the group, rank % ep is the
+// rank in it): with tp = 1 these are ep data-parallel replicas; with tp > 1
+// the group spans TP groups (Megatron's MoE parallel folding: each TP rank
+// routes its share of its group's tokens, model/moe.h). The
+// expert-data-parallel group (edp) joins the ranks that hold the SAME
+// experts (same rank % ep, world / ep of them): expert gradients are summed
+// over it, as the dense ones over dp.
 struct ParallelGroups {
   std::shared_ptr<Comm> world = std::make_shared<SingleRankComm>();
   std::shared_ptr<Comm> tp = std::make_shared<SingleRankComm>();

@@ -37,20 +37,44 @@ torch::Tensor Gemma4InverseFrequencies(int64_t head_dim,
 
 Gemma4AttentionImpl::Gemma4AttentionImpl(int64_t hidden, int64_t nq,
                                          int64_t nkv, int64_t hd, bool kv_same,
-                                         double eps_in, bool axial)
-    : num_heads(nq),
-      num_kv_heads(nkv),
-      head_dim(hd),
-      k_eq_v(kv_same),
-      eps(eps_in),
-      axial_2d(axial) {
+                                         double eps_in, bool axial,
+                                         const TpOptions& tp)
+    : head_dim(hd), k_eq_v(kv_same), eps(eps_in), axial_2d(axial) {
   TORCH_CHECK(nq % nkv == 0, "Gemma4Attention: ", nkv,
               " KV heads do not divide ", nq, " query heads");
-  const int64_t out = (nq + (k_eq_v ? 1 : 2) * nkv) * hd;
+  const int64_t n = tp.size();
+  TORCH_CHECK(nq % n == 0 && (nkv % n == 0 || n % nkv == 0),
+              "tensor parallel: ", n, " ranks do not split ", nq,
+              " query heads and ", nkv,
+              " KV heads (the KV heads must be a multiple or a divisor of tp)");
+  num_heads = nq / n;
+  num_kv_heads = nkv % n == 0 ? nkv / n : 1;
+  const int64_t kv_rows = (k_eq_v ? 1 : 2) * hd;
+  const int64_t out = num_heads * hd + num_kv_heads * kv_rows;
   qkv = register_module(k_eq_v ? "qk" : "qkv", Projection(hidden, out, false));
-  o = register_module("o", Projection(nq * hd, hidden, false));
+  o = register_module("o", Projection(num_heads * hd, hidden, false));
   q_norm = register_module("q_norm", Gemma4Norm(hd, eps));
   k_norm = register_module("k_norm", Gemma4Norm(hd, eps));
+  if (nkv % n != 0) {
+    // KV head g is replicated on the n / nkv ranks [g n / nkv, (g+1) n / nkv),
+    // each computing it for its own query heads only: the gradient of its
+    // rows is the sum of the replicas' gradients. Summed over the whole TP
+    // group with each rank's rows at its group's slot (cheap: nkv x kv_rows x
+    // H elements per layer).
+    const int64_t group = tp.rank() / (n / nkv);
+    const int64_t q_rows = num_heads * hd;
+    std::shared_ptr<Comm> comm = tp.comm;
+    qkv->weight.register_hook([comm, group, nkv, q_rows,
+                               kv_rows](const torch::Tensor& grad) {
+      torch::Tensor slots = torch::zeros({nkv, kv_rows, grad.size(1)},
+                                         grad.options());
+      slots.select(0, group).copy_(grad.narrow(0, q_rows, kv_rows));
+      comm->AllReduceSum(slots);
+      torch::Tensor out = grad.clone();
+      out.narrow(0, q_rows, kv_rows).copy_(slots.select(0, group));
+      return out;
+    });
+  }
 }
 
 torch::Tensor Gemma4AttentionImpl::forward(const torch::Tensor& x,
@@ -98,18 +122,26 @@ torch::Tensor Gemma4AttentionImpl::forward(const torch::Tensor& x,
 
 Gemma4DecoderLayerImpl::Gemma4DecoderLayerImpl(const Gemma4TextConfig& c,
                                                LayerType t,
-                                               std::shared_ptr<Comm> ep)
-    : type(t) {
+                                               std::shared_ptr<Comm> ep,
+                                               const TpOptions& tp)
+    : type(t), tp_(tp) {
   const int64_t h = c.hidden_size;
+  const int64_t n = tp_.size();
+  TORCH_CHECK(c.intermediate_size % n == 0, "tensor parallel: ", n,
+              " ranks do not divide the intermediate size ",
+              c.intermediate_size);
+  TORCH_CHECK(!tp_.sequence_parallel,
+              "Gemma 4: sequence parallelism is not supported");
   const double eps = c.rms_norm_eps;
   input_norm = register_module("input_norm", Gemma4Norm(h, eps));
   attn = register_module(
       "attn", Gemma4Attention(h, c.num_heads, c.layer_kv_heads(t),
-                              c.layer_head_dim(t), c.k_eq_v(t), eps));
+                              c.layer_head_dim(t), c.k_eq_v(t), eps,
+                              /*axial_2d=*/false, tp_));
   post_attn_norm = register_module("post_attn_norm", Gemma4Norm(h, eps));
   pre_mlp_norm = register_module("pre_mlp_norm", Gemma4Norm(h, eps));
-  mlp =
-      register_module("mlp", GatedMlp(GatedMlpOptions(h, c.intermediate_size)));
+  mlp = register_module(
+      "mlp", GatedMlp(GatedMlpOptions(h, c.intermediate_size / n)));
   post_mlp_norm = register_module("post_mlp_norm", Gemma4Norm(h, eps));
   if (c.enable_moe_block) {
     post_dense_norm = register_module("post_dense_norm", Gemma4Norm(h, eps));
@@ -119,7 +151,8 @@ Gemma4DecoderLayerImpl::Gemma4DecoderLayerImpl(const Gemma4TextConfig& c,
     mo.top_k = c.top_k_experts;
     mo.intermediate = c.moe_intermediate_size;
     mo.eps = eps;
-    moe = register_module("moe", MoeBlock(mo, std::move(ep)));
+    moe = register_module("moe", MoeBlock(mo, std::move(ep),
+                                          tp_.split() ? tp_.comm : nullptr));
   }
   layer_scalar = register_buffer("layer_scalar", torch::ones({1}));
 }
@@ -129,9 +162,17 @@ torch::Tensor Gemma4DecoderLayerImpl::forward(const torch::Tensor& x,
                                               const torch::Tensor& sin,
                                               const torch::Tensor& bias,
                                               LayerKvCache* cache) {
+  // Column- then row-parallel under TP: the copy sums the input gradients of
+  // the shards, the reduce sums their outputs.
+  auto enter = [&](const torch::Tensor& t) {
+    return tp_.split() ? CopyToTpRegion(t, *tp_.comm) : t;
+  };
+  auto exit = [&](const torch::Tensor& t) {
+    return tp_.split() ? ReduceFromTpRegion(t, *tp_.comm) : t;
+  };
   torch::Tensor h =
-      x + post_attn_norm(attn(input_norm(x), cos, sin, bias, cache));
-  torch::Tensor f = mlp(pre_mlp_norm(h));
+      x + post_attn_norm(exit(attn(enter(input_norm(x)), cos, sin, bias, cache)));
+  torch::Tensor f = exit(mlp(enter(pre_mlp_norm(h))));
   if (moe) f = post_dense_norm(f) + moe(h);
   return (h + post_mlp_norm(f)) * layer_scalar;
 }
@@ -140,22 +181,27 @@ torch::Tensor Gemma4DecoderLayerImpl::forward(const torch::Tensor& x,
 // --------------------------------------------------------------
 
 Gemma4TextModelImpl::Gemma4TextModelImpl(const Gemma4TextConfig& config,
-                                         std::shared_ptr<Comm> ep)
-    : config_(config) {
+                                         std::shared_ptr<Comm> ep, TpOptions tp)
+    : config_(config), tp_(std::move(tp)) {
   if (ep) {
     ep_rank_ = ep->rank();
     ep_size_ = ep->size();
   }
+  vocab_shard_ = VocabShardOf(config.vocab_size, tp_.size(), tp_.rank());
+  // This rank's padded vocabulary rows (all of them without TP); the pad row
+  // gets no gradient, as in HF.
   auto emb_opts =
-      torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size);
-  if (config.pad_token_id >= 0 && config.pad_token_id < config.vocab_size) {
-    emb_opts.padding_idx(config.pad_token_id);
+      torch::nn::EmbeddingOptions(vocab_shard_.rows, config.hidden_size);
+  const int64_t local_pad = config.pad_token_id - vocab_shard_.start;
+  if (config.pad_token_id >= 0 && local_pad >= 0 &&
+      local_pad < vocab_shard_.valid) {
+    emb_opts.padding_idx(local_pad);
   }
   embed = register_module("embed", torch::nn::Embedding(emb_opts));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.num_layers; ++i) {
     Gemma4DecoderLayer layer(config, config.layer_types[static_cast<size_t>(i)],
-                             ep);
+                             ep, tp_);
     layers->push_back(layer);
     layer_list_.push_back(layer);
   }
@@ -180,7 +226,10 @@ torch::Tensor Gemma4TextModelImpl::Embed(const torch::Tensor& input_ids) {
       static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size)));
   torch::Tensor s = torch::scalar_tensor(scale, torch::kFloat)
                         .to(embed->weight.scalar_type());
-  return embed(input_ids) * s;
+  if (!tp_.split()) return embed(input_ids) * s;
+  return VocabParallelEmbedding(input_ids, embed->weight, vocab_shard_,
+                                *tp_.comm, config_.pad_token_id) *
+         s;
 }
 
 torch::Tensor Gemma4TextModelImpl::Decode(const torch::Tensor& embeds,
@@ -256,12 +305,51 @@ torch::Tensor Gemma4TextModelImpl::Decode(const torch::Tensor& embeds,
 }
 
 torch::Tensor Gemma4TextModelImpl::Logits(const torch::Tensor& hidden) {
-  torch::Tensor logits = torch::nn::functional::linear(hidden, embed->weight);
+  torch::Tensor logits;
+  if (!tp_.split()) {
+    logits = torch::nn::functional::linear(hidden, embed->weight);
+  } else {
+    logits = torch::nn::functional::linear(CopyToTpRegion(hidden, *tp_.comm),
+                                           embed->weight);
+    logits =
+        GatherFromTpRegion(logits, *tp_.comm).narrow(-1, 0, config_.vocab_size);
+  }
   if (config_.final_logit_softcapping.has_value()) {
     const double cap = *config_.final_logit_softcapping;
     logits = torch::tanh(logits / cap) * cap;
   }
   return logits;
+}
+
+LmLoss Gemma4TextModelImpl::Loss(const torch::Tensor& hidden,
+                                 const torch::Tensor& labels,
+                                 LmLossOptions options) {
+  options.softcap = config_.final_logit_softcapping.value_or(0.0);
+  if (!tp_.split()) return CausalLmLoss(hidden, embed->weight, labels, options);
+  return VocabParallelCausalLmLoss(hidden, embed->weight, vocab_shard_,
+                                   config_.vocab_size, labels, *tp_.comm,
+                                   options);
+}
+
+TpGrad Gemma4TpGrad(const std::string& name, const TpOptions& tp) {
+  if (!tp.split() || !absl::StartsWith(name, "text.")) {
+    return TpGrad::kReplicated;
+  }
+  if (absl::EndsWith(name, "attn.q_norm.weight") ||
+      absl::EndsWith(name, "attn.k_norm.weight") ||
+      absl::StrContains(name, ".moe.router.") ||
+      absl::EndsWith(name, ".moe.pre_norm.weight") ||
+      absl::EndsWith(name, ".moe.post_norm.weight")) {
+    return TpGrad::kPartial;
+  }
+  if (name == "text.embed.weight" || absl::EndsWith(name, "attn.qkv.weight") ||
+      absl::EndsWith(name, "attn.qk.weight") ||
+      absl::EndsWith(name, "attn.o.weight") ||
+      absl::EndsWith(name, "mlp.gate_up.weight") ||
+      absl::EndsWith(name, "mlp.down.weight")) {
+    return TpGrad::kSharded;
+  }
+  return TpGrad::kReplicated;  // norms, layer scalars (experts: EP's)
 }
 
 torch::Tensor Gemma4TextModelImpl::forward(const torch::Tensor& input_ids,

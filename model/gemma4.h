@@ -34,6 +34,19 @@
 // pairs rotate, the rest pass through).
 // Embedding E[ids] * sqrt(H) (factor cast to the weight dtype); logits through
 // the tied embedding, then final_logit_softcapping when set: cap*tanh(z/cap).
+//
+// Tensor parallelism (TpOptions, as model/gemma3.h): each module holds its
+// rank's shard in model/param_table.h's layout: qkv/qk by KV groups, o and
+// mlp.down by columns, mlp.gate_up by rows of each block, the embedding by
+// padded vocabulary rows; norms, the layer scalar and the MoE router are
+// replicated, experts split over EP. Layers with fewer KV heads than TP ranks
+// (26B-A4B's full layers: 2 KV heads, TP 4) replicate each KV head on the
+// tp / nkv ranks that share it, each with its own query heads (as vLLM
+// does); the gradient of those key/value rows is summed over the replicas in
+// backward (a hook on the weight), so every rank holds the full gradient of
+// its shard. Attention and the dense MLP are column- then row-parallel
+// (CopyToTpRegion / ReduceFromTpRegion around them); the MoE block splits the
+// tokens over the TP ranks (model/moe.h). No sequence parallelism.
 #ifndef GEMMA_MODEL_GEMMA4_H_
 #define GEMMA_MODEL_GEMMA4_H_
 
@@ -54,8 +67,11 @@
 #include "model/comm.h"
 #include "model/gemma4_config.h"
 #include "model/kv_cache.h"
+#include "model/gemma3.h"
 #include "model/layers.h"
+#include "model/loss.h"
 #include "model/moe.h"
+#include "model/tensor_parallel.h"
 
 namespace gemma {
 
@@ -69,15 +85,18 @@ class Gemma4AttentionImpl : public torch::nn::Module {
  public:
   // axial_2d: the vision tower's 2-D RoPE (each half of the head rotated on
   // its own with its half of cos/sin) instead of rotate-half over the head.
+  // num_heads / num_kv_heads: the layer's global counts; under `tp` this
+  // rank holds num_heads / tp query heads and num_kv_heads / tp KV heads, or
+  // one replicated KV head when tp is a multiple of num_kv_heads.
   Gemma4AttentionImpl(int64_t hidden, int64_t num_heads, int64_t num_kv_heads,
                       int64_t head_dim, bool k_eq_v, double eps,
-                      bool axial_2d = false);
+                      bool axial_2d = false, const TpOptions& tp = {});
   // x [B, L, H]; cos/sin [B', L, hd]; bias [B, 1, L, T] or undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
                         LayerKvCache* cache = nullptr);
 
-  int64_t num_heads, num_kv_heads, head_dim;
+  int64_t num_heads, num_kv_heads, head_dim;  // local (this TP rank)
   bool k_eq_v;
   double eps;
   bool axial_2d;
@@ -91,7 +110,7 @@ TORCH_MODULE(Gemma4Attention);
 class Gemma4DecoderLayerImpl : public torch::nn::Module {
  public:
   Gemma4DecoderLayerImpl(const Gemma4TextConfig& c, LayerType type,
-                         std::shared_ptr<Comm> ep);
+                         std::shared_ptr<Comm> ep, const TpOptions& tp = {});
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
                         LayerKvCache* cache = nullptr);
@@ -104,6 +123,9 @@ class Gemma4DecoderLayerImpl : public torch::nn::Module {
   GatedMlp mlp{nullptr};
   MoeBlock moe{nullptr};       // MoE layers only
   torch::Tensor layer_scalar;  // buffer [1]
+
+ private:
+  TpOptions tp_;
 };
 TORCH_MODULE(Gemma4DecoderLayer);
 
@@ -121,16 +143,25 @@ struct Gemma4DecoderInputs {
 
 class Gemma4TextModelImpl : public torch::nn::Module {
  public:
-  // `ep`: expert-parallel group (null: all experts local).
+  // `ep`: expert-parallel group (null: all experts local). `tp`: this
+  // instance's tensor-parallel shard (see above; sequence_parallel is not
+  // supported). Throws c10::Error when the config does not split tp ways.
   explicit Gemma4TextModelImpl(const Gemma4TextConfig& config,
-                               std::shared_ptr<Comm> ep = nullptr);
+                               std::shared_ptr<Comm> ep = nullptr,
+                               TpOptions tp = {});
 
   torch::Tensor Embed(const torch::Tensor& input_ids);
   // Layers + final norm: [B, L, H].
   torch::Tensor Decode(const torch::Tensor& embeds,
                        const Gemma4DecoderInputs& inputs);
-  // Tied head + final soft-capping: [B, L, V].
+  // Tied head + final soft-capping: [B, L, V] (gathered over the vocabulary
+  // shards under TP).
   torch::Tensor Logits(const torch::Tensor& hidden);
+  // model/loss.h's CausalLmLoss of `hidden` (from Decode) over the tied head
+  // with the config's final soft-capping, vocab-parallel under TP (every rank
+  // returns the same values). options.softcap is set here.
+  LmLoss Loss(const torch::Tensor& hidden, const torch::Tensor& labels,
+              LmLossOptions options = {});
   torch::Tensor forward(const torch::Tensor& input_ids,
                         const Gemma4DecoderInputs& inputs = {});
 
@@ -144,6 +175,8 @@ class Gemma4TextModelImpl : public torch::nn::Module {
   const Gemma4TextConfig& config() const { return config_; }
   int64_t ep_rank() const { return ep_rank_; }
   int64_t ep_size() const { return ep_size_; }
+  const TpOptions& tp() const { return tp_; }
+  const VocabShard& vocab_shard() const { return vocab_shard_; }
 
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList layers{nullptr};
@@ -152,10 +185,20 @@ class Gemma4TextModelImpl : public torch::nn::Module {
  private:
   Gemma4TextConfig config_;
   int64_t ep_rank_ = 0, ep_size_ = 1;
+  TpOptions tp_;
+  VocabShard vocab_shard_;
   std::vector<Gemma4DecoderLayer> layer_list_;
   torch::Tensor inv_freq_full_, inv_freq_sliding_;
 };
 TORCH_MODULE(Gemma4TextModel);
+
+// How the gradient of Gemma 4 parameter `name` ("text.*", "vision.*",
+// "projector.*") relates across a TP group (model/gemma3.h's TpGrad): the
+// embedding, qkv/qk, o and the dense MLP are sharded; q/k norms and the MoE
+// block's router and norms partial (heads, resp. tokens, spread over the
+// ranks); the rest, and everything without TP, replicated. Experts are
+// the caller's business (expert parallelism).
+TpGrad Gemma4TpGrad(const std::string& name, const TpOptions& tp);
 
 // Copies `weights` (our global names, e.g. "text.layers.0.moe.experts.down")
 // into the model's parameters and buffers (prefix "text."), converting dtype.

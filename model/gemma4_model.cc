@@ -15,9 +15,10 @@
 namespace gemma {
 
 Gemma4ModelImpl::Gemma4ModelImpl(const Gemma4ModelConfig& config,
-                                 std::shared_ptr<Comm> ep)
+                                 std::shared_ptr<Comm> ep, TpOptions tp)
     : config_(config) {
-  text = register_module("text", Gemma4TextModel(config.text, std::move(ep)));
+  text = register_module(
+      "text", Gemma4TextModel(config.text, std::move(ep), std::move(tp)));
   if (config.vision) {
     vision = register_module("vision", Gemma4VisionTower(*config.vision));
     projector = register_module(
@@ -159,9 +160,9 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelToHf(
 absl::StatusOr<Gemma4Model> BuildGemma4Model(
     const Gemma4ModelConfig& config,
     const std::map<std::string, at::Tensor>& weights,
-    std::shared_ptr<Comm> ep) {
+    std::shared_ptr<Comm> ep, TpOptions tp) {
   try {
-    Gemma4Model model(config, ep);
+    Gemma4Model model(config, ep, std::move(tp));
     GEMMA_RETURN_IF_ERROR(LoadGemma4ModuleWeights(
         *model, weights, "", model->text->ep_rank(), model->text->ep_size()));
     return model;

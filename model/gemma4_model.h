@@ -53,8 +53,11 @@ struct Gemma4Inputs {
 
 class Gemma4ModelImpl : public torch::nn::Module {
  public:
+  // ep / tp: model/gemma4.h (the vision tower and embedder are replicated
+  // over TP).
   explicit Gemma4ModelImpl(const Gemma4ModelConfig& config,
-                           std::shared_ptr<Comm> ep = nullptr);
+                           std::shared_ptr<Comm> ep = nullptr,
+                           TpOptions tp = {});
 
   // Input embeddings with the image soft tokens merged in: [B, L, H]. Throws
   // c10::Error when the image-token count differs from the soft tokens.
@@ -93,10 +96,13 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ModelToHf(
 
 // Builds the model and copies `weights` (our names) into its parameters and
 // buffers; InvalidArgument listing missing / unexpected / mis-shaped names.
+// Under TP the TP-split tensors must be this rank's shards
+// (LoadGemma4RankWeights gives them); experts may be global or this EP
+// rank's slice.
 absl::StatusOr<Gemma4Model> BuildGemma4Model(
     const Gemma4ModelConfig& config,
     const std::map<std::string, at::Tensor>& weights,
-    std::shared_ptr<Comm> ep = nullptr);
+    std::shared_ptr<Comm> ep = nullptr, TpOptions tp = {});
 
 // Reads an HF Gemma 4 folder (config.json + *.safetensors; text-only or VL)
 // and builds the model (fp32 or the stored dtype converted to fp32).

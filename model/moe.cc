@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/recompute.h"
+#include "model/tensor_parallel.h"
 
 namespace gemma {
 
@@ -197,8 +198,11 @@ torch::Tensor AllToAllRows(Comm& comm, const torch::Tensor& x,
   return out;
 }
 
-MoeBlockImpl::MoeBlockImpl(const MoeOptions& o, std::shared_ptr<Comm> ep)
-    : options(o), ep_(ep ? std::move(ep) : std::make_shared<SingleRankComm>()) {
+MoeBlockImpl::MoeBlockImpl(const MoeOptions& o, std::shared_ptr<Comm> ep,
+                           std::shared_ptr<Comm> tp)
+    : options(o),
+      ep_(ep ? std::move(ep) : std::make_shared<SingleRankComm>()),
+      tp_(std::move(tp)) {
   const int64_t p = ep_->size();
   TORCH_CHECK(o.num_experts % p == 0, "MoE: ", o.num_experts,
               " experts do not split over ", p, " expert-parallel ranks");
@@ -217,8 +221,18 @@ void MoeBlockImpl::ResetStats() {
 }
 
 torch::Tensor MoeBlockImpl::forward(const torch::Tensor& router_in) {
-  const int64_t h = options.hidden_size, e_all = options.num_experts;
-  torch::Tensor x = router_in.reshape({-1, h});
+  torch::Tensor x = router_in.reshape({-1, options.hidden_size});
+  if (tp_ && tp_->size() > 1) {
+    const int64_t n = x.size(0);
+    x = GatherRowsFromTpRegion(Route(ScatterRowsToTpRegion(x, *tp_)), n, *tp_);
+  } else {
+    x = Route(x);
+  }
+  return x.reshape(router_in.sizes());
+}
+
+torch::Tensor MoeBlockImpl::Route(const torch::Tensor& x) {
+  const int64_t e_all = options.num_experts;
   const int64_t t = x.size(0), k = options.top_k;
   MoeRouting routing = router(x);
 
@@ -266,7 +280,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& router_in) {
   torch::Tensor w = routing.weights.reshape({-1}).index_select(0, order);
   torch::Tensor contrib = (back * w.unsqueeze(1)).to(x.scalar_type());
   torch::Tensor out = torch::zeros_like(x).index_add(0, token_of, contrib);
-  return post_norm(out).reshape(router_in.sizes());
+  return post_norm(out);
 }
 
 }  // namespace gemma

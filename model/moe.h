@@ -104,8 +104,16 @@ struct MoeOptions {
 
 class MoeBlockImpl : public torch::nn::Module {
  public:
-  // `ep`: the expert-parallel group (null = SingleRankComm).
-  MoeBlockImpl(const MoeOptions& options, std::shared_ptr<Comm> ep = nullptr);
+  // `ep`: the expert-parallel group (null = SingleRankComm). `tp`: the
+  // tensor-parallel group of the surrounding layer (null: none). Under TP the
+  // block's input is replicated over the TP group; each TP rank routes its
+  // chunk of the tokens (ScatterRowsToTpRegion) through the EP group, and the
+  // chunks are gathered back, so no token is computed twice (the ep group may
+  // span several TP groups: Megatron's MoE parallel folding). The block's
+  // router and norm weights then see only this rank's tokens: their
+  // gradients are partial sums over the TP group.
+  MoeBlockImpl(const MoeOptions& options, std::shared_ptr<Comm> ep = nullptr,
+               std::shared_ptr<Comm> tp = nullptr);
 
   // router_in [.., H]: what the router sees (the residual stream);
   // expert_in is pre_norm(router_in). Returns post_norm(moe output), same
@@ -113,7 +121,7 @@ class MoeBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& router_in);
 
   // Tokens routed to each global expert (top-k assignments of this rank's
-  // tokens) summed over forwards since the last reset: [E] int64.
+  // tokens, its TP chunk under TP) summed over forwards since the last reset: [E] int64.
   torch::Tensor TokensPerExpert() const { return tokens_per_expert_; }
   void ResetStats();
 
@@ -124,7 +132,10 @@ class MoeBlockImpl : public torch::nn::Module {
   MoeExperts experts{nullptr};
 
  private:
+  torch::Tensor Route(const torch::Tensor& x);  // [T, H] -> [T, H]
+
   std::shared_ptr<Comm> ep_;
+  std::shared_ptr<Comm> tp_;
   torch::Tensor tokens_per_expert_;
 };
 TORCH_MODULE(MoeBlock);

@@ -83,6 +83,60 @@ class ScatterToRegion : public torch::autograd::Function<ScatterToRegion> {
   }
 };
 
+// Every rank's chunk padded to ceil(N / tp) rows, gathered along dim 0, and
+// the padding dropped: [N, ...].
+torch::Tensor GatherRowChunks(const torch::Tensor& x, int64_t n, Comm& comm) {
+  const int tp = comm.size();
+  const int64_t per = (n + tp - 1) / tp;
+  torch::Tensor padded = x;
+  if (x.size(0) < per) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape[0] = per - x.size(0);
+    padded = torch::cat({x, torch::zeros(shape, x.options())}, 0);
+  }
+  torch::Tensor all = comm.AllGather(padded.contiguous(), 0);
+  if (per * tp == n) return all;
+  std::vector<torch::Tensor> parts;
+  for (int r = 0; r < tp; ++r) {
+    auto [begin, count] = TpRowChunk(n, tp, r);
+    (void)begin;
+    if (count > 0) parts.push_back(all.narrow(0, r * per, count));
+  }
+  return torch::cat(parts, 0);
+}
+
+torch::Tensor OwnRowChunk(const torch::Tensor& x, Comm& comm) {
+  auto [begin, count] = TpRowChunk(x.size(0), comm.size(), comm.rank());
+  return x.narrow(0, begin, count).contiguous();
+}
+
+class ScatterRows : public torch::autograd::Function<ScatterRows> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               Comm* comm) {
+    SaveComm(ctx, comm);
+    ctx->saved_data["n"] = x.size(0);
+    return OwnRowChunk(x, *comm);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    return {GatherRowChunks(g[0], ctx->saved_data["n"].toInt(), SavedComm(ctx)),
+            torch::Tensor()};
+  }
+};
+
+class GatherRows : public torch::autograd::Function<GatherRows> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               int64_t n, Comm* comm) {
+    SaveComm(ctx, comm);
+    return GatherRowChunks(x, n, *comm);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+    return {OwnRowChunk(g[0], SavedComm(ctx)), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
 // x [B, L, ...] -> [L, B, ...] contiguous (collectives split dim 0) and back.
 torch::Tensor SeqFirst(const torch::Tensor& x) {
   return x.transpose(0, 1).contiguous();
@@ -272,6 +326,22 @@ at::Tensor GatherFromTpRegion(const at::Tensor& x, Comm& comm) {
 at::Tensor ScatterToTpRegion(const at::Tensor& x, Comm& comm) {
   if (comm.size() == 1) return x;
   return ScatterToRegion::apply(x, &comm);
+}
+
+std::pair<int64_t, int64_t> TpRowChunk(int64_t n, int tp, int rank) {
+  const int64_t per = (n + tp - 1) / tp;
+  const int64_t begin = std::min<int64_t>(n, rank * per);
+  return {begin, std::min<int64_t>(per, n - begin)};
+}
+
+at::Tensor ScatterRowsToTpRegion(const at::Tensor& x, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return ScatterRows::apply(x, &comm);
+}
+
+at::Tensor GatherRowsFromTpRegion(const at::Tensor& x, int64_t n, Comm& comm) {
+  if (comm.size() == 1) return x;
+  return GatherRows::apply(x, n, &comm);
 }
 
 at::Tensor ScatterToSequenceRegion(const at::Tensor& x, Comm& comm) {

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "model/comm.h"
 #include "model/loss.h"
@@ -76,6 +77,19 @@ at::Tensor ScatterToSequenceRegion(const at::Tensor& x, Comm& comm);
 at::Tensor GatherFromSequenceRegion(const at::Tensor& x, Comm& comm,
                                     bool reduce_grad = true);
 at::Tensor ReduceScatterToSequenceRegion(const at::Tensor& x, Comm& comm);
+
+// Token split for work that is per token (the MoE block under TP): rows
+// [N, ...] (identical on every rank of the group) are cut into chunks of
+// ceil(N / tp) rows in rank order, the last ones shorter or empty; rank r
+// works on chunk r.
+//   ScatterRowsToTpRegion   forward own chunk [n_r, ...], backward
+//                           all-gather (every rank gets the full gradient)
+//   GatherRowsFromTpRegion  forward the chunks of every rank concatenated
+//                           back to [N, ...], backward own chunk
+// TpRowChunk gives chunk r as [begin, begin + count).
+std::pair<int64_t, int64_t> TpRowChunk(int64_t n, int tp, int rank);
+at::Tensor ScatterRowsToTpRegion(const at::Tensor& x, Comm& comm);
+at::Tensor GatherRowsFromTpRegion(const at::Tensor& x, int64_t n, Comm& comm);
 
 // Rows [start, start + rows) of the padded vocabulary held by `rank`; the
 // first `valid` of them are real tokens.

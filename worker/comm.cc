@@ -492,9 +492,9 @@ absl::Status ValidateLayout(const ParallelLayout& l, int world) {
         absl::StrCat("parallel layout: tp (", l.tp, ") x dp (", l.dp,
                      ") must equal the world size ", world));
   }
-  if (l.dp % l.ep != 0) {
+  if (world % l.ep != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "parallel layout: ep (", l.ep, ") must divide dp (", l.dp, ")"));
+        "parallel layout: ep (", l.ep, ") must divide the world size ", world));
   }
   return absl::OkStatus();
 }
@@ -534,20 +534,26 @@ absl::StatusOr<ParallelGroups> MakeParallelGroups(const GroupsOptions& o) {
     GEMMA_ASSIGN_OR_RETURN(groups.dp, MakeGroup(base, absl::StrCat("dp/", tp_i),
                                                 dp_i, l.dp, o, host));
   }
-  if (l.ep == l.dp) {
+  // EP folds over the whole world: `ep` consecutive ranks (across TP groups
+  // when tp > 1); edp joins the ranks holding the same experts.
+  const int ep_block = o.rank / l.ep, ep_i = o.rank % l.ep;
+  if (l.ep == o.world) {
+    groups.ep = groups.world;
+  } else if (l.ep == l.dp && l.tp == 1) {
     groups.ep = groups.dp;
   } else if (l.ep > 1) {
     GEMMA_ASSIGN_OR_RETURN(
-        groups.ep, MakeGroup(base, absl::StrCat("ep/", tp_i, "/", dp_i / l.ep),
-                             dp_i % l.ep, l.ep, o, host));
+        groups.ep, MakeGroup(base, absl::StrCat("ep/", ep_block), ep_i, l.ep,
+                             o, host));
   }
-  if (l.ep == 1) {
+  if (l.ep == 1 && l.tp == 1) {
     groups.edp = groups.dp;
-  } else if (l.ep < l.dp) {
+  } else if (l.ep == 1) {
+    groups.edp = groups.world;
+  } else if (l.ep < o.world) {
     GEMMA_ASSIGN_OR_RETURN(
-        groups.edp,
-        MakeGroup(base, absl::StrCat("edp/", tp_i, "/", dp_i % l.ep),
-                  dp_i / l.ep, l.dp / l.ep, o, host));
+        groups.edp, MakeGroup(base, absl::StrCat("edp/", ep_i), ep_block,
+                              o.world / l.ep, o, host));
   }
   return groups;
 }

@@ -12,8 +12,9 @@
 //
 // Layout: TP fastest, rank = dp_index * tp + tp_index. A rank's tp group is
 // the tp ranks with its dp_index; its dp group the dp ranks with its tp_index;
-// its ep group the `ep` consecutive dp indices of its block (dp % ep == 0)
-// with its tp_index, so with tp = 1 and ep = dp the ep group is the world.
+// its ep group the `ep` consecutive ranks of its block (world % ep == 0; with
+// tp > 1 the block spans TP groups: MoE parallel folding), so with ep = world
+// the ep group is the world; its edp group the ranks with the same rank % ep.
 //
 // Failure: collectives throw c10::Error when a peer dies (its sockets close)
 // or after `timeout` without progress; Comm::Abort() (from any thread) makes

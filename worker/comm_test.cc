@@ -194,11 +194,52 @@ TEST(GroupsTest, ExpertGroupsSliceDp) {
   EXPECT_TRUE(s.ok()) << s;
 }
 
+TEST(GroupsTest, ExpertGroupsFoldOverTensorParallelRanks) {
+  // tp=2, dp=2, ep=4: one ep group of all 4 ranks across both TP groups, no
+  // expert replicas (edp of one). ep=2: ep groups {0,1} and {2,3} (each one
+  // TP group), edp {0,2} and {1,3}. ep=1 under TP: experts everywhere, edp
+  // is the world.
+  absl::Status s = RunGlooRanks(
+      4,
+      [](int rank, ParallelGroups& g) {
+        RANK_EXPECT(g.tp->size() == 2 && g.tp->rank() == rank % 2);
+        RANK_EXPECT(g.ep->size() == 4 && g.ep->rank() == rank);
+        RANK_EXPECT(g.edp->size() == 1);
+        at::Tensor t = at::full({1}, 1 << rank, at::kLong);
+        g.ep->AllReduceSum(t);
+        RANK_EXPECT(t.item<int64_t>() == 15);
+        return absl::OkStatus();
+      },
+      ParallelLayout{2, 2, 4});
+  EXPECT_TRUE(s.ok()) << s;
+  s = RunGlooRanks(
+      4,
+      [](int rank, ParallelGroups& g) {
+        RANK_EXPECT(g.ep->size() == 2 && g.ep->rank() == rank % 2);
+        RANK_EXPECT(g.edp->size() == 2 && g.edp->rank() == rank / 2);
+        at::Tensor t = at::full({1}, 1 << rank, at::kLong);
+        g.edp->AllReduceSum(t);
+        RANK_EXPECT(t.item<int64_t>() == (5 << (rank % 2)));
+        return absl::OkStatus();
+      },
+      ParallelLayout{2, 2, 2});
+  EXPECT_TRUE(s.ok()) << s;
+  s = RunGlooRanks(
+      2,
+      [](int rank, ParallelGroups& g) {
+        RANK_EXPECT(g.ep->size() == 1 && g.edp->size() == 2);
+        RANK_EXPECT(g.edp->rank() == rank);
+        return absl::OkStatus();
+      },
+      ParallelLayout{2, 1, 1});
+  EXPECT_TRUE(s.ok()) << s;
+}
+
 TEST(GroupsTest, BadLayoutsAreRejectedWithTheField) {
   EXPECT_THAT(ValidateLayout({2, 2, 1}, 8).message(),
               HasSubstr("must equal the world size 8"));
   EXPECT_THAT(ValidateLayout({1, 4, 3}, 4).message(),
-              HasSubstr("ep (3) must divide dp (4)"));
+              HasSubstr("ep (3) must divide the world size 4"));
   EXPECT_THAT(ValidateLayout({0, 4, 1}, 4).message(), HasSubstr(">= 1"));
   GroupsOptions o;
   o.world = 2;

@@ -10,6 +10,15 @@
 //   - its replicated parameters' gradients equal the EP=1 gradient of its own
 //     term (the data-parallel all-reduce that would sum them is not EP's job).
 // The model is the parity fixture's tiny HF Gemma 4 (4 experts, top-2).
+//
+// Tensor parallelism (with EP folded over the TP ranks, and DP): every TP
+// group feeds its own sequence; its ranks must give the TP=1 model's logits
+// and vocab-parallel loss (with soft-capping) on it, and gradients that are
+// exactly their shard of the TP=1 gradient (sharded weights), the whole of it
+// (replicated), or a part summing over the TP group to it (q/k norms, the
+// router and MoE norms, whose tokens are split over TP). The fixture's
+// sliding layers have 2 KV heads and its full (K=V) layer 1: TP 2 and TP 4
+// replicate KV heads over ranks.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -19,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "model/gemma4.h"
@@ -131,8 +141,155 @@ void CheckEp(int ep) {
   EXPECT_TRUE(failures.empty()) << absl::StrJoin(failures, "\n");
 }
 
+// Rank `rank`'s TP shard of global tensor `t` (our names), written from the
+// split rules independently of model/param_table.cc.
+torch::Tensor TpSlice(const std::string& name, const torch::Tensor& t,
+                      const Gemma4TextConfig& c, int tp, int rank) {
+  auto ends = [&](const char* s) { return absl::EndsWith(name, s); };
+  if (tp == 1 || !absl::StartsWith(name, "text.")) return t;
+  if (name == "text.embed.weight") {
+    const int64_t per = (t.size(0) + tp - 1) / tp;
+    torch::Tensor padded = torch::cat(
+        {t, torch::zeros({per * tp - t.size(0), t.size(1)}, t.options())});
+    return padded.narrow(0, rank * per, per);
+  }
+  if (ends("attn.qkv.weight") || ends("attn.qk.weight")) {
+    const int64_t layer = std::stoll(name.substr(12, name.find('.', 12) - 12));
+    const LayerType type = c.layer_types[static_cast<size_t>(layer)];
+    const int64_t nq = c.num_heads, nkv = c.layer_kv_heads(type);
+    const int64_t hd = c.layer_head_dim(type);
+    const int64_t m = ends("qk.weight") ? 1 : 2;
+    if (nkv % tp == 0) {
+      const int64_t per = t.size(0) / tp;
+      return t.narrow(0, rank * per, per);
+    }
+    const int64_t share = tp / nkv, g = rank / share, s = rank % share;
+    const int64_t group_rows = (nq / nkv + m) * hd, q = nq / tp * hd;
+    return torch::cat({t.narrow(0, g * group_rows + s * q, q),
+                       t.narrow(0, g * group_rows + nq / nkv * hd, m * hd)});
+  }
+  if (ends("attn.o.weight") || ends("mlp.down.weight")) {
+    const int64_t per = t.size(1) / tp;
+    return t.narrow(1, rank * per, per);
+  }
+  if (ends("mlp.gate_up.weight")) {
+    const int64_t block = t.size(0) / 2, per = block / tp;
+    return torch::cat({t.narrow(0, rank * per, per),
+                       t.narrow(0, block + rank * per, per)});
+  }
+  return t;
+}
+
+// tp x dp ranks, EP folded over them.
+void CheckTp(int tp, int dp, int ep) {
+  const int world = tp * dp;
+  auto ref_model = LoadGemma4TextModel(HfDir());
+  ASSERT_TRUE(ref_model.ok()) << ref_model.status();
+  Gemma4TextModel m1 = *ref_model;
+  const Gemma4TextConfig cfg = m1->config();
+  const std::map<std::string, torch::Tensor> global = Gemma4StateDict(*m1);
+  std::vector<RankData> inputs = MakeInputs(dp, cfg.vocab_size);
+  std::vector<torch::Tensor> labels;
+  for (const RankData& d : inputs) {
+    torch::Tensor l = torch::randint(0, cfg.vocab_size, d.ids.sizes(),
+                                     torch::kLong);
+    l.index_put_({0, 0}, -100);
+    labels.push_back(l);
+  }
+  // TP=1 references per DP group, and the expert gradients of all groups.
+  std::vector<torch::Tensor> ref_logits, ref_loss;
+  std::vector<std::map<std::string, torch::Tensor>> ref_grads;
+  std::map<std::string, torch::Tensor> ref_total;
+  for (int d = 0; d < dp; ++d) {
+    m1->zero_grad();
+    torch::Tensor hidden = m1->Decode(m1->Embed(inputs[d].ids), {});
+    torch::Tensor logits = m1->Logits(hidden);
+    LmLoss loss = m1->Loss(hidden, labels[d]);
+    ((logits * inputs[d].probe).sum() + loss.loss_sum).backward();
+    ref_logits.push_back(logits.detach());
+    ref_loss.push_back(loss.loss_sum.detach());
+    std::map<std::string, torch::Tensor> g;
+    for (const auto& p : m1->named_parameters()) {
+      const std::string name = "text." + p.key();
+      g[name] = p.value().grad().clone();
+      auto& total = ref_total[name];
+      total = total.defined() ? total + g[name] : g[name].clone();
+    }
+    ref_grads.push_back(std::move(g));
+  }
+
+  std::mutex mu;
+  std::vector<std::string> failures;
+  absl::Status s = RunGlooRanks(
+      world,
+      [&](int rank, ParallelGroups& groups) -> absl::Status {
+        const int tp_rank = rank % tp, d = rank / tp;
+        TpOptions tpo;
+        tpo.comm = groups.tp;
+        Gemma4TextModel m(cfg, groups.ep, tpo);
+        std::map<std::string, torch::Tensor> mine;
+        for (const auto& [name, t] : global)
+          mine[name] = TpSlice(name, t, cfg, tp, tp_rank);
+        absl::Status st = LoadGemma4Weights(*m, mine);
+        if (!st.ok()) return st;
+        m->zero_grad();
+        torch::Tensor hidden = m->Decode(m->Embed(inputs[d].ids), {});
+        torch::Tensor logits = m->Logits(hidden);
+        LmLoss loss = m->Loss(hidden, labels[d]);
+        ((logits * inputs[d].probe).sum() + loss.loss_sum).backward();
+        std::vector<std::string> bad;
+        double e = RelErr(logits.detach(), ref_logits[d]);
+        if (e > 1e-4) bad.push_back(absl::StrCat("logits rel err ", e));
+        e = RelErr(loss.loss_sum.detach(), ref_loss[d]);
+        if (e > 1e-4) bad.push_back(absl::StrCat("loss rel err ", e));
+        std::map<TpGrad, int> kinds;
+        for (const auto& p : m->named_parameters()) {
+          const std::string name = "text." + p.key();
+          // A rank whose token chunk is empty (9 tokens over TP 4) gets no
+          // gradient for the MoE block: count it as zeros (the sum over the
+          // group must still be right).
+          torch::Tensor got = p.value().grad().defined()
+                                  ? p.value().grad().clone()
+                                  : torch::zeros_like(p.value());
+          torch::Tensor want;
+          if (absl::StrContains(name, ".moe.experts.")) {
+            groups.edp->AllReduceSum(got);
+            const int64_t local = got.size(0);
+            want = ref_total.at(name).narrow(0, groups.ep->rank() * local,
+                                             local);
+          } else {
+            const TpGrad kind = Gemma4TpGrad(name, tpo);
+            ++kinds[kind];
+            if (kind == TpGrad::kPartial) groups.tp->AllReduceSum(got);
+            want = kind == TpGrad::kSharded
+                       ? TpSlice(name, ref_grads[d].at(name), cfg, tp, tp_rank)
+                       : ref_grads[d].at(name);
+          }
+          e = RelErr(got, want);
+          if (e > 1e-4) bad.push_back(absl::StrCat(name, " grad rel err ", e));
+        }
+        if (tp > 1 && (kinds[TpGrad::kSharded] == 0 ||
+                       kinds[TpGrad::kPartial] == 0)) {
+          bad.push_back("no sharded or no partial parameters under TP");
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        for (auto& b : bad)
+          failures.push_back(absl::StrCat("rank ", rank, ": ", b));
+        return absl::OkStatus();
+      },
+      ParallelLayout{tp, dp, ep});
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(failures.empty()) << absl::StrJoin(failures, "\n");
+}
+
 TEST(Gemma4ExpertParallelTest, Ep2MatchesEp1) { CheckEp(2); }
 TEST(Gemma4ExpertParallelTest, Ep4MatchesEp1) { CheckEp(4); }
+
+TEST(Gemma4TensorParallelTest, Tp2MatchesTp1) { CheckTp(2, 1, 1); }
+TEST(Gemma4TensorParallelTest, Tp4ReplicatesKvHeads) { CheckTp(4, 1, 1); }
+TEST(Gemma4TensorParallelTest, Tp2Ep2FoldedOnTwoRanks) { CheckTp(2, 1, 2); }
+TEST(Gemma4TensorParallelTest, Tp2Dp2Ep4) { CheckTp(2, 2, 4); }
+TEST(Gemma4TensorParallelTest, Tp2Dp2Ep2) { CheckTp(2, 2, 2); }
 
 }  // namespace
 }  // namespace gemma
