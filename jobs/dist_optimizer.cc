@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -78,11 +79,20 @@ DistOptimizer::DistOptimizer(GradSync& grads, DistOptimizerOptions options)
       const TrainParam& p = params[piece.param];
       if (!p.tp_sharded && tp_rank != 0) continue;
       const int64_t at = piece.buffer_offset - seg_begin;
-      if (!runs.empty() && runs.back().offset + runs.back().numel == at) {
-        runs.back().numel += piece.numel;
-      } else {
-        runs.push_back(Run{at, piece.numel});
-      }
+      auto add = [&](int64_t offset, int64_t numel) {
+        if (numel <= 0) return;
+        if (!runs.empty() && runs.back().offset + runs.back().numel == offset) {
+          runs.back().numel += numel;
+        } else {
+          runs.push_back(Run{offset, numel});
+        }
+      };
+      // The piece minus the parameter's norm_skip range.
+      const int64_t pb = piece.param_offset, pe = pb + piece.numel;
+      const int64_t sb = std::clamp(p.norm_skip.first, pb, pe);
+      const int64_t se = std::clamp(p.norm_skip.second, sb, pe);
+      add(at, sb - pb);
+      add(at + (se - pb), pe - se);
     }
     runs_.push_back(std::move(runs));
   }

@@ -46,6 +46,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/comm.h"
@@ -66,6 +67,10 @@ struct TrainParam {
   // The gradient is a partial sum over the TP ranks: all-reduced over TP
   // before anything else.
   bool tp_partial = false;
+  // Elements [begin, end) of the flattened parameter that another TP rank
+  // holds too (a replicated KV head's rows on all but its first replica):
+  // left out of this rank's share of the gradient norm so they count once.
+  std::pair<int64_t, int64_t> norm_skip = {0, 0};
 };
 
 // Where parameters sit in the flat buffers. Pure function of the parameter

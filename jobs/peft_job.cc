@@ -114,18 +114,18 @@ absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
   if (spec.output().empty()) {
     return absl::InvalidArgumentError("spec.output: required with peft.merge");
   }
-  // The merged model is written like a trained one: by the ranks of the
-  // first expert-data-parallel replica (DP rank 0 without experts), each its
-  // part (TrainModel::Write), then published by DP rank 0.
+  // The merged model is written like a trained one: by the first max(tp, ep)
+  // ranks (ParallelGroups::writes_model), each its part (TrainModel::Write),
+  // then published by world rank 0.
   GEMMA_RETURN_IF_ERROR(MergeAdapters(module, layout));
   const std::string merged = spec.output() + "/merged";
   const std::string staging = merged + ".staging";
   int64_t bytes = 0;
-  if (groups.edp->rank() == 0) {
+  if (groups.writes_model()) {
     auto written = trainer.model().Write(staging, trainer.step());
     st = written.status();
     if (st.ok()) bytes = *written;
-    if (st.ok() && groups.dp->rank() == 0) {
+    if (st.ok() && groups.world->rank() == 0) {
       st = CopyFile(trainer.tokenizer().path(), staging + "/tokenizer.model");
       if (st.ok()) st = PublishDir(staging, merged, /*overwrite=*/true);
     }

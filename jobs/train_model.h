@@ -68,6 +68,13 @@ class TrainModel {
   virtual LmLoss Loss(const Batch& batch, bool packed, bool recompute) = 0;
 
   virtual GradKind Grad(const std::string& name) const = 0;
+  // Elements [begin, end) of parameter `name` (flattened) that this rank
+  // leaves out of the gradient norm because another TP rank holds the same
+  // ones (TrainParam::norm_skip); {0, 0}: none.
+  virtual std::pair<int64_t, int64_t> NormSkip(const std::string& name) const {
+    (void)name;
+    return {0, 0};
+  }
 
   // Writes the model folder of a checkpoint (our sharded format) into `dir`.
   // Collective over the ranks that hold different parts of the model (the

@@ -1,5 +1,7 @@
-// Gemma 4 (mixture of experts) behind jobs/train_model.h: expert parallelism
-// over groups.ep, expert gradients over groups.edp, router load metrics.
+// Gemma 4 (mixture of experts) behind jobs/train_model.h: tensor parallelism
+// over groups.tp, expert parallelism over groups.ep (folded over the TP
+// ranks: model/comm.h), expert gradients over groups.edp, router load
+// metrics.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -90,21 +92,59 @@ class Gemma4TrainModel : public TrainModel {
       RecomputeScope scope(recompute);
       hidden = model_->text->Decode(embeds, d);
     }
-    LmLossOptions lo;
-    if (config_.text.final_logit_softcapping)
-      lo.softcap = *config_.text.final_logit_softcapping;
-    return CausalLmLoss(hidden, model_->text->embed->weight, batch.labels, lo);
+    // Soft-capped, vocab-parallel under TP.
+    return model_->text->Loss(hidden, batch.labels);
   }
 
   GradKind Grad(const std::string& name) const override {
-    if (groups_.ep->size() > 1 && absl::StrContains(name, ".moe.experts."))
+    // Experts: summed over the ranks holding the same ones (under TP each
+    // rank routes only its share of the tokens, so even unsplit experts get
+    // partial gradients).
+    if ((groups_.ep->size() > 1 || groups_.tp->size() > 1) &&
+        absl::StrContains(name, ".moe.experts.")) {
       return GradKind::kExpert;
+    }
+    switch (Gemma4TpGrad(name, model_->text->tp())) {
+      case TpGrad::kSharded:
+        return GradKind::kTpSharded;
+      case TpGrad::kPartial:
+        return GradKind::kTpPartial;
+      case TpGrad::kReplicated:
+        break;
+    }
     return GradKind::kReplicated;
   }
 
+  std::pair<int64_t, int64_t> NormSkip(const std::string& name) const override {
+    // The K (and V) rows of a KV head replicated over TP ranks count once: on
+    // its first replica.
+    if (!absl::EndsWith(name, ".attn.qk.weight") &&
+        !absl::EndsWith(name, ".attn.qkv.weight")) {
+      return {0, 0};
+    }
+    const std::string module_name = name.substr(0, name.rfind(".attn.") + 5);
+    for (const auto& m : model_->named_modules()) {
+      if (m.key() != module_name) continue;
+      const auto* attn = m.value()->as<Gemma4AttentionImpl>();
+      if (attn == nullptr || attn->kv_replica == 0) return {0, 0};
+      const int64_t cols = attn->qkv->weight.size(1);
+      return {attn->num_heads * attn->head_dim * cols,
+              attn->qkv->weight.numel()};
+    }
+    return {0, 0};
+  }
+
+  CheckpointLayout layout() const {
+    return {groups_.tp->size(), groups_.ep->size()};
+  }
+
   absl::StatusOr<int64_t> Write(const std::string& dir, int64_t step) override {
-    Comm& ep = *groups_.ep;
-    const int n = ep.size(), rank = ep.rank();
+    // The writers are world ranks [0, max(tp, ep)): the first EP group when
+    // ep >= tp, else the first TP group (one of tp, ep divides the other);
+    // world rank r writes file rank r.
+    const CheckpointLayout l = layout();
+    Comm& group = l.ep >= l.tp ? *groups_.ep : *groups_.tp;
+    const int rank = group.rank();
     std::map<std::string, at::Tensor> tensors;
     int64_t bytes = 0;
     auto collect = [&]() -> absl::Status {
@@ -118,25 +158,27 @@ class Gemma4TrainModel : public TrainModel {
     absl::Status st = collect();
     if (st.ok() && rank == 0) st = RemoveTree(dir + ".tmp");
     // The folder is fresh before anyone writes into it.
-    GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, st, dir));
+    GEMMA_RETURN_IF_ERROR(AgreeAllOk(group, st, dir));
     absl::StatusOr<ManifestFile> file =
-        WriteGemma4RankFile(dir, n, rank, tensors);
-    GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, file.status(), dir));
+        WriteGemma4RankFile(dir, config_, l, rank, tensors);
+    GEMMA_RETURN_IF_ERROR(AgreeAllOk(group, file.status(), dir));
     bytes = static_cast<int64_t>(file->bytes);
     // Rank 0 commits with every file's size and checksum.
     GEMMA_ASSIGN_OR_RETURN(std::vector<ManifestFile> files,
-                           GatherManifestFiles(ep, *file, dir));
+                           GatherManifestFiles(group, *file, dir));
     if (rank == 0) {
-      st = CommitGemma4Checkpoint(dir, config_json_, n, step, tensors, files);
+      st = CommitGemma4Checkpoint(dir, config_json_, config_, l, step, tensors,
+                                  files);
     }
-    GEMMA_RETURN_IF_ERROR(AgreeAllOk(ep, st, dir));
+    GEMMA_RETURN_IF_ERROR(AgreeAllOk(group, st, dir));
     return bytes;
   }
 
   absl::Status Load(const std::string& dir) override {
     GEMMA_ASSIGN_OR_RETURN(
         Gemma4RankWeights w,
-        LoadGemma4RankWeights(dir, groups_.ep->size(), groups_.ep->rank()));
+        LoadGemma4RankWeights(dir, layout(), groups_.tp->rank(),
+                              groups_.ep->rank()));
     return LoadIntoModel(dir, [&] {
       return LoadGemma4ModuleWeights(*model_, w.tensors, "", groups_.ep->rank(),
                                      groups_.ep->size());
@@ -147,8 +189,9 @@ class Gemma4TrainModel : public TrainModel {
     torch::Tensor counts = model_->text->TokensPerExpert();  // [layers, E]
     model_->text->ResetRouterStats();
     if (!counts.defined() || counts.numel() == 0) return {};
-    counts = counts.to(torch::kFloat64).to(groups_.dp->device());
-    groups_.dp->AllReduceSum(counts);
+    // Every rank counted its own tokens (its TP share of its DP replica's).
+    counts = counts.to(torch::kFloat64).to(groups_.world->device());
+    groups_.world->AllReduceSum(counts);
     counts = counts.cpu();
     if (counts.sum().item<double>() == 0) return {};
     // Per layer: the busiest and the idlest expert against the mean.
@@ -203,31 +246,35 @@ absl::StatusOr<int> MaxSoftTokens(const std::string& dir) {
 absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4TrainModel(
     const std::string& dir, const ParallelGroups& groups,
     const gemma::v1::JobSpec& spec) {
-  if (groups.tp->size() > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "spec.parallel.tp: ", groups.tp->size(), " but ", dir,
-        " holds a Gemma 4 model, which trains with expert and data "
-        "parallelism (tp 1) here"));
-  }
+  const int tp = groups.tp->size(), ep = groups.ep->size();
   if (spec.parallel().sequence_parallel()) {
     return absl::InvalidArgumentError(
-        "spec.parallel.sequence_parallel: needs tensor parallelism, which "
-        "Gemma 4 does not use here");
+        "spec.parallel.sequence_parallel: not supported for Gemma 4 models "
+        "(the MoE block splits the tokens over the TP ranks itself)");
   }
-  const int64_t ep = groups.ep->size();
+  if (tp > 1 && ep > 1 && tp % ep != 0 && ep % tp != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.parallel.ep: ", ep, " with tp ", tp,
+        ": one of tp and ep must divide the other (EP groups fold over the "
+        "TP ranks)"));
+  }
   GEMMA_ASSIGN_OR_RETURN(ModelFolderInfo info, InspectModelFolder(dir));
-  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(
-      info, 1, static_cast<int>(ep), "spec.parallel.tp", "spec.parallel.ep"));
+  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(info, tp, ep, "spec.parallel.tp",
+                                           "spec.parallel.ep"));
+  const CheckpointLayout layout{tp, ep};
   GEMMA_ASSIGN_OR_RETURN(
       Gemma4RankWeights w,
-      LoadGemma4RankWeights(dir, static_cast<int>(ep), groups.ep->rank()));
+      LoadGemma4RankWeights(dir, layout, groups.tp->rank(), groups.ep->rank()));
   Gemma4ModelConfig config = w.config;
   std::string config_json = w.config_json;
   std::map<std::string, at::Tensor> weights = std::move(w.tensors);
-  auto model = BuildGemma4Model(config, weights, groups.ep);
+  TpOptions tpo;
+  tpo.comm = groups.tp;
+  auto model = BuildGemma4Model(config, weights, groups.ep, tpo);
   if (!model.ok()) {
     return absl::Status(model.status().code(),
-                        absl::StrCat(dir, " at spec.parallel.ep=", ep, ": ",
+                        absl::StrCat(dir, " at spec.parallel.tp=", tp,
+                                     " ep=", ep, ": ",
                                      model.status().message()));
   }
   GEMMA_ASSIGN_OR_RETURN(int max_soft_tokens, MaxSoftTokens(dir));

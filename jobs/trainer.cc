@@ -217,7 +217,8 @@ absl::Status Trainer::Init() {
     (kind == GradKind::kExpert ? experts : params)
         .push_back({name, param,
                     /*tp_sharded=*/kind == GradKind::kTpSharded,
-                    /*tp_partial=*/kind == GradKind::kTpPartial});
+                    /*tp_partial=*/kind == GradKind::kTpPartial,
+                    /*norm_skip=*/model_->NormSkip(name)});
   }
   auto built = Guarded<bool>("gradient buffers and optimizer", [&] {
     if (!params.empty()) {
@@ -578,9 +579,9 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
       st = written.status();
     }
   }
-  // The ranks of the first expert-data-parallel replica (DP rank 0 without
-  // expert parallelism) hold the whole model between them.
-  if (st.ok() && options_.groups.edp->rank() == 0) {
+  // The first max(tp, ep) ranks (the TP group of DP rank 0, the first EP
+  // group) hold the whole model between them.
+  if (st.ok() && options_.groups.writes_model()) {
     auto own = WriteCheckpointFiles(tmp);
     if (own.ok()) {
       bytes += *own;
@@ -826,10 +827,10 @@ absl::Status Trainer::Run(RankContext& ctx) {
         int64_t bytes, options_.save_model(*model_, spec_.output(), state_));
     ctx.Log(absl::StrFormat("adapters written to %s (%.1f MB)", spec_.output(),
                             bytes / 1e6));
-  } else if (options_.groups.edp->rank() == 0) {
-    // The ranks of the first expert-data-parallel replica (the TP group of
-    // DP rank 0, and its EP group) write the model at their layout (any
-    // layout loads it); world rank 0 publishes it once all have written.
+  } else if (options_.groups.writes_model()) {
+    // The first max(tp, ep) ranks (the TP group of DP rank 0, the first EP
+    // group) write the model at their layout (any layout loads it); world
+    // rank 0 publishes it once all have written.
     // Staged so a finished output replaces an old one whole.
     const std::string staging = spec_.output() + ".staging";
     GEMMA_ASSIGN_OR_RETURN(int64_t bytes, WriteModel(staging));

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -132,7 +133,8 @@ void CheckAgainstOneRank(const gemma::v1::JobSpec& base, int ep, int dp,
   const auto& want = ref.weights[0];
   // Training moved the experts (the comparison is not between two untouched
   // models).
-  auto initial = LoadGemma4RankWeights(base.model().path(), 1, 0);
+  auto initial =
+      LoadGemma4RankWeights(base.model().path(), CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(initial.ok()) << initial.status();
   const std::string probe = "text.layers.0.moe.experts.down";
   EXPECT_GT(
@@ -220,6 +222,100 @@ TEST_F(TrainerEpTest, VlModelWithImagesUnderExpertParallelism) {
   EXPECT_GT(vision_moved, 0);
 }
 
+// Tensor parallelism with EP folded over the TP ranks: tp x dp ranks (ep of
+// them per EP group) train like one rank with the whole batch. The saved
+// checkpoint (one file per rank of max(tp, ep)) loads whole at tp 1 / ep 1
+// and equals the one-rank weights, every TP rank's shard and expert slice
+// included; the ranks of another DP replica hold the same weights to the
+// bit. The tiny model's full layers have one KV head (replicated over TP)
+// and its vocabulary does not divide by 4 (padded embedding shards).
+void CheckTpAgainstOneRank(const gemma::v1::JobSpec& base, int tp, int dp,
+                           int ep, const std::string& root_one,
+                           const std::string& root_many) {
+  auto one = base;
+  one.mutable_optim()->set_grad_accum(dp);
+  TrainerRun ref;
+  auto st = RunTrainerRanks(one, root_one, ParallelLayout{1, 1, 1}, 3, &ref);
+  ASSERT_TRUE(st.ok()) << st;
+  auto many = base;
+  many.mutable_parallel()->set_tp(tp);
+  many.mutable_parallel()->set_dp(dp);
+  many.mutable_parallel()->set_ep(ep);
+  TrainerRun got;
+  st = RunTrainerRanks(many, root_many, ParallelLayout{tp, dp, ep}, 3, &got,
+                       /*save=*/true, absl::Seconds(240));
+  ASSERT_TRUE(st.ok()) << st;
+  for (int r = 0; r < tp * dp; ++r) {
+    ASSERT_EQ(got.losses[r].size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NEAR(got.losses[r][i], ref.losses[0][i], 1e-5 * ref.losses[0][i])
+          << "rank " << r << " step " << i + 1;
+    }
+  }
+  const std::string model_dir = got.saved[0] + "/model";
+  auto reader = CheckpointReader::Open(model_dir, /*verify_checksums=*/true);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ((*reader)->manifest().layout().tp, tp);
+  EXPECT_EQ((*reader)->manifest().layout().ep, ep);
+  EXPECT_EQ((*reader)->manifest().files.size(),
+            static_cast<size_t>(std::max(tp, ep)));
+  auto whole = LoadGemma4RankWeights(model_dir, CheckpointLayout{1, 1}, 0, 0);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const auto& want = ref.weights[0];
+  double worst = 0;
+  std::string worst_name;
+  for (const auto& [name, w] : want) {
+    const double d =
+        (whole->tensors.at(name).to(torch::kFloat) - w).abs().max().item<double>();
+    if (d > worst) worst = d, worst_name = name;
+  }
+  EXPECT_LE(worst, 2e-5) << worst_name;
+  // Training moved the weights (not a comparison of untouched models).
+  auto initial = LoadGemma4RankWeights(base.model().path(),
+                                       CheckpointLayout{1, 1}, 0, 0);
+  ASSERT_TRUE(initial.ok()) << initial.status();
+  for (const char* probe : {"text.layers.1.attn.qk.weight",
+                            "text.layers.0.moe.experts.down"}) {
+    EXPECT_GT((want.at(probe) - initial->tensors.at(probe))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              1e-4)
+        << probe;
+  }
+  // Every rank of DP replica d holds what rank r % tp of replica 0 holds
+  // (experts: the rank with the same EP index).
+  for (int r = tp; r < tp * dp; ++r) {
+    for (const auto& [name, w] : got.weights[r]) {
+      const int same = IsExpert(name) ? r % ep : r % tp;
+      EXPECT_TRUE(torch::equal(w, got.weights[same].at(name)))
+          << name << " rank " << r;
+    }
+  }
+}
+
+TEST_F(TrainerEpTest, TpTwoEpTwoFoldedOnTwoRanks) {
+  CheckTpAgainstOneRank(Spec(), 2, 1, 2, Root("one-tp2ep2"), Root("tp2ep2"));
+}
+
+TEST_F(TrainerEpTest, TpTwoDpTwoEpFour) {
+  CheckTpAgainstOneRank(Spec(), 2, 2, 4, Root("one-tp2dp2ep4"),
+                        Root("tp2dp2ep4"));
+}
+
+TEST_F(TrainerEpTest, TpFourWithoutExpertParallelism) {
+  CheckTpAgainstOneRank(Spec(), 4, 1, 1, Root("one-tp4"), Root("tp4"));
+}
+
+// The VL model under TP 2 x EP 2 (vision tower replicated over TP).
+TEST_F(TrainerEpTest, VlModelUnderTensorAndExpertParallelism) {
+  auto spec = Spec();
+  spec.mutable_model()->set_path(*g_dir + "/vl-model");
+  spec.mutable_data()->set_train(*g_dir + "/ocr/train.jsonl");
+  spec.mutable_data()->set_seq_len(512);
+  CheckTpAgainstOneRank(spec, 2, 1, 2, Root("one-vl-tp"), Root("tp2ep2-vl"));
+}
+
 // Layer recomputation (the all-to-alls rerun in backward) changes nothing.
 TEST_F(TrainerEpTest, RecomputeUnderExpertParallelism) {
   CheckAgainstOneRank(Spec(), 2, 2, Root("one-rc"), Root("ep2dp2-rc"),
@@ -245,7 +341,8 @@ TEST_F(TrainerEpTest, CheckpointLoadsWholeAndResumesExactly) {
   ASSERT_TRUE(st.ok()) << st;
   const std::string step2 = first.saved[0];
   ASSERT_FALSE(step2.empty());
-  auto whole = LoadGemma4RankWeights(step2 + "/model", 1, 0);
+  auto whole =
+      LoadGemma4RankWeights(step2 + "/model", CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(whole.ok()) << whole.status();
   for (const auto& [name, w] : first.weights[0]) {
     at::Tensor got = whole->tensors.at(name);
@@ -315,7 +412,7 @@ TEST_F(TrainerEpTest, PeftUnderExpertParallelism) {
     EXPECT_TRUE(torch::equal(a, adapters[1].at(name))) << name;
   EXPECT_TRUE(PathExists(Root("peft-hf") + "/adapter_config.json"));
   EXPECT_TRUE(PathExists(Root("peft-out") + "/adapter.json"));
-  auto merged = LoadGemma4RankWeights(Root("peft-out") + "/merged", 1, 0);
+  auto merged = LoadGemma4RankWeights(Root("peft-out") + "/merged", CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(merged.ok()) << merged.status();
   EXPECT_TRUE(PathExists(Root("peft-out") + "/merged/rank-00001.safetensors"));
 }

@@ -20,6 +20,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -133,6 +134,13 @@ struct ParallelGroups {
   std::shared_ptr<Comm> dp = std::make_shared<SingleRankComm>();
   std::shared_ptr<Comm> ep = std::make_shared<SingleRankComm>();
   std::shared_ptr<Comm> edp = std::make_shared<SingleRankComm>();
+
+  // Whether this rank writes part of the model into a checkpoint: the first
+  // max(tp, ep) ranks of the world (the TP group of DP replica 0 and the
+  // first EP group) hold every TP shard and every expert slice between them.
+  bool writes_model() const {
+    return world->rank() < std::max(tp->size(), ep->size());
+  }
 };
 
 }  // namespace gemma

@@ -62,6 +62,7 @@ Gemma4AttentionImpl::Gemma4AttentionImpl(int64_t hidden, int64_t nq,
     // group with each rank's rows at its group's slot (cheap: nkv x kv_rows x
     // H elements per layer).
     const int64_t group = tp.rank() / (n / nkv);
+    kv_replica = tp.rank() % (n / nkv);
     const int64_t q_rows = num_heads * hd;
     std::shared_ptr<Comm> comm = tp.comm;
     qkv->weight.register_hook([comm, group, nkv, q_rows,

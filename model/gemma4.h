@@ -97,6 +97,10 @@ class Gemma4AttentionImpl : public torch::nn::Module {
                         LayerKvCache* cache = nullptr);
 
   int64_t num_heads, num_kv_heads, head_dim;  // local (this TP rank)
+  // Under TP with a replicated KV head: this rank's index among the ranks
+  // sharing it (0 for the first, and without replication). The weight's rows
+  // [num_heads hd, end) are that head's K (and V).
+  int64_t kv_replica = 0;
   bool k_eq_v;
   double eps;
   bool axial_2d;

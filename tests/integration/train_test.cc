@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -253,14 +254,15 @@ TEST(TrainJobTest, BadSpecIsRefusedAtSubmitNamingTheField) {
 namespace gemma::testing {
 namespace {
 
-// Gemma 4 (mixture of experts) through the cluster: a tiny MoE model, its
-// experts split over 2 EP ranks, 2 data-parallel replicas, 4 worker
-// processes. The sft job learns (loss from about ln(vocab) to well below),
-// reports the router's load, commits its checkpoints (each with a rank file
-// per EP rank) and writes the model; a peft job on the same ranks trains
-// LoRA adapters and exports them for HF PEFT without V adapters on the K=V
-// layers.
-TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
+// Gemma 4 (mixture of experts) through the cluster: a tiny MoE model on 4
+// worker processes. The sft job runs at TP 2 x DP 2 with its experts split
+// over EP 4 (folded over both TP groups); it learns (loss from about
+// ln(vocab) to well below), reports the router's load, commits its
+// checkpoints (a rank file per EP rank, the TP shards in the first two) and
+// writes the model; a peft job loads that model at another layout (TP 1,
+// DP 4, EP 2), trains LoRA adapters and exports them for HF PEFT without V
+// adapters on the K=V layers.
+TEST(TrainJobTest, MoeSftAndPeftOverTensorExpertAndDataParallelWorkers) {
   LocalCluster cluster;
   ASSERT_TRUE(cluster.StartCoordinator());
   for (int i = 0; i < 4; ++i) cluster.StartWorker({}, {"OMP_NUM_THREADS=1"});
@@ -297,7 +299,7 @@ TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
       "moe-sft.yaml",
       absl::StrCat(
           "kind: sft\nresources: {device: cpu}\n"
-          "parallel: {dp: 4, ep: 2}\nmodel: {path: ",
+          "parallel: {tp: 2, dp: 2, ep: 4}\nmodel: {path: ",
           model, ", recompute: true}\ndata: {train: ", data,
           "/train.jsonl, batch_size: 2, seq_len: 64, seed: 1}\n"
           "optim: {lr: 0.004, max_steps: 40, warmup_steps: 4, grad_clip: 1.0, "
@@ -324,17 +326,21 @@ TEST(TrainJobTest, MoeSftAndPeftOverExpertAndDataParallelWorkers) {
   EXPECT_THAT(out, HasSubstr(cluster.dir() + "/ckpt/step-00000040"));
   for (const std::string& dir :
        {cluster.dir() + "/ckpt/step-00000040/model", output}) {
-    EXPECT_TRUE(Exists(dir + "/rank-00000.safetensors")) << dir;
-    EXPECT_TRUE(Exists(dir + "/rank-00001.safetensors")) << dir;
-    EXPECT_FALSE(Exists(dir + "/rank-00002.safetensors")) << dir;
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_TRUE(Exists(absl::StrFormat("%s/rank-%05d.safetensors", dir, r)))
+          << dir << " rank " << r;
+    }
+    EXPECT_FALSE(Exists(dir + "/rank-00004.safetensors")) << dir;
     const nlohmann::json m =
         nlohmann::json::parse(ReadFile(dir + "/manifest.json"), nullptr, false);
     ASSERT_TRUE(m.is_object() && m.contains("parallel")) << dir;
-    EXPECT_EQ(m["parallel"].value("ep", 0), 2) << dir;
+    EXPECT_EQ(m["parallel"].value("ep", 0), 4) << dir;
+    EXPECT_EQ(m["parallel"].value("tp", 0), 2) << dir;
   }
   EXPECT_TRUE(Exists(output + "/tokenizer.model"));
 
-  // LoRA on the trained model, same layout; adapters exported for HF PEFT.
+  // LoRA on the trained model at another layout (the TP 2 / EP 4 checkpoint
+  // resharded on load); adapters exported for HF PEFT.
   const std::string adapters = cluster.dir() + "/moe-adapters";
   const std::string hf_adapter = cluster.dir() + "/moe-hf-adapter";
   const std::string peft = cluster.WriteRecipe(
