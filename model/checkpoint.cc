@@ -16,6 +16,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "model/gemma4_config.h"
+#include "model/gemma4_names.h"
 #include "nlohmann/json.hpp"
 
 namespace gemma {
@@ -105,7 +107,11 @@ std::string CheckpointManifest::ToJson() const {
   root["version"] = kVersion;
   root["step"] = step;
   root["parallel"] = {{"tp", tp}, {"ep", ep}};
-  root["shard_dims"] = {{"num_kv_heads", dims.num_kv_heads}};
+  json shard_dims = {{"num_kv_heads", dims.num_kv_heads}};
+  if (dims.num_heads != 0) shard_dims["num_heads"] = dims.num_heads;
+  if (!dims.layer_kv_heads.empty())
+    shard_dims["layer_kv_heads"] = dims.layer_kv_heads;
+  root["shard_dims"] = shard_dims;
   json config = json::parse(config_json, nullptr, /*allow_exceptions=*/false);
   root["model_config"] = config.is_discarded() ? json(config_json) : config;
   json ts = json::array();
@@ -152,8 +158,12 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(
     if (m.tp < 1) return Field(file, "parallel.tp", "must be >= 1");
     m.ep = root.at("parallel").value("ep", 1);
     if (m.ep < 1) return Field(file, "parallel.ep", "must be >= 1");
-    m.dims.num_kv_heads =
-        root.at("shard_dims").at("num_kv_heads").get<int64_t>();
+    const json& dims = root.at("shard_dims");
+    m.dims.num_kv_heads = dims.at("num_kv_heads").get<int64_t>();
+    m.dims.num_heads = dims.value("num_heads", int64_t{0});
+    if (dims.contains("layer_kv_heads"))
+      m.dims.layer_kv_heads =
+          dims.at("layer_kv_heads").get<std::vector<int64_t>>();
     const json& cfg = root.at("model_config");
     m.config_json = cfg.is_string() ? cfg.get<std::string>() : cfg.dump(2);
     for (const json& t : root.at("tensors")) {
@@ -174,7 +184,7 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(
         l.padded_rows = s.value("padded_rows", int64_t{0});
         const int rank =
             s.value("rank", static_cast<int>(mt.shard_ranks.size()));
-        if (rank < 0 || rank >= m.tp * m.ep)
+        if (rank < 0 || rank >= m.layout().world())
           return Field(file, "tensors." + mt.name + ".shards.rank",
                        absl::StrCat("rank ", rank, " outside the layout"));
         mt.shards.push_back(std::move(l));
@@ -195,8 +205,8 @@ absl::StatusOr<CheckpointManifest> CheckpointManifest::FromJson(
     return absl::InvalidArgumentError(
         absl::StrCat(file, ": malformed manifest: ", e.what()));
   }
-  if (static_cast<int>(m.files.size()) != m.tp * m.ep)
-    return Field(file, "files", "need one per rank (tp * ep)");
+  if (static_cast<int>(m.files.size()) != m.layout().world())
+    return Field(file, "files", "need one per rank (max(tp, ep))");
   return m;
 }
 
@@ -343,9 +353,8 @@ absl::StatusOr<ManifestFile> WriteRankFile(
       return absl::InvalidArgumentError(absl::StrCat(
           dir, ": tensor '", sh.name, "': rank ", rank, " of tp ", layout.tp,
           " x ep ", layout.ep,
-          " does not store it (each replica is stored once: tensors "
-          "replicated over EP by the ranks of ep_index 0, experts by those of "
-          "tp_index 0)"));
+          " does not store it (each shard is stored once: dense tensors by "
+          "the ranks below tp, experts by those below ep)"));
     }
     GEMMA_ASSIGN_OR_RETURN(
         ShardLayout l,
@@ -413,6 +422,14 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(
   r->verify_ = verify_checksums;
   GEMMA_ASSIGN_OR_RETURN(r->manifest_,
                          CheckpointManifest::FromJson(ss.str(), path));
+  // Gemma 4: the split follows the model config (manifests written before
+  // Gemma 4 TP stored num_kv_heads 1, right at tp 1 only).
+  if (IsGemma4ConfigText(r->manifest_.config_json)) {
+    absl::StatusOr<Gemma4ModelConfig> config = ParseGemma4ModelConfigText(
+        r->manifest_.config_json, path + ": model_config");
+    if (!config.ok()) return config.status();
+    r->manifest_.dims = Gemma4ShardDims(config->text);
+  }
   // The stored layouts must be the ones the split rules give (they decide
   // which bytes are read, so a corrupt manifest must not steer reads).
   for (const ManifestTensor& t : r->manifest_.tensors) {
@@ -538,7 +555,15 @@ absl::Status CheckpointReader::ReadShard(const std::string& name,
                                          const CheckpointLayout& layout,
                                          int rank, uint8_t* dst) {
   GEMMA_ASSIGN_OR_RETURN(ShardLayout want, Layout(name, layout, rank));
+  return ReadShard(name, want, dst);
+}
+
+absl::Status CheckpointReader::ReadShard(const std::string& name,
+                                         const ShardLayout& want,
+                                         uint8_t* dst) {
   const ManifestTensor* t = manifest_.Find(name);
+  if (t == nullptr)
+    return absl::NotFoundError(absl::StrCat(dir_, ": no tensor '", name, "'"));
   // Open only the stored ranks whose slices overlap the wanted ranges.
   VirtualTensor v;
   v.shape = t->shape;

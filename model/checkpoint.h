@@ -1,18 +1,22 @@
 // Our sharded checkpoint folder (/work/shared/DESIGN.md §4):
 //
-//   DIR/manifest.json            model config, layout {tp, ep}, step,
-//                                every tensor's dtype, global shape and its
-//                                stored shards (rank + slice), per-file size
-//                                and CRC-32C
+//   DIR/manifest.json            model config, layout {tp, ep}, step, the
+//                                split dims ("shard_dims"), every tensor's
+//                                dtype, global shape and its stored shards
+//                                (rank + slice), per-file size and CRC-32C
 //   DIR/rank-00000.safetensors   rank 0's shards, under our names
-//   DIR/rank-00001.safetensors   ...   (rank = ep_index * tp + tp_index)
+//   DIR/rank-00001.safetensors   ...   (max(tp, ep) files)
 //
-// Layout {tp, ep} (model/param_table.h CheckpointLayout): tensors are split
-// over TP by their split rule; MoE expert tensors (SplitKind::kExperts) are
-// split along dim 0 over EP. Each distinct shard is stored once: tensors
-// replicated over EP only in the files of ep_index 0 (at tp = 1: rank 0's),
-// experts only in the files of tp_index 0 (StoresShard). "ep" absent in a
-// manifest means 1; with ep = 1 the format is the Gemma 3 one, unchanged.
+// Layout {tp, ep} (model/param_table.h CheckpointLayout, MoE parallel
+// folding): file rank r holds TP shard r % tp of the dense tensors (split by
+// their rule) and EP shard r % ep of the MoE expert tensors
+// (SplitKind::kExperts, dim 0). Each TP shard and expert slice is stored
+// once: dense tensors by the ranks below tp, experts by the ranks below ep
+// (StoresShard).
+// "ep" absent in a manifest means 1; with ep = 1 the format is the Gemma 3
+// one, unchanged; Gemma 4 checkpoints at tp 1 (written before Gemma 4 TP)
+// read as before. A Gemma 4 checkpoint's split dims are taken from its
+// model_config when read (Gemma4ShardDims), not from "shard_dims".
 //
 // Written into `DIR.tmp` and renamed to DIR when complete, so DIR either holds
 // a whole checkpoint or does not exist. Reading maps the rank files and
@@ -77,7 +81,7 @@ struct CheckpointManifest {
   ShardDims dims;
   std::string config_json;  // HF config.json text
   std::vector<ManifestTensor> tensors;
-  std::vector<ManifestFile> files;  // one per rank (tp * ep)
+  std::vector<ManifestFile> files;  // one per rank (layout().world())
 
   CheckpointLayout layout() const { return {tp, ep}; }
   const ManifestTensor* Find(const std::string& name) const;
@@ -91,7 +95,7 @@ struct WriteCheckpointOptions {
   int tp = 1;
   int ep = 1;  // expert-parallel size (must divide every expert count)
   int64_t step = 0;
-  ShardDims dims;          // num_kv_heads: the text qkv split granularity
+  ShardDims dims;          // the text qkv / qk split (param_table.h)
   bool overwrite = false;  // replace an existing DIR (else ALREADY_EXISTS)
   ProgressFn progress;
 };
@@ -106,9 +110,9 @@ absl::Status WriteCheckpoint(const std::string& dir, GlobalTensorSource& source,
 // every rank calls WriteRankFile (same `dir`, layout, `dims`), the job gathers
 // the returned ManifestFile entries, and one process calls CommitCheckpoint
 // after all ranks are done. The result is the same folder WriteCheckpoint
-// writes. Each rank passes exactly the shards it stores (StoresShard): with
-// EP, every rank its expert slices, and the ranks of ep_index 0 (at tp = 1:
-// rank 0) the tensors replicated over EP.
+// writes. Each rank passes exactly the shards it stores (StoresShard): ranks
+// below tp their dense shards, ranks below ep their expert slices (at tp = 1:
+// rank 0 the dense tensors, every rank its experts).
 struct RankShard {
   std::string name;  // one of ours (see param_table.h)
   DType dtype = DType::kF32;
@@ -122,7 +126,7 @@ std::string RankFileName(int rank);
 
 // Writes `DIR.tmp/rank-NNNNN.safetensors` (creating DIR.tmp if needed).
 // INVALID_ARGUMENT naming the tensor for a shard this rank does not store
-// in `layout` (e.g. a replicated tensor passed by an EP rank other than 0).
+// in `layout` (e.g. a dense tensor passed by rank 1 of {tp 1, ep 2}).
 absl::StatusOr<ManifestFile> WriteRankFile(
     const std::string& dir, const CheckpointLayout& layout, int rank,
     const ShardDims& dims, const std::vector<RankShard>& shards);
@@ -139,7 +143,7 @@ struct CheckpointCommit {
   std::string config_json;
   std::vector<GlobalTensorSource::Entry>
       tensors;                      // every tensor's global dtype/shape
-  std::vector<ManifestFile> files;  // one per rank (tp * ep), from
+  std::vector<ManifestFile> files;  // one per rank (max(tp, ep)), from
                                     // WriteRankFile
   bool overwrite = false;
 };
@@ -181,12 +185,18 @@ class CheckpointReader : public GlobalTensorSource {
   absl::Status ReadShard(const std::string& name,
                          const CheckpointLayout& layout, int rank,
                          uint8_t* dst);
+  // Copies any shard `want` of `name` (e.g. ComputeLocalShard's for a TP / EP
+  // rank pair) into `dst` (ShardBytes(want) bytes). INTERNAL naming the
+  // tensor when the stored slices do not cover it.
+  absl::Status ReadShard(const std::string& name, const ShardLayout& want,
+                         uint8_t* dst);
 
  private:
   CheckpointReader() = default;
   absl::StatusOr<const SafetensorsFile*> RankFile(int rank);
-  // Adds the stored shards of `t` to `v` (each distinct slice once), those
-  // overlapping `want` only when it is given.
+  // Adds the stored shards of `t` to `v` (each distinct slice once, rows
+  // that partly overlapping slices share once), those overlapping `want` only
+  // when it is given.
   absl::Status AddStoredShards(const ManifestTensor& t, const ShardLayout* want,
                                VirtualTensor* v);
 

@@ -306,7 +306,40 @@ int64_t StoredShards(const std::vector<GlobalTensorSource::Entry>& entries,
   return n;
 }
 
-ModelFolderInfo InfoFromConfig(const std::string& text,
+
+// Whether Gemma 4 `info` splits `tp` ways (param_table.h's rules).
+absl::Status CheckGemma4Tp(const ModelFolderInfo& info, int tp,
+                           absl::string_view tp_field) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(tp_field, ": ", tp, ": the Gemma 4 model of ",
+                     info.config_source, " cannot be split ", tp,
+                     " ways: ", why));
+  };
+  if (info.num_heads < 1 || info.num_heads % tp != 0) {
+    return bad(absl::StrCat("num_attention_heads ", info.num_heads,
+                            " is not a multiple of it"));
+  }
+  if (info.intermediate_size % tp != 0) {
+    return bad(absl::StrCat("intermediate_size ", info.intermediate_size,
+                            " is not a multiple of it"));
+  }
+  const std::pair<const char*, int64_t> kv[] = {
+      {"num_key_value_heads", info.sliding_kv_heads},
+      {"num_global_key_value_heads", info.full_kv_heads}};
+  for (const auto& [field, n] : kv) {
+    if (n == 0 || n % tp == 0 || tp % n == 0) continue;
+    return bad(absl::StrCat(field, " ", n,
+                            " is neither a multiple of it nor a divisor of it "
+                            "(num_attention_heads ",
+                            info.num_heads, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+ModelFolderInfo ModelInfoFromConfig(const std::string& text,
                                const std::string& source) {
   ModelFolderInfo info;
   info.config_source = source;
@@ -315,20 +348,26 @@ ModelFolderInfo InfoFromConfig(const std::string& text,
     absl::StatusOr<Gemma4ModelConfig> c =
         ParseGemma4ModelConfigText(text, source);
     if (c.ok()) {
+      const Gemma4TextConfig& t = c->text;
       info.vl = c->is_vl();
-      info.num_experts = c->text.enable_moe_block ? c->text.num_experts : 0;
+      info.num_experts = t.enable_moe_block ? t.num_experts : 0;
+      info.num_heads = t.num_heads;
+      info.intermediate_size = t.intermediate_size;
+      for (LayerType type : t.layer_types) {
+        (type == LayerType::kFull ? info.full_kv_heads
+                                  : info.sliding_kv_heads) =
+            t.layer_kv_heads(type);
+      }
     }
   }
   return info;
 }
 
-}  // namespace
-
 absl::StatusOr<ModelFolderInfo> InspectModelFolder(const std::string& dir) {
   if (PathExists(dir + "/manifest.json")) {
     GEMMA_ASSIGN_OR_RETURN(
         auto reader, CheckpointReader::Open(dir, /*verify_checksums=*/false));
-    ModelFolderInfo info = InfoFromConfig(reader->config_json(),
+    ModelFolderInfo info = ModelInfoFromConfig(reader->config_json(),
                                           dir + "/manifest.json: model_config");
     info.checkpoint = true;
     info.tp = reader->manifest().tp;
@@ -336,7 +375,7 @@ absl::StatusOr<ModelFolderInfo> InspectModelFolder(const std::string& dir) {
     return info;
   }
   GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(dir + "/config.json"));
-  return InfoFromConfig(text, dir + "/config.json");
+  return ModelInfoFromConfig(text, dir + "/config.json");
 }
 
 absl::Status CheckConvertLayout(const ModelFolderInfo& info, int tp, int ep,
@@ -350,12 +389,7 @@ absl::Status CheckConvertLayout(const ModelFolderInfo& info, int tp, int ep,
     return absl::InvalidArgumentError(
         absl::StrCat(ep_field, ": ", ep, " must be >= 1"));
   }
-  if (info.gemma4 && tp > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        tp_field, ": ", tp, ": Gemma 4 tensor parallelism is not built yet, ",
-        "so a Gemma 4 checkpoint is written at tp 1 (", info.config_source,
-        ")"));
-  }
+  if (info.gemma4 && tp > 1) GEMMA_RETURN_IF_ERROR(CheckGemma4Tp(info, tp, tp_field));
   if (ep > 1 && info.num_experts == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         ep_field, ": ", ep, " needs a model with experts (Gemma 4 MoE), but ",
@@ -393,7 +427,10 @@ absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(
   WriteCheckpointOptions w;
   if (info.gemma4) {
     GEMMA_RETURN_IF_ERROR(src.OpenGemma4(hf_dir));
-    w.dims.num_kv_heads = 1;  // no TP split of Gemma 4 yet
+    GEMMA_ASSIGN_OR_RETURN(
+        Gemma4ModelConfig config,
+        ParseGemma4ModelConfigText(src.config_json(), info.config_source));
+    w.dims = Gemma4ShardDims(config.text);
   } else {
     GEMMA_RETURN_IF_ERROR(src.Open(hf_dir));
     w.dims.num_kv_heads = src.config().num_kv_heads;
@@ -406,7 +443,7 @@ absl::StatusOr<ConvertStats> ConvertHfToCheckpoint(
   GEMMA_RETURN_IF_ERROR(WriteCheckpoint(out_dir, src, w));
   GEMMA_RETURN_IF_ERROR(CopyCompanionFiles(hf_dir, out_dir));
   stats.tensors = StoredShards(src.entries(), {options.tp, options.ep});
-  stats.files = options.tp * options.ep;
+  stats.files = CheckpointLayout{options.tp, options.ep}.world();
   stats.seconds = Since(t0);
   return stats;
 }
@@ -417,7 +454,7 @@ absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir,
   const auto t0 = std::chrono::steady_clock::now();
   GEMMA_ASSIGN_OR_RETURN(
       auto reader, CheckpointReader::Open(ckpt_dir, options.verify_checksums));
-  const ModelFolderInfo info = InfoFromConfig(
+  const ModelFolderInfo info = ModelInfoFromConfig(
       reader->config_json(), ckpt_dir + "/manifest.json: model_config");
   GEMMA_RETURN_IF_ERROR(
       CheckConvertLayout(info, options.tp, options.ep, "tp", "ep"));
@@ -432,7 +469,7 @@ absl::StatusOr<ConvertStats> ReshardCheckpoint(const std::string& ckpt_dir,
   GEMMA_RETURN_IF_ERROR(WriteCheckpoint(out_dir, *reader, w));
   GEMMA_RETURN_IF_ERROR(CopyCompanionFiles(ckpt_dir, out_dir));
   stats.tensors = StoredShards(reader->entries(), {options.tp, options.ep});
-  stats.files = options.tp * options.ep;
+  stats.files = CheckpointLayout{options.tp, options.ep}.world();
   stats.seconds = Since(t0);
   return stats;
 }

@@ -7,10 +7,12 @@
 //   model-0000i-of-0000n.safetensors
 //               with model.safetensors.index.json; BF16, F16 or F32 (kept as
 //               is).
-//   Ours:       see model/checkpoint.h; layout {tp, ep}. Gemma 3: any tp,
-//               ep 1. Gemma 4: tp 1 (its TP is not built yet), any ep dividing
-//               num_experts (expert tensors split over EP, the rest stored
-//               once in rank 0's file).
+//   Ours:       see model/checkpoint.h; layout {tp, ep}, max(tp, ep) rank
+//               files. Gemma 3: tp dividing num_key_value_heads, ep 1.
+//               Gemma 4: tp that its heads and intermediate_size allow
+//               (CheckConvertLayout; KV heads fewer than tp are replicated),
+//               any ep dividing num_experts (expert tensors split over EP,
+//               the dense ones over TP, each shard stored once).
 //
 // Tensors are streamed: sources are memory-mapped and each output byte is
 // copied once, straight into the mapped output file. Every conversion is
@@ -58,7 +60,18 @@ struct ModelFolderInfo {
   bool vl = false;          // Gemma 4 VL (Gemma4ForConditionalGeneration)
   int tp = 1, ep = 1;       // the stored layout (checkpoints)
   int64_t num_experts = 0;  // Gemma 4 with MoE blocks, else 0
+  // Gemma 4 text sizes that decide which tp splits it (0 when unknown, or
+  // for kv heads when no layer has that type).
+  int64_t num_heads = 0;
+  int64_t sliding_kv_heads = 0;  // num_key_value_heads
+  int64_t full_kv_heads = 0;     // num_global_key_value_heads
+  int64_t intermediate_size = 0;
 };
+
+// What `config_json` (a config.json text, read from `source`) says: family,
+// VL, experts and the Gemma 4 sizes above (checkpoint / tp / ep left as is).
+ModelFolderInfo ModelInfoFromConfig(const std::string& config_json,
+                                    const std::string& source);
 
 // Reads DIR/manifest.json (our checkpoint) or DIR/config.json (HF). Errors
 // name the file.
@@ -66,8 +79,11 @@ absl::StatusOr<ModelFolderInfo> InspectModelFolder(const std::string& dir);
 
 // OK when `info`'s model can be written at {tp, ep}; INVALID_ARGUMENT naming
 // `tp_field` / `ep_field` (the caller's spelling, e.g. "convert.ep") and the
-// config: Gemma 4 with tp > 1, ep > 1 without experts, ep not dividing
-// num_experts.
+// config values: Gemma 4 with a tp that does not divide num_attention_heads
+// or intermediate_size, or whose KV heads (num_key_value_heads on sliding
+// layers, num_global_key_value_heads on full ones) are neither a multiple of
+// tp nor a divisor of it; ep > 1 without experts; ep not dividing
+// num_experts. (Gemma 3's tp is checked by the split itself.)
 absl::Status CheckConvertLayout(const ModelFolderInfo& info, int tp, int ep,
                                 absl::string_view tp_field,
                                 absl::string_view ep_field);

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
+#include "tests/formats/gemma4_tiny.h"
 #include "tests/formats/test_util.h"
 
 namespace gemma {
@@ -414,6 +415,150 @@ TEST(ConvertTest, TpMustDivideKvHeadsAndOutputIsNotClobbered) {
   opt.overwrite = true;
   EXPECT_TRUE(
       ConvertHfToCheckpoint(Fixture("text_f32"), tmp / "out", opt).ok());
+}
+
+// ---- Gemma 4 at TP x EP (tiny models written by tests/formats/gemma4_tiny.h)
+
+ConvertOptions Gemma4Layout(int tp, int ep) {
+  ConvertOptions o;
+  o.tp = tp;
+  o.ep = ep;
+  return o;
+}
+
+// The bytes of rows [begin, end) of an HF tensor.
+std::vector<uint8_t> HfRowBytes(const TensorSet& hf, const std::string& name,
+                                int64_t begin, int64_t end) {
+  const auto& [f, t] = hf.by_name.at(name);
+  auto bytes = f->Bytes(*t);
+  const size_t row = bytes.size() / static_cast<size_t>(t->shape[0]);
+  return std::vector<uint8_t>(bytes.begin() + begin * row,
+                              bytes.begin() + end * row);
+}
+
+TEST(ConvertGemma4Test, HfToTpEpLayoutsToHfIsBitExact) {
+  for (bool k_eq_v : {true, false}) {
+    SCOPED_TRACE(k_eq_v ? "full layers K = V" : "full layers with V");
+    TempDir tmp;
+    const Gemma4TextConfig config =
+        ::gemma::testing::TinyGemma4TextConfig(k_eq_v);
+    ASSERT_TRUE(::gemma::testing::WriteTinyGemma4Hf(tmp / "hf", config).ok());
+    const TensorSet hf = ReadHf(tmp / "hf");
+    struct L {
+      int tp, ep;
+    };
+    for (L l : {L{2, 2}, L{4, 1}, L{2, 4}, L{4, 2}, L{1, 4}}) {
+      SCOPED_TRACE(absl::StrCat("tp ", l.tp, " ep ", l.ep));
+      const std::string ck = tmp / absl::StrCat("ck", l.tp, "x", l.ep);
+      auto s = ConvertHfToCheckpoint(tmp / "hf", ck, Gemma4Layout(l.tp, l.ep));
+      ASSERT_TRUE(s.ok()) << s.status();
+      const int world = std::max(l.tp, l.ep);
+      EXPECT_EQ(s->files, world);
+      EXPECT_FALSE(fs::exists(RankFiles(ck, world + 1)[world]));
+      // File rank r: dense shards when r < tp, expert slices when r < ep.
+      for (int r = 0; r < world; ++r) {
+        TensorSet f = ReadFiles({RankFiles(ck, world)[r]});
+        EXPECT_EQ(f.by_name.count("text.layers.0.attn.o.weight"),
+                  r < l.tp ? 1u : 0u)
+            << r;
+        EXPECT_EQ(f.by_name.count("text.layers.0.moe.experts.down"),
+                  r < l.ep ? 1u : 0u)
+            << r;
+        if (r >= l.tp) continue;
+        // Full layer 1 has 1 KV head: rank r holds query heads
+        // [r nq / tp, (r + 1) nq / tp) then the K (and V) rows.
+        const std::string name = absl::StrCat(
+            "text.layers.1.attn.", k_eq_v ? "qk" : "qkv", ".weight");
+        const int64_t hd = config.global_head_dim,
+                      q = config.num_heads / l.tp * hd;
+        std::vector<uint8_t> want =
+            HfRowBytes(hf, "model.layers.1.self_attn.q_proj.weight", r * q,
+                       (r + 1) * q);
+        for (const char* kv : {"k_proj", "v_proj"}) {
+          if (k_eq_v && std::string(kv) == "v_proj") continue;
+          auto rows = HfRowBytes(
+              hf, absl::StrCat("model.layers.1.self_attn.", kv, ".weight"), 0,
+              hd);
+          want.insert(want.end(), rows.begin(), rows.end());
+        }
+        const auto& [file, info] = f.by_name.at(name);
+        auto got = file->Bytes(*info);
+        EXPECT_TRUE(got.size() == want.size() &&
+                    std::equal(got.begin(), got.end(), want.begin()))
+            << name << " on rank " << r;
+      }
+      auto back = ConvertCheckpointToHf(ck, ck + "-hf", ConvertOptions());
+      ASSERT_TRUE(back.ok()) << back.status();
+      ExpectSameTensors(hf, ReadHf(ck + "-hf"));
+    }
+    // Resharding {tp 2, ep 2} gives what a direct import writes.
+    for (L l : {L{1, 4}, L{4, 1}, L{4, 2}}) {
+      const std::string out = tmp / absl::StrCat("re", l.tp, "x", l.ep);
+      auto s = ReshardCheckpoint(tmp / "ck2x2", out, Gemma4Layout(l.tp, l.ep));
+      ASSERT_TRUE(s.ok()) << s.status();
+      const int world = std::max(l.tp, l.ep);
+      const std::string direct = tmp / absl::StrCat("ck", l.tp, "x", l.ep);
+      if (!fs::exists(direct)) {
+        ASSERT_TRUE(ConvertHfToCheckpoint(tmp / "hf", direct,
+                                          Gemma4Layout(l.tp, l.ep))
+                        .ok());
+      }
+      for (int r = 0; r < world; ++r) {
+        ExpectSameTensors(ReadFiles({RankFiles(direct, world)[r]}),
+                          ReadFiles({RankFiles(out, world)[r]}));
+      }
+      ASSERT_TRUE(ConvertCheckpointToHf(out, out + "-hf", {}).ok());
+      ExpectSameTensors(hf, ReadHf(out + "-hf"));
+    }
+  }
+}
+
+TEST(ConvertGemma4Test, TpTheModelCannotSplitNamesTheFieldAndConfig) {
+  TempDir tmp;
+  Gemma4TextConfig config = ::gemma::testing::TinyGemma4TextConfig(true);
+  ASSERT_TRUE(::gemma::testing::WriteTinyGemma4Hf(tmp / "hf", config).ok());
+  // 4 query heads: not 3 or 8 ways.
+  for (int tp : {3, 8}) {
+    auto s = ConvertHfToCheckpoint(tmp / "hf", tmp / "out", Gemma4Layout(tp, 1));
+    EXPECT_TRUE(absl::IsInvalidArgument(s.status())) << s.status();
+    EXPECT_THAT(std::string(s.status().message()),
+                HasSubstr(absl::StrCat("tp: ", tp)));
+    EXPECT_THAT(std::string(s.status().message()),
+                HasSubstr("num_attention_heads 4"));
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr("config.json"));
+    EXPECT_FALSE(fs::exists(tmp / "out"));
+  }
+  // The caller's field name (the convert job's spelling).
+  auto info = InspectModelFolder(tmp / "hf");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->gemma4);
+  EXPECT_EQ(info->num_heads, 4);
+  EXPECT_EQ(info->sliding_kv_heads, 2);
+  EXPECT_EQ(info->full_kv_heads, 1);
+  auto st = CheckConvertLayout(*info, 3, 1, "convert.tp", "convert.ep");
+  EXPECT_THAT(std::string(st.message()), HasSubstr("convert.tp: 3"));
+  EXPECT_TRUE(CheckConvertLayout(*info, 4, 2, "convert.tp", "convert.ep").ok());
+  // 3 KV heads on sliding layers (6 query heads): neither a multiple of tp 2
+  // nor a divisor of it.
+  Gemma4TextConfig kv3 = config;
+  kv3.num_heads = 6;
+  kv3.num_kv_heads = 3;
+  ASSERT_TRUE(::gemma::testing::WriteTinyGemma4Hf(tmp / "kv3", kv3).ok());
+  auto s = ConvertHfToCheckpoint(tmp / "kv3", tmp / "out", Gemma4Layout(2, 1));
+  EXPECT_TRUE(absl::IsInvalidArgument(s.status())) << s.status();
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("num_key_value_heads 3"));
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("tp: 2"));
+  // 1 global KV head is fine at tp 2 (replicated), intermediate_size 25 not.
+  Gemma4TextConfig odd = config;
+  odd.intermediate_size = 25;
+  ASSERT_TRUE(::gemma::testing::WriteTinyGemma4Hf(tmp / "odd", odd).ok());
+  s = ConvertHfToCheckpoint(tmp / "odd", tmp / "out", Gemma4Layout(2, 1));
+  EXPECT_TRUE(absl::IsInvalidArgument(s.status())) << s.status();
+  EXPECT_THAT(std::string(s.status().message()),
+              HasSubstr("intermediate_size 25"));
+  EXPECT_TRUE(
+      ConvertHfToCheckpoint(tmp / "odd", tmp / "out", Gemma4Layout(1, 2)).ok());
 }
 
 TEST(ConvertCliTest, LocalConvertRoundTripsWithJsonOutputAndHelp) {

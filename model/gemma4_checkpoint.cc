@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "model/convert.h"
 #include "model/param_table.h"
@@ -23,8 +24,9 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
   return ss.str();
 }
 
-// Our Gemma 4 tensors are written with num_kv_heads 1 (no TP split yet).
-constexpr ShardDims kGemma4Dims{1};
+std::string ShapeString(const std::vector<int64_t>& s) {
+  return absl::StrCat("[", absl::StrJoin(s, ", "), "]");
+}
 
 absl::StatusOr<at::Tensor> Empty(const std::vector<int64_t>& shape,
                                  DType dtype) {
@@ -36,29 +38,118 @@ absl::StatusOr<at::Tensor> Empty(const std::vector<int64_t>& shape,
   }
 }
 
-// The global shape of `name` held as `local` by an EP rank of `ep_size`.
-absl::StatusOr<std::vector<int64_t>> GlobalShape(const std::string& name,
-                                                 const at::Tensor& local,
-                                                 int ep_size, ParamSpec* spec) {
-  GEMMA_ASSIGN_OR_RETURN(*spec, LookupParam(name));
-  std::vector<int64_t> shape(local.sizes().begin(), local.sizes().end());
-  if (spec->split == SplitKind::kExperts && !shape.empty()) shape[0] *= ep_size;
-  return shape;
+absl::Status CheckIndices(const std::string& dir,
+                          const CheckpointLayout& layout, int tp_index,
+                          int ep_index) {
+  if (layout.tp < 1 || layout.ep < 1 || tp_index < 0 ||
+      tp_index >= layout.tp || ep_index < 0 || ep_index >= layout.ep) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": bad TP rank ", tp_index, " / EP rank ", ep_index,
+                     " of tp ", layout.tp, " x ep ", layout.ep));
+  }
+  return absl::OkStatus();
+}
+
+// The global shapes of a Gemma 4 model's tensors, and how a rank's local
+// tensors map to them.
+class GlobalShapes {
+ public:
+  // From `config` (every name of its model), or, without one, from the local
+  // shapes alone, which needs tp = 1 (experts times ep, the rest as is).
+  GlobalShapes(const Gemma4ModelConfig* config, const CheckpointLayout& layout)
+      : layout_(layout) {
+    if (config == nullptr) return;
+    dims_ = Gemma4ShardDims(config->text);
+    for (const ParamMapping& p : BuildGemma4HfMapping(*config).params)
+      shapes_[p.name] = p.shape;
+  }
+  const ShardDims& dims() const { return dims_; }
+
+  // The global shape of `name`, held as `local` by TP rank tp_index / EP
+  // rank ep_index; INVALID_ARGUMENT naming the tensor when `local` is not
+  // that rank's shard of it.
+  absl::StatusOr<std::vector<int64_t>> Of(const std::string& name,
+                                          const at::Tensor& local,
+                                          int tp_index, int ep_index,
+                                          ParamSpec* spec) const {
+    GEMMA_ASSIGN_OR_RETURN(*spec, LookupParam(name));
+    const std::vector<int64_t> have(local.sizes().begin(),
+                                    local.sizes().end());
+    std::vector<int64_t> global = have;
+    auto it = shapes_.find(name);
+    if (it != shapes_.end()) {
+      global = it->second;
+    } else if (!shapes_.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' is no part of the config's Gemma 4 model"));
+    } else if (layout_.tp != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "': its global shape needs the model config at tp ",
+          layout_.tp));
+    } else if (spec->split == SplitKind::kExperts && !global.empty()) {
+      global[0] *= layout_.ep;
+    }
+    GEMMA_ASSIGN_OR_RETURN(ShardLayout l,
+                           ComputeLocalShard(*spec, global, dims_, layout_,
+                                             tp_index, ep_index));
+    if (l.shard_shape != have) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "': shape ", ShapeString(have),
+          " is not the shard of TP rank ", tp_index, " / EP rank ", ep_index,
+          " of tp ", layout_.tp, " x ep ", layout_.ep, " (",
+          ShapeString(l.shard_shape), " of ", ShapeString(global), ")"));
+    }
+    return global;
+  }
+
+ private:
+  CheckpointLayout layout_;
+  ShardDims dims_;
+  std::map<std::string, std::vector<int64_t>> shapes_;
+};
+
+absl::Status WithDir(const absl::Status& s, const std::string& dir) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(dir, ": ", s.message()));
+}
+
+absl::StatusOr<ManifestFile> WriteRank(
+    const std::string& dir, const Gemma4ModelConfig* config,
+    const CheckpointLayout& layout, int rank,
+    const std::map<std::string, at::Tensor>& tensors) {
+  if (layout.tp < 1 || layout.ep < 1 || rank < 0 || rank >= layout.world()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": bad rank ", rank, " of tp ", layout.tp, " x ep ", layout.ep));
+  }
+  const GlobalShapes shapes(config, layout);
+  std::vector<at::Tensor> keep;
+  std::vector<RankShard> shards;
+  for (const auto& [name, t] : tensors) {
+    ParamSpec spec;
+    absl::StatusOr<std::vector<int64_t>> global =
+        shapes.Of(name, t, layout.tp_index(rank), layout.ep_index(rank), &spec);
+    if (!global.ok()) return WithDir(global.status(), dir);
+    if (!StoresShard(spec, layout, rank)) continue;  // a lower rank stores it
+    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
+    at::Tensor c = t.detach().to(torch::kCPU).contiguous();
+    keep.push_back(c);
+    shards.push_back(
+        {name, dtype, *global, static_cast<const uint8_t*>(c.data_ptr())});
+  }
+  return WriteRankFile(dir, layout, rank, shapes.dims(), shards);
 }
 
 }  // namespace
 
-absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(const std::string& dir,
-                                                        int ep_size,
-                                                        int ep_rank,
-                                                        bool verify_checksums) {
-  if (ep_size < 1 || ep_rank < 0 || ep_rank >= ep_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir, ": bad EP rank ", ep_rank, " of ", ep_size));
-  }
+absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(
+    const std::string& dir, const CheckpointLayout& layout, int tp_index,
+    int ep_index, bool verify_checksums) {
+  GEMMA_RETURN_IF_ERROR(CheckIndices(dir, layout, tp_index, ep_index));
   Gemma4RankWeights out;
-  out.ep_size = ep_size;
-  out.ep_rank = ep_rank;
+  out.tp_size = layout.tp;
+  out.tp_rank = tp_index;
+  out.ep_size = layout.ep;
+  out.ep_rank = ep_index;
   std::unique_ptr<CheckpointReader> reader;
   std::unique_ptr<GlobalTensorSource> hf;
   GlobalTensorSource* source = nullptr;
@@ -87,25 +178,22 @@ absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(const std::string& dir,
   }
   GEMMA_ASSIGN_OR_RETURN(out.config,
                          ParseGemma4ModelConfigText(out.config_json, where));
-  ModelFolderInfo info;
-  info.config_source = where;
-  info.gemma4 = true;
-  info.num_experts =
-      out.config.text.enable_moe_block ? out.config.text.num_experts : 0;
-  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(info, 1, ep_size, "tp", "ep_size"));
-  const CheckpointLayout layout{1, ep_size};
+  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(
+      ModelInfoFromConfig(out.config_json, where), layout.tp, layout.ep, "tp",
+      "ep"));
+  const ShardDims dims = Gemma4ShardDims(out.config.text);
   for (const auto& e : source->entries()) {
     GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
-    GEMMA_ASSIGN_OR_RETURN(
-        ShardLayout l,
-        ComputeLayoutShard(spec, e.shape, kGemma4Dims, layout, ep_rank));
-    GEMMA_ASSIGN_OR_RETURN(at::Tensor t, Empty(l.shard_shape, e.dtype));
+    absl::StatusOr<ShardLayout> l =
+        ComputeLocalShard(spec, e.shape, dims, layout, tp_index, ep_index);
+    if (!l.ok()) return WithDir(l.status(), dir);
+    GEMMA_ASSIGN_OR_RETURN(at::Tensor t, Empty(l->shard_shape, e.dtype));
     uint8_t* dst = static_cast<uint8_t*>(t.data_ptr());
     if (reader != nullptr) {
-      GEMMA_RETURN_IF_ERROR(reader->ReadShard(e.name, layout, ep_rank, dst));
+      GEMMA_RETURN_IF_ERROR(reader->ReadShard(e.name, *l, dst));
     } else {
       GEMMA_ASSIGN_OR_RETURN(VirtualTensor v, source->Global(e.name));
-      absl::Status s = CopyShard(v, l, dst);
+      absl::Status s = CopyShard(v, *l, dst);
       if (!s.ok()) {
         return absl::Status(s.code(), absl::StrCat(dir, ": tensor '", e.name,
                                                    "': ", s.message()));
@@ -117,45 +205,65 @@ absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(const std::string& dir,
 }
 
 absl::StatusOr<ManifestFile> WriteGemma4RankFile(
+    const std::string& dir, const Gemma4ModelConfig& config,
+    const CheckpointLayout& layout, int rank,
+    const std::map<std::string, at::Tensor>& tensors) {
+  return WriteRank(dir, &config, layout, rank, tensors);
+}
+
+absl::Status CommitGemma4Checkpoint(
+    const std::string& dir, const std::string& config_json,
+    const Gemma4ModelConfig& config, const CheckpointLayout& layout,
+    int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,
+    const std::vector<ManifestFile>& files, bool overwrite) {
+  const GlobalShapes shapes(&config, layout);
+  CheckpointCommit commit;
+  commit.tp = layout.tp;
+  commit.ep = layout.ep;
+  commit.step = step;
+  commit.dims = shapes.dims();
+  commit.config_json = config_json;
+  commit.files = files;
+  commit.overwrite = overwrite;
+  for (const auto& [name, t] : rank0_tensors) {
+    ParamSpec spec;
+    absl::StatusOr<std::vector<int64_t>> global = shapes.Of(name, t, 0, 0, &spec);
+    if (!global.ok()) return WithDir(global.status(), dir);
+    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
+    commit.tensors.push_back({name, dtype, *global});
+  }
+  return CommitCheckpoint(dir, commit);
+}
+
+absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(const std::string& dir,
+                                                        int ep_size,
+                                                        int ep_rank,
+                                                        bool verify_checksums) {
+  if (ep_size < 1 || ep_rank < 0 || ep_rank >= ep_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": bad EP rank ", ep_rank, " of ", ep_size));
+  }
+  return LoadGemma4RankWeights(dir, CheckpointLayout{1, ep_size}, 0, ep_rank,
+                               verify_checksums);
+}
+
+absl::StatusOr<ManifestFile> WriteGemma4RankFile(
     const std::string& dir, int ep_size, int ep_rank,
     const std::map<std::string, at::Tensor>& tensors) {
-  const CheckpointLayout layout{1, ep_size};
-  std::vector<at::Tensor> keep;
-  std::vector<RankShard> shards;
-  for (const auto& [name, t] : tensors) {
-    ParamSpec spec;
-    GEMMA_ASSIGN_OR_RETURN(std::vector<int64_t> global,
-                           GlobalShape(name, t, ep_size, &spec));
-    if (!StoresShard(spec, layout, ep_rank)) continue;  // rank 0 stores it
-    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
-    at::Tensor c = t.detach().to(torch::kCPU).contiguous();
-    keep.push_back(c);
-    shards.push_back(
-        {name, dtype, global, static_cast<const uint8_t*>(c.data_ptr())});
-  }
-  return WriteRankFile(dir, layout, ep_rank, kGemma4Dims, shards);
+  return WriteRank(dir, nullptr, CheckpointLayout{1, ep_size}, ep_rank,
+                   tensors);
 }
 
 absl::Status CommitGemma4Checkpoint(
     const std::string& dir, const std::string& config_json, int ep_size,
     int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,
     const std::vector<ManifestFile>& files, bool overwrite) {
-  CheckpointCommit commit;
-  commit.tp = 1;
-  commit.ep = ep_size;
-  commit.step = step;
-  commit.dims = kGemma4Dims;
-  commit.config_json = config_json;
-  commit.files = files;
-  commit.overwrite = overwrite;
-  for (const auto& [name, t] : rank0_tensors) {
-    ParamSpec spec;
-    GEMMA_ASSIGN_OR_RETURN(std::vector<int64_t> global,
-                           GlobalShape(name, t, ep_size, &spec));
-    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
-    commit.tensors.push_back({name, dtype, global});
-  }
-  return CommitCheckpoint(dir, commit);
+  GEMMA_ASSIGN_OR_RETURN(
+      Gemma4ModelConfig config,
+      ParseGemma4ModelConfigText(config_json, dir + ": config_json"));
+  return CommitGemma4Checkpoint(dir, config_json, config,
+                                CheckpointLayout{1, ep_size}, step,
+                                rank0_tensors, files, overwrite);
 }
 
 }  // namespace gemma

@@ -1,31 +1,40 @@
-// Gemma 4 weights for one expert-parallel rank, read from and written to our
-// sharded checkpoint (model/checkpoint.h, layout {tp = 1, ep}).
+// Gemma 4 weights for one rank of a tensor- and expert-parallel job, read
+// from and written to our sharded checkpoint (model/checkpoint.h, layout
+// {tp, ep}: MoE parallel folding, model/param_table.h CheckpointLayout).
 //
-// Reading: LoadGemma4RankWeights(dir, ep_size, ep_rank) accepts our Gemma 4
-// checkpoint (any stored ep) or an HF Gemma 4 folder (text-only or VL) and
-// returns every tensor under our names (text.*, vision.*, projector.*), as
-// stored (dtype kept, CPU): expert tensors ("text.layers.{i}.moe.experts.
-// gate_up" / ".down") only this rank's slice [E / ep_size, ...] of experts
-// [ep_rank E / ep_size, (ep_rank + 1) E / ep_size) (model/moe.h's split),
-// everything else whole. Only the bytes of that slice are read from the
-// mapped files (a checkpoint's rank files that hold none of it are not even
-// opened). The result feeds BuildGemma4Model / LoadGemma4ModuleWeights with
-// the same ep_rank / ep_size (they take local or global expert tensors).
+// A rank's view ("local" tensors, our names text.*, vision.*, projector.*):
+//   - dense text weights: TP rank tp_index's shard by the parameter table's
+//     rule: attn.qkv / attn.qk by KV groups, or, when a layer type has fewer
+//     KV heads than tp, by query heads with the group's K (and V) rows
+//     replicated ([(nq / tp + m) hd, H], q rows first; param_table.h
+//     ComputeShard); attn.o and mlp.down by columns; mlp.gate_up by rows of
+//     gate then of up; text.embed by rows, padded with zero rows up to a
+//     multiple of tp ([ceil(vocab / tp), H]);
+//   - MoE experts ("text.layers.{i}.moe.experts.gate_up" / ".down"): EP rank
+//     ep_index's slice [E / ep, ...] of experts [ep_index E / ep, ...)
+//     (model/moe.h's split), whole over TP;
+//   - everything else (norms, layer_scalar, router.*, vision.*, projector.*)
+//     whole.
+// At {tp 1, ep} this is the EP-only view the trainer used before Gemma 4 TP.
 //
-// Writing from training (the EP analogue of jobs/train_state.cc's
-// WriteModuleCheckpointShard over WriteRankFile / CommitCheckpoint): every EP
-// rank calls WriteGemma4RankFile with its own tensors (Gemma4StateDict's
-// shape: experts its slice, the rest whole); it writes what this rank stores
-// (its expert slices; on rank 0 also every replicated tensor, which other
-// ranks leave out, so nothing is stored ep times). After all ranks are done,
-// rank 0 calls CommitGemma4Checkpoint with every rank's ManifestFile.
+// Reading: LoadGemma4RankWeights accepts our Gemma 4 checkpoint (any stored
+// layout) or an HF Gemma 4 folder (text-only or VL) and returns that view, as
+// stored (dtype kept, CPU). Only the bytes of the rank's shards are read from
+// the mapped files (rank files that hold none of them are not even opened).
 //
-//   // on each EP rank r of n:
+// Writing from training: in a job of world tp x dp (TP fastest, EP groups of
+// ep consecutive ranks), job ranks w < layout.world() = max(tp, ep) each call
+// WriteGemma4RankFile(dir, config, layout, w, their local tensors); it writes
+// what file rank w stores (dense shards when w < tp, expert slices when
+// w < ep; nothing is stored twice). After all of them are done, one process
+// calls CommitGemma4Checkpoint with rank 0's tensors and every ManifestFile.
+//
+//   // on each job rank w < layout.world():
 //   GEMMA_ASSIGN_OR_RETURN(ManifestFile f,
-//                          WriteGemma4RankFile(dir, n, r, Gemma4StateDict(m)));
+//       WriteGemma4RankFile(dir, config, layout, w, Gemma4StateDict(m)));
 //   // gather the files to rank 0, then there:
-//   GEMMA_RETURN_IF_ERROR(CommitGemma4Checkpoint(dir, config_json, n, step,
-//                                                rank0_tensors, files));
+//   GEMMA_RETURN_IF_ERROR(CommitGemma4Checkpoint(dir, config_json, config,
+//       layout, step, rank0_tensors, files));
 #ifndef GEMMA_MODEL_GEMMA4_CHECKPOINT_H_
 #define GEMMA_MODEL_GEMMA4_CHECKPOINT_H_
 
@@ -39,6 +48,7 @@
 #include "absl/status/statusor.h"
 #include "model/checkpoint.h"
 #include "model/gemma4_config.h"
+#include "model/gemma4_names.h"  // Gemma4ShardDims
 
 namespace gemma {
 
@@ -46,27 +56,52 @@ struct Gemma4RankWeights {
   std::string config_json;  // the HF config.json text
   Gemma4ModelConfig config;
   std::string kind;  // "checkpoint" or "hf"
+  int tp_size = 1, tp_rank = 0;
   int ep_size = 1, ep_rank = 0;
   std::map<std::string, at::Tensor> tensors;  // our names, this rank's view
 };
 
-// INVALID_ARGUMENT when ep_size does not divide num_experts or ep_rank is out
-// of range; NOT_FOUND / DATA_LOSS naming the file for a missing or corrupt
-// rank file; errors name the folder and tensor.
+// The view of TP rank `tp_index` / EP rank `ep_index` of `layout` (above).
+// INVALID_ARGUMENT when the model does not split so (CheckConvertLayout
+// naming "tp" / "ep" and the config values) or an index is out of range;
+// NOT_FOUND / DATA_LOSS naming the file for a missing or corrupt rank file;
+// errors name the folder and tensor.
+absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(
+    const std::string& dir, const CheckpointLayout& layout, int tp_index,
+    int ep_index, bool verify_checksums = true);
+
+// Writes DIR.tmp/rank-NNNNN.safetensors (creating DIR.tmp if needed) for file
+// rank `rank` of `layout` (tp_index = rank % tp, ep_index = rank % ep) with
+// what StoresShard says that rank stores. `tensors`: that rank's local
+// tensors (the view above; tensors the rank does not store are ignored).
+// `config` gives the global shapes (vocab size for the padded embedding,
+// heads for qkv / qk). INVALID_ARGUMENT naming the tensor when a local shape
+// is not the shard of its global shape, or a name is no part of `config`'s
+// model.
+absl::StatusOr<ManifestFile> WriteGemma4RankFile(
+    const std::string& dir, const Gemma4ModelConfig& config,
+    const CheckpointLayout& layout, int rank,
+    const std::map<std::string, at::Tensor>& tensors);
+
+// Writes the manifest (every tensor's global dtype/shape from rank 0's
+// tensors, in which every name is present, and `config`; the split dims
+// Gemma4ShardDims(config.text)) and publishes DIR (replacing it if
+// `overwrite`). `files`: one per file rank (layout.world()).
+absl::Status CommitGemma4Checkpoint(
+    const std::string& dir, const std::string& config_json,
+    const Gemma4ModelConfig& config, const CheckpointLayout& layout,
+    int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,
+    const std::vector<ManifestFile>& files, bool overwrite = true);
+
+// The EP-only forms ({tp 1, ep_size}, ranks = EP ranks) the trainer used
+// before Gemma 4 TP; thin wrappers over the forms above.
 absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(
     const std::string& dir, int ep_size, int ep_rank,
     bool verify_checksums = true);
-
-// Writes DIR.tmp/rank-NNNNN.safetensors for EP rank `ep_rank` of `ep_size`
-// (rank 0 creates DIR.tmp if needed; so does every rank). `tensors`: this
-// rank's tensors under our names, experts as its slice; rank 0 writes the
-// replicated ones, the others ignore them.
 absl::StatusOr<ManifestFile> WriteGemma4RankFile(
     const std::string& dir, int ep_size, int ep_rank,
     const std::map<std::string, at::Tensor>& tensors);
-
-// Writes the manifest (every tensor's global shape from rank 0's `tensors`,
-// experts times ep_size) and publishes DIR (replacing it if `overwrite`).
+// `config_json` is parsed for the config (INVALID_ARGUMENT on a bad one).
 absl::Status CommitGemma4Checkpoint(
     const std::string& dir, const std::string& config_json, int ep_size,
     int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,

@@ -10,10 +10,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 
 #include "model/convert.h"
 #include "model/gemma4_model.h"
 #include "model/safetensors.h"
+#include "tests/formats/gemma4_tiny.h"
 #include "tests/formats/test_util.h"
 
 namespace gemma {
@@ -204,13 +210,17 @@ TEST(Gemma4CheckpointTest, MalformedInputsGiveClearErrors) {
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("num_experts 4"));
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("config.json"));
   EXPECT_FALSE(fs::exists(tmp / "c3"));
-  // Gemma 4 tensor parallelism is refused.
-  ConvertOptions tp2;
-  tp2.tp = 2;
-  s = ConvertHfToCheckpoint(TextHf(), tmp / "t2", tp2);
-  EXPECT_TRUE(absl::IsInvalidArgument(s.status()));
+  // A tp the model cannot split names the field and the config values
+  // (tp 2 splits: see the TP x EP tests).
+  ConvertOptions tp3;
+  tp3.tp = 3;
+  s = ConvertHfToCheckpoint(TextHf(), tmp / "t3", tp3);
+  EXPECT_TRUE(absl::IsInvalidArgument(s.status())) << s.status();
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("tp: 3"));
   EXPECT_THAT(std::string(s.status().message()),
-              HasSubstr("Gemma 4 tensor parallelism is not built yet"));
+              HasSubstr("num_attention_heads 4"));
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("config.json"));
+  EXPECT_FALSE(fs::exists(tmp / "t3"));
   // The split rule itself names the tensor.
   auto spec = LookupParam("text.layers.0.moe.experts.down");
   ASSERT_TRUE(spec.ok());
@@ -232,6 +242,268 @@ TEST(Gemma4CheckpointTest, MalformedInputsGiveClearErrors) {
               HasSubstr("rank-00001.safetensors"));
   // Rank 0's share does not need the missing file.
   EXPECT_TRUE(LoadGemma4RankWeights(tmp / "c", 2, 0).ok());
+}
+
+
+// ---- TP x EP (MoE parallel folding) ------------------------------------------
+
+// The slice of `whole` (a global tensor under our name) that TP rank t / EP
+// rank e of `l` holds, computed with torch ops straight from the rules in
+// model/gemma4_checkpoint.h (independently of param_table.cc).
+torch::Tensor ExpectedSlice(const std::string& name, const torch::Tensor& whole,
+                            const Gemma4TextConfig& c, CheckpointLayout l,
+                            int t, int e) {
+  auto has = [&](const char* part) {
+    return name.find(part) != std::string::npos;
+  };
+  if (has(".moe.experts.")) {
+    const int64_t per = whole.size(0) / l.ep;
+    return whole.narrow(0, e * per, per);
+  }
+  if (name.rfind("text.", 0) != 0 || l.tp == 1) return whole;
+  const int64_t tp = l.tp;
+  if (name == "text.embed.weight") {
+    const int64_t v = whole.size(0), pad = (v + tp - 1) / tp * tp - v;
+    return torch::cat({whole, torch::zeros({pad, whole.size(1)},
+                                           whole.options())})
+        .chunk(tp, 0)[t];
+  }
+  if (has(".attn.o.weight") || has(".mlp.down.weight"))
+    return whole.chunk(tp, 1)[t];
+  if (has(".mlp.gate_up.weight")) {
+    auto halves = whole.chunk(2, 0);
+    return torch::cat({halves[0].chunk(tp, 0)[t], halves[1].chunk(tp, 0)[t]});
+  }
+  if (has(".attn.qkv.weight") || has(".attn.qk.weight")) {
+    const int64_t layer = std::stoll(name.substr(std::string("text.layers.").size()));
+    const LayerType type = c.layer_types[layer];
+    const int64_t nkv = c.layer_kv_heads(type), hd = c.layer_head_dim(type),
+                  nq = c.num_heads, m = has(".attn.qk.") ? 1 : 2;
+    auto groups = whole.view({nkv, (nq / nkv + m) * hd, whole.size(1)});
+    if (nkv % tp == 0) {
+      return groups.narrow(0, t * nkv / tp, nkv / tp)
+          .reshape({-1, whole.size(1)});
+    }
+    const int64_t share = tp / nkv, g = t / share, s = t % share,
+                  q = nq / tp * hd;
+    return torch::cat({groups[g].narrow(0, s * q, q),
+                       groups[g].narrow(0, nq / nkv * hd, m * hd)});
+  }
+  return whole;
+}
+
+// `got` is TP rank t / EP rank e's view of `whole` in `l`, exactly.
+void ExpectRankView(const Gemma4RankWeights& whole,
+                    const Gemma4RankWeights& got, CheckpointLayout l, int t,
+                    int e) {
+  SCOPED_TRACE(absl::StrCat("tp ", l.tp, " x ep ", l.ep, ", TP rank ", t,
+                            " / EP rank ", e));
+  EXPECT_EQ(got.tp_size, l.tp);
+  EXPECT_EQ(got.tp_rank, t);
+  EXPECT_EQ(got.ep_size, l.ep);
+  EXPECT_EQ(got.ep_rank, e);
+  ASSERT_EQ(got.tensors.size(), whole.tensors.size());
+  for (const auto& [name, w] : whole.tensors) {
+    auto it = got.tensors.find(name);
+    ASSERT_NE(it, got.tensors.end()) << name;
+    torch::Tensor want = ExpectedSlice(name, w, whole.config.text, l, t, e);
+    EXPECT_EQ(it->second.sizes(), want.sizes()) << name;
+    EXPECT_EQ(it->second.scalar_type(), want.scalar_type()) << name;
+    EXPECT_TRUE(torch::equal(it->second, want)) << name;
+  }
+}
+
+ConvertOptions Layout(int tp, int ep) {
+  ConvertOptions o;
+  o.tp = tp;
+  o.ep = ep;
+  return o;
+}
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Ranks of {tp 2, ep 2} slice an HF model (LoadGemma4RankWeights), write
+// their files and commit; the checkpoint reads back exactly at other layouts,
+// reshards to {tp 1, ep 4} and {tp 4, ep 1}, and exports to the original HF
+// bytes.
+void TpEpRoundTrip(const std::string& hf) {
+  TempDir tmp;
+  auto whole = LoadGemma4RankWeights(hf, CheckpointLayout{1, 1}, 0, 0);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const CheckpointLayout l22{2, 2};
+  ASSERT_EQ(l22.world(), 2);
+  std::vector<ManifestFile> files;
+  std::map<std::string, at::Tensor> rank0;
+  for (int r = 0; r < l22.world(); ++r) {
+    auto mine =
+        LoadGemma4RankWeights(hf, l22, l22.tp_index(r), l22.ep_index(r));
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    ExpectRankView(*whole, *mine, l22, r, r);
+    auto f = WriteGemma4RankFile(tmp / "ck", whole->config, l22, r,
+                                 mine->tensors);
+    ASSERT_TRUE(f.ok()) << f.status();
+    files.push_back(*f);
+    if (r == 0) rank0 = mine->tensors;
+  }
+  ASSERT_TRUE(CommitGemma4Checkpoint(tmp / "ck", whole->config_json,
+                                     whole->config, l22, 9, rank0, files)
+                  .ok());
+  auto m = nlohmann::json::parse(ReadWhole(tmp / "ck/manifest.json"));
+  EXPECT_EQ(m["parallel"]["tp"], 2);
+  EXPECT_EQ(m["parallel"]["ep"], 2);
+  EXPECT_EQ(m["step"], 9);
+  EXPECT_EQ(m["shard_dims"]["num_heads"], whole->config.text.num_heads);
+  EXPECT_EQ(m["shard_dims"]["layer_kv_heads"].size(),
+            static_cast<size_t>(whole->config.text.num_layers));
+  // The same rank files a conversion at {tp 2, ep 2} writes.
+  auto conv = ConvertHfToCheckpoint(hf, tmp / "conv", Layout(2, 2));
+  ASSERT_TRUE(conv.ok()) << conv.status();
+  EXPECT_EQ(conv->files, 2);
+  for (const char* f : {"rank-00000.safetensors", "rank-00001.safetensors"})
+    ExpectSameSafetensors(tmp / "conv" + "/" + f, tmp / "ck" + "/" + f);
+  EXPECT_FALSE(fs::exists(tmp / "ck/rank-00002.safetensors"));
+
+  for (CheckpointLayout l : {CheckpointLayout{1, 1}, CheckpointLayout{2, 1},
+                             CheckpointLayout{1, 2}, CheckpointLayout{2, 4}}) {
+    for (int t = 0; t < l.tp; ++t) {
+      for (int e = 0; e < l.ep; ++e) {
+        auto got = LoadGemma4RankWeights(tmp / "ck", l, t, e);
+        ASSERT_TRUE(got.ok()) << got.status();
+        EXPECT_EQ(got->kind, "checkpoint");
+        ExpectRankView(*whole, *got, l, t, e);
+      }
+    }
+  }
+  // Resharding, and export from every layout, bit for bit.
+  ASSERT_TRUE(ReshardCheckpoint(tmp / "ck", tmp / "ep4", Layout(1, 4)).ok());
+  ASSERT_TRUE(ReshardCheckpoint(tmp / "ck", tmp / "tp4", Layout(4, 1)).ok());
+  EXPECT_TRUE(fs::exists(tmp / "tp4/rank-00003.safetensors"));
+  for (auto [dir, l] : {std::pair<std::string, CheckpointLayout>{"ep4", {1, 4}},
+                        {"tp4", {4, 1}}}) {
+    for (int r = 0; r < l.world(); ++r) {
+      auto got = LoadGemma4RankWeights(tmp / dir, l, l.tp_index(r),
+                                       l.ep_index(r));
+      ASSERT_TRUE(got.ok()) << got.status();
+      ExpectRankView(*whole, *got, l, l.tp_index(r), l.ep_index(r));
+    }
+  }
+  for (const char* from : {"ck", "ep4", "tp4", "conv"}) {
+    const std::string out = tmp / (std::string("hf-") + from);
+    auto back = ConvertCheckpointToHf(tmp / from, out, ConvertOptions());
+    ASSERT_TRUE(back.ok()) << from << ": " << back.status();
+    ExpectSameSafetensors(hf + "/model.safetensors", out + "/model.safetensors");
+  }
+}
+
+TEST(Gemma4CheckpointTest, TpEpRanksWriteACheckpointReadBackAtOtherLayouts) {
+  // Full layers: K = V, 1 KV head (replicated over tp 2 and 4).
+  TpEpRoundTrip(TextHf());
+}
+
+TEST(Gemma4CheckpointTest, VlTpEpRanksWriteACheckpointReadBackAtOtherLayouts) {
+  TpEpRoundTrip(VlHf());
+}
+
+TEST(Gemma4CheckpointTest, TpEpWithPaddedVocabAndFullLayerQkv) {
+  // Full layers with a V projection and 1 KV head; vocab 509 padded by TP.
+  TempDir tmp;
+  ASSERT_TRUE(::gemma::testing::WriteTinyGemma4Hf(
+                  tmp / "hf", ::gemma::testing::TinyGemma4TextConfig(false))
+                  .ok());
+  TpEpRoundTrip(tmp / "hf");
+  auto r1 = LoadGemma4RankWeights(tmp / "hf", CheckpointLayout{2, 1}, 1, 0);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  const at::Tensor& embed = r1->tensors.at("text.embed.weight");
+  EXPECT_EQ(embed.size(0), 255);  // 509 rows padded to 510, 2 ways
+  EXPECT_TRUE(torch::equal(embed[254], torch::zeros_like(embed[254])));
+  // Full layer 1: (4 / 2 query heads + k + v) x 16 rows.
+  EXPECT_EQ(r1->tensors.at("text.layers.1.attn.qkv.weight").size(0),
+            (2 + 2) * 16);
+}
+
+TEST(Gemma4CheckpointTest, CheckpointsWrittenBeforeGemma4TpStillRead) {
+  TempDir tmp;
+  auto whole = LoadGemma4RankWeights(TextHf(), CheckpointLayout{1, 1}, 0, 0);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  // The EP-only writer forms (what the trainer calls today).
+  std::vector<ManifestFile> files;
+  std::map<std::string, at::Tensor> rank0;
+  for (int r = 0; r < 2; ++r) {
+    auto mine = LoadGemma4RankWeights(TextHf(), 2, r);
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    auto f = WriteGemma4RankFile(tmp / "old", 2, r, mine->tensors);
+    ASSERT_TRUE(f.ok()) << f.status();
+    files.push_back(*f);
+    if (r == 0) rank0 = mine->tensors;
+  }
+  ASSERT_TRUE(CommitGemma4Checkpoint(tmp / "old", whole->config_json, 2, 3,
+                                     rank0, files)
+                  .ok());
+  // Its manifest as the writers before Gemma 4 TP left it: shard_dims
+  // {"num_kv_heads": 1}, nothing else.
+  auto m = nlohmann::json::parse(ReadWhole(tmp / "old/manifest.json"));
+  m["shard_dims"] = {{"num_kv_heads", 1}};
+  {
+    std::ofstream out(tmp / "old/manifest.json", std::ios::trunc);
+    out << m.dump(1);
+  }
+  auto reader = CheckpointReader::Open(tmp / "old");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ((*reader)->manifest().tp, 1);
+  EXPECT_EQ((*reader)->manifest().ep, 2);
+  // Read with the dims of its config, at any layout.
+  EXPECT_EQ((*reader)->manifest().dims.num_heads, 4);
+  for (CheckpointLayout l : {CheckpointLayout{1, 2}, CheckpointLayout{2, 2},
+                             CheckpointLayout{4, 1}}) {
+    for (int t = 0; t < l.tp; ++t) {
+      auto got = LoadGemma4RankWeights(tmp / "old", l, t, l.ep - 1);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ExpectRankView(*whole, *got, l, t, l.ep - 1);
+    }
+  }
+  ASSERT_TRUE(
+      ReshardCheckpoint(tmp / "old", tmp / "tp2", Layout(2, 2)).ok());
+  ASSERT_TRUE(ConvertCheckpointToHf(tmp / "tp2", tmp / "hf", {}).ok());
+  ExpectSameSafetensors(TextHf() + "/model.safetensors",
+                        tmp / "hf/model.safetensors");
+}
+
+TEST(Gemma4CheckpointTest, RankWriterRefusesShapesThatAreNotTheRanksShard) {
+  TempDir tmp;
+  auto whole = LoadGemma4RankWeights(TextHf(), CheckpointLayout{1, 1}, 0, 0);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  // Whole tensors passed as rank 1 of {tp 2, ep 2}.
+  auto f = WriteGemma4RankFile(tmp / "ck", whole->config,
+                               CheckpointLayout{2, 2}, 1, whole->tensors);
+  EXPECT_TRUE(absl::IsInvalidArgument(f.status())) << f.status();
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("tensor '"));
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("TP rank 1"));
+  // A name outside the config's model.
+  std::map<std::string, at::Tensor> extra = {
+      {"text.layers.9.input_norm.weight", torch::zeros({64})}};
+  f = WriteGemma4RankFile(tmp / "ck", whole->config, CheckpointLayout{2, 2}, 0,
+                          extra);
+  EXPECT_TRUE(absl::IsInvalidArgument(f.status())) << f.status();
+  EXPECT_THAT(std::string(f.status().message()),
+              HasSubstr("text.layers.9.input_norm.weight"));
+  // Out-of-range ranks.
+  EXPECT_FALSE(WriteGemma4RankFile(tmp / "ck", whole->config,
+                                   CheckpointLayout{2, 2}, 2, {})
+                   .ok());
+  auto bad = LoadGemma4RankWeights(TextHf(), CheckpointLayout{2, 2}, 2, 0);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
+  // tp 4 splits this model (KV heads 2 and 1 replicated), tp 8 does not
+  // (4 query heads).
+  EXPECT_TRUE(LoadGemma4RankWeights(TextHf(), CheckpointLayout{4, 1}, 3, 0).ok());
+  bad = LoadGemma4RankWeights(TextHf(), CheckpointLayout{8, 1}, 0, 0);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("num_attention_heads 4"));
 }
 
 }  // namespace

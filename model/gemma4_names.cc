@@ -231,4 +231,13 @@ absl::StatusOr<std::string> CanonicalGemma4HfName(
                    config.is_vl() ? "VL" : "text-only", " config)"));
 }
 
+ShardDims Gemma4ShardDims(const Gemma4TextConfig& config) {
+  ShardDims d;
+  d.num_kv_heads = config.num_kv_heads;
+  d.num_heads = config.num_heads;
+  for (LayerType t : config.layer_types)
+    d.layer_kv_heads.push_back(config.layer_kv_heads(t));
+  return d;
+}
+
 }  // namespace gemma

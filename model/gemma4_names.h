@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "model/gemma4_config.h"
 #include "model/hf_mapping.h"  // ParamMapping, HfRows, HfMapping
+#include "model/param_table.h"  // ShardDims
 
 namespace gemma {
 
@@ -48,6 +49,12 @@ HfMapping BuildGemma4HfMapping(const Gemma4ModelConfig& config);
 // with a text-only config, audio tower keys).
 absl::StatusOr<std::string> CanonicalGemma4HfName(
     const std::string& key, const Gemma4ModelConfig& config);
+
+// How `config`'s fused attention weights split over TP (param_table.h
+// ComputeShard): num_heads, and per layer the KV heads of its type (sliding:
+// num_key_value_heads, full: num_global_key_value_heads); num_kv_heads is the
+// sliding count.
+ShardDims Gemma4ShardDims(const Gemma4TextConfig& config);
 
 }  // namespace gemma
 

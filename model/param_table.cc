@@ -7,18 +7,20 @@
 #include <cctype>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace gemma {
 namespace {
 
 ParamSpec Spec(std::string pattern, SplitKind split, int blocks = 1,
-               bool kv_groups = false) {
+               bool kv_groups = false, int kv_rows = 2) {
   ParamSpec s;
   s.pattern = std::move(pattern);
   s.split = split;
   s.blocks = blocks;
   s.kv_groups = kv_groups;
+  s.kv_rows = kv_rows;
   return s;
 }
 
@@ -33,6 +35,56 @@ std::string ToPattern(absl::string_view name) {
     ++e;
   if (e == b || e >= out.size() || out[e] != '.') return out;
   return out.substr(0, b) + "{i}" + out.substr(e);
+}
+
+// A fused attention weight (kRows with kv_groups) at tp > 1: whole KV groups,
+// or query heads with K/V replicated (param_table.h, ComputeShard).
+template <typename Bad>
+absl::StatusOr<ShardLayout> KvGroupShard(const ParamSpec& spec,
+                                         const std::vector<int64_t>& shape,
+                                         const ShardDims& dims, int tp,
+                                         int rank, const Bad& bad) {
+  const int64_t rows = shape[0];
+  const int64_t nkv = dims.kv_heads(TextLayerIndex(spec.name));
+  const int64_t nq = dims.num_heads;
+  ShardLayout l;
+  l.shard_shape = shape;
+  if (nkv < 1) return bad(absl::StrCat("num_key_value_heads ", nkv));
+  if (rows % nkv != 0) return bad("rows are not whole KV groups");
+  if (nkv % tp == 0) {  // whole KV groups
+    const int64_t per = rows / tp;
+    l.ranges = {{rank * per, (rank + 1) * per}};
+    l.shard_shape[0] = per;
+    return l;
+  }
+  if (nq < 1) {
+    return bad(absl::StrCat("num_key_value_heads ", nkv,
+                            " is not a multiple of tp (and with "
+                            "num_attention_heads unknown, K/V heads cannot be "
+                            "replicated)"));
+  }
+  if (tp % nkv != 0 || nq % tp != 0) {
+    return bad(absl::StrCat(
+        "num_attention_heads ", nq, ", num_key_value_heads ", nkv,
+        ": needs num_key_value_heads a multiple of tp, or tp a multiple of "
+        "num_key_value_heads and num_attention_heads a multiple of tp (K/V "
+        "heads replicated)"));
+  }
+  const int64_t m = spec.kv_rows;
+  if (m < 1 || rows % (nq + m * nkv) != 0) {
+    return bad(absl::StrCat(rows, " rows are not (", nq, " + ", m, " x ", nkv,
+                            ") heads"));
+  }
+  const int64_t hd = rows / (nq + m * nkv);
+  const int64_t group_rows = rows / nkv;  // (nq / nkv + m) hd
+  const int64_t share = tp / nkv;         // ranks sharing one KV group
+  const int64_t g = rank / share, s = rank % share;
+  const int64_t q_rows = nq / tp * hd;  // this rank's query rows
+  const int64_t begin = g * group_rows;
+  l.ranges = {{begin + s * q_rows, begin + (s + 1) * q_rows},
+              {begin + nq / nkv * hd, begin + group_rows}};
+  l.shard_shape[0] = q_rows + m * hd;
+  return l;
 }
 
 }  // namespace
@@ -72,9 +124,10 @@ const std::vector<ParamSpec>& ParamTable() {
       Spec("projector.norm.weight", K::kReplicated),
       Spec("projector.proj.weight", K::kReplicated),
       // Gemma 4 (model/gemma4.h, model/moe.h, model/gemma4_model.h). Its text
-      // names shared with Gemma 3 above keep their TP rules (Gemma 4 runs at
-      // tp = 1 for now, where every rule gives the whole tensor).
-      Spec("text.layers.{i}.attn.qk.weight", K::kReplicated),
+      // names shared with Gemma 3 above keep their TP rules; qk (full layers
+      // with K = V) splits like qkv, with one K head per group.
+      Spec("text.layers.{i}.attn.qk.weight", K::kRows, 1, /*kv_groups=*/true,
+           /*kv_rows=*/1),
       Spec("text.layers.{i}.post_dense_norm.weight", K::kReplicated),
       Spec("text.layers.{i}.layer_scalar", K::kReplicated),
       Spec("text.layers.{i}.moe.pre_norm.weight", K::kReplicated),
@@ -97,6 +150,27 @@ const std::vector<ParamSpec>& ParamTable() {
       Spec("vision.layers.{i}.mlp.down.weight", K::kReplicated),
   };
   return table;
+}
+
+int64_t ShardDims::kv_heads(int64_t layer) const {
+  if (layer < 0 || layer >= static_cast<int64_t>(layer_kv_heads.size()))
+    return num_kv_heads;
+  return layer_kv_heads[static_cast<size_t>(layer)];
+}
+
+int64_t TextLayerIndex(absl::string_view name) {
+  constexpr absl::string_view kPrefix = "text.layers.";
+  if (!absl::StartsWith(name, kPrefix)) return -1;
+  name.remove_prefix(kPrefix.size());
+  int64_t i = 0;
+  size_t n = 0;
+  while (n < name.size() && std::isdigit(static_cast<unsigned char>(name[n]))) {
+    if (i > (int64_t{1} << 40)) return -1;
+    i = i * 10 + (name[n] - '0');
+    ++n;
+  }
+  if (n == 0 || n >= name.size() || name[n] != '.') return -1;
+  return i;
 }
 
 absl::StatusOr<ParamSpec> LookupParam(absl::string_view name) {
@@ -132,19 +206,14 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
       return l;
     case SplitKind::kRows: {
       if (shape.empty()) return bad("scalar");
-      if (spec.kv_groups) {
-        if (dims.num_kv_heads < 1 || dims.num_kv_heads % tp != 0) {
-          return bad(absl::StrCat("num_key_value_heads ", dims.num_kv_heads,
-                                  " is not a multiple of tp"));
-        }
-        if (rows % dims.num_kv_heads != 0)
-          return bad("rows are not whole KV groups");
+      if (!spec.kv_groups) {
+        if (rows % tp != 0) return bad(absl::StrCat(rows, " rows"));
+        const int64_t per = rows / tp;
+        l.ranges = {{rank * per, (rank + 1) * per}};
+        l.shard_shape[0] = per;
+        return l;
       }
-      if (rows % tp != 0) return bad(absl::StrCat(rows, " rows"));
-      const int64_t per = rows / tp;
-      l.ranges = {{rank * per, (rank + 1) * per}};
-      l.shard_shape[0] = per;
-      return l;
+      return KvGroupShard(spec, shape, dims, tp, rank, bad);
     }
     case SplitKind::kRowBlocks: {
       if (shape.empty() || spec.blocks < 1 || rows % spec.blocks != 0)
@@ -182,18 +251,20 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
   return bad("unknown split");
 }
 
-absl::StatusOr<ShardLayout> ComputeLayoutShard(
+absl::StatusOr<ShardLayout> ComputeLocalShard(
     const ParamSpec& spec, const std::vector<int64_t>& shape,
-    const ShardDims& dims, const CheckpointLayout& layout, int rank) {
-  if (layout.tp < 1 || layout.ep < 1 || rank < 0 || rank >= layout.world()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor '", spec.name, "': bad rank ", rank, " of tp ",
-                     layout.tp, " x ep ", layout.ep));
+    const ShardDims& dims, const CheckpointLayout& layout, int tp_index,
+    int ep_index) {
+  if (layout.tp < 1 || layout.ep < 1 || tp_index < 0 ||
+      tp_index >= layout.tp || ep_index < 0 || ep_index >= layout.ep) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", spec.name, "': bad TP rank ", tp_index, " / EP rank ",
+        ep_index, " of tp ", layout.tp, " x ep ", layout.ep));
   }
   if (spec.split != SplitKind::kExperts) {
-    return ComputeShard(spec, shape, dims, layout.tp, layout.tp_index(rank));
+    return ComputeShard(spec, shape, dims, layout.tp, tp_index);
   }
-  const int ep = layout.ep, i = layout.ep_index(rank);
+  const int ep = layout.ep, i = ep_index;
   if (shape.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", spec.name, "': an expert tensor needs a dim 0 of experts"));
@@ -211,10 +282,23 @@ absl::StatusOr<ShardLayout> ComputeLayoutShard(
   return l;
 }
 
+absl::StatusOr<ShardLayout> ComputeLayoutShard(
+    const ParamSpec& spec, const std::vector<int64_t>& shape,
+    const ShardDims& dims, const CheckpointLayout& layout, int rank) {
+  if (layout.tp < 1 || layout.ep < 1 || rank < 0 || rank >= layout.world()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", spec.name, "': bad rank ", rank, " of tp ",
+                     layout.tp, " x ep ", layout.ep));
+  }
+  return ComputeLocalShard(spec, shape, dims, layout, layout.tp_index(rank),
+                           layout.ep_index(rank));
+}
+
 bool StoresShard(const ParamSpec& spec, const CheckpointLayout& layout,
                  int rank) {
-  return spec.split == SplitKind::kExperts ? layout.tp_index(rank) == 0
-                                           : layout.ep_index(rank) == 0;
+  if (rank < 0) return false;
+  return spec.split == SplitKind::kExperts ? rank < layout.ep
+                                           : rank < layout.tp;
 }
 
 int64_t VirtualTensor::rows() const { return shape.empty() ? 1 : shape[0]; }
@@ -245,10 +329,24 @@ void VirtualTensor::AddRows(int64_t row0, int64_t nrows, const uint8_t* data) {
 void VirtualTensor::AddShard(const ShardLayout& layout, const uint8_t* data) {
   const int64_t esize = static_cast<int64_t>(elem_size);
   if (layout.dim == 0) {
-    const int64_t row_bytes = cols() * esize;
+    const int64_t row_bytes = cols() * esize, c = cols();
+    // Rows already held by full-width blocks, sorted and merged.
+    std::vector<std::pair<int64_t, int64_t>> covered;
+    for (const Block& blk : blocks) {
+      if (blk.col0 == 0 && blk.col1 == c) covered.push_back({blk.row0, blk.row1});
+    }
+    std::sort(covered.begin(), covered.end());
     int64_t off = 0;
     for (auto [b, e] : layout.ranges) {
-      AddRows(b, std::min(e, rows()) - b, data + off * row_bytes);
+      const int64_t end = std::min(e, rows());
+      int64_t r = b;  // add [r, end) less the covered rows
+      for (auto [cb, ce] : covered) {
+        if (ce <= r) continue;
+        if (cb >= end) break;
+        if (cb > r) AddRows(r, cb - r, data + (off + r - b) * row_bytes);
+        r = std::max(r, ce);
+      }
+      if (r < end) AddRows(r, end - r, data + (off + r - b) * row_bytes);
       off += e - b;
     }
     return;

@@ -26,13 +26,15 @@ namespace gemma {
 
 enum class SplitKind {
   kReplicated,  // every rank holds the whole tensor
-  kRows,        // dim 0 split evenly (text qkv: whole KV groups)
+  kRows,        // dim 0 split evenly; with kv_groups (text qkv / qk) by KV
+                // groups, or by query heads with K/V replicated (ComputeShard)
   kRowBlocks,   // dim 0 = `blocks` equal blocks, each split evenly (gate_up)
   kCols,        // dim 1 split evenly (row-parallel o, down)
   kVocabRows,   // dim 0 split evenly after padding up to a multiple of tp
                 // (embed)
-  kExperts,     // MoE experts [E, ...]: dim 0 split evenly over EP ranks,
-                // replicated over TP (Gemma 4 TP is not built yet)
+  kExperts,     // MoE experts [E, ...]: dim 0 split evenly over EP ranks
+                // (an EP group spans several TP groups: CheckpointLayout),
+                // never over TP
 };
 
 struct ParamSpec {
@@ -41,7 +43,9 @@ struct ParamSpec {
                         // ("text.layers.{i}.attn.qkv.weight")
   SplitKind split = SplitKind::kReplicated;
   int blocks = 1;          // kRowBlocks only
-  bool kv_groups = false;  // kRows: the split must fall on KV-group boundaries
+  bool kv_groups = false;  // kRows: rows laid out per KV group (below)
+  int kv_rows = 2;  // kv_groups: key/value heads after each group's query
+                    // heads: 2 for qkv (k, v), 1 for qk (k only, K = V)
 };
 
 // The table, in a stable order.
@@ -49,10 +53,27 @@ const std::vector<ParamSpec>& ParamTable();
 // The spec of `name`; NOT_FOUND for a name outside the contract.
 absl::StatusOr<ParamSpec> LookupParam(absl::string_view name);
 
-// What ComputeShard needs from the model config.
+// What ComputeShard needs from the model config: the text attention heads
+// that decide how a fused qkv / qk weight splits. A checkpoint's manifest
+// stores them under "shard_dims" (num_heads and layer_kv_heads only when
+// set, so Gemma 3 manifests are unchanged; absent means the defaults).
 struct ShardDims {
-  int64_t num_kv_heads = 1;  // text KV groups (qkv split granularity)
+  // KV heads of every text layer without an entry in layer_kv_heads.
+  int64_t num_kv_heads = 1;
+  // Query heads; 0 = unknown: then only the whole-KV-group split applies
+  // (Gemma 3's manifests, which never needed more).
+  int64_t num_heads = 0;
+  // KV heads per text layer (Gemma 4: sliding and full layers differ); empty
+  // = num_kv_heads for every layer.
+  std::vector<int64_t> layer_kv_heads;
+
+  // The KV heads of text layer `layer` (-1 or out of range: num_kv_heads).
+  int64_t kv_heads(int64_t layer) const;
 };
+
+// The text layer index in a name ("text.layers.12.attn.qkv.weight" -> 12);
+// -1 for a name outside text.layers.
+int64_t TextLayerIndex(absl::string_view name);
 
 // Rank `rank`'s shard of a global tensor: along `dim`, these [begin, end)
 // global index ranges concatenated. For kVocabRows the last range may run past
@@ -64,38 +85,72 @@ struct ShardLayout {
   int64_t padded_rows = 0;  // kVocabRows: rows added to reach a multiple of tp
 };
 
-// INVALID_ARGUMENT (naming the tensor) when the tensor cannot be split `tp`
-// ways (e.g. KV heads not divisible by tp, odd block sizes).
+// Rank `rank` of `tp`'s shard of a global tensor by its split rule.
+//
+// kRows with kv_groups (a fused attention weight [(nq + m nkv) hd, H] laid out
+// per KV group g: its nq / nkv query heads, then key head g, then (m = 2)
+// value head g; nkv = dims.kv_heads(layer of the name), nq = dims.num_heads):
+//   - nkv % tp == 0: whole KV groups, one contiguous row block per rank;
+//   - else tp % nkv == 0 and nq % tp == 0 (needs dims.num_heads): the
+//     r = tp / nkv ranks t of group g = t / r share its K/V heads; rank t
+//     gets query heads [s nq/tp, (s + 1) nq/tp) of the group (s = t % r),
+//     then the group's K (and V) rows: two row ranges
+//       [g G + s (nq/tp) hd, g G + (s + 1) (nq/tp) hd)  and
+//       [g G + (nq/nkv) hd, (g + 1) G)                   (G = rows / nkv),
+//     so the shard is [(nq/tp + m) hd, H], q rows first. Ranks sharing a group
+//     hold the same K/V rows (stored shards overlap; readers handle it).
+//   - else INVALID_ARGUMENT naming the tensor, nq, nkv and tp.
+// INVALID_ARGUMENT (naming the tensor) whenever the tensor cannot be split
+// `tp` ways (odd block sizes, columns, ...).
 absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
                                          const std::vector<int64_t>& shape,
                                          const ShardDims& dims, int tp,
                                          int rank);
 
-// A checkpoint's (or a job's) shard layout: tp x ep ranks, numbered
-// rank = ep_index * tp + tp_index. Tensors other than kExperts are split over
-// TP by their rule and replicated over EP; kExperts are split over EP (rank
-// i owns experts [i E / ep, (i + 1) E / ep), as model/moe.h slices them) and
-// replicated over TP.
+// A checkpoint's (or a job's) shard layout {tp, ep}, Megatron's "MoE parallel
+// folding": a job of world = tp x dp ranks (TP fastest) forms TP groups of tp
+// consecutive ranks and, independently, EP groups of ep consecutive ranks (so
+// with tp > 1 an EP group spans several TP groups; 8 GPUs at tp 4, ep 8:
+// dense weights split 4 ways, experts 8 ways). Job rank w holds TP shard
+// w % tp of the dense tensors (split by their rule) and EP shard w % ep of the
+// expert tensors (experts [i E / ep, (i + 1) E / ep), as model/moe.h slices
+// them), never split over TP.
+//
+// A checkpoint has world() = max(tp, ep) rank files: file rank r holds what
+// job rank r holds, less what a lower rank already stores (StoresShard).
+// Gemma 3 (ep = 1): tp files, each its TP shard; Gemma 4 at tp 1: ep files,
+// rank 0 with the dense tensors and every rank with its experts.
 struct CheckpointLayout {
   int tp = 1;
   int ep = 1;
-  int world() const { return tp * ep; }
+  int world() const { return tp > ep ? tp : ep; }
   int tp_index(int rank) const { return rank % tp; }
-  int ep_index(int rank) const { return rank / tp; }
+  int ep_index(int rank) const { return rank % ep; }
 };
 
-// Rank `rank`'s shard in `layout` (ComputeShard's TP split, or the EP split
-// for kExperts). INVALID_ARGUMENT naming the tensor when it cannot be split,
-// e.g. E not divisible by ep.
+// The shard of TP rank `tp_index` / EP rank `ep_index` in `layout`
+// (ComputeShard's TP split over layout.tp, or the EP split over layout.ep for
+// kExperts). INVALID_ARGUMENT naming the tensor when it cannot be split, e.g.
+// E not divisible by ep, or an index out of range.
+absl::StatusOr<ShardLayout> ComputeLocalShard(
+    const ParamSpec& spec, const std::vector<int64_t>& shape,
+    const ShardDims& dims, const CheckpointLayout& layout, int tp_index,
+    int ep_index);
+
+// The same for file rank `rank` < layout.world() (tp_index(rank),
+// ep_index(rank)).
 absl::StatusOr<ShardLayout> ComputeLayoutShard(
     const ParamSpec& spec, const std::vector<int64_t>& shape,
     const ShardDims& dims, const CheckpointLayout& layout, int rank);
 
 // Whether a checkpoint in `layout` keeps rank `rank`'s shard of `spec` in that
-// rank's file. A replica is stored once per layout: tensors replicated over
-// EP live in the files of ep_index 0 only, experts (replicated over TP) in the
-// files of tp_index 0 only. With ep = 1 every rank stores its TP shard (the
-// Gemma 3 format, unchanged).
+// rank's file: dense (non-kExperts) tensors in the files of ranks < tp (TP
+// shard r), experts in those of ranks < ep (EP slice r), so each TP shard and
+// each expert slice is stored exactly once. (A replicated tensor's TP shards
+// are all the whole tensor: stored by every rank below tp, as the Gemma 3
+// format always did; readers take one.) With ep = 1 every rank stores its TP
+// shard (the Gemma 3 format, unchanged); at tp = 1 rank 0 alone stores the
+// dense tensors.
 bool StoresShard(const ParamSpec& spec, const CheckpointLayout& layout,
                  int rank);
 
@@ -121,7 +176,9 @@ struct VirtualTensor {
   // Adds `nrows` full rows starting at global row `row0` from `data`.
   void AddRows(int64_t row0, int64_t nrows, const uint8_t* data);
   // Adds a shard of `layout` held contiguously at `data` (the inverse of
-  // CopyShard).
+  // CopyShard). Rows of a dim-0 shard that full-width blocks already cover
+  // are skipped (shards that overlap, like K/V rows replicated over TP ranks,
+  // hold the same values there), so every element is covered at most once.
   void AddShard(const ShardLayout& layout, const uint8_t* data);
 };
 
