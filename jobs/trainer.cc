@@ -229,8 +229,11 @@ absl::Status Trainer::Init() {
     }
     if (!experts.empty()) {
       // The same machinery over the ranks that hold the same experts.
+      // TP plays no part: under TP the experts are split over EP (folded
+      // over the TP ranks) and replicated over edp only.
       ParallelGroups eg = options_.groups;
       eg.dp = options_.groups.edp;
+      eg.tp = std::make_shared<SingleRankComm>();
       DistOptimizerOptions eo = oo;
       if (eg.dp->size() == 1) eo.zero_stage = 0;
       expert_sync_ = std::make_unique<GradSync>(
