@@ -352,9 +352,9 @@ ModelFolderInfo ModelInfoFromConfig(const std::string& text,
       info.num_heads = t.num_heads;
       info.intermediate_size = t.intermediate_size;
       for (LayerType type : t.layer_types) {
-        (type == LayerType::kFull ? info.full_kv_heads
-                                  : info.sliding_kv_heads) =
-            t.layer_kv_heads(type);
+        int64_t& kv = type == LayerType::kFull ? info.full_kv_heads
+                                               : info.sliding_kv_heads;
+        kv = t.layer_kv_heads(type);
       }
     }
   }
