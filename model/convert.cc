@@ -306,15 +306,13 @@ int64_t StoredShards(const std::vector<GlobalTensorSource::Entry>& entries,
   return n;
 }
 
-
 // Whether Gemma 4 `info` splits `tp` ways (param_table.h's rules).
 absl::Status CheckGemma4Tp(const ModelFolderInfo& info, int tp,
                            absl::string_view tp_field) {
   auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(tp_field, ": ", tp, ": the Gemma 4 model of ",
-                     info.config_source, " cannot be split ", tp,
-                     " ways: ", why));
+    return absl::InvalidArgumentError(absl::StrCat(
+        tp_field, ": ", tp, ": the Gemma 4 model of ", info.config_source,
+        " cannot be split ", tp, " ways: ", why));
   };
   if (info.num_heads < 1 || info.num_heads % tp != 0) {
     return bad(absl::StrCat("num_attention_heads ", info.num_heads,
@@ -340,7 +338,7 @@ absl::Status CheckGemma4Tp(const ModelFolderInfo& info, int tp,
 }  // namespace
 
 ModelFolderInfo ModelInfoFromConfig(const std::string& text,
-                               const std::string& source) {
+                                    const std::string& source) {
   ModelFolderInfo info;
   info.config_source = source;
   info.gemma4 = IsGemma4ConfigText(text);
@@ -354,9 +352,9 @@ ModelFolderInfo ModelInfoFromConfig(const std::string& text,
       info.num_heads = t.num_heads;
       info.intermediate_size = t.intermediate_size;
       for (LayerType type : t.layer_types) {
-        (type == LayerType::kFull ? info.full_kv_heads
-                                  : info.sliding_kv_heads) =
-            t.layer_kv_heads(type);
+        int64_t& kv = type == LayerType::kFull ? info.full_kv_heads
+                                               : info.sliding_kv_heads;
+        kv = t.layer_kv_heads(type);
       }
     }
   }
@@ -367,8 +365,8 @@ absl::StatusOr<ModelFolderInfo> InspectModelFolder(const std::string& dir) {
   if (PathExists(dir + "/manifest.json")) {
     GEMMA_ASSIGN_OR_RETURN(
         auto reader, CheckpointReader::Open(dir, /*verify_checksums=*/false));
-    ModelFolderInfo info = ModelInfoFromConfig(reader->config_json(),
-                                          dir + "/manifest.json: model_config");
+    ModelFolderInfo info = ModelInfoFromConfig(
+        reader->config_json(), dir + "/manifest.json: model_config");
     info.checkpoint = true;
     info.tp = reader->manifest().tp;
     info.ep = reader->manifest().ep;
@@ -389,7 +387,8 @@ absl::Status CheckConvertLayout(const ModelFolderInfo& info, int tp, int ep,
     return absl::InvalidArgumentError(
         absl::StrCat(ep_field, ": ", ep, " must be >= 1"));
   }
-  if (info.gemma4 && tp > 1) GEMMA_RETURN_IF_ERROR(CheckGemma4Tp(info, tp, tp_field));
+  if (info.gemma4 && tp > 1)
+    GEMMA_RETURN_IF_ERROR(CheckGemma4Tp(info, tp, tp_field));
   if (ep > 1 && info.num_experts == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         ep_field, ": ", ep, " needs a model with experts (Gemma 4 MoE), but ",

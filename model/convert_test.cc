@@ -467,13 +467,12 @@ TEST(ConvertGemma4Test, HfToTpEpLayoutsToHfIsBitExact) {
         if (r >= l.tp) continue;
         // Full layer 1 has 1 KV head: rank r holds query heads
         // [r nq / tp, (r + 1) nq / tp) then the K (and V) rows.
-        const std::string name = absl::StrCat(
-            "text.layers.1.attn.", k_eq_v ? "qk" : "qkv", ".weight");
+        const std::string name = absl::StrCat("text.layers.1.attn.",
+                                              k_eq_v ? "qk" : "qkv", ".weight");
         const int64_t hd = config.global_head_dim,
                       q = config.num_heads / l.tp * hd;
-        std::vector<uint8_t> want =
-            HfRowBytes(hf, "model.layers.1.self_attn.q_proj.weight", r * q,
-                       (r + 1) * q);
+        std::vector<uint8_t> want = HfRowBytes(
+            hf, "model.layers.1.self_attn.q_proj.weight", r * q, (r + 1) * q);
         for (const char* kv : {"k_proj", "v_proj"}) {
           if (k_eq_v && std::string(kv) == "v_proj") continue;
           auto rows = HfRowBytes(
@@ -499,9 +498,9 @@ TEST(ConvertGemma4Test, HfToTpEpLayoutsToHfIsBitExact) {
       const int world = std::max(l.tp, l.ep);
       const std::string direct = tmp / absl::StrCat("ck", l.tp, "x", l.ep);
       if (!fs::exists(direct)) {
-        ASSERT_TRUE(ConvertHfToCheckpoint(tmp / "hf", direct,
-                                          Gemma4Layout(l.tp, l.ep))
-                        .ok());
+        ASSERT_TRUE(
+            ConvertHfToCheckpoint(tmp / "hf", direct, Gemma4Layout(l.tp, l.ep))
+                .ok());
       }
       for (int r = 0; r < world; ++r) {
         ExpectSameTensors(ReadFiles({RankFiles(direct, world)[r]}),
@@ -519,7 +518,8 @@ TEST(ConvertGemma4Test, TpTheModelCannotSplitNamesTheFieldAndConfig) {
   ASSERT_TRUE(::gemma::testing::WriteTinyGemma4Hf(tmp / "hf", config).ok());
   // 4 query heads: not 3 or 8 ways.
   for (int tp : {3, 8}) {
-    auto s = ConvertHfToCheckpoint(tmp / "hf", tmp / "out", Gemma4Layout(tp, 1));
+    auto s =
+        ConvertHfToCheckpoint(tmp / "hf", tmp / "out", Gemma4Layout(tp, 1));
     EXPECT_TRUE(absl::IsInvalidArgument(s.status())) << s.status();
     EXPECT_THAT(std::string(s.status().message()),
                 HasSubstr(absl::StrCat("tp: ", tp)));

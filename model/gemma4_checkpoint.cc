@@ -41,8 +41,8 @@ absl::StatusOr<at::Tensor> Empty(const std::vector<int64_t>& shape,
 absl::Status CheckIndices(const std::string& dir,
                           const CheckpointLayout& layout, int tp_index,
                           int ep_index) {
-  if (layout.tp < 1 || layout.ep < 1 || tp_index < 0 ||
-      tp_index >= layout.tp || ep_index < 0 || ep_index >= layout.ep) {
+  if (layout.tp < 1 || layout.ep < 1 || tp_index < 0 || tp_index >= layout.tp ||
+      ep_index < 0 || ep_index >= layout.ep) {
     return absl::InvalidArgumentError(
         absl::StrCat(dir, ": bad TP rank ", tp_index, " / EP rank ", ep_index,
                      " of tp ", layout.tp, " x ep ", layout.ep));
@@ -69,12 +69,10 @@ class GlobalShapes {
   // rank ep_index; INVALID_ARGUMENT naming the tensor when `local` is not
   // that rank's shard of it.
   absl::StatusOr<std::vector<int64_t>> Of(const std::string& name,
-                                          const at::Tensor& local,
-                                          int tp_index, int ep_index,
-                                          ParamSpec* spec) const {
+                                          const at::Tensor& local, int tp_index,
+                                          int ep_index, ParamSpec* spec) const {
     GEMMA_ASSIGN_OR_RETURN(*spec, LookupParam(name));
-    const std::vector<int64_t> have(local.sizes().begin(),
-                                    local.sizes().end());
+    const std::vector<int64_t> have(local.sizes().begin(), local.sizes().end());
     std::vector<int64_t> global = have;
     auto it = shapes_.find(name);
     if (it != shapes_.end()) {
@@ -89,9 +87,9 @@ class GlobalShapes {
     } else if (spec->split == SplitKind::kExperts && !global.empty()) {
       global[0] *= layout_.ep;
     }
-    GEMMA_ASSIGN_OR_RETURN(ShardLayout l,
-                           ComputeLocalShard(*spec, global, dims_, layout_,
-                                             tp_index, ep_index));
+    GEMMA_ASSIGN_OR_RETURN(
+        ShardLayout l,
+        ComputeLocalShard(*spec, global, dims_, layout_, tp_index, ep_index));
     if (l.shard_shape != have) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor '", name, "': shape ", ShapeString(have),
@@ -178,9 +176,9 @@ absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(
   }
   GEMMA_ASSIGN_OR_RETURN(out.config,
                          ParseGemma4ModelConfigText(out.config_json, where));
-  GEMMA_RETURN_IF_ERROR(CheckConvertLayout(
-      ModelInfoFromConfig(out.config_json, where), layout.tp, layout.ep, "tp",
-      "ep"));
+  GEMMA_RETURN_IF_ERROR(
+      CheckConvertLayout(ModelInfoFromConfig(out.config_json, where), layout.tp,
+                         layout.ep, "tp", "ep"));
   const ShardDims dims = Gemma4ShardDims(out.config.text);
   for (const auto& e : source->entries()) {
     GEMMA_ASSIGN_OR_RETURN(ParamSpec spec, LookupParam(e.name));
@@ -227,7 +225,8 @@ absl::Status CommitGemma4Checkpoint(
   commit.overwrite = overwrite;
   for (const auto& [name, t] : rank0_tensors) {
     ParamSpec spec;
-    absl::StatusOr<std::vector<int64_t>> global = shapes.Of(name, t, 0, 0, &spec);
+    absl::StatusOr<std::vector<int64_t>> global =
+        shapes.Of(name, t, 0, 0, &spec);
     if (!global.ok()) return WithDir(global.status(), dir);
     GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
     commit.tensors.push_back({name, dtype, *global});

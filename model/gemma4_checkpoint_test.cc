@@ -14,11 +14,10 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "nlohmann/json.hpp"
-
 #include "model/convert.h"
 #include "model/gemma4_model.h"
 #include "model/safetensors.h"
+#include "nlohmann/json.hpp"
 #include "tests/formats/gemma4_tiny.h"
 #include "tests/formats/test_util.h"
 
@@ -244,8 +243,8 @@ TEST(Gemma4CheckpointTest, MalformedInputsGiveClearErrors) {
   EXPECT_TRUE(LoadGemma4RankWeights(tmp / "c", 2, 0).ok());
 }
 
-
-// ---- TP x EP (MoE parallel folding) ------------------------------------------
+// ---- TP x EP (MoE parallel folding)
+// ------------------------------------------
 
 // The slice of `whole` (a global tensor under our name) that TP rank t / EP
 // rank e of `l` holds, computed with torch ops straight from the rules in
@@ -264,8 +263,8 @@ torch::Tensor ExpectedSlice(const std::string& name, const torch::Tensor& whole,
   const int64_t tp = l.tp;
   if (name == "text.embed.weight") {
     const int64_t v = whole.size(0), pad = (v + tp - 1) / tp * tp - v;
-    return torch::cat({whole, torch::zeros({pad, whole.size(1)},
-                                           whole.options())})
+    return torch::cat(
+               {whole, torch::zeros({pad, whole.size(1)}, whole.options())})
         .chunk(tp, 0)[t];
   }
   if (has(".attn.o.weight") || has(".mlp.down.weight"))
@@ -275,7 +274,8 @@ torch::Tensor ExpectedSlice(const std::string& name, const torch::Tensor& whole,
     return torch::cat({halves[0].chunk(tp, 0)[t], halves[1].chunk(tp, 0)[t]});
   }
   if (has(".attn.qkv.weight") || has(".attn.qk.weight")) {
-    const int64_t layer = std::stoll(name.substr(std::string("text.layers.").size()));
+    const int64_t layer =
+        std::stoll(name.substr(std::string("text.layers.").size()));
     const LayerType type = c.layer_types[layer];
     const int64_t nkv = c.layer_kv_heads(type), hd = c.layer_head_dim(type),
                   nq = c.num_heads, m = has(".attn.qk.") ? 1 : 2;
@@ -344,8 +344,8 @@ void TpEpRoundTrip(const std::string& hf) {
         LoadGemma4RankWeights(hf, l22, l22.tp_index(r), l22.ep_index(r));
     ASSERT_TRUE(mine.ok()) << mine.status();
     ExpectRankView(*whole, *mine, l22, r, r);
-    auto f = WriteGemma4RankFile(tmp / "ck", whole->config, l22, r,
-                                 mine->tensors);
+    auto f =
+        WriteGemma4RankFile(tmp / "ck", whole->config, l22, r, mine->tensors);
     ASSERT_TRUE(f.ok()) << f.status();
     files.push_back(*f);
     if (r == 0) rank0 = mine->tensors;
@@ -386,8 +386,8 @@ void TpEpRoundTrip(const std::string& hf) {
   for (auto [dir, l] : {std::pair<std::string, CheckpointLayout>{"ep4", {1, 4}},
                         {"tp4", {4, 1}}}) {
     for (int r = 0; r < l.world(); ++r) {
-      auto got = LoadGemma4RankWeights(tmp / dir, l, l.tp_index(r),
-                                       l.ep_index(r));
+      auto got =
+          LoadGemma4RankWeights(tmp / dir, l, l.tp_index(r), l.ep_index(r));
       ASSERT_TRUE(got.ok()) << got.status();
       ExpectRankView(*whole, *got, l, l.tp_index(r), l.ep_index(r));
     }
@@ -396,7 +396,8 @@ void TpEpRoundTrip(const std::string& hf) {
     const std::string out = tmp / (std::string("hf-") + from);
     auto back = ConvertCheckpointToHf(tmp / from, out, ConvertOptions());
     ASSERT_TRUE(back.ok()) << from << ": " << back.status();
-    ExpectSameSafetensors(hf + "/model.safetensors", out + "/model.safetensors");
+    ExpectSameSafetensors(hf + "/model.safetensors",
+                          out + "/model.safetensors");
   }
 }
 
@@ -466,8 +467,7 @@ TEST(Gemma4CheckpointTest, CheckpointsWrittenBeforeGemma4TpStillRead) {
       ExpectRankView(*whole, *got, l, t, l.ep - 1);
     }
   }
-  ASSERT_TRUE(
-      ReshardCheckpoint(tmp / "old", tmp / "tp2", Layout(2, 2)).ok());
+  ASSERT_TRUE(ReshardCheckpoint(tmp / "old", tmp / "tp2", Layout(2, 2)).ok());
   ASSERT_TRUE(ConvertCheckpointToHf(tmp / "tp2", tmp / "hf", {}).ok());
   ExpectSameSafetensors(TextHf() + "/model.safetensors",
                         tmp / "hf/model.safetensors");
@@ -499,7 +499,8 @@ TEST(Gemma4CheckpointTest, RankWriterRefusesShapesThatAreNotTheRanksShard) {
   EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
   // tp 4 splits this model (KV heads 2 and 1 replicated), tp 8 does not
   // (4 query heads).
-  EXPECT_TRUE(LoadGemma4RankWeights(TextHf(), CheckpointLayout{4, 1}, 3, 0).ok());
+  EXPECT_TRUE(
+      LoadGemma4RankWeights(TextHf(), CheckpointLayout{4, 1}, 3, 0).ok());
   bad = LoadGemma4RankWeights(TextHf(), CheckpointLayout{8, 1}, 0, 0);
   EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
   EXPECT_THAT(std::string(bad.status().message()),

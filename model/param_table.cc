@@ -251,12 +251,13 @@ absl::StatusOr<ShardLayout> ComputeShard(const ParamSpec& spec,
   return bad("unknown split");
 }
 
-absl::StatusOr<ShardLayout> ComputeLocalShard(
-    const ParamSpec& spec, const std::vector<int64_t>& shape,
-    const ShardDims& dims, const CheckpointLayout& layout, int tp_index,
-    int ep_index) {
-  if (layout.tp < 1 || layout.ep < 1 || tp_index < 0 ||
-      tp_index >= layout.tp || ep_index < 0 || ep_index >= layout.ep) {
+absl::StatusOr<ShardLayout> ComputeLocalShard(const ParamSpec& spec,
+                                              const std::vector<int64_t>& shape,
+                                              const ShardDims& dims,
+                                              const CheckpointLayout& layout,
+                                              int tp_index, int ep_index) {
+  if (layout.tp < 1 || layout.ep < 1 || tp_index < 0 || tp_index >= layout.tp ||
+      ep_index < 0 || ep_index >= layout.ep) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", spec.name, "': bad TP rank ", tp_index, " / EP rank ",
         ep_index, " of tp ", layout.tp, " x ep ", layout.ep));
@@ -333,7 +334,8 @@ void VirtualTensor::AddShard(const ShardLayout& layout, const uint8_t* data) {
     // Rows already held by full-width blocks, sorted and merged.
     std::vector<std::pair<int64_t, int64_t>> covered;
     for (const Block& blk : blocks) {
-      if (blk.col0 == 0 && blk.col1 == c) covered.push_back({blk.row0, blk.row1});
+      if (blk.col0 == 0 && blk.col1 == c)
+        covered.push_back({blk.row0, blk.row1});
     }
     std::sort(covered.begin(), covered.end());
     int64_t off = 0;

@@ -132,10 +132,11 @@ struct CheckpointLayout {
 // (ComputeShard's TP split over layout.tp, or the EP split over layout.ep for
 // kExperts). INVALID_ARGUMENT naming the tensor when it cannot be split, e.g.
 // E not divisible by ep, or an index out of range.
-absl::StatusOr<ShardLayout> ComputeLocalShard(
-    const ParamSpec& spec, const std::vector<int64_t>& shape,
-    const ShardDims& dims, const CheckpointLayout& layout, int tp_index,
-    int ep_index);
+absl::StatusOr<ShardLayout> ComputeLocalShard(const ParamSpec& spec,
+                                              const std::vector<int64_t>& shape,
+                                              const ShardDims& dims,
+                                              const CheckpointLayout& layout,
+                                              int tp_index, int ep_index);
 
 // The same for file rank `rank` < layout.world() (tp_index(rank),
 // ep_index(rank)).

@@ -195,7 +195,6 @@ TEST(ParamTableTest, CopyShardReportsMissingPieces) {
   EXPECT_FALSE(CopyShard(v, all, reinterpret_cast<uint8_t*>(out.data())).ok());
 }
 
-
 // A fused attention weight's rows as (part, head, row within head) for nq
 // query heads and nkv groups of m K/V heads, hd rows each, laid out per group.
 struct HeadRows {
@@ -277,8 +276,8 @@ TEST(ParamTableTest, FewerKvHeadsThanTpReplicatesKvAndSplitsQueryHeads) {
       ASSERT_TRUE(l.ok()) << c.name << " " << l.status();
       EXPECT_EQ(l->dim, 0);
       EXPECT_EQ(l->ranges, c.ranges[t]) << c.name << " rank " << t;
-      EXPECT_EQ(l->shard_shape, (std::vector<int64_t>{
-                                    (c.h.nq / c.tp + c.h.m) * c.h.hd, cols}));
+      EXPECT_EQ(l->shard_shape,
+                (std::vector<int64_t>{(c.h.nq / c.tp + c.h.m) * c.h.hd, cols}));
       shards.push_back(Shard(g, shape, *l));
       EXPECT_EQ(shards.back(), RowsOf(g, cols, ReplicatedRows(c.h, c.tp, t)))
           << c.name << " rank " << t;
@@ -412,7 +411,8 @@ TEST(ParamTableTest, FoldedLayoutStoresEveryShardOnce) {
     EXPECT_EQ(experts_by_shard, std::vector<int>(l.ep, 1));
     EXPECT_EQ(norms, l.tp);
     EXPECT_FALSE(StoresShard(dense, l, l.world()));
-    EXPECT_FALSE(ComputeLayoutShard(dense, {6, 8 * l.tp}, {}, l, l.world()).ok());
+    EXPECT_FALSE(
+        ComputeLayoutShard(dense, {6, 8 * l.tp}, {}, l, l.world()).ok());
   }
   // A job rank of TP4 / EP8 beyond the files (rank 5: TP rank 1, EP rank 5)
   // and any TP / EP pair by index.

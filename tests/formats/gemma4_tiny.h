@@ -77,10 +77,10 @@ inline absl::Status WriteTinyGemma4Hf(const std::string& dir,
       std::memcpy(&bits, &f, 4);
       v = static_cast<uint16_t>(bits >> 16);
     }
-    absl::Status s = w.AddBytes(
-        t.hf_name, DType::kBF16, t.shape,
-        {reinterpret_cast<const uint8_t*>(data.back().data()),
-         static_cast<size_t>(n) * 2});
+    absl::Status s =
+        w.AddBytes(t.hf_name, DType::kBF16, t.shape,
+                   {reinterpret_cast<const uint8_t*>(data.back().data()),
+                    static_cast<size_t>(n) * 2});
     if (!s.ok()) return s;
   }
   return w.Write(dir + "/model.safetensors");
