@@ -307,6 +307,14 @@ TEST_F(TrainerEpTest, TpFourWithoutExpertParallelism) {
   CheckTpAgainstOneRank(Spec(), 4, 1, 1, Root("one-tp4"), Root("tp4"));
 }
 
+// Layer recomputation under TP x EP: the TP and EP collectives and the KV
+// replicas' gradient sum rerun in backward.
+TEST_F(TrainerEpTest, RecomputeUnderTensorAndExpertParallelism) {
+  auto spec = Spec();
+  spec.mutable_model()->set_recompute(true);
+  CheckTpAgainstOneRank(spec, 2, 2, 4, Root("one-tp-rc"), Root("tp2dp2ep4-rc"));
+}
+
 // The VL model under TP 2 x EP 2 (vision tower replicated over TP).
 TEST_F(TrainerEpTest, VlModelUnderTensorAndExpertParallelism) {
   auto spec = Spec();

@@ -126,7 +126,9 @@ torch::Tensor MoeExpertsImpl::forward(const torch::Tensor& x,
         torch::gelu(gu[0], "tanh") * gu[1], down[e]);
     outs.push_back(y);
   }
-  if (outs.empty()) return x.new_zeros({0, hidden_size});
+  // No rows for any local expert: still an output of x, so that autograd
+  // runs the combining all-to-all's backward on this rank as on its peers.
+  if (outs.empty()) return x.narrow(0, 0, 0) * 0;
   return torch::cat(outs, 0);
 }
 

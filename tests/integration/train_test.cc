@@ -303,7 +303,8 @@ TEST(TrainJobTest, MoeSftAndPeftOverTensorExpertAndDataParallelWorkers) {
           model, ", recompute: true}\ndata: {train: ", data,
           "/train.jsonl, batch_size: 2, seq_len: 64, seed: 1}\n"
           "optim: {lr: 0.004, max_steps: 40, warmup_steps: 4, grad_clip: 1.0, "
-          "log_interval_steps: 10}\ncheckpoint: {interval_steps: 20, root: ",
+          "global_batch_size: 8, log_interval_steps: 10}\n"
+          "checkpoint: {interval_steps: 20, root: ",
           cluster.dir(), "/ckpt}\noutput: ", output, "\n"));
   std::string out;
   ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", recipe, "--job-id",
