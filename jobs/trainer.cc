@@ -578,9 +578,11 @@ absl::StatusOr<std::pair<std::string, int64_t>> Trainer::SaveCheckpoint() {
       st = written.status();
     }
   }
-  // The ranks of the first expert-data-parallel replica (DP rank 0 without
-  // expert parallelism) hold the whole model between them.
-  if (st.ok() && options_.groups.edp->rank() == 0) {
+  // The TP group of DP rank 0 and the first expert-data-parallel replica
+  // hold the whole model between them (with ep 1 and tp > 1 edp is the
+  // whole world: the TP group must be named too).
+  const ParallelGroups& g = options_.groups;
+  if (st.ok() && (g.dp->rank() == 0 || g.edp->rank() == 0)) {
     auto own = WriteCheckpointFiles(tmp);
     if (own.ok()) {
       bytes += *own;
@@ -826,7 +828,8 @@ absl::Status Trainer::Run(RankContext& ctx) {
         int64_t bytes, options_.save_model(*model_, spec_.output(), state_));
     ctx.Log(absl::StrFormat("adapters written to %s (%.1f MB)", spec_.output(),
                             bytes / 1e6));
-  } else if (options_.groups.edp->rank() == 0) {
+  } else if (options_.groups.dp->rank() == 0 ||
+             options_.groups.edp->rank() == 0) {
     // The ranks of the first expert-data-parallel replica (the TP group of
     // DP rank 0, and its EP group) write the model at their layout (any
     // layout loads it); world rank 0 publishes it once all have written.
