@@ -96,11 +96,20 @@ TEST(JobSpecYamlTest, ValidationNamesTheField) {
   spec = ParseJobSpecYaml(
       "kind: peft\nparallel: {tp: 2, dp: 2}\nmodel: {path: /m}\n"
       "data: {train: /d.jsonl}\noptim: {lr: 1e-4, max_steps: 5}\n"
-      "peft: {rank: 8}\n",
+      "peft: {rank: 8, method: dora}\n",
       "r.yaml");
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
-              HasSubstr("spec.parallel.tp: peft trains with data"));
+              HasSubstr("spec.peft.method: dora is not supported with tensor "
+                        "parallelism"));
+  // LoRA splits over tensor-parallel ranks (model/lora.h).
+  spec = ParseJobSpecYaml(
+      "kind: peft\nparallel: {tp: 2, dp: 2}\nmodel: {path: /m}\n"
+      "data: {train: /d.jsonl}\noptim: {lr: 1e-4, max_steps: 5}\n"
+      "peft: {rank: 8}\n",
+      "r.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_TRUE(ValidateJobSpec(*spec).ok()) << ValidateJobSpec(*spec);
   spec = ParseJobSpecYaml("parallel: {tp: 1}\n", "r.yaml");
   EXPECT_THAT(Msg(ValidateJobSpec(*spec)), HasSubstr("spec.kind: required"));
   spec = ParseJobSpecYaml("kind: diagnose\nrestart: {max_restarts: -1}\n",

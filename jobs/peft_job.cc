@@ -14,56 +14,29 @@
 namespace gemma {
 namespace {
 
-constexpr char kAdapterTensors[] = "adapter.safetensors";
-
+// Collective over the TP group (every TP rank of DP rank 0 calls it): TP
+// rank 0 writes the whole adapters and counts their bytes.
 absl::StatusOr<int64_t> SaveAdapters(const gemma::v1::PeftSpec& peft,
                                      TrainModel& model, const std::string& dir,
                                      const TrainState& state) {
   GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout, AdapterLayoutOf(model.module()));
   GEMMA_RETURN_IF_ERROR(SaveAdapterCheckpoint(dir, model.module(), layout, peft,
                                               state.base_model, state.step));
-  int64_t bytes = 0;
-  for (const auto& [name, t] : AdapterParameters(model.module()))
-    bytes += t.numel() * static_cast<int64_t>(sizeof(float));
-  return bytes;
+  if (!WritesAdapterFiles(model.module(), layout)) return 0;
+  return AdapterCheckpointBytes(model.module(), layout);
 }
 
 // Copies the saved adapter values into the adapters already attached (the
-// optimizer holds those tensors, so they are filled, not replaced).
+// optimizer holds those tensors, so they are filled, not replaced), each TP
+// rank its shard.
 absl::Status LoadAdapters(TrainModel& model, const std::string& dir) {
-  const std::string file = absl::StrCat(dir, "/", kAdapterTensors);
-  GEMMA_ASSIGN_OR_RETURN(auto saved, ReadTensorFile(file));
-  auto params = AdapterParameters(model.module());
-  for (const auto& [name, p] : params) {
-    auto it = saved.find(name);
-    if (it == saved.end())
-      return absl::InvalidArgumentError(absl::StrCat(file, ": missing ", name));
-    if (it->second.sizes() != p.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file, ": ", name, " has shape ", c10::str(it->second.sizes()),
-          ", expected ", c10::str(p.sizes())));
-    }
-  }
-  if (saved.size() != params.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ": holds ", saved.size(),
-                     " tensors, the adapters have ", params.size()));
-  }
-  torch::NoGradGuard no_grad;
-  for (auto& [name, p] : params) p.copy_(saved.at(name));
-  return absl::OkStatus();
+  GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout, AdapterLayoutOf(model.module()));
+  return LoadAdapterValues(dir, model.module(), layout);
 }
 
 class PeftJob : public Job {
  public:
   absl::Status Run(RankContext& ctx) override {
-    const int tp = ctx.spec.parallel().tp() > 0 ? ctx.spec.parallel().tp() : 1;
-    if (tp != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("spec.parallel.tp: peft trains with data parallelism "
-                       "only here; got tp ",
-                       tp));
-    }
     GEMMA_ASSIGN_OR_RETURN(ParallelGroups groups, MakeParallelGroups(ctx));
     if (ctx.on_abort) ctx.on_abort([groups] { AbortGroups(groups); });
     TrainerOptions options = PeftTrainerOptions(ctx.spec);
@@ -101,7 +74,8 @@ absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
   const ParallelGroups& groups = trainer.groups();
   torch::nn::Module& module = trainer.module();
   GEMMA_ASSIGN_OR_RETURN(AdapterLayout layout, AdapterLayoutOf(module));
-  // The adapters are replicated on every rank: DP rank 0 exports them.
+  // The adapters are the same on every DP rank: DP rank 0 exports them (its
+  // TP ranks gather their shards, TP rank 0 writes).
   absl::Status st;
   if (!peft.export_dir().empty() && groups.dp->rank() == 0) {
     st = ExportPeftAdapter(module, layout, peft, peft.export_dir(),
@@ -131,7 +105,7 @@ absl::Status FinishPeft(Trainer& trainer, const gemma::v1::JobSpec& spec,
     }
   }
   GEMMA_RETURN_IF_ERROR(AgreeAllOk(*groups.world, st, "peft merge"));
-  if (groups.dp->rank() == 0) {
+  if (groups.world->rank() == 0) {
     ctx.Log(absl::StrFormat("merged model written to %s (%.1f MB per rank)",
                             merged, bytes / 1e6));
   }

@@ -2,10 +2,14 @@
 // TCPStore): TP = 2 x DP = 2 on 4 ranks trains like one rank with the whole
 // batch, with and without sequence parallelism; its sharded checkpoints load
 // at any layout and resume exactly.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <string>
@@ -13,11 +17,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "jobs/peft_job.h"
 #include "jobs/train_state.h"
 #include "jobs/train_test_util.h"
 #include "jobs/trainer.h"
 #include "jobs/trainer_ranks_test_util.h"
 #include "model/checkpoint.h"
+#include "model/layers.h"
+#include "model/lora_adapter.h"
 #include "model/weights.h"
 #include "worker/comm.h"
 
@@ -198,6 +205,162 @@ TEST_F(TrainerTpTest, ShardedCheckpointLoadsAnywhereAndResumesExactly) {
   EXPECT_NE(refused.status().message().find("written with tp=2"),
             std::string::npos)
       << refused.status();
+}
+
+// Re-draws every adapter's A as peft initialises it (Kaiming-uniform with a =
+// sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), whole, from a private generator in
+// module order, each rank keeping its shard as AttachAdapters does: the same
+// start on every layout. These ranks are threads sharing torch's default
+// generator, which other ranks reseed and draw from (model init) while one
+// attaches; model/lora_tp_test.cc checks AttachAdapters' own TP start.
+void RedrawAdapters(torch::nn::Module& model, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_modules()) {
+    auto proj = std::dynamic_pointer_cast<ProjectionImpl>(item.value());
+    if (!proj) continue;
+    auto lora = std::dynamic_pointer_cast<LoraAdapter>(proj->adapter());
+    if (!lora) continue;
+    const ProjectionSplit& split = proj->tp_split;
+    const bool row = split.kind == ProjectionSplit::Kind::kRow;
+    const int64_t in = row ? split.in : proj->weight.size(1);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+    torch::Tensor whole =
+        torch::empty({lora->rank, in}).uniform_(-bound, bound, gen);
+    lora->a.copy_(row ? ShardOf(split, whole, 1) : whole);
+  }
+}
+
+// The peft job's trainer on the ranks of `layout`: `steps` steps, a
+// checkpoint (with `save`), then FinishPeft (the HF PEFT export and the merge)
+// when `finish`. The adapters start as RedrawAdapters draws them. Losses per
+// world rank.
+absl::Status RunPeftRanks(const gemma::v1::JobSpec& spec,
+                          const std::string& root, ParallelLayout layout,
+                          int steps, bool save, bool finish,
+                          std::vector<std::vector<double>>* losses) {
+  const int n = layout.tp * layout.dp;
+  losses->assign(n, {});
+  return RunGlooRanks(
+      n,
+      [&](int rank, ParallelGroups& groups) -> absl::Status {
+        TrainerOptions o = PeftTrainerOptions(spec);
+        auto attach = o.model_hook;
+        o.model_hook = [attach](TrainModel& m) -> absl::Status {
+          GEMMA_RETURN_IF_ERROR(attach(m));
+          RedrawAdapters(m.module(), 17);
+          return absl::OkStatus();
+        };
+        o.groups = groups;
+        o.checkpoint_root = root;
+        GEMMA_ASSIGN_OR_RETURN(auto t, Trainer::Create(std::move(o)));
+        for (int i = 0; i < steps; ++i) {
+          GEMMA_ASSIGN_OR_RETURN(auto s, t->Step());
+          (*losses)[rank].push_back(s.loss);
+        }
+        if (save) GEMMA_RETURN_IF_ERROR(t->SaveCheckpoint().status());
+        if (!finish) return absl::OkStatus();
+        RankContext ctx;
+        ctx.spec = spec;
+        return FinishPeft(*t, spec, ctx);
+      },
+      layout, absl::Seconds(240));
+}
+
+std::map<std::string, at::Tensor> ReadTensors(const std::string& path) {
+  auto t = ReadTensorFile(path);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? *t : std::map<std::string, at::Tensor>{};
+}
+
+// Every tensor of `got` within `tol` of `want`'s (relative to its max), the
+// same names; the worst error.
+double ExpectSameTensors(const std::map<std::string, at::Tensor>& got,
+                         const std::map<std::string, at::Tensor>& want,
+                         double tol, const std::string& what) {
+  EXPECT_EQ(got.size(), want.size()) << what;
+  EXPECT_FALSE(want.empty()) << what;
+  double worst = 0;
+  for (const auto& [name, w] : want) {
+    auto it = got.find(name);
+    if (it == got.end()) {
+      ADD_FAILURE() << what << ": no " << name;
+      continue;
+    }
+    EXPECT_EQ(it->second.sizes(), w.sizes()) << what << ": " << name;
+    if (it->second.sizes() != w.sizes()) continue;
+    const double scale = std::max(w.abs().max().item<double>(), 1e-12);
+    const double e = (it->second - w).abs().max().item<double>() / scale;
+    EXPECT_LE(e, tol) << what << ": " << name;
+    worst = std::max(worst, e);
+  }
+  return worst;
+}
+
+// LoRA at TP = 2 x DP = 2 (micro batch 1; with and without sequence
+// parallelism) trains like one rank with the whole batch: losses per step
+// within 1e-5 (relative); its adapter checkpoint (saved at TP 2, resumed at
+// TP 2, each rank its shard) and its HF PEFT export hold the TP = 1 run's
+// whole tensors (within 1e-4 of each tensor's max), and its merged model,
+// sharded, the TP = 1 merged weights.
+TEST_P(TpDpTest, PeftEqualsOneRankWithTheWholeBatch) {
+  const std::string sp = GetParam() ? "-sp" : "";
+  auto one = Spec();
+  one.set_kind(gemma::v1::JOB_KIND_PEFT);
+  one.mutable_peft()->set_rank(4);
+  one.mutable_peft()->set_alpha(8);
+  one.mutable_peft()->set_merge(true);
+  one.mutable_peft()->set_export_dir(Root("peft1-hf" + sp));
+  one.set_output(Root("peft1-out" + sp));
+  std::vector<std::vector<double>> ref;
+  ASSERT_TRUE(RunPeftRanks(one, Root("peft1" + sp), ParallelLayout{1, 1, 1}, 3,
+                           /*save=*/true, /*finish=*/true, &ref)
+                  .ok());
+
+  auto four = one;
+  four.mutable_data()->set_batch_size(1);
+  four.mutable_parallel()->set_tp(2);
+  four.mutable_parallel()->set_dp(2);
+  four.mutable_parallel()->set_sequence_parallel(GetParam());
+  four.mutable_peft()->set_export_dir(Root("peft4-hf" + sp));
+  four.set_output(Root("peft4-out" + sp));
+  const std::string root = Root("peft4" + sp);
+  std::vector<std::vector<double>> first, second;
+  absl::Status st = RunPeftRanks(four, root, ParallelLayout{2, 2, 1}, 2,
+                                 /*save=*/true, /*finish=*/false, &first);
+  ASSERT_TRUE(st.ok()) << st;
+  // Resumed from the TP = 2 adapter checkpoint at step 2.
+  st = RunPeftRanks(four, root, ParallelLayout{2, 2, 1}, 1, /*save=*/true,
+                    /*finish=*/true, &second);
+  ASSERT_TRUE(st.ok()) << st;
+  for (int r = 0; r < 4; ++r) {
+    ASSERT_EQ(first[r].size(), 2u);
+    ASSERT_EQ(second[r].size(), 1u);
+    const double losses[] = {first[r][0], first[r][1], second[r][0]};
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NEAR(losses[i], ref[0][i], 1e-5 * ref[0][i])
+          << "rank " << r << " step " << i + 1;
+    }
+  }
+  const double ckpt = ExpectSameTensors(
+      ReadTensors(StepDir(root, 3) + "/model/adapter.safetensors"),
+      ReadTensors(StepDir(Root("peft1" + sp), 3) +
+                  "/model/adapter.safetensors"),
+      1e-4, "adapter checkpoint");
+  const double hf = ExpectSameTensors(
+      ReadTensors(Root("peft4-hf" + sp) + "/adapter_model.safetensors"),
+      ReadTensors(Root("peft1-hf" + sp) + "/adapter_model.safetensors"), 1e-4,
+      "HF PEFT export");
+  auto merged4 = LoadModelWeights(Root("peft4-out" + sp) + "/merged");
+  ASSERT_TRUE(merged4.ok()) << merged4.status();
+  auto merged1 = LoadModelWeights(Root("peft1-out" + sp) + "/merged");
+  ASSERT_TRUE(merged1.ok()) << merged1.status();
+  const double merged =
+      ExpectSameTensors(merged4->tensors, merged1->tensors, 1e-4, "merged");
+  std::cout << "worst relative errors: checkpoint " << ckpt << ", export " << hf
+            << ", merged " << merged << "\n";
+  EXPECT_TRUE(
+      PathExists(Root("peft4-out" + sp) + "/merged/rank-00001.safetensors"));
 }
 
 }  // namespace

@@ -18,6 +18,7 @@ add_library(gemma_model_modules STATIC
   generate.cc
   loss.cc
   tensor_parallel.cc
+  projection_split.cc
   lora_adapter.cc
   recompute.cc
 )

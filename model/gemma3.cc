@@ -34,6 +34,17 @@ Gemma3DecoderLayerImpl::Gemma3DecoderLayerImpl(const TextConfig& c, LayerType t,
   mlp = register_module(
       "mlp", GatedMlp(GatedMlpOptions(c.hidden_size, c.intermediate_size / n)));
   post_mlp_norm = register_module("post_mlp_norm", norm(c.hidden_size));
+  if (tp_.split()) {
+    // qkv by whole KV groups (even rows), gate_up by rows of each block,
+    // o and down by columns (model/param_table.h's rules).
+    const int64_t h = c.hidden_size, q = c.num_heads * c.head_dim;
+    const int64_t qkv_rows = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+    attn->qkv->tp_split = ColumnBlocksSplit(tp_.comm, qkv_rows, h);
+    attn->o->tp_split = RowSplit(tp_.comm, h, q);
+    mlp->gate_up->tp_split =
+        ColumnBlocksSplit(tp_.comm, 2 * c.intermediate_size, h, 2);
+    mlp->down->tp_split = RowSplit(tp_.comm, h, c.intermediate_size);
+  }
 }
 
 torch::Tensor Gemma3DecoderLayerImpl::Enter(const torch::Tensor& x, bool sp) {
@@ -255,12 +266,32 @@ torch::Tensor Gemma3TextModelImpl::Logits(const torch::Tensor& hidden) {
   return logits;
 }
 
+TpGrad LoraTpGrad(const std::string& name, const TpOptions& tp) {
+  if (!tp.split() || name.rfind("text.", 0) != 0) return TpGrad::kReplicated;
+  auto ends_with = [&](const char* suffix) {
+    const size_t n = std::strlen(suffix);
+    return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
+  };
+  const bool column =
+      ends_with("attn.qkv.lora.a") || ends_with("attn.qk.lora.a") ||
+      ends_with("mlp.gate_up.lora.a") || ends_with("attn.qkv.lora.b") ||
+      ends_with("attn.qk.lora.b") || ends_with("mlp.gate_up.lora.b");
+  const bool row = ends_with("attn.o.lora.a") || ends_with("mlp.down.lora.a") ||
+                   ends_with("attn.o.lora.b") || ends_with("mlp.down.lora.b");
+  if (!column && !row) return TpGrad::kReplicated;
+  const bool a = ends_with(".lora.a");
+  // Column: A replicated (each rank sees its output rows only), B sharded.
+  // Row: A sharded, B replicated (each rank sees its input columns only).
+  return column == a ? TpGrad::kPartial : TpGrad::kSharded;
+}
+
 TpGrad Gemma3TpGrad(const std::string& name, const TpOptions& tp) {
   if (!tp.split() || name.rfind("text.", 0) != 0) return TpGrad::kReplicated;
   auto ends_with = [&](const char* suffix) {
     const size_t n = std::strlen(suffix);
     return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
   };
+  if (name.find(".lora.") != std::string::npos) return LoraTpGrad(name, tp);
   if (ends_with("attn.q_norm.weight") || ends_with("attn.k_norm.weight"))
     return TpGrad::kPartial;  // shared over heads, each rank has its heads
   if (ends_with("norm.weight"))

@@ -168,7 +168,15 @@ TORCH_MODULE(Gemma3TextModel);
 //                shared by heads spread over the ranks; the decoder's norms
 //                under sequence parallelism).
 enum class TpGrad { kSharded, kReplicated, kPartial };
+// LoRA adapters (model/lora.h, "<projection>.lora.a" / ".lora.b") included:
+// on a column-parallel projection (qkv, gate_up) A is kPartial and B
+// kSharded, on a row-parallel one (o, down) A is kSharded and B kPartial.
 TpGrad Gemma3TpGrad(const std::string& name, const TpOptions& tp);
+
+// The TpGrad of a LoRA parameter `name` of a text projection of either family
+// (Gemma 4's K=V "attn.qk" too): as Gemma3TpGrad says; kReplicated for
+// anything else (vision adapters) and without TP.
+TpGrad LoraTpGrad(const std::string& name, const TpOptions& tp);
 
 }  // namespace gemma
 

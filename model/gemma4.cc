@@ -55,6 +55,27 @@ Gemma4AttentionImpl::Gemma4AttentionImpl(int64_t hidden, int64_t nq,
   o = register_module("o", Projection(num_heads * hd, hidden, false));
   q_norm = register_module("q_norm", Gemma4Norm(hd, eps));
   k_norm = register_module("k_norm", Gemma4Norm(hd, eps));
+  if (tp.split()) {
+    // The global qkv rows per KV group g: its nq / nkv query heads, key g,
+    // value g. A rank holds whole groups, or (nkv < n) its query heads of
+    // its group and the group's KV rows.
+    const int64_t group_rows = (nq / nkv) * hd + kv_rows;
+    std::vector<ProjectionSplit::Ranges> ranges(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      auto& rr = ranges[static_cast<size_t>(r)];
+      if (nkv % n == 0) {
+        rr.push_back({r * out, (r + 1) * out});
+        continue;
+      }
+      const int64_t share = n / nkv, g = r / share, s = r % share;
+      const int64_t q_rows = num_heads * hd, base = g * group_rows;
+      rr.push_back({base + s * q_rows, base + (s + 1) * q_rows});
+      rr.push_back({base + (nq / nkv) * hd, base + group_rows});
+    }
+    qkv->tp_split =
+        ColumnSplit(tp.comm, nkv * group_rows, hidden, std::move(ranges));
+    o->tp_split = RowSplit(tp.comm, hidden, nq * hd);
+  }
   if (nkv % n != 0) {
     // KV head g is replicated on the n / nkv ranks [g n / nkv, (g+1) n / nkv),
     // each computing it for its own query heads only: the gradient of its
@@ -144,6 +165,11 @@ Gemma4DecoderLayerImpl::Gemma4DecoderLayerImpl(const Gemma4TextConfig& c,
   mlp = register_module(
       "mlp", GatedMlp(GatedMlpOptions(h, c.intermediate_size / n)));
   post_mlp_norm = register_module("post_mlp_norm", Gemma4Norm(h, eps));
+  if (tp_.split()) {
+    mlp->gate_up->tp_split =
+        ColumnBlocksSplit(tp_.comm, 2 * c.intermediate_size, h, 2);
+    mlp->down->tp_split = RowSplit(tp_.comm, h, c.intermediate_size);
+  }
   if (c.enable_moe_block) {
     post_dense_norm = register_module("post_dense_norm", Gemma4Norm(h, eps));
     MoeOptions mo;
@@ -336,6 +362,7 @@ TpGrad Gemma4TpGrad(const std::string& name, const TpOptions& tp) {
   if (!tp.split() || !absl::StartsWith(name, "text.")) {
     return TpGrad::kReplicated;
   }
+  if (absl::StrContains(name, ".lora.")) return LoraTpGrad(name, tp);
   if (absl::EndsWith(name, "attn.q_norm.weight") ||
       absl::EndsWith(name, "attn.k_norm.weight") ||
       absl::StrContains(name, ".moe.router.") ||

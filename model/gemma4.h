@@ -200,8 +200,9 @@ TORCH_MODULE(Gemma4TextModel);
 // "projector.*") relates across a TP group (model/gemma3.h's TpGrad): the
 // embedding, qkv/qk, o and the dense MLP are sharded; q/k norms and the MoE
 // block's router and norms partial (heads, resp. tokens, spread over the
-// ranks); the rest, and everything without TP, replicated. Experts are
-// the caller's business (expert parallelism).
+// ranks); LoRA adapters as LoraTpGrad (model/gemma3.h) says; the rest, and
+// everything without TP, replicated. Experts are the caller's business
+// (expert parallelism).
 TpGrad Gemma4TpGrad(const std::string& name, const TpOptions& tp);
 
 // Copies `weights` (our global names, e.g. "text.layers.0.moe.experts.down")

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/projection_split.h"
 
 namespace gemma {
 
@@ -193,6 +194,10 @@ class ProjectionImpl : public torch::nn::Module {
   int64_t out_features;
   torch::Tensor weight;
   torch::Tensor bias;  // undefined without bias
+  // How `weight` is a shard of a tensor-parallel whole (model/
+  // projection_split.h); kNone unless the model that built the projection
+  // split it. in_features / out_features are the shard's.
+  ProjectionSplit tp_split;
 
  private:
   std::shared_ptr<ProjectionAdapter> adapter_;

@@ -102,6 +102,50 @@ std::shared_ptr<LoraAdapter> AdapterOf(const ProjectionImpl& proj) {
   return std::dynamic_pointer_cast<LoraAdapter>(proj.adapter());
 }
 
+std::vector<int64_t> WholeShape(const ProjectionImpl& proj) {
+  if (!proj.tp_split.split()) return proj.weight.sizes().vec();
+  return {proj.tp_split.out, proj.tp_split.in};
+}
+
+WholeAdapter GatherAdapter(const ProjectionImpl& proj,
+                           const LoraAdapter& adapter) {
+  const ProjectionSplit& split = proj.tp_split;
+  const bool column = split.kind == ProjectionSplit::Kind::kColumn;
+  const bool row = split.kind == ProjectionSplit::Kind::kRow;
+  auto cpu = [](const torch::Tensor& t) {
+    return t.detach().to(torch::kCPU, torch::kFloat32).clone();
+  };
+  WholeAdapter w;
+  w.a = row ? GatherSplit(split, adapter.a, 1).to(torch::kFloat32)
+            : cpu(adapter.a);
+  w.b = column ? GatherSplit(split, adapter.b, 0).to(torch::kFloat32)
+               : cpu(adapter.b);
+  if (auto dora = dynamic_cast<const DoraAdapter*>(&adapter)) {
+    w.m = cpu(dora->m);  // never split (see AttachAdapters)
+  }
+  return w;
+}
+
+bool WritesAdapterFiles(torch::nn::Module& model, const AdapterLayout& layout) {
+  for (const auto& p : FindProjections(model, layout)) {
+    if (p.proj->tp_split.split()) return p.proj->tp_split.rank() == 0;
+  }
+  return true;
+}
+
+int64_t AdapterCheckpointBytes(torch::nn::Module& model,
+                               const AdapterLayout& layout) {
+  int64_t elements = 0;
+  for (const auto& p : FindProjections(model, layout)) {
+    auto adapter = AdapterOf(*p.proj);
+    if (!adapter) continue;
+    const std::vector<int64_t> shape = WholeShape(*p.proj);
+    elements += adapter->rank * (shape[0] + shape[1]);
+    if (std::dynamic_pointer_cast<DoraAdapter>(adapter)) elements += shape[0];
+  }
+  return elements * static_cast<int64_t>(sizeof(float));
+}
+
 absl::Status AttachAdapters(torch::nn::Module& model,
                             const AdapterLayout& layout,
                             const gemma::v1::PeftSpec& spec) {
@@ -116,9 +160,21 @@ absl::Status AttachAdapters(torch::nn::Module& model,
       }
     }
   }
+  const std::vector<TargetProjection> projections =
+      FindProjections(model, layout);
+  if (s.method == "dora") {
+    for (const auto& p : projections) {
+      if (!wanted.count(p.target) || !p.proj->tp_split.split()) continue;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.peft.method: dora is not supported under tensor parallelism (",
+          p.name, " is split over tp ", p.proj->tp_split.comm->size(),
+          " ranks; DoRA's magnitude needs whole weight rows): use method "
+          "lora or spec.parallel.tp 1"));
+    }
+  }
   try {
     int attached = 0;
-    for (auto& p : FindProjections(model, layout)) {
+    for (const auto& p : projections) {
       if (!wanted.count(p.target)) {
         if (AdapterOf(*p.proj)) p.proj->SetAdapter(kLoraSlot, nullptr);
         continue;
@@ -128,8 +184,8 @@ absl::Status AttachAdapters(torch::nn::Module& model,
       if (s.method == "dora") {
         adapter = std::make_shared<DoraAdapter>(w, s.rank, s.alpha, s.dropout);
       } else {
-        adapter = std::make_shared<LoraAdapter>(w.size(1), w.size(0), s.rank,
-                                                s.alpha, s.dropout);
+        adapter = std::make_shared<LoraAdapter>(
+            w.size(1), w.size(0), s.rank, s.alpha, s.dropout, p.proj->tp_split);
       }
       adapter->to(w.device(), w.scalar_type());
       adapter->train(model.is_training());
@@ -216,6 +272,29 @@ absl::Status SaveAdapterCheckpoint(const std::string& dir,
                                    const std::string& base_model,
                                    int64_t step) {
   GEMMA_ASSIGN_OR_RETURN(PeftSettings s, ResolvePeftSpec(spec, layout));
+  // Every TP rank gathers (collective); TP rank 0 writes.
+  json projections = json::object();
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  try {
+    for (auto& p : FindProjections(model, layout)) {
+      auto adapter = AdapterOf(*p.proj);
+      if (!adapter) continue;
+      projections[p.name] = {{"base_shape", WholeShape(*p.proj)}};
+      WholeAdapter w = GatherAdapter(*p.proj, *adapter);
+      const std::string prefix = absl::StrCat(p.name, ".", kLoraSlot, ".");
+      tensors.emplace_back(prefix + "a", w.a.contiguous());
+      tensors.emplace_back(prefix + "b", w.b.contiguous());
+      if (w.m.defined()) tensors.emplace_back(prefix + "m", w.m.contiguous());
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(dir, ": ", e.what_without_backtrace()));
+  }
+  if (projections.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, ": the model has no adapters attached"));
+  }
+  if (!WritesAdapterFiles(model, layout)) return absl::OkStatus();
   const std::string tmp = absl::StrCat(dir, ".tmp.", getpid());
   GEMMA_RETURN_IF_ERROR(RemoveTree(tmp));
   GEMMA_RETURN_IF_ERROR(MakeDirs(tmp));
@@ -230,26 +309,9 @@ absl::Status SaveAdapterCheckpoint(const std::string& dir,
                    {"target_modules", s.targets}};
     doc["base_model"] = base_model;
     doc["step"] = step;
-    json projections = json::object();
-    std::vector<torch::Tensor> keep;
     SafetensorsWriter writer;
-    try {
-      for (auto& p : FindProjections(model, layout)) {
-        if (!AdapterOf(*p.proj)) continue;
-        projections[p.name] = {{"base_shape", p.proj->weight.sizes().vec()}};
-      }
-      for (auto& [name, t] : AdapterParameters(model)) {
-        keep.push_back(
-            t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
-        GEMMA_RETURN_IF_ERROR(AddTensor(writer, name, keep.back()));
-      }
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat(dir, ": ", e.what_without_backtrace()));
-    }
-    if (projections.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(dir, ": the model has no adapters attached"));
+    for (const auto& [name, t] : tensors) {
+      GEMMA_RETURN_IF_ERROR(AddTensor(writer, name, t));
     }
     doc["projections"] = projections;
     GEMMA_RETURN_IF_ERROR(writer.Write(absl::StrCat(tmp, "/", kTensorFile)));
@@ -340,7 +402,7 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
   // The base model must be the one the adapters were trained on (shapes).
   std::map<std::string, std::vector<int64_t>> have;
   for (auto& p : FindProjections(model, layout)) {
-    have[p.name] = p.proj->weight.sizes().vec();
+    have[p.name] = WholeShape(*p.proj);
   }
   for (const auto& [name, entry] : doc["projections"].items()) {
     auto it = have.find(name);
@@ -364,41 +426,12 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
           "] (adapters trained on a different base model)"));
     }
   }
-  GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(st_path));
   std::map<std::string, bool> grads;
   for (const auto& item : model.named_parameters()) {
     grads[item.key()] = item.value().requires_grad();
   }
   GEMMA_RETURN_IF_ERROR(AttachAdapters(model, layout, info.spec));
-  absl::Status st = [&]() -> absl::Status {
-    auto params = AdapterParameters(model);
-    std::set<std::string> expected;
-    for (auto& [name, t] : params) expected.insert(name);
-    for (const auto& t : file->tensors()) {
-      if (!expected.count(t.name)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(st_path, ": tensor '", t.name,
-                         "' is no adapter parameter of the model"));
-      }
-    }
-    try {
-      torch::NoGradGuard no_grad;
-      for (auto& [name, t] : params) {
-        GEMMA_ASSIGN_OR_RETURN(at::Tensor v, TensorView(file, name));
-        if (v.sizes() != t.sizes()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(st_path, ": tensor '", name, "': shape [",
-                           absl::StrJoin(v.sizes(), ", "), "], expected [",
-                           absl::StrJoin(t.sizes(), ", "), "]"));
-        }
-        t.copy_(v);
-      }
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat(st_path, ": ", e.what_without_backtrace()));
-    }
-    return absl::OkStatus();
-  }();
+  absl::Status st = LoadAdapterValues(dir, model, layout);
   if (!st.ok()) {
     for (auto& p : FindProjections(model, layout)) {
       if (AdapterOf(*p.proj)) p.proj->SetAdapter(kLoraSlot, nullptr);
@@ -410,6 +443,63 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
     return st;
   }
   return info;
+}
+
+absl::Status LoadAdapterValues(const std::string& dir, torch::nn::Module& model,
+                               const AdapterLayout& layout) {
+  const std::string st_path = absl::StrCat(dir, "/", kTensorFile);
+  GEMMA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(st_path));
+  // The adapters' parameters with the whole (TP = 1) shape each must have in
+  // the file and how to take this rank's shard of it.
+  struct Target {
+    torch::Tensor param;
+    std::vector<int64_t> whole;
+    const ProjectionSplit* split = nullptr;
+    int64_t dim = 0;  // the split dimension; -1: not split
+  };
+  std::map<std::string, Target> targets;
+  const std::vector<TargetProjection> projections =
+      FindProjections(model, layout);
+  for (const auto& p : projections) {
+    auto adapter = AdapterOf(*p.proj);
+    if (!adapter) continue;
+    const ProjectionSplit& split = p.proj->tp_split;
+    const std::vector<int64_t> shape = WholeShape(*p.proj);
+    const int64_t r = adapter->rank;
+    const bool column = split.kind == ProjectionSplit::Kind::kColumn;
+    const bool row = split.kind == ProjectionSplit::Kind::kRow;
+    const std::string prefix = absl::StrCat(p.name, ".", kLoraSlot, ".");
+    targets[prefix + "a"] = {adapter->a, {r, shape[1]}, &split, row ? 1 : -1};
+    targets[prefix + "b"] = {
+        adapter->b, {shape[0], r}, &split, column ? 0 : -1};
+    if (auto dora = std::dynamic_pointer_cast<DoraAdapter>(adapter)) {
+      targets[prefix + "m"] = {dora->m, {shape[0]}, &split, -1};
+    }
+  }
+  for (const auto& t : file->tensors()) {
+    if (!targets.count(t.name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(st_path, ": tensor '", t.name,
+                       "' is no adapter parameter of the model"));
+    }
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, t] : targets) {
+      GEMMA_ASSIGN_OR_RETURN(at::Tensor v, TensorView(file, name));
+      if (v.sizes().vec() != t.whole) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(st_path, ": tensor '", name, "': shape [",
+                         absl::StrJoin(v.sizes(), ", "), "], expected [",
+                         absl::StrJoin(t.whole, ", "), "]"));
+      }
+      t.param.copy_(t.dim < 0 ? v : ShardOf(*t.split, v, t.dim));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(st_path, ": ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
 }
 
 // ---- per-model overloads

@@ -39,6 +39,18 @@
 // "vision.down". Empty means the four text ones. Since Gemma 4 adapters never
 // touch the experts, an expert-parallel Gemma4Model holds the same adapters on
 // every rank (replicated, like the dense weights they sit on).
+//
+// Tensor parallelism: on a model whose text projections are TP shards
+// (their ProjectionImpl::tp_split, set by Gemma3TextModel / Gemma4TextModel)
+// each adapter is split like its projection (model/lora_adapter.h: column-
+// parallel qkv / gate_up hold A whole and their rows of B, row-parallel o /
+// down their columns of A and B whole; Gemma3TpGrad / LoraTpGrad say how the
+// gradients relate). A TP = N model attached with the same torch seed starts
+// from the TP = 1 adapter's shards. Checkpoints and exports always hold the
+// whole (TP = 1) tensors: saving and exporting gather the shards (collective:
+// every rank of the TP group calls them, TP rank 0 writes, the others return
+// OK without writing), loading takes this rank's shard, merging folds each
+// shard into its weight shard. DoRA is refused on TP shards.
 #ifndef GEMMA_MODEL_LORA_H_
 #define GEMMA_MODEL_LORA_H_
 
@@ -110,6 +122,8 @@ std::vector<std::pair<std::string, torch::Tensor>> AdapterParameters(
 //                               {base_shape}}}
 //   DIR/adapter.safetensors    the adapter parameters (fp32, our names)
 // Written into DIR.tmp.<pid> and renamed to DIR (an existing DIR is replaced).
+// base_shape and the tensors are whole (TP = 1) ones on a TP model too:
+// collective over its TP group, TP rank 0 writes (see the top).
 absl::Status SaveAdapterCheckpoint(const std::string& dir,
                                    torch::nn::Module& model,
                                    const AdapterLayout& layout,
@@ -124,6 +138,16 @@ absl::Status SaveAdapterCheckpoint(const std::string& dir, Gemma4Model& model,
                                    const gemma::v1::PeftSpec& spec,
                                    const std::string& base_model,
                                    int64_t step = 0);
+
+// Whether this rank writes the files of SaveAdapterCheckpoint and
+// ExportPeftAdapter: TP rank 0 of the text projections' group, or every rank
+// of a model that is not split.
+bool WritesAdapterFiles(torch::nn::Module& model, const AdapterLayout& layout);
+
+// The whole (TP = 1) adapters' bytes in an adapter checkpoint (fp32): what
+// SaveAdapterCheckpoint writes for `model`.
+int64_t AdapterCheckpointBytes(torch::nn::Module& model,
+                               const AdapterLayout& layout);
 
 struct AdapterCheckpointInfo {
   gemma::v1::PeftSpec spec;  // as saved (defaults resolved)
@@ -150,6 +174,14 @@ absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
     const std::string& dir, Gemma3Model& model);
 absl::StatusOr<AdapterCheckpointInfo> LoadAdapterCheckpoint(
     const std::string& dir, Gemma4Model& model);
+
+// Copies the tensors of adapter checkpoint `dir` into the adapters already
+// attached to `model` (filled in place, not replaced: an optimizer may hold
+// them); on a tensor-parallel model each rank takes its shard. The file must
+// hold exactly the attached adapters' tensors at their whole shapes;
+// INVALID_ARGUMENT naming the file and tensor otherwise.
+absl::Status LoadAdapterValues(const std::string& dir, torch::nn::Module& model,
+                               const AdapterLayout& layout);
 
 // Folds every attached adapter into its projection's weight (in place, under
 // no_grad) and removes the adapters. Afterwards the model computes what it
@@ -178,8 +210,9 @@ absl::Status MergeAdapters(Gemma4Model& model);
 //     "...self_attn.q_proj.linear.lora_A.weight", the nn.Linear inside HF's
 //     Gemma4ClippableLinear). fp32.
 // `spec` gives rank/alpha/dropout/method (as used for AttachAdapters).
-// FAILED_PRECONDITION when nothing is attached or a projection is a
-// tensor-parallel shard.
+// FAILED_PRECONDITION when nothing is attached or a projection's whole shape
+// differs from the config's. On a TP model: the whole adapter, collective
+// over the TP group, TP rank 0 writes (see the top).
 absl::Status ExportPeftAdapter(torch::nn::Module& model,
                                const AdapterLayout& layout,
                                const gemma::v1::PeftSpec& spec,

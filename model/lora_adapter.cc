@@ -15,31 +15,51 @@ torch::Tensor RowNorm(const torch::Tensor& w) {
 }  // namespace
 
 LoraAdapter::LoraAdapter(int64_t in_features, int64_t out_features,
-                         int64_t rank_, double alpha, double dropout_)
+                         int64_t rank_, double alpha, double dropout_,
+                         ProjectionSplit split_)
     : rank(rank_),
       scaling(alpha / static_cast<double>(rank_)),
-      dropout(dropout_) {
-  a = register_parameter("a", torch::empty({rank, in_features}));
-  b = register_parameter("b", torch::zeros({out_features, rank}));
+      dropout(dropout_),
+      split(std::move(split_)) {
+  const bool row = split.kind == ProjectionSplit::Kind::kRow;
+  torch::Tensor whole_a = torch::empty({rank, row ? split.in : in_features});
   {
     torch::NoGradGuard no_grad;
     // peft: nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5)).
-    torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
+    torch::nn::init::kaiming_uniform_(whole_a, std::sqrt(5.0));
+  }
+  a = register_parameter(
+      "a", row ? ShardOf(split, whole_a, 1).contiguous() : whole_a);
+  b = register_parameter("b", torch::zeros({out_features, rank}));
+  TORCH_CHECK(a.size(1) == in_features, "LoRA: A has ", a.size(1),
+              " columns for a projection of ", in_features, " inputs");
+  if (split.kind == ProjectionSplit::Kind::kColumn && split.has_replicas()) {
+    ProjectionSplit s = split;
+    b.register_hook(
+        [s](const torch::Tensor& grad) { return SumReplicas(s, grad); });
   }
 }
 
-namespace {
-torch::Tensor MaybeDropout(const torch::Tensor& x, double p, bool training) {
-  if (p <= 0 || !training) return x;
-  return torch::dropout(x, p, /*train=*/true);
+torch::Tensor LoraAdapter::Dropped(const torch::Tensor& x) {
+  if (dropout <= 0 || !is_training()) return x;
+  if (split.kind != ProjectionSplit::Kind::kRow) {
+    return torch::dropout(x, dropout, /*train=*/true);
+  }
+  // ATen's (CPU) dropout: a Bernoulli(1 - p) mask over the whole input,
+  // scaled by 1 / (1 - p); this rank keeps its columns of it.
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = split.in;
+  torch::Tensor noise = torch::empty(shape, x.options().requires_grad(false))
+                            .bernoulli_(1 - dropout)
+                            .div_(1 - dropout);
+  return x * ShardOf(split, noise, x.dim() - 1);
 }
-}  // namespace
 
 torch::Tensor LoraAdapter::Forward(const torch::Tensor& x,
                                    const torch::Tensor& weight,
                                    const torch::Tensor& bias) {
   torch::Tensor y = torch::nn::functional::linear(x, weight, bias);
-  const torch::Tensor xd = MaybeDropout(x, dropout, is_training());
+  const torch::Tensor xd = Dropped(x);
   return y + torch::nn::functional::linear(torch::nn::functional::linear(xd, a),
                                            b) *
                  scaling;
@@ -78,7 +98,7 @@ torch::Tensor DoraAdapter::Forward(const torch::Tensor& x,
   if (dropout <= 0 || !is_training()) {
     base_result = bias.defined() ? result - bias : result;
   } else {
-    xd = MaybeDropout(x, dropout, true);
+    xd = Dropped(x);
     base_result = torch::nn::functional::linear(xd, w);
   }
   const torch::Tensor lora_result =

@@ -17,10 +17,27 @@ namespace gemma {
 inline constexpr char kLoraSlot[] = "lora";
 
 // LoRA on one projection: parameters "a" [r, in] and "b" [out, r].
+//
+// On a tensor-parallel shard (`split`, the projection's tp_split; in / out
+// are then the shard's, as the weight's) the adapter splits as Megatron /
+// NeMo split LoRA:
+//   column-parallel: A [r, in] whole on every rank (its gradient is partial:
+//     each rank sees only its output rows), B [out_local, r] the weight
+//     shard's rows;
+//   row-parallel: A [r, in_local] the weight shard's columns, B [out, r]
+//     whole (gradient partial); s B A_local x_local is a partial output,
+//     summed with W_local x_local by the layer's ReduceFromTpRegion.
+// A is drawn whole ([r, split.in], the same draws as without TP) and then
+// sliced, so every TP layout starts from the TP = 1 adapter's shards. B rows
+// held by several ranks (Gemma 4 KV heads replicated over ranks) get their
+// gradient summed over those ranks by a hook, as the weight's. Dropout on a
+// row-parallel input draws the whole input's mask and keeps this rank's
+// columns: on the CPU the mask the TP = 1 adapter draws (on CUDA, whose
+// fused dropout draws differently, an equally distributed one).
 class LoraAdapter : public ProjectionAdapter {
  public:
   LoraAdapter(int64_t in_features, int64_t out_features, int64_t rank,
-              double alpha, double dropout);
+              double alpha, double dropout, ProjectionSplit split = {});
   torch::Tensor Forward(const torch::Tensor& x, const torch::Tensor& weight,
                         const torch::Tensor& bias) override;
   // s * B A [out, in] (in B's dtype), the update merging adds to W.
@@ -32,11 +49,17 @@ class LoraAdapter : public ProjectionAdapter {
   int64_t rank;
   double scaling;
   double dropout;
-  torch::Tensor a;  // [r, in]
-  torch::Tensor b;  // [out, r]
+  ProjectionSplit split;  // the projection's (kNone: not split)
+  torch::Tensor a;        // [r, in]
+  torch::Tensor b;        // [out, r]
+
+ protected:
+  // drop(x) in train mode with dropout > 0, else x.
+  torch::Tensor Dropped(const torch::Tensor& x);
 };
 
-// DoRA: LoRA plus the magnitude "m" [out], initialised to ||W||_row.
+// DoRA: LoRA plus the magnitude "m" [out], initialised to ||W||_row. Not on
+// tensor-parallel shards (the norms need whole rows).
 class DoraAdapter : public LoraAdapter {
  public:
   DoraAdapter(const torch::Tensor& base_weight, int64_t rank, double alpha,

@@ -27,6 +27,19 @@ std::vector<TargetProjection> FindProjections(torch::nn::Module& model,
 // The LoRA/DoRA adapter attached to `proj`, or null.
 std::shared_ptr<LoraAdapter> AdapterOf(const ProjectionImpl& proj);
 
+// The whole (TP = 1) shape [out, in] of `proj`'s weight: its own shape
+// unless it is a tensor-parallel shard.
+std::vector<int64_t> WholeShape(const ProjectionImpl& proj);
+
+// An adapter's whole (TP = 1) tensors, on the CPU in fp32; m only for DoRA.
+struct WholeAdapter {
+  torch::Tensor a, b, m;
+};
+// Collective over `proj`'s TP group when it is split (every rank calls it for
+// the same projections in the same order): gathers the shards.
+WholeAdapter GatherAdapter(const ProjectionImpl& proj,
+                           const LoraAdapter& adapter);
+
 // Renames folder `tmp` to `dir`, replacing an existing `dir`.
 absl::Status ReplaceDir(const std::string& tmp, const std::string& dir);
 

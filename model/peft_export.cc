@@ -84,12 +84,12 @@ absl::Status ExportPeftAdapter(torch::nn::Module& model,
             absl::StrCat(p.name, ".weight: no HF mapping"));
       }
       const ParamMapping& pm = *it->second;
-      if (p.proj->weight.sizes().vec() != pm.shape) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            p.name, ".weight: shape [",
-            absl::StrJoin(p.proj->weight.sizes(), ", "),
-            "], the model config implies [", absl::StrJoin(pm.shape, ", "),
-            "] (a tensor-parallel shard? export from a TP=1 model)"));
+      if (WholeShape(*p.proj) != pm.shape) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(p.name, ".weight: shape [",
+                         absl::StrJoin(WholeShape(*p.proj), ", "),
+                         "], the model config implies [",
+                         absl::StrJoin(pm.shape, ", "), "]"));
       }
       auto adapter = AdapterOf(*p.proj);
       if (adapter && s.method == "dora" &&
@@ -116,14 +116,11 @@ absl::Status ExportPeftAdapter(torch::nn::Module& model,
         if (adapter) patterns.insert(LayerPattern(module));
       }
       if (!adapter) continue;
-      const torch::Tensor a =
-          adapter->a.detach().to(torch::kCPU, torch::kFloat32);
-      const torch::Tensor b =
-          adapter->b.detach().to(torch::kCPU, torch::kFloat32);
-      torch::Tensor m;
-      if (auto dora = std::dynamic_pointer_cast<DoraAdapter>(adapter)) {
-        m = dora->m.detach().to(torch::kCPU, torch::kFloat32);
-      }
+      // Whole tensors (gathered over the TP group: collective).
+      const WholeAdapter whole = GatherAdapter(*p.proj, *adapter);
+      const torch::Tensor& a = whole.a;
+      const torch::Tensor& b = whole.b;
+      const torch::Tensor& m = whole.m;
       for (auto& [module, list] : pieces) {
         std::sort(list.begin(), list.end());
         std::vector<torch::Tensor> b_rows, m_rows;
@@ -201,6 +198,7 @@ absl::Status ExportPeftAdapter(torch::nn::Module& model,
       {"lora_bias", false},
   };
 
+  if (!WritesAdapterFiles(model, layout)) return absl::OkStatus();
   SafetensorsWriter writer;
   for (const auto& [module, tensors] : out) {
     for (const auto& [suffix, t] : tensors) {
