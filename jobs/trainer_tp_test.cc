@@ -23,6 +23,7 @@
 #include "jobs/trainer.h"
 #include "jobs/trainer_ranks_test_util.h"
 #include "model/checkpoint.h"
+#include "model/gemma4_checkpoint.h"
 #include "model/layers.h"
 #include "model/lora_adapter.h"
 #include "model/weights.h"
@@ -361,6 +362,69 @@ TEST_P(TpDpTest, PeftEqualsOneRankWithTheWholeBatch) {
             << ", merged " << merged << "\n";
   EXPECT_TRUE(
       PathExists(Root("peft4-out" + sp) + "/merged/rank-00001.safetensors"));
+}
+
+// Gemma 4 LoRA at the reference layout's shape, TP 2 x EP 2 folded on 2
+// ranks (a tiny VL MoE on receipts with images, whose full K=V layers have
+// 1 KV head, replicated over TP): losses per step equal the TP 1 run's
+// (1e-5 relative), and its HF PEFT export (no V adapters on K=V layers) and
+// merged model hold the TP 1 run's tensors (1e-4 of each tensor's max).
+TEST_F(TrainerTpTest, Gemma4PeftAtTpTwoEpTwoEqualsOneRank) {
+  const std::string dir = *g_dir + "/g4";
+  if (!PathExists(dir + "/model/config.json")) {
+    ASSERT_TRUE(MakeDirs(dir).ok());
+    auto tok = WriteTinyGemma4Tokenizer(dir + "/tokenizer.model",
+                                        *g_dir + "/data/train.jsonl");
+    ASSERT_TRUE(tok.ok()) << tok;
+    TinyMoeOptions o;
+    o.vision = true;  // the receipts come with images
+    auto model = WriteTinyMoeModel(dir + "/model", dir + "/tokenizer.model", o);
+    ASSERT_TRUE(model.ok()) << model;
+  }
+  auto one = Spec();
+  one.set_kind(gemma::v1::JOB_KIND_PEFT);
+  one.mutable_model()->set_path(dir + "/model");
+  one.mutable_peft()->set_rank(4);
+  one.mutable_peft()->set_alpha(8);
+  one.mutable_peft()->set_merge(true);
+  one.mutable_peft()->set_export_dir(Root("g4peft1-hf"));
+  one.set_output(Root("g4peft1-out"));
+  std::vector<std::vector<double>> ref, got;
+  absl::Status st = RunPeftRanks(one, Root("g4peft1"), ParallelLayout{1, 1, 1},
+                                 3, /*save=*/false, /*finish=*/true, &ref);
+  ASSERT_TRUE(st.ok()) << st;
+  auto two = one;
+  two.mutable_parallel()->set_tp(2);
+  two.mutable_parallel()->set_ep(2);
+  two.mutable_peft()->set_export_dir(Root("g4peft2-hf"));
+  two.set_output(Root("g4peft2-out"));
+  st = RunPeftRanks(two, Root("g4peft2"), ParallelLayout{2, 1, 2}, 3,
+                    /*save=*/false, /*finish=*/true, &got);
+  ASSERT_TRUE(st.ok()) << st;
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(got[r].size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NEAR(got[r][i], ref[0][i], 1e-5 * ref[0][i])
+          << "rank " << r << " step " << i + 1;
+    }
+  }
+  const auto exported =
+      ReadTensors(Root("g4peft2-hf") + "/adapter_model.safetensors");
+  ExpectSameTensors(
+      exported, ReadTensors(Root("g4peft1-hf") + "/adapter_model.safetensors"),
+      1e-4, "HF PEFT export");
+  for (const auto& [name, t] : exported) {
+    // Layer 1 is a full K=V layer: no V projection, so no V adapter.
+    EXPECT_EQ(name.find("layers.1.self_attn.v_proj"), std::string::npos)
+        << name;
+  }
+  auto merged2 = LoadGemma4RankWeights(Root("g4peft2-out") + "/merged",
+                                       CheckpointLayout{1, 1}, 0, 0);
+  ASSERT_TRUE(merged2.ok()) << merged2.status();
+  auto merged1 = LoadGemma4RankWeights(Root("g4peft1-out") + "/merged",
+                                       CheckpointLayout{1, 1}, 0, 0);
+  ASSERT_TRUE(merged1.ok()) << merged1.status();
+  ExpectSameTensors(merged2->tensors, merged1->tensors, 1e-4, "merged");
 }
 
 }  // namespace

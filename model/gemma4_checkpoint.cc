@@ -54,13 +54,10 @@ absl::Status CheckIndices(const std::string& dir,
 // tensors map to them.
 class GlobalShapes {
  public:
-  // From `config` (every name of its model), or, without one, from the local
-  // shapes alone, which needs tp = 1 (experts times ep, the rest as is).
-  GlobalShapes(const Gemma4ModelConfig* config, const CheckpointLayout& layout)
-      : layout_(layout) {
-    if (config == nullptr) return;
-    dims_ = Gemma4ShardDims(config->text);
-    for (const ParamMapping& p : BuildGemma4HfMapping(*config).params)
+  // From `config`: every name of its model.
+  GlobalShapes(const Gemma4ModelConfig& config, const CheckpointLayout& layout)
+      : layout_(layout), dims_(Gemma4ShardDims(config.text)) {
+    for (const ParamMapping& p : BuildGemma4HfMapping(config).params)
       shapes_[p.name] = p.shape;
   }
   const ShardDims& dims() const { return dims_; }
@@ -73,20 +70,12 @@ class GlobalShapes {
                                           int ep_index, ParamSpec* spec) const {
     GEMMA_ASSIGN_OR_RETURN(*spec, LookupParam(name));
     const std::vector<int64_t> have(local.sizes().begin(), local.sizes().end());
-    std::vector<int64_t> global = have;
     auto it = shapes_.find(name);
-    if (it != shapes_.end()) {
-      global = it->second;
-    } else if (!shapes_.empty()) {
+    if (it == shapes_.end()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor '", name, "' is no part of the config's Gemma 4 model"));
-    } else if (layout_.tp != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "': its global shape needs the model config at tp ",
-          layout_.tp));
-    } else if (spec->split == SplitKind::kExperts && !global.empty()) {
-      global[0] *= layout_.ep;
     }
+    const std::vector<int64_t>& global = it->second;
     GEMMA_ASSIGN_OR_RETURN(
         ShardLayout l,
         ComputeLocalShard(*spec, global, dims_, layout_, tp_index, ep_index));
@@ -109,32 +98,6 @@ class GlobalShapes {
 absl::Status WithDir(const absl::Status& s, const std::string& dir) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(dir, ": ", s.message()));
-}
-
-absl::StatusOr<ManifestFile> WriteRank(
-    const std::string& dir, const Gemma4ModelConfig* config,
-    const CheckpointLayout& layout, int rank,
-    const std::map<std::string, at::Tensor>& tensors) {
-  if (layout.tp < 1 || layout.ep < 1 || rank < 0 || rank >= layout.world()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, ": bad rank ", rank, " of tp ", layout.tp, " x ep ", layout.ep));
-  }
-  const GlobalShapes shapes(config, layout);
-  std::vector<at::Tensor> keep;
-  std::vector<RankShard> shards;
-  for (const auto& [name, t] : tensors) {
-    ParamSpec spec;
-    absl::StatusOr<std::vector<int64_t>> global =
-        shapes.Of(name, t, layout.tp_index(rank), layout.ep_index(rank), &spec);
-    if (!global.ok()) return WithDir(global.status(), dir);
-    if (!StoresShard(spec, layout, rank)) continue;  // a lower rank stores it
-    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
-    at::Tensor c = t.detach().to(torch::kCPU).contiguous();
-    keep.push_back(c);
-    shards.push_back(
-        {name, dtype, *global, static_cast<const uint8_t*>(c.data_ptr())});
-  }
-  return WriteRankFile(dir, layout, rank, shapes.dims(), shards);
 }
 
 }  // namespace
@@ -206,15 +169,35 @@ absl::StatusOr<ManifestFile> WriteGemma4RankFile(
     const std::string& dir, const Gemma4ModelConfig& config,
     const CheckpointLayout& layout, int rank,
     const std::map<std::string, at::Tensor>& tensors) {
-  return WriteRank(dir, &config, layout, rank, tensors);
+  if (layout.tp < 1 || layout.ep < 1 || rank < 0 || rank >= layout.world()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": bad rank ", rank, " of tp ", layout.tp, " x ep ", layout.ep));
+  }
+  const GlobalShapes shapes(config, layout);
+  std::vector<at::Tensor> keep;
+  std::vector<RankShard> shards;
+  for (const auto& [name, t] : tensors) {
+    ParamSpec spec;
+    absl::StatusOr<std::vector<int64_t>> global =
+        shapes.Of(name, t, layout.tp_index(rank), layout.ep_index(rank), &spec);
+    if (!global.ok()) return WithDir(global.status(), dir);
+    if (!StoresShard(spec, layout, rank)) continue;  // a lower rank stores it
+    GEMMA_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
+    at::Tensor c = t.detach().to(torch::kCPU).contiguous();
+    keep.push_back(c);
+    shards.push_back(
+        {name, dtype, *global, static_cast<const uint8_t*>(c.data_ptr())});
+  }
+  return WriteRankFile(dir, layout, rank, shapes.dims(), shards);
 }
+
 
 absl::Status CommitGemma4Checkpoint(
     const std::string& dir, const std::string& config_json,
     const Gemma4ModelConfig& config, const CheckpointLayout& layout,
     int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,
     const std::vector<ManifestFile>& files, bool overwrite) {
-  const GlobalShapes shapes(&config, layout);
+  const GlobalShapes shapes(config, layout);
   CheckpointCommit commit;
   commit.tp = layout.tp;
   commit.ep = layout.ep;
@@ -232,37 +215,6 @@ absl::Status CommitGemma4Checkpoint(
     commit.tensors.push_back({name, dtype, *global});
   }
   return CommitCheckpoint(dir, commit);
-}
-
-absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(const std::string& dir,
-                                                        int ep_size,
-                                                        int ep_rank,
-                                                        bool verify_checksums) {
-  if (ep_size < 1 || ep_rank < 0 || ep_rank >= ep_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir, ": bad EP rank ", ep_rank, " of ", ep_size));
-  }
-  return LoadGemma4RankWeights(dir, CheckpointLayout{1, ep_size}, 0, ep_rank,
-                               verify_checksums);
-}
-
-absl::StatusOr<ManifestFile> WriteGemma4RankFile(
-    const std::string& dir, int ep_size, int ep_rank,
-    const std::map<std::string, at::Tensor>& tensors) {
-  return WriteRank(dir, nullptr, CheckpointLayout{1, ep_size}, ep_rank,
-                   tensors);
-}
-
-absl::Status CommitGemma4Checkpoint(
-    const std::string& dir, const std::string& config_json, int ep_size,
-    int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,
-    const std::vector<ManifestFile>& files, bool overwrite) {
-  GEMMA_ASSIGN_OR_RETURN(
-      Gemma4ModelConfig config,
-      ParseGemma4ModelConfigText(config_json, dir + ": config_json"));
-  return CommitGemma4Checkpoint(dir, config_json, config,
-                                CheckpointLayout{1, ep_size}, step,
-                                rank0_tensors, files, overwrite);
 }
 
 }  // namespace gemma

@@ -93,20 +93,6 @@ absl::Status CommitGemma4Checkpoint(
     int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,
     const std::vector<ManifestFile>& files, bool overwrite = true);
 
-// The EP-only forms ({tp 1, ep_size}, ranks = EP ranks) the trainer used
-// before Gemma 4 TP; thin wrappers over the forms above.
-absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(
-    const std::string& dir, int ep_size, int ep_rank,
-    bool verify_checksums = true);
-absl::StatusOr<ManifestFile> WriteGemma4RankFile(
-    const std::string& dir, int ep_size, int ep_rank,
-    const std::map<std::string, at::Tensor>& tensors);
-// `config_json` is parsed for the config (INVALID_ARGUMENT on a bad one).
-absl::Status CommitGemma4Checkpoint(
-    const std::string& dir, const std::string& config_json, int ep_size,
-    int64_t step, const std::map<std::string, at::Tensor>& rank0_tensors,
-    const std::vector<ManifestFile>& files, bool overwrite = true);
-
 }  // namespace gemma
 
 #endif  // GEMMA_MODEL_GEMMA4_CHECKPOINT_H_

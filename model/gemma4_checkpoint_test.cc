@@ -129,7 +129,7 @@ torch::Tensor Logits(Gemma4Model& m) {
 TEST(Gemma4CheckpointTest, CheckpointAtEp2LoadsAtEp1WithHfLogits) {
   TempDir tmp;
   ASSERT_TRUE(ConvertHfToCheckpoint(TextHf(), tmp / "c", Ep(2)).ok());
-  auto w = LoadGemma4RankWeights(tmp / "c", 1, 0);
+  auto w = LoadGemma4RankWeights(tmp / "c", CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(w.ok()) << w.status();
   EXPECT_EQ(w->kind, "checkpoint");
   auto model = BuildGemma4Model(w->config, w->tensors);
@@ -141,11 +141,11 @@ TEST(Gemma4CheckpointTest, CheckpointAtEp2LoadsAtEp1WithHfLogits) {
   EXPECT_TRUE(torch::equal(Logits(*model), Logits(*direct)));
 
   // EP rank 1 of 2 gets experts [2, 4), from the checkpoint and from HF.
-  auto whole = LoadGemma4RankWeights(TextHf(), 1, 0);
+  auto whole = LoadGemma4RankWeights(TextHf(), CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_EQ(whole->kind, "hf");
   for (const std::string& dir : {std::string(tmp / "c"), TextHf()}) {
-    auto r1 = LoadGemma4RankWeights(dir, 2, 1);
+    auto r1 = LoadGemma4RankWeights(dir, CheckpointLayout{1, 2}, 0, 1);
     ASSERT_TRUE(r1.ok()) << r1.status();
     const std::string e = "text.layers.1.moe.experts.gate_up";
     EXPECT_EQ(r1->tensors.at(e).size(0), 2);
@@ -158,19 +158,19 @@ TEST(Gemma4CheckpointTest, CheckpointAtEp2LoadsAtEp1WithHfLogits) {
 
 TEST(Gemma4CheckpointTest, EpRanksWriteACheckpointReadBackAtEp1AndEp4) {
   TempDir tmp;
-  auto whole = LoadGemma4RankWeights(VlHf(), 1, 0);
+  auto whole = LoadGemma4RankWeights(VlHf(), CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(whole.ok()) << whole.status();
   std::vector<ManifestFile> files;
   std::map<std::string, at::Tensor> rank0;
   for (int r = 0; r < 2; ++r) {  // two "ranks", each with its own view
-    auto mine = LoadGemma4RankWeights(VlHf(), 2, r);
+    auto mine = LoadGemma4RankWeights(VlHf(), CheckpointLayout{1, 2}, 0, r);
     ASSERT_TRUE(mine.ok()) << mine.status();
-    auto f = WriteGemma4RankFile(tmp / "ck", 2, r, mine->tensors);
+    auto f = WriteGemma4RankFile(tmp / "ck", whole->config, CheckpointLayout{1, 2}, r, mine->tensors);
     ASSERT_TRUE(f.ok()) << f.status();
     files.push_back(*f);
     if (r == 0) rank0 = mine->tensors;
   }
-  ASSERT_TRUE(CommitGemma4Checkpoint(tmp / "ck", whole->config_json, 2, 17,
+  ASSERT_TRUE(CommitGemma4Checkpoint(tmp / "ck", whole->config_json, whole->config, CheckpointLayout{1, 2}, 17,
                                      rank0, files)
                   .ok());
   // The same folder a conversion at ep 2 writes.
@@ -178,14 +178,14 @@ TEST(Gemma4CheckpointTest, EpRanksWriteACheckpointReadBackAtEp1AndEp4) {
   for (const char* f : {"rank-00000.safetensors", "rank-00001.safetensors"}) {
     ExpectSameSafetensors(tmp / "conv" + "/" + f, tmp / "ck" + "/" + f);
   }
-  auto at1 = LoadGemma4RankWeights(tmp / "ck", 1, 0);
+  auto at1 = LoadGemma4RankWeights(tmp / "ck", CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(at1.ok()) << at1.status();
   ASSERT_EQ(at1->tensors.size(), whole->tensors.size());
   for (const auto& [name, t] : whole->tensors) {
     EXPECT_TRUE(torch::equal(at1->tensors.at(name), t)) << name;
   }
   for (int r = 0; r < 4; ++r) {
-    auto at4 = LoadGemma4RankWeights(tmp / "ck", 4, r);
+    auto at4 = LoadGemma4RankWeights(tmp / "ck", CheckpointLayout{1, 4}, 0, r);
     ASSERT_TRUE(at4.ok()) << at4.status();
     const std::string e = "text.layers.3.moe.experts.down";
     EXPECT_TRUE(
@@ -235,12 +235,12 @@ TEST(Gemma4CheckpointTest, MalformedInputsGiveClearErrors) {
   EXPECT_THAT(std::string(hf.status().message()),
               HasSubstr("rank-00001.safetensors"));
   EXPECT_FALSE(fs::exists(tmp / "hf"));
-  auto w = LoadGemma4RankWeights(tmp / "c", 2, 1);
+  auto w = LoadGemma4RankWeights(tmp / "c", CheckpointLayout{1, 2}, 0, 1);
   EXPECT_FALSE(w.ok());
   EXPECT_THAT(std::string(w.status().message()),
               HasSubstr("rank-00001.safetensors"));
   // Rank 0's share does not need the missing file.
-  EXPECT_TRUE(LoadGemma4RankWeights(tmp / "c", 2, 0).ok());
+  EXPECT_TRUE(LoadGemma4RankWeights(tmp / "c", CheckpointLayout{1, 2}, 0, 0).ok());
 }
 
 // ---- TP x EP (MoE parallel folding)
@@ -431,18 +431,18 @@ TEST(Gemma4CheckpointTest, CheckpointsWrittenBeforeGemma4TpStillRead) {
   TempDir tmp;
   auto whole = LoadGemma4RankWeights(TextHf(), CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(whole.ok()) << whole.status();
-  // The EP-only writer forms (what the trainer calls today).
+  // Written at {tp 1, ep 2}, as before Gemma 4 TP.
   std::vector<ManifestFile> files;
   std::map<std::string, at::Tensor> rank0;
   for (int r = 0; r < 2; ++r) {
-    auto mine = LoadGemma4RankWeights(TextHf(), 2, r);
+    auto mine = LoadGemma4RankWeights(TextHf(), CheckpointLayout{1, 2}, 0, r);
     ASSERT_TRUE(mine.ok()) << mine.status();
-    auto f = WriteGemma4RankFile(tmp / "old", 2, r, mine->tensors);
+    auto f = WriteGemma4RankFile(tmp / "old", whole->config, CheckpointLayout{1, 2}, r, mine->tensors);
     ASSERT_TRUE(f.ok()) << f.status();
     files.push_back(*f);
     if (r == 0) rank0 = mine->tensors;
   }
-  ASSERT_TRUE(CommitGemma4Checkpoint(tmp / "old", whole->config_json, 2, 3,
+  ASSERT_TRUE(CommitGemma4Checkpoint(tmp / "old", whole->config_json, whole->config, CheckpointLayout{1, 2}, 3,
                                      rank0, files)
                   .ok());
   // Its manifest as the writers before Gemma 4 TP left it: shard_dims
