@@ -15,6 +15,18 @@
 #include "model/weights.h"
 
 namespace gemma {
+
+GradKind GradKindOf(TpGrad tp) {
+  switch (tp) {
+    case TpGrad::kSharded:
+      return GradKind::kTpSharded;
+    case TpGrad::kPartial:
+      return GradKind::kTpPartial;
+    case TpGrad::kReplicated:
+      break;
+  }
+  return GradKind::kReplicated;
+}
 namespace {
 
 class Gemma3TrainModel : public TrainModel {
@@ -67,15 +79,7 @@ class Gemma3TrainModel : public TrainModel {
   }
 
   GradKind Grad(const std::string& name) const override {
-    switch (Gemma3TpGrad(name, tp_)) {
-      case TpGrad::kSharded:
-        return GradKind::kTpSharded;
-      case TpGrad::kPartial:
-        return GradKind::kTpPartial;
-      case TpGrad::kReplicated:
-        break;
-    }
-    return GradKind::kReplicated;
+    return GradKindOf(Gemma3TpGrad(name, tp_));
   }
 
   absl::StatusOr<int64_t> Write(const std::string& dir, int64_t step) override {

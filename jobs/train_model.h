@@ -43,6 +43,9 @@ enum class GradKind {
                 // expert-data-parallel group (model/comm.h ParallelGroups)
 };
 
+// The GradKind of a parameter whose TP relation is `tp` (not an expert).
+GradKind GradKindOf(TpGrad tp);
+
 class TrainModel {
  public:
   virtual ~TrainModel() = default;

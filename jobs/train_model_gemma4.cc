@@ -104,15 +104,7 @@ class Gemma4TrainModel : public TrainModel {
         absl::StrContains(name, ".moe.experts.")) {
       return GradKind::kExpert;
     }
-    switch (Gemma4TpGrad(name, model_->text->tp())) {
-      case TpGrad::kSharded:
-        return GradKind::kTpSharded;
-      case TpGrad::kPartial:
-        return GradKind::kTpPartial;
-      case TpGrad::kReplicated:
-        break;
-    }
-    return GradKind::kReplicated;
+    return GradKindOf(Gemma4TpGrad(name, model_->text->tp()));
   }
 
   std::pair<int64_t, int64_t> NormSkip(const std::string& name) const override {

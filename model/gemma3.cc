@@ -248,17 +248,8 @@ std::pair<torch::Tensor, torch::Tensor> Gemma3TextModelImpl::Rope(
 }
 
 torch::Tensor Gemma3TextModelImpl::Logits(const torch::Tensor& hidden) {
-  torch::Tensor logits;
-  if (!tp_.split()) {
-    logits = torch::nn::functional::linear(hidden, embed->weight);
-  } else {
-    // A column-parallel head over the vocabulary shards: the copy makes the
-    // hidden state's gradient the sum of every shard's part.
-    logits = torch::nn::functional::linear(CopyToTpRegion(hidden, *tp_.comm),
-                                           embed->weight);
-    logits =
-        GatherFromTpRegion(logits, *tp_.comm).narrow(-1, 0, config_.vocab_size);
-  }
+  torch::Tensor logits =
+      VocabParallelLogits(hidden, embed->weight, config_.vocab_size, tp_);
   if (apply_final_softcap_ && config_.final_logit_softcapping.has_value()) {
     const double cap = *config_.final_logit_softcapping;
     logits = torch::tanh(logits / cap) * cap;

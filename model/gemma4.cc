@@ -332,15 +332,8 @@ torch::Tensor Gemma4TextModelImpl::Decode(const torch::Tensor& embeds,
 }
 
 torch::Tensor Gemma4TextModelImpl::Logits(const torch::Tensor& hidden) {
-  torch::Tensor logits;
-  if (!tp_.split()) {
-    logits = torch::nn::functional::linear(hidden, embed->weight);
-  } else {
-    logits = torch::nn::functional::linear(CopyToTpRegion(hidden, *tp_.comm),
-                                           embed->weight);
-    logits =
-        GatherFromTpRegion(logits, *tp_.comm).narrow(-1, 0, config_.vocab_size);
-  }
+  torch::Tensor logits =
+      VocabParallelLogits(hidden, embed->weight, config_.vocab_size, tp_);
   if (config_.final_logit_softcapping.has_value()) {
     const double cap = *config_.final_logit_softcapping;
     logits = torch::tanh(logits / cap) * cap;

@@ -44,6 +44,7 @@
 #include "model/safetensors_torch.h"
 #include "model/vl_model.h"
 #include "model/weights.h"
+#include "tests/parity/gemma4_tp_slice.h"
 #include "worker/comm.h"
 
 namespace gemma {
@@ -90,45 +91,6 @@ Gemma4ModelConfig Gemma4Config() {
   t.top_k_experts = 2;
   t.moe_intermediate_size = 16;
   return c;
-}
-
-// Rank `rank`'s TP shard of Gemma 4 tensor `name` (as gemma4_ep_test.cc's
-// TpSlice: written from the split rules, independently of the model).
-torch::Tensor Gemma4Slice(const std::string& name, const torch::Tensor& t,
-                          const Gemma4TextConfig& c, int tp, int rank) {
-  auto ends = [&](const char* s) { return absl::EndsWith(name, s); };
-  if (!absl::StartsWith(name, "text.")) return t;
-  if (name == "text.embed.weight") {
-    const int64_t per = (t.size(0) + tp - 1) / tp;
-    torch::Tensor padded = torch::cat(
-        {t, torch::zeros({per * tp - t.size(0), t.size(1)}, t.options())});
-    return padded.narrow(0, rank * per, per);
-  }
-  if (ends("attn.qkv.weight") || ends("attn.qk.weight")) {
-    const int64_t layer = std::stoll(name.substr(12, name.find('.', 12) - 12));
-    const LayerType type = c.layer_types[static_cast<size_t>(layer)];
-    const int64_t nq = c.num_heads, nkv = c.layer_kv_heads(type);
-    const int64_t hd = c.layer_head_dim(type);
-    const int64_t m = ends("qk.weight") ? 1 : 2;
-    if (nkv % tp == 0) {
-      const int64_t per = t.size(0) / tp;
-      return t.narrow(0, rank * per, per);
-    }
-    const int64_t share = tp / nkv, g = rank / share, s = rank % share;
-    const int64_t group_rows = (nq / nkv + m) * hd, q = nq / tp * hd;
-    return torch::cat({t.narrow(0, g * group_rows + s * q, q),
-                       t.narrow(0, g * group_rows + nq / nkv * hd, m * hd)});
-  }
-  if (ends("attn.o.weight") || ends("mlp.down.weight")) {
-    const int64_t per = t.size(1) / tp;
-    return t.narrow(1, rank * per, per);
-  }
-  if (ends("mlp.gate_up.weight")) {
-    const int64_t block = t.size(0) / 2, per = block / tp;
-    return torch::cat(
-        {t.narrow(0, rank * per, per), t.narrow(0, block + rank * per, per)});
-  }
-  return t;
 }
 
 double RelErr(const torch::Tensor& got, const torch::Tensor& ref) {
@@ -284,7 +246,7 @@ Family Gemma4Family() {
   };
   f.layout = [c] { return Gemma4AdapterLayout(c); };
   f.slice = [c](const std::string& name, const torch::Tensor& t, int rank) {
-    return Gemma4Slice(name, t, c.text, kTp, rank);
+    return Gemma4TpSlice(name, t, c.text, kTp, rank);
   };
   f.run = [](torch::nn::Module& m, const torch::Tensor& ids,
              const torch::Tensor& labels) {

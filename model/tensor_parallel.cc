@@ -344,6 +344,15 @@ at::Tensor GatherRowsFromTpRegion(const at::Tensor& x, int64_t n, Comm& comm) {
   return GatherRows::apply(x, n, &comm);
 }
 
+at::Tensor VocabParallelLogits(const at::Tensor& hidden,
+                               const at::Tensor& weight_shard,
+                               int64_t vocab_size, const TpOptions& tp) {
+  if (!tp.split()) return torch::nn::functional::linear(hidden, weight_shard);
+  at::Tensor logits = torch::nn::functional::linear(
+      CopyToTpRegion(hidden, *tp.comm), weight_shard);
+  return GatherFromTpRegion(logits, *tp.comm).narrow(-1, 0, vocab_size);
+}
+
 at::Tensor ScatterToSequenceRegion(const at::Tensor& x, Comm& comm) {
   if (comm.size() == 1) return x;
   return ScatterToSeq::apply(x, &comm);

@@ -111,6 +111,15 @@ at::Tensor VocabParallelEmbedding(const at::Tensor& ids,
                                   const VocabShard& shard, Comm& comm,
                                   int64_t padding_idx = -1);
 
+// Logits [..., vocab_size] of `hidden` [..., H] through a tied head split by
+// vocab rows (weight_shard [shard rows, H]): a column-parallel matmul whose
+// input copy sums the shards' parts of the hidden state's gradient, gathered
+// over the group and cut to the real vocabulary. Without a split the plain
+// matmul.
+at::Tensor VocabParallelLogits(const at::Tensor& hidden,
+                               const at::Tensor& weight_shard,
+                               int64_t vocab_size, const TpOptions& tp);
+
 // model/loss.h's TokenLoss with the head weight split by vocab rows: per
 // chunk the ranks all-reduce the row max (MAX), the sum of exponentials
 // (SUM) and the target logit (SUM, from its owner), so no rank ever holds

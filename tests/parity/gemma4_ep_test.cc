@@ -32,6 +32,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "model/gemma4.h"
+#include "tests/parity/gemma4_tp_slice.h"
 #include "model/hf_mapping_gemma4.h"
 #include "worker/comm.h"
 
@@ -159,45 +160,6 @@ void CheckEp(int ep, bool idle = false) {
   EXPECT_TRUE(failures.empty()) << absl::StrJoin(failures, "\n");
 }
 
-// Rank `rank`'s TP shard of global tensor `t` (our names), written from the
-// split rules independently of model/param_table.cc.
-torch::Tensor TpSlice(const std::string& name, const torch::Tensor& t,
-                      const Gemma4TextConfig& c, int tp, int rank) {
-  auto ends = [&](const char* s) { return absl::EndsWith(name, s); };
-  if (tp == 1 || !absl::StartsWith(name, "text.")) return t;
-  if (name == "text.embed.weight") {
-    const int64_t per = (t.size(0) + tp - 1) / tp;
-    torch::Tensor padded = torch::cat(
-        {t, torch::zeros({per * tp - t.size(0), t.size(1)}, t.options())});
-    return padded.narrow(0, rank * per, per);
-  }
-  if (ends("attn.qkv.weight") || ends("attn.qk.weight")) {
-    const int64_t layer = std::stoll(name.substr(12, name.find('.', 12) - 12));
-    const LayerType type = c.layer_types[static_cast<size_t>(layer)];
-    const int64_t nq = c.num_heads, nkv = c.layer_kv_heads(type);
-    const int64_t hd = c.layer_head_dim(type);
-    const int64_t m = ends("qk.weight") ? 1 : 2;
-    if (nkv % tp == 0) {
-      const int64_t per = t.size(0) / tp;
-      return t.narrow(0, rank * per, per);
-    }
-    const int64_t share = tp / nkv, g = rank / share, s = rank % share;
-    const int64_t group_rows = (nq / nkv + m) * hd, q = nq / tp * hd;
-    return torch::cat({t.narrow(0, g * group_rows + s * q, q),
-                       t.narrow(0, g * group_rows + nq / nkv * hd, m * hd)});
-  }
-  if (ends("attn.o.weight") || ends("mlp.down.weight")) {
-    const int64_t per = t.size(1) / tp;
-    return t.narrow(1, rank * per, per);
-  }
-  if (ends("mlp.gate_up.weight")) {
-    const int64_t block = t.size(0) / 2, per = block / tp;
-    return torch::cat({t.narrow(0, rank * per, per),
-                       t.narrow(0, block + rank * per, per)});
-  }
-  return t;
-}
-
 // tp x dp ranks, EP folded over them.
 void CheckTp(int tp, int dp, int ep) {
   const int world = tp * dp;
@@ -247,7 +209,7 @@ void CheckTp(int tp, int dp, int ep) {
         Gemma4TextModel m(cfg, groups.ep, tpo);
         std::map<std::string, torch::Tensor> mine;
         for (const auto& [name, t] : global)
-          mine[name] = TpSlice(name, t, cfg, tp, tp_rank);
+          mine[name] = Gemma4TpSlice(name, t, cfg, tp, tp_rank);
         absl::Status st = LoadGemma4Weights(*m, mine);
         if (!st.ok()) return st;
         m->zero_grad();
@@ -280,7 +242,7 @@ void CheckTp(int tp, int dp, int ep) {
             ++kinds[kind];
             if (kind == TpGrad::kPartial) groups.tp->AllReduceSum(got);
             want = kind == TpGrad::kSharded
-                       ? TpSlice(name, ref_grads[d].at(name), cfg, tp, tp_rank)
+                       ? Gemma4TpSlice(name, ref_grads[d].at(name), cfg, tp, tp_rank)
                        : ref_grads[d].at(name);
           }
           e = RelErr(got, want);
