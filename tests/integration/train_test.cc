@@ -259,8 +259,9 @@ namespace {
 // over EP 4 (folded over both TP groups); it learns (loss from about
 // ln(vocab) to well below), reports the router's load, commits its
 // checkpoints (a rank file per EP rank, the TP shards in the first two) and
-// writes the model; a peft job loads that model at another layout (TP 1,
-// DP 4, EP 2), trains LoRA adapters and exports them for HF PEFT without V
+// writes the model; an sft job and a peft job load that model at another
+// layout (EP 2 x DP 2: tp 1, dp 4, ep 2), the first going on training, the
+// second training LoRA adapters and exporting them for HF PEFT without V
 // adapters on the K=V layers.
 TEST(TrainJobTest, MoeSftAndPeftOverTensorExpertAndDataParallelWorkers) {
   LocalCluster cluster;
@@ -339,6 +340,31 @@ TEST(TrainJobTest, MoeSftAndPeftOverTensorExpertAndDataParallelWorkers) {
     EXPECT_EQ(m["parallel"].value("tp", 0), 2) << dir;
   }
   EXPECT_TRUE(Exists(output + "/tokenizer.model"));
+
+  // SFT goes on from the trained model at EP 2 x DP 2 (tp 1, dp 4, ep 2: the
+  // TP 2 / EP 4 output resharded on load) and keeps what it learned.
+  const std::string again = cluster.WriteRecipe(
+      "moe-sft-ep2.yaml",
+      absl::StrCat(
+          "kind: sft\nresources: {device: cpu}\n"
+          "parallel: {dp: 4, ep: 2}\nmodel: {path: ",
+          output, "}\ndata: {train: ", data,
+          "/train.jsonl, batch_size: 2, seq_len: 64, seed: 2}\n"
+          "optim: {lr: 0.002, max_steps: 10, warmup_steps: 2, grad_clip: 1.0, "
+          "log_interval_steps: 5}\ncheckpoint: {interval_steps: 10, root: ",
+          cluster.dir(), "/ckpt-ep2}\n"));
+  ASSERT_EQ(RunProgram({BinPath("gemmactl"), "submit", "-f", again, "--job-id",
+                        "moe-ep2", "--follow", "--coordinator",
+                        cluster.address()},
+                       &out, absl::Seconds(300)),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
+  EXPECT_LT(JobMetric(cluster, "jobs/moe-ep2", "loss"), 2.0) << out;
+  EXPECT_TRUE(Exists(cluster.dir() +
+                     "/ckpt-ep2/step-00000010/model/rank-00001.safetensors"));
+  EXPECT_FALSE(Exists(cluster.dir() +
+                      "/ckpt-ep2/step-00000010/model/rank-00002.safetensors"));
 
   // LoRA on the trained model at another layout (the TP 2 / EP 4 checkpoint
   // resharded on load); adapters exported for HF PEFT.
