@@ -138,6 +138,11 @@ absl::StatusOr<std::optional<DataLoader::Encoded>> DataLoader::EncodeAt(
   const Conversation& conv = data_[Order(pos.epoch)[pos.index]];
   absl::StatusOr<Encoded> enc = [&]() -> absl::StatusOr<Encoded> {
     Encoded out;
+    if (options_.text_only && conv.num_images() > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          conv.source, ": has ", conv.num_images(),
+          " image(s), but the model is text-only (no vision tower)"));
+    }
     if (options_.pack && conv.num_images() > 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           conv.source,

@@ -49,6 +49,9 @@ struct BatchOptions {
   // Pack several text-only conversations into one row (segment ids keep
   // attention inside each); a conversation with images is then an error.
   bool pack = false;
+  // The model has no vision tower: a conversation with images is a bad
+  // example naming its source (an error, or skipped with skip_bad).
+  bool text_only = false;
   bool shuffle = true;
   uint64_t seed = 0;
   // Off: a bad example (missing or corrupt image, longer than seq_len, bad

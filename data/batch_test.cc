@@ -264,6 +264,19 @@ TEST_F(BatchTest, BadConversationsFailWithSourceOrAreCounted) {
   EXPECT_EQ((*loader)->skipped(), 2);
   EXPECT_EQ((*loader)->position(), (LoaderPosition{1, 3}));
 
+  // A text-only model: a conversation with an image is a bad example too.
+  o.skip_bad = false;
+  o.text_only = true;
+  loader = DataLoader::Create({Text(0, 2), WithImage(5, *dir_ + "/img.png")},
+                              tok_, o);
+  ASSERT_TRUE(loader.ok());
+  b = (*loader)->Next();
+  ASSERT_FALSE(b.ok());
+  EXPECT_THAT(b.status().message(), HasSubstr("conv5"));
+  EXPECT_THAT(b.status().message(), HasSubstr("text-only"));
+  o.text_only = false;
+  o.skip_bad = true;
+
   std::vector<Conversation> all_bad = {Text(8, 200)};
   loader = DataLoader::Create(all_bad, tok_, o);
   ASSERT_TRUE(loader.ok());

@@ -44,6 +44,7 @@ class Gemma3TrainModel : public TrainModel {
 
   void ConfigureBatches(BatchOptions& bo) const override {
     bo.chat.mm_tokens_per_image = static_cast<int>(config_.mm_tokens_per_image);
+    bo.text_only = !config_.vision;
     if (config_.vision)
       bo.image.image_size = static_cast<int>(config_.vision->image_size);
   }

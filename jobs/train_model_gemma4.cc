@@ -39,6 +39,7 @@ class Gemma4TrainModel : public TrainModel {
 
   void ConfigureBatches(BatchOptions& bo) const override {
     bo.chat.format = ChatFormat::kGemma4;
+    bo.text_only = !config_.is_vl();
     if (config_.vision) {
       bo.gemma4_image.patch_size = static_cast<int>(config_.vision->patch_size);
       bo.gemma4_image.pooling_kernel_size =
