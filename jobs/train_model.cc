@@ -2,8 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "jobs/train_state.h"
@@ -15,6 +17,30 @@
 #include "model/weights.h"
 
 namespace gemma {
+
+std::pair<int64_t, int64_t> ReplicaNormSkip(
+    const torch::OrderedDict<std::string, std::shared_ptr<torch::nn::Module>>&
+        modules,
+    const std::string& name, const at::Tensor& param) {
+  std::string projection;
+  for (const char* suffix : {".weight", ".lora.b"}) {
+    if (absl::EndsWith(name, suffix)) {
+      projection = name.substr(0, name.size() - std::strlen(suffix));
+    }
+  }
+  const std::shared_ptr<torch::nn::Module>* m = modules.find(projection);
+  if (projection.empty() || m == nullptr || param.dim() != 2) return {0, 0};
+  const auto* p = (*m)->as<ProjectionImpl>();
+  if (p == nullptr || p->tp_split.kind != ProjectionSplit::Kind::kColumn) {
+    return {0, 0};
+  }
+  const ProjectionSplit::Ranges copies = LowerRankCopies(p->tp_split);
+  if (copies.empty()) return {0, 0};
+  TORCH_CHECK(copies.size() == 1, name,
+              ": replicated rows in more than one range");
+  const int64_t cols = param.size(1);
+  return {copies[0].first * cols, copies[0].second * cols};
+}
 
 GradKind GradKindOf(TpGrad tp) {
   switch (tp) {

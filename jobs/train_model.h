@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -45,6 +46,17 @@ enum class GradKind {
 
 // The GradKind of a parameter whose TP relation is `tp` (not an expert).
 GradKind GradKindOf(TpGrad tp);
+
+// Elements [begin, end) of trainable `param` (flattened) that this rank
+// leaves out of the gradient norm because a lower TP rank holds them too
+// (TrainParam::norm_skip): the replicated rows of a column-split projection's
+// weight or LoRA B (model/projection_split.h LowerRankCopies; Gemma 4 KV
+// heads). `name` is the parameter's name in `modules` (the model's
+// named_modules()); {0, 0}: none.
+std::pair<int64_t, int64_t> ReplicaNormSkip(
+    const torch::OrderedDict<std::string, std::shared_ptr<torch::nn::Module>>&
+        modules,
+    const std::string& name, const at::Tensor& param);
 
 class TrainModel {
  public:
@@ -71,13 +83,6 @@ class TrainModel {
   virtual LmLoss Loss(const Batch& batch, bool packed, bool recompute) = 0;
 
   virtual GradKind Grad(const std::string& name) const = 0;
-  // Elements [begin, end) of parameter `name` (flattened) that this rank
-  // leaves out of the gradient norm because another TP rank holds the same
-  // ones (TrainParam::norm_skip); {0, 0}: none.
-  virtual std::pair<int64_t, int64_t> NormSkip(const std::string& name) const {
-    (void)name;
-    return {0, 0};
-  }
 
   // Writes the model folder of a checkpoint (our sharded format) into `dir`.
   // Collective over the ranks that hold different parts of the model (the

@@ -108,30 +108,6 @@ class Gemma4TrainModel : public TrainModel {
     return GradKindOf(Gemma4TpGrad(name, model_->text->tp()));
   }
 
-  std::pair<int64_t, int64_t> NormSkip(const std::string& name) const override {
-    // The K (and V) rows of a KV head replicated over TP ranks count once: on
-    // its first replica. They are the rows past the query heads of the fused
-    // qkv / qk weight, and of its LoRA B.
-    const bool weight = absl::EndsWith(name, ".attn.qk.weight") ||
-                        absl::EndsWith(name, ".attn.qkv.weight");
-    const bool lora_b = absl::EndsWith(name, ".attn.qk.lora.b") ||
-                        absl::EndsWith(name, ".attn.qkv.lora.b");
-    if (!weight && !lora_b) return {0, 0};
-    const std::string module_name = name.substr(0, name.rfind(".attn.") + 5);
-    for (const auto& m : model_->named_modules()) {
-      if (m.key() != module_name) continue;
-      const auto* attn = m.value()->as<Gemma4AttentionImpl>();
-      if (attn == nullptr || attn->kv_replica == 0) return {0, 0};
-      at::Tensor t;
-      for (const auto& p : model_->named_parameters()) {
-        if (p.key() == name) t = p.value();
-      }
-      if (!t.defined() || t.dim() != 2) return {0, 0};
-      return {attn->num_heads * attn->head_dim * t.size(1), t.numel()};
-    }
-    return {0, 0};
-  }
-
   CheckpointLayout layout() const {
     return {groups_.tp->size(), groups_.ep->size()};
   }

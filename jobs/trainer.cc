@@ -212,13 +212,14 @@ absl::Status Trainer::Init() {
   oo.adamw.eps = optim.eps() > 0 ? optim.eps() : 1e-8;
   oo.adamw.weight_decay = optim.weight_decay();
   std::vector<TrainParam> params, experts;
+  const auto modules = model_->module().named_modules();
   for (const auto& [name, param] : trainable_) {
     const GradKind kind = model_->Grad(name);
     (kind == GradKind::kExpert ? experts : params)
         .push_back({name, param,
                     /*tp_sharded=*/kind == GradKind::kTpSharded,
                     /*tp_partial=*/kind == GradKind::kTpPartial,
-                    /*norm_skip=*/model_->NormSkip(name)});
+                    /*norm_skip=*/ReplicaNormSkip(modules, name, param)});
   }
   auto built = Guarded<bool>("gradient buffers and optimizer", [&] {
     if (!params.empty()) {

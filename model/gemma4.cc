@@ -76,26 +76,14 @@ Gemma4AttentionImpl::Gemma4AttentionImpl(int64_t hidden, int64_t nq,
         ColumnSplit(tp.comm, nkv * group_rows, hidden, std::move(ranges));
     o->tp_split = RowSplit(tp.comm, hidden, nq * hd);
   }
-  if (nkv % n != 0) {
+  if (qkv->tp_split.has_replicas()) {
     // KV head g is replicated on the n / nkv ranks [g n / nkv, (g+1) n / nkv),
     // each computing it for its own query heads only: the gradient of its
-    // rows is the sum of the replicas' gradients. Summed over the whole TP
-    // group with each rank's rows at its group's slot (cheap: nkv x kv_rows x
-    // H elements per layer).
-    const int64_t group = tp.rank() / (n / nkv);
-    kv_replica = tp.rank() % (n / nkv);
-    const int64_t q_rows = num_heads * hd;
-    std::shared_ptr<Comm> comm = tp.comm;
-    qkv->weight.register_hook([comm, group, nkv, q_rows,
-                               kv_rows](const torch::Tensor& grad) {
-      torch::Tensor slots = torch::zeros({nkv, kv_rows, grad.size(1)},
-                                         grad.options());
-      slots.select(0, group).copy_(grad.narrow(0, q_rows, kv_rows));
-      comm->AllReduceSum(slots);
-      torch::Tensor out = grad.clone();
-      out.narrow(0, q_rows, kv_rows).copy_(slots.select(0, group));
-      return out;
-    });
+    // rows is the sum of the replicas' gradients.
+    qkv->weight.register_hook(
+        [s = qkv->tp_split](const torch::Tensor& grad) {
+          return SumReplicas(s, grad);
+        });
   }
 }
 

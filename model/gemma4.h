@@ -43,8 +43,9 @@
 // (26B-A4B's full layers: 2 KV heads, TP 4) replicate each KV head on the
 // tp / nkv ranks that share it, each with its own query heads (as vLLM
 // does); the gradient of those key/value rows is summed over the replicas in
-// backward (a hook on the weight), so every rank holds the full gradient of
-// its shard. Attention and the dense MLP are column- then row-parallel
+// backward (a hook on the weight: SumReplicas of qkv's tp_split,
+// model/projection_split.h), so every rank holds the full gradient of its
+// shard. Attention and the dense MLP are column- then row-parallel
 // (CopyToTpRegion / ReduceFromTpRegion around them); the MoE block splits the
 // tokens over the TP ranks (model/moe.h). No sequence parallelism.
 #ifndef GEMMA_MODEL_GEMMA4_H_
@@ -97,10 +98,6 @@ class Gemma4AttentionImpl : public torch::nn::Module {
                         LayerKvCache* cache = nullptr);
 
   int64_t num_heads, num_kv_heads, head_dim;  // local (this TP rank)
-  // Under TP with a replicated KV head: this rank's index among the ranks
-  // sharing it (0 for the first, and without replication). The weight's rows
-  // [num_heads hd, end) are that head's K (and V).
-  int64_t kv_replica = 0;
   bool k_eq_v;
   double eps;
   bool axial_2d;

@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include <set>
+#include <algorithm>
 
 namespace gemma {
 namespace {
@@ -25,15 +25,7 @@ void CheckEvenly(int64_t size, int n, const char* what) {
 }  // namespace
 
 bool ProjectionSplit::has_replicas() const {
-  std::set<int64_t> seen;
-  for (const Ranges& r : ranges) {
-    for (const auto& [b, e] : r) {
-      for (int64_t i = b; i < e; ++i) {
-        if (!seen.insert(i).second) return true;
-      }
-    }
-  }
-  return false;
+  return !ReplicatedRanges(*this).empty();
 }
 
 ProjectionSplit ColumnSplit(std::shared_ptr<Comm> comm, int64_t out, int64_t in,
@@ -121,23 +113,107 @@ at::Tensor GatherSplit(const ProjectionSplit& split, const at::Tensor& shard,
   return whole;
 }
 
+namespace {
+
+// Sorted, merged copy of `r` (empty ranges dropped).
+ProjectionSplit::Ranges Merged(ProjectionSplit::Ranges r) {
+  std::sort(r.begin(), r.end());
+  ProjectionSplit::Ranges out;
+  for (const auto& [b, e] : r) {
+    if (b >= e) continue;
+    if (!out.empty() && b <= out.back().second) {
+      out.back().second = std::max(out.back().second, e);
+    } else {
+      out.push_back({b, e});
+    }
+  }
+  return out;
+}
+
+// Calls fn(local_offset, global_begin, count) for every piece of rank
+// `rank`'s shard that lies in `within` (global ranges).
+template <typename Fn>
+void ForEachOverlap(const ProjectionSplit& split, int rank,
+                    const ProjectionSplit::Ranges& within, Fn fn) {
+  int64_t offset = 0;
+  for (const auto& [b, e] : split.ranges[static_cast<size_t>(rank)]) {
+    for (const auto& [wb, we] : within) {
+      const int64_t lo = std::max(b, wb), hi = std::min(e, we);
+      if (lo < hi) fn(offset + lo - b, lo, hi - lo);
+    }
+    offset += e - b;
+  }
+}
+
+}  // namespace
+
+ProjectionSplit::Ranges ReplicatedRanges(const ProjectionSplit& split) {
+  ProjectionSplit::Ranges shared;
+  for (size_t r = 0; r < split.ranges.size(); ++r) {
+    for (size_t q = r + 1; q < split.ranges.size(); ++q) {
+      for (const auto& [b, e] : split.ranges[r]) {
+        for (const auto& [qb, qe] : split.ranges[q]) {
+          shared.push_back({std::max(b, qb), std::min(e, qe)});
+        }
+      }
+    }
+  }
+  return Merged(std::move(shared));
+}
+
+ProjectionSplit::Ranges LowerRankCopies(const ProjectionSplit& split) {
+  if (!split.split()) return {};
+  const int me = split.rank();
+  ProjectionSplit::Ranges lower;
+  for (int q = 0; q < me; ++q) {
+    for (const auto& r : split.ranges[static_cast<size_t>(q)]) {
+      lower.push_back(r);
+    }
+  }
+  lower = Merged(std::move(lower));
+  ProjectionSplit::Ranges local;
+  ForEachOverlap(split, me, lower, [&](int64_t at, int64_t, int64_t n) {
+    local.push_back({at, at + n});
+  });
+  return Merged(std::move(local));
+}
+
 at::Tensor SumReplicas(const ProjectionSplit& split, const at::Tensor& grad) {
   TORCH_CHECK(split.kind == ProjectionSplit::Kind::kColumn,
               "projection split: SumReplicas needs a column split");
   torch::NoGradGuard no_grad;
+  const ProjectionSplit::Ranges shared = ReplicatedRanges(split);
+  if (shared.empty()) return grad;
   Comm& comm = *split.comm;
-  // Every rank's rows at their global places; each index sums its holders.
-  std::vector<int64_t> shape = grad.sizes().vec();
-  shape[0] = split.out;
-  at::Tensor whole = torch::zeros(shape, grad.options().device(comm.device()));
-  int64_t offset = 0;
-  for (const auto& [b, e] : split.ranges[static_cast<size_t>(comm.rank())]) {
-    whole.narrow(0, b, e - b)
-        .add_(grad.narrow(0, offset, e - b).to(whole.device()));
-    offset += e - b;
+  // The replicated rows only, packed in global order: each rank adds its
+  // copies at their packed places; the sum over the group is every holder's.
+  std::vector<int64_t> packed_at;  // packed offset of each shared range
+  int64_t total = 0;
+  for (const auto& [b, e] : shared) {
+    packed_at.push_back(total);
+    total += e - b;
   }
-  comm.AllReduceSum(whole);
-  return ShardOf(split, whole, 0).to(grad.device()).contiguous();
+  auto packed_offset = [&](int64_t global) {
+    size_t i = 0;
+    while (shared[i].second <= global) ++i;
+    return packed_at[i] + global - shared[i].first;
+  };
+  std::vector<int64_t> shape = grad.sizes().vec();
+  shape[0] = total;
+  at::Tensor buf = torch::zeros(shape, grad.options().device(comm.device()));
+  ForEachOverlap(split, comm.rank(), shared,
+                 [&](int64_t at, int64_t global, int64_t n) {
+                   buf.narrow(0, packed_offset(global), n)
+                       .add_(grad.narrow(0, at, n).to(buf.device()));
+                 });
+  comm.AllReduceSum(buf);
+  at::Tensor out = grad.clone();
+  ForEachOverlap(split, comm.rank(), shared,
+                 [&](int64_t at, int64_t global, int64_t n) {
+                   out.narrow(0, at, n).copy_(
+                       buf.narrow(0, packed_offset(global), n));
+                 });
+  return out;
 }
 
 }  // namespace gemma

@@ -80,9 +80,19 @@ at::Tensor GatherSplit(const ProjectionSplit& split, const at::Tensor& shard,
 
 // Collective: `grad` (a gradient of a shard split along dim 0 of a kColumn
 // split) with the rows held by several ranks replaced by their sum over
-// those ranks; other rows unchanged. For gradient hooks of replicated rows
-// (Gemma 4 KV heads).
+// those ranks; other rows unchanged. Only the replicated rows travel. For
+// gradient hooks of replicated rows (Gemma 4 KV heads: on the weight and on
+// LoRA B).
 at::Tensor SumReplicas(const ProjectionSplit& split, const at::Tensor& grad);
+
+// The global indices held by more than one rank, as sorted disjoint ranges.
+ProjectionSplit::Ranges ReplicatedRanges(const ProjectionSplit& split);
+
+// This rank's local positions (offsets into its shard along the split
+// dimension) of the indices a LOWER rank holds too, as sorted disjoint
+// ranges: what this rank leaves out when every index must count once (the
+// gradient norm).
+ProjectionSplit::Ranges LowerRankCopies(const ProjectionSplit& split);
 
 }  // namespace gemma
 
