@@ -26,6 +26,7 @@
 #include "bench/kineto_profile.h"
 #include "common/flags.h"
 #include "model/config.h"
+#include "model/fused_ops.h"
 #include "model/generate.h"
 #include "model/layers.h"
 #include "model/lora_adapter.h"
@@ -174,10 +175,15 @@ int Run(int argc, char** argv) {
                "cache eager)");
   flags.Bool("recompute", &recompute,
              "sft/lora: recompute each decoder layer in backward");
+  std::string fused = "1";
+  flags.String("fused", &fused,
+               "fused CUDA kernels for the norms, rope, gelu*up and residual "
+               "adds (model/fused_ops.h): 1, 0, or both (a row without them "
+               "first, the baseline, then with them, in this process)");
   std::string profile_dir;
   flags.String("profile", &profile_dir,
-               "sft/lora: profile one extra step with Kineto into this "
-               "directory");
+               "profile with Kineto into this directory: sft/lora one extra "
+               "step, decode one eager static-cache generation of 32 tokens");
   absl::Status parsed = flags.Parse(argc, argv);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
@@ -188,6 +194,13 @@ int Run(int argc, char** argv) {
     return 2;
   }
 
+  std::vector<bool> fused_settings;
+  if (fused == "0" || fused == "both") fused_settings.push_back(false);
+  if (fused == "1" || fused == "both") fused_settings.push_back(true);
+  if (fused_settings.empty()) {
+    std::cerr << "--fused must be 0, 1 or both\n";
+    return 2;
+  }
   auto config = Gemma3Preset(preset);
   if (!config.ok()) {
     std::cerr << config.status() << "\n";
@@ -290,34 +303,44 @@ int Run(int argc, char** argv) {
                         false, std::nullopt, std::nullopt);
       for (auto& p : params) p.mutable_grad() = torch::Tensor();
     };
-    for (int64_t i = 0; i < warmup; ++i) step();
-    Sync(dev);
-    ResetPeak(dev);
-    const double t0 = Now();
-    for (int64_t i = 0; i < steps; ++i) step();
-    Sync(dev);
-    const double dt = (Now() - t0) / steps;
-    const double tokens = static_cast<double>(batch * seq);
-    // A full step is forward + backward (2x forward); LoRA's backward skips
-    // the frozen weights' gradients (about 1x forward) and adds the small
-    // adapter matmuls (left out).
-    const double flops =
-        (mode == "lora" ? 2 : 3) * ForwardFlops(c, seq, images) * batch;
-    out["trainable_params"] = trainable;
-    out["step_s"] = dt;
-    out["tokens_per_s"] = tokens / dt;
-    out["tflops"] = flops / dt / 1e12;
-    out["peak_gib"] = PeakGiB(dev);
-    out["seq"] = seq;
-    out["batch"] = batch;
-    out["images"] = images;
-    out["recompute"] = recompute;
+    double baseline_s = 0;
+    for (const bool on : fused_settings) {
+      SetFusedKernels(on);
+      for (int64_t i = 0; i < warmup; ++i) step();
+      Sync(dev);
+      ResetPeak(dev);
+      const double t0 = Now();
+      for (int64_t i = 0; i < steps; ++i) step();
+      Sync(dev);
+      const double dt = (Now() - t0) / steps;
+      const double tokens = static_cast<double>(batch * seq);
+      // A full step is forward + backward (2x forward); LoRA's backward
+      // skips the frozen weights' gradients (about 1x forward) and adds the
+      // small adapter matmuls (left out).
+      const double flops =
+          (mode == "lora" ? 2 : 3) * ForwardFlops(c, seq, images) * batch;
+      nlohmann::json row = out;
+      row["fused_kernels"] = on;
+      row["trainable_params"] = trainable;
+      row["step_s"] = dt;
+      row["tokens_per_s"] = tokens / dt;
+      row["tflops"] = flops / dt / 1e12;
+      row["peak_gib"] = PeakGiB(dev);
+      row["seq"] = seq;
+      row["batch"] = batch;
+      row["images"] = images;
+      row["recompute"] = recompute;
+      if (!on) baseline_s = dt;
+      if (on && baseline_s > 0) row["speedup_vs_unfused"] = baseline_s / dt;
+      std::cout << row.dump() << std::endl;
+    }
     if (!profile_dir.empty()) {
       KinetoProfile prof;
       step();
       Sync(dev);
       prof.Finish(profile_dir);
     }
+    return 0;
   } else if (mode == "decode") {
     // One row per variant: the growing cache (eager), the static cache
     // (eager) and the static cache replayed as CUDA graphs.
@@ -345,7 +368,10 @@ int Run(int argc, char** argv) {
     // setup (static cache, graph capture): (t(n + 1) - t(k + 1)) / (n - k).
     const int64_t k = std::min<int64_t>(16, new_tokens / 4);
     std::map<std::string, torch::Tensor> last_tokens;
+    std::map<std::string, double> unfused_rate;
+    for (const bool on : fused_settings)
     for (const Variant& var : variants) {
+      SetFusedKernels(on);
       GenerateOptions go;
       go.stop_token_ids = {};
       go.return_step_logits = false;
@@ -380,6 +406,10 @@ int Run(int argc, char** argv) {
       // What a call spends besides prefill and its steps (graph capture).
       row["setup_s"] = std::max(0.0, tk - t1 - k * per_token);
       row["decode_tokens_per_s"] = 1.0 / per_token;
+      row["fused_kernels"] = on;
+      if (!on) unfused_rate[var.name] = 1.0 / per_token;
+      if (on && unfused_rate.count(var.name))
+        row["speedup_vs_unfused"] = unfused_rate[var.name] * per_token;
       row["weight_bytes"] = weight_bytes;
       row["peak_gib"] = PeakGiB(dev);
       row["prompt"] = prompt;
@@ -390,6 +420,21 @@ int Run(int argc, char** argv) {
             torch::equal(last_tokens["static"], last_tokens["graphs"]);
       }
       std::cout << row.dump() << std::endl;
+    }
+    if (!profile_dir.empty()) {
+      // Eager static-cache steps: every kernel of a token shows in the trace.
+      GenerateOptions go;
+      go.stop_token_ids = {};
+      go.return_step_logits = false;
+      go.cuda_graphs = false;
+      go.static_cache = true;
+      go.max_new_tokens = 32;
+      TORCH_CHECK(Generate(model, in, go).ok(), "decode warm-up failed");
+      Sync(dev);
+      KinetoProfile prof;
+      TORCH_CHECK(Generate(model, in, go).ok(), "decode failed");
+      Sync(dev);
+      prof.Finish(profile_dir);
     }
     return 0;
   } else {

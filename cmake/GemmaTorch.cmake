@@ -25,7 +25,7 @@ target_include_directories(gemma_torch SYSTEM INTERFACE
 target_compile_definitions(gemma_torch INTERFACE _GLIBCXX_USE_CXX11_ABI=1 USE_C10D_GLOO=1)
 # Every LibTorch user compiles with -pthread (gRPC's targets add it too), so
 # that one precompiled header fits them all (it defines _REENTRANT).
-target_compile_options(gemma_torch INTERFACE -pthread)
+target_compile_options(gemma_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-pthread>)
 target_link_libraries(gemma_torch INTERFACE
     ${_lib}/libtorch.so ${_lib}/libtorch_cpu.so ${_lib}/libc10.so Threads::Threads)
 if(GEMMA_WITH_CUDA)

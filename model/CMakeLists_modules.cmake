@@ -21,16 +21,29 @@ add_library(gemma_model_modules STATIC
   projection_split.cc
   lora_adapter.cc
   recompute.cc
+  fused_ops.cc
 )
 target_include_directories(gemma_model_modules PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(gemma_model_modules PUBLIC gemma_model_config gemma_common gemma_torch)
 gemma_torch_pch(gemma_model_modules)
+if(GEMMA_WITH_CUDA)
+  # The fused kernels (model/fused_ops.h): one CUDA translation unit.
+  add_library(gemma_model_cuda STATIC fused_kernels.cu)
+  target_include_directories(gemma_model_cuda PRIVATE ${CMAKE_SOURCE_DIR})
+  target_link_libraries(gemma_model_cuda PRIVATE gemma_torch)
+  set_target_properties(gemma_model_cuda PROPERTIES
+    CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON POSITION_INDEPENDENT_CODE ON)
+  target_link_libraries(gemma_model_modules PUBLIC gemma_model_cuda)
+endif()
 
 gemma_add_test(NAME model_config_test SOURCES config_test.cc
                LIBS gemma_model_config LABELS model)
 gemma_add_test(NAME model_layers_test SOURCES layers_test.cc
                LIBS gemma_model_modules LABELS model)
 gemma_torch_pch(model_layers_test)
+gemma_add_test(NAME model_fused_ops_test SOURCES fused_ops_test.cc
+               LIBS gemma_model_modules LABELS model)
+gemma_torch_pch(model_fused_ops_test)
 gemma_add_test(NAME model_loss_test SOURCES loss_test.cc
                LIBS gemma_model_modules LABELS model)
 gemma_torch_pch(model_loss_test)

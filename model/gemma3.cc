@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "model/fused_ops.h"
 #include "model/kv_cache.h"
 #include "model/recompute.h"
 
@@ -63,10 +64,19 @@ torch::Tensor Gemma3DecoderLayerImpl::forward(
     const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
     const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan) {
   const bool sp = tp_.sequence_parallel && cache == nullptr;
-  torch::Tensor h =
-      x + post_attn_norm(Exit(attn->forward(Enter(input_norm(x), sp), cos, sin,
-                                            bias, cache, plan),
-                              sp));
+  torch::Tensor a = Exit(
+      attn->forward(Enter(input_norm(x), sp), cos, sin, bias, cache, plan), sp);
+  if (!at::GradMode::is_enabled() && FusedApplies(a)) {
+    // Inference: each residual add joins its norms in one kernel.
+    const double eps = post_attn_norm->options.eps();
+    auto [h, y] = FusedResidualNorm(x, a, post_attn_norm->weight,
+                                    pre_mlp_norm->weight, eps, /*offset=*/1.0);
+    torch::Tensor m = Exit(mlp(Enter(y, sp)), sp);
+    return FusedResidualNorm(h, m, post_mlp_norm->weight, torch::Tensor(), eps,
+                             1.0)
+        .first;
+  }
+  torch::Tensor h = x + post_attn_norm(a);
   return h + post_mlp_norm(Exit(mlp(Enter(pre_mlp_norm(h), sp)), sp));
 }
 

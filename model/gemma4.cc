@@ -118,13 +118,25 @@ torch::Tensor Gemma4AttentionImpl::forward(const torch::Tensor& x,
     k = k.repeat_interleave(g, 1);
     v = v.repeat_interleave(g, 1);
   }
-  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3));  // scale 1.0
-  if (bias.defined()) scores = scores + bias;
-  torch::Tensor probs =
-      torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
-  torch::Tensor out = torch::matmul(probs, v).transpose(1, 2).reshape(
-      {b, l, num_heads * head_dim});
-  return o(out);
+  torch::Tensor attended;
+  if (UseSdpa(q)) {
+    // Fused attention without the [B, heads, L, T] scores (the default on
+    // CUDA; flash attention takes head_dim <= 256, so the full layers' 512
+    // run the memory-efficient kernel). A boolean mask, as for Gemma 3:
+    // fully masked rows (left padding) give 0 where the eager path gives the
+    // mean of the values; no real token sees the difference.
+    attended = at::scaled_dot_product_attention(
+        q, k, v, bias.defined() ? std::optional<at::Tensor>(bias.eq(0))
+                                : std::nullopt,
+        0.0, /*is_causal=*/!bias.defined(), /*scale=*/1.0);
+  } else {
+    torch::Tensor scores = torch::matmul(q, k.transpose(2, 3));  // scale 1.0
+    if (bias.defined()) scores = scores + bias;
+    torch::Tensor probs =
+        torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
+    attended = torch::matmul(probs, v);
+  }
+  return o(attended.transpose(1, 2).reshape({b, l, num_heads * head_dim}));
 }
 
 // ---- decoder layer

@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "model/fused_ops.h"
 #include "model/kv_cache.h"
 
 namespace gemma {
@@ -23,6 +24,10 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor GemmaRmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
                            double eps, bool fused) {
+  if (fused && FusedApplies(x)) {
+    // One kernel each way, bf16 in and out (fp32 inside): no fp32 copies.
+    return FusedRmsNorm(x, weight, eps, /*offset=*/1.0);
+  }
   torch::Tensor xf = x.to(torch::kFloat);
   torch::Tensor scale = 1.0 + weight.to(torch::kFloat);
   if (fused) {
@@ -310,6 +315,13 @@ AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
       "k_norm", RMSNorm(RMSNormOptions(hd).eps(options.rms_norm_eps())));
 }
 
+torch::Tensor AttentionImpl::NormRope(const torch::Tensor& x, RMSNorm& norm,
+                                      const torch::Tensor& cos,
+                                      const torch::Tensor& sin) {
+  return FusedNormRope(x, /*norm=*/true, norm->weight, norm->options.eps(),
+                       /*offset=*/1.0, cos, sin);
+}
+
 torch::Tensor AttentionImpl::PlannedForward(const torch::Tensor& x,
                                             const torch::Tensor& cos,
                                             const torch::Tensor& sin,
@@ -321,15 +333,21 @@ torch::Tensor AttentionImpl::PlannedForward(const torch::Tensor& x,
   const int64_t g = nq / nkv;
   // [B, L, heads, hd] throughout: flash attention's layout, no transposes.
   torch::Tensor fused = qkv(x).view({b, l, nkv, g + 2, hd});
-  torch::Tensor q = fused.narrow(3, 0, g).reshape({b, l, nq, hd});
-  torch::Tensor k = fused.select(3, g);
+  torch::Tensor q, k;
   torch::Tensor v = fused.select(3, g + 1).contiguous();
-  torch::Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);
-  auto rope = [&](const torch::Tensor& t) {
-    return t * c + RotateHalf(t) * s;  // ApplyRope's math, heads on dim 2
-  };
-  q = rope(q_norm(q));
-  k = rope(k_norm(k));
+  if (FusedApplies(x)) {
+    q = NormRope(fused.narrow(3, 0, g), q_norm, cos, sin).view({b, l, nq, hd});
+    k = NormRope(fused.select(3, g), k_norm, cos, sin);
+  } else {
+    q = fused.narrow(3, 0, g).reshape({b, l, nq, hd});
+    k = fused.select(3, g);
+    torch::Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);
+    auto rope = [&](const torch::Tensor& t) {
+      return t * c + RotateHalf(t) * s;  // ApplyRope's math, heads on dim 2
+    };
+    q = rope(q_norm(q));
+    k = rope(k_norm(k));
+  }
   const double scale = std::pow(options.query_pre_attn_scalar(), -0.5);
   torch::Tensor out;  // [B, L, nq, hd]
   if (plan.window > 0 && plan.window < l) {
@@ -375,12 +393,20 @@ torch::Tensor AttentionImpl::forward(
   const int64_t g = nq / nkv;
   // [B, L, nkv, g + 2, hd]: per KV group, its g query heads, then k, then v.
   torch::Tensor fused = qkv(x).view({b, l, nkv, g + 2, hd});
-  torch::Tensor q =
-      fused.narrow(3, 0, g).reshape({b, l, nq, hd}).transpose(1, 2);
-  torch::Tensor k = fused.select(3, g).transpose(1, 2);
+  torch::Tensor q, k;
   torch::Tensor v = fused.select(3, g + 1).transpose(1, 2);
-  q = ApplyRope(q_norm(q), cos, sin);
-  k = ApplyRope(k_norm(k), cos, sin);
+  if (FusedApplies(x)) {
+    // [B, L, heads, hd] in, contiguous out; viewed as [B, heads, L, hd].
+    q = NormRope(fused.narrow(3, 0, g), q_norm, cos, sin)
+            .view({b, l, nq, hd})
+            .transpose(1, 2);
+    k = NormRope(fused.select(3, g), k_norm, cos, sin).transpose(1, 2);
+  } else {
+    q = fused.narrow(3, 0, g).reshape({b, l, nq, hd}).transpose(1, 2);
+    k = fused.select(3, g).transpose(1, 2);
+    q = ApplyRope(q_norm(q), cos, sin);
+    k = ApplyRope(k_norm(k), cos, sin);
+  }
   if (cache != nullptr) std::tie(k, v) = cache->Update(k, v);
   const double scale = std::pow(options.query_pre_attn_scalar(), -0.5);
   const int64_t t = k.size(2);
@@ -440,7 +466,11 @@ GatedMlpImpl::GatedMlpImpl(const GatedMlpOptions& opts) : options(opts) {
 }
 
 torch::Tensor GatedMlpImpl::forward(const torch::Tensor& x) {
-  std::vector<torch::Tensor> parts = gate_up(x).chunk(2, -1);
+  torch::Tensor gu = gate_up(x);
+  if (FusedApplies(gu, std::numeric_limits<int64_t>::max())) {
+    return down(FusedGeluMul(gu));
+  }
+  std::vector<torch::Tensor> parts = gu.chunk(2, -1);
   return down(torch::gelu(parts[0], "tanh") * parts[1]);
 }
 

@@ -270,6 +270,11 @@ class AttentionImpl : public torch::nn::Module {
   RMSNorm k_norm{nullptr};
 
  private:
+  // rope(norm(x)) per head in one fused CUDA kernel (model/fused_ops.h) for
+  // x [B, L, heads(, g), hd]; contiguous, x's shape.
+  static torch::Tensor NormRope(const torch::Tensor& x, RMSNorm& norm,
+                                const torch::Tensor& cos,
+                                const torch::Tensor& sin);
   torch::Tensor PlannedForward(const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin,
                                const torch::Tensor& bias,

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "model/fused_ops.h"
 #include "model/recompute.h"
 #include "model/tensor_parallel.h"
 
@@ -18,6 +19,10 @@ namespace gemma {
 
 torch::Tensor Gemma4RmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
                             double eps) {
+  if (FusedApplies(x)) {
+    // One kernel each way (model/fused_ops.h), the same fp32 math.
+    return FusedRmsNorm(x, weight, eps, /*offset=*/0.0);
+  }
   torch::Tensor x32 = x.to(torch::kFloat);
   torch::Tensor out =
       x32 * torch::pow(x32.pow(2).mean(-1, /*keepdim=*/true) + eps, -0.5);

@@ -24,6 +24,7 @@
 #include "model/gemma4.h"
 #include "model/gemma4_model.h"
 #include "model/hf_mapping_gemma4.h"
+#include "model/layers.h"
 #include "model/moe.h"
 #include "model/safetensors.h"
 #include "model/safetensors_torch.h"
@@ -252,6 +253,35 @@ TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(torch::equal(r->at("text.layers.3.attn.qk.weight"),
                            folder->tensors.at("text.layers.3.attn.qk.weight")));
+}
+
+// Fused attention (SDPA, the GPU default) against the eager kernel that the
+// tests above hold to transformers: logits and every gradient of the
+// unpadded row (SDPA gives fully masked pad rows 0, eager the mean of the
+// values, so padded rows are compared through their real tokens only in
+// LogitsMatchHf; ctest's gemma4_parity_sdpa runs that one under SDPA).
+TEST_F(Gemma4ParityTest, SdpaMatchesEagerWithGradients) {
+  const AttentionKernel before = GetAttentionKernel();
+  model_->train();
+  torch::Tensor ids = io_.at("input_ids").narrow(0, 0, 1);
+  torch::Tensor probe = io_.at("grad_probe").narrow(0, 0, 1);
+  auto run = [&](AttentionKernel kernel) {
+    SetAttentionKernel(kernel);
+    model_->zero_grad();
+    torch::Tensor logits = model_->forward(ids);
+    (logits * probe).sum().backward();
+    std::map<std::string, torch::Tensor> grads;
+    for (const auto& p : model_->named_parameters())
+      grads[p.key()] = p.value().grad().clone();
+    return std::make_pair(logits.detach(), grads);
+  };
+  auto [eager, eager_grads] = run(AttentionKernel::kEager);
+  auto [sdpa, sdpa_grads] = run(AttentionKernel::kSdpa);
+  SetAttentionKernel(before);
+  EXPECT_LE(RelErr(sdpa, eager), 1e-5);
+  ASSERT_EQ(sdpa_grads.size(), eager_grads.size());
+  for (const auto& [name, g] : eager_grads)
+    EXPECT_LE(RelErr(sdpa_grads.at(name), g), 1e-4) << name;
 }
 
 // GenerateGemma4: greedy tokens equal transformers' with and without the

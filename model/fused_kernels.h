@@ -1,0 +1,64 @@
+// Launchers of the fused CUDA kernels (model/fused_kernels.cu), compiled only
+// with GEMMA_WITH_CUDA. Callers go through model/fused_ops.h, which adds the
+// autograd wiring and decides when a kernel applies; these functions check
+// shapes and dtypes and run on the current CUDA stream (graph-capture safe:
+// no host syncs, outputs from the caching allocator).
+//
+// Every kernel reads float, bf16 or fp16 (each operand its own dtype), does
+// its arithmetic in fp32 and rounds once when it stores. "Norm" is the
+// Gemma RMSNorm x * rsqrt(mean(x^2) + eps) * (offset + w) over the last
+// dimension (offset 1 for Gemma 3's stored "w"; w undefined means scale 1).
+#ifndef GEMMA_MODEL_FUSED_KERNELS_H_
+#define GEMMA_MODEL_FUSED_KERNELS_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+
+namespace gemma::fused_cuda {
+
+// y = Norm(x) ([..., n], x's dtype). With `rstd` non-null, also the per-row
+// reciprocal RMS [rows] (fp32) the backward needs.
+at::Tensor RmsNormForward(const at::Tensor& x, const at::Tensor& w,
+                          double offset, double eps, at::Tensor* rstd);
+
+// Gradients of RmsNormForward: dx (x's dtype) and, when `want_dw`, dw (w's
+// dtype; summed over rows in fp32).
+std::pair<at::Tensor, at::Tensor> RmsNormBackward(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd,
+    const at::Tensor& w, double offset, bool want_dw);
+
+// Inference: h = residual + Norm(x; w) (rounded to residual's dtype) and,
+// when w2 is defined, y = Norm(h; w2); one kernel. Returns {h, y}.
+std::pair<at::Tensor, at::Tensor> ResidualRmsNorm(const at::Tensor& residual,
+                                                  const at::Tensor& x,
+                                                  const at::Tensor& w,
+                                                  const at::Tensor& w2,
+                                                  double offset, double eps);
+
+// Per-head norm then rotary embedding, for x [B, L, d2, (d3,) hd] (any
+// strides, the last dimension contiguous) and cos, sin [B or 1, L, hd]:
+// y = rope(Norm(x)) with rope(t) = t * cos + rotate_half(t) * sin. Without
+// `norm` only the rope; with cos undefined only the norm. y is contiguous,
+// x's shape and dtype. `rstd` as in RmsNormForward (rows = all but hd).
+at::Tensor NormRopeForward(const at::Tensor& x, bool norm, const at::Tensor& w,
+                           double offset, double eps, const at::Tensor& cos,
+                           const at::Tensor& sin, at::Tensor* rstd);
+
+// Gradients of NormRopeForward: dx (contiguous, x's shape) and, when
+// `want_dw`, dw.
+std::pair<at::Tensor, at::Tensor> NormRopeBackward(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd,
+    bool norm, const at::Tensor& w, double offset, const at::Tensor& cos,
+    const at::Tensor& sin, bool want_dw);
+
+// gelu_tanh(gate) * up for gate_up [..., 2I] (gate the first I columns of
+// each row, up the last I): [..., I].
+at::Tensor GeluMulForward(const at::Tensor& gate_up);
+
+// d(gate_up) [..., 2I] from dy [..., I].
+at::Tensor GeluMulBackward(const at::Tensor& dy, const at::Tensor& gate_up);
+
+}  // namespace gemma::fused_cuda
+
+#endif  // GEMMA_MODEL_FUSED_KERNELS_H_

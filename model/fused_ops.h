@@ -1,0 +1,64 @@
+// Fused CUDA kernels for the Gemma decoder's elementwise work (RMSNorm,
+// per-head norm + rotary embedding, gelu_tanh(gate) * up, residual add +
+// norm), with autograd. On a GPU the unfused formulation spends as much time
+// in small elementwise kernels and dtype copies as in the GEMMs of a training
+// step, and a decode step is ~85 kernels a layer; these cut that to one
+// kernel per fused block (forward) and one or two (backward).
+//
+// The math is the ATen formulation's (model/layers.h): fp32 inside, rounded
+// once when stored, where the unfused path rounds after each op. The CUDA
+// unit tests (model/fused_ops_test.cc) hold the two to each other, and the
+// GPU parity suite holds the model to transformers.
+//
+// The kernels serve CUDA float, bf16 and fp16 tensors in builds with
+// GEMMA_WITH_CUDA; elsewhere (and with GEMMA_FUSED_KERNELS=0, or
+// SetFusedKernels(false), e.g. for a benchmark's baseline) callers take the
+// ATen path. Callers ask FusedApplies first.
+#ifndef GEMMA_MODEL_FUSED_OPS_H_
+#define GEMMA_MODEL_FUSED_OPS_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+
+namespace gemma {
+
+// Whether this build has the kernels (GEMMA_WITH_CUDA).
+bool FusedKernelsBuilt();
+// On unless GEMMA_FUSED_KERNELS=0 or SetFusedKernels(false).
+bool FusedKernelsEnabled();
+void SetFusedKernels(bool on);
+
+// Whether the fused kernels serve rows of `x`: built, enabled, x on CUDA in
+// float, bf16 or fp16, last dimension at most `max_row` elements.
+bool FusedApplies(const at::Tensor& x, int64_t max_row = 12000);
+
+// x * rsqrt(mean(x^2) + eps) * (offset + w) over the last dimension (w
+// undefined: scale 1), in x's dtype. Differentiable in x and w.
+at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& w, double eps,
+                        double offset);
+
+// rope(norm(x)) per head for x [B, L, d2(, d3), hd] (any strides, hd
+// contiguous) with cos, sin [B or 1, L, hd]: norm as FusedRmsNorm (skipped
+// when `norm` is false), rope(t) = t * cos + rotate_half(t) * sin (skipped
+// when cos is undefined). Returns a contiguous tensor of x's shape.
+// Differentiable in x and w.
+at::Tensor FusedNormRope(const at::Tensor& x, bool norm, const at::Tensor& w,
+                         double eps, double offset, const at::Tensor& cos,
+                         const at::Tensor& sin);
+
+// gelu_tanh(gate) * up for gate_up [..., 2I] (gate first): [..., I].
+// Differentiable.
+at::Tensor FusedGeluMul(const at::Tensor& gate_up);
+
+// Inference only (no autograd): h = residual + norm(x; w), and with w2
+// defined y = norm(h; w2), in one kernel. Returns {h, y}.
+std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor& residual,
+                                                    const at::Tensor& x,
+                                                    const at::Tensor& w,
+                                                    const at::Tensor& w2,
+                                                    double eps, double offset);
+
+}  // namespace gemma
+
+#endif  // GEMMA_MODEL_FUSED_OPS_H_

@@ -1,0 +1,238 @@
+// The fused CUDA kernels (model/fused_ops.h) against the ATen formulation
+// they replace, values and gradients, in fp32 and bf16, on strided inputs and
+// row sizes that are not multiples of the warp. The model-level check against
+// transformers is the GPU parity suite (tests/parity/), which runs with the
+// kernels on. Needs a GPU; on the CPU only the dispatch is checked.
+#include "model/fused_ops.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <tuple>
+#include <vector>
+
+#include "model/config.h"
+#include "model/gemma3.h"
+#include "model/layers.h"
+
+namespace gemma {
+namespace {
+
+const torch::Device kCuda(torch::kCUDA);
+
+double Rel(const torch::Tensor& a, const torch::Tensor& ref) {
+  torch::Tensor r = ref.to(torch::kFloat);
+  return ((a.to(torch::kFloat) - r).norm() / r.norm().clamp_min(1e-30))
+      .item<double>();
+}
+
+// bf16 results against the fp32 math on the same (rounded) inputs.
+double Tol(c10::ScalarType t) { return t == torch::kFloat ? 2e-6 : 1e-2; }
+
+// The ATen reference: Gemma's norm as transformers writes it.
+torch::Tensor RefNorm(const torch::Tensor& x, const torch::Tensor& w,
+                      double eps) {
+  return GemmaRmsNorm(x, w, eps, /*fused=*/false);
+}
+
+torch::Tensor RotateHalf(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+TEST(FusedOpsTest, CpuTensorsTakeTheAtenPath) {
+  EXPECT_FALSE(FusedApplies(torch::zeros({2, 8})));
+  EXPECT_FALSE(FusedApplies(torch::Tensor()));
+  if (!FusedKernelsBuilt()) {
+    EXPECT_THROW(FusedGeluMul(torch::zeros({2, 8})), c10::Error);
+  }
+}
+
+class FusedCudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+    if (!FusedKernelsBuilt()) GTEST_SKIP() << "built without CUDA kernels";
+    torch::manual_seed(5);
+  }
+};
+
+TEST_F(FusedCudaTest, RmsNormValuesAndGradients) {
+  for (int64_t n : {int64_t{64}, int64_t{1000}, int64_t{2560}}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      for (auto wdtype : {torch::kFloat, torch::kBFloat16}) {
+        auto opts = torch::TensorOptions(kCuda);
+        torch::Tensor x0 = torch::randn({3, 7, n}, opts).to(dtype);
+        torch::Tensor w0 = (torch::randn({n}, opts) * 0.3).to(wdtype);
+        torch::Tensor gy = torch::randn({3, 7, n}, opts).to(dtype);
+        // Reference in fp32 on the same values.
+        torch::Tensor xr = x0.to(torch::kFloat).requires_grad_(true);
+        torch::Tensor wr = w0.to(torch::kFloat).requires_grad_(true);
+        torch::Tensor yr = RefNorm(xr, wr, 1e-6);
+        (yr * gy.to(torch::kFloat)).sum().backward();
+
+        torch::Tensor x = x0.clone().requires_grad_(true);
+        torch::Tensor w = w0.clone().requires_grad_(true);
+        torch::Tensor y = FusedRmsNorm(x, w, 1e-6, 1.0);
+        (y * gy).sum().backward();
+        ASSERT_EQ(y.scalar_type(), dtype);
+        ASSERT_EQ(w.grad().scalar_type(), wdtype);
+        const std::string at = "n " + std::to_string(n) + " dtype " +
+                               c10::toString(dtype) + " w " +
+                               c10::toString(wdtype);
+        EXPECT_LT(Rel(y, yr), Tol(dtype)) << at;
+        EXPECT_LT(Rel(x.grad(), xr.grad()), Tol(dtype)) << at;
+        EXPECT_LT(Rel(w.grad(), wr.grad()), Tol(dtype) + Tol(wdtype)) << at;
+      }
+    }
+  }
+}
+
+// q of a fused qkv projection: [B, L, nkv, g, hd] narrowed from
+// [B, L, nkv, g + 2, hd] (strided), cos/sin for one row or per row.
+TEST_F(FusedCudaTest, NormRopeOnStridedHeadsValuesAndGradients) {
+  const int64_t b = 2, l = 5, nkv = 2, g = 3;
+  for (int64_t hd : {int64_t{16}, int64_t{256}}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      for (int64_t cos_rows : {int64_t{1}, b}) {
+        for (int mode = 0; mode < 3; ++mode) {  // norm+rope, rope, norm
+          const bool norm = mode != 1, rope = mode != 2;
+          auto opts = torch::TensorOptions(kCuda);
+          torch::Tensor fused = torch::randn({b, l, nkv, g + 2, hd}, opts).to(dtype);
+          torch::Tensor w0 = (torch::randn({hd}, opts) * 0.3).to(dtype);
+          torch::Tensor ang = torch::randn({cos_rows, l, hd / 2}, opts);
+          ang = torch::cat({ang, ang}, -1);
+          torch::Tensor cos = rope ? ang.cos().to(dtype) : torch::Tensor();
+          torch::Tensor sin = rope ? ang.sin().to(dtype) : torch::Tensor();
+          torch::Tensor gy = torch::randn({b, l, nkv, g, hd}, opts).to(dtype);
+
+          torch::Tensor fr = fused.to(torch::kFloat).requires_grad_(true);
+          torch::Tensor wr = w0.to(torch::kFloat).requires_grad_(true);
+          torch::Tensor q = fr.narrow(3, 0, g);
+          torch::Tensor yr = norm ? RefNorm(q, wr, 1e-6) : q;
+          if (rope) {
+            torch::Tensor c = cos.to(torch::kFloat).view({cos_rows, l, 1, 1, hd});
+            torch::Tensor s = sin.to(torch::kFloat).view({cos_rows, l, 1, 1, hd});
+            yr = yr * c + RotateHalf(yr) * s;
+          }
+          (yr * gy.to(torch::kFloat)).sum().backward();
+
+          torch::Tensor f = fused.clone().requires_grad_(true);
+          torch::Tensor w = w0.clone().requires_grad_(true);
+          torch::Tensor y = FusedNormRope(f.narrow(3, 0, g), norm, w, 1e-6,
+                                          1.0, cos, sin);
+          ASSERT_TRUE(y.is_contiguous());
+          ASSERT_EQ(y.sizes(), yr.sizes());
+          (y * gy).sum().backward();
+          const std::string at = "hd " + std::to_string(hd) + " " +
+                                 c10::toString(dtype) + " cos rows " +
+                                 std::to_string(cos_rows) + " mode " +
+                                 std::to_string(mode);
+          EXPECT_LT(Rel(y, yr), Tol(dtype)) << at;
+          EXPECT_LT(Rel(f.grad(), fr.grad()), Tol(dtype)) << at;
+          // Nothing flows into k and v's rows.
+          EXPECT_EQ(f.grad().narrow(3, g, 2).abs().max().item<float>(), 0.f)
+              << at;
+          if (norm) {
+            EXPECT_LT(Rel(w.grad(), wr.grad()), 2 * Tol(dtype)) << at;
+          } else {
+            EXPECT_FALSE(w.grad().defined()) << at;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(FusedCudaTest, GeluMulValuesAndGradients) {
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    auto opts = torch::TensorOptions(kCuda);
+    torch::Tensor gu0 = (torch::randn({3, 9, 2 * 333}, opts) * 2).to(dtype);
+    torch::Tensor gy = torch::randn({3, 9, 333}, opts).to(dtype);
+    torch::Tensor gr = gu0.to(torch::kFloat).requires_grad_(true);
+    std::vector<torch::Tensor> parts = gr.chunk(2, -1);
+    torch::Tensor yr = torch::gelu(parts[0], "tanh") * parts[1];
+    (yr * gy.to(torch::kFloat)).sum().backward();
+    torch::Tensor gu = gu0.clone().requires_grad_(true);
+    torch::Tensor y = FusedGeluMul(gu);
+    (y * gy).sum().backward();
+    EXPECT_LT(Rel(y, yr), Tol(dtype)) << c10::toString(dtype);
+    EXPECT_LT(Rel(gu.grad(), gr.grad()), Tol(dtype)) << c10::toString(dtype);
+  }
+}
+
+TEST_F(FusedCudaTest, ResidualNormMatchesAddThenNorms) {
+  torch::NoGradGuard no_grad;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    auto opts = torch::TensorOptions(kCuda);
+    const int64_t n = 2560;
+    torch::Tensor res = torch::randn({2, 3, n}, opts).to(dtype);
+    torch::Tensor x = torch::randn({2, 3, n}, opts).to(dtype);
+    torch::Tensor w1 = (torch::randn({n}, opts) * 0.3).to(dtype);
+    torch::Tensor w2 = (torch::randn({n}, opts) * 0.3).to(dtype);
+    torch::Tensor h_ref = res + RefNorm(x, w1, 1e-6);  // rounded as stored
+    torch::Tensor y_ref = RefNorm(h_ref, w2, 1e-6);
+    auto [h, y] = FusedResidualNorm(res, x, w1, w2, 1e-6, 1.0);
+    EXPECT_LT(Rel(h, h_ref), Tol(dtype)) << c10::toString(dtype);
+    EXPECT_LT(Rel(y, y_ref), Tol(dtype)) << c10::toString(dtype);
+    auto [h1, none] = FusedResidualNorm(res, x, w1, torch::Tensor(), 1e-6, 1.0);
+    EXPECT_TRUE(torch::equal(h1, h));
+    EXPECT_FALSE(none.defined());
+  }
+}
+
+// A whole bf16 decoder layer, training (forward + backward) and inference,
+// with the kernels on and off: the same outputs and gradients within bf16.
+TEST_F(FusedCudaTest, DecoderLayerWithAndWithoutKernels) {
+  TextConfig c;
+  c.hidden_size = 256, c.intermediate_size = 512;
+  c.num_heads = 4, c.num_kv_heads = 2, c.head_dim = 64;
+  c.query_pre_attn_scalar = 64;
+  c.num_layers = 1;
+  c.layer_types = {LayerType::kFull};
+  Gemma3DecoderLayer layer(c, LayerType::kFull, TpOptions{});
+  {
+    torch::NoGradGuard g;
+    for (auto& p : layer->parameters()) p.copy_(torch::randn(p.sizes()) * 0.2);
+  }
+  layer->to(kCuda, torch::kBFloat16);
+  const int64_t b = 2, l = 33;
+  torch::Tensor x0 = torch::randn({b, l, c.hidden_size},
+                                  torch::TensorOptions(kCuda).dtype(torch::kBFloat16));
+  torch::Tensor pos = torch::arange(l, torch::TensorOptions(kCuda).dtype(torch::kLong))
+                          .unsqueeze(0);
+  auto [cos, sin] = RopeCosSin(RopeInverseFrequencies(c.head_dim, c.rope_full),
+                               pos, torch::kBFloat16);
+  MaskSpec spec;
+  spec.batch = b, spec.q_len = l, spec.kv_len = l, spec.device = kCuda;
+  torch::Tensor bias = BuildAttentionBias(spec, torch::kBFloat16);
+  torch::Tensor gy = torch::randn_like(x0);
+
+  auto run = [&](bool fused) {
+    SetFusedKernels(fused);
+    layer->zero_grad();
+    torch::Tensor x = x0.clone().requires_grad_(true);
+    torch::Tensor y = layer->forward(x, cos, sin, bias);
+    (y.to(torch::kFloat) * gy.to(torch::kFloat)).sum().backward();
+    torch::Tensor inference;
+    {
+      torch::NoGradGuard g;
+      inference = layer->forward(x0, cos, sin, bias);
+    }
+    std::vector<torch::Tensor> grads{x.grad().clone()};
+    for (auto& p : layer->parameters()) grads.push_back(p.grad().clone());
+    return std::make_tuple(y.detach(), inference, grads);
+  };
+  auto [y_off, inf_off, g_off] = run(false);
+  auto [y_on, inf_on, g_on] = run(true);
+  SetFusedKernels(true);
+  EXPECT_LT(Rel(y_on, y_off), 1e-2);
+  EXPECT_LT(Rel(inf_on, inf_off), 1e-2);
+  EXPECT_LT(Rel(inf_on, y_on), 1e-2);
+  ASSERT_EQ(g_on.size(), g_off.size());
+  for (size_t i = 0; i < g_on.size(); ++i)
+    EXPECT_LT(Rel(g_on[i], g_off[i]), 2e-2) << "gradient " << i;
+}
+
+}  // namespace
+}  // namespace gemma
