@@ -409,7 +409,7 @@ int Run(int argc, char** argv) {
       row["fused_kernels"] = on;
       if (!on) unfused_rate[var.name] = 1.0 / per_token;
       if (on && unfused_rate.count(var.name))
-        row["speedup_vs_unfused"] = unfused_rate[var.name] * per_token;
+        row["speedup_vs_unfused"] = 1.0 / per_token / unfused_rate[var.name];
       row["weight_bytes"] = weight_bytes;
       row["peak_gib"] = PeakGiB(dev);
       row["prompt"] = prompt;

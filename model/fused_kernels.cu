@@ -248,7 +248,7 @@ __global__ void NormRopeFwdKernel(const void* x, int kind, Lead ld,
 __global__ void NormRopeBwdKernel(const void* dy, int dkind, const void* x,
                                   int kind, Lead ld, int64_t rows, int64_t hd,
                                   bool norm, const float* rstd, Scale s,
-                                  Rope rope, void* dx, float* dw) {
+                                  Rope rope, void* dx, Lead dld, float* dw) {
   extern __shared__ float dws[];  // [hd]
   if (dw != nullptr)
     for (int64_t j = threadIdx.x; j < hd; j += blockDim.x) dws[j] = 0.f;
@@ -259,6 +259,7 @@ __global__ void NormRopeBwdKernel(const void* dy, int dkind, const void* x,
        row < rows; row += static_cast<int64_t>(gridDim.x) * warps) {
     int64_t b = 0, l = 0;
     const int64_t xo = RowOffset(ld, row, &b, &l);
+    const int64_t dxo = RowOffset(dld, row, &b, &l);
     const int64_t go = row * hd;
     const int64_t co = b * rope.bstride + l * rope.lstride;
     // The gradient before the rope (its transpose: rope with -sin).
@@ -274,7 +275,7 @@ __global__ void NormRopeBwdKernel(const void* dy, int dkind, const void* x,
                          Load(rope.sin, co + j - half, rope.kind);
     };
     if (!norm) {
-      for (int64_t j = lane; j < hd; j += 32) Store(dx, go + j, kind, dn(j));
+      for (int64_t j = lane; j < hd; j += 32) Store(dx, dxo + j, kind, dn(j));
       continue;
     }
     const float r = rstd[row];
@@ -285,7 +286,7 @@ __global__ void NormRopeBwdKernel(const void* dy, int dkind, const void* x,
     for (int64_t j = lane; j < hd; j += 32) {
       const float g = dn(j);
       const float xh = Load(x, xo + j, kind) * r;
-      Store(dx, go + j, kind, r * (g * s(j) - xh * dot));
+      Store(dx, dxo + j, kind, r * (g * s(j) - xh * dot));
       if (dw != nullptr) atomicAdd(&dws[j], g * xh);
     }
   }
@@ -474,7 +475,7 @@ at::Tensor NormRopeForward(const at::Tensor& x, bool norm, const at::Tensor& w,
 std::pair<at::Tensor, at::Tensor> NormRopeBackward(
     const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& rstd,
     bool norm, const at::Tensor& w, double offset, const at::Tensor& cos,
-    const at::Tensor& sin, bool want_dw) {
+    const at::Tensor& sin, bool want_dw, const at::Tensor& dx_into) {
   c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor dy = dy_in.contiguous();
   TORCH_CHECK(dy.sizes() == x.sizes(), "fused norm+rope backward: dy ",
@@ -484,7 +485,11 @@ std::pair<at::Tensor, at::Tensor> NormRopeBackward(
   const Scale s = norm ? MakeScale(w, offset, hd) : Scale{nullptr, kF32, 0.f};
   at::Tensor keep_cos, keep_sin;
   const Rope rope = RopeOf(x, cos, sin, &keep_cos, &keep_sin);
-  at::Tensor dx = at::empty(x.sizes(), x.options());
+  at::Tensor dx = dx_into.defined() ? dx_into : at::empty(x.sizes(), x.options());
+  TORCH_CHECK(dx.sizes() == x.sizes() && dx.scalar_type() == x.scalar_type() &&
+                  dx.device() == x.device(),
+              "fused norm+rope backward: dx ", dx.sizes(), " for x ", x.sizes());
+  const Lead dld = LeadOf(dx);
   const bool with_dw = want_dw && norm && w.defined();
   at::Tensor dw;
   if (with_dw) dw = at::zeros({hd}, x.options().dtype(at::kFloat));
@@ -496,7 +501,7 @@ std::pair<at::Tensor, at::Tensor> NormRopeBackward(
                         at::cuda::getCurrentCUDAStream()>>>(
         dy.data_ptr(), KindOf(dy, "dy"), x.data_ptr(), KindOf(x, "x"), ld,
         rows, hd, norm, norm ? rstd.data_ptr<float>() : nullptr, s, rope,
-        dx.data_ptr(), with_dw ? dw.data_ptr<float>() : nullptr);
+        dx.data_ptr(), dld, with_dw ? dw.data_ptr<float>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (with_dw) dw = dw.to(w.scalar_type());

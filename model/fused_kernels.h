@@ -45,12 +45,13 @@ at::Tensor NormRopeForward(const at::Tensor& x, bool norm, const at::Tensor& w,
                            double offset, double eps, const at::Tensor& cos,
                            const at::Tensor& sin, at::Tensor* rstd);
 
-// Gradients of NormRopeForward: dx (contiguous, x's shape) and, when
-// `want_dw`, dw.
+// Gradients of NormRopeForward: dx (x's shape; written into `dx_into`, a
+// view of x's shape with hd contiguous, when defined, else a new contiguous
+// tensor) and, when `want_dw`, dw.
 std::pair<at::Tensor, at::Tensor> NormRopeBackward(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd,
     bool norm, const at::Tensor& w, double offset, const at::Tensor& cos,
-    const at::Tensor& sin, bool want_dw);
+    const at::Tensor& sin, bool want_dw, const at::Tensor& dx_into = {});
 
 // gelu_tanh(gate) * up for gate_up [..., 2I] (gate the first I columns of
 // each row, up the last I): [..., I].

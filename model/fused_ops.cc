@@ -93,6 +93,60 @@ class NormRopeFn : public torch::autograd::Function<NormRopeFn> {
   }
 };
 
+class QkvNormRopeFn : public torch::autograd::Function<QkvNormRopeFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& y,
+                               const at::Tensor& q_w, const at::Tensor& k_w,
+                               double eps, double offset, const at::Tensor& cos,
+                               const at::Tensor& sin, int64_t g) {
+    TORCH_CHECK(y.dim() == 5 && g >= 1 && y.size(3) == g + 2,
+                "FusedQkvNormRope: y must be [B, L, nkv, g + 2, hd] with g = ",
+                g, ", got ", y.sizes());
+    at::Tensor rstd_q, rstd_k;
+    at::Tensor q = fused_cuda::NormRopeForward(y.narrow(3, 0, g), true, q_w,
+                                               offset, eps, cos, sin, &rstd_q);
+    at::Tensor k = fused_cuda::NormRopeForward(y.select(3, g), true, k_w,
+                                               offset, eps, cos, sin, &rstd_k);
+    at::Tensor v = y.select(3, g + 1).contiguous();
+    ctx->save_for_backward({y, q_w, k_w, rstd_q, rstd_k, cos, sin});
+    ctx->saved_data["offset"] = offset;
+    ctx->saved_data["g"] = g;
+    return {q, k, v};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& y = saved[0];
+    const int64_t g = ctx->saved_data["g"].toInt();
+    const double offset = ctx->saved_data["offset"].toDouble();
+    at::Tensor dy = at::empty(y.sizes(), y.options());
+    at::Tensor dq_w, dk_w;
+    if (grads[0].defined()) {
+      dq_w = fused_cuda::NormRopeBackward(
+                 grads[0], y.narrow(3, 0, g), saved[3], true, saved[1], offset,
+                 saved[5], saved[6], ctx->needs_input_grad(1),
+                 dy.narrow(3, 0, g))
+                 .second;
+    } else {
+      dy.narrow(3, 0, g).zero_();
+    }
+    if (grads[1].defined()) {
+      dk_w = fused_cuda::NormRopeBackward(
+                 grads[1], y.select(3, g), saved[4], true, saved[2], offset,
+                 saved[5], saved[6], ctx->needs_input_grad(2), dy.select(3, g))
+                 .second;
+    } else {
+      dy.select(3, g).zero_();
+    }
+    if (grads[2].defined()) {
+      dy.select(3, g + 1).copy_(grads[2]);
+    } else {
+      dy.select(3, g + 1).zero_();
+    }
+    return {dy,           dq_w,         dk_w,         at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 class GeluMulFn : public torch::autograd::Function<GeluMulFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_up) {
@@ -120,6 +174,14 @@ at::Tensor FusedNormRope(const at::Tensor& x, bool norm, const at::Tensor& w,
 
 at::Tensor FusedGeluMul(const at::Tensor& gate_up) {
   return GeluMulFn::apply(gate_up);
+}
+
+std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor& y, int64_t g,
+                                         const at::Tensor& q_w,
+                                         const at::Tensor& k_w, double eps,
+                                         double offset, const at::Tensor& cos,
+                                         const at::Tensor& sin) {
+  return QkvNormRopeFn::apply(y, q_w, k_w, eps, offset, cos, sin, g);
 }
 
 std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor& residual,
@@ -153,6 +215,12 @@ at::Tensor FusedNormRope(const at::Tensor&, bool, const at::Tensor&, double,
   NotBuilt();
 }
 at::Tensor FusedGeluMul(const at::Tensor&) { NotBuilt(); }
+std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor&, int64_t,
+                                         const at::Tensor&, const at::Tensor&,
+                                         double, double, const at::Tensor&,
+                                         const at::Tensor&) {
+  NotBuilt();
+}
 std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor&,
                                                     const at::Tensor&,
                                                     const at::Tensor&,

@@ -20,6 +20,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <utility>
+#include <vector>
 
 namespace gemma {
 
@@ -46,6 +47,17 @@ at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& w, double eps,
 at::Tensor FusedNormRope(const at::Tensor& x, bool norm, const at::Tensor& w,
                          double eps, double offset, const at::Tensor& cos,
                          const at::Tensor& sin);
+
+// The attention's inputs from the fused qkv projection's output
+// y [B, L, nkv, g + 2, hd] (per KV group: its g query heads, k, v):
+// {rope(norm(q; q_w)) [B, L, nkv, g, hd], rope(norm(k; k_w)) [B, L, nkv, hd],
+// v [B, L, nkv, hd]}, all contiguous. Differentiable in y, q_w and k_w; the
+// backward writes d(y) in one buffer (no zero-filled slices summed).
+std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor& y, int64_t g,
+                                         const at::Tensor& q_w,
+                                         const at::Tensor& k_w, double eps,
+                                         double offset, const at::Tensor& cos,
+                                         const at::Tensor& sin);
 
 // gelu_tanh(gate) * up for gate_up [..., 2I] (gate first): [..., I].
 // Differentiable.

@@ -26,6 +26,12 @@ double Rel(const torch::Tensor& a, const torch::Tensor& ref) {
       .item<double>();
 }
 
+// A fresh leaf of t's values in `dtype` (never an alias of t: .to() returns
+// t itself when the dtype already matches).
+torch::Tensor Leaf(const torch::Tensor& t, c10::ScalarType dtype) {
+  return t.to(dtype).detach().clone().requires_grad_(true);
+}
+
 // bf16 results against the fp32 math on the same (rounded) inputs.
 double Tol(c10::ScalarType t) { return t == torch::kFloat ? 2e-6 : 1e-2; }
 
@@ -66,13 +72,13 @@ TEST_F(FusedCudaTest, RmsNormValuesAndGradients) {
         torch::Tensor w0 = (torch::randn({n}, opts) * 0.3).to(wdtype);
         torch::Tensor gy = torch::randn({3, 7, n}, opts).to(dtype);
         // Reference in fp32 on the same values.
-        torch::Tensor xr = x0.to(torch::kFloat).requires_grad_(true);
-        torch::Tensor wr = w0.to(torch::kFloat).requires_grad_(true);
+        torch::Tensor xr = Leaf(x0, torch::kFloat);
+        torch::Tensor wr = Leaf(w0, torch::kFloat);
         torch::Tensor yr = RefNorm(xr, wr, 1e-6);
         (yr * gy.to(torch::kFloat)).sum().backward();
 
-        torch::Tensor x = x0.clone().requires_grad_(true);
-        torch::Tensor w = w0.clone().requires_grad_(true);
+        torch::Tensor x = Leaf(x0, dtype);
+        torch::Tensor w = Leaf(w0, wdtype);
         torch::Tensor y = FusedRmsNorm(x, w, 1e-6, 1.0);
         (y * gy).sum().backward();
         ASSERT_EQ(y.scalar_type(), dtype);
@@ -106,8 +112,8 @@ TEST_F(FusedCudaTest, NormRopeOnStridedHeadsValuesAndGradients) {
           torch::Tensor sin = rope ? ang.sin().to(dtype) : torch::Tensor();
           torch::Tensor gy = torch::randn({b, l, nkv, g, hd}, opts).to(dtype);
 
-          torch::Tensor fr = fused.to(torch::kFloat).requires_grad_(true);
-          torch::Tensor wr = w0.to(torch::kFloat).requires_grad_(true);
+          torch::Tensor fr = Leaf(fused, torch::kFloat);
+          torch::Tensor wr = Leaf(w0, torch::kFloat);
           torch::Tensor q = fr.narrow(3, 0, g);
           torch::Tensor yr = norm ? RefNorm(q, wr, 1e-6) : q;
           if (rope) {
@@ -117,8 +123,8 @@ TEST_F(FusedCudaTest, NormRopeOnStridedHeadsValuesAndGradients) {
           }
           (yr * gy.to(torch::kFloat)).sum().backward();
 
-          torch::Tensor f = fused.clone().requires_grad_(true);
-          torch::Tensor w = w0.clone().requires_grad_(true);
+          torch::Tensor f = Leaf(fused, dtype);
+          torch::Tensor w = Leaf(w0, dtype);
           torch::Tensor y = FusedNormRope(f.narrow(3, 0, g), norm, w, 1e-6,
                                           1.0, cos, sin);
           ASSERT_TRUE(y.is_contiguous());
@@ -144,16 +150,68 @@ TEST_F(FusedCudaTest, NormRopeOnStridedHeadsValuesAndGradients) {
   }
 }
 
+// The training path's qkv split: q and k normed and roped, v copied, and one
+// d(qkv) buffer in backward, against the ATen composition.
+TEST_F(FusedCudaTest, QkvNormRopeValuesAndGradients) {
+  const int64_t b = 2, l = 7, nkv = 2, g = 2, hd = 64;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    auto opts = torch::TensorOptions(kCuda);
+    torch::Tensor y0 = torch::randn({b, l, nkv, g + 2, hd}, opts).to(dtype);
+    torch::Tensor qw0 = (torch::randn({hd}, opts) * 0.3).to(dtype);
+    torch::Tensor kw0 = (torch::randn({hd}, opts) * 0.3).to(dtype);
+    torch::Tensor ang = torch::randn({b, l, hd / 2}, opts);
+    ang = torch::cat({ang, ang}, -1);
+    torch::Tensor cos = ang.cos().to(dtype), sin = ang.sin().to(dtype);
+    std::vector<torch::Tensor> gys = {
+        torch::randn({b, l, nkv, g, hd}, opts).to(dtype),
+        torch::randn({b, l, nkv, hd}, opts).to(dtype),
+        torch::randn({b, l, nkv, hd}, opts).to(dtype)};
+
+    torch::Tensor yr = Leaf(y0, torch::kFloat);
+    torch::Tensor qwr = Leaf(qw0, torch::kFloat), kwr = Leaf(kw0, torch::kFloat);
+    torch::Tensor c = cos.to(torch::kFloat).unsqueeze(2);
+    torch::Tensor s = sin.to(torch::kFloat).unsqueeze(2);
+    torch::Tensor qr = RefNorm(yr.narrow(3, 0, g), qwr, 1e-6);
+    qr = qr * c.unsqueeze(3) + RotateHalf(qr) * s.unsqueeze(3);
+    torch::Tensor kr = RefNorm(yr.select(3, g), kwr, 1e-6);
+    kr = kr * c + RotateHalf(kr) * s;
+    torch::Tensor vr = yr.select(3, g + 1);
+    ((qr * gys[0].to(torch::kFloat)).sum() + (kr * gys[1].to(torch::kFloat)).sum() +
+     (vr * gys[2].to(torch::kFloat)).sum())
+        .backward();
+
+    torch::Tensor y = Leaf(y0, dtype);
+    torch::Tensor qw = Leaf(qw0, dtype), kw = Leaf(kw0, dtype);
+    std::vector<torch::Tensor> out =
+        FusedQkvNormRope(y, g, qw, kw, 1e-6, 1.0, cos, sin);
+    ASSERT_EQ(out.size(), 3u);
+    ((out[0] * gys[0]).sum() + (out[1] * gys[1]).sum() + (out[2] * gys[2]).sum())
+        .backward();
+    const std::string at = c10::toString(dtype);
+    EXPECT_LT(Rel(out[0], qr), Tol(dtype)) << at;
+    EXPECT_LT(Rel(out[1], kr), Tol(dtype)) << at;
+    EXPECT_TRUE(torch::equal(out[2], y0.select(3, g + 1))) << at;
+    EXPECT_LT(Rel(y.grad(), yr.grad()), Tol(dtype)) << at;
+    EXPECT_LT(Rel(qw.grad(), qwr.grad()), 2 * Tol(dtype)) << at;
+    EXPECT_LT(Rel(kw.grad(), kwr.grad()), 2 * Tol(dtype)) << at;
+    // Only q used: k's and v's rows of d(qkv) are zero, not garbage.
+    y.mutable_grad() = torch::Tensor();
+    out = FusedQkvNormRope(y, g, qw, kw, 1e-6, 1.0, cos, sin);
+    out[0].sum().backward();
+    EXPECT_EQ(y.grad().narrow(3, g, 2).abs().max().item<float>(), 0.f) << at;
+  }
+}
+
 TEST_F(FusedCudaTest, GeluMulValuesAndGradients) {
   for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
     auto opts = torch::TensorOptions(kCuda);
     torch::Tensor gu0 = (torch::randn({3, 9, 2 * 333}, opts) * 2).to(dtype);
     torch::Tensor gy = torch::randn({3, 9, 333}, opts).to(dtype);
-    torch::Tensor gr = gu0.to(torch::kFloat).requires_grad_(true);
+    torch::Tensor gr = Leaf(gu0, torch::kFloat);
     std::vector<torch::Tensor> parts = gr.chunk(2, -1);
     torch::Tensor yr = torch::gelu(parts[0], "tanh") * parts[1];
     (yr * gy.to(torch::kFloat)).sum().backward();
-    torch::Tensor gu = gu0.clone().requires_grad_(true);
+    torch::Tensor gu = Leaf(gu0, dtype);
     torch::Tensor y = FusedGeluMul(gu);
     (y * gy).sum().backward();
     EXPECT_LT(Rel(y, yr), Tol(dtype)) << c10::toString(dtype);

@@ -333,12 +333,17 @@ torch::Tensor AttentionImpl::PlannedForward(const torch::Tensor& x,
   const int64_t g = nq / nkv;
   // [B, L, heads, hd] throughout: flash attention's layout, no transposes.
   torch::Tensor fused = qkv(x).view({b, l, nkv, g + 2, hd});
-  torch::Tensor q, k;
-  torch::Tensor v = fused.select(3, g + 1).contiguous();
+  torch::Tensor q, k, v;
   if (FusedApplies(x)) {
-    q = NormRope(fused.narrow(3, 0, g), q_norm, cos, sin).view({b, l, nq, hd});
-    k = NormRope(fused.select(3, g), k_norm, cos, sin);
+    // One buffer for d(qkv) in backward (model/fused_ops.h).
+    std::vector<torch::Tensor> qkv_out =
+        FusedQkvNormRope(fused, g, q_norm->weight, k_norm->weight,
+                         q_norm->options.eps(), /*offset=*/1.0, cos, sin);
+    q = qkv_out[0].view({b, l, nq, hd});
+    k = qkv_out[1];
+    v = qkv_out[2];
   } else {
+    v = fused.select(3, g + 1).contiguous();
     q = fused.narrow(3, 0, g).reshape({b, l, nq, hd});
     k = fused.select(3, g);
     torch::Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);
