@@ -99,10 +99,8 @@ TEST(JobSpecYamlTest, ValidationNamesTheField) {
       "peft: {rank: 8, method: dora}\n",
       "r.yaml");
   ASSERT_TRUE(spec.ok()) << spec.status();
-  EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
-              HasSubstr("spec.peft.method: dora is not supported with tensor "
-                        "parallelism"));
-  // LoRA splits over tensor-parallel ranks (model/lora.h).
+  // LoRA and DoRA split over tensor-parallel ranks (model/lora.h).
+  EXPECT_TRUE(ValidateJobSpec(*spec).ok()) << ValidateJobSpec(*spec);
   spec = ParseJobSpecYaml(
       "kind: peft\nparallel: {tp: 2, dp: 2}\nmodel: {path: /m}\n"
       "data: {train: /d.jsonl}\noptim: {lr: 1e-4, max_steps: 5}\n"

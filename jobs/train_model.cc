@@ -23,13 +23,16 @@ std::pair<int64_t, int64_t> ReplicaNormSkip(
         modules,
     const std::string& name, const at::Tensor& param) {
   std::string projection;
-  for (const char* suffix : {".weight", ".lora.b"}) {
+  for (const char* suffix : {".weight", ".lora.b", ".lora.m"}) {
     if (absl::EndsWith(name, suffix)) {
       projection = name.substr(0, name.size() - std::strlen(suffix));
     }
   }
   const std::shared_ptr<torch::nn::Module>* m = modules.find(projection);
-  if (projection.empty() || m == nullptr || param.dim() != 2) return {0, 0};
+  if (projection.empty() || m == nullptr || param.dim() < 1 ||
+      param.dim() > 2) {
+    return {0, 0};
+  }
   const auto* p = (*m)->as<ProjectionImpl>();
   if (p == nullptr || p->tp_split.kind != ProjectionSplit::Kind::kColumn) {
     return {0, 0};
@@ -38,7 +41,7 @@ std::pair<int64_t, int64_t> ReplicaNormSkip(
   if (copies.empty()) return {0, 0};
   TORCH_CHECK(copies.size() == 1, name,
               ": replicated rows in more than one range");
-  const int64_t cols = param.size(1);
+  const int64_t cols = param.dim() == 2 ? param.size(1) : 1;
   return {copies[0].first * cols, copies[0].second * cols};
 }
 

@@ -50,8 +50,8 @@ GradKind GradKindOf(TpGrad tp);
 // Elements [begin, end) of trainable `param` (flattened) that this rank
 // leaves out of the gradient norm because a lower TP rank holds them too
 // (TrainParam::norm_skip): the replicated rows of a column-split projection's
-// weight or LoRA B (model/projection_split.h LowerRankCopies; Gemma 4 KV
-// heads). `name` is the parameter's name in `modules` (the model's
+// weight, LoRA B or DoRA m (model/projection_split.h LowerRankCopies; Gemma 4
+// KV heads). `name` is the parameter's name in `modules` (the model's
 // named_modules()); {0, 0}: none.
 std::pair<int64_t, int64_t> ReplicaNormSkip(
     const torch::OrderedDict<std::string, std::shared_ptr<torch::nn::Module>>&

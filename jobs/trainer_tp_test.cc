@@ -75,6 +75,11 @@ class TrainerTpTest : public ::testing::Test {
     return absl::StrCat(*g_dir, "/", name, "-", getpid());
   }
 
+  // The PEFT tests below, for peft.method `method` ("lora" or "dora").
+  static void PeftAtTpTwoDpTwo(bool sequence_parallel,
+                               const std::string& method);
+  static void Gemma4PeftAtTpTwoEpTwo(const std::string& method);
+
   // `steps` steps of `spec` on tp x dp Gloo ranks (per world rank).
   static absl::StatusOr<TrainerRun> RunRanks(const gemma::v1::JobSpec& spec,
                                              const std::string& root, int tp,
@@ -298,16 +303,26 @@ double ExpectSameTensors(const std::map<std::string, at::Tensor>& got,
   return worst;
 }
 
-// LoRA at TP = 2 x DP = 2 (micro batch 1; with and without sequence
+// LoRA (DoRA) at TP = 2 x DP = 2 (micro batch 1; with and without sequence
 // parallelism) trains like one rank with the whole batch: losses per step
 // within 1e-5 (relative); its adapter checkpoint (saved at TP 2, resumed at
 // TP 2, each rank its shard) and its HF PEFT export hold the TP = 1 run's
 // whole tensors (within 1e-4 of each tensor's max), and its merged model,
 // sharded, the TP = 1 merged weights.
 TEST_P(TpDpTest, PeftEqualsOneRankWithTheWholeBatch) {
-  const std::string sp = GetParam() ? "-sp" : "";
+  PeftAtTpTwoDpTwo(GetParam(), "lora");
+}
+TEST_P(TpDpTest, DoraEqualsOneRankWithTheWholeBatch) {
+  PeftAtTpTwoDpTwo(GetParam(), "dora");
+}
+
+void TrainerTpTest::PeftAtTpTwoDpTwo(bool sequence_parallel,
+                                     const std::string& method) {
+  const std::string sp =
+      (method == "lora" ? "" : "-" + method) + (sequence_parallel ? "-sp" : "");
   auto one = Spec();
   one.set_kind(gemma::v1::JOB_KIND_PEFT);
+  one.mutable_peft()->set_method(method);
   one.mutable_peft()->set_rank(4);
   one.mutable_peft()->set_alpha(8);
   one.mutable_peft()->set_merge(true);
@@ -322,7 +337,7 @@ TEST_P(TpDpTest, PeftEqualsOneRankWithTheWholeBatch) {
   four.mutable_data()->set_batch_size(1);
   four.mutable_parallel()->set_tp(2);
   four.mutable_parallel()->set_dp(2);
-  four.mutable_parallel()->set_sequence_parallel(GetParam());
+  four.mutable_parallel()->set_sequence_parallel(sequence_parallel);
   four.mutable_peft()->set_export_dir(Root("peft4-hf" + sp));
   four.set_output(Root("peft4-out" + sp));
   const std::string root = Root("peft4" + sp);
@@ -334,6 +349,7 @@ TEST_P(TpDpTest, PeftEqualsOneRankWithTheWholeBatch) {
   st = RunPeftRanks(four, root, ParallelLayout{2, 2, 1}, 1, /*save=*/true,
                     /*finish=*/true, &second);
   ASSERT_TRUE(st.ok()) << st;
+  double loss_err = 0;
   for (int r = 0; r < 4; ++r) {
     ASSERT_EQ(first[r].size(), 2u);
     ASSERT_EQ(second[r].size(), 1u);
@@ -341,6 +357,7 @@ TEST_P(TpDpTest, PeftEqualsOneRankWithTheWholeBatch) {
     for (int i = 0; i < 3; ++i) {
       EXPECT_NEAR(losses[i], ref[0][i], 1e-5 * ref[0][i])
           << "rank " << r << " step " << i + 1;
+      loss_err = std::max(loss_err, std::abs(losses[i] / ref[0][i] - 1));
     }
   }
   const double ckpt = ExpectSameTensors(
@@ -358,19 +375,29 @@ TEST_P(TpDpTest, PeftEqualsOneRankWithTheWholeBatch) {
   ASSERT_TRUE(merged1.ok()) << merged1.status();
   const double merged =
       ExpectSameTensors(merged4->tensors, merged1->tensors, 1e-4, "merged");
-  std::cout << "worst relative errors: checkpoint " << ckpt << ", export " << hf
-            << ", merged " << merged << "\n";
+  std::cout << method << (sequence_parallel ? " with" : " without")
+            << " sequence parallelism, worst relative errors: loss " << loss_err
+            << ", checkpoint " << ckpt << ", export " << hf << ", merged "
+            << merged << "\n";
   EXPECT_TRUE(
       PathExists(Root("peft4-out" + sp) + "/merged/rank-00001.safetensors"));
 }
 
-// Gemma 4 LoRA at the reference layout's shape, TP 2 x EP 2 folded on 2
-// ranks (a tiny VL MoE on receipts with images, whose full K=V layers have
+// Gemma 4 LoRA (DoRA) at the reference layout's shape, TP 2 x EP 2 folded on
+// 2 ranks (a tiny VL MoE on receipts with images, whose full K=V layers have
 // 1 KV head, replicated over TP): losses per step equal the TP 1 run's
 // (1e-5 relative), and its HF PEFT export (no V adapters on K=V layers) and
 // merged model hold the TP 1 run's tensors (1e-4 of each tensor's max).
 TEST_F(TrainerTpTest, Gemma4PeftAtTpTwoEpTwoEqualsOneRank) {
+  Gemma4PeftAtTpTwoEpTwo("lora");
+}
+TEST_F(TrainerTpTest, Gemma4DoraAtTpTwoEpTwoEqualsOneRank) {
+  Gemma4PeftAtTpTwoEpTwo("dora");
+}
+
+void TrainerTpTest::Gemma4PeftAtTpTwoEpTwo(const std::string& method) {
   const std::string dir = *g_dir + "/g4";
+  const std::string p = method == "lora" ? "g4peft" : "g4" + method;
   if (!PathExists(dir + "/model/config.json")) {
     ASSERT_TRUE(MakeDirs(dir).ok());
     auto tok = WriteTinyGemma4Tokenizer(dir + "/tokenizer.model",
@@ -384,47 +411,54 @@ TEST_F(TrainerTpTest, Gemma4PeftAtTpTwoEpTwoEqualsOneRank) {
   auto one = Spec();
   one.set_kind(gemma::v1::JOB_KIND_PEFT);
   one.mutable_model()->set_path(dir + "/model");
+  one.mutable_peft()->set_method(method);
   one.mutable_peft()->set_rank(4);
   one.mutable_peft()->set_alpha(8);
   one.mutable_peft()->set_merge(true);
-  one.mutable_peft()->set_export_dir(Root("g4peft1-hf"));
-  one.set_output(Root("g4peft1-out"));
+  one.mutable_peft()->set_export_dir(Root(p + "1-hf"));
+  one.set_output(Root(p + "1-out"));
   std::vector<std::vector<double>> ref, got;
-  absl::Status st = RunPeftRanks(one, Root("g4peft1"), ParallelLayout{1, 1, 1},
-                                 3, /*save=*/false, /*finish=*/true, &ref);
+  absl::Status st = RunPeftRanks(one, Root(p + "1"), ParallelLayout{1, 1, 1}, 3,
+                                 /*save=*/false, /*finish=*/true, &ref);
   ASSERT_TRUE(st.ok()) << st;
   auto two = one;
   two.mutable_parallel()->set_tp(2);
   two.mutable_parallel()->set_ep(2);
-  two.mutable_peft()->set_export_dir(Root("g4peft2-hf"));
-  two.set_output(Root("g4peft2-out"));
-  st = RunPeftRanks(two, Root("g4peft2"), ParallelLayout{2, 1, 2}, 3,
+  two.mutable_peft()->set_export_dir(Root(p + "2-hf"));
+  two.set_output(Root(p + "2-out"));
+  st = RunPeftRanks(two, Root(p + "2"), ParallelLayout{2, 1, 2}, 3,
                     /*save=*/false, /*finish=*/true, &got);
   ASSERT_TRUE(st.ok()) << st;
+  double loss_err = 0;
   for (int r = 0; r < 2; ++r) {
     ASSERT_EQ(got[r].size(), 3u);
     for (int i = 0; i < 3; ++i) {
       EXPECT_NEAR(got[r][i], ref[0][i], 1e-5 * ref[0][i])
           << "rank " << r << " step " << i + 1;
+      loss_err = std::max(loss_err, std::abs(got[r][i] / ref[0][i] - 1));
     }
   }
   const auto exported =
-      ReadTensors(Root("g4peft2-hf") + "/adapter_model.safetensors");
-  ExpectSameTensors(
-      exported, ReadTensors(Root("g4peft1-hf") + "/adapter_model.safetensors"),
+      ReadTensors(Root(p + "2-hf") + "/adapter_model.safetensors");
+  const double hf = ExpectSameTensors(
+      exported, ReadTensors(Root(p + "1-hf") + "/adapter_model.safetensors"),
       1e-4, "HF PEFT export");
   for (const auto& [name, t] : exported) {
     // Layer 1 is a full K=V layer: no V projection, so no V adapter.
     EXPECT_EQ(name.find("layers.1.self_attn.v_proj"), std::string::npos)
         << name;
   }
-  auto merged2 = LoadGemma4RankWeights(Root("g4peft2-out") + "/merged",
+  auto merged2 = LoadGemma4RankWeights(Root(p + "2-out") + "/merged",
                                        CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(merged2.ok()) << merged2.status();
-  auto merged1 = LoadGemma4RankWeights(Root("g4peft1-out") + "/merged",
+  auto merged1 = LoadGemma4RankWeights(Root(p + "1-out") + "/merged",
                                        CheckpointLayout{1, 1}, 0, 0);
   ASSERT_TRUE(merged1.ok()) << merged1.status();
-  ExpectSameTensors(merged2->tensors, merged1->tensors, 1e-4, "merged");
+  const double merged =
+      ExpectSameTensors(merged2->tensors, merged1->tensors, 1e-4, "merged");
+  std::cout << "Gemma 4 " << method
+            << " at TP 2 x EP 2, worst relative errors: loss " << loss_err
+            << ", export " << hf << ", merged " << merged << "\n";
 }
 
 }  // namespace

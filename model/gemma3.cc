@@ -273,16 +273,21 @@ TpGrad LoraTpGrad(const std::string& name, const TpOptions& tp) {
     const size_t n = std::strlen(suffix);
     return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
   };
-  const bool column =
-      ends_with("attn.qkv.lora.a") || ends_with("attn.qk.lora.a") ||
-      ends_with("mlp.gate_up.lora.a") || ends_with("attn.qkv.lora.b") ||
-      ends_with("attn.qk.lora.b") || ends_with("mlp.gate_up.lora.b");
-  const bool row = ends_with("attn.o.lora.a") || ends_with("mlp.down.lora.a") ||
-                   ends_with("attn.o.lora.b") || ends_with("mlp.down.lora.b");
+  auto any_of = [&](std::initializer_list<const char*> projections) {
+    for (const char* p : projections) {
+      for (const char* param : {".lora.a", ".lora.b", ".lora.m"}) {
+        if (ends_with((std::string(p) + param).c_str())) return true;
+      }
+    }
+    return false;
+  };
+  const bool column = any_of({"attn.qkv", "attn.qk", "mlp.gate_up"});
+  const bool row = any_of({"attn.o", "mlp.down"});
   if (!column && !row) return TpGrad::kReplicated;
   const bool a = ends_with(".lora.a");
-  // Column: A replicated (each rank sees its output rows only), B sharded.
-  // Row: A sharded, B replicated (each rank sees its input columns only).
+  // Column: A replicated (each rank sees its output rows only), B and DoRA's
+  // m sharded by rows. Row: A sharded, B and m replicated (each rank sees its
+  // input columns only).
   return column == a ? TpGrad::kPartial : TpGrad::kSharded;
 }
 

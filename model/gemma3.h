@@ -168,9 +168,10 @@ TORCH_MODULE(Gemma3TextModel);
 //                shared by heads spread over the ranks; the decoder's norms
 //                under sequence parallelism).
 enum class TpGrad { kSharded, kReplicated, kPartial };
-// LoRA adapters (model/lora.h, "<projection>.lora.a" / ".lora.b") included:
-// on a column-parallel projection (qkv, gate_up) A is kPartial and B
-// kSharded, on a row-parallel one (o, down) A is kSharded and B kPartial.
+// LoRA / DoRA adapters (model/lora.h, "<projection>.lora.a" / ".lora.b" /
+// ".lora.m") included: on a column-parallel projection (qkv, gate_up) A is
+// kPartial, B and m kSharded; on a row-parallel one (o, down) A is kSharded,
+// B and m kPartial.
 TpGrad Gemma3TpGrad(const std::string& name, const TpOptions& tp);
 
 // The TpGrad of a LoRA parameter `name` of a text projection of either family

@@ -121,7 +121,9 @@ WholeAdapter GatherAdapter(const ProjectionImpl& proj,
   w.b = column ? GatherSplit(split, adapter.b, 0).to(torch::kFloat32)
                : cpu(adapter.b);
   if (auto dora = dynamic_cast<const DoraAdapter*>(&adapter)) {
-    w.m = cpu(dora->m);  // never split (see AttachAdapters)
+    // Split like B: by rows on column-parallel shards, whole on row-parallel.
+    w.m = column ? GatherSplit(split, dora->m, 0).to(torch::kFloat32)
+                 : cpu(dora->m);
   }
   return w;
 }
@@ -162,16 +164,6 @@ absl::Status AttachAdapters(torch::nn::Module& model,
   }
   const std::vector<TargetProjection> projections =
       FindProjections(model, layout);
-  if (s.method == "dora") {
-    for (const auto& p : projections) {
-      if (!wanted.count(p.target) || !p.proj->tp_split.split()) continue;
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.peft.method: dora is not supported under tensor parallelism (",
-          p.name, " is split over tp ", p.proj->tp_split.comm->size(),
-          " ranks; DoRA's magnitude needs whole weight rows): use method "
-          "lora or spec.parallel.tp 1"));
-    }
-  }
   try {
     int attached = 0;
     for (const auto& p : projections) {
@@ -182,7 +174,8 @@ absl::Status AttachAdapters(torch::nn::Module& model,
       const torch::Tensor& w = p.proj->weight;
       std::shared_ptr<LoraAdapter> adapter;
       if (s.method == "dora") {
-        adapter = std::make_shared<DoraAdapter>(w, s.rank, s.alpha, s.dropout);
+        adapter = std::make_shared<DoraAdapter>(w, s.rank, s.alpha, s.dropout,
+                                                p.proj->tp_split);
       } else {
         adapter = std::make_shared<LoraAdapter>(
             w.size(1), w.size(0), s.rank, s.alpha, s.dropout, p.proj->tp_split);
@@ -473,7 +466,7 @@ absl::Status LoadAdapterValues(const std::string& dir, torch::nn::Module& model,
     targets[prefix + "b"] = {
         adapter->b, {shape[0], r}, &split, column ? 0 : -1};
     if (auto dora = std::dynamic_pointer_cast<DoraAdapter>(adapter)) {
-      targets[prefix + "m"] = {dora->m, {shape[0]}, &split, -1};
+      targets[prefix + "m"] = {dora->m, {shape[0]}, &split, column ? 0 : -1};
     }
   }
   for (const auto& t : file->tensors()) {

@@ -43,14 +43,16 @@
 // Tensor parallelism: on a model whose text projections are TP shards
 // (their ProjectionImpl::tp_split, set by Gemma3TextModel / Gemma4TextModel)
 // each adapter is split like its projection (model/lora_adapter.h: column-
-// parallel qkv / gate_up hold A whole and their rows of B, row-parallel o /
-// down their columns of A and B whole; Gemma3TpGrad / LoraTpGrad say how the
+// parallel qkv / gate_up hold A whole and their rows of B and of DoRA's m,
+// row-parallel o / down their columns of A, B and m whole, the DoRA weight
+// norms summed over the group; Gemma3TpGrad / LoraTpGrad say how the
 // gradients relate). A TP = N model attached with the same torch seed starts
 // from the TP = 1 adapter's shards. Checkpoints and exports always hold the
 // whole (TP = 1) tensors: saving and exporting gather the shards (collective:
 // every rank of the TP group calls them, TP rank 0 writes, the others return
 // OK without writing), loading takes this rank's shard, merging folds each
-// shard into its weight shard. DoRA is refused on TP shards.
+// shard into its weight shard. With DoRA, attaching, loading a checkpoint
+// (which attaches) and merging are collective over the TP group too.
 #ifndef GEMMA_MODEL_LORA_H_
 #define GEMMA_MODEL_LORA_H_
 

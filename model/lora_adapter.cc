@@ -3,13 +3,26 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <utility>
 
 namespace gemma {
 namespace {
 
-// Row norms ||w||_2 over dim 1, in fp32 math, returned in w's dtype.
-torch::Tensor RowNorm(const torch::Tensor& w) {
-  return torch::linalg_vector_norm(w, 2, {1}).to(w.scalar_type());
+// Row norms ||w||_2 over dim 1, in fp32 math, returned in w's dtype, of the
+// whole weight `w` is `split`'s shard of. Whole rows (no split, column-
+// parallel): w's own row norms. Row-parallel (w holds some columns of every
+// row): collective over split.comm, the fp32 sums of squares of this rank's
+// columns summed over the group. Not differentiable (DoRA detaches the norm).
+torch::Tensor RowNorm(const ProjectionSplit& split, const torch::Tensor& w) {
+  if (split.kind != ProjectionSplit::Kind::kRow) {
+    return torch::linalg_vector_norm(w, 2, {1}).to(w.scalar_type());
+  }
+  torch::NoGradGuard no_grad;
+  Comm& comm = *split.comm;
+  torch::Tensor squares =
+      w.detach().to(comm.device(), torch::kFloat32).square().sum(1);
+  comm.AllReduceSum(squares);
+  return squares.sqrt().to(w.device(), w.scalar_type());
 }
 
 }  // namespace
@@ -75,23 +88,39 @@ torch::Tensor LoraAdapter::MergedWeight(const torch::Tensor& weight) const {
 }
 
 DoraAdapter::DoraAdapter(const torch::Tensor& base_weight, int64_t rank_,
-                         double alpha, double dropout_)
+                         double alpha, double dropout_, ProjectionSplit split_)
     : LoraAdapter(base_weight.size(1), base_weight.size(0), rank_, alpha,
-                  dropout_) {
-  torch::NoGradGuard no_grad;
-  m = register_parameter("m",
-                         RowNorm(base_weight.detach().to(torch::kFloat32)));
+                  dropout_, std::move(split_)) {
+  {
+    torch::NoGradGuard no_grad;
+    m = register_parameter(
+        "m", RowNorm(split, base_weight.detach().to(torch::kFloat32)));
+  }
+  if (split.kind == ProjectionSplit::Kind::kColumn && split.has_replicas()) {
+    ProjectionSplit s = split;
+    m.register_hook(
+        [s](const torch::Tensor& grad) { return SumReplicas(s, grad); });
+  }
 }
 
 torch::Tensor DoraAdapter::Forward(const torch::Tensor& x,
                                    const torch::Tensor& weight,
                                    const torch::Tensor& bias) {
   // peft 0.21 lora.Linear.forward + DoraLinearLayer.forward.
+  //
+  // Row-parallel shard: x, W, A are this rank's columns, so result,
+  // base_result and lora_result are partial sums over the group (as the
+  // layer's ReduceFromTpRegion sums them afterwards), while norm (whole rows:
+  // collective) and hence mag are the same on every rank. The adapter's
+  // change to the projection's output, (mag - 1) * base_result + mag * s *
+  // lora_result, is linear in those partials, so it sums to the TP = 1 one;
+  // the bias (none on Gemma's row-parallel projections) enters only through
+  // result, exactly as the projection without adapter adds it.
   torch::Tensor result = torch::nn::functional::linear(x, weight, bias);
   const torch::Tensor lora_weight = torch::matmul(b, a).to(x.scalar_type());
   const torch::Tensor w = weight.to(x.scalar_type());
   const torch::Tensor norm =
-      RowNorm(w + scaling * lora_weight.detach()).detach();
+      RowNorm(split, w + scaling * lora_weight.detach()).detach();
   const torch::Tensor mag = (m / norm).view({1, -1});
   torch::Tensor xd = x;
   torch::Tensor base_result;
@@ -109,7 +138,7 @@ torch::Tensor DoraAdapter::Forward(const torch::Tensor& x,
 torch::Tensor DoraAdapter::MergedWeight(const torch::Tensor& weight) const {
   const torch::Tensor merged =
       weight.to(torch::kFloat32) + DeltaWeight().to(torch::kFloat32);
-  const torch::Tensor factor = (m.to(torch::kFloat32) / RowNorm(merged));
+  const torch::Tensor factor = (m.to(torch::kFloat32) / RowNorm(split, merged));
   return (factor.view({-1, 1}) * merged).to(weight.scalar_type());
 }
 

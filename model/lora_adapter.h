@@ -43,7 +43,8 @@ class LoraAdapter : public ProjectionAdapter {
   // s * B A [out, in] (in B's dtype), the update merging adds to W.
   torch::Tensor DeltaWeight() const;
   // The weight a merge leaves in the projection (LoRA: W + s B A; DoRA:
-  // m / ||W + s B A||_row * (W + s B A)), in `weight`'s dtype.
+  // m / ||W + s B A||_row * (W + s B A)), in `weight`'s dtype; on a TP shard
+  // the shard of the whole merged weight.
   virtual torch::Tensor MergedWeight(const torch::Tensor& weight) const;
 
   int64_t rank;
@@ -58,17 +59,33 @@ class LoraAdapter : public ProjectionAdapter {
   torch::Tensor Dropped(const torch::Tensor& x);
 };
 
-// DoRA: LoRA plus the magnitude "m" [out], initialised to ||W||_row. Not on
-// tensor-parallel shards (the norms need whole rows).
+// DoRA: LoRA plus the magnitude "m" [out], initialised to ||W||_row (of the
+// whole weight). The weight norm ||W + s B A||_row is detached, as in peft.
+//
+// On a tensor-parallel shard A and B split as LoRA's above, and:
+//   column-parallel: the shard holds whole rows, so the norms are local; m
+//     [out_local] is the shard's rows, like B (rows replicated on several
+//     ranks get their gradient summed over those ranks by a hook);
+//   row-parallel: every rank holds some columns of every row; the norms are
+//     the square roots of the per-row sums of squares of the local columns
+//     summed over split.comm (a collective in the constructor, Forward and
+//     MergedWeight: every rank of the group calls them together); m [out] is
+//     whole on every rank and its gradient partial. mag = m / norm is then
+//     the same on every rank and multiplies the partial outputs, which the
+//     layer sums afterwards (see Forward).
+// Either way the initial m is the TP = 1 m's shard (row-parallel: up to the
+// order of the fp32 sums).
 class DoraAdapter : public LoraAdapter {
  public:
+  // `base_weight`: the projection's weight (under TP its shard, `split` the
+  // projection's tp_split).
   DoraAdapter(const torch::Tensor& base_weight, int64_t rank, double alpha,
-              double dropout);
+              double dropout, ProjectionSplit split = {});
   torch::Tensor Forward(const torch::Tensor& x, const torch::Tensor& weight,
                         const torch::Tensor& bias) override;
   torch::Tensor MergedWeight(const torch::Tensor& weight) const override;
 
-  torch::Tensor m;  // [out]
+  torch::Tensor m;  // [out] (column-parallel: [out_local])
 };
 
 }  // namespace gemma

@@ -1,12 +1,15 @@
-// LoRA adapters on tensor-parallel models (model/lora.h), on 2 real Gloo
-// ranks (threads, real TCPStore), for a tiny random Gemma 3 and a tiny random
-// Gemma 4 (MoE; its full layer has 1 KV head, K = V, so TP 2 replicates it).
+// LoRA and DoRA adapters on tensor-parallel models (model/lora.h), on 2 real
+// Gloo ranks (threads, real TCPStore), for a tiny random Gemma 3 and a tiny
+// random Gemma 4 (MoE; its full layer has 1 KV head, K = V, so TP 2
+// replicates it), each with method lora and dora.
 //
 // The TP = 1 model gets adapters on every text target (seeded), random B
-// (so every gradient is non-zero), and is saved as an adapter checkpoint.
-// Each TP = 2 rank, holding its shard of the same base weights:
+// (so every gradient is non-zero) and, for DoRA, a magnitude m moved off
+// ||W||_row (so m / ||W + s B A|| is not 1), and is saved as an adapter
+// checkpoint. Each TP = 2 rank, holding its shard of the same base weights:
 //   - attaches adapters with the same seed: A is exactly its shard of the
-//     TP = 1 A, B zero;
+//     TP = 1 A, B zero; DoRA's m its shard of the TP = 1 m (column-parallel:
+//     exactly; row-parallel, norms summed over the group: within 1e-6);
 //   - loads the TP = 1 checkpoint (each rank its shard), runs the same batch
 //     in train mode: the logits and the loss equal TP = 1's
 //     within 1e-4 (relative to the max), and every adapter gradient is, as
@@ -14,22 +17,31 @@
 //     gradient (kSharded) or summed over the group the whole of it
 //     (kPartial), within 1e-4;
 //   - saves an adapter checkpoint and exports an HF PEFT adapter whose
-//     tensors equal the TP = 1 ones exactly (gathered, replicas once);
-//   - merges: its weight shards are its shards of the TP = 1 merged weights;
-//   - refuses DoRA, naming spec.peft.method.
+//     files are byte for byte the TP = 1 ones (gathered, replicas once);
+//   - merges: its weight shards are its shards of the TP = 1 merged weights
+//     (within 1e-6).
 // The ranks are threads sharing torch's default generator, so the threaded
-// test draws from it under a lock only and runs without dropout; dropout under
-// TP is checked on one adapter per rank with a stand-in group (no collective
-// runs in an adapter's forward): the shards' outputs assemble the TP = 1 one.
+// test draws from it under a lock only (a collective inside the attach,
+// DoRA's row-parallel norms, waits without it: AttachLockComm) and runs
+// without dropout; dropout under TP is checked on one adapter per rank with a
+// stand-in group (LoRA: no collective runs in an adapter; DoRA's row-parallel
+// norms: the stand-in's all-reduce answers what the group would sum): the
+// shards' outputs assemble the TP = 1 one.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
+#include <iostream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -161,6 +173,90 @@ TEST(LoraTpDropoutTest, ShardsAssembleTheWholeAdapter) {
   EXPECT_LT(RelErr(row_sum, y), 1e-6);
 }
 
+// A stand-in rank whose AllReduceSum answers the next of `sums`: what the
+// whole group would have summed.
+class ScriptedSumComm : public StandInComm {
+ public:
+  ScriptedSumComm(int rank, int size, std::vector<torch::Tensor> sums)
+      : StandInComm(rank, size), sums_(std::move(sums)) {}
+  void AllReduceSum(at::Tensor& t) override {
+    ASSERT_LT(next_, sums_.size());
+    ASSERT_EQ(t.sizes(), sums_[next_].sizes());
+    t.copy_(sums_[next_++]);
+  }
+  size_t calls() const { return next_; }
+
+ private:
+  std::vector<torch::Tensor> sums_;
+  size_t next_ = 0;
+};
+
+// DoRA's dropout, initial m and merge on column- and row-parallel shards:
+// each rank's output is its part of the TP = 1 adapter's (row-parallel: the
+// partial outputs sum to it), its merged weight its shard of the TP = 1 one.
+TEST(LoraTpDropoutTest, DoraShardsAssembleTheWholeAdapter) {
+  torch::set_num_threads(1);
+  const int64_t in = 8, out = 6, r = 2;
+  const double p = 0.5;
+  const torch::Tensor w = torch::randn({out, in});
+  torch::manual_seed(11);
+  DoraAdapter whole(w, r, 4, p);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor m0 = whole.m.clone();  // ||W||_row
+  whole.b.normal_();
+  whole.m.mul_(1 + 0.2 * torch::randn_like(whole.m));
+  const torch::Tensor x = torch::randn({3, 5, in});
+  whole.train();
+  torch::manual_seed(12);
+  const torch::Tensor y = whole.Forward(x, w, {});
+  torch::manual_seed(12);
+  ASSERT_TRUE(torch::equal(y, whole.Forward(x, w, {})));
+  const torch::Tensor merged = whole.MergedWeight(w);
+  // What a row-parallel group sums: the squares of ||W||_row (attaching),
+  // of ||W + s B A||_row (Forward, MergedWeight).
+  const torch::Tensor sq_w = w.square().sum(1);
+  const torch::Tensor sq_wba = (w + whole.DeltaWeight()).square().sum(1);
+  torch::Tensor row_sum = torch::zeros_like(y);
+  for (int k = 0; k < kTp; ++k) {
+    // Column-parallel: rows of B, m and the output; local norms.
+    ProjectionSplit col =
+        ColumnBlocksSplit(std::make_shared<StandInComm>(k, kTp), out, in);
+    torch::manual_seed(11);
+    DoraAdapter c(ShardOf(col, w, 0), r, 4, p, col);
+    EXPECT_TRUE(torch::equal(c.a, whole.a));
+    EXPECT_LT(RelErr(c.m, ShardOf(col, m0, 0)), 1e-6) << k;
+    c.b.copy_(ShardOf(col, whole.b, 0));
+    c.m.copy_(ShardOf(col, whole.m, 0));
+    c.train();
+    torch::manual_seed(12);
+    torch::Tensor yc = c.Forward(x, ShardOf(col, w, 0), {});
+    EXPECT_LT(RelErr(yc, y.narrow(-1, k * out / kTp, out / kTp)), 1e-6) << k;
+    EXPECT_LT(
+        RelErr(c.MergedWeight(ShardOf(col, w, 0)), ShardOf(col, merged, 0)),
+        1e-6)
+        << k;
+    // Row-parallel: columns of A, m whole, norms summed over the group.
+    auto comm = std::make_shared<ScriptedSumComm>(
+        k, kTp, std::vector<torch::Tensor>{sq_w, sq_wba, sq_wba});
+    ProjectionSplit row = RowSplit(comm, out, in);
+    torch::manual_seed(11);
+    DoraAdapter a(ShardOf(row, w, 1), r, 4, p, row);
+    EXPECT_TRUE(torch::equal(a.a, ShardOf(row, whole.a, 1)));
+    EXPECT_LT(RelErr(a.m, m0), 1e-6) << k;
+    a.b.copy_(whole.b);
+    a.m.copy_(whole.m);
+    a.train();
+    torch::manual_seed(12);
+    row_sum += a.Forward(ShardOf(row, x, 2), ShardOf(row, w, 1), {});
+    EXPECT_LT(
+        RelErr(a.MergedWeight(ShardOf(row, w, 1)), ShardOf(row, merged, 1)),
+        1e-6)
+        << k;
+    EXPECT_EQ(comm->calls(), 3u) << k;
+  }
+  EXPECT_LT(RelErr(row_sum, y), 1e-6);
+}
+
 std::map<std::string, torch::Tensor> ReadAll(const std::string& path) {
   std::map<std::string, torch::Tensor> out;
   auto file = SafetensorsFile::Open(path);
@@ -181,6 +277,77 @@ std::string ReadText(const std::string& path) {
   ss << f.rdbuf();
   return ss.str();
 }
+
+// The threaded ranks share torch's default generator, so each attaches its
+// adapters (which draw A) holding `mu`; DoRA's row-parallel norms are a
+// collective inside the attach. This TP group forwards to `inner`; while
+// `attaching` (its thread holds `mu`) a collective gives `mu` up while it
+// waits, keeping this rank's generator state for when it has `mu` back.
+class AttachLockComm : public Comm {
+ public:
+  AttachLockComm(std::shared_ptr<Comm> inner, std::mutex* mu)
+      : inner_(std::move(inner)), mu_(mu) {}
+  bool attaching = false;
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  void AllReduceSum(at::Tensor& t) override {
+    Unlocked([&] { inner_->AllReduceSum(t); });
+  }
+  void AllReduceMax(at::Tensor& t) override {
+    Unlocked([&] { inner_->AllReduceMax(t); });
+  }
+  at::Tensor AllGather(const at::Tensor& t, int64_t dim) override {
+    at::Tensor out;
+    Unlocked([&] { out = inner_->AllGather(t, dim); });
+    return out;
+  }
+  void Broadcast(at::Tensor& t, int root) override {
+    Unlocked([&] { inner_->Broadcast(t, root); });
+  }
+  at::Tensor ReduceScatterSum(const at::Tensor& t) override {
+    at::Tensor out;
+    Unlocked([&] { out = inner_->ReduceScatterSum(t); });
+    return out;
+  }
+  std::vector<at::Tensor> AllToAll(
+      const std::vector<at::Tensor>& inputs) override {
+    std::vector<at::Tensor> out;
+    Unlocked([&] { out = inner_->AllToAll(inputs); });
+    return out;
+  }
+  void Barrier() override {
+    Unlocked([&] { inner_->Barrier(); });
+  }
+  void Abort() override { inner_->Abort(); }
+  std::string backend() const override { return inner_->backend(); }
+  c10::Device device() const override { return inner_->device(); }
+
+ private:
+  template <typename Fn>
+  void Unlocked(Fn fn) {
+    if (!attaching) return fn();
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    at::Tensor state;
+    {
+      std::lock_guard<std::mutex> g(gen.mutex());
+      state = gen.get_state();
+    }
+    mu_->unlock();
+    try {
+      fn();
+    } catch (...) {
+      mu_->lock();  // the caller's lock_guard releases it
+      throw;
+    }
+    mu_->lock();
+    std::lock_guard<std::mutex> g(gen.mutex());
+    gen.set_state(state);
+  }
+
+  std::shared_ptr<Comm> inner_;
+  std::mutex* mu_;
+};
 
 // What one family's test needs from its model type.
 struct Family {
@@ -261,7 +428,9 @@ Family Gemma4Family() {
   return f;
 }
 
-class LoraTpTest : public ::testing::TestWithParam<std::string> {
+// (family, method): ("gemma3" | "gemma4", "lora" | "dora").
+class LoraTpTest
+    : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {
  protected:
   void SetUp() override {
     torch::set_num_threads(1);
@@ -275,9 +444,10 @@ class LoraTpTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(LoraTpTest, Tp2EqualsTp1) {
-  const Family f = GetParam() == "gemma3" ? Gemma3Family() : Gemma4Family();
+  const auto& [family, method] = GetParam();
+  const Family f = family == "gemma3" ? Gemma3Family() : Gemma4Family();
   const AdapterLayout layout = f.layout();
-  const gemma::v1::PeftSpec spec = Spec();
+  const gemma::v1::PeftSpec spec = Spec(method);
 
   // ---- TP = 1 reference.
   torch::manual_seed(1);
@@ -295,6 +465,8 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
     torch::manual_seed(3);
     for (auto& [name, t] : AdapterParameters(*m1)) {
       if (absl::EndsWith(name, ".lora.b")) t.normal_(0, 0.2);
+      if (absl::EndsWith(name, ".lora.m"))
+        t.mul_(1 + 0.2 * torch::randn_like(t));
     }
   }
   const std::string ckpt1 = dir_ + "/tp1";
@@ -325,6 +497,12 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
   // ---- TP = 2.
   std::mutex mu;
   std::vector<std::string> failures;
+  // The largest relative errors over both ranks, by what was compared.
+  std::map<std::string, double> worst;
+  auto note = [&](const std::string& what, double e) {
+    std::lock_guard<std::mutex> lock(mu);
+    worst[what] = std::max(worst[what], e);
+  };
   absl::Status s = RunGlooRanks(
       kTp,
       [&](int rank, ParallelGroups& groups) -> absl::Status {
@@ -332,10 +510,11 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
         auto fail = [&](const std::string& what) { bad.push_back(what); };
         // Every use of torch's generator (model init, adapter init) under
         // the lock: the ranks are threads sharing it.
+        auto tp = std::make_shared<AttachLockComm>(groups.tp, &mu);
         std::shared_ptr<torch::nn::Module> m;
         {
           std::lock_guard<std::mutex> lock(mu);
-          m = f.build(groups.tp);
+          m = f.build(tp);
         }
         {
           torch::NoGradGuard no_grad;
@@ -363,8 +542,10 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
         absl::Status st;
         {
           std::lock_guard<std::mutex> lock(mu);
+          tp->attaching = true;
           torch::manual_seed(2);
           st = AttachAdapters(*m, layout, spec);
+          tp->attaching = false;
         }
         if (!st.ok()) return st;
         TpOptions tpo;
@@ -379,7 +560,14 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
           torch::Tensor want = init.at(name);
           if (a && !column) want = ShardOf(split, want, 1);
           if (!a && column) want = ShardOf(split, want, 0);
-          if (!torch::equal(want, t)) fail(name + ": initial value");
+          if (absl::EndsWith(name, ".m") && !column) {
+            // ||W||_row from the group's sums of squares.
+            const double e = RelErr(t, want);
+            note("initial row-parallel m", e);
+            if (e > 1e-6) fail(absl::StrCat(name, ": initial rel err ", e));
+          } else if (!torch::equal(want, t)) {
+            fail(name + ": initial value");
+          }
         }
         // The TP = 1 checkpoint, each rank its shard.
         st = LoadAdapterValues(ckpt1, *m, layout);
@@ -388,8 +576,10 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
         auto [logits, loss] = f.run(*m, ids, labels);
         ((logits * probe).sum() + loss).backward();
         double e = RelErr(logits.detach(), logits1.detach());
+        note("logits", e);
         if (e > 1e-4) fail(absl::StrCat("logits rel err ", e));
         e = RelErr(loss.detach(), loss1.detach());
+        note("loss", e);
         if (e > 1e-4) fail(absl::StrCat("loss rel err ", e));
         int checked = 0;
         for (auto& [name, t] : AdapterParameters(*m)) {
@@ -406,6 +596,7 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
             want = ShardOf(split, want, absl::EndsWith(name, ".a") ? 1 : 0);
           }
           e = RelErr(got, want);
+          note(absl::StrCat("grad ", name.substr(name.size() - 1)), e);
           if (e > 1e-4) fail(absl::StrCat(name, " grad rel err ", e));
           ++checked;
         }
@@ -426,13 +617,9 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
         for (const auto& p : m->named_parameters()) {
           torch::Tensor want = f.slice(p.key(), merged1.at(p.key()), rank);
           e = RelErr(p.value(), want);
+          note("merged", e);
           if (e > 1e-6) fail(absl::StrCat(p.key(), " merged rel err ", e));
         }
-        // DoRA needs whole rows.
-        st = AttachAdapters(*m, layout, Spec("dora"));
-        if (st.code() != absl::StatusCode::kInvalidArgument ||
-            !absl::StrContains(st.message(), "spec.peft.method: dora"))
-          fail(absl::StrCat("dora: ", st.ToString()));
         std::lock_guard<std::mutex> lock(mu);
         for (auto& b : bad)
           failures.push_back(absl::StrCat("rank ", rank, ": ", b));
@@ -441,6 +628,10 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
       ParallelLayout{kTp, 1, 1});
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_TRUE(failures.empty()) << absl::StrJoin(failures, "\n");
+  for (const auto& [what, e] : worst) {
+    std::cout << family << " " << method << " TP 2 vs TP 1, worst relative "
+              << "error: " << what << " " << e << "\n";
+  }
 
   // The files equal the TP = 1 ones tensor for tensor.
   for (const auto& [ours, theirs] :
@@ -455,6 +646,8 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
       ASSERT_TRUE(got.count(name)) << theirs << ": " << name;
       EXPECT_TRUE(torch::equal(got.at(name), t)) << theirs << ": " << name;
     }
+    EXPECT_TRUE(ReadText(theirs) == ReadText(ours))
+        << theirs << ": not byte for byte " << ours;
   }
   EXPECT_EQ(ReadText(dir_ + "/tp2-peft/adapter_config.json"),
             ReadText(export1 + "/adapter_config.json"));
@@ -462,11 +655,13 @@ TEST_P(LoraTpTest, Tp2EqualsTp1) {
             ReadText(ckpt1 + "/adapter.json"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, LoraTpTest,
-                         ::testing::Values("gemma3", "gemma4"),
-                         [](const ::testing::TestParamInfo<std::string>& i) {
-                           return i.param;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    FamiliesAndMethods, LoraTpTest,
+    ::testing::Combine(::testing::Values("gemma3", "gemma4"),
+                       ::testing::Values("lora", "dora")),
+    [](const ::testing::TestParamInfo<LoraTpTest::ParamType>& i) {
+      return std::get<0>(i.param) + "_" + std::get<1>(i.param);
+    });
 
 }  // namespace
 }  // namespace gemma

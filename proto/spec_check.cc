@@ -231,17 +231,6 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
       if (auto s = CheckTraining(spec); !s.ok()) return s;
       if (spec.kind() == v1::JOB_KIND_PEFT) {  // same rules as model/lora.h
         if (auto s = CheckPeft(spec.peft()); !s.ok()) return s;
-        // LoRA splits over tensor-parallel ranks (model/lora.h); DoRA's
-        // magnitude needs whole weight rows. Refused here rather than when
-        // the ranks start.
-        if (spec.parallel().tp() > 1 && spec.peft().method() == "dora") {
-          return Bad("peft.method",
-                     absl::StrCat("dora is not supported with tensor "
-                                  "parallelism (its magnitude needs whole "
-                                  "weight rows): use lora, or parallel.tp 1; "
-                                  "got tp ",
-                                  spec.parallel().tp()));
-        }
       }
       break;
     case v1::JOB_KIND_EVAL: {
