@@ -63,9 +63,9 @@ TEST(RecipesTest, Gemma3RecipesCarryTheReferenceHyperparameters) {
       auto s = LoadJobSpecFile(kDir + "/" + name);
       ASSERT_TRUE(s.ok()) << s.status();
       EXPECT_EQ(KindName(s->kind()), kind);
-      // PEFT trains at tp 1 (adapters are not tensor-parallel yet); SFT
-      // uses the reference's TP sizes.
-      EXPECT_EQ(s->parallel().tp(), kind == "peft" ? 1 : w.tp);
+      // The reference's TP sizes, for SFT and PEFT (adapters split over
+      // TP as their projections do).
+      EXPECT_EQ(s->parallel().tp(), w.tp);
       EXPECT_EQ(s->parallel().tp() * s->parallel().dp(), 8);
       EXPECT_EQ(s->data().seq_len(), 4096);
       EXPECT_EQ(s->data().batch_size(), 2);
