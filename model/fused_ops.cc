@@ -47,22 +47,32 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// autograd::Function records every tensor input's device and dtype, so an
+// absent optional tensor (no norm weight, no rope) travels as an empty one.
+at::Tensor Present(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
+at::Tensor Absent(const at::Tensor& t) {
+  return t.numel() == 0 ? at::Tensor() : t;
+}
+
 class RmsNormFn : public torch::autograd::Function<RmsNormFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& w, double eps, double offset) {
     at::Tensor rstd;
-    at::Tensor y = fused_cuda::RmsNormForward(x, w, offset, eps, &rstd);
+    at::Tensor y = fused_cuda::RmsNormForward(x, Absent(w), offset, eps, &rstd);
     ctx->save_for_backward({x, w, rstd});
     ctx->saved_data["offset"] = offset;
     return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const bool want_dw = saved[1].defined() && ctx->needs_input_grad(1);
+    const at::Tensor w = Absent(saved[1]);
+    const bool want_dw = w.defined() && ctx->needs_input_grad(1);
     auto [dx, dw] = fused_cuda::RmsNormBackward(
-        grads[0], saved[0], saved[2], saved[1],
-        ctx->saved_data["offset"].toDouble(), want_dw);
+        grads[0], saved[0], saved[2], w, ctx->saved_data["offset"].toDouble(),
+        want_dw);
     return {dx.view(saved[0].sizes()), dw, at::Tensor(), at::Tensor()};
   }
 };
@@ -74,8 +84,8 @@ class NormRopeFn : public torch::autograd::Function<NormRopeFn> {
                             double offset, const at::Tensor& cos,
                             const at::Tensor& sin) {
     at::Tensor rstd;
-    at::Tensor y =
-        fused_cuda::NormRopeForward(x, norm, w, offset, eps, cos, sin, &rstd);
+    at::Tensor y = fused_cuda::NormRopeForward(x, norm, Absent(w), offset, eps,
+                                               Absent(cos), Absent(sin), &rstd);
     ctx->save_for_backward({x, w, rstd, cos, sin});
     ctx->saved_data["offset"] = offset;
     ctx->saved_data["norm"] = norm;
@@ -84,10 +94,12 @@ class NormRopeFn : public torch::autograd::Function<NormRopeFn> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const bool norm = ctx->saved_data["norm"].toBool();
-    const bool want_dw = norm && saved[1].defined() && ctx->needs_input_grad(1);
+    const at::Tensor w = Absent(saved[1]);
+    const bool want_dw = norm && w.defined() && ctx->needs_input_grad(1);
     auto [dx, dw] = fused_cuda::NormRopeBackward(
-        grads[0], saved[0], saved[2], norm, saved[1],
-        ctx->saved_data["offset"].toDouble(), saved[3], saved[4], want_dw);
+        grads[0], saved[0], saved[2], norm, w,
+        ctx->saved_data["offset"].toDouble(), Absent(saved[3]),
+        Absent(saved[4]), want_dw);
     return {dx,          dw,          at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -163,13 +175,14 @@ class GeluMulFn : public torch::autograd::Function<GeluMulFn> {
 
 at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& w, double eps,
                         double offset) {
-  return RmsNormFn::apply(x, w, eps, offset);
+  return RmsNormFn::apply(x, Present(w, x), eps, offset);
 }
 
 at::Tensor FusedNormRope(const at::Tensor& x, bool norm, const at::Tensor& w,
                          double eps, double offset, const at::Tensor& cos,
                          const at::Tensor& sin) {
-  return NormRopeFn::apply(x, w, norm, eps, offset, cos, sin);
+  return NormRopeFn::apply(x, Present(w, x), norm, eps, offset,
+                           Present(cos, x), Present(sin, x));
 }
 
 at::Tensor FusedGeluMul(const at::Tensor& gate_up) {

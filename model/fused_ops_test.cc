@@ -94,6 +94,32 @@ TEST_F(FusedCudaTest, RmsNormValuesAndGradients) {
   }
 }
 
+// Gemma 4's norms: scale w (offset 0), and no weight at all (v_norm, the
+// router's), values and gradients.
+TEST_F(FusedCudaTest, RmsNormWithoutOffsetOrWeight) {
+  auto opts = torch::TensorOptions(kCuda);
+  for (bool with_weight : {true, false}) {
+    torch::Tensor x0 = torch::randn({4, 6, 512}, opts).to(torch::kBFloat16);
+    torch::Tensor w0 = torch::randn({512}, opts).to(torch::kBFloat16);
+    torch::Tensor gy = torch::randn({4, 6, 512}, opts).to(torch::kBFloat16);
+    torch::Tensor xr = Leaf(x0, torch::kFloat), wr = Leaf(w0, torch::kFloat);
+    torch::Tensor yr = xr * torch::rsqrt(xr.pow(2).mean(-1, true) + 1e-6);
+    if (with_weight) yr = yr * wr;
+    (yr * gy.to(torch::kFloat)).sum().backward();
+    torch::Tensor x = Leaf(x0, torch::kBFloat16), w = Leaf(w0, torch::kBFloat16);
+    torch::Tensor y =
+        FusedRmsNorm(x, with_weight ? w : torch::Tensor(), 1e-6, /*offset=*/0.0);
+    (y * gy).sum().backward();
+    EXPECT_LT(Rel(y, yr), 1e-2) << with_weight;
+    EXPECT_LT(Rel(x.grad(), xr.grad()), 1e-2) << with_weight;
+    if (with_weight) {
+      EXPECT_LT(Rel(w.grad(), wr.grad()), 2e-2);
+    } else {
+      EXPECT_FALSE(w.grad().defined());
+    }
+  }
+}
+
 // q of a fused qkv projection: [B, L, nkv, g, hd] narrowed from
 // [B, L, nkv, g + 2, hd] (strided), cos/sin for one row or per row.
 TEST_F(FusedCudaTest, NormRopeOnStridedHeadsValuesAndGradients) {
