@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -245,6 +246,61 @@ LeftPadded LeftPad(const std::vector<EncodedChat>& encoded, int pad) {
   return out;
 }
 
+// A batch's prompts: token ids (EncodeChat) and text (RenderChat without the
+// image soft tokens), per request.
+struct EncodedPrompts {
+  std::vector<EncodedChat> encoded;
+  std::vector<std::string> texts;
+};
+
+// Encodes the requests [begin, end) for one family: `image(decoded)`
+// preprocesses each image (keeping its pixels) and gives its chat info
+// (Gemma 3: pan-and-scan crops, Gemma 4: soft tokens), which EncodeChat gets
+// when `pass_infos`. Errors name the request's source (and the image).
+template <typename Info>
+absl::StatusOr<EncodedPrompts> EncodePrompts(
+    const Tokenizer& tokenizer, const GenerationRequest* begin,
+    const GenerationRequest* end, bool is_vl, const ChatOptions& chat,
+    const std::string& soft_token, bool pass_infos,
+    const std::function<absl::StatusOr<Info>(const RgbImage&)>& image) {
+  EncodedPrompts out;
+  for (const GenerationRequest* r = begin; r != end; ++r) {
+    const Conversation& conv = r->prompt;
+    if (!is_vl && conv.num_images() > 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(conv.source, ": has images but the model is text-only"));
+    }
+    std::vector<Info> infos;
+    for (const std::string& path : conv.image_paths()) {
+      absl::StatusOr<RgbImage> decoded = DecodeImageFile(path);
+      if (!decoded.ok()) {  // names the file
+        return absl::Status(
+            decoded.status().code(),
+            absl::StrCat(conv.source, ": ", decoded.status().message()));
+      }
+      absl::StatusOr<Info> info = image(*decoded);
+      if (!info.ok()) {
+        return absl::Status(info.status().code(),
+                            absl::StrCat(conv.source, ": ", path, ": ",
+                                         info.status().message()));
+      }
+      infos.push_back(*std::move(info));
+    }
+    if (!pass_infos) infos.clear();
+    absl::StatusOr<EncodedChat> enc = EncodeChat(tokenizer, conv, chat, infos);
+    if (!enc.ok()) {
+      return absl::Status(
+          enc.status().code(),
+          absl::StrCat(conv.source, ": ", enc.status().message()));
+    }
+    absl::StatusOr<RenderedChat> rendered = RenderChat(conv, chat, infos);
+    std::string text = rendered.ok() ? rendered->text : "";
+    out.texts.push_back(absl::StrReplaceAll(text, {{soft_token, ""}}));
+    out.encoded.push_back(*std::move(enc));
+  }
+  return out;
+}
+
 }  // namespace
 
 TextGenerator::TextGenerator(Gemma3Model model, const Tokenizer* tokenizer)
@@ -294,43 +350,17 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
   const SpecialTokenIds& sp = tokenizer_->special();
 
   const int64_t b = end - begin;
-  std::vector<EncodedChat> encoded;
   std::vector<at::Tensor> images;
-  std::vector<std::string> prompts;
-  for (const GenerationRequest* r = begin; r != end; ++r) {
-    const Conversation& conv = r->prompt;
-    if (!config.is_vl() && conv.num_images() > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(conv.source, ": has images but the model is text-only"));
-    }
-    std::vector<int> crops;
-    for (const std::string& path : conv.image_paths()) {
-      absl::StatusOr<RgbImage> decoded = DecodeImageFile(path);
-      if (!decoded.ok()) {
-        return absl::Status(
-            decoded.status().code(),
-            absl::StrCat(conv.source, ": ", decoded.status().message()));
-      }
-      at::Tensor t = PreprocessImage(*decoded, image);
-      crops.push_back(static_cast<int>(t.size(0)) - 1);
-      images.push_back(t);
-    }
-    const std::vector<int> crop_arg =
-        options.pan_and_scan ? crops : std::vector<int>{};
-    absl::StatusOr<EncodedChat> enc =
-        EncodeChat(*tokenizer_, conv, chat, crop_arg);
-    if (!enc.ok()) {
-      return absl::Status(
-          enc.status().code(),
-          absl::StrCat(conv.source, ": ", enc.status().message()));
-    }
-    absl::StatusOr<RenderedChat> rendered = RenderChat(conv, chat, crop_arg);
-    std::string prompt = rendered.ok() ? rendered->text : "";
-    prompt = absl::StrReplaceAll(prompt, {{kImageSoftToken, ""}});
-    prompts.push_back(std::move(prompt));
-    encoded.push_back(*std::move(enc));
-  }
-  const LeftPadded padded = LeftPad(encoded, sp.pad);
+  GEMMA_ASSIGN_OR_RETURN(
+      EncodedPrompts prompts,
+      EncodePrompts<int>(*tokenizer_, begin, end, config.is_vl(), chat,
+                         kImageSoftToken, options.pan_and_scan,
+                         [&](const RgbImage& decoded) -> absl::StatusOr<int> {
+                           at::Tensor t = PreprocessImage(decoded, image);
+                           images.push_back(t);
+                           return static_cast<int>(t.size(0)) - 1;  // crops
+                         }));
+  const LeftPadded padded = LeftPad(prompts.encoded, sp.pad);
   ModelInputs in;
   in.input_ids = padded.input_ids;
   in.attention_mask = padded.attention_mask;
@@ -345,7 +375,7 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatch(
   for (int id : {sp.eos, sp.end_of_turn})
     if (id >= 0) stop_ids.insert(id);
   return Finish(
-      begin, b, prompts, std::move(stop_ids), options, seed,
+      begin, b, prompts.texts, std::move(stop_ids), options, seed,
       [&](const GenerateOptions& g) { return Generate(model_, in, g); });
 }
 
@@ -445,53 +475,29 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatchGemma4(
   }
   const SpecialTokenIds& sp = tokenizer_->special();
   const int64_t b = end - begin;
-  std::vector<EncodedChat> encoded;
   std::vector<at::Tensor> pixels, positions;
-  std::vector<std::string> prompts;
-  for (const GenerationRequest* r = begin; r != end; ++r) {
-    const Conversation& conv = r->prompt;
-    if (!config.is_vl() && conv.num_images() > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(conv.source, ": has images but the model is text-only"));
-    }
-    std::vector<ChatImageInfo> infos;
-    for (const std::string& path : conv.image_paths()) {
-      absl::StatusOr<RgbImage> decoded = DecodeImageFile(path);
-      absl::StatusOr<Gemma4ImagePatches> patches =
-          decoded.ok() ? Gemma4PreprocessImage(*decoded, image)
-                       : absl::StatusOr<Gemma4ImagePatches>(decoded.status());
-      if (!patches.ok()) {
-        return absl::Status(patches.status().code(),
-                            absl::StrCat(conv.source, ": ", path, ": ",
-                                         patches.status().message()));
-      }
-      ChatImageInfo info;
-      info.soft_tokens = patches->num_soft_tokens;
-      infos.push_back(info);
-      pixels.push_back(
-          torch::from_blob(patches->pixel_values.data(),
-                           {patches->max_patches, patches->patch_dim},
-                           torch::kFloat)
-              .clone());
-      positions.push_back(torch::from_blob(patches->positions.data(),
-                                           {patches->max_patches, 2},
-                                           torch::kLong)
-                              .clone());
-    }
-    absl::StatusOr<EncodedChat> enc =
-        EncodeChat(*tokenizer_, conv, chat, infos);
-    if (!enc.ok()) {
-      return absl::Status(
-          enc.status().code(),
-          absl::StrCat(conv.source, ": ", enc.status().message()));
-    }
-    absl::StatusOr<RenderedChat> rendered = RenderChat(conv, chat, infos);
-    std::string prompt = rendered.ok() ? rendered->text : "";
-    prompt = absl::StrReplaceAll(prompt, {{kImagePlaceholder, ""}});
-    prompts.push_back(std::move(prompt));
-    encoded.push_back(*std::move(enc));
-  }
-  const LeftPadded padded = LeftPad(encoded, sp.pad);
+  GEMMA_ASSIGN_OR_RETURN(
+      EncodedPrompts prompts,
+      EncodePrompts<ChatImageInfo>(
+          *tokenizer_, begin, end, config.is_vl(), chat, kImagePlaceholder,
+          /*pass_infos=*/true,
+          [&](const RgbImage& decoded) -> absl::StatusOr<ChatImageInfo> {
+            GEMMA_ASSIGN_OR_RETURN(Gemma4ImagePatches patches,
+                                   Gemma4PreprocessImage(decoded, image));
+            pixels.push_back(
+                torch::from_blob(patches.pixel_values.data(),
+                                 {patches.max_patches, patches.patch_dim},
+                                 torch::kFloat)
+                    .clone());
+            positions.push_back(torch::from_blob(patches.positions.data(),
+                                                 {patches.max_patches, 2},
+                                                 torch::kLong)
+                                    .clone());
+            ChatImageInfo info;
+            info.soft_tokens = patches.num_soft_tokens;
+            return info;
+          }));
+  const LeftPadded padded = LeftPad(prompts.encoded, sp.pad);
   Gemma4Inputs in;
   in.input_ids = padded.input_ids;
   in.attention_mask = padded.attention_mask;
@@ -504,7 +510,7 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatchGemma4(
   for (int id : {sp.eos, sp.turn_close})
     if (id >= 0) stop_ids.insert(id);
   return Finish(
-      begin, b, prompts, std::move(stop_ids), options, seed,
+      begin, b, prompts.texts, std::move(stop_ids), options, seed,
       [&](const GenerateOptions& g) { return GenerateGemma4(gemma4_, in, g); });
 }
 
