@@ -369,65 +369,68 @@ int Run(int argc, char** argv) {
     const int64_t k = std::min<int64_t>(16, new_tokens / 4);
     std::map<std::string, torch::Tensor> last_tokens;
     std::map<std::string, double> unfused_rate;
-    for (const bool on : fused_settings)
-    for (const Variant& var : variants) {
-      SetFusedKernels(on);
+    // Greedy to the last token (no stop tokens), no per-step logits kept.
+    auto decode_options = [](bool graphs, bool static_cache) {
       GenerateOptions go;
       go.stop_token_ids = {};
       go.return_step_logits = false;
-      go.cuda_graphs = var.graphs;
-      go.static_cache = var.static_cache;
-      auto timed = [&](int64_t n) {
-        go.max_new_tokens = n;
-        Sync(dev);
-        const double t0 = Now();
-        auto r = Generate(model, in, go);
-        TORCH_CHECK(r.ok(), r.status().ToString());
-        Sync(dev);
-        TORCH_CHECK(r->tokens.size(1) == n, "generated ", r->tokens.size(1));
-        last_tokens[var.name] = r->tokens;
-        return Now() - t0;
-      };
-      for (int64_t i = 0; i < warmup; ++i) timed(8);
-      ResetPeak(dev);
-      double t1 = 1e30, tk = 1e30, tn = 1e30;
-      for (int64_t i = 0; i < std::max<int64_t>(1, steps / 5); ++i) {
-        t1 = std::min(t1, timed(1));
-        if (k > 0) tk = std::min(tk, timed(k + 1));
-        tn = std::min(tn, timed(new_tokens + 1));
+      go.cuda_graphs = graphs;
+      go.static_cache = static_cache;
+      return go;
+    };
+    for (const bool on : fused_settings) {
+      SetFusedKernels(on);
+      for (const Variant& var : variants) {
+        GenerateOptions go = decode_options(var.graphs, var.static_cache);
+        auto timed = [&](int64_t n) {
+          go.max_new_tokens = n;
+          Sync(dev);
+          const double t0 = Now();
+          auto r = Generate(model, in, go);
+          TORCH_CHECK(r.ok(), r.status().ToString());
+          Sync(dev);
+          TORCH_CHECK(r->tokens.size(1) == n, "generated ", r->tokens.size(1));
+          last_tokens[var.name] = r->tokens;
+          return Now() - t0;
+        };
+        for (int64_t i = 0; i < warmup; ++i) timed(8);
+        ResetPeak(dev);
+        double t1 = 1e30, tk = 1e30, tn = 1e30;
+        for (int64_t i = 0; i < std::max<int64_t>(1, steps / 5); ++i) {
+          t1 = std::min(t1, timed(1));
+          if (k > 0) tk = std::min(tk, timed(k + 1));
+          tn = std::min(tn, timed(new_tokens + 1));
+        }
+        if (k == 0) tk = t1;
+        const double per_token = (tn - tk) / (new_tokens - k);
+        nlohmann::json row = out;
+        row["variant"] = var.name;
+        row["cuda_graphs"] = var.graphs;
+        row["kv_cache"] = var.static_cache ? "static" : "dynamic";
+        row["prefill_s"] = t1;
+        // What a call spends besides prefill and its steps (graph capture).
+        row["setup_s"] = std::max(0.0, tk - t1 - k * per_token);
+        row["decode_tokens_per_s"] = 1.0 / per_token;
+        row["fused_kernels"] = on;
+        if (!on) unfused_rate[var.name] = 1.0 / per_token;
+        if (on && unfused_rate.count(var.name))
+          row["speedup_vs_unfused"] = 1.0 / per_token / unfused_rate[var.name];
+        row["weight_bytes"] = weight_bytes;
+        row["peak_gib"] = PeakGiB(dev);
+        row["prompt"] = prompt;
+        row["new_tokens"] = new_tokens;
+        if (var.graphs && last_tokens.count("static")) {
+          // The graph replays the static eager step's kernels: same tokens.
+          row["tokens_match_static_eager"] =
+              torch::equal(last_tokens["static"], last_tokens["graphs"]);
+        }
+        std::cout << row.dump() << std::endl;
       }
-      if (k == 0) tk = t1;
-      const double per_token = (tn - tk) / (new_tokens - k);
-      nlohmann::json row = out;
-      row["variant"] = var.name;
-      row["cuda_graphs"] = var.graphs;
-      row["kv_cache"] = var.static_cache ? "static" : "dynamic";
-      row["prefill_s"] = t1;
-      // What a call spends besides prefill and its steps (graph capture).
-      row["setup_s"] = std::max(0.0, tk - t1 - k * per_token);
-      row["decode_tokens_per_s"] = 1.0 / per_token;
-      row["fused_kernels"] = on;
-      if (!on) unfused_rate[var.name] = 1.0 / per_token;
-      if (on && unfused_rate.count(var.name))
-        row["speedup_vs_unfused"] = 1.0 / per_token / unfused_rate[var.name];
-      row["weight_bytes"] = weight_bytes;
-      row["peak_gib"] = PeakGiB(dev);
-      row["prompt"] = prompt;
-      row["new_tokens"] = new_tokens;
-      if (var.graphs && last_tokens.count("static")) {
-        // The graph replays the static eager step's kernels: same tokens.
-        row["tokens_match_static_eager"] =
-            torch::equal(last_tokens["static"], last_tokens["graphs"]);
-      }
-      std::cout << row.dump() << std::endl;
     }
     if (!profile_dir.empty()) {
       // Eager static-cache steps: every kernel of a token shows in the trace.
-      GenerateOptions go;
-      go.stop_token_ids = {};
-      go.return_step_logits = false;
-      go.cuda_graphs = false;
-      go.static_cache = true;
+      GenerateOptions go =
+          decode_options(/*graphs=*/false, /*static_cache=*/true);
       go.max_new_tokens = 32;
       TORCH_CHECK(Generate(model, in, go).ok(), "decode warm-up failed");
       Sync(dev);
