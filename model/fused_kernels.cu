@@ -3,8 +3,12 @@
 // Each operand carries its dtype as a runtime tag (float, bf16, fp16), read
 // into fp32 and stored rounded once, so one instantiation serves every
 // dtype mix (bf16 activations with fp32 or bf16 norm weights). The kernels
-// are memory-bound; coalesced scalar loads keep them near the bandwidth on
-// the row sizes Gemma uses (head_dim 128-512, hidden 640-5376).
+// are memory-bound. Where the activations share one dtype and rows are whole
+// 16-byte vectors (every Gemma size: head_dim 64-512, hidden 640-5376) the
+// vectorized kernels below run instead: 16-byte accesses, rows held in
+// registers, 32-bit index math, per-block weight-gradient partials. The
+// first profile of the generic kernels measured them 2-7x off the bandwidth
+// (an RMSNorm backward over 4096 x 2560 bf16: 151 us, 21 MB in and out).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -373,6 +377,553 @@ Rope RopeOf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
   return rope;
 }
 
+
+// ---- Vectorized fast paths ---------------------------------------------
+// One dtype T for the activations (x, dy, the residual, the outputs, and
+// cos/sin), rows a multiple of 16 bytes and 16-byte aligned: 16-byte loads
+// and stores, fixed columns per thread (the row stays in registers between
+// the reduction and the store, so each element is read once), 32-bit row
+// arithmetic, and weight gradients reduced per block into an fp32 partial
+// buffer summed afterwards (deterministic; no atomics). The generic kernels
+// above remain for everything else (mixed dtypes, odd sizes, misalignment).
+template <typename T>
+__device__ __forceinline__ float ToF(T v);
+template <>
+__device__ __forceinline__ float ToF<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float ToF<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float ToF<__half>(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T FromF(float v);
+template <>
+__device__ __forceinline__ float FromF<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __forceinline__ __half FromF<__half>(float v) { return __float2half(v); }
+
+template <typename T>
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements a 16-byte access
+
+template <typename T>
+__device__ __forceinline__ void LoadVec(const T* p, float* f) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int i = 0; i < kVec<T>; ++i) f[i] = ToF(e[i]);
+}
+
+// Stores f rounded to T and leaves the rounded values in f.
+template <typename T>
+__device__ __forceinline__ void StoreVec(T* p, float* f) {
+  uint4 u;
+  T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int i = 0; i < kVec<T>; ++i) {
+    e[i] = FromF<T>(f[i]);
+    f[i] = ToF(e[i]);
+  }
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+// Sum over aligned groups of `width` lanes (a power of two <= 32); every lane
+// of the warp must call it.
+__device__ __forceinline__ float GroupSum(float v, int width) {
+  for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// RMSNorm, one row a block, K vectors a thread; with `res`, h = res + norm(x)
+// into y and norm(h; s2) into y2 (when non-null), as RmsNormFwdKernel.
+template <typename T, int K>
+__global__ void RmsNormFwdVecKernel(const T* __restrict__ x, const T* __restrict__ res,
+                                    Scale s1, Scale s2, float eps, int n,
+                                    T* __restrict__ y, T* __restrict__ y2,
+                                    float* __restrict__ rstd) {
+  constexpr int V = kVec<T>;
+  __shared__ float scratch[32];
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  const int nvec = n / V;
+  float v[K][V];
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    if (c < nvec) {
+      LoadVec(x + base + c * V, v[k]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) ss += v[k][i] * v[k][i];
+    }
+  }
+  ss = BlockSum(ss, scratch);
+  const float r = rsqrtf(ss / static_cast<float>(n) + eps);
+  if (rstd != nullptr && threadIdx.x == 0) rstd[blockIdx.x] = r;
+  float ss2 = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    if (c >= nvec) continue;
+    float rv[V];
+    if (res != nullptr) LoadVec(res + base + c * V, rv);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float t = v[k][i] * r * s1(c * V + i);
+      v[k][i] = res != nullptr ? rv[i] + t : t;
+    }
+    StoreVec(y + base + c * V, v[k]);
+#pragma unroll
+    for (int i = 0; i < V; ++i) ss2 += v[k][i] * v[k][i];
+  }
+  if (res == nullptr || y2 == nullptr) return;  // the whole block
+  ss2 = BlockSum(ss2, scratch);
+  const float r2 = rsqrtf(ss2 / static_cast<float>(n) + eps);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    if (c >= nvec) continue;
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[k][i] *= r2 * s2(c * V + i);
+    StoreVec(y2 + base + c * V, v[k]);
+  }
+}
+
+// RMSNorm backward, rows strided over the grid; dw partial sums per block
+// into dw_part [gridDim.x, n].
+template <typename T, int K>
+__global__ void RmsNormBwdVecKernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                    const float* __restrict__ rstd, Scale s, int n,
+                                    int64_t rows, T* __restrict__ dx,
+                                    float* __restrict__ dw_part) {
+  constexpr int V = kVec<T>;
+  __shared__ float scratch[32];
+  const int nvec = n / V;
+  float sc[K][V], acc[K][V];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      sc[k][i] = c < nvec ? s(c * V + i) : 0.f;
+      acc[k][i] = 0.f;
+    }
+  }
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * n;
+    const float r = rstd[row];
+    float d[K][V], xh[K][V];
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int c = threadIdx.x + k * blockDim.x;
+      if (c >= nvec) continue;
+      LoadVec(dy + base + c * V, d[k]);
+      LoadVec(x + base + c * V, xh[k]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        xh[k][i] *= r;
+        dot += d[k][i] * sc[k][i] * xh[k][i];
+      }
+    }
+    dot = BlockSum(dot, scratch) / static_cast<float>(n);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int c = threadIdx.x + k * blockDim.x;
+      if (c >= nvec) continue;
+      float out[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        acc[k][i] += d[k][i] * xh[k][i];
+        out[i] = r * (d[k][i] * sc[k][i] - xh[k][i] * dot);
+      }
+      StoreVec(dx + base + c * V, out);
+    }
+  }
+  if (dw_part == nullptr) return;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    if (c >= nvec) continue;
+    float* p = dw_part + static_cast<int64_t>(blockIdx.x) * n + c * V;
+#pragma unroll
+    for (int i = 0; i < V; ++i) p[i] = acc[k][i];
+  }
+}
+
+// Row r of x [B, L, ...] -> element offset, with b and l; 32-bit division.
+__device__ __forceinline__ int64_t RowOffset32(const Lead& ld, uint32_t r,
+                                               uint32_t* b, uint32_t* l) {
+  int64_t off = 0;
+  for (int k = ld.nd - 1; k >= 0; --k) {
+    const uint32_t size = static_cast<uint32_t>(ld.size[k]);
+    const uint32_t i = r % size;
+    r /= size;
+    off += static_cast<int64_t>(i) * ld.stride[k];
+    if (k == 0) *b = i;
+    if (k == 1) *l = i;
+  }
+  return off;
+}
+
+// Per-head norm + rope: a group of G lanes a row, each lane owning K vectors
+// of the first half and the matching K of the second (the rope's pairs).
+template <typename T, int K>
+__global__ void NormRopeFwdVecKernel(const T* __restrict__ x, Lead ld, int rows,
+                                     int hd, int G, bool norm, Scale s, float eps,
+                                     const T* __restrict__ cos, const T* __restrict__ sin,
+                                     int64_t cos_bstride, T* __restrict__ y,
+                                     float* __restrict__ rstd) {
+  constexpr int V = kVec<T>;
+  const int gl = threadIdx.x % G;
+  const int row = blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
+  const bool valid = row < rows;  // lanes past the end still shuffle
+  const int half = hd / 2;
+  uint32_t b = 0, l = 0;
+  const int64_t xo = valid ? RowOffset32(ld, row, &b, &l) : 0;
+  float a[K][V], c2[K][V];
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = (gl + k * G) * V;
+    if (valid) {
+      LoadVec(x + xo + j, a[k]);
+      LoadVec(x + xo + half + j, c2[k]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) a[k][i] = c2[k][i] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) ss += a[k][i] * a[k][i] + c2[k][i] * c2[k][i];
+  }
+  if (norm) {
+    const float r = rsqrtf(GroupSum(ss, G) / static_cast<float>(hd) + eps);
+    if (valid && rstd != nullptr && gl == 0) rstd[row] = r;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = (gl + k * G) * V;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        a[k][i] *= r * s(j + i);
+        c2[k][i] *= r * s(half + j + i);
+      }
+    }
+  }
+  if (!valid) return;
+  const int64_t yo = static_cast<int64_t>(row) * hd;
+  const int64_t co = b * cos_bstride + static_cast<int64_t>(l) * hd;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = (gl + k * G) * V;
+    if (cos != nullptr) {
+      float ca[V], sa[V], cb[V], sb[V];
+      LoadVec(cos + co + j, ca);
+      LoadVec(sin + co + j, sa);
+      LoadVec(cos + co + half + j, cb);
+      LoadVec(sin + co + half + j, sb);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const float lo = a[k][i], hi = c2[k][i];
+        a[k][i] = lo * ca[i] - hi * sa[i];
+        c2[k][i] = hi * cb[i] + lo * sb[i];
+      }
+    }
+    StoreVec(y + yo + j, a[k]);
+    StoreVec(y + yo + half + j, c2[k]);
+  }
+}
+
+// Its backward: dx through the rope's transpose and the norm; rows strided
+// over the grid; dw per block into dw_part [gridDim.x, hd] (shared memory:
+// blockDim.x * 2 * K * V floats).
+template <typename T, int K>
+__global__ void NormRopeBwdVecKernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                     Lead ld, int rows, int hd, int G, bool norm,
+                                     const float* __restrict__ rstd, Scale s,
+                                     const T* __restrict__ cos, const T* __restrict__ sin,
+                                     int64_t cos_bstride, T* __restrict__ dx, Lead dld,
+                                     float* __restrict__ dw_part) {
+  constexpr int V = kVec<T>;
+  extern __shared__ float dws[];
+  const int gl = threadIdx.x % G, group = threadIdx.x / G;
+  const int groups = blockDim.x / G;
+  const int half = hd / 2;
+  float sa_[K][V], sb_[K][V], acc_a[K][V], acc_b[K][V];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = (gl + k * G) * V;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      sa_[k][i] = norm ? s(j + i) : 1.f;
+      sb_[k][i] = norm ? s(half + j + i) : 1.f;
+      acc_a[k][i] = acc_b[k][i] = 0.f;
+    }
+  }
+  const int stride = gridDim.x * groups;
+  const int first = blockIdx.x * groups + group;
+  // Every lane runs the same number of iterations (the shuffles need them all).
+  const int iters = (rows + stride - 1) / stride;
+  for (int it = 0; it < iters; ++it) {
+    const int row = first + it * stride;
+    const bool valid = row < rows;
+    uint32_t b = 0, l = 0;
+    const int64_t xo = valid ? RowOffset32(ld, row, &b, &l) : 0;
+    const int64_t dxo = valid ? RowOffset32(dld, row, &b, &l) : 0;
+    const int64_t go = static_cast<int64_t>(row) * hd;
+    const int64_t co = b * cos_bstride + static_cast<int64_t>(l) * hd;
+    float ga[K][V], gb[K][V], xa[K][V], xb[K][V];
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = (gl + k * G) * V;
+      if (!valid) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) ga[k][i] = gb[k][i] = xa[k][i] = xb[k][i] = 0.f;
+        continue;
+      }
+      LoadVec(dy + go + j, ga[k]);
+      LoadVec(dy + go + half + j, gb[k]);
+      if (cos != nullptr) {
+        float ca[V], sa[V], cb[V], sb[V];
+        LoadVec(cos + co + j, ca);
+        LoadVec(sin + co + j, sa);
+        LoadVec(cos + co + half + j, cb);
+        LoadVec(sin + co + half + j, sb);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const float da = ga[k][i], db = gb[k][i];
+          ga[k][i] = da * ca[i] + db * sb[i];
+          gb[k][i] = db * cb[i] - da * sa[i];
+        }
+      }
+      if (norm) {
+        LoadVec(x + xo + j, xa[k]);
+        LoadVec(x + xo + half + j, xb[k]);
+      }
+    }
+    if (!norm) {
+      if (valid) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          const int j = (gl + k * G) * V;
+          StoreVec(dx + dxo + j, ga[k]);
+          StoreVec(dx + dxo + half + j, gb[k]);
+        }
+      }
+      continue;
+    }
+    const float r = valid ? rstd[row] : 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        xa[k][i] *= r;
+        xb[k][i] *= r;
+        dot += ga[k][i] * sa_[k][i] * xa[k][i] + gb[k][i] * sb_[k][i] * xb[k][i];
+      }
+    }
+    dot = GroupSum(dot, G) / static_cast<float>(hd);
+    if (!valid) continue;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = (gl + k * G) * V;
+      float oa[V], ob[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        acc_a[k][i] += ga[k][i] * xa[k][i];
+        acc_b[k][i] += gb[k][i] * xb[k][i];
+        oa[i] = r * (ga[k][i] * sa_[k][i] - xa[k][i] * dot);
+        ob[i] = r * (gb[k][i] * sb_[k][i] - xb[k][i] * dot);
+      }
+      StoreVec(dx + dxo + j, oa);
+      StoreVec(dx + dxo + half + j, ob);
+    }
+  }
+  if (dw_part == nullptr) return;  // the whole block
+  // Each group's columns into shared memory [groups, hd], then one sum per
+  // column for the block.
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = (gl + k * G) * V;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      dws[group * hd + j + i] = acc_a[k][i];
+      dws[group * hd + half + j + i] = acc_b[k][i];
+    }
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+    float t = 0.f;
+    for (int g = 0; g < groups; ++g) t += dws[g * hd + j];
+    dw_part[static_cast<int64_t>(blockIdx.x) * hd + j] = t;
+  }
+}
+
+// gelu_tanh(gate) * up: grid.x over column vectors, grid.y over rows.
+template <typename T>
+__global__ void GeluMulFwdVecKernel(const T* __restrict__ gu, int64_t rows, int inter,
+                                    T* __restrict__ y) {
+  constexpr int V = kVec<T>;
+  const int nvec = inter / V;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const T* g = gu + row * 2 * inter;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < nvec;
+         c += gridDim.x * blockDim.x) {
+      float gv[V], uv[V];
+      LoadVec(g + c * V, gv);
+      LoadVec(g + inter + c * V, uv);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        float v, slope;
+        GeluTanh(gv[i], &v, &slope);
+        gv[i] = v * uv[i];
+      }
+      StoreVec(y + row * inter + c * V, gv);
+    }
+  }
+}
+
+template <typename T>
+__global__ void GeluMulBwdVecKernel(const T* __restrict__ dy, const T* __restrict__ gu,
+                                    int64_t rows, int inter, T* __restrict__ dgu) {
+  constexpr int V = kVec<T>;
+  const int nvec = inter / V;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const T* g = gu + row * 2 * inter;
+    T* dg = dgu + row * 2 * inter;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < nvec;
+         c += gridDim.x * blockDim.x) {
+      float gv[V], uv[V], d[V];
+      LoadVec(g + c * V, gv);
+      LoadVec(g + inter + c * V, uv);
+      LoadVec(dy + row * inter + c * V, d);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        float v, slope;
+        GeluTanh(gv[i], &v, &slope);
+        gv[i] = d[i] * uv[i] * slope;
+        uv[i] = d[i] * v;
+      }
+      StoreVec(dg + c * V, gv);
+      StoreVec(dg + inter + c * V, uv);
+    }
+  }
+}
+
+// Runs f(T{}) with T the CUDA type of `t`; false for other dtypes.
+template <typename F>
+bool ByDtype(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat:
+      f(float{});
+      return true;
+    case at::kBFloat16:
+      f(__nv_bfloat16{});
+      return true;
+    case at::kHalf:
+      f(__half{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+int VecOf(at::ScalarType t) { return 16 / static_cast<int>(c10::elementSize(t)); }
+
+bool Aligned(const at::Tensor& t) {
+  return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+// Whether rows of n elements of `x` (and the same-dtype `others`) take the
+// vectorized path: float/bf16/fp16, n a whole number of 16-byte vectors,
+// every pointer 16-byte aligned.
+bool VecRows(const at::Tensor& x, int64_t n, std::initializer_list<at::Tensor> others) {
+  const at::ScalarType t = x.scalar_type();
+  if (t != at::kFloat && t != at::kBFloat16 && t != at::kHalf) return false;
+  if (n <= 0 || n % VecOf(t) != 0 || !Aligned(x)) return false;
+  for (const at::Tensor& o : others) {
+    if (o.defined() && (o.scalar_type() != t || !Aligned(o))) return false;
+  }
+  return true;
+}
+
+// Vectors a thread for a row of nvec vectors in one block (0: too long).
+int VectorsPerThread(int64_t nvec) {
+  if (nvec <= 1024) return 1;
+  if (nvec <= 2048) return 2;
+  if (nvec <= 4096) return 4;
+  return 0;
+}
+
+int BlockThreads(int64_t nvec, int k) {
+  const int64_t t = (nvec + k - 1) / k;
+  return static_cast<int>(std::max<int64_t>(32, (t + 31) / 32 * 32));
+}
+
+// Elementwise over rows of nvec vectors: grid.x across a row, grid.y over
+// the rows (each block strides over rows past 65535).
+dim3 RowsGrid(int64_t rows, int64_t nvec, int threads) {
+  return dim3(static_cast<unsigned>(std::min<int64_t>((nvec + threads - 1) / threads, 1024)),
+              static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+}
+
+// Launches the RMSNorm forward fast path; false when it does not apply.
+bool RmsNormFwdVec(const at::Tensor& x, const at::Tensor& res, const Scale& s1,
+                   const Scale& s2, float eps, int64_t n, int64_t rows, at::Tensor& y,
+                   const at::Tensor& y2, float* rstd) {
+  if (!VecRows(x, n, {res, y, y2}) || rows > INT32_MAX) return false;
+  const int64_t nvec = n / VecOf(x.scalar_type());
+  const int k = VectorsPerThread(nvec);
+  if (k == 0) return false;
+  const int threads = BlockThreads(nvec, k);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  return ByDtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    auto p = [](const at::Tensor& t) {
+      return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+    };
+    auto launch = [&](auto kernel) {
+      kernel<<<rows, threads, 0, stream>>>(p(x), p(res), s1, s2, eps,
+                                           static_cast<int>(n), p(y), p(y2), rstd);
+    };
+    if (k == 1) launch(RmsNormFwdVecKernel<T, 1>);
+    else if (k == 2) launch(RmsNormFwdVecKernel<T, 2>);
+    else launch(RmsNormFwdVecKernel<T, 4>);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// The norm+rope fast path's shape: K vectors of each half a lane, G lanes a
+// row (a power of two <= 32); k == 0 when it does not apply.
+struct RopeVec {
+  int k = 0, g = 0;
+};
+
+RopeVec RopeVecOf(const at::Tensor& x, const Lead& ld, const at::Tensor& cos,
+                  const at::Tensor& sin, std::initializer_list<at::Tensor> others,
+                  const Lead* other_lead = nullptr) {
+  const int64_t hd = x.size(-1);
+  if (hd % 2 != 0 || x.numel() / hd > INT32_MAX) return {};
+  if (!VecRows(x, hd / 2, others)) return {};
+  const at::ScalarType t = x.scalar_type();
+  if (cos.defined() && (cos.scalar_type() != t || sin.scalar_type() != t)) return {};
+  const int v = VecOf(x.scalar_type());
+  for (const Lead* l : {&ld, other_lead}) {
+    if (l == nullptr) continue;
+    for (int k = 0; k < l->nd; ++k) {
+      if (l->stride[k] % v != 0 || l->size[k] > INT32_MAX) return {};
+    }
+  }
+  const int64_t nvec = hd / 2 / v;
+  const int k = nvec <= 32 ? 1 : (nvec <= 64 && nvec % 2 == 0 ? 2 : 0);
+  if (k == 0) return {};
+  const int64_t g = nvec / k;
+  if ((g & (g - 1)) != 0) return {};
+  return RopeVec{k, static_cast<int>(g)};
+}
 }  // namespace
 
 at::Tensor RmsNormForward(const at::Tensor& x_in, const at::Tensor& w,
@@ -385,11 +936,15 @@ at::Tensor RmsNormForward(const at::Tensor& x_in, const at::Tensor& w,
   at::Tensor y = at::empty_like(x);
   if (rstd != nullptr) *rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return y;
+  float* rstd_p = rstd != nullptr ? rstd->data_ptr<float>() : nullptr;
+  if (RmsNormFwdVec(x, {}, s, Scale{nullptr, kF32, 0.f}, static_cast<float>(eps), n,
+                    rows, y, {}, rstd_p)) {
+    return y;
+  }
   RmsNormFwdKernel<<<rows, Threads(n, rows), 0,
                      at::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr(), nullptr, KindOf(x, "x"), s, Scale{nullptr, kF32, 0.f},
-      static_cast<float>(eps), n, y.data_ptr(), nullptr,
-      rstd != nullptr ? rstd->data_ptr<float>() : nullptr);
+      static_cast<float>(eps), n, y.data_ptr(), nullptr, rstd_p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -406,6 +961,31 @@ std::pair<at::Tensor, at::Tensor> RmsNormBackward(
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw;
   const bool with_dw = want_dw && w.defined();
+  const int64_t nvec = n / VecOf(x.scalar_type());
+  const int vk = VecRows(x, n, {dy, dx}) ? VectorsPerThread(nvec) : 0;
+  if (rows > 0 && vk > 0) {
+    const int threads = BlockThreads(nvec, vk);
+    const int64_t blocks = std::min<int64_t>(
+        rows, static_cast<int64_t>(SmCount()) * std::max(1, 2048 / threads));
+    at::Tensor part;
+    if (with_dw) part = at::empty({blocks, n}, x.options().dtype(at::kFloat));
+    auto stream = at::cuda::getCurrentCUDAStream();
+    ByDtype(x.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      auto launch = [&](auto kernel) {
+        kernel<<<blocks, threads, 0, stream>>>(
+            static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(x.data_ptr()),
+            rstd.data_ptr<float>(), s, static_cast<int>(n), rows,
+            static_cast<T*>(dx.data_ptr()), with_dw ? part.data_ptr<float>() : nullptr);
+      };
+      if (vk == 1) launch(RmsNormBwdVecKernel<T, 1>);
+      else if (vk == 2) launch(RmsNormBwdVecKernel<T, 2>);
+      else launch(RmsNormBwdVecKernel<T, 4>);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    if (with_dw) dw = part.sum(0).to(w.scalar_type());
+    return {dx, dw};
+  }
   if (with_dw) dw = at::zeros({n}, x.options().dtype(at::kFloat));
   if (rows > 0) {
     const int blocks =
@@ -439,6 +1019,9 @@ std::pair<at::Tensor, at::Tensor> ResidualRmsNorm(const at::Tensor& residual_in,
   at::Tensor h = at::empty_like(x);
   at::Tensor y = w2.defined() ? at::empty_like(x) : at::Tensor();
   if (rows == 0) return {h, y};
+  if (RmsNormFwdVec(x, res, s1, s2, static_cast<float>(eps), n, rows, h, y, nullptr)) {
+    return {h, y};
+  }
   RmsNormFwdKernel<<<rows, Threads(n, rows), 0,
                      at::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr(), res.data_ptr(), KindOf(x, "x"), s1, s2,
@@ -462,6 +1045,28 @@ at::Tensor NormRopeForward(const at::Tensor& x, bool norm, const at::Tensor& w,
   if (rstd != nullptr && norm)
     *rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return y;
+  const RopeVec rv = RopeVecOf(x, ld, keep_cos, keep_sin, {y, keep_cos, keep_sin});
+  if (rv.k > 0) {
+    constexpr int kThreads = 256;
+    const int64_t per_block = kThreads / rv.g;
+    const int64_t blocks = (rows + per_block - 1) / per_block;
+    auto stream = at::cuda::getCurrentCUDAStream();
+    ByDtype(x.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      auto launch = [&](auto kernel) {
+        kernel<<<blocks, kThreads, 0, stream>>>(
+            static_cast<const T*>(x.data_ptr()), ld, static_cast<int>(rows),
+            static_cast<int>(hd), rv.g, norm, s, static_cast<float>(eps),
+            static_cast<const T*>(rope.cos), static_cast<const T*>(rope.sin),
+            rope.bstride, static_cast<T*>(y.data_ptr()),
+            rstd != nullptr && norm ? rstd->data_ptr<float>() : nullptr);
+      };
+      if (rv.k == 1) launch(NormRopeFwdVecKernel<T, 1>);
+      else launch(NormRopeFwdVecKernel<T, 2>);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return y;
+  }
   constexpr int kThreads = 256;  // 8 rows a block
   const int64_t blocks = (rows + 7) / 8;
   NormRopeFwdKernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -492,6 +1097,35 @@ std::pair<at::Tensor, at::Tensor> NormRopeBackward(
   const Lead dld = LeadOf(dx);
   const bool with_dw = want_dw && norm && w.defined();
   at::Tensor dw;
+  const RopeVec rv = rows > 0 && dld.nd == ld.nd
+                         ? RopeVecOf(x, ld, keep_cos, keep_sin, {dy, dx, keep_cos, keep_sin}, &dld)
+                         : RopeVec{};
+  if (rv.k > 0) {
+    constexpr int kThreads = 256;
+    const int64_t per_block = kThreads / rv.g;
+    const int64_t blocks = std::min<int64_t>((rows + per_block - 1) / per_block,
+                                             static_cast<int64_t>(SmCount()) * 8);
+    at::Tensor part;
+    if (with_dw) part = at::empty({blocks, hd}, x.options().dtype(at::kFloat));
+    const size_t smem = with_dw ? kThreads * 2 * rv.k * VecOf(x.scalar_type()) * sizeof(float) : 0;
+    auto stream = at::cuda::getCurrentCUDAStream();
+    ByDtype(x.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      auto launch = [&](auto kernel) {
+        kernel<<<blocks, kThreads, smem, stream>>>(
+            static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(x.data_ptr()), ld,
+            static_cast<int>(rows), static_cast<int>(hd), rv.g, norm,
+            norm ? rstd.data_ptr<float>() : nullptr, s, static_cast<const T*>(rope.cos),
+            static_cast<const T*>(rope.sin), rope.bstride, static_cast<T*>(dx.data_ptr()),
+            dld, with_dw ? part.data_ptr<float>() : nullptr);
+      };
+      if (rv.k == 1) launch(NormRopeBwdVecKernel<T, 1>);
+      else launch(NormRopeBwdVecKernel<T, 2>);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    if (with_dw) dw = part.sum(0).to(w.scalar_type());
+    return {dx, dw};
+  }
   if (with_dw) dw = at::zeros({hd}, x.options().dtype(at::kFloat));
   if (rows > 0) {
     constexpr int kThreads = 256;
@@ -520,6 +1154,20 @@ at::Tensor GeluMulForward(const at::Tensor& gate_up_in) {
   const int64_t total = y.numel();
   if (total == 0) return y;
   constexpr int kThreads = 256;
+  if (VecRows(gu, inter, {y})) {
+    const int64_t rows = total / inter;
+    const int64_t nvec = inter / VecOf(gu.scalar_type());
+    const dim3 grid = RowsGrid(rows, nvec, kThreads);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    ByDtype(gu.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      GeluMulFwdVecKernel<T><<<grid, kThreads, 0, stream>>>(
+          static_cast<const T*>(gu.data_ptr()), rows, static_cast<int>(inter),
+          static_cast<T*>(y.data_ptr()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return y;
+  }
   GeluMulFwdKernel<<<ElementwiseBlocks(total, kThreads), kThreads, 0,
                      at::cuda::getCurrentCUDAStream()>>>(
       gu.data_ptr(), KindOf(gu, "gate_up"), inter, total, y.data_ptr());
@@ -538,6 +1186,20 @@ at::Tensor GeluMulBackward(const at::Tensor& dy_in, const at::Tensor& gate_up_in
   const int64_t total = dy.numel();
   if (total == 0) return dgu;
   constexpr int kThreads = 256;
+  if (VecRows(gu, inter, {dy, dgu})) {
+    const int64_t rows = total / inter;
+    const int64_t nvec = inter / VecOf(gu.scalar_type());
+    const dim3 grid = RowsGrid(rows, nvec, kThreads);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    ByDtype(gu.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      GeluMulBwdVecKernel<T><<<grid, kThreads, 0, stream>>>(
+          static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(gu.data_ptr()), rows,
+          static_cast<int>(inter), static_cast<T*>(dgu.data_ptr()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return dgu;
+  }
   GeluMulBwdKernel<<<ElementwiseBlocks(total, kThreads), kThreads, 0,
                      at::cuda::getCurrentCUDAStream()>>>(
       dy.data_ptr(), KindOf(dy, "dy"), gu.data_ptr(), KindOf(gu, "gate_up"),

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -63,8 +64,11 @@ class FusedCudaTest : public ::testing::Test {
   }
 };
 
+// Row sizes for both paths: 77 the generic kernels, the others the 16-byte
+// vectorized ones (one, two and four vectors a thread for 9000).
 TEST_F(FusedCudaTest, RmsNormValuesAndGradients) {
-  for (int64_t n : {int64_t{64}, int64_t{1000}, int64_t{2560}}) {
+  for (int64_t n : {int64_t{77}, int64_t{64}, int64_t{1000}, int64_t{2560},
+                    int64_t{9000}}) {
     for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
       for (auto wdtype : {torch::kFloat, torch::kBFloat16}) {
         auto opts = torch::TensorOptions(kCuda);
@@ -106,9 +110,10 @@ TEST_F(FusedCudaTest, RmsNormWithoutOffsetOrWeight) {
     torch::Tensor yr = xr * torch::rsqrt(xr.pow(2).mean(-1, true) + 1e-6);
     if (with_weight) yr = yr * wr;
     (yr * gy.to(torch::kFloat)).sum().backward();
-    torch::Tensor x = Leaf(x0, torch::kBFloat16), w = Leaf(w0, torch::kBFloat16);
-    torch::Tensor y =
-        FusedRmsNorm(x, with_weight ? w : torch::Tensor(), 1e-6, /*offset=*/0.0);
+    torch::Tensor x = Leaf(x0, torch::kBFloat16),
+                  w = Leaf(w0, torch::kBFloat16);
+    torch::Tensor y = FusedRmsNorm(x, with_weight ? w : torch::Tensor(), 1e-6,
+                                   /*offset=*/0.0);
     (y * gy).sum().backward();
     EXPECT_LT(Rel(y, yr), 1e-2) << with_weight;
     EXPECT_LT(Rel(x.grad(), xr.grad()), 1e-2) << with_weight;
@@ -124,13 +129,17 @@ TEST_F(FusedCudaTest, RmsNormWithoutOffsetOrWeight) {
 // [B, L, nkv, g + 2, hd] (strided), cos/sin for one row or per row.
 TEST_F(FusedCudaTest, NormRopeOnStridedHeadsValuesAndGradients) {
   const int64_t b = 2, l = 5, nkv = 2, g = 3;
-  for (int64_t hd : {int64_t{16}, int64_t{256}}) {
+  // 12: the generic kernels; 16-512: the vectorized ones (512 in fp32 with
+  // two vectors of each half a lane).
+  for (int64_t hd :
+       {int64_t{12}, int64_t{16}, int64_t{128}, int64_t{256}, int64_t{512}}) {
     for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
       for (int64_t cos_rows : {int64_t{1}, b}) {
         for (int mode = 0; mode < 3; ++mode) {  // norm+rope, rope, norm
           const bool norm = mode != 1, rope = mode != 2;
           auto opts = torch::TensorOptions(kCuda);
-          torch::Tensor fused = torch::randn({b, l, nkv, g + 2, hd}, opts).to(dtype);
+          torch::Tensor fused =
+              torch::randn({b, l, nkv, g + 2, hd}, opts).to(dtype);
           torch::Tensor w0 = (torch::randn({hd}, opts) * 0.3).to(dtype);
           torch::Tensor ang = torch::randn({cos_rows, l, hd / 2}, opts);
           ang = torch::cat({ang, ang}, -1);
@@ -143,16 +152,18 @@ TEST_F(FusedCudaTest, NormRopeOnStridedHeadsValuesAndGradients) {
           torch::Tensor q = fr.narrow(3, 0, g);
           torch::Tensor yr = norm ? RefNorm(q, wr, 1e-6) : q;
           if (rope) {
-            torch::Tensor c = cos.to(torch::kFloat).view({cos_rows, l, 1, 1, hd});
-            torch::Tensor s = sin.to(torch::kFloat).view({cos_rows, l, 1, 1, hd});
+            torch::Tensor c =
+                cos.to(torch::kFloat).view({cos_rows, l, 1, 1, hd});
+            torch::Tensor s =
+                sin.to(torch::kFloat).view({cos_rows, l, 1, 1, hd});
             yr = yr * c + RotateHalf(yr) * s;
           }
           (yr * gy.to(torch::kFloat)).sum().backward();
 
           torch::Tensor f = Leaf(fused, dtype);
           torch::Tensor w = Leaf(w0, dtype);
-          torch::Tensor y = FusedNormRope(f.narrow(3, 0, g), norm, w, 1e-6,
-                                          1.0, cos, sin);
+          torch::Tensor y =
+              FusedNormRope(f.narrow(3, 0, g), norm, w, 1e-6, 1.0, cos, sin);
           ASSERT_TRUE(y.is_contiguous());
           ASSERT_EQ(y.sizes(), yr.sizes());
           (y * gy).sum().backward();
@@ -194,7 +205,8 @@ TEST_F(FusedCudaTest, QkvNormRopeValuesAndGradients) {
         torch::randn({b, l, nkv, hd}, opts).to(dtype)};
 
     torch::Tensor yr = Leaf(y0, torch::kFloat);
-    torch::Tensor qwr = Leaf(qw0, torch::kFloat), kwr = Leaf(kw0, torch::kFloat);
+    torch::Tensor qwr = Leaf(qw0, torch::kFloat),
+                  kwr = Leaf(kw0, torch::kFloat);
     torch::Tensor c = cos.to(torch::kFloat).unsqueeze(2);
     torch::Tensor s = sin.to(torch::kFloat).unsqueeze(2);
     torch::Tensor qr = RefNorm(yr.narrow(3, 0, g), qwr, 1e-6);
@@ -202,7 +214,8 @@ TEST_F(FusedCudaTest, QkvNormRopeValuesAndGradients) {
     torch::Tensor kr = RefNorm(yr.select(3, g), kwr, 1e-6);
     kr = kr * c + RotateHalf(kr) * s;
     torch::Tensor vr = yr.select(3, g + 1);
-    ((qr * gys[0].to(torch::kFloat)).sum() + (kr * gys[1].to(torch::kFloat)).sum() +
+    ((qr * gys[0].to(torch::kFloat)).sum() +
+     (kr * gys[1].to(torch::kFloat)).sum() +
      (vr * gys[2].to(torch::kFloat)).sum())
         .backward();
 
@@ -211,7 +224,8 @@ TEST_F(FusedCudaTest, QkvNormRopeValuesAndGradients) {
     std::vector<torch::Tensor> out =
         FusedQkvNormRope(y, g, qw, kw, 1e-6, 1.0, cos, sin);
     ASSERT_EQ(out.size(), 3u);
-    ((out[0] * gys[0]).sum() + (out[1] * gys[1]).sum() + (out[2] * gys[2]).sum())
+    ((out[0] * gys[0]).sum() + (out[1] * gys[1]).sum() +
+     (out[2] * gys[2]).sum())
         .backward();
     const std::string at = c10::toString(dtype);
     EXPECT_LT(Rel(out[0], qr), Tol(dtype)) << at;
@@ -229,19 +243,27 @@ TEST_F(FusedCudaTest, QkvNormRopeValuesAndGradients) {
 }
 
 TEST_F(FusedCudaTest, GeluMulValuesAndGradients) {
-  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
-    auto opts = torch::TensorOptions(kCuda);
-    torch::Tensor gu0 = (torch::randn({3, 9, 2 * 333}, opts) * 2).to(dtype);
-    torch::Tensor gy = torch::randn({3, 9, 333}, opts).to(dtype);
-    torch::Tensor gr = Leaf(gu0, torch::kFloat);
-    std::vector<torch::Tensor> parts = gr.chunk(2, -1);
-    torch::Tensor yr = torch::gelu(parts[0], "tanh") * parts[1];
-    (yr * gy.to(torch::kFloat)).sum().backward();
-    torch::Tensor gu = Leaf(gu0, dtype);
-    torch::Tensor y = FusedGeluMul(gu);
-    (y * gy).sum().backward();
-    EXPECT_LT(Rel(y, yr), Tol(dtype)) << c10::toString(dtype);
-    EXPECT_LT(Rel(gu.grad(), gr.grad()), Tol(dtype)) << c10::toString(dtype);
+  // 333 columns: the generic kernels; 512: the vectorized ones; 70000 rows:
+  // more than one grid row a block.
+  const std::pair<int64_t, int64_t> shapes[] = {
+      {27, 333}, {27, 512}, {70000, 16}};
+  for (const auto& [rows, inter] : shapes) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      auto opts = torch::TensorOptions(kCuda);
+      torch::Tensor gu0 = (torch::randn({rows, 2 * inter}, opts) * 2).to(dtype);
+      torch::Tensor gy = torch::randn({rows, inter}, opts).to(dtype);
+      torch::Tensor gr = Leaf(gu0, torch::kFloat);
+      std::vector<torch::Tensor> parts = gr.chunk(2, -1);
+      torch::Tensor yr = torch::gelu(parts[0], "tanh") * parts[1];
+      (yr * gy.to(torch::kFloat)).sum().backward();
+      torch::Tensor gu = Leaf(gu0, dtype);
+      torch::Tensor y = FusedGeluMul(gu);
+      (y * gy).sum().backward();
+      const std::string at = std::to_string(rows) + " x " +
+                             std::to_string(inter) + " " + c10::toString(dtype);
+      EXPECT_LT(Rel(y, yr), Tol(dtype)) << at;
+      EXPECT_LT(Rel(gu.grad(), gr.grad()), Tol(dtype)) << at;
+    }
   }
 }
 
@@ -265,6 +287,47 @@ TEST_F(FusedCudaTest, ResidualNormMatchesAddThenNorms) {
   }
 }
 
+// More rows than the backward kernels' grids hold at once (each block loops
+// over rows and sums its weight gradient before the final reduction):
+// values and gradients against fp32 on the same inputs.
+TEST_F(FusedCudaTest, BackwardOverManyRowsPerBlock) {
+  auto opts = torch::TensorOptions(kCuda);
+  const auto bf = torch::kBFloat16;
+  {
+    torch::Tensor x0 = torch::randn({64, 40, 2560}, opts).to(bf);
+    torch::Tensor w0 = (torch::randn({2560}, opts) * 0.3).to(bf);
+    torch::Tensor gy = torch::randn({64, 40, 2560}, opts).to(bf);
+    torch::Tensor xr = Leaf(x0, torch::kFloat), wr = Leaf(w0, torch::kFloat);
+    (RefNorm(xr, wr, 1e-6) * gy.to(torch::kFloat)).sum().backward();
+    torch::Tensor x = Leaf(x0, bf), w = Leaf(w0, bf);
+    (FusedRmsNorm(x, w, 1e-6, 1.0) * gy).sum().backward();
+    EXPECT_LT(Rel(x.grad(), xr.grad()), 1e-2);
+    EXPECT_LT(Rel(w.grad(), wr.grad()), 2e-2);
+  }
+  {
+    const int64_t b = 4, l = 1100, nkv = 2, g = 2, hd = 256;
+    torch::Tensor fused = torch::randn({b, l, nkv, g + 2, hd}, opts).to(bf);
+    torch::Tensor w0 = (torch::randn({hd}, opts) * 0.3).to(bf);
+    torch::Tensor ang = torch::randn({1, l, hd / 2}, opts);
+    ang = torch::cat({ang, ang}, -1);
+    torch::Tensor cos = ang.cos().to(bf), sin = ang.sin().to(bf);
+    torch::Tensor gy = torch::randn({b, l, nkv, g, hd}, opts).to(bf);
+    torch::Tensor fr = Leaf(fused, torch::kFloat), wr = Leaf(w0, torch::kFloat);
+    torch::Tensor yr = RefNorm(fr.narrow(3, 0, g), wr, 1e-6);
+    torch::Tensor c = cos.to(torch::kFloat).view({1, l, 1, 1, hd});
+    torch::Tensor s = sin.to(torch::kFloat).view({1, l, 1, 1, hd});
+    yr = yr * c + RotateHalf(yr) * s;
+    (yr * gy.to(torch::kFloat)).sum().backward();
+    torch::Tensor f = Leaf(fused, bf), w = Leaf(w0, bf);
+    torch::Tensor y =
+        FusedNormRope(f.narrow(3, 0, g), true, w, 1e-6, 1.0, cos, sin);
+    (y * gy).sum().backward();
+    EXPECT_LT(Rel(y, yr), 1e-2);
+    EXPECT_LT(Rel(f.grad(), fr.grad()), 1e-2);
+    EXPECT_LT(Rel(w.grad(), wr.grad()), 2e-2);
+  }
+}
+
 // A whole bf16 decoder layer, training (forward + backward) and inference,
 // with the kernels on and off: the same outputs and gradients within bf16.
 TEST_F(FusedCudaTest, DecoderLayerWithAndWithoutKernels) {
@@ -281,10 +344,12 @@ TEST_F(FusedCudaTest, DecoderLayerWithAndWithoutKernels) {
   }
   layer->to(kCuda, torch::kBFloat16);
   const int64_t b = 2, l = 33;
-  torch::Tensor x0 = torch::randn({b, l, c.hidden_size},
-                                  torch::TensorOptions(kCuda).dtype(torch::kBFloat16));
-  torch::Tensor pos = torch::arange(l, torch::TensorOptions(kCuda).dtype(torch::kLong))
-                          .unsqueeze(0);
+  torch::Tensor x0 =
+      torch::randn({b, l, c.hidden_size},
+                   torch::TensorOptions(kCuda).dtype(torch::kBFloat16));
+  torch::Tensor pos =
+      torch::arange(l, torch::TensorOptions(kCuda).dtype(torch::kLong))
+          .unsqueeze(0);
   auto [cos, sin] = RopeCosSin(RopeInverseFrequencies(c.head_dim, c.rope_full),
                                pos, torch::kBFloat16);
   MaskSpec spec;
