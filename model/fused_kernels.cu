@@ -386,26 +386,14 @@ Rope RopeOf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
 // arithmetic, and weight gradients reduced per block into an fp32 partial
 // buffer summed afterwards (deterministic; no atomics). The generic kernels
 // above remain for everything else (mixed dtypes, odd sizes, misalignment).
-template <typename T>
-__device__ __forceinline__ float ToF(T v);
-template <>
-__device__ __forceinline__ float ToF<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float ToF<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
+__device__ __forceinline__ float ToF(float v) { return v; }
+__device__ __forceinline__ float ToF(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToF(__half v) { return __half2float(v); }
+__device__ __forceinline__ void FromF(float v, float* out) { *out = v; }
+__device__ __forceinline__ void FromF(float v, __nv_bfloat16* out) {
+  *out = __float2bfloat16(v);
 }
-template <>
-__device__ __forceinline__ float ToF<__half>(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T FromF(float v);
-template <>
-__device__ __forceinline__ float FromF<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-template <>
-__device__ __forceinline__ __half FromF<__half>(float v) { return __float2half(v); }
+__device__ __forceinline__ void FromF(float v, __half* out) { *out = __float2half(v); }
 
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements a 16-byte access
@@ -425,7 +413,7 @@ __device__ __forceinline__ void StoreVec(T* p, float* f) {
   T* e = reinterpret_cast<T*>(&u);
 #pragma unroll
   for (int i = 0; i < kVec<T>; ++i) {
-    e[i] = FromF<T>(f[i]);
+    FromF(f[i], &e[i]);
     f[i] = ToF(e[i]);
   }
   *reinterpret_cast<uint4*>(p) = u;
@@ -569,6 +557,26 @@ __device__ __forceinline__ int64_t RowOffset32(const Lead& ld, uint32_t r,
   return off;
 }
 
+// The rope on one lane's vectors of a row's two halves, lo (at `at`) and hi
+// (at `at + half`): lo * cos - hi * sin and hi * cos + lo * sin, or with
+// `transpose` its transpose (the backward: sin of the other half, negated).
+template <typename T>
+__device__ __forceinline__ void RotatePair(const T* cos, const T* sin, int64_t at, int half,
+                                           bool transpose, float* lo, float* hi) {
+  constexpr int V = kVec<T>;
+  float ca[V], sa[V], cb[V], sb[V];
+  LoadVec(cos + at, ca);
+  LoadVec(sin + at, sa);
+  LoadVec(cos + at + half, cb);
+  LoadVec(sin + at + half, sb);
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const float l = lo[i], h = hi[i];
+    lo[i] = transpose ? l * ca[i] + h * sb[i] : l * ca[i] - h * sa[i];
+    hi[i] = transpose ? h * cb[i] - l * sa[i] : h * cb[i] + l * sb[i];
+  }
+}
+
 // Per-head norm + rope: a group of G lanes a row, each lane owning K vectors
 // of the first half and the matching K of the second (the rope's pairs).
 template <typename T, int K>
@@ -618,19 +626,7 @@ __global__ void NormRopeFwdVecKernel(const T* __restrict__ x, Lead ld, int rows,
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int j = (gl + k * G) * V;
-    if (cos != nullptr) {
-      float ca[V], sa[V], cb[V], sb[V];
-      LoadVec(cos + co + j, ca);
-      LoadVec(sin + co + j, sa);
-      LoadVec(cos + co + half + j, cb);
-      LoadVec(sin + co + half + j, sb);
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const float lo = a[k][i], hi = c2[k][i];
-        a[k][i] = lo * ca[i] - hi * sa[i];
-        c2[k][i] = hi * cb[i] + lo * sb[i];
-      }
-    }
+    if (cos != nullptr) RotatePair(cos, sin, co + j, half, false, a[k], c2[k]);
     StoreVec(y + yo + j, a[k]);
     StoreVec(y + yo + half + j, c2[k]);
   }
@@ -686,19 +682,7 @@ __global__ void NormRopeBwdVecKernel(const T* __restrict__ dy, const T* __restri
       }
       LoadVec(dy + go + j, ga[k]);
       LoadVec(dy + go + half + j, gb[k]);
-      if (cos != nullptr) {
-        float ca[V], sa[V], cb[V], sb[V];
-        LoadVec(cos + co + j, ca);
-        LoadVec(sin + co + j, sa);
-        LoadVec(cos + co + half + j, cb);
-        LoadVec(sin + co + half + j, sb);
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const float da = ga[k][i], db = gb[k][i];
-          ga[k][i] = da * ca[i] + db * sb[i];
-          gb[k][i] = db * cb[i] - da * sa[i];
-        }
-      }
+      if (cos != nullptr) RotatePair(cos, sin, co + j, half, true, ga[k], gb[k]);
       if (norm) {
         LoadVec(x + xo + j, xa[k]);
         LoadVec(x + xo + half + j, xb[k]);
@@ -763,52 +747,38 @@ __global__ void NormRopeBwdVecKernel(const T* __restrict__ dy, const T* __restri
 }
 
 // gelu_tanh(gate) * up: grid.x over column vectors, grid.y over rows.
+// Forward (dy null): out = gelu(gate) * up [rows, inter]; backward:
+// out = d(gate_up) [rows, 2 * inter].
 template <typename T>
-__global__ void GeluMulFwdVecKernel(const T* __restrict__ gu, int64_t rows, int inter,
-                                    T* __restrict__ y) {
+__global__ void GeluMulVecKernel(const T* __restrict__ gu, const T* __restrict__ dy,
+                                 int64_t rows, int inter, T* __restrict__ out) {
   constexpr int V = kVec<T>;
   const int nvec = inter / V;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const T* g = gu + row * 2 * inter;
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < nvec;
-         c += gridDim.x * blockDim.x) {
-      float gv[V], uv[V];
-      LoadVec(g + c * V, gv);
-      LoadVec(g + inter + c * V, uv);
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        float v, slope;
-        GeluTanh(gv[i], &v, &slope);
-        gv[i] = v * uv[i];
-      }
-      StoreVec(y + row * inter + c * V, gv);
-    }
-  }
-}
-
-template <typename T>
-__global__ void GeluMulBwdVecKernel(const T* __restrict__ dy, const T* __restrict__ gu,
-                                    int64_t rows, int inter, T* __restrict__ dgu) {
-  constexpr int V = kVec<T>;
-  const int nvec = inter / V;
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const T* g = gu + row * 2 * inter;
-    T* dg = dgu + row * 2 * inter;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < nvec;
          c += gridDim.x * blockDim.x) {
       float gv[V], uv[V], d[V];
       LoadVec(g + c * V, gv);
       LoadVec(g + inter + c * V, uv);
-      LoadVec(dy + row * inter + c * V, d);
+      if (dy != nullptr) LoadVec(dy + row * inter + c * V, d);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         float v, slope;
         GeluTanh(gv[i], &v, &slope);
-        gv[i] = d[i] * uv[i] * slope;
-        uv[i] = d[i] * v;
+        if (dy == nullptr) {
+          gv[i] = v * uv[i];
+        } else {
+          gv[i] = d[i] * uv[i] * slope;
+          uv[i] = d[i] * v;
+        }
       }
-      StoreVec(dg + c * V, gv);
-      StoreVec(dg + inter + c * V, uv);
+      if (dy == nullptr) {
+        StoreVec(out + row * inter + c * V, gv);
+      } else {
+        StoreVec(out + row * 2 * inter + c * V, gv);
+        StoreVec(out + row * 2 * inter + inter + c * V, uv);
+      }
     }
   }
 }
@@ -863,11 +833,26 @@ int BlockThreads(int64_t nvec, int k) {
   return static_cast<int>(std::max<int64_t>(32, (t + 31) / 32 * 32));
 }
 
-// Elementwise over rows of nvec vectors: grid.x across a row, grid.y over
-// the rows (each block strides over rows past 65535).
-dim3 RowsGrid(int64_t rows, int64_t nvec, int threads) {
-  return dim3(static_cast<unsigned>(std::min<int64_t>((nvec + threads - 1) / threads, 1024)),
-              static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+// Launches GeluMulVecKernel (forward when dy is undefined); false when the
+// fast path does not apply. grid.x spans a row, grid.y the rows (each block
+// strides over rows past 65535).
+bool GeluMulVec(const at::Tensor& gu, const at::Tensor& dy, at::Tensor& out) {
+  const int64_t inter = gu.size(-1) / 2;
+  if (!VecRows(gu, inter, {dy, out})) return false;
+  constexpr int kThreads = 256;
+  const int64_t rows = gu.numel() / (2 * inter);
+  const int64_t nvec = inter / VecOf(gu.scalar_type());
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((nvec + kThreads - 1) / kThreads, 1024)),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  return ByDtype(gu.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    GeluMulVecKernel<T><<<grid, kThreads, 0, stream>>>(
+        static_cast<const T*>(gu.data_ptr()),
+        dy.defined() ? static_cast<const T*>(dy.data_ptr()) : nullptr, rows,
+        static_cast<int>(inter), static_cast<T*>(out.data_ptr()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // Launches the RMSNorm forward fast path; false when it does not apply.
@@ -1154,20 +1139,7 @@ at::Tensor GeluMulForward(const at::Tensor& gate_up_in) {
   const int64_t total = y.numel();
   if (total == 0) return y;
   constexpr int kThreads = 256;
-  if (VecRows(gu, inter, {y})) {
-    const int64_t rows = total / inter;
-    const int64_t nvec = inter / VecOf(gu.scalar_type());
-    const dim3 grid = RowsGrid(rows, nvec, kThreads);
-    auto stream = at::cuda::getCurrentCUDAStream();
-    ByDtype(gu.scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      GeluMulFwdVecKernel<T><<<grid, kThreads, 0, stream>>>(
-          static_cast<const T*>(gu.data_ptr()), rows, static_cast<int>(inter),
-          static_cast<T*>(y.data_ptr()));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    return y;
-  }
+  if (GeluMulVec(gu, {}, y)) return y;
   GeluMulFwdKernel<<<ElementwiseBlocks(total, kThreads), kThreads, 0,
                      at::cuda::getCurrentCUDAStream()>>>(
       gu.data_ptr(), KindOf(gu, "gate_up"), inter, total, y.data_ptr());
@@ -1186,20 +1158,7 @@ at::Tensor GeluMulBackward(const at::Tensor& dy_in, const at::Tensor& gate_up_in
   const int64_t total = dy.numel();
   if (total == 0) return dgu;
   constexpr int kThreads = 256;
-  if (VecRows(gu, inter, {dy, dgu})) {
-    const int64_t rows = total / inter;
-    const int64_t nvec = inter / VecOf(gu.scalar_type());
-    const dim3 grid = RowsGrid(rows, nvec, kThreads);
-    auto stream = at::cuda::getCurrentCUDAStream();
-    ByDtype(gu.scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      GeluMulBwdVecKernel<T><<<grid, kThreads, 0, stream>>>(
-          static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(gu.data_ptr()), rows,
-          static_cast<int>(inter), static_cast<T*>(dgu.data_ptr()));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    return dgu;
-  }
+  if (GeluMulVec(gu, dy, dgu)) return dgu;
   GeluMulBwdKernel<<<ElementwiseBlocks(total, kThreads), kThreads, 0,
                      at::cuda::getCurrentCUDAStream()>>>(
       dy.data_ptr(), KindOf(dy, "dy"), gu.data_ptr(), KindOf(gu, "gate_up"),
