@@ -12,6 +12,9 @@
 //   every parameter's gradient within 1e-4 * max|ref grad| of its tensor;
 //   HF -> ours -> HF bit-exact for every tensor; ours saved and reloaded gives
 //   bit-identical logits; bad checkpoints fail naming the tensor.
+// GEMMA_TEST_DEVICE=cuda runs the models on the GPU (fp32 with TF32 off, so
+// the same bounds hold); the default is the CPU. The checkpoint conversions
+// work on the tensors as read from disk and stay on the CPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -41,6 +44,24 @@ std::string DataDir() {
 std::string CaseDir() { return DataDir() + "/gemma4_text"; }
 std::string VlDir() { return DataDir() + "/gemma4_vl"; }
 
+torch::Device TestDevice() {
+  const char* env = std::getenv("GEMMA_TEST_DEVICE");
+  return torch::Device(env != nullptr && *env != '\0' ? env : "cpu");
+}
+
+// fp32 on `device` as on the CPU: no TF32 in cuBLAS or cuDNN.
+void UseFullFp32(const torch::Device& device) {
+  if (!device.is_cuda()) return;
+  at::globalContext().setAllowTF32CuBLAS(false);
+  at::globalContext().setAllowTF32CuDNN(false);
+}
+
+std::map<std::string, torch::Tensor> ToDevice(
+    std::map<std::string, torch::Tensor> tensors, const torch::Device& device) {
+  for (auto& [name, t] : tensors) t = t.to(device);
+  return tensors;
+}
+
 std::map<std::string, torch::Tensor> ReadSafetensors(const std::string& path) {
   std::map<std::string, torch::Tensor> out;
   auto file = SafetensorsFile::Open(path);
@@ -54,19 +75,45 @@ std::map<std::string, torch::Tensor> ReadSafetensors(const std::string& path) {
   return out;
 }
 
-double RelErr(const torch::Tensor& got, const torch::Tensor& ref) {
+// max |got - ref| / max |ref|, on the CPU (either may be on the device).
+double RelErr(const torch::Tensor& got_any, const torch::Tensor& ref_any) {
+  const torch::Tensor got = got_any.cpu(), ref = ref_any.cpu();
   const double scale = ref.abs().max().item<double>();
   return (got - ref).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
+}
+
+// Bit-identical values, wherever the two tensors live.
+bool Same(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::equal(a.cpu(), b.cpu());
+}
+
+// `steps` greedy tokens [B, steps] after `prompt` with the KV cache (sliding
+// layers keep their window).
+torch::Tensor CachedGreedy(Gemma4TextModel& m, const torch::Tensor& prompt,
+                           int64_t steps) {
+  KvCache cache = m->NewCache();
+  Gemma4DecoderInputs in;
+  in.cache = &cache;
+  torch::Tensor logits = m->forward(prompt, in);
+  std::vector<torch::Tensor> got;
+  for (int64_t s = 0; s < steps; ++s) {
+    torch::Tensor next = logits.select(1, -1).argmax(-1, true);
+    got.push_back(next);
+    logits = m->forward(next, in);
+  }
+  return torch::cat(got, 1);
 }
 
 class Gemma4ParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    io_ = ReadSafetensors(CaseDir() + "/io.safetensors");
+    UseFullFp32(device_);
+    io_ = ToDevice(ReadSafetensors(CaseDir() + "/io.safetensors"), device_);
     ASSERT_FALSE(io_.empty());
     auto model = LoadGemma4TextModel(CaseDir() + "/hf");
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
+    model_->to(device_);
     model_->eval();
   }
 
@@ -76,6 +123,7 @@ class Gemma4ParityTest : public ::testing::Test {
     return m->forward(io_.at("input_ids"), in);
   }
 
+  const torch::Device device_ = TestDevice();
   std::map<std::string, torch::Tensor> io_;
   Gemma4TextModel model_{nullptr};
 };
@@ -108,9 +156,8 @@ TEST_F(Gemma4ParityTest, RouterLoadMatchesHf) {
   model_->ResetRouterStats();
   Forward(model_);
   torch::Tensor counts = model_->TokensPerExpert();
-  EXPECT_TRUE(torch::equal(counts, io_.at("router_counts")))
-      << counts << "\nvs HF\n"
-      << io_.at("router_counts");
+  EXPECT_TRUE(Same(counts, io_.at("router_counts"))) << counts << "\nvs HF\n"
+                                                     << io_.at("router_counts");
   model_->ResetRouterStats();
   EXPECT_EQ(model_->TokensPerExpert().sum().item<int64_t>(), 0);
 }
@@ -126,20 +173,9 @@ TEST_F(Gemma4ParityTest, GreedyTokensMatchHf) {
     torch::Tensor next = model_->forward(seq).select(1, -1).argmax(-1, true);
     seq = torch::cat({seq, next}, 1);
   }
-  EXPECT_TRUE(torch::equal(seq.narrow(1, prompt.size(1), steps), want))
+  EXPECT_TRUE(Same(seq.narrow(1, prompt.size(1), steps), want))
       << seq << "\nvs HF " << want;
-  // With the KV cache (sliding layers keep their window).
-  KvCache cache = model_->NewCache();
-  Gemma4DecoderInputs in;
-  in.cache = &cache;
-  torch::Tensor logits = model_->forward(prompt, in);
-  std::vector<torch::Tensor> got;
-  for (int64_t s = 0; s < steps; ++s) {
-    torch::Tensor next = logits.select(1, -1).argmax(-1, true);
-    got.push_back(next);
-    logits = model_->forward(next, in);
-  }
-  EXPECT_TRUE(torch::equal(torch::cat(got, 1), want));
+  EXPECT_TRUE(Same(CachedGreedy(model_, prompt, steps), want));
 }
 
 TEST_F(Gemma4ParityTest, GradientsMatchHf) {
@@ -154,7 +190,7 @@ TEST_F(Gemma4ParityTest, GradientsMatchHf) {
   }
   for (int64_t i = 0; i < model_->config().num_layers; ++i) {
     hf_grads["model.layers." + std::to_string(i) + ".layer_scalar"] =
-        torch::zeros({1});
+        torch::zeros({1}, torch::device(device_));
   }
   auto ref = Gemma4FromHf(hf_grads, model_->config(), "reference grads");
   ASSERT_TRUE(ref.ok()) << ref.status();
@@ -169,6 +205,8 @@ TEST_F(Gemma4ParityTest, GradientsMatchHf) {
   EXPECT_GT(checked, 60);
 }
 
+// The conversions run on the CPU tensors read from disk; the reloaded models
+// run on the test device.
 TEST_F(Gemma4ParityTest, ConversionRoundTripIsBitExact) {
   const std::string tmp = CaseDir() + "/roundtrip_tmp";
   RemoveTree(tmp).IgnoreError();
@@ -203,16 +241,19 @@ TEST_F(Gemma4ParityTest, ConversionRoundTripIsBitExact) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->kind, "ours");
   torch::NoGradGuard no_grad;
+  (*ours)->to(device_);
   (*ours)->eval();
-  EXPECT_TRUE(torch::equal(Forward(*ours), Forward(model_)));
+  EXPECT_TRUE(Same(Forward(*ours), Forward(model_)));
   // The re-exported HF folder loads to the same logits too.
   auto from_hf = LoadGemma4TextModel(tmp + "/hf");
   ASSERT_TRUE(from_hf.ok()) << from_hf.status();
+  (*from_hf)->to(device_);
   (*from_hf)->eval();
-  EXPECT_TRUE(torch::equal(Forward(*from_hf), Forward(model_)));
+  EXPECT_TRUE(Same(Forward(*from_hf), Forward(model_)));
   RemoveTree(tmp).IgnoreError();
 }
 
+// Conversion only (the tensors as read from disk): the same on any device.
 TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
   auto original = ReadSafetensors(CaseDir() + "/hf/model.safetensors");
   auto folder = LoadGemma4Folder(CaseDir() + "/hf");
@@ -293,6 +334,7 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
   auto whole = LoadGemma4Model(CaseDir() + "/hf");
   ASSERT_TRUE(whole.ok()) << whole.status();
   Gemma4Model& m = *whole;
+  m->to(device_);
   m->eval();
   GenerateOptions o;
   o.max_new_tokens = want.size(1);
@@ -302,7 +344,7 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
     in.input_ids = prompt;
     auto got = GenerateGemma4(m, in, o);
     ASSERT_TRUE(got.ok()) << got.status();
-    EXPECT_TRUE(torch::equal(got->tokens, want)) << "cache " << cache;
+    EXPECT_TRUE(Same(got->tokens, want)) << "cache " << cache;
   }
   o.use_cache = true;
   // Row 1 is row 0's prompt without its first 3 tokens, left-padded.
@@ -314,13 +356,14 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
   ASSERT_TRUE(ref.ok()) << ref.status();
   Gemma4Inputs padded;
   padded.input_ids = torch::cat(
-      {prompt, torch::cat({torch::zeros({1, 3}, torch::kLong), short_ids}, 1)});
+      {prompt,
+       torch::cat({torch::zeros({1, 3}, prompt.options()), short_ids}, 1)});
   padded.attention_mask = torch::ones_like(padded.input_ids);
   padded.attention_mask[1].narrow(0, 0, 3).zero_();
   auto both = GenerateGemma4(m, padded, o);
   ASSERT_TRUE(both.ok()) << both.status();
-  EXPECT_TRUE(torch::equal(both->tokens[0], want[0]));
-  EXPECT_TRUE(torch::equal(both->tokens[1], ref->tokens[0]));
+  EXPECT_TRUE(Same(both->tokens[0], want[0]));
+  EXPECT_TRUE(Same(both->tokens[1], ref->tokens[0]));
   o.temperature = 0.8;
   o.top_k = 20;
   o.seed = 9;
@@ -329,7 +372,7 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
   auto s1 = GenerateGemma4(m, in, o);
   auto s2 = GenerateGemma4(m, in, o);
   ASSERT_TRUE(s1.ok() && s2.ok());
-  EXPECT_TRUE(torch::equal(s1->tokens, s2->tokens));
+  EXPECT_TRUE(Same(s1->tokens, s2->tokens));
   Gemma4Inputs bad;
   bad.input_ids = prompt;
   bad.position_ids = torch::zeros_like(prompt);
@@ -351,17 +394,20 @@ TEST(Gemma4ModelTest, Gemma3LoaderNamesGemma4Folders) {
 class Gemma4VlParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    io_ = ReadSafetensors(VlDir() + "/io.safetensors");
+    UseFullFp32(device_);
+    io_ = ToDevice(ReadSafetensors(VlDir() + "/io.safetensors"), device_);
     ASSERT_FALSE(io_.empty());
     auto model = LoadGemma4Model(VlDir() + "/hf");
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
+    model_->to(device_);
     model_->eval();
     ASSERT_TRUE(model_->config().is_vl());
     inputs_.input_ids = io_.at("input_ids");
     inputs_.pixel_values = io_.at("pixel_values");
     inputs_.image_positions = io_.at("image_positions");
   }
+  const torch::Device device_ = TestDevice();
   std::map<std::string, torch::Tensor> io_;
   Gemma4Model model_{nullptr};
   Gemma4Inputs inputs_;
@@ -408,6 +454,7 @@ TEST_F(Gemma4VlParityTest, ImageTokenCountMismatchIsAnError) {
       << r.status();
 }
 
+// Conversion only (the tensors as read from disk): the same on any device.
 TEST(Gemma4ModelTest, VlConversionRoundTripIsBitExact) {
   auto raw = ReadSafetensorsFolder(VlDir() + "/hf");
   ASSERT_TRUE(raw.ok()) << raw.status();
@@ -428,10 +475,13 @@ TEST(Gemma4ModelTest, VlConversionRoundTripIsBitExact) {
 }
 
 TEST(Gemma4ModelTest, TextOnlyFolderThroughTheWholeModel) {
+  const torch::Device device = TestDevice();
+  UseFullFp32(device);
   auto whole = LoadGemma4Model(CaseDir() + "/hf");
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_FALSE((*whole)->config().is_vl());
-  auto io = ReadSafetensors(CaseDir() + "/io.safetensors");
+  (*whole)->to(device);
+  auto io = ToDevice(ReadSafetensors(CaseDir() + "/io.safetensors"), device);
   torch::NoGradGuard no_grad;
   Gemma4Inputs in;
   in.input_ids = io.at("input_ids").narrow(0, 0, 1);
