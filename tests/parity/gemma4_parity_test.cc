@@ -11,7 +11,9 @@
 //   tokens per expert per layer equal to HF's router choices;
 //   every parameter's gradient within 1e-4 * max|ref grad| of its tensor;
 //   HF -> ours -> HF bit-exact for every tensor; ours saved and reloaded gives
-//   bit-identical logits; bad checkpoints fail naming the tensor.
+//   bit-identical logits; bad checkpoints fail naming the tensor;
+//   in bfloat16, logits with cosine similarity >= 0.999 to HF's own bfloat16
+//   forward (greedy agreement with HF's bf16 and fp32 decodes printed).
 // GEMMA_TEST_DEVICE=cuda runs the models on the GPU (fp32 with TF32 off, so
 // the same bounds hold); the default is the CPU. The checkpoint conversions
 // work on the tensors as read from disk and stay on the CPU.
@@ -87,6 +89,25 @@ bool Same(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::equal(a.cpu(), b.cpu());
 }
 
+// Cosine similarity of the flattened tensors, in fp64 on the CPU.
+double Cosine(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor x = a.cpu().to(torch::kDouble).flatten();
+  const torch::Tensor y = b.cpu().to(torch::kDouble).flatten();
+  return (x * y).sum().item<double>() /
+         (x.norm().item<double>() * y.norm().item<double>());
+}
+
+// Leading positions where two [1, n] token rows agree.
+int64_t AgreeingPrefix(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor x = a.cpu().flatten(), y = b.cpu().flatten();
+  int64_t n = 0;
+  while (n < x.numel() && n < y.numel() &&
+         x[n].item<int64_t>() == y[n].item<int64_t>()) {
+    ++n;
+  }
+  return n;
+}
+
 // `steps` greedy tokens [B, steps] after `prompt` with the KV cache (sliding
 // layers keep their window).
 torch::Tensor CachedGreedy(Gemma4TextModel& m, const torch::Tensor& prompt,
@@ -103,6 +124,29 @@ torch::Tensor CachedGreedy(Gemma4TextModel& m, const torch::Tensor& prompt,
   }
   return torch::cat(got, 1);
 }
+
+// The bf16 bar of reference/gemma.md, as in the Gemma 3 parity test: both
+// sides in bf16 round differently (and on a GPU our GEMMs differ from HF's
+// CPU ones), so the logits need cosine similarity >= 0.999 to HF's bf16
+// forward, not the fp32 bound. The reference is HF's bf16 forward, not its
+// fp32 one: this tiny re-randomised MoE is so sensitive (near-tied router
+// choices flip) that HF's own bf16 logits have cosine ~0.97 to its fp32
+// ones, and for the same reason HF's bf16 SDPA to its bf16 eager ~0.97 (VL).
+constexpr double kBf16Cosine = 0.999;
+
+// Eager attention for the scope (HF's bf16 reference is eager; the fused
+// kernel is held to eager in fp32 by SdpaMatchesEagerWithGradients and the
+// gemma4_parity_sdpa ctest), whatever GEMMA_ATTENTION says.
+class EagerAttentionScope {
+ public:
+  EagerAttentionScope() : before_(GetAttentionKernel()) {
+    SetAttentionKernel(AttentionKernel::kEager);
+  }
+  ~EagerAttentionScope() { SetAttentionKernel(before_); }
+
+ private:
+  const AttentionKernel before_;
+};
 
 class Gemma4ParityTest : public ::testing::Test {
  protected:
@@ -149,6 +193,42 @@ TEST_F(Gemma4ParityTest, LogitsMatchHf) {
     if (b.key().find("layer_scalar") != std::string::npos) b.value().fill_(1.0);
   }
   EXPECT_GT(RelErr(Forward(model_)[0], ref[0]), 1e-3);
+}
+
+// The model in bf16 (the GPU precision) against HF's model loaded in bf16,
+// on the real tokens (as LogitsMatchHf). Greedy decoding in bf16 is
+// reported, not required: argmax may flip where HF's own bf16 and fp32
+// decodes part (after 2 of 8 tokens here).
+TEST_F(Gemma4ParityTest, Bfloat16LogitsTrackHfBfloat16) {
+  torch::NoGradGuard no_grad;
+  EagerAttentionScope eager;
+  model_->to(torch::kBFloat16);
+  torch::Tensor logits = Forward(model_);
+  EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+  ASSERT_EQ(logits.sizes(), io_.at("logits_bf16").sizes());
+  torch::Tensor real = io_.at("attention_mask").to(torch::kBool);
+  torch::Tensor ours = logits.index({real}).to(torch::kFloat);
+  const double cosine = Cosine(ours, io_.at("logits_bf16").index({real}));
+  EXPECT_GE(cosine, kBf16Cosine);
+  const double vs_fp32 = Cosine(ours, io_.at("logits").index({real}));
+  const double hf_vs_fp32 = Cosine(io_.at("logits_bf16").index({real}),
+                                   io_.at("logits").index({real}));
+  std::cout << "[parity] gemma4 bf16 cosine to HF bf16 " << cosine
+            << ", rel max diff "
+            << RelErr(ours, io_.at("logits_bf16").index({real}))
+            << "; to HF fp32 " << vs_fp32 << " (HF bf16 to HF fp32 "
+            << hf_vs_fp32 << ")\n";
+
+  const torch::Tensor prompt = io_.at("greedy_prompt");
+  const torch::Tensor hf_fp32 = io_.at("greedy_tokens");
+  const torch::Tensor hf_bf16 = io_.at("greedy_tokens_bf16");
+  const torch::Tensor got = CachedGreedy(model_, prompt, hf_fp32.size(1));
+  std::cout << "[parity] gemma4 bf16 greedy: first "
+            << AgreeingPrefix(got, hf_bf16) << " of " << hf_bf16.size(1)
+            << " tokens agree with HF bf16, first "
+            << AgreeingPrefix(got, hf_fp32)
+            << " with HF fp32 (HF bf16 with HF fp32: "
+            << AgreeingPrefix(hf_bf16, hf_fp32) << ")\n";
 }
 
 TEST_F(Gemma4ParityTest, RouterLoadMatchesHf) {
@@ -441,6 +521,27 @@ TEST_F(Gemma4VlParityTest, LogitsMatchHf) {
   torch::Tensor no_blocks = model_->text->Logits(
       model_->text->Decode(model_->Embeddings(inputs_), causal));
   EXPECT_GT(RelErr(no_blocks, ref), 1e-3);
+}
+
+// The whole VL model and the pixels in bf16 against HF's model loaded in bf16
+// (see Gemma4ParityTest.Bfloat16LogitsTrackHfBfloat16).
+TEST_F(Gemma4VlParityTest, Bfloat16LogitsTrackHfBfloat16) {
+  torch::NoGradGuard no_grad;
+  EagerAttentionScope eager;
+  model_->to(torch::kBFloat16);
+  Gemma4Inputs in = inputs_;
+  in.pixel_values = in.pixel_values.to(torch::kBFloat16);
+  torch::Tensor logits = model_->forward(in);
+  EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+  const torch::Tensor& ref = io_.at("logits_bf16");
+  ASSERT_EQ(logits.sizes(), ref.sizes());
+  const double cosine = Cosine(logits, ref);
+  EXPECT_GE(cosine, kBf16Cosine);
+  std::cout << "[parity] gemma4 VL bf16 cosine to HF bf16 " << cosine
+            << ", rel max diff " << RelErr(logits.to(torch::kFloat), ref)
+            << "; to HF fp32 " << Cosine(logits, io_.at("logits"))
+            << " (HF bf16 to HF fp32 " << Cosine(ref, io_.at("logits"))
+            << ")\n";
 }
 
 TEST_F(Gemma4VlParityTest, ImageTokenCountMismatchIsAnError) {
