@@ -83,16 +83,18 @@ torch::Tensor Gemma4VisionTowerImpl::forward(const torch::Tensor& pixel_values,
   pe = pe.view({n, p, c.hidden_size});
   h = h + torch::where(pad.unsqueeze(-1), torch::zeros({}, pe.options()), pe);
 
-  // Axial rotary tables [N, P, hd]: (x, x, y, y) blocks of hd/4.
-  torch::Tensor freqs =
-      pos.to(torch::kFloat).unsqueeze(-1) * inv_freq_;  // [N,P,2,hd/4]
+  // Axial rotary tables [N, P, hd]: (x, x, y, y) blocks of hd/4. inv_freq_
+  // is a plain member (fp32, on the CPU): module.to() does not move it.
+  torch::Tensor freqs = pos.to(torch::kFloat).unsqueeze(-1) *
+                        inv_freq_.to(pos.device());  // [N,P,2,hd/4]
   torch::Tensor fx = freqs.select(2, 0), fy = freqs.select(2, 1);
   torch::Tensor emb = torch::cat({fx, fx, fy, fy}, -1);
   torch::Tensor cos = emb.cos().to(dtype), sin = emb.sin().to(dtype);
 
   // Bidirectional; padding keys get the lowest finite value (HF eager).
   torch::Tensor bias =
-      torch::zeros({n, 1, 1, p}, torch::TensorOptions().dtype(dtype))
+      torch::zeros({n, 1, 1, p},
+                   torch::TensorOptions().dtype(dtype).device(h.device()))
           .masked_fill(pad.view({n, 1, 1, p}),
                        dtype == torch::kFloat
                            ? at::Scalar(std::numeric_limits<float>::lowest())

@@ -195,10 +195,11 @@ torch::Tensor AllToAllRows(Comm& comm, const torch::Tensor& x,
   torch::Tensor out =
       AllToAllFn::apply(x, reinterpret_cast<int64_t>(&comm), send_counts);
   // The receive counts are needed by the caller too: the exchange of counts
-  // is cheap, repeat it without autograd.
+  // is cheap, repeat it without autograd. On the rows' device: NCCL (the
+  // CUDA backend) takes no CPU tensors.
   std::vector<torch::Tensor> cnt;
   for (int64_t n : send_counts)
-    cnt.push_back(torch::full({1}, n, torch::kLong));
+    cnt.push_back(torch::full({1}, n, x.options().dtype(torch::kLong)));
   *recv_counts = {};
   for (const auto& t : comm.AllToAll(cnt))
     recv_counts->push_back(t.item<int64_t>());

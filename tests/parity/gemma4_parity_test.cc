@@ -11,7 +11,12 @@
 //   tokens per expert per layer equal to HF's router choices;
 //   every parameter's gradient within 1e-4 * max|ref grad| of its tensor;
 //   HF -> ours -> HF bit-exact for every tensor; ours saved and reloaded gives
-//   bit-identical logits; bad checkpoints fail naming the tensor.
+//   bit-identical logits; bad checkpoints fail naming the tensor;
+//   in bfloat16, logits with cosine similarity >= 0.999 to HF's own bfloat16
+//   forward (greedy agreement with HF's bf16 and fp32 decodes printed).
+// GEMMA_TEST_DEVICE=cuda runs the models on the GPU (fp32 with TF32 off, so
+// the same bounds hold); the default is the CPU. The checkpoint conversions
+// work on the tensors as read from disk and stay on the CPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -41,6 +46,24 @@ std::string DataDir() {
 std::string CaseDir() { return DataDir() + "/gemma4_text"; }
 std::string VlDir() { return DataDir() + "/gemma4_vl"; }
 
+torch::Device TestDevice() {
+  const char* env = std::getenv("GEMMA_TEST_DEVICE");
+  return torch::Device(env != nullptr && *env != '\0' ? env : "cpu");
+}
+
+// fp32 on `device` as on the CPU: no TF32 in cuBLAS or cuDNN.
+void UseFullFp32(const torch::Device& device) {
+  if (!device.is_cuda()) return;
+  at::globalContext().setAllowTF32CuBLAS(false);
+  at::globalContext().setAllowTF32CuDNN(false);
+}
+
+std::map<std::string, torch::Tensor> ToDevice(
+    std::map<std::string, torch::Tensor> tensors, const torch::Device& device) {
+  for (auto& [name, t] : tensors) t = t.to(device);
+  return tensors;
+}
+
 std::map<std::string, torch::Tensor> ReadSafetensors(const std::string& path) {
   std::map<std::string, torch::Tensor> out;
   auto file = SafetensorsFile::Open(path);
@@ -54,19 +77,87 @@ std::map<std::string, torch::Tensor> ReadSafetensors(const std::string& path) {
   return out;
 }
 
-double RelErr(const torch::Tensor& got, const torch::Tensor& ref) {
+// max |got - ref| / max |ref|, on the CPU (either may be on the device).
+double RelErr(const torch::Tensor& got_any, const torch::Tensor& ref_any) {
+  const torch::Tensor got = got_any.cpu(), ref = ref_any.cpu();
   const double scale = ref.abs().max().item<double>();
   return (got - ref).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
 }
 
+// Bit-identical values, wherever the two tensors live.
+bool Same(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::equal(a.cpu(), b.cpu());
+}
+
+// Cosine similarity of the flattened tensors, in fp64 on the CPU.
+double Cosine(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor x = a.cpu().to(torch::kDouble).flatten();
+  const torch::Tensor y = b.cpu().to(torch::kDouble).flatten();
+  return (x * y).sum().item<double>() /
+         (x.norm().item<double>() * y.norm().item<double>());
+}
+
+// Leading positions where two [1, n] token rows agree.
+int64_t AgreeingPrefix(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor x = a.cpu().flatten(), y = b.cpu().flatten();
+  int64_t n = 0;
+  while (n < x.numel() && n < y.numel() &&
+         x[n].item<int64_t>() == y[n].item<int64_t>()) {
+    ++n;
+  }
+  return n;
+}
+
+// `steps` greedy tokens [B, steps] after `prompt` with the KV cache (sliding
+// layers keep their window).
+torch::Tensor CachedGreedy(Gemma4TextModel& m, const torch::Tensor& prompt,
+                           int64_t steps) {
+  KvCache cache = m->NewCache();
+  Gemma4DecoderInputs in;
+  in.cache = &cache;
+  torch::Tensor logits = m->forward(prompt, in);
+  std::vector<torch::Tensor> got;
+  for (int64_t s = 0; s < steps; ++s) {
+    torch::Tensor next = logits.select(1, -1).argmax(-1, true);
+    got.push_back(next);
+    logits = m->forward(next, in);
+  }
+  return torch::cat(got, 1);
+}
+
+// The bf16 bar of reference/gemma.md, as in the Gemma 3 parity test: both
+// sides in bf16 round differently (and on a GPU our GEMMs differ from HF's
+// CPU ones), so the logits need cosine similarity >= 0.999 to HF's bf16
+// forward, not the fp32 bound. The reference is HF's bf16 forward, not its
+// fp32 one: this tiny re-randomised MoE is so sensitive (near-tied router
+// choices flip) that HF's own bf16 logits have cosine ~0.97 to its fp32
+// ones, and for the same reason HF's bf16 SDPA to its bf16 eager ~0.97 (VL).
+constexpr double kBf16Cosine = 0.999;
+
+// Eager attention for the scope (HF's bf16 reference is eager; the fused
+// kernel is held to eager in fp32 by SdpaMatchesEagerWithGradients and the
+// gemma4_parity_sdpa ctest), whatever GEMMA_ATTENTION says.
+class EagerAttentionScope {
+ public:
+  EagerAttentionScope() : before_(GetAttentionKernel()) {
+    SetAttentionKernel(AttentionKernel::kEager);
+  }
+  ~EagerAttentionScope() { SetAttentionKernel(before_); }
+
+ private:
+  const AttentionKernel before_;
+};
+
 class Gemma4ParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    io_ = ReadSafetensors(CaseDir() + "/io.safetensors");
+    UseFullFp32(device_);
+    io_ = ToDevice(ReadSafetensors(CaseDir() + "/io.safetensors"), device_);
     ASSERT_FALSE(io_.empty());
     auto model = LoadGemma4TextModel(CaseDir() + "/hf");
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
+    model_->to(device_);
     model_->eval();
   }
 
@@ -76,6 +167,7 @@ class Gemma4ParityTest : public ::testing::Test {
     return m->forward(io_.at("input_ids"), in);
   }
 
+  const torch::Device device_ = TestDevice();
   std::map<std::string, torch::Tensor> io_;
   Gemma4TextModel model_{nullptr};
 };
@@ -103,14 +195,49 @@ TEST_F(Gemma4ParityTest, LogitsMatchHf) {
   EXPECT_GT(RelErr(Forward(model_)[0], ref[0]), 1e-3);
 }
 
+// The model in bf16 (the GPU precision) against HF's model loaded in bf16,
+// on the real tokens (as LogitsMatchHf). Greedy decoding in bf16 is
+// reported, not required: argmax may flip where HF's own bf16 and fp32
+// decodes part (after 2 of 8 tokens here).
+TEST_F(Gemma4ParityTest, Bfloat16LogitsTrackHfBfloat16) {
+  torch::NoGradGuard no_grad;
+  EagerAttentionScope eager;
+  model_->to(torch::kBFloat16);
+  torch::Tensor logits = Forward(model_);
+  EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+  ASSERT_EQ(logits.sizes(), io_.at("logits_bf16").sizes());
+  torch::Tensor real = io_.at("attention_mask").to(torch::kBool);
+  torch::Tensor ours = logits.index({real}).to(torch::kFloat);
+  const double cosine = Cosine(ours, io_.at("logits_bf16").index({real}));
+  EXPECT_GE(cosine, kBf16Cosine);
+  const double vs_fp32 = Cosine(ours, io_.at("logits").index({real}));
+  const double hf_vs_fp32 = Cosine(io_.at("logits_bf16").index({real}),
+                                   io_.at("logits").index({real}));
+  std::cout << "[parity] gemma4 bf16 cosine to HF bf16 " << cosine
+            << ", rel max diff "
+            << RelErr(ours, io_.at("logits_bf16").index({real}))
+            << "; to HF fp32 " << vs_fp32 << " (HF bf16 to HF fp32 "
+            << hf_vs_fp32 << ")\n";
+
+  const torch::Tensor prompt = io_.at("greedy_prompt");
+  const torch::Tensor hf_fp32 = io_.at("greedy_tokens");
+  const torch::Tensor hf_bf16 = io_.at("greedy_tokens_bf16");
+  const torch::Tensor got = CachedGreedy(model_, prompt, hf_fp32.size(1));
+  std::cout << "[parity] gemma4 bf16 greedy: first "
+            << AgreeingPrefix(got, hf_bf16) << " of " << hf_bf16.size(1)
+            << " tokens agree with HF bf16, first "
+            << AgreeingPrefix(got, hf_fp32)
+            << " with HF fp32 (HF bf16 with HF fp32: "
+            << AgreeingPrefix(hf_bf16, hf_fp32) << ")\n";
+}
+
 TEST_F(Gemma4ParityTest, RouterLoadMatchesHf) {
   torch::NoGradGuard no_grad;
   model_->ResetRouterStats();
   Forward(model_);
   torch::Tensor counts = model_->TokensPerExpert();
-  EXPECT_TRUE(torch::equal(counts, io_.at("router_counts")))
-      << counts << "\nvs HF\n"
-      << io_.at("router_counts");
+  EXPECT_TRUE(Same(counts, io_.at("router_counts"))) << counts << "\nvs HF\n"
+                                                     << io_.at("router_counts");
   model_->ResetRouterStats();
   EXPECT_EQ(model_->TokensPerExpert().sum().item<int64_t>(), 0);
 }
@@ -126,20 +253,9 @@ TEST_F(Gemma4ParityTest, GreedyTokensMatchHf) {
     torch::Tensor next = model_->forward(seq).select(1, -1).argmax(-1, true);
     seq = torch::cat({seq, next}, 1);
   }
-  EXPECT_TRUE(torch::equal(seq.narrow(1, prompt.size(1), steps), want))
+  EXPECT_TRUE(Same(seq.narrow(1, prompt.size(1), steps), want))
       << seq << "\nvs HF " << want;
-  // With the KV cache (sliding layers keep their window).
-  KvCache cache = model_->NewCache();
-  Gemma4DecoderInputs in;
-  in.cache = &cache;
-  torch::Tensor logits = model_->forward(prompt, in);
-  std::vector<torch::Tensor> got;
-  for (int64_t s = 0; s < steps; ++s) {
-    torch::Tensor next = logits.select(1, -1).argmax(-1, true);
-    got.push_back(next);
-    logits = model_->forward(next, in);
-  }
-  EXPECT_TRUE(torch::equal(torch::cat(got, 1), want));
+  EXPECT_TRUE(Same(CachedGreedy(model_, prompt, steps), want));
 }
 
 TEST_F(Gemma4ParityTest, GradientsMatchHf) {
@@ -154,7 +270,7 @@ TEST_F(Gemma4ParityTest, GradientsMatchHf) {
   }
   for (int64_t i = 0; i < model_->config().num_layers; ++i) {
     hf_grads["model.layers." + std::to_string(i) + ".layer_scalar"] =
-        torch::zeros({1});
+        torch::zeros({1}, torch::device(device_));
   }
   auto ref = Gemma4FromHf(hf_grads, model_->config(), "reference grads");
   ASSERT_TRUE(ref.ok()) << ref.status();
@@ -169,6 +285,8 @@ TEST_F(Gemma4ParityTest, GradientsMatchHf) {
   EXPECT_GT(checked, 60);
 }
 
+// The conversions run on the CPU tensors read from disk; the reloaded models
+// run on the test device.
 TEST_F(Gemma4ParityTest, ConversionRoundTripIsBitExact) {
   const std::string tmp = CaseDir() + "/roundtrip_tmp";
   RemoveTree(tmp).IgnoreError();
@@ -203,16 +321,19 @@ TEST_F(Gemma4ParityTest, ConversionRoundTripIsBitExact) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->kind, "ours");
   torch::NoGradGuard no_grad;
+  (*ours)->to(device_);
   (*ours)->eval();
-  EXPECT_TRUE(torch::equal(Forward(*ours), Forward(model_)));
+  EXPECT_TRUE(Same(Forward(*ours), Forward(model_)));
   // The re-exported HF folder loads to the same logits too.
   auto from_hf = LoadGemma4TextModel(tmp + "/hf");
   ASSERT_TRUE(from_hf.ok()) << from_hf.status();
+  (*from_hf)->to(device_);
   (*from_hf)->eval();
-  EXPECT_TRUE(torch::equal(Forward(*from_hf), Forward(model_)));
+  EXPECT_TRUE(Same(Forward(*from_hf), Forward(model_)));
   RemoveTree(tmp).IgnoreError();
 }
 
+// Conversion only (the tensors as read from disk): the same on any device.
 TEST_F(Gemma4ParityTest, BadCheckpointsNameTheTensor) {
   auto original = ReadSafetensors(CaseDir() + "/hf/model.safetensors");
   auto folder = LoadGemma4Folder(CaseDir() + "/hf");
@@ -293,6 +414,7 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
   auto whole = LoadGemma4Model(CaseDir() + "/hf");
   ASSERT_TRUE(whole.ok()) << whole.status();
   Gemma4Model& m = *whole;
+  m->to(device_);
   m->eval();
   GenerateOptions o;
   o.max_new_tokens = want.size(1);
@@ -302,7 +424,7 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
     in.input_ids = prompt;
     auto got = GenerateGemma4(m, in, o);
     ASSERT_TRUE(got.ok()) << got.status();
-    EXPECT_TRUE(torch::equal(got->tokens, want)) << "cache " << cache;
+    EXPECT_TRUE(Same(got->tokens, want)) << "cache " << cache;
   }
   o.use_cache = true;
   // Row 1 is row 0's prompt without its first 3 tokens, left-padded.
@@ -314,13 +436,14 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
   ASSERT_TRUE(ref.ok()) << ref.status();
   Gemma4Inputs padded;
   padded.input_ids = torch::cat(
-      {prompt, torch::cat({torch::zeros({1, 3}, torch::kLong), short_ids}, 1)});
+      {prompt,
+       torch::cat({torch::zeros({1, 3}, prompt.options()), short_ids}, 1)});
   padded.attention_mask = torch::ones_like(padded.input_ids);
   padded.attention_mask[1].narrow(0, 0, 3).zero_();
   auto both = GenerateGemma4(m, padded, o);
   ASSERT_TRUE(both.ok()) << both.status();
-  EXPECT_TRUE(torch::equal(both->tokens[0], want[0]));
-  EXPECT_TRUE(torch::equal(both->tokens[1], ref->tokens[0]));
+  EXPECT_TRUE(Same(both->tokens[0], want[0]));
+  EXPECT_TRUE(Same(both->tokens[1], ref->tokens[0]));
   o.temperature = 0.8;
   o.top_k = 20;
   o.seed = 9;
@@ -329,7 +452,7 @@ TEST_F(Gemma4ParityTest, GenerateMatchesHfGreedyAndHandlesPadding) {
   auto s1 = GenerateGemma4(m, in, o);
   auto s2 = GenerateGemma4(m, in, o);
   ASSERT_TRUE(s1.ok() && s2.ok());
-  EXPECT_TRUE(torch::equal(s1->tokens, s2->tokens));
+  EXPECT_TRUE(Same(s1->tokens, s2->tokens));
   Gemma4Inputs bad;
   bad.input_ids = prompt;
   bad.position_ids = torch::zeros_like(prompt);
@@ -351,17 +474,20 @@ TEST(Gemma4ModelTest, Gemma3LoaderNamesGemma4Folders) {
 class Gemma4VlParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    io_ = ReadSafetensors(VlDir() + "/io.safetensors");
+    UseFullFp32(device_);
+    io_ = ToDevice(ReadSafetensors(VlDir() + "/io.safetensors"), device_);
     ASSERT_FALSE(io_.empty());
     auto model = LoadGemma4Model(VlDir() + "/hf");
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
+    model_->to(device_);
     model_->eval();
     ASSERT_TRUE(model_->config().is_vl());
     inputs_.input_ids = io_.at("input_ids");
     inputs_.pixel_values = io_.at("pixel_values");
     inputs_.image_positions = io_.at("image_positions");
   }
+  const torch::Device device_ = TestDevice();
   std::map<std::string, torch::Tensor> io_;
   Gemma4Model model_{nullptr};
   Gemma4Inputs inputs_;
@@ -397,6 +523,27 @@ TEST_F(Gemma4VlParityTest, LogitsMatchHf) {
   EXPECT_GT(RelErr(no_blocks, ref), 1e-3);
 }
 
+// The whole VL model and the pixels in bf16 against HF's model loaded in bf16
+// (see Gemma4ParityTest.Bfloat16LogitsTrackHfBfloat16).
+TEST_F(Gemma4VlParityTest, Bfloat16LogitsTrackHfBfloat16) {
+  torch::NoGradGuard no_grad;
+  EagerAttentionScope eager;
+  model_->to(torch::kBFloat16);
+  Gemma4Inputs in = inputs_;
+  in.pixel_values = in.pixel_values.to(torch::kBFloat16);
+  torch::Tensor logits = model_->forward(in);
+  EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+  const torch::Tensor& ref = io_.at("logits_bf16");
+  ASSERT_EQ(logits.sizes(), ref.sizes());
+  const double cosine = Cosine(logits, ref);
+  EXPECT_GE(cosine, kBf16Cosine);
+  std::cout << "[parity] gemma4 VL bf16 cosine to HF bf16 " << cosine
+            << ", rel max diff " << RelErr(logits.to(torch::kFloat), ref)
+            << "; to HF fp32 " << Cosine(logits, io_.at("logits"))
+            << " (HF bf16 to HF fp32 " << Cosine(ref, io_.at("logits"))
+            << ")\n";
+}
+
 TEST_F(Gemma4VlParityTest, ImageTokenCountMismatchIsAnError) {
   Gemma4Inputs bad = inputs_;
   bad.input_ids = inputs_.input_ids.clone();
@@ -408,6 +555,7 @@ TEST_F(Gemma4VlParityTest, ImageTokenCountMismatchIsAnError) {
       << r.status();
 }
 
+// Conversion only (the tensors as read from disk): the same on any device.
 TEST(Gemma4ModelTest, VlConversionRoundTripIsBitExact) {
   auto raw = ReadSafetensorsFolder(VlDir() + "/hf");
   ASSERT_TRUE(raw.ok()) << raw.status();
@@ -428,10 +576,13 @@ TEST(Gemma4ModelTest, VlConversionRoundTripIsBitExact) {
 }
 
 TEST(Gemma4ModelTest, TextOnlyFolderThroughTheWholeModel) {
+  const torch::Device device = TestDevice();
+  UseFullFp32(device);
   auto whole = LoadGemma4Model(CaseDir() + "/hf");
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_FALSE((*whole)->config().is_vl());
-  auto io = ReadSafetensors(CaseDir() + "/io.safetensors");
+  (*whole)->to(device);
+  auto io = ToDevice(ReadSafetensors(CaseDir() + "/io.safetensors"), device);
   torch::NoGradGuard no_grad;
   Gemma4Inputs in;
   in.input_ids = io.at("input_ids").narrow(0, 0, 1);

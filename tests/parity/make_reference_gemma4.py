@@ -12,12 +12,15 @@ a wrong mapping or a (1 + w) mix-up), and writes OUT/gemma4_text/:
                    (model.generate, greedy), grad_probe and grad.<HF name>
                    (d sum(logits * grad_probe) / d parameter),
                    router_counts [moe layers, E] (tokens per expert over the
-                   forward, from HF's own router outputs)
+                   forward, from HF's own router outputs), and the saved model
+                   loaded in bfloat16 (from_pretrained(dtype=bfloat16)):
+                   logits_bf16 (as fp32) and greedy_tokens_bf16
 and OUT/gemma4_vl/: a tiny Gemma4ForConditionalGeneration (vision tower with
 standardisation, use_bidirectional_attention "vision") saved the same way, and
 io.safetensors with input_ids [2, 30] (an image per row: 6x4 patches padded to
-32, and 4x8), pixel_values [2, 32, 48], image_positions, logits and the
-embedded image_features.
+32, and 4x8), pixel_values [2, 32, 48], image_positions, logits, the
+embedded image_features and logits_bf16 (the model loaded in bfloat16, the
+pixels cast to it).
 Regeneration is skipped when OUT/gemma4_stamp holds this script's hash.
 """
 import argparse
@@ -58,6 +61,12 @@ def tiny_text_config(**extra):
         rms_norm_eps=1e-6, tie_word_embeddings=True,
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
+
+
+def load_bfloat16(cls, folder):
+    """The saved model in bfloat16 with eager attention, via from_pretrained."""
+    model = cls.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager")
+    return model.eval()
 
 
 def rerandomise(model, gen):
@@ -129,11 +138,22 @@ def main():
         gen_out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
                                  max_new_tokens=8, do_sample=False, min_new_tokens=8,
                                  pad_token_id=0)
+    # The same forward and greedy decode in bfloat16, the model loaded as a
+    # user loads it (from_pretrained with dtype: the rotary inverse
+    # frequencies stay fp32, as ours do; model.to(bfloat16) would round them).
+    model_bf16 = load_bfloat16(Gemma4ForCausalLM, os.path.join(case, "hf"))
+    with torch.no_grad():
+        logits_bf16 = model_bf16(input_ids=ids, attention_mask=mask).logits.float()
+        gen_bf16 = model_bf16.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                       max_new_tokens=8, do_sample=False,
+                                       min_new_tokens=8, pad_token_id=0)
     tensors = {
         "input_ids": ids, "attention_mask": mask, "logits": logits,
         "grad_probe": probe, "greedy_prompt": prompt,
         "greedy_tokens": gen_out[:, prompt.shape[1]:].contiguous(),
         "router_counts": torch.stack(counts).to(torch.int64),
+        "logits_bf16": logits_bf16,
+        "greedy_tokens_bf16": gen_bf16[:, prompt.shape[1]:].contiguous(),
     }
     tensors.update(grads)
     save_file({k: v.contiguous() for k, v in tensors.items()},
@@ -191,8 +211,14 @@ def make_vl_case(out, gen):
         logits = model(input_ids=ids, pixel_values=pixels, image_position_ids=positions,
                        mm_token_type_ids=mm, attention_mask=mask).logits
         soft = model.model.get_image_features(pixels, positions, return_dict=True).pooler_output
+        # The same forward in bfloat16, loaded as in main().
+        model_bf16 = load_bfloat16(Gemma4ForConditionalGeneration, os.path.join(case, "hf"))
+        logits_bf16 = model_bf16(input_ids=ids, pixel_values=pixels.to(torch.bfloat16),
+                                 image_position_ids=positions, mm_token_type_ids=mm,
+                                 attention_mask=mask).logits.float()
     save_file({"input_ids": ids, "pixel_values": pixels, "image_positions": positions,
-               "logits": logits.contiguous(), "image_features": torch.cat(soft).contiguous()},
+               "logits": logits.contiguous(), "image_features": torch.cat(soft).contiguous(),
+               "logits_bf16": logits_bf16.contiguous()},
               os.path.join(case, "io.safetensors"))
     print("wrote", case)
 
