@@ -1,8 +1,9 @@
 // The split-K decode-attention kernel (model/decode_attention.h) against the
 // ATen decode step it replaces (cache write + StaticStepBias + softmax
 // attention in fp32), over head dims, group sizes, windows, step indices and
-// left-padding holes, with the slots it must not read poisoned with NaN.
-// Needs a GPU; on the CPU only the dispatch is checked.
+// left-padding holes, with the slots it must not read poisoned with NaN; and
+// the static decoder with the kernel on and off (CUDA graph included). Needs
+// a GPU; on the CPU only the dispatch is checked.
 #include "model/decode_attention.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,8 @@
 
 #include "model/fused_ops.h"
 #include "model/layers.h"
+#include "model/static_decoder.h"
+#include "model/vl_model.h"
 
 namespace gemma {
 namespace {
@@ -182,6 +185,65 @@ TEST_F(DecodeAttentionCudaTest, RejectsWhatItDoesNotServe) {
   SetFusedKernels(false);
   EXPECT_FALSE(FusedDecodeAttentionApplies(t.in));
   SetFusedKernels(true);
+}
+
+// Two sliding layers (window 4) around a full one, GQA 4:2, head_dim 64.
+ModelConfig SmallText() {
+  ModelConfig c;
+  c.model_type = "gemma3_text";
+  TextConfig& t = c.text;
+  t.vocab_size = 96, t.hidden_size = 64, t.intermediate_size = 96;
+  t.num_layers = 3;
+  t.num_heads = 4, t.num_kv_heads = 2, t.head_dim = 64;
+  t.query_pre_attn_scalar = 64;
+  t.sliding_window = 4;
+  t.layer_types = {LayerType::kSliding, LayerType::kFull, LayerType::kSliding};
+  return c;
+}
+
+// Greedy tokens and the logits of each step from a static decoder, with the
+// decode-attention kernel on or off, optionally replaying a CUDA graph.
+std::vector<torch::Tensor> GreedyLogits(Gemma3Model& model, bool fused,
+                                        bool graph, int64_t n) {
+  SetFusedKernels(fused);
+  torch::NoGradGuard g;
+  ModelInputs in;
+  in.input_ids = torch::tensor({{2, 7, 9, 11, 13}, {0, 0, 2, 5, 8}}).to(kCuda);
+  in.attention_mask =
+      torch::tensor({{1, 1, 1, 1, 1}, {0, 0, 1, 1, 1}}).to(kCuda);
+  in.position_ids = torch::tensor({{0, 1, 2, 3, 4}, {0, 0, 0, 1, 2}}).to(kCuda);
+  StaticDecoder decoder(model, 5 + n + StaticDecoder::kWarmupSteps);
+  std::vector<torch::Tensor> out{decoder.Prefill(in).clone()};
+  if (graph) EXPECT_TRUE(decoder.CaptureGraph());
+  for (int64_t i = 1; i < n; ++i) {
+    decoder.SetTokens(out.back().argmax(-1));
+    out.push_back(decoder.Step().clone());
+  }
+  SetFusedKernels(true);
+  return out;
+}
+
+TEST_F(DecodeAttentionCudaTest, StaticDecoderSameTokensWithAndWithoutKernel) {
+  torch::manual_seed(3);
+  Gemma3Model model(SmallText());
+  {
+    torch::NoGradGuard g;
+    for (auto& p : model->parameters()) p.copy_(torch::randn(p.sizes()) * 0.3);
+  }
+  model->eval();
+  model->to(kCuda);
+  const int64_t n = 14;  // past the window (4) thrice
+  std::vector<torch::Tensor> off = GreedyLogits(model, false, false, n);
+  std::vector<torch::Tensor> on = GreedyLogits(model, true, false, n);
+  std::vector<torch::Tensor> on_graph = GreedyLogits(model, true, true, n);
+  for (int64_t i = 0; i < n; ++i) {
+    EXPECT_TRUE(torch::equal(on[i].argmax(-1), off[i].argmax(-1)))
+        << "step " << i;
+    EXPECT_TRUE(torch::equal(on_graph[i].argmax(-1), off[i].argmax(-1)))
+        << "step " << i;
+    EXPECT_LT(Rel(on[i], off[i]), 1e-4) << "step " << i;
+    EXPECT_LT(Rel(on_graph[i], on[i]), 1e-6) << "step " << i;
+  }
 }
 
 }  // namespace
