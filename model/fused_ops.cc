@@ -42,6 +42,25 @@ bool FusedApplies(const at::Tensor& x, int64_t max_row) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
 
+bool FusedDecodeAttentionServes(const at::Tensor& x, int64_t head_dim) {
+#if defined(GEMMA_WITH_CUDA)
+  return FusedApplies(x) && fused_cuda::DecodeAttentionHeadDim(head_dim);
+#else
+  (void)x;
+  (void)head_dim;
+  return false;
+#endif
+}
+
+bool FusedDecodeAttentionApplies(const DecodeAttentionInputs& in) {
+#if defined(GEMMA_WITH_CUDA)
+  return FusedApplies(in.q) && fused_cuda::DecodeAttentionRejects(in).empty();
+#else
+  (void)in;
+  return false;
+#endif
+}
+
 #if defined(GEMMA_WITH_CUDA)
 namespace {
 using torch::autograd::AutogradContext;
@@ -210,6 +229,14 @@ std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor& residual,
   return fused_cuda::ResidualRmsNorm(residual, x, w, w2, offset, eps);
 }
 
+at::Tensor FusedDecodeAttention(const DecodeAttentionInputs& in) {
+  TORCH_CHECK(!at::GradMode::is_enabled() ||
+                  !(in.q.requires_grad() || in.k_new.requires_grad() ||
+                    in.v_new.requires_grad()),
+              "FusedDecodeAttention is for inference (no autograd)");
+  return fused_cuda::DecodeAttention(in);
+}
+
 #else  // !GEMMA_WITH_CUDA
 
 namespace {
@@ -241,6 +268,7 @@ std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor&,
                                                     double) {
   NotBuilt();
 }
+at::Tensor FusedDecodeAttention(const DecodeAttentionInputs&) { NotBuilt(); }
 
 #endif
 

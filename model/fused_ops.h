@@ -10,6 +10,9 @@
 // unit tests (model/fused_ops_test.cc) hold the two to each other, and the
 // GPU parity suite holds the model to transformers.
 //
+// The decode step's attention over a static KV cache has a split-K kernel of
+// its own (model/decode_attention.h), dispatched here too.
+//
 // The kernels serve CUDA float, bf16 and fp16 tensors in builds with
 // GEMMA_WITH_CUDA; elsewhere (and with GEMMA_FUSED_KERNELS=0, or
 // SetFusedKernels(false), e.g. for a benchmark's baseline) callers take the
@@ -21,6 +24,8 @@
 
 #include <utility>
 #include <vector>
+
+#include "model/decode_attention.h"
 
 namespace gemma {
 
@@ -70,6 +75,24 @@ std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor& residual,
                                                     const at::Tensor& w,
                                                     const at::Tensor& w2,
                                                     double eps, double offset);
+
+// ---- Decode attention over a static KV cache (model/decode_attention.h)
+
+// Whether a decode step over activations like `x` with `head_dim` can take
+// the decode-attention kernel at all: built, enabled, x on CUDA in float,
+// bf16 or fp16, head_dim 64, 128, 256 or 512. FusedDecodeAttentionApplies
+// decides for the actual operands.
+bool FusedDecodeAttentionServes(const at::Tensor& x, int64_t head_dim);
+
+// Whether FusedDecodeAttention serves `in`: built, enabled, and the
+// operands are what DecodeAttentionInputs says (shapes, one dtype and
+// device, contiguous aligned caches). Issues no host sync.
+bool FusedDecodeAttentionApplies(const DecodeAttentionInputs& in);
+
+// Inference only (no autograd): writes k_new, v_new at slot `index` of the
+// caches and returns the step's attention output [B, nkv, g, hd] in q's
+// dtype, masked as StaticStepBias masks (fused_cuda::DecodeAttention).
+at::Tensor FusedDecodeAttention(const DecodeAttentionInputs& in);
 
 }  // namespace gemma
 

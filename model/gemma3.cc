@@ -62,10 +62,12 @@ torch::Tensor Gemma3DecoderLayerImpl::Exit(const torch::Tensor& x, bool sp) {
 
 torch::Tensor Gemma3DecoderLayerImpl::forward(
     const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan) {
+    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan,
+    const StaticStepMask* step) {
   const bool sp = tp_.sequence_parallel && cache == nullptr;
-  torch::Tensor a = Exit(
-      attn->forward(Enter(input_norm(x), sp), cos, sin, bias, cache, plan), sp);
+  torch::Tensor a = Exit(attn->forward(Enter(input_norm(x), sp), cos, sin, bias,
+                                       cache, plan, step),
+                         sp);
   if (!at::GradMode::is_enabled() && FusedApplies(a)) {
     // Inference: each residual add joins its norms in one kernel.
     const double eps = post_attn_norm->options.eps();
@@ -231,20 +233,30 @@ torch::Tensor Gemma3TextModelImpl::DecodeStep(const torch::Tensor& embeds,
       in.cache->num_layers() == static_cast<int64_t>(layer_list_.size()),
       "DecodeStep: the cache has ", in.cache->num_layers(),
       " layers, the model ", layer_list_.size());
+  // The mask per layer type, described for the fused decode-attention
+  // kernel, which computes it; built as a bias only where the kernel cannot
+  // serve (a layer whose operands it rejects after all builds its own).
+  StaticStepMask masks[2];
   torch::Tensor bias[2];
+  const bool fused = FusedDecodeAttentionServes(embeds, config_.head_dim);
   for (int t = 0; t < 2; ++t) {
     if (!in.cos[t].defined()) continue;
-    const int64_t window = t == 0 ? config_.sliding_window : 0;
-    bias[t] = StaticStepBias(in.cache->step_index(), in.padding, window,
-                             embeds.scalar_type());
+    masks[t].index = in.cache->step_index();
+    masks[t].padding = in.padding;
+    masks[t].window = t == 0 ? config_.sliding_window : 0;
+    if (!fused) {
+      bias[t] = StaticStepBias(masks[t].index, masks[t].padding,
+                               masks[t].window, embeds.scalar_type());
+    }
   }
   torch::Tensor h = embeds;
   for (size_t i = 0; i < layer_list_.size(); ++i) {
     const int t = layer_list_[i]->type == LayerType::kSliding ? 0 : 1;
-    TORCH_CHECK(bias[t].defined(), "DecodeStep: no rotary tables for layer ", i,
-                "'s type");
+    TORCH_CHECK(masks[t].index.defined(),
+                "DecodeStep: no rotary tables for layer ", i, "'s type");
     h = layer_list_[i]->forward(h, in.cos[t], in.sin[t], bias[t],
-                                in.cache->layer(static_cast<int64_t>(i)));
+                                in.cache->layer(static_cast<int64_t>(i)),
+                                /*plan=*/nullptr, &masks[t]);
   }
   return final_norm(h);
 }

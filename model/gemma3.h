@@ -49,11 +49,13 @@ class Gemma3DecoderLayerImpl : public torch::nn::Module {
 
   // x [B, L, H] ([B, L / tp, H] under sequence parallelism without a cache);
   // cos/sin and bias for this layer type over the whole sequence.
-  // `plan`: see AttentionImpl::forward (training forwards on CUDA).
+  // `plan` (training forwards on CUDA) and `step` (decode steps over a
+  // static cache): see AttentionImpl::forward.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
                         LayerKvCache* cache = nullptr,
-                        const CausalPlan* plan = nullptr);
+                        const CausalPlan* plan = nullptr,
+                        const StaticStepMask* step = nullptr);
 
   LayerType type;
   RMSNorm input_norm{nullptr};

@@ -47,19 +47,30 @@ void LayerKvCache::SetStepIndex(const torch::Tensor& index) {
   step_index_ = index;
 }
 
+void LayerKvCache::AllocateStatic(const torch::Tensor& k,
+                                  const torch::Tensor& v) {
+  if (keys_.defined()) return;
+  // Zeroed: attention multiplies the masked slots' values by 0, and
+  // uninitialised memory could hold NaN.
+  std::vector<int64_t> shape = k.sizes().vec();
+  shape[2] = static_capacity_;
+  keys_ = torch::zeros(shape, k.options());
+  values_ = torch::zeros(shape, v.options());
+}
+
+std::pair<torch::Tensor, torch::Tensor> LayerKvCache::StaticBuffers(
+    const torch::Tensor& k, const torch::Tensor& v) {
+  TORCH_CHECK(is_static(), "KV cache: StaticBuffers needs a static cache");
+  AllocateStatic(k, v);
+  return {keys_, values_};
+}
+
 std::pair<torch::Tensor, torch::Tensor> LayerKvCache::UpdateStatic(
     const torch::Tensor& k, const torch::Tensor& v) {
   TORCH_CHECK(!k.requires_grad() && !v.requires_grad(),
               "KV cache: a static cache is for inference (no autograd)");
   const int64_t l = k.size(2);
-  if (!keys_.defined()) {
-    // Zeroed: attention multiplies the masked slots' values by 0, and
-    // uninitialised memory could hold NaN.
-    std::vector<int64_t> shape = k.sizes().vec();
-    shape[2] = static_capacity_;
-    keys_ = torch::zeros(shape, k.options());
-    values_ = torch::zeros(shape, v.options());
-  }
+  AllocateStatic(k, v);
   if (step_index_.defined()) {
     TORCH_CHECK(l == 1, "KV cache: a step writes one token per row, got ", l);
     keys_.index_copy_(2, step_index_, k);

@@ -59,12 +59,21 @@ class LayerKvCache {
   // Static mode: the slot index [1] int64 every later Update writes at (see
   // above); an undefined tensor goes back to host positions.
   void SetStepIndex(const torch::Tensor& index);
+  // Static mode: the whole buffers {keys, values} [B, nkv, capacity, hd], for
+  // a kernel that writes a step's keys and values at the step index itself
+  // (model/decode_attention.h) in place of Update. Allocated (zeroed, with
+  // the batch, heads, head_dim and dtype of k, v [B, nkv, L, hd]) when no
+  // Update ran yet. Throws c10::Error unless static.
+  std::pair<torch::Tensor, torch::Tensor> StaticBuffers(const torch::Tensor& k,
+                                                        const torch::Tensor& v);
 
  private:
   // Makes room for `incoming` more tokens after the held ones.
   void Reserve(const torch::Tensor& like, int64_t incoming);
   std::pair<torch::Tensor, torch::Tensor> UpdateStatic(const torch::Tensor& k,
                                                        const torch::Tensor& v);
+  // Static mode: allocates the zeroed buffers on first use.
+  void AllocateStatic(const torch::Tensor& k, const torch::Tensor& v);
 
   int64_t window_;
   int64_t static_capacity_ = 0;

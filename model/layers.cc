@@ -300,6 +300,39 @@ torch::Tensor GroupedDecodeAttention(const torch::Tensor& q,
       torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());
   return torch::matmul(probs, v);
 }
+
+// One new token per row over a static cache in step-index mode: q
+// [B, nq, 1, hd], this token's k, v [B, nkv, 1, hd]. The fused kernel where
+// it applies (it writes the cache itself); else Update and
+// GroupedDecodeAttention over the whole buffers with `bias`, or with the
+// bias built from `step` when undefined. Returns [B, nkv, g, hd].
+torch::Tensor StaticStepAttention(const torch::Tensor& q,
+                                  const torch::Tensor& k,
+                                  const torch::Tensor& v,
+                                  const torch::Tensor& bias,
+                                  const StaticStepMask& step,
+                                  LayerKvCache* cache, double scale) {
+  const int64_t b = q.size(0), nq = q.size(1), hd = q.size(3);
+  const int64_t nkv = k.size(1);
+  if (FusedDecodeAttentionServes(q, hd)) {
+    DecodeAttentionInputs in;
+    in.q = q.reshape({b, nkv, nq / nkv, hd});
+    in.k_new = k;
+    in.v_new = v;
+    std::tie(in.k_cache, in.v_cache) = cache->StaticBuffers(k, v);
+    in.index = step.index;
+    in.padding = step.padding;
+    in.window = step.window;
+    in.scale = scale;
+    if (FusedDecodeAttentionApplies(in)) return FusedDecodeAttention(in);
+  }
+  auto [keys, values] = cache->Update(k, v);
+  const torch::Tensor mask = bias.defined()
+                                 ? bias
+                                 : StaticStepBias(step.index, step.padding,
+                                                  step.window, q.scalar_type());
+  return GroupedDecodeAttention(q, keys, values, mask, scale, UseSdpa(q));
+}
 }  // namespace
 
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
@@ -387,7 +420,8 @@ torch::Tensor AttentionImpl::PlannedForward(const torch::Tensor& x,
 
 torch::Tensor AttentionImpl::forward(
     const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan) {
+    const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan,
+    const StaticStepMask* step) {
   if (plan != nullptr && cache == nullptr && x.size(1) > 1 &&
       CausalPlanApplies(x, options.head_dim())) {
     return PlannedForward(x, cos, sin, bias, *plan);
@@ -412,8 +446,15 @@ torch::Tensor AttentionImpl::forward(
     q = ApplyRope(q_norm(q), cos, sin);
     k = ApplyRope(k_norm(k), cos, sin);
   }
-  if (cache != nullptr) std::tie(k, v) = cache->Update(k, v);
   const double scale = std::pow(options.query_pre_attn_scalar(), -0.5);
+  if (step != nullptr) {
+    TORCH_CHECK(l == 1 && cache != nullptr && cache->is_static(),
+                "Attention: a static step mask needs one new token per row "
+                "over a static cache");
+    torch::Tensor out = StaticStepAttention(q, k, v, bias, *step, cache, scale);
+    return o(out.reshape({b, 1, nq * hd}));
+  }
+  if (cache != nullptr) std::tie(k, v) = cache->Update(k, v);
   const int64_t t = k.size(2);
   TORCH_CHECK(bias.defined() || t == l,
               "Attention: plain causal attention (no bias) needs no cache");

@@ -123,6 +123,15 @@ torch::Tensor StaticStepBias(const torch::Tensor& index,
                              const torch::Tensor& padding, int64_t window,
                              c10::ScalarType dtype);
 
+// StaticStepBias's mask described rather than built: what a decode step over
+// a static KV cache hands its attention layers, so that the fused
+// decode-attention kernel (model/fused_ops.h) can compute the mask itself.
+struct StaticStepMask {
+  torch::Tensor index;    // [1] int64: the new token's slot (the cache's)
+  torch::Tensor padding;  // [B, C] int64: nonzero for the slots of real tokens
+  int64_t window = 0;     // > 0: keys j > index - window only
+};
+
 // Image block ids [B, L] from token_type_ids [B, L] (1 = image token): each
 // maximal run of image tokens is one block, numbered from 0 per row; text -1.
 torch::Tensor BlockIdsFromTokenTypes(const torch::Tensor& token_type_ids);
@@ -258,10 +267,16 @@ class AttentionImpl : public torch::nn::Module {
   // Returns [B, L, H] (the local partial sum under tensor parallelism).
   // With `plan` (and no cache; see CausalPlanApplies) the attention follows
   // it, and `bias` is read only on the plan's dense rows.
+  // With `step` (one new token over a static cache in step-index mode, the
+  // decode step) the fused decode-attention kernel runs where it applies
+  // (FusedDecodeAttentionApplies): it writes the cache and masks by `step`,
+  // and `bias` is not read. Elsewhere the step takes the path above, with
+  // `bias`, or StaticStepBias(step) when `bias` is undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos,
                         const torch::Tensor& sin, const torch::Tensor& bias,
                         LayerKvCache* cache = nullptr,
-                        const CausalPlan* plan = nullptr);
+                        const CausalPlan* plan = nullptr,
+                        const StaticStepMask* step = nullptr);
 
   AttentionOptions options;
   Projection qkv{nullptr};
