@@ -27,9 +27,9 @@ target_include_directories(gemma_model_modules PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(gemma_model_modules PUBLIC gemma_model_config gemma_common gemma_torch)
 gemma_torch_pch(gemma_model_modules)
 if(GEMMA_WITH_CUDA)
-  # The fused kernels (model/fused_ops.h) and the decode-step attention
-  # (model/decode_attention.h).
-  add_library(gemma_model_cuda STATIC fused_kernels.cu decode_attention.cu)
+  # The fused kernels (model/fused_ops.h), the decode-step attention
+  # (model/decode_attention.h) and the few-row GEMV (model/gemv.h).
+  add_library(gemma_model_cuda STATIC fused_kernels.cu decode_attention.cu gemv.cu)
   target_include_directories(gemma_model_cuda PRIVATE ${CMAKE_SOURCE_DIR})
   target_link_libraries(gemma_model_cuda PRIVATE gemma_torch)
   set_target_properties(gemma_model_cuda PROPERTIES
@@ -48,6 +48,9 @@ gemma_torch_pch(model_fused_ops_test)
 gemma_add_test(NAME model_decode_attention_test SOURCES decode_attention_test.cc
                LIBS gemma_model_modules LABELS model)
 gemma_torch_pch(model_decode_attention_test)
+gemma_add_test(NAME model_gemv_test SOURCES gemv_test.cc
+               LIBS gemma_model_modules LABELS model)
+gemma_torch_pch(model_gemv_test)
 gemma_add_test(NAME model_loss_test SOURCES loss_test.cc
                LIBS gemma_model_modules LABELS model)
 gemma_torch_pch(model_loss_test)

@@ -8,6 +8,7 @@
 
 #if defined(GEMMA_WITH_CUDA)
 #include "model/fused_kernels.h"
+#include "model/gemv.h"
 #endif
 
 namespace gemma {
@@ -52,6 +53,22 @@ bool FusedDecodeAttentionServes(const at::Tensor& x, int64_t head_dim) {
 #endif
 }
 
+bool FusedGemvApplies(const at::Tensor& x, const at::Tensor& w,
+                      const at::Tensor& bias) {
+#if defined(GEMMA_WITH_CUDA)
+  if (!FusedKernelsEnabled() || !x.defined() || !w.defined()) return false;
+  if (at::GradMode::is_enabled() &&
+      (x.requires_grad() || w.requires_grad() ||
+       (bias.defined() && bias.requires_grad()))) {
+    return false;
+  }
+  return fused_cuda::GemvApplies(x, w, bias);
+#else
+  (void)x, (void)w, (void)bias;
+  return false;
+#endif
+}
+
 bool FusedDecodeAttentionApplies(const DecodeAttentionInputs& in) {
 #if defined(GEMMA_WITH_CUDA)
   return FusedApplies(in.q) && fused_cuda::DecodeAttentionRejects(in).empty();
@@ -59,6 +76,12 @@ bool FusedDecodeAttentionApplies(const DecodeAttentionInputs& in) {
   (void)in;
   return false;
 #endif
+}
+
+at::Tensor LinearWithGemv(const at::Tensor& x, const at::Tensor& w,
+                          const at::Tensor& bias) {
+  if (FusedGemvApplies(x, w, bias)) return FusedLinear(x, w, bias);
+  return at::linear(x, w, bias);
 }
 
 #if defined(GEMMA_WITH_CUDA)
@@ -216,6 +239,14 @@ std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor& y, int64_t g,
   return QkvNormRopeFn::apply(y, q_w, k_w, eps, offset, cos, sin, g);
 }
 
+at::Tensor FusedLinear(const at::Tensor& x, const at::Tensor& w,
+                       const at::Tensor& bias) {
+  TORCH_CHECK(FusedGemvApplies(x, w, bias),
+              "FusedLinear: the GEMV kernel does not serve x ", x.sizes(),
+              ", w ", w.sizes(), " (ask FusedGemvApplies first)");
+  return fused_cuda::Gemv(x, w, bias);
+}
+
 std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor& residual,
                                                     const at::Tensor& x,
                                                     const at::Tensor& w,
@@ -255,6 +286,10 @@ at::Tensor FusedNormRope(const at::Tensor&, bool, const at::Tensor&, double,
   NotBuilt();
 }
 at::Tensor FusedGeluMul(const at::Tensor&) { NotBuilt(); }
+at::Tensor FusedLinear(const at::Tensor&, const at::Tensor&,
+                       const at::Tensor&) {
+  NotBuilt();
+}
 std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor&, int64_t,
                                          const at::Tensor&, const at::Tensor&,
                                          double, double, const at::Tensor&,

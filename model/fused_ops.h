@@ -13,6 +13,9 @@
 // The decode step's attention over a static KV cache has a split-K kernel of
 // its own (model/decode_attention.h), dispatched here too.
 //
+// Also here: the few-row GEMV (FusedLinear) that serves decode's projections
+// in place of cuBLAS (model/gemv.h).
+//
 // The kernels serve CUDA float, bf16 and fp16 tensors in builds with
 // GEMMA_WITH_CUDA; elsewhere (and with GEMMA_FUSED_KERNELS=0, or
 // SetFusedKernels(false), e.g. for a benchmark's baseline) callers take the
@@ -93,6 +96,30 @@ bool FusedDecodeAttentionApplies(const DecodeAttentionInputs& in);
 // caches and returns the step's attention output [B, nkv, g, hd] in q's
 // dtype, masked as StaticStepBias masks (fused_cuda::DecodeAttention).
 at::Tensor FusedDecodeAttention(const DecodeAttentionInputs& in);
+
+// ---- Few-row projections (model/gemv.h) ---------------------------------
+// Batch-1..4 decode reads every weight once per step; cuBLAS's M = 1 kernels
+// leave 14-54% of the HBM bandwidth unused on Gemma's shapes, the GEMV
+// kernel much less (bench/gemv_bench.cc).
+
+// Whether FusedLinear serves linear(x, w, bias): built, enabled, no autograd
+// needed (grad mode off, or none of x, w, bias requires grad), and
+// fused_cuda::GemvApplies: x and w CUDA bf16 (or both fp16), w [N, K]
+// contiguous and 16-byte aligned, K % 8 == 0, 1 to 4 rows of x (numel / K),
+// bias undefined or [N] of w's dtype. False for CPU tensors and in builds
+// without CUDA.
+bool FusedGemvApplies(const at::Tensor& x, const at::Tensor& w,
+                      const at::Tensor& bias = {});
+
+// linear(x, w, bias) = x · w^T (+ bias), [..., N] in x's dtype with fp32
+// accumulation, by the GEMV kernel. No grad_fn: inference only. Throws
+// c10::Error where FusedGemvApplies is false.
+at::Tensor FusedLinear(const at::Tensor& x, const at::Tensor& w,
+                       const at::Tensor& bias = {});
+
+// FusedLinear where FusedGemvApplies, else at::linear: what projections call.
+at::Tensor LinearWithGemv(const at::Tensor& x, const at::Tensor& w,
+                          const at::Tensor& bias = {});
 
 }  // namespace gemma
 

@@ -231,7 +231,7 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias)
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
   if (adapter_) return adapter_->Forward(x, weight, bias);
-  return torch::nn::functional::linear(x, weight, bias);
+  return LinearWithGemv(x, weight, bias);  // decode rows: the GEMV kernel
 }
 
 void ProjectionImpl::SetAdapter(const std::string& name,

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "model/fused_ops.h"
+
 namespace gemma {
 namespace {
 
@@ -347,9 +349,10 @@ at::Tensor GatherRowsFromTpRegion(const at::Tensor& x, int64_t n, Comm& comm) {
 at::Tensor VocabParallelLogits(const at::Tensor& hidden,
                                const at::Tensor& weight_shard,
                                int64_t vocab_size, const TpOptions& tp) {
-  if (!tp.split()) return torch::nn::functional::linear(hidden, weight_shard);
-  at::Tensor logits = torch::nn::functional::linear(
-      CopyToTpRegion(hidden, *tp.comm), weight_shard);
+  // Decode rows (inference) go through the GEMV kernel (model/fused_ops.h).
+  if (!tp.split()) return LinearWithGemv(hidden, weight_shard);
+  at::Tensor logits =
+      LinearWithGemv(CopyToTpRegion(hidden, *tp.comm), weight_shard);
   return GatherFromTpRegion(logits, *tp.comm).narrow(-1, 0, vocab_size);
 }
 

@@ -1,0 +1,421 @@
+// The few-row GEMV of model/gemv.h.
+//
+// Shape notation: x [M, K] (M = 1..4 rows, contiguous), W [N, K] row-major,
+// y [M, N]; a "chunk" is 8 elements, one 16-byte copy; chunk column j of a
+// row is its chunks 32 j .. 32 j + 31, one per lane.
+//
+// Work split. A block is kWarps warps. A warp owns a group of RW rows of W
+// and, with k_split S > 1, one of S contiguous ranges of their chunk
+// columns; a block holds kWarps / S groups. Lane l reads chunk l of each
+// column (a warp's copy covers 512 contiguous bytes) of each of its rows,
+// and the x chunks of the same columns (x is tiny and stays in L1/L2; one x
+// chunk serves all RW rows). Each W byte is read once, for all M rows of x.
+//
+// Pipelining. A stage is U chunk columns: RW * U 16-byte cp.async copies per
+// lane into a ring of P stages in shared memory, so (P - 1) * RW * U copies
+// per lane are in flight while one stage is multiplied. (Loads into
+// registers would not do: ptxas issues them a couple ahead of their use,
+// whatever the source order.) A lane only reads back the slots it filled, so
+// no barrier is needed. W copies bypass L1 (.cg); x loads go through the
+// read-only cache.
+//
+// Reduction. fp32 accumulators per (row, x row) per lane, summed over the
+// warp by an xor butterfly (every lane ends with the same bits), then lane i
+// stores output i; with S > 1 the S warps of a group add their sums through
+// shared memory in a fixed order. No atomics: the result is deterministic.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "model/gemv.h"
+
+namespace gemma::fused_cuda {
+namespace {
+
+constexpr int kWarps = 4;  // per block
+constexpr int kThreads = 32 * kWarps;
+constexpr int kChunk = 8;  // elements of one 16-byte copy
+// Dynamic shared memory a launch may use without opting in.
+constexpr int kMaxSmem = 48 * 1024;
+
+// The (RW, U, P) combinations compiled: rows per warp, chunk columns per
+// stage, stages in the ring. Shared memory per block: kWarps * P * U * RW *
+// 512 bytes (at most 48 KiB).
+#define GEMMA_GEMV_CONFIGS(X) \
+  X(1, 8, 2) X(1, 8, 3) X(2, 4, 2) X(2, 4, 3) X(4, 2, 3) X(2, 2, 4)
+
+// Copies 16 bytes from global `src` to shared `dst` asynchronously, or
+// writes zeros when !ok (src is then not read).
+__device__ __forceinline__ void CopyAsync(uint4* dst, const uint4* src,
+                                          bool ok) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d),
+               "l"(src), "r"(ok ? 16 : 0)
+               : "memory");
+#else
+  *dst = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
+#endif
+}
+
+__device__ __forceinline__ void CommitCopies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed copy groups are pending.
+template <int N>
+__device__ __forceinline__ void WaitCopies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// A 16-byte load of x, zero when !ok, through the read-only cache (every
+// warp of the grid reads the same x).
+__device__ __forceinline__ uint4 LoadX(const uint4* p, bool ok) {
+  uint4 v;
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "r"(static_cast<int>(ok)));
+  return v;
+}
+
+// The 8 values of a chunk as floats.
+template <typename T>
+__device__ __forceinline__ void Widen(const uint4& v, float (&f)[kChunk]) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      // bf16 is the top half of an fp32: widening is a shift or a mask.
+      f[2 * i] = __uint_as_float(u[i] << 16);
+      f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    } else {
+      __half2 h;
+      memcpy(&h, &u[i], sizeof(h));
+      const float2 t = __half22float2(h);
+      f[2 * i] = t.x;
+      f[2 * i + 1] = t.y;
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float ToFloat(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __bfloat162float(v);
+  } else {
+    return __half2float(v);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16(v);
+  } else {
+    return __float2half(v);
+  }
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <int RW, int U, int P>
+__host__ __device__ constexpr int SmemBytes() {
+  return kWarps * P * U * RW * 32 * 16;
+}
+
+// y[m, row] = sum_k x[m, k] * w[row, k] (+ bias[row]) for the rows of this
+// block. n, k as in the shape notation; k_split in {1, 2, 4}. Dynamic shared
+// memory: SmemBytes<RW, U, P>().
+template <typename T, int M, int RW, int U, int P>
+__global__ void __launch_bounds__(kThreads)
+    GemvKernel(const T* __restrict__ x, const T* __restrict__ w,
+               const T* __restrict__ bias, T* __restrict__ y, int n, int k,
+               int k_split) {
+  constexpr int kOut = RW * M;         // sums a warp produces
+  constexpr int kStage = U * RW * 32;  // uint4 slots of one warp's stage
+  static_assert(kOut <= 32, "one output per lane");
+  static_assert(SmemBytes<RW, U, P>() <= kMaxSmem, "ring too large");
+  extern __shared__ uint4 smem[];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int groups = kWarps / k_split;
+  const int group = warp % groups, split = warp / groups;
+  const int64_t group0 = static_cast<int64_t>(blockIdx.x) * groups;
+  const int64_t row0 = (group0 + group) * RW;
+  const int chunks = k / kChunk;
+  const int columns = (chunks + 31) / 32;
+  const int per_split = (columns + k_split - 1) / k_split;
+  const int j_begin = min(columns, split * per_split);
+  int j_end = min(columns, j_begin + per_split);
+  if (row0 >= n) j_end = j_begin;  // a group past the last row reads nothing
+  const int stages = (j_end - j_begin + U - 1) / U;
+
+  const uint4* wp[RW];
+#pragma unroll
+  for (int r = 0; r < RW; ++r) {
+    // Rows past n (the last group of an odd n) re-read row n - 1, unstored.
+    const int64_t row = min(row0 + r, static_cast<int64_t>(n - 1));
+    wp[r] = reinterpret_cast<const uint4*>(w + row * k) + lane;
+  }
+  const uint4* xp = reinterpret_cast<const uint4*>(x) + lane;
+  uint4* ring = smem + warp * (P * kStage) + lane;  // this lane's slots
+
+  // Stage s: columns j_begin + s U .. + U - 1 into ring slot s % P.
+  auto issue = [&](int s) {
+    const int j = j_begin + s * U;
+    uint4* dst = ring + (s % P) * kStage;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const bool ok = j + u < j_end && (j + u) * 32 + lane < chunks;
+#pragma unroll
+      for (int r = 0; r < RW; ++r) {
+        CopyAsync(dst + (u * RW + r) * 32, ok ? wp[r] + (j + u) * 32 : wp[r],
+                  ok);
+      }
+    }
+  };
+
+  float acc[RW][M];
+#pragma unroll
+  for (int r = 0; r < RW; ++r) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+  }
+
+  // One commit per stage slot, empty ones included, so that "at most P - 1
+  // groups pending" always means "stage s has landed".
+#pragma unroll
+  for (int s = 0; s < P - 1; ++s) {
+    if (s < stages) issue(s);
+    CommitCopies();
+  }
+  for (int s = 0; s < stages; ++s) {
+    if (s + P - 1 < stages) issue(s + P - 1);  // into the slot freed at s - 1
+    CommitCopies();
+    WaitCopies<P - 1>();
+    const int j = j_begin + s * U;
+    const uint4* src = ring + (s % P) * kStage;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const bool ok = j + u < j_end && (j + u) * 32 + lane < chunks;
+      float wf[RW][kChunk];
+#pragma unroll
+      for (int r = 0; r < RW; ++r) Widen<T>(src[(u * RW + r) * 32], wf[r]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xf[kChunk];
+        Widen<T>(LoadX(xp + m * chunks + (j + u) * 32, ok), xf);
+#pragma unroll
+        for (int r = 0; r < RW; ++r) {
+#pragma unroll
+          for (int e = 0; e < kChunk; ++e)
+            acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
+        }
+      }
+    }
+  }
+  WaitCopies<0>();  // only empty groups can be pending; the ring is idle
+
+  // Lane i keeps sum i (row i / M of the group, x row i % M).
+  float mine = 0.f;
+#pragma unroll
+  for (int i = 0; i < kOut; ++i) {
+    const float s = WarpSum(acc[i / M][i % M]);
+    if (lane == i) mine = s;
+  }
+  auto store = [&](int64_t row, int m, float v) {
+    if (row >= n) return;
+    if (bias != nullptr) v += ToFloat(bias[row]);
+    y[m * static_cast<int64_t>(n) + row] = FromFloat<T>(v);
+  };
+  if (k_split == 1) {
+    if (lane < kOut) store(row0 + lane / M, lane % M, mine);
+    return;
+  }
+  // Each warp's sums go to the start of its own (now idle) ring.
+  auto partial = [&](int wi) {
+    return reinterpret_cast<float*>(smem + wi * (P * kStage));
+  };
+  if (lane < kOut) partial(warp)[lane] = mine;
+  __syncthreads();
+  const int t = threadIdx.x;
+  if (t < groups * kOut) {
+    const int g = t / kOut, i = t % kOut;
+    float v = 0.f;
+    for (int s = 0; s < k_split; ++s) v += partial(s * groups + g)[i];
+    store((group0 + g) * RW + i / M, i % M, v);
+  }
+}
+
+template <typename T, int M, int RW, int U, int P>
+void Launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+            const at::Tensor& y, int k_split) {
+  const int64_t n = w.size(0), k = w.size(1);
+  const int64_t groups = kWarps / k_split;
+  const int64_t blocks = ((n + RW - 1) / RW + groups - 1) / groups;
+  GemvKernel<T, M, RW, U, P>
+      <<<static_cast<unsigned>(blocks), kThreads, SmemBytes<RW, U, P>(),
+         at::cuda::getCurrentCUDAStream()>>>(
+          static_cast<const T*>(x.data_ptr()),
+          static_cast<const T*>(w.data_ptr()),
+          bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr,
+          static_cast<T*>(y.data_ptr()), static_cast<int>(n),
+          static_cast<int>(k), k_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int M>
+void LaunchConfig(const at::Tensor& x, const at::Tensor& w,
+                  const at::Tensor& bias, const at::Tensor& y,
+                  const GemvConfig& c) {
+#define GEMMA_GEMV_CASE(RW, U, P)                                \
+  if (c.rows_per_warp == RW && c.unroll == U && c.stages == P) { \
+    return Launch<T, M, RW, U, P>(x, w, bias, y, c.k_split);     \
+  }
+  GEMMA_GEMV_CONFIGS(GEMMA_GEMV_CASE)
+#undef GEMMA_GEMV_CASE
+  TORCH_CHECK(false, "Gemv: rows_per_warp ", c.rows_per_warp, ", unroll ",
+              c.unroll, ", stages ", c.stages, " is not compiled");
+}
+
+template <typename T>
+void LaunchRows(int64_t m, const at::Tensor& x, const at::Tensor& w,
+                const at::Tensor& bias, const at::Tensor& y,
+                const GemvConfig& c) {
+  switch (m) {
+    case 1:
+      return LaunchConfig<T, 1>(x, w, bias, y, c);
+    case 2:
+      return LaunchConfig<T, 2>(x, w, bias, y, c);
+    case 3:
+      return LaunchConfig<T, 3>(x, w, bias, y, c);
+    case 4:
+      return LaunchConfig<T, 4>(x, w, bias, y, c);
+    default:
+      TORCH_CHECK(false, "Gemv: ", m, " rows of x (at most ", kGemvMaxRows,
+                  ")");
+  }
+}
+
+bool Aligned16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+// k_split for c's rows_per_warp and unroll: split K while the row groups
+// alone leave the SMs short of warps (16 resident on each cover the
+// latency) and each split keeps at least two stages.
+int AutoSplit(int64_t n, int64_t k, const GemvConfig& c) {
+  const int64_t columns = (k / kChunk + 31) / 32;
+  const int64_t groups = (n + c.rows_per_warp - 1) / c.rows_per_warp;
+  const int64_t want =
+      16 * static_cast<int64_t>(
+               at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  int split = 1;
+  while (split < kWarps && groups * split < want &&
+         columns >= 2 * 2 * split * c.unroll) {
+    split *= 2;
+  }
+  return split;
+}
+}  // namespace
+
+std::vector<GemvConfig> GemvCompiledConfigs() {
+  std::vector<GemvConfig> out;
+#define GEMMA_GEMV_ENTRY(RW, U, P) out.push_back(GemvConfig{RW, U, P, 0});
+  GEMMA_GEMV_CONFIGS(GEMMA_GEMV_ENTRY)
+#undef GEMMA_GEMV_ENTRY
+  return out;
+}
+
+GemvConfig GemvAutoConfig(int64_t rows, int64_t n, int64_t k) {
+  (void)rows;
+  GemvConfig c;
+  c.rows_per_warp = 2;  // each x chunk serves two W rows
+  c.unroll = 4;         // 8 copies a stage per lane
+  c.stages = 3;         // 16 in flight per lane; 48 KiB: 4 blocks an SM
+  c.k_split = AutoSplit(n, k, c);
+  return c;
+}
+
+bool GemvApplies(const at::Tensor& x, const at::Tensor& w,
+                 const at::Tensor& bias) {
+  if (!x.defined() || !w.defined() || !x.is_cuda() || !w.is_cuda() ||
+      x.device() != w.device()) {
+    return false;
+  }
+  const auto t = w.scalar_type();
+  if ((t != at::kBFloat16 && t != at::kHalf) || x.scalar_type() != t) {
+    return false;
+  }
+  if (w.dim() != 2 || !w.is_contiguous() || !Aligned16(w)) return false;
+  const int64_t n = w.size(0), k = w.size(1);
+  if (n < 1 || k < kChunk || k % kChunk != 0 ||
+      n > std::numeric_limits<int>::max() ||
+      k > std::numeric_limits<int>::max()) {
+    return false;
+  }
+  if (x.dim() < 1 || x.size(-1) != k) return false;
+  const int64_t rows = x.numel() / k;
+  if (rows < 1 || rows > kGemvMaxRows) return false;
+  if (bias.defined() &&
+      (bias.dim() != 1 || bias.size(0) != n || bias.scalar_type() != t ||
+       bias.device() != w.device())) {
+    return false;
+  }
+  return true;
+}
+
+at::Tensor Gemv(const at::Tensor& x, const at::Tensor& w,
+                const at::Tensor& bias, GemvConfig config) {
+  TORCH_CHECK(GemvApplies(x, w, bias), "Gemv does not serve x ", x.sizes(), " ",
+              x.scalar_type(), ", w ", w.sizes(), " ", w.scalar_type(),
+              " (see GemvApplies in model/gemv.h)");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = w.size(0), k = w.size(1), rows = x.numel() / k;
+  at::Tensor xc = x.contiguous();
+  if (!Aligned16(xc)) xc = xc.clone();  // a fresh allocation is aligned
+  const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
+  const GemvConfig automatic = GemvAutoConfig(rows, n, k);
+  GemvConfig c = config;
+  if (c.rows_per_warp == 0) c.rows_per_warp = automatic.rows_per_warp;
+  if (c.unroll == 0) c.unroll = automatic.unroll;
+  if (c.stages == 0) c.stages = automatic.stages;
+  if (c.k_split == 0) c.k_split = AutoSplit(n, k, c);
+  TORCH_CHECK(c.k_split == 1 || c.k_split == 2 || c.k_split == 4,
+              "Gemv: k_split must be 1, 2 or 4, got ", c.k_split);
+  at::Tensor y = at::empty({rows, n}, xc.options());
+  if (w.scalar_type() == at::kBFloat16) {
+    LaunchRows<__nv_bfloat16>(rows, xc, w, b, y, c);
+  } else {
+    LaunchRows<__half>(rows, xc, w, b, y, c);
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return y.view(shape);
+}
+
+}  // namespace gemma::fused_cuda
