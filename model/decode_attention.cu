@@ -269,23 +269,49 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // out[r, d] for r over [B * nkv * g] (blockIdx.y * gridDim.x + blockIdx.x),
-// d = threadIdx.x < hd: the splits' partial results merged.
+// d = threadIdx.x < hd: the splits' partial results merged. The splits'
+// weights go to shared memory first (dynamic: 2 * splits floats), so the
+// merge loop's loads of `part` are independent and pipeline.
 template <typename T>
 __global__ void CombineKernel(const float* part, const float2* part_ml,
                               int splits, int hd, T* out) {
+  extern __shared__ float weights[];  // [splits] exp2(m_s - m), [splits] l_s * that
+  __shared__ float red[32];
   const int64_t r = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
-  const int d = threadIdx.x;
+  const int d = threadIdx.x, lane = d & 31, warp = d >> 5;
   const float2* ml = part_ml + r * splits;
   float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ml[s].x);
+  for (int s = d; s < splits; s += blockDim.x) {
+    if (ml[s].y > 0.f) mx = fmaxf(mx, ml[s].x);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  if (warp == 0) {
+    mx = lane < static_cast<int>(blockDim.x >> 5) ? red[lane] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) red[0] = mx;
+  }
+  __syncthreads();
+  mx = red[0];
+  float* scaled = weights + splits;
+  for (int s = d; s < splits; s += blockDim.x) {
+    const float2 v = ml[s];
+    // A split that saw no visible key contributes nothing (its partials
+    // may be unwritten).
+    const float c = v.y > 0.f && mx != -INFINITY ? exp2f(v.x - mx) : 0.f;
+    weights[s] = c;
+    scaled[s] = v.y * c;
+  }
+  __syncthreads();
+  const float* pr = part + r * splits * hd + d;
   float sum = 0.f, a = 0.f;
-  if (mx != -INFINITY) {
-    for (int s = 0; s < splits; ++s) {
-      const float2 v = ml[s];
-      if (v.y <= 0.f) continue;  // nothing visible in this split
-      const float c = exp2f(v.x - mx);
-      sum += v.y * c;
-      a += part[(r * splits + s) * hd + d] * c;
+#pragma unroll 8
+  for (int s = 0; s < splits; ++s) {
+    const float c = weights[s];  // the same for the whole block: no divergence
+    if (c != 0.f) {
+      sum += scaled[s];
+      a += pr[static_cast<int64_t>(s) * hd] * c;
     }
   }
   out[r * hd + d] = FromFloat<T>(sum > 0.f ? a / sum : 0.f);
@@ -488,11 +514,12 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
                   static_cast<unsigned>(b));
   const dim3 combine_grid(static_cast<unsigned>(nkv * g),
                           static_cast<unsigned>(b));
+  const size_t combine_smem = 2 * static_cast<size_t>(splits) * sizeof(float);
   switch (q.scalar_type()) {
     case at::kBFloat16:
       LaunchTyped<__nv_bfloat16>(hd, gc, p, grid, stream);
       if (splits > 1) {
-        CombineKernel<<<combine_grid, hd, 0, stream>>>(
+        CombineKernel<<<combine_grid, hd, combine_smem, stream>>>(
             p.part, p.part_ml, p.splits, static_cast<int>(hd),
             static_cast<__nv_bfloat16*>(p.out));
       }
@@ -500,7 +527,7 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
     case at::kHalf:
       LaunchTyped<__half>(hd, gc, p, grid, stream);
       if (splits > 1) {
-        CombineKernel<<<combine_grid, hd, 0, stream>>>(
+        CombineKernel<<<combine_grid, hd, combine_smem, stream>>>(
             p.part, p.part_ml, p.splits, static_cast<int>(hd),
             static_cast<__half*>(p.out));
       }
@@ -508,7 +535,7 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
     default:
       LaunchTyped<float>(hd, gc, p, grid, stream);
       if (splits > 1) {
-        CombineKernel<<<combine_grid, hd, 0, stream>>>(
+        CombineKernel<<<combine_grid, hd, combine_smem, stream>>>(
             p.part, p.part_ml, p.splits, static_cast<int>(hd),
             static_cast<float*>(p.out));
       }
