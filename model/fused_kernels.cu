@@ -577,6 +577,17 @@ __device__ __forceinline__ void RotatePair(const T* cos, const T* sin, int64_t a
   }
 }
 
+// q and k of a fused qkv projection in one launch (g > 0): of each group of
+// g + 1 rows, rows j < g are q heads (out to y at row base * g + j, scale s,
+// rstd), row g is the k head (out to y2 at row base, scale s2, rstd2).
+template <typename T>
+struct QkRows {
+  int g = 0;
+  Scale s2{nullptr, 0, 0.f};
+  T* y2 = nullptr;
+  float* rstd2 = nullptr;
+};
+
 // Per-head norm + rope: a group of G lanes a row, each lane owning K vectors
 // of the first half and the matching K of the second (the rope's pairs).
 template <typename T, int K>
@@ -584,11 +595,22 @@ __global__ void NormRopeFwdVecKernel(const T* __restrict__ x, Lead ld, int rows,
                                      int hd, int G, bool norm, Scale s, float eps,
                                      const T* __restrict__ cos, const T* __restrict__ sin,
                                      int64_t cos_bstride, T* __restrict__ y,
-                                     float* __restrict__ rstd) {
+                                     float* __restrict__ rstd, QkRows<T> qk) {
   constexpr int V = kVec<T>;
   const int gl = threadIdx.x % G;
   const int row = blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
   const bool valid = row < rows;  // lanes past the end still shuffle
+  int64_t out_row = row;
+  if (qk.g > 0) {
+    const int j = row % (qk.g + 1), base = row / (qk.g + 1);
+    out_row = static_cast<int64_t>(base) * qk.g + j;
+    if (j == qk.g) {
+      out_row = base;
+      s = qk.s2;
+      y = qk.y2;
+      rstd = qk.rstd2;
+    }
+  }
   const int half = hd / 2;
   uint32_t b = 0, l = 0;
   const int64_t xo = valid ? RowOffset32(ld, row, &b, &l) : 0;
@@ -609,7 +631,7 @@ __global__ void NormRopeFwdVecKernel(const T* __restrict__ x, Lead ld, int rows,
   }
   if (norm) {
     const float r = rsqrtf(GroupSum(ss, G) / static_cast<float>(hd) + eps);
-    if (valid && rstd != nullptr && gl == 0) rstd[row] = r;
+    if (valid && rstd != nullptr && gl == 0) rstd[out_row] = r;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int j = (gl + k * G) * V;
@@ -621,7 +643,7 @@ __global__ void NormRopeFwdVecKernel(const T* __restrict__ x, Lead ld, int rows,
     }
   }
   if (!valid) return;
-  const int64_t yo = static_cast<int64_t>(row) * hd;
+  const int64_t yo = out_row * hd;
   const int64_t co = b * cos_bstride + static_cast<int64_t>(l) * hd;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -909,6 +931,38 @@ RopeVec RopeVecOf(const at::Tensor& x, const Lead& ld, const at::Tensor& cos,
   if ((g & (g - 1)) != 0) return {};
   return RopeVec{k, static_cast<int>(g)};
 }
+
+// Launches NormRopeFwdVecKernel over `rows` rows of x (lead `ld`); false
+// when the fast path does not apply. With qk_g > 0, x's rows are q and k
+// heads as QkRows says, k's going to y2 (scale s2, rstd2).
+bool NormRopeFwdVec(const at::Tensor& x, const Lead& ld, int64_t rows, bool norm,
+                    const Scale& s, double eps, const Rope& rope, const at::Tensor& keep_cos,
+                    const at::Tensor& keep_sin, const at::Tensor& y, float* rstd,
+                    int qk_g = 0, const Scale& s2 = Scale{nullptr, kF32, 0.f},
+                    const at::Tensor& y2 = {}, float* rstd2 = nullptr) {
+  const int64_t hd = x.size(-1);
+  const RopeVec rv = RopeVecOf(x, ld, keep_cos, keep_sin, {y, y2, keep_cos, keep_sin});
+  if (rv.k == 0) return false;
+  constexpr int kThreads = 256;
+  const int64_t per_block = kThreads / rv.g;
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  return ByDtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    QkRows<T> qk;
+    if (qk_g > 0) qk = QkRows<T>{qk_g, s2, static_cast<T*>(y2.data_ptr()), rstd2};
+    auto launch = [&](auto kernel) {
+      kernel<<<blocks, kThreads, 0, stream>>>(
+          static_cast<const T*>(x.data_ptr()), ld, static_cast<int>(rows),
+          static_cast<int>(hd), rv.g, norm, s, static_cast<float>(eps),
+          static_cast<const T*>(rope.cos), static_cast<const T*>(rope.sin), rope.bstride,
+          static_cast<T*>(y.data_ptr()), rstd, qk);
+    };
+    if (rv.k == 1) launch(NormRopeFwdVecKernel<T, 1>);
+    else launch(NormRopeFwdVecKernel<T, 2>);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
 }  // namespace
 
 at::Tensor RmsNormForward(const at::Tensor& x_in, const at::Tensor& w,
@@ -1030,26 +1084,8 @@ at::Tensor NormRopeForward(const at::Tensor& x, bool norm, const at::Tensor& w,
   if (rstd != nullptr && norm)
     *rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return y;
-  const RopeVec rv = RopeVecOf(x, ld, keep_cos, keep_sin, {y, keep_cos, keep_sin});
-  if (rv.k > 0) {
-    constexpr int kThreads = 256;
-    const int64_t per_block = kThreads / rv.g;
-    const int64_t blocks = (rows + per_block - 1) / per_block;
-    auto stream = at::cuda::getCurrentCUDAStream();
-    ByDtype(x.scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      auto launch = [&](auto kernel) {
-        kernel<<<blocks, kThreads, 0, stream>>>(
-            static_cast<const T*>(x.data_ptr()), ld, static_cast<int>(rows),
-            static_cast<int>(hd), rv.g, norm, s, static_cast<float>(eps),
-            static_cast<const T*>(rope.cos), static_cast<const T*>(rope.sin),
-            rope.bstride, static_cast<T*>(y.data_ptr()),
-            rstd != nullptr && norm ? rstd->data_ptr<float>() : nullptr);
-      };
-      if (rv.k == 1) launch(NormRopeFwdVecKernel<T, 1>);
-      else launch(NormRopeFwdVecKernel<T, 2>);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  if (NormRopeFwdVec(x, ld, rows, norm, s, eps, rope, keep_cos, keep_sin, y,
+                     rstd != nullptr && norm ? rstd->data_ptr<float>() : nullptr)) {
     return y;
   }
   constexpr int kThreads = 256;  // 8 rows a block
@@ -1060,6 +1096,36 @@ at::Tensor NormRopeForward(const at::Tensor& x, bool norm, const at::Tensor& w,
       rstd != nullptr && norm ? rstd->data_ptr<float>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
+}
+
+std::pair<at::Tensor, at::Tensor> QkNormRopeForward(
+    const at::Tensor& y, int64_t g, const at::Tensor& q_w, const at::Tensor& k_w,
+    double offset, double eps, const at::Tensor& cos, const at::Tensor& sin,
+    at::Tensor* rstd_q, at::Tensor* rstd_k) {
+  TORCH_CHECK(y.is_cuda() && y.dim() == 5 && g >= 1 && y.size(3) == g + 2,
+              "fused q/k norm+rope: y must be CUDA [B, L, nkv, g + 2, hd] with g = ", g,
+              ", got ", y.sizes());
+  c10::cuda::CUDAGuard guard(y.device());
+  const at::Tensor x = y.narrow(3, 0, g + 1);
+  const Lead ld = LeadOf(x);
+  const int64_t hd = y.size(-1), rows = x.numel() / std::max<int64_t>(hd, 1);
+  at::Tensor keep_cos, keep_sin;
+  const Rope rope = RopeOf(x, cos, sin, &keep_cos, &keep_sin);
+  at::Tensor q = at::empty({y.size(0), y.size(1), y.size(2), g, hd}, y.options());
+  at::Tensor k = at::empty({y.size(0), y.size(1), y.size(2), hd}, y.options());
+  const auto f32 = y.options().dtype(at::kFloat);
+  if (rstd_q != nullptr) *rstd_q = at::empty({q.numel() / std::max<int64_t>(hd, 1)}, f32);
+  if (rstd_k != nullptr) *rstd_k = at::empty({k.numel() / std::max<int64_t>(hd, 1)}, f32);
+  if (rows > 0 &&
+      NormRopeFwdVec(x, ld, rows, true, MakeScale(q_w, offset, hd), eps, rope, keep_cos,
+                     keep_sin, q, rstd_q != nullptr ? rstd_q->data_ptr<float>() : nullptr,
+                     static_cast<int>(g), MakeScale(k_w, offset, hd), k,
+                     rstd_k != nullptr ? rstd_k->data_ptr<float>() : nullptr)) {
+    return {q, k};
+  }
+  q = NormRopeForward(y.narrow(3, 0, g), true, q_w, offset, eps, cos, sin, rstd_q);
+  k = NormRopeForward(y.select(3, g), true, k_w, offset, eps, cos, sin, rstd_k);
+  return {q, k};
 }
 
 std::pair<at::Tensor, at::Tensor> NormRopeBackward(

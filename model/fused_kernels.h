@@ -45,6 +45,15 @@ at::Tensor NormRopeForward(const at::Tensor& x, bool norm, const at::Tensor& w,
                            double offset, double eps, const at::Tensor& cos,
                            const at::Tensor& sin, at::Tensor* rstd);
 
+// q and k of a fused qkv projection's output y [B, L, nkv, g + 2, hd] (per
+// KV group its g query heads, k, v) in one launch: {NormRopeForward of
+// y[:, :, :, :g] with q_w, of y[:, :, :, g] with k_w} (contiguous
+// [B, L, nkv, g, hd] and [B, L, nkv, hd]), with their rstd when asked.
+std::pair<at::Tensor, at::Tensor> QkNormRopeForward(
+    const at::Tensor& y, int64_t g, const at::Tensor& q_w, const at::Tensor& k_w,
+    double offset, double eps, const at::Tensor& cos, const at::Tensor& sin,
+    at::Tensor* rstd_q, at::Tensor* rstd_k);
+
 // Gradients of NormRopeForward: dx (x's shape; written into `dx_into`, a
 // view of x's shape with hd contiguous, when defined, else a new contiguous
 // tensor) and, when `want_dw`, dw.

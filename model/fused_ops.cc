@@ -157,10 +157,8 @@ class QkvNormRopeFn : public torch::autograd::Function<QkvNormRopeFn> {
                 "FusedQkvNormRope: y must be [B, L, nkv, g + 2, hd] with g = ",
                 g, ", got ", y.sizes());
     at::Tensor rstd_q, rstd_k;
-    at::Tensor q = fused_cuda::NormRopeForward(y.narrow(3, 0, g), true, q_w,
-                                               offset, eps, cos, sin, &rstd_q);
-    at::Tensor k = fused_cuda::NormRopeForward(y.select(3, g), true, k_w,
-                                               offset, eps, cos, sin, &rstd_k);
+    auto [q, k] = fused_cuda::QkNormRopeForward(y, g, q_w, k_w, offset, eps, cos,
+                                                sin, &rstd_q, &rstd_k);
     at::Tensor v = y.select(3, g + 1).contiguous();
     ctx->save_for_backward({y, q_w, k_w, rstd_q, rstd_k, cos, sin});
     ctx->saved_data["offset"] = offset;
@@ -239,6 +237,16 @@ std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor& y, int64_t g,
   return QkvNormRopeFn::apply(y, q_w, k_w, eps, offset, cos, sin, g);
 }
 
+std::pair<at::Tensor, at::Tensor> FusedQkNormRope(
+    const at::Tensor& y, int64_t g, const at::Tensor& q_w, const at::Tensor& k_w,
+    double eps, double offset, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(!at::GradMode::is_enabled() ||
+                  !(y.requires_grad() || q_w.requires_grad() || k_w.requires_grad()),
+              "FusedQkNormRope is for inference (no autograd)");
+  return fused_cuda::QkNormRopeForward(y, g, q_w, k_w, offset, eps, cos, sin,
+                                       nullptr, nullptr);
+}
+
 at::Tensor FusedLinear(const at::Tensor& x, const at::Tensor& w,
                        const at::Tensor& bias) {
   TORCH_CHECK(FusedGemvApplies(x, w, bias),
@@ -294,6 +302,12 @@ std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor&, int64_t,
                                          const at::Tensor&, const at::Tensor&,
                                          double, double, const at::Tensor&,
                                          const at::Tensor&) {
+  NotBuilt();
+}
+std::pair<at::Tensor, at::Tensor> FusedQkNormRope(const at::Tensor&, int64_t,
+                                                  const at::Tensor&, const at::Tensor&,
+                                                  double, double, const at::Tensor&,
+                                                  const at::Tensor&) {
   NotBuilt();
 }
 std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor&,

@@ -231,6 +231,13 @@ TEST_F(FusedCudaTest, QkvNormRopeValuesAndGradients) {
     EXPECT_LT(Rel(out[0], qr), Tol(dtype)) << at;
     EXPECT_LT(Rel(out[1], kr), Tol(dtype)) << at;
     EXPECT_TRUE(torch::equal(out[2], y0.select(3, g + 1))) << at;
+    {
+      // The inference entry: the same q and k, bit for bit.
+      torch::NoGradGuard no_grad;
+      auto [q2, k2] = FusedQkNormRope(y0, g, qw0, kw0, 1e-6, 1.0, cos, sin);
+      EXPECT_TRUE(torch::equal(q2, out[0].detach())) << at;
+      EXPECT_TRUE(torch::equal(k2, out[1].detach())) << at;
+    }
     EXPECT_LT(Rel(y.grad(), yr.grad()), Tol(dtype)) << at;
     EXPECT_LT(Rel(qw.grad(), qwr.grad()), 2 * Tol(dtype)) << at;
     EXPECT_LT(Rel(kw.grad(), kwr.grad()), 2 * Tol(dtype)) << at;

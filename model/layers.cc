@@ -231,7 +231,10 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias)
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
   if (adapter_) return adapter_->Forward(x, weight, bias);
-  return LinearWithGemv(x, weight, bias);  // decode rows: the GEMV kernel
+  // cuBLAS, also for decode's single rows: on an H100 the GEMV kernel
+  // (model/gemv.h) lost to it on the 4B layer shapes (bench/gemv_bench.cc:
+  // 3.30 against 3.14 ms a step), and won only on the vocabulary projection.
+  return torch::nn::functional::linear(x, weight, bias);
 }
 
 void ProjectionImpl::SetAdapter(const std::string& name,
@@ -434,7 +437,13 @@ torch::Tensor AttentionImpl::forward(
   torch::Tensor fused = qkv(x).view({b, l, nkv, g + 2, hd});
   torch::Tensor q, k;
   torch::Tensor v = fused.select(3, g + 1).transpose(1, 2);
-  if (FusedApplies(x)) {
+  if (FusedApplies(x) && !at::GradMode::is_enabled()) {
+    // Inference: q and k in one launch, contiguous [B, L, nkv, (g,) hd].
+    std::tie(q, k) = FusedQkNormRope(fused, g, q_norm->weight, k_norm->weight,
+                                     q_norm->options.eps(), /*offset=*/1.0, cos, sin);
+    q = q.view({b, l, nq, hd}).transpose(1, 2);
+    k = k.transpose(1, 2);
+  } else if (FusedApplies(x)) {
     // [B, L, heads, hd] in, contiguous out; viewed as [B, heads, L, hd].
     q = NormRope(fused.narrow(3, 0, g), q_norm, cos, sin)
             .view({b, l, nq, hd})
