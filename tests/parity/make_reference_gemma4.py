@@ -21,7 +21,8 @@ io.safetensors with input_ids [2, 30] (an image per row: 6x4 patches padded to
 32, and 4x8), pixel_values [2, 32, 48], image_positions, logits, the
 embedded image_features and logits_bf16 (the model loaded in bfloat16, the
 pixels cast to it).
-Regeneration is skipped when OUT/gemma4_stamp holds this script's hash.
+Regeneration is skipped when OUT/gemma4_stamp holds this script's hash and the
+bf16 device (GEMMA_TEST_DEVICE; the bf16 references run there).
 """
 import argparse
 import hashlib
@@ -63,10 +64,19 @@ def tiny_text_config(**extra):
     )
 
 
+# The bf16 references run where the tests run (GEMMA_TEST_DEVICE, as the C++
+# suite): bf16 rounding differs between the CPU's and cuBLAS's GEMMs, and
+# this tiny random MoE amplifies it (HF's own bf16 run is only ~0.97 cosine
+# to its fp32 one), so a CPU reference would measure the devices' difference
+# rather than ours from transformers. The fp32 references stay on the CPU.
+BF16_DEVICE = os.environ.get("GEMMA_TEST_DEVICE") or "cpu"
+
+
 def load_bfloat16(cls, folder):
-    """The saved model in bfloat16 with eager attention, via from_pretrained."""
+    """The saved model in bfloat16 with eager attention, via from_pretrained,
+    on BF16_DEVICE."""
     model = cls.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager")
-    return model.eval()
+    return model.to(BF16_DEVICE).eval()
 
 
 def rerandomise(model, gen):
@@ -89,12 +99,17 @@ def rerandomise(model, gen):
                 b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
 
 
+def stamp_text():
+    """What the references depend on: this script and the bf16 device."""
+    return script_hash() + " " + BF16_DEVICE
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     stamp = os.path.join(args.out, "gemma4_stamp")
-    if os.path.exists(stamp) and open(stamp).read() == script_hash():
+    if os.path.exists(stamp) and open(stamp).read() == stamp_text():
         print("gemma4 references up to date")
         return
     from transformers import Gemma4ForCausalLM
@@ -143,10 +158,13 @@ def main():
     # frequencies stay fp32, as ours do; model.to(bfloat16) would round them).
     model_bf16 = load_bfloat16(Gemma4ForCausalLM, os.path.join(case, "hf"))
     with torch.no_grad():
-        logits_bf16 = model_bf16(input_ids=ids, attention_mask=mask).logits.float()
-        gen_bf16 = model_bf16.generate(prompt, attention_mask=torch.ones_like(prompt),
+        dev = BF16_DEVICE
+        logits_bf16 = model_bf16(input_ids=ids.to(dev),
+                                 attention_mask=mask.to(dev)).logits.float().cpu()
+        gen_bf16 = model_bf16.generate(prompt.to(dev),
+                                       attention_mask=torch.ones_like(prompt).to(dev),
                                        max_new_tokens=8, do_sample=False,
-                                       min_new_tokens=8, pad_token_id=0)
+                                       min_new_tokens=8, pad_token_id=0).cpu()
     tensors = {
         "input_ids": ids, "attention_mask": mask, "logits": logits,
         "grad_probe": probe, "greedy_prompt": prompt,
@@ -162,7 +180,7 @@ def main():
     make_vl_case(args.out, gen)
     make_image_case(args.out)
     with open(stamp, "w") as f:
-        f.write(script_hash())
+        f.write(stamp_text())
 
 
 def make_vl_case(out, gen):
@@ -213,9 +231,12 @@ def make_vl_case(out, gen):
         soft = model.model.get_image_features(pixels, positions, return_dict=True).pooler_output
         # The same forward in bfloat16, loaded as in main().
         model_bf16 = load_bfloat16(Gemma4ForConditionalGeneration, os.path.join(case, "hf"))
-        logits_bf16 = model_bf16(input_ids=ids, pixel_values=pixels.to(torch.bfloat16),
-                                 image_position_ids=positions, mm_token_type_ids=mm,
-                                 attention_mask=mask).logits.float()
+        dev = BF16_DEVICE
+        logits_bf16 = model_bf16(input_ids=ids.to(dev),
+                                 pixel_values=pixels.to(dev, torch.bfloat16),
+                                 image_position_ids=positions.to(dev),
+                                 mm_token_type_ids=mm.to(dev),
+                                 attention_mask=mask.to(dev)).logits.float().cpu()
     save_file({"input_ids": ids, "pixel_values": pixels, "image_positions": positions,
                "logits": logits.contiguous(), "image_features": torch.cat(soft).contiguous(),
                "logits_bf16": logits_bf16.contiguous()},
