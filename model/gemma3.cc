@@ -63,20 +63,23 @@ torch::Tensor Gemma3DecoderLayerImpl::Exit(const torch::Tensor& x, bool sp) {
 torch::Tensor Gemma3DecoderLayerImpl::forward(
     const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
     const torch::Tensor& bias, LayerKvCache* cache, const CausalPlan* plan,
-    const StaticStepMask* step) {
+    const StaticStepMask* step, NormChain* chain) {
   const bool sp = tp_.sequence_parallel && cache == nullptr;
-  torch::Tensor a = Exit(attn->forward(Enter(input_norm(x), sp), cos, sin, bias,
-                                       cache, plan, step),
-                         sp);
+  const torch::Tensor xn =
+      chain != nullptr && chain->in.defined() ? chain->in : input_norm(x);
+  torch::Tensor a =
+      Exit(attn->forward(Enter(xn, sp), cos, sin, bias, cache, plan, step), sp);
   if (!at::GradMode::is_enabled() && FusedApplies(a)) {
     // Inference: each residual add joins its norms in one kernel.
     const double eps = post_attn_norm->options.eps();
     auto [h, y] = FusedResidualNorm(x, a, post_attn_norm->weight,
                                     pre_mlp_norm->weight, eps, /*offset=*/1.0);
     torch::Tensor m = Exit(mlp(Enter(y, sp)), sp);
-    return FusedResidualNorm(h, m, post_mlp_norm->weight, torch::Tensor(), eps,
-                             1.0)
-        .first;
+    auto [out, next] = FusedResidualNorm(
+        h, m, post_mlp_norm->weight,
+        chain != nullptr ? chain->next_weight : torch::Tensor(), eps, 1.0);
+    if (chain != nullptr) chain->out = next;
+    return out;
   }
   torch::Tensor h = x + post_attn_norm(a);
   return h + post_mlp_norm(Exit(mlp(Enter(pre_mlp_norm(h), sp)), sp));
@@ -250,15 +253,23 @@ torch::Tensor Gemma3TextModelImpl::DecodeStep(const torch::Tensor& embeds,
     }
   }
   torch::Tensor h = embeds;
+  // Each layer's last residual add computes the next layer's input norm
+  // (the final norm after the last): one kernel a layer fewer.
+  NormChain chain;
   for (size_t i = 0; i < layer_list_.size(); ++i) {
     const int t = layer_list_[i]->type == LayerType::kSliding ? 0 : 1;
     TORCH_CHECK(masks[t].index.defined(),
                 "DecodeStep: no rotary tables for layer ", i, "'s type");
+    chain.in = chain.out;
+    chain.out = torch::Tensor();
+    chain.next_weight = i + 1 < layer_list_.size()
+                            ? layer_list_[i + 1]->input_norm->weight
+                            : final_norm->weight;
     h = layer_list_[i]->forward(h, in.cos[t], in.sin[t], bias[t],
                                 in.cache->layer(static_cast<int64_t>(i)),
-                                /*plan=*/nullptr, &masks[t]);
+                                /*plan=*/nullptr, &masks[t], &chain);
   }
-  return final_norm(h);
+  return chain.out.defined() ? chain.out : final_norm(h);
 }
 
 std::pair<torch::Tensor, torch::Tensor> Gemma3TextModelImpl::Rope(

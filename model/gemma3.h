@@ -42,6 +42,18 @@ namespace gemma {
 class KvCache;
 
 // One decoder layer.
+// Inference: a layer's last residual add joined with the norm after it (the
+// next layer's input norm, or the final norm) in one kernel. `in`: this
+// layer's input norm as the layer before computed it (undefined: compute
+// it); `next_weight`: the norm after the layer; `out`: that norm of the
+// layer's output, undefined where the layer could not join it (no fused
+// kernels, autograd on).
+struct NormChain {
+  torch::Tensor in;
+  torch::Tensor next_weight;
+  torch::Tensor out;
+};
+
 class Gemma3DecoderLayerImpl : public torch::nn::Module {
  public:
   Gemma3DecoderLayerImpl(const TextConfig& config, LayerType type,
@@ -55,7 +67,8 @@ class Gemma3DecoderLayerImpl : public torch::nn::Module {
                         const torch::Tensor& sin, const torch::Tensor& bias,
                         LayerKvCache* cache = nullptr,
                         const CausalPlan* plan = nullptr,
-                        const StaticStepMask* step = nullptr);
+                        const StaticStepMask* step = nullptr,
+                        NormChain* chain = nullptr);
 
   LayerType type;
   RMSNorm input_norm{nullptr};
