@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "model/cuda_kernel_test.h"
 #include "model/fused_ops.h"
 #include "model/layers.h"
 #include "model/static_decoder.h"
@@ -108,14 +109,7 @@ TEST(DecodeAttentionDispatchTest, CpuTensorsAreNotApplicable) {
   }
 }
 
-class DecodeAttentionCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-    if (!FusedKernelsBuilt()) GTEST_SKIP() << "built without CUDA kernels";
-    torch::manual_seed(7);
-  }
-};
+using DecodeAttentionCudaTest = CudaKernelTest<7>;
 
 TEST_F(DecodeAttentionCudaTest, MatchesTheAtenStepAndWritesOnlyItsSlot) {
   struct Shape {

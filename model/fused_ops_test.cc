@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/cuda_kernel_test.h"
 #include "model/gemma3.h"
 #include "model/layers.h"
 
@@ -55,14 +56,7 @@ TEST(FusedOpsTest, CpuTensorsTakeTheAtenPath) {
   }
 }
 
-class FusedCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-    if (!FusedKernelsBuilt()) GTEST_SKIP() << "built without CUDA kernels";
-    torch::manual_seed(5);
-  }
-};
+using FusedCudaTest = CudaKernelTest<5>;
 
 // Row sizes for both paths: 77 the generic kernels, the others the 16-byte
 // vectorized ones (one, two and four vectors a thread for 9000).

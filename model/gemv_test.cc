@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/cuda_graph.h"
+#include "model/cuda_kernel_test.h"
 #include "model/fused_ops.h"
 #include "model/layers.h"
 #include "model/tensor_parallel.h"
@@ -66,13 +67,8 @@ void ExpectMatches(const torch::Tensor& y, const torch::Tensor& x,
   EXPECT_LE(worst, 1.0) << at << ": worst error " << worst << " of the bound";
 }
 
-class GemvCudaTest : public ::testing::Test {
+class GemvCudaTest : public CudaKernelTest<11> {
  protected:
-  void SetUp() override {
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-    if (!FusedKernelsEnabled()) GTEST_SKIP() << "GEMMA_FUSED_KERNELS=0";
-    torch::manual_seed(11);
-  }
   // Random x [rows, k], w [n, k] * 0.05, bias [n] in `dtype`.
   static torch::Tensor X(int64_t rows, int64_t k, c10::ScalarType dtype) {
     return torch::randn({rows, k}, torch::TensorOptions(kCuda)).to(dtype);
