@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <string>
 
+#include "model/cuda_numeric.cuh"
 #include "model/decode_attention.h"
 
 namespace gemma::fused_cuda {
@@ -43,27 +44,6 @@ constexpr int64_t kBlocksPerSm = 4;
 constexpr int64_t kMinKeysPerSplit = 16;
 constexpr int64_t kMaxSplits = 256;
 constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) {
-  return __float2half(v);
-}
 
 // Copies E consecutive elements from p (aligned to min(16, E * sizeof(T))
 // bytes) into `out` (16-byte aligned) in the widest loads that fit.
@@ -82,12 +62,6 @@ __device__ __forceinline__ void LoadRow(const T* p, T* out) {
 #pragma unroll
     for (int i = 0; i < E; ++i) out[i] = p[i];
   }
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 // Element strides (the last dimension is contiguous everywhere).

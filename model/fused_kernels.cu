@@ -18,6 +18,7 @@
 
 #include <algorithm>
 
+#include "model/cuda_numeric.cuh"
 #include "model/fused_kernels.h"
 
 namespace gemma::fused_cuda {
@@ -86,11 +87,6 @@ Scale MakeScale(const at::Tensor& w, double offset, int64_t n) {
               "], got ", w.sizes());
   return Scale{w.data_ptr(), KindOf(w, "the norm weight"),
                static_cast<float>(offset)};
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 // Sum over the block; every thread gets the result. `scratch` holds 32.
@@ -386,15 +382,6 @@ Rope RopeOf(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
 // arithmetic, and weight gradients reduced per block into an fp32 partial
 // buffer summed afterwards (deterministic; no atomics). The generic kernels
 // above remain for everything else (mixed dtypes, odd sizes, misalignment).
-__device__ __forceinline__ float ToF(float v) { return v; }
-__device__ __forceinline__ float ToF(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToF(__half v) { return __half2float(v); }
-__device__ __forceinline__ void FromF(float v, float* out) { *out = v; }
-__device__ __forceinline__ void FromF(float v, __nv_bfloat16* out) {
-  *out = __float2bfloat16(v);
-}
-__device__ __forceinline__ void FromF(float v, __half* out) { *out = __float2half(v); }
-
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements a 16-byte access
 
@@ -403,7 +390,7 @@ __device__ __forceinline__ void LoadVec(const T* p, float* f) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);
   const T* e = reinterpret_cast<const T*>(&u);
 #pragma unroll
-  for (int i = 0; i < kVec<T>; ++i) f[i] = ToF(e[i]);
+  for (int i = 0; i < kVec<T>; ++i) f[i] = ToFloat(e[i]);
 }
 
 // Stores f rounded to T and leaves the rounded values in f.
@@ -413,8 +400,8 @@ __device__ __forceinline__ void StoreVec(T* p, float* f) {
   T* e = reinterpret_cast<T*>(&u);
 #pragma unroll
   for (int i = 0; i < kVec<T>; ++i) {
-    FromF(f[i], &e[i]);
-    f[i] = ToF(e[i]);
+    e[i] = FromFloat<T>(f[i]);
+    f[i] = ToFloat(e[i]);
   }
   *reinterpret_cast<uint4*>(p) = u;
 }

@@ -35,6 +35,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "model/cuda_numeric.cuh"
 #include "model/gemv.h"
 
 namespace gemma::fused_cuda {
@@ -116,30 +117,6 @@ __device__ __forceinline__ void Widen(const uint4& v, float (&f)[kChunk]) {
       f[2 * i + 1] = t.y;
     }
   }
-}
-
-template <typename T>
-__device__ __forceinline__ float ToFloat(T v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __bfloat162float(v);
-  } else {
-    return __half2float(v);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16(v);
-  } else {
-    return __float2half(v);
-  }
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 template <int RW, int U, int P>
