@@ -23,13 +23,6 @@
 namespace gemma {
 namespace {
 
-const torch::Device kCuda(torch::kCUDA);
-
-double Rel(const torch::Tensor& a, const torch::Tensor& ref) {
-  torch::Tensor r = ref.to(torch::kFloat);
-  return ((a.to(torch::kFloat) - r).norm() / r.norm().clamp_min(1e-30))
-      .item<double>();
-}
 
 // One step's operands. q, k_new, v_new are strided views of one buffer
 // [B, nkv, g + 2, hd] (as the fused qkv projection lays them out).

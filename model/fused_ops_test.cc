@@ -20,13 +20,6 @@
 namespace gemma {
 namespace {
 
-const torch::Device kCuda(torch::kCUDA);
-
-double Rel(const torch::Tensor& a, const torch::Tensor& ref) {
-  torch::Tensor r = ref.to(torch::kFloat);
-  return ((a.to(torch::kFloat) - r).norm() / r.norm().clamp_min(1e-30))
-      .item<double>();
-}
 
 // A fresh leaf of t's values in `dtype` (never an alias of t: .to() returns
 // t itself when the dtype already matches).

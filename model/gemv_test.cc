@@ -41,8 +41,6 @@ TEST(GemvTest, DispatchDeclinesCpuTensors) {
 
 #if defined(GEMMA_WITH_CUDA)
 
-const torch::Device kCuda(torch::kCUDA);
-
 std::string Name(c10::ScalarType t) { return c10::toString(t); }
 
 // Checks y (x's dtype) against the fp32 linear of the same rounded inputs:
