@@ -82,7 +82,16 @@ torch::Tensor Gemma3DecoderLayerImpl::forward(
     return out;
   }
   torch::Tensor h = x + post_attn_norm(a);
-  return h + post_mlp_norm(Exit(mlp(Enter(pre_mlp_norm(h), sp)), sp));
+  torch::Tensor out =
+      h + post_mlp_norm(Exit(mlp(Enter(pre_mlp_norm(h), sp)), sp));
+  if (chain != nullptr && chain->next_weight.defined() &&
+      !at::GradMode::is_enabled()) {
+    // Without the kernels the chain still runs (as the next norm module
+    // would), so the CPU suite covers its plumbing.
+    chain->out = GemmaRmsNorm(out, chain->next_weight,
+                              post_mlp_norm->options.eps(), out.is_cuda());
+  }
+  return out;
 }
 
 Gemma3TextModelImpl::Gemma3TextModelImpl(const TextConfig& config,

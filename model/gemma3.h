@@ -46,8 +46,8 @@ class KvCache;
 // next layer's input norm, or the final norm) in one kernel. `in`: this
 // layer's input norm as the layer before computed it (undefined: compute
 // it); `next_weight`: the norm after the layer; `out`: that norm of the
-// layer's output, undefined where the layer could not join it (no fused
-// kernels, autograd on).
+// layer's output (joined with the residual add by the fused kernel on CUDA,
+// a separate norm elsewhere), undefined with autograd on.
 struct NormChain {
   torch::Tensor in;
   torch::Tensor next_weight;
