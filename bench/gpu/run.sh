@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repository root (device tool, .carry/debs
 # carried; see deploy/gpu/build-and-test.sh): builds the CUDA model library,
-# runs the GPU parity suite, then our model_bench and transformers'
-# (bench/hf_model_bench.py) one after the other on the same GPU, same config,
-# and prints the ratios. Results go to $OUT/bench.jsonl when OUT is set.
+# runs the CUDA kernels' unit tests and the GPU parity suite, then our
+# model_bench and transformers' (bench/hf_model_bench.py) one after the
+# other on the same GPU, same config, and prints the ratios. Results go to
+# $OUT/bench.jsonl when OUT is set.
 #   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick] [--cuda-graphs both|all|0|1] [--fused 1|0|both]
 # Decode prints a row per variant of ours (growing cache eager, CUDA graphs;
 # `all` adds the static cache eager) against transformers. `--fused both`
@@ -32,8 +33,16 @@ python="${GEMMA_PYTHON:-$(command -v python3)}"
 if [ "$skip_parity" = 1 ]; then
   bash "$root/deploy/gpu/build-and-test.sh" -R NOTHING_AT_ALL >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 else
-  bash "$root/deploy/gpu/build-and-test.sh" -L parity >"$out/build.log" 2>&1; rc=$?
-  grep -E "tests passed|rel diff|cosine|Failed|FAILED" "$out/build.log" | tail -60
+  # The CUDA kernels' unit tests first (seconds), then the parity suite.
+  bash "$root/deploy/gpu/build-and-test.sh" -j 8 \
+    -R "FusedCuda|FusedOps|DecodeAttention|Gemv|StaticDecoder|CudaGraph|MoeGrouped" \
+    >"$out/build.log" 2>&1; rc=$?
+  grep -E "tests passed|Failed|FAILED" "$out/build.log" | tail -20
+  [ $rc = 0 ] || echo "CUDA unit tests: exit $rc"
+  (cd "$build" && GEMMA_ATTENTION=eager GEMMA_TEST_DEVICE=cuda \
+     LD_LIBRARY_PATH="/tmp/gemma-prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+     ctest -L parity -j 8 --output-on-failure >"$out/parity.log" 2>&1); rc=$?
+  grep -E "tests passed|rel diff|cosine|Failed|FAILED" "$out/parity.log" | tail -60
   [ $rc = 0 ] || echo "parity suite: exit $rc"
 fi
 export LD_LIBRARY_PATH="/tmp/gemma-prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
