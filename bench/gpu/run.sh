@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     --cuda-graphs) cuda_graphs="$2"; shift 2 ;;
     --fused) fused="$2"; shift 2 ;;
     --quick) steps=3 warmup=1 new_tokens=64; shift ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
