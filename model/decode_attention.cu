@@ -359,6 +359,21 @@ void LaunchTyped(int64_t hd, int gc, const Params& p, dim3 grid,
   }
 }
 
+// One step's kernels in element type T: the attention, then (with several
+// splits) the combine of the splits' partial results, a block per query
+// head of each row (grid.z is the batch).
+template <typename T>
+void LaunchStep(int64_t hd, int gc, const Params& p, dim3 grid,
+                cudaStream_t stream) {
+  LaunchTyped<T>(hd, gc, p, grid, stream);
+  if (p.splits <= 1) return;
+  const dim3 combine_grid(static_cast<unsigned>(p.nkv * p.g), grid.z);
+  const size_t smem = 2 * static_cast<size_t>(p.splits) * sizeof(float);
+  CombineKernel<<<combine_grid, static_cast<unsigned>(hd), smem, stream>>>(
+      p.part, p.part_ml, p.splits, static_cast<int>(hd),
+      static_cast<T*>(p.out));
+}
+
 }  // namespace
 
 bool DecodeAttentionHeadDim(int64_t hd) {
@@ -486,33 +501,15 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
   const dim3 grid(static_cast<unsigned>(splits),
                   static_cast<unsigned>(nkv * passes),
                   static_cast<unsigned>(b));
-  const dim3 combine_grid(static_cast<unsigned>(nkv * g),
-                          static_cast<unsigned>(b));
-  const size_t combine_smem = 2 * static_cast<size_t>(splits) * sizeof(float);
   switch (q.scalar_type()) {
     case at::kBFloat16:
-      LaunchTyped<__nv_bfloat16>(hd, gc, p, grid, stream);
-      if (splits > 1) {
-        CombineKernel<<<combine_grid, hd, combine_smem, stream>>>(
-            p.part, p.part_ml, p.splits, static_cast<int>(hd),
-            static_cast<__nv_bfloat16*>(p.out));
-      }
+      LaunchStep<__nv_bfloat16>(hd, gc, p, grid, stream);
       break;
     case at::kHalf:
-      LaunchTyped<__half>(hd, gc, p, grid, stream);
-      if (splits > 1) {
-        CombineKernel<<<combine_grid, hd, combine_smem, stream>>>(
-            p.part, p.part_ml, p.splits, static_cast<int>(hd),
-            static_cast<__half*>(p.out));
-      }
+      LaunchStep<__half>(hd, gc, p, grid, stream);
       break;
     default:
-      LaunchTyped<float>(hd, gc, p, grid, stream);
-      if (splits > 1) {
-        CombineKernel<<<combine_grid, hd, combine_smem, stream>>>(
-            p.part, p.part_ml, p.splits, static_cast<int>(hd),
-            static_cast<float*>(p.out));
-      }
+      LaunchStep<float>(hd, gc, p, grid, stream);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
