@@ -3,9 +3,11 @@
 // layer and the lm_head. Each shape is timed as a CUDA graph of one call per
 // layer, every layer with its own weight (the 50 MB L2 then holds none of them
 // between uses, as in decode), best of --reps replays; then the whole step's
-// GEMVs in layer order. Prints per shape the weights timed (ws), microseconds
-// per call, GB/s and % of --bandwidth for both, ours/cuBLAS (time ratio:
-// below 1 is faster), the configuration GemvAutoConfig chose, and the
+// GEMVs in layer order. Ours runs launched the usual way and chained
+// (model/cuda_launch.cuh: each call streams its weights while the one before
+// finishes). Prints per shape the weights timed (ws), microseconds per call
+// and % of --bandwidth for each, chained/cuBLAS (time ratio: below 1 is
+// faster), the configuration GemvAutoConfig chose, and the
 // largest difference between the two outputs relative to cuBLAS's largest
 // value (both round once to bf16, so about 1e-2 at most).
 //
@@ -13,8 +15,8 @@
 //   /tmp/gemma-gpu-build/bin/gemv_bench [--preset 4b|12b|27b|all] [--rows 1]
 //       [--dtype bf16|fp16] [--bandwidth 3.35e12] [--reps 20] [--layers N]
 //       [--sweep] [-o text|json]
-// --sweep adds, per shape, every compiled configuration x k_split 1, 2, 4 (the
-// automatic choice is starred): what GemvAutoConfig is tuned from. -o json
+// --sweep adds, per shape, every compiled configuration x k_split 1, 2, 4,
+// chained (the automatic choice is starred): what GemvAutoConfig is tuned from. -o json
 // prints one JSON object per row. Needs about 55 GB of GPU memory for 27b.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAEvent.h>
@@ -34,6 +36,7 @@
 #include "common/flags.h"
 #include "model/config.h"
 #include "model/cuda_graph.h"
+#include "model/fused_ops.h"
 #include "model/gemv.h"
 #include "nlohmann/json.hpp"
 
@@ -109,7 +112,7 @@ class Bench {
     torch::manual_seed(0);
     std::map<std::string, std::vector<torch::Tensor>> w;
     std::map<std::string, torch::Tensor> x;
-    double step_bytes = 0, step_cublas = 0, step_ours = 0;
+    double step_bytes = 0;
     for (const Shape& s : DecodeShapes(t, layers)) {
       for (int64_t i = 0; i < s.copies; ++i)
         w[s.name].push_back(torch::randn({s.n, s.k}, opts) * 0.02);
@@ -118,8 +121,10 @@ class Bench {
       const torch::Tensor& xs = x[s.name];
       const double bytes = static_cast<double>(s.copies) *
                            (s.n * s.k + o_.rows * (s.k + s.n)) * 2;
-      auto run = [&](const GemvConfig& c, bool ours) {
-        return GraphSeconds(
+      // ours: our kernel, chained (model/cuda_launch.cuh) or not.
+      auto run = [&](const GemvConfig& c, bool ours, bool chained = true) {
+        SetChainedLaunches(chained);
+        const double t = GraphSeconds(
             [&] {
               for (const auto& wi : ws) {
                 if (ours) {
@@ -130,9 +135,12 @@ class Bench {
               }
             },
             o_.reps);
+        SetChainedLaunches(true);
+        return t;
       };
       const double t_cublas = run({}, false) / s.copies;
-      const double t_ours = run({}, true) / s.copies;
+      const double t_ours = run({}, true, false) / s.copies;
+      const double t_chained = run({}, true) / s.copies;
       const torch::Tensor ref = at::linear(xs, ws[0]).to(torch::kFloat);
       const double diff =
           ((fused_cuda::Gemv(xs, ws[0], {}).to(torch::kFloat) - ref)
@@ -140,21 +148,28 @@ class Bench {
                .max() /
            ref.abs().max())
               .item<double>();
-      GemvConfig automatic = fused_cuda::GemvAutoConfig(o_.rows, s.n, s.k);
-      Row(preset, s, layers, bytes / s.copies, t_cublas, t_ours,
+      const GemvConfig automatic =
+          fused_cuda::GemvAutoConfig(o_.rows, s.n, s.k);
+      Row(preset, s, layers, bytes / s.copies, t_cublas, t_ours, t_chained,
           ConfigName(automatic), diff);
       step_bytes += bytes;
       if (o_.sweep) Sweep(preset, s, bytes / s.copies, automatic, run);
     }
-    // The whole step's GEMVs in decode order (layer by layer, then the head).
-    auto step = [&](bool ours) {
-      return GraphSeconds(
+    // The whole step's GEMVs in decode order (layer by layer, then the
+    // head): cuBLAS, ours unchained, ours chained, and ours chained with the
+    // gelu*up in gate_up's epilogue (decode's MLP; its output is I wide).
+    enum Kind { kCublas, kOurs, kChained, kChainedGelu };
+    auto step = [&](Kind kind) {
+      SetChainedLaunches(kind == kChained || kind == kChainedGelu);
+      const double t = GraphSeconds(
           [&] {
             auto call = [&](const std::string& name, int64_t i) {
-              if (ours) {
-                fused_cuda::Gemv(x[name], w[name][i], {});
-              } else {
+              if (kind == kCublas) {
                 at::linear(x[name], w[name][i]);
+              } else if (kind == kChainedGelu && name == "gate_up") {
+                fused_cuda::GemvGeluMul(x[name], w[name][i]);
+              } else {
+                fused_cuda::Gemv(x[name], w[name][i], {});
               }
             };
             for (int64_t i = 0; i < layers; ++i) {
@@ -164,20 +179,21 @@ class Bench {
             call("lm_head", 0);
           },
           o_.reps);
+      SetChainedLaunches(true);
+      return t;
     };
-    step_cublas = step(false);
-    step_ours = step(true);
-    StepRow(preset, layers, step_bytes, step_cublas, step_ours);
+    StepRow(preset, layers, step_bytes, step(kCublas), step(kOurs),
+            step(kChained), step(kChainedGelu));
   }
 
  private:
   void Sweep(const std::string& preset, const Shape& s, double bytes,
              const GemvConfig& automatic,
-             const std::function<double(const GemvConfig&, bool)>& run) {
+             const std::function<double(const GemvConfig&, bool, bool)>& run) {
     for (GemvConfig c : fused_cuda::GemvCompiledConfigs()) {
       for (int split : {1, 2, 4}) {
         c.k_split = split;
-        const double t = run(c, true) / s.copies;
+        const double t = run(c, true, true) / s.copies;
         const bool is_auto = c.rows_per_warp == automatic.rows_per_warp &&
                              c.unroll == automatic.unroll &&
                              c.stages == automatic.stages &&
@@ -210,7 +226,7 @@ class Bench {
   }
 
   void Row(const std::string& preset, const Shape& s, int64_t layers,
-           double bytes, double t_cublas, double t_ours,
+           double bytes, double t_cublas, double t_ours, double t_chained,
            const std::string& config, double diff) {
     const double bw = o_.bandwidth;
     if (o_.output == "json") {
@@ -223,6 +239,9 @@ class Bench {
       j["ours_gb_per_s"] = bytes / t_ours / 1e9;
       j["ours_pct_of_bandwidth"] = 100 * bytes / t_ours / bw;
       j["ours_over_cublas"] = t_ours / t_cublas;
+      j["chained_us"] = 1e6 * t_chained;
+      j["chained_pct_of_bandwidth"] = 100 * bytes / t_chained / bw;
+      j["chained_over_cublas"] = t_chained / t_cublas;
       j["config"] = config;
       j["max_rel_diff"] = diff;
       j["device"] = Device();
@@ -236,25 +255,26 @@ class Bench {
           Device().c_str(), o_.dtype.c_str(), static_cast<long long>(o_.rows),
           bw / 1e12);
       std::printf(
-          "%-5s %-8s %14s %4s | %9s %6s %5s | %9s %6s %5s | %6s %-14s "
+          "%-5s %-8s %14s %4s | %9s %5s | %7s %5s | %7s %5s | %6s %-14s "
           "%s\n",
-          "model", "shape", "N x K", "ws", "cuBLAS us", "GB/s", "%bw",
-          "ours us", "GB/s", "%bw", "ratio", "config", "diff");
+          "model", "shape", "N x K", "ws", "cuBLAS us", "%bw", "ours us",
+          "%bw", "chained", "%bw", "ratio", "config", "diff");
       header_printed_ = true;
     }
     const std::string nk = std::to_string(s.n) + " x " + std::to_string(s.k);
     std::printf(
-        "%-5s %-8s %14s %4lld | %9.1f %6.0f %5.1f | %9.1f %6.0f %5.1f "
+        "%-5s %-8s %14s %4lld | %9.1f %5.1f | %7.1f %5.1f | %7.1f %5.1f "
         "| %6.3f %-14s %.1e\n",
         preset.c_str(), s.name.c_str(), nk.c_str(),
         static_cast<long long>(s.copies == 1 ? 1 : layers), 1e6 * t_cublas,
-        bytes / t_cublas / 1e9, 100 * bytes / t_cublas / bw, 1e6 * t_ours,
-        bytes / t_ours / 1e9, 100 * bytes / t_ours / bw, t_ours / t_cublas,
+        100 * bytes / t_cublas / bw, 1e6 * t_ours, 100 * bytes / t_ours / bw,
+        1e6 * t_chained, 100 * bytes / t_chained / bw, t_chained / t_cublas,
         config.c_str(), diff);
   }
 
   void StepRow(const std::string& preset, int64_t layers, double bytes,
-               double t_cublas, double t_ours) {
+               double t_cublas, double t_ours, double t_chained,
+               double t_gelu) {
     const double bound = bytes / o_.bandwidth;
     if (o_.output == "json") {
       nlohmann::json j;
@@ -267,20 +287,26 @@ class Bench {
       j["bound_ms"] = 1e3 * bound;
       j["cublas_ms"] = 1e3 * t_cublas;
       j["ours_ms"] = 1e3 * t_ours;
+      j["chained_ms"] = 1e3 * t_chained;
+      j["chained_gelu_ms"] = 1e3 * t_gelu;
       j["cublas_pct_of_bound"] = 100 * bound / t_cublas;
       j["ours_pct_of_bound"] = 100 * bound / t_ours;
-      j["ours_over_cublas"] = t_ours / t_cublas;
+      j["chained_pct_of_bound"] = 100 * bound / t_chained;
+      j["chained_gelu_pct_of_bound"] = 100 * bound / t_gelu;
+      j["chained_over_cublas"] = t_chained / t_cublas;
       j["device"] = Device();
       std::cout << j.dump() << "\n";
       return;
     }
     std::printf(
-        "%-5s step: %lld layers of GEMVs + lm_head in order: cuBLAS "
-        "%.3f ms (%.1f%% of the %.3f ms bound), ours %.3f ms (%.1f%%), "
-        "ratio %.3f\n",
-        preset.c_str(), static_cast<long long>(layers), 1e3 * t_cublas,
-        100 * bound / t_cublas, 1e3 * bound, 1e3 * t_ours, 100 * bound / t_ours,
-        t_ours / t_cublas);
+        "%-5s step: %lld layers of GEMVs + lm_head in order (bound %.3f ms):\n"
+        "      cuBLAS %.3f ms (%.1f%%), ours %.3f ms (%.1f%%), ours chained "
+        "%.3f ms (%.1f%%), chained with the gelu epilogue %.3f ms (%.1f%%); "
+        "chained / cuBLAS %.3f\n",
+        preset.c_str(), static_cast<long long>(layers), 1e3 * bound,
+        1e3 * t_cublas, 100 * bound / t_cublas, 1e3 * t_ours,
+        100 * bound / t_ours, 1e3 * t_chained, 100 * bound / t_chained,
+        1e3 * t_gelu, 100 * bound / t_gelu, t_chained / t_cublas);
   }
 
   static std::string Device() {

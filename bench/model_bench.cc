@@ -180,6 +180,11 @@ int Run(int argc, char** argv) {
                "fused CUDA kernels for the norms, rope, gelu*up and residual "
                "adds (model/fused_ops.h): 1, 0, or both (a row without them "
                "first, the baseline, then with them, in this process)");
+  std::string chained = "1";
+  flags.String("chained", &chained,
+               "decode: chained kernel launches (model/cuda_launch.cuh; the "
+               "layers' projections then take the GEMV kernel): 1, 0, or both "
+               "(a row each, unchained first); with --fused 1 only");
   std::string profile_dir;
   flags.String("profile", &profile_dir,
                "profile with Kineto into this directory: sft/lora one extra "
@@ -197,6 +202,14 @@ int Run(int argc, char** argv) {
   std::vector<bool> fused_settings;
   if (fused == "0" || fused == "both") fused_settings.push_back(false);
   if (fused == "1" || fused == "both") fused_settings.push_back(true);
+  std::vector<bool> chained_settings;
+  if (chained == "0" || chained == "both") chained_settings.push_back(false);
+  if (chained == "1" || chained == "both") chained_settings.push_back(true);
+  if (chained_settings.empty()) {
+    std::cerr << "--chained must be 0, 1 or both\n";
+    return 2;
+  }
+  SetChainedLaunches(chained_settings.back());
   if (fused_settings.empty()) {
     std::cerr << "--fused must be 0, 1 or both\n";
     return 2;
@@ -378,8 +391,19 @@ int Run(int argc, char** argv) {
       go.static_cache = static_cache;
       return go;
     };
+    // (fused, chained) settings: chaining applies to the fused kernels.
+    std::vector<std::pair<bool, bool>> settings;
     for (const bool on : fused_settings) {
+      if (!on) {
+        settings.push_back({false, false});
+        continue;
+      }
+      for (const bool ch : chained_settings) settings.push_back({true, ch});
+    }
+    std::map<std::string, double> unchained_rate;
+    for (const auto& [on, ch] : settings) {
       SetFusedKernels(on);
+      SetChainedLaunches(ch);
       for (const Variant& var : variants) {
         GenerateOptions go = decode_options(var.graphs, var.static_cache);
         auto timed = [&](int64_t n) {
@@ -412,9 +436,15 @@ int Run(int argc, char** argv) {
         row["setup_s"] = std::max(0.0, tk - t1 - k * per_token);
         row["decode_tokens_per_s"] = 1.0 / per_token;
         row["fused_kernels"] = on;
+        row["chained_launches"] = ch;
         if (!on) unfused_rate[var.name] = 1.0 / per_token;
         if (on && unfused_rate.count(var.name))
           row["speedup_vs_unfused"] = 1.0 / per_token / unfused_rate[var.name];
+        if (on && !ch) unchained_rate[var.name] = 1.0 / per_token;
+        if (on && ch && unchained_rate.count(var.name)) {
+          row["speedup_vs_unchained"] =
+              1.0 / per_token / unchained_rate[var.name];
+        }
         row["weight_bytes"] = weight_bytes;
         row["peak_gib"] = PeakGiB(dev);
         row["prompt"] = prompt;

@@ -1,6 +1,6 @@
 // Device helpers shared by our CUDA kernels (fused_kernels.cu, gemv.cu,
 // decode_attention.cu): float <-> float/bf16/fp16 conversions for kernels
-// templated on the element type, and a warp-wide sum.
+// templated on the element type, a warp-wide sum, and gelu_tanh.
 #ifndef GEMMA_MODEL_CUDA_NUMERIC_CUH_
 #define GEMMA_MODEL_CUDA_NUMERIC_CUH_
 
@@ -34,6 +34,17 @@ __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+// gelu_tanh(g) and its derivative. One definition for every kernel, so
+// that a fused epilogue (model/gemv.cu) rounds exactly as the gelu*up
+// kernel does.
+__device__ __forceinline__ void GeluTanh(float g, float* value, float* slope) {
+  constexpr float kA = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kB = 0.044715f;
+  const float t = tanhf(kA * (g + kB * g * g * g));
+  *value = 0.5f * g * (1.f + t);
+  *slope = 0.5f * (1.f + t) + 0.5f * g * (1.f - t * t) * kA * (1.f + 3.f * kB * g * g);
 }
 
 }  // namespace gemma::fused_cuda

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <string>
 
+#include "model/cuda_launch.cuh"
 #include "model/cuda_numeric.cuh"
 #include "model/decode_attention.h"
 
@@ -95,6 +96,10 @@ __host__ __device__ constexpr int KeysPerWarpStep() {
 template <typename T, int E, int GC>
 __global__ void __launch_bounds__(kThreads)
     DecodeAttentionKernel(const Params p) {
+  // Chained (model/cuda_launch.cuh): q, the step index and the caches all
+  // come from earlier kernels.
+  LetDependentsLaunch();
+  WaitForPredecessor();
   constexpr int kHd = 32 * E;
   constexpr int U = KeysPerWarpStep<T, E>();
   const int split = blockIdx.x;
@@ -249,6 +254,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void CombineKernel(const float* part, const float2* part_ml,
                               int splits, int hd, T* out) {
+  LetDependentsLaunch();
+  WaitForPredecessor();
   extern __shared__ float weights[];  // [splits] exp2(m_s - m), [splits] l_s * that
   __shared__ float red[32];
   const int64_t r = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
@@ -323,37 +330,35 @@ bool Aligned(const at::Tensor& t, int64_t bytes,
 }
 
 template <typename T, int E, int GC>
-void Launch(const Params& p, dim3 grid, cudaStream_t stream) {
-  DecodeAttentionKernel<T, E, GC><<<grid, kThreads, 0, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+void Launch(const Params& p, dim3 grid) {
+  LaunchChained(DecodeAttentionKernel<T, E, GC>, grid, dim3(kThreads), 0, p);
 }
 
 template <typename T, int E>
-void LaunchForHeads(int gc, const Params& p, dim3 grid, cudaStream_t stream) {
+void LaunchForHeads(int gc, const Params& p, dim3 grid) {
   switch (gc) {
     case 2:
-      return Launch<T, E, 2>(p, grid, stream);
+      return Launch<T, E, 2>(p, grid);
     case 4:
-      return Launch<T, E, 4>(p, grid, stream);
+      return Launch<T, E, 4>(p, grid);
     default:
-      if constexpr (E < 16) return Launch<T, E, 8>(p, grid, stream);
+      if constexpr (E < 16) return Launch<T, E, 8>(p, grid);
       TORCH_CHECK(false, "DecodeAttention: ", gc, " heads per pass at hd ",
                   32 * E);
   }
 }
 
 template <typename T>
-void LaunchTyped(int64_t hd, int gc, const Params& p, dim3 grid,
-                 cudaStream_t stream) {
+void LaunchTyped(int64_t hd, int gc, const Params& p, dim3 grid) {
   switch (hd) {
     case 64:
-      return LaunchForHeads<T, 2>(gc, p, grid, stream);
+      return LaunchForHeads<T, 2>(gc, p, grid);
     case 128:
-      return LaunchForHeads<T, 4>(gc, p, grid, stream);
+      return LaunchForHeads<T, 4>(gc, p, grid);
     case 256:
-      return LaunchForHeads<T, 8>(gc, p, grid, stream);
+      return LaunchForHeads<T, 8>(gc, p, grid);
     case 512:
-      return LaunchForHeads<T, 16>(gc, p, grid, stream);
+      return LaunchForHeads<T, 16>(gc, p, grid);
     default:
       TORCH_CHECK(false, "DecodeAttention: head_dim ", hd, " not served");
   }
@@ -363,15 +368,14 @@ void LaunchTyped(int64_t hd, int gc, const Params& p, dim3 grid,
 // splits) the combine of the splits' partial results, a block per query
 // head of each row (grid.z is the batch).
 template <typename T>
-void LaunchStep(int64_t hd, int gc, const Params& p, dim3 grid,
-                cudaStream_t stream) {
-  LaunchTyped<T>(hd, gc, p, grid, stream);
+void LaunchStep(int64_t hd, int gc, const Params& p, dim3 grid) {
+  LaunchTyped<T>(hd, gc, p, grid);
   if (p.splits <= 1) return;
   const dim3 combine_grid(static_cast<unsigned>(p.nkv * p.g), grid.z);
   const size_t smem = 2 * static_cast<size_t>(p.splits) * sizeof(float);
-  CombineKernel<<<combine_grid, static_cast<unsigned>(hd), smem, stream>>>(
-      p.part, p.part_ml, p.splits, static_cast<int>(hd),
-      static_cast<T*>(p.out));
+  LaunchChained(CombineKernel<T>, combine_grid, dim3(static_cast<unsigned>(hd)),
+                smem, p.part, p.part_ml, p.splits, static_cast<int>(hd),
+                static_cast<T*>(p.out));
 }
 
 }  // namespace
@@ -497,19 +501,18 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
                          : nullptr;
   p.out = out.data_ptr();
 
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(splits),
                   static_cast<unsigned>(nkv * passes),
                   static_cast<unsigned>(b));
   switch (q.scalar_type()) {
     case at::kBFloat16:
-      LaunchStep<__nv_bfloat16>(hd, gc, p, grid, stream);
+      LaunchStep<__nv_bfloat16>(hd, gc, p, grid);
       break;
     case at::kHalf:
-      LaunchStep<__half>(hd, gc, p, grid, stream);
+      LaunchStep<__half>(hd, gc, p, grid);
       break;
     default:
-      LaunchStep<float>(hd, gc, p, grid, stream);
+      LaunchStep<float>(hd, gc, p, grid);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();

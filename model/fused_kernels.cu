@@ -18,6 +18,7 @@
 
 #include <algorithm>
 
+#include "model/cuda_launch.cuh"
 #include "model/cuda_numeric.cuh"
 #include "model/fused_kernels.h"
 
@@ -296,13 +297,6 @@ __global__ void NormRopeBwdKernel(const void* dy, int dkind, const void* x,
 }
 
 // ---- gelu_tanh(gate) * up
-__device__ __forceinline__ void GeluTanh(float g, float* value, float* slope) {
-  constexpr float kA = 0.7978845608028654f;  // sqrt(2 / pi)
-  constexpr float kB = 0.044715f;
-  const float t = tanhf(kA * (g + kB * g * g * g));
-  *value = 0.5f * g * (1.f + t);
-  *slope = 0.5f * (1.f + t) + 0.5f * g * (1.f - t * t) * kA * (1.f + 3.f * kB * g * g);
-}
 
 __global__ void GeluMulFwdKernel(const void* gu, int kind, int64_t inter,
                                  int64_t total, void* y) {
@@ -420,6 +414,9 @@ __global__ void RmsNormFwdVecKernel(const T* __restrict__ x, const T* __restrict
                                     Scale s1, Scale s2, float eps, int n,
                                     T* __restrict__ y, T* __restrict__ y2,
                                     float* __restrict__ rstd) {
+  // Chained (model/cuda_launch.cuh): nothing to do before the wait.
+  LetDependentsLaunch();
+  WaitForPredecessor();
   constexpr int V = kVec<T>;
   __shared__ float scratch[32];
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
@@ -583,6 +580,9 @@ __global__ void NormRopeFwdVecKernel(const T* __restrict__ x, Lead ld, int rows,
                                      const T* __restrict__ cos, const T* __restrict__ sin,
                                      int64_t cos_bstride, T* __restrict__ y,
                                      float* __restrict__ rstd, QkRows<T> qk) {
+  // Chained (model/cuda_launch.cuh): nothing to do before the wait.
+  LetDependentsLaunch();
+  WaitForPredecessor();
   constexpr int V = kVec<T>;
   const int gl = threadIdx.x % G;
   const int row = blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
@@ -761,6 +761,9 @@ __global__ void NormRopeBwdVecKernel(const T* __restrict__ dy, const T* __restri
 template <typename T>
 __global__ void GeluMulVecKernel(const T* __restrict__ gu, const T* __restrict__ dy,
                                  int64_t rows, int inter, T* __restrict__ out) {
+  // Chained (model/cuda_launch.cuh): nothing to do before the wait.
+  LetDependentsLaunch();
+  WaitForPredecessor();
   constexpr int V = kVec<T>;
   const int nvec = inter / V;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
@@ -853,14 +856,12 @@ bool GeluMulVec(const at::Tensor& gu, const at::Tensor& dy, at::Tensor& out) {
   const int64_t nvec = inter / VecOf(gu.scalar_type());
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((nvec + kThreads - 1) / kThreads, 1024)),
                   static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-  auto stream = at::cuda::getCurrentCUDAStream();
   return ByDtype(gu.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    GeluMulVecKernel<T><<<grid, kThreads, 0, stream>>>(
-        static_cast<const T*>(gu.data_ptr()),
-        dy.defined() ? static_cast<const T*>(dy.data_ptr()) : nullptr, rows,
-        static_cast<int>(inter), static_cast<T*>(out.data_ptr()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    LaunchChained(GeluMulVecKernel<T>, grid, dim3(kThreads), 0,
+                  static_cast<const T*>(gu.data_ptr()),
+                  dy.defined() ? static_cast<const T*>(dy.data_ptr()) : nullptr,
+                  rows, static_cast<int>(inter), static_cast<T*>(out.data_ptr()));
   });
 }
 
@@ -873,20 +874,19 @@ bool RmsNormFwdVec(const at::Tensor& x, const at::Tensor& res, const Scale& s1,
   const int k = VectorsPerThread(nvec);
   if (k == 0) return false;
   const int threads = BlockThreads(nvec, k);
-  auto stream = at::cuda::getCurrentCUDAStream();
   return ByDtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     auto p = [](const at::Tensor& t) {
       return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
     };
     auto launch = [&](auto kernel) {
-      kernel<<<rows, threads, 0, stream>>>(p(x), p(res), s1, s2, eps,
-                                           static_cast<int>(n), p(y), p(y2), rstd);
+      LaunchChained(kernel, dim3(static_cast<unsigned>(rows)), dim3(threads), 0,
+                    p(x), p(res), s1, s2, eps, static_cast<int>(n), p(y), p(y2),
+                    rstd);
     };
     if (k == 1) launch(RmsNormFwdVecKernel<T, 1>);
     else if (k == 2) launch(RmsNormFwdVecKernel<T, 2>);
     else launch(RmsNormFwdVecKernel<T, 4>);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
@@ -933,21 +933,19 @@ bool NormRopeFwdVec(const at::Tensor& x, const Lead& ld, int64_t rows, bool norm
   constexpr int kThreads = 256;
   const int64_t per_block = kThreads / rv.g;
   const int64_t blocks = (rows + per_block - 1) / per_block;
-  auto stream = at::cuda::getCurrentCUDAStream();
   return ByDtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     QkRows<T> qk;
     if (qk_g > 0) qk = QkRows<T>{qk_g, s2, static_cast<T*>(y2.data_ptr()), rstd2};
     auto launch = [&](auto kernel) {
-      kernel<<<blocks, kThreads, 0, stream>>>(
-          static_cast<const T*>(x.data_ptr()), ld, static_cast<int>(rows),
-          static_cast<int>(hd), rv.g, norm, s, static_cast<float>(eps),
-          static_cast<const T*>(rope.cos), static_cast<const T*>(rope.sin), rope.bstride,
-          static_cast<T*>(y.data_ptr()), rstd, qk);
+      LaunchChained(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
+                    static_cast<const T*>(x.data_ptr()), ld, static_cast<int>(rows),
+                    static_cast<int>(hd), rv.g, norm, s, static_cast<float>(eps),
+                    static_cast<const T*>(rope.cos), static_cast<const T*>(rope.sin),
+                    rope.bstride, static_cast<T*>(y.data_ptr()), rstd, qk);
     };
     if (rv.k == 1) launch(NormRopeFwdVecKernel<T, 1>);
     else launch(NormRopeFwdVecKernel<T, 2>);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 }  // namespace

@@ -7,6 +7,8 @@
 #include <cstring>
 
 #if defined(GEMMA_WITH_CUDA)
+#include <ATen/cuda/CUDAContext.h>
+
 #include "model/fused_kernels.h"
 #include "model/gemv.h"
 #endif
@@ -33,6 +35,19 @@ bool FusedKernelsBuilt() {
 
 bool FusedKernelsEnabled() { return EnabledFlag().load(); }
 void SetFusedKernels(bool on) { EnabledFlag() = on; }
+
+namespace {
+std::atomic<bool>& ChainFlag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("GEMMA_CHAINED_LAUNCHES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }()};
+  return on;
+}
+}  // namespace
+
+bool ChainedLaunchesEnabled() { return ChainFlag().load(); }
+void SetChainedLaunches(bool on) { ChainFlag() = on; }
 
 bool FusedApplies(const at::Tensor& x, int64_t max_row) {
   if (!FusedKernelsBuilt() || !FusedKernelsEnabled() || !x.defined() ||
@@ -82,6 +97,17 @@ at::Tensor LinearWithGemv(const at::Tensor& x, const at::Tensor& w,
                           const at::Tensor& bias) {
   if (FusedGemvApplies(x, w, bias)) return FusedLinear(x, w, bias);
   return at::linear(x, w, bias);
+}
+
+bool GemvServesProjection(const at::Tensor& x, const at::Tensor& w,
+                          const at::Tensor& bias) {
+#if defined(GEMMA_WITH_CUDA)
+  return ChainedLaunchesEnabled() && FusedGemvApplies(x, w, bias) &&
+         at::cuda::getDeviceProperties(x.get_device())->major >= 9;
+#else
+  (void)x, (void)w, (void)bias;
+  return false;
+#endif
 }
 
 #if defined(GEMMA_WITH_CUDA)
@@ -255,6 +281,13 @@ at::Tensor FusedLinear(const at::Tensor& x, const at::Tensor& w,
   return fused_cuda::Gemv(x, w, bias);
 }
 
+at::Tensor FusedGemvGeluMul(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(FusedGemvApplies(x, w),
+              "FusedGemvGeluMul: the GEMV kernel does not serve x ", x.sizes(),
+              ", w ", w.sizes(), " (ask FusedGemvApplies first)");
+  return fused_cuda::GemvGeluMul(x, w);
+}
+
 std::pair<at::Tensor, at::Tensor> FusedResidualNorm(const at::Tensor& residual,
                                                     const at::Tensor& x,
                                                     const at::Tensor& w,
@@ -296,6 +329,9 @@ at::Tensor FusedNormRope(const at::Tensor&, bool, const at::Tensor&, double,
 at::Tensor FusedGeluMul(const at::Tensor&) { NotBuilt(); }
 at::Tensor FusedLinear(const at::Tensor&, const at::Tensor&,
                        const at::Tensor&) {
+  NotBuilt();
+}
+at::Tensor FusedGemvGeluMul(const at::Tensor&, const at::Tensor&) {
   NotBuilt();
 }
 std::vector<at::Tensor> FusedQkvNormRope(const at::Tensor&, int64_t,

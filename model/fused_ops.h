@@ -38,6 +38,14 @@ bool FusedKernelsBuilt();
 bool FusedKernelsEnabled();
 void SetFusedKernels(bool on);
 
+// Chained launches (programmatic dependent launch, model/cuda_launch.cuh):
+// the decode kernels (norms, q/k norm+rope, attention, GEMVs) start while
+// the kernel before them finishes, a GEMV streaming its weights meanwhile.
+// Takes effect on compute capability 9.0 and newer. On unless
+// GEMMA_CHAINED_LAUNCHES=0 or SetChainedLaunches(false).
+bool ChainedLaunchesEnabled();
+void SetChainedLaunches(bool on);
+
 // Whether the fused kernels serve rows of `x`: built, enabled, x on CUDA in
 // float, bf16 or fp16, last dimension at most `max_row` elements.
 bool FusedApplies(const at::Tensor& x, int64_t max_row = 12000);
@@ -105,10 +113,13 @@ at::Tensor FusedDecodeAttention(const DecodeAttentionInputs& in);
 
 // ---- Few-row projections (model/gemv.h) ---------------------------------
 // Batch-1..4 decode reads every weight once per step. Measured on an H100
-// (bench/gemv_bench.cc, 4B shapes, M = 1): the GEMV kernel reaches 93.5% of
-// the HBM bandwidth on the vocabulary projection against cuBLAS's 85.5%, but
-// 50-79% on the layers' projections, where cuBLAS is as fast or faster; so
-// only the head (VocabParallelLogits) uses it.
+// (bench/gemv_bench.cc, 4B shapes, M = 1, launched the usual way): the GEMV
+// kernel reaches 94% of the HBM bandwidth on the vocabulary projection
+// against cuBLAS's 90%, and is even with cuBLAS on the layers' projections
+// (47-85%: each call pays ~3 us of start-up on 3-30 us of streaming).
+// Chained, it streams its weights while the kernel before it finishes, which
+// cuBLAS's kernels cannot; so the head always takes it (VocabParallelLogits)
+// and the layers' projections where launches chain (GemvServesProjection).
 
 // Whether FusedLinear serves linear(x, w, bias): built, enabled, no autograd
 // needed (grad mode off, or none of x, w, bias requires grad), and
@@ -128,6 +139,16 @@ at::Tensor FusedLinear(const at::Tensor& x, const at::Tensor& w,
 // FusedLinear where FusedGemvApplies, else at::linear.
 at::Tensor LinearWithGemv(const at::Tensor& x, const at::Tensor& w,
                           const at::Tensor& bias = {});
+
+// Whether a layer's projection (Projection, the MLP's gate_up) takes the
+// GEMV: FusedGemvApplies and chained launches on for x's device.
+bool GemvServesProjection(const at::Tensor& x, const at::Tensor& w,
+                          const at::Tensor& bias = {});
+
+// gelu_tanh(x · gate^T) * (x · up^T) for w = [gate; up] [2I, K]: one GEMV
+// kernel, bitwise FusedGeluMul(FusedLinear(x, w)). Inference only; needs
+// FusedGemvApplies(x, w) and an even row count of w (throws otherwise).
+at::Tensor FusedGemvGeluMul(const at::Tensor& x, const at::Tensor& w);
 
 }  // namespace gemma
 

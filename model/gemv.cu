@@ -35,6 +35,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "model/cuda_launch.cuh"
 #include "model/cuda_numeric.cuh"
 #include "model/gemv.h"
 
@@ -127,22 +128,34 @@ __host__ __device__ constexpr int SmemBytes() {
 // y[m, row] = sum_k x[m, k] * w[row, k] (+ bias[row]) for the rows of this
 // block. n, k as in the shape notation; k_split in {1, 2, 4}. Dynamic shared
 // memory: SmemBytes<RW, U, P>().
-template <typename T, int M, int RW, int U, int P>
+//
+// With kGelu (RW even), w is [gate; up] with n rows each and y [M, n] is
+// gelu_tanh(x gate^T) * (x up^T): a warp's first RW / 2 rows are gate rows
+// and the others the up rows of the same outputs. Both sums are rounded to T
+// first, so the result is bitwise the GEMV's followed by the gelu*up kernel.
+//
+// Chained launch (model/cuda_launch.cuh): the first P - 1 stages of weights
+// are requested before waiting for the previous kernel, whose output x is.
+template <typename T, int M, int RW, int U, int P, bool kGelu>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w,
                const T* __restrict__ bias, T* __restrict__ y, int n, int k,
                int k_split) {
-  constexpr int kOut = RW * M;         // sums a warp produces
-  constexpr int kStage = U * RW * 32;  // uint4 slots of one warp's stage
-  static_assert(kOut <= 32, "one output per lane");
+  constexpr int RO = kGelu ? RW / 2 : RW;  // output rows a warp produces
+  constexpr int kOut = RW * M;             // sums a warp produces
+  constexpr int kOutY = RO * M;            // outputs a warp stores
+  constexpr int kStage = U * RW * 32;      // uint4 slots of one warp's stage
+  static_assert(kOut <= 32, "one sum per lane");
+  static_assert(!kGelu || RW % 2 == 0, "gelu pairs need an even RW");
   static_assert(SmemBytes<RW, U, P>() <= kMaxSmem, "ring too large");
   extern __shared__ uint4 smem[];
+  LetDependentsLaunch();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int groups = kWarps / k_split;
   const int group = warp % groups, split = warp / groups;
   const int64_t group0 = static_cast<int64_t>(blockIdx.x) * groups;
-  const int64_t row0 = (group0 + group) * RW;
+  const int64_t row0 = (group0 + group) * RO;
   const int chunks = k / kChunk;
   const int columns = (chunks + 31) / 32;
   const int per_split = (columns + k_split - 1) / k_split;
@@ -155,7 +168,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < RW; ++r) {
     // Rows past n (the last group of an odd n) re-read row n - 1, unstored.
-    const int64_t row = min(row0 + r, static_cast<int64_t>(n - 1));
+    // With kGelu, rows RO.. are the up rows, n rows further on.
+    const int64_t row = min(row0 + r % RO, static_cast<int64_t>(n - 1)) +
+                        static_cast<int64_t>(r / RO) * n;
     wp[r] = reinterpret_cast<const uint4*>(w + row * k) + lane;
   }
   const uint4* xp = reinterpret_cast<const uint4*>(x) + lane;
@@ -190,6 +205,8 @@ __global__ void __launch_bounds__(kThreads)
     if (s < stages) issue(s);
     CommitCopies();
   }
+  // The weights are in flight; x (and y) belong to the chain.
+  WaitForPredecessor();
   for (int s = 0; s < stages; ++s) {
     if (s + P - 1 < stages) issue(s + P - 1);  // into the slot freed at s - 1
     CommitCopies();
@@ -217,20 +234,28 @@ __global__ void __launch_bounds__(kThreads)
   }
   WaitCopies<0>();  // only empty groups can be pending; the ring is idle
 
-  // Lane i keeps sum i (row i / M of the group, x row i % M).
-  float mine = 0.f;
+  // Lane i keeps sum i (row i / M of the group, x row i % M); with kGelu,
+  // lane i < kOutY also the up sum of its output (sum i + kOutY).
+  float mine = 0.f, up = 0.f;
 #pragma unroll
   for (int i = 0; i < kOut; ++i) {
     const float s = WarpSum(acc[i / M][i % M]);
     if (lane == i) mine = s;
+    if (kGelu && lane + kOutY == i) up = s;
   }
-  auto store = [&](int64_t row, int m, float v) {
+  auto store = [&](int64_t row, int m, float v, float u) {
     if (row >= n) return;
-    if (bias != nullptr) v += ToFloat(bias[row]);
+    if constexpr (kGelu) {
+      float g, slope;
+      GeluTanh(ToFloat(FromFloat<T>(v)), &g, &slope);
+      v = g * ToFloat(FromFloat<T>(u));
+    } else if (bias != nullptr) {
+      v += ToFloat(bias[row]);
+    }
     y[m * static_cast<int64_t>(n) + row] = FromFloat<T>(v);
   };
   if (k_split == 1) {
-    if (lane < kOut) store(row0 + lane / M, lane % M, mine);
+    if (lane < kOutY) store(row0 + lane / M, lane % M, mine, up);
     return;
   }
   // Each warp's sums go to the start of its own (now idle) ring.
@@ -238,60 +263,67 @@ __global__ void __launch_bounds__(kThreads)
     return reinterpret_cast<float*>(smem + wi * (P * kStage));
   };
   if (lane < kOut) partial(warp)[lane] = mine;
+  if (kGelu && lane < kOutY) partial(warp)[kOut + lane] = up;
   __syncthreads();
   const int t = threadIdx.x;
-  if (t < groups * kOut) {
-    const int g = t / kOut, i = t % kOut;
-    float v = 0.f;
-    for (int s = 0; s < k_split; ++s) v += partial(s * groups + g)[i];
-    store((group0 + g) * RW + i / M, i % M, v);
+  if (t < groups * kOutY) {
+    const int g = t / kOutY, i = t % kOutY;
+    float v = 0.f, u = 0.f;
+    for (int s = 0; s < k_split; ++s) {
+      v += partial(s * groups + g)[i];
+      if (kGelu) u += partial(s * groups + g)[kOut + i];
+    }
+    store((group0 + g) * RO + i / M, i % M, v, u);
   }
 }
 
-template <typename T, int M, int RW, int U, int P>
+template <typename T, int M, int RW, int U, int P, bool kGelu>
 void Launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
             const at::Tensor& y, int k_split) {
-  const int64_t n = w.size(0), k = w.size(1);
+  constexpr int RO = kGelu ? RW / 2 : RW;
+  const int64_t n = kGelu ? w.size(0) / 2 : w.size(0), k = w.size(1);
   const int64_t groups = kWarps / k_split;
-  const int64_t blocks = ((n + RW - 1) / RW + groups - 1) / groups;
-  GemvKernel<T, M, RW, U, P>
-      <<<static_cast<unsigned>(blocks), kThreads, SmemBytes<RW, U, P>(),
-         at::cuda::getCurrentCUDAStream()>>>(
-          static_cast<const T*>(x.data_ptr()),
-          static_cast<const T*>(w.data_ptr()),
-          bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr,
-          static_cast<T*>(y.data_ptr()), static_cast<int>(n),
-          static_cast<int>(k), k_split);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t blocks = ((n + RO - 1) / RO + groups - 1) / groups;
+  LaunchChained(GemvKernel<T, M, RW, U, P, kGelu>,
+                dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                SmemBytes<RW, U, P>(), static_cast<const T*>(x.data_ptr()),
+                static_cast<const T*>(w.data_ptr()),
+                bias.defined() ? static_cast<const T*>(bias.data_ptr())
+                               : nullptr,
+                static_cast<T*>(y.data_ptr()), static_cast<int>(n),
+                static_cast<int>(k), k_split);
 }
 
-template <typename T, int M>
+template <typename T, int M, bool kGelu>
 void LaunchConfig(const at::Tensor& x, const at::Tensor& w,
                   const at::Tensor& bias, const at::Tensor& y,
                   const GemvConfig& c) {
-#define GEMMA_GEMV_CASE(RW, U, P)                                \
-  if (c.rows_per_warp == RW && c.unroll == U && c.stages == P) { \
-    return Launch<T, M, RW, U, P>(x, w, bias, y, c.k_split);     \
+#define GEMMA_GEMV_CASE(RW, U, P)                                     \
+  if (c.rows_per_warp == RW && c.unroll == U && c.stages == P) {      \
+    if constexpr (!kGelu || RW % 2 == 0) {                            \
+      return Launch<T, M, RW, U, P, kGelu>(x, w, bias, y, c.k_split); \
+    }                                                                 \
   }
   GEMMA_GEMV_CONFIGS(GEMMA_GEMV_CASE)
 #undef GEMMA_GEMV_CASE
   TORCH_CHECK(false, "Gemv: rows_per_warp ", c.rows_per_warp, ", unroll ",
-              c.unroll, ", stages ", c.stages, " is not compiled");
+              c.unroll, ", stages ", c.stages, " is not compiled",
+              kGelu ? " (gelu pairs need an even rows_per_warp)" : "");
 }
 
-template <typename T>
+template <typename T, bool kGelu>
 void LaunchRows(int64_t m, const at::Tensor& x, const at::Tensor& w,
                 const at::Tensor& bias, const at::Tensor& y,
                 const GemvConfig& c) {
   switch (m) {
     case 1:
-      return LaunchConfig<T, 1>(x, w, bias, y, c);
+      return LaunchConfig<T, 1, kGelu>(x, w, bias, y, c);
     case 2:
-      return LaunchConfig<T, 2>(x, w, bias, y, c);
+      return LaunchConfig<T, 2, kGelu>(x, w, bias, y, c);
     case 3:
-      return LaunchConfig<T, 3>(x, w, bias, y, c);
+      return LaunchConfig<T, 3, kGelu>(x, w, bias, y, c);
     case 4:
-      return LaunchConfig<T, 4>(x, w, bias, y, c);
+      return LaunchConfig<T, 4, kGelu>(x, w, bias, y, c);
     default:
       TORCH_CHECK(false, "Gemv: ", m, " rows of x (at most ", kGemvMaxRows,
                   ")");
@@ -366,11 +398,10 @@ bool GemvApplies(const at::Tensor& x, const at::Tensor& w,
   return true;
 }
 
-at::Tensor Gemv(const at::Tensor& x, const at::Tensor& w,
-                const at::Tensor& bias, GemvConfig config) {
-  TORCH_CHECK(GemvApplies(x, w, bias), "Gemv does not serve x ", x.sizes(), " ",
-              x.scalar_type(), ", w ", w.sizes(), " ", w.scalar_type(),
-              " (see GemvApplies in model/gemv.h)");
+namespace {
+// y [..., N] from x [..., K] and w [N, K] (gelu: w [2N, K]).
+at::Tensor Run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+               GemvConfig config, bool gelu) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = w.size(0), k = w.size(1), rows = x.numel() / k;
   at::Tensor xc = x.contiguous();
@@ -384,15 +415,39 @@ at::Tensor Gemv(const at::Tensor& x, const at::Tensor& w,
   if (c.k_split == 0) c.k_split = AutoSplit(n, k, c);
   TORCH_CHECK(c.k_split == 1 || c.k_split == 2 || c.k_split == 4,
               "Gemv: k_split must be 1, 2 or 4, got ", c.k_split);
-  at::Tensor y = at::empty({rows, n}, xc.options());
+  const int64_t n_out = gelu ? n / 2 : n;
+  at::Tensor y = at::empty({rows, n_out}, xc.options());
   if (w.scalar_type() == at::kBFloat16) {
-    LaunchRows<__nv_bfloat16>(rows, xc, w, b, y, c);
+    gelu ? LaunchRows<__nv_bfloat16, true>(rows, xc, w, b, y, c)
+         : LaunchRows<__nv_bfloat16, false>(rows, xc, w, b, y, c);
   } else {
-    LaunchRows<__half>(rows, xc, w, b, y, c);
+    gelu ? LaunchRows<__half, true>(rows, xc, w, b, y, c)
+         : LaunchRows<__half, false>(rows, xc, w, b, y, c);
   }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
+  shape.back() = n_out;
   return y.view(shape);
+}
+}  // namespace
+
+at::Tensor Gemv(const at::Tensor& x, const at::Tensor& w,
+                const at::Tensor& bias, GemvConfig config) {
+  TORCH_CHECK(GemvApplies(x, w, bias), "Gemv does not serve x ", x.sizes(), " ",
+              x.scalar_type(), ", w ", w.sizes(), " ", w.scalar_type(),
+              " (see GemvApplies in model/gemv.h)");
+  return Run(x, w, bias, config, /*gelu=*/false);
+}
+
+at::Tensor GemvGeluMul(const at::Tensor& x, const at::Tensor& w,
+                       GemvConfig config) {
+  TORCH_CHECK(GemvApplies(x, w, {}) && w.size(0) % 2 == 0,
+              "GemvGeluMul does not serve x ", x.sizes(), " ", x.scalar_type(),
+              ", w ", w.sizes(), " ", w.scalar_type(),
+              " (see GemvApplies in model/gemv.h; w needs an even row count)");
+  TORCH_CHECK(config.rows_per_warp == 0 || config.rows_per_warp % 2 == 0,
+              "GemvGeluMul: rows_per_warp must be even, got ",
+              config.rows_per_warp);
+  return Run(x, w, {}, config, /*gelu=*/true);
 }
 
 }  // namespace gemma::fused_cuda

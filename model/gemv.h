@@ -3,7 +3,8 @@
 // M = 1 kernels reach 46-86% of the HBM bandwidth (bench/gemv_bench.cc). The
 // kernel (model/gemv.cu) streams each row of W once for all rows of x with
 // 16-byte asynchronous copies, many in flight per thread, and accumulates in
-// fp32.
+// fp32. Launched chained (model/cuda_launch.cuh): a call streams its weights
+// while the kernel before it finishes.
 //
 // Compiled only with GEMMA_WITH_CUDA (the lib gemma_model_cuda). Callers go
 // through model/fused_ops.h (FusedGemvApplies / FusedLinear), which adds the
@@ -56,6 +57,14 @@ bool GemvApplies(const at::Tensor& x, const at::Tensor& w,
 // combination. No autograd: the result carries no grad_fn.
 at::Tensor Gemv(const at::Tensor& x, const at::Tensor& w,
                 const at::Tensor& bias, GemvConfig config = {});
+
+// gelu_tanh(x · gate^T) * (x · up^T) [..., N] for w = [gate; up] [2N, K] (the
+// MLP's gate_up weight): the GEMV with the gelu*up kernel as its epilogue,
+// bitwise the same as Gemv then the fused gelu*up (model/fused_ops.h). Needs
+// GemvApplies(x, w, {}) and an even row count; config.rows_per_warp even
+// (or 0).
+at::Tensor GemvGeluMul(const at::Tensor& x, const at::Tensor& w,
+                       GemvConfig config = {});
 
 }  // namespace gemma::fused_cuda
 

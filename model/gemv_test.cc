@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "model/cuda_graph.h"
@@ -17,6 +18,8 @@
 #include "model/tensor_parallel.h"
 
 #if defined(GEMMA_WITH_CUDA)
+#include <ATen/cuda/CUDAContext.h>
+
 #include "model/gemv.h"
 #endif
 
@@ -216,17 +219,32 @@ TEST_F(GemvCudaTest, ReplaysInACudaGraph) {
   }
 }
 
-// The vocabulary projection takes the kernel in inference; the layers'
-// projections stay on cuBLAS (the kernel lost to it on those shapes on an
-// H100: bench/gemv_bench.cc).
-TEST_F(GemvCudaTest, LogitsTakeTheKernelInInferenceProjectionsCublas) {
+// In inference the vocabulary projection always takes the kernel, and the
+// layers' projections take it where launches chain (compute capability 9.0
+// and newer, chained launches on): model/fused_ops.h says why.
+TEST_F(GemvCudaTest, LogitsAndChainedProjectionsTakeTheKernelInInference) {
   Projection p(256, 72, /*bias=*/true);
   p->to(kCuda, torch::kBFloat16);
   const torch::Tensor x = X(1, 256, torch::kBFloat16).view({1, 1, 256});
+  const bool chains =
+      at::cuda::getCurrentDeviceProperties()->major >= 9;  // Hopper and newer
   {
     torch::NoGradGuard g;
+    EXPECT_EQ(GemvServesProjection(x, p->weight, p->bias), chains);
     const torch::Tensor y = p->forward(x);
-    EXPECT_TRUE(torch::equal(y, at::linear(x, p->weight, p->bias)));
+    if (chains) {
+      EXPECT_TRUE(torch::equal(y, FusedLinear(x, p->weight, p->bias)));
+    }
+    ExpectMatches(y, x, p->weight, p->bias, "projection");
+    // Unchained, the layers' projections stay on cuBLAS.
+    SetChainedLaunches(false);
+    EXPECT_FALSE(GemvServesProjection(x, p->weight, p->bias));
+    EXPECT_TRUE(torch::equal(
+        p->forward(x), torch::nn::functional::linear(x, p->weight, p->bias)));
+    SetChainedLaunches(true);
+    // Prefill's many rows: cuBLAS.
+    EXPECT_FALSE(GemvServesProjection(X(5, 256, torch::kBFloat16), p->weight,
+                                      p->bias));
     const torch::Tensor embed = W(1003, 256, torch::kBFloat16);
     const torch::Tensor logits =
         VocabParallelLogits(x, embed, /*vocab_size=*/1003, TpOptions{});
@@ -242,6 +260,112 @@ TEST_F(GemvCudaTest, LogitsTakeTheKernelInInferenceProjectionsCublas) {
   EXPECT_LT(
       ((y.detach().to(torch::kFloat) - ref).norm() / ref.norm()).item<double>(),
       1e-2);
+}
+
+
+// The gate_up GEMV with the gelu*up epilogue is bitwise the GEMV followed by
+// the gelu*up kernel, for 1-4 rows, both dtypes, every compiled
+// configuration with an even rows_per_warp and every K split, odd I (a
+// partial last group) and K with a partial last column.
+TEST_F(GemvCudaTest, GeluEpilogueIsBitwiseGemvThenGeluMul) {
+  torch::NoGradGuard g;
+  for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    for (int64_t inter : {int64_t{1}, int64_t{67}, int64_t{640}}) {
+      const int64_t k = 2056;
+      const torch::Tensor w = W(2 * inter, k, dtype);
+      for (int64_t rows = 1; rows <= 4; ++rows) {
+        const torch::Tensor x = X(rows, k, dtype).view({rows, 1, k});
+        const torch::Tensor ref = FusedGeluMul(FusedLinear(x, w));
+        const std::string at = Name(dtype) + " I " + std::to_string(inter) +
+                               " rows " + std::to_string(rows);
+        const torch::Tensor y = FusedGemvGeluMul(x, w);
+        ASSERT_EQ(y.sizes(), ref.sizes()) << at;
+        EXPECT_TRUE(torch::equal(y, ref)) << at;
+        // And the math: gelu_tanh(gate) * up of the fp32 products.
+        const auto parts = at::linear(x.to(torch::kFloat), w.to(torch::kFloat))
+                               .chunk(2, -1);
+        const torch::Tensor exact = torch::gelu(parts[0], "tanh") * parts[1];
+        EXPECT_LT(Rel(y, exact), dtype == torch::kBFloat16 ? 1e-2 : 2e-3)
+            << at;
+        for (fused_cuda::GemvConfig c : fused_cuda::GemvCompiledConfigs()) {
+          if (c.rows_per_warp % 2 != 0) {
+            EXPECT_THROW(fused_cuda::GemvGeluMul(x, w, c), c10::Error);
+            continue;
+          }
+          for (int split : {1, 2, 4}) {
+            c.k_split = split;
+            EXPECT_TRUE(torch::equal(fused_cuda::GemvGeluMul(x, w, c), ref))
+                << at << " rw " << c.rows_per_warp << " u " << c.unroll
+                << " p " << c.stages << " split " << split;
+          }
+        }
+      }
+    }
+  }
+  // An odd row count is no [gate; up] pair.
+  EXPECT_THROW(FusedGemvGeluMul(X(1, 64, torch::kBFloat16),
+                                W(7, 64, torch::kBFloat16)),
+               c10::Error);
+}
+
+// The MLP in decode takes the fused GEMV where projections chain, with the
+// same bits as the two kernels, and the down projection's GEMV after it.
+TEST_F(GemvCudaTest, MlpDecodeRowsTakeTheGeluEpilogue) {
+  GatedMlp mlp(GatedMlpOptions(256, 640));
+  mlp->to(kCuda, torch::kBFloat16);
+  torch::NoGradGuard g;
+  const torch::Tensor x = X(1, 256, torch::kBFloat16).view({1, 1, 256});
+  const torch::Tensor y = mlp->forward(x);
+  const torch::Tensor two_kernels = LinearWithGemv(
+      FusedGeluMul(LinearWithGemv(x, mlp->gate_up->weight)),
+      mlp->down->weight);
+  if (at::cuda::getCurrentDeviceProperties()->major >= 9) {
+    EXPECT_TRUE(torch::equal(y, two_kernels));
+  }
+  SetChainedLaunches(false);
+  const torch::Tensor cublas = mlp->forward(x);
+  SetChainedLaunches(true);
+  EXPECT_LT(Rel(y, cublas), 1e-2);
+}
+
+// A chain like a decode layer's (residual norm, GEMV, gelu GEMV, GEMV,
+// residual norm, ... each reading the one before) gives the same bits with
+// chained launches as without, eagerly and replayed from a CUDA graph: a
+// kernel that read its input before the previous one finished would not.
+TEST_F(GemvCudaTest, ChainedLaunchesGiveTheSameBits) {
+  torch::NoGradGuard g;
+  const int64_t h = 2048, inter = 4096, layers = 6;
+  std::vector<torch::Tensor> up, down, norm;
+  for (int64_t i = 0; i < layers; ++i) {
+    up.push_back(W(2 * inter, h, torch::kBFloat16));
+    down.push_back(W(h, inter, torch::kBFloat16));
+    norm.push_back(B(h, torch::kBFloat16) * 0.1);
+  }
+  torch::Tensor x0 = X(1, h, torch::kBFloat16);
+  auto chain = [&] {
+    torch::Tensor res = x0, y = x0;
+    for (int64_t i = 0; i < layers; ++i) {
+      const torch::Tensor m = FusedLinear(FusedGemvGeluMul(y, up[i]), down[i]);
+      std::tie(res, y) = FusedResidualNorm(
+          res, m, norm[i], norm[(i + 1) % layers], 1e-6, 1.0);
+    }
+    return y;
+  };
+  SetChainedLaunches(false);
+  const torch::Tensor ref = chain();
+  SetChainedLaunches(true);
+  EXPECT_TRUE(torch::equal(chain(), ref)) << "eager";
+  for (bool chained : {true, false}) {
+    SetChainedLaunches(chained);
+    CudaGraph graph;
+    ASSERT_TRUE(graph.Capture(kCuda, chain, chain));
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_TRUE(torch::equal(graph.Replay(), ref))
+          << (chained ? "chained" : "unchained") << " replay " << i;
+    }
+  }
+  SetChainedLaunches(true);
+  EXPECT_GT(ref.abs().max().item<float>(), 0.f);
 }
 
 #endif  // GEMMA_WITH_CUDA

@@ -231,9 +231,11 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias)
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
   if (adapter_) return adapter_->Forward(x, weight, bias);
-  // cuBLAS, also for decode's single rows: on an H100 the GEMV kernel
-  // (model/gemv.h) lost to it on the 4B layer shapes (bench/gemv_bench.cc:
-  // 3.30 against 3.14 ms a step), and won only on the vocabulary projection.
+  // Decode's 1-4 rows in inference: the GEMV kernel, chained after the
+  // kernel before it (model/fused_ops.h says when and why).
+  if (GemvServesProjection(x, weight, bias)) {
+    return FusedLinear(x, weight, bias);
+  }
   return torch::nn::functional::linear(x, weight, bias);
 }
 
@@ -521,6 +523,10 @@ GatedMlpImpl::GatedMlpImpl(const GatedMlpOptions& opts) : options(opts) {
 }
 
 torch::Tensor GatedMlpImpl::forward(const torch::Tensor& x) {
+  if (!gate_up->adapter() && GemvServesProjection(x, gate_up->weight)) {
+    // Decode: the gelu*up in the gate_up GEMV's epilogue.
+    return down(FusedGemvGeluMul(x, gate_up->weight));
+  }
   torch::Tensor gu = gate_up(x);
   if (FusedApplies(gu, std::numeric_limits<int64_t>::max())) {
     return down(FusedGeluMul(gu));

@@ -5,13 +5,14 @@
 # model_bench and transformers' (bench/hf_model_bench.py) one after the
 # other on the same GPU, same config, and prints the ratios. Results go to
 # $OUT/bench.jsonl when OUT is set.
-#   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick] [--cuda-graphs both|all|0|1] [--fused 1|0|both]
+#   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick] [--cuda-graphs both|all|0|1] [--fused 1|0|both] [--chained 1|0|both]
 # Decode prints a row per variant of ours (growing cache eager, CUDA graphs;
 # `all` adds the static cache eager) against transformers. `--fused both`
-# adds rows of ours without the fused CUDA kernels (model/fused_ops.h).
+# adds rows of ours without the fused CUDA kernels (model/fused_ops.h);
+# `--chained both` rows with them launched unchained (model/cuda_launch.cuh).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft lora decode" cuda_graphs=both fused=1
+preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft lora decode" cuda_graphs=both fused=1 chained=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
@@ -22,8 +23,9 @@ while [ $# -gt 0 ]; do
     --skip-parity) skip_parity=1; shift ;;
     --cuda-graphs) cuda_graphs="$2"; shift 2 ;;
     --fused) fused="$2"; shift 2 ;;
+    --chained) chained="$2"; shift 2 ;;
     --quick) steps=3 warmup=1 new_tokens=64; shift ;;
-    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +57,7 @@ res="$out/bench.jsonl"
 for mode in $modes; do
   common=(--mode "$mode" --seq "$seq" --images "$images" --steps "$steps" --warmup "$warmup" --new-tokens "$new_tokens")
   echo "== $mode: ours"
-  "$bench" --preset "$preset" "${common[@]}" --cuda-graphs "$cuda_graphs" --fused "$fused" 2>&1 | tee -a "$res" | tail -8
+  "$bench" --preset "$preset" "${common[@]}" --cuda-graphs "$cuda_graphs" --fused "$fused" --chained "$chained" 2>&1 | tee -a "$res" | tail -8
   echo "== $mode: transformers"
   "$python" "$root/bench/hf_model_bench.py" --config "$cfg" "${common[@]}" 2>&1 | tee -a "$res.hf.log" | tail -3
   tail -1 "$res.hf.log" | grep '^{' >>"$res" || true
@@ -68,12 +70,15 @@ for r in rows:
     key = r["impl"] + (":" + r["variant"] if "variant" in r else "")
     if r.get("fused_kernels") is False:
         key += ":unfused"
+    elif r.get("chained_launches") is False:
+        key += ":unchained"
     by.setdefault(r["mode"], {})[key] = r
 peak_tflops = 989.0  # H100 SXM dense bf16
 bandwidth = 3.35e12  # H100 SXM HBM3 bytes/s
 labels = {"ours:dynamic": "eager, growing cache", "ours:static": "eager, static cache",
           "ours:graphs": "CUDA graphs, static cache", "ours": "eager"}
-labels.update({k + ":unfused": v + ", no fused kernels" for k, v in list(labels.items())})
+labels.update({k + ":unfused": v + ", no fused kernels" for k, v in list(labels.items())}
+              | {k + ":unchained": v + ", unchained launches" for k, v in list(labels.items())})
 for mode, d in by.items():
     h = d.get("transformers")
     for key, o in d.items():
