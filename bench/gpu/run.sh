@@ -5,14 +5,14 @@
 # model_bench and transformers' (bench/hf_model_bench.py) one after the
 # other on the same GPU, same config, and prints the ratios. Results go to
 # $OUT/bench.jsonl when OUT is set.
-#   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick] [--cuda-graphs both|all|0|1] [--fused 1|0|both] [--chained 1|0|both]
+#   bash bench/gpu/run.sh [--preset 4b] [--seq 4096] [--quick] [--cuda-graphs both|all|0|1] [--fused 1|0|both] [--chained 1|0|both] [--skip-transformers]
 # Decode prints a row per variant of ours (growing cache eager, CUDA graphs;
 # `all` adds the static cache eager) against transformers. `--fused both`
 # adds rows of ours without the fused CUDA kernels (model/fused_ops.h);
 # `--chained both` rows with them launched unchained (model/cuda_launch.cuh).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 modes="sft lora decode" cuda_graphs=both fused=1 chained=1
+preset=4b seq=4096 images=1 steps=10 warmup=3 new_tokens=256 skip_parity=0 skip_hf=0 modes="sft lora decode" cuda_graphs=both fused=1 chained=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
@@ -21,6 +21,7 @@ while [ $# -gt 0 ]; do
     --steps) steps="$2"; shift 2 ;;
     --modes) modes="$2"; shift 2 ;;
     --skip-parity) skip_parity=1; shift ;;
+    --skip-transformers) skip_hf=1; shift ;;
     --cuda-graphs) cuda_graphs="$2"; shift 2 ;;
     --fused) fused="$2"; shift 2 ;;
     --chained) chained="$2"; shift 2 ;;
@@ -58,13 +59,16 @@ for mode in $modes; do
   common=(--mode "$mode" --seq "$seq" --images "$images" --steps "$steps" --warmup "$warmup" --new-tokens "$new_tokens")
   echo "== $mode: ours"
   "$bench" --preset "$preset" "${common[@]}" --cuda-graphs "$cuda_graphs" --fused "$fused" --chained "$chained" 2>&1 | tee -a "$res" | tail -8
+  [ "$skip_hf" = 1 ] && continue
   echo "== $mode: transformers"
   "$python" "$root/bench/hf_model_bench.py" --config "$cfg" "${common[@]}" 2>&1 | tee -a "$res.hf.log" | tail -3
   tail -1 "$res.hf.log" | grep '^{' >>"$res" || true
 done
-"$python" - "$res" <<'PY'
+gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+"$python" - "$res" "$gpu_name" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+gpu = sys.argv[2]
 by = {}
 for r in rows:
     key = r["impl"] + (":" + r["variant"] if "variant" in r else "")
@@ -73,8 +77,9 @@ for r in rows:
     elif r.get("chained_launches") is False:
         key += ":unchained"
     by.setdefault(r["mode"], {})[key] = r
-peak_tflops = 989.0  # H100 SXM dense bf16
-bandwidth = 3.35e12  # H100 SXM HBM3 bytes/s
+peak_tflops = 989.0  # H100 and H200 SXM dense bf16
+# HBM bytes/s: H200 SXM 4.8 TB/s (HBM3e), H100 SXM 3.35 TB/s (HBM3).
+bandwidth, hbm = (4.8e12, "H200 SXM 4.8 TB/s") if "H200" in gpu else (3.35e12, "H100 SXM 3.35 TB/s")
 labels = {"ours:dynamic": "eager, growing cache", "ours:static": "eager, static cache",
           "ours:graphs": "CUDA graphs, static cache", "ours": "eager"}
 labels.update({k + ":unfused": v + ", no fused kernels" for k, v in list(labels.items())}
@@ -96,7 +101,7 @@ for mode, d in by.items():
         bound = bandwidth / o["weight_bytes"]
         tps = o["decode_tokens_per_s"]
         line = (f"decode, ours ({labels.get(key, key)}): {tps:.1f} tok/s = {100*tps/bound:.1f}% "
-                f"of the {bound:.0f} tok/s bandwidth bound (H100 SXM 3.35 TB/s)")
+                f"of the {bound:.0f} tok/s bandwidth bound ({hbm})")
         if "setup_s" in o:
             line += f", setup {1000*o['setup_s']:.0f} ms/call"
         if "tokens_match_static_eager" in o:
