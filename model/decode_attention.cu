@@ -14,10 +14,9 @@
 // head's score is the warp sum of the lanes' partial dot products. Each warp
 // keeps an fp32 online softmax (max, sum, acc[E]) per head in base 2 (q is
 // pre-scaled by scale * log2 e); the block merges its warps through shared
-// memory and writes (max, sum, acc) per head to an fp32 workspace; the last
-// block of its (row, KV head, pass) to finish (a ticket counter the caller
-// keeps zeroed) then merges the splits and divides, or without tickets the
-// combine kernel does. With one split the block writes the output itself.
+// memory and writes (max, sum, acc) per head to an fp32 workspace, and the
+// combine kernel merges the splits and divides. With one split the block
+// writes the output itself.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -84,11 +83,7 @@ struct Params {
   float scale_log2;  // scale * log2(e)
   float* part;       // [B, nkv, g, splits, hd] partial sums (splits > 1)
   float2* part_ml;   // [B, nkv, g, splits] (max, sum), base 2 (splits > 1)
-  void* out;         // [B, nkv, g, hd]
-  // [B, nkv, passes] zeros, or null: with splits > 1, the last block of each
-  // (row, KV head, pass) to finish merges the splits (and zeroes its ticket
-  // again); without, the combine kernel does.
-  int* tickets;
+  void* out;         // [B, nkv, g, hd] (splits == 1)
 };
 
 // Keys a warp loads at once: more loads in flight, bounded registers.
@@ -250,60 +245,6 @@ __global__ void __launch_bounds__(kThreads)
       if (d == 0) p.part_ml[slot] = make_float2(mx, sum);
     }
   }
-  if (p.splits == 1 || p.tickets == nullptr) return;
-
-  // The last of the splits' blocks to get here merges them all: no combine
-  // kernel (a launch a layer). Release: every thread's partials are visible
-  // device-wide before thread 0 takes a ticket.
-  __shared__ bool s_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* ticket = p.tickets + row * p.passes + pass;
-    s_last = atomicAdd(ticket, 1) == p.splits - 1;
-    // Every other block has taken its ticket: ready for the next step.
-    if (s_last) *ticket = 0;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();  // acquire: the other blocks' partials
-  // Per head, each split's weight exp2(m_s - m) and l_s times it, in the
-  // (now idle) warp-merge buffer; the host checks 2 * GC * splits fits.
-  float* weights = &s_acc[0][0][0];  // [gn][splits], then [gn][splits]
-  float* scaled = weights + gn * p.splits;
-  for (int h = warp; h < gn; h += kWarps) {
-    const float2* ml = p.part_ml + (out_row + h) * p.splits;
-    float hm = -INFINITY;
-    for (int s = lane; s < p.splits; s += 32) {
-      const float2 v = __ldcg(ml + s);
-      if (v.y > 0.f) hm = fmaxf(hm, v.x);
-    }
-    for (int o = 16; o > 0; o >>= 1)
-      hm = fmaxf(hm, __shfl_xor_sync(0xffffffffu, hm, o));
-    for (int s = lane; s < p.splits; s += 32) {
-      const float2 v = __ldcg(ml + s);
-      // A split that saw no visible key contributes nothing.
-      const float c = v.y > 0.f && hm != -INFINITY ? exp2f(v.x - hm) : 0.f;
-      weights[h * p.splits + s] = c;
-      scaled[h * p.splits + s] = v.y * c;
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < gn * kHd; i += kThreads) {
-    const int h = i / kHd, d = i % kHd;
-    const float* pr = p.part + (out_row + h) * p.splits * kHd + d;
-    float sum = 0.f, a = 0.f;
-#pragma unroll 8
-    for (int s = 0; s < p.splits; ++s) {
-      const float c = weights[h * p.splits + s];
-      if (c != 0.f) {
-        sum += scaled[h * p.splits + s];
-        a += __ldcg(pr + static_cast<int64_t>(s) * kHd) * c;
-      }
-    }
-    static_cast<T*>(p.out)[(out_row + h) * kHd + d] =
-        FromFloat<T>(sum > 0.f ? a / sum : 0.f);
-  }
 }
 
 // out[r, d] for r over [B * nkv * g] (blockIdx.y * gridDim.x + blockIdx.x),
@@ -429,7 +370,7 @@ void LaunchTyped(int64_t hd, int gc, const Params& p, dim3 grid) {
 template <typename T>
 void LaunchStep(int64_t hd, int gc, const Params& p, dim3 grid) {
   LaunchTyped<T>(hd, gc, p, grid);
-  if (p.splits <= 1 || p.tickets != nullptr) return;
+  if (p.splits <= 1) return;
   const dim3 combine_grid(static_cast<unsigned>(p.nkv * p.g), grid.z);
   const size_t smem = 2 * static_cast<size_t>(p.splits) * sizeof(float);
   LaunchChained(CombineKernel<T>, combine_grid, dim3(static_cast<unsigned>(hd)),
@@ -486,11 +427,6 @@ std::string DecodeAttentionRejects(const DecodeAttentionInputs& in) {
     return c10::str("padding must be a [", b, ", ", c, "] int64 on q's device");
   }
   if (in.window < 0) return "window must be >= 0";
-  const at::Tensor& t = in.tickets;
-  if (t.defined() && (t.scalar_type() != at::kInt ||
-                      t.device() != q.device() || !t.is_contiguous())) {
-    return "tickets must be a contiguous int32 tensor on q's device";
-  }
   if (nkv * CeilDiv(q.size(2), HeadsPerPass(hd, q.size(2))) >= 65536 ||
       b >= 65536) {
     return c10::str("grid too large (B ", b, ", nkv ", nkv, ")");
@@ -564,14 +500,6 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
   p.part_ml = splits > 1 ? reinterpret_cast<float2*>(part_ml.data_ptr<float>())
                          : nullptr;
   p.out = out.data_ptr();
-  // The in-kernel merge needs a ticket per (row, KV head, pass) and stages
-  // 2 * gc * splits floats in the warp-merge buffer (kWarps * gc * hd);
-  // else the combine kernel merges.
-  p.tickets = splits > 1 && in.tickets.defined() &&
-                      in.tickets.numel() >= b * nkv * passes &&
-                      2 * splits <= kWarps * hd
-                  ? in.tickets.data_ptr<int>()
-                  : nullptr;
 
   const dim3 grid(static_cast<unsigned>(splits),
                   static_cast<unsigned>(nkv * passes),

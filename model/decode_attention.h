@@ -1,6 +1,6 @@
 // One decode step of grouped-query attention over a static KV cache
 // (model/kv_cache.h, static mode with a step index) as one split-K CUDA
-// kernel ("flash decoding"), in place of
+// kernel ("flash decoding") plus a small combine kernel, in place of
 // cache->Update + StaticStepBias + at::scaled_dot_product_attention.
 //
 // SDPA's kernels launch one block per (row, KV head) for a single query, so a
@@ -8,8 +8,7 @@
 // each (row, KV head) are split over `splits` blocks (chosen from the cache
 // size and the SM count so the grid fills the GPU); each block reads only its
 // share, all query heads of the KV head from one load of each key, and keeps
-// an fp32 online softmax; the last block of a (row, KV head) to finish
-// merges the partial results (with `tickets`; else a small combine kernel).
+// an fp32 online softmax; the combine kernel merges the partial results.
 //
 // The mask is StaticStepBias's, computed in the kernel from the device-side
 // index (no host sync): slot j of row b is visible iff
@@ -45,11 +44,6 @@ struct DecodeAttentionInputs {
   at::Tensor padding;  // [B, C] int64: nonzero for the slots of real tokens
   int64_t window = 0;  // > 0: keys j > index - window only (sliding layers)
   double scale = 1.0;  // scores = q . k * scale
-  // Optional [>= B * nkv * passes] int32 zeros that outlive the call (the
-  // static cache's, LayerKvCache::StaticTickets), left zero by each call.
-  // With them the split blocks merge their results themselves (the last to
-  // finish does) and the combine kernel is not launched.
-  at::Tensor tickets;
 };
 
 namespace fused_cuda {

@@ -111,7 +111,7 @@ TEST_F(DecodeAttentionCudaTest, MatchesTheAtenStepAndWritesOnlyItsSlot) {
   const std::vector<Shape> shapes = {{64, 8},  {128, 1}, {128, 2}, {128, 4},
                                      {256, 1}, {256, 2}, {256, 4}, {512, 1},
                                      {512, 2}, {512, 4}, {512, 8}};
-  // C = 300 splits unevenly; C = 13 runs one split (no merge).
+  // C = 300 splits unevenly; C = 13 runs one split (no combine kernel).
   for (int64_t c : {int64_t{300}, int64_t{13}}) {
     for (const Shape& shape : shapes) {
       for (int64_t index : {int64_t{0}, c / 2 + 1, c - 1}) {
@@ -143,18 +143,6 @@ TEST_F(DecodeAttentionCudaTest, MatchesTheAtenStepAndWritesOnlyItsSlot) {
                 << where;
             EXPECT_TRUE(torch::allclose(s.in.v_cache, v_want, 0, 0, true))
                 << where;
-            // With tickets the split blocks merge their results themselves:
-            // the same bits as the combine kernel, twice (each call leaves
-            // the tickets zero for the next).
-            DecodeAttentionInputs with = s.in;
-            with.tickets = torch::zeros(
-                {2 * 2 * 8}, torch::TensorOptions(kCuda).dtype(torch::kInt));
-            for (int call = 0; call < 2; ++call) {
-              EXPECT_TRUE(torch::equal(FusedDecodeAttention(with), out))
-                  << where << " tickets, call " << call;
-              EXPECT_EQ(with.tickets.count_nonzero().item<int64_t>(), 0)
-                  << where;
-            }
           }
         }
       }
@@ -181,9 +169,6 @@ TEST_F(DecodeAttentionCudaTest, RejectsWhatItDoesNotServe) {
   Step u = MakeStep(2, 2, 2, 128, 20, 3, 0, torch::kFloat, kCuda);
   u.in.k_cache = u.in.k_cache.transpose(2, 3).contiguous().transpose(2, 3);
   EXPECT_FALSE(FusedDecodeAttentionApplies(u.in));  // not contiguous
-  Step w = MakeStep(2, 2, 2, 128, 20, 3, 0, torch::kFloat, kCuda);
-  w.in.tickets = torch::zeros({32}, torch::TensorOptions(kCuda));  // float
-  EXPECT_FALSE(FusedDecodeAttentionApplies(w.in));
   SetFusedKernels(false);
   EXPECT_FALSE(FusedDecodeAttentionApplies(t.in));
   SetFusedKernels(true);

@@ -56,8 +56,6 @@ void LayerKvCache::AllocateStatic(const torch::Tensor& k,
   shape[2] = static_capacity_;
   keys_ = torch::zeros(shape, k.options());
   values_ = torch::zeros(shape, v.options());
-  // 8 query-head passes a KV head: g up to 16 at two heads a pass.
-  tickets_ = torch::zeros({shape[0] * shape[1] * 8}, k.options().dtype(torch::kInt));
 }
 
 std::pair<torch::Tensor, torch::Tensor> LayerKvCache::StaticBuffers(

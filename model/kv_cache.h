@@ -66,10 +66,6 @@ class LayerKvCache {
   // Update ran yet. Throws c10::Error unless static.
   std::pair<torch::Tensor, torch::Tensor> StaticBuffers(const torch::Tensor& k,
                                                         const torch::Tensor& v);
-  // Static mode, once the buffers exist: [B * nkv * 8] int32 zeros on their
-  // device, the decode-attention kernel's ticket counters (model/
-  // decode_attention.h; each call leaves them zero). Undefined before.
-  const torch::Tensor& StaticTickets() const { return tickets_; }
 
  private:
   // Makes room for `incoming` more tokens after the held ones.
@@ -87,7 +83,6 @@ class LayerKvCache {
   int64_t start_ = 0;  // buffer index of the first held token
   torch::Tensor keys_;    // [B, nkv, capacity, hd]
   torch::Tensor values_;
-  torch::Tensor tickets_;  // static mode: see StaticTickets
 };
 
 class KvCache {

@@ -325,7 +325,6 @@ torch::Tensor StaticStepAttention(const torch::Tensor& q,
     in.k_new = k;
     in.v_new = v;
     std::tie(in.k_cache, in.v_cache) = cache->StaticBuffers(k, v);
-    in.tickets = cache->StaticTickets();
     in.index = step.index;
     in.padding = step.padding;
     in.window = step.window;
