@@ -8,7 +8,8 @@
 //   model_bench --preset 4b --mode lora --lora-rank 32   (LoRA on qkv, o,
 //                gate_up, down of every decoder layer; base frozen)
 //   model_bench --preset 4b --mode decode --new-tokens 256 [--cuda-graphs both]
-//                (a row per variant: growing cache eager / CUDA graphs)
+//                (a row per variant: growing cache eager / CUDA graphs;
+//                --chained both adds a row with our kernels launched unchained)
 //   model_bench --preset 4b --write-config DIR   (config.json for the HF side)
 //   model_bench ... --profile DIR   (sft/lora: after the timed steps, one
 //                more step under Kineto; kernels.csv, ops.csv, trace.json)
