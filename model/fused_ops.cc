@@ -16,11 +16,19 @@
 namespace gemma {
 
 namespace {
+// On unless the environment sets `name` to "0".
+bool OnUnlessZero(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 std::atomic<bool>& EnabledFlag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("GEMMA_FUSED_KERNELS");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }()};
+  static std::atomic<bool> on{OnUnlessZero("GEMMA_FUSED_KERNELS")};
+  return on;
+}
+
+std::atomic<bool>& ChainFlag() {
+  static std::atomic<bool> on{OnUnlessZero("GEMMA_CHAINED_LAUNCHES")};
   return on;
 }
 }  // namespace
@@ -35,16 +43,6 @@ bool FusedKernelsBuilt() {
 
 bool FusedKernelsEnabled() { return EnabledFlag().load(); }
 void SetFusedKernels(bool on) { EnabledFlag() = on; }
-
-namespace {
-std::atomic<bool>& ChainFlag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("GEMMA_CHAINED_LAUNCHES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }()};
-  return on;
-}
-}  // namespace
 
 bool ChainedLaunchesEnabled() { return ChainFlag().load(); }
 void SetChainedLaunches(bool on) { ChainFlag() = on; }

@@ -35,6 +35,9 @@ TEST(GemvTest, DispatchDeclinesCpuTensors) {
   EXPECT_FALSE(FusedGemvApplies(torch::Tensor(), w));
   EXPECT_FALSE(FusedGemvApplies(x, torch::Tensor()));
   EXPECT_THROW(FusedLinear(x, w, b), c10::Error);
+  EXPECT_FALSE(GemvServesProjection(x, w, b));
+  EXPECT_THROW(FusedGemvGeluMul(x, torch::randn({32, 64}).to(torch::kBFloat16)),
+               c10::Error);
   // The caller's entry point falls back to at::linear.
   torch::Tensor xf = x.to(torch::kFloat), wf = w.to(torch::kFloat),
                 bf = b.to(torch::kFloat);
