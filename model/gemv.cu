@@ -50,9 +50,12 @@ constexpr int kMaxSmem = 48 * 1024;
 
 // The (RW, U, P) combinations compiled: rows per warp, chunk columns per
 // stage, stages in the ring. Shared memory per block: kWarps * P * U * RW *
-// 512 bytes (at most 48 KiB).
-#define GEMMA_GEMV_CONFIGS(X) \
-  X(1, 8, 2) X(1, 8, 3) X(2, 4, 2) X(2, 4, 3) X(4, 2, 3) X(2, 2, 4)
+// 512 bytes (at most 48 KiB). rw4 u2 p2 takes 32 KiB, so that, registers
+// permitting, the next chained GEMV's blocks fit on an SM beside this one's
+// (for gemv_bench --sweep; not swept on a GPU yet).
+#define GEMMA_GEMV_CONFIGS(X)                                       \
+  X(1, 8, 2) X(1, 8, 3) X(2, 4, 2) X(2, 4, 3) X(4, 2, 3) X(2, 2, 4) \
+  X(4, 2, 2)
 
 // Copies 16 bytes from global `src` to shared `dst` asynchronously, or
 // writes zeros when !ok (src is then not read).
