@@ -16,8 +16,9 @@
 //       [--dtype bf16|fp16] [--bandwidth 3.35e12] [--reps 20] [--layers N]
 //       [--sweep] [-o text|json]
 // --sweep adds, per shape, every compiled configuration x k_split 1, 2, 4,
-// chained (the automatic choice is starred): what GemvAutoConfig is tuned from. -o json
-// prints one JSON object per row. Needs about 55 GB of GPU memory for 27b.
+// chained (the automatic choice is starred): what GemvAutoConfig is tuned
+// from. -o json prints one JSON object per row. Needs about 55 GB of GPU
+// memory for 27b.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -60,8 +61,12 @@ std::vector<Shape> DecodeShapes(const TextConfig& t, int64_t layers) {
       {"lm_head", t.vocab_size, t.hidden_size, 1}};
 }
 
-// Seconds per replay of `body` captured as a CUDA graph (best of `reps`).
-double GraphSeconds(const std::function<void()>& body, int64_t reps) {
+// Seconds per replay of `body` captured as a CUDA graph (best of `reps`),
+// our kernels launched chained or not (model/cuda_launch.cuh; restored to
+// chained after).
+double GraphSeconds(const std::function<void()>& body, int64_t reps,
+                    bool chained) {
+  SetChainedLaunches(chained);
   CudaGraph graph;
   auto once = [&] {
     body();
@@ -80,6 +85,7 @@ double GraphSeconds(const std::function<void()>& body, int64_t reps) {
     end.synchronize();
     best = std::min(best, static_cast<double>(start.elapsed_time(end)) / 1e3);
   }
+  SetChainedLaunches(true);
   return best;
 }
 
@@ -123,8 +129,7 @@ class Bench {
                            (s.n * s.k + o_.rows * (s.k + s.n)) * 2;
       // ours: our kernel, chained (model/cuda_launch.cuh) or not.
       auto run = [&](const GemvConfig& c, bool ours, bool chained = true) {
-        SetChainedLaunches(chained);
-        const double t = GraphSeconds(
+        return GraphSeconds(
             [&] {
               for (const auto& wi : ws) {
                 if (ours) {
@@ -134,9 +139,7 @@ class Bench {
                 }
               }
             },
-            o_.reps);
-        SetChainedLaunches(true);
-        return t;
+            o_.reps, chained);
       };
       const double t_cublas = run({}, false) / s.copies;
       const double t_ours = run({}, true, false) / s.copies;
@@ -160,8 +163,7 @@ class Bench {
     // gelu*up in gate_up's epilogue (decode's MLP; its output is I wide).
     enum Kind { kCublas, kOurs, kChained, kChainedGelu };
     auto step = [&](Kind kind) {
-      SetChainedLaunches(kind == kChained || kind == kChainedGelu);
-      const double t = GraphSeconds(
+      return GraphSeconds(
           [&] {
             auto call = [&](const std::string& name, int64_t i) {
               if (kind == kCublas) {
@@ -178,12 +180,12 @@ class Bench {
             }
             call("lm_head", 0);
           },
-          o_.reps);
-      SetChainedLaunches(true);
-      return t;
+          o_.reps, kind == kChained || kind == kChainedGelu);
     };
-    StepRow(preset, layers, step_bytes, step(kCublas), step(kOurs),
-            step(kChained), step(kChainedGelu));
+    // Named, so that they run in this order.
+    const double t_cublas = step(kCublas), t_ours = step(kOurs);
+    const double t_chained = step(kChained), t_gelu = step(kChainedGelu);
+    StepRow(preset, layers, step_bytes, t_cublas, t_ours, t_chained, t_gelu);
   }
 
  private:

@@ -44,6 +44,15 @@
 namespace gemma {
 namespace {
 
+// A 0 / 1 / both flag as the settings to run, off first; empty for anything
+// else.
+std::vector<bool> OffOnBoth(const std::string& v) {
+  std::vector<bool> out;
+  if (v == "0" || v == "both") out.push_back(false);
+  if (v == "1" || v == "both") out.push_back(true);
+  return out;
+}
+
 double Now() {
   return std::chrono::duration<double>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -200,21 +209,13 @@ int Run(int argc, char** argv) {
     return 2;
   }
 
-  std::vector<bool> fused_settings;
-  if (fused == "0" || fused == "both") fused_settings.push_back(false);
-  if (fused == "1" || fused == "both") fused_settings.push_back(true);
-  std::vector<bool> chained_settings;
-  if (chained == "0" || chained == "both") chained_settings.push_back(false);
-  if (chained == "1" || chained == "both") chained_settings.push_back(true);
-  if (chained_settings.empty()) {
-    std::cerr << "--chained must be 0, 1 or both\n";
+  const std::vector<bool> fused_settings = OffOnBoth(fused);
+  const std::vector<bool> chained_settings = OffOnBoth(chained);
+  if (fused_settings.empty() || chained_settings.empty()) {
+    std::cerr << "--fused and --chained must be 0, 1 or both\n";
     return 2;
   }
   SetChainedLaunches(chained_settings.back());
-  if (fused_settings.empty()) {
-    std::cerr << "--fused must be 0, 1 or both\n";
-    return 2;
-  }
   auto config = Gemma3Preset(preset);
   if (!config.ok()) {
     std::cerr << config.status() << "\n";

@@ -47,11 +47,9 @@ __device__ __forceinline__ void LetDependentsLaunch() {
 #endif
 }
 
-// Whether launches on the current device chain: enabled (fused_ops.h) and
-// compute capability 9.0 or newer.
+// Whether launches on the current device chain (fused_ops.h).
 inline bool ChainHere() {
-  return ChainedLaunchesEnabled() &&
-         at::cuda::getCurrentDeviceProperties()->major >= 9;
+  return ChainedLaunchesApply(at::cuda::current_device());
 }
 
 // kernel<<<grid, block, smem, current stream>>>(args...), chained after the

@@ -515,7 +515,6 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
       LaunchStep<float>(hd, gc, p, grid);
       break;
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 

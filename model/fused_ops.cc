@@ -47,6 +47,16 @@ void SetFusedKernels(bool on) { EnabledFlag() = on; }
 bool ChainedLaunchesEnabled() { return ChainFlag().load(); }
 void SetChainedLaunches(bool on) { ChainFlag() = on; }
 
+bool ChainedLaunchesApply(int device) {
+#if defined(GEMMA_WITH_CUDA)
+  return ChainedLaunchesEnabled() &&
+         at::cuda::getDeviceProperties(device)->major >= 9;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
 bool FusedApplies(const at::Tensor& x, int64_t max_row) {
   if (!FusedKernelsBuilt() || !FusedKernelsEnabled() || !x.defined() ||
       !x.is_cuda() || x.dim() < 1 || x.size(-1) > max_row) {
@@ -99,13 +109,8 @@ at::Tensor LinearWithGemv(const at::Tensor& x, const at::Tensor& w,
 
 bool GemvServesProjection(const at::Tensor& x, const at::Tensor& w,
                           const at::Tensor& bias) {
-#if defined(GEMMA_WITH_CUDA)
-  return ChainedLaunchesEnabled() && FusedGemvApplies(x, w, bias) &&
-         at::cuda::getDeviceProperties(x.get_device())->major >= 9;
-#else
-  (void)x, (void)w, (void)bias;
-  return false;
-#endif
+  // FusedGemvApplies first: it puts x on a CUDA device.
+  return FusedGemvApplies(x, w, bias) && ChainedLaunchesApply(x.get_device());
 }
 
 #if defined(GEMMA_WITH_CUDA)

@@ -45,6 +45,9 @@ void SetFusedKernels(bool on);
 // GEMMA_CHAINED_LAUNCHES=0 or SetChainedLaunches(false).
 bool ChainedLaunchesEnabled();
 void SetChainedLaunches(bool on);
+// Whether launches chain on CUDA device `device`: enabled and compute
+// capability 9.0 or newer. False in builds without CUDA.
+bool ChainedLaunchesApply(int device);
 
 // Whether the fused kernels serve rows of `x`: built, enabled, x on CUDA in
 // float, bf16 or fp16, last dimension at most `max_row` elements.
@@ -141,7 +144,7 @@ at::Tensor LinearWithGemv(const at::Tensor& x, const at::Tensor& w,
                           const at::Tensor& bias = {});
 
 // Whether a layer's projection (Projection, the MLP's gate_up) takes the
-// GEMV: FusedGemvApplies and chained launches on for x's device.
+// GEMV: FusedGemvApplies and ChainedLaunchesApply on x's device.
 bool GemvServesProjection(const at::Tensor& x, const at::Tensor& w,
                           const at::Tensor& bias = {});
 

@@ -41,7 +41,6 @@ namespace gemma {
 
 class KvCache;
 
-// One decoder layer.
 // Inference: a layer's last residual add joined with the norm after it (the
 // next layer's input norm, or the final norm) in one kernel. `in`: this
 // layer's input norm as the layer before computed it (undefined: compute
@@ -54,6 +53,7 @@ struct NormChain {
   torch::Tensor out;
 };
 
+// One decoder layer.
 class Gemma3DecoderLayerImpl : public torch::nn::Module {
  public:
   Gemma3DecoderLayerImpl(const TextConfig& config, LayerType type,
