@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -92,11 +93,25 @@ void KinetoProfile::Finish(const std::string& dir, int steps, int top) {
     if (slot.second.empty() || e.startNs() >= slot.first)
       slot = {e.startNs(), e.name()};
   }
-  std::map<std::string, Total> kernels, ops;
-  double all_ns = 0;
+  std::map<std::string, Total> kernels, ops, timeline, runtime;
+  double all_ns = 0, runtime_ns = 0;
+  // Host time in CUDA runtime calls (launches, graph launches, syncs).
+  for (const auto& e : result->events()) {
+    if (e.deviceType() != c10::DeviceType::CPU ||
+        e.name().rfind("cuda", 0) != 0) {
+      continue;
+    }
+    Total& t = runtime[e.name()];
+    t.ns += static_cast<double>(e.durationNs());
+    runtime_ns += static_cast<double>(e.durationNs());
+    ++t.count;
+  }
+  // (start, end, name) of every GPU event, for the timeline table.
+  std::vector<std::tuple<int64_t, int64_t, std::string>> spans;
   for (const auto& e : result->events()) {
     if (e.deviceType() != c10::DeviceType::CUDA) continue;
     const double ns = static_cast<double>(e.durationNs());
+    spans.emplace_back(e.startNs(), e.endNs(), e.name());
     all_ns += ns;
     Total& k = kernels[e.name()];
     k.ns += ns;
@@ -108,8 +123,27 @@ void KinetoProfile::Finish(const std::string& dir, int steps, int top) {
   }
   WriteTable(dir + "/kernels.csv", "kernels", kernels, all_ns, steps, top,
              true);
+  // Overlapping kernels (chained launches start before their predecessor
+  // ends and then wait) inflate the durations above. The timeline charges
+  // each kernel only the time by which it pushed the latest end further,
+  // gaps before it included: the rows sum to the wall time of the region.
+  std::sort(spans.begin(), spans.end());
+  double wall_ns = 0;
+  int64_t latest = spans.empty() ? 0 : std::get<0>(spans.front());
+  for (const auto& [start, end, name] : spans) {
+    const double ns = static_cast<double>(std::max<int64_t>(0, end - latest));
+    latest = std::max(latest, end);
+    wall_ns += ns;
+    Total& t = timeline[name];
+    t.ns += ns;
+    ++t.count;
+  }
+  WriteTable(dir + "/timeline.csv", "timeline (wall time each kernel adds)",
+             timeline, wall_ns, steps, top, true);
   WriteTable(dir + "/ops.csv", "GPU time by launching op", ops, all_ns, steps,
              top, false);
+  WriteTable(dir + "/runtime.csv", "host time in CUDA runtime calls", runtime,
+             runtime_ns, steps, 8, true);
   result->save(dir + "/trace.json");
 }
 

@@ -10,6 +10,11 @@
 //                rank,total_ms,pct,count,avg_us,name
 //   ops.csv      GPU time per innermost ATen op that launched it, most first:
 //                rank,total_ms,pct,kernels,name
+//   timeline.csv wall time per kernel name: what each kernel adds to the
+//                latest end so far (gaps before it included), so overlapping
+//                (chained) kernels are not counted twice; as kernels.csv
+//   runtime.csv  host time per CUDA runtime call (cudaLaunchKernel,
+//                cudaGraphLaunch, ...); as kernels.csv
 //   trace.json   the Chrome trace (chrome://tracing, ui.perfetto.dev)
 // and prints the top `top` rows of both to stdout. Throws c10::Error when
 // the profiler cannot start.

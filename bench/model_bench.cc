@@ -12,12 +12,15 @@
 //                --chained both adds a row with our kernels launched unchained)
 //   model_bench --preset 4b --write-config DIR   (config.json for the HF side)
 //   model_bench ... --profile DIR   (sft/lora: after the timed steps, one
-//                more step under Kineto; kernels.csv, ops.csv, trace.json)
+//                more step under Kineto; kernels.csv, ops.csv, timeline.csv,
+//                runtime.csv, trace.json; decode: 32 tokens of each
+//                static-cache variant and setting, DIR/<setting>/<variant>)
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -198,7 +201,8 @@ int Run(int argc, char** argv) {
   std::string profile_dir;
   flags.String("profile", &profile_dir,
                "profile with Kineto into this directory: sft/lora one extra "
-               "step, decode one eager static-cache generation of 32 tokens");
+               "step, decode 32 tokens of each static-cache variant under each "
+               "setting (DIR/<chained|unchained|unfused>/<eager|graphs>)");
   absl::Status parsed = flags.Parse(argc, argv);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
@@ -458,18 +462,29 @@ int Run(int argc, char** argv) {
         }
         std::cout << row.dump() << std::endl;
       }
-    }
-    if (!profile_dir.empty()) {
-      // Eager static-cache steps: every kernel of a token shows in the trace.
-      GenerateOptions go =
-          decode_options(/*graphs=*/false, /*static_cache=*/true);
-      go.max_new_tokens = 32;
-      TORCH_CHECK(Generate(model, in, go).ok(), "decode warm-up failed");
-      Sync(dev);
-      KinetoProfile prof;
-      TORCH_CHECK(Generate(model, in, go).ok(), "decode failed");
-      Sync(dev);
-      prof.Finish(profile_dir);
+      if (!profile_dir.empty()) {
+        // 32 tokens of each static-cache variant under these settings, into
+        // DIR/<setting>/<eager|graphs>; times per token (prefill included).
+        const std::string setting =
+            !on ? "unfused" : (ch ? "chained" : "unchained");
+        for (const Variant& var : variants) {
+          if (!var.static_cache) continue;
+          GenerateOptions go =
+              decode_options(var.graphs, /*static_cache=*/true);
+          go.max_new_tokens = 32;
+          TORCH_CHECK(Generate(model, in, go).ok(), "decode warm-up failed");
+          Sync(dev);
+          const std::string dir = profile_dir + "/" + setting +
+                                  (var.graphs ? "/graphs" : "/eager");
+          std::filesystem::create_directories(dir);
+          std::cout << "== profile: " << setting << " " << var.name
+                    << " decode (per token)\n";
+          KinetoProfile prof;
+          TORCH_CHECK(Generate(model, in, go).ok(), "decode failed");
+          Sync(dev);
+          prof.Finish(dir, /*steps=*/32);
+        }
+      }
     }
     return 0;
   } else {

@@ -15,7 +15,10 @@
 //    implies its predecessor's (the chain is transitive);
 //  - it may call LetDependentsLaunch() (any time) to let the next chained
 //    kernel launch early: that kernel's blocks then take free SM slots and
-//    wait on this kernel's completion.
+//    wait on this kernel's completion. Ours call it first thing, so several
+//    kernels may wait ahead; calling it only after the wait (one kernel
+//    ahead at most) made 4B decode slower (275.8 against 282.8 tok/s on an
+//    H100, bench/RESULTS.md session 9).
 // Kernels launched the usual way are full barriers as before, and a chained
 // kernel after one behaves as a usual launch. Stream capture records the
 // chain as programmatic graph edges, so CUDA graphs keep it.

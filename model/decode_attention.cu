@@ -17,6 +17,12 @@
 // memory and writes (max, sum, acc) per head to an fp32 workspace, and the
 // combine kernel merges the splits and divides. With one split the block
 // writes the output itself.
+//
+// Folded q/k norm + rope (Params::q_weight set): q and k_new are the
+// projection's raw rows; each block norms and rotates its q heads as it
+// loads them (NormRopeRow: a warp sum and one shuffle per element), and the
+// block whose keys include slot `index` does the same for k_new, which it
+// also writes to the cache.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -65,6 +71,24 @@ __device__ __forceinline__ void LoadRow(const T* p, T* out) {
   }
 }
 
+// Stores E elements from `in` (16-byte aligned) to p (aligned as LoadRow's).
+template <typename T, int E>
+__device__ __forceinline__ void StoreRow(const T* in, T* p) {
+  constexpr int kBytes = E * static_cast<int>(sizeof(T));
+  if constexpr (kBytes % 16 == 0) {
+#pragma unroll
+    for (int i = 0; i < kBytes / 16; ++i)
+      reinterpret_cast<uint4*>(p)[i] = reinterpret_cast<const uint4*>(in)[i];
+  } else if constexpr (kBytes == 8) {
+    *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(in);
+  } else if constexpr (kBytes == 4) {
+    *reinterpret_cast<uint32_t*>(p) = *reinterpret_cast<const uint32_t*>(in);
+  } else {
+#pragma unroll
+    for (int i = 0; i < E; ++i) p[i] = in[i];
+  }
+}
+
 // Element strides (the last dimension is contiguous everywhere).
 struct Params {
   const void* q;  // [B, nkv, g, hd]
@@ -84,7 +108,46 @@ struct Params {
   float* part;       // [B, nkv, g, splits, hd] partial sums (splits > 1)
   float2* part_ml;   // [B, nkv, g, splits] (max, sum), base 2 (splits > 1)
   void* out;         // [B, nkv, g, hd] (splits == 1)
+  // q and k_new raw (DecodeAttentionInputs::qk_norm_rope): the per-head
+  // norm's weights [hd] and this step's rope rows [B or 1, hd] (cos_sb 0
+  // when shared). q_weight == nullptr: q and k_new are used as they are.
+  const void* q_weight;
+  const void* k_weight;
+  const void* cos;
+  const void* sin;
+  int64_t cos_sb;
+  float eps, offset;
 };
+
+// One head row in a warp (lane l holds elements l E .. l E + E - 1 in x):
+// RMSNorm with weight (offset + w), then the rotary embedding (rotate_half:
+// the partner of element d < hd / 2 is d + hd / 2, i.e. lane l ^ 16), then
+// rounded to T, as FusedNormRope computes it (up to the order of the sum of
+// squares).
+template <typename T, int E>
+__device__ __forceinline__ void NormRopeRow(float (&x)[E], const Params& p,
+                                            const T* w, const T* cos,
+                                            const T* sin, int lane) {
+  alignas(16) T wr[E];
+  alignas(16) T cr[E];
+  alignas(16) T sr[E];
+  LoadRow<T, E>(w + lane * E, wr);
+  LoadRow<T, E>(cos + lane * E, cr);
+  LoadRow<T, E>(sin + lane * E, sr);
+  float ss = 0.f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) ss += x[e] * x[e];
+  const float r = rsqrtf(WarpSum(ss) / static_cast<float>(32 * E) + p.eps);
+  const bool upper = lane >= 16;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const float a = x[e] * (r * (p.offset + ToFloat(wr[e])));
+    const float partner = __shfl_xor_sync(0xffffffffu, a, 16);
+    const float c = ToFloat(cr[e]), sn = ToFloat(sr[e]);
+    const float y = upper ? a * c + partner * sn : a * c - partner * sn;
+    x[e] = ToFloat(FromFloat<T>(y));
+  }
+}
 
 // Keys a warp loads at once: more loads in flight, bounded registers.
 template <typename T, int E>
@@ -116,14 +179,9 @@ __global__ void __launch_bounds__(kThreads)
   T* vc = static_cast<T*>(p.v_cache) + row * p.capacity * kHd;
   const T* kn = static_cast<const T*>(p.k_new) + b * p.kn_sb + kvh * p.kn_sh;
   const T* vn = static_cast<const T*>(p.v_new) + b * p.vn_sb + kvh * p.vn_sh;
-  if (split == 0 && pass == 0) {
-    // The cache write Update would do; nobody reads this slot from the cache
-    // in this kernel (see below).
-    for (int d = threadIdx.x; d < kHd; d += kThreads) {
-      kc[index * kHd + d] = kn[d];
-      vc[index * kHd + d] = vn[d];
-    }
-  }
+  const bool fold = p.q_weight != nullptr;
+  const T* cos = fold ? static_cast<const T*>(p.cos) + b * p.cos_sb : nullptr;
+  const T* sin = fold ? static_cast<const T*>(p.sin) + b * p.cos_sb : nullptr;
 
   // This block's keys: chunk `split` of the valid range [lo, index].
   const int64_t lo =
@@ -132,6 +190,30 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t chunk = (n + p.splits - 1) / p.splits;
   const int64_t begin = lo + split * chunk;
   const int64_t end = min(index + 1, begin + chunk);  // exclusive
+
+  // The block whose keys include slot `index` takes this step's key and
+  // value from k_new / v_new (normed and rotated here when folded; every
+  // warp keeps the row) and, in pass 0, writes them to the cache: the write
+  // Update would do. No other block reads that slot, so it races with none.
+  alignas(16) T knew[E];
+  if (begin <= index && index < end) {
+    LoadRow<T, E>(kn + lane * E, knew);
+    if (fold) {
+      float kf[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) kf[e] = ToFloat(knew[e]);
+      NormRopeRow<T, E>(kf, p, static_cast<const T*>(p.k_weight), cos, sin,
+                        lane);
+#pragma unroll
+      for (int e = 0; e < E; ++e) knew[e] = FromFloat<T>(kf[e]);
+    }
+    if (pass == 0 && warp == 0) {
+      alignas(16) T vnew[E];
+      LoadRow<T, E>(vn + lane * E, vnew);
+      StoreRow<T, E>(knew, kc + index * kHd + lane * E);
+      StoreRow<T, E>(vnew, vc + index * kHd + lane * E);
+    }
+  }
 
   float q[GC][E];
 #pragma unroll
@@ -143,8 +225,14 @@ __global__ void __launch_bounds__(kThreads)
       LoadRow<T, E>(qp, raw);
     }
 #pragma unroll
-    for (int e = 0; e < E; ++e)
-      q[h][e] = h < gn ? ToFloat(raw[e]) * p.scale_log2 : 0.f;
+    for (int e = 0; e < E; ++e) q[h][e] = h < gn ? ToFloat(raw[e]) : 0.f;
+    // h < gn is the same for the whole warp (the shuffles need every lane).
+    if (fold && h < gn) {
+      NormRopeRow<T, E>(q[h], p, static_cast<const T*>(p.q_weight), cos, sin,
+                        lane);
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) q[h][e] *= p.scale_log2;
   }
 
   float m[GC], l[GC], acc[GC][E];
@@ -166,11 +254,14 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t j = j0 + u;
       valid[u] = j < end && pad[j * p.pad_sj] != 0;
       if (valid[u]) {
-        // Slot `index` is being written by another block: read the new row.
-        const T* kp = j == index ? kn : kc + j * kHd;
-        const T* vp = j == index ? vn : vc + j * kHd;
-        LoadRow<T, E>(kp + lane * E, kr[u]);
-        LoadRow<T, E>(vp + lane * E, vr[u]);
+        // Slot `index` may not be written yet: this step's row instead.
+        if (j == index) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) kr[u][e] = knew[e];
+        } else {
+          LoadRow<T, E>(kc + j * kHd + lane * E, kr[u]);
+        }
+        LoadRow<T, E>((j == index ? vn : vc + j * kHd) + lane * E, vr[u]);
       }
     }
     // valid[] is the same for the whole warp: no divergence below.
@@ -427,6 +518,29 @@ std::string DecodeAttentionRejects(const DecodeAttentionInputs& in) {
     return c10::str("padding must be a [", b, ", ", c, "] int64 on q's device");
   }
   if (in.window < 0) return "window must be >= 0";
+  if (in.q_norm_weight.defined()) {
+    for (const at::Tensor* w : {&in.q_norm_weight, &in.k_norm_weight}) {
+      if (!w->defined() || w->dim() != 1 || w->size(0) != hd ||
+          !w->is_contiguous() || w->scalar_type() != dtype ||
+          w->device() != q.device() || !Aligned(*w, vec, {})) {
+        return c10::str("the q/k norm weights must be contiguous [", hd,
+                        "] in q's dtype and device");
+      }
+    }
+    for (const at::Tensor* t : {&in.cos, &in.sin}) {
+      if (!t->defined() || t->dim() != 3 ||
+          (t->size(0) != 1 && t->size(0) != b) || t->size(1) != 1 ||
+          t->size(2) != hd || t->stride(2) != 1 || t->scalar_type() != dtype ||
+          t->device() != q.device() || !Aligned(*t, vec, {0})) {
+        return c10::str("cos and sin must be [1 or ", b, ", 1, ", hd,
+                        "] in q's dtype and device, hd contiguous");
+      }
+    }
+    if (in.cos.sizes() != in.sin.sizes() ||
+        in.cos.stride(0) != in.sin.stride(0)) {
+      return "cos and sin must have one shape and layout";
+    }
+  }
   if (nkv * CeilDiv(q.size(2), HeadsPerPass(hd, q.size(2))) >= 65536 ||
       b >= 65536) {
     return c10::str("grid too large (B ", b, ", nkv ", nkv, ")");
@@ -500,6 +614,14 @@ at::Tensor DecodeAttention(const DecodeAttentionInputs& in) {
   p.part_ml = splits > 1 ? reinterpret_cast<float2*>(part_ml.data_ptr<float>())
                          : nullptr;
   p.out = out.data_ptr();
+  const bool fold = in.q_norm_weight.defined();
+  p.q_weight = fold ? in.q_norm_weight.data_ptr() : nullptr;
+  p.k_weight = fold ? in.k_norm_weight.data_ptr() : nullptr;
+  p.cos = fold ? in.cos.data_ptr() : nullptr;
+  p.sin = fold ? in.sin.data_ptr() : nullptr;
+  p.cos_sb = fold && in.cos.size(0) > 1 ? in.cos.stride(0) : 0;
+  p.eps = static_cast<float>(in.norm_eps);
+  p.offset = static_cast<float>(in.norm_offset);
 
   const dim3 grid(static_cast<unsigned>(splits),
                   static_cast<unsigned>(nkv * passes),

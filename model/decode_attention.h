@@ -44,6 +44,16 @@ struct DecodeAttentionInputs {
   at::Tensor padding;  // [B, C] int64: nonzero for the slots of real tokens
   int64_t window = 0;  // > 0: keys j > index - window only (sliding layers)
   double scale = 1.0;  // scores = q . k * scale
+  // Optional, Gemma 3's q/k norm and rotary embedding folded in: when
+  // q_norm_weight is defined, q and k_new are the projection's raw rows and
+  // the kernel first computes, per head row x,
+  //   rope(x * rsqrt(mean(x^2) + norm_eps) * (norm_offset + w), cos, sin)
+  // rounded to q's dtype (FusedNormRope's result, up to the order of the sum
+  // of squares), and writes that key to the cache. Weights [hd] contiguous;
+  // cos, sin this step's rows [B or 1, 1, hd] (hd contiguous); all in q's
+  // dtype and on its device.
+  at::Tensor q_norm_weight, k_norm_weight, cos, sin;
+  double norm_eps = 1e-6, norm_offset = 1.0;
 };
 
 namespace fused_cuda {

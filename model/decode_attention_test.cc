@@ -150,6 +150,96 @@ TEST_F(DecodeAttentionCudaTest, MatchesTheAtenStepAndWritesOnlyItsSlot) {
   }
 }
 
+// Gemma 3's q/k norm (weight 1 + w) and rotary embedding in ATen fp32,
+// rounded to x's dtype: x [B, nkv, rows, hd], cos/sin [B or 1, 1, hd].
+torch::Tensor NormRopeReference(const torch::Tensor& x, const torch::Tensor& w,
+                                const torch::Tensor& cos,
+                                const torch::Tensor& sin, double eps) {
+  const int64_t hd = x.size(-1);
+  torch::Tensor f = x.to(torch::kFloat);
+  f = f * torch::rsqrt(f.pow(2).mean(-1, true) + eps) *
+      (1.0 + w.to(torch::kFloat));
+  torch::Tensor rotated =
+      torch::cat({-f.narrow(-1, hd / 2, hd / 2), f.narrow(-1, 0, hd / 2)}, -1);
+  const auto c = cos.to(torch::kFloat).unsqueeze(1);  // [B or 1, 1, 1, hd]
+  const auto s = sin.to(torch::kFloat).unsqueeze(1);
+  return (f * c + rotated * s).to(x.scalar_type());
+}
+
+TEST_F(DecodeAttentionCudaTest, FoldedNormRopeMatchesTheAtenNormRopeThenStep) {
+  const double eps = 1e-6;
+  for (int64_t hd : {64, 128, 256, 512}) {
+    for (int64_t g : {1, 2}) {
+      for (int64_t cos_rows : {1, 2}) {
+        for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+          const int64_t c = 300, index = 170;
+          const std::string where =
+              "hd " + std::to_string(hd) + " g " + std::to_string(g) +
+              " cos rows " + std::to_string(cos_rows) +
+              (dtype == torch::kFloat ? " fp32" : " bf16");
+          Step s = MakeStep(2, 2, g, hd, c, index, 100, dtype, kCuda);
+          auto opts = torch::TensorOptions(kCuda).dtype(dtype);
+          // Raw projection rows with a large spread, as before a norm.
+          s.in.q.mul_(3.0);
+          s.in.k_new.mul_(3.0);
+          const torch::Tensor qw = torch::randn({hd}, opts) * 0.3;
+          const torch::Tensor kw = torch::randn({hd}, opts) * 0.3;
+          torch::Tensor angle =
+              torch::rand({cos_rows, 1, hd / 2}, opts.dtype(torch::kFloat)) *
+              40.0;
+          angle = torch::cat({angle, angle}, -1);
+          const torch::Tensor cos = angle.cos().to(dtype);
+          const torch::Tensor sin = angle.sin().to(dtype);
+          // The reference: norm + rope in ATen, then the ATen step.
+          Step r = s;
+          r.in.q = NormRopeReference(s.in.q, qw, cos, sin, eps);
+          r.in.k_new = NormRopeReference(s.in.k_new, kw, cos, sin, eps);
+          const torch::Tensor ref = Reference(r);
+          PoisonUnreadSlots(s);
+          s.in.q_norm_weight = qw;
+          s.in.k_norm_weight = kw;
+          s.in.cos = cos;
+          s.in.sin = sin;
+          s.in.norm_eps = eps;
+          ASSERT_TRUE(FusedDecodeAttentionApplies(s.in)) << where;
+          const torch::Tensor out = FusedDecodeAttention(s.in);
+          const double tol = dtype == torch::kFloat ? 1e-5 : 2e-2;
+          EXPECT_LT(Rel(out, ref), tol) << where;
+          // The cache holds the normed, rotated key (one rounding apart at
+          // most) and the raw value; no other slot moved.
+          EXPECT_LT(Rel(s.in.k_cache.narrow(2, index, 1), r.in.k_new), tol)
+              << where;
+          EXPECT_TRUE(torch::equal(s.in.v_cache.narrow(2, index, 1),
+                                   s.in.v_new))
+              << where;
+          for (const auto& [now, before] :
+               {std::pair{s.in.k_cache, s.k_before},
+                std::pair{s.in.v_cache, s.v_before}}) {
+            torch::Tensor a = now.clone(), b = before.clone();
+            a.narrow(2, index, 1).zero_();
+            b.narrow(2, index, 1).zero_();
+            EXPECT_TRUE(torch::allclose(a, b, 0, 0, true)) << where;
+          }
+        }
+      }
+    }
+  }
+  // What it rejects: a weight of the wrong size; cos/sin of two rows for a
+  // batch of one.
+  Step s = MakeStep(1, 2, 2, 128, 40, 10, 0, torch::kBFloat16, kCuda);
+  auto opts = torch::TensorOptions(kCuda).dtype(torch::kBFloat16);
+  s.in.q_norm_weight = torch::zeros({128}, opts);
+  s.in.k_norm_weight = torch::zeros({64}, opts);
+  s.in.cos = torch::ones({1, 1, 128}, opts);
+  s.in.sin = torch::zeros({1, 1, 128}, opts);
+  EXPECT_FALSE(FusedDecodeAttentionApplies(s.in));
+  s.in.k_norm_weight = torch::zeros({128}, opts);
+  EXPECT_TRUE(FusedDecodeAttentionApplies(s.in));
+  s.in.cos = torch::ones({2, 1, 128}, opts);
+  s.in.sin = torch::zeros({2, 1, 128}, opts);
+  EXPECT_FALSE(FusedDecodeAttentionApplies(s.in));
+}
+
 TEST_F(DecodeAttentionCudaTest, HalfAndBatchOfOne) {
   for (int64_t index : {int64_t{0}, int64_t{700}, int64_t{1023}}) {
     Step s = MakeStep(1, 4, 2, 256, 1024, index, 512, torch::kHalf, kCuda);
