@@ -36,18 +36,19 @@ absl::StatusOr<std::pair<int, int>> Gemma4ResizeTarget(
                      " image to a non-empty multiple of ", side));
   }
   const int max_side = static_cast<int>(max_patches / k2) * side;
+  // A thin image: one block on its short side, floor(long / short) blocks on
+  // its long side (at most max_side).
+  const auto along = [&](int long_side, int short_side) {
+    const double blocks =
+        std::floor(static_cast<double>(long_side) / short_side);
+    return std::min(static_cast<int>(blocks) * side, max_side);
+  };
   if (th == 0) {
     th = side;
-    tw = std::min(
-        static_cast<int>(std::floor(static_cast<double>(width) / height)) *
-            side,
-        max_side);
+    tw = along(width, height);
   } else if (tw == 0) {
     tw = side;
-    th = std::min(
-        static_cast<int>(std::floor(static_cast<double>(height) / width)) *
-            side,
-        max_side);
+    th = along(height, width);
   }
   if (static_cast<double>(th) * tw > target_px) {
     return absl::InvalidArgumentError(
@@ -86,8 +87,7 @@ absl::StatusOr<Gemma4ImagePatches> Gemma4PreprocessImage(
   const int ps = o.patch_size;
   out.height = th;
   out.width = tw;
-  out.max_patches =
-      o.max_soft_tokens * o.pooling_kernel_size * o.pooling_kernel_size;
+  out.max_patches = Gemma4MaxPatches(o);
   out.patch_dim = 3 * ps * ps;
   const int ph = th / ps, pw = tw / ps;
   out.num_soft_tokens =

@@ -116,30 +116,20 @@ RgbImage Crop(const RgbImage& image, int y, int x, int h, int w) {
 std::vector<RgbImage> PanAndScanCrops(const RgbImage& image,
                                       const ImageOptions& o) {
   const int height = image.height, width = image.width;
-  int crops_w = 1, crops_h = 1;
-  if (width >= height) {
-    if (static_cast<double>(width) / height <
-        o.pan_and_scan_min_ratio_to_activate)
-      return {};
-    crops_w =
-        static_cast<int>(std::floor(static_cast<double>(width) / height + 0.5));
-    crops_w =
-        std::min(static_cast<int>(std::floor(static_cast<double>(width) /
-                                             o.pan_and_scan_min_crop_size)),
-                 crops_w);
-    crops_w = std::min(o.pan_and_scan_max_num_crops, std::max(2, crops_w));
-  } else {
-    if (static_cast<double>(height) / width <
-        o.pan_and_scan_min_ratio_to_activate)
-      return {};
-    crops_h =
-        static_cast<int>(std::floor(static_cast<double>(height) / width + 0.5));
-    crops_h =
-        std::min(static_cast<int>(std::floor(static_cast<double>(height) /
-                                             o.pan_and_scan_min_crop_size)),
-                 crops_h);
-    crops_h = std::min(o.pan_and_scan_max_num_crops, std::max(2, crops_h));
-  }
+  // Crops go along the long side only.
+  const bool wide = width >= height;
+  const int long_side = wide ? width : height,
+            short_side = wide ? height : width;
+  const double ratio = static_cast<double>(long_side) / short_side;
+  if (ratio < o.pan_and_scan_min_ratio_to_activate) return {};
+  // The rounded aspect ratio, at most long_side / min_crop_size, clamped to
+  // [2, max_num_crops].
+  int n = static_cast<int>(std::floor(ratio + 0.5));
+  n = std::min(static_cast<int>(std::floor(static_cast<double>(long_side) /
+                                           o.pan_and_scan_min_crop_size)),
+               n);
+  n = std::min(o.pan_and_scan_max_num_crops, std::max(2, n));
+  const int crops_w = wide ? n : 1, crops_h = wide ? 1 : n;
   const int crop_w =
       static_cast<int>(std::ceil(static_cast<double>(width) / crops_w));
   const int crop_h =
