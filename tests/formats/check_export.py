@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from hf_tensors import first_difference, load_tensors
+from hf_tensors import check_same_tensors
 
 
 def fail(msg):
@@ -29,10 +29,7 @@ def fail(msg):
 
 def main():
     orig, exp = sys.argv[1], sys.argv[2]
-    a = load_tensors(orig)
-    mismatch = first_difference(a, load_tensors(exp))
-    if mismatch:
-        fail(mismatch)
+    n = check_same_tensors(orig, exp, fail)
 
     records = []
 
@@ -76,7 +73,7 @@ def main():
         fail("original logits are not finite")
     if not torch.equal(la, lb):
         fail(f"logits differ: max abs diff {(la.float() - lb.float()).abs().max().item()}")
-    print(f"check_export: OK ({len(a)} tensors, logits {list(la.shape)} equal)")
+    print(f"check_export: OK ({n} tensors, logits {list(la.shape)} equal)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import torch
 from transformers import Gemma4ForCausalLM, Gemma4ForConditionalGeneration
 
-from hf_tensors import first_difference, load_tensors
+from hf_tensors import check_same_tensors
 
 
 def fail(msg):
@@ -29,10 +29,7 @@ def fail(msg):
 
 def main():
     orig, exported = sys.argv[1], sys.argv[2]
-    a = load_tensors(orig)
-    mismatch = first_difference(a, load_tensors(exported))
-    if mismatch:
-        fail(mismatch)
+    n = check_same_tensors(orig, exported, fail)
     vl = json.load(open(os.path.join(exported, "config.json"))).get(
         "model_type") == "gemma4"
     cls = Gemma4ForConditionalGeneration if vl else Gemma4ForCausalLM
@@ -50,7 +47,7 @@ def main():
     diff = (l0 - l1).abs().max().item()
     if diff > 1e-5:
         fail(f"logits differ by {diff}")
-    print(f"check_export_gemma4: OK ({cls.__name__}, {len(a)} tensors, "
+    print(f"check_export_gemma4: OK ({cls.__name__}, {n} tensors, "
           f"max logit diff {diff})")
 
 

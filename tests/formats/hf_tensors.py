@@ -40,3 +40,13 @@ def first_difference(a, b):
         if not torch.equal(_bytes(x), _bytes(y)):
             return f"{k}: bytes differ"
     return None
+
+
+def check_same_tensors(original, exported, fail):
+    """Calls fail(message) unless the folders hold the same tensors bit for bit
+    (see first_difference); returns how many tensors original holds."""
+    a = load_tensors(original)
+    mismatch = first_difference(a, load_tensors(exported))
+    if mismatch:
+        fail(mismatch)
+    return len(a)
