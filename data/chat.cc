@@ -1,5 +1,6 @@
 #include "data/chat.h"
 
+#include <algorithm>
 #include <string_view>
 
 #include "absl/strings/ascii.h"
@@ -35,12 +36,27 @@ std::string Trim(const std::string& s) {
   return std::string(absl::StripAsciiWhitespace(s));
 }
 
-std::string ImageSequence(int n) {
-  std::string out = absl::StrCat("\n\n", kStartOfImage);
-  out.reserve(out.size() + n * (sizeof(kImageSoftToken) - 1) + 32);
-  for (int i = 0; i < n; ++i) out += kImageSoftToken;
-  absl::StrAppend(&out, kEndOfImage, "\n\n");
+// One image in the rendered text: "\n\n", `open`, n times `token`, `close`,
+// "\n\n".
+std::string ImageRun(std::string_view open, std::string_view token,
+                     std::string_view close, int n) {
+  std::string out;
+  out.reserve(open.size() + close.size() + 4 +
+              static_cast<size_t>(std::max(n, 0)) * token.size());
+  out.append("\n\n").append(open);
+  for (int i = 0; i < n; ++i) out.append(token);
+  out.append(close).append("\n\n");
   return out;
+}
+
+// Gemma 3: <start_of_image>, n soft tokens, <end_of_image>.
+std::string ImageSequence(int n) {
+  return ImageRun(kStartOfImage, kImageSoftToken, kEndOfImage, n);
+}
+
+// Gemma 4: <|image>, n placeholders, <image|>.
+std::string Gemma4ImageSequence(int n) {
+  return ImageRun(kImageOpen, kImagePlaceholder, kImageClose, n);
 }
 
 std::string ExpandedImage(int tokens, int crops) {
@@ -74,12 +90,13 @@ std::string StripThoughts(const std::string& s) {
   return Trim(kept);
 }
 
-std::string Gemma4ImageSequence(int n) {
-  std::string out = absl::StrCat("\n\n", kImageOpen);
-  out.reserve(out.size() + n * (sizeof(kImagePlaceholder) - 1) + 16);
-  for (int i = 0; i < n; ++i) out += kImagePlaceholder;
-  absl::StrAppend(&out, kImageClose, "\n\n");
-  return out;
+// Ends a turn whose content began at content_begin: the `close` marker, then
+// "\n". A model turn's content and close marker are a label span.
+void CloseTurn(std::string_view close, bool is_model, size_t content_begin,
+               RenderedChat* out) {
+  out->text += close;
+  if (is_model) out->label_spans.emplace_back(content_begin, out->text.size());
+  out->text += "\n";
 }
 
 std::string Where(const Conversation& conv) {
@@ -137,9 +154,7 @@ absl::StatusOr<RenderedChat> RenderGemma4(
       }
       out.text += Gemma4ImageSequence(n);
     }
-    out.text += kTurnClose;
-    if (is_model) out.label_spans.emplace_back(content_begin, out.text.size());
-    out.text += "\n";
+    CloseTurn(kTurnClose, is_model, content_begin, &out);
   }
   if (options.add_generation_prompt)
     absl::StrAppend(&out.text, kTurnOpen,
@@ -192,9 +207,7 @@ absl::StatusOr<RenderedChat> RenderGemma3(
         ++image_index;
       }
     }
-    out.text += kEndOfTurn;
-    if (is_model) out.label_spans.emplace_back(content_begin, out.text.size());
-    out.text += "\n";
+    CloseTurn(kEndOfTurn, is_model, content_begin, &out);
   }
   if (options.add_generation_prompt)
     absl::StrAppend(&out.text, kStartOfTurn, "model\n");

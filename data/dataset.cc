@@ -23,28 +23,39 @@ std::string ResolvePath(const std::string& base_dir, const std::string& p) {
   return (fs::path(base_dir) / p).lexically_normal().string();
 }
 
+// InvalidArgument "<what> is not an object" unless v is one.
+absl::Status CheckObject(const json& v, const std::string& what) {
+  if (v.is_object()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, " is not an object"));
+}
+
+// obj[key] when it is a string, else InvalidArgument "<what> has no string
+// \"<key>\"". obj is an object.
+absl::StatusOr<std::string> StringField(const json& obj, const char* key,
+                                        const std::string& what) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || !it->is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has no string \"", key, "\""));
+  }
+  return it->get<std::string>();
+}
+
 absl::StatusOr<ContentPart> ParsePart(const json& part,
                                       const std::string& base_dir,
                                       const std::string& where) {
-  if (!part.is_object())
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": content item is not an object"));
-  const auto type = part.find("type");
-  if (type == part.end() || !type->is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": content item has no string \"type\""));
-  }
+  const std::string item = absl::StrCat(where, ": content item");
+  GEMMA_RETURN_IF_ERROR(CheckObject(part, item));
+  GEMMA_ASSIGN_OR_RETURN(const std::string type,
+                         StringField(part, "type", item));
   ContentPart out;
-  if (*type == "text") {
-    const auto text = part.find("text");
-    if (text == part.end() || !text->is_string()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": text item has no string \"text\""));
-    }
-    out.text = text->get<std::string>();
+  if (type == "text") {
+    GEMMA_ASSIGN_OR_RETURN(
+        out.text,
+        StringField(part, "text", absl::StrCat(where, ": text item")));
     return out;
   }
-  if (*type == "image") {
+  if (type == "image") {
     out.type = ContentPart::Type::kImage;
     for (const char* key : {"path", "image", "url"}) {
       const auto it = part.find(key);
@@ -59,9 +70,8 @@ absl::StatusOr<ContentPart> ParsePart(const json& part,
     }
     return out;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat(where, ": content item type \"", type->get<std::string>(),
-                   "\" is not text or image"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      where, ": content item type \"", type, "\" is not text or image"));
 }
 
 absl::Status CheckImages(const Conversation& conv) {
@@ -73,16 +83,43 @@ absl::Status CheckImages(const Conversation& conv) {
   return absl::OkStatus();
 }
 
-// Records a bad record: an error, or a counted skip.
-absl::Status Reject(const absl::Status& why, const ReadOptions& options,
-                    ReadStats* stats) {
-  if (!options.skip_bad) return why;
+// Appends a record read to `out` (counted as read), or handles a bad one: its
+// error, unless options.skip_bad (then a counted skip, its reason kept).
+absl::Status Keep(absl::StatusOr<Conversation> conv, const ReadOptions& options,
+                  ReadStats* stats, std::vector<Conversation>* out) {
+  if (conv.ok()) {
+    out->push_back(*std::move(conv));
+    if (stats != nullptr) ++stats->read;
+    return absl::OkStatus();
+  }
+  if (!options.skip_bad) return conv.status();
   if (stats != nullptr) {
     ++stats->skipped;
     if (stats->skip_reasons.size() < kMaxReasons)
-      stats->skip_reasons.emplace_back(why.message());
+      stats->skip_reasons.emplace_back(conv.status().message());
   }
   return absl::OkStatus();
+}
+
+// The records of a JSONL file, one per non-blank line: parse(line, where) with
+// where = "path:N", each kept or rejected by Keep. NotFound with `open_error`
+// when the file cannot be opened, DataLoss on a read error.
+template <typename Parse>
+absl::StatusOr<std::vector<Conversation>> ReadJsonlRecords(
+    const std::string& path, const std::string& open_error, Parse parse,
+    const ReadOptions& options, ReadStats* stats) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(open_error);
+  std::vector<Conversation> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = absl::StrCat(path, ":", n);
+    GEMMA_RETURN_IF_ERROR(Keep(parse(line, where), options, stats, &out));
+  }
+  if (in.bad())
+    return absl::DataLossError(absl::StrCat("error reading ", path));
+  return out;
 }
 
 void CollectTags(const json& v, std::set<std::string>* tags) {
@@ -134,48 +171,37 @@ absl::StatusOr<json> GtParse(const json& gt, const std::string& where) {
 absl::StatusOr<std::vector<Conversation>> ReadCordMetadata(
     const std::string& dir, const ReadOptions& options, ReadStats* stats) {
   const std::string path = (fs::path(dir) / "metadata.jsonl").string();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::vector<Conversation> out;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = absl::StrCat(path, ":", n);
-    absl::StatusOr<Conversation> conv = [&]() -> absl::StatusOr<Conversation> {
-      const json j = json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.is_object())
-        return absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"));
-      const auto file = j.find("file_name");
-      const auto gt = j.find("ground_truth");
-      if (file == j.end() || !file->is_string()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": no string \"file_name\""));
-      }
-      if (gt == j.end())
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": no \"ground_truth\""));
-      json parsed = *gt;
-      if (gt->is_string()) {
-        parsed = json::parse(gt->get<std::string>(), nullptr, false);
-        if (parsed.is_discarded()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, ": \"ground_truth\" is not valid JSON"));
-        }
-      }
-      GEMMA_ASSIGN_OR_RETURN(json gt_parse, GtParse(parsed, where));
-      Conversation c = CordConversation(
-          ResolvePath(dir, file->get<std::string>()), gt_parse, where);
-      if (options.check_images_exist) GEMMA_RETURN_IF_ERROR(CheckImages(c));
-      return c;
-    }();
-    if (!conv.ok()) {
-      GEMMA_RETURN_IF_ERROR(Reject(conv.status(), options, stats));
-      continue;
+  const auto parse =
+      [&](const std::string& line,
+          const std::string& where) -> absl::StatusOr<Conversation> {
+    const json j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"));
+    const auto file = j.find("file_name");
+    const auto gt = j.find("ground_truth");
+    if (file == j.end() || !file->is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": no string \"file_name\""));
     }
-    out.push_back(*std::move(conv));
-    if (stats != nullptr) ++stats->read;
-  }
-  return out;
+    if (gt == j.end())
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": no \"ground_truth\""));
+    json parsed = *gt;
+    if (gt->is_string()) {
+      parsed = json::parse(gt->get<std::string>(), nullptr, false);
+      if (parsed.is_discarded()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": \"ground_truth\" is not valid JSON"));
+      }
+    }
+    GEMMA_ASSIGN_OR_RETURN(json gt_parse, GtParse(parsed, where));
+    Conversation c = CordConversation(
+        ResolvePath(dir, file->get<std::string>()), gt_parse, where);
+    if (options.check_images_exist) GEMMA_RETURN_IF_ERROR(CheckImages(c));
+    return c;
+  };
+  return ReadJsonlRecords(path, absl::StrCat("cannot open ", path), parse,
+                          options, stats);
 }
 
 absl::StatusOr<std::vector<Conversation>> ReadCordFolders(
@@ -208,12 +234,7 @@ absl::StatusOr<std::vector<Conversation>> ReadCordFolders(
       }
       return CordConversation(image, gt_parse, where);
     }();
-    if (!conv.ok()) {
-      GEMMA_RETURN_IF_ERROR(Reject(conv.status(), options, stats));
-      continue;
-    }
-    out.push_back(*std::move(conv));
-    if (stats != nullptr) ++stats->read;
+    GEMMA_RETURN_IF_ERROR(Keep(std::move(conv), options, stats, &out));
   }
   return out;
 }
@@ -240,16 +261,9 @@ absl::StatusOr<Conversation> ParseConversationJson(const json& j,
   for (size_t i = 0; i < messages->size(); ++i) {
     const json& m = (*messages)[i];
     const std::string where = absl::StrCat(source, ": messages[", i, "]");
-    if (!m.is_object())
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, " is not an object"));
-    const auto role = m.find("role");
-    if (role == m.end() || !role->is_string()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, " has no string \"role\""));
-    }
+    GEMMA_RETURN_IF_ERROR(CheckObject(m, where));
     Message msg;
-    msg.role = role->get<std::string>();
+    GEMMA_ASSIGN_OR_RETURN(msg.role, StringField(m, "role", where));
     const auto content = m.find("content");
     if (content == m.end())
       return absl::InvalidArgumentError(
@@ -277,33 +291,20 @@ absl::StatusOr<Conversation> ParseConversationJson(const json& j,
 
 absl::StatusOr<std::vector<Conversation>> ReadJsonlConversations(
     const std::string& path, const ReadOptions& options, ReadStats* stats) {
-  std::ifstream in(path);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat("cannot open JSONL file ", path));
   const std::string base_dir = fs::path(path).parent_path().string();
-  std::vector<Conversation> out;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = absl::StrCat(path, ":", n);
+  const auto parse =
+      [&](const std::string& line,
+          const std::string& where) -> absl::StatusOr<Conversation> {
     const json j = json::parse(line, nullptr, false);
-    absl::StatusOr<Conversation> conv =
-        j.is_discarded()
-            ? absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"))
-            : ParseConversationJson(j, base_dir, where);
-    if (conv.ok() && options.check_images_exist) {
-      if (absl::Status s = CheckImages(*conv); !s.ok()) conv = s;
-    }
-    if (!conv.ok()) {
-      GEMMA_RETURN_IF_ERROR(Reject(conv.status(), options, stats));
-      continue;
-    }
-    out.push_back(*std::move(conv));
-    if (stats != nullptr) ++stats->read;
-  }
-  if (in.bad())
-    return absl::DataLossError(absl::StrCat("error reading ", path));
-  return out;
+    if (j.is_discarded())
+      return absl::InvalidArgumentError(absl::StrCat(where, ": bad JSON"));
+    GEMMA_ASSIGN_OR_RETURN(Conversation conv,
+                           ParseConversationJson(j, base_dir, where));
+    if (options.check_images_exist) GEMMA_RETURN_IF_ERROR(CheckImages(conv));
+    return conv;
+  };
+  return ReadJsonlRecords(path, absl::StrCat("cannot open JSONL file ", path),
+                          parse, options, stats);
 }
 
 std::string CordTarget(const json& value, bool reverse_keys) {

@@ -57,7 +57,8 @@ absl::StatusOr<std::pair<int, int>> Gemma4ResizeTarget(
     int height, int width, const Gemma4ImageOptions& options);
 
 // Like PIL's Image.resize((out_width, out_height), Image.BICUBIC) on 8-bit
-// RGB, bit for bit. Sizes >= 1.
+// RGB, bit for bit (PilResize with kPilBicubic, see data/pil_resample.h).
+// Sizes >= 1.
 RgbImage ResizeBicubicAntialiased(const RgbImage& image, int out_height,
                                   int out_width);
 

@@ -12,116 +12,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "data/pil_resample.h"
 
 namespace gemma {
 namespace {
-
-// PIL's fixed-point precision for 8-bit resampling (Resample.c).
-constexpr int kPrecisionBits = 32 - 8 - 2;
-
-// Per output position: the first input index, the number of taps, and the
-// fixed-point weights (row of `ksize`).
-struct Coefficients {
-  int ksize = 0;
-  std::vector<int> first;
-  std::vector<int> count;
-  std::vector<int32_t> weights;
-};
-
-double TriangleFilter(double x) {
-  x = std::fabs(x);
-  return x < 1.0 ? 1.0 - x : 0.0;
-}
-
-// The taps of a triangle filter of support 1 widened by the scale when
-// shrinking, normalised to sum 1, then rounded to fixed point (half away from
-// zero), exactly as PIL's precompute_coeffs + normalize_coeffs_8bpc do.
-Coefficients ComputeCoefficients(int in_size, int out_size) {
-  const double scale = static_cast<double>(in_size) / out_size;
-  const double filter_scale = std::max(scale, 1.0);
-  const double support = 1.0 * filter_scale;
-  Coefficients c;
-  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-  c.first.resize(out_size);
-  c.count.resize(out_size);
-  c.weights.assign(static_cast<size_t>(out_size) * c.ksize, 0);
-  std::vector<double> w(c.ksize);
-  for (int xx = 0; xx < out_size; ++xx) {
-    const double center = (xx + 0.5) * scale;
-    const double inv = 1.0 / filter_scale;
-    int xmin = static_cast<int>(center - support + 0.5);
-    if (xmin < 0) xmin = 0;
-    int xmax = static_cast<int>(center + support + 0.5);
-    if (xmax > in_size) xmax = in_size;
-    xmax -= xmin;
-    double total = 0.0;
-    for (int x = 0; x < xmax; ++x) {
-      w[x] = TriangleFilter((x + xmin - center + 0.5) * inv);
-      total += w[x];
-    }
-    for (int x = 0; x < xmax; ++x) {
-      if (total != 0.0) w[x] /= total;
-    }
-    for (int x = 0; x < xmax; ++x) {
-      const double v = w[x] * (1 << kPrecisionBits);
-      c.weights[static_cast<size_t>(xx) * c.ksize + x] =
-          static_cast<int32_t>(v < 0 ? -0.5 + v : 0.5 + v);
-    }
-    c.first[xx] = xmin;
-    c.count[xx] = xmax;
-  }
-  return c;
-}
-
-uint8_t Clip8(int32_t v) {
-  if (v >= (1 << kPrecisionBits << 8)) return 255;
-  if (v <= 0) return 0;
-  return static_cast<uint8_t>(v >> kPrecisionBits);
-}
-
-RgbImage ResampleHorizontal(const RgbImage& in, int out_width) {
-  const Coefficients c = ComputeCoefficients(in.width, out_width);
-  RgbImage out{
-      in.height, out_width,
-      std::vector<uint8_t>(static_cast<size_t>(in.height) * out_width * 3)};
-  for (int y = 0; y < in.height; ++y) {
-    const uint8_t* row = &in.pixels[static_cast<size_t>(y) * in.width * 3];
-    uint8_t* dst = &out.pixels[static_cast<size_t>(y) * out_width * 3];
-    for (int xx = 0; xx < out_width; ++xx) {
-      const int32_t* k = &c.weights[static_cast<size_t>(xx) * c.ksize];
-      int32_t s[3] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1),
-                      1 << (kPrecisionBits - 1)};
-      for (int x = 0; x < c.count[xx]; ++x) {
-        const uint8_t* p = row + (c.first[xx] + x) * 3;
-        s[0] += p[0] * k[x];
-        s[1] += p[1] * k[x];
-        s[2] += p[2] * k[x];
-      }
-      for (int ch = 0; ch < 3; ++ch) dst[xx * 3 + ch] = Clip8(s[ch]);
-    }
-  }
-  return out;
-}
-
-RgbImage ResampleVertical(const RgbImage& in, int out_height) {
-  const Coefficients c = ComputeCoefficients(in.height, out_height);
-  const size_t row_len = static_cast<size_t>(in.width) * 3;
-  RgbImage out{out_height, in.width,
-               std::vector<uint8_t>(out_height * row_len)};
-  std::vector<int32_t> acc(row_len);
-  for (int yy = 0; yy < out_height; ++yy) {
-    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
-    const int32_t* k = &c.weights[static_cast<size_t>(yy) * c.ksize];
-    for (int y = 0; y < c.count[yy]; ++y) {
-      const uint8_t* row = &in.pixels[(c.first[yy] + y) * row_len];
-      const int32_t w = k[y];
-      for (size_t i = 0; i < row_len; ++i) acc[i] += row[i] * w;
-    }
-    uint8_t* dst = &out.pixels[yy * row_len];
-    for (size_t i = 0; i < row_len; ++i) dst[i] = Clip8(acc[i]);
-  }
-  return out;
-}
 
 // PIL's conversions to 8-bit RGB for what OpenCV decoded (1 or 3 channels,
 // 8 or 16 bits): gray is replicated; 16-bit gray ("I;16") is clipped at 255
@@ -200,21 +94,7 @@ absl::StatusOr<RgbImage> DecodeImageFile(const std::string& path) {
 
 RgbImage ResizeBilinearAntialiased(const RgbImage& image, int out_height,
                                    int out_width) {
-  // Pillow 13 runs the vertical pass first when the height shrinks by more
-  // than twice what the width shrinks by, else horizontal first (older
-  // Pillow always went horizontal first). Each pass rounds to uint8, so the
-  // order shows in the last bit.
-  const int dh = image.height - out_height, dw = image.width - out_width;
-  const bool vertical_first = dh > 0 && dh > dw * 2;
-  RgbImage cur = image;
-  if (vertical_first) {
-    if (out_height != image.height) cur = ResampleVertical(cur, out_height);
-    if (out_width != image.width) cur = ResampleHorizontal(cur, out_width);
-  } else {
-    if (out_width != image.width) cur = ResampleHorizontal(cur, out_width);
-    if (out_height != image.height) cur = ResampleVertical(cur, out_height);
-  }
-  return cur;
+  return PilResize(image, out_height, out_width, kPilBilinear);
 }
 
 RgbImage Crop(const RgbImage& image, int y, int x, int h, int w) {
@@ -236,30 +116,20 @@ RgbImage Crop(const RgbImage& image, int y, int x, int h, int w) {
 std::vector<RgbImage> PanAndScanCrops(const RgbImage& image,
                                       const ImageOptions& o) {
   const int height = image.height, width = image.width;
-  int crops_w = 1, crops_h = 1;
-  if (width >= height) {
-    if (static_cast<double>(width) / height <
-        o.pan_and_scan_min_ratio_to_activate)
-      return {};
-    crops_w =
-        static_cast<int>(std::floor(static_cast<double>(width) / height + 0.5));
-    crops_w =
-        std::min(static_cast<int>(std::floor(static_cast<double>(width) /
-                                             o.pan_and_scan_min_crop_size)),
-                 crops_w);
-    crops_w = std::min(o.pan_and_scan_max_num_crops, std::max(2, crops_w));
-  } else {
-    if (static_cast<double>(height) / width <
-        o.pan_and_scan_min_ratio_to_activate)
-      return {};
-    crops_h =
-        static_cast<int>(std::floor(static_cast<double>(height) / width + 0.5));
-    crops_h =
-        std::min(static_cast<int>(std::floor(static_cast<double>(height) /
-                                             o.pan_and_scan_min_crop_size)),
-                 crops_h);
-    crops_h = std::min(o.pan_and_scan_max_num_crops, std::max(2, crops_h));
-  }
+  // Crops go along the long side only.
+  const bool wide = width >= height;
+  const int long_side = wide ? width : height,
+            short_side = wide ? height : width;
+  const double ratio = static_cast<double>(long_side) / short_side;
+  if (ratio < o.pan_and_scan_min_ratio_to_activate) return {};
+  // The rounded aspect ratio, at most long_side / min_crop_size, clamped to
+  // [2, max_num_crops].
+  int n = static_cast<int>(std::floor(ratio + 0.5));
+  n = std::min(static_cast<int>(std::floor(static_cast<double>(long_side) /
+                                           o.pan_and_scan_min_crop_size)),
+               n);
+  n = std::min(o.pan_and_scan_max_num_crops, std::max(2, n));
+  const int crops_w = wide ? n : 1, crops_h = wide ? 1 : n;
   const int crop_w =
       static_cast<int>(std::ceil(static_cast<double>(width) / crops_w));
   const int crop_h =

@@ -71,7 +71,8 @@ absl::StatusOr<RgbImage> DecodeImageBytes(const std::string& bytes,
                                           const std::string& name);
 
 // Resizes like PIL's Image.resize((out_width, out_height), Image.BILINEAR):
-// bit-identical output for 8-bit RGB. Sizes must be >= 1.
+// bit-identical output for 8-bit RGB (PilResize with kPilBilinear, see
+// data/pil_resample.h). Sizes must be >= 1.
 RgbImage ResizeBilinearAntialiased(const RgbImage& image, int out_height,
                                    int out_width);
 

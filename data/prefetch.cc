@@ -28,7 +28,9 @@ BatchPrefetcher::BatchPrefetcher(std::unique_ptr<DataLoader> loader, int depth,
   thread_ = std::thread([this] { Produce(); });
 }
 
-BatchPrefetcher::~BatchPrefetcher() {
+BatchPrefetcher::~BatchPrefetcher() { StopThread(); }
+
+void BatchPrefetcher::StopThread() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -38,13 +40,9 @@ BatchPrefetcher::~BatchPrefetcher() {
 }
 
 absl::StatusOr<std::unique_ptr<DataLoader>> BatchPrefetcher::Stop() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-  if (!loader_) return absl::FailedPreconditionError("prefetcher already stopped");
+  StopThread();
+  if (!loader_)
+    return absl::FailedPreconditionError("prefetcher already stopped");
   ready_.clear();
   absl::Status s = loader_->Seek(position_);
   if (!s.ok()) return s;

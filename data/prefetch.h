@@ -56,6 +56,9 @@ class BatchPrefetcher {
     LoaderPosition after;
   };
   void Produce();
+  // Tells the background thread to stop and waits for it (a no-op once it has
+  // ended).
+  void StopThread();
 
   std::unique_ptr<DataLoader> loader_;
   const size_t depth_;

@@ -15,13 +15,12 @@ import tempfile
 
 from transformers import GemmaTokenizer
 
+from reference_common import GEMMA3_SPECIAL_TOKENS, write_tokenizer_config
+
 model, texts_path, out_path = sys.argv[1:4]
 with tempfile.TemporaryDirectory() as d:
     shutil.copy(model, os.path.join(d, "tokenizer.model"))
-    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "GemmaTokenizer",
-                   "extra_special_tokens": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                            "image_token": "<image_soft_token>"}}, f)
+    write_tokenizer_config(d, GEMMA3_SPECIAL_TOKENS)
     tok = GemmaTokenizer.from_pretrained(d)
     with open(texts_path) as f:
         texts = json.load(f)

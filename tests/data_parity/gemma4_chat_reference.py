@@ -40,7 +40,6 @@ import os
 import sys
 
 import numpy as np
-import sentencepiece as spm
 from PIL import Image
 
 import transformers.models.gemma4.image_processing_pil_gemma4 as pil_gemma4
@@ -50,6 +49,9 @@ import transformers  # noqa: E402
 from transformers import GemmaTokenizer  # noqa: E402
 from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor  # noqa: E402
 from transformers.models.gemma4.processing_gemma4 import Gemma4Processor  # noqa: E402
+
+from reference_common import (image, image_paths, labels_for, text, train_tokenizer,  # noqa: E402
+                              write_tokenizer_config)
 
 
 class NoVideoProcessor(transformers.BaseVideoProcessor):
@@ -142,23 +144,14 @@ for _ in range(3000):
     if rng.random() < 0.3:
         s += f" {int(rng.integers(0, 99999))}.{int(rng.integers(0, 99)):02d}"
     lines.append(s)
-with open(os.path.join(out, "corpus.txt"), "w") as f:
-    f.write("\n".join(lines) + "\n")
 hf_dir = os.path.join(out, "hf")
 os.makedirs(hf_dir, exist_ok=True)
-spm.SentencePieceTrainer.train(
-    input=os.path.join(out, "corpus.txt"), model_prefix=os.path.join(hf_dir, "tokenizer"), vocab_size=600,
-    model_type="bpe", byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-    add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-    character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
-    bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=GEMMA4_PIECES, minloglevel=2)
+train_tokenizer(lines, os.path.join(out, "corpus.txt"), os.path.join(hf_dir, "tokenizer"), GEMMA4_PIECES)
 
 # 2. The HF tokenizer and processor.
-with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": False,
-               "extra_special_tokens": {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
-                                        "audio_token": "<|audio|>", "boa_token": "<|audio>",
-                                        "eoa_token": "<audio|>"}}, f)
+write_tokenizer_config(hf_dir, {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                                "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"},
+                       add_bos_token=False, add_eos_token=False)
 tokenizer = GemmaTokenizer.from_pretrained(hf_dir)
 processor = Gemma4Processor(Gemma4AudioFeatureExtractor(), pil_gemma4.Gemma4ImageProcessorPil(max_soft_tokens=BUDGET),
                             tokenizer, NoVideoProcessor(), chat_template=CHAT_TEMPLATE)
@@ -170,15 +163,6 @@ Image.fromarray(rng.integers(0, 256, (300, 1100, 3), dtype=np.uint8)).save(os.pa
 Image.fromarray(rng.integers(0, 256, (480, 360, 3), dtype=np.uint8)).save(os.path.join(out, "images/tall.jpg"),
                                                                           quality=92)
 Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(os.path.join(out, "images/small.png"))
-
-
-def text(t):
-    return {"type": "text", "text": t}
-
-
-def image(p):
-    return {"type": "image", "path": p}
-
 
 cases = [  # (conversation, add_generation_prompt)
     ({"messages": [{"role": "system", "content": "  You read receipts.\n"},
@@ -211,27 +195,6 @@ def hf_messages(messages):
             m = {"role": "system", "content": "".join(p["text"] for p in m["content"])}
         outm.append(m)
     return outm
-
-
-def labels_for(expanded, ids, offsets):
-    """Labels: ids on tokens starting inside a model turn's content or its
-    closing <turn|>, -100 elsewhere and on image soft tokens."""
-    spans = []
-    head, end_tag = "<|turn>model\n", "<turn|>"
-    pos = expanded.find(head)
-    while pos >= 0:
-        start = pos + len(head)
-        stop = expanded.find(end_tag, start)
-        if stop >= 0:
-            spans.append((start, stop + len(end_tag)))
-        pos = expanded.find(head, start)
-    return [tid if any(s <= b < e for s, e in spans) and tid != image_token_id else -100
-            for tid, (b, _) in zip(ids, offsets)]
-
-
-def image_paths(conv):
-    return [p["path"] for m in conv["messages"] if isinstance(m["content"], list)
-            for p in m["content"] if p["type"] == "image"]
 
 
 def save(name, arr, dtype):
@@ -267,7 +230,9 @@ with open(os.path.join(out, "conversations.jsonl"), "w") as f:
         assert enc["input_ids"] == ids, f"expanded text does not tokenize to the processor's ids, case {i}"
         assert types == [1 if t == image_token_id else 0 for t in ids]
         refs.append({"text": expanded, "input_ids": ids, "mm_token_type_ids": types,
-                     "labels": labels_for(expanded, ids, enc["offset_mapping"]), "num_soft_tokens": soft,
+                     "labels": labels_for(expanded, ids, enc["offset_mapping"], "<|turn>model\n", "<turn|>",
+                                          image_token_id),
+                     "num_soft_tokens": soft,
                      "add_generation_prompt": gen, "max_soft_tokens": BUDGET,
                      "pixel_shape": list(result["pixel_values"].shape) if images else []})
         texts.append(rendered)

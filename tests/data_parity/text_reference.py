@@ -26,9 +26,11 @@ import random
 import sys
 
 import numpy as np
-import sentencepiece as spm
 from PIL import Image
 from transformers import Gemma3ImageProcessorPil, Gemma3Processor, GemmaTokenizer
+
+from reference_common import (GEMMA3_SPECIAL_TOKENS, image, image_paths, labels_for, text, train_tokenizer,
+                              write_tokenizer_config)
 
 out = sys.argv[1]
 os.makedirs(os.path.join(out, "images"), exist_ok=True)
@@ -89,25 +91,15 @@ for _ in range(3000):
     if random.random() < 0.3:
         s += f" {random.randint(0, 99999)}.{random.randint(0, 99):02d}"
     lines.append(s)
-with open(os.path.join(out, "corpus.txt"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-spm.SentencePieceTrainer.train(
-    input=os.path.join(out, "corpus.txt"), model_prefix=os.path.join(out, "tokenizer"), vocab_size=600,
-    model_type="bpe", byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-    add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-    character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
-    bos_piece="<bos>", unk_piece="<unk>",
-    user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
-                          "<image_soft_token>"], minloglevel=2)
+train_tokenizer(lines, os.path.join(out, "corpus.txt"), os.path.join(out, "tokenizer"),
+                ["<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+                 "<image_soft_token>"])
 
 # 2. The HF tokenizer and processor.
 hf_dir = os.path.join(out, "hf")
 os.makedirs(hf_dir, exist_ok=True)
 os.replace(os.path.join(out, "tokenizer.model"), os.path.join(hf_dir, "tokenizer.model"))
-with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "GemmaTokenizer",
-               "extra_special_tokens": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                        "image_token": "<image_soft_token>"}}, f)
+write_tokenizer_config(hf_dir, GEMMA3_SPECIAL_TOKENS)
 tokenizer = GemmaTokenizer.from_pretrained(hf_dir)
 processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(), tokenizer=tokenizer,
                             chat_template=CHAT_TEMPLATE, image_seq_length=MM_TOKENS)
@@ -118,15 +110,6 @@ rng = np.random.default_rng(3)
 Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(os.path.join(out, "images/a.png"))
 Image.fromarray(rng.integers(0, 256, (31, 17, 3), dtype=np.uint8)).save(os.path.join(out, "images/b.jpg"))
 Image.fromarray(rng.integers(0, 256, (300, 1100, 3), dtype=np.uint8)).save(os.path.join(out, "images/wide.png"))
-
-
-def text(t):
-    return {"type": "text", "text": t}
-
-
-def image(p):
-    return {"type": "image", "path": p}
-
 
 cases = [
     ({"messages": [{"role": "system", "content": "You read receipts."},
@@ -149,34 +132,12 @@ cases = [
                    {"role": "assistant", "content": [text("store tea 4.20")]}]}, False, True),
 ]
 
-
-def labels_for(expanded, ids, offsets):
-    """Labels: ids on tokens starting inside an assistant turn's content or its
-    closing <end_of_turn>, -100 elsewhere and on image soft tokens."""
-    spans = []
-    head, end_tag = "<start_of_turn>model\n", "<end_of_turn>"
-    pos = expanded.find(head)
-    while pos >= 0:
-        start = pos + len(head)
-        stop = expanded.find(end_tag, start)
-        if stop >= 0:
-            spans.append((start, stop + len(end_tag)))
-        pos = expanded.find(head, start)
-    out_labels = []
-    for tid, (b, _) in zip(ids, offsets):
-        inside = any(s <= b < e for s, e in spans)
-        out_labels.append(tid if inside and tid != image_token_id else -100)
-    return out_labels
-
-
 refs = []
 with open(os.path.join(out, "conversations.jsonl"), "w") as f:
     for conv, gen, pas in cases:
         f.write(json.dumps(conv, ensure_ascii=False) + "\n")
         rendered = processor.apply_chat_template(conv["messages"], tokenize=False, add_generation_prompt=gen)
-        paths = [p["path"] for m in conv["messages"] if isinstance(m["content"], list)
-                 for p in m["content"] if p["type"] == "image"]
-        images = [Image.open(os.path.join(out, p)).convert("RGB") for p in paths]
+        images = [Image.open(os.path.join(out, p)).convert("RGB") for p in image_paths(conv)]
         kwargs = {"do_pan_and_scan": True} if pas else {}
         result = processor(text=[rendered], images=[images] if images else None, **kwargs)
         ids = list(result["input_ids"][0])
@@ -194,7 +155,9 @@ with open(os.path.join(out, "conversations.jsonl"), "w") as f:
         enc = tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
         assert enc["input_ids"] == ids, "expanded text does not tokenize to the processor's ids"
         refs.append({"input_ids": ids, "token_type_ids": token_types,
-                     "labels": labels_for(expanded, ids, enc["offset_mapping"]), "num_crops": num_crops,
+                     "labels": labels_for(expanded, ids, enc["offset_mapping"], "<start_of_turn>model\n",
+                                          "<end_of_turn>", image_token_id),
+                     "num_crops": num_crops,
                      "add_generation_prompt": gen, "pan_and_scan": pas, "mm_tokens_per_image": MM_TOKENS,
                      "text": expanded})
 with open(os.path.join(out, "reference.json"), "w") as f:

@@ -11,29 +11,15 @@
    (with an image for VL models).
 Exits non-zero with a message on the first failure.
 """
-import json
 import logging
-import os
 import sys
 import warnings
 
 import torch
-from safetensors import safe_open
 from transformers import AutoConfig, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-
-def tensors(folder):
-    index = os.path.join(folder, "model.safetensors.index.json")
-    files = (sorted(set(json.load(open(index))["weight_map"].values()))
-             if os.path.exists(index) else ["model.safetensors"])
-    out = {}
-    for f in files:
-        with safe_open(os.path.join(folder, f), "pt") as h:
-            for k in h.keys():
-                assert k not in out, f"{k} twice"
-                out[k] = h.get_tensor(k)
-    return out
+from hf_tensors import check_same_tensors
 
 
 def fail(msg):
@@ -43,16 +29,7 @@ def fail(msg):
 
 def main():
     orig, exp = sys.argv[1], sys.argv[2]
-    a, b = tensors(orig), tensors(exp)
-    if set(a) != set(b):
-        fail(f"key sets differ: only original {sorted(set(a) - set(b))[:5]}, "
-             f"only export {sorted(set(b) - set(a))[:5]}")
-    for k in a:
-        x, y = a[k], b[k]
-        if x.dtype != y.dtype or x.shape != y.shape:
-            fail(f"{k}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}")
-        if not torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8)):
-            fail(f"{k}: bytes differ")
+    n = check_same_tensors(orig, exp, fail)
 
     records = []
 
@@ -96,7 +73,7 @@ def main():
         fail("original logits are not finite")
     if not torch.equal(la, lb):
         fail(f"logits differ: max abs diff {(la.float() - lb.float()).abs().max().item()}")
-    print(f"check_export: OK ({len(a)} tensors, logits {list(la.shape)} equal)")
+    print(f"check_export: OK ({n} tensors, logits {list(la.shape)} equal)")
 
 
 if __name__ == "__main__":

@@ -17,20 +17,9 @@ import os
 import sys
 
 import torch
-from safetensors import safe_open
 from transformers import Gemma4ForCausalLM, Gemma4ForConditionalGeneration
 
-
-def tensors(folder):
-    index = os.path.join(folder, "model.safetensors.index.json")
-    files = (sorted(set(json.load(open(index))["weight_map"].values()))
-             if os.path.exists(index) else ["model.safetensors"])
-    out = {}
-    for f in files:
-        with safe_open(os.path.join(folder, f), "pt") as st:
-            for k in st.keys():
-                out[k] = st.get_tensor(k)
-    return out
+from hf_tensors import check_same_tensors
 
 
 def fail(msg):
@@ -40,16 +29,7 @@ def fail(msg):
 
 def main():
     orig, exported = sys.argv[1], sys.argv[2]
-    a, b = tensors(orig), tensors(exported)
-    if set(a) != set(b):
-        fail(f"names differ: only in original {sorted(set(a) - set(b))[:5]}, "
-             f"only in export {sorted(set(b) - set(a))[:5]}")
-    for k in a:
-        if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape:
-            fail(f"{k}: dtype/shape differ")
-        if not torch.equal(a[k].view(torch.uint8) if a[k].dim() else a[k],
-                           b[k].view(torch.uint8) if b[k].dim() else b[k]):
-            fail(f"{k}: bytes differ")
+    n = check_same_tensors(orig, exported, fail)
     vl = json.load(open(os.path.join(exported, "config.json"))).get(
         "model_type") == "gemma4"
     cls = Gemma4ForConditionalGeneration if vl else Gemma4ForCausalLM
@@ -67,7 +47,7 @@ def main():
     diff = (l0 - l1).abs().max().item()
     if diff > 1e-5:
         fail(f"logits differ by {diff}")
-    print(f"check_export_gemma4: OK ({cls.__name__}, {len(a)} tensors, "
+    print(f"check_export_gemma4: OK ({cls.__name__}, {n} tensors, "
           f"max logit diff {diff})")
 
 

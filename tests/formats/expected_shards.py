@@ -13,20 +13,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-
-def load(folder):
-    index = os.path.join(folder, "model.safetensors.index.json")
-    files = (sorted(set(json.load(open(index))["weight_map"].values()))
-             if os.path.exists(index) else ["model.safetensors"])
-    out = {}
-    for f in files:
-        with safe_open(os.path.join(folder, f), "pt") as h:
-            for k in h.keys():
-                out[k] = h.get_tensor(k)
-    return out
+from hf_tensors import load_tensors
 
 
 def main():
@@ -34,7 +23,7 @@ def main():
     cfg = json.load(open(os.path.join(folder, "config.json")))
     vl = "vision_config" in cfg
     tc = cfg["text_config"] if vl else cfg
-    hf = load(folder)
+    hf = load_tensors(folder)
     tpre = "language_model.model." if vl else "model."
     nq, nkv, hd = tc["num_attention_heads"], tc["num_key_value_heads"], tc["head_dim"]
     ours = {}  # name -> (global tensor, rule)

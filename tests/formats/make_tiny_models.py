@@ -12,7 +12,8 @@ Writes under --out:
   vl_legacy_4x/        vl_f32's tensors under the transformers 4.5x layout
                        (model.language_model.*, model.vision_tower.vision_model.*,
                        model.multi_modal_projector.*, plus a tied lm_head.weight)
-  interop.safetensors  one tensor per dtype, written by the safetensors library
+  interop.safetensors  one tensor per dtype (st_interop.py's set), written by the
+                       safetensors library
 Every parameter is re-randomised (HF zero-inits some, e.g. norms).
 """
 import argparse
@@ -24,6 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import (Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration,
                           Gemma3TextConfig)
+
+import st_interop
 
 TEXT = dict(vocab_size=67, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
@@ -84,25 +87,6 @@ def v4_names(k):
     return ["model." + k]
 
 
-def interop_file(path):
-    g = torch.Generator().manual_seed(7)
-    t = {
-        "f32": torch.randn(3, 5, generator=g),
-        "f16": torch.randn(4, 2, generator=g).half(),
-        "bf16": torch.randn(2, 3, 2, generator=g).bfloat16(),
-        "f64": torch.randn(3, generator=g).double(),
-        "i64": torch.arange(-3, 4, dtype=torch.int64),
-        "i32": torch.arange(10, dtype=torch.int32).reshape(2, 5),
-        "i16": torch.arange(-2, 2, dtype=torch.int16),
-        "i8": torch.arange(-4, 4, dtype=torch.int8),
-        "u8": torch.arange(0, 250, 25, dtype=torch.uint8),
-        "bool": torch.tensor([True, False, True]),
-        "scalar": torch.tensor(2.5),
-        "empty": torch.zeros(0, 4),
-    }
-    save_file(t, path, metadata={"who": "python", "purpose": "interop"})
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -120,7 +104,8 @@ def main():
                                                   max_shard_size="10KB")
     rename_copy(os.path.join(tmp, "vl_f32"), os.path.join(tmp, "vl_legacy_hub"), hub_names)
     rename_copy(os.path.join(tmp, "vl_f32"), os.path.join(tmp, "vl_legacy_4x"), v4_names)
-    interop_file(os.path.join(tmp, "interop.safetensors"))
+    save_file(st_interop.interop_tensors(), os.path.join(tmp, "interop.safetensors"),
+              metadata=st_interop.METADATA)
     for d in ["vl_bf16_sharded", "text_bf16_sharded"]:
         assert os.path.exists(os.path.join(tmp, d, "model.safetensors.index.json")), d
     shutil.rmtree(args.out, ignore_errors=True)

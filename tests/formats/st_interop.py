@@ -22,9 +22,13 @@ def raw(t):
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes().hex()
 
 
-def write(path, json_path):
+METADATA = {"who": "python", "purpose": "interop"}
+
+
+def interop_tensors():
+    """One small tensor per dtype (a scalar and an empty one too), seeded."""
     g = torch.Generator().manual_seed(7)
-    t = {
+    return {
         "a.f32": torch.randn(3, 5, generator=g),
         "b.f16": torch.randn(4, 2, generator=g).half(),
         "c.bf16": torch.randn(2, 3, 2, generator=g).bfloat16(),
@@ -38,10 +42,13 @@ def write(path, json_path):
         "k.scalar": torch.tensor(2.5),
         "l.empty": torch.zeros(0, 4),
     }
-    meta = {"who": "python", "purpose": "interop"}
-    save_file(t, path, metadata=meta)
+
+
+def write(path, json_path):
+    t = interop_tensors()
+    save_file(t, path, metadata=METADATA)
     desc = {k: {"dtype": NAMES[v.dtype], "shape": list(v.shape), "hex": raw(v)} for k, v in t.items()}
-    json.dump({"tensors": desc, "metadata": meta}, open(json_path, "w"))
+    json.dump({"tensors": desc, "metadata": METADATA}, open(json_path, "w"))
 
 
 def check(path, json_path):
