@@ -199,15 +199,7 @@ int Run(int argc, char** argv) {
   flags.String("profile", &profile_dir,
                "profile with Kineto into this directory: sft/lora one extra "
                "step, decode one eager static-cache generation of 32 tokens");
-  absl::Status parsed = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!parsed.ok()) {
-    std::cerr << parsed << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
 
   const std::vector<bool> fused_settings = OffOnBoth(fused);
   const std::vector<bool> chained_settings = OffOnBoth(chained);

@@ -75,20 +75,11 @@ int main(int argc, char** argv) {
       "  gemma-coordinator --listen 0.0.0.0:7450    # serve the whole cluster\n"
       "  gemma-coordinator --data-dir /var/lib/gemma --grace-ms 30000\n"
       "  grpc_health_probe -addr 127.0.0.1:7450     # grpc.health.v1 is on");
-  absl::Status st = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << "gemma-coordinator: " << st.message() << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
   if (heartbeat_ms <= 0 || lease_ms < 0 || grace_ms < 0 || tick_ms <= 0) {
-    std::cerr << "gemma-coordinator: --heartbeat-ms and --tick-ms must be > 0, "
-                 "--lease-ms and "
-                 "--grace-ms >= 0\n";
-    return 2;
+    return flags.UsageError(
+        "--heartbeat-ms and --tick-ms must be > 0, --lease-ms and --grace-ms "
+        ">= 0");
   }
   options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);
   options.lease = absl::Milliseconds(lease_ms);
@@ -97,7 +88,7 @@ int main(int argc, char** argv) {
 
   sigset_t signals = BlockTerminationSignals();
   gemma::CoordinatorServer server(options);
-  st = server.Start();
+  absl::Status st = server.Start();
   if (!st.ok()) {
     std::cerr << "gemma-coordinator: " << st.message() << "\n";
     return 1;

@@ -1,7 +1,6 @@
 // gemma-worker: one process per GPU (or CPU slot); runs one rank of a job.
 #include <signal.h>
 
-#include <iostream>
 #include <thread>
 
 #include "common/flags.h"
@@ -43,20 +42,9 @@ int main(int argc, char** argv) {
       "  gemma-worker --coordinator 127.0.0.1:7450 --device cpu\n"
       "  srun --ntasks-per-node=8 --gpus-per-task=1 gemma-worker --coordinator "
       "head:7450");
-  absl::Status st = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << "gemma-worker: " << st.message() << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
   auto self = gemma::ProbeDevice(device, cpu_slots);
-  if (!self.ok()) {
-    std::cerr << "gemma-worker: " << self.status().message() << "\n";
-    return 2;
-  }
+  if (!self.ok()) return flags.UsageError(self.status().message());
   if (rendezvous_host.empty()) {
     const std::string& c = options.coordinator;
     rendezvous_host = (c.rfind("127.0.0.1:", 0) == 0 || c.rfind("localhost:", 0) == 0)
