@@ -1,6 +1,4 @@
 // gemma-coordinator: the control plane's one process.
-#include <signal.h>
-
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -9,20 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "coordinator/server.h"
-
-namespace {
-
-sigset_t BlockTerminationSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   gemma::SetLogTag("coordinator");
@@ -86,7 +72,7 @@ int main(int argc, char** argv) {
   options.grace = absl::Milliseconds(grace_ms);
   options.tick = absl::Milliseconds(tick_ms);
 
-  sigset_t signals = BlockTerminationSignals();
+  const sigset_t signals = gemma::BlockTerminationSignals();
   gemma::CoordinatorServer server(options);
   absl::Status st = server.Start();
   if (!st.ok()) {
@@ -103,9 +89,7 @@ int main(int argc, char** argv) {
     }
     std::rename(tmp.c_str(), port_file.c_str());
   }
-  std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
+  std::thread signal_thread = gemma::OnTerminationSignal(signals, [&](int sig) {
     GEMMA_LOG(INFO) << "signal " << sig << ": shutting down";
     server.Shutdown();
   });

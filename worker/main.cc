@@ -1,10 +1,8 @@
 // gemma-worker: one process per GPU (or CPU slot); runs one rank of a job.
-#include <signal.h>
-
-#include <thread>
 
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "jobs/registry.h"
 #include "worker/comm.h"
 #include "worker/device_probe.h"
@@ -57,21 +55,14 @@ int main(int argc, char** argv) {
     if (!store.ok()) return store.status();
     return gemma::OpenedStore{*store, (*store)->address()};
   };
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const sigset_t signals = gemma::BlockTerminationSignals();
 
   gemma::WorkerSessionClient session(options, *self,
                                      &gemma::JobRegistry::Default());
-  std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
+  gemma::OnTerminationSignal(signals, [&](int sig) {
     GEMMA_LOG(INFO) << "signal " << sig << ": detaching";
     session.Stop();
-  });
-  signal_thread.detach();
+  }).detach();
   GEMMA_LOG(INFO) << "device " << self->device_kind()
                   << (self->device_index() >= 0
                           ? ":" + std::to_string(self->device_index())
