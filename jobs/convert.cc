@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "jobs/one_rank_job.h"
 #include "model/convert.h"
 
 namespace gemma {
@@ -16,15 +17,16 @@ bool IsOurCheckpoint(const std::string& dir) {
   return ::stat((dir + "/manifest.json").c_str(), &st) == 0;
 }
 
-class ConvertJob : public Job {
+class ConvertJob : public OneRankJob {
  public:
-  absl::Status Run(RankContext& ctx) override {
+  ConvertJob()
+      : OneRankJob("convert",
+                   "; set the output layout with convert.tp, not "
+                   "parallel.tp/dp") {}
+
+ private:
+  absl::Status RunOneRank(RankContext& ctx) override {
     const auto& c = ctx.spec.convert();
-    if (ctx.world != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "convert runs as one rank (world ", ctx.world,
-          "); set the output layout with convert.tp, not parallel.tp/dp"));
-    }
     if (ctx.Cancelled())
       return absl::CancelledError("convert cancelled before it started");
     ConvertOptions opt;

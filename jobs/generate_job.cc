@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "data/dataset.h"
 #include "data/gemma4_image.h"
+#include "jobs/one_rank_job.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "model/lora.h"
@@ -516,25 +517,14 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatchGemma4(
 
 namespace {
 
-class GenerateJob : public Job {
+class GenerateJob : public OneRankJob {
  public:
-  absl::Status Run(RankContext& ctx) override {
-    try {
-      return RunInner(ctx);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("generate: ", e.what_without_backtrace()));
-    }
-  }
+  GenerateJob() : OneRankJob("generate") {}
 
  private:
-  absl::Status RunInner(RankContext& ctx) {
+  absl::Status RunOneRank(RankContext& ctx) override {
     const auto& spec = ctx.spec;
     const auto& g = spec.generate();
-    if (ctx.world != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("generate runs as one rank (world ", ctx.world, ")"));
-    }
     const std::string output = g.output().empty() ? spec.output() : g.output();
     if (output.empty())
       return absl::InvalidArgumentError("spec.generate.output: required");
