@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 #include "jobs/one_rank_job.h"
 #include "model/convert.h"
 
@@ -41,9 +42,8 @@ class ConvertJob : public OneRankJob {
                                                  "convert.tp", "convert.ep")
                             : info.status();
       if (!st.ok()) {
-        return absl::Status(
-            st.code(), absl::StrCat("convert ", c.input(), " -> ", c.output(),
-                                    ": ", st.message()));
+        return WithContext(
+            absl::StrCat("convert ", c.input(), " -> ", c.output(), ": "), st);
       }
     }
     // Progress at most once a second (and at the start), so that neither the
@@ -71,10 +71,9 @@ class ConvertJob : public OneRankJob {
       stats = ConvertHfToCheckpoint(c.input(), c.output(), opt);
     }
     if (!stats.ok()) {
-      return absl::Status(
-          stats.status().code(),
-          absl::StrCat("convert ", c.input(), " -> ", c.output(), ": ",
-                       stats.status().message()));
+      return WithContext(
+          absl::StrCat("convert ", c.input(), " -> ", c.output(), ": "),
+          stats.status());
     }
     const double rate =
         stats->seconds > 0 ? stats->bytes / stats->seconds : 0.0;

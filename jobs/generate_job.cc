@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <functional>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -78,9 +78,8 @@ absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path) {
                          ReadAdapterCheckpointInfo(path));
   absl::StatusOr<Gemma3Model> model = LoadModel(info.base_model);
   if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat(path, "/adapter.json: base_model: ",
-                                     model.status().message()));
+    return WithContext(absl::StrCat(path, "/adapter.json: base_model: "),
+                       model.status());
   }
   GEMMA_RETURN_IF_ERROR(LoadAdapterCheckpoint(path, *model).status());
   (*model)->eval();
@@ -275,24 +274,19 @@ absl::StatusOr<EncodedPrompts> EncodePrompts(
     for (const std::string& path : conv.image_paths()) {
       absl::StatusOr<RgbImage> decoded = DecodeImageFile(path);
       if (!decoded.ok()) {  // names the file
-        return absl::Status(
-            decoded.status().code(),
-            absl::StrCat(conv.source, ": ", decoded.status().message()));
+        return WithContext(absl::StrCat(conv.source, ": "), decoded.status());
       }
       absl::StatusOr<Info> info = image(*decoded);
       if (!info.ok()) {
-        return absl::Status(info.status().code(),
-                            absl::StrCat(conv.source, ": ", path, ": ",
-                                         info.status().message()));
+        return WithContext(absl::StrCat(conv.source, ": ", path, ": "),
+                           info.status());
       }
       infos.push_back(*std::move(info));
     }
     if (!pass_infos) infos.clear();
     absl::StatusOr<EncodedChat> enc = EncodeChat(tokenizer, conv, chat, infos);
     if (!enc.ok()) {
-      return absl::Status(
-          enc.status().code(),
-          absl::StrCat(conv.source, ": ", enc.status().message()));
+      return WithContext(absl::StrCat(conv.source, ": "), enc.status());
     }
     absl::StatusOr<RenderedChat> rendered = RenderChat(conv, chat, infos);
     std::string text = rendered.ok() ? rendered->text : "";
