@@ -48,19 +48,11 @@ int Run(int argc, char** argv) {
             "timed iterations per size (0: about 0.5 s worth, 3..200)");
   flags.String("output", &output, "text or json").Short('o');
   flags.Epilog("Example:\n  allreduce_bench --ranks 4 -o json");
-  absl::Status st = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (st.ok() && (ranks < 2 || min_bytes < 4 || max_bytes < min_bytes ||
-                  (output != "text" && output != "json"))) {
-    st = absl::InvalidArgumentError(
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
+  if (ranks < 2 || min_bytes < 4 || max_bytes < min_bytes ||
+      (output != "text" && output != "json")) {
+    return flags.UsageError(
         "need --ranks >= 2, 4 <= --min-bytes <= --max-bytes, -o text|json");
-  }
-  if (!st.ok()) {
-    std::cerr << "allreduce_bench: " << st.message() << "\n";
-    return 2;
   }
   std::vector<int64_t> sizes;
   for (int64_t b = min_bytes; b <= max_bytes; b *= 2) sizes.push_back(b);
@@ -71,6 +63,7 @@ int Run(int argc, char** argv) {
     std::printf("%12s %7s %12s %12s %12s\n", "bytes", "iters", "avg_us",
                 "algbw_GB/s", "busbw_GB/s");
   }
+  absl::Status st;
   st = RunGlooRanks(ranks, [&](int rank, ParallelGroups& g) -> absl::Status {
     for (size_t i = 0; i < sizes.size(); ++i) {
       const int64_t elems = sizes[i] / 4;

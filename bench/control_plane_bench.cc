@@ -200,15 +200,7 @@ int main(int argc, char** argv) {
   flags.Epilog(
       "Examples:\n  control_plane_bench\n  control_plane_bench --jobs 1000 "
       "--latency-runs 0");
-  absl::Status st = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << st.message() << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
   if (std::getenv("GEMMA_BIN_DIR") == nullptr)
     setenv("GEMMA_BIN_DIR", GEMMA_BINARY_DIR "/bin", 1);
   (void)std::system(("rm -rf '" + dir + "'").c_str());

@@ -179,16 +179,9 @@ int Main(int argc, char** argv) {
   flags.String("dir", &dir, "where to write the temporary folders").Meta("DIR");
   flags.Int("tp", &tp, "TP size of the checkpoint");
   flags.Bool("keep", &keep, "keep the temporary folders");
-  absl::Status st = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok() || scale <= 0 || scale > 1) {
-    std::cerr << "convert_bench: "
-              << (st.ok() ? "--scale must be in (0, 1]" : st.message()) << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
+  if (scale <= 0 || scale > 1)
+    return flags.UsageError("--scale must be in (0, 1]");
   const std::string root = absl::StrCat(dir, "/convert_bench.", ::getpid());
   auto fail = [&](const absl::Status& s) {
     std::cerr << "convert_bench: " << s.message() << "\n";

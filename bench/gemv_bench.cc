@@ -338,29 +338,18 @@ int Run(int argc, char** argv) {
   flags.Epilog(
       "Example: gemv_bench --preset 4b --sweep\n"
       "See the header of bench/gemv_bench.cc.\n");
-  const absl::Status parsed = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!parsed.ok()) {
-    std::cerr << parsed << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
   if (o.rows < 1 || o.rows > fused_cuda::kGemvMaxRows ||
       (o.dtype != "bf16" && o.dtype != "fp16") ||
       (o.output != "text" && o.output != "json") || o.reps < 1) {
-    std::cerr << "gemv_bench: --rows 1-4, --dtype bf16|fp16, -o text|json, "
-                 "--reps >= 1\n";
-    return 2;
+    return flags.UsageError(
+        "--rows 1-4, --dtype bf16|fp16, -o text|json, --reps >= 1");
   }
   std::vector<std::string> presets = {o.preset};
   if (o.preset == "all") presets = {"4b", "12b", "27b"};
   for (const std::string& p : presets) {
-    if (!Gemma3Preset(p).ok()) {
-      std::cerr << "gemv_bench: --preset must be 4b, 12b, 27b or all\n";
-      return 2;
-    }
+    if (!Gemma3Preset(p).ok())
+      return flags.UsageError("--preset must be 4b, 12b, 27b or all");
   }
   if (!torch::cuda::is_available()) {
     std::cerr << "gemv_bench needs a CUDA device\n";

@@ -203,15 +203,7 @@ int Run(int argc, char** argv) {
                "profile with Kineto into this directory: sft/lora one extra "
                "step, decode 32 tokens of each static-cache variant under each "
                "setting (DIR/<chained|unchained|unfused>/<eager|graphs>)");
-  absl::Status parsed = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!parsed.ok()) {
-    std::cerr << parsed << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
 
   const std::vector<bool> fused_settings = OffOnBoth(fused);
   const std::vector<bool> chained_settings = OffOnBoth(chained);

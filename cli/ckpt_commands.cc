@@ -52,7 +52,8 @@ int Ckpt(int argc, char** argv) {
       "  gemmactl ckpt list j-000001\n"
       "  gemmactl ckpt pin jobs/j-000001/checkpoints/200\n"
       "  gemmactl ckpt rm jobs/j-000001/checkpoints/100");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   const auto& pos = flags.positional();
   if (pos.empty()) {
     std::cerr

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,9 +46,18 @@ std::vector<Command> ClusterCommands();
 std::vector<Command> JobCommands();
 std::vector<Command> CheckpointCommands();
 
-// Parses a subcommand's flags (argv[2..]); returns -1 to go on, else the exit
-// code (0 after --help, 2 for bad usage).
-int ParseOrExit(FlagSet& flags, int argc, char** argv, CommonFlags& common);
+// -o/--output FORMAT ("output format: table or json") bound to *output.
+FlagSet::Flag& AddOutputFlag(FlagSet& flags, std::string* output);
+// nullopt when `output` is table or json; else prints "--output must be table
+// or json, not '...'" as a usage error of `flags` and returns its exit code.
+std::optional<int> CheckOutputFlag(const FlagSet& flags,
+                                   const std::string& output);
+
+// Parses a subcommand's flags (argv[2..]) and checks --output; returns nullopt
+// to go on, else the exit code (0 after --help, 2 for bad usage). Usage errors
+// read "gemmactl: ...".
+std::optional<int> ParseOrExit(FlagSet& flags, int argc, char** argv,
+                               const CommonFlags& common);
 // Indented JSON with proto field names.
 std::string ToJson(const google::protobuf::Message& m);
 // "j-1" -> "jobs/j-1"; "jobs/j-1" unchanged.

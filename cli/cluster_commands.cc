@@ -20,7 +20,8 @@ int Workers(int argc, char** argv) {
                 "List the workers attached to the coordinator.");
   common.Register(flags);
   flags.Epilog("Example:\n  gemmactl workers -o json");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   auto stub = v1::ClusterService::NewStub(common.Channel());
   grpc::ClientContext ctx;
   common.SetDeadline(ctx);
@@ -97,7 +98,8 @@ int Status(int argc, char** argv) {
       .Short('w');
   flags.Epilog(
       "Examples:\n  gemmactl status\n  gemmactl status --watch -o json");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   auto stub = v1::ClusterService::NewStub(common.Channel());
   if (watch) {
     grpc::ClientContext ctx;

@@ -2,6 +2,7 @@
 
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "cli/cli.h"
 
 namespace gemma::cli {
@@ -10,9 +11,7 @@ void CommonFlags::Register(FlagSet& flags) {
   flags.String("coordinator", &coordinator, "the coordinator's gRPC address")
       .Meta("HOST:PORT")
       .Env("GEMMA_COORDINATOR");
-  flags.String("output", &output, "output format: table or json")
-      .Short('o')
-      .Meta("FORMAT");
+  AddOutputFlag(flags, &output);
   flags.Int("timeout-ms", &timeout_ms, "deadline of each call");
 }
 
@@ -39,22 +38,24 @@ int ReportRpcError(const std::string& what, const grpc::Status& status,
   return unreachable ? 3 : 1;
 }
 
-int ParseOrExit(FlagSet& flags, int argc, char** argv, CommonFlags& common) {
-  absl::Status st = flags.Parse(argc, argv, 2);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << "gemmactl: " << st.message() << "\n";
-    return 2;
-  }
-  if (common.output != "table" && common.output != "json") {
-    std::cerr << "gemmactl: --output must be table or json, not '"
-              << common.output << "'\n";
-    return 2;
-  }
-  return -1;
+FlagSet::Flag& AddOutputFlag(FlagSet& flags, std::string* output) {
+  return flags.String("output", output, "output format: table or json")
+      .Short('o')
+      .Meta("FORMAT");
+}
+
+std::optional<int> CheckOutputFlag(const FlagSet& flags,
+                                   const std::string& output) {
+  if (output == "table" || output == "json") return std::nullopt;
+  return flags.UsageError(
+      absl::StrCat("--output must be table or json, not '", output, "'"));
+}
+
+std::optional<int> ParseOrExit(FlagSet& flags, int argc, char** argv,
+                               const CommonFlags& common) {
+  flags.ErrorPrefix("gemmactl");
+  if (auto exit_code = flags.ParseOrExit(argc, argv, 2)) return exit_code;
+  return CheckOutputFlag(flags, common.output);
 }
 
 std::string ToJson(const google::protobuf::Message& m) {

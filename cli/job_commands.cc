@@ -154,7 +154,8 @@ int Submit(int argc, char** argv) {
       "  gemmactl submit -f jobs/recipes/diagnose.yaml\n"
       "  gemmactl submit -f jobs/recipes/diagnose.yaml --set parallel.dp=4 "
       "--follow");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   if (file.empty()) {
     std::cerr << "gemmactl submit: --file is required\n";
     return 2;
@@ -207,7 +208,8 @@ int Get(int argc, char** argv) {
   flags.Epilog(
       "Examples:\n  gemmactl get j-000001\n  gemmactl get jobs/j-000001 -o "
       "json");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   if (flags.positional().size() != 1) {
     std::cerr << "gemmactl get: expected one JOB\n";
     return 2;
@@ -286,7 +288,8 @@ int List(int argc, char** argv) {
   flags.Epilog(
       "Examples:\n  gemmactl list\n  gemmactl list --state queued --state "
       "running -o json");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   v1::ListJobsRequest req;
   for (const auto& st : states) {
     v1::JobState v;
@@ -343,7 +346,8 @@ int Cancel(int argc, char** argv) {
   common.Register(flags);
   flags.Positional("JOB", "jobs/ID or ID");
   flags.Epilog("Example:\n  gemmactl cancel j-000001");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   if (flags.positional().size() != 1) {
     std::cerr << "gemmactl cancel: expected one JOB\n";
     return 2;
@@ -379,7 +383,8 @@ int Logs(int argc, char** argv) {
   flags.Epilog(
       "Examples:\n  gemmactl logs j-000001\n  gemmactl logs -f j-000001 --rank "
       "0");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   if (flags.positional().size() != 1) {
     std::cerr << "gemmactl logs: expected one JOB\n";
     return 2;
@@ -421,7 +426,8 @@ int Watch(int argc, char** argv) {
   flags.Bool("progress", &progress, "include live progress");
   flags.Epilog(
       "Examples:\n  gemmactl watch\n  gemmactl watch j-000001 -o json");
-  if (int rc = ParseOrExit(flags, argc, argv, common); rc >= 0) return rc;
+  if (auto exit_code = ParseOrExit(flags, argc, argv, common))
+    return *exit_code;
   if (flags.positional().size() == 1) {
     return Follow(common, JobName(flags.positional()[0]), progress);
   }

@@ -2,6 +2,8 @@
 // --set overrides, and the shipped recipes parse and validate.
 #include "cli/job_spec_yaml.h"
 
+#include <string>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/spec_check.h"
@@ -93,21 +95,18 @@ TEST(JobSpecYamlTest, ValidationNamesTheField) {
   spec = ParseJobSpecYaml("kind: sft\n", "r.yaml");
   EXPECT_THAT(Msg(ValidateJobSpec(*spec)),
               HasSubstr("spec.model.path: required for kind sft"));
-  spec = ParseJobSpecYaml(
-      "kind: peft\nparallel: {tp: 2, dp: 2}\nmodel: {path: /m}\n"
-      "data: {train: /d.jsonl}\noptim: {lr: 1e-4, max_steps: 5}\n"
-      "peft: {rank: 8, method: dora}\n",
-      "r.yaml");
-  ASSERT_TRUE(spec.ok()) << spec.status();
   // LoRA and DoRA split over tensor-parallel ranks (model/lora.h).
-  EXPECT_TRUE(ValidateJobSpec(*spec).ok()) << ValidateJobSpec(*spec);
-  spec = ParseJobSpecYaml(
-      "kind: peft\nparallel: {tp: 2, dp: 2}\nmodel: {path: /m}\n"
-      "data: {train: /d.jsonl}\noptim: {lr: 1e-4, max_steps: 5}\n"
-      "peft: {rank: 8}\n",
-      "r.yaml");
-  ASSERT_TRUE(spec.ok()) << spec.status();
-  EXPECT_TRUE(ValidateJobSpec(*spec).ok()) << ValidateJobSpec(*spec);
+  for (const std::string peft : {"{rank: 8, method: dora}", "{rank: 8}"}) {
+    spec = ParseJobSpecYaml(
+        "kind: peft\nparallel: {tp: 2, dp: 2}\nmodel: {path: /m}\n"
+        "data: {train: /d.jsonl}\noptim: {lr: 1e-4, max_steps: 5}\n"
+        "peft: " +
+            peft + "\n",
+        "r.yaml");
+    ASSERT_TRUE(spec.ok()) << peft << ": " << spec.status();
+    EXPECT_TRUE(ValidateJobSpec(*spec).ok())
+        << peft << ": " << ValidateJobSpec(*spec);
+  }
   spec = ParseJobSpecYaml("parallel: {tp: 1}\n", "r.yaml");
   EXPECT_THAT(Msg(ValidateJobSpec(*spec)), HasSubstr("spec.kind: required"));
   spec = ParseJobSpecYaml("kind: diagnose\nrestart: {max_restarts: -1}\n",

@@ -122,9 +122,7 @@ int LocalConvert(int argc, char** argv) {
   flags.Bool("no-verify", &no_verify,
              "skip checksum verification when reading our checkpoints");
   flags.Bool("quiet", &quiet, "no progress bar");
-  flags.String("output", &output, "output format: table or json")
-      .Short('o')
-      .Meta("FORMAT");
+  AddOutputFlag(flags, &output);
   flags.Epilog(
       "Examples:\n"
       "  gemmactl local convert --from ~/models/gemma-3-4b-it --to "
@@ -134,34 +132,28 @@ int LocalConvert(int argc, char** argv) {
       "  gemmactl local convert --from /ckpt/gemma3-4b-tp2 --to "
       "/ckpt/gemma3-4b-tp1 \\\n"
       "      --to-format ours --tp 1 -o json\n");
-  absl::Status st = flags.Parse(argc, argv, 3);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  auto usage = [](const std::string& msg) {
-    std::cerr << "gemmactl local convert: " << msg << " (see --help)\n";
-    return 2;
-  };
-  if (!st.ok()) return usage(std::string(st.message()));
-  if (from.empty() || to.empty()) return usage("--from and --to are required");
+  flags.ErrorSuffix(" (see --help)");
+  if (auto exit_code = flags.ParseOrExit(argc, argv, 3)) return *exit_code;
+  if (from.empty() || to.empty())
+    return flags.UsageError("--from and --to are required");
   if (output != "table" && output != "json")
-    return usage("--output must be table or json");
-  if (tp < 1) return usage("--tp must be >= 1");
-  if (ep < 1) return usage("--ep must be >= 1");
+    return flags.UsageError("--output must be table or json");
+  if (tp < 1) return flags.UsageError("--tp must be >= 1");
+  if (ep < 1) return flags.UsageError("--ep must be >= 1");
   const bool from_ours = PathExists(from + "/manifest.json");
   if (to_format.empty()) to_format = from_ours ? "hf" : "ours";
   if (to_format != "ours" && to_format != "hf")
-    return usage("--to-format must be ours or hf");
+    return flags.UsageError("--to-format must be ours or hf");
   if (!from_ours && to_format == "hf")
-    return usage("--from is not our checkpoint; HF -> HF is not a conversion");
+    return flags.UsageError(
+        "--from is not our checkpoint; HF -> HF is not a conversion");
   ConvertOptions opt;
   opt.tp = tp;
   opt.ep = ep;
   opt.overwrite = overwrite;
   opt.verify_checksums = !no_verify;
   if (!ParseSize(max_shard, &opt.max_shard_bytes))
-    return usage("bad --max-shard-size '" + max_shard + "'");
+    return flags.UsageError("bad --max-shard-size '" + max_shard + "'");
   ProgressBar bar;
   if (!quiet)
     opt.progress = [&bar](uint64_t done, uint64_t total) {

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "common/flags.h"
 #include "data/synth.h"
 
@@ -50,35 +51,21 @@ int DataSynth(int argc, char** argv) {
       "  gemmactl data synth --out /tmp/tiny --n 8 --image-size 224 -o json\n"
       "  gemmactl data synth --kind ocr --level easy --out /tmp/ocr-easy "
       "--n 600 --image-size 64");
-  absl::Status st = flags.Parse(argc, argv, 3);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << "gemmactl: " << st.message() << "\n";
-    return 2;
-  }
-  if (kind != "ocr") {
-    std::cerr << "gemmactl: --kind must be ocr, not '" << kind << "'\n";
-    return 2;
-  }
+  flags.ErrorPrefix("gemmactl");
+  if (auto exit_code = flags.ParseOrExit(argc, argv, 3)) return *exit_code;
+  if (kind != "ocr")
+    return flags.UsageError(
+        absl::StrCat("--kind must be ocr, not '", kind, "'"));
   absl::StatusOr<SynthLevel> parsed_level = ParseSynthLevel(level);
   if (!parsed_level.ok()) {
-    std::cerr << "gemmactl: --level must be easy or full, not '" << level
-              << "'\n";
-    return 2;
+    return flags.UsageError(
+        absl::StrCat("--level must be easy or full, not '", level, "'"));
   }
   if (out.empty()) {
-    std::cerr
-        << "gemmactl: --out DIR is required (see gemmactl data synth --help)\n";
-    return 2;
+    return flags.UsageError(
+        "--out DIR is required (see gemmactl data synth --help)");
   }
-  if (output != "table" && output != "json") {
-    std::cerr << "gemmactl: --output must be table or json, not '" << output
-              << "'\n";
-    return 2;
-  }
+  if (auto exit_code = CheckOutputFlag(flags, output)) return *exit_code;
   SynthOcrOptions o;
   o.out_dir = out;
   o.num_examples = n;

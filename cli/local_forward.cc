@@ -156,19 +156,9 @@ int LocalForwardMain(int argc, char** argv) {
   flags.Epilog(
       "Example:\n  gemmactl local forward --model ./tiny --inputs "
       "in.safetensors --out logits.safetensors\n");
-  absl::Status st = flags.Parse(argc, argv, 3);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (st.ok() &&
-      (model_dir.empty() || inputs_path.empty() || out_path.empty())) {
-    st = absl::InvalidArgumentError("--model, --inputs and --out are required");
-  }
-  if (!st.ok()) {
-    std::cerr << "gemmactl local forward: " << st.message() << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv, 3)) return *exit_code;
+  if (model_dir.empty() || inputs_path.empty() || out_path.empty())
+    return flags.UsageError("--model, --inputs and --out are required");
   torch::NoGradGuard no_grad;
   const auto t0 = std::chrono::steady_clock::now();
   auto model = LoadLocalModel(model_dir);
@@ -205,7 +195,8 @@ int LocalForwardMain(int argc, char** argv) {
     return 1;
   }
   const auto t2 = std::chrono::steady_clock::now();
-  st = WriteSafetensors(out_path, {{"logits", logits->to(torch::kFloat)}});
+  absl::Status st =
+      WriteSafetensors(out_path, {{"logits", logits->to(torch::kFloat)}});
   if (!st.ok()) {
     std::cerr << "gemmactl local forward: " << st.message() << "\n";
     return 1;

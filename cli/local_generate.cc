@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/local_forward.h"
@@ -136,9 +137,7 @@ int LocalGenerateMain(int argc, char** argv) {
       .Meta("IDS");
   flags.Bool("no-cache", &no_cache,
              "recompute the whole sequence each step (slow; for checks)");
-  flags.String("output", &output, "output format: table or json")
-      .Short('o')
-      .Meta("FORMAT");
+  AddOutputFlag(flags, &output);
   flags.Epilog(
       "Examples:\n"
       "  gemmactl local generate --model ./ckpt --image receipt.png --prompt "
@@ -150,33 +149,25 @@ int LocalGenerateMain(int argc, char** argv) {
       "  gemmactl local generate --model ./tiny --prompt-ids 2,7,9 "
       "--temperature 1 --top-k 64 "
       "--top-p 0.95 --seed 3 -o json\n");
-  absl::Status st = flags.Parse(argc, argv, 3);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv, 3)) return *exit_code;
   const bool text_mode = !text_prompt.empty() || !input.empty();
-  std::vector<int64_t> ids;
-  if (st.ok() && model_dir.empty()) {
-    st = absl::InvalidArgumentError("--model is required");
-  } else if (st.ok() && (text_mode ? 1 : 0) + (prompt.empty() ? 0 : 1) != 1) {
-    st = absl::InvalidArgumentError(
+  if (model_dir.empty()) return flags.UsageError("--model is required");
+  if ((text_mode ? 1 : 0) + (prompt.empty() ? 0 : 1) != 1) {
+    return flags.UsageError(
         "give one of --prompt / --input (text) or --prompt-ids (token ids)");
-  } else if (st.ok() && !text_prompt.empty() && !input.empty()) {
-    st = absl::InvalidArgumentError("give --prompt or --input, not both");
-  } else if (st.ok() && !images.empty() && text_prompt.empty()) {
-    st = absl::InvalidArgumentError("--image goes with --prompt");
-  } else if (st.ok() && output != "json" && output != "table") {
-    st = absl::InvalidArgumentError("--output: must be table or json");
   }
+  if (!text_prompt.empty() && !input.empty())
+    return flags.UsageError("give --prompt or --input, not both");
+  if (!images.empty() && text_prompt.empty())
+    return flags.UsageError("--image goes with --prompt");
+  if (output != "json" && output != "table")
+    return flags.UsageError("--output: must be table or json");
   std::vector<GenerationRequest> requests;
-  if (st.ok() && !input.empty()) {
+  if (!input.empty()) {
     auto read = ReadGenerationInput(input);
-    if (read.ok())
-      requests = *std::move(read);
-    else
-      st = read.status();
-  } else if (st.ok() && !text_prompt.empty()) {
+    if (!read.ok()) return flags.UsageError(read.status().message());
+    requests = *std::move(read);
+  } else if (!text_prompt.empty()) {
     GenerationRequest r;
     r.id = "prompt";
     Message m;
@@ -192,18 +183,13 @@ int LocalGenerateMain(int argc, char** argv) {
     r.prompt.source = "--prompt";
     requests.push_back(std::move(r));
   }
-  if (st.ok() && !text_mode && !stop_strings.empty())
-    st = absl::InvalidArgumentError("--stop is for text mode; use --stop-ids");
-  if (st.ok() && !text_mode) {
+  if (!text_mode && !stop_strings.empty())
+    return flags.UsageError("--stop is for text mode; use --stop-ids");
+  std::vector<int64_t> ids;
+  if (!text_mode) {
     auto parsed = ParseIds("prompt-ids", prompt);
-    if (parsed.ok())
-      ids = *parsed;
-    else
-      st = parsed.status();
-  }
-  if (!st.ok()) {
-    std::cerr << "gemmactl local generate: " << st.message() << "\n";
-    return 2;
+    if (!parsed.ok()) return flags.UsageError(parsed.status().message());
+    ids = *std::move(parsed);
   }
   auto model = text_mode ? LoadJobModel(model_dir) : LoadLocalModel(model_dir);
   if (!model.ok()) {
@@ -211,13 +197,17 @@ int LocalGenerateMain(int argc, char** argv) {
               << "\n";
     return 1;
   }
+  // The sampling flags, into TextGenerationOptions or GenerateOptions.
+  auto set_sampling = [&](auto& o) {
+    o.max_new_tokens = max_new_tokens;
+    o.temperature = temperature;
+    o.top_k = top_k;
+    o.top_p = top_p;
+    o.seed = static_cast<uint64_t>(seed);
+  };
   if (text_mode) {
     TextGenerationOptions t;
-    t.max_new_tokens = max_new_tokens;
-    t.temperature = temperature;
-    t.top_k = top_k;
-    t.top_p = top_p;
-    t.seed = static_cast<uint64_t>(seed);
+    set_sampling(t);
     t.stop = stop_strings;
     t.batch_size = static_cast<int>(batch_size);
     gemma::v1::ModelSpec ms;
@@ -227,30 +217,21 @@ int LocalGenerateMain(int argc, char** argv) {
                         output == "json");
   }
   GenerateOptions opts;
-  opts.max_new_tokens = max_new_tokens;
-  opts.temperature = temperature;
-  opts.top_k = top_k;
-  opts.top_p = top_p;
-  opts.seed = static_cast<uint64_t>(seed);
+  set_sampling(opts);
   opts.use_cache = !no_cache;
   opts.pad_token_id = (*model)->config().text.pad_token_id;
   if (stop == "default") {
     opts.stop_token_ids = (*model)->config().eos_token_ids;
   } else if (stop != "none") {
     auto parsed = ParseIds("stop-ids", stop);
-    if (!parsed.ok()) {
-      std::cerr << "gemmactl local generate: " << parsed.status().message()
-                << "\n";
-      return 2;
-    }
+    if (!parsed.ok()) return flags.UsageError(parsed.status().message());
     opts.stop_token_ids = *parsed;
   }
   const int64_t vocab = (*model)->config().text.vocab_size;
   for (int64_t id : ids) {
     if (id >= vocab) {
-      std::cerr << "gemmactl local generate: --prompt-ids: " << id
-                << " is outside the vocabulary (" << vocab << ")\n";
-      return 2;
+      return flags.UsageError(absl::StrCat(
+          "--prompt-ids: ", id, " is outside the vocabulary (", vocab, ")"));
     }
   }
   const bool json = output == "json";

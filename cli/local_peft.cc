@@ -5,11 +5,13 @@
 #include <chrono>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "cli/cli.h"
 #include "common/flags.h"
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
@@ -94,10 +96,44 @@ absl::StatusOr<Loaded> LoadWithAdapters(const std::string& adapter,
   return out;
 }
 
-int Usage(const std::string& cmd, const std::string& msg) {
-  std::cerr << "gemmactl local " << cmd << ": " << msg << " (see --help)\n";
-  return 2;
-}
+// The flags both commands take: the adapter checkpoint and its base, where to
+// write, progress and the output format.
+struct AdapterFlags {
+  std::string adapter, out, base, output = "table";
+  bool quiet = false;
+
+  // --adapter, --out (described by `out_help`) and --base.
+  void AddSources(FlagSet& flags, const std::string& out_help) {
+    flags
+        .String("adapter", &adapter,
+                "adapter checkpoint folder (peft job output)")
+        .Meta("DIR");
+    flags.String("out", &out, out_help).Meta("DIR");
+    flags
+        .String("base", &base,
+                "base model folder (default: the one recorded in the adapter "
+                "checkpoint)")
+        .Meta("DIR");
+  }
+  // --quiet and -o/--output.
+  void AddOutput(FlagSet& flags) {
+    flags.Bool("quiet", &quiet, "no progress messages");
+    AddOutputFlag(flags, &output);
+  }
+  // Parses argv[3..] and checks these flags; nullopt to go on, else the exit
+  // code (0 after --help, 2 for bad usage).
+  std::optional<int> ParseOrExit(FlagSet& flags, int argc, char** argv) const {
+    flags.ErrorSuffix(" (see --help)");
+    if (auto exit_code = flags.ParseOrExit(argc, argv, 3)) return exit_code;
+    if (adapter.empty() || out.empty()) {
+      return flags.UsageError("--adapter and --out are required");
+    }
+    if (output != "table" && output != "json") {
+      return flags.UsageError("--output must be table or json");
+    }
+    return std::nullopt;
+  }
+};
 
 int Fail(const std::string& cmd, const absl::Status& st) {
   std::cerr << "gemmactl local " << cmd << ": " << st.message() << "\n";
@@ -107,48 +143,25 @@ int Fail(const std::string& cmd, const absl::Status& st) {
 }  // namespace
 
 int LocalPeftMerge(int argc, char** argv) {
-  std::string adapter, out, base, output = "table";
+  AdapterFlags args;
   int tp = 1;
-  bool overwrite = false, quiet = false;
+  bool overwrite = false;
   FlagSet flags("gemmactl local peft-merge",
                 "Fold a LoRA/DoRA adapter checkpoint into its base model and "
                 "write a full\nsharded checkpoint (the base's stored dtype).");
-  flags
-      .String("adapter", &adapter,
-              "adapter checkpoint folder (peft job output)")
-      .Meta("DIR");
-  flags.String("out", &out, "output checkpoint folder").Meta("DIR");
-  flags
-      .String("base", &base,
-              "base model folder (default: the one recorded in the adapter "
-              "checkpoint)")
-      .Meta("DIR");
+  args.AddSources(flags, "output checkpoint folder");
   flags.Int("tp", &tp, "tensor-parallel size of the written checkpoint");
   flags.Bool("overwrite", &overwrite, "replace --out if it exists");
-  flags.Bool("quiet", &quiet, "no progress messages");
-  flags.String("output", &output, "output format: table or json")
-      .Short('o')
-      .Meta("FORMAT");
+  args.AddOutput(flags);
   flags.Epilog(
       "Example:\n"
       "  gemmactl local peft-merge --adapter /ckpt/run1/adapter --out "
       "/ckpt/run1-merged\n");
-  absl::Status st = flags.Parse(argc, argv, 3);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
+  if (auto exit_code = args.ParseOrExit(flags, argc, argv)) return *exit_code;
+  if (tp < 1) return flags.UsageError("--tp must be >= 1");
   const std::string cmd = "peft-merge";
-  if (!st.ok()) return Usage(cmd, std::string(st.message()));
-  if (adapter.empty() || out.empty()) {
-    return Usage(cmd, "--adapter and --out are required");
-  }
-  if (output != "table" && output != "json") {
-    return Usage(cmd, "--output must be table or json");
-  }
-  if (tp < 1) return Usage(cmd, "--tp must be >= 1");
   const auto t0 = Clock::now();
-  auto loaded = LoadWithAdapters(adapter, base, quiet);
+  auto loaded = LoadWithAdapters(args.adapter, args.base, args.quiet);
   if (!loaded.ok()) return Fail(cmd, loaded.status());
   Gemma3Model& model = loaded->model;
   const size_t n_adapters = AdapterParameters(model).size();
@@ -174,15 +187,15 @@ int LocalPeftMerge(int argc, char** argv) {
   opt.dims.num_kv_heads = model->config().text.num_kv_heads;
   opt.overwrite = overwrite;
   opt.step = loaded->info.step;
-  if (!quiet) std::cerr << "writing " << out << " ...\n";
-  if (absl::Status w = WriteCheckpoint(out, source, opt); !w.ok()) {
+  if (!args.quiet) std::cerr << "writing " << args.out << " ...\n";
+  if (absl::Status w = WriteCheckpoint(args.out, source, opt); !w.ok()) {
     return Fail(cmd, w);
   }
   const double secs = Since(t0);
-  if (output == "json") {
-    nlohmann::json j = {{"adapter", adapter},
+  if (args.output == "json") {
+    nlohmann::json j = {{"adapter", args.adapter},
                         {"base", loaded->base},
-                        {"out", out},
+                        {"out", args.out},
                         {"tp", tp},
                         {"method", loaded->info.spec.method()},
                         {"adapter_tensors", n_adapters},
@@ -192,73 +205,49 @@ int LocalPeftMerge(int argc, char** argv) {
   } else {
     std::cout << absl::StrFormat(
         "merged %d %s adapter tensors into %s: %d tensors, tp %d, %.2f s\n",
-        n_adapters, loaded->info.spec.method(), out, source.entries().size(),
-        tp, secs);
+        n_adapters, loaded->info.spec.method(), args.out,
+        source.entries().size(), tp, secs);
   }
   return 0;
 }
 
 int LocalPeftExport(int argc, char** argv) {
-  std::string adapter, out, base, base_name, output = "table";
-  bool quiet = false;
+  AdapterFlags args;
+  std::string base_name;
   FlagSet flags(
       "gemmactl local peft-export",
       "Write a Hugging Face PEFT adapter folder (adapter_config.json, "
       "adapter_model.safetensors)\nfrom an adapter checkpoint; "
       "peft.PeftModel.from_pretrained loads it on the HF\nexport of "
       "the base model (gemmactl local convert --to-format hf).");
-  flags
-      .String("adapter", &adapter,
-              "adapter checkpoint folder (peft job output)")
-      .Meta("DIR");
-  flags.String("out", &out, "output folder (replaced if it exists)")
-      .Meta("DIR");
-  flags
-      .String("base", &base,
-              "base model folder (default: the one recorded in the adapter "
-              "checkpoint)")
-      .Meta("DIR");
+  args.AddSources(flags, "output folder (replaced if it exists)");
   flags
       .String("base-name", &base_name,
               "base_model_name_or_path written to adapter_config.json "
               "(default: the base folder)")
       .Meta("NAME");
-  flags.Bool("quiet", &quiet, "no progress messages");
-  flags.String("output", &output, "output format: table or json")
-      .Short('o')
-      .Meta("FORMAT");
+  args.AddOutput(flags);
   flags.Epilog(
       "Example:\n"
       "  gemmactl local peft-export --adapter /ckpt/run1/adapter --out "
       "/tmp/run1-peft \\\n"
       "      --base-name google/gemma-3-4b-it\n");
-  absl::Status st = flags.Parse(argc, argv, 3);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
+  if (auto exit_code = args.ParseOrExit(flags, argc, argv)) return *exit_code;
   const std::string cmd = "peft-export";
-  if (!st.ok()) return Usage(cmd, std::string(st.message()));
-  if (adapter.empty() || out.empty()) {
-    return Usage(cmd, "--adapter and --out are required");
-  }
-  if (output != "table" && output != "json") {
-    return Usage(cmd, "--output must be table or json");
-  }
   const auto t0 = Clock::now();
-  auto loaded = LoadWithAdapters(adapter, base, quiet);
+  auto loaded = LoadWithAdapters(args.adapter, args.base, args.quiet);
   if (!loaded.ok()) return Fail(cmd, loaded.status());
   if (base_name.empty()) base_name = loaded->base;
-  if (absl::Status e =
-          ExportPeftAdapter(loaded->model, loaded->info.spec, out, base_name);
+  if (absl::Status e = ExportPeftAdapter(loaded->model, loaded->info.spec,
+                                         args.out, base_name);
       !e.ok()) {
     return Fail(cmd, e);
   }
   const double secs = Since(t0);
-  if (output == "json") {
-    nlohmann::json j = {{"adapter", adapter},
+  if (args.output == "json") {
+    nlohmann::json j = {{"adapter", args.adapter},
                         {"base", loaded->base},
-                        {"out", out},
+                        {"out", args.out},
                         {"method", loaded->info.spec.method()},
                         {"rank", loaded->info.spec.rank()},
                         {"base_model_name_or_path", base_name},
@@ -267,7 +256,7 @@ int LocalPeftExport(int argc, char** argv) {
   } else {
     std::cout << absl::StrFormat("exported %s adapter (r %d) to %s in %.2f s\n",
                                  loaded->info.spec.method(),
-                                 loaded->info.spec.rank(), out, secs);
+                                 loaded->info.spec.rank(), args.out, secs);
   }
   return 0;
 }

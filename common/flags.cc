@@ -1,15 +1,55 @@
 #include "common/flags.h"
 
 #include <cstdlib>
+#include <iostream>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace gemma {
+namespace {
+
+bool ParseValue(absl::string_view v, int64_t* dst) {
+  return absl::SimpleAtoi(v, dst);
+}
+bool ParseValue(absl::string_view v, int* dst) {
+  return absl::SimpleAtoi(v, dst);
+}
+bool ParseValue(absl::string_view v, double* dst) {
+  return absl::SimpleAtod(v, dst);
+}
+bool ParseValue(absl::string_view v, bool* dst) {
+  if (v == "true" || v == "1" || v == "yes") {
+    *dst = true;
+  } else if (v == "false" || v == "0" || v == "no") {
+    *dst = false;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// Sets *dst from a flag's text; the error names the flag and says the text is
+// not `what` ("an integer").
+template <typename T>
+std::function<absl::Status(const std::string&)> ParsingSetter(
+    const std::string& name, T* dst, const char* what) {
+  return [dst, name, what](const std::string& v) {
+    if (!ParseValue(v, dst)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, ": '", v, "' is not ", what));
+    }
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace
 
 FlagSet::FlagSet(std::string program, std::string summary)
-    : program_(std::move(program)), summary_(std::move(summary)) {}
+    : program_(std::move(program)),
+      summary_(std::move(summary)),
+      error_prefix_(program_) {}
 
 FlagSet::Flag& FlagSet::Add(const std::string& name, std::string help,
                             std::string default_text, bool is_bool,
@@ -35,51 +75,23 @@ FlagSet::Flag& FlagSet::String(const std::string& name, std::string* dst,
 FlagSet::Flag& FlagSet::Int(const std::string& name, int64_t* dst,
                             std::string help) {
   return Add(name, std::move(help), absl::StrCat(*dst), false,
-             [dst, name](const std::string& v) {
-               if (!absl::SimpleAtoi(v, dst)) {
-                 return absl::InvalidArgumentError(
-                     absl::StrCat("--", name, ": '", v, "' is not an integer"));
-               }
-               return absl::OkStatus();
-             });
+             ParsingSetter(name, dst, "an integer"));
 }
 
 FlagSet::Flag& FlagSet::Int(const std::string& name, int* dst, std::string help) {
   return Add(name, std::move(help), absl::StrCat(*dst), false,
-             [dst, name](const std::string& v) {
-               if (!absl::SimpleAtoi(v, dst)) {
-                 return absl::InvalidArgumentError(
-                     absl::StrCat("--", name, ": '", v, "' is not an integer"));
-               }
-               return absl::OkStatus();
-             });
+             ParsingSetter(name, dst, "an integer"));
 }
 
 FlagSet::Flag& FlagSet::Double(const std::string& name, double* dst,
                                std::string help) {
   return Add(name, std::move(help), absl::StrCat(*dst), false,
-             [dst, name](const std::string& v) {
-               if (!absl::SimpleAtod(v, dst)) {
-                 return absl::InvalidArgumentError(
-                     absl::StrCat("--", name, ": '", v, "' is not a number"));
-               }
-               return absl::OkStatus();
-             });
+             ParsingSetter(name, dst, "a number"));
 }
 
 FlagSet::Flag& FlagSet::Bool(const std::string& name, bool* dst, std::string help) {
   return Add(name, std::move(help), *dst ? "true" : "false", true,
-             [dst, name](const std::string& v) {
-               if (v == "true" || v == "1" || v == "yes") {
-                 *dst = true;
-               } else if (v == "false" || v == "0" || v == "no") {
-                 *dst = false;
-               } else {
-                 return absl::InvalidArgumentError(
-                     absl::StrCat("--", name, ": '", v, "' is not true or false"));
-               }
-               return absl::OkStatus();
-             });
+             ParsingSetter(name, dst, "true or false"));
 }
 
 FlagSet::Flag& FlagSet::Repeated(const std::string& name,
@@ -188,6 +200,21 @@ absl::Status FlagSet::Parse(const std::vector<std::string>& args) {
     f->seen_ = true;
   }
   return absl::OkStatus();
+}
+
+std::optional<int> FlagSet::ParseOrExit(int argc, char** argv, int first) {
+  const absl::Status parsed = Parse(argc, argv, first);
+  if (help_requested_) {
+    std::cout << Usage();
+    return 0;
+  }
+  if (!parsed.ok()) return UsageError(parsed.message());
+  return std::nullopt;
+}
+
+int FlagSet::UsageError(absl::string_view message) const {
+  std::cerr << error_prefix_ << ": " << message << error_suffix_ << "\n";
+  return 2;
 }
 
 std::string FlagSet::Usage() const {

@@ -7,18 +7,21 @@
 //   gemma::FlagSet flags("gemmactl workers", "List the workers.");
 //   std::string output = "table";
 //   flags.String("output", &output, "table or json").Short('o');
-//   absl::Status s = flags.Parse(argc, argv, 2);
-//   if (flags.help_requested()) { std::cout << flags.Usage(); return 0; }
+//   if (auto exit_code = flags.ParseOrExit(argc, argv, 2)) return *exit_code;
+//   if (output != "table" && output != "json")
+//     return flags.UsageError("--output must be table or json");
 #ifndef GEMMA_COMMON_FLAGS_H_
 #define GEMMA_COMMON_FLAGS_H_
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace gemma {
 
@@ -62,11 +65,25 @@ class FlagSet {
   void Positional(std::string usage, std::string help);
   // Extra text at the end of --help (examples).
   void Epilog(std::string text) { epilog_ = std::move(text); }
+  // How UsageError's line starts and ends: "<prefix>: <message><suffix>". The
+  // prefix is the program name unless set; the suffix is empty unless set
+  // (e.g. " (see --help)").
+  void ErrorPrefix(std::string prefix) { error_prefix_ = std::move(prefix); }
+  void ErrorSuffix(std::string suffix) { error_suffix_ = std::move(suffix); }
 
   // Parses argv[first..argc). `--help`/`-h` sets help_requested() and returns
   // OK without checking the rest. Errors name the flag (INVALID_ARGUMENT).
   absl::Status Parse(int argc, char** argv, int first = 1);
   absl::Status Parse(const std::vector<std::string>& args);
+
+  // The whole command-line handling of a main(): Parse(argc, argv, first),
+  // then after --help prints Usage() to stdout and returns 0, after a bad flag
+  // prints UsageError's line and returns 2, and otherwise returns nullopt:
+  //   if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
+  std::optional<int> ParseOrExit(int argc, char** argv, int first = 1);
+  // Prints "<prefix>: <message><suffix>" and a newline to stderr and returns
+  // 2, the exit code of bad usage: for the checks after ParseOrExit.
+  int UsageError(absl::string_view message) const;
 
   bool help_requested() const { return help_requested_; }
   // True when the flag was given on the command line or through its Env var.
@@ -85,6 +102,8 @@ class FlagSet {
   std::string positional_usage_;
   std::string positional_help_;
   std::string epilog_;
+  std::string error_prefix_;
+  std::string error_suffix_;
   std::vector<std::unique_ptr<Flag>> flags_;
   std::vector<std::string> positional_;
   bool help_requested_ = false;

@@ -1,6 +1,8 @@
 #include "common/flags.h"
 
 #include <cstdlib>
+#include <optional>
+#include <string>
 
 #include "gtest/gtest.h"
 
@@ -62,6 +64,73 @@ TEST(FlagSetTest, EnvironmentFallbackAndHelp) {
   EXPECT_NE(usage.find("summary text"), std::string::npos);
   EXPECT_NE(usage.find("--coordinator"), std::string::npos);
   EXPECT_NE(usage.find("(default: d)"), std::string::npos);
+}
+
+TEST(FlagSetTest, ParseOrExitPrintsHelpAndExitsZero) {
+  FlagSet flags("prog sub", "summary text");
+  int64_t n = 0;
+  flags.Int("steps", &n, "steps");
+  char* argv[] = {const_cast<char*>("prog"), const_cast<char*>("sub"),
+                  const_cast<char*>("--steps"), const_cast<char*>("x"),
+                  const_cast<char*>("--help")};
+  ::testing::internal::CaptureStdout();
+  const std::optional<int> exit_code = flags.ParseOrExit(5, argv, 2);
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(exit_code, 0);
+  EXPECT_NE(out.find("Usage: prog sub [flags]"), std::string::npos);
+}
+
+TEST(FlagSetTest, ParseOrExitNamesTheBadFlagAndExitsTwo) {
+  FlagSet flags("prog sub", "x");
+  int64_t n = 0;
+  flags.Int("steps", &n, "steps");
+  flags.ErrorSuffix(" (see --help)");
+  char* argv[] = {const_cast<char*>("prog"), const_cast<char*>("--steps"),
+                  const_cast<char*>("ten")};
+  ::testing::internal::CaptureStderr();
+  const std::optional<int> exit_code = flags.ParseOrExit(3, argv);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(exit_code, 2);
+  EXPECT_EQ(err, "prog sub: --steps: 'ten' is not an integer (see --help)\n");
+}
+
+TEST(FlagSetTest, ParseOrExitGoesOnAfterGoodFlags) {
+  FlagSet flags("prog", "x");
+  int64_t n = 0;
+  flags.Int("steps", &n, "steps");
+  char* argv[] = {const_cast<char*>("prog"), const_cast<char*>("--steps=4")};
+  EXPECT_EQ(flags.ParseOrExit(2, argv), std::nullopt);
+  EXPECT_EQ(n, 4);
+}
+
+TEST(FlagSetTest, UsageErrorUsesTheErrorPrefixAndExitsTwo) {
+  FlagSet flags("gemmactl workers", "x");
+  flags.ErrorPrefix("gemmactl");
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(flags.UsageError("--output must be table or json"), 2);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(),
+            "gemmactl: --output must be table or json\n");
+}
+
+TEST(FlagSetTest, ParseErrorsSayWhatTheValueIsNot) {
+  int64_t i64 = 0;
+  int i = 0;
+  double d = 0;
+  bool b = false;
+  FlagSet flags("prog", "x");
+  flags.Int("a", &i64, "");
+  flags.Int("b", &i, "");
+  flags.Double("c", &d, "");
+  flags.Bool("d", &b, "");
+  EXPECT_EQ(flags.Parse({"--a", "x"}).message(), "--a: 'x' is not an integer");
+  EXPECT_EQ(flags.Parse({"--b", "x"}).message(), "--b: 'x' is not an integer");
+  EXPECT_EQ(flags.Parse({"--c", "x"}).message(), "--c: 'x' is not a number");
+  EXPECT_EQ(flags.Parse({"--d=x"}).message(), "--d: 'x' is not true or false");
+  ASSERT_TRUE(flags.Parse({"--a", "-3", "--b=7", "--c", "0.5", "--d=no"}).ok());
+  EXPECT_EQ(i64, -3);
+  EXPECT_EQ(i, 7);
+  EXPECT_EQ(d, 0.5);
+  EXPECT_FALSE(b);
 }
 
 }  // namespace

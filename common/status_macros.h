@@ -5,6 +5,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 #define GEMMA_STATUS_CONCAT_INNER_(a, b) a##b
 #define GEMMA_STATUS_CONCAT_(a, b) GEMMA_STATUS_CONCAT_INNER_(a, b)
@@ -23,5 +25,17 @@
   auto tmp = (expr);                                 \
   if (!tmp.ok()) return tmp.status();                \
   lhs = std::move(tmp).value()
+
+namespace gemma {
+
+// `s` with `context` put before its message and its code kept (OK stays OK):
+//   return WithContext("spec.data.train: ", train.status());
+inline absl::Status WithContext(absl::string_view context,
+                                const absl::Status& s) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(context, s.message()));
+}
+
+}  // namespace gemma
 
 #endif  // GEMMA_COMMON_STATUS_MACROS_H_

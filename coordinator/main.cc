@@ -1,6 +1,4 @@
 // gemma-coordinator: the control plane's one process.
-#include <signal.h>
-
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -9,20 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "coordinator/server.h"
-
-namespace {
-
-sigset_t BlockTerminationSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   gemma::SetLogTag("coordinator");
@@ -75,29 +61,20 @@ int main(int argc, char** argv) {
       "  gemma-coordinator --listen 0.0.0.0:7450    # serve the whole cluster\n"
       "  gemma-coordinator --data-dir /var/lib/gemma --grace-ms 30000\n"
       "  grpc_health_probe -addr 127.0.0.1:7450     # grpc.health.v1 is on");
-  absl::Status st = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << "gemma-coordinator: " << st.message() << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
   if (heartbeat_ms <= 0 || lease_ms < 0 || grace_ms < 0 || tick_ms <= 0) {
-    std::cerr << "gemma-coordinator: --heartbeat-ms and --tick-ms must be > 0, "
-                 "--lease-ms and "
-                 "--grace-ms >= 0\n";
-    return 2;
+    return flags.UsageError(
+        "--heartbeat-ms and --tick-ms must be > 0, --lease-ms and --grace-ms "
+        ">= 0");
   }
   options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);
   options.lease = absl::Milliseconds(lease_ms);
   options.grace = absl::Milliseconds(grace_ms);
   options.tick = absl::Milliseconds(tick_ms);
 
-  sigset_t signals = BlockTerminationSignals();
+  const sigset_t signals = gemma::BlockTerminationSignals();
   gemma::CoordinatorServer server(options);
-  st = server.Start();
+  absl::Status st = server.Start();
   if (!st.ok()) {
     std::cerr << "gemma-coordinator: " << st.message() << "\n";
     return 1;
@@ -112,9 +89,7 @@ int main(int argc, char** argv) {
     }
     std::rename(tmp.c_str(), port_file.c_str());
   }
-  std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
+  std::thread signal_thread = gemma::OnTerminationSignal(signals, [&](int sig) {
     GEMMA_LOG(INFO) << "signal " << sig << ": shutting down";
     server.Shutdown();
   });

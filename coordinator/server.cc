@@ -34,6 +34,15 @@ grpc::Status ToGrpc(const absl::Status& s) {
                       std::string(s.message()));
 }
 
+// A unary call's answer: `r`'s value into *resp, or its error mapped one to
+// one.
+template <typename T>
+grpc::Status Reply(absl::StatusOr<T> r, T* resp) {
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = *std::move(r);
+  return grpc::Status::OK;
+}
+
 grpc::Status CheckJobName(const std::string& field, const std::string& name) {
   if (name.rfind("jobs/", 0) != 0 || name.size() <= 5) {
     return grpc::Status(
@@ -117,50 +126,42 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   // ---- JobService ----
   grpc::Status SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* req,
                          v1::Job* resp) override {
-    auto r = actor_
-                 .Ask([&] {
-                   Effects fx;
-                   auto j = control_.Submit(*req, absl::Now(), &fx);
-                   Dispatch(fx);
-                   return j;
-                 })
-                 .get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *r;
-    return grpc::Status::OK;
+    return Reply(actor_
+                     .Ask([&] {
+                       Effects fx;
+                       auto j = control_.Submit(*req, absl::Now(), &fx);
+                       Dispatch(fx);
+                       return j;
+                     })
+                     .get(),
+                 resp);
   }
 
   grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* req,
                       v1::Job* resp) override {
     if (auto s = CheckJobName("name", req->name()); !s.ok()) return s;
-    auto r = actor_.Ask([&] { return control_.GetJob(req->name()); }).get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *r;
-    return grpc::Status::OK;
+    return Reply(actor_.Ask([&] { return control_.GetJob(req->name()); }).get(),
+                 resp);
   }
 
   grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req,
                         v1::ListJobsResponse* resp) override {
-    auto r = actor_.Ask([&] { return control_.ListJobs(*req); }).get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = std::move(*r);
-    return grpc::Status::OK;
+    return Reply(actor_.Ask([&] { return control_.ListJobs(*req); }).get(),
+                 resp);
   }
 
   grpc::Status CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* req,
                          v1::Job* resp) override {
     if (auto s = CheckJobName("name", req->name()); !s.ok()) return s;
-    auto r = actor_
-                 .Ask([&] {
-                   Effects fx;
-                   auto j = control_.Cancel(req->name(), absl::Now(), &fx);
-                   Dispatch(fx);
-                   return j;
-                 })
-                 .get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *r;
-    return grpc::Status::OK;
+    return Reply(actor_
+                     .Ask([&] {
+                       Effects fx;
+                       auto j = control_.Cancel(req->name(), absl::Now(), &fx);
+                       Dispatch(fx);
+                       return j;
+                     })
+                     .get(),
+                 resp);
   }
 
   // Replays stored events after `after`, then follows; ends when `job`
@@ -297,38 +298,31 @@ class CoordinatorServer::Impl final : public v1::JobService::Service,
   grpc::Status ListCheckpoints(grpc::ServerContext*,
                                const v1::ListCheckpointsRequest* req,
                                v1::ListCheckpointsResponse* resp) override {
-    auto r =
-        actor_.Ask([&] { return control_.ListCheckpoints(req->job()); }).get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = std::move(*r);
-    return grpc::Status::OK;
+    return Reply(
+        actor_.Ask([&] { return control_.ListCheckpoints(req->job()); }).get(),
+        resp);
   }
   grpc::Status GetCheckpoint(grpc::ServerContext*,
                              const v1::GetCheckpointRequest* req,
                              v1::Checkpoint* resp) override {
-    auto r =
-        actor_.Ask([&] { return control_.GetCheckpoint(req->name()); }).get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *r;
-    return grpc::Status::OK;
+    return Reply(
+        actor_.Ask([&] { return control_.GetCheckpoint(req->name()); }).get(),
+        resp);
   }
   grpc::Status PinCheckpoint(grpc::ServerContext*,
                              const v1::PinCheckpointRequest* req,
                              v1::Checkpoint* resp) override {
-    auto r =
-        actor_.Ask([&] { return control_.SetPinned(req->name(), true); }).get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *r;
-    return grpc::Status::OK;
+    return Reply(
+        actor_.Ask([&] { return control_.SetPinned(req->name(), true); }).get(),
+        resp);
   }
   grpc::Status UnpinCheckpoint(grpc::ServerContext*,
                                const v1::UnpinCheckpointRequest* req,
                                v1::Checkpoint* resp) override {
-    auto r = actor_.Ask([&] { return control_.SetPinned(req->name(), false); })
-                 .get();
-    if (!r.ok()) return ToGrpc(r.status());
-    *resp = *r;
-    return grpc::Status::OK;
+    return Reply(
+        actor_.Ask([&] { return control_.SetPinned(req->name(), false); })
+            .get(),
+        resp);
   }
   grpc::Status DeleteCheckpoint(grpc::ServerContext*,
                                 const v1::DeleteCheckpointRequest* req,

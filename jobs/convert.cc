@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "jobs/one_rank_job.h"
 #include "model/convert.h"
 
 namespace gemma {
@@ -16,15 +18,16 @@ bool IsOurCheckpoint(const std::string& dir) {
   return ::stat((dir + "/manifest.json").c_str(), &st) == 0;
 }
 
-class ConvertJob : public Job {
+class ConvertJob : public OneRankJob {
  public:
-  absl::Status Run(RankContext& ctx) override {
+  ConvertJob()
+      : OneRankJob("convert",
+                   "; set the output layout with convert.tp, not "
+                   "parallel.tp/dp") {}
+
+ private:
+  absl::Status RunOneRank(RankContext& ctx) override {
     const auto& c = ctx.spec.convert();
-    if (ctx.world != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "convert runs as one rank (world ", ctx.world,
-          "); set the output layout with convert.tp, not parallel.tp/dp"));
-    }
     if (ctx.Cancelled())
       return absl::CancelledError("convert cancelled before it started");
     ConvertOptions opt;
@@ -39,9 +42,8 @@ class ConvertJob : public Job {
                                                  "convert.tp", "convert.ep")
                             : info.status();
       if (!st.ok()) {
-        return absl::Status(
-            st.code(), absl::StrCat("convert ", c.input(), " -> ", c.output(),
-                                    ": ", st.message()));
+        return WithContext(
+            absl::StrCat("convert ", c.input(), " -> ", c.output(), ": "), st);
       }
     }
     // Progress at most once a second (and at the start), so that neither the
@@ -69,10 +71,9 @@ class ConvertJob : public Job {
       stats = ConvertHfToCheckpoint(c.input(), c.output(), opt);
     }
     if (!stats.ok()) {
-      return absl::Status(
-          stats.status().code(),
-          absl::StrCat("convert ", c.input(), " -> ", c.output(), ": ",
-                       stats.status().message()));
+      return WithContext(
+          absl::StrCat("convert ", c.input(), " -> ", c.output(), ": "),
+          stats.status());
     }
     const double rate =
         stats->seconds > 0 ? stats->bytes / stats->seconds : 0.0;

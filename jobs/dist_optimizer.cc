@@ -103,18 +103,10 @@ DistOptimizer::DistOptimizer(GradSync& grads, DistOptimizerOptions options)
     return;
   }
   // Stage 1: the parameters move into flat buffers like the gradients'.
-  const at::Device device = params[0].param.device();
-  for (size_t d = 0; d < layout.dtypes().size(); ++d) {
-    param_buffers_.push_back(at::zeros(
-        {layout.buffer_numel()[d]},
-        at::TensorOptions().dtype(layout.dtypes()[d]).device(device)));
-  }
+  param_buffers_ = layout.NewBuffers(params[0].param.device());
   for (size_t i = 0; i < params.size(); ++i) {
-    const BucketLayout::Slot& s = layout.slots()[i];
-    const int d = layout.buckets()[s.bucket].buffer;
-    at::Tensor view = param_buffers_[d]
-                          .narrow(0, s.offset, s.numel)
-                          .view(params[i].param.sizes());
+    at::Tensor view =
+        layout.SlotView(param_buffers_, i, params[i].param.sizes());
     view.copy_(params[i].param.detach());
     at::Tensor p = params[i].param;
     p.set_data(view);
@@ -258,32 +250,15 @@ std::map<std::string, at::Tensor> DistOptimizer::StateTensors() const {
 absl::Status DistOptimizer::LoadState(
     const std::map<std::string, at::Tensor>& state, int64_t steps) {
   if (adamw_) return adamw_->LoadState(state, steps);
-  // Check everything before changing anything.
-  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (to, from)
-  auto take = [&](const std::string& key,
-                  const at::Tensor& to) -> absl::Status {
-    auto it = state.find(key);
-    if (it == state.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("optimizer state: missing tensor ", key));
-    }
-    if (it->second.sizes() != to.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "optimizer state: ", key, " has shape ", c10::str(it->second.sizes()),
-          ", expected ", c10::str(to.sizes())));
-    }
-    copies.emplace_back(to, it->second);
-    return absl::OkStatus();
-  };
+  StateLoader loader(state);
   for (size_t b = 0; b < shards_.size(); ++b) {
     const Shard& s = shards_[b];
-    GEMMA_RETURN_IF_ERROR(take(Key(b, "exp_avg"), s.exp_avg));
-    GEMMA_RETURN_IF_ERROR(take(Key(b, "exp_avg_sq"), s.exp_avg_sq));
+    GEMMA_RETURN_IF_ERROR(loader.Take(Key(b, "exp_avg"), s.exp_avg));
+    GEMMA_RETURN_IF_ERROR(loader.Take(Key(b, "exp_avg_sq"), s.exp_avg_sq));
     if (!s.master.is_same(s.param))
-      GEMMA_RETURN_IF_ERROR(take(Key(b, "master"), s.master));
+      GEMMA_RETURN_IF_ERROR(loader.Take(Key(b, "master"), s.master));
   }
-  torch::NoGradGuard no_grad;
-  for (auto& [to, from] : copies) to.copy_(from);
+  loader.Apply();
   steps_ = steps;
   return absl::OkStatus();
 }

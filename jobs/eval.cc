@@ -14,6 +14,7 @@
 #include "data/dataset.h"
 #include "data/metrics.h"
 #include "jobs/generate_job.h"
+#include "jobs/one_rank_job.h"
 #include "jobs/train_model.h"
 #include "model/checkpoint.h"
 #include "model/loss.h"
@@ -37,16 +38,9 @@ absl::Status WriteJsonAtomically(const std::string& path,
   return RenamePath(tmp, path);
 }
 
-class EvalJob : public Job {
+class EvalJob : public OneRankJob {
  public:
-  absl::Status Run(RankContext& ctx) override {
-    try {
-      return RunInner(ctx);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("eval: ", e.what_without_backtrace()));
-    }
-  }
+  EvalJob() : OneRankJob("eval") {}
 
  private:
   // Loss of one batch, added to `m`.
@@ -87,13 +81,9 @@ class EvalJob : public Job {
     return absl::OkStatus();
   }
 
-  absl::Status RunInner(RankContext& ctx) {
+  absl::Status RunOneRank(RankContext& ctx) override {
     const auto& spec = ctx.spec;
     const auto& e = spec.eval();
-    if (ctx.world != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("eval runs as one rank (world ", ctx.world, ")"));
-    }
     const std::string data_path =
         spec.data().eval().empty() ? spec.data().train() : spec.data().eval();
     if (data_path.empty())

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <functional>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "data/dataset.h"
 #include "data/gemma4_image.h"
+#include "jobs/one_rank_job.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "model/lora.h"
@@ -77,9 +78,8 @@ absl::StatusOr<Gemma3Model> LoadJobModel(const std::string& path) {
                          ReadAdapterCheckpointInfo(path));
   absl::StatusOr<Gemma3Model> model = LoadModel(info.base_model);
   if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat(path, "/adapter.json: base_model: ",
-                                     model.status().message()));
+    return WithContext(absl::StrCat(path, "/adapter.json: base_model: "),
+                       model.status());
   }
   GEMMA_RETURN_IF_ERROR(LoadAdapterCheckpoint(path, *model).status());
   (*model)->eval();
@@ -274,24 +274,19 @@ absl::StatusOr<EncodedPrompts> EncodePrompts(
     for (const std::string& path : conv.image_paths()) {
       absl::StatusOr<RgbImage> decoded = DecodeImageFile(path);
       if (!decoded.ok()) {  // names the file
-        return absl::Status(
-            decoded.status().code(),
-            absl::StrCat(conv.source, ": ", decoded.status().message()));
+        return WithContext(absl::StrCat(conv.source, ": "), decoded.status());
       }
       absl::StatusOr<Info> info = image(*decoded);
       if (!info.ok()) {
-        return absl::Status(info.status().code(),
-                            absl::StrCat(conv.source, ": ", path, ": ",
-                                         info.status().message()));
+        return WithContext(absl::StrCat(conv.source, ": ", path, ": "),
+                           info.status());
       }
       infos.push_back(*std::move(info));
     }
     if (!pass_infos) infos.clear();
     absl::StatusOr<EncodedChat> enc = EncodeChat(tokenizer, conv, chat, infos);
     if (!enc.ok()) {
-      return absl::Status(
-          enc.status().code(),
-          absl::StrCat(conv.source, ": ", enc.status().message()));
+      return WithContext(absl::StrCat(conv.source, ": "), enc.status());
     }
     absl::StatusOr<RenderedChat> rendered = RenderChat(conv, chat, infos);
     std::string text = rendered.ok() ? rendered->text : "";
@@ -516,25 +511,14 @@ absl::StatusOr<std::vector<GenerationOutput>> TextGenerator::RunBatchGemma4(
 
 namespace {
 
-class GenerateJob : public Job {
+class GenerateJob : public OneRankJob {
  public:
-  absl::Status Run(RankContext& ctx) override {
-    try {
-      return RunInner(ctx);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("generate: ", e.what_without_backtrace()));
-    }
-  }
+  GenerateJob() : OneRankJob("generate") {}
 
  private:
-  absl::Status RunInner(RankContext& ctx) {
+  absl::Status RunOneRank(RankContext& ctx) override {
     const auto& spec = ctx.spec;
     const auto& g = spec.generate();
-    if (ctx.world != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("generate runs as one rank (world ", ctx.world, ")"));
-    }
     const std::string output = g.output().empty() ? spec.output() : g.output();
     if (output.empty())
       return absl::InvalidArgumentError("spec.generate.output: required");

@@ -72,6 +72,25 @@ BucketLayout::BucketLayout(const std::vector<TrainParam>& params,
   }
 }
 
+std::vector<at::Tensor> BucketLayout::NewBuffers(
+    const at::Device& device) const {
+  std::vector<at::Tensor> buffers;
+  for (size_t d = 0; d < dtypes_.size(); ++d) {
+    buffers.push_back(
+        at::zeros({buffer_numel_[d]},
+                  at::TensorOptions().dtype(dtypes_[d]).device(device)));
+  }
+  return buffers;
+}
+
+at::Tensor BucketLayout::SlotView(const std::vector<at::Tensor>& buffers,
+                                  size_t i, at::IntArrayRef sizes) const {
+  const Slot& s = slots_[i];
+  return buffers[buckets_[s.bucket].buffer]
+      .narrow(0, s.offset, s.numel)
+      .view(sizes);
+}
+
 std::vector<BucketLayout::Piece> BucketLayout::SegmentPieces(int b,
                                                              int rank) const {
   const Bucket& bucket = buckets_[b];
@@ -125,18 +144,9 @@ GradSync::GradSync(std::vector<TrainParam> params, const ParallelGroups& groups,
     TORCH_CHECK(seen.insert(p.param.unsafeGetTensorImpl()).second,
                 "GradSync: ", p.name, " is listed twice");
   }
-  for (size_t d = 0; d < layout_.dtypes().size(); ++d) {
-    buffers_.push_back(at::zeros(
-        {layout_.buffer_numel()[d]},
-        at::TensorOptions().dtype(layout_.dtypes()[d]).device(device)));
-  }
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const BucketLayout::Slot& s = layout_.slots()[i];
-    const int d = layout_.buckets()[s.bucket].buffer;
-    views_.push_back(buffers_[d]
-                         .narrow(0, s.offset, s.numel)
-                         .view(params_[i].param.sizes()));
-  }
+  buffers_ = layout_.NewBuffers(device);
+  for (size_t i = 0; i < params_.size(); ++i)
+    views_.push_back(layout_.SlotView(buffers_, i, params_[i].param.sizes()));
   const size_t n = params_.size();
   ready_.assign(n, 0);
   used_local_.assign(n, 0);

@@ -115,6 +115,11 @@ class BucketLayout {
   // The parameter pieces inside rank r's segment of bucket b, in buffer
   // order (padding is in no piece).
   std::vector<Piece> SegmentPieces(int b, int rank) const;
+  // New zeroed flat buffers on `device`, one per dtype (indexed like dtypes()).
+  std::vector<at::Tensor> NewBuffers(const at::Device& device) const;
+  // Parameter i's slot in `buffers` (from NewBuffers), viewed as `sizes`.
+  at::Tensor SlotView(const std::vector<at::Tensor>& buffers, size_t i,
+                      at::IntArrayRef sizes) const;
 
  private:
   int dp_;

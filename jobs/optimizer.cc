@@ -2,11 +2,10 @@
 
 #include <torch/torch.h>
 
-#include <array>
 #include <cmath>
 
-#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace gemma {
 
@@ -89,45 +88,36 @@ std::map<std::string, at::Tensor> AdamW::StateTensors() const {
 
 absl::Status AdamW::LoadState(const std::map<std::string, at::Tensor>& state,
                               int64_t steps) {
-  auto find = [&](const std::string& key,
-                  const at::Tensor& like) -> absl::StatusOr<at::Tensor> {
-    auto it = state.find(key);
-    if (it == state.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("optimizer state: missing tensor ", key));
-    }
-    if (it->second.sizes() != like.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "optimizer state: ", key, " has shape ", c10::str(it->second.sizes()),
-          ", expected ", c10::str(like.sizes())));
-    }
-    return it->second;
-  };
-  // Check everything before changing anything.
-  std::vector<std::array<at::Tensor, 3>> loaded;
+  StateLoader loader(state);
   for (const Slot& s : slots_) {
-    std::array<at::Tensor, 3> t;
-    auto m = find("exp_avg/" + s.name, s.exp_avg);
-    if (!m.ok()) return m.status();
-    auto v = find("exp_avg_sq/" + s.name, s.exp_avg_sq);
-    if (!v.ok()) return v.status();
-    t[0] = *m;
-    t[1] = *v;
-    if (!s.master.is_same(s.param)) {
-      auto w = find("master/" + s.name, s.master);
-      if (!w.ok()) return w.status();
-      t[2] = *w;
-    }
-    loaded.push_back(t);
+    GEMMA_RETURN_IF_ERROR(loader.Take("exp_avg/" + s.name, s.exp_avg));
+    GEMMA_RETURN_IF_ERROR(loader.Take("exp_avg_sq/" + s.name, s.exp_avg_sq));
+    if (!s.master.is_same(s.param))
+      GEMMA_RETURN_IF_ERROR(loader.Take("master/" + s.name, s.master));
   }
-  torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    slots_[i].exp_avg.copy_(loaded[i][0]);
-    slots_[i].exp_avg_sq.copy_(loaded[i][1]);
-    if (loaded[i][2].defined()) slots_[i].master.copy_(loaded[i][2]);
-  }
+  loader.Apply();
   steps_ = steps;
   return absl::OkStatus();
+}
+
+absl::Status StateLoader::Take(const std::string& key, const at::Tensor& to) {
+  auto it = state_.find(key);
+  if (it == state_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer state: missing tensor ", key));
+  }
+  if (it->second.sizes() != to.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer state: ", key, " has shape ", c10::str(it->second.sizes()),
+        ", expected ", c10::str(to.sizes())));
+  }
+  copies_.emplace_back(to, it->second);
+  return absl::OkStatus();
+}
+
+void StateLoader::Apply() {
+  torch::NoGradGuard no_grad;
+  for (auto& [to, from] : copies_) to.copy_(from);
 }
 
 }  // namespace gemma

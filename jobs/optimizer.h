@@ -61,6 +61,25 @@ void AdamWUpdate(const AdamWStepScalars& s, bool decay, const at::Tensor& grad,
                  at::Tensor& master, at::Tensor& exp_avg,
                  at::Tensor& exp_avg_sq);
 
+// Restores optimizer state all or nothing: Take checks each saved tensor
+// against the tensor it goes into, Apply copies them once every Take passed.
+class StateLoader {
+ public:
+  // `state` must outlive the loader.
+  explicit StateLoader(const std::map<std::string, at::Tensor>& state)
+      : state_(state) {}
+  // Stages state[key] for `to` (kept by reference, as tensors are).
+  // InvalidArgument "optimizer state: ..." naming `key` when it is missing or
+  // shaped differently.
+  absl::Status Take(const std::string& key, const at::Tensor& to);
+  // Copies every staged tensor into its destination.
+  void Apply();
+
+ private:
+  const std::map<std::string, at::Tensor>& state_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies_;  // (to, from)
+};
+
 class AdamW {
  public:
   // `params` are the trainable parameters by name (the tensors are kept and

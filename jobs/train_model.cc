@@ -150,9 +150,9 @@ absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma3TrainModel(
   opts.sequence_parallel = spec.parallel().sequence_parallel();
   auto model = BuildGemma3Model(config, weights.tensors, opts);
   if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat(dir, " at spec.parallel.tp=", tp.size(),
-                                     ": ", model.status().message()));
+    return WithContext(
+        absl::StrCat(dir, " at spec.parallel.tp=", tp.size(), ": "),
+        model.status());
   }
   return std::make_unique<Gemma3TrainModel>(
       *model, std::move(config), std::move(weights.config_json), opts);

@@ -246,10 +246,9 @@ absl::StatusOr<std::unique_ptr<TrainModel>> OpenGemma4TrainModel(
   tpo.comm = groups.tp;
   auto model = BuildGemma4Model(config, weights, groups.ep, tpo);
   if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat(dir, " at spec.parallel.tp=", tp,
-                                     " ep=", ep, ": ",
-                                     model.status().message()));
+    return WithContext(
+        absl::StrCat(dir, " at spec.parallel.tp=", tp, " ep=", ep, ": "),
+        model.status());
   }
   GEMMA_ASSIGN_OR_RETURN(int max_soft_tokens, MaxSoftTokens(dir));
   auto out = std::make_unique<Gemma4TrainModel>(*model, std::move(config),

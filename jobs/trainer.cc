@@ -282,9 +282,7 @@ absl::Status Trainer::LoadData() {
   }
   auto tok = Tokenizer::Load(tok_path);
   if (!tok.ok()) {
-    return absl::Status(
-        tok.status().code(),
-        absl::StrCat("spec.model.tokenizer: ", tok.status().message()));
+    return WithContext("spec.model.tokenizer: ", tok.status());
   }
   tokenizer_ = std::move(*tok);
   GEMMA_RETURN_IF_ERROR(model_->CheckTokenizer(*tokenizer_));
@@ -293,16 +291,12 @@ absl::Status Trainer::LoadData() {
   ro.skip_bad = d.skip_bad();
   auto train = ReadDataset(d.train(), ro);
   if (!train.ok()) {
-    return absl::Status(
-        train.status().code(),
-        absl::StrCat("spec.data.train: ", train.status().message()));
+    return WithContext("spec.data.train: ", train.status());
   }
   if (!d.eval().empty()) {
     auto eval = ReadDataset(d.eval(), ro);
     if (!eval.ok()) {
-      return absl::Status(
-          eval.status().code(),
-          absl::StrCat("spec.data.eval: ", eval.status().message()));
+      return WithContext("spec.data.eval: ", eval.status());
     }
     eval_data_ = std::move(*eval);
   }
@@ -363,9 +357,7 @@ absl::StatusOr<Batch> Trainer::NextMicroBatch() {
   for (int r = 0; r < dp; ++r) {
     auto b = train_batches_->Next();
     if (!b.ok()) {
-      return absl::Status(
-          b.status().code(),
-          absl::StrCat("spec.data.train: ", b.status().message()));
+      return WithContext("spec.data.train: ", b.status());
     }
     if (r == me) mine = std::move(*b);
   }
@@ -480,9 +472,7 @@ absl::StatusOr<EvalStats> Trainer::Evaluate() {
   for (int64_t i = 0; i < batches; ++i) {
     auto b = loader->Next();
     if (!b.ok()) {
-      return absl::Status(
-          b.status().code(),
-          absl::StrCat("spec.data.eval: ", b.status().message()));
+      return WithContext("spec.data.eval: ", b.status());
     }
     if (i % dp.size() != dp.rank()) continue;
     auto r = Guarded<bool>("validation", [&] {

@@ -649,9 +649,8 @@ absl::Status RunGlooRanks(
   for (auto& t : threads) t.join();
   // The first rank to fail caused the others' aborts: report it.
   if (first_failed < 0) return absl::OkStatus();
-  const absl::Status& s = results[first_failed];
-  return absl::Status(s.code(),
-                      absl::StrCat("rank ", first_failed, ": ", s.message()));
+  return WithContext(absl::StrCat("rank ", first_failed, ": "),
+                     results[first_failed]);
 }
 
 }  // namespace gemma

@@ -1,11 +1,8 @@
 // gemma-worker: one process per GPU (or CPU slot); runs one rank of a job.
-#include <signal.h>
-
-#include <iostream>
-#include <thread>
 
 #include "common/flags.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "jobs/registry.h"
 #include "worker/comm.h"
 #include "worker/device_probe.h"
@@ -43,20 +40,9 @@ int main(int argc, char** argv) {
       "  gemma-worker --coordinator 127.0.0.1:7450 --device cpu\n"
       "  srun --ntasks-per-node=8 --gpus-per-task=1 gemma-worker --coordinator "
       "head:7450");
-  absl::Status st = flags.Parse(argc, argv);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (!st.ok()) {
-    std::cerr << "gemma-worker: " << st.message() << "\n";
-    return 2;
-  }
+  if (auto exit_code = flags.ParseOrExit(argc, argv)) return *exit_code;
   auto self = gemma::ProbeDevice(device, cpu_slots);
-  if (!self.ok()) {
-    std::cerr << "gemma-worker: " << self.status().message() << "\n";
-    return 2;
-  }
+  if (!self.ok()) return flags.UsageError(self.status().message());
   if (rendezvous_host.empty()) {
     const std::string& c = options.coordinator;
     rendezvous_host = (c.rfind("127.0.0.1:", 0) == 0 || c.rfind("localhost:", 0) == 0)
@@ -69,21 +55,14 @@ int main(int argc, char** argv) {
     if (!store.ok()) return store.status();
     return gemma::OpenedStore{*store, (*store)->address()};
   };
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const sigset_t signals = gemma::BlockTerminationSignals();
 
   gemma::WorkerSessionClient session(options, *self,
                                      &gemma::JobRegistry::Default());
-  std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
+  gemma::OnTerminationSignal(signals, [&](int sig) {
     GEMMA_LOG(INFO) << "signal " << sig << ": detaching";
     session.Stop();
-  });
-  signal_thread.detach();
+  }).detach();
   GEMMA_LOG(INFO) << "device " << self->device_kind()
                   << (self->device_index() >= 0
                           ? ":" + std::to_string(self->device_index())
