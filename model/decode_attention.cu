@@ -52,10 +52,11 @@ constexpr int64_t kMinKeysPerSplit = 16;
 constexpr int64_t kMaxSplits = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Copies E consecutive elements from p (aligned to min(16, E * sizeof(T))
-// bytes) into `out` (16-byte aligned) in the widest loads that fit.
+// Copies E consecutive elements from p to out in the widest accesses that
+// fit: both aligned to min(16, E * sizeof(T)) bytes (a register array
+// declared alignas(16) is). Loads a lane's row, and stores it.
 template <typename T, int E>
-__device__ __forceinline__ void LoadRow(const T* p, T* out) {
+__device__ __forceinline__ void CopyRow(const T* p, T* out) {
   constexpr int kBytes = E * static_cast<int>(sizeof(T));
   if constexpr (kBytes % 16 == 0) {
 #pragma unroll
@@ -68,24 +69,6 @@ __device__ __forceinline__ void LoadRow(const T* p, T* out) {
   } else {
 #pragma unroll
     for (int i = 0; i < E; ++i) out[i] = p[i];
-  }
-}
-
-// Stores E elements from `in` (16-byte aligned) to p (aligned as LoadRow's).
-template <typename T, int E>
-__device__ __forceinline__ void StoreRow(const T* in, T* p) {
-  constexpr int kBytes = E * static_cast<int>(sizeof(T));
-  if constexpr (kBytes % 16 == 0) {
-#pragma unroll
-    for (int i = 0; i < kBytes / 16; ++i)
-      reinterpret_cast<uint4*>(p)[i] = reinterpret_cast<const uint4*>(in)[i];
-  } else if constexpr (kBytes == 8) {
-    *reinterpret_cast<uint2*>(p) = *reinterpret_cast<const uint2*>(in);
-  } else if constexpr (kBytes == 4) {
-    *reinterpret_cast<uint32_t*>(p) = *reinterpret_cast<const uint32_t*>(in);
-  } else {
-#pragma unroll
-    for (int i = 0; i < E; ++i) p[i] = in[i];
   }
 }
 
@@ -131,9 +114,9 @@ __device__ __forceinline__ void NormRopeRow(float (&x)[E], const Params& p,
   alignas(16) T wr[E];
   alignas(16) T cr[E];
   alignas(16) T sr[E];
-  LoadRow<T, E>(w + lane * E, wr);
-  LoadRow<T, E>(cos + lane * E, cr);
-  LoadRow<T, E>(sin + lane * E, sr);
+  CopyRow<T, E>(w + lane * E, wr);
+  CopyRow<T, E>(cos + lane * E, cr);
+  CopyRow<T, E>(sin + lane * E, sr);
   float ss = 0.f;
 #pragma unroll
   for (int e = 0; e < E; ++e) ss += x[e] * x[e];
@@ -197,7 +180,7 @@ __global__ void __launch_bounds__(kThreads)
   // Update would do. No other block reads that slot, so it races with none.
   alignas(16) T knew[E];
   if (begin <= index && index < end) {
-    LoadRow<T, E>(kn + lane * E, knew);
+    CopyRow<T, E>(kn + lane * E, knew);
     if (fold) {
       float kf[E];
 #pragma unroll
@@ -209,9 +192,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (pass == 0 && warp == 0) {
       alignas(16) T vnew[E];
-      LoadRow<T, E>(vn + lane * E, vnew);
-      StoreRow<T, E>(knew, kc + index * kHd + lane * E);
-      StoreRow<T, E>(vnew, vc + index * kHd + lane * E);
+      CopyRow<T, E>(vn + lane * E, vnew);
+      CopyRow<T, E>(knew, kc + index * kHd + lane * E);
+      CopyRow<T, E>(vnew, vc + index * kHd + lane * E);
     }
   }
 
@@ -222,7 +205,7 @@ __global__ void __launch_bounds__(kThreads)
     if (h < gn) {
       const T* qp = static_cast<const T*>(p.q) + b * p.q_sb + kvh * p.q_sh +
                     (h0 + h) * p.q_sg + lane * E;
-      LoadRow<T, E>(qp, raw);
+      CopyRow<T, E>(qp, raw);
     }
 #pragma unroll
     for (int e = 0; e < E; ++e) q[h][e] = h < gn ? ToFloat(raw[e]) : 0.f;
@@ -259,9 +242,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int e = 0; e < E; ++e) kr[u][e] = knew[e];
         } else {
-          LoadRow<T, E>(kc + j * kHd + lane * E, kr[u]);
+          CopyRow<T, E>(kc + j * kHd + lane * E, kr[u]);
         }
-        LoadRow<T, E>((j == index ? vn : vc + j * kHd) + lane * E, vr[u]);
+        CopyRow<T, E>((j == index ? vn : vc + j * kHd) + lane * E, vr[u]);
       }
     }
     // valid[] is the same for the whole warp: no divergence below.
