@@ -2,7 +2,7 @@
 # generation). Included from model/CMakeLists.txt.
 
 # Config parsing has no LibTorch dependency.
-add_library(gemma_model_config STATIC config.cc)
+add_library(gemma_model_config STATIC config.cc json_object_reader.cc)
 target_include_directories(gemma_model_config PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(gemma_model_config PUBLIC gemma_common nlohmann_json::nlohmann_json
     absl::status absl::statusor absl::strings)

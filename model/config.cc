@@ -11,117 +11,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "model/json_object_reader.h"
 
 namespace gemma {
 namespace {
 
 using nlohmann::json;
 
-// Typed reads from one JSON object, with errors naming `source: path.key`.
-class ObjectReader {
- public:
-  ObjectReader(const json& obj, std::string source, std::string path)
-      : obj_(obj), source_(std::move(source)), path_(std::move(path)) {}
-
-  std::string KeyPath(std::string_view key) const {
-    return path_.empty() ? std::string(key)
-                         : absl::StrCat(path_, ".", std::string(key));
-  }
-  absl::Status Error(std::string_view key, std::string_view what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source_, ": ", KeyPath(key), ": ", std::string(what)));
-  }
-  // Present and not null.
-  bool Has(std::string_view key) const {
-    auto it = obj_.find(std::string(key));
-    return it != obj_.end() && !it->is_null();
-  }
-  bool IsNull(std::string_view key) const {
-    auto it = obj_.find(std::string(key));
-    return it != obj_.end() && it->is_null();
-  }
-  const json& Get(std::string_view key) const {
-    return obj_.at(std::string(key));
-  }
-
-  absl::Status Int(std::string_view key, int64_t* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (v.is_number_integer()) {
-      *out = v.get<int64_t>();
-    } else if (v.is_number_float() &&
-               std::floor(v.get<double>()) == v.get<double>()) {
-      *out = static_cast<int64_t>(v.get<double>());
-    } else {
-      return Error(key, absl::StrCat("expected an integer, got ", v.dump()));
-    }
-    return absl::OkStatus();
-  }
-  absl::Status Double(std::string_view key, double* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (!v.is_number())
-      return Error(key, absl::StrCat("expected a number, got ", v.dump()));
-    *out = v.get<double>();
-    return absl::OkStatus();
-  }
-  absl::Status OptDouble(std::string_view key,
-                         std::optional<double>* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    double d = 0;
-    GEMMA_RETURN_IF_ERROR(Double(key, &d));
-    *out = d;
-    return absl::OkStatus();
-  }
-  absl::Status String(std::string_view key, std::string* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (!v.is_string())
-      return Error(key, absl::StrCat("expected a string, got ", v.dump()));
-    *out = v.get<std::string>();
-    return absl::OkStatus();
-  }
-  absl::Status Bool(std::string_view key, bool* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (!v.is_boolean())
-      return Error(key, absl::StrCat("expected true or false, got ", v.dump()));
-    *out = v.get<bool>();
-    return absl::OkStatus();
-  }
-  // An integer or a list of integers.
-  absl::Status IntList(std::string_view key, std::vector<int64_t>* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (v.is_number_integer()) {
-      *out = {v.get<int64_t>()};
-      return absl::OkStatus();
-    }
-    if (!v.is_array())
-      return Error(key, "expected an integer or a list of integers");
-    out->clear();
-    for (const json& e : v) {
-      if (!e.is_number_integer())
-        return Error(key, "expected a list of integers");
-      out->push_back(e.get<int64_t>());
-    }
-    return absl::OkStatus();
-  }
-  absl::StatusOr<ObjectReader> Object(std::string_view key) const {
-    const json& v = Get(key);
-    if (!v.is_object()) return Error(key, "expected an object");
-    return ObjectReader(v, source_, KeyPath(key));
-  }
-  const std::string& source() const { return source_; }
-
- private:
-  const json& obj_;
-  std::string source_;
-  std::string path_;
-};
-
 absl::StatusOr<LayerType> ParseLayerType(const std::string& s,
-                                         const ObjectReader& r,
+                                         const JsonObjectReader& r,
                                          std::string_view key) {
   if (s == "sliding_attention") return LayerType::kSliding;
   if (s == "full_attention") return LayerType::kFull;
@@ -132,7 +30,7 @@ absl::StatusOr<LayerType> ParseLayerType(const std::string& s,
 
 // Reads one rope parameter object ({rope_type|type, rope_theta, factor}) into
 // `p`, keeping the fields it does not set.
-absl::Status ParseRope(const ObjectReader& r, RopeParams* p) {
+absl::Status ParseRope(const JsonObjectReader& r, RopeParams* p) {
   GEMMA_RETURN_IF_ERROR(r.String("type", &p->rope_type));
   GEMMA_RETURN_IF_ERROR(r.String("rope_type", &p->rope_type));
   GEMMA_RETURN_IF_ERROR(r.Double("rope_theta", &p->theta));
@@ -151,7 +49,7 @@ absl::Status ParseRope(const ObjectReader& r, RopeParams* p) {
   return absl::OkStatus();
 }
 
-absl::Status ParseText(const ObjectReader& r, TextConfig* t) {
+absl::Status ParseText(const JsonObjectReader& r, TextConfig* t) {
   GEMMA_RETURN_IF_ERROR(r.Int("vocab_size", &t->vocab_size));
   GEMMA_RETURN_IF_ERROR(r.Int("hidden_size", &t->hidden_size));
   GEMMA_RETURN_IF_ERROR(r.Int("intermediate_size", &t->intermediate_size));
@@ -222,7 +120,7 @@ absl::Status ParseText(const ObjectReader& r, TextConfig* t) {
   t->rope_full = RopeParams{"default", 1000000.0, 1.0};
   t->rope_sliding = RopeParams{"default", 10000.0, 1.0};
   if (r.Has("rope_parameters")) {
-    GEMMA_ASSIGN_OR_RETURN(ObjectReader rp, r.Object("rope_parameters"));
+    GEMMA_ASSIGN_OR_RETURN(JsonObjectReader rp, r.Object("rope_parameters"));
     if (rp.Has("rope_type") || rp.Has("rope_theta")) {
       return r.Error("rope_parameters",
                      "expected one entry per layer type (full_attention, "
@@ -233,11 +131,13 @@ absl::Status ParseText(const ObjectReader& r, TextConfig* t) {
     GEMMA_RETURN_IF_ERROR(
         r.Double("rope_local_base_freq", &t->rope_sliding.theta));
     if (rp.Has("full_attention")) {
-      GEMMA_ASSIGN_OR_RETURN(ObjectReader full, rp.Object("full_attention"));
+      GEMMA_ASSIGN_OR_RETURN(JsonObjectReader full,
+                             rp.Object("full_attention"));
       GEMMA_RETURN_IF_ERROR(ParseRope(full, &t->rope_full));
     }
     if (rp.Has("sliding_attention")) {
-      GEMMA_ASSIGN_OR_RETURN(ObjectReader sl, rp.Object("sliding_attention"));
+      GEMMA_ASSIGN_OR_RETURN(JsonObjectReader sl,
+                             rp.Object("sliding_attention"));
       GEMMA_RETURN_IF_ERROR(ParseRope(sl, &t->rope_sliding));
     }
   } else {
@@ -246,14 +146,14 @@ absl::Status ParseText(const ObjectReader& r, TextConfig* t) {
         r.Double("rope_local_base_freq", &t->rope_sliding.theta));
     if (r.Has("rope_scaling")) {
       // Merged into the full-attention layers only (HF's conversion rule).
-      GEMMA_ASSIGN_OR_RETURN(ObjectReader rs, r.Object("rope_scaling"));
+      GEMMA_ASSIGN_OR_RETURN(JsonObjectReader rs, r.Object("rope_scaling"));
       GEMMA_RETURN_IF_ERROR(ParseRope(rs, &t->rope_full));
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status ParseVision(const ObjectReader& r, VisionConfig* v) {
+absl::Status ParseVision(const JsonObjectReader& r, VisionConfig* v) {
   GEMMA_RETURN_IF_ERROR(r.Int("hidden_size", &v->hidden_size));
   GEMMA_RETURN_IF_ERROR(r.Int("intermediate_size", &v->intermediate_size));
   GEMMA_RETURN_IF_ERROR(r.Int("num_hidden_layers", &v->num_layers));
@@ -285,7 +185,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& doc,
     return absl::InvalidArgumentError(
         absl::StrCat(std::string(source), ": expected a JSON object"));
   }
-  ObjectReader top(doc, std::string(source), "");
+  JsonObjectReader top(doc, source, "");
   ModelConfig c;
   std::string model_type;
   GEMMA_RETURN_IF_ERROR(top.String("model_type", &model_type));
@@ -311,16 +211,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& doc,
   } else {
     c.model_type = "gemma3";
     if (top.Has("text_config")) {
-      GEMMA_ASSIGN_OR_RETURN(ObjectReader tr, top.Object("text_config"));
+      GEMMA_ASSIGN_OR_RETURN(JsonObjectReader tr, top.Object("text_config"));
       GEMMA_RETURN_IF_ERROR(ParseText(tr, &c.text));
     } else {
       GEMMA_RETURN_IF_ERROR(ParseText(
-          ObjectReader(json::object(), std::string(source), "text_config"),
-          &c.text));
+          JsonObjectReader(json::object(), source, "text_config"), &c.text));
     }
     c.vision = VisionConfig{};
     if (top.Has("vision_config")) {
-      GEMMA_ASSIGN_OR_RETURN(ObjectReader vr, top.Object("vision_config"));
+      GEMMA_ASSIGN_OR_RETURN(JsonObjectReader vr, top.Object("vision_config"));
       GEMMA_RETURN_IF_ERROR(ParseVision(vr, &*c.vision));
     }
     GEMMA_RETURN_IF_ERROR(

@@ -7,83 +7,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "model/json_object_reader.h"
 
 namespace gemma {
 namespace {
 
 using nlohmann::json;
 
-// Typed reads of one JSON object; errors say "source: path.key: what".
-class Reader {
- public:
-  Reader(const json& obj, std::string_view source, std::string path)
-      : obj_(obj), source_(std::string(source)), path_(std::move(path)) {}
-
-  absl::Status Error(std::string_view key, std::string_view what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source_, ": ", path_.empty() ? "" : path_ + ".",
-                     std::string(key), ": ", std::string(what)));
-  }
-  bool Has(std::string_view key) const {
-    auto it = obj_.find(std::string(key));
-    return it != obj_.end() && !it->is_null();
-  }
-  const json& Get(std::string_view key) const {
-    return obj_.at(std::string(key));
-  }
-  absl::Status Int(std::string_view key, int64_t* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (v.is_number_integer()) {
-      *out = v.get<int64_t>();
-    } else if (v.is_number_float() &&
-               std::floor(v.get<double>()) == v.get<double>()) {
-      *out = static_cast<int64_t>(v.get<double>());
-    } else {
-      return Error(key, absl::StrCat("expected an integer, got ", v.dump()));
-    }
-    return absl::OkStatus();
-  }
-  absl::Status Double(std::string_view key, double* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (!v.is_number()) {
-      return Error(key, absl::StrCat("expected a number, got ", v.dump()));
-    }
-    *out = v.get<double>();
-    return absl::OkStatus();
-  }
-  absl::Status Bool(std::string_view key, bool* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (!v.is_boolean()) {
-      return Error(key, absl::StrCat("expected true or false, got ", v.dump()));
-    }
-    *out = v.get<bool>();
-    return absl::OkStatus();
-  }
-  absl::Status String(std::string_view key, std::string* out) const {
-    if (!Has(key)) return absl::OkStatus();
-    const json& v = Get(key);
-    if (!v.is_string()) {
-      return Error(key, absl::StrCat("expected a string, got ", v.dump()));
-    }
-    *out = v.get<std::string>();
-    return absl::OkStatus();
-  }
-  std::string Path(std::string_view key) const {
-    return path_.empty() ? std::string(key)
-                         : absl::StrCat(path_, ".", std::string(key));
-  }
-  std::string_view source() const { return source_; }
-
- private:
-  const json& obj_;
-  std::string source_;
-  std::string path_;
-};
-
-absl::Status ParseRope(const Reader& r, Gemma4Rope* p) {
+absl::Status ParseRope(const JsonObjectReader& r, Gemma4Rope* p) {
   GEMMA_RETURN_IF_ERROR(r.String("rope_type", &p->rope_type));
   if (p->rope_type != "default" && p->rope_type != "proportional") {
     return r.Error("rope_type",
@@ -101,7 +32,7 @@ absl::Status ParseRope(const Reader& r, Gemma4Rope* p) {
   return absl::OkStatus();
 }
 
-absl::Status ParseEos(const Reader& r, std::vector<int64_t>* out) {
+absl::Status ParseEos(const JsonObjectReader& r, std::vector<int64_t>* out) {
   if (!r.Has("eos_token_id")) return absl::OkStatus();
   const json& e = r.Get("eos_token_id");
   out->clear();
@@ -119,7 +50,7 @@ absl::Status ParseEos(const Reader& r, std::vector<int64_t>* out) {
   return absl::OkStatus();
 }
 
-absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
+absl::Status ParseText(const JsonObjectReader& r, Gemma4TextConfig* t) {
   GEMMA_RETURN_IF_ERROR(r.Int("vocab_size", &t->vocab_size));
   GEMMA_RETURN_IF_ERROR(r.Int("hidden_size", &t->hidden_size));
   GEMMA_RETURN_IF_ERROR(r.Int("intermediate_size", &t->intermediate_size));
@@ -240,8 +171,8 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
         return r.Error(absl::StrCat("rope_parameters.", type),
                        "expected an object");
       }
-      Reader sub(*it, r.source(),
-                 r.Path(absl::StrCat("rope_parameters.", type)));
+      JsonObjectReader sub(*it, r.source(),
+                           r.KeyPath(absl::StrCat("rope_parameters.", type)));
       GEMMA_RETURN_IF_ERROR(ParseRope(sub, std::string(type) == "full_attention"
                                                ? &t->rope_full
                                                : &t->rope_sliding));
@@ -279,7 +210,7 @@ absl::Status ParseText(const Reader& r, Gemma4TextConfig* t) {
             key_path,
             "per-layer overrides of sliding layers are not supported");
       }
-      Reader sub(*it, r.source(), r.Path(key_path));
+      JsonObjectReader sub(*it, r.source(), r.KeyPath(key_path));
       int64_t hd = t->global_head_dim, kv = t->num_global_kv_heads;
       GEMMA_RETURN_IF_ERROR(sub.Int("head_dim", &hd));
       if (it->contains("num_key_value_heads")) {
@@ -339,11 +270,13 @@ absl::StatusOr<Gemma4TextConfig> ParseGemma4TextConfig(
       return absl::InvalidArgumentError(absl::StrCat(
           std::string(source), ": text_config: expected an object"));
     }
-    GEMMA_RETURN_IF_ERROR(ParseText(Reader(*tc, source, "text_config"), &t));
+    GEMMA_RETURN_IF_ERROR(
+        ParseText(JsonObjectReader(*tc, source, "text_config"), &t));
     // A VL config's own eos list wins for stopping.
-    GEMMA_RETURN_IF_ERROR(ParseEos(Reader(doc, source, ""), &t.eos_token_ids));
+    GEMMA_RETURN_IF_ERROR(
+        ParseEos(JsonObjectReader(doc, source, ""), &t.eos_token_ids));
   } else {
-    GEMMA_RETURN_IF_ERROR(ParseText(Reader(doc, source, ""), &t));
+    GEMMA_RETURN_IF_ERROR(ParseText(JsonObjectReader(doc, source, ""), &t));
   }
   GEMMA_RETURN_IF_ERROR(ValidateGemma4TextConfig(t, source));
   return t;
@@ -531,14 +464,14 @@ absl::StatusOr<Gemma4ModelConfig> ParseGemma4ModelConfigText(
   }
   Gemma4ModelConfig m;
   GEMMA_ASSIGN_OR_RETURN(m.text, ParseGemma4TextConfig(doc, source));
-  Reader top(doc, source, "");
+  JsonObjectReader top(doc, source, "");
   GEMMA_RETURN_IF_ERROR(top.Int("image_token_id", &m.image_token_id));
   GEMMA_RETURN_IF_ERROR(top.Int("boi_token_id", &m.boi_token_id));
   GEMMA_RETURN_IF_ERROR(top.Int("eoi_token_id", &m.eoi_token_id));
   if (!top.Has("vision_config")) return m;
   const json& vj = doc.at("vision_config");
   if (!vj.is_object()) return top.Error("vision_config", "expected an object");
-  Reader r(vj, source, "vision_config");
+  JsonObjectReader r(vj, source, "vision_config");
   Gemma4VisionConfig v;
   GEMMA_RETURN_IF_ERROR(r.Int("hidden_size", &v.hidden_size));
   GEMMA_RETURN_IF_ERROR(r.Int("intermediate_size", &v.intermediate_size));
@@ -566,7 +499,7 @@ absl::StatusOr<Gemma4ModelConfig> ParseGemma4ModelConfigText(
     const json& rp = vj.at("rope_parameters");
     if (!rp.is_object())
       return r.Error("rope_parameters", "expected an object");
-    Reader rr(rp, source, "vision_config.rope_parameters");
+    JsonObjectReader rr(rp, source, "vision_config.rope_parameters");
     GEMMA_RETURN_IF_ERROR(rr.Double("rope_theta", &v.rope_theta));
   }
   for (auto [name, val] :
