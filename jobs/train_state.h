@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/file_io.h"
 #include "data/batch.h"
 #include "model/checkpoint.h"
 #include "model/comm.h"
@@ -65,8 +66,8 @@ std::optional<std::string> LatestCheckpoint(const std::string& root);
 // Whether `dir` is a training step folder (holds train_state.json).
 bool IsTrainCheckpoint(const std::string& dir);
 
-// Writes `text` to `path` through a temporary file and a rename.
-absl::Status WriteFileAtomic(const std::string& path, const std::string& text);
+// The JSON files of a step folder are written with WriteFileAtomic
+// (common/file_io.h, included above).
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
 
 // A safetensors file of CPU tensors (written atomically) and back (copies,

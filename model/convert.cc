@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "model/gemma4_config.h"
 #include "model/gemma4_names.h"
@@ -68,14 +69,6 @@ std::string BaseName(const std::string& path) {
 
 std::string ShapeString(const std::vector<int64_t>& s) {
   return absl::StrCat("[", absl::StrJoin(s, ", "), "]");
-}
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 absl::Status PrefixError(const absl::Status& s, absl::string_view prefix) {
@@ -169,7 +162,7 @@ absl::Status HfSource::Open(const std::string& dir) {
 
 absl::Status HfSource::OpenGemma4(const std::string& dir) {
   const std::string path = dir + "/config.json";
-  GEMMA_ASSIGN_OR_RETURN(config_json_, ReadText(path));
+  GEMMA_ASSIGN_OR_RETURN(config_json_, ReadFileToString(path));
   GEMMA_ASSIGN_OR_RETURN(Gemma4ModelConfig config,
                          ParseGemma4ModelConfigText(config_json_, path));
   return OpenWith(dir, BuildGemma4HfMapping(config),
@@ -184,7 +177,7 @@ absl::Status HfSource::OpenWith(const std::string& dir, HfMapping mapping,
   canonical_ = std::move(canonical);
   const std::string index_path = dir + "/model.safetensors.index.json";
   if (PathExists(index_path)) {
-    GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(index_path));
+    GEMMA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path));
     std::map<std::string, std::string> weight_map;
     try {
       json idx = json::parse(text);
@@ -372,7 +365,8 @@ absl::StatusOr<ModelFolderInfo> InspectModelFolder(const std::string& dir) {
     info.ep = reader->manifest().ep;
     return info;
   }
-  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(std::string text,
+                         ReadFileToString(dir + "/config.json"));
   return ModelInfoFromConfig(text, dir + "/config.json");
 }
 
@@ -406,7 +400,8 @@ absl::Status CheckConvertLayout(const ModelFolderInfo& info, int tp, int ep,
 absl::StatusOr<std::unique_ptr<GlobalTensorSource>> OpenHfFolder(
     const std::string& hf_dir) {
   auto src = std::make_unique<HfSource>();
-  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(hf_dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(std::string text,
+                         ReadFileToString(hf_dir + "/config.json"));
   if (IsGemma4ConfigText(text)) {
     GEMMA_RETURN_IF_ERROR(src->OpenGemma4(hf_dir));
   } else {

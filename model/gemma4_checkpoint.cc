@@ -2,12 +2,11 @@
 
 #include <torch/torch.h>
 
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "model/convert.h"
 #include "model/param_table.h"
@@ -15,14 +14,6 @@
 
 namespace gemma {
 namespace {
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string ShapeString(const std::vector<int64_t>& s) {
   return absl::StrCat("[", absl::StrJoin(s, ", "), "]");
@@ -123,7 +114,7 @@ absl::StatusOr<Gemma4RankWeights> LoadGemma4RankWeights(
     where = dir + "/manifest.json: model_config";
   } else {
     where = dir + "/config.json";
-    GEMMA_ASSIGN_OR_RETURN(std::string text, ReadText(where));
+    GEMMA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(where));
     if (!IsGemma4ConfigText(text)) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": not a Gemma 4 config (model_type)"));

@@ -1,11 +1,9 @@
 #include "model/hf_mapping.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -174,11 +172,8 @@ absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text,
 }
 
 absl::StatusOr<HfConfigLite> ReadHfConfigLite(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseHfConfigLite(ss.str(), path);
+  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  return ParseHfConfigLite(text, path);
 }
 
 absl::StatusOr<HfMapping> BuildHfMapping(const HfConfigLite& c) {

@@ -1,17 +1,14 @@
 #include "model/hf_mapping_gemma4.h"
 
-#include <dirent.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
 #include "model/gemma4.h"
@@ -150,44 +147,10 @@ absl::StatusOr<std::map<std::string, at::Tensor>> Gemma4ToHf(
   return out;
 }
 
-namespace {
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-absl::Status WriteTextAtomic(const std::string& path, const std::string& text) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      return absl::InternalError(absl::StrCat(tmp, ": write failed"));
-    }
-  }
-  return RenamePath(tmp, path);
-}
-
-}  // namespace
-
 absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFolder(
     const std::string& dir) {
-  std::vector<std::string> files;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (absl::EndsWith(name, ".safetensors"))
-        files.push_back(dir + "/" + name);
-    }
-    closedir(d);
-  }
-  std::sort(files.begin(), files.end());
+  const std::vector<std::string> files =
+      ListFilesWithSuffix(dir, ".safetensors");
   if (files.empty()) {
     return absl::NotFoundError(absl::StrCat(dir, ": no *.safetensors files"));
   }
@@ -207,7 +170,7 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFolder(
 
 absl::StatusOr<Gemma4Weights> LoadGemma4Folder(const std::string& dir) {
   Gemma4Weights w;
-  GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadText(dir + "/config.json"));
+  GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadFileToString(dir + "/config.json"));
   GEMMA_ASSIGN_OR_RETURN(
       w.config, ParseGemma4TextConfigText(w.config_json, dir + "/config.json"));
   GEMMA_ASSIGN_OR_RETURN(auto raw, ReadSafetensorsFolder(dir));
@@ -243,7 +206,7 @@ absl::Status SaveGemma4Folder(const std::string& dir,
     GEMMA_RETURN_IF_ERROR(AddTensor(writer, name, t));
   }
   GEMMA_RETURN_IF_ERROR(writer.Write(dir + "/model.safetensors"));
-  return WriteTextAtomic(dir + "/config.json", config_json);
+  return WriteFileAtomic(dir + "/config.json", config_json);
 }
 
 absl::StatusOr<Gemma4TextModel> LoadGemma4TextModel(const std::string& dir,

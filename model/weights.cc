@@ -1,14 +1,12 @@
 #include "model/weights.h"
 
-#include <dirent.h>
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
@@ -19,28 +17,6 @@
 
 namespace gemma {
 namespace {
-
-std::vector<std::string> SafetensorsFiles(const std::string& dir) {
-  std::vector<std::string> files;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (absl::EndsWith(name, ".safetensors"))
-        files.push_back(dir + "/" + name);
-    }
-    closedir(d);
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Rank `rank`'s shard (tp ways) of every tensor of `source`, copied out of the
 // mappings.
@@ -100,8 +76,8 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const std::string& dir, int tp,
                      ": not a model folder (no manifest.json of our "
                      "checkpoint, no config.json)"));
   }
-  GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadText(dir + "/config.json"));
-  std::vector<std::string> files = SafetensorsFiles(dir);
+  GEMMA_ASSIGN_OR_RETURN(w.config_json, ReadFileToString(dir + "/config.json"));
+  std::vector<std::string> files = ListFilesWithSuffix(dir, ".safetensors");
   std::vector<std::string> model_files;
   for (const auto& f : files) {
     if (absl::StrContains(f.substr(dir.size()), "/model"))
