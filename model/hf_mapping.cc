@@ -39,6 +39,21 @@ absl::Status ReadInt(const json& obj, absl::string_view path, const char* key,
   return absl::OkStatus();
 }
 
+// Parses config.json `text` (read from `file`), which must hold an object.
+absl::StatusOr<json> ParseConfigObject(absl::string_view text,
+                                       absl::string_view file) {
+  json root;
+  try {
+    root = json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": not valid JSON: ", e.what()));
+  }
+  if (!root.is_object())
+    return ConfigError(file, "(root)", "not a JSON object");
+  return root;
+}
+
 // Text prefix rules: accepted spelling -> canonical spelling.
 struct Rule {
   const char* from;
@@ -91,15 +106,7 @@ absl::StatusOr<std::string> HfModulePath(absl::string_view canonical_name,
 
 absl::StatusOr<HfConfigLite> ParseHfConfigLite(absl::string_view text,
                                                absl::string_view file) {
-  json root;
-  try {
-    root = json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ": not valid JSON: ", e.what()));
-  }
-  if (!root.is_object())
-    return ConfigError(file, "(root)", "not a JSON object");
+  GEMMA_ASSIGN_OR_RETURN(json root, ParseConfigObject(text, file));
   HfConfigLite c;
   c.raw_json = std::string(text);
   std::string model_type = root.value("model_type", std::string());
@@ -300,15 +307,7 @@ absl::StatusOr<std::string> CanonicalHfName(absl::string_view key,
 
 absl::StatusOr<std::string> ModernizeHfConfig(absl::string_view text,
                                               absl::string_view file) {
-  json root;
-  try {
-    root = json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ": not valid JSON: ", e.what()));
-  }
-  if (!root.is_object())
-    return ConfigError(file, "(root)", "not a JSON object");
+  GEMMA_ASSIGN_OR_RETURN(json root, ParseConfigObject(text, file));
   auto modernize_text = [](json& tc) {
     if (!tc.contains("rope_parameters") || tc["rope_parameters"].is_null()) {
       json full = {{"rope_type", "default"},
