@@ -4,12 +4,11 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "model/json_object_reader.h"
 
@@ -239,12 +238,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& doc,
 
 absl::StatusOr<ModelConfig> ParseModelConfigText(std::string_view text,
                                                  std::string_view source) {
-  json doc = json::parse(text.begin(), text.end(), nullptr,
-                         /*allow_exceptions=*/false);
-  if (doc.is_discarded()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": not valid JSON"));
-  }
+  GEMMA_ASSIGN_OR_RETURN(json doc, ParseJsonText(text, source));
   return ParseModelConfig(doc, source);
 }
 
@@ -253,11 +247,8 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     file = (std::filesystem::path(path) / "config.json").string();
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(file, ": cannot open"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseModelConfigText(ss.str(), file);
+  GEMMA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(file));
+  return ParseModelConfigText(text, file);
 }
 
 absl::Status ValidateModelConfig(const ModelConfig& c,

@@ -284,11 +284,7 @@ absl::StatusOr<Gemma4TextConfig> ParseGemma4TextConfig(
 
 absl::StatusOr<Gemma4TextConfig> ParseGemma4TextConfigText(
     std::string_view text, std::string_view source) {
-  json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": not valid JSON"));
-  }
+  GEMMA_ASSIGN_OR_RETURN(json doc, ParseJsonText(text, source));
   return ParseGemma4TextConfig(doc, source);
 }
 
@@ -457,11 +453,7 @@ nlohmann::json Gemma4TextConfigToJson(const Gemma4TextConfig& c) {
 
 absl::StatusOr<Gemma4ModelConfig> ParseGemma4ModelConfigText(
     std::string_view text, std::string_view source) {
-  json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(source), ": not valid JSON"));
-  }
+  GEMMA_ASSIGN_OR_RETURN(json doc, ParseJsonText(text, source));
   Gemma4ModelConfig m;
   GEMMA_ASSIGN_OR_RETURN(m.text, ParseGemma4TextConfig(doc, source));
   JsonObjectReader top(doc, source, "");

@@ -121,4 +121,15 @@ absl::StatusOr<JsonObjectReader> JsonObjectReader::Object(
   return JsonObjectReader(v, source_, KeyPath(key));
 }
 
+absl::StatusOr<json> ParseJsonText(std::string_view text,
+                                   std::string_view source) {
+  json doc = json::parse(text.begin(), text.end(), nullptr,
+                         /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(source), ": not valid JSON"));
+  }
+  return doc;
+}
+
 }  // namespace gemma

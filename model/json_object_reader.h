@@ -58,6 +58,11 @@ class JsonObjectReader {
   std::string path_;
 };
 
+// Parses `text`, the contents of `source`, as JSON; InvalidArgument
+// "SOURCE: not valid JSON" when it is not.
+absl::StatusOr<nlohmann::json> ParseJsonText(std::string_view text,
+                                             std::string_view source);
+
 }  // namespace gemma
 
 #endif  // GEMMA_MODEL_JSON_OBJECT_READER_H_
