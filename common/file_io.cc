@@ -49,8 +49,10 @@ absl::Status WriteFileAtomic(const std::string& path, const std::string& text) {
     }
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());  // nothing half-written stays behind
     return absl::InternalError(absl::StrCat(tmp, ": cannot rename to ", path,
-                                            ": ", std::strerror(errno)));
+                                            ": ", std::strerror(err)));
   }
   return absl::OkStatus();
 }

@@ -25,8 +25,9 @@ std::vector<std::string> ListFilesWithSuffix(const std::string& dir,
 // renames it over PATH. No fsync: a crash can lose the new contents but not
 // corrupt the old ones (model/checkpoint.cc has a durable variant for its
 // manifests). On a failed write the temporary file is removed and the error
-// is Internal "PATH.tmp.PID: write failed"; on a failed rename it is Internal
-// "PATH.tmp.PID: cannot rename to PATH: <errno text>".
+// is Internal "PATH.tmp.PID: write failed"; on a failed rename it is removed
+// too and the error is Internal "PATH.tmp.PID: cannot rename to PATH: <errno
+// text>".
 absl::Status WriteFileAtomic(const std::string& path, const std::string& text);
 
 }  // namespace gemma

@@ -89,14 +89,14 @@ TEST(WriteFileAtomicTest, FailedWriteNamesTheTemporaryFile) {
       << s;
 }
 
-TEST(WriteFileAtomicTest, FailedRenameNamesBothPaths) {
+TEST(WriteFileAtomicTest, FailedRenameNamesBothPathsAndLeavesNoTemporary) {
   // A folder cannot be replaced by a file.
   const std::string dir = TempPath("dir");
   ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
   const absl::Status s = WriteFileAtomic(dir, "x");
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
   EXPECT_TRUE(absl::StrContains(s.message(), "cannot rename to " + dir)) << s;
-  std::remove(absl::StrCat(dir, ".tmp.", getpid()).c_str());
+  EXPECT_FALSE(Exists(absl::StrCat(dir, ".tmp.", getpid())));
   rmdir(dir.c_str());
 }
 
