@@ -95,22 +95,19 @@ void KinetoProfile::Finish(const std::string& dir, int steps, int top) {
   }
   std::map<std::string, Total> kernels, ops, timeline, runtime;
   double all_ns = 0, runtime_ns = 0;
-  // Host time in CUDA runtime calls (launches, graph launches, syncs).
-  for (const auto& e : result->events()) {
-    if (e.deviceType() != c10::DeviceType::CPU ||
-        e.name().rfind("cuda", 0) != 0) {
-      continue;
-    }
-    Total& t = runtime[e.name()];
-    t.ns += static_cast<double>(e.durationNs());
-    runtime_ns += static_cast<double>(e.durationNs());
-    ++t.count;
-  }
   // (start, end, name) of every GPU event, for the timeline table.
   std::vector<std::tuple<int64_t, int64_t, std::string>> spans;
   for (const auto& e : result->events()) {
-    if (e.deviceType() != c10::DeviceType::CUDA) continue;
     const double ns = static_cast<double>(e.durationNs());
+    if (e.deviceType() == c10::DeviceType::CPU &&
+        e.name().rfind("cuda", 0) == 0) {
+      // Host time in CUDA runtime calls (launches, graph launches, syncs).
+      Total& t = runtime[e.name()];
+      t.ns += ns;
+      runtime_ns += ns;
+      ++t.count;
+    }
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
     spans.emplace_back(e.startNs(), e.endNs(), e.name());
     all_ns += ns;
     Total& k = kernels[e.name()];

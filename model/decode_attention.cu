@@ -91,7 +91,7 @@ struct Params {
   float* part;       // [B, nkv, g, splits, hd] partial sums (splits > 1)
   float2* part_ml;   // [B, nkv, g, splits] (max, sum), base 2 (splits > 1)
   void* out;         // [B, nkv, g, hd] (splits == 1)
-  // q and k_new raw (DecodeAttentionInputs::qk_norm_rope): the per-head
+  // q and k_new raw (DecodeAttentionInputs::q_norm_weight set): the per-head
   // norm's weights [hd] and this step's rope rows [B or 1, hd] (cos_sb 0
   // when shared). q_weight == nullptr: q and k_new are used as they are.
   const void* q_weight;

@@ -123,9 +123,13 @@ __device__ __forceinline__ void Widen(const uint4& v, float (&f)[kChunk]) {
   }
 }
 
+// Shared memory of a block's rings: rows_per_warp rw, unroll u, stages p.
+__host__ __device__ constexpr int SmemBytes(int rw, int u, int p) {
+  return kWarps * p * u * rw * 32 * 16;
+}
 template <int RW, int U, int P>
 __host__ __device__ constexpr int SmemBytes() {
-  return kWarps * P * U * RW * 32 * 16;
+  return SmemBytes(RW, U, P);
 }
 
 // y[m, row] = sum_k x[m, k] * w[row, k] (+ bias[row]) for the rows of this
@@ -385,8 +389,7 @@ GemvConfig GemvAutoConfig(int64_t rows, int64_t n, int64_t k) {
   const auto* props = at::cuda::getCurrentDeviceProperties();
   auto resident = [&](int stages) {
     const int64_t smem =
-        static_cast<int64_t>(c.rows_per_warp) * c.unroll * stages * kWarps *
-            32 * 16 +
+        SmemBytes(c.rows_per_warp, c.unroll, stages) +
         static_cast<int64_t>(props->reservedSharedMemPerBlock);
     return static_cast<int64_t>(props->multiProcessorCount) *
            std::min<int64_t>(props->maxThreadsPerMultiProcessor / kThreads,
