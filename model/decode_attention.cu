@@ -16,7 +16,10 @@
 // pre-scaled by scale * log2 e); the block merges its warps through shared
 // memory and writes (max, sum, acc) per head to an fp32 workspace, and the
 // combine kernel merges the splits and divides. With one split the block
-// writes the output itself.
+// writes the output itself. (Merging in the last block of each head group
+// to finish, with an arrival counter, was 7.3% slower on 4B decode: a few
+// blocks merge serially what the combine kernel spreads over one block per
+// head; bench/RESULTS.md, session 10.)
 //
 // Folded q/k norm + rope (Params::q_weight set): q and k_new are the
 // projection's raw rows; each block norms and rotates its q heads as it

@@ -6,6 +6,11 @@
 // fp32. Launched chained (model/cuda_launch.cuh): a call streams its weights
 // while the kernel before it finishes.
 //
+// (The residual add and norms before a GEMV as its prologue, saving their
+// own launch, measured no faster with CUDA graphs and 6.7% slower eager:
+// every block reads the activations from L2 and syncs twice on the critical
+// path, which costs what the launch did; bench/RESULTS.md, session 10.)
+//
 // Compiled only with GEMMA_WITH_CUDA (the lib gemma_model_cuda). Callers go
 // through model/fused_ops.h (FusedGemvApplies / FusedLinear), which adds the
 // switch (GEMMA_FUSED_KERNELS=0) and the autograd condition. Runs on the
